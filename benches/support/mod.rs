@@ -1,0 +1,61 @@
+//! Shared by the benches: the ratio report printed after each group.
+//!
+//! Machines here are shared and noisy, so absolute numbers are printed next to
+//! a baseline measured in the same run, and the ratio is what to compare.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+fn criterion_dir() -> PathBuf {
+    if let Ok(home) = std::env::var("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").to_string());
+    PathBuf::from(target).join("criterion")
+}
+
+/// Mean time per iteration (ns) that criterion measured for `group/id` in this run.
+pub fn mean_ns(group: &str, id: &str) -> Option<f64> {
+    let path = criterion_dir()
+        .join(group)
+        .join(id)
+        .join("new")
+        .join("estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["mean"]["point_estimate"].as_f64()
+}
+
+/// Prints ops/s for each id of `group` and its ratio to `baseline`.
+pub fn report(group: &str, baseline: &str, ids: &[&str]) {
+    let Some(base) = mean_ns(group, baseline) else {
+        println!("{group}: no estimate for the baseline {baseline} (filtered out?)");
+        return;
+    };
+    println!("\n{group}: throughput relative to {baseline} (same run)");
+    println!("  {:<44} {:>12} {:>8}", "benchmark", "ops/s", "ratio");
+    for id in std::iter::once(&baseline).chain(ids) {
+        match mean_ns(group, id) {
+            Some(ns) => println!(
+                "  {:<44} {:>12.0} {:>7.1}%",
+                id,
+                1e9 / ns,
+                100.0 * base / ns
+            ),
+            None => println!("  {:<44} {:>12} {:>8}", id, "-", "-"),
+        }
+    }
+}
+
+/// A Rego module that inspects the context, as a realistic in-scope policy.
+pub const TRUSTED_AGENTS_REGO: &str = r#"
+package bench.trusted
+import rego.v1
+trusted := {"agent_0", "agent_1", "bench_agent"}
+deny contains msg if {
+    input.op == "put"
+    not input.context.agent_id in trusted
+    msg := sprintf("agent %v is not trusted", [input.context.agent_id])
+}
+"#;

@@ -1,0 +1,118 @@
+//! What the router knows about one agent: its registration (`AgentConfig`),
+//! how to reach it, and its live health and statistics.
+
+use super::metrics::AgentStats;
+use crate::namespace::ToolCategory;
+use crate::transport::Transport;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default time an agent gets to answer one invocation.
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A registration, built fluently:
+///
+/// ```
+/// # use switchboard::{AgentConfig, ToolCategory};
+/// let config = AgentConfig::new()
+///     .with_tools(vec![ToolCategory::Code, ToolCategory::Shell])
+///     .with_endpoint("http://127.0.0.1:8001/invoke")
+///     .with_priority(10);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentConfig {
+    pub(crate) tools: Vec<ToolCategory>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) health_url: Option<String>,
+    pub(crate) priority: i32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_concurrency: Option<u32>,
+}
+
+impl AgentConfig {
+    /// An empty registration: add tools and an endpoint.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The categories this agent serves.
+    pub fn with_tools(mut self, tools: Vec<ToolCategory>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// The URL invocations are POSTed to (`http://`).
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// The URL health probes GET; defaults to the endpoint's `/health`.
+    pub fn with_health_url(mut self, url: impl Into<String>) -> Self {
+        self.health_url = Some(url.into());
+        self
+    }
+
+    /// Higher is preferred by [`RoutingStrategy::Priority`](crate::RoutingStrategy::Priority). Default 0.
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// How long one invocation may take (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// At most this many invocations at once; a busy agent is skipped.
+    pub fn with_max_concurrency(mut self, max: u32) -> Self {
+        self.max_concurrency = Some(max);
+        self
+    }
+}
+
+/// Health as tracked in memory; the record in the store follows it.
+#[derive(Default)]
+pub(crate) struct Health {
+    pub(crate) unhealthy: AtomicBool,
+    pub(crate) consecutive_failures: AtomicU32,
+    pub(crate) consecutive_successes: AtomicU32,
+    /// Milliseconds since the epoch when it was last marked unhealthy.
+    pub(crate) unhealthy_since_ms: AtomicU64,
+}
+
+/// An invocable agent as the router holds it.
+pub(crate) struct Agent {
+    pub(crate) id: String,
+    /// Unique per registration; distinguishes a replaced agent from its successor.
+    pub(crate) uid: u64,
+    pub(crate) categories: Vec<ToolCategory>,
+    pub(crate) priority: i32,
+    pub(crate) timeout: Duration,
+    pub(crate) max_concurrency: Option<u32>,
+    pub(crate) transport: Transport,
+    pub(crate) health_url: Option<reqwest::Url>,
+    pub(crate) stats: Arc<AgentStats>,
+    pub(crate) health: Health,
+}
+
+impl Agent {
+    pub(crate) fn is_healthy(&self) -> bool {
+        !self.health.unhealthy.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn active(&self) -> u64 {
+        self.stats.active.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn has_capacity(&self) -> bool {
+        self.max_concurrency
+            .is_none_or(|max| self.active() < max as u64)
+    }
+
+    pub(crate) fn serves(&self, category: &ToolCategory) -> bool {
+        self.categories.contains(category)
+    }
+}

@@ -1,0 +1,226 @@
+//! Per-agent counters and latency distribution, cheap enough to leave on:
+//! recording is a few relaxed atomic adds; reading builds a [`AgentMetrics`].
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Latencies below this many microseconds get one bucket each.
+const LINEAR: u64 = 16;
+/// Sub-buckets per power of two above that (relative error ≤ 1/4).
+const SUB: u64 = 4;
+const BUCKETS: usize = (LINEAR + 60 * SUB) as usize;
+/// How fast the latency estimate forgets: older samples weigh e^(-age/τ).
+const EWMA_TAU_SECS: f64 = 10.0;
+
+/// What `get_metrics()` reports for one agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentMetrics {
+    /// Finished invocations (successes + failures).
+    pub total: u64,
+    pub successes: u64,
+    /// Tool errors, agent failures and timeouts.
+    pub failures: u64,
+    /// `successes / total`, 1.0 while nothing has finished.
+    pub success_rate: f64,
+    pub avg_latency_ms: f64,
+    pub p50_latency_ms: f64,
+    pub p99_latency_ms: f64,
+    /// Invocations running now.
+    pub active_tasks: u64,
+    /// Current health as the router sees it.
+    pub healthy: bool,
+}
+
+/// Live counters of one agent; outlives re-registrations of the same id.
+pub(crate) struct AgentStats {
+    pub(crate) active: AtomicU64,
+    total: AtomicU64,
+    successes: AtomicU64,
+    latency_sum_us: AtomicU64,
+    histogram: Box<[AtomicU64]>,
+    ewma: Mutex<Ewma>,
+}
+
+struct Ewma {
+    /// Peak-EWMA of latency in microseconds; `None` until the first sample.
+    value: Option<f64>,
+    at: Instant,
+}
+
+fn bucket_of(us: u64) -> usize {
+    if us < LINEAR {
+        return us as usize;
+    }
+    let msb = 63 - us.leading_zeros() as u64; // ≥ 4
+    let sub = (us >> (msb - 2)) & (SUB - 1);
+    ((LINEAR + (msb - 4) * SUB + sub) as usize).min(BUCKETS - 1)
+}
+
+/// The upper edge (exclusive) of a bucket, in microseconds.
+fn bucket_upper(index: usize) -> u64 {
+    let i = index as u64;
+    if i < LINEAR {
+        return i + 1;
+    }
+    let msb = (i - LINEAR) / SUB + 4;
+    let sub = (i - LINEAR) % SUB;
+    (1u64 << msb) + (sub + 1) * (1u64 << (msb - 2))
+}
+
+impl Default for AgentStats {
+    fn default() -> Self {
+        AgentStats {
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            latency_sum_us: AtomicU64::new(0),
+            histogram: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            ewma: Mutex::new(Ewma {
+                value: None,
+                at: Instant::now(),
+            }),
+        }
+    }
+}
+
+impl AgentStats {
+    /// Records a finished invocation. `cost` is what the latency estimate
+    /// learns: the real latency on success, a penalty on failure so that an
+    /// agent failing fast does not look fast.
+    pub(crate) fn record(&self, success: bool, latency: Duration, cost: Duration) {
+        let us = latency.as_micros().min(u64::MAX as u128) as u64;
+        self.total.fetch_add(1, Relaxed);
+        if success {
+            self.successes.fetch_add(1, Relaxed);
+        }
+        self.latency_sum_us.fetch_add(us, Relaxed);
+        self.histogram[bucket_of(us)].fetch_add(1, Relaxed);
+        let sample = cost.as_secs_f64() * 1e6;
+        let mut ewma = self.ewma.lock();
+        let now = Instant::now();
+        ewma.value = Some(match ewma.value {
+            None => sample,
+            // Peak-sensitive: a slower sample takes over at once, a faster one
+            // is blended in, so the estimate reacts to trouble immediately.
+            Some(old) if sample > old => sample,
+            Some(old) => {
+                let w = (-(now - ewma.at).as_secs_f64() / EWMA_TAU_SECS).exp();
+                old * w + sample * (1.0 - w)
+            }
+        });
+        ewma.at = now;
+    }
+
+    /// The latency estimate decayed to now, in microseconds; `None` for an agent
+    /// never measured (the router tries those first). Decaying on read lets an
+    /// agent that was slow long ago earn another try.
+    pub(crate) fn latency_estimate(&self) -> Option<f64> {
+        let ewma = self.ewma.lock();
+        let v = ewma.value?;
+        Some(v * (-ewma.at.elapsed().as_secs_f64() / EWMA_TAU_SECS).exp())
+    }
+
+    pub(crate) fn snapshot(&self, healthy: bool) -> AgentMetrics {
+        let total = self.total.load(Relaxed);
+        let successes = self.successes.load(Relaxed).min(total);
+        let counts: Vec<u64> = self.histogram.iter().map(|b| b.load(Relaxed)).collect();
+        let quantile = |q: f64| -> f64 {
+            let n: u64 = counts.iter().sum();
+            if n == 0 {
+                return 0.0;
+            }
+            let rank = ((q * n as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return bucket_upper(i) as f64 / 1000.0;
+                }
+            }
+            0.0
+        };
+        AgentMetrics {
+            total,
+            successes,
+            failures: total - successes,
+            success_rate: if total == 0 {
+                1.0
+            } else {
+                successes as f64 / total as f64
+            },
+            avg_latency_ms: if total == 0 {
+                0.0
+            } else {
+                self.latency_sum_us.load(Relaxed) as f64 / total as f64 / 1000.0
+            },
+            p50_latency_ms: quantile(0.50),
+            p99_latency_ms: quantile(0.99),
+            active_tasks: self.active.load(Relaxed),
+            healthy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_and_bound_their_values() {
+        for us in [0, 1, 15, 16, 17, 100, 1000, 12345, 1 << 30, u64::MAX / 2] {
+            let b = bucket_of(us);
+            assert!(
+                us < bucket_upper(b),
+                "{us} in bucket {b} < {}",
+                bucket_upper(b)
+            );
+            if b > 0 && b < BUCKETS - 1 {
+                assert!(us >= bucket_upper(b - 1), "{us} above the previous bucket");
+            }
+        }
+    }
+
+    #[test]
+    fn counts_and_quantiles() {
+        let stats = AgentStats::default();
+        for _ in 0..98 {
+            stats.record(true, Duration::from_millis(1), Duration::from_millis(1));
+        }
+        for _ in 0..2 {
+            stats.record(
+                false,
+                Duration::from_millis(100),
+                Duration::from_millis(100),
+            );
+        }
+        let m = stats.snapshot(true);
+        assert_eq!((m.total, m.successes, m.failures), (100, 98, 2));
+        assert!((m.success_rate - 0.98).abs() < 1e-9);
+        assert!(
+            m.p50_latency_ms >= 1.0 && m.p50_latency_ms <= 1.25,
+            "{}",
+            m.p50_latency_ms
+        );
+        assert!(
+            m.p99_latency_ms >= 100.0 && m.p99_latency_ms <= 125.0,
+            "{}",
+            m.p99_latency_ms
+        );
+        assert!(
+            (m.avg_latency_ms - 2.98).abs() < 0.01,
+            "{}",
+            m.avg_latency_ms
+        );
+    }
+
+    #[test]
+    fn slow_samples_take_over_the_estimate_at_once() {
+        let stats = AgentStats::default();
+        assert_eq!(stats.latency_estimate(), None);
+        stats.record(true, Duration::from_millis(1), Duration::from_millis(1));
+        stats.record(true, Duration::from_millis(50), Duration::from_millis(50));
+        assert!(stats.latency_estimate().unwrap() > 45_000.0);
+    }
+}

@@ -1,0 +1,377 @@
+//! Which agents exist: registrations persisted under `agents/*` (through the
+//! policy chain) and mirrored into the router.
+//!
+//! Registering an id that exists **replaces** it: the new configuration takes
+//! effect for the next call, calls in flight on the old one finish, and the
+//! agent's metrics carry over. A local agent's registration survives restarts,
+//! but its handler lives in the process, so after a restart it is listed and
+//! not routed to until it is registered again.
+
+use super::agent::{Agent, AgentConfig, Health, DEFAULT_AGENT_TIMEOUT};
+use super::metrics::AgentStats;
+use super::router::ToolRouter;
+use crate::error::{Error, Result};
+use crate::namespace::{
+    agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, ToolCategory, AGENTS,
+};
+use crate::policy::PolicyContext;
+use crate::storage::Database;
+use crate::transport::{parse_endpoint, LocalHandler, Transport};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Registered {
+    record: AgentRecord,
+    /// `None` for a local agent whose handler is not bound in this process.
+    live: Option<Arc<Agent>>,
+    stats: Arc<AgentStats>,
+}
+
+/// Registered agents, persisted and routable.
+pub struct AgentRegistry {
+    db: Database,
+    router: Arc<ToolRouter>,
+    agents: RwLock<HashMap<String, Registered>>,
+    /// Serialises registration changes so store and memory change in the same order.
+    changes: Mutex<()>,
+    next_uid: AtomicU64,
+}
+
+fn context(agent_id: &str, action: &str) -> PolicyContext {
+    PolicyContext::new()
+        .with("agent_id", agent_id)
+        .with("action", action)
+}
+
+impl AgentRegistry {
+    /// Loads every registration stored in `db`. HTTP agents are routable at
+    /// once (and start healthy: checks decide again in this process); local
+    /// agents wait for their handler.
+    pub fn load(db: Database, router: Arc<ToolRouter>) -> Result<AgentRegistry> {
+        let registry = AgentRegistry::empty(db, router);
+        let mut loaded = HashMap::new();
+        for item in registry.db.scan(AGENTS) {
+            let (key, value) = item?;
+            let record: AgentRecord = match serde_json::from_slice(&value) {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "skipping an agent record that does not decode");
+                    continue;
+                }
+            };
+            let stats = Arc::new(AgentStats::default());
+            let live = match &record.transport {
+                AgentTransport::Local => None,
+                AgentTransport::Http {
+                    endpoint,
+                    health_url,
+                } => match registry.http_agent(&record, endpoint, health_url, stats.clone()) {
+                    Ok(agent) => Some(agent),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "skipping an agent record with a bad endpoint");
+                        continue;
+                    }
+                },
+            };
+            if let Some(agent) = &live {
+                registry.router.add(agent.clone());
+            }
+            loaded.insert(
+                record.agent_id.clone(),
+                Registered {
+                    record,
+                    live,
+                    stats,
+                },
+            );
+        }
+        if !loaded.is_empty() {
+            tracing::info!(agents = loaded.len(), "loaded persisted registrations");
+        }
+        *registry.agents.write() = loaded;
+        Ok(registry)
+    }
+
+    /// A registry with no agents, whatever the store holds.
+    pub(crate) fn empty(db: Database, router: Arc<ToolRouter>) -> AgentRegistry {
+        AgentRegistry {
+            db,
+            router,
+            agents: RwLock::new(HashMap::new()),
+            changes: Mutex::new(()),
+            next_uid: AtomicU64::new(1),
+        }
+    }
+
+    fn http_agent(
+        &self,
+        record: &AgentRecord,
+        endpoint: &str,
+        health_url: &str,
+        stats: Arc<AgentStats>,
+    ) -> Result<Arc<Agent>> {
+        let (endpoint, _) = parse_endpoint(endpoint)?;
+        let health_url = reqwest::Url::parse(health_url)
+            .map_err(|e| Error::invalid(format!("health URL {health_url:?}: {e}")))?;
+        Ok(self.agent(
+            record,
+            Transport::Http { endpoint },
+            Some(health_url),
+            stats,
+        ))
+    }
+
+    fn agent(
+        &self,
+        record: &AgentRecord,
+        transport: Transport,
+        health_url: Option<reqwest::Url>,
+        stats: Arc<AgentStats>,
+    ) -> Arc<Agent> {
+        Arc::new(Agent {
+            id: record.agent_id.clone(),
+            uid: self.next_uid.fetch_add(1, Ordering::Relaxed),
+            categories: record.tools.clone(),
+            priority: record.priority,
+            timeout: Duration::from_millis(record.timeout_ms),
+            max_concurrency: record.max_concurrency,
+            transport,
+            health_url,
+            stats,
+            health: Health::default(),
+        })
+    }
+
+    fn new_record(
+        &self,
+        agent_id: &str,
+        config: &AgentConfig,
+        transport: AgentTransport,
+    ) -> Result<AgentRecord> {
+        validate_id("agent id", agent_id)?;
+        if config.tools.is_empty() {
+            return Err(Error::invalid(format!(
+                "agent {agent_id} serves no tool categories; pass at least one to with_tools"
+            )));
+        }
+        for category in &config.tools {
+            category.validate()?;
+        }
+        let timeout = config.timeout.unwrap_or(DEFAULT_AGENT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(Error::invalid("agent timeout must be greater than zero"));
+        }
+        if config.max_concurrency == Some(0) {
+            return Err(Error::invalid("max_concurrency must be at least 1"));
+        }
+        let mut tools = config.tools.clone();
+        tools.dedup();
+        let now = now_ms();
+        let registered_at_ms = self
+            .agents
+            .read()
+            .get(agent_id)
+            .map_or(now, |r| r.record.registered_at_ms);
+        Ok(AgentRecord {
+            agent_id: agent_id.to_string(),
+            tools,
+            transport,
+            priority: config.priority,
+            timeout_ms: timeout.as_millis().max(1) as u64,
+            max_concurrency: config.max_concurrency,
+            status: AgentStatus::Healthy,
+            registered_at_ms,
+            updated_at_ms: now,
+        })
+    }
+
+    /// Registers (or replaces) an HTTP agent.
+    pub fn register(&self, agent_id: &str, config: AgentConfig) -> Result<()> {
+        let Some(endpoint) = config.endpoint.as_deref() else {
+            return Err(Error::invalid(format!(
+                "agent {agent_id} has no endpoint; call with_endpoint, or register_local_agent for an in-process handler"
+            )));
+        };
+        let (endpoint_url, default_health) = parse_endpoint(endpoint)?;
+        let health_url = match config.health_url.as_deref() {
+            Some(url) => parse_endpoint(url)?.0,
+            None => default_health,
+        };
+        let record = self.new_record(
+            agent_id,
+            &config,
+            AgentTransport::Http {
+                endpoint: endpoint_url.to_string(),
+                health_url: health_url.to_string(),
+            },
+        )?;
+        self.install(record, |registry, record, stats| {
+            registry.agent(
+                record,
+                Transport::Http {
+                    endpoint: endpoint_url.clone(),
+                },
+                Some(health_url.clone()),
+                stats,
+            )
+        })
+    }
+
+    /// Registers (or replaces) an in-process agent.
+    pub(crate) fn register_local(
+        &self,
+        agent_id: &str,
+        config: AgentConfig,
+        handler: LocalHandler,
+    ) -> Result<()> {
+        let record = self.new_record(agent_id, &config, AgentTransport::Local)?;
+        self.install(record, |registry, record, stats| {
+            registry.agent(record, Transport::Local(handler.clone()), None, stats)
+        })
+    }
+
+    fn install(
+        &self,
+        record: AgentRecord,
+        build: impl Fn(&Self, &AgentRecord, Arc<AgentStats>) -> Arc<Agent>,
+    ) -> Result<()> {
+        let _changing = self.changes.lock();
+        let id = record.agent_id.clone();
+        let value = serde_json::to_vec(&record).map_err(Error::storage)?;
+        self.db
+            .put_with(&agent_key(&id), &value, &context(&id, "register"))?;
+        let stats = self
+            .agents
+            .read()
+            .get(&id)
+            .map_or_else(Default::default, |r| r.stats.clone());
+        let agent = build(self, &record, stats.clone());
+        self.router.add(agent.clone());
+        let replaced = self
+            .agents
+            .write()
+            .insert(
+                id.clone(),
+                Registered {
+                    record,
+                    live: Some(agent),
+                    stats,
+                },
+            )
+            .is_some();
+        tracing::info!(agent_id = %id, replaced, "agent registered");
+        Ok(())
+    }
+
+    /// Removes an agent; its calls in flight finish. Unknown ids are an error.
+    pub fn unregister(&self, agent_id: &str) -> Result<()> {
+        validate_id("agent id", agent_id)?;
+        let _changing = self.changes.lock();
+        if !self.agents.read().contains_key(agent_id) {
+            return Err(Error::UnknownAgent(agent_id.to_string()));
+        }
+        self.db
+            .delete_with(&agent_key(agent_id), &context(agent_id, "unregister"))?;
+        self.router.remove(agent_id);
+        self.agents.write().remove(agent_id);
+        tracing::info!(agent_id, "agent unregistered");
+        Ok(())
+    }
+
+    /// Every registered id, sorted.
+    pub fn list(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.agents.read().keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The stored registration of one agent.
+    pub fn get(&self, agent_id: &str) -> Option<AgentRecord> {
+        self.agents.read().get(agent_id).map(|r| r.record.clone())
+    }
+
+    pub(crate) fn live(&self, agent_id: &str) -> Option<Arc<Agent>> {
+        self.agents
+            .read()
+            .get(agent_id)
+            .and_then(|r| r.live.clone())
+    }
+
+    pub(crate) fn live_agents(&self) -> Vec<Arc<Agent>> {
+        self.agents
+            .read()
+            .values()
+            .filter_map(|r| r.live.clone())
+            .collect()
+    }
+
+    /// Whether some registered agent (bound or not) serves `category`.
+    pub(crate) fn any_serves(&self, category: &ToolCategory) -> bool {
+        self.agents
+            .read()
+            .values()
+            .any(|r| r.record.tools.contains(category))
+    }
+
+    pub(crate) fn metrics(&self) -> HashMap<String, super::metrics::AgentMetrics> {
+        self.agents
+            .read()
+            .iter()
+            .map(|(id, r)| {
+                let healthy = r.live.as_ref().is_some_and(|a| a.is_healthy());
+                (id.clone(), r.stats.snapshot(healthy))
+            })
+            .collect()
+    }
+
+    /// Marks an agent healthy or unhealthy: routes around it (or back to it),
+    /// persists the status and logs the change. A no-op if nothing changes or
+    /// the agent was replaced meanwhile.
+    pub(crate) fn set_health(&self, agent: &Arc<Agent>, healthy: bool, why: &str) {
+        if agent.health.unhealthy.swap(!healthy, Ordering::AcqRel) == !healthy {
+            return;
+        }
+        if !healthy {
+            agent
+                .health
+                .unhealthy_since_ms
+                .store(now_ms(), Ordering::Release);
+        }
+        self.router.health_changed(agent);
+        if healthy {
+            tracing::info!(agent_id = %agent.id, reason = why, "agent is healthy again");
+        } else {
+            tracing::warn!(agent_id = %agent.id, reason = why, "agent marked unhealthy; routing around it");
+        }
+        let _changing = self.changes.lock();
+        let mut agents = self.agents.write();
+        let Some(registered) = agents.get_mut(&agent.id) else {
+            return;
+        };
+        if registered.live.as_ref().map(|a| a.uid) != Some(agent.uid) {
+            return;
+        }
+        let mut record = registered.record.clone();
+        record.status = if healthy {
+            AgentStatus::Healthy
+        } else {
+            AgentStatus::Unhealthy
+        };
+        record.updated_at_ms = now_ms();
+        let result = serde_json::to_vec(&record)
+            .map_err(Error::storage)
+            .and_then(|v| {
+                self.db
+                    .put_with(&agent_key(&agent.id), &v, &context(&agent.id, "health"))
+            });
+        match result {
+            Ok(()) => registered.record = record,
+            Err(e) => {
+                tracing::warn!(agent_id = %agent.id, error = %e, "could not persist health status")
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Test fixtures: real HTTP agents on 127.0.0.1 and temp-dir databases.
+#![allow(dead_code)]
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a test agent answers `POST /invoke`.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// 200 with `{"agent": name, "tool": .., "input": .., "session_id": ..}`.
+    Echo,
+    /// Sleep, then echo.
+    Slow(Duration),
+    /// This status with a short text body.
+    Status(u16),
+    /// 200 with a body that is not JSON.
+    NotJson,
+}
+
+pub struct TestAgent {
+    pub name: String,
+    pub endpoint: String,
+    pub hits: Arc<AtomicUsize>,
+    pub behaviour: Arc<Mutex<Behaviour>>,
+    pub healthy: Arc<AtomicBool>,
+    pub requests: Arc<Mutex<Vec<serde_json::Value>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct AgentState {
+    name: String,
+    hits: Arc<AtomicUsize>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    healthy: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+async fn invoke(State(s): State<AgentState>, Json(body): Json<serde_json::Value>) -> Response {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    s.requests.lock().unwrap().push(body.clone());
+    let behaviour = s.behaviour.lock().unwrap().clone();
+    let echo = || {
+        Json(serde_json::json!({
+            "agent": s.name, "tool": body["tool"], "input": body["input"],
+            "session_id": body["session_id"], "invocation_id": body["invocation_id"],
+        }))
+        .into_response()
+    };
+    match behaviour {
+        Behaviour::Echo => echo(),
+        Behaviour::Slow(d) => {
+            tokio::time::sleep(d).await;
+            echo()
+        }
+        Behaviour::Status(code) => (
+            StatusCode::from_u16(code).unwrap(),
+            format!("status {code} from {}", s.name),
+        )
+            .into_response(),
+        Behaviour::NotJson => (StatusCode::OK, "<html>not json</html>").into_response(),
+    }
+}
+
+async fn health(State(s): State<AgentState>) -> StatusCode {
+    if s.healthy.load(Ordering::SeqCst) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+impl TestAgent {
+    /// Starts an agent on an ephemeral 127.0.0.1 port (inside a tokio runtime).
+    pub async fn start(name: &str, behaviour: Behaviour) -> TestAgent {
+        let state = AgentState {
+            name: name.to_string(),
+            hits: Arc::new(AtomicUsize::new(0)),
+            behaviour: Arc::new(Mutex::new(behaviour)),
+            healthy: Arc::new(AtomicBool::new(true)),
+            requests: Arc::new(Mutex::new(Vec::new())),
+        };
+        let app = Router::new()
+            .route("/invoke", post(invoke))
+            .route("/health", get(health))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestAgent {
+            name: name.to_string(),
+            endpoint: format!("http://{addr}/invoke"),
+            hits: state.hits,
+            behaviour: state.behaviour,
+            healthy: state.healthy,
+            requests: state.requests,
+            server,
+        }
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// An endpoint on 127.0.0.1 where nothing listens.
+pub fn refused_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/invoke")
+}
+
+pub fn temp_db() -> (tempfile::TempDir, switchboard::Database) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = switchboard::Database::open(dir.path().join("db")).unwrap();
+    (dir, db)
+}
+
+/// Every dispatch record under `prefix`, decoded.
+pub fn records(
+    db: &switchboard::Database,
+    prefix: &str,
+) -> Vec<switchboard::namespace::DispatchRecord> {
+    db.scan(prefix)
+        .map(|kv| serde_json::from_slice(&kv.unwrap().1).unwrap())
+        .collect()
+}

@@ -1,0 +1,978 @@
+//! Registry, strategies, dispatch flow, sessions, failover, health and metrics,
+//! with real HTTP agents on 127.0.0.1 and in-process handlers.
+
+mod common;
+
+use common::{records, refused_endpoint, temp_db, Behaviour, TestAgent};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard::namespace::{AgentRecord, AgentStatus, DispatchStatus, SessionRecord};
+use switchboard::{
+    AgentConfig, Database, Error, HealthCheckConfig, PolicyEngine, RoutingOptions, RoutingStrategy,
+    ToolCategory, ToolDispatcher, ToolError,
+};
+
+fn echo_agent(d: &ToolDispatcher, id: &'static str, tools: Vec<ToolCategory>) {
+    d.register_local_agent(
+        id,
+        tools,
+        move |tool: String, input: serde_json::Value| async move {
+            Ok::<_, ToolError>(json!({ "agent": id, "tool": tool, "echo": input }))
+        },
+    )
+    .unwrap();
+}
+
+async fn call(
+    d: &ToolDispatcher,
+    strategy: RoutingStrategy,
+) -> switchboard::Result<switchboard::InvocationResult> {
+    d.invoke(
+        "run",
+        ToolCategory::Code,
+        json!({}),
+        RoutingOptions::new().with_strategy(strategy),
+    )
+    .await
+}
+
+async fn tally(d: &ToolDispatcher, strategy: RoutingStrategy, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        *counts
+            .entry(call(d, strategy).await.unwrap().agent_id)
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn quick_start_echoes_through_a_local_agent_and_records_it() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    echo_agent(&d, "local_code", vec![ToolCategory::Code]);
+    let r = d
+        .invoke(
+            "code_exec",
+            ToolCategory::Code,
+            json!({"code": "print('hello')"}),
+            RoutingOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.agent_id, "local_code");
+    assert_eq!(
+        r.output,
+        json!({"agent": "local_code", "tool": "code_exec", "echo": {"code": "print('hello')"}})
+    );
+    let recs = records(&db, "tools/code/code_exec/");
+    assert_eq!(recs.len(), 1);
+    let rec = &recs[0];
+    assert_eq!(rec.invocation_id, r.invocation_id);
+    assert_eq!(rec.status, DispatchStatus::Succeeded);
+    assert_eq!(rec.agent_id.as_deref(), Some("local_code"));
+    assert_eq!(rec.attempts.len(), 1);
+    assert!(rec.finished_at_ms.is_some() && rec.latency_ms.is_some());
+    assert_eq!(
+        db.scan("inflight/").count(),
+        0,
+        "the in-flight entry is cleared with the outcome"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_is_exactly_even_and_random_reaches_everyone() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    for id in ["a", "b", "c"] {
+        echo_agent(&d, id, vec![ToolCategory::Code]);
+    }
+    let rr = tally(&d, RoutingStrategy::RoundRobin, 300).await;
+    assert_eq!(
+        rr,
+        HashMap::from([("a".into(), 100), ("b".into(), 100), ("c".into(), 100)])
+    );
+    let random = tally(&d, RoutingStrategy::Random, 300).await;
+    assert_eq!(random.len(), 3);
+    // Expected 100 each; 40 is over 7 standard deviations below.
+    assert!(random.values().all(|&n| n >= 40), "{random:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_loaded_never_picks_a_busier_agent_under_concurrency() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let violations = Arc::new(AtomicUsize::new(0));
+    for id in ["a", "b", "c", "d"] {
+        let (d2, violations) = (d.clone(), violations.clone());
+        d.register_local_agent(id, vec![ToolCategory::Code], move |_tool, _input| {
+            let (d2, violations) = (d2.clone(), violations.clone());
+            async move {
+                // Loads as the router counts them, seen from inside a call: the
+                // agent that was just chosen can be at most one above the rest.
+                let m = d2.get_metrics();
+                let mine = m[id].active_tasks;
+                if m.values().any(|other| mine > other.active_tasks + 1) {
+                    violations.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok::<_, ToolError>(json!(id))
+            }
+        })
+        .unwrap();
+    }
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                call(&d, RoutingStrategy::LeastLoaded)
+                    .await
+                    .unwrap()
+                    .agent_id
+            })
+        })
+        .collect();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for c in calls {
+        *counts.entry(c.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(violations.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![10; 4],
+        "{counts:?}"
+    );
+    assert!(d.get_metrics().values().all(|m| m.active_tasks == 0));
+}
+
+#[tokio::test]
+async fn priority_prefers_the_highest_and_spreads_ties() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    for (id, priority) in [("low", 1), ("high1", 10), ("high2", 10), ("mid", 5)] {
+        d.register_local_agent_with(
+            id,
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Code])
+                .with_priority(priority),
+            move |_t, _i| async move { Ok::<_, ToolError>(json!(id)) },
+        )
+        .unwrap();
+    }
+    let counts = tally(&d, RoutingStrategy::Priority, 100).await;
+    assert_eq!(
+        counts,
+        HashMap::from([("high1".into(), 50), ("high2".into(), 50)])
+    );
+    d.unregister_agent("high1").unwrap();
+    d.unregister_agent("high2").unwrap();
+    assert_eq!(
+        tally(&d, RoutingStrategy::Priority, 10).await,
+        HashMap::from([("mid".into(), 10)])
+    );
+}
+
+#[tokio::test]
+async fn fastest_shifts_to_the_fast_agent() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let slow = TestAgent::start("slow", Behaviour::Slow(Duration::from_millis(40))).await;
+    let fast = TestAgent::start("fast", Behaviour::Echo).await;
+    for agent in [&slow, &fast] {
+        d.register_agent(
+            &agent.name,
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Code])
+                .with_endpoint(&agent.endpoint),
+        )
+        .unwrap();
+    }
+    let counts = tally(&d, RoutingStrategy::Fastest, 40).await;
+    // Both are tried first while unmeasured; after that the fast one wins.
+    assert!(counts["fast"] >= 37, "{counts:?}");
+    assert!(slow.hits() >= 1, "a new agent is tried");
+}
+
+#[tokio::test]
+async fn fastest_penalises_fast_failures() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let failing = TestAgent::start("failing", Behaviour::Status(503)).await;
+    let steady = TestAgent::start("steady", Behaviour::Slow(Duration::from_millis(5))).await;
+    for agent in [&failing, &steady] {
+        d.register_agent(
+            &agent.name,
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Code])
+                .with_endpoint(&agent.endpoint)
+                .with_timeout(Duration::from_secs(2)),
+        )
+        .unwrap();
+    }
+    for _ in 0..20 {
+        let r = call(&d, RoutingStrategy::Fastest).await.unwrap();
+        assert_eq!(r.agent_id, "steady");
+    }
+    assert_eq!(
+        failing.hits(),
+        1,
+        "one fast failure is enough to stop preferring it"
+    );
+}
+
+#[tokio::test]
+async fn sticky_sessions_hold_across_calls_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let first_agent;
+    {
+        let db = Database::open(&path).unwrap();
+        let d = ToolDispatcher::new(db.clone());
+        for id in ["a", "b", "c"] {
+            echo_agent(&d, id, vec![ToolCategory::Code]);
+        }
+        let opts = RoutingOptions::new()
+            .with_strategy(RoutingStrategy::Sticky)
+            .with_session_id("session_abc123");
+        first_agent = d
+            .invoke("run", ToolCategory::Code, json!({}), opts.clone())
+            .await
+            .unwrap()
+            .agent_id;
+        for _ in 0..20 {
+            assert_eq!(
+                d.invoke("run", ToolCategory::Code, json!({}), opts.clone())
+                    .await
+                    .unwrap()
+                    .agent_id,
+                first_agent
+            );
+        }
+        // A session id binds under other strategies too.
+        let rr = RoutingOptions::new().with_session_id("s2");
+        let bound = d
+            .invoke("run", ToolCategory::Code, json!({}), rr.clone())
+            .await
+            .unwrap()
+            .agent_id;
+        for _ in 0..5 {
+            assert_eq!(
+                d.invoke("run", ToolCategory::Code, json!({}), rr.clone())
+                    .await
+                    .unwrap()
+                    .agent_id,
+                bound
+            );
+        }
+        let binding: SessionRecord =
+            serde_json::from_slice(&db.get("sessions/session_abc123").unwrap().unwrap()).unwrap();
+        assert_eq!(binding.agent_id, first_agent);
+        assert_eq!(binding.category, ToolCategory::Code);
+        let recs = records(&db, "tools/code/run/");
+        assert_eq!(
+            recs.iter()
+                .filter(|r| r.session_id.as_deref() == Some("session_abc123"))
+                .count(),
+            21
+        );
+    }
+    let db = Database::open(&path).unwrap();
+    let d = ToolDispatcher::new(db);
+    assert_eq!(
+        d.list_agents(),
+        ["a", "b", "c"],
+        "local registrations survive"
+    );
+    let opts = RoutingOptions::new()
+        .with_strategy(RoutingStrategy::Sticky)
+        .with_session_id("session_abc123");
+    let err = d
+        .invoke("run", ToolCategory::Code, json!({}), opts.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NoAgentAvailable { .. }),
+        "handlers are not bound yet: {err}"
+    );
+    for id in ["c", "b", "a"] {
+        echo_agent(&d, id, vec![ToolCategory::Code]);
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            d.invoke("run", ToolCategory::Code, json!({}), opts.clone())
+                .await
+                .unwrap()
+                .agent_id,
+            first_agent
+        );
+    }
+}
+
+#[tokio::test]
+async fn sticky_needs_a_session_and_bindings_follow_removed_or_unhealthy_agents() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    echo_agent(&d, "a", vec![ToolCategory::Code]);
+    echo_agent(&d, "b", vec![ToolCategory::Code]);
+    let err = call(&d, RoutingStrategy::Sticky).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput(m) if m.contains("session")),
+        "{err}"
+    );
+
+    let opts = RoutingOptions::new()
+        .with_strategy(RoutingStrategy::Sticky)
+        .with_session_id("s1");
+    let first = d
+        .invoke("run", ToolCategory::Code, json!({}), opts.clone())
+        .await
+        .unwrap()
+        .agent_id;
+    d.unregister_agent(&first).unwrap();
+    let second = d
+        .invoke("run", ToolCategory::Code, json!({}), opts.clone())
+        .await
+        .unwrap()
+        .agent_id;
+    assert_ne!(first, second);
+    let binding: SessionRecord =
+        serde_json::from_slice(&db.get("sessions/s1").unwrap().unwrap()).unwrap();
+    assert_eq!(binding.agent_id, second, "the binding is rewritten");
+
+    // An unhealthy bound agent is replaced too.
+    d.enable_health_checks(
+        HealthCheckConfig::new()
+            .interval(Duration::from_secs(3600))
+            .unhealthy_threshold(1),
+    );
+    d.register_local_agent(&second, vec![ToolCategory::Code], |_t, _i| async {
+        Err::<serde_json::Value, _>(ToolError::retryable("crashed"))
+    })
+    .unwrap();
+    echo_agent(&d, "c", vec![ToolCategory::Code]);
+    let r = d
+        .invoke("run", ToolCategory::Code, json!({}), opts.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.agent_id, "c", "failed over from the bound agent");
+    assert!(!d.get_metrics()[&second].healthy);
+    let r = d
+        .invoke("run", ToolCategory::Code, json!({}), opts.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.attempts, 1);
+    let binding: SessionRecord =
+        serde_json::from_slice(&db.get("sessions/s1").unwrap().unwrap()).unwrap();
+    assert_eq!(binding.agent_id, "c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_first_calls_of_a_session_agree_on_one_agent() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    for id in ["a", "b", "c", "d"] {
+        echo_agent(&d, id, vec![ToolCategory::Code]);
+    }
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let opts = RoutingOptions::new()
+                    .with_strategy(RoutingStrategy::Sticky)
+                    .with_session_id("race");
+                d.invoke("run", ToolCategory::Code, json!({}), opts)
+                    .await
+                    .unwrap()
+                    .agent_id
+            })
+        })
+        .collect();
+    let mut agents = std::collections::HashSet::new();
+    for c in calls {
+        agents.insert(c.await.unwrap());
+    }
+    assert_eq!(agents.len(), 1, "{agents:?}");
+}
+
+#[tokio::test]
+async fn http_failover_on_5xx_timeout_refused_and_non_json() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let broken = TestAgent::start("broken", Behaviour::Status(500)).await;
+    let hanging = TestAgent::start("hanging", Behaviour::Slow(Duration::from_secs(30))).await;
+    let garbled = TestAgent::start("garbled", Behaviour::NotJson).await;
+    let good = TestAgent::start("good", Behaviour::Echo).await;
+    let register = |id: &str, endpoint: &str, priority| {
+        d.register_agent(
+            id,
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Code])
+                .with_endpoint(endpoint)
+                .with_priority(priority)
+                .with_timeout(Duration::from_millis(300)),
+        )
+        .unwrap()
+    };
+    register("broken", &broken.endpoint, 50);
+    register("hanging", &hanging.endpoint, 40);
+    register("refused", &refused_endpoint(), 30);
+    register("garbled", &garbled.endpoint, 20);
+    register("good", &good.endpoint, 10);
+
+    let opts = RoutingOptions::new()
+        .with_strategy(RoutingStrategy::Priority)
+        .with_max_attempts(5);
+    let r = d
+        .invoke("run", ToolCategory::Code, json!({"x": 1}), opts)
+        .await
+        .unwrap();
+    assert_eq!(r.agent_id, "good");
+    assert_eq!(r.attempts, 5);
+    assert_eq!(r.output["input"], json!({"x": 1}));
+    let sent = &good.requests.lock().unwrap()[0];
+    assert_eq!(sent["tool"], "run");
+    assert_eq!(sent["category"], "code");
+    assert_eq!(sent["invocation_id"], r.invocation_id.as_str());
+    assert!(sent["session_id"].is_null());
+
+    let rec = &records(&db, "tools/code/run/")[0];
+    assert_eq!(rec.status, DispatchStatus::Succeeded);
+    let outcomes: Vec<(&str, &str)> = rec
+        .attempts
+        .iter()
+        .map(|a| (a.agent_id.as_str(), a.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("broken", "failed"),
+            ("hanging", "timeout"),
+            ("refused", "failed"),
+            ("garbled", "failed"),
+            ("good", "succeeded")
+        ]
+    );
+    assert!(rec.attempts[0].error.as_deref().unwrap().contains("500"));
+    assert!(rec.attempts[3]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("not JSON"));
+
+    // Default: at most 3 agent calls, then the last failure is returned and recorded.
+    let err = d
+        .invoke(
+            "run",
+            ToolCategory::Code,
+            json!({}),
+            RoutingOptions::new().with_strategy(RoutingStrategy::Priority),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::AgentFailed { ref agent_id, .. } if agent_id == "refused"),
+        "{err}"
+    );
+    let failed: Vec<_> = records(&db, "tools/code/run/")
+        .into_iter()
+        .filter(|r| r.status == DispatchStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].attempts.len(), 3);
+    assert!(failed[0].error.as_deref().unwrap().contains("refused"));
+    let m = d.get_metrics();
+    assert_eq!((m["broken"].total, m["broken"].failures), (2, 2));
+    assert_eq!((m["good"].total, m["good"].successes), (1, 1));
+    assert_eq!(m["good"].success_rate, 1.0);
+    assert_eq!(m["hanging"].success_rate, 0.0);
+}
+
+#[tokio::test]
+async fn tool_errors_are_not_retried() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let rejecting = TestAgent::start("rejecting", Behaviour::Status(422)).await;
+    let good = TestAgent::start("good", Behaviour::Echo).await;
+    for (agent, priority) in [(&rejecting, 2), (&good, 1)] {
+        d.register_agent(
+            &agent.name,
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Code])
+                .with_endpoint(&agent.endpoint)
+                .with_priority(priority),
+        )
+        .unwrap();
+    }
+    let err = call(&d, RoutingStrategy::Priority).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::ToolFailed { agent_id, message } if agent_id == "rejecting" && message.contains("422")),
+        "{err}"
+    );
+    assert_eq!(good.hits(), 0);
+    echo_agent(&d, "local_fail", vec![ToolCategory::Search]);
+    d.register_local_agent("local_fail", vec![ToolCategory::Search], |_t, _i| async {
+        Err::<serde_json::Value, _>(ToolError::from("bad query"))
+    })
+    .unwrap();
+    let err = d
+        .invoke("q", ToolCategory::Search, json!({}), RoutingOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::ToolFailed { message, .. } if message == "bad query"));
+    let rec = &records(&db, "tools/search/q/")[0];
+    assert_eq!(
+        (rec.status, rec.error.as_deref()),
+        (DispatchStatus::Failed, Some("bad query"))
+    );
+}
+
+#[tokio::test]
+async fn local_handlers_that_panic_or_hang_fail_over() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    fn explode() -> ToolError {
+        panic!("handler bug")
+    }
+    d.register_local_agent_with(
+        "panics",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Code])
+            .with_priority(3),
+        |_t, _i| async { Err::<serde_json::Value, _>(explode()) },
+    )
+    .unwrap();
+    d.register_local_agent_with(
+        "hangs",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Code])
+            .with_priority(2)
+            .with_timeout(Duration::from_millis(100)),
+        |_t, _i| async {
+            std::future::pending::<()>().await;
+            Ok::<_, ToolError>(json!(null))
+        },
+    )
+    .unwrap();
+    echo_agent(&d, "works", vec![ToolCategory::Code]);
+    let r = call(&d, RoutingStrategy::Priority).await.unwrap();
+    assert_eq!((r.agent_id.as_str(), r.attempts), ("works", 3));
+    assert!(d.get_metrics().values().all(|m| m.active_tasks == 0));
+}
+
+#[tokio::test]
+async fn health_checks_exclude_and_readmit_agents() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let flaky = TestAgent::start("flaky", Behaviour::Echo).await;
+    let steady = TestAgent::start("steady", Behaviour::Echo).await;
+    for agent in [&flaky, &steady] {
+        d.register_agent(
+            &agent.name,
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Web])
+                .with_endpoint(&agent.endpoint),
+        )
+        .unwrap();
+    }
+    d.enable_health_checks(
+        HealthCheckConfig::new()
+            .interval(Duration::from_secs(3600))
+            .timeout(Duration::from_millis(500))
+            .unhealthy_threshold(2)
+            .healthy_threshold(2),
+    );
+    let web = || d.invoke("fetch", ToolCategory::Web, json!({}), RoutingOptions::new());
+    flaky.healthy.store(false, Ordering::SeqCst);
+    d.check_health_now().await;
+    assert!(
+        d.get_metrics()["flaky"].healthy,
+        "one failed probe is below the threshold"
+    );
+    d.check_health_now().await;
+    assert!(!d.get_metrics()["flaky"].healthy);
+    let stored: AgentRecord =
+        serde_json::from_slice(&db.get("agents/flaky").unwrap().unwrap()).unwrap();
+    assert_eq!(
+        stored.status,
+        AgentStatus::Unhealthy,
+        "status changes are persisted"
+    );
+    let before = flaky.hits();
+    for _ in 0..10 {
+        assert_eq!(web().await.unwrap().agent_id, "steady");
+    }
+    assert_eq!(flaky.hits(), before);
+
+    flaky.healthy.store(true, Ordering::SeqCst);
+    d.check_health_now().await;
+    d.check_health_now().await;
+    assert!(d.get_metrics()["flaky"].healthy);
+    let counts: HashMap<String, usize> = {
+        let mut c = HashMap::new();
+        for _ in 0..10 {
+            *c.entry(web().await.unwrap().agent_id).or_default() += 1;
+        }
+        c
+    };
+    assert_eq!(counts["flaky"], 5);
+    let stored: AgentRecord =
+        serde_json::from_slice(&db.get("agents/flaky").unwrap().unwrap()).unwrap();
+    assert_eq!(stored.status, AgentStatus::Healthy);
+
+    // Passive marking: consecutive failed invocations mark an agent unhealthy.
+    flaky.set(Behaviour::Status(503));
+    for _ in 0..4 {
+        assert_eq!(web().await.unwrap().agent_id, "steady");
+    }
+    assert!(!d.get_metrics()["flaky"].healthy);
+    assert_eq!(flaky.hits(), before + 5 + 2);
+}
+
+#[tokio::test]
+async fn health_checks_run_in_the_background() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let agent = TestAgent::start("a", Behaviour::Echo).await;
+    d.register_agent(
+        "a",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Web])
+            .with_endpoint(&agent.endpoint),
+    )
+    .unwrap();
+    agent.healthy.store(false, Ordering::SeqCst);
+    d.enable_health_checks(
+        HealthCheckConfig::new()
+            .interval(Duration::from_millis(20))
+            .unhealthy_threshold(1),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.get_metrics()["a"].healthy {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background task never marked the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = d
+        .invoke("f", ToolCategory::Web, json!({}), RoutingOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NoAgentAvailable { reason, .. } if reason.contains("unhealthy")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn policy_denied_candidates_are_skipped() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    for id in ["untrusted", "trusted_agent_1"] {
+        echo_agent(&d, id, vec![ToolCategory::Custom("sensitive".into())]);
+    }
+    echo_agent(&d, "other", vec![ToolCategory::Code]);
+    PolicyEngine::new(&db)
+        .load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+        .unwrap();
+    let sensitive = ToolCategory::Custom("sensitive".into());
+    for _ in 0..6 {
+        let r = d
+            .invoke(
+                "rotate_keys",
+                sensitive.clone(),
+                json!({}),
+                RoutingOptions::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.agent_id, "trusted_agent_1");
+    }
+    let recs = records(&db, "tools/sensitive/");
+    assert_eq!(recs.len(), 6);
+    assert!(recs.iter().all(|r| r.status == DispatchStatus::Succeeded));
+    let denied_first: Vec<_> = recs.iter().filter(|r| r.attempts.len() == 2).collect();
+    assert_eq!(
+        denied_first.len(),
+        3,
+        "round robin offered the untrusted agent first half the time"
+    );
+    assert_eq!(denied_first[0].attempts[0].outcome, "denied");
+    assert!(denied_first[0].attempts[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("not trusted"));
+
+    // Every candidate denied: the call fails with the reason and calls nobody.
+    d.unregister_agent("trusted_agent_1").unwrap();
+    let err = d
+        .invoke("rotate_keys", sensitive, json!({}), RoutingOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::PolicyDenied { reason, .. } if reason.contains("untrusted")),
+        "{err}"
+    );
+    assert_eq!(d.get_metrics()["untrusted"].total, 0);
+}
+
+#[tokio::test]
+async fn records_and_metrics_match_what_happened() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    d.register_local_agent(
+        "every_third_fails",
+        vec![ToolCategory::Git],
+        move |_t, _i| {
+            let k = n2.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if k % 3 == 2 {
+                    Err(ToolError::from("merge conflict"))
+                } else {
+                    Ok(json!(k))
+                }
+            }
+        },
+    )
+    .unwrap();
+    let mut ok = 0;
+    for _ in 0..30 {
+        if d.invoke("merge", ToolCategory::Git, json!({}), RoutingOptions::new())
+            .await
+            .is_ok()
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 20);
+    let m = &d.get_metrics()["every_third_fails"];
+    assert_eq!(
+        (m.total, m.successes, m.failures, m.active_tasks),
+        (30, 20, 10, 0)
+    );
+    assert!((m.success_rate - 2.0 / 3.0).abs() < 1e-9);
+    assert!(m.p99_latency_ms >= m.p50_latency_ms);
+    let recs = records(&db, "tools/git/merge/");
+    assert_eq!(recs.len(), 30);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r.status == DispatchStatus::Succeeded)
+            .count(),
+        20
+    );
+    let ids: Vec<&String> = recs.iter().map(|r| &r.invocation_id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "a prefix scan reads a tool's history in order");
+    assert!(recs
+        .windows(2)
+        .all(|w| w[0].started_at_ms <= w[1].started_at_ms));
+}
+
+#[tokio::test]
+async fn registrations_persist_and_bad_registrations_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let agent = TestAgent::start("remote", Behaviour::Echo).await;
+    {
+        let d = ToolDispatcher::new(Database::open(&path).unwrap());
+        d.register_agent(
+            "remote",
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Code, ToolCategory::Shell])
+                .with_endpoint(&agent.endpoint)
+                .with_priority(10),
+        )
+        .unwrap();
+        echo_agent(&d, "local", vec![ToolCategory::Code]);
+        // Replacing keeps one registration with the new settings.
+        d.register_agent(
+            "remote",
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Shell])
+                .with_endpoint(&agent.endpoint)
+                .with_priority(7),
+        )
+        .unwrap();
+
+        let bad: Vec<(&str, AgentConfig)> = vec![
+            (
+                "",
+                AgentConfig::new()
+                    .with_tools(vec![ToolCategory::Code])
+                    .with_endpoint(&agent.endpoint),
+            ),
+            (
+                "has space",
+                AgentConfig::new()
+                    .with_tools(vec![ToolCategory::Code])
+                    .with_endpoint(&agent.endpoint),
+            ),
+            ("x", AgentConfig::new().with_endpoint(&agent.endpoint)),
+            ("x", AgentConfig::new().with_tools(vec![ToolCategory::Code])),
+            (
+                "x",
+                AgentConfig::new()
+                    .with_tools(vec![ToolCategory::Code])
+                    .with_endpoint("ftp://127.0.0.1/x"),
+            ),
+            (
+                "x",
+                AgentConfig::new()
+                    .with_tools(vec![ToolCategory::Code])
+                    .with_endpoint("not a url"),
+            ),
+            (
+                "x",
+                AgentConfig::new()
+                    .with_tools(vec![ToolCategory::Custom("bad cat".into())])
+                    .with_endpoint(&agent.endpoint),
+            ),
+            (
+                "x",
+                AgentConfig::new()
+                    .with_tools(vec![ToolCategory::Code])
+                    .with_endpoint(&agent.endpoint)
+                    .with_timeout(Duration::ZERO),
+            ),
+        ];
+        for (id, config) in bad {
+            let err = d.register_agent(id, config.clone()).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidInput(_)),
+                "{id:?} {config:?}: {err}"
+            );
+        }
+        assert!(matches!(
+            d.unregister_agent("nobody"),
+            Err(Error::UnknownAgent(_))
+        ));
+        assert_eq!(d.list_agents(), ["local", "remote"]);
+    }
+    let db = Database::open(&path).unwrap();
+    let d = ToolDispatcher::new(db.clone());
+    assert_eq!(d.list_agents(), ["local", "remote"]);
+    let stored: AgentRecord =
+        serde_json::from_slice(&db.get("agents/remote").unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (stored.priority, stored.tools.clone()),
+        (7, vec![ToolCategory::Shell])
+    );
+    let r = d
+        .invoke("ls", ToolCategory::Shell, json!({}), RoutingOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.agent_id, "remote",
+        "HTTP agents are routable right after a restart"
+    );
+    let err = d
+        .invoke("run", ToolCategory::Code, json!({}), RoutingOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NoAgentAvailable { reason, .. } if reason.contains("not bound")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bad_invocations_get_clear_errors() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    echo_agent(&d, "a", vec![ToolCategory::Code]);
+    let err = d
+        .invoke(
+            "x",
+            ToolCategory::Database,
+            json!({}),
+            RoutingOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NoAgentAvailable { category, reason } if category == "database" && reason.contains("no agent is registered")),
+        "{err}"
+    );
+    for bad_tool in ["", "a/b", "spaces here"] {
+        let err = d
+            .invoke(
+                bad_tool,
+                ToolCategory::Code,
+                json!({}),
+                RoutingOptions::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{bad_tool:?}");
+    }
+    let err = d
+        .invoke(
+            "x",
+            ToolCategory::Code,
+            json!({}),
+            RoutingOptions::new().with_session_id("bad session"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)));
+    let err = d
+        .invoke(
+            "x",
+            ToolCategory::Code,
+            json!({}),
+            RoutingOptions::new().with_max_attempts(0),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)));
+    assert_eq!(db.scan("tools/").count(), 0, "rejected calls write nothing");
+}
+
+#[tokio::test]
+async fn interrupted_dispatches_are_marked_on_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let db = Database::open(&path).unwrap();
+        let d = ToolDispatcher::new(db.clone());
+        d.register_local_agent("stuck", vec![ToolCategory::Code], |_t, _i| async {
+            std::future::pending::<()>().await;
+            Ok::<_, ToolError>(json!(null))
+        })
+        .unwrap();
+        echo_agent(&d, "fine", vec![ToolCategory::Search]);
+        d.invoke("q", ToolCategory::Search, json!({}), RoutingOptions::new())
+            .await
+            .unwrap();
+        // The process "dies" mid-call: the future is dropped after the intent commits.
+        let d2 = d.clone();
+        let pending = tokio::spawn(async move { call(&d2, RoutingStrategy::RoundRobin).await });
+        while db.scan("inflight/").count() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pending.abort();
+        let _ = pending.await;
+        assert_eq!(
+            records(&db, "tools/code/")[0].status,
+            DispatchStatus::InFlight
+        );
+    }
+    let db = Database::open(&path).unwrap();
+    let _d = ToolDispatcher::new(db.clone());
+    let rec = &records(&db, "tools/code/")[0];
+    assert_eq!(rec.status, DispatchStatus::Interrupted);
+    assert_eq!(rec.attempts[0].outcome, "interrupted");
+    assert_eq!(
+        records(&db, "tools/search/")[0].status,
+        DispatchStatus::Succeeded,
+        "finished records are untouched"
+    );
+    assert_eq!(db.scan("inflight/").count(), 0);
+}

@@ -1,11 +1,18 @@
 # The two set-up commands of README.md. Both install what the build needs first.
+#
+# The demo runs the binary built with the test targets (`--all-targets`): built
+# alone, the binary resolves dependency features differently and would compile
+# RocksDB a second time.
 .PHONY: demo test deps
 
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
 demo: deps
-	cargo run --quiet -- demo
+	cargo build --all-targets --quiet
+	$(TARGET_DIR)/debug/switchboard demo
 
 test: deps
-	cargo test -- --test-threads=2
+	cargo test
 
 deps:
 	@bash scripts/install-deps

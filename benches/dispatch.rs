@@ -12,6 +12,9 @@ use switchboard::{
 
 const GROUP: &str = "dispatch";
 
+/// Puts the policy under test on a database.
+type InstallPolicy = fn(&Database);
+
 fn dispatcher(path: &std::path::Path) -> ToolDispatcher {
     let d = ToolDispatcher::new(Database::open(path).unwrap());
     d.register_local_agent(
@@ -61,7 +64,7 @@ fn dispatch(c: &mut Criterion) {
     });
     drop(raw);
 
-    let cases: [(&str, fn(&Database)); 3] = [
+    let cases: [(&str, InstallPolicy); 3] = [
         ("invoke_no_policy", |_| {}),
         ("invoke_one_glob_hook", |db| {
             PolicyEngine::new(db)

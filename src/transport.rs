@@ -160,7 +160,16 @@ impl Transport {
     ) -> Result<serde_json::Value, Failure> {
         match self {
             Transport::Local(handler) => {
-                let fut = CatchUnwind(handler(request.tool.to_string(), request.input.clone()));
+                // The handler may panic while building its future, or while it runs.
+                let tool = request.tool.to_string();
+                let input = request.input.clone();
+                let fut = match catch_unwind(AssertUnwindSafe(|| handler(tool, input))) {
+                    Ok(fut) => CatchUnwind(fut),
+                    Err(panic) => {
+                        let message = crate::policy::panic_message(&panic);
+                        return Err(Failure::Agent(format!("handler panicked: {message}")));
+                    }
+                };
                 match tokio::time::timeout(timeout, fut).await {
                     Err(_) => Err(Failure::Timeout),
                     Ok(Err(panic)) => Err(Failure::Agent(format!("handler panicked: {panic}"))),

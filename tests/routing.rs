@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{records, refused_endpoint, temp_db, Behaviour, TestAgent};
+use common::{closing_endpoint, records, refused_endpoint, temp_db, Behaviour, TestAgent};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -420,19 +420,21 @@ async fn http_failover_on_5xx_timeout_refused_and_non_json() {
     register("hanging", &hanging.endpoint, 40);
     register("refused", &refused_endpoint(), 30);
     register("garbled", &garbled.endpoint, 20);
+    let (closing, _closer) = closing_endpoint().await;
+    register("closing", &closing, 15);
     register("good", &good.endpoint, 10);
 
     let opts = RoutingOptions::new()
         .with_strategy(RoutingStrategy::Priority)
-        .with_max_attempts(5);
+        .with_max_attempts(6);
     let r = d
         .invoke("run", ToolCategory::Code, json!({"x": 1}), opts)
         .await
         .unwrap();
     assert_eq!(r.agent_id, "good");
-    assert_eq!(r.attempts, 5);
+    assert_eq!(r.attempts, 6);
     assert_eq!(r.output["input"], json!({"x": 1}));
-    let sent = &good.requests.lock().unwrap()[0];
+    let sent = good.requests.lock().unwrap()[0].clone();
     assert_eq!(sent["tool"], "run");
     assert_eq!(sent["category"], "code");
     assert_eq!(sent["invocation_id"], r.invocation_id.as_str());
@@ -452,6 +454,7 @@ async fn http_failover_on_5xx_timeout_refused_and_non_json() {
             ("hanging", "timeout"),
             ("refused", "failed"),
             ("garbled", "failed"),
+            ("closing", "failed"),
             ("good", "succeeded")
         ]
     );
@@ -556,10 +559,39 @@ async fn local_handlers_that_panic_or_hang_fail_over() {
         },
     )
     .unwrap();
+    fn explode_early() {
+        panic!("handler bug before the future")
+    }
+    d.register_local_agent_with(
+        "panics_early",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Code])
+            .with_priority(4),
+        |_t, _i| {
+            explode_early();
+            async { Ok::<_, ToolError>(json!(null)) }
+        },
+    )
+    .unwrap();
     echo_agent(&d, "works", vec![ToolCategory::Code]);
-    let r = call(&d, RoutingStrategy::Priority).await.unwrap();
-    assert_eq!((r.agent_id.as_str(), r.attempts), ("works", 3));
-    assert!(d.get_metrics().values().all(|m| m.active_tasks == 0));
+    let options = RoutingOptions::new()
+        .with_strategy(RoutingStrategy::Priority)
+        .with_max_attempts(4);
+    let r = d
+        .invoke("run", ToolCategory::Code, json!({}), options)
+        .await
+        .unwrap();
+    assert_eq!((r.agent_id.as_str(), r.attempts), ("works", 4));
+    let m = d.get_metrics();
+    assert!(m.values().all(|m| m.active_tasks == 0));
+    assert_eq!(
+        (
+            m["panics"].failures,
+            m["panics_early"].failures,
+            m["hangs"].failures
+        ),
+        (1, 1, 1)
+    );
 }
 
 #[tokio::test]

@@ -331,7 +331,8 @@ impl AgentRegistry {
     /// persists the status and logs the change. A no-op if nothing changes or
     /// the agent was replaced meanwhile.
     pub(crate) fn set_health(&self, agent: &Arc<Agent>, healthy: bool, why: &str) {
-        if agent.health.unhealthy.swap(!healthy, Ordering::AcqRel) == !healthy {
+        let was_healthy = !agent.health.unhealthy.swap(!healthy, Ordering::AcqRel);
+        if was_healthy == healthy {
             return;
         }
         if !healthy {

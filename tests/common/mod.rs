@@ -144,3 +144,20 @@ pub fn records(
         .map(|kv| serde_json::from_slice(&kv.unwrap().1).unwrap())
         .collect()
 }
+
+/// An endpoint on 127.0.0.1 that accepts each connection, reads the request,
+/// and closes the socket without answering.
+pub async fn closing_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            if socket.readable().await.is_ok() {
+                let _ = socket.try_read(&mut buf);
+            }
+            drop(socket);
+        }
+    });
+    (format!("http://{addr}/invoke"), task)
+}

@@ -1,0 +1,376 @@
+//! `switchboard demo`: a guided tour on the embedded database. It starts HTTP
+//! agents on 127.0.0.1 (each on its own runtime, so "killing" one really
+//! closes its sockets) and in-process agents, then routes a visible mix of
+//! calls through every strategy, a sticky session, a policy denial and a
+//! failover, and ends with metrics and an audit scan.
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use switchboard::namespace::DispatchRecord;
+use switchboard::{
+    AgentConfig, Database, Error, HealthCheckConfig, PolicyEngine, RoutingOptions, RoutingStrategy,
+    ToolCategory, ToolDispatcher, ToolError,
+};
+
+const STEPS: usize = 7;
+const SHIPPED_POLICY: &str = include_str!("../../policies/sensitive_tools.rego");
+
+fn step(n: usize, title: &str) {
+    println!("\n[{n}/{STEPS}] {title}");
+}
+
+/// An HTTP agent on its own runtime thread; dropping the runtime kills it.
+struct DemoAgent {
+    endpoint: String,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl DemoAgent {
+    fn start(name: &'static str, delay: Duration) -> switchboard::Result<DemoAgent> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::storage(format!("cannot start a demo agent: {e}")))?;
+        // Bound synchronously: we are inside the caller's runtime and may not block on this one.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| Error::storage(format!("cannot bind a demo agent: {e}")))?;
+        let addr = listener.local_addr().map_err(Error::storage)?;
+        let app = Router::new()
+            .route(
+                "/invoke",
+                post(move |Json(body): Json<Value>| async move {
+                    tokio::time::sleep(delay).await;
+                    Json(json!({"agent": name, "tool": body["tool"], "result": format!("{} done", body["tool"])}))
+                }),
+            )
+            .route("/health", get(|| async { "ok" }));
+        runtime.spawn(async move {
+            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                let _ = axum::serve(listener, app).await;
+            }
+        });
+        Ok(DemoAgent {
+            endpoint: format!("http://{addr}/invoke"),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for DemoAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A progress bar on the terminal (nothing when stdout is not one).
+fn progress(done: usize, total: usize) {
+    use std::io::{IsTerminal, Write};
+    let mut out = std::io::stdout();
+    if !out.is_terminal() {
+        return;
+    }
+    let width = 20;
+    let filled = done * width / total.max(1);
+    if done < total {
+        print!(
+            "\r    [{}{}] {done}/{total}",
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+    } else {
+        print!("\r\x1b[2K");
+    }
+    let _ = out.flush();
+}
+
+async fn tally(
+    dispatcher: &ToolDispatcher,
+    category: ToolCategory,
+    options: RoutingOptions,
+    calls: usize,
+) -> switchboard::Result<BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for i in 0..calls {
+        let r = dispatcher
+            .invoke(
+                "code_exec",
+                category.clone(),
+                json!({"call": i}),
+                options.clone(),
+            )
+            .await?;
+        *counts.entry(r.agent_id).or_default() += 1;
+        progress(i + 1, calls);
+    }
+    Ok(counts)
+}
+
+fn show_counts(label: &str, counts: &BTreeMap<String, usize>) {
+    let parts: Vec<String> = counts.iter().map(|(a, n)| format!("{a} ×{n}")).collect();
+    println!("    {label:<13} {}", parts.join("   "));
+}
+
+pub async fn run(data: &Path) -> switchboard::Result<()> {
+    println!("Switchboard demo — embedded database at {}", data.display());
+    let db = Database::open(data)?;
+    let dispatcher = ToolDispatcher::try_new(db.clone())?;
+
+    step(
+        1,
+        "Starting agents (HTTP on 127.0.0.1, and in-process handlers)",
+    );
+    let mut code_agent = DemoAgent::start("code_agent", Duration::from_millis(1))?;
+    let backup_agent = DemoAgent::start("backup_agent", Duration::from_millis(15))?;
+    let search_agent = DemoAgent::start("search_agent", Duration::from_millis(2))?;
+    let http = |endpoint: &str, tools, priority| {
+        AgentConfig::new()
+            .with_tools(tools)
+            .with_endpoint(endpoint)
+            .with_priority(priority)
+            .with_timeout(Duration::from_secs(2))
+    };
+    dispatcher.register_agent(
+        "code_agent",
+        http(
+            &code_agent.endpoint,
+            vec![ToolCategory::Code, ToolCategory::Shell],
+            10,
+        ),
+    )?;
+    dispatcher.register_agent(
+        "backup_agent",
+        http(&backup_agent.endpoint, vec![ToolCategory::Code], 1),
+    )?;
+    dispatcher.register_agent(
+        "search_agent",
+        http(
+            &search_agent.endpoint,
+            vec![ToolCategory::Search, ToolCategory::Web],
+            5,
+        ),
+    )?;
+    dispatcher.register_local_agent(
+        "local_code",
+        vec![ToolCategory::Code],
+        |tool: String, input: Value| async move {
+            Ok::<_, ToolError>(json!({"agent": "local_code", "tool": tool, "echo": input}))
+        },
+    )?;
+    let sensitive = ToolCategory::Custom("sensitive".into());
+    for id in ["intern_agent", "trusted_agent_1"] {
+        dispatcher.register_local_agent(
+            id,
+            vec![sensitive.clone()],
+            move |tool: String, _input: Value| async move {
+                Ok::<_, ToolError>(json!({"agent": id, "rotated": tool}))
+            },
+        )?;
+    }
+    for id in dispatcher.list_agents() {
+        let r = dispatcher
+            .registry()
+            .get(&id)
+            .expect("listed agents have records");
+        let tools: Vec<&str> = r.tools.iter().map(|t| t.as_str()).collect();
+        let kind = match r.transport {
+            switchboard::namespace::AgentTransport::Local => "local".to_string(),
+            switchboard::namespace::AgentTransport::Http { endpoint, .. } => endpoint,
+        };
+        println!(
+            "    {id:<16} {:<16} priority {:>2}   {kind}",
+            tools.join(","),
+            r.priority
+        );
+    }
+
+    step(2, "Loading the shipped policy");
+    let policy = PolicyEngine::new(&db);
+    policy.add_rego("tools/sensitive/**", SHIPPED_POLICY)?;
+    for (name, scope) in policy.rego_modules() {
+        println!("    {name} on {scope}: only trusted agents may run sensitive tools");
+    }
+    dispatcher.enable_health_checks(
+        HealthCheckConfig::new()
+            .interval(Duration::from_millis(200))
+            .timeout(Duration::from_millis(200))
+            .unhealthy_threshold(2)
+            .healthy_threshold(2),
+    );
+
+    step(3, "Routing 12 `code` calls with each strategy");
+    for strategy in [
+        RoutingStrategy::RoundRobin,
+        RoutingStrategy::Random,
+        RoutingStrategy::LeastLoaded,
+        RoutingStrategy::Priority,
+        RoutingStrategy::Fastest,
+    ] {
+        let counts = tally(
+            &dispatcher,
+            ToolCategory::Code,
+            RoutingOptions::new().with_strategy(strategy),
+            12,
+        )
+        .await?;
+        show_counts(strategy.as_str(), &counts);
+    }
+
+    step(
+        4,
+        "A sticky session: every call of session `demo-session` goes to one agent",
+    );
+    let sticky = RoutingOptions::new()
+        .with_strategy(RoutingStrategy::Sticky)
+        .with_session_id("demo-session");
+    let counts = tally(&dispatcher, ToolCategory::Code, sticky, 8).await?;
+    show_counts("sticky", &counts);
+    if let Some(binding) = db.get("sessions/demo-session")? {
+        println!(
+            "    sessions/demo-session = {}",
+            String::from_utf8_lossy(&binding)
+        );
+    }
+
+    step(5, "Policy: the sensitive tool `rotate_keys` (round robin over an untrusted and a trusted agent)");
+    let mut denied_first = 0;
+    for i in 0..4 {
+        let r = dispatcher
+            .invoke(
+                "rotate_keys",
+                sensitive.clone(),
+                json!({"key": i}),
+                RoutingOptions::new(),
+            )
+            .await?;
+        let rec: DispatchRecord = serde_json::from_slice(
+            &db.get(&switchboard::namespace::dispatch_key(
+                &sensitive,
+                "rotate_keys",
+                &r.invocation_id,
+            ))?
+            .unwrap_or_default(),
+        )
+        .map_err(Error::storage)?;
+        if let Some(denied) = rec.attempts.iter().find(|a| a.outcome == "denied") {
+            denied_first += 1;
+            println!(
+                "    call {i}: {} denied ({}), then served by {}",
+                denied.agent_id,
+                denied.error.as_deref().unwrap_or(""),
+                r.agent_id
+            );
+        } else {
+            println!("    call {i}: served by {}", r.agent_id);
+        }
+    }
+    dispatcher.unregister_agent("trusted_agent_1")?;
+    match dispatcher
+        .invoke(
+            "rotate_keys",
+            sensitive.clone(),
+            json!({}),
+            RoutingOptions::new(),
+        )
+        .await
+    {
+        Err(e) => println!("    with only intern_agent left: {e}"),
+        Ok(r) => {
+            return Err(Error::storage(format!(
+                "the policy should have denied {}",
+                r.agent_id
+            )))
+        }
+    }
+    println!("    ({denied_first} of 4 calls offered the untrusted agent first; it never ran)");
+
+    step(
+        6,
+        "Killing code_agent: failover, then health checks exclude it",
+    );
+    code_agent.kill();
+    let counts = tally(
+        &dispatcher,
+        ToolCategory::Code,
+        RoutingOptions::new().with_strategy(RoutingStrategy::Priority),
+        10,
+    )
+    .await?;
+    show_counts("priority", &counts);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while dispatcher
+        .get_metrics()
+        .get("code_agent")
+        .is_some_and(|m| m.healthy)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let healthy = dispatcher
+        .get_metrics()
+        .get("code_agent")
+        .is_some_and(|m| m.healthy);
+    println!(
+        "    code_agent is {}; every call above still succeeded",
+        if healthy {
+            "still healthy"
+        } else {
+            "marked unhealthy and skipped"
+        }
+    );
+
+    step(7, "Metrics and the audit trail");
+    println!(
+        "    {:<16} {:>6} {:>8} {:>9} {:>9} {:>9}  HEALTHY",
+        "AGENT", "TOTAL", "SUCCESS", "AVG ms", "p50 ms", "p99 ms"
+    );
+    let metrics: BTreeMap<_, _> = dispatcher.get_metrics().into_iter().collect();
+    for (id, m) in &metrics {
+        println!(
+            "    {id:<16} {:>6} {:>7.0}% {:>9.2} {:>9.2} {:>9.2}  {}",
+            m.total,
+            m.success_rate * 100.0,
+            m.avg_latency_ms,
+            m.p50_latency_ms,
+            m.p99_latency_ms,
+            if m.healthy { "yes" } else { "no" }
+        );
+    }
+    let records: Vec<DispatchRecord> = db
+        .scan("tools/sensitive/")
+        .filter_map(|kv| kv.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
+        .collect();
+    println!(
+        "\n    scan tools/sensitive/ ({} records, oldest first; last 5 shown):",
+        records.len()
+    );
+    for r in records.iter().rev().take(5).rev() {
+        let attempts: Vec<String> = r
+            .attempts
+            .iter()
+            .map(|a| format!("{}:{}", a.agent_id, a.outcome))
+            .collect();
+        println!(
+            "    {}  {:?}  {}",
+            r.invocation_id,
+            r.status,
+            attempts.join(" → ")
+        );
+    }
+    let total = db.scan("tools/").count();
+    println!("\nDone: {total} dispatch records under tools/ in {}. Try `switchboard scan tools/code/ --data {}`.", data.display(), data.display());
+    drop(backup_agent);
+    drop(search_agent);
+    Ok(())
+}

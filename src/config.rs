@@ -1,0 +1,184 @@
+//! The server's TOML configuration file. Every field is optional; command-line
+//! flags override the file, and `SWITCHBOARD_TOKEN` overrides `token`.
+//! `docs/configuration.md` documents each option.
+
+use crate::error::{Error, Result};
+use crate::routing::HealthCheckConfig;
+use crate::storage::{DatabaseOptions, Durability, DEFAULT_MAX_VALUE_BYTES};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where `switchboard` keeps its database unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./switchboard_data";
+/// Where `switchboard serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+/// The largest request body the HTTP API accepts by default.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub policies_dir: Option<PathBuf>,
+    /// Bearer token required by every route but `/healthz`.
+    pub token: Option<String>,
+    pub max_body_bytes: usize,
+    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
+    pub shutdown_grace_secs: u64,
+    pub health: HealthSection,
+    pub storage: StorageSection,
+}
+
+/// `[health]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub durability: Durability,
+    pub max_value_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.into(),
+            data_dir: DEFAULT_DATA_DIR.into(),
+            policies_dir: None,
+            token: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            shutdown_grace_secs: 30,
+            health: HealthSection::default(),
+            storage: StorageSection::default(),
+        }
+    }
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        let d = HealthCheckConfig::default();
+        HealthSection {
+            enabled: true,
+            interval_ms: d.interval.as_millis() as u64,
+            timeout_ms: d.timeout.as_millis() as u64,
+            unhealthy_threshold: d.unhealthy_threshold,
+            healthy_threshold: d.healthy_threshold,
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            durability: Durability::Buffered,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::InvalidInput(m) => Error::invalid(format!("config {}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses values that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_body_bytes == 0 || self.storage.max_value_bytes == 0 {
+            return Err(Error::invalid(
+                "max_body_bytes and storage.max_value_bytes must be at least 1",
+            ));
+        }
+        if self.health.interval_ms == 0 || self.health.timeout_ms == 0 {
+            return Err(Error::invalid(
+                "health.interval_ms and health.timeout_ms must be at least 1",
+            ));
+        }
+        if self.token.as_deref() == Some("") {
+            return Err(Error::invalid(
+                "token is empty; remove it to disable authentication",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_options(&self) -> DatabaseOptions {
+        DatabaseOptions::default()
+            .durability(self.storage.durability)
+            .max_value_bytes(self.storage.max_value_bytes)
+    }
+
+    pub fn health_checks(&self) -> Option<HealthCheckConfig> {
+        let h = &self.health;
+        h.enabled.then(|| {
+            HealthCheckConfig::new()
+                .interval(Duration::from_millis(h.interval_ms))
+                .timeout(Duration::from_millis(h.timeout_ms))
+                .unhealthy_threshold(h.unhealthy_threshold)
+                .healthy_threshold(h.healthy_threshold)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_option_and_refuses_unknown_ones() {
+        let c = Config::parse(
+            r#"
+listen = "127.0.0.1:9000"
+data_dir = "/tmp/sb"
+policies_dir = "policies"
+token = "s3cret"
+max_body_bytes = 4096
+shutdown_grace_secs = 5
+[health]
+enabled = false
+interval_ms = 1000
+timeout_ms = 200
+unhealthy_threshold = 5
+healthy_threshold = 1
+[storage]
+durability = "sync"
+max_value_bytes = 2048
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        assert_eq!(c.storage.durability, Durability::Sync);
+        assert_eq!(c.health_checks(), None);
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        assert!(Config::parse("listen_addr = \"x\"")
+            .unwrap_err()
+            .to_string()
+            .contains("listen_addr"));
+        assert!(Config::parse("[storage]\ndurability = \"fast\"").is_err());
+        assert!(Config::parse("token = \"\"").is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The `switchboard` binary: demo, serve (config, token, signals) and the CLI.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn switchboard() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    c.env_remove("SWITCHBOARD_TOKEN").env("RUST_LOG", "warn");
+    c
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = switchboard().args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn demo_runs_to_completion_and_shows_each_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run_ok(&["demo", "--data", data.to_str().unwrap()]);
+    for expected in [
+        "[1/7]",
+        "round_robin",
+        "least_loaded",
+        "fastest",
+        "sessions/demo-session",
+        "not trusted to run sensitive tools",
+        "with only intern_agent left: policy denied",
+        "code_agent is marked unhealthy and skipped",
+        "AGENT",
+        "Done:",
+    ] {
+        assert!(
+            out.contains(expected),
+            "demo output lacks {expected:?}:\n{out}"
+        );
+    }
+    // A second run on the same database works too (registrations are replaced).
+    run_ok(&["demo", "--data", data.to_str().unwrap()]);
+    let scan = run_ok(&[
+        "scan",
+        "tools/sensitive/",
+        "--json",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let lines: Vec<serde_json::Value> = scan
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 8, "{scan}");
+    assert!(lines
+        .iter()
+        .all(|l| l["value"]["agent_id"] == "trusted_agent_1"));
+}
+
+#[test]
+fn agents_scan_and_policy_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(run_ok(&[
+        "agents",
+        "register",
+        "code_agent",
+        "--tools",
+        "code,shell",
+        "--endpoint",
+        "http://127.0.0.1:9/invoke",
+        "--priority",
+        "3",
+        "--data",
+        d
+    ])
+    .contains("registered code_agent"));
+    let list = run_ok(&["agents", "list", "--data", d]);
+    assert!(
+        list.contains("code_agent")
+            && list.contains("code,shell")
+            && list.contains("http://127.0.0.1:9/invoke"),
+        "{list}"
+    );
+    let json_list = run_ok(&["agents", "list", "--json", "--data", d]);
+    let record: serde_json::Value = serde_json::from_str(json_list.trim()).unwrap();
+    assert_eq!(record["priority"], 3);
+    let scan = run_ok(&["scan", "agents/", "--data", d]);
+    assert!(
+        scan.contains("agents/code_agent") && scan.contains("(1 records)"),
+        "{scan}"
+    );
+
+    // Invoking an agent that does not listen fails with a clear error and exit code 1.
+    let out = switchboard()
+        .args(["invoke", "code_exec", "--category", "code", "--data", d])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent code_agent failed"));
+    let out = switchboard()
+        .args([
+            "invoke",
+            "x",
+            "--category",
+            "code",
+            "--input",
+            "{nope",
+            "--data",
+            d,
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--input is not JSON"));
+
+    assert!(run_ok(&["agents", "remove", "code_agent", "--data", d]).contains("removed"));
+    let out = switchboard()
+        .args(["agents", "remove", "code_agent", "--data", d])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown agent code_agent"));
+
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/sensitive_tools.rego");
+    let check = run_ok(&["policy", "check", policy]);
+    assert!(
+        check.contains("scope tools/sensitive/**") && check.contains("5 passed, 0 failed"),
+        "{check}"
+    );
+    let bad = dir.path().join("bad.rego");
+    std::fs::write(&bad, "# scope: a/**\npackage bad\nallow if {").unwrap();
+    let out = switchboard()
+        .args(["policy", "check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not be loaded"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serve_reads_its_config_requires_the_token_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\npolicies_dir = \"{}\"\nshutdown_grace_secs = 2\n[health]\ninterval_ms = 100\n",
+            dir.path().join("data").display(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/policies"),
+        ),
+    )
+    .unwrap();
+    let mut child = switchboard()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("SWITCHBOARD_TOKEN", "from-the-env")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+                assert!(r.status().is_success());
+                break;
+            }
+            assert!(Instant::now() < deadline, "server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = client
+            .get(format!("{base}/v1/policies"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = client
+            .get(format!("{base}/v1/policies"))
+            .bearer_auth("from-the-env")
+            .send()
+            .await
+            .unwrap();
+        let policies: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(policies[0]["name"], "switchboard.sensitive_tools");
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(exit.success(), "{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+
+    // A config with a typo is refused with the field's name.
+    std::fs::write(&config, "listen_adress = \"x\"\n").unwrap();
+    let out = switchboard()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_adress"));
+}

@@ -35,17 +35,7 @@ fn dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group(GROUP);
     let input = serde_json::json!({"code": "print('hello')"});
 
-    let raw = rocksdb::TransactionDB::<rocksdb::SingleThreaded>::open(
-        &{
-            let mut o = rocksdb::Options::default();
-            o.create_if_missing(true);
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            o
-        },
-        &rocksdb::TransactionDBOptions::default(),
-        dir.path().join("raw"),
-    )
-    .unwrap();
+    let raw = support::raw_baseline_db(&dir.path().join("raw"));
     let counter = AtomicU64::new(0);
     let record = br#"{"invocation_id":"01JABCDEFGHJKMNPQRSTVWXYZ0","tool":"code_exec","category":"code","agent_id":"bench_agent","status":"succeeded"}"#;
     group.bench_function("raw_rocksdb_txn_2_puts", |b| {

@@ -20,17 +20,7 @@ fn store(c: &mut Criterion) {
     let counter = AtomicU64::new(0);
     let mut group = c.benchmark_group(GROUP);
 
-    let raw = rocksdb::TransactionDB::<rocksdb::SingleThreaded>::open(
-        &{
-            let mut o = rocksdb::Options::default();
-            o.create_if_missing(true);
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            o
-        },
-        &rocksdb::TransactionDBOptions::default(),
-        dir.path().join("raw"),
-    )
-    .unwrap();
+    let raw = support::raw_baseline_db(&dir.path().join("raw"));
     group.bench_function("raw_rocksdb_txn_put", |b| {
         b.iter(|| {
             let txn = raw.transaction();

@@ -1008,3 +1008,34 @@ async fn interrupted_dispatches_are_marked_on_the_next_open() {
     );
     assert_eq!(db.scan("inflight/").count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_agents_at_max_concurrency_are_skipped() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    d.register_local_agent_with(
+        "single_slot",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Code])
+            .with_priority(10)
+            .with_max_concurrency(1),
+        |_t, _i| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, ToolError>(json!("slow"))
+        },
+    )
+    .unwrap();
+    echo_agent(&d, "overflow", vec![ToolCategory::Code]);
+    let first = {
+        let d = d.clone();
+        tokio::spawn(async move { call(&d, RoutingStrategy::Priority).await })
+    };
+    while d.get_metrics()["single_slot"].active_tasks == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = call(&d, RoutingStrategy::Priority).await.unwrap();
+    assert_eq!(second.agent_id, "overflow", "the busy agent is skipped");
+    assert_eq!(first.await.unwrap().unwrap().agent_id, "single_slot");
+    let third = call(&d, RoutingStrategy::Priority).await.unwrap();
+    assert_eq!(third.agent_id, "single_slot", "a free slot is used again");
+}

@@ -48,6 +48,16 @@ pub fn report(group: &str, baseline: &str, ids: &[&str]) {
     }
 }
 
+/// A bare RocksDB `TransactionDB` opened with the options `Database::open`
+/// uses: the baseline every ratio is taken against.
+pub fn raw_baseline_db(path: &std::path::Path) -> rocksdb::TransactionDB {
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.increase_parallelism(2);
+    rocksdb::TransactionDB::open(&options, &rocksdb::TransactionDBOptions::default(), path).unwrap()
+}
+
 /// A Rego module that inspects the context, as a realistic in-scope policy.
 pub const TRUSTED_AGENTS_REGO: &str = r#"
 package bench.trusted

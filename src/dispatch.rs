@@ -321,7 +321,10 @@ impl ToolDispatcher {
         let Some(session_id) = options.session_id.as_deref() else {
             return Ok(select().map(unbound));
         };
-        let existing: Option<SessionRecord> = match inner.db.get(&session_key(session_id))? {
+        let existing: Option<SessionRecord> = match inner
+            .db
+            .get_unjudged(&session_key(session_id))?
+        {
             Some(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(binding) => Some(binding),
                 Err(e) => {
@@ -419,6 +422,8 @@ struct Call<'a> {
     denials: Vec<String>,
     /// The last retryable failure and the agent it came from.
     last_failure: Option<(Failure, Arc<Agent>)>,
+    /// The last rate limit that refused a candidate.
+    rate_limited: Option<Error>,
     calls_made: u32,
     started: Instant,
 }
@@ -463,6 +468,7 @@ impl<'a> Call<'a> {
             tried: Vec::new(),
             denials: Vec::new(),
             last_failure: None,
+            rate_limited: None,
             calls_made: 0,
             started: Instant::now(),
         }
@@ -472,11 +478,14 @@ impl<'a> Call<'a> {
         &self.dispatcher.inner
     }
 
-    fn context(&self, agent_id: Option<&str>) -> PolicyContext {
+    /// The policy context of this call's writes; `action` is `dispatch` for
+    /// the record written before an agent is called, `outcome` after.
+    fn context(&self, agent_id: Option<&str>, action: &str) -> PolicyContext {
         let mut ctx = PolicyContext::new();
         if let Some(agent_id) = agent_id {
             ctx.insert("agent_id", agent_id);
         }
+        ctx.insert("action", action);
         ctx.insert("tool", self.record.tool.as_str());
         ctx.insert("category", self.category.as_str());
         if let Some(session) = &self.options.session_id {
@@ -502,7 +511,7 @@ impl<'a> Call<'a> {
             };
             let agent = lease.agent.clone();
             self.tried.push(agent.uid);
-            let ctx = self.context(Some(&agent.id));
+            let ctx = self.context(Some(&agent.id), "dispatch");
             self.record.agent_id = Some(agent.id.clone());
             self.record.attempts.push(Attempt {
                 agent_id: agent.id.clone(),
@@ -522,11 +531,18 @@ impl<'a> Call<'a> {
                     self.denials.push(format!("{}: {reason}", agent.id));
                     continue;
                 }
+                Err(limited @ Error::RateLimited { .. }) => {
+                    tracing::debug!(agent_id = %agent.id, error = %limited, "candidate rate limited");
+                    self.finish_attempt("rate_limited", Duration::ZERO, Some(limited.to_string()));
+                    self.rate_limited = Some(limited);
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
             self.calls_made += 1;
             let (outcome, latency) = self.call_agent(&agent).await;
             drop(lease);
+            let ctx = self.context(Some(&agent.id), "outcome");
             match outcome {
                 Ok(output) => {
                     self.finish_attempt("succeeded", latency, None);
@@ -650,6 +666,8 @@ impl<'a> Call<'a> {
                 key: self.record_key.clone(),
                 reason: format!("every candidate was denied: {}", self.denials.join("; ")),
             }
+        } else if let Some(limited) = self.rate_limited.take() {
+            limited
         } else if !self.inner().registry.any_serves(&self.category) {
             Error::NoAgentAvailable {
                 category,
@@ -662,18 +680,10 @@ impl<'a> Call<'a> {
                     .into(),
             }
         };
-        let ctx = self.context(self.record.agent_id.clone().as_deref());
-        let status = if self.last_failure_was_denial() {
-            DispatchStatus::Denied
-        } else {
-            DispatchStatus::Failed
-        };
-        self.finish(status, Some(error.to_string()), &ctx);
+        let ctx = self.context(self.record.agent_id.clone().as_deref(), "outcome");
+        // Only a call that reached some agent has a record to finish.
+        self.finish(DispatchStatus::Failed, Some(error.to_string()), &ctx);
         error
-    }
-
-    fn last_failure_was_denial(&self) -> bool {
-        self.calls_made == 0 && !self.denials.is_empty()
     }
 }
 
@@ -681,12 +691,13 @@ impl<'a> Call<'a> {
 /// Reads only the `inflight/` index, never the history. Returns how many.
 pub fn recover_interrupted(db: &Database) -> Result<usize> {
     let mut recovered = 0;
-    let entries: Vec<(String, Vec<u8>)> = db.scan(INFLIGHT).collect::<Result<_>>()?;
+    let entries: Vec<(String, Vec<u8>)> =
+        db.scan_unjudged(INFLIGHT, None).collect::<Result<_>>()?;
     for (inflight, record_key) in entries {
         let record_key = String::from_utf8_lossy(&record_key).into_owned();
         let mut ctx = PolicyContext::new().with("action", "recover");
         let mut tx = db.transaction();
-        if let Some(bytes) = db.get(&record_key).ok().flatten() {
+        if let Some(bytes) = db.get_unjudged(&record_key).ok().flatten() {
             match serde_json::from_slice::<DispatchRecord>(&bytes) {
                 Ok(mut record) if record.status == DispatchStatus::InFlight => {
                     if let Some(agent) = &record.agent_id {

@@ -26,6 +26,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A rate limit is used up for now. Nothing was written or read.
+    #[error("rate limit reached: {limit}; it frees up in {retry_after:?}")]
+    RateLimited {
+        /// Which limit, e.g. "at most 10 dispatch per 60s for agent_id a".
+        limit: String,
+        /// When the current window ends.
+        retry_after: Duration,
+    },
+
     /// A Rego module could not be loaded (syntax error, missing scope, no rules).
     /// Policies loaded before it are unaffected.
     #[error("policy {name} could not be loaded: {reason}")]

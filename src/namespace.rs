@@ -225,6 +225,15 @@ pub fn new_invocation_id() -> String {
     out.iter().map(|&b| b as char).collect()
 }
 
+/// The millisecond timestamp an invocation id (or decision-log id) was made at.
+pub fn invocation_id_time_ms(id: &str) -> Option<u64> {
+    let head = id.as_bytes().get(..10)?;
+    head.iter().try_fold(0u64, |acc, &c| {
+        let digit = CROCKFORD.iter().position(|&d| d == c)? as u64;
+        Some((acc << 5) | digit)
+    })
+}
+
 /// Where an agent is reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
@@ -282,8 +291,6 @@ pub enum DispatchStatus {
     Succeeded,
     /// The last attempt failed (tool error, or every retryable attempt failed).
     Failed,
-    /// Every candidate was refused by policy; no agent was called.
-    Denied,
     /// The process stopped while the agent was being called.
     Interrupted,
 }

@@ -96,7 +96,7 @@ impl RegoModule {
     ) -> PolicyAction {
         let value_json = match op {
             Op::Delete => serde_json::Value::Null,
-            Op::Put => serde_json::from_slice(value).unwrap_or_else(|_| {
+            Op::Put | Op::Get => serde_json::from_slice(value).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(value).into_owned())
             }),
         };
@@ -175,14 +175,8 @@ fn message_text(v: &Value) -> String {
 /// Scopes declared by `# scope: GLOB` comment lines at the top of a file.
 pub fn declared_scopes(file: &str, source: &str) -> Result<Vec<Glob>> {
     let mut scopes = Vec::new();
-    for line in source.lines().map(str::trim) {
-        if line.is_empty() {
-            continue;
-        }
-        let Some(comment) = line.strip_prefix('#') else {
-            break;
-        };
-        if let Some(glob) = comment.trim().strip_prefix("scope:") {
+    for line in header_comments(source) {
+        if let Some(glob) = line.strip_prefix("scope:") {
             scopes.push(Glob::new(glob.trim()).map_err(|e| Error::PolicyLoad {
                 name: file.to_string(),
                 reason: e.to_string(),
@@ -226,14 +220,67 @@ fn is_test_file(path: &Path) -> bool {
         .is_some_and(|s| s.ends_with("_test"))
 }
 
-/// Compiles every non-test module of `dir` with its declared scopes.
-pub(crate) fn load_dir(dir: &Path) -> Result<Vec<(Vec<Glob>, RegoModule)>> {
+/// A module read from a policy directory, with what its header declares.
+pub(crate) struct LoadedModule {
+    pub(crate) scopes: Vec<Glob>,
+    pub(crate) ops: Vec<Op>,
+    pub(crate) module: RegoModule,
+}
+
+/// Operations declared by a `# ops: put, delete, get` comment line at the top
+/// of a file; puts and deletes if there is none.
+pub fn declared_ops(file: &str, source: &str) -> Result<Vec<Op>> {
+    for line in header_comments(source) {
+        if let Some(list) = line.strip_prefix("ops:") {
+            let mut ops = Vec::new();
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                ops.push(match name {
+                    "put" => Op::Put,
+                    "delete" => Op::Delete,
+                    "get" => Op::Get,
+                    other => {
+                        return Err(Error::PolicyLoad {
+                            name: file.to_string(),
+                            reason: format!(
+                                "unknown op {other:?} in `# ops:`; use put, delete, get"
+                            ),
+                        })
+                    }
+                });
+            }
+            if ops.is_empty() {
+                return Err(Error::PolicyLoad {
+                    name: file.to_string(),
+                    reason: "`# ops:` lists no operation".into(),
+                });
+            }
+            return Ok(ops);
+        }
+    }
+    Ok(vec![Op::Put, Op::Delete])
+}
+
+/// The text of the comment lines before the first line of code, trimmed.
+fn header_comments(source: &str) -> impl Iterator<Item = &str> {
+    source
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map_while(|l| l.strip_prefix('#'))
+        .map(str::trim)
+}
+
+/// Compiles every non-test module of `dir` with its declared scopes and ops.
+pub(crate) fn load_dir(dir: &Path) -> Result<Vec<LoadedModule>> {
     let mut loaded = Vec::new();
     for path in rego_files(dir)?.into_iter().filter(|p| !is_test_file(p)) {
         let source = read(&path)?;
         let file = path.display().to_string();
-        let scopes = declared_scopes(&file, &source)?;
-        loaded.push((scopes, RegoModule::compile(Some(&file), &source)?));
+        loaded.push(LoadedModule {
+            scopes: declared_scopes(&file, &source)?,
+            ops: declared_ops(&file, &source)?,
+            module: RegoModule::compile(Some(&file), &source)?,
+        });
     }
     Ok(loaded)
 }

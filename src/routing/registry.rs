@@ -53,7 +53,7 @@ impl AgentRegistry {
     pub fn load(db: Database, router: Arc<ToolRouter>) -> Result<AgentRegistry> {
         let registry = AgentRegistry::empty(db, router);
         let mut loaded = HashMap::new();
-        for item in registry.db.scan(AGENTS) {
+        for item in registry.db.scan_unjudged(AGENTS, None) {
             let (key, value) = item?;
             let record: AgentRecord = match serde_json::from_slice(&value) {
                 Ok(record) => record,

@@ -77,6 +77,7 @@ impl From<Error> for ApiError {
         let (status, code) = match &e {
             Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
             Error::PolicyDenied { .. } => (StatusCode::FORBIDDEN, "policy_denied"),
+            Error::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Error::PolicyLoad { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid"),
             Error::NoAgentAvailable { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_agent_available")

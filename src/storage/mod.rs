@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::namespace::{validate_key, validate_prefix};
+use crate::policy::decisions::Decision;
 use crate::policy::{Op, PolicyChain, PolicyContext};
 use rocksdb::{
     Direction, IteratorMode, Options, ReadOptions, TransactionDB, TransactionDBOptions,
@@ -65,9 +66,16 @@ impl DatabaseOptions {
     }
 }
 
+/// Where the decision log lives; written only by the policy chain itself.
+pub const DECISION_LOG: &str = "policy_log/";
+
 struct Inner {
     rocks: TransactionDB,
     chain: Arc<PolicyChain>,
+    /// Entries under `policy_log/` (counted at open, kept by appends and pruning).
+    decision_entries: std::sync::atomic::AtomicU64,
+    /// One pruner at a time, so counts stay exact.
+    pruning: parking_lot::Mutex<()>,
     write_options: WriteOptions,
     options: DatabaseOptions,
     path: PathBuf,
@@ -125,10 +133,13 @@ impl Database {
             })?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.durability == Durability::Sync);
+        let decision_entries = raw_prefix_iter(&rocks, DECISION_LOG).count() as u64;
         Ok(Database {
             inner: Arc::new(Inner {
                 rocks,
                 chain: Arc::new(PolicyChain::default()),
+                decision_entries: decision_entries.into(),
+                pruning: parking_lot::Mutex::new(()),
                 write_options,
                 options,
                 path: path.to_path_buf(),
@@ -150,8 +161,36 @@ impl Database {
         &self.inner.chain
     }
 
-    /// Reads one key.
+    /// Reads one key, with an empty policy context.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get_with(key, &PolicyContext::new())
+    }
+
+    /// Reads one key through the read hooks: a before-read Deny (or a read
+    /// rate limit) refuses it, an after-read `Modify` returns a redacted value.
+    pub fn get_with(&self, key: &str, ctx: &PolicyContext) -> Result<Option<Vec<u8>>> {
+        validate_key(key)?;
+        let chain = &self.inner.chain;
+        if !chain.judges_reads() {
+            return Ok(self.inner.rocks.get(key.as_bytes())?);
+        }
+        let (allowed, decisions) = chain.check_read(key, ctx);
+        self.record_decisions(decisions);
+        allowed?;
+        let (limited, decision) = chain.limit_read(key, ctx);
+        self.record_decisions(decision.into_iter().collect());
+        limited?;
+        let Some(value) = self.inner.rocks.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let (value, decisions) = chain.filter_read(key, value, ctx);
+        self.record_decisions(decisions);
+        value.map(Some)
+    }
+
+    /// Reads one key without the read hooks: for Switchboard's own
+    /// bookkeeping (session bindings, loading registrations, recovery).
+    pub(crate) fn get_unjudged(&self, key: &str) -> Result<Option<Vec<u8>>> {
         validate_key(key)?;
         Ok(self.inner.rocks.get(key.as_bytes())?)
     }
@@ -188,20 +227,53 @@ impl Database {
         }
     }
 
-    /// Every key starting with `prefix`, in key order, with its value.
+    /// Every key starting with `prefix`, in key order, with its value, through
+    /// the read hooks with an empty context (see [`scan_with`](Self::scan_with)).
     pub fn scan(&self, prefix: &str) -> Scan<'_> {
-        self.scan_after(prefix, None)
+        self.scan_after_with(prefix, None, &PolicyContext::new())
     }
 
     /// Like [`scan`](Self::scan), starting after `after` (exclusive): the way to
     /// page through a long prefix.
     pub fn scan_after(&self, prefix: &str, after: Option<&str>) -> Scan<'_> {
+        self.scan_after_with(prefix, after, &PolicyContext::new())
+    }
+
+    /// A scan judged per key by the read hooks: a key a hook denies is
+    /// skipped, a value an after-read hook redacts comes back redacted; the
+    /// scan never stops because of one key. It counts as one read against read
+    /// rate limits (refused as a whole, as its first item, when over).
+    pub fn scan_with(&self, prefix: &str, ctx: &PolicyContext) -> Scan<'_> {
+        self.scan_after_with(prefix, None, ctx)
+    }
+
+    /// [`scan_with`](Self::scan_with) starting after `after`.
+    pub fn scan_after_with(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        ctx: &PolicyContext,
+    ) -> Scan<'_> {
         if let Err(e) = validate_prefix(prefix) {
             return Scan::failed(e);
         }
-        let mut read_options = ReadOptions::default();
-        if let Some(end) = prefix_successor(prefix.as_bytes()) {
-            read_options.set_iterate_upper_bound(end);
+        let judge = self.inner.chain.judges_reads().then(|| ctx.clone());
+        if let Some(ctx) = &judge {
+            let (limited, decision) = self.inner.chain.limit_read(prefix, ctx);
+            self.record_decisions(decision.into_iter().collect());
+            if let Err(e) = limited {
+                return Scan::failed(e);
+            }
+        }
+        let mut scan = self.scan_unjudged(prefix, after);
+        scan.judge = judge.map(|ctx| (self, ctx));
+        scan
+    }
+
+    /// A scan without the read hooks, for Switchboard's own bookkeeping.
+    pub(crate) fn scan_unjudged(&self, prefix: &str, after: Option<&str>) -> Scan<'_> {
+        if let Err(e) = validate_prefix(prefix) {
+            return Scan::failed(e);
         }
         let start = match after {
             Some(after) if after.as_bytes() >= prefix.as_bytes() => {
@@ -211,23 +283,86 @@ impl Database {
             }
             _ => prefix.as_bytes().to_vec(),
         };
-        let iter = self
-            .inner
-            .rocks
-            .iterator_opt(IteratorMode::From(&start, Direction::Forward), read_options);
         Scan {
-            iter: Some(iter),
+            iter: Some(prefix_iter_from(&self.inner.rocks, prefix, &start)),
             pending_error: None,
+            judge: None,
         }
+    }
+
+    /// Appends decisions to the decision log in their own transaction (for
+    /// denials and reads, which have no write of their own to join), then
+    /// prunes. A failure is logged: it must not turn an allowed read into an error.
+    fn record_decisions(&self, decisions: Vec<Decision>) {
+        if decisions.is_empty() {
+            return;
+        }
+        let txn = self.inner.rocks.transaction_opt(
+            &self.inner.write_options,
+            &rocksdb::TransactionOptions::default(),
+        );
+        let staged = decisions.len() as u64;
+        let result = stage_decisions(&txn, decisions).and_then(|()| Ok(txn.commit()?));
+        match result {
+            Ok(()) => self.decisions_added(staged),
+            Err(e) => tracing::warn!(error = %e, "could not write to the decision log"),
+        }
+    }
+
+    fn decisions_added(&self, added: u64) {
+        use std::sync::atomic::Ordering;
+        self.inner
+            .decision_entries
+            .fetch_add(added, Ordering::AcqRel);
+        let retention = self.inner.chain.retention();
+        let over = self.inner.decision_entries.load(Ordering::Acquire) > retention.max_entries;
+        if !over && retention.max_age.is_none() {
+            return;
+        }
+        let _one_pruner = self.inner.pruning.lock();
+        let cutoff_ms = retention
+            .max_age
+            .map(|age| crate::namespace::now_ms().saturating_sub(age.as_millis() as u64));
+        let mut pruned = 0u64;
+        for item in raw_prefix_iter(&self.inner.rocks, DECISION_LOG) {
+            let Ok((key, _)) = item else { break };
+            let count = self.inner.decision_entries.load(Ordering::Acquire) - pruned;
+            let too_many = count > retention.max_entries;
+            let too_old = cutoff_ms.is_some_and(|cutoff| {
+                std::str::from_utf8(&key[DECISION_LOG.len()..])
+                    .ok()
+                    .and_then(crate::namespace::invocation_id_time_ms)
+                    .is_some_and(|at| at < cutoff)
+            });
+            if !too_many && !too_old {
+                break;
+            }
+            if let Err(e) = self.inner.rocks.delete_opt(&key, &self.inner.write_options) {
+                tracing::warn!(error = %e, "could not prune the decision log");
+                break;
+            }
+            pruned += 1;
+        }
+        self.inner
+            .decision_entries
+            .fetch_sub(pruned, Ordering::AcqRel);
     }
 
     fn commit_staged(&self, staged: Vec<Staged>) -> Result<()> {
         let chain = &self.inner.chain;
         let max = self.inner.options.max_value_bytes;
         let mut checked = Vec::with_capacity(staged.len());
+        let mut decisions = Vec::new();
         for op in staged {
-            let value = chain.check_before(op.op, &op.key, op.value, &op.ctx, max)?;
-            checked.push(Staged { value, ..op });
+            let (value, mut made) = chain.check_before(op.op, &op.key, op.value, &op.ctx, max);
+            decisions.append(&mut made);
+            match value {
+                Ok(value) => checked.push(Staged { value, ..op }),
+                Err(e) => {
+                    self.record_decisions(decisions);
+                    return Err(e);
+                }
+            }
         }
         let txn = self.inner.rocks.transaction_opt(
             &self.inner.write_options,
@@ -239,14 +374,65 @@ impl Database {
                 None => txn.delete(op.key.as_bytes())?,
             }
         }
+        // Modify and Log decisions commit with the write they were made about.
+        let logged = decisions.len() as u64;
+        stage_decisions(&txn, decisions)?;
         txn.commit()?;
+        if logged > 0 {
+            self.decisions_added(logged);
+        }
         if chain.has_after_hooks() {
             for op in &checked {
-                chain.notify_after(op.op, &op.key, op.value.as_deref().unwrap_or(&[]), &op.ctx);
+                let made =
+                    chain.notify_after(op.op, &op.key, op.value.as_deref().unwrap_or(&[]), &op.ctx);
+                self.record_decisions(made);
             }
         }
         Ok(())
     }
+}
+
+fn stage_decisions(
+    txn: &rocksdb::Transaction<'_, TransactionDB>,
+    decisions: Vec<Decision>,
+) -> Result<()> {
+    for decision in decisions {
+        let key = format!("{DECISION_LOG}{}", crate::namespace::new_invocation_id());
+        let value = serde_json::to_vec(&decision).map_err(Error::storage)?;
+        txn.put(key.as_bytes(), value)?;
+    }
+    Ok(())
+}
+
+fn prefix_iter_from<'a>(
+    rocks: &'a TransactionDB,
+    prefix: &str,
+    start: &[u8],
+) -> rocksdb::DBIteratorWithThreadMode<'a, TransactionDB> {
+    let mut read_options = ReadOptions::default();
+    if let Some(end) = prefix_successor(prefix.as_bytes()) {
+        read_options.set_iterate_upper_bound(end);
+    }
+    rocks.iterator_opt(IteratorMode::From(start, Direction::Forward), read_options)
+}
+
+fn raw_prefix_iter<'a>(
+    rocks: &'a TransactionDB,
+    prefix: &str,
+) -> rocksdb::DBIteratorWithThreadMode<'a, TransactionDB> {
+    prefix_iter_from(rocks, prefix, prefix.as_bytes())
+}
+
+/// A key a caller may write: valid, and outside the decision log, which only
+/// the policy chain writes.
+fn validate_writable_key(key: &str) -> Result<()> {
+    validate_key(key)?;
+    if key.starts_with(DECISION_LOG) {
+        return Err(Error::invalid(format!(
+            "{key:?} is in {DECISION_LOG}, which only the policy chain writes; read it with scan(\"{DECISION_LOG}\")"
+        )));
+    }
+    Ok(())
 }
 
 /// The smallest byte string greater than every string starting with `prefix`.
@@ -284,7 +470,7 @@ impl Transaction {
 
     /// Stages a put; `ctx` is handed to the policy hooks for this key.
     pub fn put_with(&mut self, key: &str, value: &[u8], ctx: &PolicyContext) -> Result<()> {
-        validate_key(key)?;
+        validate_writable_key(key)?;
         validate_value(value, self.db.inner.options.max_value_bytes)?;
         self.staged.push(Staged {
             op: Op::Put,
@@ -302,7 +488,7 @@ impl Transaction {
 
     /// Stages a delete; `ctx` is handed to the policy hooks for this key.
     pub fn delete_with(&mut self, key: &str, ctx: &PolicyContext) -> Result<()> {
-        validate_key(key)?;
+        validate_writable_key(key)?;
         self.staged.push(Staged {
             op: Op::Delete,
             key: key.to_string(),
@@ -345,6 +531,8 @@ impl Transaction {
 pub struct Scan<'a> {
     iter: Option<rocksdb::DBIteratorWithThreadMode<'a, TransactionDB>>,
     pending_error: Option<Error>,
+    /// The database and reader context when the read hooks judge each key.
+    judge: Option<(&'a Database, PolicyContext)>,
 }
 
 impl Scan<'_> {
@@ -352,6 +540,7 @@ impl Scan<'_> {
         Scan {
             iter: None,
             pending_error: Some(e),
+            judge: None,
         }
     }
 }
@@ -363,16 +552,33 @@ impl Iterator for Scan<'_> {
         if let Some(e) = self.pending_error.take() {
             return Some(Err(e));
         }
-        let item = self.iter.as_mut()?.next()?;
-        Some(match item {
-            Ok((key, value)) => match String::from_utf8(key.into_vec()) {
-                Ok(key) => Ok((key, value.into_vec())),
-                Err(_) => Err(Error::storage("a stored key is not UTF-8")),
-            },
-            Err(e) => {
-                self.iter = None;
-                Err(e.into())
+        loop {
+            let item = self.iter.as_mut()?.next()?;
+            let (key, value) = match item {
+                Ok((key, value)) => match String::from_utf8(key.into_vec()) {
+                    Ok(key) => (key, value.into_vec()),
+                    Err(_) => return Some(Err(Error::storage("a stored key is not UTF-8"))),
+                },
+                Err(e) => {
+                    self.iter = None;
+                    return Some(Err(e.into()));
+                }
+            };
+            let Some((db, ctx)) = &self.judge else {
+                return Some(Ok((key, value)));
+            };
+            // Judged per key: a refusal skips this key, never ends the scan.
+            let chain = &db.inner.chain;
+            let (allowed, decisions) = chain.check_read(&key, ctx);
+            db.record_decisions(decisions);
+            if allowed.is_err() {
+                continue;
             }
-        })
+            let (value, decisions) = chain.filter_read(&key, value, ctx);
+            db.record_decisions(decisions);
+            if let Ok(value) = value {
+                return Some(Ok((key, value)));
+            }
+        }
     }
 }

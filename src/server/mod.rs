@@ -3,7 +3,7 @@
 //! Every error is `{"error": {"code": "...", "message": "..."}}` with a 4xx
 //! status for the client's mistakes (malformed JSON, unknown fields, invalid
 //! ids, missing token, oversized bodies) and 5xx only for the server's or an
-//! agent's failures. `docs/openapi.yaml` describes every route.
+//! agent's failures. `docs/openapi.json` describes every route.
 
 mod auth;
 mod prometheus;
@@ -133,7 +133,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics_prometheus))
         .route("/v1/scan", get(scan))
         .route("/v1/policies", get(list_policies).post(add_policy))
-        .fallback(|| async { ApiError::not_found("no such route; see docs/openapi.yaml") })
+        .fallback(|| async { ApiError::not_found("no such route; see docs/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -19,6 +19,15 @@ fn decisions(db: &Database) -> Vec<Decision> {
         .collect()
 }
 
+/// Minute-window tests must not straddle a window edge: wait out the last
+/// two seconds of a minute.
+fn away_from_minute_edge() {
+    let left = 60_000 - switchboard::namespace::now_ms() % 60_000;
+    if left < 2_000 {
+        std::thread::sleep(Duration::from_millis(left + 50));
+    }
+}
+
 fn admin() -> PolicyContext {
     PolicyContext::new().with("role", "admin")
 }
@@ -344,7 +353,8 @@ async fn dispatch_limits_per_agent_tool_and_session() {
         .unwrap();
     }
     let policy = PolicyEngine::new(&db);
-    // Long windows: nothing here may reset mid-test.
+    // Minute windows: nothing here may reset mid-test.
+    away_from_minute_edge();
     policy
         .add_rate_limit(RateLimitOp::Dispatch, 2, RateLimitScope::PerAgent)
         .unwrap();
@@ -413,6 +423,7 @@ fn read_limits_count_gets_and_whole_scans() {
     for i in 0..5 {
         db.put(&format!("notes/{i}"), b"1").unwrap();
     }
+    away_from_minute_edge();
     PolicyEngine::new(&db)
         .add_rate_limit(RateLimitOp::Get, 3, RateLimitScope::Global)
         .unwrap();
@@ -428,4 +439,37 @@ fn read_limits_count_gets_and_whole_scans() {
     assert!(PolicyEngine::new(&db)
         .add_rate_limit(RateLimitOp::Get, 0, RateLimitScope::Global)
         .is_err());
+}
+
+#[test]
+fn per_agent_limits_are_exact_for_each_agent_under_concurrency() {
+    let (_dir, db) = temp_db();
+    PolicyEngine::new(&db)
+        .add_rate_limit(RateLimitOp::Put, 5, RateLimitScope::PerAgent)
+        .unwrap();
+    away_from_minute_edge();
+    let db = Arc::new(db);
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let agent = ["a", "b"][i % 2];
+                let ctx = PolicyContext::new().with("agent_id", agent);
+                (
+                    agent,
+                    db.put_with(&format!("notes/{i}"), b"1", &ctx).is_ok(),
+                )
+            })
+        })
+        .collect();
+    let mut ok = std::collections::HashMap::new();
+    for t in threads {
+        let (agent, stored) = t.join().unwrap();
+        *ok.entry(agent).or_insert(0) += usize::from(stored);
+    }
+    assert_eq!(ok, std::collections::HashMap::from([("a", 5), ("b", 5)]));
+    // Writes without an agent_id are outside a per-agent budget.
+    for i in 0..10 {
+        db.put(&format!("other/{i}"), b"1").unwrap();
+    }
 }

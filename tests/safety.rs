@@ -1,0 +1,142 @@
+//! Safety properties: no write path around the policy chain, and invariants
+//! that hold under thousands of concurrent dispatches.
+
+mod common;
+
+use common::temp_db;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use switchboard::{
+    AgentConfig, Error, PolicyAction, PolicyEngine, RoutingOptions, RoutingStrategy, ToolCategory,
+    ToolDispatcher, ToolError,
+};
+
+#[tokio::test]
+async fn every_public_write_path_meets_a_deny_all_policy() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    d.register_local_agent("before", vec![ToolCategory::Code], |_t, _i| async {
+        Ok::<_, ToolError>(json!(null))
+    })
+    .unwrap();
+    let before: Vec<(String, Vec<u8>)> = db.scan("").map(|kv| kv.unwrap()).collect();
+    let policy = PolicyEngine::new(&db);
+    policy
+        .before_write("**", |_, _, _| PolicyAction::Deny("frozen".into()))
+        .unwrap();
+    policy
+        .before_delete("**", |_, _, _| PolicyAction::Deny("frozen".into()))
+        .unwrap();
+    let denied = |result: switchboard::Result<()>, what: &str| {
+        assert!(
+            matches!(result, Err(Error::PolicyDenied { .. })),
+            "{what} got past the chain"
+        );
+    };
+    denied(db.put("notes/a", b"1"), "put");
+    denied(
+        db.put_with("notes/a", b"1", &Default::default()),
+        "put_with",
+    );
+    denied(db.delete("agents/before"), "delete");
+    denied(
+        db.delete_with("agents/before", &Default::default()),
+        "delete_with",
+    );
+    let mut tx = db.transaction();
+    tx.put("notes/b", b"1").unwrap();
+    denied(tx.commit(), "transaction");
+    let http = AgentConfig::new()
+        .with_tools(vec![ToolCategory::Code])
+        .with_endpoint("http://127.0.0.1:9/invoke");
+    denied(d.register_agent("new_http", http), "register_agent");
+    denied(
+        d.register_local_agent("new_local", vec![ToolCategory::Code], |_t, _i| async {
+            Ok::<_, ToolError>(json!(null))
+        }),
+        "register_local_agent",
+    );
+    denied(d.unregister_agent("before"), "unregister_agent");
+    let invoked = d
+        .invoke(
+            "run",
+            ToolCategory::Code,
+            json!({}),
+            RoutingOptions::new().with_session_id("s"),
+        )
+        .await;
+    assert!(
+        matches!(invoked, Err(Error::PolicyDenied { .. })),
+        "invoke got past the chain"
+    );
+    assert_eq!(
+        d.get_metrics()["before"].total,
+        0,
+        "a denied dispatch never reaches the agent"
+    );
+    let after: Vec<(String, Vec<u8>)> = db
+        .scan("")
+        .map(|kv| kv.unwrap())
+        .filter(|(k, _)| !k.starts_with("policy_log/"))
+        .collect();
+    assert_eq!(before, after, "nothing but the decision log changed");
+    assert_eq!(d.list_agents(), ["before"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_concurrent_dispatches_keep_every_count() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let handled = Arc::new(AtomicUsize::new(0));
+    for id in ["a", "b", "c", "d"] {
+        let handled = handled.clone();
+        d.register_local_agent(id, vec![ToolCategory::Code], move |_t, _i| {
+            let handled = handled.clone();
+            async move {
+                tokio::task::yield_now().await;
+                handled.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, ToolError>(json!(id))
+            }
+        })
+        .unwrap();
+    }
+    const CALLS: usize = 2_000;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let strategy = RoutingStrategy::ALL[i % RoutingStrategy::ALL.len()];
+                let mut options = RoutingOptions::new().with_strategy(strategy);
+                if strategy == RoutingStrategy::Sticky || i % 7 == 0 {
+                    options = options.with_session_id(format!("s{}", i % 50));
+                }
+                d.invoke("run", ToolCategory::Code, json!({"i": i}), options)
+                    .await
+                    .unwrap()
+                    .agent_id
+            })
+        })
+        .collect();
+    let mut served: HashMap<String, u64> = HashMap::new();
+    for c in calls {
+        *served.entry(c.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(handled.load(Ordering::SeqCst), CALLS);
+    let metrics = d.get_metrics();
+    for (id, m) in &metrics {
+        assert_eq!(m.active_tasks, 0, "{id} still counts calls in flight");
+        assert_eq!(
+            m.total,
+            served.get(id).copied().unwrap_or(0),
+            "{id} lost counts"
+        );
+        assert_eq!(m.successes, m.total);
+    }
+    assert_eq!(metrics.values().map(|m| m.total).sum::<u64>(), CALLS as u64);
+    assert_eq!(db.scan("tools/code/run/").count(), CALLS);
+    assert_eq!(db.scan("inflight/").count(), 0);
+    // One binding per session, naming an agent that served it.
+    assert_eq!(db.scan("sessions/").count(), 50);
+}

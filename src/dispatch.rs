@@ -609,6 +609,9 @@ impl<'a> Call<'a> {
             .call(&self.inner().client, request, agent.timeout)
             .await;
         let latency = started.elapsed();
+        if let Err(Failure::Overloaded { retry_after, .. }) = &outcome {
+            agent.pause_for(*retry_after);
+        }
         let agent_failed = matches!(&outcome, Err(f) if f.is_retryable());
         // A failure teaches the latency estimate as much as a timeout would, so
         // an agent that fails fast does not look fast.

@@ -101,6 +101,11 @@ pub(crate) enum Failure {
     Agent(String),
     /// No answer within the timeout.
     Timeout,
+    /// 429 or 503 with `Retry-After`: the agent asked not to be called for a while.
+    Overloaded {
+        message: String,
+        retry_after: Duration,
+    },
 }
 
 impl Failure {
@@ -113,6 +118,7 @@ impl Failure {
             Failure::Tool(_) => "tool_error",
             Failure::Agent(_) => "failed",
             Failure::Timeout => "timeout",
+            Failure::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -120,14 +126,18 @@ impl Failure {
         let agent_id = agent_id.to_string();
         match self {
             Failure::Tool(message) => Error::ToolFailed { agent_id, message },
-            Failure::Agent(message) => Error::AgentFailed { agent_id, message },
+            Failure::Agent(message) | Failure::Overloaded { message, .. } => {
+                Error::AgentFailed { agent_id, message }
+            }
             Failure::Timeout => Error::AgentTimeout { agent_id, timeout },
         }
     }
 
     pub(crate) fn message(&self, timeout: Duration) -> String {
         match self {
-            Failure::Tool(m) | Failure::Agent(m) => m.clone(),
+            Failure::Tool(m) | Failure::Agent(m) | Failure::Overloaded { message: m, .. } => {
+                m.clone()
+            }
             Failure::Timeout => format!("timed out after {timeout:?}"),
         }
     }
@@ -204,6 +214,11 @@ async fn http_call(
         .await
         .map_err(|e| Failure::Agent(format!("request failed: {}", error_chain(&e))))?;
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
     let mut bytes = Vec::new();
     loop {
         match response.chunk().await {
@@ -224,7 +239,27 @@ async fn http_call(
             }
         }
     }
-    parse_response(status.as_u16(), &bytes)
+    match (parse_response(status.as_u16(), &bytes), retry_after) {
+        (Err(Failure::Agent(message)), Some(retry_after))
+            if matches!(status.as_u16(), 429 | 503) =>
+        {
+            Err(Failure::Overloaded {
+                message,
+                retry_after,
+            })
+        }
+        (result, _) => result,
+    }
+}
+
+/// The longest pause an agent's `Retry-After` can ask for.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// `Retry-After` in delta-seconds (the HTTP-date form is not honoured),
+/// capped at [`MAX_RETRY_AFTER`].
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 /// Classifies an agent's answer: 2xx JSON is output, 4xx the tool's error,
@@ -327,6 +362,15 @@ mod tests {
         assert!(matches!(parse_response(429, b""), Err(Failure::Agent(_))));
         assert!(matches!(parse_response(503, b""), Err(Failure::Agent(m)) if m.contains("503")));
         assert!(matches!(parse_response(302, b""), Err(Failure::Agent(_))));
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
     }
 
     #[test]

@@ -140,3 +140,116 @@ async fn thousands_of_concurrent_dispatches_keep_every_count() {
     // One binding per session, naming an agent that served it.
     assert_eq!(db.scan("sessions/").count(), 50);
 }
+
+#[tokio::test]
+async fn overloaded_and_truncating_agents_fail_over_and_retry_after_is_honoured() {
+    use common::{truncating_endpoint, Behaviour, TestAgent};
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let busy = TestAgent::start("busy", Behaviour::RetryAfter(429, 1)).await;
+    let unavailable = TestAgent::start("unavailable", Behaviour::RetryAfter(503, 1)).await;
+    let good = TestAgent::start("good", common::Behaviour::Echo).await;
+    let (truncating, _task) = truncating_endpoint().await;
+    let register = |id: &str, endpoint: &str, priority| {
+        d.register_agent(
+            id,
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Web])
+                .with_endpoint(endpoint)
+                .with_priority(priority),
+        )
+        .unwrap()
+    };
+    register("busy", &busy.endpoint, 4);
+    register("unavailable", &unavailable.endpoint, 3);
+    register("truncating", &truncating, 2);
+    register("good", &good.endpoint, 1);
+    let options = RoutingOptions::new()
+        .with_strategy(RoutingStrategy::Priority)
+        .with_max_attempts(4);
+    let r = d
+        .invoke("fetch", ToolCategory::Web, json!({}), options.clone())
+        .await
+        .unwrap();
+    assert_eq!((r.agent_id.as_str(), r.attempts), ("good", 4));
+    let record: switchboard::namespace::DispatchRecord = serde_json::from_slice(
+        &db.get(&format!("tools/web/fetch/{}", r.invocation_id))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let outcomes: Vec<&str> = record.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["overloaded", "overloaded", "failed", "succeeded"]
+    );
+    assert!(
+        record.attempts[2]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("broken off"),
+        "{:?}",
+        record.attempts[2]
+    );
+
+    // Within the pause they asked for, the overloaded agents are not called.
+    let (busy_hits, unavailable_hits) = (busy.hits(), unavailable.hits());
+    let r = d
+        .invoke("fetch", ToolCategory::Web, json!({}), options.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.agent_id.as_str(), r.attempts),
+        ("good", 2),
+        "only the truncating agent was tried first"
+    );
+    assert_eq!(
+        (busy.hits(), unavailable.hits()),
+        (busy_hits, unavailable_hits)
+    );
+    // After it, they are tried again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    d.invoke("fetch", ToolCategory::Web, json!({}), options)
+        .await
+        .unwrap();
+    assert_eq!(busy.hits(), busy_hits + 1);
+}
+
+#[tokio::test]
+async fn health_follows_a_flapping_agent() {
+    use common::{Behaviour, TestAgent};
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let flapper = TestAgent::start("flapper", Behaviour::Echo).await;
+    d.register_agent(
+        "flapper",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Web])
+            .with_endpoint(&flapper.endpoint),
+    )
+    .unwrap();
+    d.enable_health_checks(
+        switchboard::HealthCheckConfig::new()
+            .interval(std::time::Duration::from_secs(3600))
+            .unhealthy_threshold(2)
+            .healthy_threshold(2),
+    );
+    // Each probe round sees the agent as the pattern says; the router's view
+    // changes only after two agreeing rounds in a row.
+    let pattern = [
+        false, true, false, false, true, false, true, true, false, false,
+    ];
+    let expected = [
+        true, true, true, false, false, false, false, true, true, false,
+    ];
+    for (up, healthy_after) in pattern.into_iter().zip(expected) {
+        flapper.healthy.store(up, Ordering::SeqCst);
+        d.check_health_now().await;
+        assert_eq!(
+            d.get_metrics()["flapper"].healthy,
+            healthy_after,
+            "after a probe that saw up={up}"
+        );
+    }
+}

@@ -81,6 +81,8 @@ pub(crate) struct Health {
     pub(crate) consecutive_successes: AtomicU32,
     /// Milliseconds since the epoch when it was last marked unhealthy.
     pub(crate) unhealthy_since_ms: AtomicU64,
+    /// No new calls before this time (ms since the epoch; 0 = none), set from `Retry-After`.
+    pub(crate) paused_until_ms: AtomicU64,
 }
 
 /// An invocable agent as the router holds it.
@@ -107,9 +109,22 @@ impl Agent {
         self.stats.active.load(Ordering::Acquire)
     }
 
+    /// Whether it can take one more call now: under its max concurrency and
+    /// not inside a pause it asked for with `Retry-After`.
     pub(crate) fn has_capacity(&self) -> bool {
-        self.max_concurrency
-            .is_none_or(|max| self.active() < max as u64)
+        let paused_until = self.health.paused_until_ms.load(Ordering::Acquire);
+        (paused_until == 0 || crate::namespace::now_ms() >= paused_until)
+            && self
+                .max_concurrency
+                .is_none_or(|max| self.active() < max as u64)
+    }
+
+    /// Honours an agent's `Retry-After`: no new calls until it has passed.
+    pub(crate) fn pause_for(&self, pause: Duration) {
+        let until = crate::namespace::now_ms() + pause.as_millis() as u64;
+        self.health
+            .paused_until_ms
+            .fetch_max(until, Ordering::AcqRel);
     }
 
     pub(crate) fn serves(&self, category: &ToolCategory) -> bool {

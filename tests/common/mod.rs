@@ -21,6 +21,8 @@ pub enum Behaviour {
     Status(u16),
     /// 200 with a body that is not JSON.
     NotJson,
+    /// This status (429 or 503) with `Retry-After: seconds`.
+    RetryAfter(u16, u64),
 }
 
 pub struct TestAgent {
@@ -65,6 +67,12 @@ async fn invoke(State(s): State<AgentState>, Json(body): Json<serde_json::Value>
         )
             .into_response(),
         Behaviour::NotJson => (StatusCode::OK, "<html>not json</html>").into_response(),
+        Behaviour::RetryAfter(code, seconds) => (
+            StatusCode::from_u16(code).unwrap(),
+            [(axum::http::header::RETRY_AFTER, seconds.to_string())],
+            "busy",
+        )
+            .into_response(),
     }
 }
 
@@ -160,4 +168,50 @@ pub async fn closing_endpoint() -> (String, tokio::task::JoinHandle<()>) {
         }
     });
     (format!("http://{addr}/invoke"), task)
+}
+
+/// An endpoint on 127.0.0.1 that answers 200 with a `Content-Length` longer
+/// than the body it sends, then closes the socket.
+pub async fn truncating_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            read_request(&socket).await;
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"partial\": ";
+            if socket.writable().await.is_ok() {
+                let _ = socket.try_write(answer);
+            }
+            drop(socket);
+        }
+    });
+    (format!("http://{addr}/invoke"), task)
+}
+
+/// Reads one whole HTTP/1.1 request (headers and a `Content-Length` body).
+async fn read_request(socket: &tokio::net::TcpStream) {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+        let text = String::from_utf8_lossy(&request).to_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if request.len() >= end + 4 + length {
+                return;
+            }
+        }
+    }
 }

@@ -94,7 +94,7 @@ where
 
 /// How a call that did not succeed ended.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Failure {
+pub enum Failure {
     /// The tool's own error (local `ToolError`, HTTP 4xx): final.
     Tool(String),
     /// The agent could not answer properly (5xx, bad body, connection, panic).
@@ -109,7 +109,8 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    pub(crate) fn is_retryable(&self) -> bool {
+    /// Whether another agent should be tried.
+    pub fn is_retryable(&self) -> bool {
         !matches!(self, Failure::Tool(_))
     }
 
@@ -262,9 +263,9 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
-/// Classifies an agent's answer: 2xx JSON is output, 4xx the tool's error,
-/// anything else a retryable agent failure.
-pub(crate) fn parse_response(status: u16, body: &[u8]) -> Result<serde_json::Value, Failure> {
+/// Classifies an agent's answer: 2xx JSON is output, 4xx (but 408 and 429)
+/// the tool's own error, anything else a retryable agent failure.
+pub fn parse_response(status: u16, body: &[u8]) -> Result<serde_json::Value, Failure> {
     let excerpt = || {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         if text.is_empty() {

@@ -253,3 +253,47 @@ async fn health_follows_a_flapping_agent() {
         );
     }
 }
+
+#[tokio::test]
+async fn oversized_agent_answers_are_refused_and_fail_over() {
+    use common::{Behaviour, TestAgent};
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let flood = TestAgent::start(
+        "flood",
+        Behaviour::Huge(switchboard::transport::MAX_RESPONSE_BYTES + 1),
+    )
+    .await;
+    let good = TestAgent::start("good", Behaviour::Echo).await;
+    for (agent, priority) in [(&flood, 2), (&good, 1)] {
+        d.register_agent(
+            &agent.name,
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Web])
+                .with_endpoint(&agent.endpoint)
+                .with_priority(priority),
+        )
+        .unwrap();
+    }
+    let options = RoutingOptions::new().with_strategy(RoutingStrategy::Priority);
+    let r = d
+        .invoke("fetch", ToolCategory::Web, json!({}), options)
+        .await
+        .unwrap();
+    assert_eq!(r.agent_id, "good");
+    let record: switchboard::namespace::DispatchRecord = serde_json::from_slice(
+        &db.get(&format!("tools/web/fetch/{}", r.invocation_id))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        record.attempts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("larger than"),
+        "{:?}",
+        record.attempts[0]
+    );
+}

@@ -23,6 +23,8 @@ pub enum Behaviour {
     NotJson,
     /// This status (429 or 503) with `Retry-After: seconds`.
     RetryAfter(u16, u64),
+    /// 200 with a JSON string body of this many bytes.
+    Huge(usize),
 }
 
 pub struct TestAgent {
@@ -67,6 +69,9 @@ async fn invoke(State(s): State<AgentState>, Json(body): Json<serde_json::Value>
         )
             .into_response(),
         Behaviour::NotJson => (StatusCode::OK, "<html>not json</html>").into_response(),
+        Behaviour::Huge(bytes) => {
+            (StatusCode::OK, format!("\"{}\"", "x".repeat(bytes))).into_response()
+        }
         Behaviour::RetryAfter(code, seconds) => (
             StatusCode::from_u16(code).unwrap(),
             [(axum::http::header::RETRY_AFTER, seconds.to_string())],

@@ -1,5 +1,8 @@
 //! The `switchboard` binary: demo, serve (config, token, signals) and the CLI.
 
+mod common;
+
+use common::free_port;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -140,14 +143,6 @@ fn agents_scan_and_policy_commands() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("could not be loaded"));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Behaviour, TestAgent};
+use common::{free_port, Behaviour, TestAgent};
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,14 +14,6 @@ use switchboard::{Database, ToolDispatcher};
 
 const ROUNDS: usize = 3;
 const CLIENTS: usize = 6;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// What the clients saw acknowledged in one round.
 #[derive(Default)]

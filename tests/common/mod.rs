@@ -134,12 +134,18 @@ impl Drop for TestAgent {
     }
 }
 
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// An endpoint on 127.0.0.1 where nothing listens.
 pub fn refused_endpoint() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}/invoke")
+    format!("http://127.0.0.1:{}/invoke", free_port())
 }
 
 pub fn temp_db() -> (tempfile::TempDir, switchboard::Database) {
@@ -165,10 +171,7 @@ pub async fn closing_endpoint() -> (String, tokio::task::JoinHandle<()>) {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            if socket.readable().await.is_ok() {
-                let _ = socket.try_read(&mut buf);
-            }
+            read_request(&socket).await;
             drop(socket);
         }
     });

@@ -265,7 +265,7 @@ impl Database {
                 return Scan::failed(e);
             }
         }
-        let mut scan = self.scan_unjudged(prefix, after);
+        let mut scan = self.scan_from(prefix, after);
         scan.judge = judge.map(|ctx| (self, ctx));
         scan
     }
@@ -275,6 +275,11 @@ impl Database {
         if let Err(e) = validate_prefix(prefix) {
             return Scan::failed(e);
         }
+        self.scan_from(prefix, after)
+    }
+
+    /// The raw ordered scan of an already validated prefix.
+    fn scan_from(&self, prefix: &str, after: Option<&str>) -> Scan<'_> {
         let start = match after {
             Some(after) if after.as_bytes() >= prefix.as_bytes() => {
                 let mut s = after.as_bytes().to_vec();

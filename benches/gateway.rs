@@ -1,0 +1,883 @@
+//! Gateway load harness (issue 5): what does routing a call through
+//! `switchboard serve` cost, next to calling the agent directly and next to
+//! HAProxy in front of the same agents?
+//!
+//! One run starts N echo agents (axum, in this process, on 127.0.0.1), HAProxy
+//! (`balance leastconn`) over them, and the real `switchboard serve` binary with
+//! them registered, then sends the same echo call to each of the three targets,
+//! always in the order direct, haproxy, switchboard, each after a 1 s warm-up:
+//!
+//! - **fixed rate**: 1,000 req/s, open loop, from a small client in this
+//!   process. Each request is sent at its scheduled instant and its latency is
+//!   counted from that instant, so a stall shows up as latency instead of
+//!   slowing the sender (no coordinated omission) → p50, p99, max, errors.
+//! - **saturation**: `wrk` with C connections for D seconds → req/s, p50, p99.
+//!
+//! It ends with a table and the ratios the issue sets goals for: gateway
+//! throughput ≥ 0.6× direct and ≥ HAProxy at saturation, and added p99 (gateway
+//! p99 − direct p99) < 0.2 ms at 1,000 req/s.
+//!
+//! Repeat with `make bench-gateway` (installs wrk and haproxy when missing, then
+//! runs `cargo bench --bench gateway`). Settings, from the environment:
+//! `GATEWAY_AGENTS` (4), `GATEWAY_SECS` (5, per measurement), `GATEWAY_CONNECTIONS`
+//! (32, wrk's connections). Agents, gateways and load generators all share the
+//! machine's cores, so compare the ratios of one run, not absolute numbers.
+
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::{http::StatusCode, Json, Router};
+use reqwest::header::CONTENT_TYPE;
+use serde_json::Value;
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+
+/// The agent wire protocol body (BRIEF.md), as the gateways send it to agents.
+const AGENT_BODY: &str = r#"{"invocation_id":"x","tool":"echo","category":"code","input":{"text":"hello"},"session_id":null}"#;
+/// The same call as a `POST /v1/invoke` to switchboard.
+const INVOKE_BODY: &str =
+    r#"{"tool":"echo","category":"code","input":{"text":"hello"},"strategy":"least_loaded"}"#;
+
+/// Requests per second of the latency measurement.
+const FIXED_RATE: u32 = 1_000;
+/// Requests allowed in flight at the fixed rate; one more counts as an error
+/// rather than queueing, which would hide the stall.
+const MAX_OUTSTANDING: usize = 256;
+/// How long after the last scheduled send the fixed-rate phase waits for answers.
+const PHASE_GRACE: Duration = Duration::from_secs(10);
+/// One request's limit at the fixed rate.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a started gateway gets to answer its first request.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const WARM_UP_SECS: u64 = 1;
+
+/// The goals of issue 5.
+const GOAL_VS_DIRECT: f64 = 0.6;
+const GOAL_VS_HAPROXY: f64 = 1.0;
+const GOAL_ADDED_P99_MS: f64 = 0.2;
+
+fn main() {
+    // `run` owns every child process and temp dir, so they are gone by the
+    // time the process exits, on an error as well as on success.
+    if let Err(e) = run() {
+        eprintln!("gateway bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+struct Settings {
+    agents: usize,
+    secs: u64,
+    connections: u32,
+}
+
+/// Reads `name` from the environment as a number in `range`, or `default`.
+fn env_number<T>(name: &str, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display,
+{
+    let Ok(text) = std::env::var(name) else {
+        return Ok(default);
+    };
+    match text.trim().parse::<T>() {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{name}={text:?}: expected a whole number from {} to {}",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+fn settings() -> Result<Settings, String> {
+    Ok(Settings {
+        agents: env_number("GATEWAY_AGENTS", 4, 1..=64)?,
+        secs: env_number("GATEWAY_SECS", 5, 1..=600)?,
+        connections: env_number("GATEWAY_CONNECTIONS", 32, 1..=10_000)?,
+    })
+}
+
+/// A child process killed and reaped when dropped, so an error or a panic
+/// anywhere in the run leaves no haproxy, switchboard or wrk behind.
+struct KillOnDrop {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl KillOnDrop {
+    /// Starts `command` with stdout and stderr going to `log`.
+    fn spawn(name: &'static str, mut command: Command, log: &Path) -> Result<Self, String> {
+        let out = File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        Ok(KillOnDrop {
+            name,
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The end of the child's output, for an error message.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Waits for the child to exit, killing it after `limit`.
+    fn wait(&mut self, limit: Duration) -> Result<ExitStatus, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "{} still running after {limit:?}; killed",
+                        self.name
+                    ))
+                }
+                Err(e) => return Err(format!("waiting for {}: {e}", self.name)),
+            }
+        }
+    }
+}
+
+/// One way to reach the echo agents.
+struct Target {
+    name: &'static str,
+    url: String,
+    body: &'static str,
+}
+
+struct Saturation {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+struct FixedRate {
+    /// Sorted latencies of the requests that succeeded.
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+impl FixedRate {
+    /// Nearest-rank percentile, `q` in (0, 1].
+    fn percentile(&self, q: f64) -> Option<Duration> {
+        let n = self.latencies.len();
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n.max(1));
+        self.latencies.get(rank - 1).copied()
+    }
+}
+
+struct Row {
+    name: &'static str,
+    saturation: Option<Saturation>,
+    fixed: FixedRate,
+}
+
+fn run() -> Result<(), String> {
+    let settings = settings()?;
+    let wrk = find_tool("wrk");
+    let haproxy = find_tool("haproxy");
+    print_header(&settings, wrk.as_deref(), haproxy.as_deref());
+
+    // The agents get a runtime of their own, as a separate process would; the
+    // fixed-rate client gets one worker, which is plenty for 1,000 req/s.
+    let agents_rt = runtime(None, "agents")?;
+    let client_rt = runtime(Some(1), "client")?;
+    let agents = start_agents(&agents_rt, settings.agents)?;
+    let setup = setup_client()?;
+
+    // Declared before `children` so the directory outlives the processes using it.
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
+    let mut children = Vec::new();
+
+    let mut targets = vec![Target {
+        name: "direct",
+        url: format!("http://127.0.0.1:{}/invoke", agents[0]),
+        body: AGENT_BODY,
+    }];
+    // HAProxy is the comparison, not the subject: without it the run goes on.
+    if let Some(haproxy) = &haproxy {
+        match start_haproxy(
+            haproxy,
+            dir.path(),
+            &agents,
+            settings.connections,
+            &client_rt,
+            &setup,
+        ) {
+            Ok((url, process)) => {
+                children.push(process);
+                targets.push(Target {
+                    name: "haproxy",
+                    url,
+                    body: AGENT_BODY,
+                });
+            }
+            Err(e) => println!("skipping the HAProxy target: {e}\n"),
+        }
+    }
+    let (url, switchboard) = start_switchboard(dir.path(), &agents, &client_rt, &setup)?;
+    children.push(switchboard);
+    targets.push(Target {
+        name: "switchboard",
+        url,
+        body: INVOKE_BODY,
+    });
+
+    let mut rows = Vec::new();
+    for target in &targets {
+        rows.push(measure(
+            target,
+            &settings,
+            wrk.as_deref(),
+            dir.path(),
+            &client_rt,
+            &setup,
+        )?);
+    }
+    print_table(&settings, &rows);
+    print_ratios(&rows);
+    drop(children);
+    Ok(())
+}
+
+/// Warm-up, then the fixed rate (the delicate measurement, so before the
+/// saturation run leaves work behind in the gateway), then saturation.
+fn measure(
+    target: &Target,
+    settings: &Settings,
+    wrk: Option<&Path>,
+    dir: &Path,
+    rt: &Runtime,
+    setup: &reqwest::Client,
+) -> Result<Row, String> {
+    probe(rt, setup, target)?;
+    println!("measuring {} ({})", target.name, target.url);
+    let client = load_client()?;
+    if let Some(wrk) = wrk {
+        // A failure here shows again, reported, in the saturation run.
+        let _ = run_wrk(wrk, dir, target, WARM_UP_SECS, settings.connections);
+    }
+    // Opens the client's pooled connections at the rate it will be measured at.
+    fixed_rate(rt, &client, target, FIXED_RATE as usize / 2);
+    let fixed = fixed_rate(
+        rt,
+        &client,
+        target,
+        FIXED_RATE as usize * settings.secs as usize,
+    );
+    let saturation = match wrk {
+        Some(wrk) => match run_wrk(wrk, dir, target, settings.secs, settings.connections) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                println!("  {}: wrk failed: {e}", target.name);
+                None
+            }
+        },
+        None => None,
+    };
+    Ok(Row {
+        name: target.name,
+        saturation,
+        fixed,
+    })
+}
+
+fn runtime(workers: Option<usize>, name: &str) -> Result<Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
+        .enable_all()
+        .thread_name(format!("gateway-{name}"))
+        .build()
+        .map_err(|e| format!("cannot start the {name} runtime: {e}"))
+}
+
+/// `name` on PATH, or in the sbin directories a non-root PATH may lack
+/// (Debian puts haproxy in /usr/sbin).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|file| file.is_file())
+}
+
+/// The first line a tool prints about its version (`wrk --version` exits 1).
+fn tool_version(tool: &Path, arg: &str) -> String {
+    match Command::new(tool).arg(arg).stdin(Stdio::null()).output() {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            let first = text.lines().next().unwrap_or("");
+            first
+                .split(" Copyright")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        }
+        Err(e) => format!("cannot run {}: {e}", tool.display()),
+    }
+}
+
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, model)| model.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn print_header(s: &Settings, wrk: Option<&Path>, haproxy: Option<&Path>) {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "gateway load harness (issue 5): direct vs HAProxy vs switchboard serve, one echo workload"
+    );
+    println!(
+        "  machine     {cpus} CPUs ({}), shared by agents, gateways and load generators",
+        cpu_model()
+    );
+    println!(
+        "  agents      {} echo agents (axum, in this process) on 127.0.0.1",
+        s.agents
+    );
+    println!(
+        "  fixed rate  {FIXED_RATE} req/s open loop for {} s = {} requests per target; latency from each scheduled send; <= {MAX_OUTSTANDING} in flight",
+        s.secs,
+        FIXED_RATE as u64 * s.secs
+    );
+    match wrk {
+        Some(wrk) => println!(
+            "  saturation  wrk -t{} -c{} -d{}s after a {WARM_UP_SECS} s warm-up; {}",
+            s.connections.min(2),
+            s.connections,
+            s.secs,
+            tool_version(wrk, "--version")
+        ),
+        None => println!("  saturation  skipped: wrk not found (run scripts/install-bench-deps)"),
+    }
+    match haproxy {
+        Some(haproxy) => println!(
+            "  haproxy     balance leastconn, nbthread 2; {}",
+            tool_version(haproxy, "-v")
+        ),
+        None => println!("  haproxy     skipped: not found (run scripts/install-bench-deps)"),
+    }
+    println!("  switchboard {}", env!("CARGO_BIN_EXE_switchboard"));
+    println!();
+}
+
+// ---------------------------------------------------------------- agents
+
+/// Starts `n` echo agents on the runtime; returns their ports.
+fn start_agents(rt: &Runtime, n: usize) -> Result<Vec<u16>, String> {
+    (0..n).map(|_| rt.block_on(start_agent())).collect()
+}
+
+/// An HTTP agent: `POST /invoke` answers the call's `input`, `GET /health` 200.
+async fn start_agent() -> Result<u16, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind an agent: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let app = Router::new()
+        .route("/invoke", post(echo))
+        .route("/health", get(|| async { StatusCode::OK }));
+    // Nagle off, as a production agent would have it: no answer waits on an ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("agent on port {port} stopped: {e}");
+        }
+    });
+    Ok(port)
+}
+
+async fn echo(Json(mut call): Json<Value>) -> Json<Value> {
+    Json(
+        call.get_mut("input")
+            .map(Value::take)
+            .unwrap_or(Value::Null),
+    )
+}
+
+// ---------------------------------------------------------------- gateways
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+fn haproxy_config(port: u16, agents: &[u16], connections: u32) -> String {
+    // HAProxy refuses to start when maxconn needs more descriptors than the
+    // limit allows (about two per connection), so ask for what wrk opens.
+    let maxconn = connections.max(1_000) + 256;
+    let servers: String = agents
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("    server agent_{i} 127.0.0.1:{p}\n"))
+        .collect();
+    // No `log` lines: logging is off. No `check`: the agents do not fail here,
+    // and probes would be traffic switchboard's 30 s probes barely match.
+    format!(
+        "global\n    nbthread 2\n    maxconn {maxconn}\n\n\
+         defaults\n    mode http\n    http-reuse always\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\n\
+         frontend gateway\n    bind 127.0.0.1:{port}\n    default_backend agents\n\n\
+         backend agents\n    balance leastconn\n{servers}"
+    )
+}
+
+/// Starts HAProxy in front of the agents; returns its invoke URL and the process.
+fn start_haproxy(
+    haproxy: &Path,
+    dir: &Path,
+    agents: &[u16],
+    connections: u32,
+    rt: &Runtime,
+    setup: &reqwest::Client,
+) -> Result<(String, KillOnDrop), String> {
+    let port = free_port()?;
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_config(port, agents, connections))
+        .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+    let mut command = Command::new(haproxy);
+    command.arg("-f").arg(&cfg).arg("-db");
+    let mut child = KillOnDrop::spawn("haproxy", command, &dir.join("haproxy.log"))?;
+    wait_ready(
+        rt,
+        setup,
+        &format!("http://127.0.0.1:{port}/health"),
+        &mut child,
+    )?;
+    Ok((format!("http://127.0.0.1:{port}/invoke"), child))
+}
+
+/// Starts `switchboard serve` on a fresh database, registers the agents and
+/// returns its invoke URL and the process.
+fn start_switchboard(
+    dir: &Path,
+    agents: &[u16],
+    rt: &Runtime,
+    setup: &reqwest::Client,
+) -> Result<(String, KillOnDrop), String> {
+    let port = free_port()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command
+        .arg("serve")
+        .arg("--data")
+        .arg(dir.join("switchboard_data"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .current_dir(dir)
+        // No token (the calls carry none), and the default log level whatever
+        // the caller's environment says: per-request logging would be measured.
+        .env_remove("SWITCHBOARD_TOKEN")
+        .env("RUST_LOG", "info");
+    let mut child = KillOnDrop::spawn("switchboard", command, &dir.join("switchboard.log"))?;
+    wait_ready(rt, setup, &format!("{base}/healthz"), &mut child)?;
+    for (i, agent) in agents.iter().enumerate() {
+        let body = format!(r#"{{"tools":["code"],"endpoint":"http://127.0.0.1:{agent}/invoke"}}"#);
+        let request = setup
+            .put(format!("{base}/v1/agents/agent_{i}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        let (status, text) = rt.block_on(call(request))?;
+        if !status.is_success() {
+            return Err(format!(
+                "registering agent_{i} with switchboard: {status} {text}"
+            ));
+        }
+    }
+    Ok((format!("{base}/v1/invoke"), child))
+}
+
+/// Polls `url` until it answers 2xx; fails if the child exits or time runs out.
+fn wait_ready(
+    rt: &Runtime,
+    setup: &reqwest::Client,
+    url: &str,
+    child: &mut KillOnDrop,
+) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.child.try_wait() {
+            return Err(format!(
+                "{} exited ({status}) before it answered:\n{}",
+                child.name,
+                child.log_tail()
+            ));
+        }
+        if matches!(rt.block_on(call(setup.get(url))), Ok((s, _)) if s.is_success()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not answer {url} within {READY_TIMEOUT:?}:\n{}",
+                child.name,
+                child.log_tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends one setup request; returns the status and body.
+async fn call(request: reqwest::RequestBuilder) -> Result<(StatusCode, String), String> {
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    Ok((status, text))
+}
+
+/// One call through `target` must echo before it is measured: otherwise the
+/// numbers would be those of an error path.
+fn probe(rt: &Runtime, setup: &reqwest::Client, target: &Target) -> Result<(), String> {
+    let request = setup
+        .post(&target.url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(target.body);
+    match rt.block_on(call(request)) {
+        Ok((status, text)) if status.is_success() && text.contains("hello") => Ok(()),
+        Ok((status, text)) => Err(format!(
+            "{}: the probe call got {status} {text}",
+            target.name
+        )),
+        Err(e) => Err(format!("{}: the probe call failed: {e}", target.name)),
+    }
+}
+
+fn setup_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// The fixed-rate client: pooled keep-alive connections, Nagle off.
+fn load_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(MAX_OUTSTANDING)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+// ---------------------------------------------------------------- fixed rate
+
+/// Sends `count` requests at `FIXED_RATE`, each spawned at its scheduled
+/// instant by this (non-runtime) thread, and collects their latencies.
+fn fixed_rate(rt: &Runtime, client: &reqwest::Client, target: &Target, count: usize) -> FixedRate {
+    let period = Duration::from_secs(1) / FIXED_RATE;
+    let permits = Arc::new(Semaphore::new(MAX_OUTSTANDING));
+    let start = Instant::now() + Duration::from_millis(10);
+    let last_send = start + period * count as u32;
+    let mut tasks = Vec::with_capacity(count);
+    let mut errors = 0;
+    for i in 0..count {
+        let scheduled = start + period * i as u32;
+        wait_until(scheduled);
+        // Too many in flight (or the pacer fell far behind): an error, not a
+        // queue, so the phase stays bounded and the stall stays visible.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) if Instant::now() < last_send + PHASE_GRACE => p,
+            _ => {
+                errors += 1;
+                continue;
+            }
+        };
+        let request = client
+            .post(&target.url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(target.body);
+        tasks.push(rt.spawn(async move {
+            let ok = send(request).await;
+            drop(permit);
+            ok.then(|| scheduled.elapsed())
+        }));
+    }
+    let deadline = tokio::time::Instant::from_std(last_send + PHASE_GRACE);
+    let (mut latencies, failed) = rt.block_on(collect(tasks, deadline));
+    latencies.sort_unstable();
+    FixedRate {
+        latencies,
+        errors: errors + failed,
+    }
+}
+
+/// Sleeps most of the way, then spins: a thread sleep overshoots by tens of
+/// µs and tokio's timer ticks in whole ms, either of which would be measured.
+fn wait_until(deadline: Instant) {
+    const SPIN: Duration = Duration::from_micros(60);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        let left = deadline - now;
+        if left > SPIN {
+            std::thread::sleep(left - SPIN);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// True when the call answered 2xx with a whole body.
+async fn send(request: reqwest::RequestBuilder) -> bool {
+    match request.send().await {
+        Ok(response) if response.status().is_success() => response.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+/// Latencies of the calls that succeeded by `deadline`, and how many did not.
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<Option<Duration>>>,
+    deadline: tokio::time::Instant,
+) -> (Vec<Duration>, usize) {
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut failed = 0;
+    for mut task in tasks {
+        match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(Ok(Some(latency))) => latencies.push(latency),
+            Ok(_) => failed += 1,
+            Err(_) => {
+                task.abort();
+                failed += 1;
+            }
+        }
+    }
+    (latencies, failed)
+}
+
+// ---------------------------------------------------------------- wrk
+
+fn lua_script(body: &str) -> String {
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = [==[{body}]==]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+    )
+}
+
+/// Runs wrk against `target` for `secs` and reads its report.
+fn run_wrk(
+    wrk: &Path,
+    dir: &Path,
+    target: &Target,
+    secs: u64,
+    connections: u32,
+) -> Result<Saturation, String> {
+    let script = dir.join(format!("{}.lua", target.name));
+    std::fs::write(&script, lua_script(target.body))
+        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+    let mut command = Command::new(wrk);
+    command
+        .arg(format!("-t{}", connections.min(2)))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency")
+        .arg("-s")
+        .arg(&script)
+        .arg(&target.url);
+    let mut child = KillOnDrop::spawn(
+        "wrk",
+        command,
+        &dir.join(format!("{}.wrk.txt", target.name)),
+    )?;
+    let status = child.wait(Duration::from_secs(secs + 30))?;
+    let output = std::fs::read_to_string(&child.log).unwrap_or_default();
+    if !status.success() {
+        return Err(format!("wrk exited ({status}):\n{output}"));
+    }
+    parse_wrk(&output)
+}
+
+/// Reads req/s, the 50 % and 99 % latencies and the error counts from
+/// `wrk --latency` output.
+fn parse_wrk(output: &str) -> Result<Saturation, String> {
+    let (mut rps, mut p50, mut p99, mut errors) = (None, None, None, 0);
+    for line in output.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = line.strip_prefix("50%") {
+            p50 = parse_wrk_duration(v.trim());
+        } else if let Some(v) = line.strip_prefix("99%") {
+            p99 = parse_wrk_duration(v.trim());
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            errors += v
+                .split(',')
+                .filter_map(|kv| kv.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    match (rps, p50, p99) {
+        (Some(rps), Some(p50), Some(p99)) => Ok(Saturation {
+            rps,
+            p50,
+            p99,
+            errors,
+        }),
+        _ => Err(format!("cannot read wrk's report:\n{output}")),
+    }
+}
+
+/// "812.00us", "1.23ms", "2.01s", "1.00m" as wrk prints them.
+fn parse_wrk_duration(text: &str) -> Option<Duration> {
+    let (number, seconds_per_unit) = [
+        ("us", 1e-6),
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ]
+    .iter()
+    .find_map(|(unit, scale)| Some((text.strip_suffix(unit)?, *scale)))?;
+    let value: f64 = number.trim().parse().ok()?;
+    (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value * seconds_per_unit))
+}
+
+// ---------------------------------------------------------------- report
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
+}
+
+fn print_table(s: &Settings, rows: &[Row]) {
+    println!();
+    let saturation = format!("saturation (wrk -c{}, {} s)", s.connections, s.secs);
+    let fixed = format!("fixed {FIXED_RATE} req/s, open loop ({} s)", s.secs);
+    println!("{:<12} | {saturation:<34} | {fixed}", "");
+    println!(
+        "{:<12} | {:>10} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8} {:>9} {:>7}",
+        "target",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "completed",
+        "errors"
+    );
+    println!("{}", "-".repeat(98));
+    for row in rows {
+        let (rps, p50, p99, errs) = match &row.saturation {
+            Some(s) => (
+                format!("{:.0}", s.rps),
+                ms(Some(s.p50)),
+                ms(Some(s.p99)),
+                s.errors.to_string(),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let f = &row.fixed;
+        let (f50, f99, fmax) = (
+            ms(f.percentile(0.50)),
+            ms(f.percentile(0.99)),
+            ms(f.latencies.last().copied()),
+        );
+        let (done, ferrs) = (f.latencies.len(), f.errors);
+        println!(
+            "{:<12} | {rps:>10} {p50:>7} {p99:>7} {errs:>7} | {f50:>8} {f99:>8} {fmax:>8} {done:>9} {ferrs:>7}",
+            row.name
+        );
+    }
+    println!();
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "goal met"
+    } else {
+        "not met"
+    }
+}
+
+fn print_ratios(rows: &[Row]) {
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    let rps = |name: &str| find(name)?.saturation.as_ref().map(|s| s.rps);
+    let p99 = |name: &str| find(name)?.fixed.percentile(0.99);
+
+    match (rps("switchboard"), rps("direct")) {
+        (Some(sw), Some(direct)) => println!(
+            "switchboard / direct throughput:  {:.2}x  (goal >= {GOAL_VS_DIRECT:.1}x: {})",
+            sw / direct,
+            verdict(sw / direct >= GOAL_VS_DIRECT)
+        ),
+        _ => println!("switchboard / direct throughput:  n/a (no wrk numbers)"),
+    }
+    match (rps("switchboard"), rps("haproxy")) {
+        (Some(sw), Some(ha)) => println!(
+            "switchboard / haproxy throughput: {:.2}x  (goal >= {GOAL_VS_HAPROXY:.1}x: {})",
+            sw / ha,
+            verdict(sw / ha >= GOAL_VS_HAPROXY)
+        ),
+        _ => println!("switchboard / haproxy throughput: n/a (no wrk or haproxy numbers)"),
+    }
+    let added =
+        |name: &str| Some(p99(name)?.as_secs_f64() * 1e3 - p99("direct")?.as_secs_f64() * 1e3);
+    match added("switchboard") {
+        Some(a) => println!(
+            "added p99 at {FIXED_RATE} req/s:      switchboard {a:+.3} ms  (goal < {GOAL_ADDED_P99_MS} ms: {})",
+            verdict(a < GOAL_ADDED_P99_MS)
+        ),
+        None => println!("added p99 at {FIXED_RATE} req/s:      n/a (no successful calls)"),
+    }
+    if let Some(a) = added("haproxy") {
+        println!("                                  haproxy     {a:+.3} ms  (for comparison)");
+    }
+    let saturation_errors: u64 = rows
+        .iter()
+        .filter_map(|r| r.saturation.as_ref())
+        .map(|s| s.errors)
+        .sum();
+    let fixed_errors: usize = rows.iter().map(|r| r.fixed.errors).sum();
+    if saturation_errors + fixed_errors as u64 > 0 {
+        println!(
+            "note: some calls failed (see the errors columns); wrk's req/s counts failed calls too"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! A full local-handler dispatch (intent and outcome records written) with no
 //! policy, one glob hook, and one Rego module in scope, next to raw RocksDB
-//! transactions of two puts measured in the same run.
+//! transactions of two puts measured in the same run (the baseline), and raw
+//! `WriteBatch`es of two puts (what each of the dispatch's two commits is).
 
 mod support;
 
@@ -54,6 +55,21 @@ fn dispatch(c: &mut Criterion) {
     });
     drop(raw);
 
+    let batch_db = support::raw_batch_db(&dir.path().join("raw_batch"));
+    group.bench_function("raw_rocksdb_batch_2_puts", |b| {
+        b.iter(|| {
+            let i = counter.fetch_add(1, Ordering::Relaxed);
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put(format!("tools/code/code_exec/{i:026}").as_bytes(), record);
+            batch.put(
+                format!("inflight/{i:026}").as_bytes(),
+                b"tools/code/code_exec/x",
+            );
+            batch_db.write(batch).unwrap();
+        })
+    });
+    drop(batch_db);
+
     let cases: [(&str, InstallPolicy); 3] = [
         ("invoke_no_policy", |_| {}),
         ("invoke_one_glob_hook", |db| {
@@ -90,6 +106,7 @@ fn dispatch(c: &mut Criterion) {
         GROUP,
         "raw_rocksdb_txn_2_puts",
         &[
+            "raw_rocksdb_batch_2_puts",
             "invoke_no_policy",
             "invoke_one_glob_hook",
             "invoke_one_rego_module",

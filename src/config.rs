@@ -3,6 +3,7 @@
 //! `docs/configuration.md` documents each option.
 
 use crate::error::{Error, Result};
+use crate::policy::RegoEvaluator;
 use crate::routing::HealthCheckConfig;
 use crate::storage::{DatabaseOptions, Durability, DEFAULT_MAX_VALUE_BYTES};
 use serde::Deserialize;
@@ -23,6 +24,8 @@ pub struct Config {
     pub listen: String,
     pub data_dir: PathBuf,
     pub policies_dir: Option<PathBuf>,
+    /// How the modules of `policies_dir` are evaluated.
+    pub rego_evaluator: RegoEvaluator,
     /// Bearer token required by every route but `/healthz`.
     pub token: Option<String>,
     pub max_body_bytes: usize,
@@ -57,6 +60,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.into(),
             data_dir: DEFAULT_DATA_DIR.into(),
             policies_dir: None,
+            rego_evaluator: RegoEvaluator::default(),
             token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace_secs: 30,
@@ -155,6 +159,7 @@ mod tests {
 listen = "127.0.0.1:9000"
 data_dir = "/tmp/sb"
 policies_dir = "policies"
+rego_evaluator = "bytecode"
 token = "s3cret"
 max_body_bytes = 4096
 shutdown_grace_secs = 5
@@ -172,6 +177,7 @@ max_value_bytes = 2048
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:9000");
         assert_eq!(c.storage.durability, Durability::Sync);
+        assert_eq!(c.rego_evaluator, RegoEvaluator::Bytecode);
         assert_eq!(c.health_checks(), None);
         assert_eq!(Config::parse("").unwrap(), Config::default());
         assert!(Config::parse("listen_addr = \"x\"")
@@ -179,6 +185,7 @@ max_value_bytes = 2048
             .to_string()
             .contains("listen_addr"));
         assert!(Config::parse("[storage]\ndurability = \"fast\"").is_err());
+        assert!(Config::parse("rego_evaluator = \"jit\"").is_err());
         assert!(Config::parse("token = \"\"").is_err());
     }
 }

@@ -33,7 +33,9 @@ pub mod transport;
 pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDispatcher};
 pub use error::{Error, Result};
 pub use namespace::ToolCategory;
-pub use policy::{PolicyAction, PolicyContext, PolicyEngine, RateLimitOp, RateLimitScope};
+pub use policy::{
+    PolicyAction, PolicyContext, PolicyEngine, RateLimitOp, RateLimitScope, RegoEvaluator,
+};
 pub use routing::{
     AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy, ToolRouter,
 };

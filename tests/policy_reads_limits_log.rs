@@ -78,6 +78,30 @@ fn before_read_denials_refuse_gets_and_scans_skip_the_key() {
         .map(|kv| kv.unwrap().0)
         .collect();
     assert_eq!(as_admin, ["secrets/k1", "secrets/k2"]);
+
+    // The borrowing scan is judged the same way.
+    let mut visited = Vec::new();
+    db.scan_each("", None, |key, _| {
+        if !key.starts_with("policy_log/") {
+            visited.push(key.to_string());
+        }
+        true
+    })
+    .unwrap();
+    assert_eq!(visited, ["notes/a"]);
+    let mut as_admin = Vec::new();
+    db.scan_each_with("secrets/", None, &admin(), |key, value| {
+        as_admin.push((key.to_string(), value.to_vec()));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        as_admin,
+        [
+            ("secrets/k1".to_string(), b"\"s1\"".to_vec()),
+            ("secrets/k2".to_string(), b"\"s2\"".to_vec())
+        ]
+    );
 }
 
 #[test]
@@ -122,12 +146,20 @@ fn after_read_modify_redacts_what_readers_get_but_not_what_is_stored() {
         .collect();
     assert_eq!(scanned.len(), 2);
     assert_eq!(scanned[0]["input"]["api_key"], "***");
-    // One Modify decision per redacted read (get, scan), none for admin reads.
+    let mut visited = Vec::new();
+    db.scan_each("tools/web/", None, |_, value| {
+        visited.push(serde_json::from_slice::<serde_json::Value>(value).unwrap());
+        true
+    })
+    .unwrap();
+    assert_eq!(visited, scanned, "the borrowing scan redacts alike");
+    // One Modify decision per redacted read (get, scan, scan_each), none for
+    // admin reads.
     let modifies: Vec<_> = decisions(&db)
         .into_iter()
         .filter(|d| d.decision == DecisionKind::Modify)
         .collect();
-    assert_eq!(modifies.len(), 2);
+    assert_eq!(modifies.len(), 3);
     assert!(modifies
         .iter()
         .all(|d| d.op == "get" && d.key == "tools/web/deploy/1"));

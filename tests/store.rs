@@ -2,7 +2,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use switchboard::{Database, DatabaseOptions, Error, PolicyAction, PolicyContext, PolicyEngine};
+use switchboard::{
+    Database, DatabaseOptions, Error, PolicyAction, PolicyContext, PolicyEngine, RegoEvaluator,
+};
 
 fn temp_db() -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().unwrap();
@@ -246,8 +248,15 @@ allow if input.op == "delete"
 
 #[test]
 fn rego_allow_and_deny_both_ways_only_in_scope() {
+    for evaluator in [RegoEvaluator::Interpreter, RegoEvaluator::Bytecode] {
+        rego_allow_and_deny_both_ways_only_in_scope_with(evaluator);
+    }
+}
+
+fn rego_allow_and_deny_both_ways_only_in_scope_with(evaluator: RegoEvaluator) {
     let (_dir, db) = temp_db();
     let policy = PolicyEngine::new(&db);
+    policy.set_rego_evaluator(evaluator);
     policy.add_rego("tools/shell/**", TRUSTED_REGO).unwrap();
     policy
         .add_rego(
@@ -270,14 +279,14 @@ deny contains msg if {
         .unwrap_err();
     assert!(
         matches!(&err, Error::PolicyDenied { reason, .. } if reason.contains("allow is not true")),
-        "{err}"
+        "{evaluator:?}: {err}"
     );
     let err = db
         .put_with("tools/shell/ls/3", b"{\"args\":[1,2,3]}", &trusted)
         .unwrap_err();
     assert!(
         matches!(&err, Error::PolicyDenied { reason, .. } if reason == "too many args for tools/shell/ls/3"),
-        "{err}"
+        "{evaluator:?}: {err}"
     );
     // Out of the first module's scope: only the second applies.
     db.put_with("tools/code/run/1", b"{\"args\":[1]}", &other)
@@ -532,4 +541,47 @@ fn bad_input_is_refused_with_clear_errors_and_nothing_changes() {
         ),
         Err(Error::InvalidInput(_))
     ));
+}
+
+#[test]
+fn scan_each_visits_what_scan_yields_and_can_stop_or_resume() {
+    let (_dir, db) = temp_db();
+    let mut tx = db.transaction();
+    for i in 0..50 {
+        tx.put(
+            &format!("audit/{i:03}"),
+            format!("{{\"n\":{i}}}").as_bytes(),
+        )
+        .unwrap();
+    }
+    tx.put("auditx/outside", b"1").unwrap();
+    tx.commit().unwrap();
+    let owned: Vec<(String, Vec<u8>)> = db.scan("audit/").map(Result::unwrap).collect();
+    let mut borrowed = Vec::new();
+    db.scan_each("audit/", None, |key, value| {
+        borrowed.push((key.to_string(), value.to_vec()));
+        true
+    })
+    .unwrap();
+    assert_eq!(borrowed.len(), 50);
+    assert_eq!(borrowed, owned);
+
+    let mut first_ten = Vec::new();
+    db.scan_each("audit/", None, |key, _| {
+        first_ten.push(key.to_string());
+        first_ten.len() < 10
+    })
+    .unwrap();
+    assert_eq!(first_ten.len(), 10, "returning false stops the scan");
+    let mut rest = Vec::new();
+    db.scan_each("audit/", Some(&first_ten[9]), |key, _| {
+        rest.push(key.to_string());
+        true
+    })
+    .unwrap();
+    assert_eq!(rest.first().map(String::as_str), Some("audit/010"));
+    assert_eq!(rest.len(), 40);
+
+    let err = db.scan_each("bad//prefix", None, |_, _| true).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 }

@@ -48,14 +48,30 @@ pub fn report(group: &str, baseline: &str, ids: &[&str]) {
     }
 }
 
-/// A bare RocksDB `TransactionDB` opened with the options `Database::open`
-/// uses: the baseline every ratio is taken against.
-pub fn raw_baseline_db(path: &std::path::Path) -> rocksdb::TransactionDB {
+/// The RocksDB options `Database::open` uses.
+fn raw_options() -> rocksdb::Options {
     let mut options = rocksdb::Options::default();
     options.create_if_missing(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.increase_parallelism(2);
-    rocksdb::TransactionDB::open(&options, &rocksdb::TransactionDBOptions::default(), path).unwrap()
+    options
+}
+
+/// A bare RocksDB `TransactionDB` opened with the options `Database::open`
+/// uses: the baseline every ratio is taken against.
+pub fn raw_baseline_db(path: &std::path::Path) -> rocksdb::TransactionDB {
+    rocksdb::TransactionDB::open(
+        &raw_options(),
+        &rocksdb::TransactionDBOptions::default(),
+        path,
+    )
+    .unwrap()
+}
+
+/// A bare RocksDB `DB` with the same options: what `Database` commits to (one
+/// `WriteBatch` per transaction), so the floor under its writes.
+pub fn raw_batch_db(path: &std::path::Path) -> rocksdb::DB {
+    rocksdb::DB::open(&raw_options(), path).unwrap()
 }
 
 /// A Rego module that inspects the context, as a realistic in-scope policy.

@@ -20,6 +20,7 @@ use glob::Glob;
 use limits::RateLimiter;
 pub use limits::{RateLimitOp, RateLimitScope};
 use parking_lot::RwLock;
+pub use rego::RegoEvaluator;
 use rego::RegoModule;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -48,7 +49,9 @@ pub enum PolicyAction {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyContext {
     // A handful of entries: a vector beats a map on both lookup and build cost.
-    entries: Vec<(String, String)>,
+    // Shared, because every staged write of a transaction keeps its context
+    // and a clone should not copy every string.
+    entries: Arc<Vec<(String, String)>>,
 }
 
 impl PolicyContext {
@@ -66,9 +69,10 @@ impl PolicyContext {
     /// Adds or replaces `key`.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
         let (key, value) = (key.into(), value.into());
-        match self.entries.iter_mut().find(|(k, _)| *k == key) {
+        let entries = Arc::make_mut(&mut self.entries);
+        match entries.iter_mut().find(|(k, _)| *k == key) {
             Some(entry) => entry.1 = value,
-            None => self.entries.push((key, value)),
+            None => entries.push((key, value)),
         }
     }
 
@@ -190,6 +194,7 @@ pub struct PolicyChain {
     hooks: RwLock<Arc<Vec<Hook>>>,
     rate_limiter: RateLimiter,
     retention: RwLock<DecisionLogRetention>,
+    rego_evaluator: RwLock<RegoEvaluator>,
 }
 
 impl Decision {
@@ -615,7 +620,7 @@ impl PolicyEngine {
                 "a Rego module must judge at least one operation",
             ));
         }
-        let module = RegoModule::compile(None, source)?;
+        let module = RegoModule::compile(None, source, *self.chain.rego_evaluator.read())?;
         self.push_rego(vec![scope], ops, module);
         Ok(())
     }
@@ -628,7 +633,7 @@ impl PolicyEngine {
     /// refuses the whole directory and the chain is unchanged. Returns the
     /// loaded module names.
     pub fn load_dir(&self, dir: impl AsRef<Path>) -> Result<Vec<String>> {
-        let loaded = rego::load_dir(dir.as_ref())?;
+        let loaded = rego::load_dir(dir.as_ref(), *self.chain.rego_evaluator.read())?;
         let names = loaded.iter().map(|l| l.module.name().to_string()).collect();
         for l in loaded {
             self.push_rego(l.scopes, &l.ops, l.module);
@@ -682,6 +687,12 @@ impl PolicyEngine {
         scope: RateLimitScope,
     ) -> Result<()> {
         self.chain.rate_limiter.add(op, max, window, scope)
+    }
+
+    /// Chooses the evaluator for Rego modules added from now on (modules
+    /// already loaded keep theirs). See [`RegoEvaluator`] for the trade-off.
+    pub fn set_rego_evaluator(&self, evaluator: RegoEvaluator) {
+        *self.chain.rego_evaluator.write() = evaluator;
     }
 
     /// Sets how much of the decision log (`policy_log/`) to keep; applied as

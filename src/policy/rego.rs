@@ -1,8 +1,10 @@
 //! Rego modules in the policy chain, evaluated with `regorus`.
 //!
-//! A module is compiled once at load. Evaluation needs a mutable engine, so
-//! each module keeps a small pool of ready engines cloned from the compiled
-//! one: concurrent writers never share (or recompile) an engine.
+//! A module is compiled once at load, for regorus's tree-walking interpreter
+//! or, when the chain is set to [`RegoEvaluator::Bytecode`], to bytecode for
+//! regorus's Rego virtual machine. Evaluation needs a mutable machine, so each
+//! module keeps a small pool of ready ones: concurrent writers never share (or
+//! recompile) one.
 //!
 //! Decision rules: a module may define `deny` (a set of messages; non-empty
 //! means Deny) and/or `allow` (must evaluate to `true` when defined). Any
@@ -13,38 +15,178 @@ use super::glob::Glob;
 use super::{Op, Phase, PolicyAction, PolicyContext};
 use crate::error::{Error, Result};
 use parking_lot::Mutex;
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::program::Program;
+use regorus::rvm::vm::RegoVM;
+use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The longest one module may evaluate before it is stopped (and denies).
 const EVAL_TIME_LIMIT: Duration = Duration::from_millis(250);
-/// Engines kept ready per module; beyond this, spare engines are dropped.
+/// Machines kept ready per module; beyond this, spare ones are dropped.
 const POOL_LIMIT: usize = 64;
+
+/// Which of regorus's evaluators runs a module's rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegoEvaluator {
+    /// The tree-walking interpreter: OPA's semantics, including the
+    /// evaluation error (so a fail-closed Deny) when two definitions of a
+    /// complete rule disagree. The default.
+    #[default]
+    Interpreter,
+    /// Bytecode for regorus's Rego virtual machine: several times faster per
+    /// decision. It does not detect conflicting complete-rule values (one of
+    /// them is used), and a module its compiler does not take runs in the
+    /// interpreter (logged).
+    Bytecode,
+}
 
 /// A compiled module, ready to decide.
 pub struct RegoModule {
     name: String,
+    /// Whether the source may read `input.value`; when it cannot, the stored
+    /// value (often most of the input) is not parsed for it.
+    reads_value: bool,
     deny_rule: Option<String>,
     allow_rule: Option<String>,
-    compiled: Engine,
-    pool: Mutex<Vec<Engine>>,
+    evaluator: Evaluator,
+}
+
+/// How a module's rules are evaluated.
+enum Evaluator {
+    /// Bytecode with `deny` and `allow` as entry points.
+    Vm {
+        program: Arc<Program>,
+        pool: Mutex<Vec<RegoVM>>,
+    },
+    /// The interpreter, for modules the bytecode compiler does not take.
+    Interpreter {
+        template: Box<Engine>,
+        pool: Mutex<Vec<Engine>>,
+    },
+}
+
+fn time_limit() -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
+        limit: EVAL_TIME_LIMIT,
+        check_interval: NonZeroU32::new(64).expect("non-zero"),
+    }
 }
 
 fn new_engine() -> Engine {
     let mut engine = Engine::new();
-    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-        limit: EVAL_TIME_LIMIT,
-        check_interval: NonZeroU32::new(64).expect("non-zero"),
-    });
+    engine.set_execution_timer_config(time_limit());
     engine
+}
+
+/// Evaluates one rule (by its full path) on the current input.
+type EvalRule<'a> = dyn FnMut(&str) -> std::result::Result<Value, String> + 'a;
+
+impl Evaluator {
+    /// Bytecode for the module in `engine` when the compiler takes it, else
+    /// the interpreter.
+    fn bytecode(engine: Engine, entry_points: &[&str]) -> Evaluator {
+        let mut engine = engine;
+        let compiled = entry_points
+            .first()
+            .ok_or_else(|| "no entry point".to_string())
+            .and_then(|first| {
+                engine
+                    .compile_with_entrypoint(&regorus::Rc::from(*first))
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|policy| {
+                Compiler::compile_from_policy(&policy, entry_points).map_err(|e| e.to_string())
+            });
+        match compiled {
+            Ok(program) => Evaluator::Vm {
+                program,
+                pool: Mutex::new(Vec::new()),
+            },
+            Err(reason) => {
+                tracing::warn!(%reason, "the Rego bytecode compiler refused a module; it runs in the interpreter");
+                Evaluator::interpreter(engine, entry_points)
+            }
+        }
+    }
+
+    /// The interpreter, prepared by one evaluation so its clones start ready.
+    fn interpreter(mut engine: Engine, entry_points: &[&str]) -> Evaluator {
+        engine.set_input(Value::new_object());
+        if let Some(rule) = entry_points.first() {
+            // An error here depends on the input; real writes report it.
+            let _ = engine.eval_rule(rule.to_string());
+        }
+        Evaluator::Interpreter {
+            template: Box::new(engine),
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `decide` on a pooled machine holding `input`.
+    fn with_input<R>(&self, input: Value, decide: impl FnOnce(&mut EvalRule<'_>) -> R) -> R {
+        match self {
+            Evaluator::Vm { program, pool } => {
+                let mut vm = pool.lock().pop().unwrap_or_else(|| {
+                    let mut vm = RegoVM::new();
+                    vm.load_program(program.clone());
+                    vm.set_execution_timer_config(Some(time_limit()));
+                    vm
+                });
+                vm.set_input(input);
+                let decision = decide(&mut |rule| {
+                    vm.execute_entry_point_by_name(rule)
+                        .map_err(|e| e.to_string())
+                });
+                return_to(pool, vm);
+                decision
+            }
+            Evaluator::Interpreter { template, pool } => {
+                let mut engine = pool.lock().pop().unwrap_or_else(|| (**template).clone());
+                engine.set_input(input);
+                let decision = decide(&mut |rule| {
+                    engine
+                        .eval_rule(rule.to_string())
+                        .map_err(|e| e.to_string())
+                });
+                return_to(pool, engine);
+                decision
+            }
+        }
+    }
+}
+
+fn return_to<T>(pool: &Mutex<Vec<T>>, machine: T) {
+    let mut pool = pool.lock();
+    if pool.len() < POOL_LIMIT {
+        pool.push(machine);
+    }
 }
 
 impl RegoModule {
     /// Compiles `source`. `file` names it in errors; the module's name is its
     /// package (without the `data.` prefix).
-    pub fn compile(file: Option<&str>, source: &str) -> Result<RegoModule> {
+    pub fn compile(
+        file: Option<&str>,
+        source: &str,
+        evaluator: RegoEvaluator,
+    ) -> Result<RegoModule> {
+        match evaluator {
+            RegoEvaluator::Interpreter => Self::compile_for(file, source, Evaluator::interpreter),
+            RegoEvaluator::Bytecode => Self::compile_for(file, source, Evaluator::bytecode),
+        }
+    }
+
+    fn compile_for(
+        file: Option<&str>,
+        source: &str,
+        evaluator: fn(Engine, &[&str]) -> Evaluator,
+    ) -> Result<RegoModule> {
         let path = file.unwrap_or("module.rego").to_string();
         let load_err = |reason: String| Error::PolicyLoad {
             name: path.clone(),
@@ -66,24 +208,29 @@ impl RegoModule {
                 "package {package} defines neither `deny` nor `allow`, so it could never decide anything"
             )));
         }
-        let module = RegoModule {
+        let entry_points: Vec<&str> = deny_rule
+            .iter()
+            .chain(&allow_rule)
+            .map(String::as_str)
+            .collect();
+        let evaluator = evaluator(engine, &entry_points);
+        Ok(RegoModule {
             name: package.trim_start_matches("data.").to_string(),
+            reads_value: may_read_input_value(source),
             deny_rule,
             allow_rule,
-            compiled: engine,
-            pool: Mutex::new(Vec::new()),
-        };
-        // Prepare the engine once so clones start ready; an error here depends
-        // on the input and is reported when a real write is evaluated.
-        let mut warm = module.compiled.clone();
-        warm.set_input(Value::new_object());
-        let _ = module.eval_with(&mut warm);
-        Ok(module)
+            evaluator,
+        })
     }
 
     /// The package name, e.g. `switchboard.sensitive_tools`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether it runs as bytecode (else in the interpreter).
+    pub fn is_compiled_to_bytecode(&self) -> bool {
+        matches!(self.evaluator, Evaluator::Vm { .. })
     }
 
     pub(crate) fn decide(
@@ -94,53 +241,27 @@ impl RegoModule {
         value: &[u8],
         ctx: &PolicyContext,
     ) -> PolicyAction {
-        let value_json = match op {
-            Op::Delete => serde_json::Value::Null,
-            Op::Put | Op::Get => serde_json::from_slice(value).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(value).into_owned())
-            }),
-        };
-        let input = serde_json::json!({
-            "op": op.as_str(),
-            "phase": phase.as_str(),
-            "key": key,
-            "value": value_json,
-            "context": ctx.to_json(),
-        });
-        let mut engine = self
-            .pool
-            .lock()
-            .pop()
-            .unwrap_or_else(|| self.compiled.clone());
-        engine.set_input(Value::from(input));
-        let action = match self.eval_with(&mut engine) {
+        let input = input_document(op, phase, key, value, ctx, self.reads_value);
+        match self.evaluator.with_input(input, |eval| self.judge(eval)) {
             Ok(action) => action,
             Err(e) => PolicyAction::Deny(format!(
                 "rego module {} failed to evaluate ({e}); denying (fail closed)",
                 self.name
             )),
-        };
-        let mut pool = self.pool.lock();
-        if pool.len() < POOL_LIMIT {
-            pool.push(engine);
         }
-        action
     }
 
-    /// regorus reports errors as `anyhow::Error`; we only ever display them.
-    fn eval_with(&self, engine: &mut Engine) -> std::result::Result<PolicyAction, String> {
+    /// The decision rules: `deny` first, then `allow`.
+    fn judge(&self, eval: &mut EvalRule<'_>) -> std::result::Result<PolicyAction, String> {
         if let Some(rule) = &self.deny_rule {
-            match engine.eval_rule(rule.clone()).map_err(|e| e.to_string())? {
-                Value::Undefined => {}
+            match eval(rule)? {
+                Value::Undefined | Value::Bool(false) => {}
                 Value::Set(messages) if messages.is_empty() => {}
                 Value::Set(messages) => {
                     let reasons: Vec<String> = messages.iter().map(message_text).collect();
                     return Ok(PolicyAction::Deny(reasons.join("; ")));
                 }
-                Value::Bool(false) => {}
-                Value::Bool(true) => {
-                    return Ok(PolicyAction::Deny(format!("{} denied", self.name)));
-                }
+                Value::Bool(true) => return Ok(PolicyAction::Deny(format!("{} denied", self.name))),
                 other => {
                     return Ok(PolicyAction::Deny(format!(
                         "rego module {}: `deny` must be a set of messages, got {}; denying (fail closed)",
@@ -151,18 +272,103 @@ impl RegoModule {
             }
         }
         if let Some(rule) = &self.allow_rule {
-            match engine.eval_rule(rule.clone()).map_err(|e| e.to_string())? {
-                Value::Bool(true) => {}
-                _ => {
-                    return Ok(PolicyAction::Deny(format!(
-                        "{}: allow is not true",
-                        self.name
-                    )))
-                }
+            if eval(rule)? != Value::Bool(true) {
+                return Ok(PolicyAction::Deny(format!(
+                    "{}: allow is not true",
+                    self.name
+                )));
             }
         }
         Ok(PolicyAction::Allow)
     }
+}
+
+/// The `input` document, built straight into regorus values: one parse of
+/// the stored JSON (when the module may read it) and no intermediate
+/// `serde_json::Value`.
+fn input_document(
+    op: Op,
+    phase: Phase,
+    key: &str,
+    value: &[u8],
+    ctx: &PolicyContext,
+    with_value: bool,
+) -> Value {
+    let value = match op {
+        Op::Delete => Value::Null,
+        _ if !with_value => Value::Null,
+        // A value that is not JSON is handed over as a string.
+        Op::Put | Op::Get => std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| Value::from_json_str(text).ok())
+            .unwrap_or_else(|| Value::from(String::from_utf8_lossy(value).as_ref())),
+    };
+    let mut context = Value::new_object();
+    if let Ok(entries) = context.as_object_mut() {
+        for (k, v) in ctx.iter() {
+            entries.insert(Value::from(k), Value::from(v));
+        }
+    }
+    let mut input = Value::new_object();
+    if let Ok(fields) = input.as_object_mut() {
+        fields.insert(Value::from("op"), Value::from(op.as_str()));
+        fields.insert(Value::from("phase"), Value::from(phase.as_str()));
+        fields.insert(Value::from("key"), Value::from(key));
+        fields.insert(Value::from("value"), value);
+        fields.insert(Value::from("context"), context);
+    }
+    input
+}
+
+/// Whether Rego `source` may read `input.value`. Conservative: only a source
+/// whose every use of `input` (outside comments and strings) is `input.op`,
+/// `input.phase`, `input.key` or `input.context…` cannot; a bare `input`, an
+/// `input[...]` or an `import input…` may reach the value, and counts as
+/// reading it.
+fn may_read_input_value(source: &str) -> bool {
+    const WITHOUT_VALUE: [&str; 4] = ["op", "phase", "key", "context"];
+    let bytes = source.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let ident_at = |start: usize| {
+        let end = (start..bytes.len())
+            .find(|&i| !is_ident(bytes[i]))
+            .unwrap_or(bytes.len());
+        (&source[start..end], end)
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                i = (i..bytes.len())
+                    .find(|&j| bytes[j] == b'\n')
+                    .unwrap_or(bytes.len())
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'`' => {
+                i = (i + 1..bytes.len())
+                    .find(|&j| bytes[j] == b'`')
+                    .map_or(bytes.len(), |j| j + 1)
+            }
+            b if is_ident(b) => {
+                let (word, end) = ident_at(i);
+                if word == "input" {
+                    let field = (bytes.get(end) == Some(&b'.')).then(|| ident_at(end + 1).0);
+                    if !field.is_some_and(|f| WITHOUT_VALUE.contains(&f)) {
+                        return true;
+                    }
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 fn message_text(v: &Value) -> String {
@@ -271,7 +477,7 @@ fn header_comments(source: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Compiles every non-test module of `dir` with its declared scopes and ops.
-pub(crate) fn load_dir(dir: &Path) -> Result<Vec<LoadedModule>> {
+pub(crate) fn load_dir(dir: &Path, evaluator: RegoEvaluator) -> Result<Vec<LoadedModule>> {
     let mut loaded = Vec::new();
     for path in rego_files(dir)?.into_iter().filter(|p| !is_test_file(p)) {
         let source = read(&path)?;
@@ -279,7 +485,7 @@ pub(crate) fn load_dir(dir: &Path) -> Result<Vec<LoadedModule>> {
         loaded.push(LoadedModule {
             scopes: declared_scopes(&file, &source)?,
             ops: declared_ops(&file, &source)?,
-            module: RegoModule::compile(Some(&file), &source)?,
+            module: RegoModule::compile(Some(&file), &source, evaluator)?,
         });
     }
     Ok(loaded)
@@ -303,7 +509,7 @@ pub fn run_tests(module: &Path) -> Result<Vec<RegoTestResult>> {
     let source = read(module)?;
     let file = module.display().to_string();
     declared_scopes(&file, &source)?;
-    RegoModule::compile(Some(&file), &source)?;
+    RegoModule::compile(Some(&file), &source, RegoEvaluator::Interpreter)?;
     let test_path = module.with_file_name(format!(
         "{}_test.rego",
         module.file_stem().and_then(|s| s.to_str()).unwrap_or("")
@@ -364,4 +570,106 @@ fn test_rule_names(source: &str) -> Vec<String> {
         .collect();
     names.dedup();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn input_value_reads_are_found_conservatively() {
+        let without = [
+            "deny contains m if { input.op == \"put\"; not input.context.agent_id in s; m := \"x\" }",
+            "allow if input.key == \"a\"\n# input.value is only mentioned in a comment",
+            "deny contains \"input.value in a string\" if input.phase == \"before\"",
+            "deny contains `raw input[0]` if input.context[\"agent_id\"] == \"x\"",
+            "import input.context as ctx\nallow if ctx.agent_id == \"a\"",
+            "myinput := 1\nallow if myinput == input.op",
+        ];
+        for source in without {
+            assert!(!may_read_input_value(source), "{source}");
+        }
+        let with = [
+            "deny contains m if { input.value.secret; m := \"x\" }",
+            "deny contains m if { x := input; x.value; m := \"x\" }",
+            "allow if input[\"value\"]",
+            "import input.value as v\nallow if v.a",
+            "import input\nallow if input.op == \"put\"",
+            "allow if count(input) > 0",
+            "deny contains \"escaped \\\" quote\" if input.value",
+        ];
+        for source in with {
+            assert!(may_read_input_value(source), "{source}");
+        }
+    }
+
+    /// Modules covering the language a policy typically uses: sets, `in`,
+    /// `not`, `sprintf`, `object.get`, string builtins, `count`, comprehension,
+    /// `every`, and both decision rules.
+    const MODULES: [&str; 4] = [
+        include_str!("../../policies/sensitive_tools.rego"),
+        r#"package t.values
+import rego.v1
+deny contains msg if {
+    input.op == "put"
+    some arg in input.value.args
+    startswith(arg, "--")
+    msg := sprintf("flag %v refused for %v", [arg, input.context.agent_id])
+}
+deny contains "too many args" if count(input.value.args) > 2
+"#,
+        r#"package t.allow
+import rego.v1
+default allow := false
+allow if {
+    input.op == "delete"
+    input.context.role == "admin"
+}
+allow if {
+    input.op == "put"
+    every arg in input.value.args { not contains(arg, ";") }
+    upper(object.get(input.context, "agent_id", "")) != "EVIL"
+}
+"#,
+        r#"package t.both
+import rego.v1
+names := {n | some n in input.value.args; endswith(n, ".sh")}
+deny contains sprintf("scripts: %v", [concat(",", sort([n | some n in names]))]) if count(names) > 0
+allow if input.key != "tools/shell/forbidden"
+"#,
+    ];
+
+    proptest! {
+        /// The bytecode VM and the interpreter decide every write alike.
+        #[test]
+        fn bytecode_and_interpreter_agree(
+            module in 0..MODULES.len(),
+            op in prop::sample::select(vec![Op::Put, Op::Delete]),
+            agent in prop::sample::select(vec!["trusted_agent_1", "evil", "agent_7", ""]),
+            role in prop::option::of(prop::sample::select(vec!["admin", "user"])),
+            key in prop::sample::select(vec!["tools/shell/forbidden", "tools/sensitive/x/1", "tools/code/y/2"]),
+            args in prop::collection::vec("(--)?[a-z;]{0,6}(\\.sh)?", 0..4),
+            json in any::<bool>(),
+        ) {
+            let source = MODULES[module];
+            let vm = RegoModule::compile(None, source, RegoEvaluator::Bytecode).unwrap();
+            prop_assert!(vm.is_compiled_to_bytecode(), "module {} fell back to the interpreter", module);
+            let interpreter = RegoModule::compile(None, source, RegoEvaluator::Interpreter).unwrap();
+            prop_assert!(!interpreter.is_compiled_to_bytecode());
+            let mut ctx = PolicyContext::new().with("agent_id", agent);
+            if let Some(role) = role {
+                ctx.insert("role", role);
+            }
+            let value = if json {
+                serde_json::to_vec(&serde_json::json!({"args": args})).unwrap()
+            } else {
+                args.join(" ").into_bytes()
+            };
+            prop_assert_eq!(
+                vm.decide(op, Phase::Before, key, &value, &ctx),
+                interpreter.decide(op, Phase::Before, key, &value, &ctx)
+            );
+        }
+    }
 }

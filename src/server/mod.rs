@@ -397,7 +397,9 @@ pub async fn serve(
     let db = Database::open_with(&config.data_dir, config.database_options())?;
     let dispatcher = ToolDispatcher::try_new(db)?;
     if let Some(dir) = &config.policies_dir {
-        let names = PolicyEngine::new(dispatcher.database()).load_dir(dir)?;
+        let policy = PolicyEngine::new(dispatcher.database());
+        policy.set_rego_evaluator(config.rego_evaluator);
+        let names = policy.load_dir(dir)?;
         tracing::info!(policies = ?names, dir = %dir.display(), "loaded policies");
     }
     if let Some(health) = config.health_checks() {

@@ -1,20 +1,23 @@
-//! The transactional key-value store: RocksDB (a `TransactionDB`) behind an API
-//! whose every write passes through the database's policy chain.
+//! The transactional key-value store: RocksDB behind an API whose every write
+//! passes through the database's policy chain.
 //!
 //! There is one way to write: a [`Transaction`]. `put`, `put_with` and `delete`
 //! are one-operation transactions. A commit first runs the before-hooks on every
 //! staged operation (any Deny aborts the whole transaction before RocksDB sees
 //! it), then commits atomically, then hands the committed operations to the
 //! after-hooks.
+//!
+//! A transaction stages its writes here, in Rust, and commits them as one
+//! RocksDB `WriteBatch`: atomic and in the write-ahead log as one record, which
+//! is all a commit needs. No write reads under a RocksDB lock (Switchboard
+//! serialises its own read-modify-writes, e.g. per session), so a
+//! `TransactionDB`'s lock manager would only add cost.
 
 use crate::error::{Error, Result};
 use crate::namespace::{validate_key, validate_prefix};
 use crate::policy::decisions::Decision;
 use crate::policy::{Op, PolicyChain, PolicyContext};
-use rocksdb::{
-    Direction, IteratorMode, Options, ReadOptions, TransactionDB, TransactionDBOptions,
-    WriteOptions,
-};
+use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -70,7 +73,7 @@ impl DatabaseOptions {
 pub const DECISION_LOG: &str = "policy_log/";
 
 struct Inner {
-    rocks: TransactionDB,
+    rocks: DB,
     chain: Arc<PolicyChain>,
     /// Entries under `policy_log/` (counted at open, kept by appends and pruning).
     decision_entries: std::sync::atomic::AtomicU64,
@@ -123,14 +126,13 @@ impl Database {
         db_options.create_if_missing(true);
         db_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         db_options.increase_parallelism(2);
-        let rocks = TransactionDB::open(&db_options, &TransactionDBOptions::default(), path)
-            .map_err(|e| {
-                Error::Storage(format!(
-                    "cannot open {}: {}",
-                    path.display(),
-                    e.into_string()
-                ))
-            })?;
+        let rocks = DB::open(&db_options, path).map_err(|e| {
+            Error::Storage(format!(
+                "cannot open {}: {}",
+                path.display(),
+                e.into_string()
+            ))
+        })?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(options.durability == Durability::Sync);
         let decision_entries = raw_prefix_iter(&rocks, DECISION_LOG).count() as u64;
@@ -155,6 +157,13 @@ impl Database {
     /// The options it was opened with.
     pub fn options(&self) -> &DatabaseOptions {
         &self.inner.options
+    }
+
+    /// A RocksDB integer property, e.g. `rocksdb.cur-size-all-mem-tables`,
+    /// `rocksdb.block-cache-usage` or `rocksdb.estimate-num-keys`: for
+    /// monitoring. `None` if RocksDB does not know the name.
+    pub fn rocksdb_property(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self.inner.rocks.property_int_value(name)?)
     }
 
     pub(crate) fn policy_chain(&self) -> &Arc<PolicyChain> {
@@ -270,6 +279,72 @@ impl Database {
         scan
     }
 
+    /// Visits every key under `prefix` in key order (starting after `after`,
+    /// if given) without copying: `visit(key, value)` sees each pair in
+    /// RocksDB's own buffers and returns `false` to stop early. The fastest way
+    /// to read an audit trail; [`scan`](Self::scan) is the same walk as an
+    /// iterator of owned pairs. Judged by the read hooks with an empty context
+    /// (see [`scan_each_with`](Self::scan_each_with)).
+    pub fn scan_each(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        visit: impl FnMut(&str, &[u8]) -> bool,
+    ) -> Result<()> {
+        self.scan_each_with(prefix, after, &PolicyContext::new(), visit)
+    }
+
+    /// [`scan_each`](Self::scan_each) as the reader `ctx`: with read hooks in
+    /// place, a key a hook denies is skipped and a redacted value is what
+    /// `visit` sees, exactly as in [`scan_with`](Self::scan_with); a read rate
+    /// limit refuses the whole scan before it starts.
+    pub fn scan_each_with(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        ctx: &PolicyContext,
+        mut visit: impl FnMut(&str, &[u8]) -> bool,
+    ) -> Result<()> {
+        validate_prefix(prefix)?;
+        let chain = &self.inner.chain;
+        let judged = chain.judges_reads();
+        if judged {
+            let (limited, decision) = chain.limit_read(prefix, ctx);
+            self.record_decisions(decision.into_iter().collect());
+            limited?;
+        }
+        let mut it = self.raw_iter_from(prefix, after);
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            let key = std::str::from_utf8(key)
+                .map_err(|_| Error::storage("a stored key is not UTF-8"))?;
+            let keep_going = if judged {
+                match self.judge_read(key, value.to_vec(), ctx) {
+                    Some(value) => visit(key, &value),
+                    None => true,
+                }
+            } else {
+                visit(key, value)
+            };
+            if !keep_going {
+                return Ok(());
+            }
+            it.next();
+        }
+        Ok(it.status()?)
+    }
+
+    /// One scanned key through the read hooks: the value the reader may see,
+    /// or `None` when a hook hides the key.
+    fn judge_read(&self, key: &str, value: Vec<u8>, ctx: &PolicyContext) -> Option<Vec<u8>> {
+        let chain = &self.inner.chain;
+        let (allowed, decisions) = chain.check_read(key, ctx);
+        self.record_decisions(decisions);
+        allowed.ok()?;
+        let (value, decisions) = chain.filter_read(key, value, ctx);
+        self.record_decisions(decisions);
+        value.ok()
+    }
+
     /// A scan without the read hooks, for Switchboard's own bookkeeping.
     pub(crate) fn scan_unjudged(&self, prefix: &str, after: Option<&str>) -> Scan<'_> {
         if let Err(e) = validate_prefix(prefix) {
@@ -280,19 +355,30 @@ impl Database {
 
     /// The raw ordered scan of an already validated prefix.
     fn scan_from(&self, prefix: &str, after: Option<&str>) -> Scan<'_> {
-        let start = match after {
-            Some(after) if after.as_bytes() >= prefix.as_bytes() => {
-                let mut s = after.as_bytes().to_vec();
-                s.push(0);
-                s
-            }
-            _ => prefix.as_bytes().to_vec(),
-        };
         Scan {
-            iter: Some(prefix_iter_from(&self.inner.rocks, prefix, &start)),
+            iter: Some(prefix_iter_from(
+                &self.inner.rocks,
+                prefix,
+                &scan_start(prefix, after),
+            )),
             pending_error: None,
             judge: None,
         }
+    }
+
+    /// A raw iterator positioned at the first key of `prefix` after `after`.
+    fn raw_iter_from(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> rocksdb::DBRawIteratorWithThreadMode<'_, DB> {
+        let mut read_options = ReadOptions::default();
+        if let Some(end) = prefix_successor(prefix.as_bytes()) {
+            read_options.set_iterate_upper_bound(end);
+        }
+        let mut it = self.inner.rocks.raw_iterator_opt(read_options);
+        it.seek(scan_start(prefix, after));
+        it
     }
 
     /// Appends decisions to the decision log in their own transaction (for
@@ -302,12 +388,14 @@ impl Database {
         if decisions.is_empty() {
             return;
         }
-        let txn = self.inner.rocks.transaction_opt(
-            &self.inner.write_options,
-            &rocksdb::TransactionOptions::default(),
-        );
+        let mut batch = WriteBatch::default();
         let staged = decisions.len() as u64;
-        let result = stage_decisions(&txn, decisions).and_then(|()| Ok(txn.commit()?));
+        let result = stage_decisions(&mut batch, decisions).and_then(|()| {
+            Ok(self
+                .inner
+                .rocks
+                .write_opt(batch, &self.inner.write_options)?)
+        });
         match result {
             Ok(()) => self.decisions_added(staged),
             Err(e) => tracing::warn!(error = %e, "could not write to the decision log"),
@@ -369,20 +457,19 @@ impl Database {
                 }
             }
         }
-        let txn = self.inner.rocks.transaction_opt(
-            &self.inner.write_options,
-            &rocksdb::TransactionOptions::default(),
-        );
+        let mut batch = WriteBatch::default();
         for op in &checked {
             match &op.value {
-                Some(v) => txn.put(op.key.as_bytes(), v)?,
-                None => txn.delete(op.key.as_bytes())?,
+                Some(v) => batch.put(op.key.as_bytes(), v),
+                None => batch.delete(op.key.as_bytes()),
             }
         }
         // Modify and Log decisions commit with the write they were made about.
         let logged = decisions.len() as u64;
-        stage_decisions(&txn, decisions)?;
-        txn.commit()?;
+        stage_decisions(&mut batch, decisions)?;
+        self.inner
+            .rocks
+            .write_opt(batch, &self.inner.write_options)?;
         if logged > 0 {
             self.decisions_added(logged);
         }
@@ -397,23 +484,20 @@ impl Database {
     }
 }
 
-fn stage_decisions(
-    txn: &rocksdb::Transaction<'_, TransactionDB>,
-    decisions: Vec<Decision>,
-) -> Result<()> {
+fn stage_decisions(batch: &mut WriteBatch, decisions: Vec<Decision>) -> Result<()> {
     for decision in decisions {
         let key = format!("{DECISION_LOG}{}", crate::namespace::new_invocation_id());
         let value = serde_json::to_vec(&decision).map_err(Error::storage)?;
-        txn.put(key.as_bytes(), value)?;
+        batch.put(key.as_bytes(), value);
     }
     Ok(())
 }
 
 fn prefix_iter_from<'a>(
-    rocks: &'a TransactionDB,
+    rocks: &'a DB,
     prefix: &str,
     start: &[u8],
-) -> rocksdb::DBIteratorWithThreadMode<'a, TransactionDB> {
+) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
     let mut read_options = ReadOptions::default();
     if let Some(end) = prefix_successor(prefix.as_bytes()) {
         read_options.set_iterate_upper_bound(end);
@@ -421,10 +505,7 @@ fn prefix_iter_from<'a>(
     rocks.iterator_opt(IteratorMode::From(start, Direction::Forward), read_options)
 }
 
-fn raw_prefix_iter<'a>(
-    rocks: &'a TransactionDB,
-    prefix: &str,
-) -> rocksdb::DBIteratorWithThreadMode<'a, TransactionDB> {
+fn raw_prefix_iter<'a>(rocks: &'a DB, prefix: &str) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
     prefix_iter_from(rocks, prefix, prefix.as_bytes())
 }
 
@@ -438,6 +519,18 @@ fn validate_writable_key(key: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Where a scan of `prefix` resuming after `after` (exclusive) starts.
+fn scan_start(prefix: &str, after: Option<&str>) -> Vec<u8> {
+    match after {
+        Some(after) if after.as_bytes() >= prefix.as_bytes() => {
+            let mut start = after.as_bytes().to_vec();
+            start.push(0);
+            start
+        }
+        _ => prefix.as_bytes().to_vec(),
+    }
 }
 
 /// The smallest byte string greater than every string starting with `prefix`.
@@ -534,7 +627,7 @@ impl Transaction {
 
 /// An ordered scan over one prefix; yields `(key, value)` pairs.
 pub struct Scan<'a> {
-    iter: Option<rocksdb::DBIteratorWithThreadMode<'a, TransactionDB>>,
+    iter: Option<rocksdb::DBIteratorWithThreadMode<'a, DB>>,
     pending_error: Option<Error>,
     /// The database and reader context when the read hooks judge each key.
     judge: Option<(&'a Database, PolicyContext)>,
@@ -573,15 +666,7 @@ impl Iterator for Scan<'_> {
                 return Some(Ok((key, value)));
             };
             // Judged per key: a refusal skips this key, never ends the scan.
-            let chain = &db.inner.chain;
-            let (allowed, decisions) = chain.check_read(&key, ctx);
-            db.record_decisions(decisions);
-            if allowed.is_err() {
-                continue;
-            }
-            let (value, decisions) = chain.filter_read(&key, value, ctx);
-            db.record_decisions(decisions);
-            if let Ok(value) = value {
+            if let Some(value) = db.judge_read(&key, value, ctx) {
                 return Some(Ok((key, value)));
             }
         }

@@ -1,0 +1,176 @@
+//! The audit trail read back: a prefix scan over 1,000,000 dispatch records
+//! (records/s), next to a raw RocksDB iterator over the same records measured
+//! in the same run.
+//!
+//! `AUDIT_RECORDS` overrides the count (e.g. 100000 for a quick look).
+
+mod support;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::time::Instant;
+use switchboard::namespace::{
+    dispatch_key, new_invocation_id, now_ms, Attempt, DispatchRecord, DispatchStatus,
+};
+use switchboard::{Database, PolicyAction, PolicyEngine, ToolCategory};
+
+const GROUP: &str = "audit";
+const DEFAULT_RECORDS: u64 = 1_000_000;
+const BATCH: u64 = 1_000;
+
+/// A finished dispatch as `invoke` writes it, with one attempt.
+fn record(i: u64) -> (String, Vec<u8>) {
+    let invocation_id = new_invocation_id();
+    let agent_id = format!("agent_{}", i % 16);
+    let record = DispatchRecord {
+        invocation_id: invocation_id.clone(),
+        tool: "code_exec".into(),
+        category: ToolCategory::Code,
+        agent_id: Some(agent_id.clone()),
+        session_id: i
+            .is_multiple_of(4)
+            .then(|| format!("session_{}", i % 10_000)),
+        strategy: "least_loaded".into(),
+        status: DispatchStatus::Succeeded,
+        attempts: vec![Attempt {
+            agent_id,
+            outcome: "succeeded".into(),
+            latency_ms: 1.25,
+            error: None,
+        }],
+        started_at_ms: now_ms(),
+        finished_at_ms: Some(now_ms()),
+        latency_ms: Some(1.31),
+        error: None,
+    };
+    let key = dispatch_key(&ToolCategory::Code, "code_exec", &invocation_id);
+    (key, serde_json::to_vec(&record).unwrap())
+}
+
+/// Writes `count` records, in transactions of `BATCH`, to both stores.
+fn fill(db: &Database, raw: &rocksdb::TransactionDB, count: u64) {
+    let started = Instant::now();
+    for start in (0..count).step_by(BATCH as usize) {
+        let mut tx = db.transaction();
+        let raw_tx = raw.transaction();
+        for i in start..(start + BATCH).min(count) {
+            let (key, value) = record(i);
+            tx.put(&key, &value).unwrap();
+            raw_tx.put(key.as_bytes(), &value).unwrap();
+        }
+        tx.commit().unwrap();
+        raw_tx.commit().unwrap();
+    }
+    eprintln!(
+        "audit: wrote {count} dispatch records to each store in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn audit(c: &mut Criterion) {
+    let count = std::env::var("AUDIT_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_RECORDS);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("switchboard")).unwrap();
+    let raw = support::raw_baseline_db(&dir.path().join("raw"));
+    fill(&db, &raw, count);
+
+    let mut group = c.benchmark_group(GROUP);
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(count));
+
+    group.bench_function("raw_rocksdb_iterator", |b| {
+        b.iter(|| {
+            let mut it = raw.raw_iterator();
+            it.seek(b"tools/");
+            let (mut n, mut bytes) = (0u64, 0usize);
+            while let (Some(key), Some(value)) = (it.key(), it.value()) {
+                if !key.starts_with(b"tools/") {
+                    break;
+                }
+                n += 1;
+                bytes += value.len();
+                it.next();
+            }
+            assert_eq!(n, count);
+            bytes
+        })
+    });
+
+    group.bench_function("scan", |b| {
+        b.iter(|| {
+            let (mut n, mut bytes) = (0u64, 0usize);
+            db.scan_each("tools/", None, |_key, value| {
+                n += 1;
+                bytes += value.len();
+                true
+            })
+            .unwrap();
+            assert_eq!(n, count);
+            bytes
+        })
+    });
+
+    group.bench_function("scan_iterator", |b| {
+        b.iter(|| {
+            let (mut n, mut bytes) = (0u64, 0usize);
+            for item in db.scan("tools/") {
+                let (_key, value) = item.unwrap();
+                n += 1;
+                bytes += value.len();
+            }
+            assert_eq!(n, count);
+            bytes
+        })
+    });
+
+    group.bench_function("scan_decoding_records", |b| {
+        b.iter(|| {
+            let mut succeeded = 0u64;
+            db.scan_each("tools/", None, |_key, value| {
+                let record: DispatchRecord = serde_json::from_slice(value).unwrap();
+                succeeded += u64::from(record.status == DispatchStatus::Succeeded);
+                true
+            })
+            .unwrap();
+            assert_eq!(succeeded, count);
+        })
+    });
+
+    // A read hook in scope makes the scan judge every key.
+    PolicyEngine::new(&db)
+        .before_read("tools/**", |_, _, ctx| match ctx.get("reader") {
+            Some(_) => PolicyAction::Allow,
+            None => PolicyAction::Deny("anonymous reader".into()),
+        })
+        .unwrap();
+    let reader = switchboard::PolicyContext::new().with("reader", "auditor");
+    group.bench_function("scan_one_read_hook", |b| {
+        b.iter(|| {
+            let mut n = 0u64;
+            db.scan_each_with("tools/", None, &reader, |_key, _value| {
+                n += 1;
+                true
+            })
+            .unwrap();
+            assert_eq!(n, count);
+        })
+    });
+    group.finish();
+
+    support::report(
+        GROUP,
+        "raw_rocksdb_iterator",
+        &[
+            "scan",
+            "scan_iterator",
+            "scan_decoding_records",
+            "scan_one_read_hook",
+        ],
+    );
+    println!("  (ops/s here are full scans/s; records/s = ops/s × {count})");
+}
+
+criterion_group!(benches, audit);
+criterion_main!(benches);

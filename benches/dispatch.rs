@@ -1,20 +1,50 @@
 //! A full local-handler dispatch (intent and outcome records written) with no
-//! policy, one glob hook, and one Rego module in scope, next to raw RocksDB
-//! transactions of two puts measured in the same run (the baseline), and raw
-//! `WriteBatch`es of two puts (what each of the dispatch's two commits is).
+//! policy, one glob hook, and one Rego module in scope (interpreter and
+//! bytecode), next to raw RocksDB transactions of two puts (the baseline) and
+//! raw `WriteBatch`es of two puts (what each of the dispatch's two commits
+//! is). Criterion measures each in turn; an interleaved pass then takes every
+//! ratio within one round, which is what docs/benchmarks.md reports.
 
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::sync::atomic::{AtomicU64, Ordering};
 use switchboard::{
-    Database, PolicyAction, PolicyEngine, RoutingOptions, ToolCategory, ToolDispatcher, ToolError,
+    Database, PolicyAction, PolicyEngine, RegoEvaluator, RoutingOptions, ToolCategory,
+    ToolDispatcher, ToolError,
 };
 
 const GROUP: &str = "dispatch";
+const RAW_TXN: &str = "raw_rocksdb_txn_2_puts";
+const RAW_BATCH: &str = "raw_rocksdb_batch_2_puts";
+const RECORD: &[u8] = br#"{"invocation_id":"01JABCDEFGHJKMNPQRSTVWXYZ0","tool":"code_exec","category":"code","agent_id":"bench_agent","status":"succeeded"}"#;
 
 /// Puts the policy under test on a database.
 type InstallPolicy = fn(&Database);
+
+const CASES: [(&str, InstallPolicy); 4] = [
+    ("invoke_no_policy", |_| {}),
+    ("invoke_one_glob_hook", |db| {
+        PolicyEngine::new(db)
+            .before_write("tools/**", |_, _, ctx| match ctx.get("agent_id") {
+                Some(_) => PolicyAction::Allow,
+                None => PolicyAction::Deny("no agent".into()),
+            })
+            .unwrap()
+    }),
+    ("invoke_one_rego_module", |db| {
+        PolicyEngine::new(db)
+            .add_rego("tools/**", support::TRUSTED_AGENTS_REGO)
+            .unwrap()
+    }),
+    ("invoke_one_rego_module_bytecode", |db| {
+        let policy = PolicyEngine::new(db);
+        policy.set_rego_evaluator(RegoEvaluator::Bytecode);
+        policy
+            .add_rego("tools/**", support::TRUSTED_AGENTS_REGO)
+            .unwrap()
+    }),
+];
 
 fn dispatcher(path: &std::path::Path) -> ToolDispatcher {
     let d = ToolDispatcher::new(Database::open(path).unwrap());
@@ -33,85 +63,71 @@ fn dispatch(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let mut group = c.benchmark_group(GROUP);
     let input = serde_json::json!({"code": "print('hello')"});
+    let counter = AtomicU64::new(0);
 
     let raw = support::raw_baseline_db(&dir.path().join("raw"));
-    let counter = AtomicU64::new(0);
-    let record = br#"{"invocation_id":"01JABCDEFGHJKMNPQRSTVWXYZ0","tool":"code_exec","category":"code","agent_id":"bench_agent","status":"succeeded"}"#;
-    group.bench_function("raw_rocksdb_txn_2_puts", |b| {
-        b.iter(|| {
-            let i = counter.fetch_add(1, Ordering::Relaxed);
-            let txn = raw.transaction();
-            txn.put(format!("tools/code/code_exec/{i:026}").as_bytes(), record)
-                .unwrap();
-            txn.put(
-                format!("inflight/{i:026}").as_bytes(),
-                b"tools/code/code_exec/x",
-            )
+    let raw_txn = || {
+        let i = counter.fetch_add(1, Ordering::Relaxed);
+        let txn = raw.transaction();
+        txn.put(format!("tools/code/code_exec/{i:026}").as_bytes(), RECORD)
             .unwrap();
-            txn.commit().unwrap();
-        })
-    });
-    drop(raw);
-
+        txn.put(
+            format!("inflight/{i:026}").as_bytes(),
+            b"tools/code/code_exec/x",
+        )
+        .unwrap();
+        txn.commit().unwrap();
+    };
     let batch_db = support::raw_batch_db(&dir.path().join("raw_batch"));
-    group.bench_function("raw_rocksdb_batch_2_puts", |b| {
-        b.iter(|| {
-            let i = counter.fetch_add(1, Ordering::Relaxed);
-            let mut batch = rocksdb::WriteBatch::default();
-            batch.put(format!("tools/code/code_exec/{i:026}").as_bytes(), record);
-            batch.put(
-                format!("inflight/{i:026}").as_bytes(),
-                b"tools/code/code_exec/x",
-            );
-            batch_db.write(batch).unwrap();
+    let raw_batch = || {
+        let i = counter.fetch_add(1, Ordering::Relaxed);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put(format!("tools/code/code_exec/{i:026}").as_bytes(), RECORD);
+        batch.put(
+            format!("inflight/{i:026}").as_bytes(),
+            b"tools/code/code_exec/x",
+        );
+        batch_db.write(batch).unwrap();
+    };
+    let dispatchers: Vec<(&str, ToolDispatcher)> = CASES
+        .iter()
+        .map(|(name, install)| {
+            let d = dispatcher(&dir.path().join(name));
+            install(d.database());
+            (*name, d)
         })
-    });
-    drop(batch_db);
+        .collect();
+    let invoke = |d: &ToolDispatcher| {
+        rt.block_on(d.invoke(
+            "code_exec",
+            ToolCategory::Code,
+            input.clone(),
+            RoutingOptions::new(),
+        ))
+        .unwrap();
+    };
 
-    let cases: [(&str, InstallPolicy); 3] = [
-        ("invoke_no_policy", |_| {}),
-        ("invoke_one_glob_hook", |db| {
-            PolicyEngine::new(db)
-                .before_write("tools/**", |_, _, ctx| match ctx.get("agent_id") {
-                    Some(_) => PolicyAction::Allow,
-                    None => PolicyAction::Deny("no agent".into()),
-                })
-                .unwrap()
-        }),
-        ("invoke_one_rego_module", |db| {
-            PolicyEngine::new(db)
-                .add_rego("tools/**", support::TRUSTED_AGENTS_REGO)
-                .unwrap()
-        }),
-    ];
-    for (name, install) in cases {
-        let d = dispatcher(&dir.path().join(name));
-        install(d.database());
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                rt.block_on(d.invoke(
-                    "code_exec",
-                    ToolCategory::Code,
-                    input.clone(),
-                    RoutingOptions::new(),
-                ))
-                .unwrap()
-            })
-        });
+    let mut group = c.benchmark_group(GROUP);
+    group.bench_function(RAW_TXN, |b| b.iter(raw_txn));
+    group.bench_function(RAW_BATCH, |b| b.iter(raw_batch));
+    for (name, d) in &dispatchers {
+        group.bench_function(*name, |b| b.iter(|| invoke(d)));
     }
     group.finish();
-    support::report(
-        GROUP,
-        "raw_rocksdb_txn_2_puts",
-        &[
-            "raw_rocksdb_batch_2_puts",
-            "invoke_no_policy",
-            "invoke_one_glob_hook",
-            "invoke_one_rego_module",
-        ],
-    );
+    let names: Vec<&str> = std::iter::once(RAW_BATCH)
+        .chain(CASES.iter().map(|(name, _)| *name))
+        .collect();
+    support::report(GROUP, RAW_TXN, &names);
+
+    let mut cases: Vec<support::Case<'_>> = vec![
+        (RAW_TXN, Box::new(raw_txn)),
+        (RAW_BATCH, Box::new(raw_batch)),
+    ];
+    for (name, d) in &dispatchers {
+        cases.push((name, Box::new(move || invoke(d))));
+    }
+    support::interleaved(GROUP, 21, 2_000, &mut cases);
 }
 
 criterion_group!(benches, dispatch);

@@ -481,18 +481,18 @@ impl<'a> Call<'a> {
     /// The policy context of this call's writes; `action` is `dispatch` for
     /// the record written before an agent is called, `outcome` after.
     fn context(&self, agent_id: Option<&str>, action: &str) -> PolicyContext {
-        let mut ctx = PolicyContext::new();
+        let mut ctx = PolicyContext::with_capacity(7);
         if let Some(agent_id) = agent_id {
-            ctx.insert("agent_id", agent_id);
+            ctx.insert_static("agent_id", agent_id);
         }
-        ctx.insert("action", action);
-        ctx.insert("tool", self.record.tool.as_str());
-        ctx.insert("category", self.category.as_str());
+        ctx.insert_static("action", action);
+        ctx.insert_static("tool", self.record.tool.as_str());
+        ctx.insert_static("category", self.category.as_str());
         if let Some(session) = &self.options.session_id {
-            ctx.insert("session_id", session.as_str());
+            ctx.insert_static("session_id", session.as_str());
         }
-        ctx.insert("invocation_id", self.record.invocation_id.as_str());
-        ctx.insert("strategy", self.options.strategy.as_str());
+        ctx.insert_static("invocation_id", self.record.invocation_id.as_str());
+        ctx.insert_static("strategy", self.options.strategy.as_str());
         ctx
     }
 
@@ -571,7 +571,10 @@ impl<'a> Call<'a> {
     }
 
     fn record_bytes(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(&self.record).map_err(Error::storage)
+        // A record is a few hundred bytes: one allocation instead of growing.
+        let mut bytes = Vec::with_capacity(512);
+        serde_json::to_writer(&mut bytes, &self.record).map_err(Error::storage)?;
+        Ok(bytes)
     }
 
     fn write_intent(&self, ctx: &PolicyContext, binding: Option<&SessionRecord>) -> Result<()> {

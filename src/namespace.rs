@@ -50,6 +50,10 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
 
 /// Checks a full key: `/`-separated segments, each a valid id.
 pub fn validate_key(key: &str) -> Result<()> {
+    if is_plainly_valid_key(key.as_bytes()) {
+        return Ok(());
+    }
+    // Something is off: find it again the slow way, to say what.
     if key.len() > MAX_KEY_LEN {
         return Err(Error::invalid(format!(
             "key is {} bytes long; the limit is {MAX_KEY_LEN}",
@@ -70,6 +74,32 @@ pub fn validate_key(key: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// One pass over a key that is valid in the common case (every write checks
+/// its key); `false` sends the caller to the checks that explain.
+fn is_plainly_valid_key(key: &[u8]) -> bool {
+    if key.len() > MAX_KEY_LEN {
+        return false;
+    }
+    let (mut segments, mut segment_len) = (1, 0);
+    for &b in key {
+        if b == b'/' {
+            if segment_len == 0 {
+                return false;
+            }
+            segments += 1;
+            segment_len = 0;
+        } else if is_id_char(b as char) {
+            segment_len += 1;
+            if segment_len > MAX_ID_LEN {
+                return false;
+            }
+        } else {
+            return false;
+        }
+    }
+    segment_len > 0 && segments <= MAX_SEGMENTS
 }
 
 /// Checks a scan prefix: like a key, but may be empty and may end with `/`.

@@ -85,3 +85,43 @@ deny contains msg if {
     msg := sprintf("agent %v is not trusted", [input.context.agent_id])
 }
 "#;
+
+/// One benchmark of an interleaved comparison: a name and one iteration.
+pub type Case<'a> = (&'a str, Box<dyn FnMut() + 'a>);
+
+/// Runs every case for `batch` iterations in turn, `rounds` times over, and
+/// prints each case's median ops/s and its median ratio to the first case (the
+/// baseline). Each ratio is taken within one round, so a shared machine's
+/// drift (seen here to move a raw commit by ±40 % between criterion runs)
+/// cancels out. Bounded: `rounds × batch` iterations per case.
+pub fn interleaved(title: &str, rounds: usize, batch: usize, cases: &mut [Case<'_>]) {
+    let mut rates: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); cases.len()];
+    for _ in 0..rounds {
+        for (i, (_, run)) in cases.iter_mut().enumerate() {
+            let started = std::time::Instant::now();
+            for _ in 0..batch {
+                run();
+            }
+            rates[i].push(batch as f64 / started.elapsed().as_secs_f64());
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("\n{title}: interleaved, {rounds} rounds of {batch} per case; medians");
+    println!("  {:<44} {:>12} {:>8}", "benchmark", "ops/s", "ratio");
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let ratios = rates[i]
+            .iter()
+            .zip(&rates[0])
+            .map(|(r, base)| r / base)
+            .collect();
+        println!(
+            "  {:<44} {:>12.0} {:>7.1}%",
+            name,
+            median(rates[i].clone()),
+            100.0 * median(ratios)
+        );
+    }
+}

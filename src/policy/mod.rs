@@ -22,6 +22,7 @@ pub use limits::{RateLimitOp, RateLimitScope};
 use parking_lot::RwLock;
 pub use rego::RegoEvaluator;
 use rego::RegoModule;
+use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,8 +51,8 @@ pub enum PolicyAction {
 pub struct PolicyContext {
     // A handful of entries: a vector beats a map on both lookup and build cost.
     // Shared, because every staged write of a transaction keeps its context
-    // and a clone should not copy every string.
-    entries: Arc<Vec<(String, String)>>,
+    // and a clone should not copy every string; keys are usually literals.
+    entries: Arc<Vec<(Cow<'static, str>, String)>>,
 }
 
 impl PolicyContext {
@@ -68,7 +69,22 @@ impl PolicyContext {
 
     /// Adds or replaces `key`.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        let (key, value) = (key.into(), value.into());
+        self.set(Cow::Owned(key.into()), value.into());
+    }
+
+    /// An empty context with room for `n` entries.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        PolicyContext {
+            entries: Arc::new(Vec::with_capacity(n)),
+        }
+    }
+
+    /// [`insert`](Self::insert) for a literal key, which is not copied.
+    pub(crate) fn insert_static(&mut self, key: &'static str, value: impl Into<String>) {
+        self.set(Cow::Borrowed(key), value.into());
+    }
+
+    fn set(&mut self, key: Cow<'static, str>, value: String) {
         let entries = Arc::make_mut(&mut self.entries);
         match entries.iter_mut().find(|(k, _)| *k == key) {
             Some(entry) => entry.1 = value,
@@ -86,14 +102,14 @@ impl PolicyContext {
 
     /// All entries in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
     pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::Value::Object(
             self.entries
                 .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
                 .collect(),
         )
     }

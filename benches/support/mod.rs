@@ -54,6 +54,7 @@ fn raw_options() -> rocksdb::Options {
     options.create_if_missing(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.increase_parallelism(2);
+    options.set_block_based_table_factory(&switchboard::storage::table_options());
     options
 }
 

@@ -126,6 +126,7 @@ impl Database {
         db_options.create_if_missing(true);
         db_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         db_options.increase_parallelism(2);
+        db_options.set_block_based_table_factory(&table_options());
         let rocks = DB::open(&db_options, path).map_err(|e| {
             Error::Storage(format!(
                 "cannot open {}: {}",
@@ -164,6 +165,15 @@ impl Database {
     /// monitoring. `None` if RocksDB does not know the name.
     pub fn rocksdb_property(&self, name: &str) -> Result<Option<u64>> {
         Ok(self.inner.rocks.property_int_value(name)?)
+    }
+
+    /// Flushes the memtables and compacts the whole key space into sorted
+    /// files: slow, but later scans merge fewer sources. For maintenance
+    /// windows, e.g. before exporting a long audit trail.
+    pub fn compact(&self) -> Result<()> {
+        self.inner.rocks.flush()?;
+        self.inner.rocks.compact_range::<&[u8], &[u8]>(None, None);
+        Ok(())
     }
 
     pub(crate) fn policy_chain(&self) -> &Arc<PolicyChain> {
@@ -372,11 +382,7 @@ impl Database {
         prefix: &str,
         after: Option<&str>,
     ) -> rocksdb::DBRawIteratorWithThreadMode<'_, DB> {
-        let mut read_options = ReadOptions::default();
-        if let Some(end) = prefix_successor(prefix.as_bytes()) {
-            read_options.set_iterate_upper_bound(end);
-        }
-        let mut it = self.inner.rocks.raw_iterator_opt(read_options);
+        let mut it = self.inner.rocks.raw_iterator_opt(scan_read_options(prefix));
         it.seek(scan_start(prefix, after));
         it
     }
@@ -498,11 +504,10 @@ fn prefix_iter_from<'a>(
     prefix: &str,
     start: &[u8],
 ) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
-    let mut read_options = ReadOptions::default();
-    if let Some(end) = prefix_successor(prefix.as_bytes()) {
-        read_options.set_iterate_upper_bound(end);
-    }
-    rocks.iterator_opt(IteratorMode::From(start, Direction::Forward), read_options)
+    rocks.iterator_opt(
+        IteratorMode::From(start, Direction::Forward),
+        scan_read_options(prefix),
+    )
 }
 
 fn raw_prefix_iter<'a>(rocks: &'a DB, prefix: &str) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
@@ -520,6 +525,28 @@ fn validate_writable_key(key: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The table format: 16 KiB blocks (RocksDB's default is 4 KiB), because the
+/// store is read mostly by long prefix scans of records a few hundred bytes
+/// long, which then cost a quarter of the block reads and checksums.
+pub fn table_options() -> rocksdb::BlockBasedOptions {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_size(16 << 10);
+    table
+}
+
+/// Reads for a scan: with readahead, so a long scan reads table files in
+/// large sequential chunks instead of one block at a time.
+fn scan_read_options(prefix: &str) -> ReadOptions {
+    let mut read_options = ReadOptions::default();
+    read_options.set_readahead_size(SCAN_READAHEAD);
+    if let Some(end) = prefix_successor(prefix.as_bytes()) {
+        read_options.set_iterate_upper_bound(end);
+    }
+    read_options
+}
+
+const SCAN_READAHEAD: usize = 2 << 20;
 
 /// Where a scan of `prefix` resuming after `after` (exclusive) starts.
 fn scan_start(prefix: &str, after: Option<&str>) -> Vec<u8> {

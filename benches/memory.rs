@@ -95,6 +95,7 @@ fn main() {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
         .build()
         .expect("runtime");
     let started = Instant::now();

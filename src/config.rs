@@ -5,7 +5,9 @@
 use crate::error::{Error, Result};
 use crate::policy::RegoEvaluator;
 use crate::routing::HealthCheckConfig;
-use crate::storage::{DatabaseOptions, Durability, DEFAULT_MAX_VALUE_BYTES};
+use crate::storage::{
+    DatabaseOptions, Durability, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_MAX_VALUE_BYTES,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -52,6 +54,7 @@ pub struct HealthSection {
 pub struct StorageSection {
     pub durability: Durability,
     pub max_value_bytes: usize,
+    pub block_cache_bytes: usize,
 }
 
 impl Default for Config {
@@ -88,6 +91,7 @@ impl Default for StorageSection {
         StorageSection {
             durability: Durability::Buffered,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
         }
     }
 }
@@ -134,6 +138,7 @@ impl Config {
         DatabaseOptions::default()
             .durability(self.storage.durability)
             .max_value_bytes(self.storage.max_value_bytes)
+            .block_cache_bytes(self.storage.block_cache_bytes)
     }
 
     pub fn health_checks(&self) -> Option<HealthCheckConfig> {
@@ -172,12 +177,14 @@ healthy_threshold = 1
 [storage]
 durability = "sync"
 max_value_bytes = 2048
+block_cache_bytes = 1048576
 "#,
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:9000");
         assert_eq!(c.storage.durability, Durability::Sync);
         assert_eq!(c.rego_evaluator, RegoEvaluator::Bytecode);
+        assert_eq!(c.database_options().block_cache_bytes, 1 << 20);
         assert_eq!(c.health_checks(), None);
         assert_eq!(Config::parse("").unwrap(), Config::default());
         assert!(Config::parse("listen_addr = \"x\"")

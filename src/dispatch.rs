@@ -273,6 +273,10 @@ impl ToolDispatcher {
     }
 
     /// Routes one tool call to an agent and returns its output.
+    ///
+    /// Runs on a tokio runtime with time and I/O enabled (`enable_all()`):
+    /// every call runs under its agent's timeout, and HTTP agents need the
+    /// I/O driver.
     pub async fn invoke(
         &self,
         tool: &str,

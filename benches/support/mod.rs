@@ -48,13 +48,13 @@ pub fn report(group: &str, baseline: &str, ids: &[&str]) {
     }
 }
 
-/// The RocksDB options `Database::open` uses.
-fn raw_options() -> rocksdb::Options {
+/// The RocksDB options `Database::open` uses (with `block_cache_bytes`).
+fn raw_options(block_cache_bytes: usize) -> rocksdb::Options {
     let mut options = rocksdb::Options::default();
     options.create_if_missing(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.increase_parallelism(2);
-    options.set_block_based_table_factory(&switchboard::storage::table_options());
+    options.set_block_based_table_factory(&switchboard::storage::table_options(block_cache_bytes));
     options
 }
 
@@ -62,7 +62,7 @@ fn raw_options() -> rocksdb::Options {
 /// uses: the baseline every ratio is taken against.
 pub fn raw_baseline_db(path: &std::path::Path) -> rocksdb::TransactionDB {
     rocksdb::TransactionDB::open(
-        &raw_options(),
+        &raw_options(switchboard::storage::DEFAULT_BLOCK_CACHE_BYTES),
         &rocksdb::TransactionDBOptions::default(),
         path,
     )
@@ -72,7 +72,12 @@ pub fn raw_baseline_db(path: &std::path::Path) -> rocksdb::TransactionDB {
 /// A bare RocksDB `DB` with the same options: what `Database` commits to (one
 /// `WriteBatch` per transaction), so the floor under its writes.
 pub fn raw_batch_db(path: &std::path::Path) -> rocksdb::DB {
-    rocksdb::DB::open(&raw_options(), path).unwrap()
+    raw_batch_db_with_cache(path, switchboard::storage::DEFAULT_BLOCK_CACHE_BYTES)
+}
+
+/// [`raw_batch_db`] with a block cache of `bytes`.
+pub fn raw_batch_db_with_cache(path: &std::path::Path, bytes: usize) -> rocksdb::DB {
+    rocksdb::DB::open(&raw_options(bytes), path).unwrap()
 }
 
 /// A Rego module that inspects the context, as a realistic in-scope policy.

@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 /// The default ceiling on a stored value's size.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// The default size of the cache of uncompressed table blocks.
+pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 32 << 20;
 
 /// When a commit is considered durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +46,9 @@ pub struct DatabaseOptions {
     pub durability: Durability,
     /// Values larger than this are refused with [`Error::InvalidInput`].
     pub max_value_bytes: usize,
+    /// Memory for uncompressed table blocks. Long scans read fastest when the
+    /// part of the store they cover fits (see docs/benchmarks.md).
+    pub block_cache_bytes: usize,
 }
 
 impl Default for DatabaseOptions {
@@ -51,6 +56,7 @@ impl Default for DatabaseOptions {
         DatabaseOptions {
             durability: Durability::Buffered,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
         }
     }
 }
@@ -65,6 +71,12 @@ impl DatabaseOptions {
     /// Sets the largest value accepted.
     pub fn max_value_bytes(mut self, max: usize) -> Self {
         self.max_value_bytes = max;
+        self
+    }
+
+    /// Sets the memory for cached table blocks.
+    pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
+        self.block_cache_bytes = bytes;
         self
     }
 }
@@ -126,7 +138,7 @@ impl Database {
         db_options.create_if_missing(true);
         db_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         db_options.increase_parallelism(2);
-        db_options.set_block_based_table_factory(&table_options());
+        db_options.set_block_based_table_factory(&table_options(options.block_cache_bytes));
         let rocks = DB::open(&db_options, path).map_err(|e| {
             Error::Storage(format!(
                 "cannot open {}: {}",
@@ -528,10 +540,12 @@ fn validate_writable_key(key: &str) -> Result<()> {
 
 /// The table format: 16 KiB blocks (RocksDB's default is 4 KiB), because the
 /// store is read mostly by long prefix scans of records a few hundred bytes
-/// long, which then cost a quarter of the block reads and checksums.
-pub fn table_options() -> rocksdb::BlockBasedOptions {
+/// long, which then cost a quarter of the block reads and checksums; and a
+/// block cache of `block_cache_bytes`.
+pub fn table_options(block_cache_bytes: usize) -> rocksdb::BlockBasedOptions {
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_size(16 << 10);
+    table.set_block_cache(&rocksdb::Cache::new_lru_cache(block_cache_bytes));
     table
 }
 

@@ -311,6 +311,69 @@ async fn sticky_sessions_hold_across_calls_and_restarts() {
     }
 }
 
+/// Bindings are cached in memory; every other way a binding changes must be
+/// seen by the next call all the same.
+#[tokio::test]
+async fn sticky_calls_follow_bindings_edited_deleted_or_rewritten_by_policy() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    for id in ["a", "b", "c"] {
+        echo_agent(&d, id, vec![ToolCategory::Code]);
+    }
+    let sticky = |session: &str| {
+        RoutingOptions::new()
+            .with_strategy(RoutingStrategy::Sticky)
+            .with_session_id(session)
+    };
+    let agent_of = |d: &ToolDispatcher, session: &'static str| {
+        let d = d.clone();
+        async move {
+            d.invoke("run", ToolCategory::Code, json!({}), sticky(session))
+                .await
+                .unwrap()
+                .agent_id
+        }
+    };
+    let first = agent_of(&d, "s1").await;
+    assert_eq!(agent_of(&d, "s1").await, first);
+    let binding = |agent: &str| {
+        serde_json::to_vec(&SessionRecord {
+            agent_id: agent.into(),
+            category: ToolCategory::Code,
+            created_at_ms: 1,
+            last_used_ms: 1,
+        })
+        .unwrap()
+    };
+
+    // Edited by someone else: the next call goes where the store says.
+    let other = if first == "c" { "b" } else { "c" };
+    db.put("sessions/s1", &binding(other)).unwrap();
+    assert_eq!(agent_of(&d, "s1").await, other);
+
+    // Deleted: the session binds afresh, and the new binding is stored.
+    db.delete("sessions/s1").unwrap();
+    let rebound = agent_of(&d, "s1").await;
+    let stored: SessionRecord =
+        serde_json::from_slice(&db.get("sessions/s1").unwrap().unwrap()).unwrap();
+    assert_eq!(stored.agent_id, rebound);
+
+    // Rewritten by a policy as it is stored: calls follow the stored value.
+    PolicyEngine::new(&db)
+        .before_write("sessions/**", move |_, value, _| {
+            let mut record: SessionRecord = serde_json::from_slice(value).unwrap();
+            record.agent_id = "a".into();
+            switchboard::PolicyAction::Modify(serde_json::to_vec(&record).unwrap())
+        })
+        .unwrap();
+    db.put("sessions/s2", &binding("b")).unwrap();
+    assert_eq!(agent_of(&d, "s2").await, "a");
+    // A new binding is rewritten too: the call that made it went to the
+    // chosen agent, the calls after it follow the stored binding.
+    agent_of(&d, "s3").await;
+    assert_eq!(agent_of(&d, "s3").await, "a");
+}
+
 #[tokio::test]
 async fn sticky_needs_a_session_and_bindings_follow_removed_or_unhealthy_agents() {
     let (_dir, db) = temp_db();

@@ -13,10 +13,13 @@
 //! serialises its own read-modify-writes, e.g. per session), so a
 //! `TransactionDB`'s lock manager would only add cost.
 
+mod cache;
+
 use crate::error::{Error, Result};
-use crate::namespace::{validate_key, validate_prefix};
+use crate::namespace::{validate_key, validate_prefix, SESSIONS};
 use crate::policy::decisions::Decision;
 use crate::policy::{Op, PolicyChain, PolicyContext};
+use cache::PrefixCache;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,6 +89,8 @@ pub const DECISION_LOG: &str = "policy_log/";
 
 struct Inner {
     rocks: DB,
+    /// Session bindings, read on every sticky call.
+    bindings: PrefixCache,
     chain: Arc<PolicyChain>,
     /// Entries under `policy_log/` (counted at open, kept by appends and pruning).
     decision_entries: std::sync::atomic::AtomicU64,
@@ -152,6 +157,7 @@ impl Database {
         Ok(Database {
             inner: Arc::new(Inner {
                 rocks,
+                bindings: PrefixCache::new(SESSIONS),
                 chain: Arc::new(PolicyChain::default()),
                 decision_entries: decision_entries.into(),
                 pruning: parking_lot::Mutex::new(()),
@@ -223,7 +229,11 @@ impl Database {
     /// bookkeeping (session bindings, loading registrations, recovery).
     pub(crate) fn get_unjudged(&self, key: &str) -> Result<Option<Vec<u8>>> {
         validate_key(key)?;
-        Ok(self.inner.rocks.get(key.as_bytes())?)
+        let load = || Ok(self.inner.rocks.get(key.as_bytes())?);
+        if self.inner.bindings.covers(key) {
+            return self.inner.bindings.get_or_load(key, load);
+        }
+        load()
     }
 
     /// Writes one key with an empty policy context.
@@ -485,9 +495,18 @@ impl Database {
         // Modify and Log decisions commit with the write they were made about.
         let logged = decisions.len() as u64;
         stage_decisions(&mut batch, decisions)?;
+        let mut cached = self
+            .inner
+            .bindings
+            .lock_for_write(checked.iter().map(|op| op.key.as_str()));
         self.inner
             .rocks
             .write_opt(batch, &self.inner.write_options)?;
+        for op in &checked {
+            cached.committed(&op.key, op.value.as_deref());
+        }
+        // Released before any hook runs: a hook may write again.
+        drop(cached);
         if logged > 0 {
             self.decisions_added(logged);
         }

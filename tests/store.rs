@@ -330,6 +330,48 @@ fn rego_eval_errors_fail_closed_and_are_never_evaluated_out_of_scope() {
     );
 }
 
+/// Runs far longer than the 250 ms evaluation limit.
+const SLOW_REGO: &str = r#"
+package test.slow
+import rego.v1
+deny contains "never" if {
+    some i in numbers.range(1, 20000)
+    some j in numbers.range(1, 20000)
+    i * j < 0
+}
+"#;
+
+/// A few thousand iterations: well inside the time limit, though past the
+/// Rego VM's default instruction budget.
+const BUSY_REGO: &str = r#"
+package test.busy
+import rego.v1
+deny contains "negative" if {
+    some i in numbers.range(1, 5000)
+    i < 0
+}
+"#;
+
+#[test]
+fn only_the_time_limit_stops_a_rego_module_in_either_evaluator() {
+    for evaluator in [RegoEvaluator::Interpreter, RegoEvaluator::Bytecode] {
+        let (_dir, db) = temp_db();
+        let policy = PolicyEngine::new(&db);
+        policy.set_rego_evaluator(evaluator);
+        policy.add_rego("slow/**", SLOW_REGO).unwrap();
+        policy.add_rego("busy/**", BUSY_REGO).unwrap();
+        let err = db.put("slow/a", b"1").unwrap_err();
+        assert!(
+            matches!(&err, Error::PolicyDenied { reason, .. }
+                if reason.to_lowercase().contains("time limit") && reason.contains("fail closed")),
+            "{evaluator:?}: {err}"
+        );
+        assert_eq!(db.get("slow/a").unwrap(), None);
+        db.put("busy/a", b"1")
+            .unwrap_or_else(|e| panic!("{evaluator:?}: {e}"));
+    }
+}
+
 #[test]
 fn malformed_rego_is_refused_and_loaded_policies_stay() {
     let (_dir, db) = temp_db();

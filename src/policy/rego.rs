@@ -136,6 +136,10 @@ impl Evaluator {
                     let mut vm = RegoVM::new();
                     vm.load_program(program.clone());
                     vm.set_execution_timer_config(Some(time_limit()));
+                    // The VM's own default stops at 25,000 instructions, which
+                    // a policy walking a long list passes in microseconds; as
+                    // in the interpreter, only the time limit applies.
+                    vm.set_max_instructions(usize::MAX);
                     vm
                 });
                 vm.set_input(input);

@@ -1102,3 +1102,46 @@ async fn busy_agents_at_max_concurrency_are_skipped() {
     let third = call(&d, RoutingStrategy::Priority).await.unwrap();
     assert_eq!(third.agent_id, "single_slot", "a free slot is used again");
 }
+
+#[test]
+fn many_stored_http_agents_are_all_routable_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let category_of = |i: usize| {
+        if i.is_multiple_of(2) {
+            ToolCategory::Code
+        } else {
+            ToolCategory::Web
+        }
+    };
+    {
+        let d = ToolDispatcher::new(Database::open(&path).unwrap());
+        for i in 0..300 {
+            d.register_agent(
+                &format!("agent_{i}"),
+                AgentConfig::new()
+                    .with_tools(vec![category_of(i)])
+                    .with_endpoint("http://127.0.0.1:9/invoke")
+                    .with_priority((i % 3) as i32),
+            )
+            .unwrap();
+        }
+    }
+    let d = ToolDispatcher::new(Database::open(&path).unwrap());
+    let select = |category: &ToolCategory, strategy| {
+        d.select_agent(category, &RoutingOptions::new().with_strategy(strategy))
+            .unwrap()
+            .unwrap()
+    };
+    for category in [ToolCategory::Code, ToolCategory::Web] {
+        let turn: std::collections::HashSet<String> = (0..150)
+            .map(|_| select(&category, RoutingStrategy::RoundRobin))
+            .collect();
+        assert_eq!(turn.len(), 150, "one round robin turn meets every agent");
+        for _ in 0..20 {
+            let id = select(&category, RoutingStrategy::Priority);
+            let i: usize = id["agent_".len()..].parse().unwrap();
+            assert_eq!((i % 3, category_of(i)), (2, category.clone()), "{id}");
+        }
+    }
+}

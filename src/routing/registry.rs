@@ -53,6 +53,7 @@ impl AgentRegistry {
     pub fn load(db: Database, router: Arc<ToolRouter>) -> Result<AgentRegistry> {
         let registry = AgentRegistry::empty(db, router);
         let mut loaded = HashMap::new();
+        let mut routable = Vec::new();
         for item in registry.db.scan_unjudged(AGENTS, None) {
             let (key, value) = item?;
             let record: AgentRecord = match serde_json::from_slice(&value) {
@@ -76,9 +77,7 @@ impl AgentRegistry {
                     }
                 },
             };
-            if let Some(agent) = &live {
-                registry.router.add(agent.clone());
-            }
+            routable.extend(live.clone());
             loaded.insert(
                 record.agent_id.clone(),
                 Registered {
@@ -88,6 +87,7 @@ impl AgentRegistry {
                 },
             );
         }
+        registry.router.add_all(&routable);
         if !loaded.is_empty() {
             tracing::info!(agents = loaded.len(), "loaded persisted registrations");
         }

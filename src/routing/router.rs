@@ -334,6 +334,25 @@ impl ToolRouter {
     }
 
     /// Removes the agent with this id from every pool.
+    /// Adds agents not yet in the router, such as the stored registrations a
+    /// new dispatcher loads: each pool's snapshot is rebuilt once, not once per
+    /// agent, so loading n agents is not O(n²).
+    pub(crate) fn add_all(&self, agents: &[Arc<Agent>]) {
+        let mut touched: HashMap<ToolCategory, Arc<Pool>> = HashMap::new();
+        for agent in agents {
+            for category in &agent.categories {
+                let pool = self.pool_or_create(category);
+                pool.members.lock().push(agent.clone());
+                pool.update_load_membership(agent);
+                touched.entry(category.clone()).or_insert(pool);
+            }
+        }
+        for pool in touched.values() {
+            let members = pool.members.lock();
+            pool.rebuild_snapshot(&members);
+        }
+    }
+
     pub(crate) fn remove(&self, agent_id: &str) {
         let pools: Vec<Arc<Pool>> = self.pools.read().values().cloned().collect();
         for pool in pools {

@@ -841,22 +841,28 @@ fn print_ratios(rows: &[Row]) {
     let rps = |name: &str| find(name)?.saturation.as_ref().map(|s| s.rps);
     let p99 = |name: &str| find(name)?.fixed.percentile(0.99);
 
-    match (rps("switchboard"), rps("direct")) {
-        (Some(sw), Some(direct)) => println!(
-            "switchboard / direct throughput:  {:.2}x  (goal >= {GOAL_VS_DIRECT:.1}x: {})",
-            sw / direct,
-            verdict(sw / direct >= GOAL_VS_DIRECT)
-        ),
-        _ => println!("switchboard / direct throughput:  n/a (no wrk numbers)"),
-    }
-    match (rps("switchboard"), rps("haproxy")) {
-        (Some(sw), Some(ha)) => println!(
-            "switchboard / haproxy throughput: {:.2}x  (goal >= {GOAL_VS_HAPROXY:.1}x: {})",
-            sw / ha,
-            verdict(sw / ha >= GOAL_VS_HAPROXY)
-        ),
-        _ => println!("switchboard / haproxy throughput: n/a (no wrk or haproxy numbers)"),
-    }
+    let throughput_ratio =
+        |label: &str, other: &str, goal: f64, missing: &str| match (rps("switchboard"), rps(other))
+        {
+            (Some(sw), Some(base)) => println!(
+                "{label} {:.2}x  (goal >= {goal:.1}x: {})",
+                sw / base,
+                verdict(sw / base >= goal)
+            ),
+            _ => println!("{label} n/a ({missing})"),
+        };
+    throughput_ratio(
+        "switchboard / direct throughput: ",
+        "direct",
+        GOAL_VS_DIRECT,
+        "no wrk numbers",
+    );
+    throughput_ratio(
+        "switchboard / haproxy throughput:",
+        "haproxy",
+        GOAL_VS_HAPROXY,
+        "no wrk or haproxy numbers",
+    );
     let added =
         |name: &str| Some(p99(name)?.as_secs_f64() * 1e3 - p99("direct")?.as_secs_f64() * 1e3);
     match added("switchboard") {

@@ -90,8 +90,7 @@ type EvalRule<'a> = dyn FnMut(&str) -> std::result::Result<Value, String> + 'a;
 impl Evaluator {
     /// Bytecode for the module in `engine` when the compiler takes it, else
     /// the interpreter.
-    fn bytecode(engine: Engine, entry_points: &[&str]) -> Evaluator {
-        let mut engine = engine;
+    fn bytecode(mut engine: Engine, entry_points: &[&str]) -> Evaluator {
         let compiled = entry_points
             .first()
             .ok_or_else(|| "no entry point".to_string())

@@ -333,7 +333,6 @@ impl ToolRouter {
         }
     }
 
-    /// Removes the agent with this id from every pool.
     /// Adds agents not yet in the router, such as the stored registrations a
     /// new dispatcher loads: each pool's snapshot is rebuilt once, not once per
     /// agent, so loading n agents is not O(n²).
@@ -353,6 +352,7 @@ impl ToolRouter {
         }
     }
 
+    /// Removes the agent with this id from every pool.
     pub(crate) fn remove(&self, agent_id: &str) {
         let pools: Vec<Arc<Pool>> = self.pools.read().values().cloned().collect();
         for pool in pools {

@@ -298,14 +298,10 @@ impl Database {
         if let Err(e) = validate_prefix(prefix) {
             return Scan::failed(e);
         }
-        let judge = self.inner.chain.judges_reads().then(|| ctx.clone());
-        if let Some(ctx) = &judge {
-            let (limited, decision) = self.inner.chain.limit_read(prefix, ctx);
-            self.record_decisions(decision.into_iter().collect());
-            if let Err(e) = limited {
-                return Scan::failed(e);
-            }
-        }
+        let judge = match self.admit_scan(prefix, ctx) {
+            Ok(judged) => judged.then(|| ctx.clone()),
+            Err(e) => return Scan::failed(e),
+        };
         let mut scan = self.scan_from(prefix, after);
         scan.judge = judge.map(|ctx| (self, ctx));
         scan
@@ -338,13 +334,7 @@ impl Database {
         mut visit: impl FnMut(&str, &[u8]) -> bool,
     ) -> Result<()> {
         validate_prefix(prefix)?;
-        let chain = &self.inner.chain;
-        let judged = chain.judges_reads();
-        if judged {
-            let (limited, decision) = chain.limit_read(prefix, ctx);
-            self.record_decisions(decision.into_iter().collect());
-            limited?;
-        }
+        let judged = self.admit_scan(prefix, ctx)?;
         let mut it = self.raw_iter_from(prefix, after);
         while let (Some(key), Some(value)) = (it.key(), it.value()) {
             let key = std::str::from_utf8(key)
@@ -363,6 +353,18 @@ impl Database {
             it.next();
         }
         Ok(it.status()?)
+    }
+
+    /// Whether a scan of `prefix` is judged by the read hooks; when it is, the
+    /// whole scan counts once against the read rate limits, which may refuse it.
+    fn admit_scan(&self, prefix: &str, ctx: &PolicyContext) -> Result<bool> {
+        let chain = &self.inner.chain;
+        if !chain.judges_reads() {
+            return Ok(false);
+        }
+        let (limited, decision) = chain.limit_read(prefix, ctx);
+        self.record_decisions(decision.into_iter().collect());
+        limited.map(|()| true)
     }
 
     /// One scanned key through the read hooks: the value the reader may see,

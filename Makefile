@@ -1,9 +1,9 @@
-# The two set-up commands of README.md. Both install what the build needs first.
+# The set-up commands of README.md. Both install what the build needs first.
 #
 # The demo runs the binary built with the test targets (`--all-targets`): built
 # alone, the binary resolves dependency features differently and would compile
 # RocksDB a second time.
-.PHONY: demo test deps bench-gateway
+.PHONY: demo test deps python bench-gateway
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
@@ -13,6 +13,13 @@ demo: deps
 
 test: deps
 	cargo test
+	bash scripts/python-test
+
+# Builds the Python package into .venv (reusing the dev build of `cargo test`,
+# see docs/python.md) without running its tests.
+python: deps
+	cargo build --all-targets --quiet
+	SKIP_PYTEST=1 bash scripts/python-test
 
 deps:
 	@bash scripts/install-deps

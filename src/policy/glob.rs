@@ -8,8 +8,7 @@
 use crate::error::{Error, Result};
 use std::fmt;
 
-/// The most `/`-separated segments a key may have; keeps matching allocation-free.
-pub(crate) const MAX_SEGMENTS: usize = 32;
+use crate::namespace::MAX_SEGMENTS;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {

@@ -109,9 +109,14 @@ fn denied_write_leaves_store_unchanged_and_context_reaches_hooks() {
         db.get("tools/sensitive/rotate").unwrap().unwrap(),
         b"{\"v\":2}"
     );
+    // A trailing `/*` also covers nested keys (dispatch records are deeper).
+    assert!(db
+        .writes_to_reserved_namespaces()
+        .put_with("tools/sensitive/rotate/deeper", b"1", &untrusted)
+        .is_err());
     // Out of the glob's scope: the hook does not run.
     db.writes_to_reserved_namespaces()
-        .put_with("tools/sensitive/rotate/deeper", b"1", &untrusted)
+        .put_with("tools/public/rotate/deeper", b"1", &untrusted)
         .unwrap();
 }
 

@@ -222,6 +222,22 @@ allow if input.key != "tools/shell/forbidden"
 "#,
     ];
 
+    #[test]
+    fn a_panic_inside_the_engine_denies() {
+        let mut module =
+            RegoModule::compile(None, "package p\nallow if true", RegoEvaluator::Interpreter)
+                .unwrap();
+        module.evaluator = Evaluator::Panics;
+        let action = module.decide(Op::Put, Phase::Before, "a/b", b"{}", &PolicyContext::new());
+        let PolicyAction::Deny(reason) = action else {
+            panic!("a panicking engine must deny");
+        };
+        assert!(
+            reason.contains("engine bug") && reason.contains("fail closed"),
+            "{reason}"
+        );
+    }
+
     proptest! {
         /// The bytecode VM and the interpreter decide every write alike.
         #[test]

@@ -20,6 +20,9 @@ const POOL_LIMIT: usize = 64;
 
 /// How a module's rules are evaluated.
 pub(super) enum Evaluator {
+    /// Stands in for an engine that panics mid-evaluation.
+    #[cfg(test)]
+    Panics,
     /// Bytecode with `deny` and `allow` as entry points.
     Vm {
         program: Arc<Program>,
@@ -95,6 +98,8 @@ impl Evaluator {
         decide: impl FnOnce(&mut EvalRule<'_>) -> R,
     ) -> R {
         match self {
+            #[cfg(test)]
+            Evaluator::Panics => panic!("engine bug"),
             Evaluator::Vm { program, pool } => {
                 let mut vm = pool.lock().pop().unwrap_or_else(|| {
                     let mut vm = RegoVM::new();

@@ -15,7 +15,7 @@ use crate::namespace::{
     dispatch_key, inflight_key, new_invocation_id, now_ms, session_key, validate_id, Attempt,
     DispatchRecord, DispatchStatus, SessionRecord, ToolCategory, INFLIGHT,
 };
-use crate::policy::PolicyContext;
+use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::routing::agent::Agent;
 use crate::routing::health::{self, HealthCheckConfig};
 use crate::routing::router::Lease;
@@ -484,19 +484,19 @@ impl<'a> Call<'a> {
 
     /// The policy context of this call's writes; `action` is `dispatch` for
     /// the record written before an agent is called, `outcome` after.
-    fn context(&self, agent_id: Option<&str>, action: &str) -> PolicyContext {
+    fn context(&self, agent_id: Option<&str>, action: OperationKind) -> PolicyContext {
         let mut ctx = PolicyContext::with_capacity(7);
         if let Some(agent_id) = agent_id {
-            ctx.insert_static("agent_id", agent_id);
+            ctx.insert_static(keys::AGENT_ID, agent_id);
         }
-        ctx.insert_static("action", action);
-        ctx.insert_static("tool", self.record.tool.as_str());
-        ctx.insert_static("category", self.category.as_str());
+        ctx.set_operation(action);
+        ctx.insert_static(keys::TOOL, self.record.tool.as_str());
+        ctx.insert_static(keys::CATEGORY, self.category.as_str());
         if let Some(session) = &self.options.session_id {
-            ctx.insert_static("session_id", session.as_str());
+            ctx.insert_static(keys::SESSION_ID, session.as_str());
         }
-        ctx.insert_static("invocation_id", self.record.invocation_id.as_str());
-        ctx.insert_static("strategy", self.options.strategy.as_str());
+        ctx.insert_static(keys::INVOCATION_ID, self.record.invocation_id.as_str());
+        ctx.insert_static(keys::STRATEGY, self.options.strategy.as_str());
         ctx
     }
 
@@ -515,7 +515,7 @@ impl<'a> Call<'a> {
             };
             let agent = lease.agent.clone();
             self.tried.push(agent.uid);
-            let ctx = self.context(Some(&agent.id), "dispatch");
+            let ctx = self.context(Some(&agent.id), OperationKind::Dispatch);
             self.record.agent_id = Some(agent.id.clone());
             self.record.attempts.push(Attempt {
                 agent_id: agent.id.clone(),
@@ -546,7 +546,7 @@ impl<'a> Call<'a> {
             self.calls_made += 1;
             let (outcome, latency) = self.call_agent(&agent).await;
             drop(lease);
-            let ctx = self.context(Some(&agent.id), "outcome");
+            let ctx = self.context(Some(&agent.id), OperationKind::Outcome);
             match outcome {
                 Ok(output) => {
                     self.finish_attempt("succeeded", latency, None);
@@ -583,7 +583,7 @@ impl<'a> Call<'a> {
 
     fn write_intent(&self, ctx: &PolicyContext, binding: Option<&SessionRecord>) -> Result<()> {
         let db = &self.inner().db;
-        let mut tx = db.transaction();
+        let mut tx = db.owner_transaction();
         tx.put_with(&self.record_key, &self.record_bytes()?, ctx)?;
         if !self.record_written {
             tx.put_with(
@@ -656,7 +656,7 @@ impl<'a> Call<'a> {
         self.record.latency_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
         let db = &self.inner().db;
         let result = self.record_bytes().and_then(|bytes| {
-            let mut tx = db.transaction();
+            let mut tx = db.owner_transaction();
             tx.put_with(&self.record_key, &bytes, ctx)?;
             tx.delete_with(&inflight_key(&self.record.invocation_id), ctx)?;
             tx.commit()
@@ -690,7 +690,10 @@ impl<'a> Call<'a> {
                     .into(),
             }
         };
-        let ctx = self.context(self.record.agent_id.clone().as_deref(), "outcome");
+        let ctx = self.context(
+            self.record.agent_id.clone().as_deref(),
+            OperationKind::Outcome,
+        );
         // Only a call that reached some agent has a record to finish.
         self.finish(DispatchStatus::Failed, Some(error.to_string()), &ctx);
         error
@@ -705,8 +708,8 @@ pub fn recover_interrupted(db: &Database) -> Result<usize> {
         db.scan_unjudged(INFLIGHT, None).collect::<Result<_>>()?;
     for (inflight, record_key) in entries {
         let record_key = String::from_utf8_lossy(&record_key).into_owned();
-        let mut ctx = PolicyContext::new().with("action", "recover");
-        let mut tx = db.transaction();
+        let mut ctx = PolicyContext::new().for_operation(OperationKind::Recover);
+        let mut tx = db.owner_transaction();
         if let Some(bytes) = db.get_unjudged(&record_key).ok().flatten() {
             match serde_json::from_slice::<DispatchRecord>(&bytes) {
                 Ok(mut record) if record.status == DispatchStatus::InFlight => {

@@ -86,6 +86,16 @@ pub enum Error {
     #[error("unknown agent {0}: register it first or check `list_agents()`")]
     UnknownAgent(String),
 
+    /// A transaction read a key with
+    /// [`get_for_update`](crate::Transaction::get_for_update) and another
+    /// commit changed it before this one: nothing of this transaction was
+    /// written. Run the whole transaction again (read, modify, commit).
+    #[error("transaction conflict on {key}: it changed after this transaction read it; nothing was written, retry the transaction")]
+    Conflict {
+        /// The first key found changed.
+        key: String,
+    },
+
     /// RocksDB reported an error, or a stored value could not be decoded.
     #[error("storage error: {0}")]
     Storage(String),
@@ -107,4 +117,14 @@ impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
         Error::Storage(e.into_string())
     }
+}
+
+/// The message a caught panic carried, for reasons and logs ("non-string
+/// panic" when it carried something else).
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
 }

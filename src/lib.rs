@@ -34,7 +34,8 @@ pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDi
 pub use error::{Error, Result};
 pub use namespace::ToolCategory;
 pub use policy::{
-    PolicyAction, PolicyContext, PolicyEngine, RateLimitOp, RateLimitScope, RegoEvaluator,
+    Decision, DecisionLogRetention, Op, PolicyAction, PolicyContext, PolicyEngine, RateLimitOp,
+    RateLimitScope, RegoEvaluator,
 };
 pub use routing::{
     AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy, ToolRouter,

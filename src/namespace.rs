@@ -7,7 +7,6 @@
 //! See `docs/namespace.md` for every prefix.
 
 use crate::error::{Error, Result};
-use crate::policy::glob::MAX_SEGMENTS;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -17,6 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const MAX_ID_LEN: usize = 128;
 /// The longest key accepted (bytes).
 pub const MAX_KEY_LEN: usize = 1024;
+/// The most `/`-separated segments a key may have (keeps glob matching
+/// allocation-free).
+pub const MAX_SEGMENTS: usize = 32;
 
 pub(crate) const AGENTS: &str = "agents/";
 pub(crate) const SESSIONS: &str = "sessions/";
@@ -100,6 +102,23 @@ fn is_plainly_valid_key(key: &[u8]) -> bool {
         }
     }
     segment_len > 0 && segments <= MAX_SEGMENTS
+}
+
+/// Checks a value: UTF-8 (JSON or text) and at most `max_value_bytes` long.
+pub fn validate_value(value: &[u8], max_value_bytes: usize) -> Result<()> {
+    if value.len() > max_value_bytes {
+        return Err(Error::invalid(format!(
+            "value is {} bytes; the limit is {max_value_bytes} (DatabaseOptions::max_value_bytes)",
+            value.len()
+        )));
+    }
+    if let Err(e) = std::str::from_utf8(value) {
+        return Err(Error::invalid(format!(
+            "value is not UTF-8 (invalid byte at offset {}); store JSON or text",
+            e.valid_up_to()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a scan prefix: like a key, but may be empty and may end with `/`.

@@ -108,13 +108,15 @@ fn before_read_denials_refuse_gets_and_scans_skip_the_key() {
 fn after_read_modify_redacts_what_readers_get_but_not_what_is_stored() {
     let (_dir, db) = temp_db();
     let record = json!({"tool": "deploy", "input": {"api_key": "sk-live-123", "target": "prod"}});
-    db.put("tools/web/deploy/1", record.to_string().as_bytes())
+    db.writes_to_reserved_namespaces()
+        .put("tools/web/deploy/1", record.to_string().as_bytes())
         .unwrap();
-    db.put(
-        "tools/web/deploy/2",
-        json!({"input": {}}).to_string().as_bytes(),
-    )
-    .unwrap();
+    db.writes_to_reserved_namespaces()
+        .put(
+            "tools/web/deploy/2",
+            json!({"input": {}}).to_string().as_bytes(),
+        )
+        .unwrap();
     PolicyEngine::new(&db)
         .after_read("tools/**", |_, value, ctx| {
             if ctx.get("role") == Some("admin") {
@@ -230,12 +232,13 @@ fn log_outcomes_allow_and_are_recorded_once() {
     policy
         .before_write("locked/*", |_, _, _| PolicyAction::Deny("locked".into()))
         .unwrap();
-    db.put_with(
-        "agents/a",
-        b"{}",
-        &PolicyContext::new().with("agent_id", "a"),
-    )
-    .unwrap();
+    db.writes_to_reserved_namespaces()
+        .put_with(
+            "agents/a",
+            b"{}",
+            &PolicyContext::new().with("agent_id", "a"),
+        )
+        .unwrap();
     db.put("notes/n", b"1").unwrap();
     assert!(db.put("locked/x", b"1").is_err());
     assert_eq!(

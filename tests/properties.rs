@@ -62,10 +62,15 @@ proptest! {
 
     #[test]
     fn single_star_never_crosses_a_segment(prefix in "[a-c]{1,4}", rest in "[a-c]{1,3}(/[a-c]{1,3}){0,2}") {
-        let glob = Glob::new(&format!("{prefix}/*")).unwrap();
-        let key = format!("{prefix}/{rest}");
+        // In the middle of a glob `*` stays within one segment...
+        let glob = Glob::new(&format!("{prefix}/*/end")).unwrap();
+        let key = format!("{prefix}/{rest}/end");
         let one_segment = !rest.contains('/');
         prop_assert_eq!(glob.matches(&key), one_segment);
+        // ...and a trailing `/*` also covers everything nested below.
+        let trailing = Glob::new(&format!("{}/*", prefix)).unwrap();
+        let nested = format!("{}/{}", prefix, rest);
+        prop_assert!(trailing.matches(&nested));
     }
 
     #[test]

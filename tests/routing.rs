@@ -348,11 +348,15 @@ async fn sticky_calls_follow_bindings_edited_deleted_or_rewritten_by_policy() {
 
     // Edited by someone else: the next call goes where the store says.
     let other = if first == "c" { "b" } else { "c" };
-    db.put("sessions/s1", &binding(other)).unwrap();
+    db.writes_to_reserved_namespaces()
+        .put("sessions/s1", &binding(other))
+        .unwrap();
     assert_eq!(agent_of(&d, "s1").await, other);
 
     // Deleted: the session binds afresh, and the new binding is stored.
-    db.delete("sessions/s1").unwrap();
+    db.writes_to_reserved_namespaces()
+        .delete("sessions/s1")
+        .unwrap();
     let rebound = agent_of(&d, "s1").await;
     let stored: SessionRecord =
         serde_json::from_slice(&db.get("sessions/s1").unwrap().unwrap()).unwrap();
@@ -366,7 +370,9 @@ async fn sticky_calls_follow_bindings_edited_deleted_or_rewritten_by_policy() {
             switchboard::PolicyAction::Modify(serde_json::to_vec(&record).unwrap())
         })
         .unwrap();
-    db.put("sessions/s2", &binding("b")).unwrap();
+    db.writes_to_reserved_namespaces()
+        .put("sessions/s2", &binding("b"))
+        .unwrap();
     assert_eq!(agent_of(&d, "s2").await, "a");
     // A new binding is rewritten too: the call that made it went to the
     // chosen agent, the calls after it follow the stored binding.

@@ -40,9 +40,13 @@ async fn every_public_write_path_meets_a_deny_all_policy() {
         db.put_with("notes/a", b"1", &Default::default()),
         "put_with",
     );
-    denied(db.delete("agents/before"), "delete");
     denied(
-        db.delete_with("agents/before", &Default::default()),
+        db.writes_to_reserved_namespaces().delete("agents/before"),
+        "delete",
+    );
+    denied(
+        db.writes_to_reserved_namespaces()
+            .delete_with("agents/before", &Default::default()),
         "delete_with",
     );
     let mut tx = db.transaction();

@@ -72,7 +72,9 @@ fn dropped_transaction_writes_nothing() {
 #[test]
 fn denied_write_leaves_store_unchanged_and_context_reaches_hooks() {
     let (_dir, db) = temp_db();
-    db.put("tools/sensitive/rotate", b"{\"v\":0}").unwrap();
+    db.writes_to_reserved_namespaces()
+        .put("tools/sensitive/rotate", b"{\"v\":0}")
+        .unwrap();
     let policy = PolicyEngine::new(&db);
     policy
         .before_write("tools/sensitive/*", |_key, _value, ctx| {
@@ -84,11 +86,14 @@ fn denied_write_leaves_store_unchanged_and_context_reaches_hooks() {
         .unwrap();
     let untrusted = PolicyContext::new().with("agent_id", "intruder");
     let err = db
+        .writes_to_reserved_namespaces()
         .put_with("tools/sensitive/rotate", b"{\"v\":1}", &untrusted)
         .unwrap_err();
     assert!(matches!(err, Error::PolicyDenied { ref reason, .. } if reason == "untrusted agent"));
     assert!(
-        db.put("tools/sensitive/rotate", b"{\"v\":1}").is_err(),
+        db.writes_to_reserved_namespaces()
+            .put("tools/sensitive/rotate", b"{\"v\":1}")
+            .is_err(),
         "no context, no trust"
     );
     assert_eq!(
@@ -97,21 +102,30 @@ fn denied_write_leaves_store_unchanged_and_context_reaches_hooks() {
     );
 
     let trusted = PolicyContext::new().with("agent_id", "trusted_agent_2");
-    db.put_with("tools/sensitive/rotate", b"{\"v\":2}", &trusted)
+    db.writes_to_reserved_namespaces()
+        .put_with("tools/sensitive/rotate", b"{\"v\":2}", &trusted)
         .unwrap();
     assert_eq!(
         db.get("tools/sensitive/rotate").unwrap().unwrap(),
         b"{\"v\":2}"
     );
+    // A trailing `/*` also covers nested keys (dispatch records are deeper).
+    assert!(db
+        .writes_to_reserved_namespaces()
+        .put_with("tools/sensitive/rotate/deeper", b"1", &untrusted)
+        .is_err());
     // Out of the glob's scope: the hook does not run.
-    db.put_with("tools/sensitive/rotate/deeper", b"1", &untrusted)
+    db.writes_to_reserved_namespaces()
+        .put_with("tools/public/rotate/deeper", b"1", &untrusted)
         .unwrap();
 }
 
 #[test]
 fn delete_hooks_guard_deletes() {
     let (_dir, db) = temp_db();
-    db.put("agents/keep", b"{}").unwrap();
+    db.writes_to_reserved_namespaces()
+        .put("agents/keep", b"{}")
+        .unwrap();
     let policy = PolicyEngine::new(&db);
     policy
         .before_delete("agents/*", |_, value, _| {
@@ -120,7 +134,7 @@ fn delete_hooks_guard_deletes() {
         })
         .unwrap();
     assert!(matches!(
-        db.delete("agents/keep"),
+        db.writes_to_reserved_namespaces().delete("agents/keep"),
         Err(Error::PolicyDenied { .. })
     ));
     assert!(db.get("agents/keep").unwrap().is_some());
@@ -272,9 +286,11 @@ deny contains msg if {
         .unwrap();
     let trusted = PolicyContext::new().with("agent_id", "trusted");
     let other = PolicyContext::new().with("agent_id", "other");
-    db.put_with("tools/shell/ls/1", b"{\"args\":[]}", &trusted)
+    db.writes_to_reserved_namespaces()
+        .put_with("tools/shell/ls/1", b"{\"args\":[]}", &trusted)
         .unwrap();
     let err = db
+        .writes_to_reserved_namespaces()
         .put_with("tools/shell/ls/2", b"{\"args\":[]}", &other)
         .unwrap_err();
     assert!(
@@ -282,6 +298,7 @@ deny contains msg if {
         "{evaluator:?}: {err}"
     );
     let err = db
+        .writes_to_reserved_namespaces()
         .put_with("tools/shell/ls/3", b"{\"args\":[1,2,3]}", &trusted)
         .unwrap_err();
     assert!(
@@ -289,9 +306,12 @@ deny contains msg if {
         "{evaluator:?}: {err}"
     );
     // Out of the first module's scope: only the second applies.
-    db.put_with("tools/code/run/1", b"{\"args\":[1]}", &other)
+    db.writes_to_reserved_namespaces()
+        .put_with("tools/code/run/1", b"{\"args\":[1]}", &other)
         .unwrap();
-    db.delete_with("tools/shell/ls/1", &other).unwrap();
+    db.writes_to_reserved_namespaces()
+        .delete_with("tools/shell/ls/1", &other)
+        .unwrap();
     assert_eq!(keys(&db, "tools/"), ["tools/code/run/1"]);
     assert_eq!(
         policy.rego_modules(),
@@ -427,8 +447,14 @@ fn policy_directories_need_declared_scopes_and_load_atomically() {
     std::fs::write(policies.join("a_trusted_test.rego"), "not even rego").unwrap(); // tests are not loaded
     assert_eq!(policy.load_dir(&policies).unwrap(), ["test.trusted"]);
     assert_eq!(policy.rego_modules().len(), 2);
-    assert!(db.put("tools/git/a/1", b"{}").is_err());
-    assert!(db.put("tools/code/a/1", b"{}").is_ok());
+    assert!(db
+        .writes_to_reserved_namespaces()
+        .put("tools/git/a/1", b"{}")
+        .is_err());
+    assert!(db
+        .writes_to_reserved_namespaces()
+        .put("tools/code/a/1", b"{}")
+        .is_ok());
 }
 
 #[test]

@@ -21,9 +21,9 @@ pub enum DecisionKind {
 pub struct Decision {
     pub at_ms: u64,
     /// `put`, `delete` or `get`.
-    pub op: String,
+    pub op: Op,
     /// `before` or `after`.
-    pub phase: String,
+    pub phase: Phase,
     pub key: String,
     pub decision: DecisionKind,
     /// Which hook, Rego module or rate limit decided, and on which scope.
@@ -32,26 +32,39 @@ pub struct Decision {
     pub context: serde_json::Value,
 }
 
-impl Decision {
-    pub(crate) fn new(
-        op: Op,
-        phase: Phase,
-        key: &str,
-        by: String,
-        decision: DecisionKind,
-        reason: &str,
-        ctx: &PolicyContext,
-    ) -> Decision {
-        Decision {
+/// Collects the decisions about one operation in one phase: everything but
+/// who decided, what and why is fixed once.
+pub(crate) struct Recorder<'a> {
+    op: Op,
+    phase: Phase,
+    key: &'a str,
+    ctx: &'a PolicyContext,
+    pub(crate) decisions: Vec<Decision>,
+}
+
+impl<'a> Recorder<'a> {
+    pub(crate) fn new(op: Op, phase: Phase, key: &'a str, ctx: &'a PolicyContext) -> Self {
+        Recorder {
+            op,
+            phase,
+            key,
+            ctx,
+            decisions: Vec::new(),
+        }
+    }
+
+    /// Records one decision by `by`.
+    pub(crate) fn record(&mut self, by: String, kind: DecisionKind, reason: &str) {
+        self.decisions.push(Decision {
             at_ms: crate::namespace::now_ms(),
-            op: op.as_str().into(),
-            phase: phase.as_str().into(),
-            key: key.into(),
-            decision,
+            op: self.op,
+            phase: self.phase,
+            key: self.key.into(),
+            decision: kind,
             by,
             reason: reason.into(),
-            context: ctx.to_json(),
-        }
+            context: self.ctx.to_json(),
+        });
     }
 }
 
@@ -71,5 +84,25 @@ impl Default for DecisionLogRetention {
             max_entries: 100_000,
             max_age: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_json_keeps_its_shape() {
+        let ctx = PolicyContext::new().with("agent_id", "a");
+        let mut recorder = Recorder::new(Op::Get, Phase::After, "tools/x", &ctx);
+        recorder.record("hook".into(), DecisionKind::Modify, "why");
+        let mut decision = recorder.decisions.pop().unwrap();
+        decision.at_ms = 7;
+        let json = serde_json::to_string(&decision).unwrap();
+        assert_eq!(
+            json,
+            r#"{"at_ms":7,"op":"get","phase":"after","key":"tools/x","decision":"modify","by":"hook","reason":"why","context":{"agent_id":"a"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Decision>(&json).unwrap(), decision);
     }
 }

@@ -1,15 +1,20 @@
 //! Key globs: `*` matches within one `/`-separated segment, `**` matches any
-//! number of whole segments (including none).
+//! number of whole segments (including none, so `a/**` matches `a`), and a
+//! trailing `/*` also covers everything nested below (`tools/sensitive/*`
+//! matches `tools/sensitive/x/01K…`, as `bucket/*` does in AWS IAM): a scope
+//! names what it protects, and widening it only makes more hooks run.
 //!
-//! Globs are compiled once when a hook is registered; matching allocates nothing
-//! and rejects most keys with a literal-prefix comparison before doing any
-//! wildcard work.
+//! Globs are compiled once when a hook is registered; a glob that can match
+//! no key of a namespace Switchboard writes (e.g. `agents/*/x`) is refused
+//! there, saying what to write instead. Matching allocates nothing, rejects
+//! most keys with a literal-prefix comparison, and is a dynamic programme over
+//! (pattern segment, key segment): linear in their product, whatever the
+//! number of `**`.
 
 use crate::error::{Error, Result};
 use std::fmt;
 
-/// The most `/`-separated segments a key may have; keeps matching allocation-free.
-pub(crate) const MAX_SEGMENTS: usize = 32;
+use crate::namespace::MAX_SEGMENTS;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
@@ -71,7 +76,18 @@ impl Glob {
                 "glob {pattern:?} has more than {MAX_SEGMENTS} segments"
             )));
         }
-        let literal_prefix = pattern[..pattern.find('*').unwrap_or(pattern.len())].to_string();
+        // A trailing `/*` also covers nested keys: `a/*` means `a/*/**`.
+        if segments.len() > 1 && segments.last() == Some(&Segment::Pattern("*".into())) {
+            segments.push(Segment::AnyDepth);
+        }
+        check_reachable(pattern, &segments)?;
+        let literal = &pattern[..pattern.find('*').unwrap_or(pattern.len())];
+        // `a/**` matches `a` itself: the prefix stops before the last `/`.
+        let literal_prefix = match literal.strip_suffix('/') {
+            Some(dir) if pattern.ends_with("/**") && !dir.contains('*') => dir,
+            _ => literal,
+        }
+        .to_string();
         Ok(Glob {
             source: pattern.to_string(),
             segments,
@@ -114,20 +130,57 @@ impl fmt::Display for Glob {
     }
 }
 
+/// Whether `pattern` matches all of `key`: `fits[i][j]` says whether
+/// `pattern[i..]` matches `key[j..]`, filled from the end.
 fn match_segments(pattern: &[Segment], key: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => key.is_empty(),
-        Some((Segment::AnyDepth, rest)) => {
-            // Try every split point: `**` swallows key[..i].
-            (0..=key.len()).any(|i| match_segments(rest, &key[i..]))
+    let (m, n) = (pattern.len(), key.len());
+    let mut fits = [[false; MAX_SEGMENTS + 2]; MAX_SEGMENTS + 2];
+    fits[m][n] = true;
+    for i in (0..m).rev() {
+        for j in (0..=n).rev() {
+            fits[i][j] = match &pattern[i] {
+                // Swallow nothing, or one more segment.
+                Segment::AnyDepth => fits[i + 1][j] || (j < n && fits[i][j + 1]),
+                Segment::Pattern(p) => {
+                    j < n && fits[i + 1][j + 1] && match_wildcards(p.as_bytes(), key[j].as_bytes())
+                }
+            };
         }
-        Some((Segment::Pattern(p), rest)) => match key.split_first() {
-            Some((first, key_rest)) => {
-                match_wildcards(p.as_bytes(), first.as_bytes()) && match_segments(rest, key_rest)
-            }
-            None => false,
-        },
     }
+    fits[0][0]
+}
+
+/// Namespaces Switchboard writes, with the one depth their keys have.
+const FIXED_DEPTH: [(&str, usize, &str); 5] = [
+    ("tools", 4, "tools/{category}/{tool}/{invocation_id}"),
+    ("agents", 2, "agents/{agent_id}"),
+    ("sessions", 2, "sessions/{session_id}"),
+    ("inflight", 2, "inflight/{invocation_id}"),
+    ("policy_log", 2, "policy_log/{id}"),
+];
+
+/// Refuses a glob that names one of Switchboard's namespaces but can match
+/// none of its keys (they all have one depth): such a hook would silently
+/// never run.
+fn check_reachable(pattern: &str, segments: &[Segment]) -> Result<()> {
+    let Some(Segment::Pattern(first)) = segments.first() else {
+        return Ok(());
+    };
+    let Some((_, depth, shape)) = FIXED_DEPTH.iter().find(|(ns, _, _)| ns == first) else {
+        return Ok(());
+    };
+    let fixed = segments
+        .iter()
+        .filter(|s| matches!(s, Segment::Pattern(_)))
+        .count();
+    let open = segments.contains(&Segment::AnyDepth);
+    if fixed > *depth || (!open && fixed < *depth) {
+        return Err(Error::invalid(format!(
+            "glob {pattern:?} can match no key: every key under {first}/ is {shape} ({depth} segments); \
+             write `{first}/…/**` (e.g. `{first}/x/**`) to cover everything below a point"
+        )));
+    }
+    Ok(())
 }
 
 /// Matches one segment against a pattern where `*` stands for any run of bytes.
@@ -162,10 +215,14 @@ mod tests {
     }
 
     #[test]
-    fn star_stays_inside_a_segment() {
-        assert!(m("tools/sensitive/*", "tools/sensitive/rm"));
-        assert!(!m("tools/sensitive/*", "tools/sensitive/rm/01J"));
+    fn star_stays_inside_a_segment_except_at_the_end() {
+        assert!(m("tools/sensitive/*", "tools/sensitive/rm/01J"));
+        assert!(m("notes/*", "notes/a"));
+        assert!(m("notes/*", "notes/a/b/c"));
+        assert!(!m("notes/*", "notes"));
         assert!(!m("tools/sensitive/*", "tools/sensitive"));
+        assert!(m("notes/*/x", "notes/a/x"));
+        assert!(!m("notes/*/x", "notes/a/b/x"));
         assert!(m("agents/*_agent", "agents/code_agent"));
         assert!(!m("agents/*_agent", "agents/code_agents"));
         assert!(m("a/*x*y/b", "a/0x1y/b"));
@@ -175,12 +232,48 @@ mod tests {
     fn double_star_crosses_segments() {
         assert!(m("tools/**", "tools/code/run/1"));
         assert!(m("tools/**", "tools/code"));
-        assert!(m("tools/**/1", "tools/1"));
+        assert!(m("notes/**", "notes"));
+        assert!(!m("notes/**", "notesx"));
+        assert!(m("notes/**/1", "notes/1"));
         assert!(m("**", "anything/at/all"));
         assert!(m("tools/**/run/*", "tools/code/run/1"));
         assert!(!m("tools/**/run/*", "tools/code/walk/1"));
         assert!(!m("tools/**", "toolsx/code"));
         assert!(!m("tools/**", "agents/tools"));
+    }
+
+    #[test]
+    fn many_double_stars_stay_cheap_on_a_pathological_key() {
+        let glob = Glob::new("a/**/b/**/c/**/d/**/e/**/f/**/g/**/z").unwrap();
+        let key = vec!["a"; MAX_SEGMENTS].join("/");
+        // Exponential backtracking would not finish; the table is 32 x 32.
+        assert!(!glob.matches(&key));
+        let hit = "a/b/c/d/e/f/g/z";
+        assert!(glob.matches(hit));
+    }
+
+    #[test]
+    fn globs_that_can_match_no_key_of_their_namespace_are_refused() {
+        for bad in [
+            "tools/x",
+            "tools/sensitive",
+            "tools/a/b/c/d",
+            "agents/*/x",
+            "sessions/a/b",
+        ] {
+            let err = Glob::new(bad).unwrap_err().to_string();
+            assert!(err.contains("can match no key"), "{bad}: {err}");
+        }
+        for good in [
+            "tools/sensitive/*",
+            "tools/**",
+            "tools/a/**",
+            "tools/*/*/*",
+            "agents/*",
+            "sessions/**",
+        ] {
+            assert!(Glob::new(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::namespace::{
     agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, ToolCategory, AGENTS,
 };
-use crate::policy::PolicyContext;
+use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::storage::Database;
 use crate::transport::{parse_endpoint, LocalHandler, Transport};
 use parking_lot::{Mutex, RwLock};
@@ -40,10 +40,10 @@ pub struct AgentRegistry {
     next_uid: AtomicU64,
 }
 
-fn context(agent_id: &str, action: &str) -> PolicyContext {
+fn context(agent_id: &str, action: OperationKind) -> PolicyContext {
     PolicyContext::new()
-        .with("agent_id", agent_id)
-        .with("action", action)
+        .with(keys::AGENT_ID, agent_id)
+        .for_operation(action)
 }
 
 impl AgentRegistry {
@@ -241,8 +241,11 @@ impl AgentRegistry {
         let _changing = self.changes.lock();
         let id = record.agent_id.clone();
         let value = serde_json::to_vec(&record).map_err(Error::storage)?;
-        self.db
-            .put_with(&agent_key(&id), &value, &context(&id, "register"))?;
+        self.db.owner_put_with(
+            &agent_key(&id),
+            &value,
+            &context(&id, OperationKind::Register),
+        )?;
         let stats = self
             .agents
             .read()
@@ -273,8 +276,10 @@ impl AgentRegistry {
         if !self.agents.read().contains_key(agent_id) {
             return Err(Error::UnknownAgent(agent_id.to_string()));
         }
-        self.db
-            .delete_with(&agent_key(agent_id), &context(agent_id, "unregister"))?;
+        self.db.owner_delete_with(
+            &agent_key(agent_id),
+            &context(agent_id, OperationKind::Unregister),
+        )?;
         self.router.remove(agent_id);
         self.agents.write().remove(agent_id);
         tracing::info!(agent_id, "agent unregistered");
@@ -365,8 +370,11 @@ impl AgentRegistry {
         let result = serde_json::to_vec(&record)
             .map_err(Error::storage)
             .and_then(|v| {
-                self.db
-                    .put_with(&agent_key(&agent.id), &v, &context(&agent.id, "health"))
+                self.db.owner_put_with(
+                    &agent_key(&agent.id),
+                    &v,
+                    &context(&agent.id, OperationKind::Health),
+                )
             });
         match result {
             Ok(()) => registered.record = record,

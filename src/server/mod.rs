@@ -86,6 +86,7 @@ impl From<Error> for ApiError {
             Error::AgentFailed { .. } => (StatusCode::BAD_GATEWAY, "agent_failed"),
             Error::AgentTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
             Error::UnknownAgent(_) => (StatusCode::NOT_FOUND, "unknown_agent"),
+            Error::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
         };
         ApiError::new(status, code, e.to_string())

@@ -17,6 +17,16 @@ const ENTRIES_PER_STRIPE: usize = 2048;
 
 type Stripe = HashMap<String, Vec<u8>>;
 
+/// The stripe (of [`STRIPES`]) `key` falls in; shared with the commit's key locks.
+pub(super) fn stripe_of(key: &str) -> usize {
+    // FNV-1a: keys are short, and nothing outside chooses where they land
+    // in a way that matters beyond lock sharing.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % STRIPES as u64) as usize
+}
+
 pub(super) struct PrefixCache {
     prefix: &'static str,
     stripes: Box<[Mutex<Stripe>]>,
@@ -40,22 +50,10 @@ impl PrefixCache {
         key.starts_with(self.prefix)
     }
 
-    fn stripe_of(key: &str) -> usize {
-        // FNV-1a: keys are short, and nothing outside chooses where they land
-        // in a way that matters beyond lock sharing.
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        (hash % STRIPES as u64) as usize
-    }
-
     /// Locks the stripes of the cached keys among `keys`, in index order (so
     /// two commits never wait on each other crosswise).
     pub(super) fn lock_for_write<'k>(&self, keys: impl Iterator<Item = &'k str>) -> WriteLocks<'_> {
-        let mut indexes: Vec<usize> = keys
-            .filter(|k| self.covers(k))
-            .map(Self::stripe_of)
-            .collect();
+        let mut indexes: Vec<usize> = keys.filter(|k| self.covers(k)).map(stripe_of).collect();
         indexes.sort_unstable();
         indexes.dedup();
         WriteLocks {
@@ -74,7 +72,7 @@ impl PrefixCache {
         key: &str,
         load: impl FnOnce() -> Result<Option<Vec<u8>>, E>,
     ) -> Result<Option<Vec<u8>>, E> {
-        let mut stripe = self.stripes[Self::stripe_of(key)].lock();
+        let mut stripe = self.stripes[stripe_of(key)].lock();
         if let Some(value) = stripe.get(key) {
             return Ok(Some(value.clone()));
         }
@@ -93,7 +91,7 @@ impl WriteLocks<'_> {
         if !key.starts_with(self.prefix) {
             return;
         }
-        let index = PrefixCache::stripe_of(key);
+        let index = stripe_of(key);
         let Some((_, stripe)) = self.held.iter_mut().find(|(i, _)| *i == index) else {
             return;
         };

@@ -1,0 +1,168 @@
+//! Who is writing and why: the [`PolicyContext`] handed to every hook, the
+//! names of the entries Switchboard itself sets ([`keys`]), and the typed
+//! [`OperationKind`] of Switchboard's own writes.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// The context entries Switchboard sets on its own writes. Policies read them
+/// by these names (`ctx.get(keys::AGENT_ID)`, `input.context.agent_id` in Rego).
+pub mod keys {
+    /// The agent a dispatch record, binding or registration is about.
+    pub const AGENT_ID: &str = "agent_id";
+    /// The tool being dispatched.
+    pub const TOOL: &str = "tool";
+    /// The tool's category.
+    pub const CATEGORY: &str = "category";
+    /// The caller's session id, when the call has one.
+    pub const SESSION_ID: &str = "session_id";
+    /// The dispatch's invocation id.
+    pub const INVOCATION_ID: &str = "invocation_id";
+    /// The routing strategy of the call.
+    pub const STRATEGY: &str = "strategy";
+    /// What Switchboard is doing: see [`OperationKind`](super::OperationKind).
+    pub const ACTION: &str = "action";
+}
+
+/// What one of Switchboard's own writes is for. It is set only inside the
+/// crate, so a caller cannot make a generic write count as, say, a dispatch
+/// (rate limits count dispatches by this kind, never by a string a caller may
+/// also write); policies see it as the context's `action` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OperationKind {
+    /// The dispatch record written before an agent is called.
+    Dispatch,
+    /// The dispatch record written with the call's outcome.
+    Outcome,
+    /// Recovery marking an interrupted dispatch.
+    Recover,
+    /// An agent registration.
+    Register,
+    /// An agent's removal.
+    Unregister,
+    /// A health change of an agent.
+    Health,
+    /// An explicit pruning of old dispatch records.
+    Prune,
+}
+
+impl OperationKind {
+    /// The `action` entry policies see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Dispatch => "dispatch",
+            OperationKind::Outcome => "outcome",
+            OperationKind::Recover => "recover",
+            OperationKind::Register => "register",
+            OperationKind::Unregister => "unregister",
+            OperationKind::Health => "health",
+            OperationKind::Prune => "prune",
+        }
+    }
+}
+
+/// Who is writing and why: string pairs the caller attaches to a write, handed
+/// to every hook (and to Rego as `input.context`). The dispatcher sets the
+/// entries named in [`keys`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyContext {
+    // A handful of entries: a vector beats a map on both lookup and build cost.
+    // Shared, because every staged write of a transaction keeps its context
+    // and a clone should not copy every string; keys are usually literals.
+    entries: Arc<Vec<(Cow<'static, str>, String)>>,
+    /// Set only by Switchboard's own writes.
+    operation: Option<OperationKind>,
+}
+
+impl PolicyContext {
+    /// An empty context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) `key`, builder style.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.insert(key, value);
+        self
+    }
+
+    /// Adds or replaces `key`.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.set(Cow::Owned(key.into()), value.into());
+    }
+
+    /// An empty context with room for `n` entries.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        PolicyContext {
+            entries: Arc::new(Vec::with_capacity(n)),
+            operation: None,
+        }
+    }
+
+    /// [`insert`](Self::insert) for a literal key, which is not copied.
+    pub(crate) fn insert_static(&mut self, key: &'static str, value: impl Into<String>) {
+        self.set(Cow::Borrowed(key), value.into());
+    }
+
+    /// Marks this as the context of one of Switchboard's own writes, and sets
+    /// the `action` entry policies read.
+    pub(crate) fn set_operation(&mut self, kind: OperationKind) {
+        self.operation = Some(kind);
+        self.insert_static(keys::ACTION, kind.as_str());
+    }
+
+    /// Builder-style [`set_operation`](Self::set_operation).
+    pub(crate) fn for_operation(mut self, kind: OperationKind) -> Self {
+        self.set_operation(kind);
+        self
+    }
+
+    /// What Switchboard is doing with this write, if it is one of its own.
+    pub fn operation(&self) -> Option<OperationKind> {
+        self.operation
+    }
+
+    fn set(&mut self, key: Cow<'static, str>, value: String) {
+        let entries = Arc::make_mut(&mut self.entries);
+        match entries.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => entries.push((key, value)),
+        }
+    }
+
+    /// The value for `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All entries in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
+    }
+
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_sets_the_action_entry_and_a_string_does_not_set_the_operation() {
+        let ctx = PolicyContext::new().for_operation(OperationKind::Dispatch);
+        assert_eq!(ctx.get(keys::ACTION), Some("dispatch"));
+        assert_eq!(ctx.operation(), Some(OperationKind::Dispatch));
+        let forged = PolicyContext::new().with(keys::ACTION, "dispatch");
+        assert_eq!(forged.operation(), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! `switchboard policy check`: runs the `test_*` rules of a module's
+//! `*_test.rego` sibling in the interpreter.
+
+use super::loader::{declared_scopes, read};
+use super::pool::new_engine;
+use super::{message_text, RegoEvaluator, RegoModule};
+use crate::error::{Error, Result};
+use regorus::Value;
+use std::path::Path;
+
+/// The result of one Rego unit test (`test_*` rule).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegoTestResult {
+    /// `package.rule`, e.g. `switchboard.sensitive_tools_test.test_untrusted_denied`.
+    pub name: String,
+    /// Whether the rule evaluated to `true`.
+    pub passed: bool,
+    /// What it evaluated to, or the evaluation error, when it did not pass.
+    pub detail: Option<String>,
+}
+
+/// Compiles `module` (a file path) and, if it exists, its `*_test.rego`
+/// sibling, then evaluates every `test_*` rule of the test file. Fails if either
+/// does not compile or no test is found.
+pub fn run_tests(module: &Path) -> Result<Vec<RegoTestResult>> {
+    let source = read(module)?;
+    let file = module.display().to_string();
+    declared_scopes(&file, &source)?;
+    RegoModule::compile(Some(&file), &source, RegoEvaluator::Interpreter)?;
+    let test_path = module.with_file_name(format!(
+        "{}_test.rego",
+        module.file_stem().and_then(|s| s.to_str()).unwrap_or("")
+    ));
+    let mut engine = new_engine();
+    engine
+        .add_policy(file.clone(), source)
+        .map_err(|e| Error::PolicyLoad {
+            name: file.clone(),
+            reason: e.to_string(),
+        })?;
+    if !test_path.exists() {
+        return Ok(Vec::new());
+    }
+    let test_source = read(&test_path)?;
+    let test_file = test_path.display().to_string();
+    let package = engine
+        .add_policy(test_file.clone(), test_source.clone())
+        .map_err(|e| Error::PolicyLoad {
+            name: test_file.clone(),
+            reason: e.to_string(),
+        })?;
+    let names = test_rule_names(&test_source);
+    if names.is_empty() {
+        return Err(Error::PolicyLoad {
+            name: test_file,
+            reason: "no `test_*` rules found".into(),
+        });
+    }
+    Ok(names
+        .into_iter()
+        .map(|rule| {
+            let path = format!("{package}.{rule}");
+            let (passed, detail) = match engine.eval_rule(path.clone()) {
+                Ok(Value::Bool(true)) => (true, None),
+                Ok(other) => (false, Some(message_text(&other))),
+                Err(e) => (false, Some(e.to_string())),
+            };
+            RegoTestResult {
+                name: path.trim_start_matches("data.").to_string(),
+                passed,
+                detail,
+            }
+        })
+        .collect())
+}
+
+/// Names of `test_*` rules, read from rule heads at the start of a line.
+fn test_rule_names(source: &str) -> Vec<String> {
+    let mut names: Vec<String> = source
+        .lines()
+        .filter(|line| line.starts_with("test_"))
+        .map(|line| {
+            line.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect();
+    names.dedup();
+    names
+}

@@ -1,0 +1,267 @@
+//! [`Transaction`]: the one way to write, and the commit path every write
+//! takes (before-hooks, rate-limit reservation, conflict check, one atomic
+//! `WriteBatch`, after-hooks).
+
+use super::decision_log::stage_decisions;
+use super::reserved::{validate_writable_key, Access};
+use super::Database;
+use crate::error::{Error, Result};
+use crate::namespace::validate_value;
+use crate::policy::{Op, Phase, PolicyContext};
+use parking_lot::{Mutex, MutexGuard};
+use rocksdb::WriteBatch;
+
+pub(super) struct Staged {
+    pub(super) op: Op,
+    pub(super) key: String,
+    pub(super) value: Option<Vec<u8>>,
+    pub(super) ctx: PolicyContext,
+}
+
+/// Writes staged to commit together. Dropping it without `commit` discards them.
+/// A Deny from any before-hook on any staged write aborts the whole commit.
+///
+/// # Isolation
+///
+/// [`get`](Self::get) is a plain read: two transactions that both `get` a
+/// key, change it and commit can lose one update. For read-modify-write, read
+/// with [`get_for_update`](Self::get_for_update): the commit then checks,
+/// atomically with its write, that every key so read still holds the value it
+/// had (optimistic concurrency), and otherwise fails with
+/// [`Error::Conflict`] and writes nothing. Retry the whole transaction:
+///
+/// ```no_run
+/// # fn f(db: &switchboard::Database) -> switchboard::Result<()> {
+/// loop {
+///     let mut tx = db.transaction();
+///     let n: u64 = match tx.get_for_update("counters/a")? {
+///         Some(v) => String::from_utf8_lossy(&v).parse().unwrap_or(0),
+///         None => 0,
+///     };
+///     tx.put("counters/a", (n + 1).to_string().as_bytes())?;
+///     match tx.commit() {
+///         Err(switchboard::Error::Conflict { .. }) => continue,
+///         other => return other,
+///     }
+/// }
+/// # }
+/// ```
+#[must_use = "a transaction does nothing until committed"]
+pub struct Transaction {
+    db: Database,
+    staged: Vec<Staged>,
+    /// Keys read for update, with the stored value seen.
+    read_set: Vec<(String, Option<Vec<u8>>)>,
+    access: Access,
+}
+
+impl Database {
+    /// Starts a transaction: stage writes, then [`Transaction::commit`].
+    /// Reserved namespaces are refused (see
+    /// [`writes_to_reserved_namespaces`](Self::writes_to_reserved_namespaces)).
+    pub fn transaction(&self) -> Transaction {
+        self.transaction_with(Access::Generic)
+    }
+
+    pub(super) fn transaction_with(&self, access: Access) -> Transaction {
+        Transaction {
+            db: self.clone(),
+            staged: Vec::new(),
+            read_set: Vec::new(),
+            access,
+        }
+    }
+}
+
+impl Transaction {
+    /// Stages a put with an empty policy context.
+    pub fn put(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.put_with(key, value, &PolicyContext::new())
+    }
+
+    /// Stages a put; `ctx` is handed to the policy hooks for this key.
+    pub fn put_with(&mut self, key: &str, value: &[u8], ctx: &PolicyContext) -> Result<()> {
+        validate_writable_key(key, self.access)?;
+        validate_value(value, self.db.inner.options.max_value_bytes)?;
+        self.staged.push(Staged {
+            op: Op::Put,
+            key: key.to_string(),
+            value: Some(value.to_vec()),
+            ctx: ctx.clone(),
+        });
+        Ok(())
+    }
+
+    /// Stages a delete with an empty policy context.
+    pub fn delete(&mut self, key: &str) -> Result<()> {
+        self.delete_with(key, &PolicyContext::new())
+    }
+
+    /// Stages a delete; `ctx` is handed to the policy hooks for this key.
+    pub fn delete_with(&mut self, key: &str, ctx: &PolicyContext) -> Result<()> {
+        validate_writable_key(key, self.access)?;
+        self.staged.push(Staged {
+            op: Op::Delete,
+            key: key.to_string(),
+            value: None,
+            ctx: ctx.clone(),
+        });
+        Ok(())
+    }
+
+    /// The value `key` would have after this transaction commits, as far as is
+    /// known now: the last staged write to it, else the stored value. No
+    /// isolation: see [`get_for_update`](Self::get_for_update).
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.staged.iter().rev().find(|s| s.key == key) {
+            Some(staged) => Ok(staged.value.clone()),
+            None => self.db.get(key),
+        }
+    }
+
+    /// Like [`get`](Self::get), and remembers the stored value: the commit
+    /// fails with [`Error::Conflict`] (writing nothing) if another commit has
+    /// changed `key` by then. The read passes the read hooks like `get`.
+    pub fn get_for_update(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        crate::namespace::validate_key(key)?;
+        if !self.read_set.iter().any(|(k, _)| k == key) {
+            let stored = self.db.inner.rocks.get(key.as_bytes())?;
+            self.read_set.push((key.to_string(), stored));
+        }
+        self.get(key)
+    }
+
+    /// Number of staged writes.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Runs the before-hooks, reserves the rate limits, checks the keys read
+    /// for update, commits every staged write atomically, then runs the
+    /// after-hooks. On any error nothing of this transaction is stored and
+    /// no rate-limit budget is spent.
+    pub fn commit(self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.db.commit_staged(self.staged, self.read_set)
+    }
+}
+
+const STRIPES: usize = 64;
+
+/// Striped locks held by every commit over the keys it writes or checks, so
+/// a conflict check and the write it guards are atomic with respect to other
+/// commits.
+pub(super) struct KeyLocks {
+    stripes: Box<[Mutex<()>]>,
+}
+
+impl Default for KeyLocks {
+    fn default() -> Self {
+        KeyLocks {
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl KeyLocks {
+    /// Locks the stripes of `keys` in index order (no crosswise waits).
+    fn lock<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Vec<MutexGuard<'_, ()>> {
+        let mut indexes: Vec<usize> = keys.map(super::cache::stripe_of).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        indexes
+            .into_iter()
+            .map(|i| self.stripes[i].lock())
+            .collect()
+    }
+}
+
+impl Database {
+    fn commit_staged(
+        &self,
+        staged: Vec<Staged>,
+        read_set: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<()> {
+        let chain = &self.inner.chain;
+        let mut checked = Vec::with_capacity(staged.len());
+        let mut decisions = Vec::new();
+        for op in staged {
+            let mut verdict = chain.run(Phase::Before, op.op, &op.key, op.value, &op.ctx);
+            decisions.append(&mut verdict.decisions);
+            match verdict.value {
+                Ok(value) => checked.push(Staged {
+                    op: op.op,
+                    key: op.key,
+                    value,
+                    ctx: op.ctx,
+                }),
+                Err(e) => {
+                    self.record_decisions(decisions);
+                    return Err(e);
+                }
+            }
+        }
+        let reservation =
+            match chain.reserve(checked.iter().map(|s| (s.op, s.key.as_str(), &s.ctx))) {
+                Ok(reservation) => reservation,
+                Err(refusal) => {
+                    let (e, decision) = *refusal;
+                    decisions.push(decision);
+                    self.record_decisions(decisions);
+                    return Err(e);
+                }
+            };
+        let mut batch = WriteBatch::default();
+        for op in &checked {
+            match &op.value {
+                Some(v) => batch.put(op.key.as_bytes(), v),
+                None => batch.delete(op.key.as_bytes()),
+            }
+        }
+        // Modify and Log decisions commit with the write they were made about.
+        let logged = decisions.len() as u64;
+        stage_decisions(&mut batch, decisions)?;
+        let keys = checked
+            .iter()
+            .map(|op| op.key.as_str())
+            .chain(read_set.iter().map(|(k, _)| k.as_str()));
+        let key_locks = self.inner.key_locks.lock(keys);
+        for (key, seen) in &read_set {
+            if self.inner.rocks.get(key.as_bytes())? != *seen {
+                // The reservation is dropped: its counts go back.
+                return Err(Error::Conflict { key: key.clone() });
+            }
+        }
+        let mut cached = self
+            .inner
+            .bindings
+            .lock_for_write(checked.iter().map(|op| op.key.as_str()));
+        self.inner
+            .rocks
+            .write_opt(batch, &self.inner.write_options)?;
+        reservation.commit();
+        for op in &checked {
+            cached.committed(&op.key, op.value.as_deref());
+        }
+        // Released before any hook runs: a hook may write again.
+        drop(cached);
+        drop(key_locks);
+        if logged > 0 {
+            self.decisions_added(logged);
+        }
+        if chain.has_after_hooks() {
+            for op in checked {
+                let verdict = chain.run(Phase::After, op.op, &op.key, op.value, &op.ctx);
+                self.record_decisions(verdict.decisions);
+            }
+        }
+        Ok(())
+    }
+}

@@ -96,13 +96,22 @@ async def test_documented_listing(tmp_path, http_agent, monkeypatch):
         return PolicyAction.ALLOW
     # --- end of the listing ---
 
-    # The decorator hands the function back unchanged, and it is in force:
+    # The decorator hands the function back unchanged, and it is in force on
+    # the dispatch records of the sensitive category:
     assert require_trusted_agent("k", b"", {"agent_id": "trusted_agent_1"}) is PolicyAction.ALLOW
+    sensitive = ToolCategory.custom("sensitive")
+
+    async def wipe(tool: str, input: dict) -> dict:
+        return {"wiped": True}
+
+    dispatcher.register_local_agent("someone", handler=wipe, tools=[sensitive])
     with pytest.raises(Exception) as denied:
-        db.put("tools/sensitive/x", b"{}", context={"agent_id": "someone"})
+        await dispatcher.invoke("wipe", sensitive, {})
     assert type(denied.value).__name__ == "PolicyDeniedError"
-    assert denied.value.reason == "denied by policy"
-    db.put("tools/sensitive/x", b"{}", context={"agent_id": "trusted_agent_2"})
+    assert "denied by policy" in str(denied.value)
+    dispatcher.register_local_agent("trusted_agent_2", handler=wipe, tools=[sensitive])
+    result = await dispatcher.invoke("wipe", sensitive, {})
+    assert result.agent_id == "trusted_agent_2"
 
 
 def test_documented_names():

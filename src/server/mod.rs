@@ -87,6 +87,7 @@ impl From<Error> for ApiError {
             Error::AgentTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
             Error::UnknownAgent(_) => (StatusCode::NOT_FOUND, "unknown_agent"),
             Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            Error::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())
     }

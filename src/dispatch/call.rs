@@ -32,6 +32,8 @@ pub(super) struct Call<'a> {
     /// The last rate limit that refused a candidate.
     rate_limited: Option<Error>,
     calls_made: u32,
+    /// The last agent actually called: the outcome belongs to it.
+    called: Option<Arc<Agent>>,
     started: Instant,
 }
 
@@ -68,6 +70,7 @@ impl<'a> Call<'a> {
             last_failure: None,
             rate_limited: None,
             calls_made: 0,
+            called: None,
             started: Instant::now(),
         }
     }
@@ -142,6 +145,7 @@ impl<'a> Call<'a> {
                 }
             }
             self.calls_made += 1;
+            self.called = Some(agent.clone());
             let request = WireRequest {
                 invocation_id: &self.record.value.invocation_id,
                 tool: &self.record.value.tool,
@@ -159,7 +163,6 @@ impl<'a> Call<'a> {
             )
             .await;
             drop(lease);
-            let ctx = self.context(Some(&agent.id), "outcome");
             let (kind, error) = match &outcome {
                 Ok(_) => (AttemptOutcome::Succeeded, None),
                 Err(failure) => (failure.outcome(), Some(failure.message(agent.timeout))),
@@ -169,7 +172,7 @@ impl<'a> Call<'a> {
                 Step::Return => {
                     return match outcome {
                         Ok(output) => {
-                            self.finish(DispatchStatus::Succeeded, None, &ctx);
+                            self.finish(DispatchStatus::Succeeded, None).await?;
                             Ok(InvocationResult {
                                 invocation_id: self.record.value.invocation_id.clone(),
                                 agent_id: agent.id.clone(),
@@ -179,7 +182,7 @@ impl<'a> Call<'a> {
                             })
                         }
                         Err(failure) => {
-                            self.finish(DispatchStatus::Failed, error, &ctx);
+                            self.finish(DispatchStatus::Failed, error).await?;
                             Err(failure.into_error(&agent.id, agent.timeout))
                         }
                     };
@@ -197,21 +200,51 @@ impl<'a> Call<'a> {
                 }
             }
         }
-        Err(self.give_up())
+        Err(self.give_up().await)
     }
 
-    /// Writes the outcome. A failure here cannot undo the call: it is logged,
-    /// and the entry left in flight is marked interrupted on the next open.
-    fn finish(&mut self, status: DispatchStatus, error: Option<String>, ctx: &PolicyContext) {
-        let db = &self.dispatcher.inner.db;
-        let elapsed = self.started.elapsed();
-        if let Err(e) = self.record.write_outcome(db, ctx, status, error, elapsed) {
-            tracing::warn!(key = %self.record.key, error = %e, "could not write the dispatch outcome");
+    /// Writes the outcome, for the agent actually called. A storage failure
+    /// is retried; if it persists it is counted in that agent's metrics and
+    /// returned (the call's own result cannot be vouched for in the store).
+    async fn finish(&mut self, status: DispatchStatus, error: Option<String>) -> Result<()> {
+        const TRIES: u32 = 3;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.write_outcome(status, error.clone()) {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < TRIES => {
+                    tracing::warn!(key = %self.record.key, error = %e, "could not write the dispatch outcome; retrying");
+                    tokio::time::sleep(Duration::from_millis(10 << tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(key = %self.record.key, error = %e, "could not write the dispatch outcome");
+                    self.record.finished = true;
+                    if let Some(agent) = &self.called {
+                        agent
+                            .stats
+                            .outcome_write_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            }
         }
     }
 
+    fn write_outcome(&mut self, status: DispatchStatus, error: Option<String>) -> Result<()> {
+        let called = self.called.as_ref().map(|a| a.id.clone());
+        if called.is_some() {
+            self.record.value.agent_id = called.clone();
+        }
+        let ctx = self.context(called.as_deref(), "outcome");
+        let db = &self.dispatcher.inner.db;
+        let elapsed = self.started.elapsed();
+        self.record.write_outcome(db, &ctx, status, error, elapsed)
+    }
+
     /// Ends a call that found no agent to succeed on, recording why.
-    fn give_up(mut self) -> Error {
+    async fn give_up(mut self) -> Error {
         let category = self.category.to_string();
         let error = if let Some((failure, agent)) = self.last_failure.take() {
             failure.into_error(&agent.id, agent.timeout)
@@ -234,9 +267,54 @@ impl<'a> Call<'a> {
                     .into(),
             }
         };
-        let ctx = self.context(self.record.value.agent_id.clone().as_deref(), "outcome");
         // Only a call that reached some agent has a record to finish.
-        self.finish(DispatchStatus::Failed, Some(error.to_string()), &ctx);
-        error
+        match self
+            .finish(DispatchStatus::Failed, Some(error.to_string()))
+            .await
+        {
+            Ok(()) => error,
+            Err(storage) => storage,
+        }
+    }
+}
+
+/// A call dropped by its caller (its future) before it finished: the record
+/// is marked cancelled and the agent's metrics count it. The lease, dropped
+/// with the future, frees the agent's load.
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.record.written || self.record.finished {
+            return;
+        }
+        if self
+            .record
+            .value
+            .attempts
+            .last()
+            .is_some_and(|a| a.outcome == AttemptOutcome::InFlight)
+        {
+            self.record.end_attempt(
+                AttemptOutcome::Cancelled,
+                self.started.elapsed(),
+                Some("the caller dropped the call".into()),
+            );
+        }
+        if let Some(agent) = &self.called {
+            agent
+                .stats
+                .cancelled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        for _ in 0..3 {
+            match self.write_outcome(
+                DispatchStatus::Cancelled,
+                Some("the caller dropped the call before it finished".into()),
+            ) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(key = %self.record.key, error = %e, "could not mark a dropped call cancelled")
+                }
+            }
+        }
     }
 }

@@ -18,6 +18,8 @@ pub(super) struct Record {
     pub(super) value: DispatchRecord,
     /// Whether some version of the record has committed (and so must be finished).
     pub(super) written: bool,
+    /// Whether its outcome has been written (or given up on).
+    pub(super) finished: bool,
 }
 
 impl Record {
@@ -26,6 +28,7 @@ impl Record {
             key: dispatch_key(&value.category, &value.tool, &value.invocation_id),
             value,
             written: false,
+            finished: false,
         }
     }
 
@@ -88,7 +91,9 @@ impl Record {
     }
 
     /// Writes the outcome and clears the in-flight entry, in one transaction.
-    /// Does nothing for a call that never wrote its record.
+    /// Does nothing for a call that never wrote its record. The outcome is
+    /// bookkeeping: before-hooks and rate limits do not apply to it (after-hooks
+    /// observe it), so a policy cannot leave a record in flight.
     pub(super) fn write_outcome(
         &mut self,
         db: &Database,
@@ -97,7 +102,7 @@ impl Record {
         error: Option<String>,
         elapsed: Duration,
     ) -> Result<()> {
-        if !self.written {
+        if !self.written || self.finished {
             return Ok(());
         }
         self.value.status = status;
@@ -108,6 +113,8 @@ impl Record {
         let mut tx = db.transaction();
         tx.put_with(&self.key, &bytes, ctx)?;
         tx.delete_with(&inflight_key(&self.value.invocation_id), ctx)?;
-        tx.commit()
+        tx.commit_bookkeeping()?;
+        self.finished = true;
+        Ok(())
     }
 }

@@ -348,8 +348,20 @@ impl AgentRegistry {
 
     /// Marks an agent healthy or unhealthy: routes around it (or back to it),
     /// persists the status and logs the change. A no-op if nothing changes or
-    /// the agent was replaced meanwhile.
+    /// the agent was replaced or removed meanwhile: a late verdict about an
+    /// old registration must never bring it back into routing.
     pub(crate) fn set_health(&self, agent: &Arc<Agent>, healthy: bool, why: &str) {
+        let _changing = self.changes.lock();
+        let mut record = {
+            let agents = self.agents.read();
+            let Some(registered) = agents.get(&agent.id) else {
+                return;
+            };
+            if registered.live.as_ref().map(|a| a.uid) != Some(agent.uid) {
+                return;
+            }
+            registered.record.clone()
+        };
         let was_healthy = !agent.health.unhealthy.swap(!healthy, Ordering::AcqRel);
         if was_healthy == healthy {
             return;
@@ -366,21 +378,13 @@ impl AgentRegistry {
         } else {
             tracing::warn!(agent_id = %agent.id, reason = why, "agent marked unhealthy; routing around it");
         }
-        let _changing = self.changes.lock();
-        let mut agents = self.agents.write();
-        let Some(registered) = agents.get_mut(&agent.id) else {
-            return;
-        };
-        if registered.live.as_ref().map(|a| a.uid) != Some(agent.uid) {
-            return;
-        }
-        let mut record = registered.record.clone();
         record.status = if healthy {
             AgentStatus::Healthy
         } else {
             AgentStatus::Unhealthy
         };
         record.updated_at_ms = now_ms();
+        // No registry lock is held across the write: a hook may read the registry.
         let result = serde_json::to_vec(&record)
             .map_err(Error::storage)
             .and_then(|v| {
@@ -388,7 +392,11 @@ impl AgentRegistry {
                     .put_with(&agent_key(&agent.id), &v, &context(&agent.id, "health"))
             });
         match result {
-            Ok(()) => registered.record = record,
+            Ok(()) => {
+                if let Some(registered) = self.agents.write().get_mut(&agent.id) {
+                    registered.record = record;
+                }
+            }
             Err(e) => {
                 tracing::warn!(agent_id = %agent.id, error = %e, "could not persist health status")
             }

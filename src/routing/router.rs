@@ -65,6 +65,36 @@ impl Pool {
     }
 }
 
+/// What one selection pass came to.
+enum Selected {
+    Leased(Lease),
+    /// No usable agent.
+    Nothing,
+    /// This agent was chosen but filled up before it could be claimed.
+    Lost(u64),
+}
+
+/// Counts one more call in flight on `agent` if it has capacity: one
+/// compare-and-swap, so `max_concurrency` holds exactly under races.
+fn claim(agent: &Agent) -> bool {
+    if agent.health.is_paused() {
+        return false;
+    }
+    match agent.max_concurrency {
+        None => {
+            agent.stats.active.fetch_add(1, Ordering::AcqRel);
+            true
+        }
+        Some(max) => agent
+            .stats
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < u64::from(max)).then_some(n + 1)
+            })
+            .is_ok(),
+    }
+}
+
 /// Chooses agents. Shared by the registry (which adds and removes agents)
 /// and the dispatcher (which selects and releases them).
 #[derive(Default)]
@@ -179,10 +209,9 @@ impl ToolRouter {
 
     /// Claims `agent` for a call if it is healthy and has capacity.
     pub(crate) fn lease(self: &Arc<Self>, agent: &Arc<Agent>) -> Option<Lease> {
-        if !agent.is_healthy() || !agent.has_capacity() {
+        if !agent.is_healthy() || !claim(agent) {
             return None;
         }
-        agent.stats.active.fetch_add(1, Ordering::AcqRel);
         self.refile(agent);
         Some(Lease {
             agent: agent.clone(),
@@ -199,6 +228,30 @@ impl ToolRouter {
         exclude: &[u64],
     ) -> Option<Lease> {
         let pool = self.pool(category)?;
+        // A claim lost to a concurrent caller (the agent filled up between
+        // choosing and claiming) moves on to the next agent.
+        let mut lost: Vec<u64> = Vec::new();
+        loop {
+            let excluded: std::borrow::Cow<'_, [u64]> = if lost.is_empty() {
+                exclude.into()
+            } else {
+                [exclude, &lost].concat().into()
+            };
+            match self.select_once(&pool, category, strategy, &excluded) {
+                Selected::Leased(lease) => return Some(lease),
+                Selected::Nothing => return None,
+                Selected::Lost(uid) => lost.push(uid),
+            }
+        }
+    }
+
+    fn select_once(
+        self: &Arc<Self>,
+        pool: &Pool,
+        category: &ToolCategory,
+        strategy: RoutingStrategy,
+        exclude: &[u64],
+    ) -> Selected {
         if matches!(
             strategy,
             RoutingStrategy::LeastLoaded | RoutingStrategy::Sticky
@@ -206,12 +259,16 @@ impl ToolRouter {
             // Choose and count under one lock, so concurrent callers see each
             // other's claims and never pick a busier agent.
             let mut load = pool.load.lock();
-            let agent = load.least_loaded(exclude)?;
-            agent.stats.active.fetch_add(1, Ordering::AcqRel);
+            let Some(agent) = load.least_loaded(exclude) else {
+                return Selected::Nothing;
+            };
+            if !claim(&agent) {
+                return Selected::Lost(agent.uid);
+            }
             load.touch(&agent);
             drop(load);
             self.refile_others(&agent, category);
-            return Some(Lease {
+            return Selected::Leased(Lease {
                 agent,
                 router: self.clone(),
             });
@@ -219,7 +276,7 @@ impl ToolRouter {
         let snapshot = pool.snapshot.read().clone();
         let agents = &snapshot.agents;
         if agents.is_empty() {
-            return None;
+            return Selected::Nothing;
         }
         let usable = |a: &Arc<Agent>| !exclude.contains(&a.uid) && a.has_capacity();
         // A failover within one call continues from where the call's first
@@ -244,8 +301,14 @@ impl ToolRouter {
             }
             RoutingStrategy::Fastest => fastest(agents, usable),
             RoutingStrategy::LeastLoaded | RoutingStrategy::Sticky => unreachable!("handled above"),
-        }?;
-        self.lease(&chosen)
+        };
+        let Some(chosen) = chosen else {
+            return Selected::Nothing;
+        };
+        match self.lease(&chosen) {
+            Some(lease) => Selected::Leased(lease),
+            None => Selected::Lost(chosen.uid),
+        }
     }
 
     fn refile_others(&self, agent: &Agent, done: &ToolCategory) {

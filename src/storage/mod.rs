@@ -471,12 +471,16 @@ impl Database {
             .fetch_sub(pruned, Ordering::AcqRel);
     }
 
-    fn commit_staged(&self, staged: Vec<Staged>) -> Result<()> {
+    fn commit_staged(&self, staged: Vec<Staged>, judged: bool) -> Result<()> {
         let chain = &self.inner.chain;
         let max = self.inner.options.max_value_bytes;
         let mut checked = Vec::with_capacity(staged.len());
         let mut decisions = Vec::new();
         for op in staged {
+            if !judged {
+                checked.push(op);
+                continue;
+            }
             let (value, mut made) = chain.check_before(op.op, &op.key, op.value, &op.ctx, max);
             decisions.append(&mut made);
             match value {
@@ -683,7 +687,17 @@ impl Transaction {
         if self.staged.is_empty() {
             return Ok(());
         }
-        self.db.commit_staged(self.staged)
+        self.db.commit_staged(self.staged, true)
+    }
+
+    /// Commits bookkeeping the store must not lose (a dispatch's outcome):
+    /// before-hooks and rate limits are not consulted, after-hooks observe
+    /// the write as usual.
+    pub(crate) fn commit_bookkeeping(self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.db.commit_staged(self.staged, false)
     }
 }
 

@@ -32,11 +32,11 @@ fn record(i: u64) -> (String, Vec<u8>) {
         session_id: i
             .is_multiple_of(4)
             .then(|| format!("session_{}", i % 10_000)),
-        strategy: "least_loaded".into(),
+        strategy: switchboard::RoutingStrategy::LeastLoaded,
         status: DispatchStatus::Succeeded,
         attempts: vec![Attempt {
             agent_id,
-            outcome: "succeeded".into(),
+            outcome: switchboard::namespace::AttemptOutcome::Succeeded,
             latency_ms: 1.25,
             error: None,
         }],

@@ -99,12 +99,34 @@ pub enum Error {
     /// RocksDB reported an error, or a stored value could not be decoded.
     #[error("storage error: {0}")]
     Storage(String),
+
+    /// Something this process needs could not be set up or used (an HTTP
+    /// client, a listener, ...); `source` is the underlying error.
+    #[error("internal error: {what}: {source}")]
+    Internal {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
     /// An [`Error::InvalidInput`] with this message.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidInput(msg.into())
+    }
+
+    /// An [`Error::Internal`]: `what` was being done when `source` happened.
+    pub fn internal(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Internal {
+            what: what.into(),
+            source: source.into(),
+        }
     }
 
     /// An [`Error::Storage`] with this message.

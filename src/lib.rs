@@ -1,9 +1,11 @@
 //! Switchboard routes tool invocations across AI agents, and keeps everything it
 //! knows in one policy-checked, transactional RocksDB key space.
 //!
-//! Data flows one way: [`ToolDispatcher`] (API) → [`routing`] (which agent) →
-//! [`storage`] writes checked by [`policy`] → [`transport`] (call the agent) →
-//! outcome write. See `docs/` for the key namespace and the policy model.
+//! Layers import only from layers below them: [`dispatch`] (the
+//! [`ToolDispatcher`] façade, failover loop, records) → [`transport`] (how an
+//! agent is called) → [`routing`] (which agent: registry, strategies,
+//! sessions, health) → [`storage`] (writes checked by [`policy`]). See `docs/`
+//! for the key namespace and the policy model.
 //!
 //! ```no_run
 //! # async fn demo() -> switchboard::Result<()> {

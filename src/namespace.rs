@@ -342,6 +342,8 @@ pub enum DispatchStatus {
     Failed,
     /// The process stopped while the agent was being called.
     Interrupted,
+    /// The caller dropped the call (its future) before it finished.
+    Cancelled,
 }
 
 /// How one attempt at one agent ended.
@@ -349,10 +351,128 @@ pub enum DispatchStatus {
 #[serde(deny_unknown_fields)]
 pub struct Attempt {
     pub agent_id: String,
-    /// `succeeded`, `tool_error`, `failed`, `timeout`, `denied`, or `in_flight`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     pub latency_ms: f64,
     pub error: Option<String>,
+}
+
+/// How one attempt at one agent ended; stored in snake_case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Recorded before the agent is called; replaced when the attempt ends.
+    InFlight,
+    Succeeded,
+    /// The tool's own error (final).
+    ToolError,
+    /// The agent failed (5xx, bad answer, connection, panic).
+    Failed,
+    Timeout,
+    /// 429/503 with `Retry-After`.
+    Overloaded,
+    /// A policy refused the candidate; it was not called.
+    Denied,
+    /// A rate limit refused the candidate; it was not called.
+    RateLimited,
+    /// The process stopped during the call.
+    Interrupted,
+    /// The caller dropped the call during this attempt.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::InFlight => "in_flight",
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::ToolError => "tool_error",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Overloaded => "overloaded",
+            AttemptOutcome::Denied => "denied",
+            AttemptOutcome::RateLimited => "rate_limited",
+            AttemptOutcome::Interrupted => "interrupted",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for AttemptOutcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// How to choose among the healthy agents serving a category. Stored in
+/// dispatch records by its snake_case name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingStrategy {
+    /// Each agent in turn: exactly even over a stable set of agents.
+    #[default]
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// The agent with the fewest invocations in flight (ties rotate).
+    LeastLoaded,
+    /// The highest priority; agents of equal priority take turns.
+    Priority,
+    /// Session affinity: the session's bound agent while it is healthy; new
+    /// bindings go to the least loaded agent. Needs a session id.
+    Sticky,
+    /// The lowest latency estimate (peak-EWMA × load); unmeasured agents first.
+    Fastest,
+}
+
+impl RoutingStrategy {
+    /// Every strategy, in declaration order.
+    pub const ALL: [RoutingStrategy; 6] = [
+        RoutingStrategy::RoundRobin,
+        RoutingStrategy::Random,
+        RoutingStrategy::LeastLoaded,
+        RoutingStrategy::Priority,
+        RoutingStrategy::Sticky,
+        RoutingStrategy::Fastest,
+    ];
+
+    /// The snake_case name used in records and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutingStrategy::RoundRobin => "round_robin",
+            RoutingStrategy::Random => "random",
+            RoutingStrategy::LeastLoaded => "least_loaded",
+            RoutingStrategy::Priority => "priority",
+            RoutingStrategy::Sticky => "sticky",
+            RoutingStrategy::Fastest => "fastest",
+        }
+    }
+}
+
+impl std::fmt::Display for RoutingStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RoutingStrategy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        RoutingStrategy::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown strategy {s:?}; use one of round_robin, random, least_loaded, priority, sticky, fastest"
+                ))
+            })
+    }
 }
 
 /// The value under `tools/{category}/{tool}/{invocation_id}`.
@@ -365,7 +485,7 @@ pub struct DispatchRecord {
     /// The agent of the last attempt (the one that answered, on success).
     pub agent_id: Option<String>,
     pub session_id: Option<String>,
-    pub strategy: String,
+    pub strategy: RoutingStrategy,
     pub status: DispatchStatus,
     pub attempts: Vec<Attempt>,
     pub started_at_ms: u64,

@@ -1052,14 +1052,18 @@ async fn interrupted_dispatches_are_marked_on_the_next_open() {
         d.invoke("q", ToolCategory::Search, json!({}), RoutingOptions::new())
             .await
             .unwrap();
-        // The process "dies" mid-call: the future is dropped after the intent commits.
-        let d2 = d.clone();
-        let pending = tokio::spawn(async move { call(&d2, RoutingStrategy::RoundRobin).await });
-        while db.scan("inflight/").count() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // The process "dies" mid-call: after the intent commits, the call is
+        // never polled or dropped again (a dropped call is recorded as cancelled).
+        let mut pending = Box::pin(call(&d, RoutingStrategy::RoundRobin));
+        tokio::select! {
+            _ = &mut pending => panic!("the stuck agent cannot answer"),
+            _ = async {
+                while db.scan("inflight/").count() == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            } => {}
         }
-        pending.abort();
-        let _ = pending.await;
+        std::mem::forget(pending);
         assert_eq!(
             records(&db, "tools/code/")[0].status,
             DispatchStatus::InFlight

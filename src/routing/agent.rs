@@ -1,10 +1,12 @@
 //! What the router knows about one agent: its registration (`AgentConfig`),
-//! how to reach it, and its live health and statistics.
+//! where it lives (as data: the transport layer calls it), and its live
+//! health and statistics.
 
+use super::endpoint::Endpoint;
 use super::metrics::AgentStats;
+use super::outlier::Health;
 use crate::namespace::ToolCategory;
-use crate::transport::Transport;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,18 +75,6 @@ impl AgentConfig {
     }
 }
 
-/// Health as tracked in memory; the record in the store follows it.
-#[derive(Default)]
-pub(crate) struct Health {
-    pub(crate) unhealthy: AtomicBool,
-    pub(crate) consecutive_failures: AtomicU32,
-    pub(crate) consecutive_successes: AtomicU32,
-    /// Milliseconds since the epoch when it was last marked unhealthy.
-    pub(crate) unhealthy_since_ms: AtomicU64,
-    /// No new calls before this time (ms since the epoch; 0 = none), set from `Retry-After`.
-    pub(crate) paused_until_ms: AtomicU64,
-}
-
 /// An invocable agent as the router holds it.
 pub(crate) struct Agent {
     pub(crate) id: String,
@@ -94,7 +84,7 @@ pub(crate) struct Agent {
     pub(crate) priority: i32,
     pub(crate) timeout: Duration,
     pub(crate) max_concurrency: Option<u32>,
-    pub(crate) transport: Transport,
+    pub(crate) endpoint: Endpoint,
     pub(crate) health_url: Option<reqwest::Url>,
     pub(crate) stats: Arc<AgentStats>,
     pub(crate) health: Health,
@@ -112,19 +102,10 @@ impl Agent {
     /// Whether it can take one more call now: under its max concurrency and
     /// not inside a pause it asked for with `Retry-After`.
     pub(crate) fn has_capacity(&self) -> bool {
-        let paused_until = self.health.paused_until_ms.load(Ordering::Acquire);
-        (paused_until == 0 || crate::namespace::now_ms() >= paused_until)
+        !self.health.is_paused()
             && self
                 .max_concurrency
                 .is_none_or(|max| self.active() < max as u64)
-    }
-
-    /// Honours an agent's `Retry-After`: no new calls until it has passed.
-    pub(crate) fn pause_for(&self, pause: Duration) {
-        let until = crate::namespace::now_ms() + pause.as_millis() as u64;
-        self.health
-            .paused_until_ms
-            .fetch_max(until, Ordering::AcqRel);
     }
 
     pub(crate) fn serves(&self, category: &ToolCategory) -> bool {

@@ -1,13 +1,26 @@
-//! Health: active probes of HTTP agents and passive marking from consecutive
-//! failed invocations. Unhealthy agents leave the routing pools until they
-//! recover; every change is persisted in the agent's record and logged.
+//! Health checking: its configuration, one probe round, and the background
+//! task that runs rounds every interval. The task is owned by a
+//! [`HealthTask`] guard: dropping the guard (or replacing it) stops it.
+//!
+//! Routing does not know how an agent is reached: the probe itself is
+//! injected as a [`Probe`] (the transport layer implements it over HTTP).
+//! What a result means for the agent is decided in `outlier.rs`.
 
-use super::agent::Agent;
+use super::outlier::{observe_probe, readmit_for_trial};
 use super::registry::AgentRegistry;
-use crate::namespace::now_ms;
-use std::sync::atomic::Ordering;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+/// Checks one agent's health URL: `true` when healthy within `timeout`.
+pub(crate) trait Probe: Send + Sync + 'static {
+    fn probe<'a>(
+        &'a self,
+        url: &'a reqwest::Url,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+}
 
 /// How agents are checked. Builder style:
 /// `HealthCheckConfig::new().interval(Duration::from_secs(30)).unhealthy_threshold(3)`.
@@ -64,68 +77,12 @@ impl HealthCheckConfig {
     }
 }
 
-/// Passive marking: called after every invocation that reached the agent.
-pub(crate) fn observe_invocation(
-    registry: &AgentRegistry,
-    config: &HealthCheckConfig,
-    agent: &Arc<Agent>,
-    agent_failed: bool,
-) {
-    if !agent_failed {
-        agent
-            .health
-            .consecutive_failures
-            .store(0, Ordering::Release);
-        if !agent.is_healthy() {
-            registry.set_health(agent, true, "an invocation succeeded");
-        }
-        return;
-    }
-    let failures = agent
-        .health
-        .consecutive_failures
-        .fetch_add(1, Ordering::AcqRel)
-        + 1;
-    if failures >= config.unhealthy_threshold && agent.is_healthy() {
-        registry.set_health(
-            agent,
-            false,
-            &format!("{failures} invocations in a row failed"),
-        );
-    }
-}
-
-fn observe_probe(
-    registry: &AgentRegistry,
-    config: &HealthCheckConfig,
-    agent: &Arc<Agent>,
-    ok: bool,
-) {
-    let health = &agent.health;
-    if ok {
-        health.consecutive_failures.store(0, Ordering::Release);
-        let successes = health.consecutive_successes.fetch_add(1, Ordering::AcqRel) + 1;
-        if !agent.is_healthy() && successes >= config.healthy_threshold {
-            registry.set_health(
-                agent,
-                true,
-                &format!("{successes} probes in a row succeeded"),
-            );
-        }
-    } else {
-        health.consecutive_successes.store(0, Ordering::Release);
-        let failures = health.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if agent.is_healthy() && failures >= config.unhealthy_threshold {
-            registry.set_health(agent, false, &format!("{failures} probes in a row failed"));
-        }
-    }
-}
-
-/// One round: probe every HTTP agent (bounded concurrency), and give local
-/// agents that have been unhealthy for an interval a trial.
+/// One round: probe every agent that has a health URL (bounded
+/// concurrency), and give local agents that have been unhealthy for an
+/// interval a trial.
 pub(crate) async fn check_round(
     registry: &Arc<AgentRegistry>,
-    client: &reqwest::Client,
+    probe: &Arc<dyn Probe>,
     config: &HealthCheckConfig,
 ) {
     const PARALLEL_PROBES: usize = 64;
@@ -134,9 +91,9 @@ pub(crate) async fn check_round(
     for agent in registry.live_agents() {
         match agent.health_url.clone() {
             Some(url) => {
-                let (registry, client, config, semaphore) = (
+                let (registry, probe, config, semaphore) = (
                     registry.clone(),
-                    client.clone(),
+                    probe.clone(),
                     config.clone(),
                     semaphore.clone(),
                 );
@@ -144,33 +101,22 @@ pub(crate) async fn check_round(
                     let Ok(_permit) = semaphore.acquire().await else {
                         return;
                     };
-                    let ok = crate::transport::probe(&client, &url, config.timeout).await;
+                    let ok = probe.probe(&url, config.timeout).await;
                     observe_probe(&registry, &config, &agent, ok);
                 });
             }
-            None => {
-                let since = agent.health.unhealthy_since_ms.load(Ordering::Acquire);
-                if !agent.is_healthy()
-                    && now_ms().saturating_sub(since) >= config.interval.as_millis() as u64
-                {
-                    // Half-open: one more failure marks it unhealthy again.
-                    agent.health.consecutive_failures.store(
-                        config.unhealthy_threshold.saturating_sub(1),
-                        Ordering::Release,
-                    );
-                    registry.set_health(&agent, true, "trial after one health-check interval");
-                }
-            }
+            None => readmit_for_trial(registry, config, &agent),
         }
     }
     while probes.join_next().await.is_some() {}
 }
 
-/// Runs rounds until the registry is dropped.
-pub(crate) async fn run(
+/// Runs rounds until the registry is dropped or `stop` fires.
+async fn run(
     registry: Weak<AgentRegistry>,
-    client: reqwest::Client,
+    probe: Arc<dyn Probe>,
     config: HealthCheckConfig,
+    mut stop: tokio::sync::watch::Receiver<()>,
 ) {
     // The first round comes one interval after enabling, not at once: newly
     // registered agents start healthy and get that long before the first probe.
@@ -180,10 +126,54 @@ pub(crate) async fn run(
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            // The guard was dropped (the sender closes the channel).
+            _ = stop.changed() => return,
+        }
         let Some(registry) = registry.upgrade() else {
             return;
         };
-        check_round(&registry, &client, &config).await;
+        tokio::select! {
+            _ = check_round(&registry, &probe, &config) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The background health task; dropping it stops the task.
+pub(crate) struct HealthTask {
+    _stop: tokio::sync::watch::Sender<()>,
+}
+
+impl HealthTask {
+    /// Starts rounds every `config.interval` on the current tokio runtime,
+    /// or on a thread of its own outside one.
+    pub(crate) fn start(
+        registry: Weak<AgentRegistry>,
+        probe: Arc<dyn Probe>,
+        config: HealthCheckConfig,
+    ) -> HealthTask {
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let task = run(registry, probe, config, stopped);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(task);
+            }
+            Err(_) => {
+                let spawned = std::thread::Builder::new()
+                    .name("switchboard-health".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                            Ok(rt) => rt.block_on(task),
+                            Err(e) => tracing::error!(error = %e, "health checks could not start a runtime"),
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "health checks could not start a thread");
+                }
+            }
+        }
+        HealthTask { _stop: stop }
     }
 }

@@ -31,6 +31,12 @@ pub struct AgentMetrics {
     pub active_tasks: u64,
     /// Current health as the router sees it.
     pub healthy: bool,
+    /// Calls dropped by their caller while this agent was running them.
+    #[serde(default)]
+    pub cancelled: u64,
+    /// Outcomes of this agent's calls that could not be stored.
+    #[serde(default)]
+    pub outcome_write_failures: u64,
 }
 
 /// Live counters of one agent; outlives re-registrations of the same id.
@@ -41,6 +47,8 @@ pub(crate) struct AgentStats {
     latency_sum_us: AtomicU64,
     histogram: Box<[AtomicU64]>,
     ewma: Mutex<Ewma>,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) outcome_write_failures: AtomicU64,
 }
 
 struct Ewma {
@@ -81,6 +89,8 @@ impl Default for AgentStats {
                 value: None,
                 at: Instant::now(),
             }),
+            cancelled: AtomicU64::new(0),
+            outcome_write_failures: AtomicU64::new(0),
         }
     }
 }
@@ -159,6 +169,8 @@ impl AgentStats {
             p99_latency_ms: quantile(0.99),
             active_tasks: self.active.load(Relaxed),
             healthy,
+            cancelled: self.cancelled.load(Relaxed),
+            outcome_write_failures: self.outcome_write_failures.load(Relaxed),
         }
     }
 }

@@ -1,17 +1,29 @@
-//! Routing: which agent serves a call.
+//! Routing: which agent serves a call. Knows agents as data (identity,
+//! endpoint, state) and never calls one: the transport layer does that.
 //!
-//! [`AgentRegistry`] owns registrations (persisted under `agents/*`),
-//! [`ToolRouter`] chooses among healthy agents by [`RoutingStrategy`], `health`
-//! keeps the healthy set current, and `metrics` counts what happened.
+//! - `registry`: registrations (persisted under `agents/*`), mirrored into the router;
+//! - `router`: per-category pools, snapshots and leases;
+//! - `strategy`: [`RoutingStrategy`] and the pure picks; `load_index`: least loaded order;
+//! - `affinity`: session bindings (bind, keep, rebind);
+//! - `outlier`: consecutive failures, ejection, re-admission, `Retry-After` pauses;
+//! - `health`: the probe round and the background task (probe injected);
+//! - `endpoint`: where an agent lives, endpoint validation;
+//! - `metrics`: per-agent counters and latency estimate.
 
+pub(crate) mod affinity;
 pub(crate) mod agent;
+pub(crate) mod endpoint;
 pub(crate) mod health;
+pub(crate) mod load_index;
 pub(crate) mod metrics;
+pub(crate) mod outlier;
 pub(crate) mod registry;
 pub(crate) mod router;
+pub(crate) mod strategy;
 
 pub use agent::AgentConfig;
 pub use health::HealthCheckConfig;
 pub use metrics::AgentMetrics;
 pub use registry::AgentRegistry;
-pub use router::{RoutingStrategy, ToolRouter};
+pub use router::ToolRouter;
+pub use strategy::RoutingStrategy;

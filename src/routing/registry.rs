@@ -7,8 +7,10 @@
 //! but its handler lives in the process, so after a restart it is listed and
 //! not routed to until it is registered again.
 
-use super::agent::{Agent, AgentConfig, Health, DEFAULT_AGENT_TIMEOUT};
+use super::agent::{Agent, AgentConfig, DEFAULT_AGENT_TIMEOUT};
+use super::endpoint::{parse_endpoint, Endpoint};
 use super::metrics::AgentStats;
+use super::outlier::Health;
 use super::router::ToolRouter;
 use crate::error::{Error, Result};
 use crate::namespace::{
@@ -16,7 +18,6 @@ use crate::namespace::{
 };
 use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::storage::Database;
-use crate::transport::{parse_endpoint, LocalHandler, Transport};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,27 +119,43 @@ impl AgentRegistry {
             .map_err(|e| Error::invalid(format!("health URL {health_url:?}: {e}")))?;
         Ok(self.agent(
             record,
-            Transport::Http { endpoint },
+            self.reserve_uid(),
+            Endpoint::Http(endpoint),
             Some(health_url),
             stats,
         ))
     }
 
+    /// A fresh registration uid. A local agent's handler is bound to its uid
+    /// in the transport layer before the agent becomes routable.
+    pub(crate) fn reserve_uid(&self) -> u64 {
+        self.next_uid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `uid` is the current registration of some agent.
+    pub(crate) fn is_current(&self, uid: u64) -> bool {
+        self.agents
+            .read()
+            .values()
+            .any(|r| r.live.as_ref().is_some_and(|a| a.uid == uid))
+    }
+
     fn agent(
         &self,
         record: &AgentRecord,
-        transport: Transport,
+        uid: u64,
+        endpoint: Endpoint,
         health_url: Option<reqwest::Url>,
         stats: Arc<AgentStats>,
     ) -> Arc<Agent> {
         Arc::new(Agent {
             id: record.agent_id.clone(),
-            uid: self.next_uid.fetch_add(1, Ordering::Relaxed),
+            uid,
             categories: record.tools.clone(),
             priority: record.priority,
             timeout: Duration::from_millis(record.timeout_ms),
             max_concurrency: record.max_concurrency,
-            transport,
+            endpoint,
             health_url,
             stats,
             health: Health::default(),
@@ -208,28 +225,30 @@ impl AgentRegistry {
                 health_url: health_url.to_string(),
             },
         )?;
+        let uid = self.reserve_uid();
         self.install(record, |registry, record, stats| {
             registry.agent(
                 record,
-                Transport::Http {
-                    endpoint: endpoint_url.clone(),
-                },
+                uid,
+                Endpoint::Http(endpoint_url.clone()),
                 Some(health_url.clone()),
                 stats,
             )
         })
     }
 
-    /// Registers (or replaces) an in-process agent.
+    /// Registers (or replaces) an in-process agent under `uid` (from
+    /// [`reserve_uid`](Self::reserve_uid)), whose handler the caller has
+    /// already bound to that uid.
     pub(crate) fn register_local(
         &self,
         agent_id: &str,
         config: AgentConfig,
-        handler: LocalHandler,
+        uid: u64,
     ) -> Result<()> {
         let record = self.new_record(agent_id, &config, AgentTransport::Local)?;
         self.install(record, |registry, record, stats| {
-            registry.agent(record, Transport::Local(handler.clone()), None, stats)
+            registry.agent(record, uid, Endpoint::Local, None, stats)
         })
     }
 
@@ -334,8 +353,20 @@ impl AgentRegistry {
 
     /// Marks an agent healthy or unhealthy: routes around it (or back to it),
     /// persists the status and logs the change. A no-op if nothing changes or
-    /// the agent was replaced meanwhile.
+    /// the agent was replaced or removed meanwhile: a late verdict about an
+    /// old registration must never bring it back into routing.
     pub(crate) fn set_health(&self, agent: &Arc<Agent>, healthy: bool, why: &str) {
+        let _changing = self.changes.lock();
+        let mut record = {
+            let agents = self.agents.read();
+            let Some(registered) = agents.get(&agent.id) else {
+                return;
+            };
+            if registered.live.as_ref().map(|a| a.uid) != Some(agent.uid) {
+                return;
+            }
+            registered.record.clone()
+        };
         let was_healthy = !agent.health.unhealthy.swap(!healthy, Ordering::AcqRel);
         if was_healthy == healthy {
             return;
@@ -352,21 +383,13 @@ impl AgentRegistry {
         } else {
             tracing::warn!(agent_id = %agent.id, reason = why, "agent marked unhealthy; routing around it");
         }
-        let _changing = self.changes.lock();
-        let mut agents = self.agents.write();
-        let Some(registered) = agents.get_mut(&agent.id) else {
-            return;
-        };
-        if registered.live.as_ref().map(|a| a.uid) != Some(agent.uid) {
-            return;
-        }
-        let mut record = registered.record.clone();
         record.status = if healthy {
             AgentStatus::Healthy
         } else {
             AgentStatus::Unhealthy
         };
         record.updated_at_ms = now_ms();
+        // No registry lock is held across the write: a hook may read the registry.
         let result = serde_json::to_vec(&record)
             .map_err(Error::storage)
             .and_then(|v| {
@@ -377,7 +400,11 @@ impl AgentRegistry {
                 )
             });
         match result {
-            Ok(()) => registered.record = record,
+            Ok(()) => {
+                if let Some(registered) = self.agents.write().get_mut(&agent.id) {
+                    registered.record = record;
+                }
+            }
             Err(e) => {
                 tracing::warn!(agent_id = %agent.id, error = %e, "could not persist health status")
             }

@@ -1,89 +1,18 @@
-//! Picking one agent for one call.
-//!
-//! Agents are grouped into one pool per category. Each pool keeps an immutable
-//! snapshot of its healthy members (sorted by priority) that selection reads
-//! without locking, plus a load index ordered by in-flight count for
-//! `LeastLoaded`. Registration and health changes rebuild a pool's snapshot;
-//! selection never scans or sorts all agents, so it stays flat at 10,000 agents.
+//! Pools and leases: one pool per category holds an immutable snapshot of
+//! its healthy members (sorted by priority) that selection reads without
+//! locking, plus a load index for `LeastLoaded`. Registration and health
+//! changes rebuild a pool's snapshot; selection never scans or sorts all
+//! agents, so it stays flat at 10,000 agents. A [`Lease`] counts a chosen
+//! agent as in flight until it is dropped.
 
 use super::agent::Agent;
+use super::load_index::LoadIndex;
+use super::strategy::{fastest, probe, RoutingStrategy};
 use crate::namespace::ToolCategory;
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// Pools at or below this size are searched exhaustively by `Fastest`;
-/// larger ones compare two random members (power of two choices).
-const FASTEST_EXACT_LIMIT: usize = 16;
-
-/// How to choose among the healthy agents serving a category.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RoutingStrategy {
-    /// Each agent in turn: exactly even over a stable set of agents.
-    #[default]
-    RoundRobin,
-    /// Uniformly at random.
-    Random,
-    /// The agent with the fewest invocations in flight (ties rotate).
-    LeastLoaded,
-    /// The highest priority; agents of equal priority take turns.
-    Priority,
-    /// Session affinity: the session's bound agent while it is healthy; new
-    /// bindings go to the least loaded agent. Needs a session id.
-    Sticky,
-    /// The lowest latency estimate (peak-EWMA × load); unmeasured agents first.
-    Fastest,
-}
-
-impl RoutingStrategy {
-    /// Every strategy, in declaration order.
-    pub const ALL: [RoutingStrategy; 6] = [
-        RoutingStrategy::RoundRobin,
-        RoutingStrategy::Random,
-        RoutingStrategy::LeastLoaded,
-        RoutingStrategy::Priority,
-        RoutingStrategy::Sticky,
-        RoutingStrategy::Fastest,
-    ];
-
-    /// The snake_case name used in records and on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoutingStrategy::RoundRobin => "round_robin",
-            RoutingStrategy::Random => "random",
-            RoutingStrategy::LeastLoaded => "least_loaded",
-            RoutingStrategy::Priority => "priority",
-            RoutingStrategy::Sticky => "sticky",
-            RoutingStrategy::Fastest => "fastest",
-        }
-    }
-}
-
-impl fmt::Display for RoutingStrategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RoutingStrategy {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
-        RoutingStrategy::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                crate::Error::invalid(format!(
-                    "unknown strategy {s:?}; use one of round_robin, random, least_loaded, priority, sticky, fastest"
-                ))
-            })
-    }
-}
 
 /// A healthy member list, sorted by priority (highest first), with the bounds
 /// of each run of equal priority.
@@ -111,149 +40,6 @@ impl Snapshot {
     }
 }
 
-/// Healthy members ordered by (in-flight, last touched): the first usable entry
-/// is the least loaded agent, and equal loads rotate.
-///
-/// One FIFO list per load level, linked through a slab: refiling an agent after
-/// a claim or a release is a constant-time unlink and append, where a sorted
-/// tree of 10,000 agents cost more than the rest of a selection.
-#[derive(Default)]
-struct LoadIndex {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    slot_of: HashMap<u64, u32, BuildHasherDefault<UidHasher>>,
-    /// `levels[n]`: the agents with `n` calls in flight, least recently filed first.
-    levels: Vec<Level>,
-}
-
-const NIL: u32 = u32::MAX;
-
-struct Slot {
-    agent: Option<Arc<Agent>>,
-    level: usize,
-    prev: u32,
-    next: u32,
-}
-
-#[derive(Clone, Copy)]
-struct Level {
-    head: u32,
-    tail: u32,
-}
-
-impl LoadIndex {
-    fn insert(&mut self, agent: &Arc<Agent>) {
-        self.remove(agent.uid);
-        let slot = Slot {
-            agent: Some(agent.clone()),
-            level: 0,
-            prev: NIL,
-            next: NIL,
-        };
-        let index = match self.free.pop() {
-            Some(index) => {
-                self.slots[index as usize] = slot;
-                index
-            }
-            None => {
-                self.slots.push(slot);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.slot_of.insert(agent.uid, index);
-        self.append(index, agent.active() as usize);
-    }
-
-    fn remove(&mut self, uid: u64) {
-        if let Some(index) = self.slot_of.remove(&uid) {
-            self.unlink(index);
-            self.slots[index as usize].agent = None;
-            self.free.push(index);
-        }
-    }
-
-    /// Refiles `agent` under its current in-flight count, last among its equals.
-    fn touch(&mut self, agent: &Agent) {
-        if let Some(&index) = self.slot_of.get(&agent.uid) {
-            self.unlink(index);
-            self.append(index, agent.active() as usize);
-        }
-    }
-
-    fn least_loaded(&self, exclude: &[u64]) -> Option<Arc<Agent>> {
-        for level in &self.levels {
-            let mut at = level.head;
-            while at != NIL {
-                let slot = &self.slots[at as usize];
-                if let Some(agent) = &slot.agent {
-                    if !exclude.contains(&agent.uid) && agent.has_capacity() {
-                        return Some(agent.clone());
-                    }
-                }
-                at = slot.next;
-            }
-        }
-        None
-    }
-
-    fn append(&mut self, index: u32, level: usize) {
-        if self.levels.len() <= level {
-            self.levels.resize(
-                level + 1,
-                Level {
-                    head: NIL,
-                    tail: NIL,
-                },
-            );
-        }
-        let tail = self.levels[level].tail;
-        let slot = &mut self.slots[index as usize];
-        slot.level = level;
-        slot.prev = tail;
-        slot.next = NIL;
-        match tail {
-            NIL => self.levels[level].head = index,
-            tail => self.slots[tail as usize].next = index,
-        }
-        self.levels[level].tail = index;
-    }
-
-    fn unlink(&mut self, index: u32) {
-        let Slot {
-            level, prev, next, ..
-        } = self.slots[index as usize];
-        match prev {
-            NIL => self.levels[level].head = next,
-            prev => self.slots[prev as usize].next = next,
-        }
-        match next {
-            NIL => self.levels[level].tail = prev,
-            next => self.slots[next as usize].prev = prev,
-        }
-    }
-}
-
-/// Agent uids are distinct integers: one multiply spreads them over a hash
-/// table at a fraction of SipHash's cost, and nothing outside picks them.
-#[derive(Default)]
-struct UidHasher(u64);
-
-impl Hasher for UidHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 #[derive(Default)]
 struct Pool {
     members: Mutex<Vec<Arc<Agent>>>,
@@ -276,6 +62,36 @@ impl Pool {
         } else {
             load.remove(agent.uid);
         }
+    }
+}
+
+/// What one selection pass came to.
+enum Selected {
+    Leased(Lease),
+    /// No usable agent.
+    Nothing,
+    /// This agent was chosen but filled up before it could be claimed.
+    Lost(u64),
+}
+
+/// Counts one more call in flight on `agent` if it has capacity: one
+/// compare-and-swap, so `max_concurrency` holds exactly under races.
+fn claim(agent: &Agent) -> bool {
+    if agent.health.is_paused() {
+        return false;
+    }
+    match agent.max_concurrency {
+        None => {
+            agent.stats.active.fetch_add(1, Ordering::AcqRel);
+            true
+        }
+        Some(max) => agent
+            .stats
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < u64::from(max)).then_some(n + 1)
+            })
+            .is_ok(),
     }
 }
 
@@ -393,10 +209,9 @@ impl ToolRouter {
 
     /// Claims `agent` for a call if it is healthy and has capacity.
     pub(crate) fn lease(self: &Arc<Self>, agent: &Arc<Agent>) -> Option<Lease> {
-        if !agent.is_healthy() || !agent.has_capacity() {
+        if !agent.is_healthy() || !claim(agent) {
             return None;
         }
-        agent.stats.active.fetch_add(1, Ordering::AcqRel);
         self.refile(agent);
         Some(Lease {
             agent: agent.clone(),
@@ -413,6 +228,30 @@ impl ToolRouter {
         exclude: &[u64],
     ) -> Option<Lease> {
         let pool = self.pool(category)?;
+        // A claim lost to a concurrent caller (the agent filled up between
+        // choosing and claiming) moves on to the next agent.
+        let mut lost: Vec<u64> = Vec::new();
+        loop {
+            let excluded: std::borrow::Cow<'_, [u64]> = if lost.is_empty() {
+                exclude.into()
+            } else {
+                [exclude, &lost].concat().into()
+            };
+            match self.select_once(&pool, category, strategy, &excluded) {
+                Selected::Leased(lease) => return Some(lease),
+                Selected::Nothing => return None,
+                Selected::Lost(uid) => lost.push(uid),
+            }
+        }
+    }
+
+    fn select_once(
+        self: &Arc<Self>,
+        pool: &Pool,
+        category: &ToolCategory,
+        strategy: RoutingStrategy,
+        exclude: &[u64],
+    ) -> Selected {
         if matches!(
             strategy,
             RoutingStrategy::LeastLoaded | RoutingStrategy::Sticky
@@ -420,12 +259,16 @@ impl ToolRouter {
             // Choose and count under one lock, so concurrent callers see each
             // other's claims and never pick a busier agent.
             let mut load = pool.load.lock();
-            let agent = load.least_loaded(exclude)?;
-            agent.stats.active.fetch_add(1, Ordering::AcqRel);
+            let Some(agent) = load.least_loaded(exclude) else {
+                return Selected::Nothing;
+            };
+            if !claim(&agent) {
+                return Selected::Lost(agent.uid);
+            }
             load.touch(&agent);
             drop(load);
             self.refile_others(&agent, category);
-            return Some(Lease {
+            return Selected::Leased(Lease {
                 agent,
                 router: self.clone(),
             });
@@ -433,7 +276,7 @@ impl ToolRouter {
         let snapshot = pool.snapshot.read().clone();
         let agents = &snapshot.agents;
         if agents.is_empty() {
-            return None;
+            return Selected::Nothing;
         }
         let usable = |a: &Arc<Agent>| !exclude.contains(&a.uid) && a.has_capacity();
         // A failover within one call continues from where the call's first
@@ -458,8 +301,14 @@ impl ToolRouter {
             }
             RoutingStrategy::Fastest => fastest(agents, usable),
             RoutingStrategy::LeastLoaded | RoutingStrategy::Sticky => unreachable!("handled above"),
-        }?;
-        self.lease(&chosen)
+        };
+        let Some(chosen) = chosen else {
+            return Selected::Nothing;
+        };
+        match self.lease(&chosen) {
+            Some(lease) => Selected::Leased(lease),
+            None => Selected::Lost(chosen.uid),
+        }
     }
 
     fn refile_others(&self, agent: &Agent, done: &ToolCategory) {
@@ -468,126 +317,5 @@ impl ToolRouter {
                 pool.load.lock().touch(agent);
             }
         }
-    }
-}
-
-/// The first usable agent at or after `start` (wrapping).
-fn probe(
-    agents: &[Arc<Agent>],
-    start: usize,
-    usable: impl Fn(&Arc<Agent>) -> bool,
-) -> Option<Arc<Agent>> {
-    let n = agents.len();
-    (0..n)
-        .map(|i| &agents[(start + i) % n])
-        .find(|a| usable(a))
-        .cloned()
-}
-
-/// Expected cost of sending one more call: latency estimate × (in flight + 1).
-/// Unmeasured agents cost nothing, so they are tried first.
-fn cost(agent: &Agent) -> f64 {
-    agent
-        .stats
-        .latency_estimate()
-        .map_or(0.0, |latency| latency * (agent.active() + 1) as f64)
-}
-
-fn fastest(agents: &[Arc<Agent>], usable: impl Fn(&Arc<Agent>) -> bool) -> Option<Arc<Agent>> {
-    let cheaper = |a: Arc<Agent>, b: Arc<Agent>| if cost(&b) < cost(&a) { b } else { a };
-    if agents.len() <= FASTEST_EXACT_LIMIT {
-        return agents.iter().filter(|a| usable(a)).cloned().reduce(cheaper);
-    }
-    let n = agents.len();
-    let first = probe(agents, fastrand::usize(..n), &usable)?;
-    let second = probe(agents, fastrand::usize(..n), |a| {
-        usable(a) && a.uid != first.uid
-    });
-    Some(match second {
-        Some(second) => cheaper(first, second),
-        None => first,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::routing::agent::Health;
-    use crate::transport::{local_handler, Transport};
-    use std::time::Duration;
-
-    fn agent(uid: u64) -> Arc<Agent> {
-        Arc::new(Agent {
-            id: format!("agent_{uid}"),
-            uid,
-            categories: vec![ToolCategory::Code],
-            priority: 0,
-            timeout: Duration::from_secs(1),
-            max_concurrency: None,
-            transport: Transport::Local(local_handler(|_, input| async move { Ok(input) })),
-            health_url: None,
-            stats: Default::default(),
-            health: Health::default(),
-        })
-    }
-
-    fn set_active(agent: &Agent, n: u64) {
-        agent.stats.active.store(n, Ordering::Release);
-    }
-
-    fn pick(index: &LoadIndex, exclude: &[u64]) -> Option<u64> {
-        index.least_loaded(exclude).map(|a| a.uid)
-    }
-
-    #[test]
-    fn load_index_orders_by_in_flight_then_by_last_refiled() {
-        let agents: Vec<_> = (0..4).map(agent).collect();
-        let mut index = LoadIndex::default();
-        for a in &agents {
-            index.insert(a);
-        }
-        assert_eq!(pick(&index, &[]), Some(0));
-        // Claims move agents up a level; equal loads rotate in refile order.
-        for (a, load) in agents.iter().zip([2, 1, 1, 3]) {
-            set_active(a, load);
-            index.touch(a);
-        }
-        assert_eq!(pick(&index, &[]), Some(1));
-        assert_eq!(pick(&index, &[1]), Some(2));
-        index.touch(&agents[1]);
-        assert_eq!(pick(&index, &[]), Some(2), "agent 1 was refiled last");
-        assert_eq!(pick(&index, &[1, 2]), Some(0));
-        assert_eq!(pick(&index, &[0, 1, 2]), Some(3));
-        assert_eq!(pick(&index, &[0, 1, 2, 3]), None);
-        // A release moves it back down.
-        set_active(&agents[3], 0);
-        index.touch(&agents[3]);
-        assert_eq!(pick(&index, &[]), Some(3));
-    }
-
-    #[test]
-    fn load_index_forgets_removed_agents_and_reuses_their_slots() {
-        let agents: Vec<_> = (0..3).map(agent).collect();
-        let mut index = LoadIndex::default();
-        for a in &agents {
-            index.insert(a);
-        }
-        index.remove(0);
-        index.remove(0);
-        assert_eq!(pick(&index, &[]), Some(1));
-        index.touch(&agents[0]);
-        assert_eq!(
-            pick(&index, &[1, 2]),
-            None,
-            "touching a removed agent re-adds nothing"
-        );
-        let newcomer = agent(7);
-        index.insert(&newcomer);
-        assert_eq!(index.slots.len(), 3, "the freed slot was reused");
-        assert_eq!(pick(&index, &[1, 2]), Some(7));
-        // Re-inserting a present agent does not duplicate it.
-        index.insert(&agents[1]);
-        index.remove(1);
-        assert_eq!(pick(&index, &[2, 7]), None);
     }
 }

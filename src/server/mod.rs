@@ -88,6 +88,7 @@ impl From<Error> for ApiError {
             Error::UnknownAgent(_) => (StatusCode::NOT_FOUND, "unknown_agent"),
             Error::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            Error::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -149,8 +149,29 @@ impl Transaction {
         if self.staged.is_empty() {
             return Ok(());
         }
-        self.db.commit_staged(self.staged, self.read_set)
+        self.db
+            .commit_staged(self.staged, self.read_set, Checks::BeforeAndAfter)
     }
+
+    /// Commits bookkeeping the store must not lose (a dispatch's outcome):
+    /// before-hooks and rate limits are not consulted, after-hooks observe
+    /// the write as usual.
+    pub(crate) fn commit_bookkeeping(self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .commit_staged(self.staged, self.read_set, Checks::AfterOnly)
+    }
+}
+
+/// Which hooks a commit runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    /// Before-hooks and rate limits may refuse; after-hooks observe.
+    BeforeAndAfter,
+    /// Only after-hooks observe: for bookkeeping that must not be lost.
+    AfterOnly,
 }
 
 const STRIPES: usize = 64;
@@ -188,11 +209,15 @@ impl Database {
         &self,
         staged: Vec<Staged>,
         read_set: Vec<(String, Option<Vec<u8>>)>,
+        checks: Checks,
     ) -> Result<()> {
         let chain = &self.inner.chain;
-        let mut checked = Vec::with_capacity(staged.len());
+        let (mut checked, unchecked) = match checks {
+            Checks::BeforeAndAfter => (Vec::with_capacity(staged.len()), staged),
+            Checks::AfterOnly => (staged, Vec::new()),
+        };
         let mut decisions = Vec::new();
-        for op in staged {
+        for op in unchecked {
             let mut verdict = chain.run(Phase::Before, op.op, &op.key, op.value, &op.ctx);
             decisions.append(&mut verdict.decisions);
             match verdict.value {
@@ -208,16 +233,20 @@ impl Database {
                 }
             }
         }
-        let reservation =
-            match chain.reserve(checked.iter().map(|s| (s.op, s.key.as_str(), &s.ctx))) {
-                Ok(reservation) => reservation,
-                Err(refusal) => {
-                    let (e, decision) = *refusal;
-                    decisions.push(decision);
-                    self.record_decisions(decisions);
-                    return Err(e);
+        let reservation = match checks {
+            Checks::AfterOnly => None,
+            Checks::BeforeAndAfter => {
+                match chain.reserve(checked.iter().map(|s| (s.op, s.key.as_str(), &s.ctx))) {
+                    Ok(reservation) => Some(reservation),
+                    Err(refusal) => {
+                        let (e, decision) = *refusal;
+                        decisions.push(decision);
+                        self.record_decisions(decisions);
+                        return Err(e);
+                    }
                 }
-            };
+            }
+        };
         let mut batch = WriteBatch::default();
         for op in &checked {
             match &op.value {
@@ -246,7 +275,9 @@ impl Database {
         self.inner
             .rocks
             .write_opt(batch, &self.inner.write_options)?;
-        reservation.commit();
+        if let Some(reservation) = reservation {
+            reservation.commit();
+        }
         for op in &checked {
             cached.committed(&op.key, op.value.as_deref());
         }

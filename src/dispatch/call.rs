@@ -1,0 +1,320 @@
+//! One `invoke` in progress: the explicit failover loop. Each turn chooses a
+//! candidate (routing), writes the intent (record), calls the agent through
+//! the per-attempt layers (transport), and asks `decide` what comes next.
+
+use super::decide::{after_attempt, Step};
+use super::record::Record;
+use super::{route, Inner, InvocationResult, RoutingOptions, ToolDispatcher};
+use crate::error::{Error, Result};
+use crate::namespace::{
+    new_invocation_id, now_ms, AttemptOutcome, DispatchRecord, DispatchStatus, ToolCategory,
+};
+use crate::policy::{keys, OperationKind, PolicyContext};
+use crate::routing::affinity::Candidate;
+use crate::routing::agent::Agent;
+use crate::transport::layers::attempt;
+use crate::transport::{Failure, WireRequest};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One `invoke` in progress.
+pub(super) struct Call<'a> {
+    dispatcher: &'a ToolDispatcher,
+    category: ToolCategory,
+    input: serde_json::Value,
+    options: RoutingOptions,
+    record: Record,
+    /// Agents (by registration uid) already chosen in this call.
+    tried: Vec<u64>,
+    denials: Vec<String>,
+    /// The last retryable failure and the agent it came from.
+    last_failure: Option<(Failure, Arc<Agent>)>,
+    /// The last rate limit that refused a candidate.
+    rate_limited: Option<Error>,
+    calls_made: u32,
+    /// The last agent actually called: the outcome belongs to it.
+    called: Option<Arc<Agent>>,
+    started: Instant,
+}
+
+impl<'a> Call<'a> {
+    pub(super) fn new(
+        dispatcher: &'a ToolDispatcher,
+        tool: &str,
+        category: ToolCategory,
+        input: serde_json::Value,
+        options: RoutingOptions,
+    ) -> Self {
+        let record = DispatchRecord {
+            invocation_id: new_invocation_id(),
+            tool: tool.to_string(),
+            category: category.clone(),
+            agent_id: None,
+            session_id: options.session_id.clone(),
+            strategy: options.strategy,
+            status: DispatchStatus::InFlight,
+            attempts: Vec::new(),
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+            latency_ms: None,
+            error: None,
+        };
+        Call {
+            dispatcher,
+            record: Record::new(record),
+            category,
+            input,
+            options,
+            tried: Vec::new(),
+            denials: Vec::new(),
+            last_failure: None,
+            rate_limited: None,
+            calls_made: 0,
+            called: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn inner(&self) -> &'a Inner {
+        &self.dispatcher.inner
+    }
+
+    /// The policy context of this call's writes; `action` is `dispatch` for
+    /// the record written before an agent is called, `outcome` after.
+    fn context(&self, agent_id: Option<&str>, action: OperationKind) -> PolicyContext {
+        let record = &self.record.value;
+        let mut ctx = PolicyContext::with_capacity(7);
+        if let Some(agent_id) = agent_id {
+            ctx.insert_static(keys::AGENT_ID, agent_id);
+        }
+        ctx.set_operation(action);
+        ctx.insert_static(keys::TOOL, record.tool.as_str());
+        ctx.insert_static(keys::CATEGORY, self.category.as_str());
+        if let Some(session) = &self.options.session_id {
+            ctx.insert_static(keys::SESSION_ID, session.as_str());
+        }
+        ctx.insert_static(keys::INVOCATION_ID, record.invocation_id.as_str());
+        ctx.insert_static(keys::STRATEGY, self.options.strategy.as_str());
+        ctx
+    }
+
+    pub(super) async fn run(mut self) -> Result<InvocationResult> {
+        let inner = self.inner();
+        loop {
+            let session_lock = self
+                .options
+                .session_id
+                .as_deref()
+                .map(|s| inner.affinity.session_lock(s).lock());
+            let choice = inner
+                .affinity
+                .choose(&route(&self.category, &self.options), &self.tried)?;
+            let Some(Candidate { lease, binding }) = choice else {
+                break;
+            };
+            let agent = lease.agent.clone();
+            self.tried.push(agent.uid);
+            let ctx = self.context(Some(&agent.id), OperationKind::Dispatch);
+            self.record.begin_attempt(&agent.id);
+            let binding = self.options.session_id.as_deref().zip(binding.as_ref());
+            let intent = self.record.write_intent(&inner.db, &ctx, binding);
+            // The binding (if any) is committed; other calls of this session may
+            // now read it.
+            drop(session_lock);
+            let refused = match intent {
+                Ok(()) => None,
+                Err(Error::PolicyDenied { reason, .. }) => {
+                    tracing::debug!(agent_id = %agent.id, %reason, "candidate denied by policy");
+                    self.denials.push(format!("{}: {reason}", agent.id));
+                    Some((AttemptOutcome::Denied, reason))
+                }
+                Err(limited @ Error::RateLimited { .. }) => {
+                    tracing::debug!(agent_id = %agent.id, error = %limited, "candidate rate limited");
+                    let message = limited.to_string();
+                    self.rate_limited = Some(limited);
+                    Some((AttemptOutcome::RateLimited, message))
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some((outcome, reason)) = refused {
+                self.record
+                    .end_attempt(outcome, Duration::ZERO, Some(reason));
+                match after_attempt(outcome, self.calls_made, self.options.max_attempts) {
+                    Step::NextAgent => continue,
+                    Step::Return | Step::GiveUp => break,
+                }
+            }
+            self.calls_made += 1;
+            self.called = Some(agent.clone());
+            let request = WireRequest {
+                invocation_id: &self.record.value.invocation_id,
+                tool: &self.record.value.tool,
+                category: self.category.as_str(),
+                input: &self.input,
+                session_id: self.options.session_id.as_deref(),
+            };
+            let health = inner.health.read().clone();
+            let (outcome, latency) = attempt(
+                &inner.callers,
+                &inner.registry,
+                health.as_ref(),
+                &agent,
+                request,
+            )
+            .await;
+            drop(lease);
+            let (kind, error) = match &outcome {
+                Ok(_) => (AttemptOutcome::Succeeded, None),
+                Err(failure) => (failure.outcome(), Some(failure.message(agent.timeout))),
+            };
+            self.record.end_attempt(kind, latency, error.clone());
+            match after_attempt(kind, self.calls_made, self.options.max_attempts) {
+                Step::Return => {
+                    return match outcome {
+                        Ok(output) => {
+                            self.finish(DispatchStatus::Succeeded, None).await?;
+                            Ok(InvocationResult {
+                                invocation_id: self.record.value.invocation_id.clone(),
+                                agent_id: agent.id.clone(),
+                                output,
+                                attempts: self.calls_made,
+                                latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+                            })
+                        }
+                        Err(failure) => {
+                            self.finish(DispatchStatus::Failed, error).await?;
+                            Err(failure.into_error(&agent.id, agent.timeout))
+                        }
+                    };
+                }
+                Step::NextAgent | Step::GiveUp => {
+                    if let Err(failure) = outcome {
+                        tracing::debug!(agent_id = %agent.id, error = ?error, "retryable failure");
+                        self.last_failure = Some((failure, agent));
+                    }
+                    if after_attempt(kind, self.calls_made, self.options.max_attempts)
+                        == Step::GiveUp
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(self.give_up().await)
+    }
+
+    /// Writes the outcome, for the agent actually called. A storage failure
+    /// is retried; if it persists it is counted in that agent's metrics and
+    /// returned (the call's own result cannot be vouched for in the store).
+    async fn finish(&mut self, status: DispatchStatus, error: Option<String>) -> Result<()> {
+        const TRIES: u32 = 3;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.write_outcome(status, error.clone()) {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < TRIES => {
+                    tracing::warn!(key = %self.record.key, error = %e, "could not write the dispatch outcome; retrying");
+                    tokio::time::sleep(Duration::from_millis(10 << tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(key = %self.record.key, error = %e, "could not write the dispatch outcome");
+                    self.record.finished = true;
+                    if let Some(agent) = &self.called {
+                        agent
+                            .stats
+                            .outcome_write_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn write_outcome(&mut self, status: DispatchStatus, error: Option<String>) -> Result<()> {
+        let called = self.called.as_ref().map(|a| a.id.clone());
+        if called.is_some() {
+            self.record.value.agent_id = called.clone();
+        }
+        let ctx = self.context(called.as_deref(), OperationKind::Outcome);
+        let db = &self.dispatcher.inner.db;
+        let elapsed = self.started.elapsed();
+        self.record.write_outcome(db, &ctx, status, error, elapsed)
+    }
+
+    /// Ends a call that found no agent to succeed on, recording why.
+    async fn give_up(mut self) -> Error {
+        let category = self.category.to_string();
+        let error = if let Some((failure, agent)) = self.last_failure.take() {
+            failure.into_error(&agent.id, agent.timeout)
+        } else if !self.denials.is_empty() {
+            Error::PolicyDenied {
+                key: self.record.key.clone(),
+                reason: format!("every candidate was denied: {}", self.denials.join("; ")),
+            }
+        } else if let Some(limited) = self.rate_limited.take() {
+            limited
+        } else if !self.inner().registry.any_serves(&self.category) {
+            Error::NoAgentAvailable {
+                category,
+                reason: "no agent is registered for it".into(),
+            }
+        } else {
+            Error::NoAgentAvailable {
+                category,
+                reason: "every agent serving it is unhealthy, busy, or not bound in this process"
+                    .into(),
+            }
+        };
+        // Only a call that reached some agent has a record to finish.
+        match self
+            .finish(DispatchStatus::Failed, Some(error.to_string()))
+            .await
+        {
+            Ok(()) => error,
+            Err(storage) => storage,
+        }
+    }
+}
+
+/// A call dropped by its caller (its future) before it finished: the record
+/// is marked cancelled and the agent's metrics count it. The lease, dropped
+/// with the future, frees the agent's load.
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.record.written || self.record.finished {
+            return;
+        }
+        if self
+            .record
+            .value
+            .attempts
+            .last()
+            .is_some_and(|a| a.outcome == AttemptOutcome::InFlight)
+        {
+            self.record.end_attempt(
+                AttemptOutcome::Cancelled,
+                self.started.elapsed(),
+                Some("the caller dropped the call".into()),
+            );
+        }
+        if let Some(agent) = &self.called {
+            agent
+                .stats
+                .cancelled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        for _ in 0..3 {
+            match self.write_outcome(
+                DispatchStatus::Cancelled,
+                Some("the caller dropped the call before it finished".into()),
+            ) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(key = %self.record.key, error = %e, "could not mark a dropped call cancelled")
+                }
+            }
+        }
+    }
+}

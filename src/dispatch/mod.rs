@@ -1,0 +1,323 @@
+//! Dispatch: the public face of Switchboard. This file owns the
+//! [`ToolDispatcher`] façade (registration, metrics, health-check lifecycle,
+//! `invoke`'s validation) and the call options and result types.
+//!
+//! - `call`: one `invoke` in progress, the explicit failover loop;
+//! - `decide`: the one function that says what happens after an attempt;
+//! - `record`: the dispatch record's writes (intent, outcome);
+//! - `recover`: marking dispatches a previous process left in flight.
+//!
+//! One `invoke`, as writes:
+//!
+//! 1. routing picks a candidate (the session's bound agent first);
+//! 2. the dispatch record (plus the in-flight index entry and any session
+//!    binding) commits with the candidate's `agent_id` in the policy context;
+//!    a Deny moves on to the next candidate;
+//! 3. the agent is called; a retryable failure fails over to another
+//!    candidate, never one already tried, up to `max_attempts` calls;
+//! 4. the outcome is written to the same record and the in-flight entry is
+//!    removed in one transaction; after-hooks run.
+
+mod call;
+mod decide;
+mod record;
+mod recover;
+
+pub use recover::recover_interrupted;
+
+use crate::error::{Error, Result};
+use crate::namespace::{validate_id, ToolCategory};
+use crate::routing::affinity::{Affinity, Route};
+use crate::routing::health::{self, HealthCheckConfig, HealthTask, Probe};
+use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, ToolRouter};
+use crate::storage::Database;
+use crate::transport::http::{build_client, HttpProbe};
+use crate::transport::{local_handler, Callers, ToolError};
+use call::Call;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Agent calls one `invoke` makes at most, unless configured otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// How to route one call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingOptions {
+    pub strategy: RoutingStrategy,
+    pub session_id: Option<String>,
+    /// Agent calls to make at most (failovers included); at least 1.
+    pub max_attempts: u32,
+}
+
+impl Default for RoutingOptions {
+    fn default() -> Self {
+        RoutingOptions {
+            strategy: RoutingStrategy::default(),
+            session_id: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+impl RoutingOptions {
+    /// Round robin, no session, 3 attempts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_strategy(mut self, strategy: RoutingStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Binds the call to a session: its agent serves every call of the session
+    /// while healthy.
+    pub fn with_session_id(mut self, session_id: impl Into<String>) -> Self {
+        self.session_id = Some(session_id.into());
+        self
+    }
+
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+}
+
+/// What a successful `invoke` returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InvocationResult {
+    pub invocation_id: String,
+    pub agent_id: String,
+    pub output: serde_json::Value,
+    /// Agent calls made (1 unless it failed over).
+    pub attempts: u32,
+    pub latency_ms: f64,
+}
+
+struct Inner {
+    db: Database,
+    registry: Arc<AgentRegistry>,
+    affinity: Affinity,
+    callers: Callers,
+    probe: Arc<dyn Probe>,
+    health: RwLock<Option<HealthCheckConfig>>,
+    /// The running background health task; replacing or dropping it stops it.
+    health_task: Mutex<Option<HealthTask>>,
+}
+
+/// Routes tool invocations to agents. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct ToolDispatcher {
+    inner: Arc<Inner>,
+}
+
+impl ToolDispatcher {
+    /// A dispatcher over `db`: loads persisted registrations and marks
+    /// dispatches left in flight by a previous process as interrupted.
+    /// Problems are logged; use [`try_new`](Self::try_new) to get them as errors.
+    pub fn new(db: Database) -> Self {
+        match Self::try_new(db.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "could not load persisted state; starting with no agents");
+                Self::build(db, |db, router| Ok(AgentRegistry::empty(db, router)))
+                    .expect("building an empty registry cannot fail")
+            }
+        }
+    }
+
+    /// Like [`new`](Self::new), but fails if stored state cannot be read.
+    pub fn try_new(db: Database) -> Result<Self> {
+        let recovered = recover_interrupted(&db)?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "marked dispatches left in flight by the last process as interrupted"
+            );
+        }
+        Self::build(db, AgentRegistry::load)
+    }
+
+    fn build(
+        db: Database,
+        load: impl FnOnce(Database, Arc<ToolRouter>) -> Result<AgentRegistry>,
+    ) -> Result<Self> {
+        let router = Arc::new(ToolRouter::new());
+        let registry = Arc::new(load(db.clone(), router.clone())?);
+        let client = build_client()?;
+        Ok(ToolDispatcher {
+            inner: Arc::new(Inner {
+                affinity: Affinity::new(db.clone(), registry.clone(), router),
+                db,
+                registry,
+                probe: Arc::new(HttpProbe(client.clone())),
+                callers: Callers::new(client),
+                health: RwLock::new(None),
+                health_task: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The database it writes to.
+    pub fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// The registry (registrations and their records).
+    pub fn registry(&self) -> &AgentRegistry {
+        &self.inner.registry
+    }
+
+    /// Registers an HTTP agent; an existing id is replaced.
+    pub fn register_agent(&self, agent_id: &str, config: AgentConfig) -> Result<()> {
+        self.inner.registry.register(agent_id, config)
+    }
+
+    /// Registers an in-process agent serving `tools`; an existing id is replaced.
+    pub fn register_local_agent<F, Fut>(
+        &self,
+        agent_id: &str,
+        tools: Vec<ToolCategory>,
+        handler: F,
+    ) -> Result<()>
+    where
+        F: Fn(String, serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<serde_json::Value, ToolError>> + Send + 'static,
+    {
+        self.register_local_agent_with(agent_id, AgentConfig::new().with_tools(tools), handler)
+    }
+
+    /// Registers an in-process agent with a full configuration (its endpoint,
+    /// if any, is ignored).
+    pub fn register_local_agent_with<F, Fut>(
+        &self,
+        agent_id: &str,
+        config: AgentConfig,
+        handler: F,
+    ) -> Result<()>
+    where
+        F: Fn(String, serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<serde_json::Value, ToolError>> + Send + 'static,
+    {
+        let inner = &self.inner;
+        // Bound before the agent is routable, so no call finds it unbound.
+        let uid = inner.registry.reserve_uid();
+        inner.callers.bind_local(uid, local_handler(handler));
+        let result = inner.registry.register_local(agent_id, config, uid);
+        self.forget_replaced_handlers();
+        result
+    }
+
+    /// Removes an agent.
+    pub fn unregister_agent(&self, agent_id: &str) -> Result<()> {
+        let result = self.inner.registry.unregister(agent_id);
+        self.forget_replaced_handlers();
+        result
+    }
+
+    fn forget_replaced_handlers(&self) {
+        let registry = &self.inner.registry;
+        self.inner
+            .callers
+            .retain_local(|uid| registry.is_current(uid));
+    }
+
+    /// Every registered agent id, sorted.
+    pub fn list_agents(&self) -> Vec<String> {
+        self.inner.registry.list()
+    }
+
+    /// Per-agent metrics.
+    pub fn get_metrics(&self) -> HashMap<String, AgentMetrics> {
+        self.inner.registry.metrics()
+    }
+
+    /// Starts (or reconfigures) health checking: HTTP agents are probed every
+    /// interval, and consecutive invocation failures mark agents unhealthy.
+    /// Runs on the current tokio runtime, or on its own thread outside one.
+    pub fn enable_health_checks(&self, config: HealthCheckConfig) {
+        *self.inner.health.write() = Some(config.clone());
+        let task = HealthTask::start(
+            Arc::downgrade(&self.inner.registry),
+            self.inner.probe.clone(),
+            config,
+        );
+        // The previous task (if any) stops when its guard is dropped here.
+        *self.inner.health_task.lock() = Some(task);
+    }
+
+    /// Stops health checking; agents keep their current health.
+    pub fn disable_health_checks(&self) {
+        *self.inner.health.write() = None;
+        self.inner.health_task.lock().take();
+    }
+
+    /// Runs one round of health probes now (what the background task does
+    /// every interval). Does nothing unless health checks are enabled.
+    pub async fn check_health_now(&self) {
+        let config = self.inner.health.read().clone();
+        if let Some(config) = config {
+            health::check_round(&self.inner.registry, &self.inner.probe, &config).await;
+        }
+    }
+
+    /// Routes one tool call to an agent and returns its output.
+    ///
+    /// Runs on a tokio runtime with time and I/O enabled (`enable_all()`):
+    /// every call runs under its agent's timeout, and HTTP agents need the
+    /// I/O driver.
+    pub async fn invoke(
+        &self,
+        tool: &str,
+        category: ToolCategory,
+        input: serde_json::Value,
+        options: RoutingOptions,
+    ) -> Result<InvocationResult> {
+        validate_id("tool name", tool)?;
+        category.validate()?;
+        if let Some(session) = &options.session_id {
+            validate_id("session id", session)?;
+        }
+        if options.strategy == RoutingStrategy::Sticky && options.session_id.is_none() {
+            return Err(Error::invalid(
+                "the sticky strategy needs a session id; add with_session_id(..)",
+            ));
+        }
+        if options.max_attempts == 0 {
+            return Err(Error::invalid("max_attempts must be at least 1"));
+        }
+        Call::new(self, tool, category, input, options).run().await
+    }
+
+    /// The agent a call with these options would be routed to now, without
+    /// calling it or writing anything (the session binding is read, not
+    /// written). `None` if no agent is available.
+    pub fn select_agent(
+        &self,
+        category: &ToolCategory,
+        options: &RoutingOptions,
+    ) -> Result<Option<String>> {
+        category.validate()?;
+        if let Some(session) = &options.session_id {
+            validate_id("session id", session)?;
+        }
+        Ok(self
+            .inner
+            .affinity
+            .choose(&route(category, options), &[])?
+            .map(|c| c.lease.agent.id.clone()))
+    }
+}
+
+/// What routing needs to know of a call with these options.
+fn route<'a>(category: &'a ToolCategory, options: &'a RoutingOptions) -> Route<'a> {
+    Route {
+        category,
+        strategy: options.strategy,
+        session_id: options.session_id.as_deref(),
+    }
+}

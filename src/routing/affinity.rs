@@ -1,0 +1,142 @@
+//! Session affinity: which agent a call of a session goes to. The binding
+//! under `sessions/{id}` is read here, kept while its agent can serve, and
+//! replaced (bind / rebind) when it cannot; the new binding is returned for
+//! the dispatcher to commit with the call's record. Racing first calls of
+//! one session are serialised by a striped lock.
+
+use super::agent::Agent;
+use super::registry::AgentRegistry;
+use super::router::{Lease, ToolRouter};
+use super::strategy::RoutingStrategy;
+use crate::error::Result;
+use crate::namespace::{now_ms, session_key, SessionRecord, ToolCategory};
+use crate::storage::Database;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+const SESSION_STRIPES: usize = 64;
+
+/// A chosen agent and, when the session binding must be (re)written, the new binding.
+pub(crate) struct Candidate {
+    pub(crate) lease: Lease,
+    pub(crate) binding: Option<SessionRecord>,
+}
+
+/// What the routing of one call needs to know.
+pub(crate) struct Route<'a> {
+    pub(crate) category: &'a ToolCategory,
+    pub(crate) strategy: RoutingStrategy,
+    pub(crate) session_id: Option<&'a str>,
+}
+
+/// Chooses agents for calls, honouring session bindings.
+pub(crate) struct Affinity {
+    db: Database,
+    registry: Arc<AgentRegistry>,
+    router: Arc<ToolRouter>,
+    locks: Vec<Mutex<()>>,
+}
+
+impl Affinity {
+    pub(crate) fn new(db: Database, registry: Arc<AgentRegistry>, router: Arc<ToolRouter>) -> Self {
+        Affinity {
+            db,
+            registry,
+            router,
+            locks: (0..SESSION_STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// The lock that serialises choosing and binding for one session.
+    pub(crate) fn session_lock(&self, session_id: &str) -> &Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        session_id.hash(&mut hasher);
+        &self.locks[hasher.finish() as usize % SESSION_STRIPES]
+    }
+
+    fn select(&self, route: &Route<'_>, tried: &[u64]) -> Option<Lease> {
+        let strategy = match route.strategy {
+            RoutingStrategy::Sticky => RoutingStrategy::LeastLoaded,
+            other => other,
+        };
+        self.router.select(route.category, strategy, tried)
+    }
+
+    fn binding(&self, session_id: &str) -> Result<Option<SessionRecord>> {
+        Ok(match self.db.get_unjudged(&session_key(session_id))? {
+            Some(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(binding) => Some(binding),
+                Err(e) => {
+                    tracing::warn!(session_id, error = %e, "session binding does not decode; rebinding");
+                    None
+                }
+            },
+            None => None,
+        })
+    }
+
+    /// The next agent to try: the session's bound agent if it can serve,
+    /// else one chosen by the strategy, never one in `tried`. `None` when
+    /// every candidate is used up. Also says whether the session binding must
+    /// be (re)written.
+    pub(crate) fn choose(&self, route: &Route<'_>, tried: &[u64]) -> Result<Option<Candidate>> {
+        let unbound = |lease| Candidate {
+            lease,
+            binding: None,
+        };
+        let Some(session_id) = route.session_id else {
+            return Ok(self.select(route, tried).map(unbound));
+        };
+        let existing = self.binding(session_id)?;
+        let now = now_ms();
+        let bind = |lease: Lease, created_at_ms: u64| {
+            let binding = SessionRecord {
+                agent_id: lease.agent.id.clone(),
+                category: route.category.clone(),
+                created_at_ms,
+                last_used_ms: now,
+            };
+            Candidate {
+                lease,
+                binding: Some(binding),
+            }
+        };
+        let Some(existing) = existing else {
+            return Ok(self.select(route, tried).map(|lease| bind(lease, now)));
+        };
+        let bound: Option<Arc<Agent>> = self.registry.live(&existing.agent_id);
+        Ok(match bound {
+            // The session's agent does not do this kind of work: route this
+            // call freely and leave the binding for the calls it serves.
+            Some(agent) if !agent.serves(route.category) => self.select(route, tried).map(unbound),
+            Some(agent) if agent.is_healthy() => {
+                if tried.contains(&agent.uid) {
+                    // Failing over from the bound agent within one call: the
+                    // binding stays unless health checks decide otherwise.
+                    self.select(route, tried).map(unbound)
+                } else {
+                    match self.router.lease(&agent) {
+                        Some(lease) => {
+                            let binding = SessionRecord {
+                                last_used_ms: now,
+                                ..existing
+                            };
+                            Some(Candidate {
+                                lease,
+                                binding: Some(binding),
+                            })
+                        }
+                        // At capacity: serve this call elsewhere, keep the binding.
+                        None => self.select(route, tried).map(unbound),
+                    }
+                }
+            }
+            // Removed, not bound in this process, or unhealthy: replace the
+            // agent and rewrite the binding.
+            _ => self
+                .select(route, tried)
+                .map(|lease| bind(lease, existing.created_at_ms)),
+        })
+    }
+}

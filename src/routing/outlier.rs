@@ -1,0 +1,136 @@
+//! Outlier state of one agent: consecutive failures and successes, ejection
+//! (marked unhealthy, out of the routing pools) and re-admission, and the
+//! pause an agent asked for with `Retry-After`.
+//!
+//! Invocation results (passive) and probe results (active) both feed the same
+//! counters here; [`AgentRegistry::set_health`] applies a verdict to the
+//! router and the store.
+
+use super::agent::Agent;
+use super::health::HealthCheckConfig;
+use super::registry::AgentRegistry;
+use crate::namespace::now_ms;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Health as tracked in memory; the record in the store follows it.
+#[derive(Default)]
+pub(crate) struct Health {
+    pub(crate) unhealthy: AtomicBool,
+    pub(crate) consecutive_failures: AtomicU32,
+    pub(crate) consecutive_successes: AtomicU32,
+    /// Milliseconds since the epoch when it was last marked unhealthy.
+    pub(crate) unhealthy_since_ms: AtomicU64,
+    /// No new calls before this time (ms since the epoch; 0 = none), set from `Retry-After`.
+    pub(crate) paused_until_ms: AtomicU64,
+}
+
+impl Health {
+    /// Whether a `Retry-After` pause is running now.
+    pub(crate) fn is_paused(&self) -> bool {
+        let until = self.paused_until_ms.load(Ordering::Acquire);
+        until != 0 && now_ms() < until
+    }
+
+    /// Honours an agent's `Retry-After`: no new calls until it has passed.
+    pub(crate) fn pause_for(&self, pause: Duration) {
+        let until = now_ms() + pause.as_millis() as u64;
+        self.paused_until_ms.fetch_max(until, Ordering::AcqRel);
+    }
+}
+
+/// What one invocation that reached the agent says about its health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Observation {
+    /// It answered (with output or with the tool's own error).
+    Answered,
+    /// It failed in a way that counts against it (5xx, timeout, bad answer).
+    Failed,
+    /// It asked to be left alone for a while (429/503 with `Retry-After`):
+    /// back-pressure, neither a success nor a failure.
+    BackPressure,
+}
+
+/// Passive marking: called after every invocation that reached the agent.
+pub(crate) fn observe_invocation(
+    registry: &AgentRegistry,
+    config: &HealthCheckConfig,
+    agent: &Arc<Agent>,
+    seen: Observation,
+) {
+    match seen {
+        Observation::BackPressure => {}
+        Observation::Answered => {
+            agent
+                .health
+                .consecutive_failures
+                .store(0, Ordering::Release);
+            if !agent.is_healthy() {
+                registry.set_health(agent, true, "an invocation succeeded");
+            }
+        }
+        Observation::Failed => {
+            agent
+                .health
+                .consecutive_successes
+                .store(0, Ordering::Release);
+            let failures = agent
+                .health
+                .consecutive_failures
+                .fetch_add(1, Ordering::AcqRel)
+                + 1;
+            if failures >= config.unhealthy_threshold && agent.is_healthy() {
+                registry.set_health(
+                    agent,
+                    false,
+                    &format!("{failures} invocations in a row failed"),
+                );
+            }
+        }
+    }
+}
+
+/// Active marking: called with each probe's result.
+pub(crate) fn observe_probe(
+    registry: &AgentRegistry,
+    config: &HealthCheckConfig,
+    agent: &Arc<Agent>,
+    ok: bool,
+) {
+    let health = &agent.health;
+    if ok {
+        health.consecutive_failures.store(0, Ordering::Release);
+        let successes = health.consecutive_successes.fetch_add(1, Ordering::AcqRel) + 1;
+        if !agent.is_healthy() && successes >= config.healthy_threshold {
+            registry.set_health(
+                agent,
+                true,
+                &format!("{successes} probes in a row succeeded"),
+            );
+        }
+    } else {
+        health.consecutive_successes.store(0, Ordering::Release);
+        let failures = health.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if agent.is_healthy() && failures >= config.unhealthy_threshold {
+            registry.set_health(agent, false, &format!("{failures} probes in a row failed"));
+        }
+    }
+}
+
+/// A local agent has no probe: one ejected for an interval is let back for a
+/// trial call (half-open), and one more failure ejects it again.
+pub(crate) fn readmit_for_trial(
+    registry: &AgentRegistry,
+    config: &HealthCheckConfig,
+    agent: &Arc<Agent>,
+) {
+    let since = agent.health.unhealthy_since_ms.load(Ordering::Acquire);
+    if !agent.is_healthy() && now_ms().saturating_sub(since) >= config.interval.as_millis() as u64 {
+        agent.health.consecutive_failures.store(
+            config.unhealthy_threshold.saturating_sub(1),
+            Ordering::Release,
+        );
+        registry.set_health(agent, true, "trial after one health-check interval");
+    }
+}

@@ -1,0 +1,178 @@
+//! The HTTP agent protocol: `POST {endpoint}` with the wire request, the
+//! answer classified into output, the tool's own error, or a retryable agent
+//! failure (with `Retry-After` read on 429/503); the health probe; and the
+//! construction of the one HTTP client a dispatcher uses.
+
+use super::{Failure, WireRequest, MAX_RESPONSE_BYTES};
+use crate::error::{Error, Result};
+use crate::routing::health::Probe;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Builds the HTTP client every agent call and probe of one dispatcher shares.
+pub(crate) fn build_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| Error::internal("cannot build the HTTP client", e))
+}
+
+/// Runs one HTTP call to completion.
+pub(crate) async fn call(
+    client: &reqwest::Client,
+    endpoint: &reqwest::Url,
+    request: WireRequest<'_>,
+) -> Result<serde_json::Value, Failure> {
+    let body = serde_json::to_vec(&request)
+        .map_err(|e| Failure::Agent(format!("cannot encode request: {e}")))?;
+    http_call(client, endpoint.clone(), body).await
+}
+
+async fn http_call(
+    client: &reqwest::Client,
+    endpoint: reqwest::Url,
+    body: Vec<u8>,
+) -> Result<serde_json::Value, Failure> {
+    let mut response = client
+        .post(endpoint)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| Failure::Agent(format!("request failed: {}", error_chain(&e))))?;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err(Failure::Agent(format!(
+                        "response larger than {MAX_RESPONSE_BYTES} bytes"
+                    )));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(Failure::Agent(format!(
+                    "response body broken off: {}",
+                    error_chain(&e)
+                )))
+            }
+        }
+    }
+    match (parse_response(status.as_u16(), &bytes), retry_after) {
+        (Err(Failure::Agent(message)), Some(retry_after))
+            if matches!(status.as_u16(), 429 | 503) =>
+        {
+            Err(Failure::Overloaded {
+                message,
+                retry_after,
+            })
+        }
+        (result, _) => result,
+    }
+}
+
+/// The longest pause an agent's `Retry-After` can ask for.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// `Retry-After` in delta-seconds (the HTTP-date form is not honoured),
+/// capped at [`MAX_RETRY_AFTER`].
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}
+
+/// Classifies an agent's answer: 2xx JSON is output, 4xx (but 408 and 429)
+/// the tool's own error, anything else a retryable agent failure.
+pub fn parse_response(status: u16, body: &[u8]) -> Result<serde_json::Value, Failure> {
+    let excerpt = || {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        if text.is_empty() {
+            "(empty body)".to_string()
+        } else {
+            text
+        }
+    };
+    match status {
+        200..=299 => serde_json::from_slice(body).map_err(|e| {
+            Failure::Agent(format!(
+                "answered {status} with a body that is not JSON ({e})"
+            ))
+        }),
+        400..=499 if status != 429 && status != 408 => {
+            Err(Failure::Tool(format!("HTTP {status}: {}", excerpt())))
+        }
+        _ => Err(Failure::Agent(format!("HTTP {status}: {}", excerpt()))),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The health probe over HTTP: any 2xx within the timeout is healthy.
+pub(crate) struct HttpProbe(pub(crate) reqwest::Client);
+
+impl Probe for HttpProbe {
+    fn probe<'a>(
+        &'a self,
+        url: &'a reqwest::Url,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            matches!(
+                tokio::time::timeout(timeout, self.0.get(url.clone()).send()).await,
+                Ok(Ok(r)) if r.status().is_success()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_classified() {
+        assert_eq!(parse_response(200, b"{\"a\":1}").unwrap()["a"], 1);
+        assert!(matches!(
+            parse_response(200, b"<html>"),
+            Err(Failure::Agent(_))
+        ));
+        assert!(matches!(
+            parse_response(200, b"{\"a\":"),
+            Err(Failure::Agent(_))
+        ));
+        assert!(
+            matches!(parse_response(404, b"no such tool"), Err(Failure::Tool(m)) if m.contains("no such tool"))
+        );
+        assert!(matches!(parse_response(429, b""), Err(Failure::Agent(_))));
+        assert!(matches!(parse_response(503, b""), Err(Failure::Agent(m)) if m.contains("503")));
+        assert!(matches!(parse_response(302, b""), Err(Failure::Agent(_))));
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! Transport: how one agent is called. Knows nothing of storage; reads
+//! routing's agents (identity, endpoint, state) to call them.
+//!
+//! - `mod.rs`: [`ToolError`], [`Failure`] (how a call ended), the wire
+//!   request, and [`Callers`] (the per-agent caller, keyed by registration uid);
+//! - `local`: in-process handlers; `http`: the HTTP agent protocol, the
+//!   client's construction and the health probe;
+//! - `layers`: per-attempt concerns wrapped around one call (timeout,
+//!   `Retry-After` back-pressure, latency/load tracking, passive health).
+
+pub(crate) mod http;
+pub(crate) mod layers;
+pub(crate) mod local;
+
+use crate::error::{Error, Result};
+use crate::namespace::AttemptOutcome;
+use crate::routing::agent::Agent;
+use crate::routing::endpoint::Endpoint;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+pub use http::parse_response;
+pub(crate) use local::{local_handler, LocalHandler};
+
+/// The largest agent response body accepted.
+pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
+
+/// A tool's own failure, returned by a local handler.
+///
+/// By default it is final: the caller gets it as [`Error::ToolFailed`] and no
+/// other agent is tried. [`ToolError::retryable`] marks a failure of the agent
+/// rather than of the request, which fails over like an HTTP 5xx.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolError {
+    message: String,
+    retryable: bool,
+}
+
+impl ToolError {
+    /// A final tool error.
+    pub fn new(message: impl Into<String>) -> Self {
+        ToolError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// An agent failure worth retrying on another agent.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        ToolError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether another agent should be tried.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ToolError {}
+
+impl From<&str> for ToolError {
+    fn from(s: &str) -> Self {
+        ToolError::new(s)
+    }
+}
+
+impl From<String> for ToolError {
+    fn from(s: String) -> Self {
+        ToolError::new(s)
+    }
+}
+
+/// How a call that did not succeed ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    /// The tool's own error (local `ToolError`, HTTP 4xx): final.
+    Tool(String),
+    /// The agent could not answer properly (5xx, bad body, connection, panic).
+    Agent(String),
+    /// No answer within the timeout.
+    Timeout,
+    /// 429 or 503 with `Retry-After`: the agent asked not to be called for a while.
+    Overloaded {
+        message: String,
+        retry_after: Duration,
+    },
+}
+
+impl Failure {
+    /// Whether another agent should be tried.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Failure::Tool(_))
+    }
+
+    pub(crate) fn outcome(&self) -> AttemptOutcome {
+        match self {
+            Failure::Tool(_) => AttemptOutcome::ToolError,
+            Failure::Agent(_) => AttemptOutcome::Failed,
+            Failure::Timeout => AttemptOutcome::Timeout,
+            Failure::Overloaded { .. } => AttemptOutcome::Overloaded,
+        }
+    }
+
+    pub(crate) fn into_error(self, agent_id: &str, timeout: Duration) -> Error {
+        let agent_id = agent_id.to_string();
+        match self {
+            Failure::Tool(message) => Error::ToolFailed { agent_id, message },
+            Failure::Agent(message) | Failure::Overloaded { message, .. } => {
+                Error::AgentFailed { agent_id, message }
+            }
+            Failure::Timeout => Error::AgentTimeout { agent_id, timeout },
+        }
+    }
+
+    pub(crate) fn message(&self, timeout: Duration) -> String {
+        match self {
+            Failure::Tool(m) | Failure::Agent(m) | Failure::Overloaded { message: m, .. } => {
+                m.clone()
+            }
+            Failure::Timeout => format!("timed out after {timeout:?}"),
+        }
+    }
+}
+
+/// One invocation as the HTTP protocol carries it.
+#[derive(serde::Serialize)]
+pub(crate) struct WireRequest<'a> {
+    pub invocation_id: &'a str,
+    pub tool: &'a str,
+    pub category: &'a str,
+    pub input: &'a serde_json::Value,
+    pub session_id: Option<&'a str>,
+}
+
+/// Calls agents: one HTTP client for every HTTP agent, and the handlers of
+/// local agents by registration uid (a replaced agent's handler is dropped
+/// once it is no longer current).
+pub(crate) struct Callers {
+    client: reqwest::Client,
+    local: RwLock<HashMap<u64, LocalHandler>>,
+}
+
+impl Callers {
+    pub(crate) fn new(client: reqwest::Client) -> Self {
+        Callers {
+            client,
+            local: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Binds a local agent's handler to its registration uid.
+    pub(crate) fn bind_local(&self, uid: u64, handler: LocalHandler) {
+        self.local.write().insert(uid, handler);
+    }
+
+    /// Drops the handlers of registrations that are no longer current.
+    pub(crate) fn retain_local(&self, current: impl Fn(u64) -> bool) {
+        self.local.write().retain(|uid, _| current(*uid));
+    }
+
+    /// Runs one call, without a time limit (see `layers::timeout`).
+    pub(crate) async fn call(
+        &self,
+        agent: &Agent,
+        request: WireRequest<'_>,
+    ) -> Result<serde_json::Value, Failure> {
+        match &agent.endpoint {
+            Endpoint::Local => {
+                let handler = self.local.read().get(&agent.uid).cloned();
+                match handler {
+                    Some(handler) => local::call(&handler, request).await,
+                    None => Err(Failure::Agent(
+                        "the agent was replaced or removed before it was called".into(),
+                    )),
+                }
+            }
+            Endpoint::Http(endpoint) => http::call(&self.client, endpoint, request).await,
+        }
+    }
+}

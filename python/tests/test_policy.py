@@ -103,7 +103,8 @@ async def test_hooks_run_on_storage_threads_during_invoke(db):
 
     import asyncio
     await asyncio.gather(*(dispatcher.invoke("t", "code") for _ in range(50)))
-    assert len(seen) >= 100  # intent and outcome of each call
+    # Each call's intent; its outcome is bookkeeping that before-hooks do not judge.
+    assert len(seen) == 50
     assert {agent for _, agent, _ in seen} == {"a"}
     assert any(ident != threading.get_ident() for ident, _, _ in seen)
 

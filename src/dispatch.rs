@@ -138,11 +138,7 @@ impl ToolDispatcher {
     ) -> Result<Self> {
         let router = Arc::new(ToolRouter::new());
         let registry = Arc::new(load(db.clone(), router.clone())?);
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| Error::storage(format!("cannot build the HTTP client: {e}")))?;
+        let client = crate::transport::http_client()?;
         Ok(ToolDispatcher {
             inner: Arc::new(Inner {
                 db,

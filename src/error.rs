@@ -89,12 +89,33 @@ pub enum Error {
     /// RocksDB reported an error, or a stored value could not be decoded.
     #[error("storage error: {0}")]
     Storage(String),
+
+    /// Something outside the caller's control failed (a socket that cannot be
+    /// bound, a task that died); `source` keeps the underlying error.
+    #[error("{what}: {source}")]
+    Internal {
+        /// What was being done, e.g. "cannot listen on 127.0.0.1:7700".
+        what: String,
+        /// The underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
     /// An [`Error::InvalidInput`] with this message.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidInput(msg.into())
+    }
+
+    /// An [`Error::Internal`]: `what` was being done when `source` happened.
+    pub fn internal(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Internal {
+            what: what.into(),
+            source: source.into(),
+        }
     }
 
     /// An [`Error::Storage`] with this message.

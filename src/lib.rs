@@ -24,6 +24,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod namespace;
+pub mod net_policy;
 pub mod policy;
 pub mod routing;
 pub mod server;

@@ -5,6 +5,7 @@
 //! (not retried) and retryable ones (fail over to another agent).
 
 use crate::error::{Error, Result};
+use crate::net_policy::NetworkPolicy;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,6 +16,12 @@ use std::time::Duration;
 
 /// The largest agent response body accepted.
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
+/// The deepest nesting of arrays and objects accepted in an agent's answer.
+pub const MAX_ANSWER_DEPTH: usize = 64;
+/// The most JSON values accepted in an agent's answer: a decoded value costs
+/// far more than its text (`[0,0,…]` is 2 bytes a value, decoded about 32),
+/// so the byte limit alone does not bound memory.
+pub const MAX_ANSWER_VALUES: usize = 1 << 18;
 
 /// A tool's own failure, returned by a local handler.
 ///
@@ -207,6 +214,10 @@ async fn http_call(
     endpoint: reqwest::Url,
     body: Vec<u8>,
 ) -> Result<serde_json::Value, Failure> {
+    // Registration checked the address too, but the policy may have changed since.
+    NetworkPolicy::current()
+        .check_url(&endpoint)
+        .map_err(|e| Failure::Agent(e.to_string()))?;
     let mut response = client
         .post(endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -275,16 +286,58 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<serde_json::Value, Fai
         }
     };
     match status {
-        200..=299 => serde_json::from_slice(body).map_err(|e| {
-            Failure::Agent(format!(
-                "answered {status} with a body that is not JSON ({e})"
-            ))
-        }),
+        200..=299 => {
+            check_answer_shape(body).map_err(|why| {
+                Failure::Agent(format!("answered {status} with a JSON body {why}"))
+            })?;
+            serde_json::from_slice(body).map_err(|e| {
+                Failure::Agent(format!(
+                    "answered {status} with a body that is not JSON ({e})"
+                ))
+            })
+        }
         400..=499 if status != 429 && status != 408 => {
             Err(Failure::Tool(format!("HTTP {status}: {}", excerpt())))
         }
         _ => Err(Failure::Agent(format!("HTTP {status}: {}", excerpt()))),
     }
+}
+
+/// Refuses, before decoding, an answer nested deeper than [`MAX_ANSWER_DEPTH`]
+/// or holding more than [`MAX_ANSWER_VALUES`] values (counted from the
+/// separators and brackets outside strings; malformed text is left to the parser).
+fn check_answer_shape(body: &[u8]) -> std::result::Result<(), String> {
+    let (mut depth, mut values, mut in_string, mut escaped) = (0usize, 1usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                values += 1;
+                if depth > MAX_ANSWER_DEPTH {
+                    return Err(format!(
+                        "nested too deeply (over {MAX_ANSWER_DEPTH} levels)"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' => values += 1,
+            _ => {}
+        }
+        if values > MAX_ANSWER_VALUES {
+            return Err(format!("with too many values (over {MAX_ANSWER_VALUES})"));
+        }
+    }
+    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -298,8 +351,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The HTTP client of agent calls and health probes.
+pub(crate) fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        // A redirect is an answer like any other (a retryable failure):
+        // following it would let an agent send Switchboard anywhere.
+        .redirect(reqwest::redirect::Policy::none())
+        // Straight to the agent, so the address policy judges the real peer.
+        .no_proxy()
+        .dns_resolver(Arc::new(crate::net_policy::PolicyResolver))
+        .build()
+        .map_err(|e| Error::internal("cannot build the HTTP client", e))
+}
+
 /// Probes an HTTP agent's health URL: any 2xx within `timeout` is healthy.
 pub(crate) async fn probe(client: &reqwest::Client, url: &reqwest::Url, timeout: Duration) -> bool {
+    if NetworkPolicy::current().check_url(url).is_err() {
+        return false;
+    }
     matches!(
         tokio::time::timeout(timeout, client.get(url.clone()).send()).await,
         Ok(Ok(r)) if r.status().is_success()
@@ -320,6 +391,7 @@ pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(reqwest::Url, reqwest::U
     if url.host_str().is_none() {
         return Err(Error::invalid(format!("endpoint {endpoint:?} has no host")));
     }
+    NetworkPolicy::current().check_url(&url)?;
     let mut health = url.clone();
     health.set_path("/health");
     health.set_query(None);

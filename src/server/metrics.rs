@@ -13,11 +13,12 @@ pub(crate) async fn metrics_json(State(s): State<AppState>) -> Json<HashMap<Stri
 }
 
 pub(crate) async fn metrics_prometheus(State(s): State<AppState>) -> impl IntoResponse {
+    let dispatcher = s.dispatcher.clone();
+    let body = tokio::task::spawn_blocking(move || prometheus::render(&dispatcher))
+        .await
+        .unwrap_or_default();
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        prometheus::render(&s.dispatcher.get_metrics()),
+        [(axum::http::header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
+        body,
     )
 }

@@ -18,6 +18,7 @@ use crate::namespace::{
 use crate::policy::PolicyContext;
 use crate::routing::agent::Agent;
 use crate::routing::health::{self, HealthCheckConfig};
+use crate::routing::metrics::DispatchCounters;
 use crate::routing::router::Lease;
 use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, ToolRouter};
 use crate::storage::Database;
@@ -97,6 +98,7 @@ struct Inner {
     health: RwLock<Option<HealthCheckConfig>>,
     health_generation: Arc<AtomicU64>,
     session_locks: Vec<Mutex<()>>,
+    counters: crate::routing::metrics::DispatchCounters,
 }
 
 /// Routes tool invocations to agents. Cheap to clone; clones share everything.
@@ -148,8 +150,14 @@ impl ToolDispatcher {
                 health: RwLock::new(None),
                 health_generation: Arc::new(AtomicU64::new(0)),
                 session_locks: (0..SESSION_STRIPES).map(|_| Mutex::new(())).collect(),
+                counters: Default::default(),
             }),
         })
+    }
+
+    /// Denials, rate-limit refusals and failovers so far (for `/metrics`).
+    pub(crate) fn counters(&self) -> &crate::routing::metrics::DispatchCounters {
+        &self.inner.counters
     }
 
     /// The database it writes to.
@@ -527,12 +535,14 @@ impl<'a> Call<'a> {
                 Ok(()) => self.record_written = true,
                 Err(Error::PolicyDenied { reason, .. }) => {
                     tracing::debug!(agent_id = %agent.id, %reason, "candidate denied by policy");
+                    DispatchCounters::count(&self.inner().counters.policy_denials);
                     self.finish_attempt("denied", Duration::ZERO, Some(reason.clone()));
                     self.denials.push(format!("{}: {reason}", agent.id));
                     continue;
                 }
                 Err(limited @ Error::RateLimited { .. }) => {
                     tracing::debug!(agent_id = %agent.id, error = %limited, "candidate rate limited");
+                    DispatchCounters::count(&self.inner().counters.rate_limited);
                     self.finish_attempt("rate_limited", Duration::ZERO, Some(limited.to_string()));
                     self.rate_limited = Some(limited);
                     continue;
@@ -563,6 +573,9 @@ impl<'a> Call<'a> {
                         return Err(failure.into_error(&agent.id, agent.timeout));
                     }
                     tracing::debug!(agent_id = %agent.id, error = %message, "retryable failure; failing over");
+                    if self.calls_made < self.options.max_attempts {
+                        DispatchCounters::count(&self.inner().counters.failovers);
+                    }
                     self.last_failure = Some((failure, agent));
                 }
             }

@@ -268,3 +268,21 @@ mod tests {
         assert!(stats.latency_estimate().unwrap() > 45_000.0);
     }
 }
+
+/// Dispatcher-wide counters the per-agent stats do not cover; the dispatcher
+/// increments them, `/metrics` reads them.
+#[derive(Debug, Default)]
+pub(crate) struct DispatchCounters {
+    /// Candidates a policy refused (the call moved on to another agent).
+    pub(crate) policy_denials: AtomicU64,
+    /// Candidates a rate limit refused.
+    pub(crate) rate_limited: AtomicU64,
+    /// Retryable agent failures after which another agent could be tried.
+    pub(crate) failovers: AtomicU64,
+}
+
+impl DispatchCounters {
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}

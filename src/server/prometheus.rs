@@ -1,8 +1,8 @@
 //! `/metrics` in the OpenMetrics text format, encoded by `prometheus-client`
 //! from the counters the dispatcher already keeps (nothing is recorded twice):
 //! per-agent invocations by outcome, tasks in flight, health, a latency
-//! histogram (`_bucket`, aggregatable across replicas), and RocksDB write
-//! stalls.
+//! histogram (`_bucket`, aggregatable across replicas), the dispatcher's
+//! denials, rate-limit refusals and failovers, and RocksDB write stalls.
 
 use crate::dispatch::ToolDispatcher;
 use crate::routing::AgentMetrics;
@@ -37,6 +37,8 @@ struct Scrape {
     /// `rocksdb.is-write-stopped`, `rocksdb.actual-delayed-write-rate`.
     write_stopped: Option<u64>,
     delayed_write_rate: Option<u64>,
+    /// Policy denials, rate-limit refusals and failovers of the dispatcher.
+    dispatch: [u64; 3],
 }
 
 impl Collector for Scrape {
@@ -94,6 +96,26 @@ impl Collector for Scrape {
         }
         for (name, help, value) in [
             (
+                "switchboard_dispatch_policy_denials",
+                "Candidate agents a policy refused during dispatch.",
+                self.dispatch[0],
+            ),
+            (
+                "switchboard_dispatch_rate_limited",
+                "Candidate agents a rate limit refused during dispatch.",
+                self.dispatch[1],
+            ),
+            (
+                "switchboard_dispatch_failovers",
+                "Retryable agent failures after which another agent could be tried.",
+                self.dispatch[2],
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+        for (name, help, value) in [
+            (
                 "switchboard_rocksdb_write_stopped",
                 "1 while RocksDB has stopped writes (rocksdb.is-write-stopped).",
                 self.write_stopped,
@@ -135,7 +157,14 @@ pub(crate) fn render(dispatcher: &ToolDispatcher) -> String {
     agents.sort_by(|a, b| a.id.cmp(&b.id));
     let db = dispatcher.database();
     let property = |name| db.rocksdb_property(name).ok().flatten();
+    let c = dispatcher.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let scrape = Scrape {
+        dispatch: [
+            load(&c.policy_denials),
+            load(&c.rate_limited),
+            load(&c.failovers),
+        ],
         agents,
         write_stopped: property("rocksdb.is-write-stopped"),
         delayed_write_rate: property("rocksdb.actual-delayed-write-rate"),

@@ -3,6 +3,7 @@
 //! `docs/configuration.md` documents each option.
 
 use crate::error::{Error, Result};
+use crate::policy::NetworkPolicy;
 use crate::policy::RegoEvaluator;
 use crate::routing::HealthCheckConfig;
 use crate::storage::{
@@ -33,8 +34,49 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Host names (with or without a port) requests may be addressed to, besides
+    /// the listen address itself (and `localhost` when listening on loopback).
+    pub allowed_hosts: Vec<String>,
+    pub limits: LimitsSection,
+    pub network: NetworkSection,
     pub health: HealthSection,
     pub storage: StorageSection,
+}
+
+/// `[limits]`: what one client, or all of them, may hold of the server.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// A connection must send a request's headers within this long.
+    pub header_read_timeout_ms: u64,
+    /// A request is answered 504 after this long (an invoke still finishes
+    /// and is recorded).
+    pub request_timeout_ms: u64,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// `POST /v1/invoke` calls in flight at once; more are answered 503.
+    pub max_inflight_invokes: usize,
+}
+
+/// `[network]`: the agent address policy (see `policy::NetworkPolicy`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// CIDR ranges agents may be reached at even if refused by default.
+    pub allow: Vec<String>,
+    /// CIDR ranges agents may never be reached at.
+    pub deny: Vec<String>,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 120_000,
+            max_connections: 1024,
+            max_inflight_invokes: 512,
+        }
+    }
 }
 
 /// `[health]`
@@ -67,6 +109,9 @@ impl Default for Config {
             token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_grace_secs: 30,
+            allowed_hosts: Vec::new(),
+            limits: LimitsSection::default(),
+            network: NetworkSection::default(),
             health: HealthSection::default(),
             storage: StorageSection::default(),
         }
@@ -131,7 +176,21 @@ impl Config {
                 "token is empty; remove it to disable authentication",
             ));
         }
+        let l = &self.limits;
+        if l.header_read_timeout_ms == 0
+            || l.request_timeout_ms == 0
+            || l.max_connections == 0
+            || l.max_inflight_invokes == 0
+        {
+            return Err(Error::invalid("every limits.* value must be at least 1"));
+        }
+        self.network_policy()?;
         Ok(())
+    }
+
+    /// The `[network]` address policy.
+    pub fn network_policy(&self) -> Result<NetworkPolicy> {
+        NetworkPolicy::new(&self.network.allow, &self.network.deny)
     }
 
     pub fn database_options(&self) -> DatabaseOptions {
@@ -168,6 +227,15 @@ rego_evaluator = "bytecode"
 token = "s3cret"
 max_body_bytes = 4096
 shutdown_grace_secs = 5
+allowed_hosts = ["switchboard.internal"]
+[limits]
+header_read_timeout_ms = 2000
+request_timeout_ms = 9000
+max_connections = 10
+max_inflight_invokes = 3
+[network]
+allow = ["169.254.10.0/24"]
+deny = ["10.0.0.0/8"]
 [health]
 enabled = false
 interval_ms = 1000
@@ -186,6 +254,13 @@ block_cache_bytes = 1048576
         assert_eq!(c.rego_evaluator, RegoEvaluator::Bytecode);
         assert_eq!(c.database_options().block_cache_bytes, 1 << 20);
         assert_eq!(c.health_checks(), None);
+        assert_eq!(c.limits.max_inflight_invokes, 3);
+        assert!(!c
+            .network_policy()
+            .unwrap()
+            .permits("10.1.1.1".parse().unwrap()));
+        assert!(Config::parse("[network]\ndeny = [\"ten\"]").is_err());
+        assert!(Config::parse("[limits]\nmax_connections = 0").is_err());
         assert_eq!(Config::parse("").unwrap(), Config::default());
         assert!(Config::parse("listen_addr = \"x\"")
             .unwrap_err()

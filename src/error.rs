@@ -100,14 +100,13 @@ pub enum Error {
     #[error("storage error: {0}")]
     Storage(String),
 
-    /// Something this process needs could not be set up or used (an HTTP
-    /// client, a listener, ...); `source` is the underlying error.
-    #[error("internal error: {what}: {source}")]
+    /// Something outside the caller's control failed (a socket that cannot be
+    /// bound, a task that died); `source` keeps the underlying error.
+    #[error("{what}: {source}")]
     Internal {
-        /// What was being done.
+        /// What was being done, e.g. "cannot listen on 127.0.0.1:7700".
         what: String,
-        /// Why it failed.
-        #[source]
+        /// The underlying error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }

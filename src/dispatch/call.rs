@@ -12,6 +12,7 @@ use crate::namespace::{
 use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::routing::affinity::Candidate;
 use crate::routing::agent::Agent;
+use crate::routing::metrics::DispatchCounters;
 use crate::transport::layers::attempt;
 use crate::transport::{Failure, WireRequest};
 use std::sync::Arc;
@@ -125,11 +126,13 @@ impl<'a> Call<'a> {
                 Ok(()) => None,
                 Err(Error::PolicyDenied { reason, .. }) => {
                     tracing::debug!(agent_id = %agent.id, %reason, "candidate denied by policy");
+                    DispatchCounters::count(&inner.counters.policy_denials);
                     self.denials.push(format!("{}: {reason}", agent.id));
                     Some((AttemptOutcome::Denied, reason))
                 }
                 Err(limited @ Error::RateLimited { .. }) => {
                     tracing::debug!(agent_id = %agent.id, error = %limited, "candidate rate limited");
+                    DispatchCounters::count(&inner.counters.rate_limited);
                     let message = limited.to_string();
                     self.rate_limited = Some(limited);
                     Some((AttemptOutcome::RateLimited, message))
@@ -168,7 +171,8 @@ impl<'a> Call<'a> {
                 Err(failure) => (failure.outcome(), Some(failure.message(agent.timeout))),
             };
             self.record.end_attempt(kind, latency, error.clone());
-            match after_attempt(kind, self.calls_made, self.options.max_attempts) {
+            let step = after_attempt(kind, self.calls_made, self.options.max_attempts);
+            match step {
                 Step::Return => {
                     return match outcome {
                         Ok(output) => {
@@ -192,11 +196,10 @@ impl<'a> Call<'a> {
                         tracing::debug!(agent_id = %agent.id, error = ?error, "retryable failure");
                         self.last_failure = Some((failure, agent));
                     }
-                    if after_attempt(kind, self.calls_made, self.options.max_attempts)
-                        == Step::GiveUp
-                    {
+                    if step == Step::GiveUp {
                         break;
                     }
+                    DispatchCounters::count(&inner.counters.failovers);
                 }
             }
         }

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::namespace::{validate_id, ToolCategory};
 use crate::routing::affinity::{Affinity, Route};
 use crate::routing::health::{self, HealthCheckConfig, HealthTask, Probe};
+use crate::routing::metrics::DispatchCounters;
 use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, ToolRouter};
 use crate::storage::Database;
 use crate::transport::http::{build_client, HttpProbe};
@@ -107,6 +108,8 @@ struct Inner {
     health: RwLock<Option<HealthCheckConfig>>,
     /// The running background health task; replacing or dropping it stops it.
     health_task: Mutex<Option<HealthTask>>,
+    /// Denials, rate-limit refusals and failovers, for `/metrics`.
+    counters: DispatchCounters,
 }
 
 /// Routes tool invocations to agents. Cheap to clone; clones share everything.
@@ -158,8 +161,14 @@ impl ToolDispatcher {
                 callers: Callers::new(client),
                 health: RwLock::new(None),
                 health_task: Mutex::new(None),
+                counters: DispatchCounters::default(),
             }),
         })
+    }
+
+    /// Denials, rate-limit refusals and failovers so far (for `/metrics`).
+    pub(crate) fn counters(&self) -> &DispatchCounters {
+        &self.inner.counters
     }
 
     /// The database it writes to.

@@ -10,7 +10,8 @@
 //! modules that fail to evaluate (or panic), deny (fail closed).
 //!
 //! Files: [`context`] (who is writing), `chain` (the hooks and the one runner),
-//! `engine` (the public handle), [`decisions`], [`glob`], `limits`, [`rego`].
+//! `engine` (the public handle), [`decisions`], [`glob`], `limits`, `network`
+//! (which addresses agents may live at), [`rego`].
 
 mod chain;
 pub mod context;
@@ -18,6 +19,7 @@ pub mod decisions;
 mod engine;
 pub mod glob;
 mod limits;
+mod network;
 pub mod rego;
 
 pub use chain::{HookFn, PolicyChain};
@@ -27,6 +29,7 @@ pub(crate) use engine::sealed;
 pub use engine::{ChainOwner, PolicyEngine};
 pub use glob::Glob;
 pub use limits::{Clock, ManualClock, RateLimitOp, RateLimitScope, SystemClock};
+pub use network::NetworkPolicy;
 pub use rego::RegoEvaluator;
 
 // Kept for callers that still import it from the policy layer; it lives in `error`.

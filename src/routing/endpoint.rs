@@ -27,6 +27,7 @@ pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(reqwest::Url, reqwest::U
     if url.host_str().is_none() {
         return Err(Error::invalid(format!("endpoint {endpoint:?} has no host")));
     }
+    crate::policy::NetworkPolicy::current().check_url(&url)?;
     let mut health = url.clone();
     health.set_path("/health");
     health.set_query(None);

@@ -132,6 +132,35 @@ impl AgentStats {
         Some(v * (-ewma.at.elapsed().as_secs_f64() / EWMA_TAU_SECS).exp())
     }
 
+    /// The latency distribution as a Prometheus histogram: per-bucket counts
+    /// for the upper bounds `bounds_secs` (ascending) then `+Inf`, the sum in
+    /// seconds, and the count. A fine bucket is counted under the first bound
+    /// at or above its upper edge, so a bound's count never includes a slower
+    /// sample (it may miss a few just under it).
+    pub(crate) fn latency_histogram(&self, bounds_secs: &[f64]) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut buckets: Vec<(f64, u64)> = bounds_secs
+            .iter()
+            .map(|b| (*b, 0))
+            .chain(std::iter::once((f64::INFINITY, 0)))
+            .collect();
+        let mut count = 0;
+        for (i, b) in self.histogram.iter().enumerate() {
+            let n = b.load(Relaxed);
+            if n == 0 {
+                continue;
+            }
+            count += n;
+            let upper_secs = bucket_upper(i) as f64 / 1e6;
+            let slot = buckets
+                .iter()
+                .position(|(bound, _)| upper_secs <= *bound)
+                .unwrap_or(buckets.len() - 1);
+            buckets[slot].1 += n;
+        }
+        let sum = self.latency_sum_us.load(Relaxed) as f64 / 1e6;
+        (buckets, sum, count)
+    }
+
     pub(crate) fn snapshot(&self, healthy: bool) -> AgentMetrics {
         let total = self.total.load(Relaxed);
         let successes = self.successes.load(Relaxed).min(total);
@@ -228,11 +257,44 @@ mod tests {
     }
 
     #[test]
+    fn histogram_buckets_never_hold_slower_samples() {
+        let stats = AgentStats::default();
+        for ms in [1, 1, 3, 40, 2000] {
+            let d = Duration::from_millis(ms);
+            stats.record(true, d, d);
+        }
+        let (buckets, sum, count) = stats.latency_histogram(&[0.002, 0.05, 1.0]);
+        assert_eq!(count, 5);
+        assert!((sum - 2.045).abs() < 1e-6, "{sum}");
+        let counts: Vec<u64> = buckets.iter().map(|b| b.1).collect();
+        assert_eq!(counts, [2, 2, 0, 1]);
+        assert!(buckets[3].0.is_infinite());
+    }
+
+    #[test]
     fn slow_samples_take_over_the_estimate_at_once() {
         let stats = AgentStats::default();
         assert_eq!(stats.latency_estimate(), None);
         stats.record(true, Duration::from_millis(1), Duration::from_millis(1));
         stats.record(true, Duration::from_millis(50), Duration::from_millis(50));
         assert!(stats.latency_estimate().unwrap() > 45_000.0);
+    }
+}
+
+/// Dispatcher-wide counters the per-agent stats do not cover; the dispatcher
+/// increments them, `/metrics` reads them.
+#[derive(Debug, Default)]
+pub(crate) struct DispatchCounters {
+    /// Candidates a policy refused (the call moved on to another agent).
+    pub(crate) policy_denials: AtomicU64,
+    /// Candidates a rate limit refused.
+    pub(crate) rate_limited: AtomicU64,
+    /// Retryable agent failures after which another agent could be tried.
+    pub(crate) failovers: AtomicU64,
+}
+
+impl DispatchCounters {
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
     }
 }

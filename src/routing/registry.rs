@@ -340,6 +340,18 @@ impl AgentRegistry {
             .any(|r| r.record.tools.contains(category))
     }
 
+    /// Each agent's id, health and live counters, for the metrics exposition.
+    pub(crate) fn stats(&self) -> Vec<(String, bool, Arc<AgentStats>)> {
+        self.agents
+            .read()
+            .iter()
+            .map(|(id, r)| {
+                let healthy = r.live.as_ref().is_some_and(|a| a.is_healthy());
+                (id.clone(), healthy, r.stats.clone())
+            })
+            .collect()
+    }
+
     pub(crate) fn metrics(&self) -> HashMap<String, super::metrics::AgentMetrics> {
         self.agents
             .read()

@@ -1,6 +1,7 @@
 //! Bearer-token authentication for the HTTP API.
 
-use super::{ApiError, AppState};
+use super::errors::ApiError;
+use super::AppState;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;

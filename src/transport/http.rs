@@ -3,11 +3,14 @@
 //! failure (with `Retry-After` read on 429/503); the health probe; and the
 //! construction of the one HTTP client a dispatcher uses.
 
-use super::{Failure, WireRequest, MAX_RESPONSE_BYTES};
+use super::{Failure, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES, MAX_RESPONSE_BYTES};
 use crate::error::{Error, Result};
+use crate::policy::NetworkPolicy;
 use crate::routing::health::Probe;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Builds the HTTP client every agent call and probe of one dispatcher shares.
@@ -15,6 +18,12 @@ pub(crate) fn build_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
+        // A redirect is an answer like any other (a retryable failure):
+        // following it would let an agent send Switchboard anywhere.
+        .redirect(reqwest::redirect::Policy::none())
+        // Straight to the agent, so the address policy judges the real peer.
+        .no_proxy()
+        .dns_resolver(Arc::new(PolicyResolver))
         .build()
         .map_err(|e| Error::internal("cannot build the HTTP client", e))
 }
@@ -35,6 +44,10 @@ async fn http_call(
     endpoint: reqwest::Url,
     body: Vec<u8>,
 ) -> Result<serde_json::Value, Failure> {
+    // Registration checked the address too, but the policy may have changed since.
+    NetworkPolicy::current()
+        .check_url(&endpoint)
+        .map_err(|e| Failure::Agent(e.to_string()))?;
     let mut response = client
         .post(endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -103,16 +116,58 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<serde_json::Value, Fai
         }
     };
     match status {
-        200..=299 => serde_json::from_slice(body).map_err(|e| {
-            Failure::Agent(format!(
-                "answered {status} with a body that is not JSON ({e})"
-            ))
-        }),
+        200..=299 => {
+            check_answer_shape(body).map_err(|why| {
+                Failure::Agent(format!("answered {status} with a JSON body {why}"))
+            })?;
+            serde_json::from_slice(body).map_err(|e| {
+                Failure::Agent(format!(
+                    "answered {status} with a body that is not JSON ({e})"
+                ))
+            })
+        }
         400..=499 if status != 429 && status != 408 => {
             Err(Failure::Tool(format!("HTTP {status}: {}", excerpt())))
         }
         _ => Err(Failure::Agent(format!("HTTP {status}: {}", excerpt()))),
     }
+}
+
+/// Refuses, before decoding, an answer nested deeper than [`MAX_ANSWER_DEPTH`]
+/// or holding more than [`MAX_ANSWER_VALUES`] values (counted from the
+/// separators and brackets outside strings; malformed text is left to the parser).
+fn check_answer_shape(body: &[u8]) -> std::result::Result<(), String> {
+    let (mut depth, mut values, mut in_string, mut escaped) = (0usize, 1usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                values += 1;
+                if depth > MAX_ANSWER_DEPTH {
+                    return Err(format!(
+                        "nested too deeply (over {MAX_ANSWER_DEPTH} levels)"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' => values += 1,
+            _ => {}
+        }
+        if values > MAX_ANSWER_VALUES {
+            return Err(format!("with too many values (over {MAX_ANSWER_VALUES})"));
+        }
+    }
+    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -136,10 +191,39 @@ impl Probe for HttpProbe {
         timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         Box::pin(async move {
+            if NetworkPolicy::current().check_url(url).is_err() {
+                return false;
+            }
             matches!(
                 tokio::time::timeout(timeout, self.0.get(url.clone()).send()).await,
                 Ok(Ok(r)) if r.status().is_success()
             )
+        })
+    }
+}
+
+/// Resolves names for the agent HTTP client and drops every address the
+/// policy in force denies; a name left with none fails to connect.
+pub(crate) struct PolicyResolver;
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let policy = NetworkPolicy::current();
+            let (allowed, denied): (Vec<SocketAddr>, Vec<SocketAddr>) =
+                resolved.into_iter().partition(|a| policy.permits(a.ip()));
+            if allowed.is_empty() && !denied.is_empty() {
+                let denied: Vec<String> = denied.iter().map(|a| a.ip().to_string()).collect();
+                return Err(format!(
+                    "{host} resolves only to addresses the network policy denies ({})",
+                    denied.join(", ")
+                )
+                .into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }

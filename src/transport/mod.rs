@@ -26,6 +26,12 @@ pub(crate) use local::{local_handler, LocalHandler};
 
 /// The largest agent response body accepted.
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
+/// The deepest nesting of arrays and objects accepted in an agent's answer.
+pub const MAX_ANSWER_DEPTH: usize = 64;
+/// The most JSON values accepted in an agent's answer: a decoded value costs
+/// far more than its text (`[0,0,…]` is 2 bytes a value, decoded about 32),
+/// so the byte limit alone does not bound memory.
+pub const MAX_ANSWER_VALUES: usize = 1 << 18;
 
 /// A tool's own failure, returned by a local handler.
 ///

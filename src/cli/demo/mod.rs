@@ -4,8 +4,10 @@
 //! calls through every strategy, a sticky session, a policy denial and a
 //! failover, and ends with metrics and an audit scan.
 
-use axum::routing::{get, post};
-use axum::{Json, Router};
+mod agent;
+mod tally;
+
+use agent::DemoAgent;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,111 +17,13 @@ use switchboard::{
     AgentConfig, Database, Error, HealthCheckConfig, PolicyEngine, RoutingOptions, RoutingStrategy,
     ToolCategory, ToolDispatcher, ToolError,
 };
+use tally::{show_counts, tally};
 
 const STEPS: usize = 7;
-const SHIPPED_POLICY: &str = include_str!("../../policies/sensitive_tools.rego");
+const SHIPPED_POLICY: &str = include_str!("../../../policies/sensitive_tools.rego");
 
 fn step(n: usize, title: &str) {
     println!("\n[{n}/{STEPS}] {title}");
-}
-
-/// An HTTP agent on its own runtime thread; dropping the runtime kills it.
-struct DemoAgent {
-    endpoint: String,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl DemoAgent {
-    fn start(name: &'static str, delay: Duration) -> switchboard::Result<DemoAgent> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| Error::storage(format!("cannot start a demo agent: {e}")))?;
-        // Bound synchronously: we are inside the caller's runtime and may not block on this one.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|e| Error::storage(format!("cannot bind a demo agent: {e}")))?;
-        let addr = listener.local_addr().map_err(Error::storage)?;
-        let app = Router::new()
-            .route(
-                "/invoke",
-                post(move |Json(body): Json<Value>| async move {
-                    tokio::time::sleep(delay).await;
-                    Json(json!({"agent": name, "tool": body["tool"], "result": format!("{} done", body["tool"])}))
-                }),
-            )
-            .route("/health", get(|| async { "ok" }));
-        runtime.spawn(async move {
-            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
-                let _ = axum::serve(listener, app).await;
-            }
-        });
-        Ok(DemoAgent {
-            endpoint: format!("http://{addr}/invoke"),
-            runtime: Some(runtime),
-        })
-    }
-
-    fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-impl Drop for DemoAgent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A progress bar on the terminal (nothing when stdout is not one).
-fn progress(done: usize, total: usize) {
-    use std::io::{IsTerminal, Write};
-    let mut out = std::io::stdout();
-    if !out.is_terminal() {
-        return;
-    }
-    let width = 20;
-    let filled = done * width / total.max(1);
-    if done < total {
-        print!(
-            "\r    [{}{}] {done}/{total}",
-            "#".repeat(filled),
-            ".".repeat(width - filled)
-        );
-    } else {
-        print!("\r\x1b[2K");
-    }
-    let _ = out.flush();
-}
-
-async fn tally(
-    dispatcher: &ToolDispatcher,
-    category: ToolCategory,
-    options: RoutingOptions,
-    calls: usize,
-) -> switchboard::Result<BTreeMap<String, usize>> {
-    let mut counts = BTreeMap::new();
-    for i in 0..calls {
-        let r = dispatcher
-            .invoke(
-                "code_exec",
-                category.clone(),
-                json!({"call": i}),
-                options.clone(),
-            )
-            .await?;
-        *counts.entry(r.agent_id).or_default() += 1;
-        progress(i + 1, calls);
-    }
-    Ok(counts)
-}
-
-fn show_counts(label: &str, counts: &BTreeMap<String, usize>) {
-    let parts: Vec<String> = counts.iter().map(|(a, n)| format!("{a} ×{n}")).collect();
-    println!("    {label:<13} {}", parts.join("   "));
 }
 
 pub async fn run(data: &Path) -> switchboard::Result<()> {

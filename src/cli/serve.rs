@@ -1,0 +1,38 @@
+//! `switchboard serve`: the config file, overridden by flags.
+
+use clap::Args;
+use std::path::PathBuf;
+use switchboard::config::Config;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The database directory [default: ./switchboard_data].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Directory of *.rego policies to load at start.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7700].
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(data) = args.data {
+        config.data_dir = data;
+    }
+    if let Some(policies) = args.policies {
+        config.policies_dir = Some(policies);
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    switchboard::server::serve(config, switchboard::server::shutdown_signal()).await
+}

@@ -1,0 +1,122 @@
+//! `/v1/agents` and `/v1/agents/{id}`: listing, reading, registering and
+//! removing agents.
+
+use super::errors::{ApiError, ApiResult};
+use super::AppState;
+use crate::dispatch::ToolDispatcher;
+use crate::error::Error;
+use crate::namespace::{agent_key, validate_id, AgentRecord, ToolCategory};
+use crate::policy::PolicyContext;
+use crate::routing::AgentConfig;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The registered agents a reader may see: one scan of `agents/` through the
+/// read hooks (one read against read rate limits), so a policy that denies
+/// reading `agents/{id}` hides that agent.
+pub fn visible_agents(
+    dispatcher: &ToolDispatcher,
+    ctx: &PolicyContext,
+) -> crate::Result<Vec<AgentRecord>> {
+    let registry = dispatcher.registry();
+    let mut records = Vec::new();
+    for kv in dispatcher.database().scan_with(&agent_key(""), ctx) {
+        let (key, _) = kv?;
+        let id = &key[agent_key("").len()..];
+        if let Some(record) = registry.get(id) {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// The policy context of the API's reads.
+fn api_context(action: &str) -> PolicyContext {
+    PolicyContext::new()
+        .with("source", "api")
+        .with("action", action)
+}
+
+pub(crate) async fn list_agents(State(s): State<AppState>) -> ApiResult<Json<Vec<AgentRecord>>> {
+    let dispatcher = s.dispatcher.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        visible_agents(&dispatcher, &api_context("list_agents"))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(records))
+}
+
+pub(crate) async fn get_agent(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AgentRecord>> {
+    validate_id("agent id", &id)?;
+    // The read hooks decide whether this reader may see the agent.
+    s.dispatcher
+        .database()
+        .get_with(&agent_key(&id), &api_context("get_agent"))?;
+    s.dispatcher
+        .registry()
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| Error::UnknownAgent(id).into())
+}
+
+/// `PUT /v1/agents/{id}`: an HTTP agent's registration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    pub tools: Vec<ToolCategory>,
+    pub endpoint: String,
+    pub health_url: Option<String>,
+    #[serde(default)]
+    pub priority: i32,
+    pub timeout_ms: Option<u64>,
+    pub max_concurrency: Option<u32>,
+}
+
+impl RegisterBody {
+    pub fn into_config(self) -> AgentConfig {
+        let mut config = AgentConfig::new()
+            .with_tools(self.tools)
+            .with_endpoint(self.endpoint)
+            .with_priority(self.priority);
+        if let Some(url) = self.health_url {
+            config = config.with_health_url(url);
+        }
+        if let Some(ms) = self.timeout_ms {
+            config = config.with_timeout(Duration::from_millis(ms));
+        }
+        if let Some(max) = self.max_concurrency {
+            config = config.with_max_concurrency(max);
+        }
+        config
+    }
+}
+
+pub(crate) async fn register_agent(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<RegisterBody>, JsonRejection>,
+) -> ApiResult<Json<AgentRecord>> {
+    let Json(body) = body?;
+    s.dispatcher.register_agent(&id, body.into_config())?;
+    s.dispatcher
+        .registry()
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| Error::UnknownAgent(id).into())
+}
+
+pub(crate) async fn remove_agent(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.dispatcher.unregister_agent(&id)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,76 @@
+//! `POST /v1/invoke`: one tool call routed through the dispatcher.
+
+use super::errors::{ApiError, ApiResult};
+use super::limits::RETRY_AFTER;
+use super::AppState;
+use crate::dispatch::{InvocationResult, RoutingOptions};
+use crate::error::Error;
+use crate::namespace::ToolCategory;
+use crate::routing::RoutingStrategy;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+
+/// `POST /v1/invoke`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeBody {
+    pub tool: String,
+    pub category: ToolCategory,
+    #[serde(default)]
+    pub input: serde_json::Value,
+    pub strategy: Option<RoutingStrategy>,
+    pub session_id: Option<String>,
+    pub max_attempts: Option<u32>,
+}
+
+impl InvokeBody {
+    /// The routing options the body asks for, checked in the API's own terms.
+    fn options(&self) -> Result<RoutingOptions, Error> {
+        let strategy = self.strategy.unwrap_or_default();
+        if strategy == RoutingStrategy::Sticky && self.session_id.is_none() {
+            return Err(Error::invalid(
+                "the sticky strategy needs a session: add \"session_id\" to the body",
+            ));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(Error::invalid("\"max_attempts\" must be at least 1"));
+        }
+        let mut options = RoutingOptions::new().with_strategy(strategy);
+        if let Some(session) = &self.session_id {
+            options = options.with_session_id(session.clone());
+        }
+        if let Some(n) = self.max_attempts {
+            options = options.with_max_attempts(n);
+        }
+        Ok(options)
+    }
+}
+
+pub(crate) async fn invoke(
+    State(s): State<AppState>,
+    body: Result<Json<InvokeBody>, JsonRejection>,
+) -> ApiResult<Json<InvocationResult>> {
+    let Json(body) = body?;
+    let options = body.options()?;
+    let slot = s.invoke_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::overloaded(
+            "too many invokes in flight (limits.max_inflight_invokes); retry shortly",
+            RETRY_AFTER,
+        )
+    })?;
+    // Run the dispatch on its own task: if the client disconnects, the call
+    // still finishes, its outcome is still recorded, and it keeps its slot.
+    let dispatcher = s.dispatcher.clone();
+    let result = tokio::spawn(async move {
+        let result = dispatcher
+            .invoke(&body.tool, body.category, body.input, options)
+            .await;
+        drop(slot);
+        result
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("dispatch task failed: {e}")))?;
+    Ok(Json(result?))
+}

@@ -1,0 +1,195 @@
+//! Starting and stopping the server: open what the config names (policies
+//! before anything reads or writes), bind, accept connections up to the cap,
+//! serve each with the header-read timeout, and on SIGINT/SIGTERM stop
+//! accepting and give in-flight requests a grace period.
+
+use super::limits::{ServerLimits, RETRY_AFTER};
+use super::routes::router_for;
+use super::AppState;
+use crate::config::Config;
+use crate::dispatch::ToolDispatcher;
+use crate::error::Error;
+use crate::policy::PolicyEngine;
+use crate::storage::Database;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// Opens everything `config` names and serves until `shutdown` resolves, then
+/// gives in-flight requests `shutdown_grace_secs` to finish.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> crate::Result<()> {
+    let token = std::env::var("SWITCHBOARD_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or(config.token.clone());
+    if token.is_none() {
+        if !listens_on_loopback_only(&config.listen).await? {
+            return Err(Error::invalid(format!(
+                "refusing to serve on {} without an API token: anyone who can reach it could \
+                 register agents and invoke tools. Set SWITCHBOARD_TOKEN=<secret> in the \
+                 environment or `token = \"<secret>\"` in the config, or listen on 127.0.0.1",
+                config.listen
+            )));
+        }
+        tracing::warn!("no API token configured: anyone on this machine can use the API on {}; set SWITCHBOARD_TOKEN or `token` in the config", config.listen);
+    }
+    // Before any agent is loaded: registrations are checked against it.
+    config.network_policy()?.install();
+    let db = Database::open_with(&config.data_dir, config.database_options())?;
+    // Policies first: recovery and loading the registry write and read
+    // through the database, and must do so under the configured policies.
+    if let Some(dir) = &config.policies_dir {
+        let policy = PolicyEngine::new(&db);
+        policy.set_rego_evaluator(config.rego_evaluator);
+        let names = policy.load_dir(dir)?;
+        tracing::info!(policies = ?names, dir = %dir.display(), "loaded policies");
+    }
+    let dispatcher = ToolDispatcher::try_new(db)?;
+    if let Some(health) = config.health_checks() {
+        dispatcher.enable_health_checks(health);
+    }
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| Error::internal(format!("cannot listen on {}", config.listen), e))?;
+    tracing::info!(listen = %config.listen, data = %config.data_dir.display(), "switchboard serving");
+    let state = AppState::new(dispatcher, token).with_allowed_hosts(config.allowed_hosts.clone());
+    run_with(
+        listener,
+        state,
+        ServerLimits::from_config(&config),
+        Duration::from_secs(config.shutdown_grace_secs),
+        shutdown,
+    )
+    .await
+}
+
+/// Whether every address `listen` names is a loopback address.
+async fn listens_on_loopback_only(listen: &str) -> crate::Result<bool> {
+    let addrs: Vec<_> = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| Error::invalid(format!("listen address {listen:?}: {e}")))?
+        .collect();
+    Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
+}
+
+/// Serves `state` on `listener` until `shutdown`, then drains for at most
+/// `grace`; the limits other than `max_body_bytes` are the defaults.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    max_body_bytes: usize,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> crate::Result<()> {
+    let limits = ServerLimits {
+        max_body_bytes,
+        ..ServerLimits::default()
+    };
+    run_with(listener, state, limits, grace, shutdown).await
+}
+
+/// Serves `state` on `listener` under `limits` until `shutdown`, then drains
+/// for at most `grace`.
+pub async fn run_with(
+    listener: TcpListener,
+    state: AppState,
+    limits: ServerLimits,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> crate::Result<()> {
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::internal("cannot read the listen address", e))?;
+    let app = router_for(state, &limits, listen);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: keep serving the others.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new requests; letting in-flight ones finish");
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!("in-flight requests did not finish within the grace period; they will be marked interrupted on the next open");
+        }
+    }
+    Ok(())
+}
+
+/// Answers a connection over the cap with 503 and closes it.
+async fn refuse(mut stream: TcpStream) {
+    let body = r#"{"error":{"code":"overloaded","message":"the server is at its connection limit (limits.max_connections); retry shortly"}}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        RETRY_AFTER.as_secs(),
+        body.len()
+    );
+    let refusal = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Drain what the client sent, so closing does not reset the
+        // connection before it reads the answer.
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), refusal).await;
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,77 @@
+//! The route table and the layers every request passes through, outermost
+//! first: a tracing span, the Host check, the request timeout, the bearer
+//! token, the body limit.
+
+use super::errors::{self, ApiError};
+use super::hosts::{self, AllowedHosts};
+use super::limits::ServerLimits;
+use super::{agents, auth, invoke, metrics, policies, scan, AppState};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::net::SocketAddr;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+/// The API's routes over `state`, with auth and the body limit applied (and
+/// the other [`ServerLimits`] at their defaults; no Host check).
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let limits = ServerLimits {
+        max_body_bytes,
+        ..ServerLimits::default()
+    };
+    routes(state, &limits)
+}
+
+/// [`router`] with every limit of `limits`, answering only to the names of a
+/// server listening on `listen` (and `state`'s allowed hosts).
+pub(crate) fn router_for(state: AppState, limits: &ServerLimits, listen: SocketAddr) -> Router {
+    let allowed = AllowedHosts::new(listen, &state.allowed_hosts);
+    routes(state, limits)
+        .layer(axum::middleware::from_fn_with_state(
+            allowed,
+            hosts::require_known_host,
+        ))
+        // An agent's 502 is not the server failing: failures are logged at debug.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+}
+
+fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
+    state.invoke_slots = limits.invoke_slots();
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/agents", get(agents::list_agents))
+        .route(
+            "/v1/agents/{id}",
+            get(agents::get_agent)
+                .put(agents::register_agent)
+                .delete(agents::remove_agent),
+        )
+        .route("/v1/invoke", post(invoke::invoke))
+        .route("/v1/metrics", get(metrics::metrics_json))
+        .route("/metrics", get(metrics::metrics_prometheus))
+        .route("/v1/scan", get(scan::scan))
+        .route(
+            "/v1/policies",
+            get(policies::list_policies).post(policies::add_policy),
+        )
+        .fallback(|| async { ApiError::not_found("no such route; see docs/openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(axum::middleware::map_response(
+            errors::give_bare_errors_a_body,
+        ))
+        .with_state(state)
+}

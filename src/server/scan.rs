@@ -1,0 +1,84 @@
+//! `GET /v1/scan`: one page of the records under a key prefix (the audit trail).
+
+use super::errors::{ApiError, ApiResult};
+use super::AppState;
+use crate::error::Error;
+use crate::storage::Database;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+/// `GET /v1/scan` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanQuery {
+    pub prefix: String,
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// The most entries one scan page returns.
+pub const MAX_SCAN_PAGE: usize = 1000;
+
+/// One page of a scan.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScanPage {
+    pub items: Vec<ScanItem>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// One key and its value (JSON if it parses, else a string).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScanItem {
+    pub key: String,
+    pub value: serde_json::Value,
+}
+
+/// Reads one page of `prefix` from `db`.
+pub fn scan_page(
+    db: &Database,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> crate::Result<ScanPage> {
+    if limit == 0 || limit > MAX_SCAN_PAGE {
+        return Err(Error::invalid(format!(
+            "limit must be between 1 and {MAX_SCAN_PAGE}"
+        )));
+    }
+    let mut items = Vec::new();
+    let mut more = false;
+    for kv in db.scan_after(prefix, after) {
+        let (key, value) = kv?;
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        let value = serde_json::from_slice(&value).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&value).into_owned())
+        });
+        items.push(ScanItem { key, value });
+    }
+    let next_after = if more {
+        items.last().map(|i| i.key.clone())
+    } else {
+        None
+    };
+    Ok(ScanPage { items, next_after })
+}
+
+pub(crate) async fn scan(
+    State(s): State<AppState>,
+    query: Result<Query<ScanQuery>, QueryRejection>,
+) -> ApiResult<Json<ScanPage>> {
+    let Query(q) = query?;
+    let db = s.dispatcher.database().clone();
+    let page = tokio::task::spawn_blocking(move || {
+        scan_page(&db, &q.prefix, q.after.as_deref(), q.limit.unwrap_or(100))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(page))
+}

@@ -53,3 +53,41 @@ async fn a_hook_that_reads_the_registry_during_a_health_change_does_not_deadlock
     assert!(finished.is_ok(), "the health change deadlocked on the hook");
     assert!(!d.get_metrics()["flaky"].healthy);
 }
+
+#[tokio::test]
+async fn retry_after_is_back_pressure_not_a_failure() {
+    use common::{Behaviour, TestAgent};
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let busy = TestAgent::start("busy", Behaviour::RetryAfter(503, 1)).await;
+    d.register_agent(
+        "busy",
+        switchboard::AgentConfig::new()
+            .with_tools(vec![ToolCategory::Web])
+            .with_endpoint(&busy.endpoint)
+            .with_timeout(Duration::from_secs(20)),
+    )
+    .unwrap();
+    d.enable_health_checks(
+        HealthCheckConfig::new()
+            .interval(Duration::from_secs(3600))
+            .unhealthy_threshold(1),
+    );
+    let err = d
+        .invoke("fetch", ToolCategory::Web, json!({}), RoutingOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, switchboard::Error::AgentFailed { .. }),
+        "{err:?}"
+    );
+    let m = &d.get_metrics()["busy"];
+    assert!(m.healthy, "a Retry-After pause is not an ejection");
+    // The pause is honoured: no call reaches it while it runs.
+    let before = busy.hits();
+    let _ = d
+        .invoke("fetch", ToolCategory::Web, json!({}), RoutingOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(busy.hits(), before);
+}

@@ -78,9 +78,10 @@ fn audit(c: &mut Criterion) {
     let cache_bytes = std::env::var("AUDIT_BLOCK_CACHE_MIB")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .map_or(switchboard::storage::DEFAULT_BLOCK_CACHE_BYTES, |mib| {
-            mib << 20
-        });
+        .map_or(
+            switchboard::DatabaseOptions::default().block_cache_bytes,
+            |mib| mib << 20,
+        );
     let db = Database::open_with(
         dir.path().join("switchboard"),
         DatabaseOptions::default().block_cache_bytes(cache_bytes),

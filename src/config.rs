@@ -24,22 +24,30 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The address the HTTP API listens on (`host:port`).
     pub listen: String,
+    /// Where the database lives.
     pub data_dir: PathBuf,
+    /// A directory of `.rego` modules loaded at start (each file's header names its scope).
     pub policies_dir: Option<PathBuf>,
     /// How the modules of `policies_dir` are evaluated.
     pub rego_evaluator: RegoEvaluator,
     /// Bearer token required by every route but `/healthz`.
     pub token: Option<String>,
+    /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
     pub shutdown_grace_secs: u64,
     /// Host names (with or without a port) requests may be addressed to, besides
     /// the listen address itself (and `localhost` when listening on loopback).
     pub allowed_hosts: Vec<String>,
+    /// `[limits]`: per-request bounds of the HTTP API.
     pub limits: LimitsSection,
+    /// `[network]`: which addresses agents may be registered at.
     pub network: NetworkSection,
+    /// `[health]`: background health checks of HTTP agents.
     pub health: HealthSection,
+    /// `[storage]`: how the database is opened.
     pub storage: StorageSection,
 }
 
@@ -83,10 +91,15 @@ impl Default for LimitsSection {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {
+    /// Whether the background health checks run.
     pub enabled: bool,
+    /// Milliseconds between probe rounds.
     pub interval_ms: u64,
+    /// Milliseconds a probe may take before it counts as a failure.
     pub timeout_ms: u64,
+    /// Consecutive failed probes that mark an agent unhealthy.
     pub unhealthy_threshold: u32,
+    /// Consecutive passed probes that mark an unhealthy agent healthy again.
     pub healthy_threshold: u32,
 }
 
@@ -94,8 +107,11 @@ pub struct HealthSection {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
+    /// When a commit counts as durable.
     pub durability: Durability,
+    /// The largest value a write may store, in bytes.
     pub max_value_bytes: usize,
+    /// The RocksDB block cache size, in bytes.
     pub block_cache_bytes: usize,
 }
 
@@ -193,6 +209,7 @@ impl Config {
         NetworkPolicy::new(&self.network.allow, &self.network.deny)
     }
 
+    /// The options the database is opened with (`[storage]`).
     pub fn database_options(&self) -> DatabaseOptions {
         DatabaseOptions::default()
             .durability(self.storage.durability)
@@ -200,6 +217,7 @@ impl Config {
             .block_cache_bytes(self.storage.block_cache_bytes)
     }
 
+    /// The health-check settings (`[health]`), or `None` when disabled.
     pub fn health_checks(&self) -> Option<HealthCheckConfig> {
         let h = &self.health;
         h.enabled.then(|| {

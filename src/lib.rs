@@ -1,11 +1,27 @@
 //! Switchboard routes tool invocations across AI agents, and keeps everything it
 //! knows in one policy-checked, transactional RocksDB key space.
 //!
-//! Layers import only from layers below them: [`dispatch`] (the
-//! [`ToolDispatcher`] façade, failover loop, records) → [`transport`] (how an
-//! agent is called) → [`routing`] (which agent: registry, strategies,
-//! sessions, health) → [`storage`] (writes checked by [`policy`]). See `docs/`
-//! for the key namespace and the policy model.
+//! An application opens a [`Database`], hands it to a [`ToolDispatcher`],
+//! registers agents (HTTP endpoints or local closures) for tool categories, and
+//! invokes tools: the dispatcher picks an agent, calls it with failover, and
+//! records every dispatch in the database. Every write (and, if asked, every
+//! read) passes the database's policy hooks first.
+//!
+//! # Layers
+//!
+//! Each layer imports only from the layers before it (ARCHITECTURE.md has the
+//! picture):
+//!
+//! - keys and records ([`namespace`]): what every key means, the JSON stored under it;
+//! - [`policy`]: pure decisions (hook chain, globs, Rego, rate limits, decision log);
+//! - storage ([`Database`], [`Transaction`], scans): commits through the policy chain;
+//! - [`routing`]: which agent serves a call (registry, strategies, sessions, health);
+//! - transport: how an agent is called (HTTP or a local closure);
+//! - dispatch ([`ToolDispatcher`]): the façade, the failover loop, dispatch records;
+//! - [`server`] and [`config`]: the HTTP API and its configuration file, the
+//!   building blocks of the `switchboard` binary.
+//!
+//! # Quick start
 //!
 //! ```no_run
 //! # async fn demo() -> switchboard::Result<()> {
@@ -21,26 +37,71 @@
 //! assert_eq!(r.agent_id, "local_code");
 //! # Ok(()) }
 //! ```
+//!
+//! # Where to look
+//!
+//! - Policies: [`PolicyEngine`] (closure hooks, Rego modules, rate limits) and
+//!   `docs/policy.md`; [`PolicyContext`] says who is acting.
+//! - Routing: [`ToolDispatcher`], [`AgentConfig`], [`RoutingStrategy`],
+//!   [`RoutingOptions`], [`HealthCheckConfig`]; `docs/routing.md`.
+//! - Reading what happened: [`Database::scan`] and [`Database::scan_from`] over
+//!   the records in [`namespace`] ([`DispatchRecord`], [`AgentRecord`], ...);
+//!   `docs/namespace.md` lists every key prefix.
+//! - The server: [`server::run`] and `docs/api.md`.
 
-pub mod config;
-pub mod dispatch;
-pub mod error;
+#![warn(missing_docs)]
+
+mod dispatch;
+mod error;
 pub mod namespace;
 pub mod policy;
-pub mod routing;
-pub mod server;
-pub mod storage;
-pub mod transport;
+mod storage;
+mod transport;
 
-pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDispatcher};
-pub use error::{Error, Result};
-pub use namespace::ToolCategory;
+/// The routing layer itself (registry, strategies, sessions, health). Its
+/// public names are re-exported by the [`routing`] module below, which also
+/// gathers the dispatcher a user of routing needs.
+#[path = "routing/mod.rs"]
+mod routing_layer;
+
+/// Routing: everything needed to register agents and route tool calls to them.
+///
+/// ```
+/// use switchboard::routing::{ToolDispatcher, ToolCategory, RoutingStrategy, AgentConfig};
+/// ```
+pub mod routing {
+    pub use crate::dispatch::{InvocationResult, RoutingOptions, ToolDispatcher};
+    pub use crate::namespace::ToolCategory;
+    pub use crate::routing_layer::*;
+    pub use crate::transport::{ToolError, MAX_RESPONSE_BYTES};
+}
+
+pub mod config;
+pub mod server;
+
+// Database and transactions: open a store, write atomically, scan prefixes.
+pub use storage::{
+    Connection, Database, DatabaseOptions, Durability, Page, ReservedWrites, Scan, ScanBuilder,
+    Transaction, PAGE_HIDDEN_BUDGET,
+};
+
+// Policy: hooks, Rego, rate limits, the decision log, and who is acting.
 pub use policy::{
-    Decision, DecisionLogRetention, Op, PolicyAction, PolicyContext, PolicyEngine, RateLimitOp,
-    RateLimitScope, RegoEvaluator,
+    keys, Clock, Decision, DecisionKind, DecisionLogRetention, ManualClock, NetworkPolicy, Op,
+    OperationKind, Phase, PolicyAction, PolicyContext, PolicyEngine, RateLimitOp, RateLimitScope,
+    RegoEvaluator,
 };
-pub use routing::{
-    AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy, ToolRouter,
-};
-pub use storage::{Connection, Database, DatabaseOptions, Durability, Scan, Transaction};
+
+// Routing and dispatch: register agents, invoke tools, recover after a crash.
+pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDispatcher};
+pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::ToolError;
+
+// Records a user reads back from scans, and the keys they live under.
+pub use namespace::{
+    agent_key, dispatch_key, session_key, AgentRecord, AgentStatus, AgentTransport, Attempt,
+    AttemptOutcome, DispatchRecord, DispatchStatus, SessionRecord, ToolCategory,
+};
+
+// Errors: one enum for every failure.
+pub use error::{Error, Result};

@@ -133,14 +133,23 @@ pub fn validate_prefix(prefix: &str) -> Result<()> {
 /// category by its own name. `Custom("code")` is the same category as `Code`.
 #[derive(Clone, Debug)]
 pub enum ToolCategory {
+    /// Running code.
     Code,
+    /// Searching.
     Search,
+    /// Database queries.
     Database,
+    /// Web access.
     Web,
+    /// File operations.
     File,
+    /// Git operations.
     Git,
+    /// Shell commands.
     Shell,
+    /// Computing embeddings.
     Embedding,
+    /// Any other category, named by a valid id.
     Custom(String),
 }
 
@@ -302,7 +311,9 @@ pub enum AgentTransport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
+    /// Passing health checks (or never checked): eligible for routing.
     Healthy,
+    /// Failed enough health checks to be taken out of routing.
     Unhealthy,
 }
 
@@ -310,14 +321,23 @@ pub enum AgentStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentRecord {
+    /// The agent's id.
     pub agent_id: String,
+    /// The categories it serves.
     pub tools: Vec<ToolCategory>,
+    /// How it is called.
     pub transport: AgentTransport,
+    /// Higher priority agents are preferred by the `priority` strategy.
     pub priority: i32,
+    /// Milliseconds a call may take.
     pub timeout_ms: u64,
+    /// Calls it may run at once (`None`: unbounded).
     pub max_concurrency: Option<u32>,
+    /// Its health.
     pub status: AgentStatus,
+    /// When it was first registered (ms since the Unix epoch).
     pub registered_at_ms: u64,
+    /// When its record last changed (ms since the Unix epoch).
     pub updated_at_ms: u64,
 }
 
@@ -325,9 +345,13 @@ pub struct AgentRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRecord {
+    /// The agent the session is bound to.
     pub agent_id: String,
+    /// The category the binding is for.
     pub category: ToolCategory,
+    /// When the binding was made (ms since the Unix epoch).
     pub created_at_ms: u64,
+    /// When the binding was last used (ms since the Unix epoch).
     pub last_used_ms: u64,
 }
 
@@ -337,6 +361,7 @@ pub struct SessionRecord {
 pub enum DispatchStatus {
     /// Written before the agent is called; replaced by the outcome.
     InFlight,
+    /// The agent answered.
     Succeeded,
     /// The last attempt failed (tool error, or every retryable attempt failed).
     Failed,
@@ -350,9 +375,13 @@ pub enum DispatchStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Attempt {
+    /// The agent tried.
     pub agent_id: String,
+    /// How the attempt ended.
     pub outcome: AttemptOutcome,
+    /// Milliseconds it took.
     pub latency_ms: f64,
+    /// Why it failed, if it did.
     pub error: Option<String>,
 }
 
@@ -362,11 +391,13 @@ pub struct Attempt {
 pub enum AttemptOutcome {
     /// Recorded before the agent is called; replaced when the attempt ends.
     InFlight,
+    /// The agent answered.
     Succeeded,
     /// The tool's own error (final).
     ToolError,
     /// The agent failed (5xx, bad answer, connection, panic).
     Failed,
+    /// No answer within the agent's timeout.
     Timeout,
     /// 429/503 with `Retry-After`.
     Overloaded,
@@ -479,18 +510,29 @@ impl std::str::FromStr for RoutingStrategy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchRecord {
+    /// The invocation's id (also the last key segment).
     pub invocation_id: String,
+    /// The tool called.
     pub tool: String,
+    /// Its category.
     pub category: ToolCategory,
     /// The agent of the last attempt (the one that answered, on success).
     pub agent_id: Option<String>,
+    /// The session, if the call named one.
     pub session_id: Option<String>,
+    /// The strategy used to choose agents.
     pub strategy: RoutingStrategy,
+    /// Where the dispatch stands.
     pub status: DispatchStatus,
+    /// Every attempt, in order.
     pub attempts: Vec<Attempt>,
+    /// When the dispatch started (ms since the Unix epoch).
     pub started_at_ms: u64,
+    /// When it finished, once it has.
     pub finished_at_ms: Option<u64>,
+    /// Milliseconds from start to finish, once it has.
     pub latency_ms: Option<f64>,
+    /// The final error, if it failed.
     pub error: Option<String>,
 }
 

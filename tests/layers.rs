@@ -52,15 +52,19 @@ fn module_of(file: &Path) -> Option<String> {
     }
 }
 
-/// Crate-root names re-exported from a module by `pub use module::{...}` in lib.rs.
+/// Crate-root names re-exported from a module by a top-level
+/// `pub use module::{...}` in lib.rs.
 fn root_reexports() -> HashMap<String, String> {
     let lib = fs::read_to_string(src().join("lib.rs")).unwrap();
     let mut names = HashMap::new();
     let mut statement = String::new();
-    for line in lib.lines().map(str::trim) {
-        if statement.is_empty() && !line.starts_with("pub use ") {
+    for raw in lib.lines() {
+        // Only the crate root's own `pub use` (unindented): a facade module's
+        // re-exports inside lib.rs are not crate-root names.
+        if statement.is_empty() && !raw.starts_with("pub use ") {
             continue;
         }
+        let line = raw.trim();
         statement.push_str(line);
         statement.push(' ');
         if !line.ends_with(';') {

@@ -6,12 +6,12 @@ use common::temp_db;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard::policy::decisions::{Decision, DecisionKind, DecisionLogRetention};
 use switchboard::policy::{Op, RateLimitOp, RateLimitScope};
 use switchboard::{
     Database, Error, PolicyAction, PolicyContext, PolicyEngine, RoutingOptions, ToolCategory,
     ToolDispatcher, ToolError,
 };
+use switchboard::{Decision, DecisionKind, DecisionLogRetention};
 
 fn decisions(db: &Database) -> Vec<Decision> {
     db.scan("policy_log/")

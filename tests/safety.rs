@@ -265,7 +265,7 @@ async fn oversized_agent_answers_are_refused_and_fail_over() {
     let d = ToolDispatcher::new(db.clone());
     let flood = TestAgent::start(
         "flood",
-        Behaviour::Huge(switchboard::transport::MAX_RESPONSE_BYTES + 1),
+        Behaviour::Huge(switchboard::routing::MAX_RESPONSE_BYTES + 1),
     )
     .await;
     let good = TestAgent::start("good", Behaviour::Echo).await;

@@ -203,13 +203,13 @@ fn a_read_denied_scan_records_one_aggregate_decision() {
 #[test]
 fn a_page_examines_a_bounded_number_of_hidden_keys() {
     let (_dir, db) = temp_db();
-    fill(&db, 3 * switchboard::storage::PAGE_HIDDEN_BUDGET);
+    fill(&db, 3 * switchboard::PAGE_HIDDEN_BUDGET);
     let judged = deny_reads_of_tools(&db);
     let page = db.scan_from("tools/").page(1).unwrap();
     assert!(page.items.is_empty());
     assert_eq!(
         judged.load(Ordering::Relaxed),
-        switchboard::storage::PAGE_HIDDEN_BUDGET
+        switchboard::PAGE_HIDDEN_BUDGET
     );
     let cursor = page.next_after.expect("a page stopped early has a cursor");
     let next = db

@@ -54,7 +54,12 @@ fn raw_options(block_cache_bytes: usize) -> rocksdb::Options {
     options.create_if_missing(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.increase_parallelism(2);
-    options.set_block_based_table_factory(&switchboard::storage::table_options(block_cache_bytes));
+    // Mirrors the table options `Database::open` sets (16 KiB blocks, an LRU
+    // block cache): the library keeps that RocksDB type to itself.
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_size(16 << 10);
+    table.set_block_cache(&rocksdb::Cache::new_lru_cache(block_cache_bytes));
+    options.set_block_based_table_factory(&table);
     options
 }
 
@@ -62,7 +67,7 @@ fn raw_options(block_cache_bytes: usize) -> rocksdb::Options {
 /// uses: the baseline every ratio is taken against.
 pub fn raw_baseline_db(path: &std::path::Path) -> rocksdb::TransactionDB {
     rocksdb::TransactionDB::open(
-        &raw_options(switchboard::storage::DEFAULT_BLOCK_CACHE_BYTES),
+        &raw_options(switchboard::DatabaseOptions::default().block_cache_bytes),
         &rocksdb::TransactionDBOptions::default(),
         path,
     )
@@ -72,7 +77,10 @@ pub fn raw_baseline_db(path: &std::path::Path) -> rocksdb::TransactionDB {
 /// A bare RocksDB `DB` with the same options: what `Database` commits to (one
 /// `WriteBatch` per transaction), so the floor under its writes.
 pub fn raw_batch_db(path: &std::path::Path) -> rocksdb::DB {
-    raw_batch_db_with_cache(path, switchboard::storage::DEFAULT_BLOCK_CACHE_BYTES)
+    raw_batch_db_with_cache(
+        path,
+        switchboard::DatabaseOptions::default().block_cache_bytes,
+    )
 }
 
 /// [`raw_batch_db`] with a block cache of `bytes`.

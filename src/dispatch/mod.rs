@@ -48,7 +48,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingOptions {
+    /// How the agent is chosen.
     pub strategy: RoutingStrategy,
+    /// Calls with the same session id go to the same agent while it stays available.
     pub session_id: Option<String>,
     /// Agent calls to make at most (failovers included); at least 1.
     pub max_attempts: u32,
@@ -70,6 +72,7 @@ impl RoutingOptions {
         Self::default()
     }
 
+    /// Chooses the agent with `strategy`.
     pub fn with_strategy(mut self, strategy: RoutingStrategy) -> Self {
         self.strategy = strategy;
         self
@@ -82,6 +85,7 @@ impl RoutingOptions {
         self
     }
 
+    /// Tries at most `attempts` agents (at least one).
     pub fn with_max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -91,11 +95,15 @@ impl RoutingOptions {
 /// What a successful `invoke` returns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InvocationResult {
+    /// The id of this invocation; its record lives under `tools/<category>/<tool>/<id>`.
     pub invocation_id: String,
+    /// The agent that answered.
     pub agent_id: String,
+    /// The agent's answer.
     pub output: serde_json::Value,
     /// Agent calls made (1 unless it failed over).
     pub attempts: u32,
+    /// Milliseconds the successful attempt took.
     pub latency_ms: f64,
 }
 

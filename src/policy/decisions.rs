@@ -10,8 +10,11 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecisionKind {
+    /// A hook, module or rate limit refused the operation.
     Deny,
+    /// A hook rewrote the value.
     Modify,
+    /// A hook asked for the operation to be logged.
     Log,
 }
 
@@ -19,16 +22,21 @@ pub enum DecisionKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
+    /// When it was decided (ms since the Unix epoch).
     pub at_ms: u64,
     /// `put`, `delete` or `get`.
     pub op: Op,
     /// `before` or `after`.
     pub phase: Phase,
+    /// The key concerned.
     pub key: String,
+    /// What was decided.
     pub decision: DecisionKind,
     /// Which hook, Rego module or rate limit decided, and on which scope.
     pub by: String,
+    /// Why, as the deciding hook or module put it.
     pub reason: String,
+    /// The acting [`PolicyContext`](crate::PolicyContext), as JSON.
     pub context: serde_json::Value,
 }
 

@@ -293,3 +293,56 @@ mod tests {
         }
     }
 }
+
+/// Property tests over hostile patterns and keys: none panics, and the
+/// segment rules hold. Deeper runs: `PROPTEST_CASES=100000 cargo test --lib glob`.
+#[cfg(test)]
+mod properties {
+    use super::Glob;
+    use proptest::prelude::*;
+
+    fn config(cases: u32) -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn globs_never_panic_and_literal_globs_match_only_themselves(
+            pattern in "[a-c*/]{0,12}",
+            key in "[a-c/]{0,12}",
+        ) {
+            if let Ok(glob) = Glob::new(&pattern) {
+                let matched = glob.matches(&key);
+                if !pattern.contains('*') {
+                    prop_assert_eq!(matched, pattern == key);
+                }
+                if pattern == "**" {
+                    prop_assert!(matched);
+                }
+            }
+        }
+
+        #[test]
+        fn single_star_never_crosses_a_segment(prefix in "[a-c]{1,4}", rest in "[a-c]{1,3}(/[a-c]{1,3}){0,2}") {
+            // In the middle of a glob `*` stays within one segment...
+            let glob = Glob::new(&format!("{prefix}/*/end")).unwrap();
+            let key = format!("{prefix}/{rest}/end");
+            let one_segment = !rest.contains('/');
+            prop_assert_eq!(glob.matches(&key), one_segment);
+            // ...and a trailing `/*` also covers everything nested below.
+            let trailing = Glob::new(&format!("{}/*", prefix)).unwrap();
+            let nested = format!("{}/{}", prefix, rest);
+            prop_assert!(trailing.matches(&nested));
+        }
+    }
+}

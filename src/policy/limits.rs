@@ -27,6 +27,7 @@ use std::time::Duration;
 pub enum RateLimitOp {
     /// Every put (dispatch records, registrations, bindings, generic writes).
     Put,
+    /// Every delete.
     Delete,
     /// Every `get`, and every `scan` (one per scan).
     Get,

@@ -1,7 +1,7 @@
 //! The policy layer: pure decisions about writes and reads, with no storage.
 //!
-//! A database owns exactly one [`PolicyChain`]; [`PolicyEngine`] is a handle on
-//! it. The chain holds hooks in registration order, each scoped by a [`Glob`]:
+//! A database owns exactly one hook chain (`chain`); [`PolicyEngine`] is a handle on
+//! it. The chain holds hooks in registration order, each scoped by a glob:
 //! closures (`before_write`, `after_write`, `before_delete`, `after_delete`,
 //! `before_read`, `after_read`) and Rego modules (`add_rego`). Before-hooks
 //! run on the staged value before the commit and may allow, deny or rewrite
@@ -9,25 +9,25 @@
 //! a write that has committed; they cannot undo it. Hooks that panic, and Rego
 //! modules that fail to evaluate (or panic), deny (fail closed).
 //!
-//! Files: [`context`] (who is writing), `chain` (the hooks and the one runner),
-//! `engine` (the public handle), [`decisions`], [`glob`], `limits`, `network`
+//! Files: `context` (who is writing), `chain` (the hooks and the one runner),
+//! `engine` (the public handle), `decisions`, `glob`, `limits`, `network`
 //! (which addresses agents may live at), [`rego`].
 
 mod chain;
-pub mod context;
-pub mod decisions;
+mod context;
+pub(crate) mod decisions;
 mod engine;
-pub mod glob;
+pub(crate) mod glob;
 mod limits;
 mod network;
 pub mod rego;
 
-pub use chain::{HookFn, PolicyChain};
+pub use chain::HookFn;
+pub(crate) use chain::PolicyChain;
 pub use context::{keys, OperationKind, PolicyContext};
 pub use decisions::{Decision, DecisionKind, DecisionLogRetention};
 pub(crate) use engine::sealed;
 pub use engine::{ChainOwner, PolicyEngine};
-pub use glob::Glob;
 pub use limits::{Clock, ManualClock, RateLimitOp, RateLimitScope, SystemClock};
 pub use network::NetworkPolicy;
 pub use rego::RegoEvaluator;
@@ -57,7 +57,9 @@ pub enum PolicyAction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
+    /// A write.
     Put,
+    /// A delete.
     Delete,
     /// A read through `get` or `scan`.
     Get,
@@ -79,7 +81,9 @@ impl Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// Before the operation commits (may refuse or rewrite it).
     Before,
+    /// After the operation committed (sees it, cannot undo it).
     After,
 }
 

@@ -19,13 +19,17 @@ const EWMA_TAU_SECS: f64 = 10.0;
 pub struct AgentMetrics {
     /// Finished invocations (successes + failures).
     pub total: u64,
+    /// Invocations the agent answered.
     pub successes: u64,
     /// Tool errors, agent failures and timeouts.
     pub failures: u64,
     /// `successes / total`, 1.0 while nothing has finished.
     pub success_rate: f64,
+    /// Mean latency of finished invocations, in ms.
     pub avg_latency_ms: f64,
+    /// Median latency estimate, in ms.
     pub p50_latency_ms: f64,
+    /// 99th percentile latency estimate, in ms.
     pub p99_latency_ms: f64,
     /// Invocations running now.
     pub active_tasks: u64,

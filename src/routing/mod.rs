@@ -25,5 +25,5 @@ pub use agent::AgentConfig;
 pub use health::HealthCheckConfig;
 pub use metrics::AgentMetrics;
 pub use registry::AgentRegistry;
-pub use router::ToolRouter;
+pub(crate) use router::ToolRouter;
 pub use strategy::RoutingStrategy;

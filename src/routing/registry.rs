@@ -51,7 +51,7 @@ impl AgentRegistry {
     /// Loads every registration stored in `db`. HTTP agents are routable at
     /// once (and start healthy: checks decide again in this process); local
     /// agents wait for their handler.
-    pub fn load(db: Database, router: Arc<ToolRouter>) -> Result<AgentRegistry> {
+    pub(crate) fn load(db: Database, router: Arc<ToolRouter>) -> Result<AgentRegistry> {
         let registry = AgentRegistry::empty(db, router);
         let mut loaded = HashMap::new();
         let mut routable = Vec::new();

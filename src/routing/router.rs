@@ -201,6 +201,7 @@ impl ToolRouter {
     }
 
     /// Number of healthy agents serving `category`.
+    #[allow(dead_code)] // a diagnostic no caller needs today
     pub fn healthy_count(&self, category: &ToolCategory) -> usize {
         self.pool(category)
             .map(|p| p.snapshot.read().agents.len())

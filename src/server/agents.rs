@@ -71,16 +71,23 @@ pub(crate) async fn get_agent(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
+    /// The categories the agent serves.
     pub tools: Vec<ToolCategory>,
+    /// The URL its tool calls are posted to.
     pub endpoint: String,
+    /// Its health-check URL, if not the default.
     pub health_url: Option<String>,
     #[serde(default)]
+    /// Routing priority (higher first for the `priority` strategy).
     pub priority: i32,
+    /// Milliseconds a call may take.
     pub timeout_ms: Option<u64>,
+    /// Calls it may run at once.
     pub max_concurrency: Option<u32>,
 }
 
 impl RegisterBody {
+    /// The agent configuration this body describes.
     pub fn into_config(self) -> AgentConfig {
         let mut config = AgentConfig::new()
             .with_tools(self.tools)

@@ -16,12 +16,18 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvokeBody {
+    /// The tool to call.
     pub tool: String,
+    /// Its category.
     pub category: ToolCategory,
     #[serde(default)]
+    /// The tool's input.
     pub input: serde_json::Value,
+    /// How to choose the agent (default: the dispatcher's default strategy).
     pub strategy: Option<RoutingStrategy>,
+    /// A session id for agent affinity.
     pub session_id: Option<String>,
+    /// How many agents to try at most.
     pub max_attempts: Option<u32>,
 }
 

@@ -28,6 +28,7 @@ impl Default for ServerLimits {
 }
 
 impl ServerLimits {
+    /// The limits a configuration file sets.
     pub fn from_config(config: &Config) -> Self {
         let l = &config.limits;
         ServerLimits {

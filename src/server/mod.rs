@@ -38,8 +38,11 @@ use tokio::sync::Semaphore;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// The dispatcher requests are served by.
     pub dispatcher: ToolDispatcher,
+    /// The policy engine of the dispatcher's database.
     pub policy: PolicyEngine,
+    /// The bearer token every route but `/healthz` requires, if any.
     pub token: Option<Arc<str>>,
     /// Host names accepted besides the listen address's own (see `hosts`).
     pub(crate) allowed_hosts: Arc<[String]>,
@@ -48,6 +51,7 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// State serving `dispatcher`, requiring `token` if given.
     pub fn new(dispatcher: ToolDispatcher, token: Option<String>) -> Self {
         let policy = PolicyEngine::new(dispatcher.database());
         AppState {

@@ -9,8 +9,11 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
+/// A loaded policy, as `GET /policies` lists it.
 pub struct PolicyInfo {
+    /// The policy's name.
     pub name: String,
+    /// The key glob it applies to.
     pub scope: String,
 }
 
@@ -28,7 +31,9 @@ pub(crate) async fn list_policies(State(s): State<AppState>) -> Json<Vec<PolicyI
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddPolicyBody {
+    /// The key glob the module applies to.
     pub scope: String,
+    /// The Rego source.
     pub source: String,
 }
 

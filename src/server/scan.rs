@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScanQuery {
+    /// The key prefix to scan.
     pub prefix: String,
+    /// Resume after this key (the previous page's `next_after`).
     pub after: Option<String>,
+    /// At most this many items (bounded by the server).
     pub limit: Option<usize>,
 }
 
@@ -24,6 +27,7 @@ pub const MAX_SCAN_PAGE: usize = 1000;
 /// One page of a scan.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScanPage {
+    /// The visible items of this page, in key order.
     pub items: Vec<ScanItem>,
     /// Pass as `after` to get the next page; absent on the last page.
     pub next_after: Option<String>,
@@ -32,7 +36,9 @@ pub struct ScanPage {
 /// One key and its value (JSON if it parses, else a string).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScanItem {
+    /// The item's key.
     pub key: String,
+    /// Its value, as JSON (or a string when not JSON).
     pub value: serde_json::Value,
 }
 

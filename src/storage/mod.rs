@@ -26,8 +26,9 @@ mod scan;
 mod transaction;
 
 pub use decision_log::DECISION_LOG;
+pub(crate) use options::table_options;
 pub use options::{
-    table_options, DatabaseOptions, Durability, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_MAX_VALUE_BYTES,
+    DatabaseOptions, Durability, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_MAX_VALUE_BYTES,
 };
 pub use reserved::ReservedWrites;
 pub use scan::{Page, Scan, ScanBuilder, PAGE_HIDDEN_BUDGET};

@@ -19,12 +19,12 @@ pub enum Durability {
     Sync,
 }
 
-/// How to open a [`Database`].
+/// How to open a [`Database`](crate::Database).
 #[derive(Clone, Debug)]
 pub struct DatabaseOptions {
     /// See [`Durability`].
     pub durability: Durability,
-    /// Values larger than this are refused with [`Error::InvalidInput`].
+    /// Values larger than this are refused with [`Error::InvalidInput`](crate::Error::InvalidInput).
     pub max_value_bytes: usize,
     /// Memory for uncompressed table blocks. Long scans read fastest when the
     /// part of the store they cover fits (see docs/benchmarks.md).
@@ -65,7 +65,7 @@ impl DatabaseOptions {
 /// store is read mostly by long prefix scans of records a few hundred bytes
 /// long, which then cost a quarter of the block reads and checksums; and a
 /// block cache of `block_cache_bytes`.
-pub fn table_options(block_cache_bytes: usize) -> rocksdb::BlockBasedOptions {
+pub(crate) fn table_options(block_cache_bytes: usize) -> rocksdb::BlockBasedOptions {
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_size(16 << 10);
     table.set_block_cache(&rocksdb::Cache::new_lru_cache(block_cache_bytes));

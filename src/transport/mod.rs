@@ -11,6 +11,8 @@
 pub(crate) mod http;
 pub(crate) mod layers;
 pub(crate) mod local;
+#[cfg(test)]
+mod properties;
 
 use crate::error::{Error, Result};
 use crate::namespace::AttemptOutcome;
@@ -21,7 +23,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-pub use http::parse_response;
 pub(crate) use local::{local_handler, LocalHandler};
 
 /// The largest agent response body accepted.
@@ -67,6 +68,7 @@ impl ToolError {
     }
 
     /// Whether another agent should be tried.
+    #[cfg_attr(not(test), allow(dead_code))] // the response-parser properties check it
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
@@ -110,6 +112,7 @@ pub enum Failure {
 
 impl Failure {
     /// Whether another agent should be tried.
+    #[cfg_attr(not(test), allow(dead_code))] // the response-parser properties check it
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Failure::Tool(_))
     }

@@ -135,12 +135,13 @@ fn audit(c: &mut Criterion) {
     group.bench_function("scan", |b| {
         b.iter(|| {
             let (mut n, mut bytes) = (0u64, 0usize);
-            db.scan_each("tools/", None, |_key, value| {
-                n += 1;
-                bytes += value.len();
-                true
-            })
-            .unwrap();
+            db.scan_from("tools/")
+                .each(|_key, value| {
+                    n += 1;
+                    bytes += value.len();
+                    true
+                })
+                .unwrap();
             assert_eq!(n, count);
             bytes
         })
@@ -162,12 +163,13 @@ fn audit(c: &mut Criterion) {
     group.bench_function("scan_decoding_records", |b| {
         b.iter(|| {
             let mut succeeded = 0u64;
-            db.scan_each("tools/", None, |_key, value| {
-                let record: DispatchRecord = serde_json::from_slice(value).unwrap();
-                succeeded += u64::from(record.status == DispatchStatus::Succeeded);
-                true
-            })
-            .unwrap();
+            db.scan_from("tools/")
+                .each(|_key, value| {
+                    let record: DispatchRecord = serde_json::from_slice(value).unwrap();
+                    succeeded += u64::from(record.status == DispatchStatus::Succeeded);
+                    true
+                })
+                .unwrap();
             assert_eq!(succeeded, count);
         })
     });
@@ -183,11 +185,13 @@ fn audit(c: &mut Criterion) {
     group.bench_function("scan_one_read_hook", |b| {
         b.iter(|| {
             let mut n = 0u64;
-            db.scan_each_with("tools/", None, &reader, |_key, _value| {
-                n += 1;
-                true
-            })
-            .unwrap();
+            db.scan_from("tools/")
+                .as_reader(&reader)
+                .each(|_key, _value| {
+                    n += 1;
+                    true
+                })
+                .unwrap();
             assert_eq!(n, count);
         })
     });

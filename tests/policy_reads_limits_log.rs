@@ -74,27 +74,32 @@ fn before_read_denials_refuse_gets_and_scans_skip_the_key() {
         "denied keys are skipped, the scan goes on"
     );
     let as_admin: Vec<String> = db
-        .scan_with("secrets/", &admin())
+        .scan_from("secrets/")
+        .as_reader(&admin())
+        .iter()
         .map(|kv| kv.unwrap().0)
         .collect();
     assert_eq!(as_admin, ["secrets/k1", "secrets/k2"]);
 
     // The borrowing scan is judged the same way.
     let mut visited = Vec::new();
-    db.scan_each("", None, |key, _| {
-        if !key.starts_with("policy_log/") {
-            visited.push(key.to_string());
-        }
-        true
-    })
-    .unwrap();
+    db.scan_from("")
+        .each(|key, _| {
+            if !key.starts_with("policy_log/") {
+                visited.push(key.to_string());
+            }
+            true
+        })
+        .unwrap();
     assert_eq!(visited, ["notes/a"]);
     let mut as_admin = Vec::new();
-    db.scan_each_with("secrets/", None, &admin(), |key, value| {
-        as_admin.push((key.to_string(), value.to_vec()));
-        true
-    })
-    .unwrap();
+    db.scan_from("secrets/")
+        .as_reader(&admin())
+        .each(|key, value| {
+            as_admin.push((key.to_string(), value.to_vec()));
+            true
+        })
+        .unwrap();
     assert_eq!(
         as_admin,
         [
@@ -149,11 +154,12 @@ fn after_read_modify_redacts_what_readers_get_but_not_what_is_stored() {
     assert_eq!(scanned.len(), 2);
     assert_eq!(scanned[0]["input"]["api_key"], "***");
     let mut visited = Vec::new();
-    db.scan_each("tools/web/", None, |_, value| {
-        visited.push(serde_json::from_slice::<serde_json::Value>(value).unwrap());
-        true
-    })
-    .unwrap();
+    db.scan_from("tools/web/")
+        .each(|_, value| {
+            visited.push(serde_json::from_slice::<serde_json::Value>(value).unwrap());
+            true
+        })
+        .unwrap();
     assert_eq!(visited, scanned, "the borrowing scan redacts alike");
     // One Modify decision per redacted read (get, scan, scan_each), none for
     // admin reads.

@@ -549,7 +549,9 @@ fn scans_are_ordered_and_stay_under_their_prefix() {
     assert_eq!(keys(&db, "c/"), Vec::<String>::new());
     assert_eq!(keys(&db, "").len(), 7);
     let paged: Vec<String> = db
-        .scan_after("a/", Some("a/1/x"))
+        .scan_from("a/")
+        .after(Some("a/1/x"))
+        .iter()
         .map(|kv| kv.unwrap().0)
         .collect();
     assert_eq!(paged, ["a/10", "a/2"]);
@@ -626,30 +628,34 @@ fn scan_each_visits_what_scan_yields_and_can_stop_or_resume() {
     tx.commit().unwrap();
     let owned: Vec<(String, Vec<u8>)> = db.scan("audit/").map(Result::unwrap).collect();
     let mut borrowed = Vec::new();
-    db.scan_each("audit/", None, |key, value| {
-        borrowed.push((key.to_string(), value.to_vec()));
-        true
-    })
-    .unwrap();
+    db.scan_from("audit/")
+        .each(|key, value| {
+            borrowed.push((key.to_string(), value.to_vec()));
+            true
+        })
+        .unwrap();
     assert_eq!(borrowed.len(), 50);
     assert_eq!(borrowed, owned);
 
     let mut first_ten = Vec::new();
-    db.scan_each("audit/", None, |key, _| {
-        first_ten.push(key.to_string());
-        first_ten.len() < 10
-    })
-    .unwrap();
+    db.scan_from("audit/")
+        .each(|key, _| {
+            first_ten.push(key.to_string());
+            first_ten.len() < 10
+        })
+        .unwrap();
     assert_eq!(first_ten.len(), 10, "returning false stops the scan");
     let mut rest = Vec::new();
-    db.scan_each("audit/", Some(&first_ten[9]), |key, _| {
-        rest.push(key.to_string());
-        true
-    })
-    .unwrap();
+    db.scan_from("audit/")
+        .after(first_ten[9].as_str())
+        .each(|key, _| {
+            rest.push(key.to_string());
+            true
+        })
+        .unwrap();
     assert_eq!(rest.first().map(String::as_str), Some("audit/010"));
     assert_eq!(rest.len(), 40);
 
-    let err = db.scan_each("bad//prefix", None, |_, _| true).unwrap_err();
+    let err = db.scan_from("bad//prefix").each(|_, _| true).unwrap_err();
     assert!(matches!(err, Error::InvalidInput(_)), "{err}");
 }

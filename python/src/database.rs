@@ -170,7 +170,10 @@ impl Scan {
             let batch = py
                 .detach(|| {
                     st.db
-                        .scan_after_with(&st.prefix, st.last.as_deref(), &st.ctx)
+                        .scan_from(&st.prefix)
+                        .after(st.last.as_deref())
+                        .as_reader(&st.ctx)
+                        .iter()
                         .take(SCAN_BATCH)
                         .collect::<switchboard::Result<Vec<_>>>()
                 })

@@ -28,7 +28,12 @@ pub fn run(args: ScanArgs) -> switchboard::Result<()> {
     if !args.json {
         println!("{:<64} VALUE", "KEY");
     }
-    for kv in db.scan_with(&args.prefix, &ctx).take(limit) {
+    for kv in db
+        .scan_from(&args.prefix)
+        .as_reader(&ctx)
+        .iter()
+        .take(limit)
+    {
         let (key, value) = kv?;
         let text = String::from_utf8_lossy(&value);
         if args.json {

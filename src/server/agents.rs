@@ -24,7 +24,12 @@ pub fn visible_agents(
 ) -> crate::Result<Vec<AgentRecord>> {
     let registry = dispatcher.registry();
     let mut records = Vec::new();
-    for kv in dispatcher.database().scan_with(&agent_key(""), ctx) {
+    for kv in dispatcher
+        .database()
+        .scan_from(&agent_key(""))
+        .as_reader(ctx)
+        .iter()
+    {
         let (key, _) = kv?;
         let id = &key[agent_key("").len()..];
         if let Some(record) = registry.get(id) {

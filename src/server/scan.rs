@@ -54,25 +54,23 @@ pub fn scan_page(
             "limit must be between 1 and {MAX_SCAN_PAGE}"
         )));
     }
-    let mut items = Vec::new();
-    let mut more = false;
-    for kv in db.scan_after(prefix, after) {
-        let (key, value) = kv?;
-        if items.len() == limit {
-            more = true;
-            break;
-        }
-        let value = serde_json::from_slice(&value).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&value).into_owned())
-        });
-        items.push(ScanItem { key, value });
-    }
-    let next_after = if more {
-        items.last().map(|i| i.key.clone())
-    } else {
-        None
-    };
-    Ok(ScanPage { items, next_after })
+    // The bounded page: a run of keys the read hooks hide cannot make one
+    // request walk the whole prefix; its cursor may then sit on a hidden key.
+    let page = db.scan_from(prefix).after(after).page(limit)?;
+    let items = page
+        .items
+        .into_iter()
+        .map(|(key, value)| {
+            let value = serde_json::from_slice(&value).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&value).into_owned())
+            });
+            ScanItem { key, value }
+        })
+        .collect();
+    Ok(ScanPage {
+        items,
+        next_after: page.next_after,
+    })
 }
 
 pub(crate) async fn scan(

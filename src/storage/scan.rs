@@ -319,57 +319,13 @@ impl Iterator for Scan<'_> {
     }
 }
 
-/// The scan methods that came before [`Database::scan_from`]; each is one
-/// line of it.
+/// The plain audit scan, and the unjudged scan Switchboard's own bookkeeping
+/// uses; both are one line of [`Database::scan_from`].
 impl Database {
     /// Every key starting with `prefix`, in key order, with its value, through
     /// the read hooks with an empty context.
     pub fn scan(&self, prefix: &str) -> Scan<'_> {
         self.scan_from(prefix).iter()
-    }
-
-    /// Like [`scan`](Self::scan), starting after `after` (exclusive).
-    pub fn scan_after(&self, prefix: &str, after: Option<&str>) -> Scan<'_> {
-        self.scan_from(prefix).after(after).iter()
-    }
-
-    /// [`scan`](Self::scan) as the reader `ctx`.
-    pub fn scan_with(&self, prefix: &str, ctx: &PolicyContext) -> Scan<'_> {
-        self.scan_from(prefix).as_reader(ctx).iter()
-    }
-
-    /// [`scan_with`](Self::scan_with) starting after `after`.
-    pub fn scan_after_with(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        ctx: &PolicyContext,
-    ) -> Scan<'_> {
-        self.scan_from(prefix).after(after).as_reader(ctx).iter()
-    }
-
-    /// [`ScanBuilder::each`] with an empty context.
-    pub fn scan_each(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        visit: impl FnMut(&str, &[u8]) -> bool,
-    ) -> Result<()> {
-        self.scan_from(prefix).after(after).each(visit)
-    }
-
-    /// [`ScanBuilder::each`] as the reader `ctx`.
-    pub fn scan_each_with(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        ctx: &PolicyContext,
-        visit: impl FnMut(&str, &[u8]) -> bool,
-    ) -> Result<()> {
-        self.scan_from(prefix)
-            .after(after)
-            .as_reader(ctx)
-            .each(visit)
     }
 
     /// A scan without the read hooks, for Switchboard's own bookkeeping.

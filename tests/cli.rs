@@ -1,8 +1,8 @@
-//! The `switchboard` binary: demo, serve (config, token, signals) and the CLI.
+//! The `switchboard` binary's commands, run as a child process.
 
 mod common;
 
-use common::free_port;
+use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,17 @@ fn run_ok(args: &[&str]) -> String {
     );
     stdout
 }
+
+const HIDE_AGENT_POLICY: &str = r#"# scope: agents/**
+# ops: get
+package switchboard.hide_agents
+
+import rego.v1
+
+deny contains "hidden agents are not listed" if {
+	input.key == "agents/hidden"
+}
+"#;
 
 #[test]
 fn demo_runs_to_completion_and_shows_each_part() {
@@ -224,4 +235,61 @@ fn serve_reads_its_config_requires_the_token_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_adress"));
+}
+
+#[test]
+fn cli_agent_list_and_scan_run_under_the_given_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("hide.rego"), HIDE_AGENT_POLICY).unwrap();
+    let data = data.to_str().unwrap();
+    for id in ["hidden", "shown"] {
+        let out = switchboard()
+            .args(["agents", "register", id, "--tools", "code"])
+            .args(["--endpoint", "http://127.0.0.1:9/invoke", "--data", data])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let policies = policies.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = switchboard().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = run(&[
+        "agents",
+        "list",
+        "--json",
+        "--data",
+        data,
+        "--policies",
+        policies,
+    ]);
+    assert!(listed.contains("\"shown\""), "{listed}");
+    assert!(!listed.contains("\"hidden\""), "{listed}");
+    let scanned = run(&[
+        "scan",
+        "agents/",
+        "--json",
+        "--data",
+        data,
+        "--policies",
+        policies,
+    ]);
+    assert!(scanned.contains("agents/shown"), "{scanned}");
+    assert!(!scanned.contains("agents/hidden"), "{scanned}");
+    // Without the policies both are there.
+    let listed = run(&["agents", "list", "--json", "--data", data]);
+    assert!(listed.contains("\"hidden\""), "{listed}");
 }

@@ -1,18 +1,19 @@
-//! Registry, strategies, dispatch flow, sessions, failover, health and metrics,
-//! with real HTTP agents on 127.0.0.1 and in-process handlers.
+//! Routing: strategies, session affinity, health checks, registrations and
+//! which agents are candidates, through the dispatcher with local and real
+//! HTTP agents on 127.0.0.1.
 
 mod common;
 
-use common::{closing_endpoint, records, refused_endpoint, temp_db, Behaviour, TestAgent};
+use common::*;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard::namespace::{AgentRecord, AgentStatus, DispatchStatus, SessionRecord};
 use switchboard::{
-    AgentConfig, Database, Error, HealthCheckConfig, PolicyEngine, RoutingOptions, RoutingStrategy,
-    ToolCategory, ToolDispatcher, ToolError,
+    AgentConfig, AgentRecord, AgentStatus, Database, DispatchStatus, Error, HealthCheckConfig,
+    PolicyEngine, RoutingOptions, RoutingStrategy, SessionRecord, ToolCategory, ToolDispatcher,
+    ToolError,
 };
 
 fn echo_agent(d: &ToolDispatcher, id: &'static str, tools: Vec<ToolCategory>) {
@@ -47,40 +48,6 @@ async fn tally(d: &ToolDispatcher, strategy: RoutingStrategy, n: usize) -> HashM
             .or_default() += 1;
     }
     counts
-}
-
-#[tokio::test]
-async fn quick_start_echoes_through_a_local_agent_and_records_it() {
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db.clone());
-    echo_agent(&d, "local_code", vec![ToolCategory::Code]);
-    let r = d
-        .invoke(
-            "code_exec",
-            ToolCategory::Code,
-            json!({"code": "print('hello')"}),
-            RoutingOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.agent_id, "local_code");
-    assert_eq!(
-        r.output,
-        json!({"agent": "local_code", "tool": "code_exec", "echo": {"code": "print('hello')"}})
-    );
-    let recs = records(&db, "tools/code/code_exec/");
-    assert_eq!(recs.len(), 1);
-    let rec = &recs[0];
-    assert_eq!(rec.invocation_id, r.invocation_id);
-    assert_eq!(rec.status, DispatchStatus::Succeeded);
-    assert_eq!(rec.agent_id.as_deref(), Some("local_code"));
-    assert_eq!(rec.attempts.len(), 1);
-    assert!(rec.finished_at_ms.is_some() && rec.latency_ms.is_some());
-    assert_eq!(
-        db.scan("inflight/").count(),
-        0,
-        "the in-flight entry is cleared with the outcome"
-    );
 }
 
 #[tokio::test]
@@ -438,231 +405,6 @@ async fn sticky_needs_a_session_and_bindings_follow_removed_or_unhealthy_agents(
     assert_eq!(binding.agent_id, "c");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_first_calls_of_a_session_agree_on_one_agent() {
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db);
-    for id in ["a", "b", "c", "d"] {
-        echo_agent(&d, id, vec![ToolCategory::Code]);
-    }
-    let calls: Vec<_> = (0..32)
-        .map(|_| {
-            let d = d.clone();
-            tokio::spawn(async move {
-                let opts = RoutingOptions::new()
-                    .with_strategy(RoutingStrategy::Sticky)
-                    .with_session_id("race");
-                d.invoke("run", ToolCategory::Code, json!({}), opts)
-                    .await
-                    .unwrap()
-                    .agent_id
-            })
-        })
-        .collect();
-    let mut agents = std::collections::HashSet::new();
-    for c in calls {
-        agents.insert(c.await.unwrap());
-    }
-    assert_eq!(agents.len(), 1, "{agents:?}");
-}
-
-#[tokio::test]
-async fn http_failover_on_5xx_timeout_refused_and_non_json() {
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db.clone());
-    let broken = TestAgent::start("broken", Behaviour::Status(500)).await;
-    let hanging = TestAgent::start("hanging", Behaviour::Slow(Duration::from_secs(30))).await;
-    let garbled = TestAgent::start("garbled", Behaviour::NotJson).await;
-    let good = TestAgent::start("good", Behaviour::Echo).await;
-    let register = |id: &str, endpoint: &str, priority| {
-        d.register_agent(
-            id,
-            AgentConfig::new()
-                .with_tools(vec![ToolCategory::Code])
-                .with_endpoint(endpoint)
-                .with_priority(priority)
-                .with_timeout(Duration::from_millis(300)),
-        )
-        .unwrap()
-    };
-    register("broken", &broken.endpoint, 50);
-    register("hanging", &hanging.endpoint, 40);
-    register("refused", &refused_endpoint(), 30);
-    register("garbled", &garbled.endpoint, 20);
-    let (closing, _closer) = closing_endpoint().await;
-    register("closing", &closing, 15);
-    register("good", &good.endpoint, 10);
-
-    let opts = RoutingOptions::new()
-        .with_strategy(RoutingStrategy::Priority)
-        .with_max_attempts(6);
-    let r = d
-        .invoke("run", ToolCategory::Code, json!({"x": 1}), opts)
-        .await
-        .unwrap();
-    assert_eq!(r.agent_id, "good");
-    assert_eq!(r.attempts, 6);
-    assert_eq!(r.output["input"], json!({"x": 1}));
-    let sent = good.requests.lock().unwrap()[0].clone();
-    assert_eq!(sent["tool"], "run");
-    assert_eq!(sent["category"], "code");
-    assert_eq!(sent["invocation_id"], r.invocation_id.as_str());
-    assert!(sent["session_id"].is_null());
-
-    let rec = &records(&db, "tools/code/run/")[0];
-    assert_eq!(rec.status, DispatchStatus::Succeeded);
-    let outcomes: Vec<(&str, &str)> = rec
-        .attempts
-        .iter()
-        .map(|a| (a.agent_id.as_str(), a.outcome.as_str()))
-        .collect();
-    assert_eq!(
-        outcomes,
-        [
-            ("broken", "failed"),
-            ("hanging", "timeout"),
-            ("refused", "failed"),
-            ("garbled", "failed"),
-            ("closing", "failed"),
-            ("good", "succeeded")
-        ]
-    );
-    assert!(rec.attempts[0].error.as_deref().unwrap().contains("500"));
-    assert!(rec.attempts[3]
-        .error
-        .as_deref()
-        .unwrap()
-        .contains("not JSON"));
-
-    // Default: at most 3 agent calls, then the last failure is returned and recorded.
-    let err = d
-        .invoke(
-            "run",
-            ToolCategory::Code,
-            json!({}),
-            RoutingOptions::new().with_strategy(RoutingStrategy::Priority),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::AgentFailed { ref agent_id, .. } if agent_id == "refused"),
-        "{err}"
-    );
-    let failed: Vec<_> = records(&db, "tools/code/run/")
-        .into_iter()
-        .filter(|r| r.status == DispatchStatus::Failed)
-        .collect();
-    assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0].attempts.len(), 3);
-    assert!(failed[0].error.as_deref().unwrap().contains("refused"));
-    let m = d.get_metrics();
-    assert_eq!((m["broken"].total, m["broken"].failures), (2, 2));
-    assert_eq!((m["good"].total, m["good"].successes), (1, 1));
-    assert_eq!(m["good"].success_rate, 1.0);
-    assert_eq!(m["hanging"].success_rate, 0.0);
-}
-
-#[tokio::test]
-async fn tool_errors_are_not_retried() {
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db.clone());
-    let rejecting = TestAgent::start("rejecting", Behaviour::Status(422)).await;
-    let good = TestAgent::start("good", Behaviour::Echo).await;
-    for (agent, priority) in [(&rejecting, 2), (&good, 1)] {
-        d.register_agent(
-            &agent.name,
-            AgentConfig::new()
-                .with_tools(vec![ToolCategory::Code])
-                .with_endpoint(&agent.endpoint)
-                .with_priority(priority),
-        )
-        .unwrap();
-    }
-    let err = call(&d, RoutingStrategy::Priority).await.unwrap_err();
-    assert!(
-        matches!(&err, Error::ToolFailed { agent_id, message } if agent_id == "rejecting" && message.contains("422")),
-        "{err}"
-    );
-    assert_eq!(good.hits(), 0);
-    echo_agent(&d, "local_fail", vec![ToolCategory::Search]);
-    d.register_local_agent("local_fail", vec![ToolCategory::Search], |_t, _i| async {
-        Err::<serde_json::Value, _>(ToolError::from("bad query"))
-    })
-    .unwrap();
-    let err = d
-        .invoke("q", ToolCategory::Search, json!({}), RoutingOptions::new())
-        .await
-        .unwrap_err();
-    assert!(matches!(&err, Error::ToolFailed { message, .. } if message == "bad query"));
-    let rec = &records(&db, "tools/search/q/")[0];
-    assert_eq!(
-        (rec.status, rec.error.as_deref()),
-        (DispatchStatus::Failed, Some("bad query"))
-    );
-}
-
-#[tokio::test]
-async fn local_handlers_that_panic_or_hang_fail_over() {
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db);
-    fn explode() -> ToolError {
-        panic!("handler bug")
-    }
-    d.register_local_agent_with(
-        "panics",
-        AgentConfig::new()
-            .with_tools(vec![ToolCategory::Code])
-            .with_priority(3),
-        |_t, _i| async { Err::<serde_json::Value, _>(explode()) },
-    )
-    .unwrap();
-    d.register_local_agent_with(
-        "hangs",
-        AgentConfig::new()
-            .with_tools(vec![ToolCategory::Code])
-            .with_priority(2)
-            .with_timeout(Duration::from_millis(100)),
-        |_t, _i| async {
-            std::future::pending::<()>().await;
-            Ok::<_, ToolError>(json!(null))
-        },
-    )
-    .unwrap();
-    fn explode_early() {
-        panic!("handler bug before the future")
-    }
-    d.register_local_agent_with(
-        "panics_early",
-        AgentConfig::new()
-            .with_tools(vec![ToolCategory::Code])
-            .with_priority(4),
-        |_t, _i| {
-            explode_early();
-            async { Ok::<_, ToolError>(json!(null)) }
-        },
-    )
-    .unwrap();
-    echo_agent(&d, "works", vec![ToolCategory::Code]);
-    let options = RoutingOptions::new()
-        .with_strategy(RoutingStrategy::Priority)
-        .with_max_attempts(4);
-    let r = d
-        .invoke("run", ToolCategory::Code, json!({}), options)
-        .await
-        .unwrap();
-    assert_eq!((r.agent_id.as_str(), r.attempts), ("works", 4));
-    let m = d.get_metrics();
-    assert!(m.values().all(|m| m.active_tasks == 0));
-    assert_eq!(
-        (
-            m["panics"].failures,
-            m["panics_early"].failures,
-            m["hangs"].failures
-        ),
-        (1, 1, 1)
-    );
-}
-
 #[tokio::test]
 async fn health_checks_exclude_and_readmit_agents() {
     let (_dir, db) = temp_db();
@@ -822,61 +564,6 @@ async fn policy_denied_candidates_are_skipped() {
 }
 
 #[tokio::test]
-async fn records_and_metrics_match_what_happened() {
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db.clone());
-    let n = Arc::new(AtomicUsize::new(0));
-    let n2 = n.clone();
-    d.register_local_agent(
-        "every_third_fails",
-        vec![ToolCategory::Git],
-        move |_t, _i| {
-            let k = n2.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if k % 3 == 2 {
-                    Err(ToolError::from("merge conflict"))
-                } else {
-                    Ok(json!(k))
-                }
-            }
-        },
-    )
-    .unwrap();
-    let mut ok = 0;
-    for _ in 0..30 {
-        if d.invoke("merge", ToolCategory::Git, json!({}), RoutingOptions::new())
-            .await
-            .is_ok()
-        {
-            ok += 1;
-        }
-    }
-    assert_eq!(ok, 20);
-    let m = &d.get_metrics()["every_third_fails"];
-    assert_eq!(
-        (m.total, m.successes, m.failures, m.active_tasks),
-        (30, 20, 10, 0)
-    );
-    assert!((m.success_rate - 2.0 / 3.0).abs() < 1e-9);
-    assert!(m.p99_latency_ms >= m.p50_latency_ms);
-    let recs = records(&db, "tools/git/merge/");
-    assert_eq!(recs.len(), 30);
-    assert_eq!(
-        recs.iter()
-            .filter(|r| r.status == DispatchStatus::Succeeded)
-            .count(),
-        20
-    );
-    let ids: Vec<&String> = recs.iter().map(|r| &r.invocation_id).collect();
-    let mut sorted = ids.clone();
-    sorted.sort();
-    assert_eq!(ids, sorted, "a prefix scan reads a tool's history in order");
-    assert!(recs
-        .windows(2)
-        .all(|w| w[0].started_at_ms <= w[1].started_at_ms));
-}
-
-#[tokio::test]
 async fn registrations_persist_and_bad_registrations_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
@@ -983,105 +670,6 @@ async fn registrations_persist_and_bad_registrations_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn bad_invocations_get_clear_errors() {
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db.clone());
-    echo_agent(&d, "a", vec![ToolCategory::Code]);
-    let err = d
-        .invoke(
-            "x",
-            ToolCategory::Database,
-            json!({}),
-            RoutingOptions::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::NoAgentAvailable { category, reason } if category == "database" && reason.contains("no agent is registered")),
-        "{err}"
-    );
-    for bad_tool in ["", "a/b", "spaces here"] {
-        let err = d
-            .invoke(
-                bad_tool,
-                ToolCategory::Code,
-                json!({}),
-                RoutingOptions::new(),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidInput(_)), "{bad_tool:?}");
-    }
-    let err = d
-        .invoke(
-            "x",
-            ToolCategory::Code,
-            json!({}),
-            RoutingOptions::new().with_session_id("bad session"),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::InvalidInput(_)));
-    let err = d
-        .invoke(
-            "x",
-            ToolCategory::Code,
-            json!({}),
-            RoutingOptions::new().with_max_attempts(0),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::InvalidInput(_)));
-    assert_eq!(db.scan("tools/").count(), 0, "rejected calls write nothing");
-}
-
-#[tokio::test]
-async fn interrupted_dispatches_are_marked_on_the_next_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    {
-        let db = Database::open(&path).unwrap();
-        let d = ToolDispatcher::new(db.clone());
-        d.register_local_agent("stuck", vec![ToolCategory::Code], |_t, _i| async {
-            std::future::pending::<()>().await;
-            Ok::<_, ToolError>(json!(null))
-        })
-        .unwrap();
-        echo_agent(&d, "fine", vec![ToolCategory::Search]);
-        d.invoke("q", ToolCategory::Search, json!({}), RoutingOptions::new())
-            .await
-            .unwrap();
-        // The process "dies" mid-call: after the intent commits, the call is
-        // never polled or dropped again (a dropped call is recorded as cancelled).
-        let mut pending = Box::pin(call(&d, RoutingStrategy::RoundRobin));
-        tokio::select! {
-            _ = &mut pending => panic!("the stuck agent cannot answer"),
-            _ = async {
-                while db.scan("inflight/").count() == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            } => {}
-        }
-        std::mem::forget(pending);
-        assert_eq!(
-            records(&db, "tools/code/")[0].status,
-            DispatchStatus::InFlight
-        );
-    }
-    let db = Database::open(&path).unwrap();
-    let _d = ToolDispatcher::new(db.clone());
-    let rec = &records(&db, "tools/code/")[0];
-    assert_eq!(rec.status, DispatchStatus::Interrupted);
-    assert_eq!(rec.attempts[0].outcome, "interrupted");
-    assert_eq!(
-        records(&db, "tools/search/")[0].status,
-        DispatchStatus::Succeeded,
-        "finished records are untouched"
-    );
-    assert_eq!(db.scan("inflight/").count(), 0);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_agents_at_max_concurrency_are_skipped() {
     let (_dir, db) = temp_db();
@@ -1153,5 +741,43 @@ fn many_stored_http_agents_are_all_routable_after_a_restart() {
             let i: usize = id["agent_".len()..].parse().unwrap();
             assert_eq!((i % 3, category_of(i)), (2, category.clone()), "{id}");
         }
+    }
+}
+
+#[tokio::test]
+async fn health_follows_a_flapping_agent() {
+    use common::{Behaviour, TestAgent};
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let flapper = TestAgent::start("flapper", Behaviour::Echo).await;
+    d.register_agent(
+        "flapper",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Web])
+            .with_endpoint(&flapper.endpoint),
+    )
+    .unwrap();
+    d.enable_health_checks(
+        switchboard::HealthCheckConfig::new()
+            .interval(std::time::Duration::from_secs(3600))
+            .unhealthy_threshold(2)
+            .healthy_threshold(2),
+    );
+    // Each probe round sees the agent as the pattern says; the router's view
+    // changes only after two agreeing rounds in a row.
+    let pattern = [
+        false, true, false, false, true, false, true, true, false, false,
+    ];
+    let expected = [
+        true, true, true, false, false, false, false, true, true, false,
+    ];
+    for (up, healthy_after) in pattern.into_iter().zip(expected) {
+        flapper.healthy.store(up, Ordering::SeqCst);
+        d.check_health_now().await;
+        assert_eq!(
+            d.get_metrics()["flapper"].healthy,
+            healthy_after,
+            "after a probe that saw up={up}"
+        );
     }
 }

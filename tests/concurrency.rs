@@ -11,18 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard::{
-    Error, PolicyContext, PolicyEngine, RateLimitOp, RateLimitScope, RoutingOptions,
+    Error, ManualClock, PolicyContext, PolicyEngine, RateLimitOp, RateLimitScope, RoutingOptions,
     RoutingStrategy, ToolCategory, ToolDispatcher, ToolError,
 };
-
-/// Minute-window tests must not straddle a window edge: wait out the last
-/// two seconds of a minute.
-fn away_from_minute_edge() {
-    let left = 60_000 - switchboard::namespace::now_ms() % 60_000;
-    if left < 2_000 {
-        std::thread::sleep(Duration::from_millis(left + 50));
-    }
-}
 
 fn echo_agent(d: &ToolDispatcher, id: &'static str, tools: Vec<ToolCategory>) {
     d.register_local_agent(
@@ -164,18 +155,19 @@ async fn racing_first_calls_of_a_session_agree_on_one_agent() {
 #[test]
 fn rate_limits_are_exact_under_concurrency_and_reset_after_the_window() {
     let (_dir, db) = temp_db();
-    PolicyEngine::new(&db)
+    let window_ms = 1500u64;
+    // A clock that stands still: the whole burst falls in one window.
+    let clock = Arc::new(ManualClock::at(1_000_000));
+    let policy = PolicyEngine::new(&db);
+    policy.set_rate_limit_clock(clock.clone());
+    policy
         .add_rate_limit_per(
             RateLimitOp::Put,
             20,
-            Duration::from_millis(1500),
+            Duration::from_millis(window_ms),
             RateLimitScope::Global,
         )
         .unwrap();
-    // Align to the start of a window so the burst fits in one.
-    let window_ms = 1500u64;
-    let now = switchboard::namespace::now_ms();
-    std::thread::sleep(Duration::from_millis(window_ms - now % window_ms + 20));
     let db = Arc::new(db);
     let threads: Vec<_> = (0..50)
         .map(|i| {
@@ -199,18 +191,23 @@ fn rate_limits_are_exact_under_concurrency_and_reset_after_the_window() {
         20,
         "refused writes stored nothing"
     );
-    let now = switchboard::namespace::now_ms();
-    std::thread::sleep(Duration::from_millis(window_ms - now % window_ms + 20));
+    assert!(matches!(
+        db.put("notes/still_limited", b"1"),
+        Err(Error::RateLimited { .. })
+    ));
+    clock.advance(Duration::from_millis(window_ms));
     db.put("notes/after_reset", b"1").unwrap();
 }
 
 #[test]
 fn per_agent_limits_are_exact_for_each_agent_under_concurrency() {
     let (_dir, db) = temp_db();
-    PolicyEngine::new(&db)
+    let policy = PolicyEngine::new(&db);
+    // A clock that stands still: no window resets mid-test.
+    policy.set_rate_limit_clock(Arc::new(ManualClock::at(1_000_000)));
+    policy
         .add_rate_limit(RateLimitOp::Put, 5, RateLimitScope::PerAgent)
         .unwrap();
-    away_from_minute_edge();
     let db = Arc::new(db);
     let threads: Vec<_> = (0..40)
         .map(|i| {

@@ -120,15 +120,6 @@ fn decisions(db: &Database) -> Vec<Decision> {
         .collect()
 }
 
-/// Minute-window tests must not straddle a window edge: wait out the last
-/// two seconds of a minute.
-fn away_from_minute_edge() {
-    let left = 60_000 - switchboard::namespace::now_ms() % 60_000;
-    if left < 2_000 {
-        std::thread::sleep(Duration::from_millis(left + 50));
-    }
-}
-
 fn admin() -> PolicyContext {
     PolicyContext::new().with("role", "admin")
 }
@@ -797,8 +788,8 @@ async fn dispatch_limits_per_agent_tool_and_session() {
         .unwrap();
     }
     let policy = PolicyEngine::new(&db);
-    // Minute windows: nothing here may reset mid-test.
-    away_from_minute_edge();
+    // A clock that stands still: no minute window resets mid-test.
+    policy.set_rate_limit_clock(Arc::new(ManualClock::at(1_000_000)));
     policy
         .add_rate_limit(RateLimitOp::Dispatch, 2, RateLimitScope::PerAgent)
         .unwrap();
@@ -835,6 +826,7 @@ async fn dispatch_limits_per_agent_tool_and_session() {
     })
     .unwrap();
     let policy = PolicyEngine::new(&db2);
+    policy.set_rate_limit_clock(Arc::new(ManualClock::at(1_000_000)));
     policy
         .add_rate_limit(RateLimitOp::Dispatch, 2, RateLimitScope::PerTool)
         .unwrap();
@@ -867,8 +859,10 @@ fn read_limits_count_gets_and_whole_scans() {
     for i in 0..5 {
         db.put(&format!("notes/{i}"), b"1").unwrap();
     }
-    away_from_minute_edge();
-    PolicyEngine::new(&db)
+    let policy = PolicyEngine::new(&db);
+    // A clock that stands still: no minute window resets mid-test.
+    policy.set_rate_limit_clock(Arc::new(ManualClock::at(1_000_000)));
+    policy
         .add_rate_limit(RateLimitOp::Get, 3, RateLimitScope::Global)
         .unwrap();
     assert_eq!(db.scan("notes/").count(), 5, "a scan is one read");

@@ -76,7 +76,11 @@ pub mod routing {
     pub use crate::transport::{ToolError, MAX_RESPONSE_BYTES};
 }
 
+/// The server's configuration file: a building block of the `switchboard`
+/// binary, public so the binary and its tests can use it.
 pub mod config;
+/// The HTTP API: a building block of the `switchboard` binary, public so the
+/// binary and its tests can serve it (see [`server::run`]).
 pub mod server;
 
 // Database and transactions: open a store, write atomically, scan prefixes.

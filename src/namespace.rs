@@ -27,7 +27,7 @@ pub(crate) const TOOLS: &str = "tools/";
 pub(crate) const INFLIGHT: &str = "inflight/";
 
 /// Whether `c` may appear in an id or key segment.
-pub fn is_id_char(c: char) -> bool {
+pub(crate) fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
 }
 
@@ -105,7 +105,7 @@ fn is_plainly_valid_key(key: &[u8]) -> bool {
 }
 
 /// Checks a value: UTF-8 (JSON or text) and at most `max_value_bytes` long.
-pub fn validate_value(value: &[u8], max_value_bytes: usize) -> Result<()> {
+pub(crate) fn validate_value(value: &[u8], max_value_bytes: usize) -> Result<()> {
     if value.len() > max_value_bytes {
         return Err(Error::invalid(format!(
             "value is {} bytes; the limit is {max_value_bytes} (DatabaseOptions::max_value_bytes)",
@@ -122,7 +122,7 @@ pub fn validate_value(value: &[u8], max_value_bytes: usize) -> Result<()> {
 }
 
 /// Checks a scan prefix: like a key, but may be empty and may end with `/`.
-pub fn validate_prefix(prefix: &str) -> Result<()> {
+pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
     if prefix.is_empty() {
         return Ok(());
     }
@@ -284,7 +284,7 @@ pub fn new_invocation_id() -> String {
 }
 
 /// The millisecond timestamp an invocation id (or decision-log id) was made at.
-pub fn invocation_id_time_ms(id: &str) -> Option<u64> {
+pub(crate) fn invocation_id_time_ms(id: &str) -> Option<u64> {
     let head = id.as_bytes().get(..10)?;
     head.iter().try_fold(0u64, |acc, &c| {
         let digit = CROCKFORD.iter().position(|&d| d == c)? as u64;

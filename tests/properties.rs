@@ -6,6 +6,9 @@
 //!
 //! Deeper runs: `PROPTEST_CASES=100000 cargo test --test properties`.
 
+mod common;
+
+use common::temp_db;
 use proptest::prelude::*;
 use switchboard::namespace::{validate_id, validate_key};
 use switchboard::policy::rego::{declared_ops, declared_scopes};
@@ -85,8 +88,7 @@ proptest! {
     fn rego_sources_compile_or_are_refused_without_panicking(
         body in "(deny contains \"x\" if \\{ [a-z.= \"]{0,20} \\}|allow if [a-z.= ]{0,20}|[a-z{}:= \"]{0,30})",
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = switchboard::Database::open(dir.path()).unwrap();
+        let (_dir, db) = temp_db();
         let policy = switchboard::PolicyEngine::new(&db);
         let source = format!("package fuzz\nimport rego.v1\n{body}\n");
         match policy.add_rego("notes/**", &source) {

@@ -13,6 +13,7 @@ demo: deps
 
 test: deps
 	cargo test
+	bash scripts/mcp-test
 
 deps:
 	@bash scripts/install-deps

@@ -23,6 +23,8 @@
 pub mod config;
 pub mod dispatch;
 pub mod error;
+// MCP integration point: the protocol module (uses dispatch; mounted by server).
+pub mod mcp;
 pub mod namespace;
 pub mod policy;
 pub mod routing;

@@ -481,6 +481,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/scan"),
     ("get", "/v1/policies"),
     ("post", "/v1/policies"),
+    ("post", "/mcp"),
 ];
 
 #[tokio::test]

@@ -133,6 +133,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics_prometheus))
         .route("/v1/scan", get(scan))
         .route("/v1/policies", get(list_policies).post(add_policy))
+        // MCP integration point: the MCP endpoint, behind the same auth layer.
+        .nest_service(
+            "/mcp",
+            crate::mcp::server::service(state.dispatcher.clone(), max_body_bytes),
+        )
         .fallback(|| async { ApiError::not_found("no such route; see docs/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -40,6 +40,8 @@ pub enum Command {
     Policy(PolicyCommand),
     /// Run the guided demo on the embedded database.
     Demo(DataArgs),
+    /// Serve MCP on stdin/stdout (for desktop MCP clients; see docs/mcp.md).
+    Mcp(DataArgs),
 }
 
 #[derive(Args)]
@@ -158,6 +160,10 @@ pub async fn run(cli: Cli) -> switchboard::Result<()> {
         Command::Scan(args) => scan(args),
         Command::Policy(PolicyCommand::Check { file }) => policy_check(&file),
         Command::Demo(args) => demo::run(&args.data).await,
+        // MCP integration point: `switchboard mcp` (stdio).
+        Command::Mcp(args) => {
+            switchboard::mcp::stdio::serve_stdio(ToolDispatcher::try_new(open(&args.data)?)?).await
+        }
     }
 }
 

@@ -7,8 +7,10 @@
 //! - [`server`]: the `/mcp` endpoint (streamable HTTP, the session-based
 //!   2025-06-18/2025-11-25 revisions and the stateless 2026-07-28 one on the
 //!   same path). Every `tools/call` goes through [`crate::ToolDispatcher::invoke`].
+//! - [`stdio`]: the same server on stdin/stdout (`switchboard mcp`).
 //!
 //! `docs/mcp.md` explains the mapping with a worked example.
 
 pub mod catalog;
 pub mod server;
+pub mod stdio;

@@ -159,3 +159,24 @@ pub fn service(
         config,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_faults_are_internal_errors_and_the_rest_tool_errors() {
+        let e = error_result(Error::storage("disk gone")).unwrap_err();
+        assert_eq!(e.code, rmcp::model::ErrorCode::INTERNAL_ERROR);
+        let denied = Error::PolicyDenied {
+            key: "tools/code/x/1".into(),
+            reason: "not this agent".into(),
+        };
+        let CallToolResponse::Complete(result) = error_result(denied).unwrap() else {
+            panic!("expected a complete result");
+        };
+        assert_eq!(result.is_error, Some(true));
+        let text = serde_json::to_string(&result.content).unwrap();
+        assert!(text.contains("not this agent"), "{text}");
+    }
+}

@@ -15,7 +15,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 TOKEN = "mcp-test-token"
@@ -104,6 +104,20 @@ async def refused(url: str) -> None:
             assert r.status_code in expected, (headers, r.status_code)
 
 
+async def over_stdio(binary: str, data: str, agent_url: str) -> None:
+    """`switchboard mcp` launched by the SDK as a local stdio server."""
+    subprocess.run([binary, "agents", "register", "echo", "--tools", "code,search",
+                    "--endpoint", agent_url, "--data", data], check=True, stdout=subprocess.DEVNULL)
+    params = StdioServerParameters(command=binary, args=["mcp", "--data", data],
+                                   env=dict(os.environ, RUST_LOG="warn"))
+    async with Client(params, mode="legacy") as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        assert names == ["code", "search"], names
+        ok = await client.call_tool("search", {"tool": "web_search", "input": {"q": "x"}})
+        assert not ok.is_error and ok.structured_content["output"]["echo"] == {"q": "x"}, ok
+    print("mcp e2e (stdio, switchboard mcp): ok")
+
+
 def main() -> int:
     binary = sys.argv[1]
     agent = ThreadingHTTPServer(("127.0.0.1", 0), Agent)
@@ -133,7 +147,9 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=10)
-            agent.shutdown()
+    with tempfile.TemporaryDirectory() as data:
+        asyncio.run(over_stdio(binary, data, agent_url))
+    agent.shutdown()
     return 0
 
 

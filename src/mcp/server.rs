@@ -151,6 +151,9 @@ pub fn service(
 ) -> StreamableHttpService<SwitchboardMcp, LocalSessionManager> {
     let config = StreamableHttpServerConfig::default()
         .with_max_request_body_bytes(max_body_bytes)
+        // Browsers send `Origin`: only pages served from this machine may
+        // call; DNS rebinding (a foreign name resolving to 127.0.0.1) is refused.
+        .with_allowed_origins(["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"])
         .enforce_origin_validation();
     let handler = SwitchboardMcp::new(dispatcher);
     StreamableHttpService::new(

@@ -14,6 +14,7 @@ demo: deps
 test: deps
 	cargo test
 	bash scripts/python-test
+	bash scripts/mcp-test
 
 # Builds the Python package into .venv (reusing the dev build of `cargo test`,
 # see docs/python.md) without running its tests.

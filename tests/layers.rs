@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["transport"],
     &["dispatch"],
     &["config"],
+    &["mcp"],
     &["server"],
     &["cli"],
 ];

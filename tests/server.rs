@@ -117,6 +117,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/scan"),
     ("get", "/v1/policies"),
     ("post", "/v1/policies"),
+    ("post", "/mcp"),
 ];
 
 fn switchboard() -> Command {

@@ -43,6 +43,8 @@ pub enum Command {
     Policy(policy::PolicyCommand),
     /// Run the guided demo on the embedded database.
     Demo(DataArgs),
+    /// Serve MCP on stdin/stdout (for desktop MCP clients; see docs/mcp.md).
+    Mcp(DataArgs),
 }
 
 #[derive(Args)]
@@ -99,5 +101,9 @@ pub async fn run(cli: Cli) -> switchboard::Result<()> {
         Command::Scan(args) => scan::run(args),
         Command::Policy(policy::PolicyCommand::Check { file }) => policy::check(&file),
         Command::Demo(args) => demo::run(&args.data).await,
+        // MCP integration point: `switchboard mcp` (stdio).
+        Command::Mcp(args) => {
+            switchboard::mcp::stdio::serve_stdio(ToolDispatcher::try_new(open(&args.data)?)?).await
+        }
     }
 }

@@ -60,6 +60,11 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
             "/v1/policies",
             get(policies::list_policies).post(policies::add_policy),
         )
+        // MCP over streamable HTTP, behind the same token and limits.
+        .nest_service(
+            "/mcp",
+            crate::mcp::server::service(state.dispatcher.clone(), limits.max_body_bytes),
+        )
         .fallback(|| async { ApiError::not_found("no such route; see docs/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

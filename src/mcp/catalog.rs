@@ -1,0 +1,167 @@
+//! The tools `/mcp` lists: one MCP tool per category served by a routable
+//! agent.
+//!
+//! A Switchboard agent declares categories, not tool names: a call names its
+//! tool freely and the category picks the agents. So the MCP tool for category
+//! `code` is named `code` and takes `{"tool": "...", "input": {...},
+//! "session_id": "..."}`; calling it is one `invoke(tool, code, input)`.
+//! A category whose name is not a portable MCP tool name
+//! (`[A-Za-z0-9_-]{1,64}`, what every client accepts) is not listed.
+//!
+//! Order is by name, so pages are stable; a cursor is the hex of the last
+//! name of the previous page (opaque to clients, and still valid when tools
+//! come and go between pages).
+
+use crate::dispatch::ToolDispatcher;
+use crate::namespace::ToolCategory;
+use std::collections::BTreeMap;
+
+/// Tools per `tools/list` page.
+pub const PAGE_SIZE: usize = 100;
+
+/// Whether `name` is accepted as a tool name by every MCP client.
+pub fn is_portable_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// One listed tool and the category its calls are routed in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CatalogTool {
+    /// The MCP tool name (the category's name).
+    pub name: String,
+    /// The category a call of this tool is routed in.
+    pub category: ToolCategory,
+    /// What `tools/list` shows about it.
+    pub description: String,
+}
+
+/// The JSON schema of a category tool's arguments.
+pub fn category_input_schema() -> serde_json::Map<String, serde_json::Value> {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "tool": {"type": "string", "description": "The tool to run, [A-Za-z0-9._:-]{1,128}"},
+            "input": {"type": "object", "description": "The tool's input, passed to the agent as is"},
+            "session_id": {"type": "string", "description": "Binds the call to a session (sticky agent)"}
+        },
+        "required": ["tool"]
+    });
+    match schema {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("the schema literal is an object"),
+    }
+}
+
+/// Every tool, sorted by name.
+pub fn tools(dispatcher: &ToolDispatcher) -> Vec<CatalogTool> {
+    let mut by_name: BTreeMap<String, CatalogTool> = BTreeMap::new();
+    for agent in dispatcher.registry().live_agents() {
+        for category in &agent.categories {
+            let name = category.as_str();
+            if by_name.contains_key(name) {
+                continue;
+            }
+            if !is_portable_name(name) {
+                tracing::debug!(
+                    category = name,
+                    "category is not a portable MCP tool name; not listed"
+                );
+                continue;
+            }
+            by_name.insert(
+                name.to_string(),
+                CatalogTool {
+                    name: name.to_string(),
+                    category: category.clone(),
+                    description: format!(
+                        "Runs a tool in Switchboard's `{name}` category on one of the agents serving it \
+                         (routed, policy-checked, recorded)."
+                    ),
+                },
+            );
+        }
+    }
+    by_name.into_values().collect()
+}
+
+/// The tool called `name`, if it is listed now.
+pub fn find(dispatcher: &ToolDispatcher, name: &str) -> Option<CatalogTool> {
+    tools(dispatcher).into_iter().find(|t| t.name == name)
+}
+
+/// One page after `cursor` and the cursor of the next page.
+pub fn page(
+    all: Vec<CatalogTool>,
+    cursor: Option<&str>,
+) -> Result<(Vec<CatalogTool>, Option<String>), String> {
+    let after = match cursor {
+        None => None,
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| format!("invalid cursor {c:?}"))?),
+    };
+    let mut rest: Vec<CatalogTool> = all
+        .into_iter()
+        .filter(|t| after.as_deref().is_none_or(|a| t.name.as_str() > a))
+        .collect();
+    let next = if rest.len() > PAGE_SIZE {
+        rest.truncate(PAGE_SIZE);
+        rest.last().map(|t| encode_cursor(&t.name))
+    } else {
+        None
+    };
+    Ok((rest, next))
+}
+
+fn encode_cursor(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    if cursor.is_empty() || !cursor.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(name: &str) -> CatalogTool {
+        CatalogTool {
+            name: name.into(),
+            category: ToolCategory::Custom(name.into()),
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn names_must_be_portable() {
+        assert!(is_portable_name("code"));
+        assert!(is_portable_name("a_b-C9"));
+        assert!(!is_portable_name(""));
+        assert!(!is_portable_name("a.b"));
+        assert!(!is_portable_name("a:b"));
+        assert!(!is_portable_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn pages_follow_the_cursor_and_reject_garbage() {
+        let all: Vec<CatalogTool> = (0..250).map(|i| tool(&format!("t{i:03}"))).collect();
+        let (first, next) = page(all.clone(), None).unwrap();
+        assert_eq!(first.len(), PAGE_SIZE);
+        let (second, next) = page(all.clone(), next.as_deref()).unwrap();
+        assert_eq!(second[0].name, "t100");
+        let (third, next) = page(all.clone(), next.as_deref()).unwrap();
+        assert_eq!(third.len(), 50);
+        assert!(next.is_none());
+        assert!(page(all.clone(), Some("zz")).is_err());
+        assert!(page(all, Some("abc")).is_err());
+    }
+}

@@ -89,13 +89,13 @@ async def exercise(url: str, mode: str) -> None:
 
 
 async def refused(url: str) -> None:
-    """A missing token is 401; a foreign Host or a browser Origin (DNS
-    rebinding) is refused. One connection per request: a refusal may close it."""
+    """A missing token is 401; a foreign Host (the server's own check answers
+    421 before MCP's) or a browser Origin (DNS rebinding) is refused. One connection per request: a refusal may close it."""
     base = {"Accept": "application/json, text/event-stream"}
     auth = {**base, "Authorization": f"Bearer {TOKEN}"}
     for headers, expected in [
         (base, {401}),
-        ({**auth, "Host": "evil.example"}, {400, 403}),
+        ({**auth, "Host": "evil.example"}, {421}),
         ({**auth, "Origin": "http://evil.example"}, {403}),
     ]:
         async with httpx2.AsyncClient() as http:

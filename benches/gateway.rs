@@ -1,4 +1,4 @@
-//! Gateway load harness (issue 5): what does routing a call through
+//! Gateway load harness: what does routing a call through
 //! `switchboard serve` cost, next to calling the agent directly and next to
 //! HAProxy in front of the same agents?
 //!
@@ -38,7 +38,7 @@ use serde_json::Value;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
-/// The agent wire protocol body (BRIEF.md), as the gateways send it to agents.
+/// The agent wire protocol body (docs/routing.md), as the gateways send it to agents.
 const AGENT_BODY: &str = r#"{"invocation_id":"x","tool":"echo","category":"code","input":{"text":"hello"},"session_id":null}"#;
 /// The same call as a `POST /v1/invoke` to switchboard.
 const INVOKE_BODY: &str =
@@ -57,7 +57,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const WARM_UP_SECS: u64 = 1;
 
-/// The goals of issue 5.
+/// The goals the harness reports against.
 const GOAL_VS_DIRECT: f64 = 0.6;
 const GOAL_VS_HAPROXY: f64 = 1.0;
 const GOAL_ADDED_P99_MS: f64 = 0.2;
@@ -363,7 +363,7 @@ fn cpu_model() -> String {
 fn print_header(s: &Settings, wrk: Option<&Path>, haproxy: Option<&Path>) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "gateway load harness (issue 5): direct vs HAProxy vs switchboard serve, one echo workload"
+        "gateway load harness: direct vs HAProxy vs switchboard serve, one echo workload"
     );
     println!(
         "  machine     {cpus} CPUs ({}), shared by agents, gateways and load generators",

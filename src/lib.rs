@@ -47,7 +47,7 @@
 //! - Reading what happened: [`Database::scan`] and [`Database::scan_from`] over
 //!   the records in [`namespace`] ([`DispatchRecord`], [`AgentRecord`], ...);
 //!   `docs/namespace.md` lists every key prefix.
-//! - The server: [`server::run`] and `docs/api.md`.
+//! - The server: [`server::run`] and `docs/server.md`.
 
 #![warn(missing_docs)]
 

@@ -298,7 +298,7 @@ pub(crate) fn invocation_id_time_ms(id: &str) -> Option<u64> {
 pub enum AgentTransport {
     /// An in-process handler; bound again by registering it in each process.
     Local,
-    /// An HTTP agent speaking the brief's POST protocol.
+    /// An HTTP agent speaking the JSON `POST` protocol (docs/routing.md).
     Http {
         /// `POST` target for invocations.
         endpoint: String,

@@ -70,7 +70,7 @@ pub struct Database {
     inner: Arc<Inner>,
 }
 
-/// The brief's other name for a [`Database`] handle.
+/// Another name for a [`Database`] handle.
 pub type Connection = Database;
 
 impl crate::policy::sealed::Sealed for Database {}

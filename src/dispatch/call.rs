@@ -115,6 +115,15 @@ impl<'a> Call<'a> {
             };
             let agent = lease.agent.clone();
             self.tried.push(agent.uid);
+            if !agent.is_healthy() {
+                // Panic routing (see `routing/tiers.rs`): too much of the
+                // tier, or all of the category, is ejected.
+                tracing::warn!(agent_id = %agent.id, category = %self.category, "panic routing: calling an ejected agent");
+                agent
+                    .stats
+                    .panic_calls
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let ctx = self.context(Some(&agent.id), OperationKind::Dispatch);
             self.record.begin_attempt(&agent.id);
             let binding = self.options.session_id.as_deref().zip(binding.as_ref());

@@ -20,6 +20,7 @@ pub(crate) mod outlier;
 pub(crate) mod registry;
 pub(crate) mod router;
 pub(crate) mod strategy;
+pub(crate) mod tiers;
 
 pub use agent::AgentConfig;
 pub use health::HealthCheckConfig;

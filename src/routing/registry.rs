@@ -49,8 +49,9 @@ fn context(agent_id: &str, action: OperationKind) -> PolicyContext {
 
 impl AgentRegistry {
     /// Loads every registration stored in `db`. HTTP agents are routable at
-    /// once (and start healthy: checks decide again in this process); local
-    /// agents wait for their handler.
+    /// once, with the stored health: one stored `unhealthy` starts ejected and
+    /// is re-admitted by the usual rules (probes, panic routing); local
+    /// agents wait for their handler (registering one stores it healthy).
     pub fn load(db: Database, router: Arc<ToolRouter>) -> Result<AgentRegistry> {
         let registry = AgentRegistry::empty(db, router);
         let mut loaded = HashMap::new();
@@ -71,7 +72,18 @@ impl AgentRegistry {
                     endpoint,
                     health_url,
                 } => match registry.http_agent(&record, endpoint, health_url, stats.clone()) {
-                    Ok(agent) => Some(agent),
+                    Ok(agent) => {
+                        if record.status == AgentStatus::Unhealthy {
+                            // Routing agrees with the stored status: the agent
+                            // starts ejected, re-admitted by the usual rules.
+                            agent.health.unhealthy.store(true, Ordering::Release);
+                            agent
+                                .health
+                                .unhealthy_since_ms
+                                .store(record.updated_at_ms, Ordering::Release);
+                        }
+                        Some(agent)
+                    }
                     Err(e) => {
                         tracing::warn!(%key, error = %e, "skipping an agent record with a bad endpoint");
                         continue;
@@ -388,6 +400,11 @@ impl AgentRegistry {
                 .health
                 .unhealthy_since_ms
                 .store(now_ms(), Ordering::Release);
+            // Re-admission counts successes from the ejection on.
+            agent
+                .health
+                .consecutive_successes
+                .store(0, Ordering::Release);
         }
         self.router.health_changed(agent);
         if healthy {

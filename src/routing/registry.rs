@@ -17,7 +17,7 @@ use crate::namespace::{
     agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, ToolCategory, AGENTS,
 };
 use crate::policy::{keys, OperationKind, PolicyContext};
-use crate::storage::Database;
+use crate::storage::{off_worker, Database};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -272,11 +272,13 @@ impl AgentRegistry {
         let _changing = self.changes.lock();
         let id = record.agent_id.clone();
         let value = serde_json::to_vec(&record).map_err(Error::storage)?;
-        self.db.owner_put_with(
-            &agent_key(&id),
-            &value,
-            &context(&id, OperationKind::Register),
-        )?;
+        off_worker(|| {
+            self.db.owner_put_with(
+                &agent_key(&id),
+                &value,
+                &context(&id, OperationKind::Register),
+            )
+        })?;
         let stats = self
             .agents
             .read()
@@ -307,10 +309,12 @@ impl AgentRegistry {
         if !self.agents.read().contains_key(agent_id) {
             return Err(Error::UnknownAgent(agent_id.to_string()));
         }
-        self.db.owner_delete_with(
-            &agent_key(agent_id),
-            &context(agent_id, OperationKind::Unregister),
-        )?;
+        off_worker(|| {
+            self.db.owner_delete_with(
+                &agent_key(agent_id),
+                &context(agent_id, OperationKind::Unregister),
+            )
+        })?;
         self.router.remove(agent_id);
         self.agents.write().remove(agent_id);
         tracing::info!(agent_id, "agent unregistered");
@@ -422,11 +426,14 @@ impl AgentRegistry {
         let result = serde_json::to_vec(&record)
             .map_err(Error::storage)
             .and_then(|v| {
-                self.db.owner_put_with(
-                    &agent_key(&agent.id),
-                    &v,
-                    &context(&agent.id, OperationKind::Health),
-                )
+                // Called from calls and probes on the runtime: see `off_worker`.
+                off_worker(|| {
+                    self.db.owner_put_with(
+                        &agent_key(&agent.id),
+                        &v,
+                        &context(&agent.id, OperationKind::Health),
+                    )
+                })
             });
         match result {
             Ok(()) => {

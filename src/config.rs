@@ -88,6 +88,8 @@ pub struct HealthSection {
     pub timeout_ms: u64,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
+    /// Share of a priority tier that may be ejected before it panics.
+    pub panic_threshold: f64,
 }
 
 /// `[storage]`
@@ -127,6 +129,7 @@ impl Default for HealthSection {
             timeout_ms: d.timeout.as_millis() as u64,
             unhealthy_threshold: d.unhealthy_threshold,
             healthy_threshold: d.healthy_threshold,
+            panic_threshold: d.panic_threshold,
         }
     }
 }
@@ -208,6 +211,7 @@ impl Config {
                 .timeout(Duration::from_millis(h.timeout_ms))
                 .unhealthy_threshold(h.unhealthy_threshold)
                 .healthy_threshold(h.healthy_threshold)
+                .panic_threshold(h.panic_threshold)
         })
     }
 }

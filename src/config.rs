@@ -101,6 +101,8 @@ pub struct HealthSection {
     pub unhealthy_threshold: u32,
     /// Consecutive passed probes that mark an unhealthy agent healthy again.
     pub healthy_threshold: u32,
+    /// Share of a priority tier that may be ejected before it panics.
+    pub panic_threshold: f64,
 }
 
 /// `[storage]`
@@ -143,6 +145,7 @@ impl Default for HealthSection {
             timeout_ms: d.timeout.as_millis() as u64,
             unhealthy_threshold: d.unhealthy_threshold,
             healthy_threshold: d.healthy_threshold,
+            panic_threshold: d.panic_threshold,
         }
     }
 }
@@ -226,6 +229,7 @@ impl Config {
                 .timeout(Duration::from_millis(h.timeout_ms))
                 .unhealthy_threshold(h.unhealthy_threshold)
                 .healthy_threshold(h.healthy_threshold)
+                .panic_threshold(h.panic_threshold)
         })
     }
 }

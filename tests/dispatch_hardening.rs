@@ -277,3 +277,54 @@ async fn a_dropped_invoke_is_recorded_as_cancelled_and_frees_its_load() {
     assert_eq!(m.active_tasks, 0);
     assert_eq!(m.cancelled, 1);
 }
+
+/// A commit's before-hook that blocks (here: sleeps 300 ms, as a slow Rego
+/// evaluation or an fsync might) must not hold the runtime's only worker:
+/// an unrelated task woken meanwhile runs before the commit finishes. A
+/// liveness check, not a timing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_slow_commit_does_not_stall_other_tasks_on_the_runtime() {
+    use std::sync::atomic::AtomicBool;
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    d.register_local_agent("solo", vec![ToolCategory::Code], |_t, _i| async {
+        Ok::<_, ToolError>(json!("done"))
+    })
+    .unwrap();
+    let hook_started = Arc::new(tokio::sync::Notify::new());
+    let commit_done = Arc::new(AtomicBool::new(false));
+    {
+        let (hook_started, commit_done) = (hook_started.clone(), commit_done.clone());
+        PolicyEngine::new(&db)
+            .before_write("tools/**", move |_k, _v, _ctx| {
+                hook_started.notify_one();
+                std::thread::sleep(Duration::from_millis(300));
+                commit_done.store(true, Ordering::SeqCst);
+                switchboard::PolicyAction::Allow
+            })
+            .unwrap();
+    }
+    // The unrelated task: woken when the slow commit starts, it reports
+    // whether that commit had already finished by the time it got to run.
+    let other = {
+        let (hook_started, commit_done) = (hook_started.clone(), commit_done.clone());
+        tokio::spawn(async move {
+            hook_started.notified().await;
+            commit_done.load(Ordering::SeqCst)
+        })
+    };
+    // Spawned, so the dispatch runs on the runtime's one worker.
+    let call = {
+        let d = d.clone();
+        tokio::spawn(async move {
+            d.invoke("run", ToolCategory::Code, json!({}), RoutingOptions::new())
+                .await
+        })
+    };
+    let waited_for_the_commit = other.await.unwrap();
+    assert!(
+        !waited_for_the_commit,
+        "the other task could not run until the slow commit finished"
+    );
+    assert_eq!(call.await.unwrap().unwrap().output, json!("done"));
+}

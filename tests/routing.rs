@@ -487,10 +487,12 @@ async fn health_checks_run_in_the_background() {
     )
     .unwrap();
     agent.healthy.store(false, Ordering::SeqCst);
+    // Panic routing off: an ejected agent gets no calls, even as the last one.
     d.enable_health_checks(
         HealthCheckConfig::new()
             .interval(Duration::from_millis(20))
-            .unhealthy_threshold(1),
+            .unhealthy_threshold(1)
+            .panic_threshold(1.0),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while d.get_metrics()["a"].healthy {
@@ -732,10 +734,16 @@ fn many_stored_http_agents_are_all_routable_after_a_restart() {
             .unwrap()
     };
     for category in [ToolCategory::Code, ToolCategory::Web] {
+        // Priorities are failover tiers: round robin turns over the top tier
+        // (priority 2, 50 agents), which is all healthy.
         let turn: std::collections::HashSet<String> = (0..150)
             .map(|_| select(&category, RoutingStrategy::RoundRobin))
             .collect();
-        assert_eq!(turn.len(), 150, "one round robin turn meets every agent");
+        assert_eq!(turn.len(), 50, "one round robin turn meets the top tier");
+        for id in &turn {
+            let i: usize = id["agent_".len()..].parse().unwrap();
+            assert_eq!((i % 3, category_of(i)), (2, category.clone()), "{id}");
+        }
         for _ in 0..20 {
             let id = select(&category, RoutingStrategy::Priority);
             let i: usize = id["agent_".len()..].parse().unwrap();

@@ -185,19 +185,21 @@ impl ToolDispatcher {
     }
 
     /// Starts (or reconfigures) health checks in the background.
-    #[pyo3(signature = (interval_seconds=30.0, timeout_seconds=5.0, unhealthy_threshold=3, healthy_threshold=2))]
+    #[pyo3(signature = (interval_seconds=30.0, timeout_seconds=5.0, unhealthy_threshold=3, healthy_threshold=2, panic_threshold=0.5))]
     fn enable_health_checks(
         &self,
         interval_seconds: f64,
         timeout_seconds: f64,
         unhealthy_threshold: u32,
         healthy_threshold: u32,
+        panic_threshold: f64,
     ) -> PyResult<()> {
         let config = HealthCheckConfig::new()
             .interval(seconds("interval_seconds", interval_seconds)?)
             .timeout(seconds("timeout_seconds", timeout_seconds)?)
             .unhealthy_threshold(unhealthy_threshold)
-            .healthy_threshold(healthy_threshold);
+            .healthy_threshold(healthy_threshold)
+            .panic_threshold(panic_threshold);
         // On the shared runtime, not a thread of its own.
         let _runtime = runtime().enter();
         self.d.enable_health_checks(config);

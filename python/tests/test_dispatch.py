@@ -252,7 +252,9 @@ async def test_health_checks_mark_a_dead_agent_unhealthy(db, http_agent):
     agent = http_agent("flaky")
     dispatcher = ToolDispatcher(db)
     dispatcher.register_agent("flaky", tools=["code"], endpoint=agent.endpoint)
-    dispatcher.enable_health_checks(interval_seconds=0.02, timeout_seconds=1, unhealthy_threshold=1)
+    # Panic routing off: an ejected agent gets no calls, even as the last one.
+    dispatcher.enable_health_checks(interval_seconds=0.02, timeout_seconds=1, unhealthy_threshold=1,
+                                    panic_threshold=1.0)
     assert dispatcher.get_metrics()["flaky"]["healthy"] is True
     agent.healthy = False
     await eventually(lambda: dispatcher.get_metrics()["flaky"]["healthy"] is False,

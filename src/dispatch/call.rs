@@ -13,6 +13,7 @@ use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::routing::affinity::Candidate;
 use crate::routing::agent::Agent;
 use crate::routing::metrics::DispatchCounters;
+use crate::storage::off_worker;
 use crate::transport::layers::attempt;
 use crate::transport::{Failure, WireRequest};
 use std::sync::Arc;
@@ -115,10 +116,22 @@ impl<'a> Call<'a> {
             };
             let agent = lease.agent.clone();
             self.tried.push(agent.uid);
+            if !agent.is_healthy() {
+                // Panic routing (see `routing/tiers.rs`): too much of the
+                // tier, or all of the category, is ejected.
+                tracing::warn!(agent_id = %agent.id, category = %self.category, "panic routing: calling an ejected agent");
+                agent
+                    .stats
+                    .panic_calls
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let ctx = self.context(Some(&agent.id), OperationKind::Dispatch);
             self.record.begin_attempt(&agent.id);
             let binding = self.options.session_id.as_deref().zip(binding.as_ref());
-            let intent = self.record.write_intent(&inner.db, &ctx, binding);
+            // The commit may wait on an fsync or a slow before-hook: not on
+            // a runtime worker other tasks are queued on.
+            let record = &mut self.record;
+            let intent = off_worker(|| record.write_intent(&inner.db, &ctx, binding));
             // The binding (if any) is committed; other calls of this session may
             // now read it.
             drop(session_lock);
@@ -243,7 +256,8 @@ impl<'a> Call<'a> {
         let ctx = self.context(called.as_deref(), OperationKind::Outcome);
         let db = &self.dispatcher.inner.db;
         let elapsed = self.started.elapsed();
-        self.record.write_outcome(db, &ctx, status, error, elapsed)
+        let record = &mut self.record;
+        off_worker(|| record.write_outcome(db, &ctx, status, error, elapsed))
     }
 
     /// Ends a call that found no agent to succeed on, recording why.

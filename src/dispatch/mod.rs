@@ -110,6 +110,7 @@ pub struct InvocationResult {
 struct Inner {
     db: Database,
     registry: Arc<AgentRegistry>,
+    router: Arc<ToolRouter>,
     affinity: Affinity,
     callers: Callers,
     probe: Arc<dyn Probe>,
@@ -162,7 +163,8 @@ impl ToolDispatcher {
         let client = build_client()?;
         Ok(ToolDispatcher {
             inner: Arc::new(Inner {
-                affinity: Affinity::new(db.clone(), registry.clone(), router),
+                affinity: Affinity::new(db.clone(), registry.clone(), router.clone()),
+                router,
                 db,
                 registry,
                 probe: Arc::new(HttpProbe(client.clone())),
@@ -258,6 +260,9 @@ impl ToolDispatcher {
     /// Runs on the current tokio runtime, or on its own thread outside one.
     pub fn enable_health_checks(&self, config: HealthCheckConfig) {
         *self.inner.health.write() = Some(config.clone());
+        self.inner
+            .router
+            .set_panic_threshold(config.panic_threshold);
         let task = HealthTask::start(
             Arc::downgrade(&self.inner.registry),
             self.inner.probe.clone(),

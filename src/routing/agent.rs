@@ -56,7 +56,9 @@ impl AgentConfig {
         self
     }
 
-    /// Higher is preferred by [`RoutingStrategy::Priority`](crate::RoutingStrategy::Priority). Default 0.
+    /// Higher is preferred under every strategy: agents of one priority form a
+    /// tier, and lower tiers serve only when the higher ones have no healthy,
+    /// usable agent. Default 0.
     pub fn with_priority(mut self, priority: i32) -> Self {
         self.priority = priority;
         self

@@ -13,23 +13,34 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// Checks one agent's health URL: `true` when healthy within `timeout`.
+/// What one probe of a health URL found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProbeResult {
+    Healthy,
+    Unhealthy,
+    /// The agent has no health endpoint there (HTTP 404 or 405): its health
+    /// is judged passively, from its calls, like a local agent's.
+    NoEndpoint,
+}
+
+/// Checks one agent's health URL within `timeout`.
 pub(crate) trait Probe: Send + Sync + 'static {
     fn probe<'a>(
         &'a self,
         url: &'a reqwest::Url,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
 }
 
 /// How agents are checked. Builder style:
 /// `HealthCheckConfig::new().interval(Duration::from_secs(30)).unhealthy_threshold(3)`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HealthCheckConfig {
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
     pub(crate) unhealthy_threshold: u32,
     pub(crate) healthy_threshold: u32,
+    pub(crate) panic_threshold: f64,
 }
 
 impl Default for HealthCheckConfig {
@@ -39,6 +50,7 @@ impl Default for HealthCheckConfig {
             timeout: Duration::from_secs(5),
             unhealthy_threshold: 3,
             healthy_threshold: 2,
+            panic_threshold: super::tiers::DEFAULT_PANIC_THRESHOLD,
         }
     }
 }
@@ -70,15 +82,31 @@ impl HealthCheckConfig {
         self
     }
 
-    /// Consecutive successful probes that mark an unhealthy agent healthy (at least 1).
+    /// Consecutive successes (probes, or calls that reached an ejected agent
+    /// in panic routing) that mark an unhealthy agent healthy (at least 1).
     pub fn healthy_threshold(mut self, n: u32) -> Self {
         self.healthy_threshold = n.max(1);
+        self
+    }
+
+    /// The share of a priority tier that may be ejected (default 0.5) before
+    /// the tier panics and routes to all its members, ejected ones included,
+    /// rather than piling its load on the few left; a category with no
+    /// healthy agent at all routes to its ejected agents rather than failing
+    /// every call. Clamped to 0.0..=1.0; 1.0 turns panic routing off.
+    pub fn panic_threshold(mut self, share: f64) -> Self {
+        self.panic_threshold = if share.is_nan() {
+            super::tiers::DEFAULT_PANIC_THRESHOLD
+        } else {
+            share.clamp(0.0, 1.0)
+        };
         self
     }
 }
 
 /// One round: probe every agent that has a health URL (bounded
-/// concurrency), and give local agents that have been unhealthy for an
+/// concurrency), and give agents without a probe (local agents, and HTTP
+/// agents whose health URL answers 404/405) that have been unhealthy for an
 /// interval a trial.
 pub(crate) async fn check_round(
     registry: &Arc<AgentRegistry>,
@@ -101,8 +129,16 @@ pub(crate) async fn check_round(
                     let Ok(_permit) = semaphore.acquire().await else {
                         return;
                     };
-                    let ok = probe.probe(&url, config.timeout).await;
-                    observe_probe(&registry, &config, &agent, ok);
+                    match probe.probe(&url, config.timeout).await {
+                        ProbeResult::Healthy => observe_probe(&registry, &config, &agent, true),
+                        ProbeResult::Unhealthy => {
+                            observe_probe(&registry, &config, &agent, false)
+                        }
+                        ProbeResult::NoEndpoint => {
+                            tracing::debug!(agent_id = %agent.id, %url, "no health endpoint; passive health only");
+                            readmit_for_trial(&registry, &config, &agent)
+                        }
+                    }
                 });
             }
             None => readmit_for_trial(registry, config, &agent),

@@ -1,9 +1,11 @@
-//! The load index: a pool's healthy members ordered by (in flight, last
-//! touched), so `LeastLoaded` finds the least loaded usable agent in O(1)
-//! and equal loads rotate.
+//! The load index: a pool's members ordered by (in flight, last touched),
+//! so `LeastLoaded` finds the least loaded usable agent in O(1) and equal
+//! loads rotate. [`TieredLoad`] keeps one index per priority tier (healthy
+//! members, and all members for panic routing), so tiers cost O(tiers).
 
 use super::agent::Agent;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -76,6 +78,10 @@ impl LoadIndex {
         }
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.slot_of.len()
+    }
+
     pub(crate) fn least_loaded(&self, exclude: &[u64]) -> Option<Arc<Agent>> {
         for level in &self.levels {
             let mut at = level.head;
@@ -126,6 +132,81 @@ impl LoadIndex {
             NIL => self.levels[level].tail = prev,
             next => self.slots[next as usize].prev = prev,
         }
+    }
+}
+
+/// One priority tier's indexes: its healthy members, and all its members
+/// (ejected ones included) for panic routing.
+#[derive(Default)]
+struct TierLoad {
+    healthy: LoadIndex,
+    all: LoadIndex,
+}
+
+/// A pool's load indexes, one per priority tier, highest priority first.
+/// Every change touches one tier (O(1)); a pick walks the tiers, which are few.
+#[derive(Default)]
+pub(crate) struct TieredLoad {
+    tiers: BTreeMap<Reverse<i32>, TierLoad>,
+}
+
+impl TieredLoad {
+    /// Files `agent` in its tier, among the healthy members or not.
+    pub(crate) fn file(&mut self, agent: &Arc<Agent>) {
+        let tier = self.tiers.entry(Reverse(agent.priority)).or_default();
+        if !tier.all.slot_of.contains_key(&agent.uid) {
+            tier.all.insert(agent);
+        }
+        if agent.is_healthy() {
+            if !tier.healthy.slot_of.contains_key(&agent.uid) {
+                tier.healthy.insert(agent);
+            }
+        } else {
+            tier.healthy.remove(agent.uid);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, agent: &Agent) {
+        let key = Reverse(agent.priority);
+        if let Some(tier) = self.tiers.get_mut(&key) {
+            tier.all.remove(agent.uid);
+            tier.healthy.remove(agent.uid);
+            if tier.all.len() == 0 {
+                self.tiers.remove(&key);
+            }
+        }
+    }
+
+    /// Refiles `agent` under its current in-flight count.
+    pub(crate) fn touch(&mut self, agent: &Agent) {
+        if let Some(tier) = self.tiers.get_mut(&Reverse(agent.priority)) {
+            tier.healthy.touch(agent);
+            tier.all.touch(agent);
+        }
+    }
+
+    /// The least loaded usable agent of the highest tier that has a healthy
+    /// usable one (among all of that tier's members when it is in panic);
+    /// when no member of the pool is healthy, of the highest tier with any
+    /// usable member. See `tiers::pick`.
+    pub(crate) fn least_loaded(&self, exclude: &[u64], panic_threshold: f64) -> Option<Arc<Agent>> {
+        let mut any_healthy = false;
+        for tier in self.tiers.values() {
+            any_healthy |= tier.healthy.len() > 0;
+            if let Some(agent) = tier.healthy.least_loaded(exclude) {
+                let ejected = tier.all.len() - tier.healthy.len();
+                if super::tiers::in_panic(ejected, tier.all.len(), panic_threshold) {
+                    return tier.all.least_loaded(exclude).or(Some(agent));
+                }
+                return Some(agent);
+            }
+        }
+        if any_healthy || !super::tiers::in_panic(1, 1, panic_threshold) {
+            return None;
+        }
+        self.tiers
+            .values()
+            .find_map(|tier| tier.all.least_loaded(exclude))
     }
 }
 

@@ -41,6 +41,9 @@ pub struct AgentMetrics {
     /// Outcomes of this agent's calls that could not be stored.
     #[serde(default)]
     pub outcome_write_failures: u64,
+    /// Calls routed to it while it was ejected (panic routing).
+    #[serde(default)]
+    pub panic_calls: u64,
 }
 
 /// Live counters of one agent; outlives re-registrations of the same id.
@@ -53,6 +56,7 @@ pub(crate) struct AgentStats {
     ewma: Mutex<Ewma>,
     pub(crate) cancelled: AtomicU64,
     pub(crate) outcome_write_failures: AtomicU64,
+    pub(crate) panic_calls: AtomicU64,
 }
 
 struct Ewma {
@@ -95,6 +99,7 @@ impl Default for AgentStats {
             }),
             cancelled: AtomicU64::new(0),
             outcome_write_failures: AtomicU64::new(0),
+            panic_calls: AtomicU64::new(0),
         }
     }
 }
@@ -204,6 +209,7 @@ impl AgentStats {
             healthy,
             cancelled: self.cancelled.load(Relaxed),
             outcome_write_failures: self.outcome_write_failures.load(Relaxed),
+            panic_calls: self.panic_calls.load(Relaxed),
         }
     }
 }

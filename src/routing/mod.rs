@@ -3,6 +3,7 @@
 //!
 //! - `registry`: registrations (persisted under `agents/*`), mirrored into the router;
 //! - `router`: per-category pools, snapshots and leases;
+//! - `tiers`: priority tiers and panic routing, the rule every strategy picks under;
 //! - `strategy`: [`RoutingStrategy`] and the pure picks; `load_index`: least loaded order;
 //! - `affinity`: session bindings (bind, keep, rebind);
 //! - `outlier`: consecutive failures, ejection, re-admission, `Retry-After` pauses;
@@ -20,6 +21,7 @@ pub(crate) mod outlier;
 pub(crate) mod registry;
 pub(crate) mod router;
 pub(crate) mod strategy;
+pub(crate) mod tiers;
 
 pub use agent::AgentConfig;
 pub use health::HealthCheckConfig;

@@ -62,12 +62,19 @@ pub(crate) fn observe_invocation(
     match seen {
         Observation::BackPressure => {}
         Observation::Answered => {
-            agent
-                .health
-                .consecutive_failures
-                .store(0, Ordering::Release);
-            if !agent.is_healthy() {
-                registry.set_health(agent, true, "an invocation succeeded");
+            let health = &agent.health;
+            health.consecutive_failures.store(0, Ordering::Release);
+            // Hysteresis: an ejected agent (answering a call that was in
+            // flight when it was ejected, or one panic routing sent it) needs
+            // `healthy_threshold` answers in a row, like probes; one lucky
+            // call is not enough.
+            let successes = health.consecutive_successes.fetch_add(1, Ordering::AcqRel) + 1;
+            if !agent.is_healthy() && successes >= config.healthy_threshold {
+                registry.set_health(
+                    agent,
+                    true,
+                    &format!("{successes} invocations in a row succeeded"),
+                );
             }
         }
         Observation::Failed => {

@@ -17,7 +17,7 @@ use crate::namespace::{
     agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, ToolCategory, AGENTS,
 };
 use crate::policy::{keys, OperationKind, PolicyContext};
-use crate::storage::Database;
+use crate::storage::{off_worker, Database};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,8 +49,9 @@ fn context(agent_id: &str, action: OperationKind) -> PolicyContext {
 
 impl AgentRegistry {
     /// Loads every registration stored in `db`. HTTP agents are routable at
-    /// once (and start healthy: checks decide again in this process); local
-    /// agents wait for their handler.
+    /// once, with the stored health: one stored `unhealthy` starts ejected and
+    /// is re-admitted by the usual rules (probes, panic routing); local
+    /// agents wait for their handler (registering one stores it healthy).
     pub(crate) fn load(db: Database, router: Arc<ToolRouter>) -> Result<AgentRegistry> {
         let registry = AgentRegistry::empty(db, router);
         let mut loaded = HashMap::new();
@@ -71,7 +72,18 @@ impl AgentRegistry {
                     endpoint,
                     health_url,
                 } => match registry.http_agent(&record, endpoint, health_url, stats.clone()) {
-                    Ok(agent) => Some(agent),
+                    Ok(agent) => {
+                        if record.status == AgentStatus::Unhealthy {
+                            // Routing agrees with the stored status: the agent
+                            // starts ejected, re-admitted by the usual rules.
+                            agent.health.unhealthy.store(true, Ordering::Release);
+                            agent
+                                .health
+                                .unhealthy_since_ms
+                                .store(record.updated_at_ms, Ordering::Release);
+                        }
+                        Some(agent)
+                    }
                     Err(e) => {
                         tracing::warn!(%key, error = %e, "skipping an agent record with a bad endpoint");
                         continue;
@@ -260,11 +272,13 @@ impl AgentRegistry {
         let _changing = self.changes.lock();
         let id = record.agent_id.clone();
         let value = serde_json::to_vec(&record).map_err(Error::storage)?;
-        self.db.owner_put_with(
-            &agent_key(&id),
-            &value,
-            &context(&id, OperationKind::Register),
-        )?;
+        off_worker(|| {
+            self.db.owner_put_with(
+                &agent_key(&id),
+                &value,
+                &context(&id, OperationKind::Register),
+            )
+        })?;
         let stats = self
             .agents
             .read()
@@ -295,10 +309,12 @@ impl AgentRegistry {
         if !self.agents.read().contains_key(agent_id) {
             return Err(Error::UnknownAgent(agent_id.to_string()));
         }
-        self.db.owner_delete_with(
-            &agent_key(agent_id),
-            &context(agent_id, OperationKind::Unregister),
-        )?;
+        off_worker(|| {
+            self.db.owner_delete_with(
+                &agent_key(agent_id),
+                &context(agent_id, OperationKind::Unregister),
+            )
+        })?;
         self.router.remove(agent_id);
         self.agents.write().remove(agent_id);
         tracing::info!(agent_id, "agent unregistered");
@@ -388,6 +404,11 @@ impl AgentRegistry {
                 .health
                 .unhealthy_since_ms
                 .store(now_ms(), Ordering::Release);
+            // Re-admission counts successes from the ejection on.
+            agent
+                .health
+                .consecutive_successes
+                .store(0, Ordering::Release);
         }
         self.router.health_changed(agent);
         if healthy {
@@ -405,11 +426,14 @@ impl AgentRegistry {
         let result = serde_json::to_vec(&record)
             .map_err(Error::storage)
             .and_then(|v| {
-                self.db.owner_put_with(
-                    &agent_key(&agent.id),
-                    &v,
-                    &context(&agent.id, OperationKind::Health),
-                )
+                // Called from calls and probes on the runtime: see `off_worker`.
+                off_worker(|| {
+                    self.db.owner_put_with(
+                        &agent_key(&agent.id),
+                        &v,
+                        &context(&agent.id, OperationKind::Health),
+                    )
+                })
             });
         match result {
             Ok(()) => {

@@ -1,67 +1,39 @@
 //! Pools and leases: one pool per category holds an immutable snapshot of
-//! its healthy members (sorted by priority) that selection reads without
-//! locking, plus a load index for `LeastLoaded`. Registration and health
-//! changes rebuild a pool's snapshot; selection never scans or sorts all
-//! agents, so it stays flat at 10,000 agents. A [`Lease`] counts a chosen
-//! agent as in flight until it is dropped.
+//! its members grouped into priority tiers (`tiers.rs`: the tier and panic
+//! rule every strategy follows) that selection reads without locking, plus
+//! per-tier load indexes for `LeastLoaded`. Registration and health changes
+//! rebuild a pool's snapshot; selection never scans or sorts all agents, so it
+//! stays flat at 10,000 agents. A [`Lease`] counts a chosen agent as in
+//! flight until it is dropped.
 
 use super::agent::Agent;
-use super::load_index::LoadIndex;
+use super::load_index::TieredLoad;
 use super::strategy::{fastest, probe, RoutingStrategy};
+use super::tiers::{Tiers, DEFAULT_PANIC_THRESHOLD};
 use crate::namespace::ToolCategory;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// A healthy member list, sorted by priority (highest first), with the bounds
-/// of each run of equal priority.
-#[derive(Default)]
-struct Snapshot {
-    agents: Vec<Arc<Agent>>,
-    tiers: Vec<(usize, usize)>,
-}
-
-impl Snapshot {
-    fn build(members: &[Arc<Agent>]) -> Snapshot {
-        let mut agents: Vec<Arc<Agent>> =
-            members.iter().filter(|a| a.is_healthy()).cloned().collect();
-        // Stable: equal priorities keep registration order.
-        agents.sort_by_key(|a| std::cmp::Reverse(a.priority));
-        let mut tiers = Vec::new();
-        let mut start = 0;
-        for i in 1..=agents.len() {
-            if i == agents.len() || agents[i].priority != agents[start].priority {
-                tiers.push((start, i));
-                start = i;
-            }
-        }
-        Snapshot { agents, tiers }
-    }
-}
 
 #[derive(Default)]
 struct Pool {
     members: Mutex<Vec<Arc<Agent>>>,
-    snapshot: RwLock<Arc<Snapshot>>,
-    load: Mutex<LoadIndex>,
+    snapshot: RwLock<Arc<Tiers>>,
+    load: Mutex<TieredLoad>,
     round_robin: AtomicUsize,
     priority_turn: AtomicUsize,
 }
 
 impl Pool {
     fn rebuild_snapshot(&self, members: &[Arc<Agent>]) {
-        *self.snapshot.write() = Arc::new(Snapshot::build(members));
+        *self.snapshot.write() = Arc::new(Tiers::build(members));
     }
 
-    /// Files a healthy agent in the load index, or takes an unhealthy one out.
+    /// Files an agent in the load index of its tier, among the healthy
+    /// members or not.
     fn update_load_membership(&self, agent: &Arc<Agent>) {
-        let mut load = self.load.lock();
-        if agent.is_healthy() {
-            load.insert(agent);
-        } else {
-            load.remove(agent.uid);
-        }
+        self.load.lock().file(agent);
     }
 }
 
@@ -97,9 +69,19 @@ fn claim(agent: &Agent) -> bool {
 
 /// Chooses agents. Shared by the registry (which adds and removes agents)
 /// and the dispatcher (which selects and releases them).
-#[derive(Default)]
 pub struct ToolRouter {
     pools: RwLock<HashMap<ToolCategory, Arc<Pool>>>,
+    /// The share of a tier that may be ejected before it panics (`f64` bits).
+    panic_threshold: AtomicU64,
+}
+
+impl Default for ToolRouter {
+    fn default() -> Self {
+        ToolRouter {
+            pools: RwLock::default(),
+            panic_threshold: AtomicU64::new(DEFAULT_PANIC_THRESHOLD.to_bits()),
+        }
+    }
 }
 
 /// An agent chosen for one call, counted as in flight until dropped.
@@ -119,6 +101,17 @@ impl ToolRouter {
     /// An empty router.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the share of a tier that may be ejected before the tier routes
+    /// to all its members (0.0 to 1.0).
+    pub(crate) fn set_panic_threshold(&self, threshold: f64) {
+        self.panic_threshold
+            .store(threshold.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    fn panic_threshold(&self) -> f64 {
+        f64::from_bits(self.panic_threshold.load(Ordering::Relaxed))
     }
 
     fn pool(&self, category: &ToolCategory) -> Option<Arc<Pool>> {
@@ -175,7 +168,7 @@ impl ToolRouter {
             let mut members = pool.members.lock();
             if let Some(i) = members.iter().position(|a| a.id == agent_id) {
                 let removed = members.remove(i);
-                pool.load.lock().remove(removed.uid);
+                pool.load.lock().remove(&removed);
                 pool.rebuild_snapshot(&members);
             }
         }
@@ -204,7 +197,7 @@ impl ToolRouter {
     #[allow(dead_code)] // a diagnostic no caller needs today
     pub fn healthy_count(&self, category: &ToolCategory) -> usize {
         self.pool(category)
-            .map(|p| p.snapshot.read().agents.len())
+            .map(|p| p.snapshot.read().healthy)
             .unwrap_or(0)
     }
 
@@ -253,6 +246,7 @@ impl ToolRouter {
         strategy: RoutingStrategy,
         exclude: &[u64],
     ) -> Selected {
+        let panic_threshold = self.panic_threshold();
         if matches!(
             strategy,
             RoutingStrategy::LeastLoaded | RoutingStrategy::Sticky
@@ -260,7 +254,7 @@ impl ToolRouter {
             // Choose and count under one lock, so concurrent callers see each
             // other's claims and never pick a busier agent.
             let mut load = pool.load.lock();
-            let Some(agent) = load.least_loaded(exclude) else {
+            let Some(agent) = load.least_loaded(exclude, panic_threshold) else {
                 return Selected::Nothing;
             };
             if !claim(&agent) {
@@ -275,10 +269,6 @@ impl ToolRouter {
             });
         }
         let snapshot = pool.snapshot.read().clone();
-        let agents = &snapshot.agents;
-        if agents.is_empty() {
-            return Selected::Nothing;
-        }
         let usable = |a: &Arc<Agent>| !exclude.contains(&a.uid) && a.has_capacity();
         // A failover within one call continues from where the call's first
         // choice was made instead of taking another turn, so retries do not
@@ -290,26 +280,39 @@ impl ToolRouter {
                 counter.load(Ordering::Relaxed)
             }
         };
-        let chosen = match strategy {
-            RoutingStrategy::RoundRobin => probe(agents, take_turn(&pool.round_robin), usable),
-            RoutingStrategy::Random => probe(agents, fastrand::usize(..agents.len()), usable),
-            RoutingStrategy::Priority => {
-                let turn = take_turn(&pool.priority_turn);
-                snapshot
-                    .tiers
-                    .iter()
-                    .find_map(|&(lo, hi)| probe(&agents[lo..hi], turn, usable))
-            }
-            RoutingStrategy::Fastest => fastest(agents, usable),
-            RoutingStrategy::LeastLoaded | RoutingStrategy::Sticky => unreachable!("handled above"),
+        let turn = match strategy {
+            RoutingStrategy::RoundRobin => take_turn(&pool.round_robin),
+            RoutingStrategy::Priority => take_turn(&pool.priority_turn),
+            _ => 0,
         };
+        let chosen = snapshot.pick(panic_threshold, |agents: &[Arc<Agent>]| {
+            if agents.is_empty() {
+                return None;
+            }
+            match strategy {
+                RoutingStrategy::RoundRobin | RoutingStrategy::Priority => {
+                    probe(agents, turn, usable)
+                }
+                RoutingStrategy::Random => probe(agents, fastrand::usize(..agents.len()), usable),
+                RoutingStrategy::Fastest => fastest(agents, usable),
+                RoutingStrategy::LeastLoaded | RoutingStrategy::Sticky => {
+                    unreachable!("handled above")
+                }
+            }
+        });
         let Some(chosen) = chosen else {
             return Selected::Nothing;
         };
-        match self.lease(&chosen) {
-            Some(lease) => Selected::Leased(lease),
-            None => Selected::Lost(chosen.uid),
+        // Panic routing may choose an ejected agent: claimed without the
+        // health check `lease` makes.
+        if !claim(&chosen) {
+            return Selected::Lost(chosen.uid);
         }
+        self.refile(&chosen);
+        Selected::Leased(Lease {
+            agent: chosen,
+            router: self.clone(),
+        })
     }
 
     fn refile_others(&self, agent: &Agent, done: &ToolCategory) {

@@ -16,8 +16,10 @@
 //!
 //! Files: `options` (how to open), `transaction` (the commit path), `scan`
 //! (prefix scans), `decision_log` (its persistence and pruning), `reserved`
-//! (namespace ownership), `cache` (session bindings).
+//! (namespace ownership), `cache` (session bindings), `blocking` (commits
+//! from async code without stalling a runtime worker).
 
+mod blocking;
 mod cache;
 mod decision_log;
 mod options;
@@ -25,6 +27,7 @@ mod reserved;
 mod scan;
 mod transaction;
 
+pub(crate) use blocking::off_worker;
 pub use decision_log::DECISION_LOG;
 pub(crate) use options::table_options;
 pub use options::{

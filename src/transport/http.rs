@@ -6,7 +6,7 @@
 use super::{Failure, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES, MAX_RESPONSE_BYTES};
 use crate::error::{Error, Result};
 use crate::policy::NetworkPolicy;
-use crate::routing::health::Probe;
+use crate::routing::health::{Probe, ProbeResult};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -181,7 +181,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The health probe over HTTP: any 2xx within the timeout is healthy.
+/// The health probe over HTTP: any 2xx within the timeout is healthy; 404
+/// or 405 means the agent has no health endpoint (it is not ejected for it:
+/// its calls alone judge it); anything else is unhealthy.
 pub(crate) struct HttpProbe(pub(crate) reqwest::Client);
 
 impl Probe for HttpProbe {
@@ -189,15 +191,16 @@ impl Probe for HttpProbe {
         &'a self,
         url: &'a reqwest::Url,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
         Box::pin(async move {
             if NetworkPolicy::current().check_url(url).is_err() {
-                return false;
+                return ProbeResult::Unhealthy;
             }
-            matches!(
-                tokio::time::timeout(timeout, self.0.get(url.clone()).send()).await,
-                Ok(Ok(r)) if r.status().is_success()
-            )
+            match tokio::time::timeout(timeout, self.0.get(url.clone()).send()).await {
+                Ok(Ok(r)) if r.status().is_success() => ProbeResult::Healthy,
+                Ok(Ok(r)) if matches!(r.status().as_u16(), 404 | 405) => ProbeResult::NoEndpoint,
+                _ => ProbeResult::Unhealthy,
+            }
         })
     }
 }

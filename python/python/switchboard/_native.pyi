@@ -120,6 +120,7 @@ class ToolDispatcher:
         timeout_seconds: float = 5,
         unhealthy_threshold: int = 3,
         healthy_threshold: int = 2,
+        panic_threshold: float = 0.5,
     ) -> None: ...
     def disable_health_checks(self) -> None: ...
     def invoke(

@@ -1,15 +1,19 @@
 //! Subcommands for a person at a terminal. Each opens the embedded database
-//! directly (so it must not be held by a running `switchboard serve`; use the
-//! HTTP API then). This file holds the command table and what the commands
-//! share (opening the store under its policies); each command lives in its
-//! own file.
+//! directly, or with `--server URL` talks to a running `switchboard serve`
+//! (which holds the database) over its HTTP API (`client.rs`). This file holds
+//! the command table and what the commands share (opening the store under its
+//! policies); each command lives in its own file.
 
 mod agents;
+mod client;
 mod demo;
 mod invoke;
+mod metrics;
 mod policy;
 mod scan;
 mod serve;
+
+pub use client::{Client, ServerArgs};
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -38,6 +42,8 @@ pub enum Command {
     Invoke(invoke::InvokeArgs),
     /// Print every record under a key prefix (the audit trail).
     Scan(scan::ScanArgs),
+    /// Print per-agent metrics (a server's, with --server).
+    Metrics(metrics::MetricsArgs),
     /// Work with Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -58,12 +64,26 @@ pub struct StoreArgs {
     /// The database directory.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data: PathBuf,
-    /// Directory of *.rego policies this command runs under.
+    /// Directory of *.rego policies this command runs under (local database
+    /// only: a server runs under its own).
     #[arg(long)]
     pub policies: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: ServerArgs,
 }
 
 impl StoreArgs {
+    /// The server to talk to, if `--server` or `SWITCHBOARD_URL` names one.
+    pub fn client(&self) -> switchboard::Result<Option<Client>> {
+        let client = self.remote.client()?;
+        if client.is_some() && self.policies.is_some() {
+            return Err(Error::invalid(
+                "--policies applies to the local database; a server runs under the policies it was started with (POST /v1/policies adds one)",
+            ));
+        }
+        Ok(client)
+    }
+
     /// Opens the database and loads `--policies` before anything reads or
     /// writes through it.
     pub fn open(&self) -> switchboard::Result<Database> {
@@ -81,6 +101,19 @@ impl StoreArgs {
     }
 }
 
+/// Writes one line to stdout. When the reader has gone (`switchboard scan
+/// tools/ | head -1`) the process ends quietly with status 0: the output
+/// nobody reads is not an error, and a panic would be noise.
+pub fn out(line: impl std::fmt::Display) -> switchboard::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(Error::internal("cannot write to standard output", e)),
+    }
+}
+
 /// Opens the database, turning RocksDB's lock error into advice.
 fn open(data: &Path) -> switchboard::Result<Database> {
     Database::open(data).map_err(|e| match e {
@@ -94,10 +127,11 @@ fn open(data: &Path) -> switchboard::Result<Database> {
 pub async fn run(cli: Cli) -> switchboard::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Agents(cmd) => agents::run(cmd),
+        Command::Agents(cmd) => agents::run(cmd).await,
         Command::Invoke(args) => invoke::run(args).await,
-        Command::Scan(args) => scan::run(args),
-        Command::Policy(policy::PolicyCommand::Check { file }) => policy::check(&file),
+        Command::Scan(args) => scan::run(args).await,
+        Command::Metrics(args) => metrics::run(args).await,
+        Command::Policy(cmd) => policy::run(cmd).await,
         Command::Demo(args) => demo::run(&args.data).await,
     }
 }

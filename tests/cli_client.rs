@@ -158,14 +158,28 @@ async fn cli_is_a_client_of_a_running_server() {
         agent.requests.lock().unwrap().last().unwrap()["input"],
         serde_json::json!({})
     );
-    assert_eq!(agent.hits(), 2);
+    // The same over HTTP: a body without "input".
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/invoke"))
+        .bearer_auth("s3cret")
+        .header("content-type", "application/json")
+        .body(r#"{"tool": "code_exec", "category": "code"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        agent.requests.lock().unwrap().last().unwrap()["input"],
+        serde_json::json!({})
+    );
+    assert_eq!(agent.hits(), 3);
 
     let scan = ok(&mut client(&["scan", "tools/code/code_exec/", "--json"]));
     let lines: Vec<serde_json::Value> = scan
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "{scan}");
+    assert_eq!(lines.len(), 3, "{scan}");
     assert!(lines.iter().all(|l| l["value"]["status"] == "succeeded"));
     let table = ok(&mut client(&["scan", "agents/"]));
     assert!(table.contains("agents/echo_agent"), "{table}");
@@ -174,7 +188,7 @@ async fn cli_is_a_client_of_a_running_server() {
 
     let metrics = ok(&mut client(&["metrics", "--json"]));
     let metrics: serde_json::Value = serde_json::from_str(metrics.trim()).unwrap();
-    assert_eq!(metrics["echo_agent"]["total"], 2);
+    assert_eq!(metrics["echo_agent"]["total"], 3);
     assert!(ok(&mut client(&["metrics"])).contains("echo_agent"));
 
     assert!(ok(&mut client(&["policy", "list"])).contains("no policies loaded"));

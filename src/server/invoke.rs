@@ -18,11 +18,17 @@ use serde::Deserialize;
 pub struct InvokeBody {
     pub tool: String,
     pub category: ToolCategory,
-    #[serde(default)]
+    /// Left out, the agent is sent `{}`, as from the CLI and the library's
+    /// usual callers.
+    #[serde(default = "empty_object")]
     pub input: serde_json::Value,
     pub strategy: Option<RoutingStrategy>,
     pub session_id: Option<String>,
     pub max_attempts: Option<u32>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
 }
 
 impl InvokeBody {

@@ -223,3 +223,58 @@ async fn cli_is_a_client_of_a_running_server() {
         "{err}"
     );
 }
+
+#[test]
+fn demo_keeps_nothing_unless_asked_and_leaves_no_dead_agents() {
+    let cwd = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(switchboard()
+        .arg("demo")
+        .current_dir(cwd.path())
+        .env("TMPDIR", tmp.path()));
+    assert!(
+        out.contains("throwaway database in") && out.contains(tmp.path().to_str().unwrap()),
+        "{out}"
+    );
+    assert!(out.contains("Done:") && !out.contains("records)"), "{out}");
+    assert!(
+        !out.contains("Succeeded") && out.contains("  succeeded  "),
+        "{out}"
+    );
+    // Nothing in the working directory, and the temporary database is gone.
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+
+    // --data keeps the records, but no registration of an agent that ended
+    // with the demo.
+    let data = cwd.path().join("kept");
+    let d = data.to_str().unwrap();
+    let out = ok(switchboard().args(["demo", "--data", d]));
+    assert!(out.contains(&format!("kept in {d}")), "{out}");
+    let list = ok(switchboard().args(["agents", "list", "--data", d]));
+    assert!(list.contains("no agents registered"), "{list}");
+    let scan = ok(switchboard().args(["scan", "tools/sensitive/", "--json", "--data", d]));
+    assert!(scan.lines().count() >= 4, "{scan}");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = switchboard()
+        .args(["scan", "tools/", "--data", data.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(141)),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

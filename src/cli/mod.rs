@@ -47,15 +47,16 @@ pub enum Command {
     /// Work with Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Run the guided demo on the embedded database.
-    Demo(DataArgs),
+    /// Run the guided demo on a throwaway database.
+    Demo(DemoArgs),
 }
 
 #[derive(Args)]
-pub struct DataArgs {
-    /// The database directory.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    pub data: PathBuf,
+pub struct DemoArgs {
+    /// Keep the demo's database in this directory [default: a temporary
+    /// directory, removed at the end].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }
 
 /// The database and the policies every read and write of a command runs under.
@@ -114,6 +115,14 @@ pub fn out(line: impl std::fmt::Display) -> switchboard::Result<()> {
     }
 }
 
+/// `println!` through [`out`]: a closed stdout ends the process quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*))?
+    };
+}
+pub(crate) use say;
+
 /// Opens the database, turning RocksDB's lock error into advice.
 fn open(data: &Path) -> switchboard::Result<Database> {
     Database::open(data).map_err(|e| match e {
@@ -132,6 +141,6 @@ pub async fn run(cli: Cli) -> switchboard::Result<()> {
         Command::Scan(args) => scan::run(args).await,
         Command::Metrics(args) => metrics::run(args).await,
         Command::Policy(cmd) => policy::run(cmd).await,
-        Command::Demo(args) => demo::run(&args.data).await,
+        Command::Demo(args) => demo::run(args.data).await,
     }
 }

@@ -142,14 +142,66 @@ impl Default for StorageSection {
 }
 
 impl Config {
-    /// Reads and checks a config file.
+    /// Reads and checks a config file. Relative `data_dir` and
+    /// `policies_dir` are resolved against the file's directory, so the file
+    /// means the same whatever directory `serve` starts in.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             Error::InvalidInput(m) => Error::invalid(format!("config {}: {m}", path.display())),
             other => other,
-        })
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.data_dir = base.join(&config.data_dir);
+        config.policies_dir = config.policies_dir.map(|p| base.join(p));
+        Ok(config)
+    }
+
+    /// What [`validate`](Self::validate) cannot see from the text alone: the
+    /// listen address must be `host:port` that resolves, and the policy
+    /// directory must be a readable directory. Returns a one-line summary.
+    pub fn check(&self) -> Result<String> {
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<_> = self
+            .listen
+            .to_socket_addrs()
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "listen = {:?}: {e} (want host:port, e.g. 127.0.0.1:7700)",
+                    self.listen
+                ))
+            })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(Error::invalid(format!(
+                "listen = {:?} names no address",
+                self.listen
+            )));
+        }
+        let mut policies = String::from("no policies");
+        if let Some(dir) = &self.policies_dir {
+            let rego = std::fs::read_dir(dir)
+                .map_err(|e| Error::invalid(format!("policies_dir {}: {e}", dir.display())))?
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    name.ends_with(".rego") && !name.ends_with("_test.rego")
+                })
+                .count();
+            policies = format!("{rego} policy file(s) in {}", dir.display());
+        }
+        Ok(format!(
+            "listen {}, data {}, {policies}, token {}",
+            self.listen,
+            self.data_dir.display(),
+            if self.token.is_some() {
+                "set"
+            } else {
+                "not set"
+            }
+        ))
     }
 
     /// Parses and checks config text.

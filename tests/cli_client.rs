@@ -278,3 +278,51 @@ fn a_closed_stdout_ends_the_command_quietly() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn config_check_validates_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rego")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/policies/sensitive_tools.rego"),
+        dir.path().join("rego/sensitive_tools.rego"),
+    )
+    .unwrap();
+    let file = dir.path().join("switchboard.toml");
+    let f = file.to_str().unwrap();
+    let check = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let mut c = switchboard();
+        c.args(["config", "check", f]);
+        c
+    };
+    // Relative paths are the config file's directory's, not the caller's.
+    let out = ok(check(
+        "listen = \"127.0.0.1:7700\"\ndata_dir = \"data\"\npolicies_dir = \"rego\"\n",
+    )
+    .current_dir("/"));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("valid"), "{out}");
+    assert!(
+        out.contains(dir.path().join("data").to_str().unwrap())
+            && out.contains(&format!(
+                "1 policy file(s) in {}",
+                dir.path().join("rego").display()
+            )),
+        "{out}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "check must not open the database"
+    );
+
+    for (text, expected) in [
+        ("listen_adress = \"x\"\n", "listen_adress"),
+        ("[limits]\nmax_connections = 0\n", "limits"),
+        ("policies_dir = \"missing\"\n", "missing"),
+        ("listen = \"not an address\"\n", "listen"),
+    ] {
+        let err = fails(&mut check(text));
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}

@@ -6,6 +6,7 @@
 
 mod agents;
 mod client;
+mod config;
 mod demo;
 mod invoke;
 mod metrics;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Work with Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Check a config file.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Run the guided demo on a throwaway database.
     Demo(DemoArgs),
 }
@@ -141,6 +145,7 @@ pub async fn run(cli: Cli) -> switchboard::Result<()> {
         Command::Scan(args) => scan::run(args).await,
         Command::Metrics(args) => metrics::run(args).await,
         Command::Policy(cmd) => policy::run(cmd).await,
+        Command::Config(cmd) => config::run(cmd),
         Command::Demo(args) => demo::run(args.data).await,
     }
 }

@@ -55,9 +55,14 @@ struct Serve {
 
 impl Serve {
     fn start(data: &Path, token: &str) -> Serve {
+        Self::start_with(&["--data", data.to_str().unwrap()], token)
+    }
+
+    fn start_with(args: &[&str], token: &str) -> Serve {
         let port = free_port();
         let child = switchboard()
-            .args(["serve", "--data", data.to_str().unwrap()])
+            .arg("serve")
+            .args(args)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("SWITCHBOARD_TOKEN", token)
             .stdout(Stdio::null())
@@ -325,4 +330,42 @@ fn config_check_validates_without_starting() {
         let err = fails(&mut check(text));
         assert!(err.contains(expected), "{text}: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_applies_agents_and_rate_limits_from_its_config() {
+    let agent = TestAgent::start("echo", Behaviour::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[decision_log]\nmax_entries = 50\n\
+             [[rate_limits]]\nop = \"dispatch\"\nmax = 1\nwindow_secs = 3600\n\
+             [[agents]]\nid = \"from_config\"\ntools = [\"code\"]\nendpoint = \"{}\"\npriority = 7\n",
+            agent.endpoint
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    assert!(ok(switchboard().args(["config", "check", c])).contains("valid"));
+    let serve = Serve::start_with(&["--config", c], "tok");
+    let client = |args: &[&str]| {
+        let mut cmd = switchboard();
+        cmd.args(args)
+            .args(["--server", &serve.url, "--token", "tok"]);
+        cmd
+    };
+    let list = ok(&mut client(&["agents", "list"]));
+    assert!(
+        list.contains("from_config") && list.contains(&agent.endpoint),
+        "{list}"
+    );
+    ok(&mut client(&["invoke", "t", "--category", "code"]));
+    let err = fails(&mut client(&["invoke", "t", "--category", "code"]));
+    assert!(err.contains("rate limit"), "{err}");
+    assert_eq!(agent.hits(), 1);
+    drop(serve);
+    // data_dir was the config file's directory's, not the working directory's.
+    assert!(dir.path().join("data").is_dir());
 }

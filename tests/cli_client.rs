@@ -369,3 +369,17 @@ async fn serve_applies_agents_and_rate_limits_from_its_config() {
     // data_dir was the config file's directory's, not the working directory's.
     assert!(dir.path().join("data").is_dir());
 }
+
+#[test]
+fn local_errors_name_commands_not_rust_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    let err =
+        fails(switchboard().args(["agents", "remove", "ghost", "--data", d.to_str().unwrap()]));
+    assert!(
+        err.contains("unknown agent ghost")
+            && err.contains("switchboard agents list")
+            && !err.contains("()"),
+        "{err}"
+    );
+}

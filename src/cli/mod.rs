@@ -138,6 +138,20 @@ fn open(data: &Path) -> switchboard::Result<Database> {
 }
 
 pub async fn run(cli: Cli) -> switchboard::Result<()> {
+    dispatch(cli).await.map_err(in_cli_words)
+}
+
+/// The library's messages name its Rust API; at the terminal, name commands.
+fn in_cli_words(e: Error) -> Error {
+    match e {
+        Error::UnknownAgent(id) => Error::invalid(format!(
+            "unknown agent {id}: see `switchboard agents list`, or add it with `switchboard agents register {id} --tools … --endpoint …`"
+        )),
+        other => other,
+    }
+}
+
+async fn dispatch(cli: Cli) -> switchboard::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Agents(cmd) => agents::run(cmd).await,

@@ -2,10 +2,13 @@
 //! flags override the file, and `SWITCHBOARD_TOKEN` overrides `token`.
 //! `docs/configuration.md` documents each option.
 
+use crate::dispatch::ToolDispatcher;
 use crate::error::{Error, Result};
+use crate::namespace::ToolCategory;
 use crate::policy::NetworkPolicy;
 use crate::policy::RegoEvaluator;
-use crate::routing::HealthCheckConfig;
+use crate::policy::{DecisionLogRetention, PolicyEngine, RateLimitOp, RateLimitScope};
+use crate::routing::{AgentConfig, HealthCheckConfig};
 use crate::storage::{
     DatabaseOptions, Durability, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_MAX_VALUE_BYTES,
 };
@@ -49,6 +52,129 @@ pub struct Config {
     pub health: HealthSection,
     /// `[storage]`: how the database is opened.
     pub storage: StorageSection,
+    /// `[[rate_limits]]`, added to the policy chain at start.
+    pub rate_limits: Vec<RateLimitEntry>,
+    /// `[decision_log]`: how much of the decision log to keep.
+    pub decision_log: DecisionLogSection,
+    /// `[[agents]]`: HTTP agents registered (or replaced) at start.
+    pub agents: Vec<AgentEntry>,
+}
+
+/// One `[[rate_limits]]` table.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitEntry {
+    /// `put`, `delete`, `get` or `dispatch`.
+    pub op: String,
+    /// Operations allowed per window.
+    pub max: u32,
+    /// The window, in seconds (default 60).
+    #[serde(default = "one_minute")]
+    pub window_secs: u64,
+    /// `global` (default), `per_agent`, `per_session` or `per_tool`.
+    #[serde(default = "global")]
+    pub scope: String,
+}
+
+fn one_minute() -> u64 {
+    60
+}
+
+fn global() -> String {
+    "global".into()
+}
+
+impl RateLimitEntry {
+    fn parsed(&self) -> Result<(RateLimitOp, RateLimitScope)> {
+        let op = match self.op.as_str() {
+            "put" => RateLimitOp::Put,
+            "delete" => RateLimitOp::Delete,
+            "get" => RateLimitOp::Get,
+            "dispatch" => RateLimitOp::Dispatch,
+            other => {
+                return Err(Error::invalid(format!(
+                    "rate_limits: op {other:?} is not put, delete, get or dispatch"
+                )))
+            }
+        };
+        let scope = match self.scope.as_str() {
+            "global" => RateLimitScope::Global,
+            "per_agent" => RateLimitScope::PerAgent,
+            "per_session" => RateLimitScope::PerSession,
+            "per_tool" => RateLimitScope::PerTool,
+            other => {
+                return Err(Error::invalid(format!(
+                    "rate_limits: scope {other:?} is not global, per_agent, per_session or per_tool"
+                )))
+            }
+        };
+        if self.max == 0 || self.window_secs == 0 {
+            return Err(Error::invalid(
+                "rate_limits: max and window_secs must be at least 1",
+            ));
+        }
+        Ok((op, scope))
+    }
+}
+
+/// `[decision_log]`: how much of `policy_log/` to keep.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionLogSection {
+    /// Decisions kept at most; older ones are pruned as new ones arrive.
+    pub max_entries: u64,
+    /// Decisions older than this many seconds are pruned (none: no age limit).
+    pub max_age_secs: Option<u64>,
+}
+
+impl Default for DecisionLogSection {
+    fn default() -> Self {
+        let d = DecisionLogRetention::default();
+        DecisionLogSection {
+            max_entries: d.max_entries,
+            max_age_secs: d.max_age.map(|a| a.as_secs()),
+        }
+    }
+}
+
+/// One `[[agents]]` table: an HTTP agent, as `PUT /v1/agents/{id}` takes it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    /// The agent's id.
+    pub id: String,
+    /// The categories it serves.
+    pub tools: Vec<ToolCategory>,
+    /// Its `http://` endpoint.
+    pub endpoint: String,
+    /// Its health URL (default: `scheme://host:port/health` of the endpoint).
+    pub health_url: Option<String>,
+    /// Its priority tier: higher is preferred (default 0).
+    #[serde(default)]
+    pub priority: i32,
+    /// Its per-call timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Calls it may have in flight at once.
+    pub max_concurrency: Option<u32>,
+}
+
+impl AgentEntry {
+    fn agent_config(&self) -> AgentConfig {
+        let mut config = AgentConfig::new()
+            .with_tools(self.tools.clone())
+            .with_endpoint(self.endpoint.clone())
+            .with_priority(self.priority);
+        if let Some(url) = &self.health_url {
+            config = config.with_health_url(url.clone());
+        }
+        if let Some(ms) = self.timeout_ms {
+            config = config.with_timeout(Duration::from_millis(ms));
+        }
+        if let Some(max) = self.max_concurrency {
+            config = config.with_max_concurrency(max);
+        }
+        config
+    }
 }
 
 /// `[limits]`: what one client, or all of them, may hold of the server.
@@ -132,6 +258,9 @@ impl Default for Config {
             network: NetworkSection::default(),
             health: HealthSection::default(),
             storage: StorageSection::default(),
+            rate_limits: Vec::new(),
+            decision_log: DecisionLogSection::default(),
+            agents: Vec::new(),
         }
     }
 }
@@ -161,14 +290,66 @@ impl Default for StorageSection {
 }
 
 impl Config {
-    /// Reads and checks a config file.
+    /// Reads and checks a config file. Relative `data_dir` and
+    /// `policies_dir` are resolved against the file's directory, so the file
+    /// means the same whatever directory `serve` starts in.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::invalid(format!("cannot read config {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             Error::InvalidInput(m) => Error::invalid(format!("config {}: {m}", path.display())),
             other => other,
-        })
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.data_dir = base.join(&config.data_dir);
+        config.policies_dir = config.policies_dir.map(|p| base.join(p));
+        Ok(config)
+    }
+
+    /// What [`validate`](Self::validate) cannot see from the text alone: the
+    /// listen address must be `host:port` that resolves, and the policy
+    /// directory must be a readable directory. Returns a one-line summary.
+    pub fn check(&self) -> Result<String> {
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<_> = self
+            .listen
+            .to_socket_addrs()
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "listen = {:?}: {e} (want host:port, e.g. 127.0.0.1:7700)",
+                    self.listen
+                ))
+            })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(Error::invalid(format!(
+                "listen = {:?} names no address",
+                self.listen
+            )));
+        }
+        let mut policies = String::from("no policies");
+        if let Some(dir) = &self.policies_dir {
+            let rego = std::fs::read_dir(dir)
+                .map_err(|e| Error::invalid(format!("policies_dir {}: {e}", dir.display())))?
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    name.ends_with(".rego") && !name.ends_with("_test.rego")
+                })
+                .count();
+            policies = format!("{rego} policy file(s) in {}", dir.display());
+        }
+        Ok(format!(
+            "listen {}, data {}, {policies}, token {}",
+            self.listen,
+            self.data_dir.display(),
+            if self.token.is_some() {
+                "set"
+            } else {
+                "not set"
+            }
+        ))
     }
 
     /// Parses and checks config text.
@@ -204,6 +385,42 @@ impl Config {
             return Err(Error::invalid("every limits.* value must be at least 1"));
         }
         self.network_policy()?;
+        for limit in &self.rate_limits {
+            limit.parsed()?;
+        }
+        for agent in &self.agents {
+            crate::namespace::validate_id("agents: id", &agent.id)?;
+            if agent.tools.is_empty() {
+                return Err(Error::invalid(format!("agents: {} has no tools", agent.id)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `[[rate_limits]]` and sets `[decision_log]` retention on the
+    /// database's policy chain (before anything is dispatched).
+    pub fn apply_policy(&self, policy: &PolicyEngine) -> Result<()> {
+        for limit in &self.rate_limits {
+            let (op, scope) = limit.parsed()?;
+            policy.add_rate_limit_per(
+                op,
+                limit.max,
+                Duration::from_secs(limit.window_secs),
+                scope,
+            )?;
+        }
+        policy.set_decision_log_retention(DecisionLogRetention {
+            max_entries: self.decision_log.max_entries,
+            max_age: self.decision_log.max_age_secs.map(Duration::from_secs),
+        });
+        Ok(())
+    }
+
+    /// Registers (or replaces) the `[[agents]]` of the file.
+    pub fn register_agents(&self, dispatcher: &ToolDispatcher) -> Result<()> {
+        for agent in &self.agents {
+            dispatcher.register_agent(&agent.id, agent.agent_config())?;
+        }
         Ok(())
     }
 
@@ -291,5 +508,33 @@ block_cache_bytes = 1048576
         assert!(Config::parse("[storage]\ndurability = \"fast\"").is_err());
         assert!(Config::parse("rego_evaluator = \"jit\"").is_err());
         assert!(Config::parse("token = \"\"").is_err());
+        let c = Config::parse(
+            r#"
+[decision_log]
+max_entries = 10
+max_age_secs = 3600
+[[rate_limits]]
+op = "dispatch"
+max = 5
+scope = "per_agent"
+[[agents]]
+id = "code_agent"
+tools = ["code", "shell"]
+endpoint = "http://127.0.0.1:8001/invoke"
+priority = 3
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.rate_limits[0].window_secs, 60);
+        assert_eq!(c.agents[0].priority, 3);
+        assert_eq!(c.decision_log.max_age_secs, Some(3600));
+        assert!(Config::parse("[[rate_limits]]\nop = \"write\"\nmax = 1").is_err());
+        assert!(
+            Config::parse("[[agents]]\nid = \"a\"\ntools = []\nendpoint = \"http://x\"").is_err()
+        );
+        assert!(Config::parse(
+            "[[agents]]\nid = \"a\"\ntools = [\"code\"]\nendpoint = \"x\"\ncolor = 1"
+        )
+        .is_err());
     }
 }

@@ -106,7 +106,7 @@ fn agents_scan_and_policy_commands() {
     assert_eq!(record["priority"], 3);
     let scan = run_ok(&["scan", "agents/", "--data", d]);
     assert!(
-        scan.contains("agents/code_agent") && scan.contains("(1 records)"),
+        scan.contains("agents/code_agent") && scan.contains("(1 record)"),
         "{scan}"
     );
 

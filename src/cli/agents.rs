@@ -1,8 +1,10 @@
-//! `switchboard agents list|register|remove`.
+//! `switchboard agents list|register|remove`, on the local database or
+//! through a server's `/v1/agents` routes.
 
-use super::StoreArgs;
+use super::{Client, StoreArgs};
 use clap::Subcommand;
-use switchboard::namespace::AgentTransport;
+use reqwest::Method;
+use switchboard::namespace::{AgentRecord, AgentTransport};
 use switchboard::{AgentConfig, Error, PolicyContext, ToolCategory};
 
 #[derive(Subcommand)]
@@ -40,9 +42,16 @@ pub enum AgentsCommand {
     },
 }
 
-pub fn run(cmd: AgentsCommand) -> switchboard::Result<()> {
+pub async fn run(cmd: AgentsCommand) -> switchboard::Result<()> {
     match cmd {
-        AgentsCommand::List { store, json } => list(&store, json),
+        AgentsCommand::List { store, json } => {
+            let records = match store.client()? {
+                Some(client) => serde_json::from_value(client.get("v1/agents").await?)
+                    .map_err(|e| Error::internal("the server's agent list is not readable", e))?,
+                None => local_list(&store)?,
+            };
+            print_list(&records, json)
+        }
         AgentsCommand::Register {
             id,
             tools,
@@ -56,6 +65,16 @@ pub fn run(cmd: AgentsCommand) -> switchboard::Result<()> {
                 .iter()
                 .map(|t| t.parse())
                 .collect::<switchboard::Result<Vec<ToolCategory>>>()?;
+            if let Some(client) = store.client()? {
+                let body = serde_json::json!({
+                    "tools": tools, "endpoint": endpoint, "priority": priority,
+                    "timeout_ms": timeout_ms, "max_concurrency": max_concurrency,
+                });
+                let url = agent_url(&client, &id);
+                client.send(Method::PUT, url, Some(&body)).await?;
+                super::out(format_args!("registered {id}"))?;
+                return Ok(());
+            }
             let mut config = AgentConfig::new()
                 .with_tools(tools)
                 .with_endpoint(endpoint)
@@ -67,50 +86,67 @@ pub fn run(cmd: AgentsCommand) -> switchboard::Result<()> {
                 config = config.with_max_concurrency(max);
             }
             store.dispatcher()?.register_agent(&id, config)?;
-            println!("registered {id}");
-            Ok(())
+            super::out(format_args!("registered {id}"))
         }
         AgentsCommand::Remove { id, store } => {
-            store.dispatcher()?.unregister_agent(&id)?;
-            println!("removed {id}");
-            Ok(())
+            match store.client()? {
+                Some(client) => {
+                    let url = agent_url(&client, &id);
+                    client.send(Method::DELETE, url, None).await?;
+                }
+                None => store.dispatcher()?.unregister_agent(&id)?,
+            }
+            super::out(format_args!("removed {id}"))
         }
     }
 }
 
-fn list(store: &StoreArgs, json: bool) -> switchboard::Result<()> {
+/// `v1/agents/{id}`, the id escaped as one path segment.
+fn agent_url(client: &Client, id: &str) -> reqwest::Url {
+    let mut url = client.url("v1/agents/");
+    url.path_segments_mut()
+        .expect("an http URL has path segments")
+        .pop_if_empty()
+        .push(id);
+    url
+}
+
+fn local_list(store: &StoreArgs) -> switchboard::Result<Vec<AgentRecord>> {
     let dispatcher = store.dispatcher()?;
     let ctx = PolicyContext::new()
         .with("source", "cli")
         .with("action", "list_agents");
-    let records = switchboard::server::visible_agents(&dispatcher, &ctx)?;
+    switchboard::server::visible_agents(&dispatcher, &ctx)
+}
+
+fn print_list(records: &[AgentRecord], json: bool) -> switchboard::Result<()> {
     if json {
-        for r in &records {
-            println!("{}", serde_json::to_string(r).map_err(Error::storage)?);
+        for r in records {
+            super::out(serde_json::to_string(r).map_err(Error::storage)?)?;
         }
         return Ok(());
     }
-    println!(
+    super::out(format_args!(
         "{:<24} {:<20} {:>8} {:<10} ENDPOINT",
         "AGENT", "TOOLS", "PRIORITY", "STATUS"
-    );
-    for r in &records {
+    ))?;
+    for r in records {
         let tools: Vec<&str> = r.tools.iter().map(|t| t.as_str()).collect();
         let endpoint = match &r.transport {
             AgentTransport::Local => "(local handler)".to_string(),
             AgentTransport::Http { endpoint, .. } => endpoint.clone(),
         };
-        println!(
+        super::out(format_args!(
             "{:<24} {:<20} {:>8} {:<10} {}",
             r.agent_id,
             tools.join(","),
             r.priority,
             format!("{:?}", r.status).to_lowercase(),
             endpoint
-        );
+        ))?;
     }
     if records.is_empty() {
-        println!("(no agents registered)");
+        super::out("(no agents registered)")?;
     }
     Ok(())
 }

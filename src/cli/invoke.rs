@@ -1,7 +1,9 @@
-//! `switchboard invoke`: one tool call, printed as JSON.
+//! `switchboard invoke`: one tool call, printed as JSON; on the local database
+//! or through a server's `POST /v1/invoke`.
 
 use super::StoreArgs;
 use clap::Args;
+use reqwest::Method;
 use switchboard::{Error, RoutingOptions, RoutingStrategy, ToolCategory};
 
 #[derive(Args)]
@@ -9,7 +11,7 @@ pub struct InvokeArgs {
     pub tool: String,
     #[arg(long)]
     pub category: String,
-    /// The input as JSON.
+    /// The input as JSON (an empty object when left out).
     #[arg(long, default_value = "{}")]
     pub input: String,
     /// round_robin, random, least_loaded, priority, sticky or fastest.
@@ -31,6 +33,16 @@ pub async fn run(args: InvokeArgs) -> switchboard::Result<()> {
             "--strategy sticky needs a session: add --session ID",
         ));
     }
+    if let Some(client) = args.store.client()? {
+        let body = serde_json::json!({
+            "tool": args.tool, "category": category, "input": input,
+            "strategy": strategy, "session_id": args.session,
+        });
+        let result = client
+            .send(Method::POST, client.url("v1/invoke"), Some(&body))
+            .await?;
+        return super::out(serde_json::to_string_pretty(&result).map_err(Error::storage)?);
+    }
     let dispatcher = args.store.dispatcher()?;
     let mut options = RoutingOptions::new().with_strategy(strategy);
     if let Some(session) = args.session {
@@ -39,9 +51,5 @@ pub async fn run(args: InvokeArgs) -> switchboard::Result<()> {
     let result = dispatcher
         .invoke(&args.tool, category, input, options)
         .await?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&result).map_err(Error::storage)?
-    );
-    Ok(())
+    super::out(serde_json::to_string_pretty(&result).map_err(Error::storage)?)
 }

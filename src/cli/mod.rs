@@ -1,15 +1,20 @@
 //! Subcommands for a person at a terminal. Each opens the embedded database
-//! directly (so it must not be held by a running `switchboard serve`; use the
-//! HTTP API then). This file holds the command table and what the commands
-//! share (opening the store under its policies); each command lives in its
-//! own file.
+//! directly, or with `--server URL` talks to a running `switchboard serve`
+//! (which holds the database) over its HTTP API (`client.rs`). This file holds
+//! the command table and what the commands share (opening the store under its
+//! policies); each command lives in its own file.
 
 mod agents;
+mod client;
+mod config;
 mod demo;
 mod invoke;
+mod metrics;
 mod policy;
 mod scan;
 mod serve;
+
+pub use client::{Client, ServerArgs};
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -38,20 +43,37 @@ pub enum Command {
     Invoke(invoke::InvokeArgs),
     /// Print every record under a key prefix (the audit trail).
     Scan(scan::ScanArgs),
+    /// Print per-agent metrics (a server's, with --server).
+    Metrics(metrics::MetricsArgs),
     /// Work with Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Run the guided demo on the embedded database.
-    Demo(DataArgs),
+    /// Check a config file.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Run the guided demo on a throwaway database.
+    Demo(DemoArgs),
     /// Serve MCP on stdin/stdout (for desktop MCP clients; see docs/mcp.md).
-    Mcp(DataArgs),
+    Mcp(McpArgs),
 }
 
 #[derive(Args)]
-pub struct DataArgs {
+pub struct DemoArgs {
+    /// Keep the demo's database in this directory [default: a temporary
+    /// directory, removed at the end].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// `switchboard mcp`: the database and policies it serves over stdio.
+#[derive(Args)]
+pub struct McpArgs {
     /// The database directory.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data: PathBuf,
+    /// Directory of *.rego policies every call runs under.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
 }
 
 /// The database and the policies every read and write of a command runs under.
@@ -60,12 +82,26 @@ pub struct StoreArgs {
     /// The database directory.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data: PathBuf,
-    /// Directory of *.rego policies this command runs under.
+    /// Directory of *.rego policies this command runs under (local database
+    /// only: a server runs under its own).
     #[arg(long)]
     pub policies: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: ServerArgs,
 }
 
 impl StoreArgs {
+    /// The server to talk to, if `--server` or `SWITCHBOARD_URL` names one.
+    pub fn client(&self) -> switchboard::Result<Option<Client>> {
+        let client = self.remote.client()?;
+        if client.is_some() && self.policies.is_some() {
+            return Err(Error::invalid(
+                "--policies applies to the local database; a server runs under the policies it was started with (POST /v1/policies adds one)",
+            ));
+        }
+        Ok(client)
+    }
+
     /// Opens the database and loads `--policies` before anything reads or
     /// writes through it.
     pub fn open(&self) -> switchboard::Result<Database> {
@@ -83,6 +119,36 @@ impl StoreArgs {
     }
 }
 
+/// Writes one line to stdout. When the reader has gone (`switchboard scan
+/// tools/ | head -1`) the process ends quietly with status 0: the output
+/// nobody reads is not an error, and a panic would be noise.
+pub fn out(line: impl std::fmt::Display) -> switchboard::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(Error::internal("cannot write to standard output", e)),
+    }
+}
+
+/// `println!` through [`out`]: a closed stdout ends the process quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::out(format_args!($($arg)*))?
+    };
+}
+pub(crate) use say;
+
+/// "1 record", "2 records".
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Opens the database, turning RocksDB's lock error into advice.
 fn open(data: &Path) -> switchboard::Result<Database> {
     Database::open(data).map_err(|e| match e {
@@ -94,16 +160,35 @@ fn open(data: &Path) -> switchboard::Result<Database> {
 }
 
 pub async fn run(cli: Cli) -> switchboard::Result<()> {
+    dispatch(cli).await.map_err(in_cli_words)
+}
+
+/// The library's messages name its Rust API; at the terminal, name commands.
+fn in_cli_words(e: Error) -> Error {
+    match e {
+        Error::UnknownAgent(id) => Error::invalid(format!(
+            "unknown agent {id}: see `switchboard agents list`, or add it with `switchboard agents register {id} --tools … --endpoint …`"
+        )),
+        other => other,
+    }
+}
+
+async fn dispatch(cli: Cli) -> switchboard::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Agents(cmd) => agents::run(cmd),
+        Command::Agents(cmd) => agents::run(cmd).await,
         Command::Invoke(args) => invoke::run(args).await,
-        Command::Scan(args) => scan::run(args),
-        Command::Policy(policy::PolicyCommand::Check { file }) => policy::check(&file),
-        Command::Demo(args) => demo::run(&args.data).await,
-        // MCP integration point: `switchboard mcp` (stdio).
+        Command::Scan(args) => scan::run(args).await,
+        Command::Metrics(args) => metrics::run(args).await,
+        Command::Policy(cmd) => policy::run(cmd).await,
+        Command::Config(cmd) => config::run(cmd),
+        Command::Demo(args) => demo::run(args.data).await,
         Command::Mcp(args) => {
-            switchboard::mcp::stdio::serve_stdio(ToolDispatcher::try_new(open(&args.data)?)?).await
+            let db = open(&args.data)?;
+            if let Some(dir) = &args.policies {
+                PolicyEngine::new(&db).load_dir(dir)?;
+            }
+            switchboard::mcp::stdio::serve_stdio(ToolDispatcher::try_new(db)?).await
         }
     }
 }

@@ -1,8 +1,9 @@
-//! `switchboard scan`: every record under a key prefix, through the read hooks.
+//! `switchboard scan`: every record under a key prefix, through the read
+//! hooks of the local database, or page by page from a server's `GET /v1/scan`.
 
-use super::StoreArgs;
+use super::{Client, StoreArgs};
 use clap::Args;
-use switchboard::PolicyContext;
+use switchboard::{Error, PolicyContext};
 
 #[derive(Args)]
 pub struct ScanArgs {
@@ -18,41 +19,116 @@ pub struct ScanArgs {
     pub store: StoreArgs,
 }
 
-pub fn run(args: ScanArgs) -> switchboard::Result<()> {
-    let db = args.store.open()?;
+/// The largest page the server hands out (`GET /v1/scan`'s `limit`).
+const PAGE: usize = 1000;
+
+pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
     let limit = args.limit.unwrap_or(usize::MAX);
-    let ctx = PolicyContext::new()
-        .with("source", "cli")
-        .with("action", "scan");
-    let mut count = 0;
-    if !args.json {
-        println!("{:<64} VALUE", "KEY");
-    }
-    for kv in db
-        .scan_from(&args.prefix)
-        .as_reader(&ctx)
-        .iter()
-        .take(limit)
-    {
-        let (key, value) = kv?;
-        let text = String::from_utf8_lossy(&value);
-        if args.json {
-            let value: serde_json::Value = serde_json::from_slice(&value)
-                .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
-            println!("{}", serde_json::json!({"key": key, "value": value}));
-        } else {
-            let shown: String = text.chars().take(100).collect();
-            let ellipsis = if text.chars().count() > 100 {
-                "…"
-            } else {
-                ""
-            };
-            println!("{key:<64} {shown}{ellipsis}");
+    let mut printer = Printer::start(args.json)?;
+    match args.store.client()? {
+        Some(client) => remote(&client, &args.prefix, limit, &mut printer).await?,
+        None => {
+            let db = args.store.open()?;
+            let ctx = PolicyContext::new()
+                .with("source", "cli")
+                .with("action", "scan");
+            for kv in db
+                .scan_from(&args.prefix)
+                .as_reader(&ctx)
+                .iter()
+                .take(limit)
+            {
+                let (key, bytes) = kv?;
+                let text = String::from_utf8_lossy(&bytes);
+                let value: serde_json::Value = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+                printer.record(&key, &value, Some(&text))?;
+            }
         }
-        count += 1;
     }
-    if !args.json {
-        println!("({count} records)");
+    printer.finish()
+}
+
+/// Pages through `GET /v1/scan` until `limit` records or the last page.
+async fn remote(
+    client: &Client,
+    prefix: &str,
+    limit: usize,
+    printer: &mut Printer,
+) -> switchboard::Result<()> {
+    let mut after: Option<String> = None;
+    let mut left = limit;
+    while left > 0 {
+        let mut url = client.url("v1/scan");
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("prefix", prefix)
+                .append_pair("limit", &left.min(PAGE).to_string());
+            if let Some(after) = &after {
+                q.append_pair("after", after);
+            }
+        }
+        let page = client.send(reqwest::Method::GET, url, None).await?;
+        let items = page["items"]
+            .as_array()
+            .ok_or_else(|| Error::invalid("the server's scan page has no items"))?;
+        for item in items {
+            let key = item["key"].as_str().unwrap_or_default();
+            printer.record(key, &item["value"], None)?;
+            left -= 1;
+        }
+        match page["next_after"].as_str() {
+            Some(next) if !items.is_empty() => after = Some(next.to_string()),
+            _ => break,
+        }
     }
     Ok(())
+}
+
+/// A table (key, the value's first 100 characters, a count) or JSON lines.
+struct Printer {
+    json: bool,
+    count: usize,
+}
+
+impl Printer {
+    fn start(json: bool) -> switchboard::Result<Printer> {
+        if !json {
+            super::out(format_args!("{:<64} VALUE", "KEY"))?;
+        }
+        Ok(Printer { json, count: 0 })
+    }
+
+    /// One record; `raw` is the stored text when there is one (the table shows
+    /// it as stored rather than re-encoded).
+    fn record(
+        &mut self,
+        key: &str,
+        value: &serde_json::Value,
+        raw: Option<&str>,
+    ) -> switchboard::Result<()> {
+        self.count += 1;
+        if self.json {
+            return super::out(serde_json::json!({"key": key, "value": value}));
+        }
+        let text = match (raw, value) {
+            (Some(raw), _) => raw.to_string(),
+            (None, serde_json::Value::String(s)) => s.clone(),
+            (None, other) => other.to_string(),
+        };
+        let shown: String = text.chars().take(100).collect();
+        let ellipsis = if text.chars().count() > 100 {
+            "…"
+        } else {
+            ""
+        };
+        super::out(format_args!("{key:<64} {shown}{ellipsis}"))
+    }
+
+    fn finish(self) -> switchboard::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        super::out(format_args!("({})", super::count(self.count, "record")))
+    }
 }

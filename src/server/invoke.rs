@@ -20,8 +20,9 @@ pub struct InvokeBody {
     pub tool: String,
     /// Its category.
     pub category: ToolCategory,
-    #[serde(default)]
-    /// The tool's input.
+    /// The tool's input. Left out, the agent is sent `{}`, as from the CLI
+    /// and the library's usual callers.
+    #[serde(default = "empty_object")]
     pub input: serde_json::Value,
     /// How to choose the agent (default: the dispatcher's default strategy).
     pub strategy: Option<RoutingStrategy>,
@@ -29,6 +30,10 @@ pub struct InvokeBody {
     pub session_id: Option<String>,
     /// How many agents to try at most.
     pub max_attempts: Option<u32>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
 }
 
 impl InvokeBody {

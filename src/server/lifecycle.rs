@@ -53,7 +53,9 @@ pub async fn serve(
         let names = policy.load_dir(dir)?;
         tracing::info!(policies = ?names, dir = %dir.display(), "loaded policies");
     }
+    config.apply_policy(&PolicyEngine::new(&db))?;
     let dispatcher = ToolDispatcher::try_new(db)?;
+    config.register_agents(&dispatcher)?;
     if let Some(health) = config.health_checks() {
         dispatcher.enable_health_checks(health);
     }

@@ -7,10 +7,11 @@
 mod agent;
 mod tally;
 
+use super::{count, say};
 use agent::DemoAgent;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use switchboard::namespace::DispatchRecord;
 use switchboard::{
@@ -22,19 +23,42 @@ use tally::{show_counts, tally};
 const STEPS: usize = 7;
 const SHIPPED_POLICY: &str = include_str!("../../../policies/sensitive_tools.rego");
 
-fn step(n: usize, title: &str) {
-    println!("\n[{n}/{STEPS}] {title}");
+fn step(n: usize, title: &str) -> switchboard::Result<()> {
+    say!("\n[{n}/{STEPS}] {title}");
+    Ok(())
 }
 
-pub async fn run(data: &Path) -> switchboard::Result<()> {
-    println!("Switchboard demo — embedded database at {}", data.display());
+/// Runs the demo on `data`, or on a temporary directory removed at the end
+/// (so it leaves nothing in the directory a user serves from).
+pub async fn run(data: Option<PathBuf>) -> switchboard::Result<()> {
+    if let Some(dir) = data {
+        say!("Switchboard demo — database kept in {}", dir.display());
+        return tour(&dir, true).await;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("switchboard-demo-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir)
+        .map_err(|e| Error::internal(format!("cannot create {}", dir.display()), e))?;
+    say!(
+        "Switchboard demo — a throwaway database in {} (removed at the end; keep one with --data DIR)",
+        dir.display()
+    );
+    let result = tour(&dir, false).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
     let db = Database::open(data)?;
     let dispatcher = ToolDispatcher::try_new(db.clone())?;
 
     step(
         1,
         "Starting agents (HTTP on 127.0.0.1, and in-process handlers)",
-    );
+    )?;
     let mut code_agent = DemoAgent::start("code_agent", Duration::from_millis(1))?;
     let backup_agent = DemoAgent::start("backup_agent", Duration::from_millis(15))?;
     let search_agent = DemoAgent::start("search_agent", Duration::from_millis(2))?;
@@ -92,18 +116,18 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
             switchboard::namespace::AgentTransport::Local => "local".to_string(),
             switchboard::namespace::AgentTransport::Http { endpoint, .. } => endpoint,
         };
-        println!(
+        say!(
             "    {id:<16} {:<16} priority {:>2}   {kind}",
             tools.join(","),
             r.priority
         );
     }
 
-    step(2, "Loading the shipped policy");
+    step(2, "Loading the shipped policy")?;
     let policy = PolicyEngine::new(&db);
     policy.add_rego("tools/sensitive/**", SHIPPED_POLICY)?;
     for (name, scope) in policy.rego_modules() {
-        println!("    {name} on {scope}: only trusted agents may run sensitive tools");
+        say!("    {name} on {scope}: only trusted agents may run sensitive tools");
     }
     dispatcher.enable_health_checks(
         HealthCheckConfig::new()
@@ -113,7 +137,7 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
             .healthy_threshold(2),
     );
 
-    step(3, "Routing 12 `code` calls with each strategy");
+    step(3, "Routing 12 `code` calls with each strategy")?;
     for strategy in [
         RoutingStrategy::RoundRobin,
         RoutingStrategy::Random,
@@ -128,26 +152,26 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
             12,
         )
         .await?;
-        show_counts(strategy.as_str(), &counts);
+        show_counts(strategy.as_str(), &counts)?;
     }
 
     step(
         4,
         "A sticky session: every call of session `demo-session` goes to one agent",
-    );
+    )?;
     let sticky = RoutingOptions::new()
         .with_strategy(RoutingStrategy::Sticky)
         .with_session_id("demo-session");
     let counts = tally(&dispatcher, ToolCategory::Code, sticky, 8).await?;
-    show_counts("sticky", &counts);
+    show_counts("sticky", &counts)?;
     if let Some(binding) = db.get("sessions/demo-session")? {
-        println!(
+        say!(
             "    sessions/demo-session = {}",
             String::from_utf8_lossy(&binding)
         );
     }
 
-    step(5, "Policy: the sensitive tool `rotate_keys` (round robin over an untrusted and a trusted agent)");
+    step(5, "Policy: the sensitive tool `rotate_keys` (round robin over an untrusted and a trusted agent)")?;
     let mut denied_first = 0;
     for i in 0..4 {
         let r = dispatcher
@@ -169,14 +193,14 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
         .map_err(Error::storage)?;
         if let Some(denied) = rec.attempts.iter().find(|a| a.outcome == "denied") {
             denied_first += 1;
-            println!(
+            say!(
                 "    call {i}: {} denied ({}), then served by {}",
                 denied.agent_id,
                 denied.error.as_deref().unwrap_or(""),
                 r.agent_id
             );
         } else {
-            println!("    call {i}: served by {}", r.agent_id);
+            say!("    call {i}: served by {}", r.agent_id);
         }
     }
     dispatcher.unregister_agent("trusted_agent_1")?;
@@ -189,7 +213,7 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
         )
         .await
     {
-        Err(e) => println!("    with only intern_agent left: {e}"),
+        Err(e) => say!("    with only intern_agent left: {e}"),
         Ok(r) => {
             return Err(Error::storage(format!(
                 "the policy should have denied {}",
@@ -197,12 +221,12 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
             )))
         }
     }
-    println!("    ({denied_first} of 4 calls offered the untrusted agent first; it never ran)");
+    say!("    ({denied_first} of 4 calls offered the untrusted agent first; it never ran)");
 
     step(
         6,
         "Killing code_agent: failover, then health checks exclude it",
-    );
+    )?;
     code_agent.kill();
     let counts = tally(
         &dispatcher,
@@ -211,7 +235,7 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
         10,
     )
     .await?;
-    show_counts("priority", &counts);
+    show_counts("priority", &counts)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while dispatcher
         .get_metrics()
@@ -225,7 +249,7 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
         .get_metrics()
         .get("code_agent")
         .is_some_and(|m| m.healthy);
-    println!(
+    say!(
         "    code_agent is {}; every call above still succeeded",
         if healthy {
             "still healthy"
@@ -234,14 +258,19 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
         }
     );
 
-    step(7, "Metrics and the audit trail");
-    println!(
+    step(7, "Metrics and the audit trail")?;
+    say!(
         "    {:<16} {:>6} {:>8} {:>9} {:>9} {:>9}  HEALTHY",
-        "AGENT", "TOTAL", "SUCCESS", "AVG ms", "p50 ms", "p99 ms"
+        "AGENT",
+        "TOTAL",
+        "SUCCESS",
+        "AVG ms",
+        "p50 ms",
+        "p99 ms"
     );
     let metrics: BTreeMap<_, _> = dispatcher.get_metrics().into_iter().collect();
     for (id, m) in &metrics {
-        println!(
+        say!(
             "    {id:<16} {:>6} {:>7.0}% {:>9.2} {:>9.2} {:>9.2}  {}",
             m.total,
             m.success_rate * 100.0,
@@ -255,9 +284,9 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
         .scan("tools/sensitive/")
         .filter_map(|kv| kv.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
         .collect();
-    println!(
-        "\n    scan tools/sensitive/ ({} records, oldest first; last 5 shown):",
-        records.len()
+    say!(
+        "\n    scan tools/sensitive/ ({}, oldest first; last 5 shown):",
+        count(records.len(), "record")
     );
     for r in records.iter().rev().take(5).rev() {
         let attempts: Vec<String> = r
@@ -265,16 +294,35 @@ pub async fn run(data: &Path) -> switchboard::Result<()> {
             .iter()
             .map(|a| format!("{}:{}", a.agent_id, a.outcome))
             .collect();
-        println!(
-            "    {}  {:?}  {}",
+        // The stored (snake_case) name, as `scan` shows it.
+        let status = serde_json::to_value(r.status).map_err(Error::storage)?;
+        say!(
+            "    {}  {}  {}",
             r.invocation_id,
-            r.status,
+            status.as_str().unwrap_or_default(),
             attempts.join(" → ")
         );
     }
     let total = db.scan("tools/").count();
-    println!("\nDone: {total} dispatch records under tools/ in {}. Try `switchboard scan tools/code/ --data {}`.", data.display(), data.display());
+    // The HTTP agents' ports close and the handlers go with this process:
+    // registrations left behind would point at nothing.
+    for id in dispatcher.list_agents() {
+        dispatcher.unregister_agent(&id)?;
+    }
     drop(backup_agent);
     drop(search_agent);
+    if kept {
+        say!(
+            "\nDone: {} under tools/ in {} (the demo's agents are unregistered; the records stay). Try `switchboard scan tools/code/ --data {}`.",
+            count(total, "dispatch record"),
+            data.display(),
+            data.display()
+        );
+    } else {
+        say!(
+            "\nDone: {} under tools/. The database is removed now; `switchboard demo --data DIR` keeps one to scan.",
+            count(total, "dispatch record")
+        );
+    }
     Ok(())
 }

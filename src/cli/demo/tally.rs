@@ -47,7 +47,7 @@ pub async fn tally(
     Ok(counts)
 }
 
-pub fn show_counts(label: &str, counts: &BTreeMap<String, usize>) {
+pub fn show_counts(label: &str, counts: &BTreeMap<String, usize>) -> switchboard::Result<()> {
     let parts: Vec<String> = counts.iter().map(|(a, n)| format!("{a} ×{n}")).collect();
-    println!("    {label:<13} {}", parts.join("   "));
+    super::super::out(format_args!("    {label:<13} {}", parts.join("   ")))
 }

@@ -1,0 +1,385 @@
+//! The `switchboard` binary as an operator uses it: the CLI as a client of a
+//! running `serve` (`--server`, `SWITCHBOARD_URL`), the demo's data directory,
+//! `config check`, and output hygiene. Every server is a real `serve`
+//! process on 127.0.0.1, stopped by the test.
+
+mod common;
+
+use common::{free_port, Behaviour, TestAgent};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn switchboard() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    c.env_remove("SWITCHBOARD_TOKEN")
+        .env_remove("SWITCHBOARD_URL")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `cmd` and returns its stdout, failing the test with both streams.
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs `cmd`, expecting status 1; returns its stderr.
+fn fails(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{cmd:?}:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stderr)
+}
+
+/// A `switchboard serve` child, stopped (SIGTERM, then waited for) on drop.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Serve {
+    fn start(data: &Path, token: &str) -> Serve {
+        Self::start_with(&["--data", data.to_str().unwrap()], token)
+    }
+
+    fn start_with(args: &[&str], token: &str) -> Serve {
+        let port = free_port();
+        let child = switchboard()
+            .arg("serve")
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("SWITCHBOARD_TOKEN", token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let serve = Serve { child, url };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "serve did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        serve
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_is_a_client_of_a_running_server() {
+    let agent = TestAgent::start("echo", Behaviour::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start(&data, "s3cret");
+    let url = serve.url.clone();
+    // --server and --token as flags …
+    let client = |args: &[&str]| {
+        let mut c = switchboard();
+        c.args(args).args(["--server", &url, "--token", "s3cret"]);
+        c
+    };
+    // … or from the environment.
+    let env_client = |args: &[&str]| {
+        let mut c = switchboard();
+        c.args(args)
+            .env("SWITCHBOARD_URL", &url)
+            .env("SWITCHBOARD_TOKEN", "s3cret");
+        c
+    };
+
+    let out = ok(&mut client(&[
+        "agents",
+        "register",
+        "echo_agent",
+        "--tools",
+        "code,shell",
+        "--endpoint",
+        &agent.endpoint,
+        "--priority",
+        "4",
+    ]));
+    assert!(out.contains("registered echo_agent"), "{out}");
+    let list = ok(&mut env_client(&["agents", "list"]));
+    assert!(
+        list.contains("echo_agent")
+            && list.contains("code,shell")
+            && list.contains(&agent.endpoint),
+        "{list}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(ok(&mut env_client(&["agents", "list", "--json"])).trim()).unwrap();
+    assert_eq!(json["priority"], 4);
+
+    // The local database is the server's: opening it directly is refused.
+    let err = fails(switchboard().args(["agents", "list", "--data", data.to_str().unwrap()]));
+    assert!(err.contains("switchboard serve"), "{err}");
+
+    let out = ok(&mut env_client(&[
+        "invoke",
+        "code_exec",
+        "--category",
+        "code",
+        "--input",
+        r#"{"code":"1+1"}"#,
+        "--strategy",
+        "least_loaded",
+    ]));
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["agent_id"], "echo_agent");
+    assert_eq!(result["output"]["input"]["code"], "1+1");
+    // No --input: the agent is sent an empty object.
+    ok(&mut client(&["invoke", "code_exec", "--category", "code"]));
+    assert_eq!(
+        agent.requests.lock().unwrap().last().unwrap()["input"],
+        serde_json::json!({})
+    );
+    // The same over HTTP: a body without "input".
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/invoke"))
+        .bearer_auth("s3cret")
+        .header("content-type", "application/json")
+        .body(r#"{"tool": "code_exec", "category": "code"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        agent.requests.lock().unwrap().last().unwrap()["input"],
+        serde_json::json!({})
+    );
+    assert_eq!(agent.hits(), 3);
+
+    let scan = ok(&mut client(&["scan", "tools/code/code_exec/", "--json"]));
+    let lines: Vec<serde_json::Value> = scan
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{scan}");
+    assert!(lines.iter().all(|l| l["value"]["status"] == "succeeded"));
+    let table = ok(&mut client(&["scan", "agents/"]));
+    assert!(table.contains("agents/echo_agent"), "{table}");
+    let one = ok(&mut client(&["scan", "tools/", "--json", "--limit", "1"]));
+    assert_eq!(one.lines().count(), 1, "{one}");
+
+    let metrics = ok(&mut client(&["metrics", "--json"]));
+    let metrics: serde_json::Value = serde_json::from_str(metrics.trim()).unwrap();
+    assert_eq!(metrics["echo_agent"]["total"], 3);
+    assert!(ok(&mut client(&["metrics"])).contains("echo_agent"));
+
+    assert!(ok(&mut client(&["policy", "list"])).contains("no policies loaded"));
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/sensitive_tools.rego");
+    let out = ok(&mut client(&["policy", "add", policy]));
+    assert!(out.contains("tools/sensitive/**"), "{out}");
+    assert!(ok(&mut client(&["policy", "list"])).contains("switchboard.sensitive_tools"));
+
+    // The server's own error messages reach the terminal.
+    let err = fails(&mut client(&["agents", "remove", "nobody"]));
+    assert!(err.contains("unknown agent nobody"), "{err}");
+    let err = fails(switchboard().args(["agents", "list", "--server", &url]));
+    assert!(err.contains("401") && err.contains("--token"), "{err}");
+    let err = fails(&mut client(&[
+        "invoke",
+        "x",
+        "--category",
+        "code",
+        "--policies",
+        "policies",
+    ]));
+    assert!(err.contains("--policies"), "{err}");
+
+    assert!(ok(&mut client(&["agents", "remove", "echo_agent"])).contains("removed echo_agent"));
+    assert!(ok(&mut client(&["agents", "list"])).contains("no agents registered"));
+    drop(serve);
+
+    // Nothing listens there any more: the error names the URL and what to do.
+    let err = fails(&mut client(&["agents", "list"]));
+    assert!(
+        err.contains(&url) && err.contains("switchboard serve") && err.contains("--server"),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_keeps_nothing_unless_asked_and_leaves_no_dead_agents() {
+    let cwd = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(switchboard()
+        .arg("demo")
+        .current_dir(cwd.path())
+        .env("TMPDIR", tmp.path()));
+    assert!(
+        out.contains("throwaway database in") && out.contains(tmp.path().to_str().unwrap()),
+        "{out}"
+    );
+    assert!(out.contains("Done:") && !out.contains("records)"), "{out}");
+    assert!(
+        !out.contains("Succeeded") && out.contains("  succeeded  "),
+        "{out}"
+    );
+    // Nothing in the working directory, and the temporary database is gone.
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+
+    // --data keeps the records, but no registration of an agent that ended
+    // with the demo.
+    let data = cwd.path().join("kept");
+    let d = data.to_str().unwrap();
+    let out = ok(switchboard().args(["demo", "--data", d]));
+    assert!(out.contains(&format!("kept in {d}")), "{out}");
+    let list = ok(switchboard().args(["agents", "list", "--data", d]));
+    assert!(list.contains("no agents registered"), "{list}");
+    let scan = ok(switchboard().args(["scan", "tools/sensitive/", "--json", "--data", d]));
+    assert!(scan.lines().count() >= 4, "{scan}");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = switchboard()
+        .args(["scan", "tools/", "--data", data.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(141)),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn config_check_validates_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rego")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/policies/sensitive_tools.rego"),
+        dir.path().join("rego/sensitive_tools.rego"),
+    )
+    .unwrap();
+    let file = dir.path().join("switchboard.toml");
+    let f = file.to_str().unwrap();
+    let check = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let mut c = switchboard();
+        c.args(["config", "check", f]);
+        c
+    };
+    // Relative paths are the config file's directory's, not the caller's.
+    let out = ok(check(
+        "listen = \"127.0.0.1:7700\"\ndata_dir = \"data\"\npolicies_dir = \"rego\"\n",
+    )
+    .current_dir("/"));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("valid"), "{out}");
+    assert!(
+        out.contains(dir.path().join("data").to_str().unwrap())
+            && out.contains(&format!(
+                "1 policy file(s) in {}",
+                dir.path().join("rego").display()
+            )),
+        "{out}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "check must not open the database"
+    );
+
+    for (text, expected) in [
+        ("listen_adress = \"x\"\n", "listen_adress"),
+        ("[limits]\nmax_connections = 0\n", "limits"),
+        ("policies_dir = \"missing\"\n", "missing"),
+        ("listen = \"not an address\"\n", "listen"),
+    ] {
+        let err = fails(&mut check(text));
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_applies_agents_and_rate_limits_from_its_config() {
+    let agent = TestAgent::start("echo", Behaviour::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[decision_log]\nmax_entries = 50\n\
+             [[rate_limits]]\nop = \"dispatch\"\nmax = 1\nwindow_secs = 3600\n\
+             [[agents]]\nid = \"from_config\"\ntools = [\"code\"]\nendpoint = \"{}\"\npriority = 7\n",
+            agent.endpoint
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    assert!(ok(switchboard().args(["config", "check", c])).contains("valid"));
+    let serve = Serve::start_with(&["--config", c], "tok");
+    let client = |args: &[&str]| {
+        let mut cmd = switchboard();
+        cmd.args(args)
+            .args(["--server", &serve.url, "--token", "tok"]);
+        cmd
+    };
+    let list = ok(&mut client(&["agents", "list"]));
+    assert!(
+        list.contains("from_config") && list.contains(&agent.endpoint),
+        "{list}"
+    );
+    ok(&mut client(&["invoke", "t", "--category", "code"]));
+    let err = fails(&mut client(&["invoke", "t", "--category", "code"]));
+    assert!(err.contains("rate limit"), "{err}");
+    assert_eq!(agent.hits(), 1);
+    drop(serve);
+    // data_dir was the config file's directory's, not the working directory's.
+    assert!(dir.path().join("data").is_dir());
+}
+
+#[test]
+fn local_errors_name_commands_not_rust_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    let err =
+        fails(switchboard().args(["agents", "remove", "ghost", "--data", d.to_str().unwrap()]));
+    assert!(
+        err.contains("unknown agent ghost")
+            && err.contains("switchboard agents list")
+            && !err.contains("()"),
+        "{err}"
+    );
+}

@@ -362,9 +362,7 @@ fn cpu_model() -> String {
 
 fn print_header(s: &Settings, wrk: Option<&Path>, haproxy: Option<&Path>) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!(
-        "gateway load harness: direct vs HAProxy vs switchboard serve, one echo workload"
-    );
+    println!("gateway load harness: direct vs HAProxy vs switchboard serve, one echo workload");
     println!(
         "  machine     {cpus} CPUs ({}), shared by agents, gateways and load generators",
         cpu_model()

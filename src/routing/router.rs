@@ -193,14 +193,6 @@ impl ToolRouter {
         }
     }
 
-    /// Number of healthy agents serving `category`.
-    #[allow(dead_code)] // a diagnostic no caller needs today
-    pub fn healthy_count(&self, category: &ToolCategory) -> usize {
-        self.pool(category)
-            .map(|p| p.snapshot.read().healthy)
-            .unwrap_or(0)
-    }
-
     /// Claims `agent` for a call if it is healthy and has capacity.
     pub(crate) fn lease(self: &Arc<Self>, agent: &Arc<Agent>) -> Option<Lease> {
         if !agent.is_healthy() || !claim(agent) {

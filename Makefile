@@ -13,8 +13,8 @@ demo: deps
 
 test: deps
 	cargo test
-	bash scripts/python-test
 	bash scripts/mcp-test
+	bash scripts/python-test
 
 # Builds the Python package into .venv (reusing the dev build of `cargo test`,
 # see docs/python.md) without running its tests.

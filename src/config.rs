@@ -1,6 +1,10 @@
 //! The server's TOML configuration file. Every field is optional; command-line
 //! flags override the file, and `SWITCHBOARD_TOKEN` overrides `token`.
 //! `docs/configuration.md` documents each option.
+//!
+//! Longer than most files here on purpose: it is one schema, a struct per
+//! `[section]`, each next to the code that checks and applies it, so an
+//! option is read, validated and documented in one place.
 
 use crate::dispatch::ToolDispatcher;
 use crate::error::{Error, Result};

@@ -6,6 +6,11 @@
 //! agent's metrics carry over. A local agent's registration survives restarts,
 //! but its handler lives in the process, so after a restart it is listed and
 //! not routed to until it is registered again.
+//!
+//! Longer than most files here on purpose: it is one thing, the lifecycle of
+//! a registration (load, register, replace, unregister, health persisted),
+//! whose steps share one lock and one rule — the stored record and the router
+//! change together or not at all.
 
 use super::agent::{Agent, AgentConfig, DEFAULT_AGENT_TIMEOUT};
 use super::endpoint::{parse_endpoint, Endpoint};

@@ -1,0 +1,108 @@
+//! The key namespace: what every key means, which characters it may hold, and
+//! the typed JSON records stored under `agents/*`, `sessions/*`, `tools/*`.
+//!
+//! Ids (agents, sessions, tools, custom categories) are `[A-Za-z0-9._:-]`,
+//! 1–128 characters. Generic keys are `/`-separated segments of the same
+//! characters. Anything else is [`Error`](crate::Error) and never becomes a key.
+//! See `docs/namespace.md` for every prefix.
+//!
+//! Files: `ids` (checking ids, keys and values; invocation ids and the
+//! clock), `category` ([`ToolCategory`]), `records` (the stored values and
+//! the enums they hold); this file holds the prefixes and key builders.
+
+mod category;
+mod ids;
+mod records;
+
+pub use category::ToolCategory;
+pub(crate) use ids::{invocation_id_time_ms, is_id_char, validate_prefix, validate_value};
+pub use ids::{
+    new_invocation_id, now_ms, validate_id, validate_key, MAX_ID_LEN, MAX_KEY_LEN, MAX_SEGMENTS,
+};
+pub use records::*;
+
+pub(crate) const AGENTS: &str = "agents/";
+pub(crate) const SESSIONS: &str = "sessions/";
+pub(crate) const TOOLS: &str = "tools/";
+/// One key per dispatch still in flight; lets recovery find them without a full scan.
+pub(crate) const INFLIGHT: &str = "inflight/";
+
+/// `agents/{agent_id}`
+pub fn agent_key(agent_id: &str) -> String {
+    format!("{AGENTS}{agent_id}")
+}
+
+/// `sessions/{session_id}`
+pub fn session_key(session_id: &str) -> String {
+    format!("{SESSIONS}{session_id}")
+}
+
+/// `tools/{category}/{tool}/{invocation_id}`
+pub fn dispatch_key(category: &ToolCategory, tool: &str, invocation_id: &str) -> String {
+    format!("{TOOLS}{}/{tool}/{invocation_id}", category.as_str())
+}
+
+/// `inflight/{invocation_id}`
+pub(crate) fn inflight_key(invocation_id: &str) -> String {
+    format!("{INFLIGHT}{invocation_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(validate_id("agent id", "code_agent-1.v2:x").is_ok());
+        assert!(validate_id("agent id", &"a".repeat(128)).is_ok());
+        for bad in ["", "a b", "a/b", "ä", "a*", &"a".repeat(129)] {
+            assert!(validate_id("agent id", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(validate_key("notes/a").is_ok());
+        for bad in ["", "/a", "a/", "a//b", "a/b c", "a/*"] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_prefix("").is_ok());
+        assert!(validate_prefix("tools/").is_ok());
+        assert!(validate_prefix("tools//").is_err());
+    }
+
+    #[test]
+    fn categories_round_trip() {
+        for c in [
+            "code",
+            "search",
+            "database",
+            "web",
+            "file",
+            "git",
+            "shell",
+            "embedding",
+        ] {
+            let cat: ToolCategory = c.parse().unwrap();
+            assert!(!matches!(cat, ToolCategory::Custom(_)));
+            assert_eq!(serde_json::to_string(&cat).unwrap(), format!("\"{c}\""));
+        }
+        assert_eq!(ToolCategory::Custom("code".into()), ToolCategory::Code);
+        let custom: ToolCategory = serde_json::from_str("\"sensitive\"").unwrap();
+        assert_eq!(custom, ToolCategory::Custom("sensitive".into()));
+        assert!(serde_json::from_str::<ToolCategory>("\"no way\"").is_err());
+    }
+
+    #[test]
+    fn invocation_ids_sort_by_creation() {
+        let ids: Vec<String> = (0..10_000).map(|_| new_invocation_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        assert!(ids
+            .iter()
+            .all(|id| id.len() == 26 && validate_id("id", id).is_ok()));
+    }
+}

@@ -79,8 +79,7 @@ pub mod routing {
 /// The server's configuration file: a building block of the `switchboard`
 /// binary, public so the binary and its tests can use it.
 pub mod config;
-/// MCP (Model Context Protocol): every routed category as an MCP tool, served
-/// at `/mcp` by the HTTP API and on stdio by `switchboard mcp`.
+// MCP: every routed category as an MCP tool (its own header says more).
 pub mod mcp;
 /// The HTTP API: a building block of the `switchboard` binary, public so the
 /// binary and its tests can serve it (see [`server::run`]).

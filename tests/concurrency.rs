@@ -15,17 +15,6 @@ use switchboard::{
     RoutingStrategy, ToolCategory, ToolDispatcher, ToolError,
 };
 
-fn echo_agent(d: &ToolDispatcher, id: &'static str, tools: Vec<ToolCategory>) {
-    d.register_local_agent(
-        id,
-        tools,
-        move |tool: String, input: serde_json::Value| async move {
-            Ok::<_, ToolError>(json!({ "agent": id, "tool": tool, "echo": input }))
-        },
-    )
-    .unwrap();
-}
-
 #[test]
 fn concurrent_increments_with_get_for_update_lose_no_update() {
     let (_dir, db) = temp_db();

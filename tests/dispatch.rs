@@ -13,30 +13,6 @@ use switchboard::{
     ToolDispatcher, ToolError,
 };
 
-fn echo_agent(d: &ToolDispatcher, id: &'static str, tools: Vec<ToolCategory>) {
-    d.register_local_agent(
-        id,
-        tools,
-        move |tool: String, input: serde_json::Value| async move {
-            Ok::<_, ToolError>(json!({ "agent": id, "tool": tool, "echo": input }))
-        },
-    )
-    .unwrap();
-}
-
-async fn call(
-    d: &ToolDispatcher,
-    strategy: RoutingStrategy,
-) -> switchboard::Result<switchboard::InvocationResult> {
-    d.invoke(
-        "run",
-        ToolCategory::Code,
-        json!({}),
-        RoutingOptions::new().with_strategy(strategy),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn quick_start_echoes_through_a_local_agent_and_records_it() {
     let (_dir, db) = temp_db();

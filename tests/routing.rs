@@ -16,30 +16,6 @@ use switchboard::{
     ToolError,
 };
 
-fn echo_agent(d: &ToolDispatcher, id: &'static str, tools: Vec<ToolCategory>) {
-    d.register_local_agent(
-        id,
-        tools,
-        move |tool: String, input: serde_json::Value| async move {
-            Ok::<_, ToolError>(json!({ "agent": id, "tool": tool, "echo": input }))
-        },
-    )
-    .unwrap();
-}
-
-async fn call(
-    d: &ToolDispatcher,
-    strategy: RoutingStrategy,
-) -> switchboard::Result<switchboard::InvocationResult> {
-    d.invoke(
-        "run",
-        ToolCategory::Code,
-        json!({}),
-        RoutingOptions::new().with_strategy(strategy),
-    )
-    .await
-}
-
 async fn tally(d: &ToolDispatcher, strategy: RoutingStrategy, n: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for _ in 0..n {

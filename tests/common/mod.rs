@@ -6,9 +6,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use switchboard::{
+    InvocationResult, RoutingOptions, RoutingStrategy, ToolCategory, ToolDispatcher, ToolError,
+};
 
 /// How a test agent answers `POST /invoke`.
 #[derive(Clone, Debug)]
@@ -222,4 +226,30 @@ async fn read_request(socket: &tokio::net::TcpStream) {
             }
         }
     }
+}
+
+/// Registers a local agent that echoes its tool and input, tagged with its id.
+pub fn echo_agent(d: &ToolDispatcher, id: &'static str, tools: Vec<ToolCategory>) {
+    d.register_local_agent(
+        id,
+        tools,
+        move |tool: String, input: serde_json::Value| async move {
+            Ok::<_, ToolError>(json!({ "agent": id, "tool": tool, "echo": input }))
+        },
+    )
+    .unwrap();
+}
+
+/// One `run` call in the code category with `strategy`.
+pub async fn call(
+    d: &ToolDispatcher,
+    strategy: RoutingStrategy,
+) -> switchboard::Result<InvocationResult> {
+    d.invoke(
+        "run",
+        ToolCategory::Code,
+        json!({}),
+        RoutingOptions::new().with_strategy(strategy),
+    )
+    .await
 }

@@ -56,6 +56,8 @@ mod error;
 pub mod namespace;
 pub mod policy;
 mod storage;
+#[cfg(test)]
+mod test_support;
 mod transport;
 
 /// The routing layer itself (registry, strategies, sessions, health). Its

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first. Modules of one rank may use each other.
 const LAYERS: &[&[&str]] = &[
-    &["error"],
+    &["error", "test_support"],
     &["namespace"],
     &["policy"],
     &["storage"],

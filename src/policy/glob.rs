@@ -301,20 +301,8 @@ mod properties {
     use super::Glob;
     use proptest::prelude::*;
 
-    fn config(cases: u32) -> ProptestConfig {
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases);
-        ProptestConfig {
-            cases,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
-    }
-
     proptest! {
-        #![proptest_config(config(512))]
+        #![proptest_config(crate::test_support::proptest_config(512))]
 
         #[test]
         fn globs_never_panic_and_literal_globs_match_only_themselves(

@@ -7,20 +7,8 @@ use super::http::parse_response;
 use super::Failure;
 use proptest::prelude::*;
 
-fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config(512))]
+    #![proptest_config(crate::test_support::proptest_config(512))]
 
     #[test]
     fn agent_answers_are_always_classified(status in 100u16..600, body in proptest::collection::vec(any::<u8>(), 0..256)) {

@@ -14,6 +14,7 @@ demo: deps
 test: deps
 	cargo test
 	bash scripts/mcp-test
+	bash scripts/api-fuzz
 	bash scripts/python-test
 
 # Builds the Python package into .venv (reusing the dev build of `cargo test`,

@@ -118,6 +118,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/policies"),
     ("post", "/v1/policies"),
     ("post", "/mcp"),
+    ("get", "/mcp"),
+    ("delete", "/mcp"),
 ];
 
 fn switchboard() -> Command {
@@ -672,11 +674,7 @@ async fn the_token_guards_every_route_but_healthz() {
 
 #[tokio::test]
 async fn the_openapi_description_matches_the_routes() {
-    let doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let doc = openapi();
     let mut documented: Vec<(String, String)> = doc["paths"]
         .as_object()
         .unwrap()
@@ -705,6 +703,127 @@ async fn the_openapi_description_matches_the_routes() {
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
         assert!(body["error"]["code"] != "not_found", "{path} is not routed");
     }
+}
+
+fn openapi() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The constraints docs/openapi.json states are the ones the server's
+/// validators enforce: the document quotes the crate's own constants, and
+/// the property test below holds the validators to those patterns.
+#[test]
+fn the_openapi_constraints_are_the_validators() {
+    use switchboard::namespace::{ID_PATTERN, KEY_PREFIX_PATTERN, MAX_ID_LEN, MAX_KEY_LEN};
+    let doc = openapi();
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["Id"]["pattern"], ID_PATTERN);
+    assert_eq!(schemas["Id"]["maxLength"], MAX_ID_LEN);
+    assert_eq!(schemas["Category"]["pattern"], ID_PATTERN);
+    assert_eq!(
+        schemas["Invoke"]["properties"]["session_id"]["pattern"],
+        ID_PATTERN
+    );
+    let scan = &doc["paths"]["/v1/scan"]["get"]["parameters"];
+    let param = |name: &str| {
+        scan.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(param("prefix")["schema"]["pattern"], KEY_PREFIX_PATTERN);
+    assert_eq!(param("prefix")["schema"]["maxLength"], MAX_KEY_LEN);
+    assert_eq!(
+        param("limit")["schema"]["maximum"],
+        switchboard::server::MAX_SCAN_PAGE
+    );
+    let register = &schemas["RegisterAgent"]["properties"];
+    assert_eq!(
+        register["timeout_ms"]["maximum"],
+        switchboard::routing::MAX_AGENT_TIMEOUT.as_millis() as u64
+    );
+    for url in ["endpoint", "health_url"] {
+        assert_eq!(
+            register[url]["pattern"],
+            switchboard::routing::ENDPOINT_PATTERN
+        );
+        assert_eq!(
+            register[url]["maxLength"],
+            switchboard::routing::MAX_ENDPOINT_LEN
+        );
+    }
+    assert_eq!(register["priority"]["minimum"], i32::MIN);
+    assert_eq!(register["priority"]["maximum"], i32::MAX);
+    assert_eq!(register["max_concurrency"]["maximum"], u32::MAX);
+    assert_eq!(
+        schemas["Invoke"]["properties"]["max_attempts"]["maximum"],
+        u32::MAX
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+    /// `validate_id` accepts exactly the strings `ID_PATTERN` matches.
+    #[test]
+    fn ids_are_valid_exactly_when_the_documented_pattern_matches(
+        id in "[A-Za-z0-9._:/ -]{0,3}|[a-z0-9._:-]{120,130}|\\PC{0,6}"
+    ) {
+        let pattern = regex::Regex::new(switchboard::namespace::ID_PATTERN).unwrap();
+        proptest::prop_assert_eq!(
+            switchboard::namespace::validate_id("id", &id).is_ok(),
+            pattern.is_match(&id),
+            "{:?}", id
+        );
+    }
+
+    /// The scan-prefix check accepts exactly the strings `KEY_PREFIX_PATTERN`
+    /// matches within `MAX_KEY_LEN` bytes.
+    #[test]
+    fn prefixes_are_valid_exactly_when_the_documented_pattern_matches(
+        prefix in "([a-z:_]{0,2}/?){0,4}|([a-z]{100,128}/){7,9}|\\PC{0,5}|(a/){31,33}"
+    ) {
+        use switchboard::namespace::{validate_prefix, KEY_PREFIX_PATTERN, MAX_KEY_LEN};
+        let pattern = regex::Regex::new(KEY_PREFIX_PATTERN).unwrap();
+        proptest::prop_assert_eq!(
+            validate_prefix(&prefix).is_ok(),
+            pattern.is_match(&prefix) && prefix.len() <= MAX_KEY_LEN,
+            "{:?}", prefix
+        );
+    }
+}
+
+#[tokio::test]
+async fn mcp_requests_without_accept_are_served() {
+    // No Accept header means "any media type"; only an Accept that names
+    // neither JSON nor an event stream is refused.
+    let api = Api::start(None).await;
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "t", "version": "1"}}
+    });
+    let post = |accept: Option<&'static str>| {
+        let mut r = reqwest::Client::new()
+            .post(format!("{}/mcp", api.base))
+            .header("content-type", "application/json")
+            .body(initialize.to_string());
+        if let Some(a) = accept {
+            r = r.header("accept", a);
+        }
+        r.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        post(Some("text/html")).await.unwrap().status(),
+        StatusCode::NOT_ACCEPTABLE
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

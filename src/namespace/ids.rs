@@ -12,6 +12,15 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// allocation-free).
 pub const MAX_SEGMENTS: usize = 32;
 
+/// The ids accepted (agent, session, tool, category, key segment), as a
+/// regular expression: docs/openapi.json quotes it and a test holds
+/// [`validate_id`] to it.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
+/// The scan prefixes accepted: empty, or up to [`MAX_SEGMENTS`] id segments
+/// joined by `/`, optionally ending in `/`; at most [`MAX_KEY_LEN`] bytes in
+/// all. docs/openapi.json quotes it; a test holds the prefix check to it.
+pub const KEY_PREFIX_PATTERN: &str = "^([A-Za-z0-9._:-]{1,128}(/[A-Za-z0-9._:-]{1,128}){0,31}/?)?$";
+
 /// Whether `c` may appear in an id or key segment.
 pub(crate) fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
@@ -108,9 +117,15 @@ pub(crate) fn validate_value(value: &[u8], max_value_bytes: usize) -> Result<()>
 }
 
 /// Checks a scan prefix: like a key, but may be empty and may end with `/`.
-pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
+pub fn validate_prefix(prefix: &str) -> Result<()> {
     if prefix.is_empty() {
         return Ok(());
+    }
+    if prefix.len() > MAX_KEY_LEN {
+        return Err(Error::invalid(format!(
+            "prefix is {} bytes long; the limit is {MAX_KEY_LEN}",
+            prefix.len()
+        )));
     }
     validate_key(prefix.strip_suffix('/').unwrap_or(prefix))
 }

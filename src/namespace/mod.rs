@@ -15,9 +15,10 @@ mod ids;
 mod records;
 
 pub use category::ToolCategory;
-pub(crate) use ids::{invocation_id_time_ms, is_id_char, validate_prefix, validate_value};
+pub(crate) use ids::{invocation_id_time_ms, is_id_char, validate_value};
 pub use ids::{
-    new_invocation_id, now_ms, validate_id, validate_key, MAX_ID_LEN, MAX_KEY_LEN, MAX_SEGMENTS,
+    new_invocation_id, now_ms, validate_id, validate_key, validate_prefix, ID_PATTERN,
+    KEY_PREFIX_PATTERN, MAX_ID_LEN, MAX_KEY_LEN, MAX_SEGMENTS,
 };
 pub use records::*;
 

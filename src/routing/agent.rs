@@ -12,6 +12,10 @@ use std::time::Duration;
 
 /// The default time an agent gets to answer one invocation.
 pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest per-call timeout an agent may be registered with (one day):
+/// a longer one is a mistake (seconds given as milliseconds twice over), and
+/// a bounded one keeps deadline arithmetic far from overflow.
+pub const MAX_AGENT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A registration, built fluently:
 ///

@@ -3,6 +3,68 @@
 //! registry can check a registration without knowing how agents are called.
 
 use crate::error::{Error, Result};
+use regex::Regex;
+use std::sync::LazyLock;
+
+/// The endpoint and health URLs a registration accepts, as a regular
+/// expression: `http://`, a host (a DNS name of letters, digits and single
+/// inner hyphens whose last label starts with a letter, so that no label is
+/// read as a number or as punycode; a dotted-quad IPv4 address; or a
+/// bracketed IPv6 address), an
+/// optional port, then an optional path and query of visible ASCII (no `#`
+/// fragment). docs/openapi.json quotes it; registration checks it before
+/// anything else, and every string it matches is a URL (a test holds the two
+/// together), so what the document calls valid is what the server accepts.
+pub const ENDPOINT_PATTERN: &str = concat!(
+    "^http://",
+    "(",
+    "([A-Za-z0-9]+(-[A-Za-z0-9]+)*\\.)*[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*",
+    "|((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    "|\\[(",
+    "([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}",
+    "|([0-9a-fA-F]{1,4}:){1,7}:",
+    "|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}",
+    "|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}",
+    "|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}",
+    "|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}",
+    "|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}",
+    "|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}",
+    "|:((:[0-9a-fA-F]{1,4}){1,7}|:)",
+    // IPv4-mapped and -embedded forms (::ffff:169.254.169.254), which the
+    // network policy must see through.
+    "|::([fF]{4}(:0{1,4})?:)?((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    "|([0-9a-fA-F]{1,4}:){1,4}:((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
+    ")\\]",
+    ")",
+    "(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?",
+    "([/?][!-\"$-~]*)?$",
+);
+
+/// The longest endpoint or health URL accepted (bytes).
+pub const MAX_ENDPOINT_LEN: usize = 2048;
+
+/// Checks the text of a URL given at registration against
+/// [`ENDPOINT_PATTERN`] and [`MAX_ENDPOINT_LEN`]; `what` names it in the
+/// error. (URLs reloaded from the store are parsed, not re-checked, so a
+/// stricter rule never strands an agent registered under an older one.)
+pub(crate) fn check_endpoint_text(what: &str, url: &str) -> Result<()> {
+    static PATTERN: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(ENDPOINT_PATTERN).expect("the endpoint pattern compiles"));
+    if url.len() > MAX_ENDPOINT_LEN {
+        return Err(Error::invalid(format!(
+            "{what} is {} bytes long; the limit is {MAX_ENDPOINT_LEN}",
+            url.len()
+        )));
+    }
+    if !PATTERN.is_match(url) {
+        return Err(Error::invalid(format!(
+            "{what} {url:?} is not an http:// URL with a DNS name or IP address as host, \
+             an optional port, and a path of visible ASCII without a #fragment \
+             (percent-encode anything else), e.g. http://127.0.0.1:8001/invoke"
+        )));
+    }
+    Ok(())
+}
 
 /// How an agent is reached; the transport layer turns this into a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +99,47 @@ pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(reqwest::Url, reqwest::U
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(crate::test_support::proptest_config(2000))]
+
+        /// Every URL the documented pattern (and length limit) admits is one
+        /// registration takes.
+        #[test]
+        fn what_the_pattern_admits_parses(url in ENDPOINT_PATTERN.trim_start_matches('^').trim_end_matches('$')) {
+            proptest::prop_assume!(url.len() <= MAX_ENDPOINT_LEN);
+            check_endpoint_text("endpoint", &url).unwrap();
+            let parsed = reqwest::Url::parse(&url);
+            proptest::prop_assert!(parsed.is_ok(), "{:?}: {:?}", url, parsed);
+        }
+    }
+
+    #[test]
+    fn the_pattern_refuses_what_urls_would_quietly_rewrite() {
+        for bad in [
+            "http://w*",
+            " http://a",
+            "http://a/b c",
+            "http://a/#frag",
+            "http://a.1/",
+            "http://1.2.3/",
+            "http://a:65536/",
+            "https://a/",
+            "http://user@a/",
+            "http://xn--.a/",
+            "http://-a/",
+        ] {
+            assert!(check_endpoint_text("endpoint", bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "http://127.0.0.1:8001/invoke",
+            "http://localhost/x?y=1",
+            "http://[::1]:9/",
+            "http://agent-1.internal:80",
+        ] {
+            check_endpoint_text("endpoint", good).unwrap();
+        }
+    }
 
     #[test]
     fn endpoints_must_be_http() {

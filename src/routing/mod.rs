@@ -23,7 +23,8 @@ pub(crate) mod router;
 pub(crate) mod strategy;
 pub(crate) mod tiers;
 
-pub use agent::AgentConfig;
+pub use agent::{AgentConfig, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT};
+pub use endpoint::{ENDPOINT_PATTERN, MAX_ENDPOINT_LEN};
 pub use health::HealthCheckConfig;
 pub use metrics::AgentMetrics;
 pub use registry::AgentRegistry;

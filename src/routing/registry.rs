@@ -12,8 +12,8 @@
 //! whose steps share one lock and one rule — the stored record and the router
 //! change together or not at all.
 
-use super::agent::{Agent, AgentConfig, DEFAULT_AGENT_TIMEOUT};
-use super::endpoint::{parse_endpoint, Endpoint};
+use super::agent::{Agent, AgentConfig, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT};
+use super::endpoint::{check_endpoint_text, parse_endpoint, Endpoint};
 use super::metrics::AgentStats;
 use super::outlier::Health;
 use super::router::ToolRouter;
@@ -188,15 +188,18 @@ impl AgentRegistry {
         validate_id("agent id", agent_id)?;
         if config.tools.is_empty() {
             return Err(Error::invalid(format!(
-                "agent {agent_id} serves no tool categories; pass at least one to with_tools"
+                "agent {agent_id} serves no tool categories; give it at least one"
             )));
         }
         for category in &config.tools {
             category.validate()?;
         }
         let timeout = config.timeout.unwrap_or(DEFAULT_AGENT_TIMEOUT);
-        if timeout.is_zero() {
-            return Err(Error::invalid("agent timeout must be greater than zero"));
+        if timeout.is_zero() || timeout > MAX_AGENT_TIMEOUT {
+            return Err(Error::invalid(format!(
+                "agent timeout must be between 1 ms and {} ms",
+                MAX_AGENT_TIMEOUT.as_millis()
+            )));
         }
         if config.max_concurrency == Some(0) {
             return Err(Error::invalid("max_concurrency must be at least 1"));
@@ -229,9 +232,13 @@ impl AgentRegistry {
                 "agent {agent_id} has no endpoint; call with_endpoint, or register_local_agent for an in-process handler"
             )));
         };
+        check_endpoint_text("endpoint", endpoint)?;
         let (endpoint_url, default_health) = parse_endpoint(endpoint)?;
         let health_url = match config.health_url.as_deref() {
-            Some(url) => parse_endpoint(url)?.0,
+            Some(url) => {
+                check_endpoint_text("health_url", url)?;
+                parse_endpoint(url)?.0
+            }
             None => default_health,
         };
         let record = self.new_record(

@@ -7,7 +7,8 @@ use super::hosts::{self, AllowedHosts};
 use super::limits::ServerLimits;
 use super::{agents, auth, invoke, metrics, policies, scan, AppState};
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
@@ -63,7 +64,12 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
         // MCP over streamable HTTP, behind the same token and limits.
         .nest_service(
             "/mcp",
-            crate::mcp::server::service(state.dispatcher.clone(), limits.max_body_bytes),
+            Router::new()
+                .fallback_service(crate::mcp::server::service(
+                    state.dispatcher.clone(),
+                    limits.max_body_bytes,
+                ))
+                .layer(axum::middleware::map_request(any_accept_means_mcp_types)),
         )
         .fallback(|| async { ApiError::not_found("no such route; see docs/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(
@@ -79,4 +85,20 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
             errors::give_bare_errors_a_body,
         ))
         .with_state(state)
+}
+
+/// A request without `Accept`, or with `*/*`, accepts any media type (RFC
+/// 9110 12.5.1): it is given the two the MCP transport insists on naming.
+async fn any_accept_means_mcp_types(mut request: Request) -> Request {
+    let headers = request.headers_mut();
+    let accepts_anything = headers
+        .get(header::ACCEPT)
+        .is_none_or(|v| v.as_bytes().trim_ascii() == b"*/*");
+    if accepts_anything {
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+    }
+    request
 }

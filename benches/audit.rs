@@ -1,6 +1,8 @@
 //! The audit trail read back: a prefix scan over 1,000,000 dispatch records
 //! (records/s), next to a raw RocksDB iterator over the same records measured
-//! in the same run.
+//! in the same run; and the audit queries an operator runs (one agent's
+//! calls, the failed ones, the last 1 % by time), in records examined per
+//! second of the whole trail.
 //!
 //! `AUDIT_RECORDS` overrides the count (e.g. 100000 for a quick look);
 //! `AUDIT_NO_COMPACT=1` scans the fresh, uncompacted files instead;
@@ -14,7 +16,9 @@ use std::time::Instant;
 use switchboard::namespace::{
     dispatch_key, new_invocation_id, now_ms, Attempt, DispatchRecord, DispatchStatus,
 };
-use switchboard::{Database, DatabaseOptions, PolicyAction, PolicyEngine, ToolCategory};
+use switchboard::{
+    AuditFilter, Database, DatabaseOptions, PolicyAction, PolicyEngine, ToolCategory,
+};
 
 const GROUP: &str = "audit";
 const DEFAULT_RECORDS: u64 = 1_000_000;
@@ -33,7 +37,11 @@ fn record(i: u64) -> (String, Vec<u8>) {
             .is_multiple_of(4)
             .then(|| format!("session_{}", i % 10_000)),
         strategy: switchboard::RoutingStrategy::LeastLoaded,
-        status: DispatchStatus::Succeeded,
+        status: if failed(i) {
+            DispatchStatus::Failed
+        } else {
+            DispatchStatus::Succeeded
+        },
         attempts: vec![Attempt {
             agent_id,
             outcome: switchboard::namespace::AttemptOutcome::Succeeded,
@@ -49,11 +57,21 @@ fn record(i: u64) -> (String, Vec<u8>) {
     (key, serde_json::to_vec(&record).unwrap())
 }
 
-/// Writes `count` records, in transactions of `BATCH`, to both stores.
-fn fill(db: &Database, raw: &rocksdb::DB, count: u64) {
+/// One call in ten failed.
+fn failed(i: u64) -> bool {
+    i.is_multiple_of(10)
+}
+
+/// Writes `count` records, in transactions of `BATCH`, to both stores;
+/// returns the time the last 1 % of them started from.
+fn fill(db: &Database, raw: &rocksdb::DB, count: u64) -> u64 {
     let started = Instant::now();
+    let mut last_percent_since = 0;
     for start in (0..count).step_by(BATCH as usize) {
-        let mut tx = db.transaction();
+        if start >= count - count / 100 && last_percent_since == 0 {
+            last_percent_since = now_ms();
+        }
+        let mut tx = db.writes_to_reserved_namespaces().transaction();
         let mut raw_batch = rocksdb::WriteBatch::default();
         for i in start..(start + BATCH).min(count) {
             let (key, value) = record(i);
@@ -67,6 +85,7 @@ fn fill(db: &Database, raw: &rocksdb::DB, count: u64) {
         "audit: wrote {count} dispatch records to each store in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    last_percent_since
 }
 
 fn audit(c: &mut Criterion) {
@@ -89,7 +108,7 @@ fn audit(c: &mut Criterion) {
     .unwrap();
     let raw = support::raw_batch_db_with_cache(&dir.path().join("raw"), cache_bytes);
     eprintln!("audit: block cache {} MiB per store", cache_bytes >> 20);
-    fill(&db, &raw, count);
+    let last_percent_since = fill(&db, &raw, count);
     if std::env::var_os("AUDIT_NO_COMPACT").is_none() {
         // An audit trail is mostly history: read it as RocksDB keeps it once
         // compaction has caught up, not as a burst of fresh L0 files.
@@ -170,7 +189,48 @@ fn audit(c: &mut Criterion) {
                     true
                 })
                 .unwrap();
-            assert_eq!(succeeded, count);
+            assert_eq!(succeeded, count - count.div_ceil(10));
+        })
+    });
+
+    // The audit queries: each answers over the whole trail.
+    let db_ref = &db;
+    let audit_query = |filter: AuditFilter| {
+        move || {
+            let mut n = 0u64;
+            db_ref
+                .scan_from("tools/")
+                .audit(&filter)
+                .each(|_key, _value| {
+                    n += 1;
+                    true
+                })
+                .unwrap();
+            n
+        }
+    };
+    let one_agent = audit_query(AuditFilter {
+        agent: Some("agent_7".into()),
+        ..AuditFilter::default()
+    });
+    group.bench_function("audit_one_agent", |b| {
+        b.iter(|| assert_eq!(one_agent(), count / 16 + u64::from(count % 16 > 7)))
+    });
+    let failures = audit_query(AuditFilter {
+        status: Some(DispatchStatus::Failed),
+        ..AuditFilter::default()
+    });
+    group.bench_function("audit_failed", |b| {
+        b.iter(|| assert_eq!(failures(), count.div_ceil(10)))
+    });
+    let last_percent = audit_query(AuditFilter {
+        since_ms: Some(last_percent_since),
+        ..AuditFilter::default()
+    });
+    group.bench_function("audit_last_percent", |b| {
+        b.iter(|| {
+            let n = last_percent();
+            assert!(n >= count / 100 && n < count / 10, "{n}");
         })
     });
 
@@ -204,6 +264,9 @@ fn audit(c: &mut Criterion) {
             "scan",
             "scan_iterator",
             "scan_decoding_records",
+            "audit_one_agent",
+            "audit_failed",
+            "audit_last_percent",
             "scan_one_read_hook",
         ],
     );

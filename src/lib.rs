@@ -108,7 +108,7 @@ pub use transport::ToolError;
 // Records a user reads back from scans, and the keys they live under.
 pub use namespace::{
     agent_key, dispatch_key, session_key, AgentRecord, AgentStatus, AgentTransport, Attempt,
-    AttemptOutcome, DispatchRecord, DispatchStatus, SessionRecord, ToolCategory,
+    AttemptOutcome, AuditFilter, DispatchRecord, DispatchStatus, SessionRecord, ToolCategory,
 };
 
 // Errors: one enum for every failure.

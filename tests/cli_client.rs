@@ -190,6 +190,33 @@ async fn cli_is_a_client_of_a_running_server() {
     assert!(table.contains("agents/echo_agent"), "{table}");
     let one = ok(&mut client(&["scan", "tools/", "--json", "--limit", "1"]));
     assert_eq!(one.lines().count(), 1, "{one}");
+    // Audit filters (agent, status, start time) travel to the server.
+    let audit = |extra: &[&str]| {
+        let mut args = vec!["scan", "tools/", "--json"];
+        args.extend_from_slice(extra);
+        ok(&mut client(&args)).lines().count()
+    };
+    assert_eq!(
+        audit(&[
+            "--agent",
+            "echo_agent",
+            "--status",
+            "succeeded",
+            "--since",
+            "1h"
+        ]),
+        3
+    );
+    assert_eq!(audit(&["--agent", "someone_else"]), 0);
+    assert_eq!(audit(&["--status", "failed"]), 0);
+    assert_eq!(audit(&["--until", "1h"]), 0);
+    let err = fails(&mut client(&["scan", "tools/", "--status", "done"]));
+    assert!(
+        err.contains("unknown status") && err.contains("succeeded"),
+        "{err}"
+    );
+    let err = fails(&mut client(&["scan", "tools/", "--since", "yesterday"]));
+    assert!(err.contains("--since") && err.contains("1h"), "{err}");
 
     let metrics = ok(&mut client(&["metrics", "--json"]));
     let metrics: serde_json::Value = serde_json::from_str(metrics.trim()).unwrap();
@@ -227,6 +254,20 @@ async fn cli_is_a_client_of_a_running_server() {
         err.contains(&url) && err.contains("switchboard serve") && err.contains("--server"),
         "{err}"
     );
+    // The same filters on the database itself.
+    let d = data.to_str().unwrap();
+    let local = ok(switchboard().args([
+        "scan",
+        "tools/",
+        "--json",
+        "--data",
+        d,
+        "--agent",
+        "echo_agent",
+        "--since",
+        "1d",
+    ]));
+    assert_eq!(local.lines().count(), 3, "{local}");
 }
 
 #[test]

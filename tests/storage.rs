@@ -382,3 +382,112 @@ fn a_page_examines_a_bounded_number_of_hidden_keys() {
     assert!(next.next_after.is_some());
     assert!(next.next_after.unwrap() > cursor);
 }
+
+/// An invocation id started at `ms`, with `n` as its tie-breaking suffix.
+fn invocation_id_at(ms: u64, n: u64) -> String {
+    const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let time = (0..10).map(|i| CROCKFORD[((ms >> (45 - 5 * i)) & 31) as usize] as char);
+    let suffix = (0..16).map(|i| CROCKFORD[((n >> (75 - 5 * i).min(63)) & 31) as usize] as char);
+    time.chain(suffix).collect()
+}
+
+#[test]
+fn an_audit_returns_exactly_the_records_its_filter_selects_in_every_mode() {
+    use switchboard::{AuditFilter, DispatchStatus};
+    let (_dir, db) = temp_db();
+    let t0 = 1_790_000_000_000u64;
+    let mut tx = db.writes_to_reserved_namespaces().transaction();
+    let mut all = Vec::new();
+    for (c, category) in ["code", "search", "web"].iter().enumerate() {
+        for tool in ["a", "b"] {
+            for i in 0..100u64 {
+                let id = invocation_id_at(t0 + i, c as u64 * 1000 + i);
+                let agent = format!("agent{}", i % 3);
+                let status = ["succeeded", "failed"][(i % 2) as usize];
+                let value = serde_json::json!({
+                    "invocation_id": id, "tool": tool, "category": category,
+                    "agent_id": agent, "session_id": null, "strategy": "round_robin",
+                    "status": status,
+                    // An attempt on another agent must not make the record its.
+                    "attempts": [{"agent_id": "agent1", "outcome": "failed", "latency_ms": 1.0, "error": null}],
+                    "started_at_ms": t0 + i, "finished_at_ms": t0 + i, "latency_ms": 1.0, "error": null
+                });
+                let key = format!("tools/{category}/{tool}/{id}");
+                tx.put(&key, value.to_string().as_bytes()).unwrap();
+                all.push((key, agent, status, t0 + i));
+            }
+        }
+    }
+    // Not a dispatch record: a window skips it.
+    tx.put("tools/code/a/notes", b"{}").unwrap();
+    tx.commit().unwrap();
+    all.sort();
+
+    let filter = AuditFilter {
+        agent: Some("agent2".into()),
+        status: Some(DispatchStatus::Failed),
+        since_ms: Some(t0 + 20),
+        until_ms: Some(t0 + 60),
+    };
+    let expected: Vec<String> = all
+        .iter()
+        .filter(|(_, agent, status, t)| {
+            agent == "agent2" && *status == "failed" && (t0 + 20..=t0 + 60).contains(t)
+        })
+        .map(|(key, ..)| key.clone())
+        .collect();
+    assert_eq!(expected.len(), 3 * 2 * 7, "agent2 and odd i within 20..=60");
+
+    let by_iter: Vec<String> = db
+        .scan_from("tools/")
+        .audit(&filter)
+        .iter()
+        .map(|kv| kv.unwrap().0)
+        .collect();
+    assert_eq!(by_iter, expected);
+    let mut by_each = Vec::new();
+    db.scan_from("tools/")
+        .audit(&filter)
+        .each(|key, _| {
+            by_each.push(key.to_string());
+            true
+        })
+        .unwrap();
+    assert_eq!(by_each, expected);
+    let mut by_pages = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = db
+            .scan_from("tools/")
+            .after(after.as_deref())
+            .audit(&filter)
+            .page(5)
+            .unwrap();
+        by_pages.extend(page.items.into_iter().map(|(key, _)| key));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(by_pages, expected);
+
+    // A window alone, on a narrower prefix; and an empty filter is a plain scan.
+    let window = AuditFilter {
+        since_ms: Some(t0 + 98),
+        ..AuditFilter::default()
+    };
+    let late: Vec<String> = db
+        .scan_from("tools/web/")
+        .audit(&window)
+        .iter()
+        .map(|kv| kv.unwrap().0)
+        .collect();
+    assert_eq!(late.len(), 4, "{late:?}");
+    assert_eq!(
+        db.scan_from("tools/")
+            .audit(&AuditFilter::default())
+            .iter()
+            .count(),
+        all.len() + 1
+    );
+}

@@ -1,9 +1,11 @@
 //! `switchboard scan`: every record under a key prefix, through the read
-//! hooks of the local database, or page by page from a server's `GET /v1/scan`.
+//! hooks of the local database, or page by page from a server's `GET /v1/scan`;
+//! with `--agent`, `--status`, `--since` or `--until`, only the dispatch
+//! records those select.
 
 use super::{Client, StoreArgs};
 use clap::Args;
-use switchboard::{Error, PolicyContext};
+use switchboard::{AuditFilter, Error, PolicyContext};
 
 #[derive(Args)]
 pub struct ScanArgs {
@@ -15,6 +17,20 @@ pub struct ScanArgs {
     /// Stop after this many records.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only dispatch records of calls this agent served.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only dispatch records in this status (in_flight, succeeded, failed,
+    /// interrupted, cancelled).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only calls started since then: an age such as 90s, 30m, 1h or 7d, or
+    /// a time in milliseconds since the Unix epoch.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only calls started until then (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -24,9 +40,23 @@ const PAGE: usize = 1000;
 
 pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
     let limit = args.limit.unwrap_or(usize::MAX);
+    let filter = AuditFilter {
+        agent: args.agent.clone(),
+        status: args.status.as_deref().map(str::parse).transpose()?,
+        since_ms: args
+            .since
+            .as_deref()
+            .map(|t| parse_time("--since", t))
+            .transpose()?,
+        until_ms: args
+            .until
+            .as_deref()
+            .map(|t| parse_time("--until", t))
+            .transpose()?,
+    };
     let mut printer = Printer::start(args.json)?;
     match args.store.client()? {
-        Some(client) => remote(&client, &args.prefix, limit, &mut printer).await?,
+        Some(client) => remote(&client, &args.prefix, &filter, limit, &mut printer).await?,
         None => {
             let db = args.store.open()?;
             let ctx = PolicyContext::new()
@@ -35,6 +65,7 @@ pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
             for kv in db
                 .scan_from(&args.prefix)
                 .as_reader(&ctx)
+                .audit(&filter)
                 .iter()
                 .take(limit)
             {
@@ -53,6 +84,7 @@ pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
 async fn remote(
     client: &Client,
     prefix: &str,
+    filter: &AuditFilter,
     limit: usize,
     printer: &mut Printer,
 ) -> switchboard::Result<()> {
@@ -67,6 +99,18 @@ async fn remote(
             if let Some(after) = &after {
                 q.append_pair("after", after);
             }
+            if let Some(agent) = &filter.agent {
+                q.append_pair("agent", agent);
+            }
+            if let Some(status) = filter.status {
+                q.append_pair("status", status.as_str());
+            }
+            if let Some(ms) = filter.since_ms {
+                q.append_pair("since_ms", &ms.to_string());
+            }
+            if let Some(ms) = filter.until_ms {
+                q.append_pair("until_ms", &ms.to_string());
+            }
         }
         let page = client.send(reqwest::Method::GET, url, None).await?;
         let items = page["items"]
@@ -77,12 +121,39 @@ async fn remote(
             printer.record(key, &item["value"], None)?;
             left -= 1;
         }
+        // A page may come back short, even empty, with a cursor: the server
+        // stops early after passing over many hidden or filtered records.
         match page["next_after"].as_str() {
-            Some(next) if !items.is_empty() => after = Some(next.to_string()),
-            _ => break,
+            Some(next) => after = Some(next.to_string()),
+            None => break,
         }
     }
     Ok(())
+}
+
+/// `--since`/`--until`: an age (`90s`, `30m`, `1h`, `7d`) before now, or
+/// milliseconds since the Unix epoch.
+fn parse_time(flag: &str, text: &str) -> switchboard::Result<u64> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let age_ms = [
+        ('s', 1_000u64),
+        ('m', 60_000),
+        ('h', 3_600_000),
+        ('d', 86_400_000),
+    ]
+    .into_iter()
+    .find_map(|(unit, ms)| {
+        let n = text.strip_suffix(unit)?.parse::<u64>().ok()?;
+        Some(n.saturating_mul(ms))
+    });
+    match age_ms {
+        Some(age) => Ok(switchboard::namespace::now_ms().saturating_sub(age)),
+        _ => Err(Error::invalid(format!(
+            "{flag} {text:?}: give an age such as 90s, 30m, 1h or 7d, or milliseconds since the Unix epoch"
+        ))),
+    }
 }
 
 /// A table (key, the value's first 100 characters, a count) or JSON lines.

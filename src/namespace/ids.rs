@@ -138,7 +138,7 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+pub(super) const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// A new invocation id: 26 characters of Crockford base32, the first 10 the
 /// millisecond timestamp, then 16 bits fixed per process and a 64-bit sequence

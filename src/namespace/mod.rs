@@ -10,10 +10,13 @@
 //! clock), `category` ([`ToolCategory`]), `records` (the stored values and
 //! the enums they hold); this file holds the prefixes and key builders.
 
+mod audit;
 mod category;
 mod ids;
 mod records;
 
+pub(crate) use audit::Placement;
+pub use audit::{AuditFilter, RecordMatcher};
 pub use category::ToolCategory;
 pub(crate) use ids::{invocation_id_time_ms, is_id_char, validate_value};
 pub use ids::{

@@ -84,6 +84,43 @@ pub enum DispatchStatus {
     Cancelled,
 }
 
+impl DispatchStatus {
+    /// Every status, in the order a dispatch can reach them.
+    pub const ALL: [DispatchStatus; 5] = [
+        DispatchStatus::InFlight,
+        DispatchStatus::Succeeded,
+        DispatchStatus::Failed,
+        DispatchStatus::Interrupted,
+        DispatchStatus::Cancelled,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispatchStatus::InFlight => "in_flight",
+            DispatchStatus::Succeeded => "succeeded",
+            DispatchStatus::Failed => "failed",
+            DispatchStatus::Interrupted => "interrupted",
+            DispatchStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for DispatchStatus {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        DispatchStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown status {s:?}; use one of in_flight, succeeded, failed, interrupted, cancelled"
+                ))
+            })
+    }
+}
+
 /// How one attempt at one agent ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

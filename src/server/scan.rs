@@ -1,8 +1,10 @@
-//! `GET /v1/scan`: one page of the records under a key prefix (the audit trail).
+//! `GET /v1/scan`: one page of the records under a key prefix (the audit
+//! trail), optionally only the dispatch records an audit filter selects.
 
 use super::errors::{ApiError, ApiResult};
 use super::AppState;
 use crate::error::Error;
+use crate::namespace::{validate_id, AuditFilter};
 use crate::storage::Database;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -19,6 +21,29 @@ pub struct ScanQuery {
     pub after: Option<String>,
     /// At most this many items (bounded by the server).
     pub limit: Option<usize>,
+    /// Only dispatch records whose call this agent served.
+    pub agent: Option<String>,
+    /// Only dispatch records in this status.
+    pub status: Option<String>,
+    /// Only calls started at or after this time (ms since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// Only calls started at or before this time (ms since the Unix epoch).
+    pub until_ms: Option<u64>,
+}
+
+impl ScanQuery {
+    /// The audit filter the query's optional conditions describe.
+    pub fn audit_filter(&self) -> crate::Result<AuditFilter> {
+        if let Some(agent) = &self.agent {
+            validate_id("agent", agent)?;
+        }
+        Ok(AuditFilter {
+            agent: self.agent.clone(),
+            status: self.status.as_deref().map(str::parse).transpose()?,
+            since_ms: self.since_ms,
+            until_ms: self.until_ms,
+        })
+    }
 }
 
 /// The most entries one scan page returns.
@@ -42,12 +67,13 @@ pub struct ScanItem {
     pub value: serde_json::Value,
 }
 
-/// Reads one page of `prefix` from `db`.
+/// Reads one page of `prefix` from `db`, keeping what `filter` selects.
 pub fn scan_page(
     db: &Database,
     prefix: &str,
     after: Option<&str>,
     limit: usize,
+    filter: &AuditFilter,
 ) -> crate::Result<ScanPage> {
     if limit == 0 || limit > MAX_SCAN_PAGE {
         return Err(Error::invalid(format!(
@@ -56,7 +82,11 @@ pub fn scan_page(
     }
     // The bounded page: a run of keys the read hooks hide cannot make one
     // request walk the whole prefix; its cursor may then sit on a hidden key.
-    let page = db.scan_from(prefix).after(after).page(limit)?;
+    let page = db
+        .scan_from(prefix)
+        .after(after)
+        .audit(filter)
+        .page(limit)?;
     let items = page
         .items
         .into_iter()
@@ -78,9 +108,16 @@ pub(crate) async fn scan(
     query: Result<Query<ScanQuery>, QueryRejection>,
 ) -> ApiResult<Json<ScanPage>> {
     let Query(q) = query?;
+    let filter = q.audit_filter()?;
     let db = s.dispatcher.database().clone();
     let page = tokio::task::spawn_blocking(move || {
-        scan_page(&db, &q.prefix, q.after.as_deref(), q.limit.unwrap_or(100))
+        scan_page(
+            &db,
+            &q.prefix,
+            q.after.as_deref(),
+            q.limit.unwrap_or(100),
+            &filter,
+        )
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;

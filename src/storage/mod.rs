@@ -44,7 +44,7 @@ use crate::policy::{
     ChainOwner, DecisionKind, Op, OperationKind, Phase, PolicyChain, PolicyContext,
 };
 use cache::PrefixCache;
-use rocksdb::{Direction, IteratorMode, Options, ReadOptions, DB};
+use rocksdb::{Options, ReadOptions, DB};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,17 +270,6 @@ impl Database {
         self.record_decisions(recorder.decisions);
         Ok(old.len() as u64)
     }
-}
-
-fn prefix_iter_from<'a>(
-    rocks: &'a DB,
-    prefix: &str,
-    start: &[u8],
-) -> rocksdb::DBIteratorWithThreadMode<'a, DB> {
-    rocks.iterator_opt(
-        IteratorMode::From(start, Direction::Forward),
-        scan_read_options(prefix),
-    )
 }
 
 /// A raw iterator over `prefix`, positioned at its first key.

@@ -287,6 +287,11 @@ fn raw_prefix_iter<'a>(
 fn scan_read_options(prefix: &str) -> ReadOptions {
     let mut read_options = ReadOptions::default();
     read_options.set_readahead_size(SCAN_READAHEAD);
+    // The audit trail is history read front to back: its blocks would only
+    // evict the hot ones (agents, sessions) from the block cache.
+    if prefix.starts_with(TOOLS) || prefix.starts_with(DECISION_LOG) {
+        read_options.fill_cache(false);
+    }
     if let Some(end) = prefix_successor(prefix.as_bytes()) {
         read_options.set_iterate_upper_bound(end);
     }

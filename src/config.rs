@@ -62,6 +62,19 @@ pub struct Config {
     pub decision_log: DecisionLogSection,
     /// `[[agents]]`: HTTP agents registered (or replaced) at start.
     pub agents: Vec<AgentEntry>,
+    /// `[auth]`: who may call besides the static token (JWT verification).
+    pub auth: AuthSection,
+    /// A second listen address serving only `GET /metrics`, without a
+    /// token (for Prometheus); `/metrics` on the API still needs one.
+    pub metrics_listen: Option<String>,
+}
+
+/// `[auth]`: callers' identities besides the static `token`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// `[auth.jwt]`: accept JWTs verified against these keys.
+    pub jwt: Option<crate::identity::JwtSettings>,
 }
 
 /// One `[[rate_limits]]` table.
@@ -265,6 +278,8 @@ impl Default for Config {
             rate_limits: Vec::new(),
             decision_log: DecisionLogSection::default(),
             agents: Vec::new(),
+            auth: AuthSection::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -53,6 +53,7 @@
 
 mod dispatch;
 mod error;
+pub mod identity;
 pub mod namespace;
 pub mod policy;
 mod storage;

@@ -117,6 +117,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/scan"),
     ("get", "/v1/policies"),
     ("post", "/v1/policies"),
+    ("get", "/v1/tokens"),
+    ("post", "/v1/tokens"),
+    ("delete", "/v1/tokens/{id}"),
     ("post", "/mcp"),
 ];
 

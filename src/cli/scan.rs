@@ -3,6 +3,7 @@
 
 use super::{Client, StoreArgs};
 use clap::Args;
+use switchboard::server::caused_by;
 use switchboard::{Error, PolicyContext};
 
 #[derive(Args)]
@@ -15,6 +16,10 @@ pub struct ScanArgs {
     /// Stop after this many records.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only what this caller caused (`token:ID`, `jwt:SUB`, `static-admin`):
+    /// its dispatch records, registrations and policy decisions.
+    #[arg(long)]
+    pub caller: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -26,23 +31,37 @@ pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
     let limit = args.limit.unwrap_or(usize::MAX);
     let mut printer = Printer::start(args.json)?;
     match args.store.client()? {
-        Some(client) => remote(&client, &args.prefix, limit, &mut printer).await?,
+        Some(client) => {
+            remote(
+                &client,
+                &args.prefix,
+                args.caller.as_deref(),
+                limit,
+                &mut printer,
+            )
+            .await?
+        }
         None => {
             let db = args.store.open()?;
             let ctx = PolicyContext::new()
                 .with("source", "cli")
                 .with("action", "scan");
-            for kv in db
-                .scan_from(&args.prefix)
-                .as_reader(&ctx)
-                .iter()
-                .take(limit)
-            {
+            let mut left = limit;
+            for kv in db.scan_from(&args.prefix).as_reader(&ctx).iter() {
+                if left == 0 {
+                    break;
+                }
                 let (key, bytes) = kv?;
                 let text = String::from_utf8_lossy(&bytes);
                 let value: serde_json::Value = serde_json::from_slice(&bytes)
                     .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+                if let Some(caller) = &args.caller {
+                    if !caused_by(&value, caller) {
+                        continue;
+                    }
+                }
                 printer.record(&key, &value, Some(&text))?;
+                left -= 1;
             }
         }
     }
@@ -53,6 +72,7 @@ pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
 async fn remote(
     client: &Client,
     prefix: &str,
+    caller: Option<&str>,
     limit: usize,
     printer: &mut Printer,
 ) -> switchboard::Result<()> {
@@ -67,6 +87,9 @@ async fn remote(
             if let Some(after) = &after {
                 q.append_pair("after", after);
             }
+            if let Some(caller) = caller {
+                q.append_pair("caller", caller);
+            }
         }
         let page = client.send(reqwest::Method::GET, url, None).await?;
         let items = page["items"]
@@ -78,7 +101,12 @@ async fn remote(
             left -= 1;
         }
         match page["next_after"].as_str() {
-            Some(next) if !items.is_empty() => after = Some(next.to_string()),
+            // A caller-filtered page may be empty and still move on.
+            Some(next)
+                if !items.is_empty() || (caller.is_some() && after.as_deref() != Some(next)) =>
+            {
+                after = Some(next.to_string())
+            }
             _ => break,
         }
     }

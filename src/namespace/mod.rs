@@ -8,11 +8,12 @@
 //!
 //! Files: `ids` (checking ids, keys and values; invocation ids and the
 //! clock), `category` ([`ToolCategory`]), `records` (the stored values and
-//! the enums they hold); this file holds the prefixes and key builders.
+//! the enums they hold), `tokens` (issued API tokens); this file holds the prefixes and key builders.
 
 mod category;
 mod ids;
 mod records;
+mod tokens;
 
 pub use category::ToolCategory;
 pub(crate) use ids::{invocation_id_time_ms, is_id_char, validate_prefix, validate_value};
@@ -20,6 +21,8 @@ pub use ids::{
     new_invocation_id, now_ms, validate_id, validate_key, MAX_ID_LEN, MAX_KEY_LEN, MAX_SEGMENTS,
 };
 pub use records::*;
+pub(crate) use tokens::TOKENS;
+pub use tokens::{token_key, Scope, TokenRecord};
 
 pub(crate) const AGENTS: &str = "agents/";
 pub(crate) const SESSIONS: &str = "sessions/";

@@ -1,12 +1,15 @@
 //! `GET /v1/scan`: one page of the records under a key prefix (the audit trail).
 
+use super::auth::Caller;
 use super::errors::{ApiError, ApiResult};
 use super::AppState;
 use crate::error::Error;
+use crate::namespace::{Scope, TOKENS};
+use crate::policy::{keys, PolicyContext};
 use crate::storage::Database;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 /// `GET /v1/scan` query.
@@ -19,6 +22,8 @@ pub struct ScanQuery {
     pub after: Option<String>,
     /// At most this many items (bounded by the server).
     pub limit: Option<usize>,
+    /// Only records this caller caused (`token:{id}`, `jwt:{sub}`, …).
+    pub caller: Option<String>,
 }
 
 /// The most entries one scan page returns.
@@ -49,6 +54,68 @@ pub fn scan_page(
     after: Option<&str>,
     limit: usize,
 ) -> crate::Result<ScanPage> {
+    scan_page_as(db, prefix, after, limit, &PolicyContext::new(), None)
+}
+
+/// Whether a stored value was caused by `caller`: a dispatch record's
+/// `caller`, a registration's `registered_by`, a decision's `context.caller`.
+pub fn caused_by(value: &serde_json::Value, caller: &str) -> bool {
+    let is = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()) == Some(caller);
+    is(value.get("caller"))
+        || is(value.get("registered_by"))
+        || is(value.get("context").and_then(|c| c.get("caller")))
+}
+
+/// Pages examined at most for one `caller`-filtered page before it is
+/// returned short (with `next_after` set).
+const CALLER_FILTER_PAGES: usize = 16;
+
+/// [`scan_page`] read as `reader` (the read policies judge each key with
+/// it), keeping only what `caller` caused when given.
+pub fn scan_page_as(
+    db: &Database,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    reader: &PolicyContext,
+    caller: Option<&str>,
+) -> crate::Result<ScanPage> {
+    let Some(caller) = caller else {
+        return one_page(db, prefix, after, limit, reader);
+    };
+    let mut items = Vec::new();
+    let mut after = after.map(str::to_string);
+    for _ in 0..CALLER_FILTER_PAGES {
+        let page = one_page(db, prefix, after.as_deref(), limit, reader)?;
+        items.extend(
+            page.items
+                .into_iter()
+                .filter(|item| caused_by(&item.value, caller)),
+        );
+        after = page.next_after;
+        if after.is_none() || items.len() >= limit {
+            break;
+        }
+    }
+    // A filtered page may end past `limit` items; the cursor then resumes
+    // after the last one returned.
+    if items.len() > limit {
+        items.truncate(limit);
+        after = items.last().map(|i| i.key.clone());
+    }
+    Ok(ScanPage {
+        items,
+        next_after: after,
+    })
+}
+
+fn one_page(
+    db: &Database,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    reader: &PolicyContext,
+) -> crate::Result<ScanPage> {
     if limit == 0 || limit > MAX_SCAN_PAGE {
         return Err(Error::invalid(format!(
             "limit must be between 1 and {MAX_SCAN_PAGE}"
@@ -56,7 +123,11 @@ pub fn scan_page(
     }
     // The bounded page: a run of keys the read hooks hide cannot make one
     // request walk the whole prefix; its cursor may then sit on a hidden key.
-    let page = db.scan_from(prefix).after(after).page(limit)?;
+    let page = db
+        .scan_from(prefix)
+        .after(after)
+        .as_reader(reader)
+        .page(limit)?;
     let items = page
         .items
         .into_iter()
@@ -75,12 +146,37 @@ pub fn scan_page(
 
 pub(crate) async fn scan(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ScanQuery>, QueryRejection>,
 ) -> ApiResult<Json<ScanPage>> {
     let Query(q) = query?;
+    // Token records are the admin's: other readers may not scan them.
+    if q.prefix.starts_with(TOKENS) && !caller.has_scope(Scope::Admin) {
+        return Err(Error::PolicyDenied {
+            key: q.prefix,
+            reason: "token records need the admin scope; GET /v1/tokens lists them".into(),
+        }
+        .into());
+    }
     let db = s.dispatcher.database().clone();
+    let reader = caller.context(
+        PolicyContext::new()
+            .with("source", "api")
+            .with(keys::ACTION, "scan"),
+    );
     let page = tokio::task::spawn_blocking(move || {
-        scan_page(&db, &q.prefix, q.after.as_deref(), q.limit.unwrap_or(100))
+        let mut page = scan_page_as(
+            &db,
+            &q.prefix,
+            q.after.as_deref(),
+            q.limit.unwrap_or(100),
+            &reader,
+            q.caller.as_deref(),
+        )?;
+        if !caller.has_scope(Scope::Admin) {
+            page.items.retain(|item| !item.key.starts_with(TOKENS));
+        }
+        Ok::<_, Error>(page)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;

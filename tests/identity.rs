@@ -722,3 +722,89 @@ fn the_shipped_role_policy_passes_its_rego_tests() {
         assert!(r.passed, "{}: {:?}", r.name, r.detail);
     }
 }
+
+#[test]
+fn rego_sees_roles_and_scopes_as_lists_and_claims_as_an_object() {
+    use switchboard::{PolicyEngine, Principal, Scope};
+    let (_dir, db) = common::temp_db();
+    PolicyEngine::new(&db)
+        .add_rego(
+            "notes/**",
+            r#"package t
+import rego.v1
+deny contains "not payments" if { not "payments" in input.context.roles }
+deny contains "no invoke" if { not "invoke" in input.context.scopes }
+deny contains "wrong email" if { input.context.claims.email != "a@example.com" }
+"#,
+        )
+        .unwrap();
+    let caller = |roles: &[&str], email: &str| {
+        Principal::new("token:t", vec![Scope::Invoke])
+            .with_roles(roles.iter().map(|r| r.to_string()).collect())
+            .with_claim("email", email)
+            .context()
+    };
+    db.put_with(
+        "notes/a",
+        b"1",
+        &caller(&["ops", "payments"], "a@example.com"),
+    )
+    .unwrap();
+    let err = db
+        .put_with("notes/a", b"1", &caller(&["ops"], "a@example.com"))
+        .unwrap_err();
+    assert!(err.to_string().contains("not payments"), "{err}");
+    let err = db
+        .put_with("notes/a", b"1", &caller(&["payments"], "b@example.com"))
+        .unwrap_err();
+    assert!(err.to_string().contains("wrong email"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_library_caller_reaches_the_policies_and_the_record() {
+    use switchboard::{PolicyAction, PolicyEngine, Principal, RoutingOptions, Scope, ToolCategory};
+    let (_dir, db) = common::temp_db();
+    let dispatcher = switchboard::ToolDispatcher::new(db.clone());
+    dispatcher
+        .register_local_agent("local", vec![ToolCategory::Code], |_t, input| async move {
+            Ok::<_, switchboard::ToolError>(input)
+        })
+        .unwrap();
+    PolicyEngine::new(&db)
+        .before_write("tools/**", |_k, _v, ctx| match ctx.get("caller") {
+            Some("svc:denied") => PolicyAction::Deny("this caller may not".into()),
+            _ => PolicyAction::Allow,
+        })
+        .unwrap();
+    let as_caller =
+        |id: &str| RoutingOptions::new().with_caller(Principal::new(id, vec![Scope::Invoke]));
+    let ok = dispatcher
+        .invoke("t", ToolCategory::Code, json!({}), as_caller("svc:ok"))
+        .await
+        .unwrap();
+    assert!(dispatcher
+        .invoke("t", ToolCategory::Code, json!({}), as_caller("svc:denied"))
+        .await
+        .is_err());
+    // No caller: as before, nothing about a caller in the record.
+    dispatcher
+        .invoke("t", ToolCategory::Code, json!({}), RoutingOptions::new())
+        .await
+        .unwrap();
+    let records = common::records(&db, "tools/code/t/");
+    assert_eq!(records.len(), 2);
+    let mine = records
+        .iter()
+        .find(|r| r.invocation_id == ok.invocation_id)
+        .unwrap();
+    assert_eq!(mine.caller.as_deref(), Some("svc:ok"));
+    assert!(records.iter().any(|r| r.caller.is_none()));
+    let raw: Vec<String> = db
+        .scan("tools/code/t/")
+        .map(|kv| String::from_utf8(kv.unwrap().1).unwrap())
+        .collect();
+    assert!(
+        raw.iter().any(|r| !r.contains("\"caller\"")),
+        "absent, not null"
+    );
+}

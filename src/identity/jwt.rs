@@ -243,3 +243,103 @@ impl JwtVerifier {
         principal
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    use serde_json::json;
+
+    fn b64url(bytes: &[u8]) -> String {
+        const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |acc, b| acc << 8 | *b as u32) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    fn settings() -> JwtSettings {
+        JwtSettings {
+            issuer: "https://idp".into(),
+            audience: "sb".into(),
+            claims: vec!["team".into()],
+            ..JwtSettings::default()
+        }
+    }
+
+    fn claims(exp_offset: i64) -> serde_json::Value {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        json!({"iss": "https://idp", "aud": "sb", "sub": "carol", "exp": now + exp_offset,
+               "roles": "payments ops", "team": "billing"})
+    }
+
+    #[test]
+    fn an_hs256_secret_verifies_and_a_wrong_secret_or_an_expiry_does_not() {
+        let secret = "0123456789abcdef0123456789abcdef-test";
+        std::env::set_var("SB_TEST_JWT_SECRET_A", secret);
+        let verifier = JwtVerifier::new(JwtSettings {
+            hs256_secret_env: Some("SB_TEST_JWT_SECRET_A".into()),
+            ..settings()
+        })
+        .unwrap();
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let token = encode(&Header::default(), &claims(600), &key).unwrap();
+        let p = verifier.verify(&token).unwrap();
+        assert_eq!(p.id, "jwt:carol");
+        assert_eq!(p.roles, ["payments", "ops"]);
+        assert_eq!(p.scopes, [Scope::Invoke], "no scope claim: the default");
+        assert_eq!(p.claims["team"], "billing");
+        let expired = encode(&Header::default(), &claims(-3600), &key).unwrap();
+        assert!(verifier.verify(&expired).is_err());
+        let other = EncodingKey::from_secret(b"another-secret-another-secret-xx");
+        assert!(verifier
+            .verify(&encode(&Header::default(), &claims(600), &other).unwrap())
+            .is_err());
+        // A short secret, or no key at all, is refused at load.
+        std::env::set_var("SB_TEST_JWT_SECRET_B", "short");
+        assert!(JwtVerifier::new(JwtSettings {
+            hs256_secret_env: Some("SB_TEST_JWT_SECRET_B".into()),
+            ..settings()
+        })
+        .is_err());
+        assert!(JwtVerifier::new(settings()).is_err());
+    }
+
+    #[test]
+    fn a_jwks_file_verifies_by_kid() {
+        let mut bytes = [0u8; 32];
+        let secret = loop {
+            getrandom::fill(&mut bytes).unwrap();
+            if let Ok(k) = p256::SecretKey::from_slice(&bytes) {
+                break k;
+            }
+        };
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let point = secret.public_key().to_encoded_point(false);
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig",
+            "x": b64url(point.x().unwrap()), "y": b64url(point.y().unwrap())}]});
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        let verifier = JwtVerifier::new(JwtSettings {
+            jwks_file: Some(path),
+            ..settings()
+        })
+        .unwrap();
+        let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let key = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let token = encode(&header, &claims(600), &key).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().id, "jwt:carol");
+        header.kid = Some("k2".into());
+        let unknown_kid = encode(&header, &claims(600), &key).unwrap();
+        assert!(verifier.verify(&unknown_kid).is_err());
+    }
+}

@@ -615,6 +615,34 @@ async fn revoked_expired_and_forged_credentials_are_refused_at_once() {
         .await;
     assert_eq!(status, 404);
 
+    // The CLI in client mode issues and revokes over /v1/tokens.
+    let cli = |args: &[&str]| {
+        let out = switchboard()
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .args(["--server", &server.base, "--token", ADMIN])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let created: Value = serde_json::from_str(
+        cli(&[
+            "tokens", "create", "--name", "from-cli", "--scopes", "invoke", "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    let cli_secret = created["secret"].as_str().unwrap().to_string();
+    assert_eq!(server.invoke(&cli_secret, "run", "code").await.0, 200);
+    assert!(cli(&["tokens", "list"]).contains("from-cli"));
+    cli(&["tokens", "revoke", created["token_id"].as_str().unwrap()]);
+    assert_eq!(server.invoke(&cli_secret, "run", "code").await.0, 401);
+
     // Expired: a token with a one-second lifetime, once that second is over.
     let (status, body) = server
         .send(

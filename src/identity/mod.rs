@@ -61,30 +61,82 @@ impl Authenticator {
         self.static_token.is_some() || self.jwt.is_some()
     }
 
-    /// The principal of a presented bearer credential, or why it is refused.
-    pub fn authenticate(&self, presented: &str) -> Result<std::result::Result<Principal, Refused>> {
+    /// The principal of a presented bearer credential, or why it is
+    /// refused. `Ok(None)`: the local operator (only where no credential is
+    /// required, for a credential that is neither an issued token nor a JWT).
+    pub fn authenticate(
+        &self,
+        presented: &str,
+    ) -> Result<std::result::Result<Option<Principal>, Refused>> {
         if let Some(token) = &self.static_token {
             if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-                return Ok(Ok(Principal::static_admin()));
+                return Ok(Ok(Some(Principal::static_admin())));
             }
         }
         if presented.starts_with(TOKEN_PREFIX) {
-            return Ok(self
-                .tokens
-                .authenticate(presented)?
-                .ok_or_else(|| Refused("the API token is unknown, revoked or expired".into())));
+            return Ok(match self.tokens.authenticate(presented)? {
+                Some(p) => Ok(Some(p)),
+                None => Err(Refused(
+                    "the API token is unknown, revoked or expired".into(),
+                )),
+            });
         }
         if let Some(jwt) = &self.jwt {
             if JwtVerifier::looks_like_jwt(presented) {
-                return Ok(jwt.verify(presented).map_err(|e| {
-                    Refused(
+                return Ok(match jwt.verify(presented) {
+                    Ok(p) => Ok(Some(p)),
+                    Err(e) => Err(Refused(
                         e.to_string()
                             .trim_start_matches("invalid input: ")
                             .to_string(),
-                    )
-                }));
+                    )),
+                });
             }
         }
+        if !self.is_required() {
+            // Nothing is required here: an unrecognised credential is the
+            // local operator, as a request without one (clients that always
+            // send SWITCHBOARD_TOKEN keep working). Issued tokens and JWTs
+            // are still checked above.
+            return Ok(Ok(None));
+        }
         Ok(Err(Refused("the bearer token is wrong".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::Scope;
+
+    #[test]
+    fn what_each_credential_authenticates_as() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path()).unwrap();
+        let open = Authenticator::new(&db, None, None);
+        let issued = open
+            .tokens()
+            .create(
+                NewToken {
+                    name: "t".into(),
+                    scopes: vec![Scope::Audit],
+                    ..NewToken::default()
+                },
+                None,
+            )
+            .unwrap();
+        // Nothing required: an unknown string is the local operator, but an
+        // issued token is still itself, and a bad one is refused.
+        assert_eq!(open.authenticate("anything").unwrap(), Ok(None));
+        let p = open.authenticate(&issued.secret).unwrap().unwrap().unwrap();
+        assert!(p.has_scope(Scope::Audit) && !p.has_scope(Scope::Invoke));
+        assert!(open.authenticate("sbt_x_y").unwrap().is_err());
+        let guarded = Authenticator::new(&db, Some("admin-secret".into()), None);
+        assert_eq!(
+            guarded.authenticate("admin-secret").unwrap(),
+            Ok(Some(Principal::static_admin()))
+        );
+        assert!(guarded.authenticate("admin-secreT").unwrap().is_err());
+        assert!(guarded.authenticate(&issued.secret).unwrap().is_ok());
     }
 }

@@ -81,7 +81,7 @@ pub(crate) async fn require_token(
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))??;
             match verdict {
-                Ok(principal) => Caller(Some(principal)),
+                Ok(principal) => Caller(principal),
                 Err(refused) => return Err(ApiError::unauthorized(&refused.0)),
             }
         }

@@ -441,6 +441,21 @@ async fn each_caller_sees_and_calls_only_what_its_roles_allow() {
     assert_eq!(body["error"]["code"], "insufficient_scope");
     let (status, _) = server.get(&auditor, "/v1/scan?prefix=tools/").await;
     assert_eq!(status, 200);
+    // Scans read as the caller: an auditing intern does not see the payments agent.
+    let (_, intern_auditor) = server
+        .token("intern-auditor", &["audit"], &["intern"])
+        .await;
+    let (status, page) = server.get(&intern_auditor, "/v1/scan?prefix=agents/").await;
+    assert_eq!(status, 200);
+    let keys: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["agents/shell_agent"]);
+    let (_, page) = server.get(&auditor, "/v1/scan?prefix=agents/").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
     let (status, _) = server.get(&auditor, "/v1/scan?prefix=tokens/").await;
     assert_eq!(status, 403, "token records are the admin's");
     let (status, _) = server.get(&intern, "/v1/scan?prefix=tools/").await;

@@ -9,9 +9,10 @@
 //! a write that has committed; they cannot undo it. Hooks that panic, and Rego
 //! modules that fail to evaluate (or panic), deny (fail closed).
 //!
-//! Files: `context` (who is writing), `principal` (the authenticated caller), `chain` (the hooks and the one runner),
-//! `engine` (the public handle), `decisions`, `glob`, `limits`, `network`
-//! (which addresses agents may live at), [`rego`].
+//! Files: `context` (who is writing), `principal` (the authenticated
+//! caller), `chain` (the hooks and the one runner), `engine` (the public
+//! handle), `decisions`, `glob`, `limits`, `network` (which addresses agents
+//! may live at), [`rego`].
 
 mod chain;
 mod context;

@@ -3,9 +3,9 @@
 //! One job per file: `errors` (the one error shape and status mapping),
 //! `routes` (the route table and its layers), `lifecycle` (bind, serve,
 //! graceful shutdown), `limits` (what clients may hold), `auth` (who the
-//! caller is, and the scope each route needs), `hosts` (Host-header validation), `prometheus` (the exposition),
-//! and one file of handlers per resource (`agents`, `invoke`, `scan`,
-//! `policies`, `metrics`, `tokens`).
+//! caller is, and the scope each route needs), `hosts` (Host-header
+//! validation), `prometheus` (the exposition), and one file of handlers per
+//! resource (`agents`, `invoke`, `scan`, `policies`, `metrics`, `tokens`).
 //! `docs/openapi.json` describes every route.
 
 mod agents;

@@ -117,7 +117,7 @@ pub async fn run(cmd: TokensCommand) -> switchboard::Result<()> {
                         },
                         None,
                     )?;
-                    let info = info_from_record(&issued.record)?;
+                    let info = TokenInfo::from(&issued.record);
                     (info, issued.secret)
                 }
             };
@@ -148,8 +148,8 @@ pub async fn run(cmd: TokensCommand) -> switchboard::Result<()> {
                     TokenStore::new(&db)
                         .list()?
                         .iter()
-                        .map(info_from_record)
-                        .collect::<switchboard::Result<Vec<_>>>()?
+                        .map(TokenInfo::from)
+                        .collect::<Vec<_>>()
                 }
             };
             for info in &infos {
@@ -169,7 +169,7 @@ pub async fn run(cmd: TokensCommand) -> switchboard::Result<()> {
                 None => {
                     let db = store.open()?;
                     match TokenStore::new(&db).revoke(&id, None)? {
-                        Some(record) => info_from_record(&record)?,
+                        Some(record) => TokenInfo::from(&record),
                         None => {
                             return Err(Error::invalid(format!(
                                 "no token {id:?}; `switchboard tokens list` shows the ids"
@@ -181,10 +181,4 @@ pub async fn run(cmd: TokensCommand) -> switchboard::Result<()> {
             print(&info, false)
         }
     }
-}
-
-fn info_from_record(
-    record: &switchboard::namespace::TokenRecord,
-) -> switchboard::Result<TokenInfo> {
-    Ok(TokenInfo::from(record))
 }

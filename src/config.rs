@@ -62,6 +62,19 @@ pub struct Config {
     pub decision_log: DecisionLogSection,
     /// `[[agents]]`: HTTP agents registered (or replaced) at start.
     pub agents: Vec<AgentEntry>,
+    /// `[auth]`: who may call besides the static token (JWT verification).
+    pub auth: AuthSection,
+    /// A second listen address serving only `GET /metrics`, without a
+    /// token (for Prometheus); `/metrics` on the API still needs one.
+    pub metrics_listen: Option<String>,
+}
+
+/// `[auth]`: callers' identities besides the static `token`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// `[auth.jwt]`: accept JWTs verified against these keys.
+    pub jwt: Option<crate::identity::JwtSettings>,
 }
 
 /// One `[[rate_limits]]` table.
@@ -265,6 +278,8 @@ impl Default for Config {
             rate_limits: Vec::new(),
             decision_log: DecisionLogSection::default(),
             agents: Vec::new(),
+            auth: AuthSection::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -380,6 +395,25 @@ impl Config {
                 "token is empty; remove it to disable authentication",
             ));
         }
+        if let Some(jwt) = &self.auth.jwt {
+            if jwt.issuer.is_empty() || jwt.audience.is_empty() {
+                return Err(Error::invalid("[auth.jwt] needs both issuer and audience"));
+            }
+            if jwt.leeway_secs.unwrap_or(0) > crate::identity::MAX_LEEWAY_SECS {
+                return Err(Error::invalid(format!(
+                    "auth.jwt.leeway_secs is at most {}",
+                    crate::identity::MAX_LEEWAY_SECS
+                )));
+            }
+            if jwt.hs256_secret_env.is_none()
+                && jwt.public_key_files.is_empty()
+                && jwt.jwks_file.is_none()
+            {
+                return Err(Error::invalid(
+                    "[auth.jwt] has no key: set hs256_secret_env, public_key_files or jwks_file",
+                ));
+            }
+        }
         let l = &self.limits;
         if l.header_read_timeout_ms == 0
             || l.request_timeout_ms == 0
@@ -458,6 +492,25 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_jwt_and_metrics_listen_parse_and_bad_jwt_settings_are_refused() {
+        let c = Config::parse(
+            "metrics_listen = \"127.0.0.1:9100\"\n[auth.jwt]\nissuer = \"https://idp\"\n\
+             audience = \"sb\"\npublic_key_files = [\"k.pem\"]\nclaims = [\"email\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:9100"));
+        assert_eq!(c.auth.jwt.unwrap().claims, vec!["email".to_string()]);
+        for bad in [
+            "[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n",
+            "[auth.jwt]\nissuer = \"\"\naudience = \"a\"\njwks_file = \"k\"\n",
+            "[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"k\"\nleeway_secs = 3600\n",
+            "[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"k\"\nsecret = \"x\"\n",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_every_option_and_refuses_unknown_ones() {

@@ -18,6 +18,7 @@
 //! - [`routing`]: which agent serves a call (registry, strategies, sessions, health);
 //! - transport: how an agent is called (HTTP or a local closure);
 //! - dispatch ([`ToolDispatcher`]): the façade, the failover loop, dispatch records;
+//! - [`identity`]: who is calling (issued API tokens, JWTs) as a [`Principal`];
 //! - [`server`] and [`config`]: the HTTP API and its configuration file, the
 //!   building blocks of the `switchboard` binary.
 //!
@@ -53,6 +54,7 @@
 
 mod dispatch;
 mod error;
+pub mod identity;
 pub mod namespace;
 pub mod policy;
 mod storage;
@@ -99,6 +101,8 @@ pub use policy::{
     OperationKind, Phase, PolicyAction, PolicyContext, PolicyEngine, RateLimitOp, RateLimitScope,
     RegoEvaluator,
 };
+// Who is calling: the authenticated principal policies and records see.
+pub use policy::{Principal, Scope};
 
 // Routing and dispatch: register agents, invoke tools, recover after a crash.
 pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDispatcher};

@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["namespace"],
     &["policy"],
     &["storage"],
+    &["identity"],
     &["routing"],
     &["transport"],
     &["dispatch"],

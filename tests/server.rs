@@ -117,6 +117,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/scan"),
     ("get", "/v1/policies"),
     ("post", "/v1/policies"),
+    ("get", "/v1/tokens"),
+    ("post", "/v1/tokens"),
+    ("delete", "/v1/tokens/{id}"),
     ("post", "/mcp"),
     ("get", "/mcp"),
     ("delete", "/mcp"),
@@ -765,6 +768,13 @@ fn the_openapi_constraints_are_the_validators() {
         schemas["Invoke"]["properties"]["max_attempts"]["maximum"],
         u32::MAX
     );
+    let codes: Vec<&str> = schemas["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(codes, switchboard::server::ERROR_CODES);
 }
 
 proptest::proptest! {

@@ -13,6 +13,7 @@ mod metrics;
 mod policy;
 mod scan;
 mod serve;
+mod tokens;
 
 pub use client::{Client, ServerArgs};
 
@@ -48,6 +49,9 @@ pub enum Command {
     /// Work with Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Issue, list or revoke API tokens.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
     /// Check a config file.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -181,6 +185,7 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
         Command::Scan(args) => scan::run(args).await,
         Command::Metrics(args) => metrics::run(args).await,
         Command::Policy(cmd) => policy::run(cmd).await,
+        Command::Tokens(cmd) => tokens::run(cmd).await,
         Command::Config(cmd) => config::run(cmd),
         Command::Demo(args) => demo::run(args.data).await,
         Command::Mcp(args) => {

@@ -5,6 +5,7 @@
 
 use super::{Client, StoreArgs};
 use clap::Args;
+use switchboard::server::caused_by;
 use switchboard::{AuditFilter, Error, PolicyContext};
 
 #[derive(Args)]
@@ -31,6 +32,10 @@ pub struct ScanArgs {
     /// Only calls started until then (same forms as --since).
     #[arg(long)]
     pub until: Option<String>,
+    /// Only what this caller caused (`token:ID`, `jwt:SUB`, `static-admin`):
+    /// its dispatch records, registrations and policy decisions.
+    #[arg(long)]
+    pub caller: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -56,24 +61,43 @@ pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
     };
     let mut printer = Printer::start(args.json)?;
     match args.store.client()? {
-        Some(client) => remote(&client, &args.prefix, &filter, limit, &mut printer).await?,
+        Some(client) => {
+            remote(
+                &client,
+                &args.prefix,
+                &filter,
+                args.caller.as_deref(),
+                limit,
+                &mut printer,
+            )
+            .await?
+        }
         None => {
             let db = args.store.open()?;
             let ctx = PolicyContext::new()
                 .with("source", "cli")
                 .with("action", "scan");
+            let mut left = limit;
             for kv in db
                 .scan_from(&args.prefix)
                 .as_reader(&ctx)
                 .audit(&filter)
                 .iter()
-                .take(limit)
             {
+                if left == 0 {
+                    break;
+                }
                 let (key, bytes) = kv?;
                 let text = String::from_utf8_lossy(&bytes);
                 let value: serde_json::Value = serde_json::from_slice(&bytes)
                     .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
+                if let Some(caller) = &args.caller {
+                    if !caused_by(&value, caller) {
+                        continue;
+                    }
+                }
                 printer.record(&key, &value, Some(&text))?;
+                left -= 1;
             }
         }
     }
@@ -85,6 +109,7 @@ async fn remote(
     client: &Client,
     prefix: &str,
     filter: &AuditFilter,
+    caller: Option<&str>,
     limit: usize,
     printer: &mut Printer,
 ) -> switchboard::Result<()> {
@@ -111,6 +136,9 @@ async fn remote(
             if let Some(ms) = filter.until_ms {
                 q.append_pair("until_ms", &ms.to_string());
             }
+            if let Some(caller) = caller {
+                q.append_pair("caller", caller);
+            }
         }
         let page = client.send(reqwest::Method::GET, url, None).await?;
         let items = page["items"]
@@ -124,8 +152,8 @@ async fn remote(
         // A page may come back short, even empty, with a cursor: the server
         // stops early after passing over many hidden or filtered records.
         match page["next_after"].as_str() {
-            Some(next) => after = Some(next.to_string()),
-            None => break,
+            Some(next) if after.as_deref() != Some(next) => after = Some(next.to_string()),
+            _ => break,
         }
     }
     Ok(())

@@ -18,6 +18,9 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7700].
     #[arg(long)]
     pub listen: Option<String>,
+    /// A second address serving only GET /metrics, without a token.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
@@ -33,6 +36,9 @@ pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
     }
     switchboard::server::serve(config, switchboard::server::shutdown_signal()).await
 }

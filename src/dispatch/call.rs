@@ -60,6 +60,7 @@ impl<'a> Call<'a> {
             finished_at_ms: None,
             latency_ms: None,
             error: None,
+            caller: options.caller.as_ref().map(|c| c.id.clone()),
         };
         Call {
             dispatcher,
@@ -97,6 +98,9 @@ impl<'a> Call<'a> {
         }
         ctx.insert_static(keys::INVOCATION_ID, record.invocation_id.as_str());
         ctx.insert_static(keys::STRATEGY, self.options.strategy.as_str());
+        if let Some(caller) = &self.options.caller {
+            caller.apply_to(&mut ctx);
+        }
         ctx
     }
 

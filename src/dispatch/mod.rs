@@ -27,6 +27,7 @@ pub use recover::recover_interrupted;
 
 use crate::error::{Error, Result};
 use crate::namespace::{validate_id, ToolCategory};
+use crate::policy::Principal;
 use crate::routing::affinity::{Affinity, Route};
 use crate::routing::health::{self, HealthCheckConfig, HealthTask, Probe};
 use crate::routing::metrics::DispatchCounters;
@@ -54,6 +55,10 @@ pub struct RoutingOptions {
     pub session_id: Option<String>,
     /// Agent calls to make at most (failovers included); at least 1.
     pub max_attempts: u32,
+    /// Who is calling: written into every policy context and the dispatch
+    /// record. `None` is the local application itself (no caller entries).
+    #[serde(skip)]
+    pub caller: Option<Principal>,
 }
 
 impl Default for RoutingOptions {
@@ -62,6 +67,7 @@ impl Default for RoutingOptions {
             strategy: RoutingStrategy::default(),
             session_id: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            caller: None,
         }
     }
 }
@@ -82,6 +88,13 @@ impl RoutingOptions {
     /// while healthy.
     pub fn with_session_id(mut self, session_id: impl Into<String>) -> Self {
         self.session_id = Some(session_id.into());
+        self
+    }
+
+    /// Calls as `caller`: policies see it (`caller`, `roles`, `claim.*`)
+    /// and the dispatch record keeps its id.
+    pub fn with_caller(mut self, caller: Principal) -> Self {
+        self.caller = Some(caller);
         self
     }
 
@@ -233,7 +246,13 @@ impl ToolDispatcher {
 
     /// Removes an agent.
     pub fn unregister_agent(&self, agent_id: &str) -> Result<()> {
-        let result = self.inner.registry.unregister(agent_id);
+        self.unregister_agent_as(agent_id, None)
+    }
+
+    /// Removes an agent on behalf of `caller` (in the policy context of the
+    /// delete; `None` is the local application).
+    pub fn unregister_agent_as(&self, agent_id: &str, caller: Option<&Principal>) -> Result<()> {
+        let result = self.inner.registry.unregister_as(agent_id, caller);
         self.forget_replaced_handlers();
         result
     }

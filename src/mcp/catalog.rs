@@ -13,7 +13,8 @@
 //! come and go between pages).
 
 use crate::dispatch::ToolDispatcher;
-use crate::namespace::ToolCategory;
+use crate::namespace::{agent_key, ToolCategory};
+use crate::policy::PolicyContext;
 use std::collections::BTreeMap;
 
 /// Tools per `tools/list` page.
@@ -57,8 +58,35 @@ pub fn category_input_schema() -> serde_json::Map<String, serde_json::Value> {
 
 /// Every tool, sorted by name.
 pub fn tools(dispatcher: &ToolDispatcher) -> Vec<CatalogTool> {
+    tools_for(dispatcher, None)
+}
+
+/// The ids of the agents `reader` may see: one scan of `agents/` through
+/// the read policies (a read Deny on `agents/{id}` hides that agent).
+fn visible_agent_ids(
+    dispatcher: &ToolDispatcher,
+    reader: &PolicyContext,
+) -> std::collections::HashSet<String> {
+    let prefix = agent_key("");
+    dispatcher
+        .database()
+        .scan_from(&prefix)
+        .as_reader(reader)
+        .iter()
+        .filter_map(|kv| kv.ok())
+        .map(|(key, _)| key[prefix.len()..].to_string())
+        .collect()
+}
+
+/// The tools `reader` may see, sorted by name: those served by an agent the
+/// read policies let it see. `None` (the local operator) sees every tool.
+pub fn tools_for(dispatcher: &ToolDispatcher, reader: Option<&PolicyContext>) -> Vec<CatalogTool> {
+    let visible = reader.map(|ctx| visible_agent_ids(dispatcher, ctx));
     let mut by_name: BTreeMap<String, CatalogTool> = BTreeMap::new();
     for agent in dispatcher.registry().live_agents() {
+        if visible.as_ref().is_some_and(|v| !v.contains(&agent.id)) {
+            continue;
+        }
         for category in &agent.categories {
             let name = category.as_str();
             if by_name.contains_key(name) {
@@ -89,7 +117,18 @@ pub fn tools(dispatcher: &ToolDispatcher) -> Vec<CatalogTool> {
 
 /// The tool called `name`, if it is listed now.
 pub fn find(dispatcher: &ToolDispatcher, name: &str) -> Option<CatalogTool> {
-    tools(dispatcher).into_iter().find(|t| t.name == name)
+    find_for(dispatcher, name, None)
+}
+
+/// The tool called `name`, if `reader` may see it now (see [`tools_for`]).
+pub fn find_for(
+    dispatcher: &ToolDispatcher,
+    name: &str,
+    reader: Option<&PolicyContext>,
+) -> Option<CatalogTool> {
+    tools_for(dispatcher, reader)
+        .into_iter()
+        .find(|t| t.name == name)
 }
 
 /// One page after `cursor` and the cursor of the next page.

@@ -14,6 +14,7 @@
 use super::catalog;
 use crate::dispatch::{RoutingOptions, ToolDispatcher};
 use crate::error::Error;
+use crate::policy::{keys, PolicyContext, Principal};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -36,6 +37,26 @@ impl SwitchboardMcp {
     pub fn new(dispatcher: ToolDispatcher) -> Self {
         SwitchboardMcp { dispatcher }
     }
+}
+
+/// The authenticated caller of an MCP request over HTTP (the API's auth
+/// layer puts it in the request's extensions); `None` over stdio or on a
+/// server that requires no credential.
+fn caller(context: &RequestContext<RoleServer>) -> Option<Principal> {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Principal>())
+        .cloned()
+}
+
+/// The policy context of a caller's reads through `/mcp`.
+fn reader_context(caller: &Principal, action: &str) -> PolicyContext {
+    let mut ctx = PolicyContext::new()
+        .with("source", "mcp")
+        .with(keys::ACTION, action);
+    caller.apply_to(&mut ctx);
+    ctx
 }
 
 /// The arguments of a category tool.
@@ -74,11 +95,15 @@ impl ServerHandler for SwitchboardMcp {
     async fn list_tools(
         &self,
         request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let cursor = request.and_then(|r| r.cursor);
-        let (tools, next) = catalog::page(catalog::tools(&self.dispatcher), cursor.as_deref())
-            .map_err(|m| McpError::invalid_params(m, None))?;
+        let reader = caller(&context).map(|p| reader_context(&p, "list_tools"));
+        let (tools, next) = catalog::page(
+            catalog::tools_for(&self.dispatcher, reader.as_ref()),
+            cursor.as_deref(),
+        )
+        .map_err(|m| McpError::invalid_params(m, None))?;
         let schema = Arc::new(catalog::category_input_schema());
         let tools = tools
             .into_iter()
@@ -94,7 +119,10 @@ impl ServerHandler for SwitchboardMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let Some(tool) = catalog::find(&self.dispatcher, &request.name) else {
+        let principal = caller(&context);
+        let reader = principal.as_ref().map(|p| reader_context(p, "call_tool"));
+        // A tool the caller may not see answers exactly as one that does not exist.
+        let Some(tool) = catalog::find_for(&self.dispatcher, &request.name, reader.as_ref()) else {
             return Err(McpError::invalid_params(
                 format!("unknown tool {:?}; see tools/list", request.name),
                 None,
@@ -112,6 +140,9 @@ impl ServerHandler for SwitchboardMcp {
             }
         };
         let mut options = RoutingOptions::new();
+        if let Some(principal) = principal {
+            options = options.with_caller(principal);
+        }
         if let Some(session) = call.session_id {
             options = options.with_session_id(session);
         }

@@ -8,12 +8,13 @@
 //!
 //! Files: `ids` (checking ids, keys and values; invocation ids and the
 //! clock), `category` ([`ToolCategory`]), `records` (the stored values and
-//! the enums they hold); this file holds the prefixes and key builders.
+//! the enums they hold), `tokens` (issued API tokens); this file holds the prefixes and key builders.
 
 mod audit;
 mod category;
 mod ids;
 mod records;
+mod tokens;
 
 pub(crate) use audit::Placement;
 pub use audit::{AuditFilter, RecordMatcher};
@@ -24,6 +25,8 @@ pub use ids::{
     KEY_PREFIX_PATTERN, MAX_ID_LEN, MAX_KEY_LEN, MAX_SEGMENTS,
 };
 pub use records::*;
+pub(crate) use tokens::TOKENS;
+pub use tokens::{token_key, Scope, TokenRecord};
 
 pub(crate) const AGENTS: &str = "agents/";
 pub(crate) const SESSIONS: &str = "sessions/";

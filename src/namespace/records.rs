@@ -52,6 +52,10 @@ pub struct AgentRecord {
     pub registered_at_ms: u64,
     /// When its record last changed (ms since the Unix epoch).
     pub updated_at_ms: u64,
+    /// The authenticated caller that last registered it; absent for the
+    /// local application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_by: Option<String>,
 }
 
 /// The value under `sessions/{session_id}`.
@@ -284,4 +288,8 @@ pub struct DispatchRecord {
     pub latency_ms: Option<f64>,
     /// The final error, if it failed.
     pub error: Option<String>,
+    /// The authenticated caller that asked for the call (its id, never a
+    /// secret); absent for the local application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }

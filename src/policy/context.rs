@@ -22,6 +22,16 @@ pub mod keys {
     pub const STRATEGY: &str = "strategy";
     /// What Switchboard is doing: see [`OperationKind`](super::OperationKind).
     pub const ACTION: &str = "action";
+    /// The authenticated caller's id (`token:{id}`, `jwt:{sub}`,
+    /// `static-admin`); absent for local, unauthenticated use.
+    pub const CALLER: &str = "caller";
+    /// The caller's roles, comma-separated (a list in Rego's `input.context`).
+    pub const ROLES: &str = "roles";
+    /// The caller's scopes, comma-separated (a list in Rego's `input.context`).
+    pub const SCOPES: &str = "scopes";
+    /// Prefix of the caller's selected claims: `claim.email` (in Rego,
+    /// `input.context.claims.email`).
+    pub const CLAIM_PREFIX: &str = "claim.";
 }
 
 /// What one of Switchboard's own writes is for. It is set only inside the

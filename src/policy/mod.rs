@@ -9,9 +9,10 @@
 //! a write that has committed; they cannot undo it. Hooks that panic, and Rego
 //! modules that fail to evaluate (or panic), deny (fail closed).
 //!
-//! Files: `context` (who is writing), `chain` (the hooks and the one runner),
-//! `engine` (the public handle), `decisions`, `glob`, `limits`, `network`
-//! (which addresses agents may live at), [`rego`].
+//! Files: `context` (who is writing), `principal` (the authenticated
+//! caller), `chain` (the hooks and the one runner), `engine` (the public
+//! handle), `decisions`, `glob`, `limits`, `network` (which addresses agents
+//! may live at), [`rego`].
 
 mod chain;
 mod context;
@@ -20,6 +21,7 @@ mod engine;
 pub(crate) mod glob;
 mod limits;
 mod network;
+mod principal;
 pub mod rego;
 
 pub use chain::HookFn;
@@ -30,6 +32,7 @@ pub(crate) use engine::sealed;
 pub use engine::{ChainOwner, PolicyEngine};
 pub use limits::{Clock, ManualClock, RateLimitOp, RateLimitScope, SystemClock};
 pub use network::NetworkPolicy;
+pub use principal::{Principal, Scope};
 pub use rego::RegoEvaluator;
 
 // Kept for callers that still import it from the policy layer; it lives in `error`.

@@ -34,6 +34,7 @@ pub struct AgentConfig {
     pub(crate) priority: i32,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_concurrency: Option<u32>,
+    pub(crate) caller: Option<crate::policy::Principal>,
 }
 
 impl AgentConfig {
@@ -45,6 +46,13 @@ impl AgentConfig {
     /// The categories this agent serves.
     pub fn with_tools(mut self, tools: Vec<ToolCategory>) -> Self {
         self.tools = tools;
+        self
+    }
+
+    /// Registers on behalf of `caller`: policies see it, and the record
+    /// keeps its id (`registered_by`).
+    pub fn with_caller(mut self, caller: crate::policy::Principal) -> Self {
+        self.caller = Some(caller);
         self
     }
 

@@ -52,6 +52,19 @@ fn context(agent_id: &str, action: OperationKind) -> PolicyContext {
         .for_operation(action)
 }
 
+/// [`context`] with the caller's entries, if there is a caller.
+fn caller_context(
+    agent_id: &str,
+    action: OperationKind,
+    caller: Option<&crate::policy::Principal>,
+) -> PolicyContext {
+    let mut ctx = context(agent_id, action);
+    if let Some(caller) = caller {
+        caller.apply_to(&mut ctx);
+    }
+    ctx
+}
+
 impl AgentRegistry {
     /// Loads every registration stored in `db`. HTTP agents are routable at
     /// once, with the stored health: one stored `unhealthy` starts ejected and
@@ -222,6 +235,7 @@ impl AgentRegistry {
             status: AgentStatus::Healthy,
             registered_at_ms,
             updated_at_ms: now,
+            registered_by: config.caller.as_ref().map(|c| c.id.clone()),
         })
     }
 
@@ -250,7 +264,7 @@ impl AgentRegistry {
             },
         )?;
         let uid = self.reserve_uid();
-        self.install(record, |registry, record, stats| {
+        self.install(record, config.caller.as_ref(), |registry, record, stats| {
             registry.agent(
                 record,
                 uid,
@@ -271,7 +285,7 @@ impl AgentRegistry {
         uid: u64,
     ) -> Result<()> {
         let record = self.new_record(agent_id, &config, AgentTransport::Local)?;
-        self.install(record, |registry, record, stats| {
+        self.install(record, config.caller.as_ref(), |registry, record, stats| {
             registry.agent(record, uid, Endpoint::Local, None, stats)
         })
     }
@@ -279,6 +293,7 @@ impl AgentRegistry {
     fn install(
         &self,
         record: AgentRecord,
+        caller: Option<&crate::policy::Principal>,
         build: impl Fn(&Self, &AgentRecord, Arc<AgentStats>) -> Arc<Agent>,
     ) -> Result<()> {
         let _changing = self.changes.lock();
@@ -288,7 +303,7 @@ impl AgentRegistry {
             self.db.owner_put_with(
                 &agent_key(&id),
                 &value,
-                &context(&id, OperationKind::Register),
+                &caller_context(&id, OperationKind::Register, caller),
             )
         })?;
         let stats = self
@@ -316,6 +331,15 @@ impl AgentRegistry {
 
     /// Removes an agent; its calls in flight finish. Unknown ids are an error.
     pub fn unregister(&self, agent_id: &str) -> Result<()> {
+        self.unregister_as(agent_id, None)
+    }
+
+    /// [`unregister`](Self::unregister) on behalf of `caller`.
+    pub fn unregister_as(
+        &self,
+        agent_id: &str,
+        caller: Option<&crate::policy::Principal>,
+    ) -> Result<()> {
         validate_id("agent id", agent_id)?;
         let _changing = self.changes.lock();
         if !self.agents.read().contains_key(agent_id) {
@@ -324,7 +348,7 @@ impl AgentRegistry {
         off_worker(|| {
             self.db.owner_delete_with(
                 &agent_key(agent_id),
-                &context(agent_id, OperationKind::Unregister),
+                &caller_context(agent_id, OperationKind::Unregister, caller),
             )
         })?;
         self.router.remove(agent_id);

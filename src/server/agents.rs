@@ -1,6 +1,7 @@
 //! `/v1/agents` and `/v1/agents/{id}`: listing, reading, registering and
 //! removing agents.
 
+use super::auth::Caller;
 use super::errors::{ApiError, ApiResult};
 use super::AppState;
 use crate::dispatch::ToolDispatcher;
@@ -11,7 +12,7 @@ use crate::routing::AgentConfig;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -46,10 +47,13 @@ fn api_context(action: &str) -> PolicyContext {
         .with("action", action)
 }
 
-pub(crate) async fn list_agents(State(s): State<AppState>) -> ApiResult<Json<Vec<AgentRecord>>> {
+pub(crate) async fn list_agents(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<AgentRecord>>> {
     let dispatcher = s.dispatcher.clone();
     let records = tokio::task::spawn_blocking(move || {
-        visible_agents(&dispatcher, &api_context("list_agents"))
+        visible_agents(&dispatcher, &caller.context(api_context("list_agents")))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -58,13 +62,14 @@ pub(crate) async fn list_agents(State(s): State<AppState>) -> ApiResult<Json<Vec
 
 pub(crate) async fn get_agent(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<AgentRecord>> {
     validate_id("agent id", &id)?;
     // The read hooks decide whether this reader may see the agent.
     s.dispatcher
         .database()
-        .get_with(&agent_key(&id), &api_context("get_agent"))?;
+        .get_with(&agent_key(&id), &caller.context(api_context("get_agent")))?;
     s.dispatcher
         .registry()
         .get(&id)
@@ -113,11 +118,16 @@ impl RegisterBody {
 
 pub(crate) async fn register_agent(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<RegisterBody>, JsonRejection>,
 ) -> ApiResult<Json<AgentRecord>> {
     let Json(body) = body?;
-    s.dispatcher.register_agent(&id, body.into_config())?;
+    let mut config = body.into_config();
+    if let Some(principal) = caller.0 {
+        config = config.with_caller(principal);
+    }
+    s.dispatcher.register_agent(&id, config)?;
     s.dispatcher
         .registry()
         .get(&id)
@@ -127,8 +137,9 @@ pub(crate) async fn register_agent(
 
 pub(crate) async fn remove_agent(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.dispatcher.unregister_agent(&id)?;
+    s.dispatcher.unregister_agent_as(&id, caller.principal())?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,30 +1,70 @@
-//! Bearer-token authentication for the HTTP API.
+//! Who is calling, and whether the route is theirs to use. Every request but
+//! `/healthz` presents a bearer credential (the static token, an issued API
+//! token or a JWT: see [`Authenticator`](crate::identity::Authenticator));
+//! its [`Principal`] travels with the request as a [`Caller`] extension, and
+//! each route requires one scope: admin (agents' changes, policies,
+//! tokens), invoke (`/v1/invoke`, `/mcp`) or audit (`/v1/scan`, metrics).
 
 use super::errors::ApiError;
 use super::AppState;
+use crate::policy::{PolicyContext, Principal, Scope};
 use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// Compares without an early exit, so the time taken does not reveal how
-/// much of a guess was right.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// The caller of one request, as the auth layer established it. `None` only
+/// on a server that requires no credential and was sent none: the local
+/// operator, with every scope and no caller entries in policy contexts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller(pub Option<Principal>);
+
+impl Caller {
+    /// The principal, if the request presented a credential.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.0.as_ref()
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+
+    /// Whether it holds `scope` (the local operator holds every scope).
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.0.as_ref().is_none_or(|p| p.has_scope(scope))
+    }
+
+    /// `ctx` with the caller's entries added.
+    pub fn context(&self, mut ctx: PolicyContext) -> PolicyContext {
+        if let Some(p) = &self.0 {
+            p.apply_to(&mut ctx);
+        }
+        ctx
+    }
 }
 
-/// Lets a request through if no token is configured, the route is
-/// `/healthz`, or it carries `Authorization: Bearer <token>`.
+/// The scope a route needs; `None` for routes any caller may use.
+fn required_scope(method: &Method, path: &str) -> Option<Scope> {
+    let path = path.trim_end_matches('/');
+    if path == "/v1/invoke" || path == "/mcp" || path.starts_with("/mcp/") {
+        return Some(Scope::Invoke);
+    }
+    if path == "/v1/scan" || path == "/v1/metrics" || path == "/metrics" {
+        return Some(Scope::Audit);
+    }
+    if path == "/v1/policies" || path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
+        return Some(Scope::Admin);
+    }
+    if path.starts_with("/v1/agents/") && method != Method::GET && method != Method::HEAD {
+        return Some(Scope::Admin);
+    }
+    // Listing and reading agents: any caller, through the read policies.
+    None
+}
+
+/// Establishes the caller (refusing a missing or bad credential with 401)
+/// and checks the route's scope (403 `insufficient_scope`).
 pub(crate) async fn require_token(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(token) = state.token.as_deref() else {
-        return Ok(next.run(request).await);
-    };
     if request.uri().path() == "/healthz" {
         return Ok(next.run(request).await);
     }
@@ -32,24 +72,80 @@ pub(crate) async fn require_token(
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::unauthorized("the bearer token is wrong")),
-        None => Err(ApiError::unauthorized(
-            "this server requires `Authorization: Bearer <token>` (see the server's token setting)",
-        )),
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let caller = match presented {
+        Some(p) => {
+            let auth = state.auth.clone();
+            let verdict = tokio::task::spawn_blocking(move || auth.authenticate(&p))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))??;
+            match verdict {
+                Ok(principal) => Caller(principal),
+                Err(refused) => return Err(ApiError::unauthorized(&refused.0)),
+            }
+        }
+        None if state.auth.is_required() => {
+            return Err(ApiError::unauthorized(
+                "this server requires `Authorization: Bearer <token>`: the server's token, \
+                 an API token from `switchboard tokens create`, or a JWT",
+            ))
+        }
+        None => Caller(None),
+    };
+    if let Some(scope) = required_scope(request.method(), request.uri().path()) {
+        if !caller.has_scope(scope) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!(
+                    "this route needs the {scope} scope; the caller has {}",
+                    caller
+                        .principal()
+                        .map(|p| p
+                            .scopes
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| "none".into())
+                ),
+            ));
+        }
     }
+    if let Some(p) = caller.principal() {
+        tracing::debug!(caller = %p.id, path = %request.uri().path(), "authenticated");
+    }
+    if let Some(p) = caller.principal() {
+        // For handlers below the API's layer (the `/mcp` service).
+        request.extensions_mut().insert(p.clone());
+    }
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn compares_exactly() {
-        use super::constant_time_eq as eq;
-        assert!(eq(b"secret", b"secret"));
-        assert!(!eq(b"secret", b"secreT"));
-        assert!(!eq(b"secret", b"secret1"));
-        assert!(!eq(b"", b"x"));
+    fn each_route_needs_its_scope() {
+        assert_eq!(
+            required_scope(&Method::POST, "/v1/invoke"),
+            Some(Scope::Invoke)
+        );
+        assert_eq!(required_scope(&Method::POST, "/mcp"), Some(Scope::Invoke));
+        assert_eq!(required_scope(&Method::GET, "/v1/scan"), Some(Scope::Audit));
+        assert_eq!(
+            required_scope(&Method::DELETE, "/v1/agents/a"),
+            Some(Scope::Admin)
+        );
+        assert_eq!(required_scope(&Method::GET, "/v1/agents/a"), None);
+        assert_eq!(
+            required_scope(&Method::POST, "/v1/tokens"),
+            Some(Scope::Admin)
+        );
+        assert!(Caller(None).has_scope(Scope::Admin));
     }
 }

@@ -11,6 +11,35 @@ use axum::Json;
 use serde_json::json;
 use std::time::Duration;
 
+/// Every `code` an error body can carry; docs/openapi.json lists exactly
+/// these (a test compares them), so a client can match on them.
+pub const ERROR_CODES: &[&str] = &[
+    "invalid_input",
+    "invalid_json",
+    "invalid_query",
+    "unsupported_media_type",
+    "body_too_large",
+    "unauthorized",
+    "insufficient_scope",
+    "host_not_allowed",
+    "not_found",
+    "method_not_allowed",
+    "unknown_agent",
+    "unknown_token",
+    "policy_denied",
+    "policy_invalid",
+    "conflict",
+    "no_agent_available",
+    "tool_failed",
+    "agent_failed",
+    "agent_timeout",
+    "request_timeout",
+    "overloaded",
+    "storage",
+    "internal",
+    "rate_limited",
+];
+
 /// An error as the API returns it.
 #[derive(Debug)]
 pub struct ApiError {

@@ -1,5 +1,6 @@
 //! `POST /v1/invoke`: one tool call routed through the dispatcher.
 
+use super::auth::Caller;
 use super::errors::{ApiError, ApiResult};
 use super::limits::RETRY_AFTER;
 use super::AppState;
@@ -9,7 +10,7 @@ use crate::namespace::ToolCategory;
 use crate::routing::RoutingStrategy;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 
 /// `POST /v1/invoke`
@@ -61,10 +62,14 @@ impl InvokeBody {
 
 pub(crate) async fn invoke(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<InvokeBody>, JsonRejection>,
 ) -> ApiResult<Json<InvocationResult>> {
     let Json(body) = body?;
-    let options = body.options()?;
+    let mut options = body.options()?;
+    if let Some(principal) = caller.0 {
+        options = options.with_caller(principal);
+    }
     let slot = s.invoke_slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::overloaded(
             "too many invokes in flight (limits.max_inflight_invokes); retry shortly",

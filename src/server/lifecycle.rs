@@ -31,7 +31,11 @@ pub async fn serve(
         .ok()
         .filter(|t| !t.is_empty())
         .or(config.token.clone());
-    if token.is_none() {
+    let jwt = match &config.auth.jwt {
+        Some(settings) => Some(crate::identity::JwtVerifier::new(settings.clone())?),
+        None => None,
+    };
+    if token.is_none() && jwt.is_none() {
         if !listens_on_loopback_only(&config.listen).await? {
             return Err(Error::invalid(format!(
                 "refusing to serve on {} without an API token: anyone who can reach it could \
@@ -63,15 +67,40 @@ pub async fn serve(
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {}", config.listen), e))?;
     tracing::info!(listen = %config.listen, data = %config.data_dir.display(), "switchboard serving");
-    let state = AppState::new(dispatcher, token).with_allowed_hosts(config.allowed_hosts.clone());
-    run_with(
+    let mut state =
+        AppState::new(dispatcher, token).with_allowed_hosts(config.allowed_hosts.clone());
+    if let Some(jwt) = jwt {
+        tracing::info!(verifier = ?jwt, "accepting JWTs");
+        state = state.with_jwt(jwt);
+    }
+    // Prometheus's own listener: `/metrics` only, no token.
+    let metrics = match &config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                Error::internal(format!("cannot listen on {addr} (metrics_listen)"), e)
+            })?;
+            tracing::info!(metrics_listen = %addr, "serving /metrics without a token");
+            let app = super::routes::metrics_only(state.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::warn!(error = %e, "the metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+    let served = run_with(
         listener,
         state,
         ServerLimits::from_config(&config),
         Duration::from_secs(config.shutdown_grace_secs),
         shutdown,
     )
-    .await
+    .await;
+    if let Some(task) = metrics {
+        task.abort();
+    }
+    served
 }
 
 /// Whether every address `listen` names is a loopback address.

@@ -2,10 +2,10 @@
 //!
 //! One job per file: `errors` (the one error shape and status mapping),
 //! `routes` (the route table and its layers), `lifecycle` (bind, serve,
-//! graceful shutdown), `limits` (what clients may hold), `auth` (the bearer
-//! token), `hosts` (Host-header validation), `prometheus` (the exposition),
-//! and one file of handlers per resource (`agents`, `invoke`, `scan`,
-//! `policies`, `metrics`).
+//! graceful shutdown), `limits` (what clients may hold), `auth` (who the
+//! caller is, and the scope each route needs), `hosts` (Host-header
+//! validation), `prometheus` (the exposition), and one file of handlers per
+//! resource (`agents`, `invoke`, `scan`, `policies`, `metrics`, `tokens`).
 //! `docs/openapi.json` describes every route.
 
 mod agents;
@@ -20,17 +20,21 @@ mod policies;
 mod prometheus;
 mod routes;
 mod scan;
+mod tokens;
 
 pub use agents::{visible_agents, RegisterBody};
-pub use errors::ApiError;
+pub use auth::Caller;
+pub use errors::{ApiError, ERROR_CODES};
 pub use invoke::InvokeBody;
 pub use lifecycle::{run, run_with, serve, shutdown_signal};
 pub use limits::ServerLimits;
 pub use policies::{AddPolicyBody, PolicyInfo};
 pub use routes::router;
-pub use scan::{scan_page, ScanItem, ScanPage, ScanQuery, MAX_SCAN_PAGE};
+pub use scan::{caused_by, scan_page, scan_page_as, ScanItem, ScanPage, ScanQuery, MAX_SCAN_PAGE};
+pub use tokens::{CreateTokenBody, CreatedToken, TokenInfo};
 
 use crate::dispatch::ToolDispatcher;
+use crate::identity::{Authenticator, JwtVerifier};
 use crate::policy::PolicyEngine;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -48,19 +52,30 @@ pub struct AppState {
     pub(crate) allowed_hosts: Arc<[String]>,
     /// One permit per invoke in flight (sized from [`ServerLimits`]).
     pub(crate) invoke_slots: Arc<Semaphore>,
+    /// Turns bearer credentials into callers (static token, issued tokens, JWTs).
+    pub auth: Authenticator,
 }
 
 impl AppState {
     /// State serving `dispatcher`, requiring `token` if given.
     pub fn new(dispatcher: ToolDispatcher, token: Option<String>) -> Self {
         let policy = PolicyEngine::new(dispatcher.database());
+        let auth = Authenticator::new(dispatcher.database(), token.clone(), None);
         AppState {
             dispatcher,
             policy,
+            auth,
             token: token.map(Arc::from),
             allowed_hosts: Arc::from(Vec::new()),
             invoke_slots: ServerLimits::default().invoke_slots(),
         }
+    }
+
+    /// Also accept JWTs verified by `jwt`.
+    pub fn with_jwt(mut self, jwt: JwtVerifier) -> Self {
+        let token = self.token.as_deref().map(str::to_string);
+        self.auth = Authenticator::new(self.dispatcher.database(), token, Some(jwt));
+        self
     }
 
     /// Also answer to these host names (with or without a port).

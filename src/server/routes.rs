@@ -5,7 +5,7 @@
 use super::errors::{self, ApiError};
 use super::hosts::{self, AllowedHosts};
 use super::limits::ServerLimits;
-use super::{agents, auth, invoke, metrics, policies, scan, AppState};
+use super::{agents, auth, invoke, metrics, policies, scan, tokens, AppState};
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -42,6 +42,14 @@ pub(crate) fn router_for(state: AppState, limits: &ServerLimits, listen: SocketA
         )
 }
 
+/// The routes of `metrics_listen`: `GET /metrics` only, without a token.
+pub(crate) fn metrics_only(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::metrics_prometheus))
+        .fallback(|| async { ApiError::not_found("this listener serves only GET /metrics") })
+        .with_state(state)
+}
+
 fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
     state.invoke_slots = limits.invoke_slots();
     Router::new()
@@ -60,6 +68,14 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
         .route(
             "/v1/policies",
             get(policies::list_policies).post(policies::add_policy),
+        )
+        .route(
+            "/v1/tokens",
+            get(tokens::list_tokens).post(tokens::create_token),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(tokens::revoke_token),
         )
         // MCP over streamable HTTP, behind the same token and limits.
         .nest_service(

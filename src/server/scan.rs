@@ -1,14 +1,17 @@
 //! `GET /v1/scan`: one page of the records under a key prefix (the audit
-//! trail), optionally only the dispatch records an audit filter selects.
+//! trail), optionally only the dispatch records an audit filter selects, or
+//! only what one caller caused.
 
+use super::auth::Caller;
 use super::errors::{ApiError, ApiResult};
 use super::AppState;
 use crate::error::Error;
-use crate::namespace::{validate_id, AuditFilter};
+use crate::namespace::{validate_id, AuditFilter, Scope, TOKENS};
+use crate::policy::{keys, PolicyContext};
 use crate::storage::Database;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 /// `GET /v1/scan` query.
@@ -21,6 +24,8 @@ pub struct ScanQuery {
     pub after: Option<String>,
     /// At most this many items (bounded by the server).
     pub limit: Option<usize>,
+    /// Only records this caller caused (`token:{id}`, `jwt:{sub}`, …).
+    pub caller: Option<String>,
     /// Only dispatch records whose call this agent served.
     pub agent: Option<String>,
     /// Only dispatch records in this status.
@@ -67,12 +72,84 @@ pub struct ScanItem {
     pub value: serde_json::Value,
 }
 
-/// Reads one page of `prefix` from `db`, keeping what `filter` selects.
+/// Reads one page of `prefix` from `db`.
 pub fn scan_page(
     db: &Database,
     prefix: &str,
     after: Option<&str>,
     limit: usize,
+    filter: &AuditFilter,
+) -> crate::Result<ScanPage> {
+    scan_page_as(
+        db,
+        prefix,
+        after,
+        limit,
+        &PolicyContext::new(),
+        None,
+        filter,
+    )
+}
+
+/// Whether a stored value was caused by `caller`: a dispatch record's
+/// `caller`, a registration's `registered_by`, a decision's `context.caller`.
+pub fn caused_by(value: &serde_json::Value, caller: &str) -> bool {
+    let is = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()) == Some(caller);
+    is(value.get("caller"))
+        || is(value.get("registered_by"))
+        || is(value.get("context").and_then(|c| c.get("caller")))
+}
+
+/// Pages examined at most for one `caller`-filtered page before it is
+/// returned short (with `next_after` set).
+const CALLER_FILTER_PAGES: usize = 16;
+
+/// [`scan_page`] read as `reader` (the read policies judge each key with
+/// it), keeping only what `caller` caused when given.
+pub fn scan_page_as(
+    db: &Database,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    reader: &PolicyContext,
+    caller: Option<&str>,
+    filter: &AuditFilter,
+) -> crate::Result<ScanPage> {
+    let Some(caller) = caller else {
+        return one_page(db, prefix, after, limit, reader, filter);
+    };
+    let mut items = Vec::new();
+    let mut after = after.map(str::to_string);
+    for _ in 0..CALLER_FILTER_PAGES {
+        let page = one_page(db, prefix, after.as_deref(), limit, reader, filter)?;
+        items.extend(
+            page.items
+                .into_iter()
+                .filter(|item| caused_by(&item.value, caller)),
+        );
+        after = page.next_after;
+        if after.is_none() || items.len() >= limit {
+            break;
+        }
+    }
+    // A filtered page may end past `limit` items; the cursor then resumes
+    // after the last one returned.
+    if items.len() > limit {
+        items.truncate(limit);
+        after = items.last().map(|i| i.key.clone());
+    }
+    Ok(ScanPage {
+        items,
+        next_after: after,
+    })
+}
+
+fn one_page(
+    db: &Database,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    reader: &PolicyContext,
     filter: &AuditFilter,
 ) -> crate::Result<ScanPage> {
     if limit == 0 || limit > MAX_SCAN_PAGE {
@@ -85,6 +162,7 @@ pub fn scan_page(
     let page = db
         .scan_from(prefix)
         .after(after)
+        .as_reader(reader)
         .audit(filter)
         .page(limit)?;
     let items = page
@@ -105,19 +183,39 @@ pub fn scan_page(
 
 pub(crate) async fn scan(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ScanQuery>, QueryRejection>,
 ) -> ApiResult<Json<ScanPage>> {
     let Query(q) = query?;
     let filter = q.audit_filter()?;
+    // Token records are the admin's: other readers may not scan them.
+    if q.prefix.starts_with(TOKENS) && !caller.has_scope(Scope::Admin) {
+        return Err(Error::PolicyDenied {
+            key: q.prefix,
+            reason: "token records need the admin scope; GET /v1/tokens lists them".into(),
+        }
+        .into());
+    }
     let db = s.dispatcher.database().clone();
+    let reader = caller.context(
+        PolicyContext::new()
+            .with("source", "api")
+            .with(keys::ACTION, "scan"),
+    );
     let page = tokio::task::spawn_blocking(move || {
-        scan_page(
+        let mut page = scan_page_as(
             &db,
             &q.prefix,
             q.after.as_deref(),
             q.limit.unwrap_or(100),
+            &reader,
+            q.caller.as_deref(),
             &filter,
-        )
+        )?;
+        if !caller.has_scope(Scope::Admin) {
+            page.items.retain(|item| !item.key.starts_with(TOKENS));
+        }
+        Ok::<_, Error>(page)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;

@@ -11,7 +11,7 @@
 use super::decision_log::DECISION_LOG;
 use super::{Database, Transaction};
 use crate::error::{Error, Result};
-use crate::namespace::{validate_key, AGENTS, INFLIGHT, SESSIONS, TOOLS};
+use crate::namespace::{validate_key, AGENTS, INFLIGHT, SESSIONS, TOKENS, TOOLS};
 use crate::policy::PolicyContext;
 
 /// Who a write comes from, as far as namespaces go.
@@ -24,11 +24,12 @@ pub(crate) enum Access {
 }
 
 /// The reserved prefixes and who owns each.
-const OWNED: [(&str, &str); 4] = [
+const OWNED: [(&str, &str); 5] = [
     (TOOLS, "the dispatcher"),
     (INFLIGHT, "the dispatcher and recovery"),
     (SESSIONS, "the dispatcher"),
     (AGENTS, "the agent registry"),
+    (TOKENS, "the token store (`switchboard tokens`)"),
 ];
 
 /// Checks that `key` is valid and writable with `access`.

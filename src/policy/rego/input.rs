@@ -24,12 +24,7 @@ pub(super) fn input_document(
             .and_then(|text| Value::from_json_str(text).ok())
             .unwrap_or_else(|| Value::from(String::from_utf8_lossy(value).as_ref())),
     };
-    let mut context = Value::new_object();
-    if let Ok(entries) = context.as_object_mut() {
-        for (k, v) in ctx.iter() {
-            entries.insert(Value::from(k), Value::from(v));
-        }
-    }
+    let context = context_document(ctx);
     let mut input = Value::new_object();
     if let Ok(fields) = input.as_object_mut() {
         fields.insert(Value::from("op"), Value::from(op.as_str()));
@@ -39,6 +34,39 @@ pub(super) fn input_document(
         fields.insert(Value::from("context"), context);
     }
     input
+}
+
+/// `input.context`: every entry as a string, except the caller's: `roles`
+/// and `scopes` are lists, and `claim.NAME` entries gather in `claims`.
+fn context_document(ctx: &PolicyContext) -> Value {
+    use super::super::keys;
+    let mut context = Value::new_object();
+    let mut claims: Option<Value> = None;
+    if let Ok(entries) = context.as_object_mut() {
+        for (k, v) in ctx.iter() {
+            let value = if k == keys::ROLES || k == keys::SCOPES {
+                Value::from(
+                    v.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(Value::from)
+                        .collect::<Vec<_>>(),
+                )
+            } else if let Some(name) = k.strip_prefix(keys::CLAIM_PREFIX) {
+                let claims = claims.get_or_insert_with(Value::new_object);
+                if let Ok(claims) = claims.as_object_mut() {
+                    claims.insert(Value::from(name), Value::from(v));
+                }
+                continue;
+            } else {
+                Value::from(v)
+            };
+            entries.insert(Value::from(k), value);
+        }
+        if let Some(claims) = claims {
+            entries.insert(Value::from("claims"), claims);
+        }
+    }
+    context
 }
 
 /// Whether Rego `source` may read `input.value`. Conservative: only a source

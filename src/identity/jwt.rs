@@ -1,0 +1,345 @@
+//! JWT verification: the keys a deployment trusts (an HS256 secret, RS256 /
+//! ES256 public keys in PEM files, or a JWKS file), the issuer and audience
+//! it expects, and how a verified token's claims become a [`Principal`].
+
+use crate::error::{Error, Result};
+use crate::namespace::Scope;
+use crate::policy::Principal;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The most clock skew tolerated on `exp` and `nbf`.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
+/// How JWTs are verified (`[auth.jwt]` in the server's configuration).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// An `aud` every token must carry.
+    pub audience: String,
+    /// Name of an environment variable holding an HS256 shared secret.
+    pub hs256_secret_env: Option<String>,
+    /// PEM files of RS256 or ES256 (P-256) public keys.
+    #[serde(default)]
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWKS file (`{"keys": [...]}`) of RSA and P-256 public keys.
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (default 30, at most 300).
+    pub leeway_secs: Option<u64>,
+    /// The claim holding the caller's roles: a list or a space/comma-separated
+    /// string (default `roles`).
+    pub roles_claim: Option<String>,
+    /// The claim holding its scopes, OAuth style (default `scope`); names
+    /// other than admin, invoke and audit are ignored.
+    pub scopes_claim: Option<String>,
+    /// Scopes of a token without a scopes claim (default `["invoke"]`).
+    pub default_scopes: Option<Vec<Scope>>,
+    /// Further claims handed to policies as `claim.NAME` (e.g. `email`, `team`).
+    #[serde(default)]
+    pub claims: Vec<String>,
+}
+
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies JWTs against configured keys.
+pub struct JwtVerifier {
+    settings: JwtSettings,
+    keys: Vec<Key>,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("issuer", &self.settings.issuer)
+            .field("audience", &self.settings.audience)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+fn load_error(what: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("[auth.jwt]: {what}"))
+}
+
+/// The algorithm a PEM public key verifies: RS256 for RSA, ES256 for P-256.
+fn pem_key(pem: &[u8], path: &std::path::Path) -> Result<(Algorithm, DecodingKey)> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((Algorithm::RS256, key));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Ok((Algorithm::ES256, key));
+    }
+    Err(load_error(format!(
+        "public_key_files: {} is not an RSA or P-256 public key in PEM",
+        path.display()
+    )))
+}
+
+impl JwtVerifier {
+    /// Loads the keys `settings` name; fails, saying which setting to fix,
+    /// if none is usable.
+    pub fn new(settings: JwtSettings) -> Result<Self> {
+        if settings.issuer.is_empty() || settings.audience.is_empty() {
+            return Err(load_error("set both issuer and audience"));
+        }
+        let leeway = settings.leeway_secs.unwrap_or(30);
+        if leeway > MAX_LEEWAY_SECS {
+            return Err(load_error(format!(
+                "leeway_secs is at most {MAX_LEEWAY_SECS}"
+            )));
+        }
+        let mut keys = Vec::new();
+        if let Some(var) = &settings.hs256_secret_env {
+            let secret = std::env::var(var).map_err(|_| {
+                load_error(format!("hs256_secret_env names {var}, which is not set"))
+            })?;
+            if secret.len() < 32 {
+                return Err(load_error(format!(
+                    "the HS256 secret in {var} is shorter than 32 bytes"
+                )));
+            }
+            keys.push(Key {
+                kid: None,
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+            });
+        }
+        for path in &settings.public_key_files {
+            let pem = std::fs::read(path)
+                .map_err(|e| load_error(format!("public_key_files: {}: {e}", path.display())))?;
+            let (alg, key) = pem_key(&pem, path)?;
+            keys.push(Key {
+                kid: None,
+                alg,
+                key,
+            });
+        }
+        if let Some(path) = &settings.jwks_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| load_error(format!("jwks_file: {}: {e}", path.display())))?;
+            let set: JwkSet = serde_json::from_str(&text)
+                .map_err(|e| load_error(format!("jwks_file: {}: {e}", path.display())))?;
+            for jwk in &set.keys {
+                let alg = match &jwk.algorithm {
+                    AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                    AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                    _ => {
+                        return Err(load_error(format!(
+                            "jwks_file: {}: only RSA and P-256 keys are accepted",
+                            path.display()
+                        )))
+                    }
+                };
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|e| load_error(format!("jwks_file: {}: {e}", path.display())))?;
+                keys.push(Key {
+                    kid: jwk.common.key_id.clone(),
+                    alg,
+                    key,
+                });
+            }
+        }
+        if keys.is_empty() {
+            return Err(load_error(
+                "no key to verify with: set hs256_secret_env, public_key_files or jwks_file",
+            ));
+        }
+        Ok(JwtVerifier {
+            settings,
+            keys,
+            leeway,
+        })
+    }
+
+    /// Whether `presented` looks like a JWT at all (three dot-separated parts).
+    pub fn looks_like_jwt(presented: &str) -> bool {
+        presented.split('.').count() == 3
+    }
+
+    /// The principal of a valid token: signed by a configured key with that
+    /// key's algorithm, from the issuer, for the audience, within `nbf` and
+    /// `exp` (± the leeway), with a `sub`. The error says what was wrong.
+    pub fn verify(&self, token: &str) -> Result<Principal> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| Error::invalid(format!("not a valid JWT: {e}")))?;
+        let mut last = None;
+        for key in self.keys.iter().filter(|k| {
+            k.alg == header.alg
+                && match (&k.kid, &header.kid) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                }
+        }) {
+            let mut validation = Validation::new(key.alg);
+            validation.set_issuer(&[&self.settings.issuer]);
+            validation.set_audience(&[&self.settings.audience]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            validation.validate_nbf = true;
+            validation.leeway = self.leeway;
+            match jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation) {
+                Ok(data) => return Ok(self.principal(&data.claims)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Error::invalid(match last {
+            Some(e) => format!("the JWT was refused: {e}"),
+            None => format!("no configured key verifies {:?} JWTs", header.alg),
+        }))
+    }
+
+    fn principal(&self, claims: &serde_json::Value) -> Principal {
+        let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
+        let words = |name: &str| -> Option<Vec<String>> {
+            match claims.get(name)? {
+                serde_json::Value::Array(items) => Some(
+                    items
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                ),
+                serde_json::Value::String(s) => Some(
+                    s.split([' ', ','])
+                        .filter(|w| !w.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                ),
+                _ => None,
+            }
+        };
+        let roles = words(self.settings.roles_claim.as_deref().unwrap_or("roles"))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| !r.contains(',') && !r.is_empty())
+            .collect();
+        let scopes = match words(self.settings.scopes_claim.as_deref().unwrap_or("scope")) {
+            Some(words) => words.iter().filter_map(|w| w.parse().ok()).collect(),
+            None => self
+                .settings
+                .default_scopes
+                .clone()
+                .unwrap_or_else(|| vec![Scope::Invoke]),
+        };
+        let mut principal = Principal::new(format!("jwt:{sub}"), scopes)
+            .with_roles(roles)
+            .with_claim("iss", self.settings.issuer.as_str())
+            .with_claim("sub", sub);
+        for name in &self.settings.claims {
+            let value = match claims.get(name) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => continue,
+                Some(other) => other.to_string(),
+            };
+            principal = principal.with_claim(name.as_str(), value);
+        }
+        principal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    use serde_json::json;
+
+    fn b64url(bytes: &[u8]) -> String {
+        const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |acc, b| acc << 8 | *b as u32) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    fn settings() -> JwtSettings {
+        JwtSettings {
+            issuer: "https://idp".into(),
+            audience: "sb".into(),
+            claims: vec!["team".into()],
+            ..JwtSettings::default()
+        }
+    }
+
+    fn claims(exp_offset: i64) -> serde_json::Value {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        json!({"iss": "https://idp", "aud": "sb", "sub": "carol", "exp": now + exp_offset,
+               "roles": "payments ops", "team": "billing"})
+    }
+
+    #[test]
+    fn an_hs256_secret_verifies_and_a_wrong_secret_or_an_expiry_does_not() {
+        let secret = "0123456789abcdef0123456789abcdef-test";
+        std::env::set_var("SB_TEST_JWT_SECRET_A", secret);
+        let verifier = JwtVerifier::new(JwtSettings {
+            hs256_secret_env: Some("SB_TEST_JWT_SECRET_A".into()),
+            ..settings()
+        })
+        .unwrap();
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let token = encode(&Header::default(), &claims(600), &key).unwrap();
+        let p = verifier.verify(&token).unwrap();
+        assert_eq!(p.id, "jwt:carol");
+        assert_eq!(p.roles, ["payments", "ops"]);
+        assert_eq!(p.scopes, [Scope::Invoke], "no scope claim: the default");
+        assert_eq!(p.claims["team"], "billing");
+        let expired = encode(&Header::default(), &claims(-3600), &key).unwrap();
+        assert!(verifier.verify(&expired).is_err());
+        let other = EncodingKey::from_secret(b"another-secret-another-secret-xx");
+        assert!(verifier
+            .verify(&encode(&Header::default(), &claims(600), &other).unwrap())
+            .is_err());
+        // A short secret, or no key at all, is refused at load.
+        std::env::set_var("SB_TEST_JWT_SECRET_B", "short");
+        assert!(JwtVerifier::new(JwtSettings {
+            hs256_secret_env: Some("SB_TEST_JWT_SECRET_B".into()),
+            ..settings()
+        })
+        .is_err());
+        assert!(JwtVerifier::new(settings()).is_err());
+    }
+
+    #[test]
+    fn a_jwks_file_verifies_by_kid() {
+        let mut bytes = [0u8; 32];
+        let secret = loop {
+            getrandom::fill(&mut bytes).unwrap();
+            if let Ok(k) = p256::SecretKey::from_slice(&bytes) {
+                break k;
+            }
+        };
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        let point = secret.public_key().to_encoded_point(false);
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig",
+            "x": b64url(point.x().unwrap()), "y": b64url(point.y().unwrap())}]});
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        let verifier = JwtVerifier::new(JwtSettings {
+            jwks_file: Some(path),
+            ..settings()
+        })
+        .unwrap();
+        let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let key = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let token = encode(&header, &claims(600), &key).unwrap();
+        assert_eq!(verifier.verify(&token).unwrap().id, "jwt:carol");
+        header.kid = Some("k2".into());
+        let unknown_kid = encode(&header, &claims(600), &key).unwrap();
+        assert!(verifier.verify(&unknown_kid).is_err());
+    }
+}

@@ -6,7 +6,7 @@
 //! `[section]`, each next to the code that checks and applies it, so an
 //! option is read, validated and documented in one place.
 
-use crate::dispatch::ToolDispatcher;
+use crate::dispatch::{DispatcherConfig, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::ToolCategory;
 use crate::policy::NetworkPolicy;
@@ -62,6 +62,51 @@ pub struct Config {
     pub decision_log: DecisionLogSection,
     /// `[[agents]]`: HTTP agents registered (or replaced) at start.
     pub agents: Vec<AgentEntry>,
+    /// `[records]`: what dispatch records keep of each call's arguments and output.
+    pub records: RecordsSection,
+}
+
+/// `[records]`: what a dispatch record keeps of its call (see
+/// [`DispatcherConfig`]).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsSection {
+    /// Store each call's arguments (`input`).
+    pub input: bool,
+    /// Longest stored arguments, in bytes of JSON (cut past it, `input_truncated`).
+    pub max_input_bytes: usize,
+    /// Store each successful call's output (`output`).
+    pub output: bool,
+    /// Longest stored output, in bytes of JSON.
+    pub max_output_bytes: usize,
+    /// Field names (any depth) or dotted paths (from the top) masked before storing.
+    pub redact: Vec<String>,
+}
+
+impl Default for RecordsSection {
+    fn default() -> Self {
+        let d = DispatcherConfig::default();
+        RecordsSection {
+            input: d.record_input,
+            max_input_bytes: d.max_input_bytes,
+            output: d.record_output,
+            max_output_bytes: d.max_output_bytes,
+            redact: d.redact,
+        }
+    }
+}
+
+impl RecordsSection {
+    /// The dispatcher settings this section describes.
+    pub fn dispatcher_config(&self) -> DispatcherConfig {
+        DispatcherConfig {
+            record_input: self.input,
+            max_input_bytes: self.max_input_bytes,
+            record_output: self.output,
+            max_output_bytes: self.max_output_bytes,
+            redact: self.redact.clone(),
+        }
+    }
 }
 
 /// One `[[rate_limits]]` table.
@@ -265,6 +310,7 @@ impl Default for Config {
             rate_limits: Vec::new(),
             decision_log: DecisionLogSection::default(),
             agents: Vec::new(),
+            records: RecordsSection::default(),
         }
     }
 }
@@ -392,6 +438,10 @@ impl Config {
         for limit in &self.rate_limits {
             limit.parsed()?;
         }
+        self.records
+            .dispatcher_config()
+            .validate()
+            .map_err(|e| Error::invalid(format!("records.{e}")))?;
         for agent in &self.agents {
             crate::namespace::validate_id("agents: id", &agent.id)?;
             if agent.tools.is_empty() {
@@ -420,8 +470,10 @@ impl Config {
         Ok(())
     }
 
-    /// Registers (or replaces) the `[[agents]]` of the file.
+    /// Registers (or replaces) the `[[agents]]` of the file, and sets what
+    /// dispatch records keep (`[records]`).
     pub fn register_agents(&self, dispatcher: &ToolDispatcher) -> Result<()> {
+        dispatcher.set_config(self.records.dispatcher_config())?;
         for agent in &self.agents {
             dispatcher.register_agent(&agent.id, agent.agent_config())?;
         }
@@ -533,6 +585,14 @@ priority = 3
         assert_eq!(c.agents[0].priority, 3);
         assert_eq!(c.decision_log.max_age_secs, Some(3600));
         assert!(Config::parse("[[rate_limits]]\nop = \"write\"\nmax = 1").is_err());
+        let c = Config::parse(
+            "[records]\nmax_input_bytes = 100\noutput = true\nredact = [\"api_key\", \"auth.token\"]",
+        )
+        .unwrap();
+        let d = c.records.dispatcher_config();
+        assert!(d.record_input && d.record_output && d.max_input_bytes == 100);
+        assert_eq!(d.redact, ["api_key", "auth.token"]);
+        assert!(Config::parse("[records]\nredact = [\"a..b\"]").is_err());
         assert!(
             Config::parse("[[agents]]\nid = \"a\"\ntools = []\nendpoint = \"http://x\"").is_err()
         );

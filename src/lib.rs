@@ -102,6 +102,8 @@ pub use policy::{
 
 // Routing and dispatch: register agents, invoke tools, recover after a crash.
 pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDispatcher};
+// What dispatch records keep of a call's arguments and output.
+pub use dispatch::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::ToolError;
 

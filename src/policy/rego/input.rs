@@ -37,17 +37,21 @@ pub(super) fn input_document(
         fields.insert(Value::from("key"), Value::from(key));
         fields.insert(Value::from("value"), value);
         fields.insert(Value::from("context"), context);
+        if let Some(arguments) = ctx.input() {
+            fields.insert(Value::from("input"), Value::from(arguments.clone()));
+        }
     }
     input
 }
 
 /// Whether Rego `source` may read `input.value`. Conservative: only a source
 /// whose every use of `input` (outside comments and strings) is `input.op`,
-/// `input.phase`, `input.key` or `input.context…` cannot; a bare `input`, an
+/// `input.phase`, `input.key`, `input.context…` or `input.input…` (a call's
+/// arguments) cannot; a bare `input`, an
 /// `input[...]` or an `import input…` may reach the value, and counts as
 /// reading it.
 pub(super) fn may_read_input_value(source: &str) -> bool {
-    const WITHOUT_VALUE: [&str; 4] = ["op", "phase", "key", "context"];
+    const WITHOUT_VALUE: [&str; 5] = ["op", "phase", "key", "context", "input"];
     let bytes = source.as_bytes();
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let ident_at = |start: usize| {
@@ -78,13 +82,16 @@ pub(super) fn may_read_input_value(source: &str) -> bool {
             }
             b if is_ident(b) => {
                 let (word, end) = ident_at(i);
+                let mut next = end;
                 if word == "input" {
-                    let field = (bytes.get(end) == Some(&b'.')).then(|| ident_at(end + 1).0);
-                    if !field.is_some_and(|f| WITHOUT_VALUE.contains(&f)) {
-                        return true;
+                    let field = (bytes.get(end) == Some(&b'.')).then(|| ident_at(end + 1));
+                    match field {
+                        // Past the field: `input.input.x` is not a second `input`.
+                        Some((f, after)) if WITHOUT_VALUE.contains(&f) => next = after,
+                        _ => return true,
                     }
                 }
-                i = end;
+                i = next;
             }
             _ => i += 1,
         }
@@ -105,6 +112,7 @@ mod tests {
             "deny contains `raw input[0]` if input.context[\"agent_id\"] == \"x\"",
             "import input.context as ctx\nallow if ctx.agent_id == \"a\"",
             "myinput := 1\nallow if myinput == input.op",
+            "deny contains m if { contains(input.input.command, \"rm -rf\"); m := \"x\" }",
         ];
         for source in without {
             assert!(!may_read_input_value(source), "{source}");

@@ -92,6 +92,8 @@ pub use storage::{
     Connection, Database, DatabaseOptions, Durability, Page, ReservedWrites, Scan, ScanBuilder,
     Transaction, PAGE_HIDDEN_BUDGET,
 };
+// Policies stored in the database (`policies/{name}`), loaded by every open.
+pub use storage::{PolicyChange, StoredPolicy, POLICIES};
 
 // Policy: hooks, Rego, rate limits, the decision log, and who is acting.
 pub use policy::{

@@ -22,6 +22,10 @@ pub mod keys {
     pub const STRATEGY: &str = "strategy";
     /// What Switchboard is doing: see [`OperationKind`](super::OperationKind).
     pub const ACTION: &str = "action";
+    /// The stored policy a `policy` write changes.
+    pub const POLICY: &str = "policy";
+    /// The revision a `policy` write stores (absent for a delete).
+    pub const REVISION: &str = "revision";
 }
 
 /// What one of Switchboard's own writes is for. It is set only inside the
@@ -44,6 +48,8 @@ pub enum OperationKind {
     Health,
     /// An explicit pruning of old dispatch records.
     Prune,
+    /// A change to a stored policy (`policies/{name}`): stored, replaced or deleted.
+    Policy,
 }
 
 impl OperationKind {
@@ -57,6 +63,7 @@ impl OperationKind {
             OperationKind::Unregister => "unregister",
             OperationKind::Health => "health",
             OperationKind::Prune => "prune",
+            OperationKind::Policy => "policy",
         }
     }
 }

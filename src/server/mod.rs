@@ -26,7 +26,7 @@ pub use errors::ApiError;
 pub use invoke::InvokeBody;
 pub use lifecycle::{run, run_with, serve, shutdown_signal};
 pub use limits::ServerLimits;
-pub use policies::{AddPolicyBody, PolicyInfo};
+pub use policies::{AddPolicyBody, PolicyInfo, PolicyView, PutPolicyAnswer, PutPolicyBody};
 pub use routes::router;
 pub use scan::{scan_page, ScanItem, ScanPage, ScanQuery, MAX_SCAN_PAGE};
 

@@ -117,6 +117,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/scan"),
     ("get", "/v1/policies"),
     ("post", "/v1/policies"),
+    ("get", "/v1/policies/{name}"),
+    ("put", "/v1/policies/{name}"),
+    ("delete", "/v1/policies/{name}"),
     ("post", "/mcp"),
 ];
 

@@ -35,7 +35,8 @@ pub struct Config {
     pub listen: String,
     /// Where the database lives.
     pub data_dir: PathBuf,
-    /// A directory of `.rego` modules loaded at start (each file's header names its scope).
+    /// A directory of `.rego` modules imported into the database's stored
+    /// policies at start (each file's header names its scope).
     pub policies_dir: Option<PathBuf>,
     /// How the modules of `policies_dir` are evaluated.
     pub rego_evaluator: RegoEvaluator,
@@ -379,15 +380,19 @@ impl Config {
         }
         let mut policies = String::from("no policies");
         if let Some(dir) = &self.policies_dir {
-            let rego = std::fs::read_dir(dir)
-                .map_err(|e| Error::invalid(format!("policies_dir {}: {e}", dir.display())))?
-                .filter_map(|entry| entry.ok())
-                .filter(|entry| {
-                    let name = entry.file_name();
-                    let name = name.to_string_lossy();
-                    name.ends_with(".rego") && !name.ends_with("_test.rego")
-                })
-                .count();
+            // Compiled with the parser `serve` stores them with: a module
+            // `serve` would refuse fails the check.
+            let files = crate::policy::rego::module_files(dir)
+                .map_err(|e| Error::invalid(format!("policies_dir {}: {e}", dir.display())))?;
+            for (path, source) in &files {
+                crate::policy::rego::parse_module(
+                    &path.display().to_string(),
+                    source,
+                    None,
+                    self.rego_evaluator,
+                )?;
+            }
+            let rego = files.len();
             policies = format!("{rego} policy file(s) in {}", dir.display());
         }
         Ok(format!(

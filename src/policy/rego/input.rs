@@ -14,6 +14,7 @@ pub(super) fn input_document(
     value: &[u8],
     ctx: &PolicyContext,
     with_value: bool,
+    with_arguments: bool,
 ) -> Value {
     let value = match op {
         Op::Delete => Value::Null,
@@ -37,7 +38,7 @@ pub(super) fn input_document(
         fields.insert(Value::from("key"), Value::from(key));
         fields.insert(Value::from("value"), value);
         fields.insert(Value::from("context"), context);
-        if let Some(arguments) = ctx.input() {
+        if let Some(arguments) = ctx.input().filter(|_| with_arguments) {
             fields.insert(Value::from("input"), Value::from(arguments.clone()));
         }
     }
@@ -51,7 +52,19 @@ pub(super) fn input_document(
 /// `input[...]` or an `import input…` may reach the value, and counts as
 /// reading it.
 pub(super) fn may_read_input_value(source: &str) -> bool {
-    const WITHOUT_VALUE: [&str; 5] = ["op", "phase", "key", "context", "input"];
+    uses_input_beyond(source, &["op", "phase", "key", "context", "input"])
+}
+
+/// Whether Rego `source` may read `input.input` (a call's arguments), by the
+/// same conservative reading as [`may_read_input_value`]: when it cannot,
+/// the arguments are not converted for it.
+pub(super) fn may_read_arguments(source: &str) -> bool {
+    uses_input_beyond(source, &["op", "phase", "key", "context", "value"])
+}
+
+/// Whether some use of `input` in `source` (outside comments and strings)
+/// is anything but `input.F` with `F` in `allowed`.
+fn uses_input_beyond(source: &str, allowed: &[&str]) -> bool {
     let bytes = source.as_bytes();
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let ident_at = |start: usize| {
@@ -87,7 +100,7 @@ pub(super) fn may_read_input_value(source: &str) -> bool {
                     let field = (bytes.get(end) == Some(&b'.')).then(|| ident_at(end + 1));
                     match field {
                         // Past the field: `input.input.x` is not a second `input`.
-                        Some((f, after)) if WITHOUT_VALUE.contains(&f) => next = after,
+                        Some((f, after)) if allowed.contains(&f) => next = after,
                         _ => return true,
                     }
                 }
@@ -129,5 +142,10 @@ mod tests {
         for source in with {
             assert!(may_read_input_value(source), "{source}");
         }
+        assert!(may_read_arguments("allow if input.input.amount < 10"));
+        assert!(may_read_arguments("allow if count(input) > 0"));
+        assert!(!may_read_arguments(
+            "allow if input.value.status == \"x\"\nallow if input.context.a == input.key"
+        ));
     }
 }

@@ -300,3 +300,21 @@ deny contains msg if {
         "{err}"
     );
 }
+
+#[test]
+fn the_records_table_of_the_config_file_sets_what_records_keep() {
+    let (_tmp, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let config = switchboard::config::Config::parse(
+        "[records]\nmax_input_bytes = 128\noutput = true\nredact = [\"api_key\"]\n",
+    )
+    .unwrap();
+    config.register_agents(&d).unwrap();
+    assert_eq!(
+        d.config(),
+        DispatcherConfig::new()
+            .max_input_bytes(128)
+            .record_output(switchboard::DEFAULT_MAX_OUTPUT_BYTES)
+            .redact("api_key")
+    );
+}

@@ -53,6 +53,10 @@ fn record(i: u64) -> (String, Vec<u8>) {
         latency_ms: Some(1.31),
         error: None,
         caller: None,
+        input: None,
+        input_truncated: false,
+        output: None,
+        output_truncated: false,
     };
     let key = dispatch_key(&ToolCategory::Code, "code_exec", &invocation_id);
     (key, serde_json::to_vec(&record).unwrap())

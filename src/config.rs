@@ -6,7 +6,7 @@
 //! `[section]`, each next to the code that checks and applies it, so an
 //! option is read, validated and documented in one place.
 
-use crate::dispatch::ToolDispatcher;
+use crate::dispatch::{DispatcherConfig, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::ToolCategory;
 use crate::policy::NetworkPolicy;
@@ -35,7 +35,8 @@ pub struct Config {
     pub listen: String,
     /// Where the database lives.
     pub data_dir: PathBuf,
-    /// A directory of `.rego` modules loaded at start (each file's header names its scope).
+    /// A directory of `.rego` modules imported into the database's stored
+    /// policies at start (each file's header names its scope).
     pub policies_dir: Option<PathBuf>,
     /// How the modules of `policies_dir` are evaluated.
     pub rego_evaluator: RegoEvaluator,
@@ -67,6 +68,8 @@ pub struct Config {
     /// A second listen address serving only `GET /metrics`, without a
     /// token (for Prometheus); `/metrics` on the API still needs one.
     pub metrics_listen: Option<String>,
+    /// `[records]`: what dispatch records keep of each call's arguments and output.
+    pub records: RecordsSection,
 }
 
 /// `[auth]`: callers' identities besides the static `token`.
@@ -75,6 +78,49 @@ pub struct Config {
 pub struct AuthSection {
     /// `[auth.jwt]`: accept JWTs verified against these keys.
     pub jwt: Option<crate::identity::JwtSettings>,
+}
+
+/// `[records]`: what a dispatch record keeps of its call (see
+/// [`DispatcherConfig`]).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsSection {
+    /// Store each call's arguments (`input`).
+    pub input: bool,
+    /// Longest stored arguments, in bytes of JSON (cut past it, `input_truncated`).
+    pub max_input_bytes: usize,
+    /// Store each successful call's output (`output`).
+    pub output: bool,
+    /// Longest stored output, in bytes of JSON.
+    pub max_output_bytes: usize,
+    /// Field names (any depth) or dotted paths (from the top) masked before storing.
+    pub redact: Vec<String>,
+}
+
+impl Default for RecordsSection {
+    fn default() -> Self {
+        let d = DispatcherConfig::default();
+        RecordsSection {
+            input: d.record_input,
+            max_input_bytes: d.max_input_bytes,
+            output: d.record_output,
+            max_output_bytes: d.max_output_bytes,
+            redact: d.redact,
+        }
+    }
+}
+
+impl RecordsSection {
+    /// The dispatcher settings this section describes.
+    pub fn dispatcher_config(&self) -> DispatcherConfig {
+        DispatcherConfig {
+            record_input: self.input,
+            max_input_bytes: self.max_input_bytes,
+            record_output: self.output,
+            max_output_bytes: self.max_output_bytes,
+            redact: self.redact.clone(),
+        }
+    }
 }
 
 /// One `[[rate_limits]]` table.
@@ -280,6 +326,7 @@ impl Default for Config {
             agents: Vec::new(),
             auth: AuthSection::default(),
             metrics_listen: None,
+            records: RecordsSection::default(),
         }
     }
 }
@@ -348,15 +395,19 @@ impl Config {
         }
         let mut policies = String::from("no policies");
         if let Some(dir) = &self.policies_dir {
-            let rego = std::fs::read_dir(dir)
-                .map_err(|e| Error::invalid(format!("policies_dir {}: {e}", dir.display())))?
-                .filter_map(|entry| entry.ok())
-                .filter(|entry| {
-                    let name = entry.file_name();
-                    let name = name.to_string_lossy();
-                    name.ends_with(".rego") && !name.ends_with("_test.rego")
-                })
-                .count();
+            // Compiled with the parser `serve` stores them with: a module
+            // `serve` would refuse fails the check.
+            let files = crate::policy::rego::module_files(dir)
+                .map_err(|e| Error::invalid(format!("policies_dir {}: {e}", dir.display())))?;
+            for (path, source) in &files {
+                crate::policy::rego::parse_module(
+                    &path.display().to_string(),
+                    source,
+                    None,
+                    self.rego_evaluator,
+                )?;
+            }
+            let rego = files.len();
             policies = format!("{rego} policy file(s) in {}", dir.display());
         }
         Ok(format!(
@@ -426,6 +477,10 @@ impl Config {
         for limit in &self.rate_limits {
             limit.parsed()?;
         }
+        self.records
+            .dispatcher_config()
+            .validate()
+            .map_err(|e| Error::invalid(format!("records.{e}")))?;
         for agent in &self.agents {
             crate::namespace::validate_id("agents: id", &agent.id)?;
             if agent.tools.is_empty() {
@@ -454,8 +509,10 @@ impl Config {
         Ok(())
     }
 
-    /// Registers (or replaces) the `[[agents]]` of the file.
+    /// Registers (or replaces) the `[[agents]]` of the file, and sets what
+    /// dispatch records keep (`[records]`).
     pub fn register_agents(&self, dispatcher: &ToolDispatcher) -> Result<()> {
+        dispatcher.set_config(self.records.dispatcher_config())?;
         for agent in &self.agents {
             dispatcher.register_agent(&agent.id, agent.agent_config())?;
         }
@@ -586,6 +643,14 @@ priority = 3
         assert_eq!(c.agents[0].priority, 3);
         assert_eq!(c.decision_log.max_age_secs, Some(3600));
         assert!(Config::parse("[[rate_limits]]\nop = \"write\"\nmax = 1").is_err());
+        let c = Config::parse(
+            "[records]\nmax_input_bytes = 100\noutput = true\nredact = [\"api_key\", \"auth.token\"]",
+        )
+        .unwrap();
+        let d = c.records.dispatcher_config();
+        assert!(d.record_input && d.record_output && d.max_input_bytes == 100);
+        assert_eq!(d.redact, ["api_key", "auth.token"]);
+        assert!(Config::parse("[records]\nredact = [\"a..b\"]").is_err());
         assert!(
             Config::parse("[[agents]]\nid = \"a\"\ntools = []\nendpoint = \"http://x\"").is_err()
         );

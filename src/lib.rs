@@ -94,6 +94,8 @@ pub use storage::{
     Connection, Database, DatabaseOptions, Durability, Page, ReservedWrites, Scan, ScanBuilder,
     Transaction, PAGE_HIDDEN_BUDGET,
 };
+// Policies stored in the database (`policies/{name}`), loaded by every open.
+pub use storage::{PolicyChange, StoredPolicy, POLICIES};
 
 // Policy: hooks, Rego, rate limits, the decision log, and who is acting.
 pub use policy::{
@@ -106,6 +108,8 @@ pub use policy::{Principal, Scope};
 
 // Routing and dispatch: register agents, invoke tools, recover after a crash.
 pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDispatcher};
+// What dispatch records keep of a call's arguments and output.
+pub use dispatch::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::ToolError;
 

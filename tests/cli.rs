@@ -289,7 +289,14 @@ fn cli_agent_list_and_scan_run_under_the_given_policies() {
     ]);
     assert!(scanned.contains("agents/shown"), "{scanned}");
     assert!(!scanned.contains("agents/hidden"), "{scanned}");
-    // Without the policies both are there.
+    // --policies imported them into the database: a later command without
+    // the flag runs under them too.
+    let listed = run(&["agents", "list", "--json", "--data", data]);
+    assert!(!listed.contains("\"hidden\""), "{listed}");
+    // Deleting the stored policy lifts it: both are there.
+    let stored = run(&["policy", "list", "--data", data]);
+    let name = stored.split_whitespace().next().unwrap().to_string();
+    run(&["policy", "delete", &name, "--data", data]);
     let listed = run(&["agents", "list", "--json", "--data", data]);
     assert!(listed.contains("\"hidden\""), "{listed}");
 }

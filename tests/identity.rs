@@ -851,3 +851,53 @@ async fn a_library_caller_reaches_the_policies_and_the_record() {
         "absent, not null"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_policies_are_changed_by_admins_only_and_the_log_names_who() {
+    let server = Server::start().await;
+    let (admin_id, admin) = server.token("ops", &["admin"], &[]).await;
+    let (_, invoker) = server.token("app", &["invoke", "audit"], &[]).await;
+    let module = json!({
+        "source": "package switchboard.audit_only\nimport rego.v1\ndeny contains \"never\" if { false }\n",
+        "scope": "tools/**"
+    });
+    let put = |bearer: String| {
+        let body = module.clone();
+        let server = &server;
+        async move {
+            server
+                .send(
+                    Some(&bearer),
+                    reqwest::Method::PUT,
+                    "/v1/policies/audit_only",
+                    Some(body),
+                )
+                .await
+        }
+    };
+    for path in ["/v1/policies", "/v1/policies/audit_only"] {
+        let (status, body) = server.get(&invoker, path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    let (status, body) = put(invoker.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_scope");
+    let (status, body) = put(admin.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = server
+        .send(
+            Some(&invoker),
+            reqwest::Method::DELETE,
+            "/v1/policies/audit_only",
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    let log = server.scan_all("policy_log/", Some(&admin_id)).await;
+    assert!(
+        log.iter()
+            .any(|d| d["value"]["context"]["policy"] == "audit_only"),
+        "the change is logged with its author: {log:?}"
+    );
+}

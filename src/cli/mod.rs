@@ -20,7 +20,7 @@ pub use client::{Client, ServerArgs};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use switchboard::config::DEFAULT_DATA_DIR;
-use switchboard::{Database, Error, PolicyEngine, ToolDispatcher};
+use switchboard::{Database, Error, ToolDispatcher};
 
 #[derive(Parser)]
 #[command(
@@ -75,7 +75,7 @@ pub struct McpArgs {
     /// The database directory.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data: PathBuf,
-    /// Directory of *.rego policies every call runs under.
+    /// Directory of *.rego policies to import into the database's stored policies.
     #[arg(long)]
     pub policies: Option<PathBuf>,
 }
@@ -86,8 +86,9 @@ pub struct StoreArgs {
     /// The database directory.
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data: PathBuf,
-    /// Directory of *.rego policies this command runs under (local database
-    /// only: a server runs under its own).
+    /// Directory of *.rego policies to import into the database's stored
+    /// policies before the command runs (local database only; on a server use
+    /// `policy put --server`). Stored policies apply to every later command.
     #[arg(long)]
     pub policies: Option<PathBuf>,
     #[command(flatten)]
@@ -100,18 +101,18 @@ impl StoreArgs {
         let client = self.remote.client()?;
         if client.is_some() && self.policies.is_some() {
             return Err(Error::invalid(
-                "--policies applies to the local database; a server runs under the policies it was started with (POST /v1/policies adds one)",
+                "--policies imports into the local database; a server keeps its policies in its own: use `switchboard policy put FILE --server URL`",
             ));
         }
         Ok(client)
     }
 
-    /// Opens the database and loads `--policies` before anything reads or
-    /// writes through it.
+    /// Opens the database (which installs its stored policies) and imports
+    /// `--policies` before anything reads or writes through it.
     pub fn open(&self) -> switchboard::Result<Database> {
         let db = open(&self.data)?;
         if let Some(dir) = &self.policies {
-            PolicyEngine::new(&db).load_dir(dir)?;
+            db.import_policies(dir)?;
         }
         Ok(db)
     }
@@ -191,7 +192,7 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
         Command::Mcp(args) => {
             let db = open(&args.data)?;
             if let Some(dir) = &args.policies {
-                PolicyEngine::new(&db).load_dir(dir)?;
+                db.import_policies(dir)?;
             }
             switchboard::mcp::stdio::serve_stdio(ToolDispatcher::try_new(db)?).await
         }

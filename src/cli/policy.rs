@@ -1,98 +1,216 @@
-//! `switchboard policy check` (compile a Rego module and run its tests), and
-//! `policy list|add` on a running server (`/v1/policies`): a server's loaded
-//! modules live in its memory, so these need `--server`.
+//! `switchboard policy`: `check` (compile Rego modules and run their tests, a
+//! file or a directory), and the stored policies (`policies/{name}`) of a
+//! database: `list`, `show`, `put` (alias `add`), `delete` — on the local
+//! database (`--data`) or a running server (`--server`).
 
 use super::ServerArgs;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use reqwest::Method;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use switchboard::Error;
+use switchboard::config::DEFAULT_DATA_DIR;
+use switchboard::policy::rego::{module_files, run_tests, RegoModule, RegoTestResult};
+use switchboard::{Database, Error, PolicyChange, RegoEvaluator, StoredPolicy};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
-    /// Compile a Rego module (and its scope header) and run its *_test.rego tests.
-    Check { file: PathBuf },
-    /// List the Rego modules a running server has loaded.
+    /// Compile Rego modules (a file, or every *.rego of a directory) with the
+    /// parser `serve` uses, and run their *_test.rego tests.
+    Check { path: PathBuf },
+    /// List the stored policies.
     List {
         #[command(flatten)]
-        remote: ServerArgs,
+        store: PolicyStore,
     },
-    /// Load a Rego module into a running server (in memory, until it stops).
-    Add {
-        file: PathBuf,
-        /// The key glob it guards, e.g. tools/sensitive/** [default: the
-        /// file's `# scope:` header].
-        #[arg(long)]
-        scope: Option<String>,
+    /// Show one stored policy: source, scopes, ops, revision.
+    Show {
+        name: String,
         #[command(flatten)]
-        remote: ServerArgs,
+        store: PolicyStore,
     },
+    /// Store a Rego module (replacing the policy of the same name, atomically:
+    /// a module that does not compile changes nothing).
+    #[command(alias = "add")]
+    Put {
+        file: PathBuf,
+        /// The policy's name [default: the module's package].
+        #[arg(long)]
+        name: Option<String>,
+        /// A key glob it guards, instead of the file's `# scope:` lines
+        /// (repeat for several).
+        #[arg(long)]
+        scope: Vec<String>,
+        #[command(flatten)]
+        store: PolicyStore,
+    },
+    /// Delete a stored policy.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        store: PolicyStore,
+    },
+}
+
+/// Where the stored policies are: a local database or a running server.
+#[derive(Args)]
+pub struct PolicyStore {
+    /// The database directory.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub remote: ServerArgs,
+}
+
+impl PolicyStore {
+    fn open(&self) -> switchboard::Result<Database> {
+        super::StoreArgs {
+            data: self.data.clone(),
+            policies: None,
+            remote: ServerArgs::default(),
+        }
+        .open()
+    }
+}
+
+fn as_json(policy: &StoredPolicy) -> Value {
+    let mut v = serde_json::to_value(policy).unwrap_or(Value::Null);
+    v["scope"] = json!(policy.scopes.first().cloned().unwrap_or_default());
+    v
+}
+
+fn summary(p: &Value) -> String {
+    let list = |field: &str| {
+        p[field]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    format!(
+        "{}  revision {}  scope {}  ops {}",
+        p["name"].as_str().unwrap_or_default(),
+        p["revision"],
+        list("scopes"),
+        list("ops")
+    )
 }
 
 pub async fn run(cmd: PolicyCommand) -> switchboard::Result<()> {
     match cmd {
-        PolicyCommand::Check { file } => check(&file),
-        PolicyCommand::List { remote } => {
-            let client = needs_server(&remote, "list")?;
-            let modules = client.get("v1/policies").await?;
-            let modules = modules.as_array().cloned().unwrap_or_default();
-            for m in &modules {
-                super::out(format_args!(
-                    "{}  scope {}",
-                    m["name"].as_str().unwrap_or_default(),
-                    m["scope"].as_str().unwrap_or_default()
-                ))?;
+        PolicyCommand::Check { path } => check(&path),
+        PolicyCommand::List { store } => {
+            let policies: Vec<Value> = match store.remote.client()? {
+                Some(client) => client
+                    .get("v1/policies")
+                    .await?
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+                None => store
+                    .open()?
+                    .stored_policies()?
+                    .iter()
+                    .map(as_json)
+                    .collect(),
+            };
+            for p in &policies {
+                super::out(summary(p))?;
             }
-            if modules.is_empty() {
+            if policies.is_empty() {
                 super::out("(no policies loaded)")?;
             }
             Ok(())
         }
-        PolicyCommand::Add {
-            file,
-            scope,
-            remote,
-        } => {
-            let client = needs_server(&remote, "add")?;
-            let source = read(&file)?;
-            let scope = match scope {
-                Some(scope) => scope,
-                None => {
-                    let declared = switchboard::policy::rego::declared_scopes(
-                        &file.display().to_string(),
-                        &source,
-                    )?;
-                    let scopes: Vec<&str> = declared.iter().map(|g| g.as_str()).collect();
-                    if scopes.len() != 1 {
+        PolicyCommand::Show { name, store } => {
+            let policy = match store.remote.client()? {
+                Some(client) => client.get(&format!("v1/policies/{name}")).await?,
+                None => match store.open()?.stored_policy(&name)? {
+                    Some(p) => as_json(&p),
+                    None => {
                         return Err(Error::invalid(format!(
-                            "{} declares {} scopes; pick one with --scope",
-                            file.display(),
-                            scopes.len()
-                        )));
+                            "no stored policy {name}; `switchboard policy list` shows them"
+                        )))
                     }
-                    scopes[0].to_string()
+                },
+            };
+            super::out(summary(&policy))?;
+            super::out(policy["source"].as_str().unwrap_or_default().trim_end())
+        }
+        PolicyCommand::Put {
+            file,
+            name,
+            scope,
+            store,
+        } => {
+            let source = read(&file)?;
+            let name = match name {
+                Some(name) => name,
+                None => RegoModule::compile(
+                    Some(&file.display().to_string()),
+                    &source,
+                    RegoEvaluator::Interpreter,
+                )?
+                .name()
+                .to_string(),
+            };
+            let scopes = (!scope.is_empty()).then_some(scope);
+            let (policy, change) = match store.remote.client()? {
+                Some(client) => {
+                    let mut body = json!({ "source": source });
+                    if let Some(scopes) = &scopes {
+                        body["scopes"] = json!(scopes);
+                    }
+                    let answer = client
+                        .send(
+                            Method::PUT,
+                            client.url(&format!("v1/policies/{name}")),
+                            Some(&body),
+                        )
+                        .await?;
+                    let change = answer["change"].as_str().unwrap_or("stored").to_string();
+                    (answer, change)
+                }
+                None => {
+                    let (policy, change) =
+                        store
+                            .open()?
+                            .put_policy(&name, &source, scopes.as_deref())?;
+                    let change = match change {
+                        PolicyChange::Created => "created",
+                        PolicyChange::Replaced => "replaced",
+                        PolicyChange::Unchanged => "unchanged",
+                    };
+                    (as_json(&policy), change.to_string())
                 }
             };
-            let body = serde_json::json!({"scope": scope, "source": source});
-            let added = client
-                .send(Method::POST, client.url("v1/policies"), Some(&body))
-                .await?;
-            super::out(format_args!(
-                "loaded {} (scope {})",
-                added["name"].as_str().unwrap_or_default(),
-                added["scope"].as_str().unwrap_or_default()
-            ))
+            super::out(format_args!("{change}: {}", summary(&policy)))
+        }
+        PolicyCommand::Delete { name, store } => {
+            match store.remote.client()? {
+                Some(client) => {
+                    client
+                        .send(
+                            Method::DELETE,
+                            client.url(&format!("v1/policies/{name}")),
+                            None,
+                        )
+                        .await?;
+                }
+                None => {
+                    if store.open()?.delete_policy(&name)?.is_none() {
+                        return Err(Error::invalid(format!(
+                            "no stored policy {name}; `switchboard policy list` shows them"
+                        )));
+                    }
+                }
+            }
+            super::out(format_args!("deleted {name}"))
         }
     }
-}
-
-fn needs_server(remote: &ServerArgs, what: &str) -> switchboard::Result<super::Client> {
-    remote.client()?.ok_or_else(|| {
-        Error::invalid(format!(
-            "`policy {what}` works on a running server: add --server URL (or set SWITCHBOARD_URL); \
-             locally, policies are a directory passed with --policies"
-        ))
-    })
 }
 
 fn read(file: &Path) -> switchboard::Result<String> {
@@ -100,40 +218,63 @@ fn read(file: &Path) -> switchboard::Result<String> {
         .map_err(|e| Error::invalid(format!("cannot read {}: {e}", file.display())))
 }
 
-pub fn check(file: &Path) -> switchboard::Result<()> {
-    let results = switchboard::policy::rego::run_tests(file)?;
-    let scopes =
-        switchboard::policy::rego::declared_scopes(&file.display().to_string(), &read(file)?)?;
-    let scopes: Vec<&str> = scopes.iter().map(|g| g.as_str()).collect();
-    super::out(format_args!(
-        "{}: compiles; scope {}",
-        file.display(),
-        scopes.join(", ")
-    ))?;
-    if results.is_empty() {
-        return super::out(format_args!(
-            "no tests (add {}_test.rego beside it)",
-            file.file_stem().and_then(|s| s.to_str()).unwrap_or("")
-        ));
+/// Checks one module file, or every module of a directory (like `opa test
+/// DIR`); fails if any does not load or any test fails.
+pub fn check(path: &Path) -> switchboard::Result<()> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        module_files(path)?.into_iter().map(|(p, _)| p).collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    if files.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} holds no *.rego module",
+            path.display()
+        )));
     }
-    let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
-    for r in &results {
-        match &r.detail {
-            None => super::out(format_args!("  PASS {}", r.name))?,
-            Some(d) => super::out(format_args!("  FAIL {} ({d})", r.name))?,
+    let (mut passed, mut failed) = (0, 0);
+    for file in &files {
+        let results = run_tests(file)?;
+        let source = read(file)?;
+        let name = file.display().to_string();
+        let scopes = switchboard::policy::rego::declared_scopes(&name, &source)?;
+        let ops = switchboard::policy::rego::declared_ops(&name, &source)?;
+        let scopes: Vec<&str> = scopes.iter().map(|g| g.as_str()).collect();
+        let ops: Vec<&str> = ops.iter().map(|o| o.as_str()).collect();
+        super::out(format_args!(
+            "{name}: compiles; scope {}; ops {}",
+            scopes.join(", "),
+            ops.join(", ")
+        ))?;
+        if results.is_empty() {
+            super::out(format_args!(
+                "  no tests (add {}_test.rego beside it)",
+                file.file_stem().and_then(|s| s.to_str()).unwrap_or("")
+            ))?;
+        }
+        for r in &results {
+            report(r)?;
+            if r.passed {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
         }
     }
-    super::out(format_args!(
-        "{} passed, {} failed",
-        results.len() - failed.len(),
-        failed.len()
-    ))?;
-    if failed.is_empty() {
+    super::out(format_args!("{passed} passed, {failed} failed"))?;
+    if failed == 0 {
         Ok(())
     } else {
-        Err(Error::invalid(format!(
-            "{} policy test(s) failed",
-            failed.len()
-        )))
+        Err(Error::invalid(format!("{failed} policy test(s) failed")))
+    }
+}
+
+fn report(r: &RegoTestResult) -> switchboard::Result<()> {
+    match &r.detail {
+        None => super::out(format_args!("  PASS {}", r.name)),
+        Some(d) => super::out(format_args!(
+            "  FAIL {}\n       expected: true\n       actual:   {d}",
+            r.name
+        )),
     }
 }

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 pub(super) struct Call<'a> {
     dispatcher: &'a ToolDispatcher,
     category: ToolCategory,
-    input: serde_json::Value,
+    /// The call's arguments, shared with every write's policy context.
+    input: Arc<serde_json::Value>,
     options: RoutingOptions,
     record: Record,
     /// Agents (by registration uid) already chosen in this call.
@@ -47,6 +48,10 @@ impl<'a> Call<'a> {
         input: serde_json::Value,
         options: RoutingOptions,
     ) -> Self {
+        let config = dispatcher.inner.config.read().clone();
+        let (stored_input, input_truncated) = config
+            .stored_input(&input)
+            .map_or((None, false), |(v, cut)| (Some(v), cut));
         let record = DispatchRecord {
             invocation_id: new_invocation_id(),
             tool: tool.to_string(),
@@ -61,12 +66,16 @@ impl<'a> Call<'a> {
             latency_ms: None,
             error: None,
             caller: options.caller.as_ref().map(|c| c.id.clone()),
+            input: stored_input,
+            input_truncated,
+            output: None,
+            output_truncated: false,
         };
         Call {
             dispatcher,
             record: Record::new(record),
             category,
-            input,
+            input: Arc::new(input),
             options,
             tried: Vec::new(),
             denials: Vec::new(),
@@ -101,6 +110,7 @@ impl<'a> Call<'a> {
         if let Some(caller) = &self.options.caller {
             caller.apply_to(&mut ctx);
         }
+        ctx.set_input(self.input.clone(), record.input.clone().map(Arc::new));
         ctx
     }
 
@@ -193,6 +203,11 @@ impl<'a> Call<'a> {
                 Step::Return => {
                     return match outcome {
                         Ok(output) => {
+                            let config = inner.config.read().clone();
+                            if let Some((stored, cut)) = config.stored_output(&output) {
+                                self.record.value.output = Some(stored);
+                                self.record.value.output_truncated = cut;
+                            }
                             self.finish(DispatchStatus::Succeeded, None).await?;
                             Ok(InvocationResult {
                                 invocation_id: self.record.value.invocation_id.clone(),

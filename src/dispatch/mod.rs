@@ -18,11 +18,13 @@
 //! 4. the outcome is written to the same record and the in-flight entry is
 //!    removed in one transaction; after-hooks run.
 
+mod audit;
 mod call;
 mod decide;
 mod record;
 mod recover;
 
+pub use audit::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
 pub use recover::recover_interrupted;
 
 use crate::error::{Error, Result};
@@ -132,6 +134,8 @@ struct Inner {
     health_task: Mutex<Option<HealthTask>>,
     /// Denials, rate-limit refusals and failovers, for `/metrics`.
     counters: DispatchCounters,
+    /// What dispatch records keep of each call.
+    config: RwLock<Arc<DispatcherConfig>>,
 }
 
 /// Routes tool invocations to agents. Cheap to clone; clones share everything.
@@ -185,6 +189,7 @@ impl ToolDispatcher {
                 health: RwLock::new(None),
                 health_task: Mutex::new(None),
                 counters: DispatchCounters::default(),
+                config: RwLock::new(Arc::new(DispatcherConfig::default())),
             }),
         })
     }
@@ -192,6 +197,20 @@ impl ToolDispatcher {
     /// Denials, rate-limit refusals and failovers so far (for `/metrics`).
     pub(crate) fn counters(&self) -> &DispatchCounters {
         &self.inner.counters
+    }
+
+    /// Sets what dispatch records keep of each call from now on: the
+    /// arguments (size-capped), optionally the output, and which fields are
+    /// masked before they are stored. Refuses an invalid redaction rule.
+    pub fn set_config(&self, config: DispatcherConfig) -> Result<()> {
+        config.validate()?;
+        *self.inner.config.write() = Arc::new(config);
+        Ok(())
+    }
+
+    /// What dispatch records keep of each call.
+    pub fn config(&self) -> DispatcherConfig {
+        (**self.inner.config.read()).clone()
     }
 
     /// The database it writes to.

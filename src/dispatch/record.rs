@@ -85,8 +85,16 @@ impl Record {
             let value = serde_json::to_vec(binding).map_err(Error::storage)?;
             tx.put_with(&session_key(session_id), &value, ctx)?;
         }
-        tx.commit()?;
+        let rewrites = tx.commit_reporting_rewrites()?;
         self.written = true;
+        // A before-write hook that masked the stored arguments (`Modify`)
+        // must not be undone by the record's later writes.
+        if let Some((_, stored)) = rewrites.iter().find(|(key, _)| *key == self.key) {
+            if let Ok(stored) = serde_json::from_slice::<DispatchRecord>(stored) {
+                self.value.input = stored.input;
+                self.value.input_truncated = stored.input_truncated;
+            }
+        }
         Ok(())
     }
 

@@ -292,4 +292,23 @@ pub struct DispatchRecord {
     /// secret); absent for the local application.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<String>,
+    /// The call's arguments, as stored: redacted and size-capped (a string
+    /// holding the start of their JSON when cut; see `input_truncated`).
+    /// Absent when arguments are not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// Whether `input` was cut to the size cap.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub input_truncated: bool,
+    /// A successful call's output, when output is recorded (redacted and
+    /// size-capped like `input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    /// Whether `output` was cut to the size cap.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub output_truncated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }

@@ -33,6 +33,9 @@ pub(crate) struct Hook {
     /// and deletes, plus gets if it opted into reads.
     pub(crate) ops: Vec<Op>,
     pub(crate) check: Check,
+    /// The stored policy it came from (`policies/{name}`), if any: replacing
+    /// or deleting that policy replaces or removes exactly these hooks.
+    pub(crate) stored: Option<Arc<str>>,
 }
 
 impl Hook {
@@ -148,6 +151,19 @@ impl PolicyChain {
         next.extend(hooks.iter().cloned());
         next.push(hook);
         *hooks = Arc::new(next);
+    }
+
+    /// Swaps the hooks of stored policy `name` for `hooks` in one step (no
+    /// write sees neither or both): at the place of the old ones, or at the
+    /// end for a new policy. Empty `hooks` removes the policy.
+    pub(crate) fn replace_stored(&self, name: &str, hooks: Vec<Hook>) {
+        let mut current = self.hooks.write();
+        let is_it = |h: &Hook| h.stored.as_deref() == Some(name);
+        let at = current.iter().position(is_it);
+        let mut next: Vec<Hook> = current.iter().filter(|h| !is_it(h)).cloned().collect();
+        let at = at.unwrap_or(next.len()).min(next.len());
+        next.splice(at..at, hooks);
+        *current = Arc::new(next);
     }
 
     fn snapshot(&self) -> Arc<Vec<Hook>> {
@@ -304,6 +320,7 @@ mod tests {
     ) -> PolicyChain {
         let chain = PolicyChain::new(16);
         chain.push(Hook {
+            stored: None,
             scope: Glob::new("a/**").unwrap(),
             phase,
             ops: vec![op],

@@ -32,6 +32,10 @@ pub mod keys {
     /// Prefix of the caller's selected claims: `claim.email` (in Rego,
     /// `input.context.claims.email`).
     pub const CLAIM_PREFIX: &str = "claim.";
+    /// The stored policy a `policy` write changes.
+    pub const POLICY: &str = "policy";
+    /// The revision a `policy` write stores (absent for a delete).
+    pub const REVISION: &str = "revision";
 }
 
 /// What one of Switchboard's own writes is for. It is set only inside the
@@ -54,6 +58,8 @@ pub enum OperationKind {
     Health,
     /// An explicit pruning of old dispatch records.
     Prune,
+    /// A change to a stored policy (`policies/{name}`): stored, replaced or deleted.
+    Policy,
 }
 
 impl OperationKind {
@@ -67,6 +73,7 @@ impl OperationKind {
             OperationKind::Unregister => "unregister",
             OperationKind::Health => "health",
             OperationKind::Prune => "prune",
+            OperationKind::Policy => "policy",
         }
     }
 }
@@ -82,6 +89,11 @@ pub struct PolicyContext {
     entries: Arc<Vec<(Cow<'static, str>, String)>>,
     /// Set only by Switchboard's own writes.
     operation: Option<OperationKind>,
+    /// The call's arguments, on a dispatch's writes (set only by the dispatcher).
+    input: Option<Arc<serde_json::Value>>,
+    /// The arguments as the record stores them (redacted, capped): what the
+    /// decision log keeps of them.
+    recorded_input: Option<Arc<serde_json::Value>>,
 }
 
 impl PolicyContext {
@@ -106,6 +118,8 @@ impl PolicyContext {
         PolicyContext {
             entries: Arc::new(Vec::with_capacity(n)),
             operation: None,
+            input: None,
+            recorded_input: None,
         }
     }
 
@@ -130,6 +144,30 @@ impl PolicyContext {
     /// What Switchboard is doing with this write, if it is one of its own.
     pub fn operation(&self) -> Option<OperationKind> {
         self.operation
+    }
+
+    /// The arguments of the tool call this write is about, as the caller
+    /// passed them (before any redaction or size cap of the stored record):
+    /// set on a dispatch's writes (`action` `dispatch` and `outcome`), `None`
+    /// on every other write. Rego sees them as `input.input`.
+    pub fn input(&self) -> Option<&serde_json::Value> {
+        self.input.as_deref()
+    }
+
+    /// Attaches a call's arguments (the dispatcher does, for its writes),
+    /// and what its record stores of them (the decision log keeps that).
+    pub(crate) fn set_input(
+        &mut self,
+        input: Arc<serde_json::Value>,
+        recorded: Option<Arc<serde_json::Value>>,
+    ) {
+        self.input = Some(input);
+        self.recorded_input = recorded;
+    }
+
+    /// The arguments as stored (redacted and capped), for the decision log.
+    pub(crate) fn recorded_input(&self) -> Option<&serde_json::Value> {
+        self.recorded_input.as_deref()
     }
 
     fn set(&mut self, key: Cow<'static, str>, value: String) {

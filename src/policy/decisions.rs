@@ -38,6 +38,11 @@ pub struct Decision {
     pub reason: String,
     /// The acting [`PolicyContext`](crate::PolicyContext), as JSON.
     pub context: serde_json::Value,
+    /// On a dispatch's writes: the call's arguments as its record stores
+    /// them (redacted and size-capped), so a refused call's arguments are on
+    /// record too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
 }
 
 /// Collects the decisions about one operation in one phase: everything but
@@ -72,6 +77,7 @@ impl<'a> Recorder<'a> {
             by,
             reason: reason.into(),
             context: self.ctx.to_json(),
+            input: self.ctx.recorded_input().cloned(),
         });
     }
 }

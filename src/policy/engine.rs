@@ -45,6 +45,7 @@ impl PolicyEngine {
         F: Fn(&str, &[u8], &PolicyContext) -> PolicyAction + Send + Sync + 'static,
     {
         self.chain.push(Hook {
+            stored: None,
             scope: Glob::new(scope)?,
             phase,
             ops: vec![op],
@@ -146,26 +147,30 @@ impl PolicyEngine {
     }
 
     fn push_rego(&self, scopes: Vec<Glob>, ops: &[Op], module: RegoModule) {
-        let module = Arc::new(module);
-        let writes: Vec<Op> = ops.iter().copied().filter(|op| *op != Op::Get).collect();
-        for scope in scopes {
-            if !writes.is_empty() {
-                self.chain.push(Hook {
-                    scope: scope.clone(),
-                    phase: Phase::Before,
-                    ops: writes.clone(),
-                    check: Check::Rego(module.clone()),
-                });
-            }
-            if ops.contains(&Op::Get) {
-                self.chain.push(Hook {
-                    scope,
-                    phase: Phase::After,
-                    ops: vec![Op::Get],
-                    check: Check::Rego(module.clone()),
-                });
-            }
+        for hook in rego_hooks(scopes, ops, module, None) {
+            self.chain.push(hook);
         }
+    }
+
+    /// Compiles a stored policy's module with the one parser every entry
+    /// point uses (`scopes` overrides its `# scope:` header), without adding
+    /// it: the policy store checks a module before storing it.
+    pub(crate) fn parse_stored(
+        &self,
+        name: &str,
+        source: &str,
+        scopes: Option<&[String]>,
+    ) -> Result<rego::LoadedModule> {
+        rego::parse_module(name, source, scopes, *self.chain.rego_evaluator.read())
+    }
+
+    /// Installs (or, with `None`, removes) stored policy `name`'s hooks,
+    /// replacing its previous version in place.
+    pub(crate) fn install_stored(&self, name: &str, module: Option<rego::LoadedModule>) {
+        let hooks = module.map_or_else(Vec::new, |m| {
+            rego_hooks(m.scopes, &m.ops, m.module, Some(Arc::from(name)))
+        });
+        self.chain.replace_stored(name, hooks);
     }
 
     /// Allows at most `max_per_minute` operations of kind `op` per minute,
@@ -212,8 +217,43 @@ impl PolicyEngine {
         *self.chain.retention.write() = retention;
     }
 
-    /// `(module name, scope)` for each loaded Rego module scope, in chain order.
+    /// `(module name, scope)` for each loaded Rego module scope, in chain order
+    /// (stored policies included).
     pub fn rego_modules(&self) -> Vec<(String, String)> {
         self.chain.rego_modules()
     }
+}
+
+/// The hooks of one Rego module: before puts/deletes per scope, and after
+/// reads when it opted into them.
+fn rego_hooks(
+    scopes: Vec<Glob>,
+    ops: &[Op],
+    module: RegoModule,
+    stored: Option<Arc<str>>,
+) -> Vec<Hook> {
+    let module = Arc::new(module);
+    let writes: Vec<Op> = ops.iter().copied().filter(|op| *op != Op::Get).collect();
+    let mut hooks = Vec::new();
+    for scope in scopes {
+        if !writes.is_empty() {
+            hooks.push(Hook {
+                scope: scope.clone(),
+                phase: Phase::Before,
+                ops: writes.clone(),
+                check: Check::Rego(module.clone()),
+                stored: stored.clone(),
+            });
+        }
+        if ops.contains(&Op::Get) {
+            hooks.push(Hook {
+                scope,
+                phase: Phase::After,
+                ops: vec![Op::Get],
+                check: Check::Rego(module.clone()),
+                stored: stored.clone(),
+            });
+        }
+    }
+    hooks
 }

@@ -151,12 +151,13 @@ fn match_segments(pattern: &[Segment], key: &[&str]) -> bool {
 }
 
 /// Namespaces Switchboard writes, with the one depth their keys have.
-const FIXED_DEPTH: [(&str, usize, &str); 5] = [
+const FIXED_DEPTH: [(&str, usize, &str); 6] = [
     ("tools", 4, "tools/{category}/{tool}/{invocation_id}"),
     ("agents", 2, "agents/{agent_id}"),
     ("sessions", 2, "sessions/{session_id}"),
     ("inflight", 2, "inflight/{invocation_id}"),
     ("policy_log", 2, "policy_log/{id}"),
+    ("policies", 2, "policies/{name}"),
 ];
 
 /// Refuses a glob that names one of Switchboard's namespaces but can match

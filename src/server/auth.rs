@@ -48,7 +48,8 @@ fn required_scope(method: &Method, path: &str) -> Option<Scope> {
     if path == "/v1/scan" || path == "/v1/metrics" || path == "/metrics" {
         return Some(Scope::Audit);
     }
-    if path == "/v1/policies" || path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
+    let under = |root: &str| path == root || path.starts_with(&format!("{root}/"));
+    if under("/v1/policies") || under("/v1/tokens") {
         return Some(Scope::Admin);
     }
     if path.starts_with("/v1/agents/") && method != Method::GET && method != Method::HEAD {
@@ -137,6 +138,12 @@ mod tests {
         );
         assert_eq!(required_scope(&Method::POST, "/mcp"), Some(Scope::Invoke));
         assert_eq!(required_scope(&Method::GET, "/v1/scan"), Some(Scope::Audit));
+        for method in [Method::GET, Method::PUT, Method::DELETE] {
+            assert_eq!(
+                required_scope(&method, "/v1/policies/payments"),
+                Some(Scope::Admin)
+            );
+        }
         assert_eq!(
             required_scope(&Method::DELETE, "/v1/agents/a"),
             Some(Scope::Admin)

@@ -51,11 +51,19 @@ pub async fn serve(
     let db = Database::open_with(&config.data_dir, config.database_options())?;
     // Policies first: recovery and loading the registry write and read
     // through the database, and must do so under the configured policies.
+    // The stored policies were installed by the open; compile them again
+    // with the configured evaluator, then import `policies_dir` into the store.
+    PolicyEngine::new(&db).set_rego_evaluator(config.rego_evaluator);
+    if config.rego_evaluator != crate::policy::RegoEvaluator::default() {
+        db.reload_stored_policies()?;
+    }
     if let Some(dir) = &config.policies_dir {
-        let policy = PolicyEngine::new(&db);
-        policy.set_rego_evaluator(config.rego_evaluator);
-        let names = policy.load_dir(dir)?;
-        tracing::info!(policies = ?names, dir = %dir.display(), "loaded policies");
+        let imported = db.import_policies(dir)?;
+        let names: Vec<String> = imported
+            .iter()
+            .map(|(p, change)| format!("{} r{} ({change:?})", p.name, p.revision))
+            .collect();
+        tracing::info!(policies = ?names, dir = %dir.display(), "imported policies into the store");
     }
     config.apply_policy(&PolicyEngine::new(&db))?;
     let dispatcher = ToolDispatcher::try_new(db)?;

@@ -28,7 +28,7 @@ pub use errors::{ApiError, ERROR_CODES};
 pub use invoke::InvokeBody;
 pub use lifecycle::{run, run_with, serve, shutdown_signal};
 pub use limits::ServerLimits;
-pub use policies::{AddPolicyBody, PolicyInfo};
+pub use policies::{AddPolicyBody, PolicyInfo, PolicyView, PutPolicyAnswer, PutPolicyBody};
 pub use routes::router;
 pub use scan::{caused_by, scan_page, scan_page_as, ScanItem, ScanPage, ScanQuery, MAX_SCAN_PAGE};
 pub use tokens::{CreateTokenBody, CreatedToken, TokenInfo};

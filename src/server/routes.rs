@@ -77,6 +77,12 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
             "/v1/tokens/{id}",
             axum::routing::delete(tokens::revoke_token),
         )
+        .route(
+            "/v1/policies/{name}",
+            get(policies::get_policy)
+                .put(policies::put_policy)
+                .delete(policies::delete_policy),
+        )
         // MCP over streamable HTTP, behind the same token and limits.
         .nest_service(
             "/mcp",

@@ -15,7 +15,8 @@
 //! needed.
 //!
 //! Files: `options` (how to open), `transaction` (the commit path), `scan`
-//! (prefix scans), `decision_log` (its persistence and pruning), `reserved`
+//! (prefix scans), `decision_log` (its persistence and pruning),
+//! `policy_store` (Rego modules stored under `policies/`), `reserved`
 //! (namespace ownership), `cache` (session bindings), `blocking` (commits
 //! from async code without stalling a runtime worker).
 
@@ -23,6 +24,7 @@ mod blocking;
 mod cache;
 mod decision_log;
 mod options;
+mod policy_store;
 mod reserved;
 mod scan;
 mod transaction;
@@ -33,6 +35,7 @@ pub(crate) use options::table_options;
 pub use options::{
     DatabaseOptions, Durability, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_MAX_VALUE_BYTES,
 };
+pub use policy_store::{PolicyChange, StoredPolicy, POLICIES};
 pub use reserved::ReservedWrites;
 pub use scan::{Page, Scan, ScanBuilder, PAGE_HIDDEN_BUDGET};
 pub use transaction::Transaction;
@@ -64,6 +67,8 @@ struct Inner {
     write_options: rocksdb::WriteOptions,
     options: DatabaseOptions,
     path: PathBuf,
+    /// Held by each change to the stored policies (`policies/`).
+    policy_changes: parking_lot::Mutex<()>,
 }
 
 /// A handle on one open store. Cloning is cheap and every clone shares the same
@@ -119,7 +124,7 @@ impl Database {
             }
             n
         };
-        Ok(Database {
+        let db = Database {
             inner: Arc::new(Inner {
                 rocks,
                 bindings: PrefixCache::new(SESSIONS),
@@ -130,8 +135,12 @@ impl Database {
                 write_options,
                 options,
                 path: path.to_path_buf(),
+                policy_changes: parking_lot::Mutex::new(()),
             }),
-        })
+        };
+        // Every process that opens the store runs under its stored policies.
+        db.install_stored_policies()?;
+        Ok(db)
     }
 
     /// Where the store lives on disk.

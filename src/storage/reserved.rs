@@ -1,14 +1,16 @@
 //! Namespace ownership: which prefixes the generic write API may touch.
 //!
 //! The audit trail is append-only from the outside. `tools/`, `inflight/`,
-//! `sessions/` and `agents/` are written by the parts of Switchboard that own
-//! them (the dispatcher, recovery, the registry) through a crate-internal
+//! `sessions/`, `agents/` and `policies/` are written by the parts of
+//! Switchboard that own them (the dispatcher, recovery, the registry, the
+//! policy store) through a crate-internal
 //! way in; `policy_log/` only by the policy chain. A caller who really must
 //! write a reserved key (a migration, a repair) opts in loudly with
 //! [`Database::writes_to_reserved_namespaces`]; those writes still pass
 //! through the policy chain.
 
 use super::decision_log::DECISION_LOG;
+use super::policy_store::POLICIES;
 use super::{Database, Transaction};
 use crate::error::{Error, Result};
 use crate::namespace::{validate_key, AGENTS, INFLIGHT, SESSIONS, TOKENS, TOOLS};
@@ -24,12 +26,16 @@ pub(crate) enum Access {
 }
 
 /// The reserved prefixes and who owns each.
-const OWNED: [(&str, &str); 5] = [
+const OWNED: [(&str, &str); 6] = [
     (TOOLS, "the dispatcher"),
     (INFLIGHT, "the dispatcher and recovery"),
     (SESSIONS, "the dispatcher"),
     (AGENTS, "the agent registry"),
     (TOKENS, "the token store (`switchboard tokens`)"),
+    (
+        POLICIES,
+        "the policy store (PUT /v1/policies/{name}, `switchboard policy put`, `Database::put_policy`)",
+    ),
 ];
 
 /// Checks that `key` is valid and writable with `access`.
@@ -134,7 +140,13 @@ mod tests {
 
     #[test]
     fn reserved_prefixes_need_the_reserved_access() {
-        for key in ["tools/c/t/1", "inflight/1", "sessions/s", "agents/a"] {
+        for key in [
+            "tools/c/t/1",
+            "inflight/1",
+            "sessions/s",
+            "agents/a",
+            "policies/p",
+        ] {
             assert!(
                 validate_writable_key(key, Access::Generic).is_err(),
                 "{key}"

@@ -151,6 +151,18 @@ impl Transaction {
         }
         self.db
             .commit_staged(self.staged, self.read_set, Checks::BeforeAndAfter)
+            .map(drop)
+    }
+
+    /// [`commit`](Self::commit), returning the puts a before-hook rewrote
+    /// (`Modify`), as `(key, stored value)`: an owner that writes the same
+    /// record again (the dispatcher) keeps what the hooks masked.
+    pub(crate) fn commit_reporting_rewrites(self) -> Result<Vec<(String, Vec<u8>)>> {
+        if self.staged.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db
+            .commit_staged(self.staged, self.read_set, Checks::BeforeAndAfter)
     }
 
     /// Commits bookkeeping the store must not lose (a dispatch's outcome):
@@ -162,6 +174,7 @@ impl Transaction {
         }
         self.db
             .commit_staged(self.staged, self.read_set, Checks::AfterOnly)
+            .map(drop)
     }
 }
 
@@ -205,20 +218,26 @@ impl KeyLocks {
 }
 
 impl Database {
+    /// Commits `staged`; returns the puts a before-hook rewrote.
     fn commit_staged(
         &self,
         staged: Vec<Staged>,
         read_set: Vec<(String, Option<Vec<u8>>)>,
         checks: Checks,
-    ) -> Result<()> {
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let chain = &self.inner.chain;
         let (mut checked, unchecked) = match checks {
             Checks::BeforeAndAfter => (Vec::with_capacity(staged.len()), staged),
             Checks::AfterOnly => (staged, Vec::new()),
         };
         let mut decisions = Vec::new();
+        let mut rewrites = Vec::new();
         for op in unchecked {
             let mut verdict = chain.run(Phase::Before, op.op, &op.key, op.value, &op.ctx);
+            let rewritten = verdict
+                .decisions
+                .iter()
+                .any(|d| d.decision == crate::policy::DecisionKind::Modify);
             decisions.append(&mut verdict.decisions);
             match verdict.value {
                 Ok(value) => checked.push(Staged {
@@ -230,6 +249,11 @@ impl Database {
                 Err(e) => {
                     self.record_decisions(decisions);
                     return Err(e);
+                }
+            }
+            if rewritten {
+                if let Some(staged @ Staged { value: Some(v), .. }) = checked.last() {
+                    rewrites.push((staged.key.clone(), v.clone()));
                 }
             }
         }
@@ -293,6 +317,6 @@ impl Database {
                 self.record_decisions(verdict.decisions);
             }
         }
-        Ok(())
+        Ok(rewrites)
     }
 }

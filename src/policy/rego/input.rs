@@ -14,6 +14,7 @@ pub(super) fn input_document(
     value: &[u8],
     ctx: &PolicyContext,
     with_value: bool,
+    with_arguments: bool,
 ) -> Value {
     let value = match op {
         Op::Delete => Value::Null,
@@ -32,6 +33,9 @@ pub(super) fn input_document(
         fields.insert(Value::from("key"), Value::from(key));
         fields.insert(Value::from("value"), value);
         fields.insert(Value::from("context"), context);
+        if let Some(arguments) = ctx.input().filter(|_| with_arguments) {
+            fields.insert(Value::from("input"), Value::from(arguments.clone()));
+        }
     }
     input
 }
@@ -71,11 +75,24 @@ fn context_document(ctx: &PolicyContext) -> Value {
 
 /// Whether Rego `source` may read `input.value`. Conservative: only a source
 /// whose every use of `input` (outside comments and strings) is `input.op`,
-/// `input.phase`, `input.key` or `input.context…` cannot; a bare `input`, an
+/// `input.phase`, `input.key`, `input.context…` or `input.input…` (a call's
+/// arguments) cannot; a bare `input`, an
 /// `input[...]` or an `import input…` may reach the value, and counts as
 /// reading it.
 pub(super) fn may_read_input_value(source: &str) -> bool {
-    const WITHOUT_VALUE: [&str; 4] = ["op", "phase", "key", "context"];
+    uses_input_beyond(source, &["op", "phase", "key", "context", "input"])
+}
+
+/// Whether Rego `source` may read `input.input` (a call's arguments), by the
+/// same conservative reading as [`may_read_input_value`]: when it cannot,
+/// the arguments are not converted for it.
+pub(super) fn may_read_arguments(source: &str) -> bool {
+    uses_input_beyond(source, &["op", "phase", "key", "context", "value"])
+}
+
+/// Whether some use of `input` in `source` (outside comments and strings)
+/// is anything but `input.F` with `F` in `allowed`.
+fn uses_input_beyond(source: &str, allowed: &[&str]) -> bool {
     let bytes = source.as_bytes();
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let ident_at = |start: usize| {
@@ -106,13 +123,16 @@ pub(super) fn may_read_input_value(source: &str) -> bool {
             }
             b if is_ident(b) => {
                 let (word, end) = ident_at(i);
+                let mut next = end;
                 if word == "input" {
-                    let field = (bytes.get(end) == Some(&b'.')).then(|| ident_at(end + 1).0);
-                    if !field.is_some_and(|f| WITHOUT_VALUE.contains(&f)) {
-                        return true;
+                    let field = (bytes.get(end) == Some(&b'.')).then(|| ident_at(end + 1));
+                    match field {
+                        // Past the field: `input.input.x` is not a second `input`.
+                        Some((f, after)) if allowed.contains(&f) => next = after,
+                        _ => return true,
                     }
                 }
-                i = end;
+                i = next;
             }
             _ => i += 1,
         }
@@ -133,6 +153,7 @@ mod tests {
             "deny contains `raw input[0]` if input.context[\"agent_id\"] == \"x\"",
             "import input.context as ctx\nallow if ctx.agent_id == \"a\"",
             "myinput := 1\nallow if myinput == input.op",
+            "deny contains m if { contains(input.input.command, \"rm -rf\"); m := \"x\" }",
         ];
         for source in without {
             assert!(!may_read_input_value(source), "{source}");
@@ -149,5 +170,10 @@ mod tests {
         for source in with {
             assert!(may_read_input_value(source), "{source}");
         }
+        assert!(may_read_arguments("allow if input.input.amount < 10"));
+        assert!(may_read_arguments("allow if count(input) > 0"));
+        assert!(!may_read_arguments(
+            "allow if input.value.status == \"x\"\nallow if input.context.a == input.key"
+        ));
     }
 }

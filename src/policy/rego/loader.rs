@@ -77,7 +77,7 @@ pub fn declared_ops(file: &str, source: &str) -> Result<Vec<Op>> {
                         return Err(Error::PolicyLoad {
                             name: file.to_string(),
                             reason: format!(
-                                "unknown op {other:?} in `# ops:`; use put, delete, get"
+                                "unknown op {other:?} in `# ops:`; use put, delete, get (get judges reads)"
                             ),
                         })
                     }
@@ -105,17 +105,51 @@ fn header_comments(source: &str) -> impl Iterator<Item = &str> {
         .map(str::trim)
 }
 
+/// The one parser of a module and its header: every entry point (a policy
+/// directory, the stored policies, `policy check`, the HTTP API) goes
+/// through it, so a header one accepts every other accepts. `scopes`
+/// overrides the `# scope:` lines when given.
+pub(crate) fn parse_module(
+    file: &str,
+    source: &str,
+    scopes: Option<&[String]>,
+    evaluator: RegoEvaluator,
+) -> Result<LoadedModule> {
+    let scopes = match scopes {
+        Some(globs) if !globs.is_empty() => globs
+            .iter()
+            .map(|g| {
+                Glob::new(g).map_err(|e| Error::PolicyLoad {
+                    name: file.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => declared_scopes(file, source)?,
+    };
+    Ok(LoadedModule {
+        scopes,
+        ops: declared_ops(file, source)?,
+        module: RegoModule::compile(Some(file), source, evaluator)?,
+    })
+}
+
+/// The `*.rego` modules of `dir` (not `*_test.rego`), in file-name order:
+/// `(path, source)`.
+pub fn module_files(dir: &Path) -> Result<Vec<(std::path::PathBuf, String)>> {
+    rego_files(dir)?
+        .into_iter()
+        .filter(|p| !is_test_file(p))
+        .map(|p| read(&p).map(|source| (p, source)))
+        .collect()
+}
+
 /// Compiles every non-test module of `dir` with its declared scopes and ops.
 pub(crate) fn load_dir(dir: &Path, evaluator: RegoEvaluator) -> Result<Vec<LoadedModule>> {
     let mut loaded = Vec::new();
-    for path in rego_files(dir)?.into_iter().filter(|p| !is_test_file(p)) {
-        let source = read(&path)?;
+    for (path, source) in module_files(dir)? {
         let file = path.display().to_string();
-        loaded.push(LoadedModule {
-            scopes: declared_scopes(&file, &source)?,
-            ops: declared_ops(&file, &source)?,
-            module: RegoModule::compile(Some(&file), &source, evaluator)?,
-        });
+        loaded.push(parse_module(&file, &source, None, evaluator)?);
     }
     Ok(loaded)
 }

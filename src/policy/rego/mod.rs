@@ -18,9 +18,9 @@ mod test_runner;
 
 use super::{Op, Phase, PolicyAction, PolicyContext};
 use crate::error::{panic_message, Error, Result};
-use input::{input_document, may_read_input_value};
-pub(crate) use loader::load_dir;
-pub use loader::{declared_ops, declared_scopes};
+use input::{input_document, may_read_arguments, may_read_input_value};
+pub use loader::{declared_ops, declared_scopes, module_files};
+pub(crate) use loader::{load_dir, parse_module, LoadedModule};
 use pool::{new_engine, EvalRule, Evaluator};
 use regorus::{Engine, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -48,6 +48,8 @@ pub struct RegoModule {
     /// Whether the source may read `input.value`; when it cannot, the stored
     /// value (often most of the input) is not parsed for it.
     reads_value: bool,
+    /// Whether the source may read `input.input` (a call's arguments).
+    reads_arguments: bool,
     deny_rule: Option<String>,
     allow_rule: Option<String>,
     evaluator: Evaluator,
@@ -102,6 +104,7 @@ impl RegoModule {
         Ok(RegoModule {
             name: package.trim_start_matches("data.").to_string(),
             reads_value: may_read_input_value(source),
+            reads_arguments: may_read_arguments(source),
             deny_rule,
             allow_rule,
             evaluator,
@@ -129,7 +132,15 @@ impl RegoModule {
         // A panic inside regorus denies like an evaluation error; the machine
         // it happened on is dropped with the unwind, never pooled again.
         let decided = catch_unwind(AssertUnwindSafe(|| {
-            let input = input_document(op, phase, key, value, ctx, self.reads_value);
+            let input = input_document(
+                op,
+                phase,
+                key,
+                value,
+                ctx,
+                self.reads_value,
+                self.reads_arguments,
+            );
             self.evaluator.with_input(input, |eval| self.judge(eval))
         }))
         .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&panic))));

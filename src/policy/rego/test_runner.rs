@@ -1,9 +1,9 @@
 //! `switchboard policy check`: runs the `test_*` rules of a module's
 //! `*_test.rego` sibling in the interpreter.
 
-use super::loader::{declared_scopes, read};
+use super::loader::{parse_module, read};
 use super::pool::new_engine;
-use super::{message_text, RegoEvaluator, RegoModule};
+use super::{message_text, RegoEvaluator};
 use crate::error::{Error, Result};
 use regorus::Value;
 use std::path::Path;
@@ -25,8 +25,8 @@ pub struct RegoTestResult {
 pub fn run_tests(module: &Path) -> Result<Vec<RegoTestResult>> {
     let source = read(module)?;
     let file = module.display().to_string();
-    declared_scopes(&file, &source)?;
-    RegoModule::compile(Some(&file), &source, RegoEvaluator::Interpreter)?;
+    // The parser `serve` and the policy store use: same headers, same errors.
+    parse_module(&file, &source, None, RegoEvaluator::Interpreter)?;
     let test_path = module.with_file_name(format!(
         "{}_test.rego",
         module.file_stem().and_then(|s| s.to_str()).unwrap_or("")

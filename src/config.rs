@@ -70,6 +70,18 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// `[records]`: what dispatch records keep of each call's arguments and output.
     pub records: RecordsSection,
+    /// `[cluster]`: share agents and session bindings with other nodes through etcd.
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: this node joins the nodes sharing one etcd (docs/cluster.md).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// etcd client URLs, e.g. `["http://127.0.0.1:2379"]`.
+    pub etcd: Vec<String>,
+    /// This node's id, unique among the nodes.
+    pub node_id: String,
 }
 
 /// `[auth]`: callers' identities besides the static `token`.
@@ -327,6 +339,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             metrics_listen: None,
             records: RecordsSection::default(),
+            cluster: None,
         }
     }
 }

@@ -100,6 +100,11 @@ pub enum Error {
     #[error("storage error: {0}")]
     Storage(String),
 
+    /// A store this node shares with others (cluster mode's etcd) cannot be
+    /// reached; nothing was written. Retry once it is back.
+    #[error("cluster store unavailable: {0}")]
+    Unavailable(String),
+
     /// Something outside the caller's control failed (a socket that cannot be
     /// bound, a task that died); `source` keeps the underlying error.
     #[error("{what}: {source}")]

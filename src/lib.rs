@@ -52,6 +52,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod dispatch;
 mod error;
 pub mod identity;

@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["routing"],
     &["transport"],
     &["dispatch"],
+    &["cluster"],
     &["config"],
     &["mcp"],
     &["server"],

@@ -113,6 +113,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/agents/{id}"),
     ("post", "/v1/invoke"),
     ("get", "/v1/metrics"),
+    ("get", "/v1/cluster"),
     ("get", "/metrics"),
     ("get", "/v1/scan"),
     ("get", "/v1/policies"),

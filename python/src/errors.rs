@@ -139,7 +139,7 @@ pub fn to_py(e: Error) -> PyErr {
                 UnknownAgentError::new_err(message),
                 vec![("agent_id", obj(py, agent_id))],
             ),
-            Error::Storage(_) => (StorageError::new_err(message), vec![]),
+            Error::Storage(_) | Error::Unavailable(_) => (StorageError::new_err(message), vec![]),
             // A kind added to the core later still arrives as a SwitchboardError.
             #[allow(unreachable_patterns)]
             _ => (SwitchboardError::new_err(message), vec![]),

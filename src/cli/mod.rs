@@ -6,6 +6,8 @@
 
 mod agents;
 mod client;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod config;
 mod demo;
 mod invoke;
@@ -52,6 +54,10 @@ pub enum Command {
     /// Issue, list or revoke API tokens.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// The nodes of a cluster (cluster mode, docs/cluster.md).
+    #[cfg(feature = "cluster")]
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Check a config file.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -188,6 +194,8 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
         Command::Policy(cmd) => policy::run(cmd).await,
         Command::Tokens(cmd) => tokens::run(cmd).await,
         Command::Config(cmd) => config::run(cmd),
+        #[cfg(feature = "cluster")]
+        Command::Cluster(cmd) => cluster::run(cmd).await,
         Command::Demo(args) => demo::run(args.data).await,
         Command::Mcp(args) => {
             let db = open(&args.data)?;

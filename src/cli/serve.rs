@@ -21,6 +21,12 @@ pub struct ServeArgs {
     /// A second address serving only GET /metrics, without a token.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Cluster mode: etcd client URLs, comma-separated (see docs/cluster.md).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_etcd: Vec<String>,
+    /// Cluster mode: this node's id, unique among the nodes.
+    #[arg(long)]
+    pub node_id: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
@@ -39,6 +45,21 @@ pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
     }
     if let Some(addr) = args.metrics_listen {
         config.metrics_listen = Some(addr);
+    }
+    if !args.cluster_etcd.is_empty() || args.node_id.is_some() {
+        let mut section = config.cluster.take().unwrap_or_default();
+        if !args.cluster_etcd.is_empty() {
+            section.etcd = args.cluster_etcd;
+        }
+        if let Some(id) = args.node_id {
+            section.node_id = id;
+        }
+        if section.etcd.is_empty() {
+            return Err(switchboard::Error::invalid(
+                "--node-id needs --cluster-etcd URL (or `etcd` under [cluster] in the config)",
+            ));
+        }
+        config.cluster = Some(section);
     }
     switchboard::server::serve(config, switchboard::server::shutdown_signal()).await
 }

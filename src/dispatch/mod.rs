@@ -218,6 +218,17 @@ impl ToolDispatcher {
         &self.inner.db
     }
 
+    /// Shares registrations and session bindings with other nodes through
+    /// these hooks (cluster mode); `None` keeps them on this node.
+    pub(crate) fn set_shared(
+        &self,
+        sink: Option<Arc<dyn crate::routing::shared::RegistrationSink>>,
+        bindings: Option<Arc<dyn crate::routing::shared::SessionBindings>>,
+    ) {
+        self.inner.registry.set_sink(sink);
+        self.inner.affinity.set_shared(bindings);
+    }
+
     /// The registry (registrations and their records).
     pub fn registry(&self) -> &AgentRegistry {
         &self.inner.registry

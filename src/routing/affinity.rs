@@ -2,16 +2,19 @@
 //! under `sessions/{id}` is read here, kept while its agent can serve, and
 //! replaced (bind / rebind) when it cannot; the new binding is returned for
 //! the dispatcher to commit with the call's record. Racing first calls of
-//! one session are serialised by a striped lock.
+//! one session are serialised by a striped lock; across nodes (cluster
+//! mode) a session this node has not bound yet asks the shared bindings,
+//! whose first binding wins.
 
 use super::agent::Agent;
 use super::registry::AgentRegistry;
 use super::router::{Lease, ToolRouter};
+use super::shared::SessionBindings;
 use super::strategy::RoutingStrategy;
 use crate::error::Result;
 use crate::namespace::{now_ms, session_key, SessionRecord, ToolCategory};
 use crate::storage::Database;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::sync::Arc;
 
 const SESSION_STRIPES: usize = 64;
@@ -35,6 +38,8 @@ pub(crate) struct Affinity {
     registry: Arc<AgentRegistry>,
     router: Arc<ToolRouter>,
     locks: Vec<Mutex<()>>,
+    /// Bindings shared with other nodes (cluster mode), if any.
+    shared: RwLock<Option<Arc<dyn SessionBindings>>>,
 }
 
 impl Affinity {
@@ -44,6 +49,61 @@ impl Affinity {
             registry,
             router,
             locks: (0..SESSION_STRIPES).map(|_| Mutex::new(())).collect(),
+            shared: RwLock::new(None),
+        }
+    }
+
+    /// Decides new bindings with other nodes through `shared` from now on.
+    pub(crate) fn set_shared(&self, shared: Option<Arc<dyn SessionBindings>>) {
+        *self.shared.write() = shared;
+    }
+
+    /// A new binding to `lease`'s agent, agreed with the other nodes if
+    /// there are any: when another node bound the session first, its agent
+    /// serves the call if it can here. If the shared bindings cannot be
+    /// reached, the session is bound locally (logged).
+    fn agree(&self, session_id: &str, lease: Lease, proposed: SessionRecord) -> Candidate {
+        let Some(shared) = self.shared.read().clone() else {
+            return Candidate {
+                lease,
+                binding: Some(proposed),
+            };
+        };
+        let winner = match shared.bind_if_absent(session_id, &proposed) {
+            Ok(winner) => winner,
+            Err(e) => {
+                tracing::warn!(session_id, error = %e, "shared session bindings unreachable; binding on this node only");
+                return Candidate {
+                    lease,
+                    binding: Some(proposed),
+                };
+            }
+        };
+        if winner.agent_id == lease.agent.id {
+            return Candidate {
+                lease,
+                binding: Some(winner),
+            };
+        }
+        let theirs = self
+            .registry
+            .live(&winner.agent_id)
+            .filter(|a| a.serves(&proposed.category) && a.is_healthy())
+            .and_then(|a| self.router.lease(&a));
+        match theirs {
+            Some(their_lease) => {
+                drop(lease);
+                Candidate {
+                    lease: their_lease,
+                    binding: Some(winner),
+                }
+            }
+            // Their agent cannot serve here now: serve this call with ours,
+            // leave the binding as the cluster has it.
+            None => Candidate {
+                lease,
+                binding: None,
+            },
         }
     }
 
@@ -103,7 +163,11 @@ impl Affinity {
             }
         };
         let Some(existing) = existing else {
-            return Ok(self.select(route, tried).map(|lease| bind(lease, now)));
+            return Ok(self.select(route, tried).map(|lease| {
+                let proposed = bind(lease, now);
+                let binding = proposed.binding.expect("a new binding");
+                self.agree(session_id, proposed.lease, binding)
+            }));
         };
         let bound: Option<Arc<Agent>> = self.registry.live(&existing.agent_id);
         Ok(match bound {
@@ -134,9 +198,17 @@ impl Affinity {
             }
             // Removed, not bound in this process, or unhealthy: replace the
             // agent and rewrite the binding.
-            _ => self
-                .select(route, tried)
-                .map(|lease| bind(lease, existing.created_at_ms)),
+            _ => self.select(route, tried).map(|lease| {
+                let rebound = bind(lease, existing.created_at_ms);
+                if let (Some(shared), Some(binding)) =
+                    (self.shared.read().clone(), rebound.binding.as_ref())
+                {
+                    if let Err(e) = shared.rebind(session_id, binding) {
+                        tracing::warn!(session_id, error = %e, "could not publish a session's new binding");
+                    }
+                }
+                rebound
+            }),
         })
     }
 }

@@ -6,6 +6,7 @@
 //! - `tiers`: priority tiers and panic routing, the rule every strategy picks under;
 //! - `strategy`: [`RoutingStrategy`] and the pure picks; `load_index`: least loaded order;
 //! - `affinity`: session bindings (bind, keep, rebind);
+//! - `shared`: the hooks a store shared by several nodes plugs into (cluster mode);
 //! - `outlier`: consecutive failures, ejection, re-admission, `Retry-After` pauses;
 //! - `health`: the probe round and the background task (probe injected);
 //! - `endpoint`: where an agent lives, endpoint validation;
@@ -20,6 +21,7 @@ pub(crate) mod metrics;
 pub(crate) mod outlier;
 pub(crate) mod registry;
 pub(crate) mod router;
+pub(crate) mod shared;
 pub(crate) mod strategy;
 pub(crate) mod tiers;
 

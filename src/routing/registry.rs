@@ -17,6 +17,7 @@ use super::endpoint::{check_endpoint_text, parse_endpoint, Endpoint};
 use super::metrics::AgentStats;
 use super::outlier::Health;
 use super::router::ToolRouter;
+use super::shared::RegistrationSink;
 use crate::error::{Error, Result};
 use crate::namespace::{
     agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, ToolCategory, AGENTS,
@@ -44,6 +45,8 @@ pub struct AgentRegistry {
     /// Serialises registration changes so store and memory change in the same order.
     changes: Mutex<()>,
     next_uid: AtomicU64,
+    /// Where registrations are also published (cluster mode), if anywhere.
+    sink: RwLock<Option<Arc<dyn RegistrationSink>>>,
 }
 
 fn context(agent_id: &str, action: OperationKind) -> PolicyContext {
@@ -134,6 +137,7 @@ impl AgentRegistry {
             agents: RwLock::new(HashMap::new()),
             changes: Mutex::new(()),
             next_uid: AtomicU64::new(1),
+            sink: RwLock::new(None),
         }
     }
 
@@ -299,6 +303,10 @@ impl AgentRegistry {
         let _changing = self.changes.lock();
         let id = record.agent_id.clone();
         let value = serde_json::to_vec(&record).map_err(Error::storage)?;
+        let sink = self.sink.read().clone();
+        if let Some(sink) = &sink {
+            sink.ready()?;
+        }
         off_worker(|| {
             self.db.owner_put_with(
                 &agent_key(&id),
@@ -306,6 +314,12 @@ impl AgentRegistry {
                 &caller_context(&id, OperationKind::Register, caller),
             )
         })?;
+        if let Some(sink) = &sink {
+            if let Err(e) = sink.publish(&id, Some(&record)) {
+                self.restore_stored(&id);
+                return Err(e);
+            }
+        }
         let stats = self
             .agents
             .read()
@@ -345,15 +359,127 @@ impl AgentRegistry {
         if !self.agents.read().contains_key(agent_id) {
             return Err(Error::UnknownAgent(agent_id.to_string()));
         }
+        let sink = self.sink.read().clone();
+        if let Some(sink) = &sink {
+            sink.ready()?;
+        }
         off_worker(|| {
             self.db.owner_delete_with(
                 &agent_key(agent_id),
                 &caller_context(agent_id, OperationKind::Unregister, caller),
             )
         })?;
+        if let Some(sink) = &sink {
+            if let Err(e) = sink.publish(agent_id, None) {
+                self.restore_stored(agent_id);
+                return Err(e);
+            }
+        }
         self.router.remove(agent_id);
         self.agents.write().remove(agent_id);
         tracing::info!(agent_id, "agent unregistered");
+        Ok(())
+    }
+
+    /// Publishes every later registration change through `sink` too.
+    pub(crate) fn set_sink(&self, sink: Option<Arc<dyn RegistrationSink>>) {
+        *self.sink.write() = sink;
+    }
+
+    /// Puts the stored record of `agent_id` back as memory has it (or removes
+    /// it), after a write whose publication failed. Bookkeeping: it undoes a
+    /// write the policy chain already allowed.
+    fn restore_stored(&self, agent_id: &str) {
+        let previous = self.agents.read().get(agent_id).map(|r| r.record.clone());
+        let result = off_worker(|| {
+            let mut tx = self.db.owner_transaction();
+            let ctx = context(agent_id, OperationKind::Register);
+            match &previous {
+                Some(record) => {
+                    let value = serde_json::to_vec(record).map_err(Error::storage)?;
+                    tx.put_with(&agent_key(agent_id), &value, &ctx)?;
+                }
+                None => tx.delete_with(&agent_key(agent_id), &ctx)?,
+            }
+            tx.commit_bookkeeping()
+        });
+        if let Err(e) = result {
+            tracing::error!(agent_id, error = %e, "could not undo a registration that was not published");
+        }
+    }
+
+    /// Applies a registration published by another node: stored here as
+    /// bookkeeping (it passed the policy chain where it was made) and routed.
+    /// A record equal to the one held (this node's own write coming back) is
+    /// ignored. Another node's in-process agent is listed, never routed here.
+    pub(crate) fn apply_shared(&self, record: AgentRecord) -> Result<()> {
+        let _changing = self.changes.lock();
+        let id = record.agent_id.clone();
+        let same = |held: &AgentRecord| {
+            AgentRecord {
+                status: record.status,
+                updated_at_ms: record.updated_at_ms,
+                ..held.clone()
+            } == record
+        };
+        if self.agents.read().get(&id).is_some_and(|r| same(&r.record)) {
+            return Ok(());
+        }
+        let stats = self
+            .agents
+            .read()
+            .get(&id)
+            .map_or_else(Default::default, |r| r.stats.clone());
+        let live = match &record.transport {
+            AgentTransport::Local => None,
+            AgentTransport::Http {
+                endpoint,
+                health_url,
+            } => Some(self.http_agent(&record, endpoint, health_url, stats.clone())?),
+        };
+        let value = serde_json::to_vec(&record).map_err(Error::storage)?;
+        off_worker(|| {
+            let mut tx = self.db.owner_transaction();
+            tx.put_with(
+                &agent_key(&id),
+                &value,
+                &context(&id, OperationKind::Register),
+            )?;
+            tx.commit_bookkeeping()
+        })?;
+        match &live {
+            Some(agent) => self.router.add(agent.clone()),
+            None => self.router.remove(&id),
+        }
+        self.agents.write().insert(
+            id.clone(),
+            Registered {
+                record,
+                live,
+                stats,
+            },
+        );
+        tracing::info!(agent_id = %id, "applied a registration from the cluster");
+        Ok(())
+    }
+
+    /// Applies a removal published by another node (nothing if unknown here).
+    pub(crate) fn remove_shared(&self, agent_id: &str) -> Result<()> {
+        let _changing = self.changes.lock();
+        if !self.agents.read().contains_key(agent_id) {
+            return Ok(());
+        }
+        off_worker(|| {
+            let mut tx = self.db.owner_transaction();
+            tx.delete_with(
+                &agent_key(agent_id),
+                &context(agent_id, OperationKind::Unregister),
+            )?;
+            tx.commit_bookkeeping()
+        })?;
+        self.router.remove(agent_id);
+        self.agents.write().remove(agent_id);
+        tracing::info!(agent_id, "applied a removal from the cluster");
         Ok(())
     }
 

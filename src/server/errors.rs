@@ -38,6 +38,7 @@ pub const ERROR_CODES: &[&str] = &[
     "storage",
     "internal",
     "rate_limited",
+    "cluster_unavailable",
 ];
 
 /// An error as the API returns it.
@@ -104,6 +105,7 @@ impl From<Error> for ApiError {
             Error::UnknownAgent(_) => (StatusCode::NOT_FOUND, "unknown_agent"),
             Error::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
             Error::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable"),
             Error::Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = match &e {

@@ -67,6 +67,8 @@ pub async fn serve(
     }
     config.apply_policy(&PolicyEngine::new(&db))?;
     let dispatcher = ToolDispatcher::try_new(db)?;
+    // Before `[[agents]]`: they are published to the cluster like any registration.
+    let cluster = join_cluster(&config, &dispatcher).await?;
     config.register_agents(&dispatcher)?;
     if let Some(health) = config.health_checks() {
         dispatcher.enable_health_checks(health);
@@ -77,6 +79,12 @@ pub async fn serve(
     tracing::info!(listen = %config.listen, data = %config.data_dir.display(), "switchboard serving");
     let mut state =
         AppState::new(dispatcher, token).with_allowed_hosts(config.allowed_hosts.clone());
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = cluster {
+        state = state.with_cluster(cluster);
+    }
+    #[cfg(not(feature = "cluster"))]
+    let () = cluster;
     if let Some(jwt) = jwt {
         tracing::info!(verifier = ?jwt, "accepting JWTs");
         state = state.with_jwt(jwt);
@@ -109,6 +117,35 @@ pub async fn serve(
         task.abort();
     }
     served
+}
+
+/// Joins the cluster `[cluster]` names, if any.
+#[cfg(feature = "cluster")]
+async fn join_cluster(
+    config: &Config,
+    dispatcher: &ToolDispatcher,
+) -> crate::Result<Option<Arc<crate::cluster::Cluster>>> {
+    let Some(section) = &config.cluster else {
+        return Ok(None);
+    };
+    let settings = crate::cluster::ClusterSettings {
+        etcd: section.etcd.clone(),
+        node_id: section.node_id.clone(),
+        listen: config.listen.clone(),
+    };
+    crate::cluster::Cluster::join(dispatcher, settings)
+        .await
+        .map(Some)
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn join_cluster(config: &Config, _: &ToolDispatcher) -> crate::Result<()> {
+    match config.cluster {
+        Some(_) => Err(Error::invalid(
+            "[cluster] needs a build with the `cluster` feature (on by default)",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Whether every address `listen` names is a loopback address.

@@ -5,11 +5,13 @@
 //! graceful shutdown), `limits` (what clients may hold), `auth` (who the
 //! caller is, and the scope each route needs), `hosts` (Host-header
 //! validation), `prometheus` (the exposition), and one file of handlers per
-//! resource (`agents`, `invoke`, `scan`, `policies`, `metrics`, `tokens`).
+//! resource (`agents`, `invoke`, `scan`, `policies`, `metrics`, `tokens`,
+//! `cluster`, which also answers `/healthz`).
 //! `docs/openapi.json` describes every route.
 
 mod agents;
 mod auth;
+mod cluster;
 mod errors;
 mod hosts;
 mod invoke;
@@ -54,6 +56,9 @@ pub struct AppState {
     pub(crate) invoke_slots: Arc<Semaphore>,
     /// Turns bearer credentials into callers (static token, issued tokens, JWTs).
     pub auth: Authenticator,
+    /// This node's cluster membership (cluster mode), if any.
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -68,7 +73,16 @@ impl AppState {
             token: token.map(Arc::from),
             allowed_hosts: Arc::from(Vec::new()),
             invoke_slots: ServerLimits::default().invoke_slots(),
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
+    }
+
+    /// Reports `cluster`'s health and nodes (`/healthz`, `/v1/cluster`).
+    #[cfg(feature = "cluster")]
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Also accept JWTs verified by `jwt`.

@@ -5,13 +5,12 @@
 use super::errors::{self, ApiError};
 use super::hosts::{self, AllowedHosts};
 use super::limits::ServerLimits;
-use super::{agents, auth, invoke, metrics, policies, scan, tokens, AppState};
+use super::{agents, auth, cluster, invoke, metrics, policies, scan, tokens, AppState};
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use std::net::SocketAddr;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -53,7 +52,8 @@ pub(crate) fn metrics_only(state: AppState) -> Router {
 fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
     state.invoke_slots = limits.invoke_slots();
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(cluster::healthz))
+        .route("/v1/cluster", get(cluster::status))
         .route("/v1/agents", get(agents::list_agents))
         .route(
             "/v1/agents/{id}",

@@ -1,0 +1,296 @@
+//! A small etcd v3 client over etcd's JSON gateway (`/v3/kv/*`,
+//! `/v3/lease/*`, `/v3/watch`), on the HTTP client the crate already has:
+//! ranges, puts, deletes, create-if-absent transactions, leases and a watch
+//! stream. Keys and values travel base64-encoded, revisions as strings.
+
+use crate::error::{Error, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How long one request to etcd may take before the member counts as unreachable.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One key-value pair as etcd returns it.
+#[derive(Clone, Debug)]
+pub(crate) struct Kv {
+    pub(crate) key: String,
+    pub(crate) value: Vec<u8>,
+}
+
+/// A change seen by a watch.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Put(Kv),
+    Delete(String),
+}
+
+/// What one watch message says.
+pub(crate) enum WatchMessage {
+    Events {
+        revision: i64,
+        events: Vec<Event>,
+    },
+    /// The start revision was compacted away: list again.
+    Compacted,
+}
+
+/// The members' client URLs; requests go to the one that last answered.
+pub(crate) struct Etcd {
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+    http: reqwest::Client,
+}
+
+fn b64(s: &[u8]) -> String {
+    B64.encode(s)
+}
+
+/// The key just past every key starting with `prefix` (etcd's range end).
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    b64(&end)
+}
+
+fn num(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn kv(v: &Value) -> Option<Kv> {
+    let key = B64.decode(v["key"].as_str()?).ok()?;
+    let value = match v["value"].as_str() {
+        Some(s) => B64.decode(s).ok()?,
+        None => Vec::new(),
+    };
+    Some(Kv {
+        key: String::from_utf8(key).ok()?,
+        value,
+    })
+}
+
+fn unavailable(what: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!(
+        "{what}; check that etcd is running at the URLs given to --cluster-etcd"
+    ))
+}
+
+impl Etcd {
+    pub(crate) fn new(endpoints: Vec<String>) -> Result<Etcd> {
+        if endpoints.is_empty() {
+            return Err(Error::invalid(
+                "--cluster-etcd needs at least one etcd client URL, e.g. http://127.0.0.1:2379",
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| Error::internal("cannot build the etcd HTTP client", e))?;
+        Ok(Etcd {
+            endpoints: endpoints
+                .into_iter()
+                .map(|e| e.trim_end_matches('/').to_string())
+                .collect(),
+            current: AtomicUsize::new(0),
+            http,
+        })
+    }
+
+    /// POSTs `body` to `path`, trying each member once, starting with the
+    /// one that answered last.
+    async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let n = self.endpoints.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for i in 0..n {
+            let index = (start + i) % n;
+            let url = format!("{}{path}", self.endpoints[index]);
+            let sent = self
+                .http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+                .await;
+            match sent {
+                Ok(response) => {
+                    let status = response.status();
+                    let bytes = response.bytes().await.map_err(|e| unavailable(&e))?;
+                    if !status.is_success() {
+                        last = format!(
+                            "{url} answered {status}: {}",
+                            String::from_utf8_lossy(&bytes)
+                        );
+                        continue;
+                    }
+                    self.current.store(index, Ordering::Relaxed);
+                    return serde_json::from_slice(&bytes)
+                        .map_err(|e| unavailable(format!("{url} answered with bad JSON: {e}")));
+                }
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(unavailable(format!("no etcd member answered ({last})")))
+    }
+
+    /// Every pair under `prefix`, and the store's revision they were read at.
+    pub(crate) async fn list(&self, prefix: &str) -> Result<(Vec<Kv>, i64)> {
+        let answer = self
+            .post(
+                "/v3/kv/range",
+                &json!({"key": b64(prefix.as_bytes()), "range_end": prefix_end(prefix)}),
+            )
+            .await?;
+        let revision = num(&answer["header"]["revision"]);
+        let kvs = answer["kvs"]
+            .as_array()
+            .map(|a| a.iter().filter_map(kv).collect())
+            .unwrap_or_default();
+        Ok((kvs, revision))
+    }
+
+    /// Writes `value` under `key`, attached to `lease` if given.
+    pub(crate) async fn put(&self, key: &str, value: &[u8], lease: Option<i64>) -> Result<()> {
+        let mut body = json!({"key": b64(key.as_bytes()), "value": b64(value)});
+        if let Some(lease) = lease {
+            body["lease"] = json!(lease.to_string());
+        }
+        self.post("/v3/kv/put", &body).await.map(|_| ())
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<()> {
+        self.post("/v3/kv/deleterange", &json!({"key": b64(key.as_bytes())}))
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes `value` under `key` only if the key does not exist; returns
+    /// the value that holds afterwards (`value`, or the earlier one).
+    pub(crate) async fn create_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>> {
+        let k = b64(key.as_bytes());
+        let answer = self
+            .post(
+                "/v3/kv/txn",
+                &json!({
+                    "compare": [{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+                    "success": [{"request_put": {"key": k, "value": b64(value)}}],
+                    "failure": [{"request_range": {"key": k}}],
+                }),
+            )
+            .await?;
+        if answer["succeeded"].as_bool() == Some(true) {
+            return Ok(value.to_vec());
+        }
+        answer["responses"][0]["response_range"]["kvs"][0]
+            .as_object()
+            .and_then(|_| kv(&answer["responses"][0]["response_range"]["kvs"][0]))
+            .map(|kv| kv.value)
+            .ok_or_else(|| unavailable(format!("etcd did not create {key} nor return it")))
+    }
+
+    /// A new lease of `ttl_secs`; its id.
+    pub(crate) async fn grant(&self, ttl_secs: u64) -> Result<i64> {
+        let answer = self
+            .post("/v3/lease/grant", &json!({"TTL": ttl_secs.to_string()}))
+            .await?;
+        match num(&answer["ID"]) {
+            0 => Err(unavailable("etcd granted no lease")),
+            id => Ok(id),
+        }
+    }
+
+    /// Renews `lease`; `false` if it expired (and must be granted again).
+    pub(crate) async fn keep_alive(&self, lease: i64) -> Result<bool> {
+        let answer = self
+            .post("/v3/lease/keepalive", &json!({"ID": lease.to_string()}))
+            .await?;
+        Ok(num(&answer["result"]["TTL"]) > 0)
+    }
+
+    /// Watches `prefix` from `start_revision`, calling `on` with each
+    /// message until the stream ends (an error) or `on` returns `false`.
+    pub(crate) async fn watch(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+        mut on: impl FnMut(WatchMessage) -> bool,
+    ) -> Result<()> {
+        let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+        let url = format!("{}/v3/watch", self.endpoints[index]);
+        let body = json!({"create_request": {
+            "key": b64(prefix.as_bytes()),
+            "range_end": prefix_end(prefix),
+            "start_revision": start_revision.to_string(),
+        }});
+        let mut response = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| {
+                // The next attempt starts with the next member.
+                self.current.store(index + 1, Ordering::Relaxed);
+                unavailable(format!("{url}: {e}"))
+            })?;
+        if !response.status().is_success() {
+            self.current.store(index + 1, Ordering::Relaxed);
+            return Err(unavailable(format!("{url} answered {}", response.status())));
+        }
+        let mut buffer: Vec<u8> = Vec::new();
+        loop {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|e| unavailable(format!("the watch on {url} broke: {e}")))?;
+            let Some(chunk) = chunk else {
+                return Err(unavailable(format!("the watch on {url} ended")));
+            };
+            buffer.extend_from_slice(&chunk);
+            let mut consumed = 0;
+            let mut stream = serde_json::Deserializer::from_slice(&buffer).into_iter::<Value>();
+            while let Some(Ok(message)) = stream.next() {
+                consumed = stream.byte_offset();
+                let result = &message["result"];
+                if message.get("error").is_some() {
+                    return Err(unavailable(format!("the watch on {url} failed: {message}")));
+                }
+                if num(&result["compact_revision"]) > 0 {
+                    on(WatchMessage::Compacted);
+                    return Ok(());
+                }
+                let events: Vec<Event> = result["events"]
+                    .as_array()
+                    .map(|events| {
+                        events
+                            .iter()
+                            .filter_map(|e| {
+                                let kv = kv(&e["kv"])?;
+                                Some(if e["type"].as_str() == Some("DELETE") {
+                                    Event::Delete(kv.key)
+                                } else {
+                                    Event::Put(kv)
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let revision = num(&result["header"]["revision"]);
+                if !on(WatchMessage::Events { revision, events }) {
+                    return Ok(());
+                }
+            }
+            buffer.drain(..consumed);
+        }
+    }
+}

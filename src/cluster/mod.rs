@@ -1,0 +1,403 @@
+//! Cluster mode: several `switchboard serve` nodes share their agents and
+//! session bindings through etcd, each keeping its own RocksDB for the audit
+//! trail (`tools/`, `inflight/`, the decision log).
+//!
+//! - `etcd`: the etcd v3 client (JSON gateway over HTTP);
+//! - this file: [`Cluster`], what a node runs: the registrations mirror
+//!   (list `switchboard/agents/`, then watch from the next revision, list
+//!   again after a compaction or a broken watch), the node's liveness key on
+//!   a lease, and the two routing hooks (publishing registrations, deciding
+//!   session bindings by create-if-absent).
+//!
+//! When etcd cannot be reached, routing goes on from the registrations held
+//! in memory, registry writes fail as unavailable, new session bindings are
+//! made on this node only, and [`Cluster::health`] says `degraded`.
+
+mod etcd;
+
+use crate::dispatch::ToolDispatcher;
+use crate::error::{Error, Result};
+use crate::namespace::{now_ms, validate_id, AgentRecord, SessionRecord};
+use crate::routing::shared::{RegistrationSink, SessionBindings};
+use crate::storage::off_worker;
+use etcd::{Etcd, Event, WatchMessage};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every key this crate writes in etcd starts with this.
+pub const PREFIX: &str = "switchboard/";
+const AGENTS: &str = "switchboard/agents/";
+const NODES: &str = "switchboard/nodes/";
+const SESSIONS: &str = "switchboard/sessions/";
+/// How long a node stays listed after its last keep-alive.
+pub const NODE_LEASE_SECS: u64 = 10;
+/// How often a node renews its lease.
+pub const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(3);
+/// How long a broken watch waits before listing again.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// How a node joins a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// etcd client URLs (`http://host:port`), any member of one etcd cluster.
+    pub etcd: Vec<String>,
+    /// This node's id, unique in the cluster.
+    pub node_id: String,
+    /// The address this node's API listens on (shown by `cluster status`).
+    pub listen: String,
+}
+
+struct State {
+    etcd: Etcd,
+    node_id: String,
+    listen: String,
+    started_at_ms: u64,
+    /// Whether the last exchange with etcd worked.
+    connected: AtomicBool,
+    /// When etcd was last lost, so when the registrations in memory were
+    /// last known complete (ms).
+    synced_at_ms: AtomicU64,
+    /// The etcd revision the mirror has applied.
+    revision: AtomicI64,
+}
+
+impl State {
+    fn set_connected(&self, connected: bool) {
+        let was = self.connected.swap(connected, Ordering::AcqRel);
+        if was && !connected {
+            tracing::warn!("etcd unreachable: routing from the registrations held in memory; registry writes refused");
+        } else if !was && connected {
+            tracing::info!("etcd reachable again");
+        }
+        if was && !connected {
+            // The snapshot in memory was complete until now.
+            self.synced_at_ms.store(now_ms(), Ordering::Release);
+        }
+    }
+
+    fn unreachable(&self) -> Error {
+        Error::Unavailable(format!(
+            "etcd is unreachable from node {} (last in sync {} ms ago); registrations cannot be \
+             changed until it is back",
+            self.node_id,
+            now_ms().saturating_sub(self.synced_at_ms.load(Ordering::Acquire))
+        ))
+    }
+}
+
+/// A node's membership of a cluster. Dropping it stops its background work
+/// (the node's key then expires with its lease).
+pub struct Cluster {
+    state: Arc<State>,
+    runtime: parking_lot::Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.lock().take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Runs `future` on the cluster's runtime and waits for it from synchronous
+/// code (off the async workers, bounded by the request timeout).
+fn block<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    state: &State,
+    future: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    let answer = off_worker(|| rx.recv_timeout(etcd::REQUEST_TIMEOUT * 2));
+    let answer = answer.unwrap_or_else(|_| Err(state.unreachable()));
+    state.set_connected(!matches!(answer, Err(Error::Unavailable(_))));
+    answer
+}
+
+struct Hooks {
+    state: Arc<State>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl RegistrationSink for Hooks {
+    fn ready(&self) -> Result<()> {
+        if self.state.connected.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(self.state.unreachable())
+        }
+    }
+
+    fn publish(&self, agent_id: &str, record: Option<&AgentRecord>) -> Result<()> {
+        let state = self.state.clone();
+        let key = format!("{AGENTS}{agent_id}");
+        let value = record
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(Error::storage)?;
+        block(&self.runtime, &self.state, async move {
+            match value {
+                Some(value) => state.etcd.put(&key, &value, None).await,
+                None => state.etcd.delete(&key).await,
+            }
+        })
+    }
+}
+
+impl SessionBindings for Hooks {
+    fn bind_if_absent(&self, session_id: &str, proposed: &SessionRecord) -> Result<SessionRecord> {
+        let state = self.state.clone();
+        let key = format!("{SESSIONS}{session_id}");
+        let value = serde_json::to_vec(proposed).map_err(Error::storage)?;
+        let held = block(&self.runtime, &self.state, async move {
+            state.etcd.create_if_absent(&key, &value).await
+        })?;
+        serde_json::from_slice(&held)
+            .map_err(|e| Error::storage(format!("session {session_id}'s binding in etcd: {e}")))
+    }
+
+    fn rebind(&self, session_id: &str, binding: &SessionRecord) -> Result<()> {
+        let state = self.state.clone();
+        let key = format!("{SESSIONS}{session_id}");
+        let value = serde_json::to_vec(binding).map_err(Error::storage)?;
+        block(&self.runtime, &self.state, async move {
+            state.etcd.put(&key, &value, None).await
+        })
+    }
+}
+
+/// Brings the registry in line with a full listing of `switchboard/agents/`.
+fn apply_listing(dispatcher: &ToolDispatcher, kvs: &[etcd::Kv]) {
+    let mut listed = HashSet::new();
+    for kv in kvs {
+        let Some(id) = kv.key.strip_prefix(AGENTS) else {
+            continue;
+        };
+        listed.insert(id.to_string());
+        apply_put(dispatcher, id, &kv.value);
+    }
+    for id in dispatcher.registry().list() {
+        if !listed.contains(&id) {
+            if let Err(e) = dispatcher.registry().remove_shared(&id) {
+                tracing::warn!(agent_id = %id, error = %e, "could not remove an agent the cluster no longer has");
+            }
+        }
+    }
+}
+
+fn apply_put(dispatcher: &ToolDispatcher, id: &str, value: &[u8]) {
+    match serde_json::from_slice::<AgentRecord>(value) {
+        Ok(record) if record.agent_id == id => {
+            if let Err(e) = dispatcher.registry().apply_shared(record) {
+                tracing::warn!(agent_id = %id, error = %e, "could not apply a registration from the cluster");
+            }
+        }
+        Ok(_) => {
+            tracing::warn!(agent_id = %id, "a registration in etcd names another agent; ignored")
+        }
+        Err(e) => {
+            tracing::warn!(agent_id = %id, error = %e, "a registration in etcd does not decode; ignored")
+        }
+    }
+}
+
+/// Lists the registrations, then follows the watch; lists again whenever
+/// the watch breaks or its revision was compacted. Runs until dropped.
+async fn mirror(state: Arc<State>, dispatcher: ToolDispatcher) {
+    loop {
+        let from = state.revision.load(Ordering::Acquire) + 1;
+        let watched = state
+            .etcd
+            .watch(AGENTS, from, |message| match message {
+                WatchMessage::Compacted => false,
+                WatchMessage::Events { revision, events } => {
+                    state.set_connected(true);
+                    for event in events {
+                        match event {
+                            Event::Put(kv) => {
+                                if let Some(id) = kv.key.strip_prefix(AGENTS) {
+                                    apply_put(&dispatcher, id, &kv.value);
+                                }
+                            }
+                            Event::Delete(key) => {
+                                if let Some(id) = key.strip_prefix(AGENTS) {
+                                    if let Err(e) = dispatcher.registry().remove_shared(id) {
+                                        tracing::warn!(agent_id = %id, error = %e, "could not apply a removal from the cluster");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if revision > 0 {
+                        state.revision.fetch_max(revision, Ordering::AcqRel);
+                    }
+                    true
+                }
+            })
+            .await;
+        if let Err(e) = watched {
+            tracing::debug!(error = %e, "the registrations watch stopped");
+            state.set_connected(false);
+        }
+        // List again: catches up whatever the watch missed.
+        loop {
+            tokio::time::sleep(RETRY_EVERY).await;
+            match state.etcd.list(AGENTS).await {
+                Ok((kvs, revision)) => {
+                    let d = dispatcher.clone();
+                    // Applying writes RocksDB: off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || apply_listing(&d, &kvs)).await;
+                    state.revision.store(revision, Ordering::Release);
+                    state.set_connected(true);
+                    break;
+                }
+                Err(_) => state.set_connected(false),
+            }
+        }
+    }
+}
+
+/// Keeps `switchboard/nodes/{id}` on a lease, renewed every few seconds.
+async fn liveness(state: Arc<State>) {
+    let value = json!({
+        "node_id": state.node_id,
+        "listen": state.listen,
+        "started_at_ms": state.started_at_ms,
+    })
+    .to_string();
+    let key = format!("{NODES}{}", state.node_id);
+    let mut lease: Option<i64> = None;
+    loop {
+        let renewed = match lease {
+            Some(id) => state.etcd.keep_alive(id).await,
+            None => Ok(false),
+        };
+        match renewed {
+            Ok(true) => {}
+            Ok(false) => {
+                let granted = async {
+                    let id = state.etcd.grant(NODE_LEASE_SECS).await?;
+                    state.etcd.put(&key, value.as_bytes(), Some(id)).await?;
+                    Ok::<_, Error>(id)
+                }
+                .await;
+                match granted {
+                    Ok(id) => lease = Some(id),
+                    Err(e) => tracing::debug!(error = %e, "could not register this node in etcd"),
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not renew this node's lease"),
+        }
+        tokio::time::sleep(KEEP_ALIVE_EVERY).await;
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster: lists the registrations in etcd into `dispatcher`'s
+    /// registry (etcd's list wins over what the local store held), installs
+    /// the routing hooks, and starts the watch and the liveness lease. Fails
+    /// if etcd cannot be reached.
+    pub async fn join(
+        dispatcher: &ToolDispatcher,
+        settings: ClusterSettings,
+    ) -> Result<Arc<Cluster>> {
+        validate_id("node id", &settings.node_id)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("switchboard-cluster")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal("cannot start the cluster runtime", e))?;
+        let state = Arc::new(State {
+            etcd: Etcd::new(settings.etcd.clone())?,
+            node_id: settings.node_id,
+            listen: settings.listen,
+            started_at_ms: now_ms(),
+            connected: AtomicBool::new(false),
+            synced_at_ms: AtomicU64::new(0),
+            revision: AtomicI64::new(0),
+        });
+        let listing = {
+            let state = state.clone();
+            runtime.spawn(async move { state.etcd.list(AGENTS).await })
+        };
+        let (kvs, revision) = listing
+            .await
+            .map_err(|e| Error::internal("listing the cluster's agents", e))?
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "cannot join the cluster: {e}. A node does not start without etcd"
+                ))
+            })?;
+        {
+            let d = dispatcher.clone();
+            off_worker(move || apply_listing(&d, &kvs));
+        }
+        state.revision.store(revision, Ordering::Release);
+        state.set_connected(true);
+        let hooks = Arc::new(Hooks {
+            state: state.clone(),
+            runtime: runtime.handle().clone(),
+        });
+        dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
+        runtime.spawn(mirror(state.clone(), dispatcher.clone()));
+        runtime.spawn(liveness(state.clone()));
+        tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
+        Ok(Arc::new(Cluster {
+            state,
+            runtime: parking_lot::Mutex::new(Some(runtime)),
+        }))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.state.node_id
+    }
+
+    /// `ok`, or `degraded` when etcd is unreachable, with how old the
+    /// registrations this node routes from may be.
+    pub fn health(&self) -> Value {
+        let connected = self.state.connected.load(Ordering::Acquire);
+        let synced = self.state.synced_at_ms.load(Ordering::Acquire);
+        json!({
+            "status": if connected { "ok" } else { "degraded" },
+            "cluster": {
+                "node_id": self.state.node_id,
+                "etcd": if connected { "connected" } else { "unreachable" },
+                "revision": self.state.revision.load(Ordering::Acquire),
+                "snapshot_age_ms": if connected { 0 } else { now_ms().saturating_sub(synced) },
+            }
+        })
+    }
+
+    /// The live nodes (those whose lease has not expired), sorted by id.
+    pub async fn status(&self) -> Result<Value> {
+        let state = self.state.clone();
+        let handle = self.runtime.lock().as_ref().map(|r| r.handle().clone());
+        let Some(handle) = handle else {
+            return Err(self.state.unreachable());
+        };
+        let (kvs, revision) = handle
+            .spawn(async move { state.etcd.list(NODES).await })
+            .await
+            .map_err(|e| Error::internal("listing the cluster's nodes", e))??;
+        let mut nodes: Vec<Value> = kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        nodes.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
+        Ok(json!({
+            "mode": "cluster",
+            "node_id": self.state.node_id,
+            "revision": revision,
+            "nodes": nodes,
+        }))
+    }
+}

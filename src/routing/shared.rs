@@ -1,0 +1,25 @@
+//! Hooks through which a store shared by several nodes (cluster mode) takes
+//! part in routing, without routing knowing what that store is: where
+//! registrations are published after they commit locally, and who decides a
+//! session's binding when this node has none. Both are absent on a single node.
+
+use crate::error::Result;
+use crate::namespace::{AgentRecord, SessionRecord};
+
+/// Where registrations are published once their local commit (and so the
+/// policy hooks) has passed. An error undoes the local write.
+pub trait RegistrationSink: Send + Sync {
+    /// Whether a write would be accepted now; an error says why not.
+    fn ready(&self) -> Result<()>;
+    /// Publishes `record` under `agent_id` (`None`: the agent was removed).
+    fn publish(&self, agent_id: &str, record: Option<&AgentRecord>) -> Result<()>;
+}
+
+/// Decides session bindings among nodes.
+pub trait SessionBindings: Send + Sync {
+    /// Binds `session_id` to `proposed` unless it is bound already; returns
+    /// the binding that holds (the proposed one, or the earlier one).
+    fn bind_if_absent(&self, session_id: &str, proposed: &SessionRecord) -> Result<SessionRecord>;
+    /// Replaces the binding of a session whose agent can no longer serve it.
+    fn rebind(&self, session_id: &str, binding: &SessionRecord) -> Result<()>;
+}

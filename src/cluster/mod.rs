@@ -208,9 +208,40 @@ fn apply_put(dispatcher: &ToolDispatcher, id: &str, value: &[u8]) {
     }
 }
 
+/// A change for the applier thread to make to the registry.
+enum Change {
+    Put(String, Vec<u8>),
+    Delete(String),
+    Listing(Vec<etcd::Kv>),
+}
+
+/// Applies changes in order on a thread of its own: applying takes the
+/// registry's lock, which a registration on this node holds while it waits
+/// for etcd on the cluster runtime, so the runtime must never wait for it.
+fn applier(dispatcher: ToolDispatcher) -> std::sync::mpsc::Sender<Change> {
+    let (tx, rx) = std::sync::mpsc::channel::<Change>();
+    std::thread::Builder::new()
+        .name("switchboard-cluster-apply".into())
+        .spawn(move || {
+            for change in rx {
+                match change {
+                    Change::Put(id, value) => apply_put(&dispatcher, &id, &value),
+                    Change::Delete(id) => {
+                        if let Err(e) = dispatcher.registry().remove_shared(&id) {
+                            tracing::warn!(agent_id = %id, error = %e, "could not apply a removal from the cluster");
+                        }
+                    }
+                    Change::Listing(kvs) => apply_listing(&dispatcher, &kvs),
+                }
+            }
+        })
+        .expect("spawning the cluster's applier thread");
+    tx
+}
+
 /// Lists the registrations, then follows the watch; lists again whenever
 /// the watch breaks or its revision was compacted. Runs until dropped.
-async fn mirror(state: Arc<State>, dispatcher: ToolDispatcher) {
+async fn mirror(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
     loop {
         let from = state.revision.load(Ordering::Acquire) + 1;
         let watched = state
@@ -220,20 +251,17 @@ async fn mirror(state: Arc<State>, dispatcher: ToolDispatcher) {
                 WatchMessage::Events { revision, events } => {
                     state.set_connected(true);
                     for event in events {
-                        match event {
-                            Event::Put(kv) => {
-                                if let Some(id) = kv.key.strip_prefix(AGENTS) {
-                                    apply_put(&dispatcher, id, &kv.value);
-                                }
-                            }
-                            Event::Delete(key) => {
-                                if let Some(id) = key.strip_prefix(AGENTS) {
-                                    if let Err(e) = dispatcher.registry().remove_shared(id) {
-                                        tracing::warn!(agent_id = %id, error = %e, "could not apply a removal from the cluster");
-                                    }
-                                }
-                            }
-                        }
+                        let change = match event {
+                            Event::Put(kv) => match kv.key.strip_prefix(AGENTS) {
+                                Some(id) => Change::Put(id.to_string(), kv.value),
+                                None => continue,
+                            },
+                            Event::Delete(key) => match key.strip_prefix(AGENTS) {
+                                Some(id) => Change::Delete(id.to_string()),
+                                None => continue,
+                            },
+                        };
+                        let _ = apply.send(change);
                     }
                     if revision > 0 {
                         state.revision.fetch_max(revision, Ordering::AcqRel);
@@ -251,9 +279,7 @@ async fn mirror(state: Arc<State>, dispatcher: ToolDispatcher) {
             tokio::time::sleep(RETRY_EVERY).await;
             match state.etcd.list(AGENTS).await {
                 Ok((kvs, revision)) => {
-                    let d = dispatcher.clone();
-                    // Applying writes RocksDB: off the async workers.
-                    let _ = tokio::task::spawn_blocking(move || apply_listing(&d, &kvs)).await;
+                    let _ = apply.send(Change::Listing(kvs));
                     state.revision.store(revision, Ordering::Release);
                     state.set_connected(true);
                     break;
@@ -347,7 +373,7 @@ impl Cluster {
             runtime: runtime.handle().clone(),
         });
         dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
-        runtime.spawn(mirror(state.clone(), dispatcher.clone()));
+        runtime.spawn(mirror(state.clone(), applier(dispatcher.clone())));
         runtime.spawn(liveness(state.clone()));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {

@@ -220,6 +220,7 @@ impl ToolDispatcher {
 
     /// Shares registrations and session bindings with other nodes through
     /// these hooks (cluster mode); `None` keeps them on this node.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn set_shared(
         &self,
         sink: Option<Arc<dyn crate::routing::shared::RegistrationSink>>,

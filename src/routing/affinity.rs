@@ -54,6 +54,7 @@ impl Affinity {
     }
 
     /// Decides new bindings with other nodes through `shared` from now on.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn set_shared(&self, shared: Option<Arc<dyn SessionBindings>>) {
         *self.shared.write() = shared;
     }

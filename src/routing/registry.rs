@@ -382,6 +382,7 @@ impl AgentRegistry {
     }
 
     /// Publishes every later registration change through `sink` too.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn set_sink(&self, sink: Option<Arc<dyn RegistrationSink>>) {
         *self.sink.write() = sink;
     }
@@ -412,6 +413,7 @@ impl AgentRegistry {
     /// bookkeeping (it passed the policy chain where it was made) and routed.
     /// A record equal to the one held (this node's own write coming back) is
     /// ignored. Another node's in-process agent is listed, never routed here.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn apply_shared(&self, record: AgentRecord) -> Result<()> {
         let _changing = self.changes.lock();
         let id = record.agent_id.clone();
@@ -464,6 +466,7 @@ impl AgentRegistry {
     }
 
     /// Applies a removal published by another node (nothing if unknown here).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn remove_shared(&self, agent_id: &str) -> Result<()> {
         let _changing = self.changes.lock();
         if !self.agents.read().contains_key(agent_id) {

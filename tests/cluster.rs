@@ -181,6 +181,43 @@ impl Cluster {
         self.send(reqwest::Method::POST, url, Some(body)).await
     }
 
+    /// 30 concurrent sticky calls of one session, 10 through each node; the
+    /// one agent that served them all.
+    async fn hammer(&self, session: &str) -> String {
+        let cluster = self;
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..30 {
+            let http = cluster.http.clone();
+            let url = format!("{}/v1/invoke", cluster.nodes[i % 3].base);
+            let session = session.to_string();
+            calls.spawn(async move {
+                let body = json!({"tool": "run", "category": "code", "input": {},
+                "session_id": session, "strategy": "sticky"});
+                let response = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.unwrap();
+                let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+                (status, body)
+            });
+        }
+        let answers = calls.join_all().await;
+        let mut served = Vec::new();
+        for (status, body) in answers {
+            assert_eq!(status, 200, "{body}");
+            served.push(body["agent_id"].as_str().unwrap().to_string());
+        }
+        served.sort();
+        served.dedup();
+        assert_eq!(served.len(), 1, "one session, several agents: {served:?}");
+        served.pop().unwrap()
+    }
+
     /// The values under a prefix of etcd, read straight from etcd.
     async fn etcd_values(&self, prefix: &str) -> Vec<Value> {
         let mut end = prefix.as_bytes().to_vec();
@@ -295,42 +332,39 @@ async fn one_session_hammered_through_three_nodes_ends_with_one_binding() {
         },
     )
     .await;
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..30 {
-        let http = cluster.http.clone();
-        let url = format!("{}/v1/invoke", cluster.nodes[i % 3].base);
-        calls.spawn(async move {
-            let body = json!({"tool": "run", "category": "code", "input": {},
-                "session_id": "shared-session", "strategy": "sticky"});
-            let response = http
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            let bytes = response.bytes().await.unwrap();
-            let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
-            (status, body)
-        });
-    }
-    let answers = calls.join_all().await;
-    let mut served = Vec::new();
-    for (status, body) in answers {
-        assert_eq!(status, 200, "{body}");
-        served.push(body["agent_id"].as_str().unwrap().to_string());
-    }
-    served.sort();
-    served.dedup();
-    assert_eq!(served.len(), 1, "one session, several agents: {served:?}");
+    let served = cluster.hammer("shared-session").await;
     let bindings = cluster.etcd_values("switchboard/sessions/").await;
     assert_eq!(bindings.len(), 1, "{bindings:?}");
-    assert_eq!(bindings[0]["agent_id"], served[0].as_str(), "{bindings:?}");
+    assert_eq!(bindings[0]["agent_id"], served.as_str(), "{bindings:?}");
     let hits: usize = agents.iter().map(TestAgent::hits).sum();
     assert_eq!(hits, 30);
-    let bound = agents.iter().find(|a| a.name == served[0]).unwrap();
+    let bound = agents.iter().find(|a| a.name == served).unwrap();
     assert_eq!(bound.hits(), 30, "every call reached the bound agent");
+
+    // The bound agent goes away: the nodes race to rebind, one wins.
+    let url = format!("{}/v1/agents/{served}", cluster.nodes[0].base);
+    let (status, body) = cluster.send(reqwest::Method::DELETE, url, None).await;
+    assert!(status < 300, "{status} {body}");
+    within(
+        Duration::from_secs(5),
+        "every node has 2 agents",
+        || async {
+            for node in &cluster.nodes {
+                let url = format!("{}/v1/agents", node.base);
+                let (_, list) = cluster.send(reqwest::Method::GET, url, None).await;
+                if list.as_array().map_or(0, Vec::len) != 2 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    let rebound = cluster.hammer("shared-session").await;
+    assert_ne!(rebound, served);
+    let bindings = cluster.etcd_values("switchboard/sessions/").await;
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    assert_eq!(bindings[0]["agent_id"], rebound.as_str(), "{bindings:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -197,6 +197,45 @@ impl Etcd {
             .ok_or_else(|| unavailable(format!("etcd did not create {key} nor return it")))
     }
 
+    /// The value under `key` and the revision it was last changed at.
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
+        let answer = self
+            .post("/v3/kv/range", &json!({"key": b64(key.as_bytes())}))
+            .await?;
+        let first = &answer["kvs"][0];
+        Ok(kv(first).map(|kv| (kv.value, num(&first["mod_revision"]))))
+    }
+
+    /// Writes `value` under `key` only if the key was last changed at
+    /// `mod_revision`; returns the value that holds afterwards.
+    pub(crate) async fn put_if_unchanged(
+        &self,
+        key: &str,
+        value: &[u8],
+        mod_revision: i64,
+    ) -> Result<Vec<u8>> {
+        let k = b64(key.as_bytes());
+        let answer = self
+            .post(
+                "/v3/kv/txn",
+                &json!({
+                    "compare": [{"key": k, "result": "EQUAL", "target": "MOD",
+                                 "mod_revision": mod_revision.to_string()}],
+                    "success": [{"request_put": {"key": k, "value": b64(value)}}],
+                    "failure": [{"request_range": {"key": k}}],
+                }),
+            )
+            .await?;
+        if answer["succeeded"].as_bool() == Some(true) {
+            return Ok(value.to_vec());
+        }
+        match kv(&answer["responses"][0]["response_range"]["kvs"][0]) {
+            Some(kv) => Ok(kv.value),
+            // Deleted meanwhile: create it.
+            None => self.create_if_absent(key, value).await,
+        }
+    }
+
     /// A new lease of `ttl_secs`; its id.
     pub(crate) async fn grant(&self, ttl_secs: u64) -> Result<i64> {
         let answer = self

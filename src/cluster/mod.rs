@@ -163,13 +163,33 @@ impl SessionBindings for Hooks {
             .map_err(|e| Error::storage(format!("session {session_id}'s binding in etcd: {e}")))
     }
 
-    fn rebind(&self, session_id: &str, binding: &SessionRecord) -> Result<()> {
+    fn rebind(
+        &self,
+        session_id: &str,
+        replaced_agent: &str,
+        proposed: &SessionRecord,
+    ) -> Result<SessionRecord> {
         let state = self.state.clone();
         let key = format!("{SESSIONS}{session_id}");
-        let value = serde_json::to_vec(binding).map_err(Error::storage)?;
-        block(&self.runtime, &self.state, async move {
-            state.etcd.put(&key, &value, None).await
-        })
+        let value = serde_json::to_vec(proposed).map_err(Error::storage)?;
+        let replaced = replaced_agent.to_string();
+        let held = block(&self.runtime, &self.state, async move {
+            match state.etcd.get(&key).await? {
+                None => state.etcd.create_if_absent(&key, &value).await,
+                Some((held, revision)) => {
+                    let bound_to = serde_json::from_slice::<SessionRecord>(&held)
+                        .map(|b| b.agent_id)
+                        .ok();
+                    if bound_to.is_some_and(|agent| agent != replaced) {
+                        // Another node rebound it already: theirs holds.
+                        return Ok(held);
+                    }
+                    state.etcd.put_if_unchanged(&key, &value, revision).await
+                }
+            }
+        })?;
+        serde_json::from_slice(&held)
+            .map_err(|e| Error::storage(format!("session {session_id}'s binding in etcd: {e}")))
     }
 }
 

@@ -380,7 +380,13 @@ impl ToolDispatcher {
         Ok(self
             .inner
             .affinity
-            .choose(&route(category, options), &[])?
+            .choose(
+                &Route {
+                    dry_run: true,
+                    ..route(category, options)
+                },
+                &[],
+            )?
             .map(|c| c.lease.agent.id.clone()))
     }
 }
@@ -391,5 +397,6 @@ fn route<'a>(category: &'a ToolCategory, options: &'a RoutingOptions) -> Route<'
         category,
         strategy: options.strategy,
         session_id: options.session_id.as_deref(),
+        dry_run: false,
     }
 }

@@ -30,6 +30,8 @@ pub(crate) struct Route<'a> {
     pub(crate) category: &'a ToolCategory,
     pub(crate) strategy: RoutingStrategy,
     pub(crate) session_id: Option<&'a str>,
+    /// Only asking where the call would go: no binding is agreed with other nodes.
+    pub(crate) dry_run: bool,
 }
 
 /// Chooses agents for calls, honouring session bindings.
@@ -63,14 +65,22 @@ impl Affinity {
     /// there are any: when another node bound the session first, its agent
     /// serves the call if it can here. If the shared bindings cannot be
     /// reached, the session is bound locally (logged).
-    fn agree(&self, session_id: &str, lease: Lease, proposed: SessionRecord) -> Candidate {
-        let Some(shared) = self.shared.read().clone() else {
+    fn agree(
+        &self,
+        route: &Route<'_>,
+        session_id: &str,
+        lease: Lease,
+        proposed: SessionRecord,
+        decide: impl FnOnce(&dyn SessionBindings, &SessionRecord) -> Result<SessionRecord>,
+    ) -> Candidate {
+        let shared = self.shared.read().clone();
+        let Some(shared) = shared.filter(|_| !route.dry_run) else {
             return Candidate {
                 lease,
                 binding: Some(proposed),
             };
         };
-        let winner = match shared.bind_if_absent(session_id, &proposed) {
+        let winner = match decide(&*shared, &proposed) {
             Ok(winner) => winner,
             Err(e) => {
                 tracing::warn!(session_id, error = %e, "shared session bindings unreachable; binding on this node only");
@@ -167,7 +177,9 @@ impl Affinity {
             return Ok(self.select(route, tried).map(|lease| {
                 let proposed = bind(lease, now);
                 let binding = proposed.binding.expect("a new binding");
-                self.agree(session_id, proposed.lease, binding)
+                self.agree(route, session_id, proposed.lease, binding, |shared, b| {
+                    shared.bind_if_absent(session_id, b)
+                })
             }));
         };
         let bound: Option<Arc<Agent>> = self.registry.live(&existing.agent_id);
@@ -201,14 +213,10 @@ impl Affinity {
             // agent and rewrite the binding.
             _ => self.select(route, tried).map(|lease| {
                 let rebound = bind(lease, existing.created_at_ms);
-                if let (Some(shared), Some(binding)) =
-                    (self.shared.read().clone(), rebound.binding.as_ref())
-                {
-                    if let Err(e) = shared.rebind(session_id, binding) {
-                        tracing::warn!(session_id, error = %e, "could not publish a session's new binding");
-                    }
-                }
-                rebound
+                let binding = rebound.binding.expect("a new binding");
+                self.agree(route, session_id, rebound.lease, binding, |shared, b| {
+                    shared.rebind(session_id, &existing.agent_id, b)
+                })
             }),
         })
     }

@@ -20,6 +20,14 @@ pub trait SessionBindings: Send + Sync {
     /// Binds `session_id` to `proposed` unless it is bound already; returns
     /// the binding that holds (the proposed one, or the earlier one).
     fn bind_if_absent(&self, session_id: &str, proposed: &SessionRecord) -> Result<SessionRecord>;
-    /// Replaces the binding of a session whose agent can no longer serve it.
-    fn rebind(&self, session_id: &str, binding: &SessionRecord) -> Result<()>;
+    /// Replaces the binding of a session whose agent (`replaced_agent`) can
+    /// no longer serve it, only if the binding is still to that agent (or
+    /// gone); returns the binding that holds (the proposed one, or one
+    /// another node made meanwhile).
+    fn rebind(
+        &self,
+        session_id: &str,
+        replaced_agent: &str,
+        proposed: &SessionRecord,
+    ) -> Result<SessionRecord>;
 }

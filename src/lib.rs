@@ -103,7 +103,7 @@ pub use policy::{
 // Routing and dispatch: register agents, invoke tools, recover after a crash.
 pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDispatcher};
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
-pub use transport::ToolError;
+pub use transport::{TlsTrust, ToolError};
 
 // Records a user reads back from scans, and the keys they live under.
 pub use namespace::{

@@ -1,5 +1,5 @@
 //! Where an agent lives, as registration data: in this process, or at an
-//! `http://` URL. Owns endpoint validation and the default health URL, so the
+//! `http://` or `https://` URL. Owns endpoint validation and the default health URL, so the
 //! registry can check a registration without knowing how agents are called.
 
 use crate::error::{Error, Result};
@@ -18,10 +18,9 @@ pub(crate) enum Endpoint {
 pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(reqwest::Url, reqwest::Url)> {
     let url = reqwest::Url::parse(endpoint)
         .map_err(|e| Error::invalid(format!("endpoint {endpoint:?} is not a URL: {e}")))?;
-    if url.scheme() != "http" {
+    if !matches!(url.scheme(), "http" | "https") {
         return Err(Error::invalid(format!(
-            "endpoint {endpoint:?}: only http:// endpoints are supported by this build \
-             (https needs TLS, which is not compiled in)"
+            "endpoint {endpoint:?}: give an http:// or https:// URL"
         )));
     }
     if url.host_str().is_none() {
@@ -43,6 +42,9 @@ mod tests {
         let (url, health) = parse_endpoint("http://127.0.0.1:8001/invoke?x=1").unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8001/invoke?x=1");
         assert_eq!(health.as_str(), "http://127.0.0.1:8001/health");
+        let (url, health) = parse_endpoint("https://agent.example:8443/invoke").unwrap();
+        assert_eq!(url.as_str(), "https://agent.example:8443/invoke");
+        assert_eq!(health.as_str(), "https://agent.example:8443/health");
         for bad in [
             "ftp://x/y",
             "file:///etc/passwd",

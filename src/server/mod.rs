@@ -3,7 +3,8 @@
 //! One job per file: `errors` (the one error shape and status mapping),
 //! `routes` (the route table and its layers), `lifecycle` (bind, serve,
 //! graceful shutdown), `limits` (what clients may hold), `auth` (the bearer
-//! token), `hosts` (Host-header validation), `prometheus` (the exposition),
+//! token), `hosts` (Host-header validation), `tls` (the certificate HTTPS is
+//! served with), `prometheus` (the exposition),
 //! and one file of handlers per resource (`agents`, `invoke`, `scan`,
 //! `policies`, `metrics`).
 //! `docs/openapi.json` describes every route.
@@ -20,15 +21,17 @@ mod policies;
 mod prometheus;
 mod routes;
 mod scan;
+mod tls;
 
 pub use agents::{visible_agents, RegisterBody};
 pub use errors::ApiError;
 pub use invoke::InvokeBody;
-pub use lifecycle::{run, run_with, serve, shutdown_signal};
+pub use lifecycle::{run, run_tls, run_with, serve, shutdown_signal};
 pub use limits::ServerLimits;
 pub use policies::{AddPolicyBody, PolicyInfo};
 pub use routes::router;
 pub use scan::{scan_page, ScanItem, ScanPage, ScanQuery, MAX_SCAN_PAGE};
+pub use tls::ServerTls;
 
 use crate::dispatch::ToolDispatcher;
 use crate::policy::PolicyEngine;

@@ -16,6 +16,7 @@ use crate::routing::{AgentConfig, HealthCheckConfig};
 use crate::storage::{
     DatabaseOptions, Durability, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_MAX_VALUE_BYTES,
 };
+use crate::transport::TlsTrust;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,6 +54,9 @@ pub struct Config {
     pub limits: LimitsSection,
     /// `[network]`: which addresses agents may be registered at.
     pub network: NetworkSection,
+    /// `[tls]`: extra CAs trusted for `https://` agents; the certificate
+    /// the API is served with over HTTPS.
+    pub tls: TlsSection,
     /// `[health]`: background health checks of HTTP agents.
     pub health: HealthSection,
     /// `[storage]`: how the database is opened.
@@ -265,6 +269,20 @@ pub struct NetworkSection {
     pub deny: Vec<String>,
 }
 
+/// `[tls]`: certificates. Relative paths are resolved against the config
+/// file's directory.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// A PEM file of CA certificates trusted for `https://` agents and health
+    /// URLs, besides the built-in webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// The PEM certificate chain to serve HTTPS with (needs `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
 impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
@@ -319,6 +337,7 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             limits: LimitsSection::default(),
             network: NetworkSection::default(),
+            tls: TlsSection::default(),
             health: HealthSection::default(),
             storage: StorageSection::default(),
             rate_limits: Vec::new(),
@@ -369,6 +388,10 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         config.data_dir = base.join(&config.data_dir);
         config.policies_dir = config.policies_dir.map(|p| base.join(p));
+        let tls = &mut config.tls;
+        for path in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
+            *path = path.take().map(|p| base.join(p));
+        }
         Ok(config)
     }
 
@@ -474,6 +497,11 @@ impl Config {
             return Err(Error::invalid("every limits.* value must be at least 1"));
         }
         self.network_policy()?;
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(Error::invalid(
+                "tls: give both cert_file and key_file (--tls-cert and --tls-key) to serve HTTPS, or neither",
+            ));
+        }
         for limit in &self.rate_limits {
             limit.parsed()?;
         }
@@ -522,6 +550,14 @@ impl Config {
     /// The `[network]` address policy.
     pub fn network_policy(&self) -> Result<NetworkPolicy> {
         NetworkPolicy::new(&self.network.allow, &self.network.deny)
+    }
+
+    /// The certificates trusted for `https://` agents (`[tls] ca_file`).
+    pub fn tls_trust(&self) -> Result<TlsTrust> {
+        match &self.tls.ca_file {
+            Some(path) => TlsTrust::new().with_ca_file(path),
+            None => Ok(TlsTrust::new()),
+        }
     }
 
     /// The options the database is opened with (`[storage]`).

@@ -111,7 +111,7 @@ pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDi
 // What dispatch records keep of a call's arguments and output.
 pub use dispatch::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
-pub use transport::ToolError;
+pub use transport::{TlsTrust, ToolError};
 
 // Records a user reads back from scans, and the keys they live under.
 pub use namespace::{

@@ -182,7 +182,7 @@ fn serve_reads_its_config_requires_the_token_and_stops_on_sigterm() {
         .enable_all()
         .build()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     let base = format!("http://127.0.0.1:{port}");
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -164,7 +164,7 @@ async fn cli_is_a_client_of_a_running_server() {
         serde_json::json!({})
     );
     // The same over HTTP: a body without "input".
-    let r = reqwest::Client::new()
+    let r = common::http_client()
         .post(format!("{url}/v1/invoke"))
         .bearer_auth("s3cret")
         .header("content-type", "application/json")

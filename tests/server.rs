@@ -50,7 +50,7 @@ impl Api {
         ));
         Api {
             base,
-            client: reqwest::Client::new(),
+            client: common::http_client(),
             token: token.map(String::from),
             dispatcher,
             _dir: dir,
@@ -165,7 +165,7 @@ impl Server {
             .spawn()
             .unwrap();
         // No pooled connections: they would hold connection slots.
-        let client = reqwest::Client::builder()
+        let client = common::http_client_builder()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();
@@ -624,7 +624,7 @@ async fn policies_can_be_listed_and_loaded_and_they_apply() {
 #[tokio::test]
 async fn the_token_guards_every_route_but_healthz() {
     let api = Api::start(Some("s3cret-token")).await;
-    let anonymous = reqwest::Client::new();
+    let anonymous = common::http_client();
     let r = anonymous
         .get(format!("{}/healthz", api.base))
         .send()
@@ -823,7 +823,7 @@ async fn mcp_requests_without_accept_are_served() {
                    "clientInfo": {"name": "t", "version": "1"}}
     });
     let post = |accept: Option<&'static str>| {
-        let mut r = reqwest::Client::new()
+        let mut r = http_client()
             .post(format!("{}/mcp", api.base))
             .header("content-type", "application/json")
             .body(initialize.to_string());

@@ -222,7 +222,7 @@ impl Serve {
     }
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+        let mut req = common::http_client().request(method, format!("{}{path}", self.url));
         if let Some(body) = body {
             req = req
                 .header("content-type", "application/json")

@@ -56,7 +56,7 @@ impl AgentConfig {
         self
     }
 
-    /// The URL invocations are POSTed to (`http://`).
+    /// The URL invocations are POSTed to (`http://` or `https://`).
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
         self

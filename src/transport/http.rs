@@ -3,6 +3,7 @@
 //! failure (with `Retry-After` read on 429/503); the health probe; and the
 //! construction of the one HTTP client a dispatcher uses.
 
+use super::tls::TlsTrust;
 use super::{Failure, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES, MAX_RESPONSE_BYTES};
 use crate::error::{Error, Result};
 use crate::policy::NetworkPolicy;
@@ -13,9 +14,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Builds the HTTP client every agent call and probe of one dispatcher shares.
+/// Builds the HTTP client every agent call and probe of one dispatcher
+/// shares: `http://` and `https://`, trusting the [`TlsTrust`] in force.
 pub(crate) fn build_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
+        .tls_backend_preconfigured(TlsTrust::current().client_config()?)
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         // A redirect is an answer like any other (a retryable failure):

@@ -4,7 +4,8 @@
 //! - `mod.rs`: [`ToolError`], [`Failure`] (how a call ended), the wire
 //!   request, and [`Callers`] (the per-agent caller, keyed by registration uid);
 //! - `local`: in-process handlers; `http`: the HTTP agent protocol, the
-//!   client's construction and the health probe;
+//!   client's construction and the health probe; `tls`: the certificates
+//!   the client trusts for `https://` agents;
 //! - `layers`: per-attempt concerns wrapped around one call (timeout,
 //!   `Retry-After` back-pressure, latency/load tracking, passive health).
 
@@ -13,6 +14,7 @@ pub(crate) mod layers;
 pub(crate) mod local;
 #[cfg(test)]
 mod properties;
+pub(crate) mod tls;
 
 use crate::error::{Error, Result};
 use crate::namespace::AttemptOutcome;
@@ -24,6 +26,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub(crate) use local::{local_handler, LocalHandler};
+pub use tls::TlsTrust;
 
 /// The largest agent response body accepted.
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;

@@ -253,3 +253,15 @@ pub async fn call(
     )
     .await
 }
+
+/// A plain `reqwest` client for talking to a server under test (this build
+/// of reqwest needs the process's TLS provider installed first).
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().unwrap()
+}
+
+/// [`http_client`]'s builder, for tests that tune the client.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    switchboard::TlsTrust::install_crypto_provider();
+    reqwest::Client::builder()
+}

@@ -1175,3 +1175,76 @@ async fn the_agent_list_honours_read_policies() {
         .await;
     assert_eq!(status, 403);
 }
+
+/// `serve` installs its policies before anything writes: the recovery of a
+/// call a stopped process left in flight is itself judged by them.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_recovers_interrupted_calls_under_its_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let id = switchboard::namespace::new_invocation_id();
+    let record_key = format!("tools/guarded/wipe/{id}");
+    {
+        let db = switchboard::Database::open(&data).unwrap();
+        let record = json!({
+            "invocation_id": id, "tool": "wipe", "category": "guarded", "agent_id": "a1",
+            "session_id": null, "strategy": "round_robin", "status": "in_flight",
+            "attempts": [{"agent_id": "a1", "outcome": "in_flight", "latency_ms": 0.0, "error": null}],
+            "started_at_ms": 1, "finished_at_ms": null, "latency_ms": null, "error": null
+        });
+        let mut tx = db.writes_to_reserved_namespaces().transaction();
+        tx.put(&record_key, record.to_string().as_bytes()).unwrap();
+        tx.put(&format!("inflight/{id}"), record_key.as_bytes())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("hold.rego"),
+        "# scope: tools/guarded/**\npackage hold\nimport rego.v1\n\
+         deny contains \"interrupted guarded calls are held for review\" if input.context.action == \"recover\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = switchboard()
+        .args(["serve", "--data", data.to_str().unwrap()])
+        .args(["--policies", policies.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = http_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited");
+        assert!(Instant::now() < deadline, "serve did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let db = switchboard::Database::open(&data).unwrap();
+    let record: Value = serde_json::from_slice(&db.get(&record_key).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        record["status"], "in_flight",
+        "the policy refused the recovery write, so the record is as the stopped process left it"
+    );
+    let refused: Vec<switchboard::Decision> = db
+        .scan("policy_log/")
+        .map(|kv| serde_json::from_slice(&kv.unwrap().1).unwrap())
+        .filter(|d: &switchboard::Decision| {
+            d.key == record_key && d.decision == switchboard::DecisionKind::Deny
+        })
+        .collect();
+    assert!(
+        refused.iter().any(|d| d.context["action"] == "recover"),
+        "{refused:?}"
+    );
+}

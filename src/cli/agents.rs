@@ -4,7 +4,7 @@
 use super::{Client, StoreArgs};
 use clap::Subcommand;
 use reqwest::Method;
-use switchboard::namespace::{AgentRecord, AgentTransport};
+use switchboard::namespace::AgentRecord;
 use switchboard::{AgentConfig, Error, PolicyContext, ToolCategory};
 
 #[derive(Subcommand)]
@@ -132,10 +132,7 @@ fn print_list(records: &[AgentRecord], json: bool) -> switchboard::Result<()> {
     ))?;
     for r in records {
         let tools: Vec<&str> = r.tools.iter().map(|t| t.as_str()).collect();
-        let endpoint = match &r.transport {
-            AgentTransport::Local => "(local handler)".to_string(),
-            AgentTransport::Http { endpoint, .. } => endpoint.clone(),
-        };
+        let endpoint = r.transport.describe();
         super::out(format_args!(
             "{:<24} {:<20} {:>8} {:<10} {}",
             r.agent_id,

@@ -73,6 +73,9 @@ pub(crate) enum Endpoint {
     Local,
     /// `POST`ed to this URL.
     Http(reqwest::Url),
+    /// An MCP server (streamable HTTP or stdio); the transport layer keeps
+    /// its connections by registration uid.
+    Mcp(crate::namespace::McpServer),
 }
 
 /// Checks an endpoint URL and derives its default health URL

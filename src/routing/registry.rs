@@ -12,14 +12,17 @@
 //! whose steps share one lock and one rule — the stored record and the router
 //! change together or not at all.
 
-use super::agent::{Agent, AgentConfig, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT};
+use super::agent::{
+    Agent, AgentConfig, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,
+};
 use super::endpoint::{check_endpoint_text, parse_endpoint, Endpoint};
 use super::metrics::AgentStats;
 use super::outlier::Health;
 use super::router::ToolRouter;
 use crate::error::{Error, Result};
 use crate::namespace::{
-    agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, ToolCategory, AGENTS,
+    agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, McpServer,
+    PrefixMode, ToolCategory, AGENTS,
 };
 use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::storage::{off_worker, Database};
@@ -86,6 +89,23 @@ impl AgentRegistry {
             let stats = Arc::new(AgentStats::default());
             let live = match &record.transport {
                 AgentTransport::Local => None,
+                AgentTransport::Mcp(server) => {
+                    let agent = registry.agent(
+                        &record,
+                        registry.reserve_uid(),
+                        Endpoint::Mcp(server.clone()),
+                        None,
+                        stats.clone(),
+                    );
+                    if record.status == AgentStatus::Unhealthy {
+                        agent.health.unhealthy.store(true, Ordering::Release);
+                        agent
+                            .health
+                            .unhealthy_since_ms
+                            .store(record.updated_at_ms, Ordering::Release);
+                    }
+                    Some(agent)
+                }
                 AgentTransport::Http {
                     endpoint,
                     health_url,
@@ -178,7 +198,12 @@ impl AgentRegistry {
         health_url: Option<reqwest::Url>,
         stats: Arc<AgentStats>,
     ) -> Arc<Agent> {
+        let served = match &record.transport {
+            AgentTransport::Mcp(server) => Some(Arc::new(declared_tools(record, server))),
+            _ => None,
+        };
         Arc::new(Agent {
+            served: parking_lot::RwLock::new(served),
             id: record.agent_id.clone(),
             uid,
             categories: record.tools.clone(),
@@ -239,8 +264,11 @@ impl AgentRegistry {
         })
     }
 
-    /// Registers (or replaces) an HTTP agent.
+    /// Registers (or replaces) an HTTP or MCP agent.
     pub fn register(&self, agent_id: &str, config: AgentConfig) -> Result<()> {
+        if let Some(server) = &config.mcp {
+            return self.register_mcp(agent_id, server.clone(), &config);
+        }
         let Some(endpoint) = config.endpoint.as_deref() else {
             return Err(Error::invalid(format!(
                 "agent {agent_id} has no endpoint; call with_endpoint, or register_local_agent for an in-process handler"
@@ -272,6 +300,30 @@ impl AgentRegistry {
                 Some(health_url.clone()),
                 stats,
             )
+        })
+    }
+
+    fn register_mcp(
+        &self,
+        agent_id: &str,
+        mut server: McpServer,
+        config: &AgentConfig,
+    ) -> Result<()> {
+        if config.endpoint.is_some() {
+            return Err(Error::invalid(format!(
+                "agent {agent_id} has both an endpoint and an MCP server; give one of them"
+            )));
+        }
+        server.validate(&config.tools)?;
+        if let Some(url) = &server.url {
+            check_endpoint_text("MCP url", url)?;
+            let (parsed, _) = parse_endpoint(url)?;
+            server.url = Some(parsed.to_string());
+        }
+        let record = self.new_record(agent_id, config, AgentTransport::Mcp(server.clone()))?;
+        let uid = self.reserve_uid();
+        self.install(record, config.caller.as_ref(), |registry, record, stats| {
+            registry.agent(record, uid, Endpoint::Mcp(server.clone()), None, stats)
         })
     }
 
@@ -482,4 +534,47 @@ impl AgentRegistry {
             }
         }
     }
+}
+
+/// The name callers use for tool `name` of `agent_id` under `prefix`
+/// (collisions aside, which discovery resolves): the bare name, or
+/// `{agent}_{tool}` cut to the 64 characters every MCP client accepts.
+pub(crate) fn exposed_name(agent_id: &str, name: &str, prefixed: bool) -> String {
+    if !prefixed {
+        return name.to_string();
+    }
+    let mut exposed: String = format!("{agent_id}_{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    exposed.truncate(64);
+    exposed
+}
+
+/// What an MCP agent serves before (or without) discovery: its declared
+/// tool names, each in the category its rules give it; nothing if it
+/// declares none (discovery fills it in).
+pub(crate) fn declared_tools(record: &AgentRecord, server: &McpServer) -> ServedTools {
+    let Some(default) = record.tools.first() else {
+        return ServedTools::new();
+    };
+    server
+        .tool_names
+        .iter()
+        .map(|name| {
+            (
+                exposed_name(&record.agent_id, name, server.prefix == PrefixMode::Always),
+                ServedTool {
+                    upstream: name.clone(),
+                    category: server.category_of(name, default),
+                },
+            )
+        })
+        .collect()
 }

@@ -7,10 +7,8 @@ use super::tls::TlsTrust;
 use super::{Failure, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES, MAX_RESPONSE_BYTES};
 use crate::error::{Error, Result};
 use crate::policy::NetworkPolicy;
-use crate::routing::health::{Probe, ProbeResult};
-use std::future::Future;
+use crate::routing::health::ProbeResult;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,24 +185,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The health probe over HTTP: any 2xx within the timeout is healthy; 404
 /// or 405 means the agent has no health endpoint (it is not ejected for it:
 /// its calls alone judge it); anything else is unhealthy.
-pub(crate) struct HttpProbe(pub(crate) reqwest::Client);
-
-impl Probe for HttpProbe {
-    fn probe<'a>(
-        &'a self,
-        url: &'a reqwest::Url,
-        timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
-        Box::pin(async move {
-            if NetworkPolicy::current().check_url(url).is_err() {
-                return ProbeResult::Unhealthy;
-            }
-            match tokio::time::timeout(timeout, self.0.get(url.clone()).send()).await {
-                Ok(Ok(r)) if r.status().is_success() => ProbeResult::Healthy,
-                Ok(Ok(r)) if matches!(r.status().as_u16(), 404 | 405) => ProbeResult::NoEndpoint,
-                _ => ProbeResult::Unhealthy,
-            }
-        })
+pub(crate) async fn probe(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    timeout: Duration,
+) -> ProbeResult {
+    if NetworkPolicy::current().check_url(url).is_err() {
+        return ProbeResult::Unhealthy;
+    }
+    match tokio::time::timeout(timeout, client.get(url.clone()).send()).await {
+        Ok(Ok(r)) if r.status().is_success() => ProbeResult::Healthy,
+        Ok(Ok(r)) if matches!(r.status().as_u16(), 404 | 405) => ProbeResult::NoEndpoint,
+        _ => ProbeResult::Unhealthy,
     }
 }
 

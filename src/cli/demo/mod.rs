@@ -114,7 +114,7 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
         let tools: Vec<&str> = r.tools.iter().map(|t| t.as_str()).collect();
         let kind = match r.transport {
             switchboard::namespace::AgentTransport::Local => "local".to_string(),
-            switchboard::namespace::AgentTransport::Http { endpoint, .. } => endpoint,
+            other => other.describe(),
         };
         say!(
             "    {id:<16} {:<16} priority {:>2}   {kind}",

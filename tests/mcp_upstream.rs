@@ -729,3 +729,104 @@ async fn declared_tools_route_and_registrations_are_checked() {
         .unwrap();
     assert_eq!(r.agent_id, "a");
 }
+
+/// Receives `notifications/tools/list_changed` as an MCP client.
+#[derive(Clone, Default)]
+struct Listener {
+    changes: Arc<AtomicUsize>,
+}
+
+impl rmcp::ClientHandler for Listener {
+    async fn on_tool_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Switchboard's own `/mcp` on 127.0.0.1.
+async fn serve_switchboard(d: &ToolDispatcher) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let app = axum::Router::new().nest_service(
+        "/mcp",
+        switchboard::mcp::server::service(d.clone(), 1 << 20),
+    );
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchboards_mcp_endpoint_serves_discovered_tools_and_announces_changes() {
+    use rmcp::service::ServiceExt;
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let up = Upstream::new("a");
+    let a = serve(up.clone()).await;
+    register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
+    let (url, server) = serve_switchboard(&d).await;
+
+    let listener = Listener::default();
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url.as_str());
+    let client = listener.clone().serve(transport).await.unwrap();
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert!(names.contains(&"search"), "the category tool: {names:?}");
+    assert!(names.contains(&"echo"), "the discovered tool: {names:?}");
+    let echo = tools.iter().find(|t| t.name == "echo").unwrap();
+    assert_eq!(
+        Value::Object((*echo.input_schema).clone()),
+        schema("x", "number"),
+        "the agent's own schema"
+    );
+    assert_eq!(echo.description.as_deref(), Some("Echoes its arguments"));
+
+    let mut args = serde_json::Map::new();
+    args.insert("x".into(), json!(7));
+    let result = client
+        .call_tool(CallToolRequestParams::new("echo").with_arguments(args))
+        .await
+        .unwrap();
+    assert_ne!(result.is_error, Some(true));
+    let structured = result.structured_content.unwrap();
+    assert_eq!(structured["server"], "a");
+    assert_eq!(structured["args"]["x"], 7);
+    let failed = client
+        .call_tool(CallToolRequestParams::new("fail"))
+        .await
+        .unwrap();
+    assert_eq!(failed.is_error, Some(true));
+
+    // A new MCP agent with a new tool: the client is told.
+    let before = listener.changes.load(Ordering::SeqCst);
+    let b =
+        serve(Upstream::new("b").with_tool("other", "Another tool", schema("z", "string"))).await;
+    register(&d, "b", mcp_agent(&b.url, ToolCategory::Search)).await;
+    eventually(|| listener.changes.load(Ordering::SeqCst) > before).await;
+    let names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(names.contains(&"other".to_string()), "{names:?}");
+
+    // A call the client abandons is cancelled upstream and recorded so.
+    let peer = client.peer().clone();
+    let call =
+        tokio::spawn(async move { peer.call_tool(CallToolRequestParams::new("hang")).await });
+    eventually(|| up.calls.load(Ordering::SeqCst) >= 3).await;
+    call.abort();
+    eventually(|| up.cancelled.load(Ordering::SeqCst)).await;
+    eventually(|| {
+        common::records(&db, "tools/search/hang/")
+            .first()
+            .is_some_and(|r| r.status == switchboard::DispatchStatus::Cancelled)
+    })
+    .await;
+    server.abort();
+}

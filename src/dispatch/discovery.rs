@@ -375,7 +375,8 @@ impl Discovery {
         }
     }
 
-    fn bump(&self) {
+    /// Announces a change of the routed tools (registrations call it too).
+    pub(crate) fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
     }
 

@@ -246,7 +246,8 @@ impl ToolDispatcher {
         self.inner.discovery.list()
     }
 
-    /// Changes whenever the set of tools MCP agents serve changes.
+    /// Changes whenever the routed tools may have changed: a registration,
+    /// a removal, or a change of the tools MCP agents serve.
     pub fn tools_changed(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.discovery.subscribe()
     }
@@ -287,6 +288,7 @@ impl ToolDispatcher {
         let mcp = config.mcp.is_some();
         self.inner.registry.register(agent_id, config)?;
         self.forget_replaced_handlers();
+        self.inner.discovery.bump();
         if mcp {
             self.spawn_discovery(agent_id);
         }
@@ -325,6 +327,9 @@ impl ToolDispatcher {
         inner.callers.bind_local(uid, local_handler(handler));
         let result = inner.registry.register_local(agent_id, config, uid);
         self.forget_replaced_handlers();
+        if result.is_ok() {
+            inner.discovery.bump();
+        }
         result
     }
 
@@ -340,6 +345,7 @@ impl ToolDispatcher {
         self.forget_replaced_handlers();
         if result.is_ok() {
             self.inner.discovery.forget(&self.inner, agent_id);
+            self.inner.discovery.bump();
         }
         result
     }

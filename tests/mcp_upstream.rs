@@ -830,3 +830,78 @@ async fn switchboards_mcp_endpoint_serves_discovered_tools_and_announces_changes
     .await;
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_servers_are_spawned_called_and_restarted() {
+    // The stdio MCP server is another Switchboard (`switchboard mcp`) that
+    // routes its `code` category to an HTTP agent of this test.
+    let inner_agent = common::TestAgent::start("inner", common::Behaviour::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inner_data = dir.path().join("inner");
+    {
+        let db = switchboard::Database::open(&inner_data).unwrap();
+        let inner = ToolDispatcher::new(db);
+        inner
+            .register_agent(
+                "inner",
+                AgentConfig::new()
+                    .with_tools(vec![ToolCategory::Code])
+                    .with_endpoint(inner_agent.endpoint.clone()),
+            )
+            .unwrap();
+    }
+    let pidfile = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > '{}'; exec '{}' mcp --data '{}'",
+        pidfile.display(),
+        env!("CARGO_BIN_EXE_switchboard"),
+        inner_data.display()
+    );
+    let (_outer_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let server = switchboard::McpServer::stdio("sh", vec!["-c".into(), script]);
+    register(
+        &d,
+        "fed",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Code])
+            .with_mcp_server(server)
+            .with_timeout(Duration::from_secs(20)),
+    )
+    .await;
+    assert!(d.discovered_tools().iter().any(|t| t.name == "code"));
+    let call = || async {
+        d.invoke(
+            "code",
+            ToolCategory::Code,
+            json!({"tool": "code_exec", "input": {"v": 1}}),
+            RoutingOptions::new().with_max_attempts(1),
+        )
+        .await
+    };
+    let r = call().await.unwrap();
+    assert_eq!(r.agent_id, "fed");
+    assert_eq!(r.output["structuredContent"]["output"]["agent"], "inner");
+    assert_eq!(inner_agent.hits(), 1);
+
+    // The server dies: the next uses start it again (a new process).
+    let first = std::fs::read_to_string(&pidfile).unwrap();
+    let killed = std::process::Command::new("kill")
+        .arg(first.trim())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut restarted = false;
+    for _ in 0..200 {
+        if call().await.is_ok() {
+            restarted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(restarted, "the stdio server was not started again");
+    let second = std::fs::read_to_string(&pidfile).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(inner_agent.hits(), 2);
+    d.unregister_agent("fed").unwrap();
+}

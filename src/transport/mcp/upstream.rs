@@ -6,6 +6,11 @@
 //! first, `initialize` when the server is of the older revisions), remade
 //! when it closes; an expired upstream session (HTTP 404) is initialised
 //! again by the SDK's transport.
+//!
+//! A stdio server is a child process (one per agent, serving every call):
+//! spawned on first use, its stderr logged line by line, and when it exits
+//! it is started again on the next use, after a back-off that doubles with
+//! each start that fails or dies young (up to [`MAX_RESTART_BACKOFF`]).
 
 use super::answer::{classify_error, output_of};
 use super::MAX_UPSTREAM_SESSIONS;
@@ -25,8 +30,31 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The longest wait before a stdio server is started again.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+/// The first wait before a stdio server that failed is started again.
+const FIRST_RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// A stdio server that ran at least this long before exiting restarts at once.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+
 type Running = RunningService<RoleClient, Handler>;
-type Slot = Arc<tokio::sync::Mutex<Option<Running>>>;
+
+/// One connection: the SDK's service, and the child process of a stdio server.
+struct Connection {
+    running: Running,
+    _child: Option<tokio::process::Child>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+/// When a stdio server may be started again.
+#[derive(Default)]
+struct Restarts {
+    /// Starts that failed or died young, in a row.
+    failures: u32,
+    not_before: Option<tokio::time::Instant>,
+    last_start: Option<tokio::time::Instant>,
+}
 
 /// Receives the server's notifications on one connection.
 #[derive(Clone)]
@@ -77,6 +105,7 @@ pub(crate) struct Upstream {
     sessions: parking_lot::Mutex<Sessions>,
     /// Whether the server keeps sessions (learnt from the first connection).
     kind: AtomicU8,
+    restarts: parking_lot::Mutex<Restarts>,
 }
 
 impl Upstream {
@@ -94,10 +123,14 @@ impl Upstream {
             shared: Arc::default(),
             sessions: parking_lot::Mutex::default(),
             kind: AtomicU8::new(UNKNOWN),
+            restarts: parking_lot::Mutex::default(),
         }
     }
 
-    async fn connect(&self) -> Result<Running, Failure> {
+    async fn connect(&self) -> Result<Connection, Failure> {
+        if self.server.command.is_some() {
+            return self.start_stdio().await;
+        }
         let auto = ClientLifecycleMode::Auto {
             preferred_versions: vec![ProtocolVersion::V_2026_07_28],
             legacy_version: Some(ProtocolVersion::V_2025_11_25),
@@ -118,7 +151,119 @@ impl Upstream {
         self.kind
             .store(if modern { STATELESS } else { SESSIONS }, Ordering::Release);
         tracing::debug!(agent_id = %self.agent_id, modern, "connected to an MCP agent");
-        Ok(running)
+        Ok(Connection {
+            running,
+            _child: None,
+        })
+    }
+
+    /// Starts the stdio server (unless its back-off has not passed) and
+    /// connects to it.
+    async fn start_stdio(&self) -> Result<Connection, Failure> {
+        let now = tokio::time::Instant::now();
+        {
+            let mut restarts = self.restarts.lock();
+            if let Some(not_before) = restarts.not_before {
+                if now < not_before {
+                    return Err(Failure::Agent(format!(
+                        "the stdio MCP server is restarting; next start in {} ms",
+                        (not_before - now).as_millis()
+                    )));
+                }
+            }
+            // A server that died young counts as a failed start.
+            if let Some(last) = restarts.last_start {
+                if now.duration_since(last) < HEALTHY_RUN {
+                    restarts.failures += 1;
+                } else {
+                    restarts.failures = 0;
+                }
+            }
+            restarts.last_start = Some(now);
+            restarts.not_before = (restarts.failures > 0).then(|| {
+                let backoff = FIRST_RESTART_BACKOFF
+                    .saturating_mul(1 << restarts.failures.min(16))
+                    .min(MAX_RESTART_BACKOFF);
+                now + backoff
+            });
+        }
+        // Every start of a stdio server serves all calls: no upstream sessions.
+        self.kind.store(STATELESS, Ordering::Release);
+        let auto = ClientLifecycleMode::Auto {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            legacy_version: Some(ProtocolVersion::V_2025_11_25),
+        };
+        let connection = match self.spawn_stdio(auto).await {
+            Ok(connection) => Ok(connection),
+            // Not every server of the 2025 revisions answers
+            // `server/discover` in a way the SDK falls back from.
+            Err(first) => self
+                .spawn_stdio(ClientLifecycleMode::Initialize)
+                .await
+                .map_err(|_| first),
+        };
+        if connection.is_err() {
+            let mut restarts = self.restarts.lock();
+            restarts.failures = restarts.failures.max(1);
+            let backoff = FIRST_RESTART_BACKOFF
+                .saturating_mul(1 << restarts.failures.min(16))
+                .min(MAX_RESTART_BACKOFF);
+            restarts.not_before = Some(tokio::time::Instant::now() + backoff);
+        }
+        connection
+    }
+
+    async fn spawn_stdio(&self, lifecycle: ClientLifecycleMode) -> Result<Connection, Failure> {
+        let Some(command) = &self.server.command else {
+            return Err(Failure::Agent("this MCP agent has no command".into()));
+        };
+        let mut child = tokio::process::Command::new(&command.program);
+        child
+            .args(&command.args)
+            .envs(&command.env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(cwd) = &command.cwd {
+            child.current_dir(cwd);
+        }
+        let mut child = child.spawn().map_err(|e| {
+            Failure::Agent(format!(
+                "cannot start the stdio MCP server {:?}: {e}",
+                command.program
+            ))
+        })?;
+        tracing::info!(agent_id = %self.agent_id, program = %command.program, pid = child.id(), "started a stdio MCP server");
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(Failure::Agent("the stdio MCP server has no pipes".into()));
+        };
+        let agent_id = self.agent_id.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(agent_id = %agent_id, "mcp server stderr: {line}");
+            }
+        });
+        let handler = Handler {
+            list_changed: self.list_changed.clone(),
+        };
+        let running = handler
+            .serve_with_lifecycle((stdout, stdin), lifecycle)
+            .await
+            .map_err(|e| {
+                Failure::Agent(format!(
+                    "cannot initialise the stdio MCP server {:?}: {e}",
+                    command.program
+                ))
+            })?;
+        Ok(Connection {
+            running,
+            _child: Some(child),
+        })
     }
 
     async fn connect_with(&self, lifecycle: ClientLifecycleMode) -> Result<Running, Failure> {
@@ -149,14 +294,17 @@ impl Upstream {
     /// A live peer on `slot`, connecting if it has none (or a closed one).
     async fn peer_on(&self, slot: &Slot) -> Result<Peer<RoleClient>, Failure> {
         let mut guard = slot.lock().await;
-        if let Some(running) = guard.as_ref() {
+        if let Some(connection) = guard.as_ref() {
+            let running = &connection.running;
             if !running.is_closed() && !running.peer().is_transport_closed() {
                 return Ok(running.peer().clone());
             }
         }
-        let running = self.connect().await?;
-        let peer = running.peer().clone();
-        *guard = Some(running);
+        // Closed: drop it (a stdio server's process is killed) and start over.
+        guard.take();
+        let connection = self.connect().await?;
+        let peer = connection.running.peer().clone();
+        *guard = Some(connection);
         Ok(peer)
     }
 

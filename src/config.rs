@@ -8,7 +8,7 @@
 
 use crate::dispatch::{DispatcherConfig, ToolDispatcher};
 use crate::error::{Error, Result};
-use crate::namespace::ToolCategory;
+use crate::namespace::{McpSpec, ToolCategory};
 use crate::policy::NetworkPolicy;
 use crate::policy::RegoEvaluator;
 use crate::policy::{DecisionLogRetention, PolicyEngine, RateLimitOp, RateLimitScope};
@@ -204,7 +204,8 @@ impl Default for DecisionLogSection {
     }
 }
 
-/// One `[[agents]]` table: an HTTP agent, as `PUT /v1/agents/{id}` takes it.
+/// One `[[agents]]` table: an HTTP or MCP agent, as `PUT /v1/agents/{id}`
+/// takes it (an MCP `command`, a stdio server, only here).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEntry {
@@ -212,8 +213,14 @@ pub struct AgentEntry {
     pub id: String,
     /// The categories it serves.
     pub tools: Vec<ToolCategory>,
-    /// Its `http://` endpoint.
-    pub endpoint: String,
+    /// Its `http://` endpoint (an HTTP agent).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// An MCP server instead: `mcp = "http://…/mcp"`, or a table with `url`
+    /// or `command = { program, args, env, cwd }`, `tool_names`,
+    /// `category_rules`, `prefix`, `discovery_ttl_ms`.
+    #[serde(default)]
+    pub mcp: Option<McpSpec>,
     /// Its health URL (default: `scheme://host:port/health` of the endpoint).
     pub health_url: Option<String>,
     /// Its priority tier: higher is preferred (default 0).
@@ -229,8 +236,13 @@ impl AgentEntry {
     fn agent_config(&self) -> AgentConfig {
         let mut config = AgentConfig::new()
             .with_tools(self.tools.clone())
-            .with_endpoint(self.endpoint.clone())
             .with_priority(self.priority);
+        if let Some(endpoint) = &self.endpoint {
+            config = config.with_endpoint(endpoint.clone());
+        }
+        if let Some(mcp) = &self.mcp {
+            config = config.with_mcp_server(mcp.clone().into_server());
+        }
         if let Some(url) = &self.health_url {
             config = config.with_health_url(url.clone());
         }
@@ -692,6 +704,37 @@ priority = 3
         );
         assert!(Config::parse(
             "[[agents]]\nid = \"a\"\ntools = [\"code\"]\nendpoint = \"x\"\ncolor = 1"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn mcp_agents_are_declared_by_url_or_command() {
+        let c = Config::parse(
+            r#"
+[[agents]]
+id = "remote"
+tools = ["search"]
+mcp = "http://127.0.0.1:9000/mcp"
+
+[[agents]]
+id = "files"
+tools = ["file", "code"]
+mcp = { command = { program = "python", args = ["server.py"], env = { LOG = "1" } }, category_rules = [{ glob = "run_*", category = "code" }] }
+"#,
+        )
+        .unwrap();
+        let remote = c.agents[0].mcp.clone().unwrap().into_server();
+        assert_eq!(remote.url.as_deref(), Some("http://127.0.0.1:9000/mcp"));
+        let files = c.agents[1].mcp.clone().unwrap().into_server();
+        let command = files.command.unwrap();
+        assert_eq!(
+            (command.program.as_str(), command.args.len()),
+            ("python", 1)
+        );
+        assert_eq!(files.category_rules[0].category, ToolCategory::Code);
+        assert!(Config::parse(
+            "[[agents]]\nid = \"a\"\ntools = [\"code\"]\nmcp = { url = \"http://x/mcp\", colour = 1 }"
         )
         .is_err());
     }

@@ -112,7 +112,9 @@ pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDi
 pub use dispatch::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
 // MCP agents: the tools discovered on them and how they are named.
 pub use dispatch::{schema_hash, DiscoveredTool, DEFAULT_DISCOVERY_TTL};
-pub use namespace::{mcp_tool_key, CategoryRule, McpCommand, McpServer, McpToolRecord, PrefixMode};
+pub use namespace::{
+    mcp_tool_key, CategoryRule, McpCommand, McpServer, McpSpec, McpToolRecord, PrefixMode,
+};
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::{TlsTrust, ToolError};
 

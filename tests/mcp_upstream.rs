@@ -905,3 +905,123 @@ async fn stdio_servers_are_spawned_called_and_restarted() {
     assert_eq!(inner_agent.hits(), 2);
     d.unregister_agent("fed").unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_agents_over_the_http_api_and_the_cli() {
+    let a = serve(Upstream::new("a")).await;
+    let (dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(switchboard::server::run(
+        listener,
+        switchboard::server::AppState::new(d.clone(), None),
+        1 << 20,
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = common::http_client();
+    let put = http
+        .put(format!("{base}/v1/agents/a"))
+        .json(&json!({"tools": ["search"], "mcp": a.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let record: Value = put.json().await.unwrap();
+    assert_eq!(record["transport"]["kind"], "mcp");
+    assert_eq!(record["transport"]["url"], a.url.as_str());
+    // The answer comes once the tools are listed.
+    let tools: Value = http
+        .get(format!("{base}/v1/tools"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let echo = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "echo")
+        .expect("echo is listed");
+    assert_eq!(echo["agent_id"], "a");
+    assert_eq!(echo["category"], "search");
+    assert_eq!(echo["schema_hash"].as_str().unwrap().len(), 64);
+    let invoked: Value = http
+        .post(format!("{base}/v1/invoke"))
+        .json(&json!({"tool": "echo", "category": "search", "input": {"x": 3}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(invoked["output"]["structuredContent"]["args"]["x"], 3);
+    // A stdio command is never registered over HTTP.
+    let refused = http
+        .put(format!("{base}/v1/agents/b"))
+        .json(&json!({"tools": ["code"], "mcp": {"command": {"program": "sh"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(d.registry().get("b").is_none());
+
+    // The CLI lists the same tools through the server...
+    let listed = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || common::ok(common::switchboard().args(["tools", "--server", &base]))
+    })
+    .await
+    .unwrap();
+    assert!(
+        listed.contains("echo") && listed.contains("search"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains(&echo["schema_hash"].as_str().unwrap()[..16]),
+        "{listed}"
+    );
+
+    // ... and registers an MCP agent on a data directory of its own.
+    let data = dir.path().join("cli");
+    let url = a.url.clone();
+    let (registered, local) = tokio::task::spawn_blocking(move || {
+        let data = data.to_str().unwrap();
+        let registered = common::ok(common::switchboard().args([
+            "agents",
+            "register",
+            "m",
+            "--tools",
+            "code,search",
+            "--mcp",
+            &url,
+            "--mcp-category",
+            "ec*=search",
+            "--data",
+            data,
+        ]));
+        let local = common::ok(common::switchboard().args(["tools", "--json", "--data", data]));
+        (registered, local)
+    })
+    .await
+    .unwrap();
+    assert!(registered.contains("MCP tools discovered"), "{registered}");
+    let local: Vec<Value> = local
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let category = |name: &str| {
+        local
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["category"].clone())
+    };
+    assert_eq!(category("echo"), Some(json!("search")), "{local:?}");
+    assert_eq!(category("fail"), Some(json!("code")), "{local:?}");
+}

@@ -108,6 +108,7 @@ fn assert_client_error(status: StatusCode, body: &Value, expected: StatusCode, c
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/v1/agents"),
+    ("get", "/v1/tools"),
     ("get", "/v1/agents/{id}"),
     ("put", "/v1/agents/{id}"),
     ("delete", "/v1/agents/{id}"),

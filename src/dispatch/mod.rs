@@ -210,12 +210,19 @@ impl ToolDispatcher {
         if let Err(e) = dispatcher.inner.discovery.restore(&dispatcher.inner) {
             tracing::warn!(error = %e, "could not restore discovered MCP tools");
         }
-        for agent in dispatcher.inner.registry.live_agents() {
+        Ok(dispatcher)
+    }
+
+    /// Lists the tools of every registered MCP agent again, in the
+    /// background (on the current tokio runtime). `serve` and `switchboard
+    /// mcp` call it at start; until then, the tools stored by the last run
+    /// route.
+    pub fn start_discovery(&self) {
+        for agent in self.inner.registry.live_agents() {
             if matches!(agent.endpoint, crate::routing::endpoint::Endpoint::Mcp(_)) {
-                dispatcher.spawn_discovery(&agent.id);
+                self.spawn_discovery(&agent.id);
             }
         }
-        Ok(dispatcher)
     }
 
     /// Lists an MCP agent's tools in the background, if a tokio runtime runs.

@@ -93,6 +93,29 @@ pub struct McpServer {
     pub discovery_ttl_ms: Option<u64>,
 }
 
+/// An MCP server as a registration gives it (the `mcp` field of
+/// `PUT /v1/agents/{id}` and of a config file's `[[agents]]`): its
+/// streamable-HTTP URL alone, or the full [`McpServer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum McpSpec {
+    /// `"http://127.0.0.1:9000/mcp"`
+    Url(String),
+    /// `{"url": ..., "tool_names": [...], "category_rules": [...], ...}` or
+    /// `{"command": {"program": ..., "args": [...]}}`
+    Server(McpServer),
+}
+
+impl McpSpec {
+    /// The server it describes.
+    pub fn into_server(self) -> McpServer {
+        match self {
+            McpSpec::Url(url) => McpServer::http(url),
+            McpSpec::Server(server) => server,
+        }
+    }
+}
+
 /// The longest list of declared tool names or category rules.
 pub const MAX_MCP_RULES: usize = 1024;
 

@@ -27,7 +27,7 @@ pub use ids::{
 };
 pub(crate) use mcp::MCP_TOOLS;
 pub use mcp::{
-    mcp_tool_key, name_glob_matches, CategoryRule, McpCommand, McpServer, McpToolPrevious,
+    mcp_tool_key, name_glob_matches, CategoryRule, McpCommand, McpServer, McpSpec, McpToolPrevious,
     McpToolRecord, PrefixMode, MAX_MCP_RULES,
 };
 pub use records::*;

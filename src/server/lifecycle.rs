@@ -73,6 +73,7 @@ pub async fn serve(
     config.apply_policy(&PolicyEngine::new(&db))?;
     let dispatcher = ToolDispatcher::try_new(db)?;
     config.register_agents(&dispatcher)?;
+    dispatcher.start_discovery();
     if let Some(health) = config.health_checks() {
         dispatcher.enable_health_checks(health);
     }

@@ -6,7 +6,7 @@
 //! caller is, and the scope each route needs), `hosts` (Host-header
 //! validation), `tls` (the certificate HTTPS is served with), `prometheus`
 //! (the exposition), and one file of handlers per resource (`agents`,
-//! `invoke`, `scan`, `policies`, `metrics`, `tokens`).
+//! `invoke`, `scan`, `policies`, `metrics`, `tokens`, `tools`).
 //! `docs/openapi.json` describes every route.
 
 mod agents;
@@ -23,6 +23,7 @@ mod routes;
 mod scan;
 mod tls;
 mod tokens;
+mod tools;
 
 pub use agents::{visible_agents, RegisterBody};
 pub use auth::Caller;

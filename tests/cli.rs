@@ -40,7 +40,12 @@ fn demo_runs_to_completion_and_shows_each_part() {
     let data = dir.path().join("data");
     let out = run_ok(&["demo", "--data", data.to_str().unwrap()]);
     for expected in [
-        "[1/7]",
+        "[1/8]",
+        "stored at mcp_tools/weather_mcp/forecast",
+        "sees: code, forecast",
+        "\"sunny in Oslo\"",
+        "recorded at tools/weather/forecast/",
+        "agent weather_mcp, succeeded",
         "round_robin",
         "least_loaded",
         "fastest",

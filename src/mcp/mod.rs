@@ -2,7 +2,7 @@
 //!
 //! This module owns the server side of MCP; the client side (agents that
 //! are MCP servers) is the transport `transport::mcp`. `rmcp` is used in
-//! those two places only.
+//! those two places (and by the demo's sample server and client).
 //!
 //! - [`catalog`]: which MCP tools Switchboard offers, their names and schemas.
 //! - [`server`]: the `/mcp` endpoint (streamable HTTP, the session-based

@@ -190,6 +190,12 @@ impl Running {
     fn kill(&self) {
         self.task.abort();
     }
+
+    /// Kills it and waits until its socket is closed.
+    async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
 }
 
 impl Drop for Running {
@@ -199,7 +205,12 @@ impl Drop for Running {
 }
 
 async fn serve(upstream: Upstream) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_at(upstream, "127.0.0.1:0").await
+}
+
+/// [`serve`] on a given address (to bring a server back where it was).
+async fn serve_at(upstream: Upstream, addr: &str) -> Running {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let handler = upstream.clone();
     let service = StreamableHttpService::new(
@@ -462,15 +473,15 @@ async fn colliding_schemas_are_prefixed_and_replicas_are_not() {
         .unwrap();
     assert_eq!(r.agent_id, "b");
     // The bare name is ambiguous now: it routes nowhere.
-    assert!(d
+    let bare = d
         .invoke(
             "echo",
             ToolCategory::Code,
             json!({"x": 1}),
-            RoutingOptions::new()
+            RoutingOptions::new(),
         )
-        .await
-        .is_err());
+        .await;
+    assert!(bare.is_err(), "{bare:?}");
     // Without c, a and b are replicas again under the bare name.
     d.unregister_agent("c").unwrap();
     assert!(d
@@ -625,6 +636,50 @@ async fn stateful_servers_get_one_upstream_session_per_switchboard_session() {
         .unwrap(),
     );
     assert!(shared != ids[0] && shared != ids[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_session_the_server_forgot_is_initialised_again() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let up = Upstream::new("a").legacy();
+    let first = serve(up.clone()).await;
+    register(&d, "a", mcp_agent(&first.url, ToolCategory::Code)).await;
+    let in_session = || async {
+        d.invoke(
+            "session",
+            ToolCategory::Code,
+            json!({}),
+            RoutingOptions::new().with_session_id("s1"),
+        )
+        .await
+        .map(|r| {
+            r.output["structuredContent"]["session"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+    let before = in_session().await.unwrap();
+    assert_eq!(in_session().await.unwrap(), before);
+    // The server restarts where it was and knows no session: s1's
+    // upstream session answers 404 and is initialised again.
+    let addr = first
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_string();
+    first.stop().await;
+    let _second = serve_at(up, &addr).await;
+    // (A pooled connection to the old server may fail one call first.)
+    let after = match in_session().await {
+        Ok(session) => session,
+        Err(_) => in_session()
+            .await
+            .expect("s1 works again after the server restarted"),
+    };
+    assert_ne!(after, before, "a new upstream session");
+    assert_eq!(in_session().await.unwrap(), after, "and s1 keeps it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,8 @@ use std::time::Duration;
 pub const DEFAULT_DISCOVERY_TTL: Duration = Duration::from_secs(300);
 /// The shortest TTL honoured (a server asking for less is re-listed this often).
 const MIN_DISCOVERY_TTL: Duration = Duration::from_secs(1);
+/// How soon a listing that failed is tried again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// Notifications that arrive together cause one listing.
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -213,7 +215,8 @@ impl Discovery {
         let (listed, server_ttl) = match listed {
             Ok(listed) => listed,
             Err(failure) => {
-                self.schedule_refresh(dispatcher, &agent, &server, None);
+                // Sooner than a TTL: the agent routes nothing until listed.
+                self.schedule_refresh(dispatcher, &agent, &server, Some(RETRY_AFTER_FAILURE));
                 return Err(Error::AgentFailed {
                     agent_id: agent_id.to_string(),
                     message: format!("tools/list failed: {}", failure.message(agent.timeout)),
@@ -223,6 +226,20 @@ impl Discovery {
         let found = off_worker(|| self.judge(inner, &agent, &server, listed))?;
         let changed = {
             let mut agents = self.agents.lock();
+            // Removed or replaced while it was listed: its tools are not
+            // routed, and what this listing stored goes (`forget` may have
+            // run before it was written).
+            let current = inner
+                .registry
+                .live(agent_id)
+                .is_some_and(|a| a.uid == agent.uid);
+            if !current {
+                drop(agents);
+                if inner.registry.live(agent_id).is_none() {
+                    off_worker(|| self.delete_stored(inner, agent_id));
+                }
+                return Err(Error::UnknownAgent(agent_id.to_string()));
+            }
             let previous = agents.insert(
                 agent_id.to_string(),
                 AgentTools {
@@ -466,6 +483,15 @@ impl Discovery {
     pub(crate) fn forget(&self, inner: &Inner, agent_id: &str) {
         let had = self.agents.lock().remove(agent_id).is_some();
         self.generations.lock().remove(agent_id);
+        self.delete_stored(inner, agent_id);
+        if had {
+            self.route(inner);
+            self.bump();
+        }
+    }
+
+    /// Deletes every `mcp_tools/{agent}/…` record of an agent that is gone.
+    fn delete_stored(&self, inner: &Inner, agent_id: &str) {
         let stored = stored_tools(inner, agent_id).unwrap_or_default();
         for (name, record) in stored {
             let ctx = discover_context(agent_id, &name, Some(&record.category));
@@ -476,15 +502,11 @@ impl Discovery {
                 tracing::warn!(agent_id, tool = %name, error = %e, "could not delete the tool of an unregistered MCP agent");
             }
         }
-        if had {
-            self.route(inner);
-            self.bump();
-        }
     }
 
     /// Lists `agent`'s tools again after its TTL (the server's, else the
-    /// registration's, else [`DEFAULT_DISCOVERY_TTL`]), unless another
-    /// discovery happens first.
+    /// registration's, else [`DEFAULT_DISCOVERY_TTL`]; 5 s after a failed
+    /// listing), unless another discovery happens first.
     fn schedule_refresh(
         &self,
         dispatcher: &ToolDispatcher,

@@ -1,6 +1,6 @@
 //! A full local-handler dispatch (intent and outcome records written) with no
-//! policy, one glob hook, and one Rego module in scope (interpreter and
-//! bytecode), next to raw RocksDB transactions of two puts (the baseline) and
+//! policy, one glob hook, and one Rego module in scope (the default
+//! evaluator, which runs it on the VM, and the interpreter), next to raw RocksDB transactions of two puts (the baseline) and
 //! raw `WriteBatch`es of two puts (what each of the dispatch's two commits
 //! is). Criterion measures each in turn; an interleaved pass then takes every
 //! ratio within one round, which is what docs/benchmarks.md reports.
@@ -37,9 +37,9 @@ const CASES: [(&str, InstallPolicy); 4] = [
             .add_rego("tools/**", support::TRUSTED_AGENTS_REGO)
             .unwrap()
     }),
-    ("invoke_one_rego_module_bytecode", |db| {
+    ("invoke_one_rego_module_interpreter", |db| {
         let policy = PolicyEngine::new(db);
-        policy.set_rego_evaluator(RegoEvaluator::Bytecode);
+        policy.set_rego_evaluator(RegoEvaluator::Interpreter);
         policy
             .add_rego("tools/**", support::TRUSTED_AGENTS_REGO)
             .unwrap()
@@ -128,6 +128,54 @@ fn dispatch(c: &mut Criterion) {
         cases.push((name, Box::new(move || invoke(d))));
     }
     support::interleaved(GROUP, 21, 2_000, &mut cases);
+    scaling(dir.path());
+}
+
+/// Dispatches per second with the glob hook from `threads` threads sharing
+/// one dispatcher, `total` calls in all.
+fn dispatches_per_sec(d: &ToolDispatcher, threads: usize, total: usize) -> f64 {
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                for _ in 0..total / threads {
+                    rt.block_on(d.invoke(
+                        "code_exec",
+                        ToolCategory::Code,
+                        serde_json::json!({"code": "print('hello')"}),
+                        RoutingOptions::new(),
+                    ))
+                    .unwrap();
+                }
+            });
+        }
+    });
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Two threads against one, alternated over several rounds (the machine is
+/// shared: the median ratio of the rounds is what counts).
+fn scaling(dir: &std::path::Path) {
+    let d = dispatcher(&dir.join("scaling"));
+    (CASES[1].1)(d.database());
+    const TOTAL: usize = 4_000;
+    dispatches_per_sec(&d, 2, TOTAL); // warm up
+    let mut ratios: Vec<f64> = (0..7)
+        .map(|_| dispatches_per_sec(&d, 2, TOTAL) / dispatches_per_sec(&d, 1, TOTAL))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "dispatch scaling (one glob hook, local agent): 2 threads = {:.2}x 1 thread \
+         (median of {} rounds of {TOTAL} calls each; min {:.2}x, max {:.2}x)",
+        ratios[ratios.len() / 2],
+        ratios.len(),
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
 }
 
 criterion_group!(benches, dispatch);

@@ -582,6 +582,7 @@ fn probe(rt: &Runtime, setup: &reqwest::Client, target: &Target) -> Result<(), S
 }
 
 fn setup_client() -> Result<reqwest::Client, String> {
+    switchboard::TlsTrust::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
@@ -591,6 +592,7 @@ fn setup_client() -> Result<reqwest::Client, String> {
 
 /// The fixed-rate client: pooled keep-alive connections, Nagle off.
 fn load_client() -> Result<reqwest::Client, String> {
+    switchboard::TlsTrust::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)

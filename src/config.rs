@@ -8,7 +8,7 @@
 
 use crate::dispatch::{DispatcherConfig, ToolDispatcher};
 use crate::error::{Error, Result};
-use crate::namespace::ToolCategory;
+use crate::namespace::{McpSpec, ToolCategory};
 use crate::policy::NetworkPolicy;
 use crate::policy::RegoEvaluator;
 use crate::policy::{DecisionLogRetention, PolicyEngine, RateLimitOp, RateLimitScope};
@@ -16,6 +16,7 @@ use crate::routing::{AgentConfig, HealthCheckConfig};
 use crate::storage::{
     DatabaseOptions, Durability, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_MAX_VALUE_BYTES,
 };
+use crate::transport::TlsTrust;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,6 +54,9 @@ pub struct Config {
     pub limits: LimitsSection,
     /// `[network]`: which addresses agents may be registered at.
     pub network: NetworkSection,
+    /// `[tls]`: extra CAs trusted for `https://` agents; the certificate
+    /// the API is served with over HTTPS.
+    pub tls: TlsSection,
     /// `[health]`: background health checks of HTTP agents.
     pub health: HealthSection,
     /// `[storage]`: how the database is opened.
@@ -212,7 +216,8 @@ impl Default for DecisionLogSection {
     }
 }
 
-/// One `[[agents]]` table: an HTTP agent, as `PUT /v1/agents/{id}` takes it.
+/// One `[[agents]]` table: an HTTP or MCP agent, as `PUT /v1/agents/{id}`
+/// takes it (an MCP `command`, a stdio server, only here).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEntry {
@@ -220,8 +225,14 @@ pub struct AgentEntry {
     pub id: String,
     /// The categories it serves.
     pub tools: Vec<ToolCategory>,
-    /// Its `http://` endpoint.
-    pub endpoint: String,
+    /// Its `http://` endpoint (an HTTP agent).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// An MCP server instead: `mcp = "http://…/mcp"`, or a table with `url`
+    /// or `command = { program, args, env, cwd }`, `tool_names`,
+    /// `category_rules`, `prefix`, `discovery_ttl_ms`.
+    #[serde(default)]
+    pub mcp: Option<McpSpec>,
     /// Its health URL (default: `scheme://host:port/health` of the endpoint).
     pub health_url: Option<String>,
     /// Its priority tier: higher is preferred (default 0).
@@ -237,8 +248,13 @@ impl AgentEntry {
     fn agent_config(&self) -> AgentConfig {
         let mut config = AgentConfig::new()
             .with_tools(self.tools.clone())
-            .with_endpoint(self.endpoint.clone())
             .with_priority(self.priority);
+        if let Some(endpoint) = &self.endpoint {
+            config = config.with_endpoint(endpoint.clone());
+        }
+        if let Some(mcp) = &self.mcp {
+            config = config.with_mcp_server(mcp.clone().into_server());
+        }
         if let Some(url) = &self.health_url {
             config = config.with_health_url(url.clone());
         }
@@ -275,6 +291,20 @@ pub struct NetworkSection {
     pub allow: Vec<String>,
     /// CIDR ranges agents may never be reached at.
     pub deny: Vec<String>,
+}
+
+/// `[tls]`: certificates. Relative paths are resolved against the config
+/// file's directory.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// A PEM file of CA certificates trusted for `https://` agents and health
+    /// URLs, besides the built-in webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// The PEM certificate chain to serve HTTPS with (needs `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for LimitsSection {
@@ -331,6 +361,7 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             limits: LimitsSection::default(),
             network: NetworkSection::default(),
+            tls: TlsSection::default(),
             health: HealthSection::default(),
             storage: StorageSection::default(),
             rate_limits: Vec::new(),
@@ -382,6 +413,10 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new(""));
         config.data_dir = base.join(&config.data_dir);
         config.policies_dir = config.policies_dir.map(|p| base.join(p));
+        let tls = &mut config.tls;
+        for path in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
+            *path = path.take().map(|p| base.join(p));
+        }
         Ok(config)
     }
 
@@ -487,6 +522,11 @@ impl Config {
             return Err(Error::invalid("every limits.* value must be at least 1"));
         }
         self.network_policy()?;
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(Error::invalid(
+                "tls: give both cert_file and key_file (--tls-cert and --tls-key) to serve HTTPS, or neither",
+            ));
+        }
         for limit in &self.rate_limits {
             limit.parsed()?;
         }
@@ -535,6 +575,14 @@ impl Config {
     /// The `[network]` address policy.
     pub fn network_policy(&self) -> Result<NetworkPolicy> {
         NetworkPolicy::new(&self.network.allow, &self.network.deny)
+    }
+
+    /// The certificates trusted for `https://` agents (`[tls] ca_file`).
+    pub fn tls_trust(&self) -> Result<TlsTrust> {
+        match &self.tls.ca_file {
+            Some(path) => TlsTrust::new().with_ca_file(path),
+            None => Ok(TlsTrust::new()),
+        }
     }
 
     /// The options the database is opened with (`[storage]`).
@@ -669,6 +717,37 @@ priority = 3
         );
         assert!(Config::parse(
             "[[agents]]\nid = \"a\"\ntools = [\"code\"]\nendpoint = \"x\"\ncolor = 1"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn mcp_agents_are_declared_by_url_or_command() {
+        let c = Config::parse(
+            r#"
+[[agents]]
+id = "remote"
+tools = ["search"]
+mcp = "http://127.0.0.1:9000/mcp"
+
+[[agents]]
+id = "files"
+tools = ["file", "code"]
+mcp = { command = { program = "python", args = ["server.py"], env = { LOG = "1" } }, category_rules = [{ glob = "run_*", category = "code" }] }
+"#,
+        )
+        .unwrap();
+        let remote = c.agents[0].mcp.clone().unwrap().into_server();
+        assert_eq!(remote.url.as_deref(), Some("http://127.0.0.1:9000/mcp"));
+        let files = c.agents[1].mcp.clone().unwrap().into_server();
+        let command = files.command.unwrap();
+        assert_eq!(
+            (command.program.as_str(), command.args.len()),
+            ("python", 1)
+        );
+        assert_eq!(files.category_rules[0].category, ToolCategory::Code);
+        assert!(Config::parse(
+            "[[agents]]\nid = \"a\"\ntools = [\"code\"]\nmcp = { url = \"http://x/mcp\", colour = 1 }"
         )
         .is_err());
     }

@@ -6,6 +6,8 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // Before any HTTP client is built (the CLI's, and the dispatcher's).
+    switchboard::TlsTrust::install_crypto_provider();
     let args = cli::Cli::parse();
     let default_level = if matches!(args.command, cli::Command::Serve(_)) {
         "info"

@@ -40,7 +40,12 @@ fn demo_runs_to_completion_and_shows_each_part() {
     let data = dir.path().join("data");
     let out = run_ok(&["demo", "--data", data.to_str().unwrap()]);
     for expected in [
-        "[1/7]",
+        "[1/8]",
+        "stored at mcp_tools/weather_mcp/forecast",
+        "sees: code, forecast",
+        "\"sunny in Oslo\"",
+        "recorded at tools/weather/forecast/",
+        "agent weather_mcp, succeeded",
         "round_robin",
         "least_loaded",
         "fastest",
@@ -182,7 +187,7 @@ fn serve_reads_its_config_requires_the_token_and_stops_on_sigterm() {
         .enable_all()
         .build()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     let base = format!("http://127.0.0.1:{port}");
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(30);

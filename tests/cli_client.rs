@@ -5,47 +5,10 @@
 
 mod common;
 
-use common::{free_port, Behaviour, TestAgent};
+use common::{fails, free_port, ok, switchboard, text, Behaviour, TestAgent};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn switchboard() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    c.env_remove("SWITCHBOARD_TOKEN")
-        .env_remove("SWITCHBOARD_URL")
-        .env("RUST_LOG", "warn");
-    c
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `cmd` and returns its stdout, failing the test with both streams.
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Runs `cmd`, expecting status 1; returns its stderr.
-fn fails(cmd: &mut Command) -> String {
-    let out: Output = cmd.output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{cmd:?}:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stderr)
-}
 
 /// A `switchboard serve` child, stopped (SIGTERM, then waited for) on drop.
 struct Serve {
@@ -164,7 +127,7 @@ async fn cli_is_a_client_of_a_running_server() {
         serde_json::json!({})
     );
     // The same over HTTP: a body without "input".
-    let r = reqwest::Client::new()
+    let r = common::http_client()
         .post(format!("{url}/v1/invoke"))
         .bearer_auth("s3cret")
         .header("content-type", "application/json")

@@ -93,7 +93,7 @@ impl Cluster {
                 .spawn()
                 .unwrap(),
         );
-        let http = reqwest::Client::new();
+        let http = common::http_client();
         within(Duration::from_secs(20), "etcd answers", || {
             let request = http.get(format!("{etcd_url}/health")).send();
             async move { request.await.ok().filter(|r| r.status().is_success()) }

@@ -36,7 +36,7 @@ fn sigkill_under_dispatch_load_loses_nothing_acknowledged() {
     ));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     let mut registered: Vec<String> = Vec::new();
 
     for round in 0..ROUNDS {

@@ -767,6 +767,77 @@ mod hardening {
         );
     }
 
+    /// Many callers at once against agents of capacity one, each call held
+    /// open until every caller of its round is inside an agent: a claim that
+    /// is not one compare-and-swap lets two calls into one agent, and a lost
+    /// race that answered "no agent" would fail a call while another agent
+    /// was free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_claims_never_exceed_max_concurrency_and_never_fail_while_capacity_remains() {
+        const AGENTS: usize = 8;
+        const ROUNDS: usize = 4000;
+        let (_dir, db) = temp_db();
+        let d = ToolDispatcher::new(db);
+        let over = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(parking_lot::Mutex::new(Arc::new(
+            tokio::sync::Barrier::new(AGENTS),
+        )));
+        for i in 0..AGENTS {
+            let (over, barrier) = (over.clone(), barrier.clone());
+            let mine = Arc::new(AtomicUsize::new(0));
+            d.register_local_agent_with(
+                &format!("a{i}"),
+                AgentConfig::new()
+                    .with_tools(vec![ToolCategory::Code])
+                    .with_max_concurrency(1),
+                move |_t, _i| {
+                    let (mine, over, barrier) =
+                        (mine.clone(), over.clone(), barrier.lock().clone());
+                    async move {
+                        if mine.fetch_add(1, Ordering::SeqCst) > 0 {
+                            over.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // Held until the whole round is inside agents (bounded,
+                        // so a failed call cannot hang the test).
+                        let _ = tokio::time::timeout(Duration::from_secs(10), barrier.wait()).await;
+                        mine.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, ToolError>(json!(null))
+                    }
+                },
+            )
+            .unwrap();
+        }
+        for round in 0..ROUNDS {
+            *barrier.lock() = Arc::new(tokio::sync::Barrier::new(AGENTS));
+            let start = Arc::new(std::sync::Barrier::new(AGENTS));
+            let strategy = [RoutingStrategy::Random, RoutingStrategy::LeastLoaded][round % 2];
+            let calls: Vec<_> = (0..AGENTS)
+                .map(|_| {
+                    let (d, start) = (d.clone(), start.clone());
+                    tokio::task::spawn_blocking(move || {
+                        start.wait();
+                        tokio::runtime::Handle::current().block_on(d.invoke(
+                            "run",
+                            ToolCategory::Code,
+                            json!({}),
+                            RoutingOptions::new().with_strategy(strategy),
+                        ))
+                    })
+                })
+                .collect();
+            for call in calls {
+                if let Err(e) = call.await.unwrap() {
+                    panic!("round {round}: a call failed while an agent had capacity: {e}");
+                }
+            }
+        }
+        assert_eq!(
+            over.load(Ordering::SeqCst),
+            0,
+            "an agent ran two calls at once"
+        );
+    }
+
     #[tokio::test]
     async fn a_dropped_invoke_is_recorded_as_cancelled_and_frees_its_load() {
         let (_dir, db) = temp_db();

@@ -120,7 +120,7 @@ impl Server {
             ))
             .spawn()
             .unwrap();
-        let client = reqwest::Client::builder()
+        let client = common::http_client_builder()
             .pool_max_idle_per_host(0)
             .no_proxy()
             .build()

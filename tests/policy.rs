@@ -308,7 +308,11 @@ fn panicking_hook_denies_and_changes_nothing() {
 
 #[test]
 fn rego_allow_and_deny_both_ways_only_in_scope() {
-    for evaluator in [RegoEvaluator::Interpreter, RegoEvaluator::Bytecode] {
+    for evaluator in [
+        RegoEvaluator::Auto,
+        RegoEvaluator::Interpreter,
+        RegoEvaluator::Bytecode,
+    ] {
         rego_allow_and_deny_both_ways_only_in_scope_with(evaluator);
     }
 }
@@ -333,7 +337,11 @@ fn rego_eval_errors_fail_closed_and_are_never_evaluated_out_of_scope() {
 
 #[test]
 fn only_the_time_limit_stops_a_rego_module_in_either_evaluator() {
-    for evaluator in [RegoEvaluator::Interpreter, RegoEvaluator::Bytecode] {
+    for evaluator in [
+        RegoEvaluator::Auto,
+        RegoEvaluator::Interpreter,
+        RegoEvaluator::Bytecode,
+    ] {
         let (_dir, db) = temp_db();
         let policy = PolicyEngine::new(&db);
         policy.set_rego_evaluator(evaluator);

@@ -50,7 +50,7 @@ impl Api {
         ));
         Api {
             base,
-            client: reqwest::Client::new(),
+            client: common::http_client(),
             token: token.map(String::from),
             dispatcher,
             _dir: dir,
@@ -108,6 +108,7 @@ fn assert_client_error(status: StatusCode, body: &Value, expected: StatusCode, c
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/v1/agents"),
+    ("get", "/v1/tools"),
     ("get", "/v1/agents/{id}"),
     ("put", "/v1/agents/{id}"),
     ("delete", "/v1/agents/{id}"),
@@ -166,7 +167,7 @@ impl Server {
             .spawn()
             .unwrap();
         // No pooled connections: they would hold connection slots.
-        let client = reqwest::Client::builder()
+        let client = common::http_client_builder()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();
@@ -625,7 +626,7 @@ async fn policies_can_be_listed_and_loaded_and_they_apply() {
 #[tokio::test]
 async fn the_token_guards_every_route_but_healthz() {
     let api = Api::start(Some("s3cret-token")).await;
-    let anonymous = reqwest::Client::new();
+    let anonymous = common::http_client();
     let r = anonymous
         .get(format!("{}/healthz", api.base))
         .send()
@@ -824,7 +825,7 @@ async fn mcp_requests_without_accept_are_served() {
                    "clientInfo": {"name": "t", "version": "1"}}
     });
     let post = |accept: Option<&'static str>| {
-        let mut r = reqwest::Client::new()
+        let mut r = http_client()
             .post(format!("{}/mcp", api.base))
             .header("content-type", "application/json")
             .body(initialize.to_string());
@@ -1175,4 +1176,77 @@ async fn the_agent_list_honours_read_policies() {
         .send(reqwest::Method::GET, "/v1/agents/hidden", None)
         .await;
     assert_eq!(status, 403);
+}
+
+/// `serve` installs its policies before anything writes: the recovery of a
+/// call a stopped process left in flight is itself judged by them.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_recovers_interrupted_calls_under_its_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let id = switchboard::namespace::new_invocation_id();
+    let record_key = format!("tools/guarded/wipe/{id}");
+    {
+        let db = switchboard::Database::open(&data).unwrap();
+        let record = json!({
+            "invocation_id": id, "tool": "wipe", "category": "guarded", "agent_id": "a1",
+            "session_id": null, "strategy": "round_robin", "status": "in_flight",
+            "attempts": [{"agent_id": "a1", "outcome": "in_flight", "latency_ms": 0.0, "error": null}],
+            "started_at_ms": 1, "finished_at_ms": null, "latency_ms": null, "error": null
+        });
+        let mut tx = db.writes_to_reserved_namespaces().transaction();
+        tx.put(&record_key, record.to_string().as_bytes()).unwrap();
+        tx.put(&format!("inflight/{id}"), record_key.as_bytes())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("hold.rego"),
+        "# scope: tools/guarded/**\npackage hold\nimport rego.v1\n\
+         deny contains \"interrupted guarded calls are held for review\" if input.context.action == \"recover\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = switchboard()
+        .args(["serve", "--data", data.to_str().unwrap()])
+        .args(["--policies", policies.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = http_client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(child.try_wait().unwrap().is_none(), "serve exited");
+        assert!(Instant::now() < deadline, "serve did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let db = switchboard::Database::open(&data).unwrap();
+    let record: Value = serde_json::from_slice(&db.get(&record_key).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        record["status"], "in_flight",
+        "the policy refused the recovery write, so the record is as the stopped process left it"
+    );
+    let refused: Vec<switchboard::Decision> = db
+        .scan("policy_log/")
+        .map(|kv| serde_json::from_slice(&kv.unwrap().1).unwrap())
+        .filter(|d: &switchboard::Decision| {
+            d.key == record_key && d.decision == switchboard::DecisionKind::Deny
+        })
+        .collect();
+    assert!(
+        refused.iter().any(|d| d.context["action"] == "recover"),
+        "{refused:?}"
+    );
 }

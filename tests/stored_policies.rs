@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, temp_db};
+use common::{fails, free_port, ok, switchboard, temp_db, text};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -165,35 +165,6 @@ fn importing_a_directory_is_idempotent_and_keeps_revisions_of_unchanged_files() 
     assert_eq!(db.stored_policies().unwrap().len(), 1);
 }
 
-fn switchboard() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    c.env_remove("SWITCHBOARD_TOKEN")
-        .env_remove("SWITCHBOARD_URL")
-        .env("RUST_LOG", "warn");
-    c
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn fails(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{cmd:?}: {}", text(&out.stdout));
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
-}
-
 /// A `switchboard serve` child on `data`, stopped (SIGTERM, waited for) on drop.
 struct Serve {
     child: Child,
@@ -222,7 +193,7 @@ impl Serve {
     }
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+        let mut req = common::http_client().request(method, format!("{}{path}", self.url));
         if let Some(body) = body {
             req = req
                 .header("content-type", "application/json")

@@ -147,7 +147,8 @@ def test_read_hooks(db):
 
 async def test_the_shipped_rego_policy_from_policies_dir(db):
     policy = PolicyEngine(db)
-    assert policy.load_dir(REPO / "policies") == ["switchboard.sensitive_tools"]
+    assert sorted(policy.load_dir(REPO / "policies")) == [
+        "switchboard.sensitive_tools", "switchboard.shell_guard"]
     dispatcher = ToolDispatcher(db)
     dispatcher.register_local_agent("untrusted", handler=lambda t, i: {"by": "untrusted"},
                                     tools=["sensitive"], priority=10)

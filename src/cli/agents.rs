@@ -4,8 +4,8 @@
 use super::{Client, StoreArgs};
 use clap::Subcommand;
 use reqwest::Method;
-use switchboard::namespace::{AgentRecord, AgentTransport};
-use switchboard::{AgentConfig, Error, PolicyContext, ToolCategory};
+use switchboard::namespace::AgentRecord;
+use switchboard::{AgentConfig, CategoryRule, Error, McpServer, PolicyContext, ToolCategory};
 
 #[derive(Subcommand)]
 pub enum AgentsCommand {
@@ -17,14 +17,27 @@ pub enum AgentsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Register (or replace) an HTTP agent.
+    /// Register (or replace) an HTTP agent (--endpoint) or an MCP server
+    /// (--mcp URL, or --mcp-command "program args..." run over stdio).
     Register {
         id: String,
-        /// Comma-separated categories, e.g. code,shell.
+        /// Comma-separated categories, e.g. code,shell (an MCP agent's tools
+        /// go to the first unless --mcp-category maps them elsewhere).
         #[arg(long, value_delimiter = ',', required = true)]
         tools: Vec<String>,
+        #[arg(long, required_unless_present_any = ["mcp", "mcp_command"], conflicts_with_all = ["mcp", "mcp_command"])]
+        endpoint: Option<String>,
+        /// The streamable-HTTP URL of an MCP server.
+        #[arg(long, conflicts_with = "mcp_command")]
+        mcp: Option<String>,
+        /// A stdio MCP server: the program and its arguments, split at
+        /// spaces (local database only: it runs on this machine).
         #[arg(long)]
-        endpoint: String,
+        mcp_command: Option<String>,
+        /// GLOB=CATEGORY: MCP tools whose names match GLOB go to CATEGORY
+        /// (repeatable; first match wins).
+        #[arg(long = "mcp-category")]
+        mcp_categories: Vec<String>,
         #[arg(long, default_value_t = 0)]
         priority: i32,
         #[arg(long)]
@@ -56,6 +69,9 @@ pub async fn run(cmd: AgentsCommand) -> switchboard::Result<()> {
             id,
             tools,
             endpoint,
+            mcp,
+            mcp_command,
+            mcp_categories,
             priority,
             timeout_ms,
             max_concurrency,
@@ -65,27 +81,59 @@ pub async fn run(cmd: AgentsCommand) -> switchboard::Result<()> {
                 .iter()
                 .map(|t| t.parse())
                 .collect::<switchboard::Result<Vec<ToolCategory>>>()?;
+            let server = mcp_server(mcp, mcp_command, &mcp_categories)?;
             if let Some(client) = store.client()? {
-                let body = serde_json::json!({
-                    "tools": tools, "endpoint": endpoint, "priority": priority,
+                if server.as_ref().is_some_and(|s| s.command.is_some()) {
+                    return Err(Error::invalid(
+                        "--mcp-command runs a program on the machine that serves it: register it on the data \
+                         directory (without --server), or declare it in the server's config file",
+                    ));
+                }
+                let mut body = serde_json::json!({
+                    "tools": tools, "priority": priority,
                     "timeout_ms": timeout_ms, "max_concurrency": max_concurrency,
                 });
+                if let Some(endpoint) = &endpoint {
+                    body["endpoint"] = serde_json::json!(endpoint);
+                }
+                if let Some(server) = &server {
+                    body["mcp"] = serde_json::to_value(server).map_err(Error::storage)?;
+                }
                 let url = agent_url(&client, &id);
                 client.send(Method::PUT, url, Some(&body)).await?;
                 super::out(format_args!("registered {id}"))?;
                 return Ok(());
             }
-            let mut config = AgentConfig::new()
-                .with_tools(tools)
-                .with_endpoint(endpoint)
-                .with_priority(priority);
+            let mut config = AgentConfig::new().with_tools(tools).with_priority(priority);
+            if let Some(endpoint) = endpoint {
+                config = config.with_endpoint(endpoint);
+            }
+            let is_mcp = server.is_some();
+            if let Some(server) = server {
+                config = config.with_mcp_server(server);
+            }
             if let Some(ms) = timeout_ms {
                 config = config.with_timeout(std::time::Duration::from_millis(ms));
             }
             if let Some(max) = max_concurrency {
                 config = config.with_max_concurrency(max);
             }
-            store.dispatcher()?.register_agent(&id, config)?;
+            let dispatcher = store.dispatcher()?;
+            dispatcher.register_agent(&id, config)?;
+            if is_mcp {
+                match dispatcher.discover_tools(&id).await {
+                    Ok(tools) => {
+                        return super::out(format_args!(
+                            "registered {id} ({} MCP tools discovered)",
+                            tools.len()
+                        ))
+                    }
+                    Err(e) => super::out(format_args!(
+                        "registered {id}; its tools could not be listed yet: {e}"
+                    ))?,
+                }
+                return Ok(());
+            }
             super::out(format_args!("registered {id}"))
         }
         AgentsCommand::Remove { id, store } => {
@@ -132,10 +180,7 @@ fn print_list(records: &[AgentRecord], json: bool) -> switchboard::Result<()> {
     ))?;
     for r in records {
         let tools: Vec<&str> = r.tools.iter().map(|t| t.as_str()).collect();
-        let endpoint = match &r.transport {
-            AgentTransport::Local => "(local handler)".to_string(),
-            AgentTransport::Http { endpoint, .. } => endpoint.clone(),
-        };
+        let endpoint = r.transport.describe();
         super::out(format_args!(
             "{:<24} {:<20} {:>8} {:<10} {}",
             r.agent_id,
@@ -149,4 +194,44 @@ fn print_list(records: &[AgentRecord], json: bool) -> switchboard::Result<()> {
         super::out("(no agents registered)")?;
     }
     Ok(())
+}
+
+/// The MCP server of `--mcp` / `--mcp-command` and `--mcp-category`.
+fn mcp_server(
+    url: Option<String>,
+    command: Option<String>,
+    categories: &[String],
+) -> switchboard::Result<Option<McpServer>> {
+    let mut server = match (url, command) {
+        (Some(url), _) => McpServer::http(url),
+        (None, Some(command)) => {
+            let mut words = command.split_whitespace().map(str::to_string);
+            let Some(program) = words.next() else {
+                return Err(Error::invalid(
+                    "--mcp-command is empty; give the program and its arguments",
+                ));
+            };
+            McpServer::stdio(program, words.collect())
+        }
+        (None, None) => {
+            if !categories.is_empty() {
+                return Err(Error::invalid(
+                    "--mcp-category needs --mcp or --mcp-command",
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    for rule in categories {
+        let Some((glob, category)) = rule.split_once('=') else {
+            return Err(Error::invalid(format!(
+                "--mcp-category {rule:?}: write GLOB=CATEGORY, e.g. search_*=search"
+            )));
+        };
+        server.category_rules.push(CategoryRule {
+            glob: glob.to_string(),
+            category: category.parse()?,
+        });
+    }
+    Ok(Some(server))
 }

@@ -16,6 +16,7 @@ mod policy;
 mod scan;
 mod serve;
 mod tokens;
+mod tools;
 
 pub use client::{Client, ServerArgs};
 
@@ -48,6 +49,8 @@ pub enum Command {
     Scan(scan::ScanArgs),
     /// Print per-agent metrics (a server's, with --server).
     Metrics(metrics::MetricsArgs),
+    /// List the tools MCP agents serve (agent, category, schema hash).
+    Tools(tools::ToolsArgs),
     /// Work with Rego policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -191,6 +194,7 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
         Command::Invoke(args) => invoke::run(args).await,
         Command::Scan(args) => scan::run(args).await,
         Command::Metrics(args) => metrics::run(args).await,
+        Command::Tools(args) => tools::run(args).await,
         Command::Policy(cmd) => policy::run(cmd).await,
         Command::Tokens(cmd) => tokens::run(cmd).await,
         Command::Config(cmd) => config::run(cmd),
@@ -202,7 +206,9 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
             if let Some(dir) = &args.policies {
                 db.import_policies(dir)?;
             }
-            switchboard::mcp::stdio::serve_stdio(ToolDispatcher::try_new(db)?).await
+            let dispatcher = ToolDispatcher::try_new(db)?;
+            dispatcher.start_discovery();
+            switchboard::mcp::stdio::serve_stdio(dispatcher).await
         }
     }
 }

@@ -27,6 +27,16 @@ pub struct ServeArgs {
     /// Cluster mode: this node's id, unique among the nodes.
     #[arg(long)]
     pub node_id: Option<String>,
+    /// PEM file of extra CA certificates trusted for https:// agents
+    /// (besides the built-in webpki roots).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain to serve HTTPS with (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
@@ -60,6 +70,13 @@ pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
             ));
         }
         config.cluster = Some(section);
+    }
+    if let Some(ca_file) = args.ca_file {
+        config.tls.ca_file = Some(ca_file);
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls.cert_file = Some(cert);
+        config.tls.key_file = Some(key);
     }
     switchboard::server::serve(config, switchboard::server::shutdown_signal()).await
 }

@@ -90,6 +90,7 @@ impl Etcd {
                 "--cluster-etcd needs at least one etcd client URL, e.g. http://127.0.0.1:2379",
             ));
         }
+        crate::transport::TlsTrust::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(REQUEST_TIMEOUT)
             .build()

@@ -205,7 +205,7 @@ fn apply_listing(dispatcher: &ToolDispatcher, kvs: &[etcd::Kv]) {
     }
     for id in dispatcher.registry().list() {
         if !listed.contains(&id) {
-            if let Err(e) = dispatcher.registry().remove_shared(&id) {
+            if let Err(e) = dispatcher.apply_shared_removal(&id) {
                 tracing::warn!(agent_id = %id, error = %e, "could not remove an agent the cluster no longer has");
             }
         }
@@ -215,7 +215,7 @@ fn apply_listing(dispatcher: &ToolDispatcher, kvs: &[etcd::Kv]) {
 fn apply_put(dispatcher: &ToolDispatcher, id: &str, value: &[u8]) {
     match serde_json::from_slice::<AgentRecord>(value) {
         Ok(record) if record.agent_id == id => {
-            if let Err(e) = dispatcher.registry().apply_shared(record) {
+            if let Err(e) = dispatcher.apply_shared_registration(record) {
                 tracing::warn!(agent_id = %id, error = %e, "could not apply a registration from the cluster");
             }
         }
@@ -238,16 +238,22 @@ enum Change {
 /// Applies changes in order on a thread of its own: applying takes the
 /// registry's lock, which a registration on this node holds while it waits
 /// for etcd on the cluster runtime, so the runtime must never wait for it.
-fn applier(dispatcher: ToolDispatcher) -> std::sync::mpsc::Sender<Change> {
+/// Work an applied change starts (an MCP agent's discovery) runs on
+/// `serving`, the runtime of the node's API.
+fn applier(
+    dispatcher: ToolDispatcher,
+    serving: tokio::runtime::Handle,
+) -> std::sync::mpsc::Sender<Change> {
     let (tx, rx) = std::sync::mpsc::channel::<Change>();
     std::thread::Builder::new()
         .name("switchboard-cluster-apply".into())
         .spawn(move || {
+            let _serving = serving.enter();
             for change in rx {
                 match change {
                     Change::Put(id, value) => apply_put(&dispatcher, &id, &value),
                     Change::Delete(id) => {
-                        if let Err(e) = dispatcher.registry().remove_shared(&id) {
+                        if let Err(e) = dispatcher.apply_shared_removal(&id) {
                             tracing::warn!(agent_id = %id, error = %e, "could not apply a removal from the cluster");
                         }
                     }
@@ -393,7 +399,10 @@ impl Cluster {
             runtime: runtime.handle().clone(),
         });
         dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
-        runtime.spawn(mirror(state.clone(), applier(dispatcher.clone())));
+        runtime.spawn(mirror(
+            state.clone(),
+            applier(dispatcher.clone(), tokio::runtime::Handle::current()),
+        ));
         runtime.spawn(liveness(state.clone()));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {

@@ -122,9 +122,10 @@ impl<'a> Call<'a> {
                 .session_id
                 .as_deref()
                 .map(|s| inner.affinity.session_lock(s).lock());
-            let choice = inner
-                .affinity
-                .choose(&route(&self.category, &self.options), &self.tried)?;
+            let choice = inner.affinity.choose(
+                &route(&self.category, Some(&self.record.value.tool), &self.options),
+                &self.tried,
+            )?;
             let Some(Candidate { lease, binding }) = choice else {
                 break;
             };

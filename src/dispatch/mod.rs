@@ -5,7 +5,9 @@
 //! - `call`: one `invoke` in progress, the explicit failover loop;
 //! - `decide`: the one function that says what happens after an attempt;
 //! - `record`: the dispatch record's writes (intent, outcome);
-//! - `recover`: marking dispatches a previous process left in flight.
+//! - `recover`: marking dispatches a previous process left in flight;
+//! - `discovery`: the named tools of MCP agents (`tools/list`, judged by
+//!   the policies under `mcp_tools/`, collisions prefixed).
 //!
 //! One `invoke`, as writes:
 //!
@@ -21,10 +23,12 @@
 mod audit;
 mod call;
 mod decide;
+mod discovery;
 mod record;
 mod recover;
 
 pub use audit::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
+pub use discovery::{schema_hash, DiscoveredTool, DEFAULT_DISCOVERY_TTL};
 pub use recover::recover_interrupted;
 
 use crate::error::{Error, Result};
@@ -35,7 +39,7 @@ use crate::routing::health::{self, HealthCheckConfig, HealthTask, Probe};
 use crate::routing::metrics::DispatchCounters;
 use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, ToolRouter};
 use crate::storage::Database;
-use crate::transport::http::{build_client, HttpProbe};
+use crate::transport::http::build_client;
 use crate::transport::{local_handler, Callers, ToolError};
 use call::Call;
 use parking_lot::{Mutex, RwLock};
@@ -136,6 +140,8 @@ struct Inner {
     counters: DispatchCounters,
     /// What dispatch records keep of each call.
     config: RwLock<Arc<DispatcherConfig>>,
+    /// The tools MCP agents serve by name.
+    discovery: discovery::Discovery,
 }
 
 /// Routes tool invocations to agents. Cheap to clone; clones share everything.
@@ -177,21 +183,80 @@ impl ToolDispatcher {
     ) -> Result<Self> {
         let router = Arc::new(ToolRouter::new());
         let registry = Arc::new(load(db.clone(), router.clone())?);
-        let client = build_client()?;
-        Ok(ToolDispatcher {
+        let callers = Callers::new(build_client()?);
+        let dispatcher = ToolDispatcher {
             inner: Arc::new(Inner {
                 affinity: Affinity::new(db.clone(), registry.clone(), router.clone()),
                 router,
                 db,
                 registry,
-                probe: Arc::new(HttpProbe(client.clone())),
-                callers: Callers::new(client),
+                probe: Arc::new(callers.probe()),
+                callers,
                 health: RwLock::new(None),
                 health_task: Mutex::new(None),
                 counters: DispatchCounters::default(),
                 config: RwLock::new(Arc::new(DispatcherConfig::default())),
+                discovery: discovery::Discovery::default(),
             }),
-        })
+        };
+        let weak = Arc::downgrade(&dispatcher.inner);
+        dispatcher
+            .inner
+            .callers
+            .mcp()
+            .set_events(Arc::new(move |agent_id: &str, uid: u64| {
+                discovery::Discovery::on_event(&weak, agent_id, uid)
+            }));
+        if let Err(e) = dispatcher.inner.discovery.restore(&dispatcher.inner) {
+            tracing::warn!(error = %e, "could not restore discovered MCP tools");
+        }
+        Ok(dispatcher)
+    }
+
+    /// Lists the tools of every registered MCP agent again, in the
+    /// background (on the current tokio runtime). `serve` and `switchboard
+    /// mcp` call it at start; until then, the tools stored by the last run
+    /// route.
+    pub fn start_discovery(&self) {
+        for agent in self.inner.registry.live_agents() {
+            if matches!(agent.endpoint, crate::routing::endpoint::Endpoint::Mcp(_)) {
+                self.spawn_discovery(&agent.id);
+            }
+        }
+    }
+
+    /// Lists an MCP agent's tools in the background, if a tokio runtime runs.
+    fn spawn_discovery(&self, agent_id: &str) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (dispatcher, id) = (self.clone(), agent_id.to_string());
+        handle.spawn(async move {
+            if let Err(e) = dispatcher.discover_tools(&id).await {
+                tracing::warn!(agent_id = %id, error = %e, "MCP tool discovery failed; retried when its TTL expires");
+            }
+        });
+    }
+
+    /// Lists an MCP agent's tools now (`tools/list`, every page), writes new
+    /// and changed ones under `mcp_tools/{agent}/{tool}` through the policy
+    /// chain, and routes those the policies allow. Returns the agent's
+    /// routed tools. Registration starts this in the background; await it
+    /// to know the tools are routed.
+    pub async fn discover_tools(&self, agent_id: &str) -> Result<Vec<DiscoveredTool>> {
+        validate_id("agent id", agent_id)?;
+        self.inner.discovery.discover(self, agent_id).await
+    }
+
+    /// Every tool MCP agents serve by name, by agent then name.
+    pub fn discovered_tools(&self) -> Vec<DiscoveredTool> {
+        self.inner.discovery.list()
+    }
+
+    /// Changes whenever the routed tools may have changed: a registration,
+    /// a removal, or a change of the tools MCP agents serve.
+    pub fn tools_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.discovery.subscribe()
     }
 
     /// Denials, rate-limit refusals and failovers so far (for `/metrics`).
@@ -235,9 +300,18 @@ impl ToolDispatcher {
         &self.inner.registry
     }
 
-    /// Registers an HTTP agent; an existing id is replaced.
+    /// Registers an HTTP or MCP agent; an existing id is replaced. An MCP
+    /// agent's tools are then discovered in the background (see
+    /// [`discover_tools`](Self::discover_tools)).
     pub fn register_agent(&self, agent_id: &str, config: AgentConfig) -> Result<()> {
-        self.inner.registry.register(agent_id, config)
+        let mcp = config.mcp.is_some();
+        self.inner.registry.register(agent_id, config)?;
+        self.forget_replaced_handlers();
+        self.inner.discovery.bump();
+        if mcp {
+            self.spawn_discovery(agent_id);
+        }
+        Ok(())
     }
 
     /// Registers an in-process agent serving `tools`; an existing id is replaced.
@@ -272,6 +346,9 @@ impl ToolDispatcher {
         inner.callers.bind_local(uid, local_handler(handler));
         let result = inner.registry.register_local(agent_id, config, uid);
         self.forget_replaced_handlers();
+        if result.is_ok() {
+            inner.discovery.bump();
+        }
         result
     }
 
@@ -285,7 +362,42 @@ impl ToolDispatcher {
     pub fn unregister_agent_as(&self, agent_id: &str, caller: Option<&Principal>) -> Result<()> {
         let result = self.inner.registry.unregister_as(agent_id, caller);
         self.forget_replaced_handlers();
+        if result.is_ok() {
+            self.inner.discovery.forget(&self.inner, agent_id);
+            self.inner.discovery.bump();
+        }
         result
+    }
+
+    /// Applies a registration another cluster node made (it passed the
+    /// policy chain there); an MCP agent's tools are then discovered here
+    /// too, in the background on the current runtime.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn apply_shared_registration(
+        &self,
+        record: crate::namespace::AgentRecord,
+    ) -> Result<()> {
+        let mcp = matches!(record.transport, crate::namespace::AgentTransport::Mcp(_));
+        let id = record.agent_id.clone();
+        if self.inner.registry.apply_shared(record)? {
+            self.forget_replaced_handlers();
+            self.inner.discovery.bump();
+            if mcp {
+                self.spawn_discovery(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a removal another cluster node made.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn apply_shared_removal(&self, agent_id: &str) -> Result<()> {
+        if self.inner.registry.remove_shared(agent_id)? {
+            self.forget_replaced_handlers();
+            self.inner.discovery.forget(&self.inner, agent_id);
+            self.inner.discovery.bump();
+        }
+        Ok(())
     }
 
     fn forget_replaced_handlers(&self) {
@@ -383,7 +495,7 @@ impl ToolDispatcher {
             .choose(
                 &Route {
                     dry_run: true,
-                    ..route(category, options)
+                    ..route(category, None, options)
                 },
                 &[],
             )?
@@ -392,9 +504,14 @@ impl ToolDispatcher {
 }
 
 /// What routing needs to know of a call with these options.
-fn route<'a>(category: &'a ToolCategory, options: &'a RoutingOptions) -> Route<'a> {
+fn route<'a>(
+    category: &'a ToolCategory,
+    tool: Option<&'a str>,
+    options: &'a RoutingOptions,
+) -> Route<'a> {
     Route {
         category,
+        tool,
         strategy: options.strategy,
         session_id: options.session_id.as_deref(),
         dry_run: false,

@@ -1,5 +1,7 @@
 //! The tools `/mcp` lists: one MCP tool per category served by a routable
-//! agent.
+//! agent, and every tool MCP agents serve by name (under the name callers
+//! use: the bare name for replicas, `{agent}_{tool}` for collisions), with
+//! the input schema the agent published.
 //!
 //! A Switchboard agent declares categories, not tool names: a call names its
 //! tool freely and the category picks the agents. So the MCP tool for category
@@ -37,6 +39,17 @@ pub struct CatalogTool {
     pub category: ToolCategory,
     /// What `tools/list` shows about it.
     pub description: String,
+    /// The input schema of a tool an MCP agent serves by name; `None` for a
+    /// category tool (see [`category_input_schema`]).
+    pub input_schema: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl CatalogTool {
+    /// Whether calls pass their arguments straight to a named tool (rather
+    /// than naming the tool inside the arguments, as category tools do).
+    pub fn is_named(&self) -> bool {
+        self.input_schema.is_some()
+    }
 }
 
 /// The JSON schema of a category tool's arguments.
@@ -83,7 +96,8 @@ fn visible_agent_ids(
 pub fn tools_for(dispatcher: &ToolDispatcher, reader: Option<&PolicyContext>) -> Vec<CatalogTool> {
     let visible = reader.map(|ctx| visible_agent_ids(dispatcher, ctx));
     let mut by_name: BTreeMap<String, CatalogTool> = BTreeMap::new();
-    for agent in dispatcher.registry().live_agents() {
+    let live = dispatcher.registry().live_agents();
+    for agent in &live {
         if visible.as_ref().is_some_and(|v| !v.contains(&agent.id)) {
             continue;
         }
@@ -108,9 +122,39 @@ pub fn tools_for(dispatcher: &ToolDispatcher, reader: Option<&PolicyContext>) ->
                         "Runs a tool in Switchboard's `{name}` category on one of the agents serving it \
                          (routed, policy-checked, recorded)."
                     ),
+                    input_schema: None,
                 },
             );
         }
+    }
+    // Tools MCP agents serve by name; a category of the same name keeps it.
+    for tool in dispatcher.discovered_tools() {
+        if visible
+            .as_ref()
+            .is_some_and(|v| !v.contains(&tool.agent_id))
+            || by_name.contains_key(&tool.exposed_name)
+            || !is_portable_name(&tool.exposed_name)
+        {
+            continue;
+        }
+        let routable = live
+            .iter()
+            .any(|a| a.id == tool.agent_id && a.serves_tool(&tool.category, &tool.exposed_name));
+        let serde_json::Value::Object(schema) = tool.input_schema else {
+            continue;
+        };
+        if !routable {
+            continue;
+        }
+        by_name.insert(
+            tool.exposed_name.clone(),
+            CatalogTool {
+                name: tool.exposed_name,
+                category: tool.category,
+                description: tool.description.unwrap_or_default(),
+                input_schema: Some(schema),
+            },
+        );
     }
     by_name.into_values().collect()
 }
@@ -177,6 +221,7 @@ mod tests {
             name: name.into(),
             category: ToolCategory::Custom(name.into()),
             description: String::new(),
+            input_schema: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! MCP (Model Context Protocol) support, built on the official SDK `rmcp`.
 //!
-//! This module owns everything MCP so the rest of the crate stays protocol
-//! free; `rmcp` is used nowhere else.
+//! This module owns the server side of MCP; the client side (agents that
+//! are MCP servers) is the transport `transport::mcp`. `rmcp` is used in
+//! those two places (and by the demo's sample server and client).
 //!
 //! - [`catalog`]: which MCP tools Switchboard offers, their names and schemas.
 //! - [`server`]: the `/mcp` endpoint (streamable HTTP, the session-based

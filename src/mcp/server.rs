@@ -7,9 +7,15 @@
 //! validation. The caller's token stays here: upstream agents are called by
 //! the dispatcher with their own settings, never with the caller's headers.
 //!
-//! `tools/call` runs on its own task, like `POST /v1/invoke`: if the client
-//! goes away or cancels, the call still finishes and its outcome is recorded;
-//! only the answer is dropped.
+//! `tools/call` runs on its own task. If the client cancels
+//! (`notifications/cancelled`, or closing the response stream in
+//! 2026-07-28), the call is cancelled: an MCP agent is sent the cancellation
+//! too, and the dispatch record says `cancelled`.
+//!
+//! When the routed tools change (registrations, or tools MCP agents
+//! discover), connected clients are told with
+//! `notifications/tools/list_changed` (debounced): on their session's stream
+//! in the 2025 revisions, on `subscriptions/listen` in 2026-07-28.
 
 use super::catalog;
 use crate::dispatch::{RoutingOptions, ToolDispatcher};
@@ -17,13 +23,30 @@ use crate::error::Error;
 use crate::policy::{keys, PolicyContext, Principal};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, SubscriptionFilter,
+    Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Changes of the tool list that come together are announced once, this
+/// long after the first.
+pub const LIST_CHANGED_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Waits for the next change of the routed tools, then for the debounce
+/// window; `false` once the dispatcher is gone.
+async fn next_change(changes: &mut tokio::sync::watch::Receiver<u64>) -> bool {
+    if changes.changed().await.is_err() {
+        return false;
+    }
+    tokio::time::sleep(LIST_CHANGED_DEBOUNCE).await;
+    changes.borrow_and_update();
+    true
+}
 
 /// The MCP server side of Switchboard: one per MCP session (or stateless
 /// request); all share the dispatcher.
@@ -81,15 +104,20 @@ pub fn error_result(e: Error) -> Result<CallToolResponse, McpError> {
 
 impl ServerHandler for SwitchboardMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(
-                "switchboard",
-                env!("CARGO_PKG_VERSION"),
-            ))
-            .with_instructions(
-                "Each tool is a Switchboard category: pass the tool name and its input; \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            "switchboard",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(
+            "Each tool is a Switchboard category: pass the tool name and its input; \
                  Switchboard routes the call to an agent serving that category.",
-            )
+        )
     }
 
     async fn list_tools(
@@ -107,7 +135,10 @@ impl ServerHandler for SwitchboardMcp {
         let schema = Arc::new(catalog::category_input_schema());
         let tools = tools
             .into_iter()
-            .map(|t| Tool::new(t.name, t.description, schema.clone()))
+            .map(|t| {
+                let input = t.input_schema.map_or_else(|| schema.clone(), Arc::new);
+                Tool::new(t.name, t.description, input)
+            })
             .collect();
         let mut result = ListToolsResult::with_all_items(tools);
         result.next_cursor = next;
@@ -129,6 +160,27 @@ impl ServerHandler for SwitchboardMcp {
             ));
         };
         let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
+        if tool.is_named() {
+            // A tool an MCP agent serves: the arguments are its input, and
+            // its result goes back as the agent gave it.
+            let mut options = RoutingOptions::new();
+            if let Some(principal) = principal {
+                options = options.with_caller(principal);
+            }
+            let dispatcher = self.dispatcher.clone();
+            let name = tool.name.clone();
+            let task = tokio::spawn(async move {
+                dispatcher
+                    .invoke(&name, tool.category, arguments, options)
+                    .await
+            });
+            return match cancellable(task, &context).await? {
+                Err(e) => error_result(e),
+                Ok(r) => Ok(serde_json::from_value::<CallToolResult>(r.output.clone())
+                    .unwrap_or_else(|_| CallToolResult::structured(r.output))
+                    .into()),
+            };
+        }
         let call: CategoryCall = match serde_json::from_value(arguments) {
             Ok(call) => call,
             Err(e) => {
@@ -152,25 +204,69 @@ impl ServerHandler for SwitchboardMcp {
                 .invoke(&call.tool, tool.category, call.input, options)
                 .await
         });
-        let outcome = tokio::select! {
-            joined = task => joined,
-            _ = context.ct.cancelled() => {
-                return Err(McpError::internal_error("the call was cancelled by the client; it still runs to completion and is recorded", None));
-            }
-        };
-        match outcome {
-            Err(e) => Err(McpError::internal_error(
-                format!("dispatch task failed: {e}"),
-                None,
-            )),
-            Ok(Err(e)) => error_result(e),
-            Ok(Ok(r)) => Ok(CallToolResult::structured(serde_json::json!({
+        match cancellable(task, &context).await? {
+            Err(e) => error_result(e),
+            Ok(r) => Ok(CallToolResult::structured(serde_json::json!({
                 "agent_id": r.agent_id,
                 "invocation_id": r.invocation_id,
                 "attempts": r.attempts,
                 "output": r.output,
             }))
             .into()),
+        }
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // A session of the 2025 revisions: tell it when the tools change,
+        // until it goes away.
+        let mut changes = self.dispatcher.tools_changed();
+        changes.borrow_and_update();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while next_change(&mut changes).await {
+                if peer.is_transport_closed() || peer.notify_tool_list_changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        (requested.tools_list_changed == Some(true))
+            .then(|| SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        // 2026-07-28: list changes go on the client's `subscriptions/listen` stream.
+        let mut changes = self.dispatcher.tools_changed();
+        changes.borrow_and_update();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                more = next_change(&mut changes) => {
+                    if !more || context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Awaits a dispatch task; if the client cancels first, the task is
+/// aborted, which cancels the agent call and records the dispatch cancelled.
+async fn cancellable(
+    mut task: tokio::task::JoinHandle<crate::Result<crate::dispatch::InvocationResult>>,
+    context: &RequestContext<RoleServer>,
+) -> Result<crate::Result<crate::dispatch::InvocationResult>, McpError> {
+    tokio::select! {
+        joined = &mut task => joined.map_err(|e| McpError::internal_error(format!("dispatch task failed: {e}"), None)),
+        _ = context.ct.cancelled() => {
+            task.abort();
+            Err(McpError::internal_error("the call was cancelled by the client", None))
         }
     }
 }

@@ -8,11 +8,12 @@
 //!
 //! Files: `ids` (checking ids, keys and values; invocation ids and the
 //! clock), `category` ([`ToolCategory`]), `records` (the stored values and
-//! the enums they hold), `tokens` (issued API tokens); this file holds the prefixes and key builders.
+//! the enums they hold), `mcp` (MCP upstreams and their discovered tools), `tokens` (issued API tokens); this file holds the prefixes and key builders.
 
 mod audit;
 mod category;
 mod ids;
+mod mcp;
 mod records;
 mod tokens;
 
@@ -23,6 +24,11 @@ pub(crate) use ids::{invocation_id_time_ms, is_id_char, validate_value};
 pub use ids::{
     new_invocation_id, now_ms, validate_id, validate_key, validate_prefix, ID_PATTERN,
     KEY_PREFIX_PATTERN, MAX_ID_LEN, MAX_KEY_LEN, MAX_SEGMENTS,
+};
+pub(crate) use mcp::MCP_TOOLS;
+pub use mcp::{
+    mcp_tool_key, name_glob_matches, CategoryRule, McpCommand, McpServer, McpSpec, McpToolPrevious,
+    McpToolRecord, PrefixMode, MAX_MCP_RULES,
 };
 pub use records::*;
 pub(crate) use tokens::TOKENS;

@@ -18,6 +18,24 @@ pub enum AgentTransport {
         /// `GET` target for health probes.
         health_url: String,
     },
+    /// An MCP server (streamable HTTP or stdio): calls are `tools/call`.
+    Mcp(super::McpServer),
+}
+
+impl AgentTransport {
+    /// Where the agent is, in one line: `(local handler)`, its endpoint, or
+    /// `mcp <url>` / `mcp stdio: <program>`.
+    pub fn describe(&self) -> String {
+        match self {
+            AgentTransport::Local => "(local handler)".to_string(),
+            AgentTransport::Http { endpoint, .. } => endpoint.clone(),
+            AgentTransport::Mcp(server) => match (&server.url, &server.command) {
+                (Some(url), _) => format!("mcp {url}"),
+                (None, Some(command)) => format!("mcp stdio: {}", command.program),
+                (None, None) => "mcp".to_string(),
+            },
+        }
+    }
 }
 
 /// Health as last decided by checks or passive failure counting.

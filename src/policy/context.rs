@@ -60,6 +60,9 @@ pub enum OperationKind {
     Prune,
     /// A change to a stored policy (`policies/{name}`): stored, replaced or deleted.
     Policy,
+    /// A tool discovered on an MCP agent (`mcp_tools/{agent}/{tool}`):
+    /// new, changed, or gone from its list.
+    Discover,
 }
 
 impl OperationKind {
@@ -74,6 +77,7 @@ impl OperationKind {
             OperationKind::Health => "health",
             OperationKind::Prune => "prune",
             OperationKind::Policy => "policy",
+            OperationKind::Discover => "discover",
         }
     }
 }

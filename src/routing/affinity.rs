@@ -28,6 +28,8 @@ pub(crate) struct Candidate {
 /// What the routing of one call needs to know.
 pub(crate) struct Route<'a> {
     pub(crate) category: &'a ToolCategory,
+    /// The tool called, when known: only agents serving it are chosen.
+    pub(crate) tool: Option<&'a str>,
     pub(crate) strategy: RoutingStrategy,
     pub(crate) session_id: Option<&'a str>,
     /// Only asking where the call would go: no binding is agreed with other nodes.
@@ -131,7 +133,8 @@ impl Affinity {
             RoutingStrategy::Sticky => RoutingStrategy::LeastLoaded,
             other => other,
         };
-        self.router.select(route.category, strategy, tried)
+        self.router
+            .select(route.category, route.tool, strategy, tried)
     }
 
     fn binding(&self, session_id: &str) -> Result<Option<SessionRecord>> {
@@ -186,7 +189,13 @@ impl Affinity {
         Ok(match bound {
             // The session's agent does not do this kind of work: route this
             // call freely and leave the binding for the calls it serves.
-            Some(agent) if !agent.serves(route.category) => self.select(route, tried).map(unbound),
+            Some(agent)
+                if !route.tool.map_or(agent.serves(route.category), |t| {
+                    agent.serves_tool(route.category, t)
+                }) =>
+            {
+                self.select(route, tried).map(unbound)
+            }
             Some(agent) if agent.is_healthy() => {
                 if tried.contains(&agent.uid) {
                     // Failing over from the bound agent within one call: the

@@ -5,7 +5,9 @@
 use super::endpoint::Endpoint;
 use super::metrics::AgentStats;
 use super::outlier::Health;
-use crate::namespace::ToolCategory;
+use crate::namespace::{McpServer, ToolCategory};
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,7 @@ pub struct AgentConfig {
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_concurrency: Option<u32>,
     pub(crate) caller: Option<crate::policy::Principal>,
+    pub(crate) mcp: Option<McpServer>,
 }
 
 impl AgentConfig {
@@ -56,9 +59,26 @@ impl AgentConfig {
         self
     }
 
-    /// The URL invocations are POSTed to (`http://`).
+    /// The URL invocations are POSTed to (`http://` or `https://`).
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Makes this an MCP agent at a streamable-HTTP `url` (both the
+    /// stateless 2026-07-28 revision and the session-based 2025 ones): its
+    /// calls are `tools/call`, its tools are discovered with `tools/list`.
+    /// The first category of [`with_tools`](Self::with_tools) is the default
+    /// category of its tools.
+    pub fn with_mcp(mut self, url: impl Into<String>) -> Self {
+        self.mcp = Some(McpServer::http(url));
+        self
+    }
+
+    /// Makes this an MCP agent as described by `server` (a URL or a stdio
+    /// command, declared tool names, category rules).
+    pub fn with_mcp_server(mut self, server: McpServer) -> Self {
+        self.mcp = Some(server);
         self
     }
 
@@ -102,7 +122,22 @@ pub(crate) struct Agent {
     pub(crate) health_url: Option<reqwest::Url>,
     pub(crate) stats: Arc<AgentStats>,
     pub(crate) health: Health,
+    /// The tools it serves when it serves named tools only (MCP agents):
+    /// `None` serves every tool of its categories.
+    pub(crate) served: RwLock<Option<Arc<ServedTools>>>,
 }
+
+/// One tool an agent serves by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServedTool {
+    /// Its name on the agent (the name callers use may carry a prefix).
+    pub(crate) upstream: String,
+    /// The category its calls are routed in.
+    pub(crate) category: ToolCategory,
+}
+
+/// The tools an agent serves by name, by the name callers use.
+pub(crate) type ServedTools = BTreeMap<String, ServedTool>;
 
 impl Agent {
     pub(crate) fn is_healthy(&self) -> bool {
@@ -124,5 +159,28 @@ impl Agent {
 
     pub(crate) fn serves(&self, category: &ToolCategory) -> bool {
         self.categories.contains(category)
+    }
+
+    /// The named tools it serves, if it serves named tools only.
+    pub(crate) fn served(&self) -> Option<Arc<ServedTools>> {
+        self.served.read().clone()
+    }
+
+    /// Whether it serves `tool` in `category`.
+    pub(crate) fn serves_tool(&self, category: &ToolCategory, tool: &str) -> bool {
+        match &*self.served.read() {
+            None => self.serves(category),
+            Some(served) => served.get(tool).is_some_and(|t| &t.category == category),
+        }
+    }
+
+    /// The name `tool` has on the agent itself.
+    pub(crate) fn upstream_name(&self, tool: &str) -> String {
+        match &*self.served.read() {
+            Some(served) => served
+                .get(tool)
+                .map_or_else(|| tool.to_string(), |t| t.upstream.clone()),
+            None => tool.to_string(),
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! Where an agent lives, as registration data: in this process, or at an
-//! `http://` URL. Owns endpoint validation and the default health URL, so the
+//! `http://` or `https://` URL. Owns endpoint validation and the default health URL, so the
 //! registry can check a registration without knowing how agents are called.
 
 use crate::error::{Error, Result};
@@ -7,7 +7,7 @@ use regex::Regex;
 use std::sync::LazyLock;
 
 /// The endpoint and health URLs a registration accepts, as a regular
-/// expression: `http://`, a host (a DNS name of letters, digits and single
+/// expression: `http://` or `https://`, a host (a DNS name of letters, digits and single
 /// inner hyphens whose last label starts with a letter, so that no label is
 /// read as a number or as punycode; a dotted-quad IPv4 address; or a
 /// bracketed IPv6 address), an
@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 /// anything else, and every string it matches is a URL (a test holds the two
 /// together), so what the document calls valid is what the server accepts.
 pub const ENDPOINT_PATTERN: &str = concat!(
-    "^http://",
+    "^https?://",
     "(",
     "([A-Za-z0-9]+(-[A-Za-z0-9]+)*\\.)*[A-Za-z][A-Za-z0-9]*(-[A-Za-z0-9]+)*",
     "|((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])",
@@ -58,7 +58,7 @@ pub(crate) fn check_endpoint_text(what: &str, url: &str) -> Result<()> {
     }
     if !PATTERN.is_match(url) {
         return Err(Error::invalid(format!(
-            "{what} {url:?} is not an http:// URL with a DNS name or IP address as host, \
+            "{what} {url:?} is not an http:// or https:// URL with a DNS name or IP address as host, \
              an optional port, and a path of visible ASCII without a #fragment \
              (percent-encode anything else), e.g. http://127.0.0.1:8001/invoke"
         )));
@@ -73,6 +73,9 @@ pub(crate) enum Endpoint {
     Local,
     /// `POST`ed to this URL.
     Http(reqwest::Url),
+    /// An MCP server (streamable HTTP or stdio); the transport layer keeps
+    /// its connections by registration uid.
+    Mcp(crate::namespace::McpServer),
 }
 
 /// Checks an endpoint URL and derives its default health URL
@@ -80,10 +83,9 @@ pub(crate) enum Endpoint {
 pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(reqwest::Url, reqwest::Url)> {
     let url = reqwest::Url::parse(endpoint)
         .map_err(|e| Error::invalid(format!("endpoint {endpoint:?} is not a URL: {e}")))?;
-    if url.scheme() != "http" {
+    if !matches!(url.scheme(), "http" | "https") {
         return Err(Error::invalid(format!(
-            "endpoint {endpoint:?}: only http:// endpoints are supported by this build \
-             (https needs TLS, which is not compiled in)"
+            "endpoint {endpoint:?}: give an http:// or https:// URL"
         )));
     }
     if url.host_str().is_none() {
@@ -124,7 +126,7 @@ mod tests {
             "http://a.1/",
             "http://1.2.3/",
             "http://a:65536/",
-            "https://a/",
+            "ftp://a/",
             "http://user@a/",
             "http://xn--.a/",
             "http://-a/",
@@ -136,6 +138,7 @@ mod tests {
             "http://localhost/x?y=1",
             "http://[::1]:9/",
             "http://agent-1.internal:80",
+            "https://agent.example:8443/invoke",
         ] {
             check_endpoint_text("endpoint", good).unwrap();
         }
@@ -146,6 +149,9 @@ mod tests {
         let (url, health) = parse_endpoint("http://127.0.0.1:8001/invoke?x=1").unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:8001/invoke?x=1");
         assert_eq!(health.as_str(), "http://127.0.0.1:8001/health");
+        let (url, health) = parse_endpoint("https://agent.example:8443/invoke").unwrap();
+        assert_eq!(url.as_str(), "https://agent.example:8443/invoke");
+        assert_eq!(health.as_str(), "https://agent.example:8443/health");
         for bad in [
             "ftp://x/y",
             "file:///etc/passwd",

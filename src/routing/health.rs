@@ -6,6 +6,7 @@
 //! injected as a [`Probe`] (the transport layer implements it over HTTP).
 //! What a result means for the agent is decided in `outlier.rs`.
 
+use super::agent::Agent;
 use super::outlier::{observe_probe, readmit_for_trial};
 use super::registry::AgentRegistry;
 use std::future::Future;
@@ -23,11 +24,15 @@ pub(crate) enum ProbeResult {
     NoEndpoint,
 }
 
-/// Checks one agent's health URL within `timeout`.
+/// Checks one agent's health within `timeout` (its health URL, or a
+/// protocol probe for agents that have one).
 pub(crate) trait Probe: Send + Sync + 'static {
+    /// Whether `agent` can be probed at all (else its health is passive).
+    fn can_probe(&self, agent: &Agent) -> bool;
+
     fn probe<'a>(
         &'a self,
-        url: &'a reqwest::Url,
+        agent: &'a Arc<Agent>,
         timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
 }
@@ -117,8 +122,8 @@ pub(crate) async fn check_round(
     let semaphore = Arc::new(tokio::sync::Semaphore::new(PARALLEL_PROBES));
     let mut probes = tokio::task::JoinSet::new();
     for agent in registry.live_agents() {
-        match agent.health_url.clone() {
-            Some(url) => {
+        match probe.can_probe(&agent) {
+            true => {
                 let (registry, probe, config, semaphore) = (
                     registry.clone(),
                     probe.clone(),
@@ -129,19 +134,19 @@ pub(crate) async fn check_round(
                     let Ok(_permit) = semaphore.acquire().await else {
                         return;
                     };
-                    match probe.probe(&url, config.timeout).await {
+                    match probe.probe(&agent, config.timeout).await {
                         ProbeResult::Healthy => observe_probe(&registry, &config, &agent, true),
                         ProbeResult::Unhealthy => {
                             observe_probe(&registry, &config, &agent, false)
                         }
                         ProbeResult::NoEndpoint => {
-                            tracing::debug!(agent_id = %agent.id, %url, "no health endpoint; passive health only");
+                            tracing::debug!(agent_id = %agent.id, "no health endpoint; passive health only");
                             readmit_for_trial(&registry, &config, &agent)
                         }
                     }
                 });
             }
-            None => readmit_for_trial(registry, config, &agent),
+            false => readmit_for_trial(registry, config, &agent),
         }
     }
     while probes.join_next().await.is_some() {}

@@ -250,6 +250,7 @@ mod tests {
             max_concurrency: None,
             endpoint: Endpoint::Local,
             health_url: None,
+            served: Default::default(),
             stats: Default::default(),
             health: Health::default(),
         })

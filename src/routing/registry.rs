@@ -12,7 +12,9 @@
 //! whose steps share one lock and one rule — the stored record and the router
 //! change together or not at all.
 
-use super::agent::{Agent, AgentConfig, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT};
+use super::agent::{
+    Agent, AgentConfig, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,
+};
 use super::endpoint::{check_endpoint_text, parse_endpoint, Endpoint};
 use super::metrics::AgentStats;
 use super::outlier::Health;
@@ -20,7 +22,8 @@ use super::router::ToolRouter;
 use super::shared::RegistrationSink;
 use crate::error::{Error, Result};
 use crate::namespace::{
-    agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, ToolCategory, AGENTS,
+    agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, McpServer,
+    PrefixMode, ToolCategory, AGENTS,
 };
 use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::storage::{off_worker, Database};
@@ -89,6 +92,23 @@ impl AgentRegistry {
             let stats = Arc::new(AgentStats::default());
             let live = match &record.transport {
                 AgentTransport::Local => None,
+                AgentTransport::Mcp(server) => {
+                    let agent = registry.agent(
+                        &record,
+                        registry.reserve_uid(),
+                        Endpoint::Mcp(server.clone()),
+                        None,
+                        stats.clone(),
+                    );
+                    if record.status == AgentStatus::Unhealthy {
+                        agent.health.unhealthy.store(true, Ordering::Release);
+                        agent
+                            .health
+                            .unhealthy_since_ms
+                            .store(record.updated_at_ms, Ordering::Release);
+                    }
+                    Some(agent)
+                }
                 AgentTransport::Http {
                     endpoint,
                     health_url,
@@ -182,7 +202,12 @@ impl AgentRegistry {
         health_url: Option<reqwest::Url>,
         stats: Arc<AgentStats>,
     ) -> Arc<Agent> {
+        let served = match &record.transport {
+            AgentTransport::Mcp(server) => Some(Arc::new(declared_tools(record, server))),
+            _ => None,
+        };
         Arc::new(Agent {
+            served: parking_lot::RwLock::new(served),
             id: record.agent_id.clone(),
             uid,
             categories: record.tools.clone(),
@@ -243,8 +268,11 @@ impl AgentRegistry {
         })
     }
 
-    /// Registers (or replaces) an HTTP agent.
+    /// Registers (or replaces) an HTTP or MCP agent.
     pub fn register(&self, agent_id: &str, config: AgentConfig) -> Result<()> {
+        if let Some(server) = &config.mcp {
+            return self.register_mcp(agent_id, server.clone(), &config);
+        }
         let Some(endpoint) = config.endpoint.as_deref() else {
             return Err(Error::invalid(format!(
                 "agent {agent_id} has no endpoint; call with_endpoint, or register_local_agent for an in-process handler"
@@ -276,6 +304,30 @@ impl AgentRegistry {
                 Some(health_url.clone()),
                 stats,
             )
+        })
+    }
+
+    fn register_mcp(
+        &self,
+        agent_id: &str,
+        mut server: McpServer,
+        config: &AgentConfig,
+    ) -> Result<()> {
+        if config.endpoint.is_some() {
+            return Err(Error::invalid(format!(
+                "agent {agent_id} has both an endpoint and an MCP server; give one of them"
+            )));
+        }
+        server.validate(&config.tools)?;
+        if let Some(url) = &server.url {
+            check_endpoint_text("MCP url", url)?;
+            let (parsed, _) = parse_endpoint(url)?;
+            server.url = Some(parsed.to_string());
+        }
+        let record = self.new_record(agent_id, config, AgentTransport::Mcp(server.clone()))?;
+        let uid = self.reserve_uid();
+        self.install(record, config.caller.as_ref(), |registry, record, stats| {
+            registry.agent(record, uid, Endpoint::Mcp(server.clone()), None, stats)
         })
     }
 
@@ -413,8 +465,9 @@ impl AgentRegistry {
     /// bookkeeping (it passed the policy chain where it was made) and routed.
     /// A record equal to the one held (this node's own write coming back) is
     /// ignored. Another node's in-process agent is listed, never routed here.
+    /// Returns whether anything changed.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn apply_shared(&self, record: AgentRecord) -> Result<()> {
+    pub(crate) fn apply_shared(&self, record: AgentRecord) -> Result<bool> {
         let _changing = self.changes.lock();
         let id = record.agent_id.clone();
         let same = |held: &AgentRecord| {
@@ -425,7 +478,7 @@ impl AgentRegistry {
             } == record
         };
         if self.agents.read().get(&id).is_some_and(|r| same(&r.record)) {
-            return Ok(());
+            return Ok(false);
         }
         let stats = self
             .agents
@@ -438,6 +491,13 @@ impl AgentRegistry {
                 endpoint,
                 health_url,
             } => Some(self.http_agent(&record, endpoint, health_url, stats.clone())?),
+            AgentTransport::Mcp(server) => Some(self.agent(
+                &record,
+                self.reserve_uid(),
+                Endpoint::Mcp(server.clone()),
+                None,
+                stats.clone(),
+            )),
         };
         let value = serde_json::to_vec(&record).map_err(Error::storage)?;
         off_worker(|| {
@@ -462,15 +522,16 @@ impl AgentRegistry {
             },
         );
         tracing::info!(agent_id = %id, "applied a registration from the cluster");
-        Ok(())
+        Ok(true)
     }
 
-    /// Applies a removal published by another node (nothing if unknown here).
+    /// Applies a removal published by another node (nothing if unknown
+    /// here). Returns whether the agent was known.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    pub(crate) fn remove_shared(&self, agent_id: &str) -> Result<()> {
+    pub(crate) fn remove_shared(&self, agent_id: &str) -> Result<bool> {
         let _changing = self.changes.lock();
         if !self.agents.read().contains_key(agent_id) {
-            return Ok(());
+            return Ok(false);
         }
         off_worker(|| {
             let mut tx = self.db.owner_transaction();
@@ -483,7 +544,7 @@ impl AgentRegistry {
         self.router.remove(agent_id);
         self.agents.write().remove(agent_id);
         tracing::info!(agent_id, "applied a removal from the cluster");
-        Ok(())
+        Ok(true)
     }
 
     /// Every registered id, sorted.
@@ -611,4 +672,47 @@ impl AgentRegistry {
             }
         }
     }
+}
+
+/// The name callers use for tool `name` of `agent_id` under `prefix`
+/// (collisions aside, which discovery resolves): the bare name, or
+/// `{agent}_{tool}` cut to the 64 characters every MCP client accepts.
+pub(crate) fn exposed_name(agent_id: &str, name: &str, prefixed: bool) -> String {
+    if !prefixed {
+        return name.to_string();
+    }
+    let mut exposed: String = format!("{agent_id}_{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    exposed.truncate(64);
+    exposed
+}
+
+/// What an MCP agent serves before (or without) discovery: its declared
+/// tool names, each in the category its rules give it; nothing if it
+/// declares none (discovery fills it in).
+pub(crate) fn declared_tools(record: &AgentRecord, server: &McpServer) -> ServedTools {
+    let Some(default) = record.tools.first() else {
+        return ServedTools::new();
+    };
+    server
+        .tool_names
+        .iter()
+        .map(|name| {
+            (
+                exposed_name(&record.agent_id, name, server.prefix == PrefixMode::Always),
+                ServedTool {
+                    upstream: name.clone(),
+                    category: server.category_of(name, default),
+                },
+            )
+        })
+        .collect()
 }

@@ -5,6 +5,10 @@
 //! rebuild a pool's snapshot; selection never scans or sorts all agents, so it
 //! stays flat at 10,000 agents. A [`Lease`] counts a chosen agent as in
 //! flight until it is dropped.
+//!
+//! Agents that serve named tools only (MCP agents) sit in one pool per
+//! (category, tool name), together with the category's open agents, so a
+//! call for a tool is balanced among exactly the agents that serve it.
 
 use super::agent::Agent;
 use super::load_index::TieredLoad;
@@ -67,10 +71,26 @@ fn claim(agent: &Agent) -> bool {
     }
 }
 
+/// One category's pools: the open pool (its agents that serve every tool of
+/// it) and one pool per tool name some agent serves by name (the agents
+/// serving that name, and the open agents).
+#[derive(Default)]
+struct CategoryPools {
+    open: Arc<Pool>,
+    tools: HashMap<String, Arc<Pool>>,
+}
+
+/// An agent's uid and the pools it is a member of.
+type Membership = (u64, Vec<Arc<Pool>>);
+
 /// Chooses agents. Shared by the registry (which adds and removes agents)
 /// and the dispatcher (which selects and releases them).
 pub struct ToolRouter {
-    pools: RwLock<HashMap<ToolCategory, Arc<Pool>>>,
+    pools: RwLock<HashMap<ToolCategory, CategoryPools>>,
+    /// The pools each agent (by id) is a member of, with its uid.
+    memberships: RwLock<HashMap<String, Membership>>,
+    /// Serialises membership changes (adding, removing, new tool pools).
+    changes: Mutex<()>,
     /// The share of a tier that may be ejected before it panics (`f64` bits).
     panic_threshold: AtomicU64,
 }
@@ -79,6 +99,8 @@ impl Default for ToolRouter {
     fn default() -> Self {
         ToolRouter {
             pools: RwLock::default(),
+            memberships: RwLock::default(),
+            changes: Mutex::new(()),
             panic_threshold: AtomicU64::new(DEFAULT_PANIC_THRESHOLD.to_bits()),
         }
     }
@@ -114,48 +136,124 @@ impl ToolRouter {
         f64::from_bits(self.panic_threshold.load(Ordering::Relaxed))
     }
 
-    fn pool(&self, category: &ToolCategory) -> Option<Arc<Pool>> {
-        self.pools.read().get(category).cloned()
+    /// The pool a call for `tool` in `category` is served from: the tool's
+    /// own pool if some agent serves it by name, else the category's open pool.
+    fn pool_for(&self, category: &ToolCategory, tool: Option<&str>) -> Option<Arc<Pool>> {
+        let pools = self.pools.read();
+        let category = pools.get(category)?;
+        Some(
+            tool.and_then(|t| category.tools.get(t))
+                .unwrap_or(&category.open)
+                .clone(),
+        )
     }
 
-    fn pool_or_create(&self, category: &ToolCategory) -> Arc<Pool> {
-        if let Some(pool) = self.pool(category) {
-            return pool;
+    /// The pools `agent` belongs in: an open agent in its categories' open
+    /// pools and every tool pool of them; an agent serving named tools in
+    /// those tools' pools (created, with the category's open agents, if new).
+    /// Called under `changes`.
+    fn pools_of(&self, agent: &Arc<Agent>) -> Vec<Arc<Pool>> {
+        let mut out = Vec::new();
+        match agent.served() {
+            None => {
+                let mut pools = self.pools.write();
+                for category in &agent.categories {
+                    let pools = pools.entry(category.clone()).or_default();
+                    out.push(pools.open.clone());
+                    out.extend(pools.tools.values().cloned());
+                }
+            }
+            Some(served) => {
+                for (name, tool) in served.iter() {
+                    if !agent.categories.contains(&tool.category) {
+                        continue;
+                    }
+                    let existing = self
+                        .pools
+                        .read()
+                        .get(&tool.category)
+                        .and_then(|c| c.tools.get(name).cloned());
+                    let pool = match existing {
+                        Some(pool) => pool,
+                        None => self.new_tool_pool(&tool.category, name),
+                    };
+                    out.push(pool);
+                }
+            }
+        }
+        out
+    }
+
+    /// Creates the pool of one tool name, holding the category's open agents.
+    fn new_tool_pool(&self, category: &ToolCategory, tool: &str) -> Arc<Pool> {
+        let pool = Arc::new(Pool::default());
+        let open: Vec<Arc<Agent>> = self
+            .pools
+            .read()
+            .get(category)
+            .map(|c| c.open.members.lock().clone())
+            .unwrap_or_default();
+        {
+            let mut members = pool.members.lock();
+            let mut memberships = self.memberships.write();
+            for agent in &open {
+                members.push(agent.clone());
+                pool.update_load_membership(agent);
+                if let Some((_, pools)) = memberships.get_mut(&agent.id) {
+                    pools.push(pool.clone());
+                }
+            }
+            pool.rebuild_snapshot(&members);
         }
         self.pools
             .write()
             .entry(category.clone())
             .or_default()
-            .clone()
+            .tools
+            .insert(tool.to_string(), pool.clone());
+        pool
     }
 
-    /// Adds an agent to the pools of its categories, replacing any agent with
+    /// Adds an agent to the pools it belongs in, replacing any agent with
     /// the same id.
     pub(crate) fn add(&self, agent: Arc<Agent>) {
-        self.remove(&agent.id);
-        for category in &agent.categories {
-            let pool = self.pool_or_create(category);
+        let _changing = self.changes.lock();
+        self.remove_locked(&agent.id);
+        let pools = self.pools_of(&agent);
+        for pool in &pools {
             let mut members = pool.members.lock();
             members.push(agent.clone());
             pool.rebuild_snapshot(&members);
             pool.update_load_membership(&agent);
         }
+        self.memberships
+            .write()
+            .insert(agent.id.clone(), (agent.uid, pools));
     }
 
     /// Adds agents not yet in the router, such as the stored registrations a
     /// new dispatcher loads: each pool's snapshot is rebuilt once, not once per
     /// agent, so loading n agents is not O(n²).
     pub(crate) fn add_all(&self, agents: &[Arc<Agent>]) {
-        let mut touched: HashMap<ToolCategory, Arc<Pool>> = HashMap::new();
-        for agent in agents {
-            for category in &agent.categories {
-                let pool = self.pool_or_create(category);
+        let _changing = self.changes.lock();
+        // Open agents first, so tool pools created after them include them.
+        let (open, named): (Vec<&Arc<Agent>>, Vec<&Arc<Agent>>) =
+            agents.iter().partition(|a| a.served().is_none());
+        let mut touched: Vec<Arc<Pool>> = Vec::new();
+        for agent in open.into_iter().chain(named) {
+            let pools = self.pools_of(agent);
+            for pool in &pools {
                 pool.members.lock().push(agent.clone());
                 pool.update_load_membership(agent);
-                touched.entry(category.clone()).or_insert(pool);
+                if !touched.iter().any(|p| Arc::ptr_eq(p, pool)) {
+                    touched.push(pool.clone());
+                }
             }
+            self.memberships
+                .write()
+                .insert(agent.id.clone(), (agent.uid, pools));
         }
-        for pool in touched.values() {
+        for pool in &touched {
             let members = pool.members.lock();
             pool.rebuild_snapshot(&members);
         }
@@ -163,7 +261,14 @@ impl ToolRouter {
 
     /// Removes the agent with this id from every pool.
     pub(crate) fn remove(&self, agent_id: &str) {
-        let pools: Vec<Arc<Pool>> = self.pools.read().values().cloned().collect();
+        let _changing = self.changes.lock();
+        self.remove_locked(agent_id);
+    }
+
+    fn remove_locked(&self, agent_id: &str) {
+        let Some((_, pools)) = self.memberships.write().remove(agent_id) else {
+            return;
+        };
         for pool in pools {
             let mut members = pool.members.lock();
             if let Some(i) = members.iter().position(|a| a.id == agent_id) {
@@ -174,21 +279,48 @@ impl ToolRouter {
         }
     }
 
+    /// Replaces the named tools `agent` serves (`None`: every tool of its
+    /// categories) and refiles it; a no-op if the agent was replaced or
+    /// removed meanwhile.
+    pub(crate) fn set_served(
+        &self,
+        agent: &Arc<Agent>,
+        served: Option<Arc<super::agent::ServedTools>>,
+    ) {
+        {
+            let _changing = self.changes.lock();
+            let current = self.memberships.read().get(&agent.id).map(|(uid, _)| *uid);
+            if current != Some(agent.uid) {
+                return;
+            }
+            *agent.served.write() = served;
+        }
+        self.add(agent.clone());
+    }
+
+    /// The pools `agent` is a member of now (none if it was replaced).
+    fn member_pools(&self, agent: &Agent) -> Vec<Arc<Pool>> {
+        match self.memberships.read().get(&agent.id) {
+            Some((uid, pools)) if *uid == agent.uid => pools.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Re-reads an agent's health into its pools.
     pub(crate) fn health_changed(&self, agent: &Arc<Agent>) {
-        for category in &agent.categories {
-            if let Some(pool) = self.pool(category) {
-                let members = pool.members.lock();
-                pool.rebuild_snapshot(&members);
-                pool.update_load_membership(agent);
-            }
+        for pool in self.member_pools(agent) {
+            let members = pool.members.lock();
+            pool.rebuild_snapshot(&members);
+            pool.update_load_membership(agent);
         }
     }
 
     fn refile(&self, agent: &Agent) {
-        for category in &agent.categories {
-            if let Some(pool) = self.pool(category) {
-                pool.load.lock().touch(agent);
+        if let Some((uid, pools)) = self.memberships.read().get(&agent.id) {
+            if *uid == agent.uid {
+                for pool in pools {
+                    pool.load.lock().touch(agent);
+                }
             }
         }
     }
@@ -205,15 +337,17 @@ impl ToolRouter {
         })
     }
 
-    /// Chooses and claims a healthy agent for `category`, never one in
-    /// `exclude` (uids already tried in this call).
+    /// Chooses and claims a healthy agent serving `tool` (any tool, when
+    /// `None`) in `category`, never one in `exclude` (uids already tried in
+    /// this call).
     pub(crate) fn select(
         self: &Arc<Self>,
         category: &ToolCategory,
+        tool: Option<&str>,
         strategy: RoutingStrategy,
         exclude: &[u64],
     ) -> Option<Lease> {
-        let pool = self.pool(category)?;
+        let pool = self.pool_for(category, tool)?;
         // A claim lost to a concurrent caller (the agent filled up between
         // choosing and claiming) moves on to the next agent.
         let mut lost: Vec<u64> = Vec::new();
@@ -223,7 +357,7 @@ impl ToolRouter {
             } else {
                 [exclude, &lost].concat().into()
             };
-            match self.select_once(&pool, category, strategy, &excluded) {
+            match self.select_once(&pool, strategy, &excluded) {
                 Selected::Leased(lease) => return Some(lease),
                 Selected::Nothing => return None,
                 Selected::Lost(uid) => lost.push(uid),
@@ -233,8 +367,7 @@ impl ToolRouter {
 
     fn select_once(
         self: &Arc<Self>,
-        pool: &Pool,
-        category: &ToolCategory,
+        pool: &Arc<Pool>,
         strategy: RoutingStrategy,
         exclude: &[u64],
     ) -> Selected {
@@ -254,7 +387,7 @@ impl ToolRouter {
             }
             load.touch(&agent);
             drop(load);
-            self.refile_others(&agent, category);
+            self.refile_others(&agent, pool);
             return Selected::Leased(Lease {
                 agent,
                 router: self.clone(),
@@ -307,9 +440,9 @@ impl ToolRouter {
         })
     }
 
-    fn refile_others(&self, agent: &Agent, done: &ToolCategory) {
-        for category in agent.categories.iter().filter(|c| *c != done) {
-            if let Some(pool) = self.pool(category) {
+    fn refile_others(&self, agent: &Agent, done: &Arc<Pool>) {
+        for pool in self.member_pools(agent) {
+            if !Arc::ptr_eq(&pool, done) {
                 pool.load.lock().touch(agent);
             }
         }

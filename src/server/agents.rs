@@ -6,7 +6,7 @@ use super::errors::{ApiError, ApiResult};
 use super::AppState;
 use crate::dispatch::ToolDispatcher;
 use crate::error::Error;
-use crate::namespace::{agent_key, validate_id, AgentRecord, ToolCategory};
+use crate::namespace::{agent_key, validate_id, AgentRecord, McpServer, McpSpec, ToolCategory};
 use crate::policy::PolicyContext;
 use crate::routing::AgentConfig;
 use axum::extract::rejection::JsonRejection;
@@ -40,8 +40,11 @@ pub fn visible_agents(
     Ok(records)
 }
 
+/// How long `PUT /v1/agents/{id}` waits for an MCP agent's tool list.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(10);
+
 /// The policy context of the API's reads.
-fn api_context(action: &str) -> PolicyContext {
+pub(crate) fn api_context(action: &str) -> PolicyContext {
     PolicyContext::new()
         .with("source", "api")
         .with("action", action)
@@ -77,14 +80,18 @@ pub(crate) async fn get_agent(
         .ok_or_else(|| Error::UnknownAgent(id).into())
 }
 
-/// `PUT /v1/agents/{id}`: an HTTP agent's registration.
+/// `PUT /v1/agents/{id}`: an HTTP or MCP agent's registration.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// The categories the agent serves.
     pub tools: Vec<ToolCategory>,
-    /// The URL its tool calls are posted to.
-    pub endpoint: String,
+    /// The URL its tool calls are posted to (an HTTP agent).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// An MCP server instead of an endpoint.
+    #[serde(default)]
+    pub mcp: Option<McpSpec>,
     /// Its health-check URL, if not the default.
     pub health_url: Option<String>,
     #[serde(default)]
@@ -101,8 +108,13 @@ impl RegisterBody {
     pub fn into_config(self) -> AgentConfig {
         let mut config = AgentConfig::new()
             .with_tools(self.tools)
-            .with_endpoint(self.endpoint)
             .with_priority(self.priority);
+        if let Some(endpoint) = self.endpoint {
+            config = config.with_endpoint(endpoint);
+        }
+        if let Some(mcp) = self.mcp {
+            config = config.with_mcp_server(mcp.into_server());
+        }
         if let Some(url) = self.health_url {
             config = config.with_health_url(url);
         }
@@ -123,11 +135,46 @@ pub(crate) async fn register_agent(
     body: Result<Json<RegisterBody>, JsonRejection>,
 ) -> ApiResult<Json<AgentRecord>> {
     let Json(body) = body?;
+    if body.endpoint.is_none() && body.mcp.is_none() {
+        // A body shape error, as when any required field is missing.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            "missing field `endpoint` (or `mcp` for an MCP agent)",
+        ));
+    }
+    if let Some(McpSpec::Server(McpServer {
+        command: Some(_), ..
+    })) = &body.mcp
+    {
+        return Err(Error::invalid(
+            "an MCP command (stdio) is not registered over HTTP: it would run a program on the server; \
+             declare it in the config file ([[agents]] mcp_command) or with \
+             `switchboard agents register ID --mcp-command ...` on the data directory",
+        )
+        .into());
+    }
+    let mcp = body.mcp.is_some();
     let mut config = body.into_config();
     if let Some(principal) = caller.0 {
         config = config.with_caller(principal);
     }
     s.dispatcher.register_agent(&id, config)?;
+    if mcp {
+        // Answer once the agent's tools are known (or the listing failed:
+        // it is retried when its TTL expires).
+        match tokio::time::timeout(DISCOVERY_WAIT, s.dispatcher.discover_tools(&id)).await {
+            Ok(Ok(tools)) => {
+                tracing::info!(agent_id = %id, tools = tools.len(), "MCP agent registered")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(agent_id = %id, error = %e, "MCP agent registered; its tools could not be listed yet")
+            }
+            Err(_) => {
+                tracing::warn!(agent_id = %id, "MCP agent registered; listing its tools is taking long")
+            }
+        }
+    }
     s.dispatcher
         .registry()
         .get(&id)

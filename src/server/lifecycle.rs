@@ -1,10 +1,12 @@
 //! Starting and stopping the server: open what the config names (policies
 //! before anything reads or writes), bind, accept connections up to the cap,
-//! serve each with the header-read timeout, and on SIGINT/SIGTERM stop
-//! accepting and give in-flight requests a grace period.
+//! serve each (over TLS when a certificate is configured) with the
+//! header-read timeout, and on SIGINT/SIGTERM stop accepting and give
+//! in-flight requests a grace period.
 
 use super::limits::{ServerLimits, RETRY_AFTER};
 use super::routes::router_for;
+use super::tls::ServerTls;
 use super::AppState;
 use crate::config::Config;
 use crate::dispatch::ToolDispatcher;
@@ -17,8 +19,8 @@ use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 /// Opens everything `config` names and serves until `shutdown` resolves, then
@@ -48,6 +50,9 @@ pub async fn serve(
     }
     // Before any agent is loaded: registrations are checked against it.
     config.network_policy()?.install();
+    // Before the dispatcher builds its client: `https://` agents are trusted by it.
+    config.tls_trust()?.install();
+    let tls = ServerTls::from_config(&config)?;
     let db = Database::open_with(&config.data_dir, config.database_options())?;
     // Policies first: recovery and loading the registry write and read
     // through the database, and must do so under the configured policies.
@@ -70,13 +75,14 @@ pub async fn serve(
     // Before `[[agents]]`: they are published to the cluster like any registration.
     let cluster = join_cluster(&config, &dispatcher).await?;
     config.register_agents(&dispatcher)?;
+    dispatcher.start_discovery();
     if let Some(health) = config.health_checks() {
         dispatcher.enable_health_checks(health);
     }
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {}", config.listen), e))?;
-    tracing::info!(listen = %config.listen, data = %config.data_dir.display(), "switchboard serving");
+    tracing::info!(listen = %config.listen, data = %config.data_dir.display(), https = tls.is_some(), "switchboard serving");
     let mut state =
         AppState::new(dispatcher, token).with_allowed_hosts(config.allowed_hosts.clone());
     #[cfg(feature = "cluster")]
@@ -105,10 +111,11 @@ pub async fn serve(
         }
         None => None,
     };
-    let served = run_with(
+    let served = serve_connections(
         listener,
         state,
         ServerLimits::from_config(&config),
+        tls,
         Duration::from_secs(config.shutdown_grace_secs),
         shutdown,
     )
@@ -182,6 +189,30 @@ pub async fn run_with(
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> crate::Result<()> {
+    serve_connections(listener, state, limits, None, grace, shutdown).await
+}
+
+/// Like [`run_with`], but every connection is HTTPS, terminated with `tls`.
+/// The TLS handshake must finish within the header-read timeout.
+pub async fn run_tls(
+    listener: TcpListener,
+    state: AppState,
+    limits: ServerLimits,
+    tls: ServerTls,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> crate::Result<()> {
+    serve_connections(listener, state, limits, Some(tls), grace, shutdown).await
+}
+
+async fn serve_connections(
+    listener: TcpListener,
+    state: AppState,
+    limits: ServerLimits,
+    tls: Option<ServerTls>,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> crate::Result<()> {
     let listen = listener
         .local_addr()
         .map_err(|e| Error::internal("cannot read the listen address", e))?;
@@ -206,15 +237,53 @@ pub async fn run_with(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(slot) = connections.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream));
+        let slot = connections.clone().try_acquire_owned().ok();
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &tls else {
+            let Some(slot) = slot else {
+                tokio::spawn(refuse(stream));
+                continue;
+            };
+            let service = TowerToHyperService::new(app.clone());
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(slot);
+            });
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        // The handshake runs on the connection's own task, bounded like
+        // the headers that follow it, so a slow client holds up no other.
+        let (acceptor, http, service, watcher) = (
+            tls.acceptor.clone(),
+            http.clone(),
+            TowerToHyperService::new(app.clone()),
+            graceful.watcher(),
+        );
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let stream =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                };
+            let Some(slot) = slot else {
+                refuse(stream).await;
+                return;
+            };
+            if let Err(e) = watcher
+                .watch(http.serve_connection(TokioIo::new(stream), service))
+                .await
+            {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(slot);
@@ -232,7 +301,7 @@ pub async fn run_with(
 }
 
 /// Answers a connection over the cap with 503 and closes it.
-async fn refuse(mut stream: TcpStream) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let body = r#"{"error":{"code":"overloaded","message":"the server is at its connection limit (limits.max_connections); retry shortly"}}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",

@@ -4,9 +4,10 @@
 //! `routes` (the route table and its layers), `lifecycle` (bind, serve,
 //! graceful shutdown), `limits` (what clients may hold), `auth` (who the
 //! caller is, and the scope each route needs), `hosts` (Host-header
-//! validation), `prometheus` (the exposition), and one file of handlers per
-//! resource (`agents`, `invoke`, `scan`, `policies`, `metrics`, `tokens`,
-//! `cluster`, which also answers `/healthz`).
+//! validation), `tls` (the certificate HTTPS is served with), `prometheus`
+//! (the exposition), and one file of handlers per resource (`agents`,
+//! `invoke`, `scan`, `policies`, `metrics`, `tokens`, `tools`, `cluster`,
+//! which also answers `/healthz`).
 //! `docs/openapi.json` describes every route.
 
 mod agents;
@@ -22,17 +23,20 @@ mod policies;
 mod prometheus;
 mod routes;
 mod scan;
+mod tls;
 mod tokens;
+mod tools;
 
 pub use agents::{visible_agents, RegisterBody};
 pub use auth::Caller;
 pub use errors::{ApiError, ERROR_CODES};
 pub use invoke::InvokeBody;
-pub use lifecycle::{run, run_with, serve, shutdown_signal};
+pub use lifecycle::{run, run_tls, run_with, serve, shutdown_signal};
 pub use limits::ServerLimits;
 pub use policies::{AddPolicyBody, PolicyInfo, PolicyView, PutPolicyAnswer, PutPolicyBody};
 pub use routes::router;
 pub use scan::{caused_by, scan_page, scan_page_as, ScanItem, ScanPage, ScanQuery, MAX_SCAN_PAGE};
+pub use tls::ServerTls;
 pub use tokens::{CreateTokenBody, CreatedToken, TokenInfo};
 
 use crate::dispatch::ToolDispatcher;

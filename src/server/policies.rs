@@ -8,7 +8,7 @@ use super::errors::{ApiError, ApiResult};
 use super::AppState;
 use crate::error::Error;
 use crate::policy::PolicyContext;
-use crate::storage::{PolicyChange, StoredPolicy};
+use crate::storage::{Database, PolicyChange, StoredPolicy};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
@@ -130,16 +130,7 @@ pub(crate) async fn add_policy(
     )?
     .name()
     .to_string();
-    let (policy, change) = db.put_policy_with(
-        &package,
-        &body.source,
-        scopes.as_deref(),
-        &change_context(&caller),
-    )?;
-    let status = match change {
-        PolicyChange::Created => StatusCode::CREATED,
-        _ => StatusCode::OK,
-    };
+    let (policy, _, status) = store(db, &package, &body.source, scopes.as_deref(), &caller)?;
     Ok((
         status,
         Json(PolicyInfo {
@@ -163,16 +154,8 @@ pub(crate) async fn put_policy(
         (Some(one), None) => Some(vec![one]),
         (None, many) => many,
     };
-    let (policy, change) = s.dispatcher.database().put_policy_with(
-        &name,
-        &body.source,
-        scopes.as_deref(),
-        &change_context(&caller),
-    )?;
-    let status = match change {
-        PolicyChange::Created => StatusCode::CREATED,
-        _ => StatusCode::OK,
-    };
+    let db = s.dispatcher.database();
+    let (policy, change, status) = store(db, &name, &body.source, scopes.as_deref(), &caller)?;
     Ok((
         status,
         Json(PutPolicyAnswer {
@@ -195,6 +178,23 @@ pub(crate) async fn delete_policy(
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(unknown(&name)),
     }
+}
+
+/// Stores `source` as the policy `name` on behalf of `caller`; the status
+/// says whether it was created (201) or replaced or left unchanged (200).
+fn store(
+    db: &Database,
+    name: &str,
+    source: &str,
+    scopes: Option<&[String]>,
+    caller: &Caller,
+) -> crate::Result<(StoredPolicy, PolicyChange, StatusCode)> {
+    let (policy, change) = db.put_policy_with(name, source, scopes, &change_context(caller))?;
+    let status = match change {
+        PolicyChange::Created => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    Ok((policy, change, status))
 }
 
 /// The context of a policy change made over the API: who made it.

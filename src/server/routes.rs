@@ -5,7 +5,7 @@
 use super::errors::{self, ApiError};
 use super::hosts::{self, AllowedHosts};
 use super::limits::ServerLimits;
-use super::{agents, auth, cluster, invoke, metrics, policies, scan, tokens, AppState};
+use super::{agents, auth, cluster, invoke, metrics, policies, scan, tokens, tools, AppState};
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -61,6 +61,7 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
                 .put(agents::register_agent)
                 .delete(agents::remove_agent),
         )
+        .route("/v1/tools", get(tools::list_tools))
         .route("/v1/invoke", post(invoke::invoke))
         .route("/v1/metrics", get(metrics::metrics_json))
         .route("/metrics", get(metrics::metrics_prometheus))

@@ -105,3 +105,45 @@ impl Database {
         entries.fetch_sub(pruned, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{DecisionLogRetention, PolicyEngine};
+    use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
+
+    fn decision() -> Decision {
+        serde_json::from_value(serde_json::json!({
+            "at_ms": 1, "op": "put", "phase": "before", "key": "a/b",
+            "decision": "deny", "by": "test", "reason": "test", "context": {}
+        }))
+        .unwrap()
+    }
+
+    /// A log pruned on every append: the next prune steps over none of the
+    /// thousands of entries pruned before it (RocksDB's own counters).
+    #[test]
+    fn each_prune_starts_where_the_last_one_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path()).unwrap();
+        PolicyEngine::new(&db).set_decision_log_retention(DecisionLogRetention {
+            max_entries: 10,
+            max_age: None,
+        });
+        for _ in 0..3_000 {
+            db.record_decisions(vec![decision()]);
+        }
+        set_perf_stats(PerfStatsLevel::EnableCount);
+        let mut perf = PerfContext::default();
+        perf.reset();
+        db.record_decisions(vec![decision()]);
+        let stepped_over = perf.metric(PerfMetric::InternalDeleteSkippedCount)
+            + perf.metric(PerfMetric::InternalKeySkippedCount);
+        set_perf_stats(PerfStatsLevel::Disable);
+        assert_eq!(db.scan_unjudged(DECISION_LOG, None).count(), 10);
+        assert!(
+            stepped_over < 100,
+            "one prune stepped over {stepped_over} deleted entries"
+        );
+    }
+}

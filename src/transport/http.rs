@@ -3,19 +3,20 @@
 //! failure (with `Retry-After` read on 429/503); the health probe; and the
 //! construction of the one HTTP client a dispatcher uses.
 
+use super::tls::TlsTrust;
 use super::{Failure, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES, MAX_RESPONSE_BYTES};
 use crate::error::{Error, Result};
 use crate::policy::NetworkPolicy;
-use crate::routing::health::{Probe, ProbeResult};
-use std::future::Future;
+use crate::routing::health::ProbeResult;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Builds the HTTP client every agent call and probe of one dispatcher shares.
+/// Builds the HTTP client every agent call and probe of one dispatcher
+/// shares: `http://` and `https://`, trusting the [`TlsTrust`] in force.
 pub(crate) fn build_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
+        .tls_backend_preconfigured(TlsTrust::current().client_config()?)
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         // A redirect is an answer like any other (a retryable failure):
@@ -184,24 +185,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The health probe over HTTP: any 2xx within the timeout is healthy; 404
 /// or 405 means the agent has no health endpoint (it is not ejected for it:
 /// its calls alone judge it); anything else is unhealthy.
-pub(crate) struct HttpProbe(pub(crate) reqwest::Client);
-
-impl Probe for HttpProbe {
-    fn probe<'a>(
-        &'a self,
-        url: &'a reqwest::Url,
-        timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
-        Box::pin(async move {
-            if NetworkPolicy::current().check_url(url).is_err() {
-                return ProbeResult::Unhealthy;
-            }
-            match tokio::time::timeout(timeout, self.0.get(url.clone()).send()).await {
-                Ok(Ok(r)) if r.status().is_success() => ProbeResult::Healthy,
-                Ok(Ok(r)) if matches!(r.status().as_u16(), 404 | 405) => ProbeResult::NoEndpoint,
-                _ => ProbeResult::Unhealthy,
-            }
-        })
+pub(crate) async fn probe(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    timeout: Duration,
+) -> ProbeResult {
+    if NetworkPolicy::current().check_url(url).is_err() {
+        return ProbeResult::Unhealthy;
+    }
+    match tokio::time::timeout(timeout, client.get(url.clone()).send()).await {
+        Ok(Ok(r)) if r.status().is_success() => ProbeResult::Healthy,
+        Ok(Ok(r)) if matches!(r.status().as_u16(), 404 | 405) => ProbeResult::NoEndpoint,
+        _ => ProbeResult::Unhealthy,
     }
 }
 

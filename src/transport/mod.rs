@@ -4,26 +4,36 @@
 //! - `mod.rs`: [`ToolError`], [`Failure`] (how a call ended), the wire
 //!   request, and [`Callers`] (the per-agent caller, keyed by registration uid);
 //! - `local`: in-process handlers; `http`: the HTTP agent protocol, the
-//!   client's construction and the health probe;
+//!   client's construction and the health probe; `mcp`: agents that are MCP
+//!   servers (`tools/call`, `ping`, `tools/list`); `tls`: the certificates
+//!   the client trusts for `https://` agents;
 //! - `layers`: per-attempt concerns wrapped around one call (timeout,
 //!   `Retry-After` back-pressure, latency/load tracking, passive health).
 
 pub(crate) mod http;
 pub(crate) mod layers;
 pub(crate) mod local;
+pub(crate) mod mcp;
 #[cfg(test)]
 mod properties;
+pub(crate) mod tls;
 
 use crate::error::{Error, Result};
 use crate::namespace::AttemptOutcome;
 use crate::routing::agent::Agent;
 use crate::routing::endpoint::Endpoint;
+use crate::routing::health::{Probe, ProbeResult};
+use mcp::McpClients;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use local::{local_handler, LocalHandler};
+pub use tls::TlsTrust;
 
 /// The largest agent response body accepted.
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
@@ -163,13 +173,28 @@ pub(crate) struct WireRequest<'a> {
 pub(crate) struct Callers {
     client: reqwest::Client,
     local: RwLock<HashMap<u64, LocalHandler>>,
+    mcp: Arc<McpClients>,
 }
 
 impl Callers {
     pub(crate) fn new(client: reqwest::Client) -> Self {
         Callers {
+            mcp: Arc::new(McpClients::new(client.clone())),
             client,
             local: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The MCP agents' connections (shared with the health probe and discovery).
+    pub(crate) fn mcp(&self) -> &Arc<McpClients> {
+        &self.mcp
+    }
+
+    /// The health probe for these agents.
+    pub(crate) fn probe(&self) -> AgentProbe {
+        AgentProbe {
+            client: self.client.clone(),
+            mcp: self.mcp.clone(),
         }
     }
 
@@ -178,9 +203,11 @@ impl Callers {
         self.local.write().insert(uid, handler);
     }
 
-    /// Drops the handlers of registrations that are no longer current.
+    /// Drops the handlers (and MCP connections) of registrations that are
+    /// no longer current.
     pub(crate) fn retain_local(&self, current: impl Fn(u64) -> bool) {
         self.local.write().retain(|uid, _| current(*uid));
+        self.mcp.retain(current);
     }
 
     /// Runs one call, without a time limit (see `layers::timeout`).
@@ -200,6 +227,48 @@ impl Callers {
                 }
             }
             Endpoint::Http(endpoint) => http::call(&self.client, endpoint, request).await,
+            Endpoint::Mcp(_) => {
+                let Some(upstream) = self.mcp.upstream(agent) else {
+                    return Err(Failure::Agent("not an MCP agent".into()));
+                };
+                let name = agent.upstream_name(request.tool);
+                upstream
+                    .call(&name, request.input, request.session_id)
+                    .await
+                    .map_err(|(failure, _)| failure)
+            }
         }
+    }
+}
+
+/// Health probes: `GET {health_url}` for HTTP agents, `ping` for MCP agents.
+pub(crate) struct AgentProbe {
+    client: reqwest::Client,
+    mcp: Arc<McpClients>,
+}
+
+impl Probe for AgentProbe {
+    fn can_probe(&self, agent: &Agent) -> bool {
+        agent.health_url.is_some() || matches!(agent.endpoint, Endpoint::Mcp(_))
+    }
+
+    fn probe<'a>(
+        &'a self,
+        agent: &'a Arc<Agent>,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(upstream) = self.mcp.upstream(agent) {
+                return if upstream.ping(timeout).await {
+                    ProbeResult::Healthy
+                } else {
+                    ProbeResult::Unhealthy
+                };
+            }
+            match &agent.health_url {
+                Some(url) => http::probe(&self.client, url, timeout).await,
+                None => ProbeResult::NoEndpoint,
+            }
+        })
     }
 }

@@ -253,3 +253,54 @@ pub async fn call(
     )
     .await
 }
+
+/// A plain `reqwest` client for talking to a server under test (this build
+/// of reqwest needs the process's TLS provider installed first).
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().unwrap()
+}
+
+/// [`http_client`]'s builder, for tests that tune the client.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    switchboard::TlsTrust::install_crypto_provider();
+    reqwest::Client::builder()
+}
+
+/// The `switchboard` binary, with no server or token from the environment.
+pub fn switchboard() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    c.env_remove("SWITCHBOARD_TOKEN")
+        .env_remove("SWITCHBOARD_URL")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+/// A process output stream as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `cmd` and returns its stdout, failing the test with both streams.
+pub fn ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs `cmd`, expecting status 1; returns its stderr, then its stdout.
+pub fn fails(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{cmd:?}:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    format!("{}{}", text(&out.stderr), text(&out.stdout))
+}

@@ -1,6 +1,8 @@
 """End-to-end: the Python `mcp` SDK lists and calls tools through a real
 `switchboard serve`, in the legacy (initialize + session) revision and the
-stateless 2026-07-28 one. Run by scripts/mcp-test with the binary's path."""
+stateless 2026-07-28 one; a Python MCP server (tests/mcp/upstream_server.py)
+is registered as an upstream agent, over streamable HTTP and over stdio.
+Run by scripts/mcp-test with the binary's path."""
 
 import asyncio
 import json
@@ -19,6 +21,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 TOKEN = "mcp-test-token"
+UPSTREAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "upstream_server.py")
 
 
 def free_port() -> int:
@@ -62,8 +65,75 @@ def api(base: str, method: str, path: str, body=None):
         data=None if body is None else json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=10) as r:
+    with urllib.request.urlopen(req, timeout=30) as r:
         return r.status
+
+
+def api_json(base: str, path: str):
+    req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def wait_for_port(port: int, proc: subprocess.Popen) -> None:
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit("the upstream MCP server exited early")
+            time.sleep(0.05)
+    raise SystemExit("the upstream MCP server did not start")
+
+
+async def through_switchboard(url: str, mode: str) -> None:
+    """A tool of the Python upstream, called by name through /mcp."""
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"})
+    async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert "forecast" in tools and "refuse" in tools, sorted(tools)
+        assert "city" in tools["forecast"].input_schema["properties"], tools["forecast"]
+        ok = await client.call_tool("forecast", {"city": "Oslo"})
+        assert not ok.is_error, ok
+        assert "sunny in Oslo" in ok.content[0].text, ok
+        failed = await client.call_tool("refuse", {"reason": "no"})
+        assert failed.is_error and "tool error" in failed.content[0].text, failed
+    print(f"mcp e2e (python upstream over HTTP, {mode}): ok")
+
+
+def upstream_over_http(base: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, UPSTREAM, "http", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        api(base, "PUT", "/v1/agents/weather",
+            {"tools": ["web"], "mcp": f"http://127.0.0.1:{port}/mcp"})
+        listed = {t["name"]: t for t in api_json(base, "/v1/tools")}
+        assert listed["forecast"]["agent_id"] == "weather", listed
+        assert listed["forecast"]["category"] == "web", listed
+        assert len(listed["forecast"]["schema_hash"]) == 64, listed
+        asyncio.run(through_switchboard(base + "/mcp", "legacy"))
+        asyncio.run(through_switchboard(base + "/mcp", "2026-07-28"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def upstream_over_stdio(binary: str, data: str) -> None:
+    """The Python server as a stdio agent, behind `switchboard mcp`."""
+    subprocess.run([binary, "agents", "register", "weather", "--tools", "web",
+                    "--mcp-command", f"{sys.executable} {UPSTREAM} stdio", "--data", data],
+                   check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
+    params = StdioServerParameters(command=binary, args=["mcp", "--data", data],
+                                   env=dict(os.environ, RUST_LOG="warn"))
+    async with Client(params, mode="legacy") as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        assert "forecast" in names, names
+        ok = await client.call_tool("forecast", {"city": "Bergen"})
+        assert not ok.is_error and "sunny in Bergen" in ok.content[0].text, ok
+    print("mcp e2e (python upstream over stdio, behind switchboard mcp): ok")
 
 
 async def exercise(url: str, mode: str) -> None:
@@ -144,11 +214,14 @@ def main() -> int:
             asyncio.run(exercise(base + "/mcp", "legacy"))
             asyncio.run(exercise(base + "/mcp", "2026-07-28"))
             assert all(a is None for a in Agent.seen_auth), "the caller's token reached the agent"
+            upstream_over_http(base)
         finally:
             server.terminate()
             server.wait(timeout=10)
     with tempfile.TemporaryDirectory() as data:
         asyncio.run(over_stdio(binary, data, agent_url))
+    with tempfile.TemporaryDirectory() as data:
+        asyncio.run(upstream_over_stdio(binary, data))
     agent.shutdown()
     return 0
 

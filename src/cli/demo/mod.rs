@@ -2,9 +2,11 @@
 //! agents on 127.0.0.1 (each on its own runtime, so "killing" one really
 //! closes its sockets) and in-process agents, then routes a visible mix of
 //! calls through every strategy, a sticky session, a policy denial and a
-//! failover, and ends with metrics and an audit scan.
+//! failover, an MCP server as an agent called by an MCP client through
+//! Switchboard, and ends with metrics and an audit scan.
 
 mod agent;
+mod mcp;
 mod tally;
 
 use super::{count, say};
@@ -20,7 +22,7 @@ use switchboard::{
 };
 use tally::{show_counts, tally};
 
-const STEPS: usize = 7;
+const STEPS: usize = 8;
 const SHIPPED_POLICY: &str = include_str!("../../../policies/sensitive_tools.rego");
 
 fn step(n: usize, title: &str) -> switchboard::Result<()> {
@@ -114,7 +116,7 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
         let tools: Vec<&str> = r.tools.iter().map(|t| t.as_str()).collect();
         let kind = match r.transport {
             switchboard::namespace::AgentTransport::Local => "local".to_string(),
-            switchboard::namespace::AgentTransport::Http { endpoint, .. } => endpoint,
+            other => other.describe(),
         };
         say!(
             "    {id:<16} {:<16} priority {:>2}   {kind}",
@@ -258,7 +260,52 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
         }
     );
 
-    step(7, "Metrics and the audit trail")?;
+    step(
+        7,
+        "MCP both ways: an MCP server as an agent, an MCP client calling it through Switchboard",
+    )?;
+    let weather = mcp::DemoMcpServer::start()?;
+    // A category of its own: HTTP agents serving all of `web` would be
+    // candidates for any tool called in `web`, `forecast` included.
+    let weather_category = ToolCategory::Custom("weather".into());
+    dispatcher.register_agent(
+        "weather_mcp",
+        AgentConfig::new()
+            .with_tools(vec![weather_category])
+            .with_mcp(&weather.url)
+            .with_timeout(Duration::from_secs(2)),
+    )?;
+    for t in dispatcher.discover_tools("weather_mcp").await? {
+        say!(
+            "    tools/list on weather_mcp ({}): {} → category {}, schema {}…, stored at mcp_tools/{}/{}",
+            weather.url,
+            t.name,
+            t.category,
+            &t.schema_hash[..12],
+            t.agent_id,
+            t.name
+        );
+    }
+    let switchboard_mcp = mcp::serve_switchboard(&dispatcher)?;
+    let (names, answer) = mcp::call_through(&switchboard_mcp).await?;
+    say!(
+        "    an MCP client of Switchboard's {switchboard_mcp} sees: {}",
+        names.join(", ")
+    );
+    say!("    it calls forecast {{\"city\": \"Oslo\"}} → {answer:?}");
+    if let Some(Ok((key, value))) = db.scan("tools/weather/forecast/").last() {
+        let r: DispatchRecord = serde_json::from_slice(&value).map_err(Error::storage)?;
+        say!(
+            "    recorded at {key}: agent {}, {}",
+            r.agent_id.as_deref().unwrap_or("-"),
+            serde_json::to_value(r.status)
+                .map_err(Error::storage)?
+                .as_str()
+                .unwrap_or_default()
+        );
+    }
+
+    step(8, "Metrics and the audit trail")?;
     say!(
         "    {:<16} {:>6} {:>8} {:>9} {:>9} {:>9}  HEALTHY",
         "AGENT",
@@ -311,6 +358,7 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
     }
     drop(backup_agent);
     drop(search_agent);
+    drop(weather);
     if kept {
         say!(
             "\nDone: {} under tools/ in {} (the demo's agents are unregistered; the records stay). Try `switchboard scan tools/code/ --data {}`.",

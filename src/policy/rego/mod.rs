@@ -11,6 +11,7 @@
 //! evaluation error, a time-limit overrun, a panic inside the engine, or an
 //! `allow` that is not `true` denies: the chain fails closed.
 
+mod conflicts;
 mod input;
 mod loader;
 mod pool;
@@ -30,15 +31,20 @@ pub use test_runner::{run_tests, RegoTestResult};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RegoEvaluator {
-    /// The tree-walking interpreter: OPA's semantics, including the
-    /// evaluation error (so a fail-closed Deny) when two definitions of a
-    /// complete rule disagree. The default.
+    /// The bytecode VM for every module it decides exactly as the
+    /// interpreter does, the interpreter for the rest: modules whose
+    /// complete rules or functions could produce two values, where only the
+    /// interpreter reports the conflict (a fail-closed Deny). The default.
     #[default]
+    Auto,
+    /// The tree-walking interpreter for every module: OPA's semantics,
+    /// including the evaluation error (so a fail-closed Deny) when two
+    /// definitions of a complete rule disagree.
     Interpreter,
-    /// Bytecode for regorus's Rego virtual machine: several times faster per
-    /// decision. It does not detect conflicting complete-rule values (one of
-    /// them is used), and a module its compiler does not take runs in the
-    /// interpreter (logged).
+    /// Bytecode for regorus's Rego virtual machine for every module: several
+    /// times faster per decision. It does not detect conflicting
+    /// complete-rule values (one of them is used), and a module its compiler
+    /// does not take runs in the interpreter (logged).
     Bytecode,
 }
 
@@ -63,9 +69,15 @@ impl RegoModule {
         source: &str,
         evaluator: RegoEvaluator,
     ) -> Result<RegoModule> {
-        match evaluator {
-            RegoEvaluator::Interpreter => Self::compile_for(file, source, Evaluator::interpreter),
-            RegoEvaluator::Bytecode => Self::compile_for(file, source, Evaluator::bytecode),
+        let bytecode = match evaluator {
+            RegoEvaluator::Auto => !conflicts::may_conflict(source),
+            RegoEvaluator::Interpreter => false,
+            RegoEvaluator::Bytecode => true,
+        };
+        if bytecode {
+            Self::compile_for(file, source, Evaluator::bytecode)
+        } else {
+            Self::compile_for(file, source, Evaluator::interpreter)
         }
     }
 
@@ -247,6 +259,23 @@ allow if input.key != "tools/shell/forbidden"
             reason.contains("engine bug") && reason.contains("fail closed"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn the_default_evaluator_runs_safe_modules_as_bytecode_and_keeps_conflicts_fail_closed() {
+        let safe = RegoModule::compile(None, MODULES[0], RegoEvaluator::default()).unwrap();
+        assert!(safe.is_compiled_to_bytecode());
+        let conflicting = "package p\nimport rego.v1\nlevel := \"low\" if input.op == \"put\"\n\
+                           level := \"high\" if input.key == \"a/b\"\ndeny contains level if level == \"high\"\n";
+        let module = RegoModule::compile(None, conflicting, RegoEvaluator::default()).unwrap();
+        assert!(!module.is_compiled_to_bytecode());
+        // Both definitions hold: the interpreter reports the conflict, a Deny.
+        let action = module.decide(Op::Put, Phase::Before, "a/b", b"{}", &PolicyContext::new());
+        assert!(matches!(action, PolicyAction::Deny(_)), "{action:?}");
+        // The VM alone would have picked one value and let this write through
+        // or not by chance; the default never runs such a module there.
+        let vm = RegoModule::compile(None, conflicting, RegoEvaluator::Bytecode).unwrap();
+        assert!(vm.is_compiled_to_bytecode());
     }
 
     proptest! {

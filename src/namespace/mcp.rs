@@ -1,0 +1,312 @@
+//! MCP upstreams as data: how an MCP server is reached ([`McpServer`], the
+//! payload of `AgentTransport::Mcp`), how its tools map to categories and
+//! names, and the value stored under `mcp_tools/{agent_id}/{tool}` for each
+//! tool discovered on it.
+
+use super::{validate_id, ToolCategory};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Tools discovered on MCP agents: `mcp_tools/{agent_id}/{tool}`.
+pub(crate) const MCP_TOOLS: &str = "mcp_tools/";
+
+/// `mcp_tools/{agent_id}/{tool}`: one tool discovered on an MCP agent.
+pub fn mcp_tool_key(agent_id: &str, tool: &str) -> String {
+    format!("{MCP_TOOLS}{agent_id}/{tool}")
+}
+
+/// A command Switchboard runs as a local MCP server (stdio transport).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpCommand {
+    /// The program (a path, or a name looked up in `PATH`).
+    pub program: String,
+    /// Its arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Extra environment variables (the rest of the environment is inherited).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The working directory (default: Switchboard's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+/// Maps the tools whose names match `glob` (`*` any run of characters, `?`
+/// one) to `category`. The first matching rule wins; unmatched tools go to
+/// the agent's first category.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryRule {
+    /// A tool-name pattern, e.g. `search_*`.
+    pub glob: String,
+    /// The category the matching tools are routed in.
+    pub category: ToolCategory,
+}
+
+/// How a tool name that several MCP agents serve with different input
+/// schemas is told apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixMode {
+    /// Only colliding names are prefixed (`{agent}_{tool}`); replicas with
+    /// the same schema share the bare name.
+    #[default]
+    Conditional,
+    /// Every tool of this agent is exposed as `{agent}_{tool}`.
+    Always,
+}
+
+impl PrefixMode {
+    fn is_default(&self) -> bool {
+        *self == PrefixMode::Conditional
+    }
+}
+
+/// An MCP server as an agent: where it is (a streamable-HTTP `url` or a
+/// stdio `command`), and how its tools are named and categorised. The
+/// categories come from the registration, never from the server's own
+/// annotations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServer {
+    /// The streamable-HTTP endpoint (`http://` or `https://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The command of a stdio server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<McpCommand>,
+    /// The tool names it serves, when declared; empty: what `tools/list`
+    /// discovers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_names: Vec<String>,
+    /// Tool-name globs to categories (first match wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub category_rules: Vec<CategoryRule>,
+    /// How colliding names are told apart.
+    #[serde(default, skip_serializing_if = "PrefixMode::is_default")]
+    pub prefix: PrefixMode,
+    /// How long a discovered tool list is trusted before it is listed again
+    /// (milliseconds; default 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_ttl_ms: Option<u64>,
+}
+
+/// An MCP server as a registration gives it (the `mcp` field of
+/// `PUT /v1/agents/{id}` and of a config file's `[[agents]]`): its
+/// streamable-HTTP URL alone, or the full [`McpServer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum McpSpec {
+    /// `"http://127.0.0.1:9000/mcp"`
+    Url(String),
+    /// `{"url": ..., "tool_names": [...], "category_rules": [...], ...}` or
+    /// `{"command": {"program": ..., "args": [...]}}`
+    Server(McpServer),
+}
+
+impl McpSpec {
+    /// The server it describes.
+    pub fn into_server(self) -> McpServer {
+        match self {
+            McpSpec::Url(url) => McpServer::http(url),
+            McpSpec::Server(server) => server,
+        }
+    }
+}
+
+/// The longest list of declared tool names or category rules.
+pub const MAX_MCP_RULES: usize = 1024;
+
+impl McpServer {
+    /// A server at a streamable-HTTP URL.
+    pub fn http(url: impl Into<String>) -> Self {
+        McpServer {
+            url: Some(url.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A stdio server run as `program args…`.
+    pub fn stdio(program: impl Into<String>, args: Vec<String>) -> Self {
+        McpServer {
+            command: Some(McpCommand {
+                program: program.into(),
+                args,
+                ..McpCommand::default()
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// The category of tool `name`: the first rule whose glob matches, else
+    /// `default`.
+    pub fn category_of(&self, name: &str, default: &ToolCategory) -> ToolCategory {
+        self.category_rules
+            .iter()
+            .find(|r| name_glob_matches(&r.glob, name))
+            .map_or_else(|| default.clone(), |r| r.category.clone())
+    }
+
+    /// Checks the parts that do not depend on the network: one of `url` and
+    /// `command`, valid declared names, rule categories among `categories`.
+    pub(crate) fn validate(&self, categories: &[ToolCategory]) -> Result<()> {
+        match (&self.url, &self.command) {
+            (Some(_), Some(_)) => return Err(Error::invalid(
+                "an MCP agent has either a url (streamable HTTP) or a command (stdio), not both",
+            )),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "an MCP agent needs a url (streamable HTTP) or a command (stdio)",
+                ))
+            }
+            (None, Some(command)) if command.program.trim().is_empty() => {
+                return Err(Error::invalid("the MCP command's program is empty"))
+            }
+            _ => {}
+        }
+        if self.tool_names.len() > MAX_MCP_RULES || self.category_rules.len() > MAX_MCP_RULES {
+            return Err(Error::invalid(format!(
+                "at most {MAX_MCP_RULES} tool names and {MAX_MCP_RULES} category rules"
+            )));
+        }
+        for name in &self.tool_names {
+            validate_id("tool name", name)?;
+        }
+        for rule in &self.category_rules {
+            if rule.glob.is_empty() || rule.glob.len() > 128 {
+                return Err(Error::invalid(format!(
+                    "category rule glob {:?} must be 1 to 128 characters",
+                    rule.glob
+                )));
+            }
+            rule.category.validate()?;
+            if !categories.contains(&rule.category) {
+                return Err(Error::invalid(format!(
+                    "category rule {:?} maps to {}, which the agent does not serve; add it to its tools",
+                    rule.glob, rule.category
+                )));
+            }
+        }
+        if self.discovery_ttl_ms == Some(0) {
+            return Err(Error::invalid("discovery_ttl_ms must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a tool name matches a category rule's glob: `*` matches any run
+/// of characters (none included), `?` exactly one, anything else itself.
+pub fn name_glob_matches(glob: &str, name: &str) -> bool {
+    let (g, n): (Vec<char>, Vec<char>) = (glob.chars().collect(), name.chars().collect());
+    // Iterative wildcard matching with one backtrack point.
+    let (mut gi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if gi < g.len() && (g[gi] == '?' || g[gi] == n[ni]) {
+            gi += 1;
+            ni += 1;
+        } else if gi < g.len() && g[gi] == '*' {
+            star = Some(gi);
+            mark = ni;
+            gi += 1;
+        } else if let Some(s) = star {
+            gi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    g[gi..].iter().all(|c| *c == '*')
+}
+
+/// The value under `mcp_tools/{agent_id}/{tool}`: one tool as the agent's
+/// `tools/list` described it, with the category Switchboard routes it in. A policy on `mcp_tools/**` sees every new or changed tool before
+/// it is routed (and `previous` when the description or schema changed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpToolRecord {
+    /// The agent serving it.
+    pub agent_id: String,
+    /// Its name on the MCP server.
+    pub name: String,
+    /// The category its calls are routed in (from the registration).
+    pub category: ToolCategory,
+    /// The server's description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The JSON schema of its arguments.
+    pub input_schema: serde_json::Value,
+    /// SHA-256 (hex) of the canonical input schema: replicas with the same
+    /// hash are one tool.
+    pub schema_hash: String,
+    /// When it was first discovered (ms since the Unix epoch).
+    pub discovered_at_ms: u64,
+    /// What the description and schema hash were before this change, when
+    /// the tool was known already and one of them changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<McpToolPrevious>,
+}
+
+/// The earlier description and schema hash of a tool that changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpToolPrevious {
+    /// The description before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The schema hash before the change.
+    pub schema_hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_names() {
+        assert!(name_glob_matches("search_*", "search_web"));
+        assert!(name_glob_matches("*", ""));
+        assert!(name_glob_matches("a?c", "abc"));
+        assert!(name_glob_matches("*_files*", "list_files_now"));
+        assert!(!name_glob_matches("search_*", "web_search"));
+        assert!(!name_glob_matches("a?c", "ac"));
+    }
+
+    #[test]
+    fn rules_choose_categories_in_order() {
+        let mut server = McpServer::http("http://127.0.0.1:1/mcp");
+        server.category_rules = vec![
+            CategoryRule {
+                glob: "search_*".into(),
+                category: ToolCategory::Search,
+            },
+            CategoryRule {
+                glob: "*".into(),
+                category: ToolCategory::Web,
+            },
+        ];
+        assert_eq!(
+            server.category_of("search_web", &ToolCategory::Code),
+            ToolCategory::Search
+        );
+        assert_eq!(
+            server.category_of("fetch", &ToolCategory::Code),
+            ToolCategory::Web
+        );
+        assert!(server.validate(&[ToolCategory::Code]).is_err());
+        assert!(server
+            .validate(&[ToolCategory::Search, ToolCategory::Web])
+            .is_ok());
+    }
+
+    #[test]
+    fn stored_json_is_compact() {
+        let server = McpServer::http("http://127.0.0.1:1/mcp");
+        assert_eq!(
+            serde_json::to_string(&server).unwrap(),
+            r#"{"url":"http://127.0.0.1:1/mcp"}"#
+        );
+    }
+}

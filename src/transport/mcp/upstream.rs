@@ -1,0 +1,452 @@
+//! One MCP agent's connections: a shared connection for calls without a
+//! session (and for every call on a stateless 2026-07-28 server), and on a
+//! session-based (2025-06-18 / 2025-11-25) server one upstream session per
+//! Switchboard session, so state a server keeps per session follows the
+//! Switchboard session. A connection is made on first use (`server/discover`
+//! first, `initialize` when the server is of the older revisions), remade
+//! when it closes; an expired upstream session (HTTP 404) is initialised
+//! again by the SDK's transport.
+//!
+//! A stdio server is a child process (one per agent, serving every call):
+//! spawned on first use, its stderr logged line by line, and when it exits
+//! it is started again on the next use, after a back-off that doubles with
+//! each start that fails or dies young (up to [`MAX_RESTART_BACKOFF`]).
+
+use super::answer::{classify_error, output_of};
+use super::MAX_UPSTREAM_SESSIONS;
+use crate::namespace::McpServer;
+use crate::policy::NetworkPolicy;
+use crate::transport::{Failure, MAX_RESPONSE_BYTES};
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest, Implementation,
+    PaginatedRequestParams, PingRequest, ProtocolVersion,
+};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientHandler, Peer, RoleClient, ServiceError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest wait before a stdio server is started again.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+/// The first wait before a stdio server that failed is started again.
+const FIRST_RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// A stdio server that ran at least this long before exiting restarts at once.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+
+type Running = RunningService<RoleClient, Handler>;
+
+/// One connection: the SDK's service, and the child process of a stdio server.
+struct Connection {
+    running: Running,
+    _child: Option<tokio::process::Child>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
+/// When a stdio server may be started again.
+#[derive(Default)]
+struct Restarts {
+    /// Starts that failed or died young, in a row.
+    failures: u32,
+    not_before: Option<tokio::time::Instant>,
+    last_start: Option<tokio::time::Instant>,
+}
+
+/// Receives the server's notifications on one connection.
+#[derive(Clone)]
+pub(crate) struct Handler {
+    list_changed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl ClientHandler for Handler {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        (self.list_changed)();
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("switchboard", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+/// One tool as a server's `tools/list` described it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ListedTool {
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) input_schema: serde_json::Value,
+}
+
+const UNKNOWN: u8 = 0;
+const STATELESS: u8 = 1;
+const SESSIONS: u8 = 2;
+
+/// The upstream sessions of a session-based server, by Switchboard session.
+#[derive(Default)]
+struct Sessions {
+    slots: HashMap<String, Slot>,
+    /// Least recently used first.
+    order: VecDeque<String>,
+}
+
+/// One MCP agent's connections.
+pub(crate) struct Upstream {
+    agent_id: String,
+    server: McpServer,
+    http: reqwest::Client,
+    list_changed: Arc<dyn Fn() + Send + Sync>,
+    shared: Slot,
+    sessions: parking_lot::Mutex<Sessions>,
+    /// Whether the server keeps sessions (learnt from the first connection).
+    kind: AtomicU8,
+    restarts: parking_lot::Mutex<Restarts>,
+}
+
+impl Upstream {
+    pub(crate) fn new(
+        agent_id: String,
+        server: McpServer,
+        http: reqwest::Client,
+        list_changed: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        Upstream {
+            agent_id,
+            server,
+            http,
+            list_changed,
+            shared: Arc::default(),
+            sessions: parking_lot::Mutex::default(),
+            kind: AtomicU8::new(UNKNOWN),
+            restarts: parking_lot::Mutex::default(),
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, Failure> {
+        if self.server.command.is_some() {
+            return self.start_stdio().await;
+        }
+        let auto = ClientLifecycleMode::Auto {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            legacy_version: Some(ProtocolVersion::V_2025_11_25),
+        };
+        let running = match self.connect_with(auto).await {
+            Ok(running) => running,
+            // A server that answers `server/discover` with only the 2025
+            // revisions is a session-based server: `initialize` it.
+            Err(first) => match self.connect_with(ClientLifecycleMode::Initialize).await {
+                Ok(running) => running,
+                Err(_) => return Err(first),
+            },
+        };
+        let modern = running
+            .peer()
+            .peer_info()
+            .is_some_and(|info| info.protocol_version == ProtocolVersion::V_2026_07_28);
+        self.kind
+            .store(if modern { STATELESS } else { SESSIONS }, Ordering::Release);
+        tracing::debug!(agent_id = %self.agent_id, modern, "connected to an MCP agent");
+        Ok(Connection {
+            running,
+            _child: None,
+        })
+    }
+
+    /// Starts the stdio server (unless its back-off has not passed) and
+    /// connects to it.
+    async fn start_stdio(&self) -> Result<Connection, Failure> {
+        let now = tokio::time::Instant::now();
+        {
+            let mut restarts = self.restarts.lock();
+            if let Some(not_before) = restarts.not_before {
+                if now < not_before {
+                    return Err(Failure::Agent(format!(
+                        "the stdio MCP server is restarting; next start in {} ms",
+                        (not_before - now).as_millis()
+                    )));
+                }
+            }
+            // A server that died young counts as a failed start.
+            if let Some(last) = restarts.last_start {
+                if now.duration_since(last) < HEALTHY_RUN {
+                    restarts.failures += 1;
+                } else {
+                    restarts.failures = 0;
+                }
+            }
+            restarts.last_start = Some(now);
+            restarts.not_before = (restarts.failures > 0).then(|| {
+                let backoff = FIRST_RESTART_BACKOFF
+                    .saturating_mul(1 << restarts.failures.min(16))
+                    .min(MAX_RESTART_BACKOFF);
+                now + backoff
+            });
+        }
+        // Every start of a stdio server serves all calls: no upstream sessions.
+        self.kind.store(STATELESS, Ordering::Release);
+        let auto = ClientLifecycleMode::Auto {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            legacy_version: Some(ProtocolVersion::V_2025_11_25),
+        };
+        let connection = match self.spawn_stdio(auto).await {
+            Ok(connection) => Ok(connection),
+            // Not every server of the 2025 revisions answers
+            // `server/discover` in a way the SDK falls back from.
+            Err(first) => self
+                .spawn_stdio(ClientLifecycleMode::Initialize)
+                .await
+                .map_err(|_| first),
+        };
+        if connection.is_err() {
+            let mut restarts = self.restarts.lock();
+            restarts.failures = restarts.failures.max(1);
+            let backoff = FIRST_RESTART_BACKOFF
+                .saturating_mul(1 << restarts.failures.min(16))
+                .min(MAX_RESTART_BACKOFF);
+            restarts.not_before = Some(tokio::time::Instant::now() + backoff);
+        }
+        connection
+    }
+
+    async fn spawn_stdio(&self, lifecycle: ClientLifecycleMode) -> Result<Connection, Failure> {
+        let Some(command) = &self.server.command else {
+            return Err(Failure::Agent("this MCP agent has no command".into()));
+        };
+        let mut child = tokio::process::Command::new(&command.program);
+        child
+            .args(&command.args)
+            .envs(&command.env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(cwd) = &command.cwd {
+            child.current_dir(cwd);
+        }
+        let mut child = child.spawn().map_err(|e| {
+            Failure::Agent(format!(
+                "cannot start the stdio MCP server {:?}: {e}",
+                command.program
+            ))
+        })?;
+        tracing::info!(agent_id = %self.agent_id, program = %command.program, pid = child.id(), "started a stdio MCP server");
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(Failure::Agent("the stdio MCP server has no pipes".into()));
+        };
+        let agent_id = self.agent_id.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(agent_id = %agent_id, "mcp server stderr: {line}");
+            }
+        });
+        let handler = Handler {
+            list_changed: self.list_changed.clone(),
+        };
+        let running = handler
+            .serve_with_lifecycle((stdout, stdin), lifecycle)
+            .await
+            .map_err(|e| {
+                Failure::Agent(format!(
+                    "cannot initialise the stdio MCP server {:?}: {e}",
+                    command.program
+                ))
+            })?;
+        Ok(Connection {
+            running,
+            _child: Some(child),
+        })
+    }
+
+    async fn connect_with(&self, lifecycle: ClientLifecycleMode) -> Result<Running, Failure> {
+        let handler = Handler {
+            list_changed: self.list_changed.clone(),
+        };
+        let Some(url) = &self.server.url else {
+            return Err(Failure::Agent(
+                "this MCP agent has no url; stdio servers are not supported by this build".into(),
+            ));
+        };
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Failure::Agent(format!("MCP url {url:?}: {e}")))?;
+        NetworkPolicy::current()
+            .check_url(&parsed)
+            .map_err(|e| Failure::Agent(e.to_string()))?;
+        let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+            .reinit_on_expired_session(true)
+            .max_json_response_size(MAX_RESPONSE_BYTES)
+            .max_sse_event_size(MAX_RESPONSE_BYTES);
+        let transport = StreamableHttpClientTransport::with_client(self.http.clone(), config);
+        handler
+            .serve_with_lifecycle(transport, lifecycle)
+            .await
+            .map_err(|e| Failure::Agent(format!("cannot connect to the MCP server: {e}")))
+    }
+
+    /// A live peer on `slot`, connecting if it has none (or a closed one).
+    async fn peer_on(&self, slot: &Slot) -> Result<Peer<RoleClient>, Failure> {
+        let mut guard = slot.lock().await;
+        if let Some(connection) = guard.as_ref() {
+            let running = &connection.running;
+            if !running.is_closed() && !running.peer().is_transport_closed() {
+                return Ok(running.peer().clone());
+            }
+        }
+        // Closed: drop it (a stdio server's process is killed) and start over.
+        guard.take();
+        let connection = self.connect().await?;
+        let peer = connection.running.peer().clone();
+        *guard = Some(connection);
+        Ok(peer)
+    }
+
+    /// The peer for a call of `session`: its own upstream session on a
+    /// session-based server, else the shared connection.
+    async fn peer_for(&self, session: Option<&str>) -> Result<Peer<RoleClient>, Failure> {
+        let shared = self.peer_on(&self.shared).await?;
+        let Some(session) = session else {
+            return Ok(shared);
+        };
+        if self.kind.load(Ordering::Acquire) != SESSIONS {
+            return Ok(shared);
+        }
+        let slot = self.session_slot(session);
+        self.peer_on(&slot).await
+    }
+
+    fn session_slot(&self, session: &str) -> Slot {
+        let mut sessions = self.sessions.lock();
+        if let Some(slot) = sessions.slots.get(session).cloned() {
+            if let Some(at) = sessions.order.iter().position(|s| s == session) {
+                let s = sessions.order.remove(at).expect("position is in range");
+                sessions.order.push_back(s);
+            }
+            return slot;
+        }
+        while sessions.slots.len() >= MAX_UPSTREAM_SESSIONS {
+            let Some(oldest) = sessions.order.pop_front() else {
+                break;
+            };
+            // Dropping the connection ends the upstream session.
+            sessions.slots.remove(&oldest);
+        }
+        let slot = Slot::default();
+        sessions.slots.insert(session.to_string(), slot.clone());
+        sessions.order.push_back(session.to_string());
+        slot
+    }
+
+    /// Calls tool `name` with `input` as its arguments. `Ok(true)` in the
+    /// second place when the server did not know the tool.
+    pub(crate) async fn call(
+        &self,
+        name: &str,
+        input: &serde_json::Value,
+        session: Option<&str>,
+    ) -> Result<serde_json::Value, (Failure, bool)> {
+        let arguments = match input {
+            serde_json::Value::Object(map) => Some(map.clone()),
+            serde_json::Value::Null => None,
+            other => {
+                return Err((
+                    Failure::Tool(format!(
+                        "an MCP tool takes a JSON object as its input, not {}",
+                        kind_of(other)
+                    )),
+                    false,
+                ))
+            }
+        };
+        let peer = self.peer_for(session).await.map_err(|f| (f, false))?;
+        let mut params = CallToolRequestParams::new(name.to_string());
+        if let Some(arguments) = arguments {
+            params = params.with_arguments(arguments);
+        }
+        match peer.call_tool(params).await {
+            Ok(result) => output_of(result).map_err(|f| (f, false)),
+            Err(e) => {
+                let (failure, unknown_tool) = classify_error(e, name);
+                if unknown_tool {
+                    (self.list_changed)();
+                }
+                Err((failure, unknown_tool))
+            }
+        }
+    }
+
+    /// A cheap protocol probe: `ping` (any JSON-RPC answer, an error
+    /// included, shows the server is up and speaking MCP).
+    pub(crate) async fn ping(&self, timeout: Duration) -> bool {
+        let probe = async {
+            let peer = self.peer_for(None).await.ok()?;
+            match peer
+                .send_request(ClientRequest::PingRequest(PingRequest::default()))
+                .await
+            {
+                Ok(_) | Err(ServiceError::McpError(_)) => Some(()),
+                Err(_) => None,
+            }
+        };
+        matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(())))
+    }
+
+    /// Every tool the server lists (following `nextCursor`, at most
+    /// `max_pages` pages and `max_tools` tools), and the list's TTL if the
+    /// server gave one.
+    pub(crate) async fn list_tools(
+        &self,
+        max_pages: usize,
+        max_tools: usize,
+    ) -> Result<(Vec<ListedTool>, Option<Duration>), Failure> {
+        let peer = self.peer_for(None).await?;
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut ttl: Option<u64> = None;
+        for _ in 0..max_pages {
+            let params = PaginatedRequestParams::default().with_cursor(cursor.take());
+            let page = peer
+                .list_tools(Some(params))
+                .await
+                .map_err(|e| classify_error(e, "tools/list").0)?;
+            if let Some(page_ttl) = page.ttl_ms {
+                ttl = Some(ttl.map_or(page_ttl, |t| t.min(page_ttl)));
+            }
+            for tool in page.tools {
+                if tools.len() >= max_tools {
+                    tracing::warn!(agent_id = %self.agent_id, max_tools, "the MCP agent lists more tools than Switchboard keeps; the rest are ignored");
+                    return Ok((tools, ttl.map(Duration::from_millis)));
+                }
+                tools.push(ListedTool {
+                    name: tool.name.to_string(),
+                    description: tool.description.map(|d| d.to_string()),
+                    input_schema: serde_json::Value::Object((*tool.input_schema).clone()),
+                });
+            }
+            match page.next_cursor {
+                Some(next) if !next.is_empty() => cursor = Some(next),
+                _ => return Ok((tools, ttl.map(Duration::from_millis))),
+            }
+        }
+        tracing::warn!(agent_id = %self.agent_id, max_pages, "the MCP agent's tool list has more pages than Switchboard reads; the rest are ignored");
+        Ok((tools, ttl.map(Duration::from_millis)))
+    }
+}
+
+fn kind_of(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}

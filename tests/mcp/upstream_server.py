@@ -1,0 +1,28 @@
+"""A Python MCP server (the `mcp` SDK's MCPServer, formerly FastMCP) that
+tests/mcp/e2e.py registers as a Switchboard agent: `http PORT` serves
+streamable HTTP at http://127.0.0.1:PORT/mcp, `stdio` serves stdin/stdout."""
+
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("weather")
+
+
+@server.tool()
+def forecast(city: str) -> str:
+    """The forecast for a city."""
+    return f"sunny in {city}"
+
+
+@server.tool()
+def refuse(reason: str) -> str:
+    """Always fails, with the reason."""
+    raise ValueError(f"refused: {reason}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "stdio":
+        server.run()
+    else:
+        server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[2]))

@@ -1026,6 +1026,16 @@ async fn mcp_agents_over_the_http_api_and_the_cli() {
         .unwrap();
     assert_eq!(refused.status(), 400);
     assert!(d.registry().get("b").is_none());
+    // `mcp: null` is not a third kind of agent beside an endpoint.
+    let null = http
+        .put(format!("{base}/v1/agents/b"))
+        .json(&json!({"tools": ["code"], "endpoint": "http://127.0.0.1:9/x", "mcp": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(null.status(), 422);
+    assert!(null.text().await.unwrap().contains("may not be null"));
+    assert!(d.registry().get("b").is_none());
 
     // The CLI lists the same tools through the server...
     let listed = tokio::task::spawn_blocking({

@@ -41,7 +41,7 @@ pub fn visible_agents(
 }
 
 /// How long `PUT /v1/agents/{id}` waits for an MCP agent's tool list.
-const DISCOVERY_WAIT: Duration = Duration::from_secs(10);
+const DISCOVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// The policy context of the API's reads.
 pub(crate) fn api_context(action: &str) -> PolicyContext {
@@ -80,6 +80,22 @@ pub(crate) async fn get_agent(
         .ok_or_else(|| Error::UnknownAgent(id).into())
 }
 
+/// `endpoint` and `mcp` say which kind of agent this is: one of them is left
+/// out, never sent as `null` (which would read as a third kind).
+fn not_null<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)?
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(
+                "`endpoint` and `mcp` may not be null: give one of them and leave the other out",
+            )
+        })
+}
+
 /// `PUT /v1/agents/{id}`: an HTTP or MCP agent's registration.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,10 +103,10 @@ pub struct RegisterBody {
     /// The categories the agent serves.
     pub tools: Vec<ToolCategory>,
     /// The URL its tool calls are posted to (an HTTP agent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub endpoint: Option<String>,
     /// An MCP server instead of an endpoint.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub mcp: Option<McpSpec>,
     /// Its health-check URL, if not the default.
     pub health_url: Option<String>,

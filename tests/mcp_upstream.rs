@@ -323,6 +323,41 @@ async fn replicas_of_one_tool_are_discovered_and_balanced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_the_server_no_longer_knows_fails_over_and_is_rediscovered() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let up_a = Upstream::new("a");
+    let (a, b) = (serve(up_a.clone()).await, serve(Upstream::new("b")).await);
+    register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
+    register(&d, "b", mcp_agent(&b.url, ToolCategory::Search)).await;
+    // `a` drops `echo` without telling anyone (no list_changed).
+    up_a.tools.lock().unwrap().retain(|t| t.0 != "echo");
+
+    for i in 0..4 {
+        let r = d
+            .invoke(
+                "echo",
+                ToolCategory::Search,
+                json!({"x": i}),
+                RoutingOptions::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.agent_id, "b", "call {i} is answered by the replica");
+    }
+    // The refusal made Switchboard list `a` again: it no longer serves echo.
+    eventually(|| {
+        d.discovered_tools()
+            .iter()
+            .filter(|t| t.name == "echo")
+            .map(|t| t.agent_id.as_str())
+            .eq(["b"])
+    })
+    .await;
+    eventually(|| db.get(&mcp_tool_key("a", "echo")).unwrap().is_none()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn is_error_is_the_tools_own_error_and_is_not_failed_over() {
     let (_dir, db) = temp_db();
     let d = ToolDispatcher::new(db);

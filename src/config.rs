@@ -86,6 +86,39 @@ pub struct ClusterSection {
     pub etcd: Vec<String>,
     /// This node's id, unique among the nodes.
     pub node_id: String,
+    /// What a session with no binding yet gets while etcd is unreachable.
+    #[serde(default)]
+    pub bindings: ClusterBindings,
+    /// Start even when no etcd member answers: route from the registrations
+    /// in this node's own store (degraded) and join when etcd is back.
+    #[serde(default)]
+    pub start_from_snapshot: bool,
+}
+
+/// `bindings` under `[cluster]`: new session bindings while etcd is unreachable.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterBindings {
+    /// Bind on this node only; publish the binding create-if-absent when
+    /// etcd is back, adopting another node's if it won.
+    #[default]
+    BestEffort,
+    /// Refuse the call with 503 `cluster_unavailable`; sessions already
+    /// bound keep being served.
+    Strict,
+}
+
+impl std::str::FromStr for ClusterBindings {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "strict" => Ok(ClusterBindings::Strict),
+            "best_effort" => Ok(ClusterBindings::BestEffort),
+            other => Err(format!(
+                "{other:?} is not a bindings mode: use strict or best_effort"
+            )),
+        }
+    }
 }
 
 /// `[auth]`: callers' identities besides the static `token`.

@@ -23,11 +23,19 @@ impl Proc {
         let _ = self.0.wait();
     }
 
+    /// Sends the signal named `name` (`TERM`, `STOP`, `CONT`).
+    fn signal(&self, name: &str) {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
     /// Sends SIGTERM and waits (at most `limit`) for the process to exit.
     fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let pid = self.0.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
+        self.signal("TERM");
         self.wait_exit(limit)
     }
 
@@ -403,6 +411,21 @@ impl Cluster {
             .collect()
     }
 
+    /// Writes one key outside `switchboard/`, then compacts etcd's history
+    /// up to that write: every earlier revision is gone.
+    async fn compact_etcd(&self) {
+        let member = self.live_members().pop().unwrap();
+        let url = format!("{member}/v3/kv/put");
+        let body = json!({"key": B64.encode("test/marker"), "value": B64.encode("x")});
+        let (status, answer) = self.send(reqwest::Method::POST, url, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        let revision = answer["header"]["revision"].as_str().unwrap().to_string();
+        let url = format!("{member}/v3/kv/compaction");
+        let body = json!({"revision": revision, "physical": true});
+        let (status, answer) = self.send(reqwest::Method::POST, url, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
     /// The keys and values under a prefix of etcd, read straight from etcd.
     async fn etcd_pairs(&self, prefix: &str) -> Vec<(String, Value)> {
         let mut end = prefix.as_bytes().to_vec();
@@ -757,11 +780,22 @@ async fn losing_etcd_quorum_degrades_the_nodes_and_they_resume_when_it_returns()
         .await;
         assert_eq!(health["cluster"]["etcd"], "unreachable", "{health}");
     }
-    // The members come back on their data directories.
-    for m in killed {
+    // Node 3 is frozen while the members come back on their data
+    // directories, a registration is made and etcd compacts its history:
+    // node 3's watch cannot resume from its revision, it lists again.
+    // The third member is restarted too, so node 3's watch stream breaks
+    // whichever member it was on.
+    cluster.nodes[2].process.signal("STOP");
+    let survivor = (leader + 2) % 3;
+    cluster.kill_member(survivor);
+    for m in 0..3 {
         cluster.start_member(m);
     }
     cluster.etcd_healthy(Duration::from_secs(30)).await;
+    let third = TestAgent::start("q3", Behaviour::Echo).await;
+    register_within(&cluster, Duration::from_secs(10), 0, "q3", &third.endpoint).await;
+    cluster.compact_etcd().await;
+    cluster.nodes[2].process.signal("CONT");
     for node in 0..3 {
         within(Duration::from_secs(20), "the node is ok again", || async {
             (cluster.health(node).await["status"] == "ok").then_some(())
@@ -771,14 +805,18 @@ async fn losing_etcd_quorum_degrades_the_nodes_and_they_resume_when_it_returns()
     // A registration made now reaches every node (the mirror resumed).
     register_within(&cluster, Duration::from_secs(10), 2, "q2", &other.endpoint).await;
     for node in 0..3 {
-        within(Duration::from_secs(5), "q2 reaches every node", || async {
-            listed(&cluster, node)
-                .await
-                .contains(&"q2".to_string())
-                .then_some(())
-        })
+        within(
+            Duration::from_secs(5),
+            "q2 and q3 reach every node",
+            || async {
+                let ids = listed(&cluster, node).await;
+                (ids.contains(&"q2".to_string()) && ids.contains(&"q3".to_string())).then_some(())
+            },
+        )
         .await;
     }
+    let log = cluster.node_log(3);
+    assert!(log.contains("compacted; listing again"), "{log}");
 }
 
 /// Through node `node` (0-based): one call of `category`.

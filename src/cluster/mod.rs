@@ -109,6 +109,9 @@ impl State {
 pub struct Cluster {
     state: Arc<State>,
     runtime: parking_lot::Mutex<Option<tokio::runtime::Runtime>>,
+    /// The thread applying changes to the registry: it holds the dispatcher
+    /// (and so the database) until the runtime's tasks are gone.
+    applier: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for Cluster {
@@ -325,9 +328,9 @@ enum Change {
 fn applier(
     dispatcher: ToolDispatcher,
     serving: tokio::runtime::Handle,
-) -> std::sync::mpsc::Sender<Change> {
+) -> (std::sync::mpsc::Sender<Change>, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel::<Change>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("switchboard-cluster-apply".into())
         .spawn(move || {
             let _serving = serving.enter();
@@ -349,7 +352,7 @@ fn applier(
             }
         })
         .expect("spawning the cluster's applier thread");
-    tx
+    (tx, thread)
 }
 
 /// Lists the registrations (unless the node joined with a listing), then
@@ -545,19 +548,21 @@ impl Cluster {
             runtime: runtime.handle().clone(),
         });
         dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
-        let apply = applier(dispatcher.clone(), tokio::runtime::Handle::current());
+        let (apply, applier) = applier(dispatcher.clone(), tokio::runtime::Handle::current());
         runtime.spawn(mirror(state.clone(), apply.clone()));
         runtime.spawn(liveness(state.clone(), apply));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {
             state,
             runtime: parking_lot::Mutex::new(Some(runtime)),
+            applier: parking_lot::Mutex::new(Some(applier)),
         }))
     }
 
     /// Leaves the cluster at once: revokes this node's lease (its key in
-    /// `switchboard/nodes/` goes with it) and stops the background work. A
-    /// node that cannot reach etcd leaves when its lease expires.
+    /// `switchboard/nodes/` goes with it) and stops the background work,
+    /// waiting (boundedly) for the changes being applied. A node that cannot
+    /// reach etcd leaves when its lease expires.
     pub async fn leave(&self) {
         let runtime = self.runtime.lock().take();
         let Some(runtime) = runtime else {
@@ -577,7 +582,21 @@ impl Cluster {
             }
             _ => tracing::warn!("revoking this node's lease took too long; it expires on its own"),
         }
-        runtime.shutdown_background();
+        // Stop the background tasks, then let the applier thread finish
+        // with the database before the process exits (off the async workers).
+        let applier = self.applier.lock().take();
+        let stopped = tokio::task::spawn_blocking(move || {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            if let Some(thread) = applier {
+                let _ = thread.join();
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(5), stopped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the cluster's background work did not stop in time");
+        }
     }
 
     /// This node's id.

@@ -645,6 +645,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cluster_bindings_and_start_from_snapshot_parse_with_defaults() {
+        let base = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode_id = \"n1\"\n";
+        let c = Config::parse(base).unwrap().cluster.unwrap();
+        assert_eq!(c.bindings, ClusterBindings::BestEffort);
+        assert!(!c.start_from_snapshot);
+        let c = Config::parse(&format!(
+            "{base}bindings = \"strict\"\nstart_from_snapshot = true\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.bindings, ClusterBindings::Strict);
+        assert!(c.start_from_snapshot);
+        assert!(Config::parse(&format!("{base}bindings = \"sometimes\"\n")).is_err());
+    }
+
+    #[test]
     fn auth_jwt_and_metrics_listen_parse_and_bad_jwt_settings_are_refused() {
         let c = Config::parse(
             "metrics_listen = \"127.0.0.1:9100\"\n[auth.jwt]\nissuer = \"https://idp\"\n\

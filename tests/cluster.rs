@@ -280,10 +280,15 @@ impl Cluster {
     }
 
     /// Starts node `i` (1-based) on its data directory, on a new port, with
-    /// the usual flags and `extra`. Its log goes to `node{i}.log`.
+    /// the usual flags (all three members' URLs, member `i` first) and
+    /// `extra`. Its log goes to `node{i}.log`.
     fn spawn_node_with(&self, i: usize, extra: &[&str]) -> Node {
         let port = free_port();
-        let urls: Vec<String> = self.etcd.iter().map(|m| m.client.clone()).collect();
+        // Each node starts with another member first: whichever member
+        // dies, some node was talking to it and must move on.
+        let mut urls: Vec<String> = self.etcd.iter().map(|m| m.client.clone()).collect();
+        let first = (i - 1) % urls.len();
+        urls.rotate_left(first);
         let process = Proc(
             Command::new(env!("CARGO_BIN_EXE_switchboard"))
                 .env_remove("SWITCHBOARD_TOKEN")

@@ -215,7 +215,7 @@ impl SessionBindings for Hooks {
             tracing::warn!(session_id, error = %error, "etcd unreachable: new session binding refused (bindings = \"strict\")");
             return Err(match error {
                 Error::Unavailable(_) => Error::Unavailable(format!(
-                    "session {session_id} has no binding yet and etcd is unreachable from node {}; \
+                    "session {session_id} needs a new binding and etcd is unreachable from node {}; \
                      this node refuses new bindings until it is back (bindings = \"strict\" under \
                      [cluster], --cluster-bindings strict)",
                     self.state.node_id

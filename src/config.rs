@@ -86,6 +86,39 @@ pub struct ClusterSection {
     pub etcd: Vec<String>,
     /// This node's id, unique among the nodes.
     pub node_id: String,
+    /// What a session with no binding yet gets while etcd is unreachable.
+    #[serde(default)]
+    pub bindings: ClusterBindings,
+    /// Start even when no etcd member answers: route from the registrations
+    /// in this node's own store (degraded) and join when etcd is back.
+    #[serde(default)]
+    pub start_from_snapshot: bool,
+}
+
+/// `bindings` under `[cluster]`: new session bindings while etcd is unreachable.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterBindings {
+    /// Bind on this node only; publish the binding create-if-absent when
+    /// etcd is back, adopting another node's if it won.
+    #[default]
+    BestEffort,
+    /// Refuse the call with 503 `cluster_unavailable`; sessions already
+    /// bound keep being served.
+    Strict,
+}
+
+impl std::str::FromStr for ClusterBindings {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "strict" => Ok(ClusterBindings::Strict),
+            "best_effort" => Ok(ClusterBindings::BestEffort),
+            other => Err(format!(
+                "{other:?} is not a bindings mode: use strict or best_effort"
+            )),
+        }
+    }
 }
 
 /// `[auth]`: callers' identities besides the static `token`.
@@ -610,6 +643,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_bindings_and_start_from_snapshot_parse_with_defaults() {
+        let base = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode_id = \"n1\"\n";
+        let c = Config::parse(base).unwrap().cluster.unwrap();
+        assert_eq!(c.bindings, ClusterBindings::BestEffort);
+        assert!(!c.start_from_snapshot);
+        let c = Config::parse(&format!(
+            "{base}bindings = \"strict\"\nstart_from_snapshot = true\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.bindings, ClusterBindings::Strict);
+        assert!(c.start_from_snapshot);
+        assert!(Config::parse(&format!("{base}bindings = \"sometimes\"\n")).is_err());
+    }
 
     #[test]
     fn auth_jwt_and_metrics_listen_parse_and_bad_jwt_settings_are_refused() {

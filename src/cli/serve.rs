@@ -27,6 +27,16 @@ pub struct ServeArgs {
     /// Cluster mode: this node's id, unique among the nodes.
     #[arg(long)]
     pub node_id: Option<String>,
+    /// Cluster mode: while etcd is unreachable, `strict` refuses sessions
+    /// with no binding yet (503 cluster_unavailable); `best_effort` (the
+    /// default) binds them on this node and publishes the binding when etcd
+    /// is back.
+    #[arg(long, value_name = "MODE")]
+    pub cluster_bindings: Option<switchboard::config::ClusterBindings>,
+    /// Cluster mode: start even when no etcd member answers, routing from
+    /// the agents in this node's own store (degraded) until etcd is back.
+    #[arg(long)]
+    pub cluster_start_from_snapshot: bool,
     /// PEM file of extra CA certificates trusted for https:// agents
     /// (besides the built-in webpki roots).
     #[arg(long)]
@@ -56,8 +66,18 @@ pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
     if let Some(addr) = args.metrics_listen {
         config.metrics_listen = Some(addr);
     }
-    if !args.cluster_etcd.is_empty() || args.node_id.is_some() {
+    if !args.cluster_etcd.is_empty()
+        || args.node_id.is_some()
+        || args.cluster_bindings.is_some()
+        || args.cluster_start_from_snapshot
+    {
         let mut section = config.cluster.take().unwrap_or_default();
+        if let Some(mode) = args.cluster_bindings {
+            section.bindings = mode;
+        }
+        if args.cluster_start_from_snapshot {
+            section.start_from_snapshot = true;
+        }
         if !args.cluster_etcd.is_empty() {
             section.etcd = args.cluster_etcd;
         }
@@ -66,7 +86,8 @@ pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
         }
         if section.etcd.is_empty() {
             return Err(switchboard::Error::invalid(
-                "--node-id needs --cluster-etcd URL (or `etcd` under [cluster] in the config)",
+                "--node-id, --cluster-bindings and --cluster-start-from-snapshot need \
+                 --cluster-etcd URL (or `etcd` under [cluster] in the config)",
             ));
         }
         config.cluster = Some(section);

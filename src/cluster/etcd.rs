@@ -10,8 +10,13 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// How long one request to etcd may take before the member counts as unreachable.
+/// How long one request to one etcd member may take before the next member
+/// is tried (a member cut off from its leader answers linearizable requests
+/// only after its own, longer, timeout).
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one request may take over all members before etcd counts as
+/// unreachable.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(4);
 
 /// One key-value pair as etcd returns it.
 #[derive(Clone, Debug)]
@@ -29,10 +34,8 @@ pub(crate) enum Event {
 
 /// What one watch message says.
 pub(crate) enum WatchMessage {
-    Events {
-        revision: i64,
-        events: Vec<Event>,
-    },
+    /// Changes, and the revision of the last of them (0 when there are none).
+    Events { revision: i64, events: Vec<Event> },
     /// The start revision was compacted away: list again.
     Compacted,
 }
@@ -106,40 +109,54 @@ impl Etcd {
     }
 
     /// POSTs `body` to `path`, trying each member once, starting with the
-    /// one that answered last.
+    /// one that answered last, each for at most [`REQUEST_TIMEOUT`] and all
+    /// of them for at most [`DEADLINE`]. A member that is down, cut off from
+    /// its leader (etcd answers an error) or too slow makes the next one
+    /// tried; writes sent to a follower are forwarded by etcd to the leader.
     async fn post(&self, path: &str, body: &Value) -> Result<Value> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
+        let began = tokio::time::Instant::now();
         let mut last = String::new();
         for i in 0..n {
+            let left = DEADLINE.saturating_sub(began.elapsed());
+            if left.is_zero() {
+                break;
+            }
             let index = (start + i) % n;
             let url = format!("{}{path}", self.endpoints[index]);
-            let sent = self
-                .http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await;
-            match sent {
-                Ok(response) => {
-                    let status = response.status();
-                    let bytes = response.bytes().await.map_err(|e| unavailable(&e))?;
-                    if !status.is_success() {
-                        last = format!(
-                            "{url} answered {status}: {}",
-                            String::from_utf8_lossy(&bytes)
-                        );
-                        continue;
-                    }
-                    self.current.store(index, Ordering::Relaxed);
-                    return serde_json::from_slice(&bytes)
-                        .map_err(|e| unavailable(format!("{url} answered with bad JSON: {e}")));
+            let exchange = async {
+                let response = self
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = response.status();
+                let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+                if !status.is_success() {
+                    return Err(format!(
+                        "answered {status}: {}",
+                        String::from_utf8_lossy(&bytes)
+                    ));
                 }
-                Err(e) => last = format!("{url}: {e}"),
+                serde_json::from_slice::<Value>(&bytes)
+                    .map_err(|e| format!("answered with bad JSON: {e}"))
+            };
+            match tokio::time::timeout(left.min(REQUEST_TIMEOUT), exchange).await {
+                Ok(Ok(answer)) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Ok(Err(e)) => last = format!("{url} {e}"),
+                Err(_) => last = format!("{url} did not answer in time"),
             }
+            tracing::debug!(error = %last, "etcd member failed; trying the next");
         }
+        // Start with the next member next time.
+        self.current.store((start + 1) % n, Ordering::Relaxed);
         Err(unavailable(format!("no etcd member answered ({last})")))
     }
 
@@ -256,6 +273,13 @@ impl Etcd {
         Ok(num(&answer["result"]["TTL"]) > 0)
     }
 
+    /// Revokes `lease`: the keys attached to it are deleted at once.
+    pub(crate) async fn revoke(&self, lease: i64) -> Result<()> {
+        self.post("/v3/lease/revoke", &json!({"ID": lease.to_string()}))
+            .await
+            .map(|_| ())
+    }
+
     /// Watches `prefix` from `start_revision`, calling `on` with each
     /// message until the stream ends (an error) or `on` returns `false`.
     pub(crate) async fn watch(
@@ -271,18 +295,27 @@ impl Etcd {
             "range_end": prefix_end(prefix),
             "start_revision": start_revision.to_string(),
         }});
-        let mut response = self
+        // `hasleader`: the member ends the watch when it loses its leader,
+        // rather than keeping a stream no change can reach.
+        let sent = self
             .http
             .post(&url)
             .header("content-type", "application/json")
+            .header("grpc-metadata-hasleader", "true")
             .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| {
+            .send();
+        let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, sent).await {
+            Ok(Ok(response)) => response,
+            failed => {
                 // The next attempt starts with the next member.
                 self.current.store(index + 1, Ordering::Relaxed);
-                unavailable(format!("{url}: {e}"))
-            })?;
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer in time".to_string(),
+                };
+                return Err(unavailable(format!("{url}: {why}")));
+            }
+        };
         if !response.status().is_success() {
             self.current.store(index + 1, Ordering::Relaxed);
             return Err(unavailable(format!("{url} answered {}", response.status())));
@@ -305,16 +338,25 @@ impl Etcd {
                 if message.get("error").is_some() {
                     return Err(unavailable(format!("the watch on {url} failed: {message}")));
                 }
+                if result["canceled"].as_bool() == Some(true)
+                    && num(&result["compact_revision"]) == 0
+                {
+                    return Err(unavailable(format!(
+                        "etcd ended the watch on {url}: {message}"
+                    )));
+                }
                 if num(&result["compact_revision"]) > 0 {
                     on(WatchMessage::Compacted);
                     return Ok(());
                 }
+                let mut revision = 0;
                 let events: Vec<Event> = result["events"]
                     .as_array()
                     .map(|events| {
                         events
                             .iter()
                             .filter_map(|e| {
+                                revision = revision.max(num(&e["kv"]["mod_revision"]));
                                 let kv = kv(&e["kv"])?;
                                 Some(if e["type"].as_str() == Some("DELETE") {
                                     Event::Delete(kv.key)
@@ -325,7 +367,6 @@ impl Etcd {
                             .collect()
                     })
                     .unwrap_or_default();
-                let revision = num(&result["header"]["revision"]);
                 if !on(WatchMessage::Events { revision, events }) {
                     return Ok(());
                 }

@@ -11,7 +11,8 @@
 //!
 //! When etcd cannot be reached, routing goes on from the registrations held
 //! in memory, registry writes fail as unavailable, new session bindings are
-//! made on this node only, and [`Cluster::health`] says `degraded`.
+//! refused (`strict`) or made on this node only and published create-if-absent
+//! when etcd is back (`best_effort`), and [`Cluster::health`] says `degraded`.
 
 mod etcd;
 
@@ -22,7 +23,7 @@ use crate::routing::shared::{RegistrationSink, SessionBindings};
 use crate::storage::off_worker;
 use etcd::{Etcd, Event, WatchMessage};
 use serde_json::{json, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,12 @@ pub struct ClusterSettings {
     pub node_id: String,
     /// The address this node's API listens on (shown by `cluster status`).
     pub listen: String,
+    /// While etcd is unreachable, refuse new session bindings (`true`) rather
+    /// than bind on this node only and publish them when etcd is back.
+    pub strict_bindings: bool,
+    /// Start even if no etcd member answers, routing from the registrations
+    /// in this node's own store, and join when etcd is back.
+    pub start_from_snapshot: bool,
 }
 
 struct State {
@@ -61,8 +68,16 @@ struct State {
     /// When etcd was last lost, so when the registrations in memory were
     /// last known complete (ms).
     synced_at_ms: AtomicU64,
-    /// The etcd revision the mirror has applied.
+    /// The etcd revision the mirror has applied (0: not listed yet).
     revision: AtomicI64,
+    /// This node's lease (0: none yet).
+    lease: AtomicI64,
+    strict_bindings: bool,
+    /// Bindings made on this node only while etcd was unreachable
+    /// (`best_effort`), to publish when it is back.
+    pending: parking_lot::Mutex<HashMap<String, SessionRecord>>,
+    /// Wakes the liveness loop to check etcd now (the watch broke).
+    check_now: tokio::sync::Notify,
 }
 
 impl State {
@@ -94,6 +109,9 @@ impl State {
 pub struct Cluster {
     state: Arc<State>,
     runtime: parking_lot::Mutex<Option<tokio::runtime::Runtime>>,
+    /// The thread applying changes to the registry: it holds the dispatcher
+    /// (and so the database) until the runtime's tasks are gone.
+    applier: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Drop for Cluster {
@@ -115,7 +133,7 @@ fn block<T: Send + 'static>(
     runtime.spawn(async move {
         let _ = tx.send(future.await);
     });
-    let answer = off_worker(|| rx.recv_timeout(etcd::REQUEST_TIMEOUT * 2));
+    let answer = off_worker(|| rx.recv_timeout(etcd::DEADLINE + Duration::from_millis(500)));
     let answer = answer.unwrap_or_else(|_| Err(state.unreachable()));
     state.set_connected(!matches!(answer, Err(Error::Unavailable(_))));
     answer
@@ -191,6 +209,71 @@ impl SessionBindings for Hooks {
         serde_json::from_slice(&held)
             .map_err(|e| Error::storage(format!("session {session_id}'s binding in etcd: {e}")))
     }
+
+    fn unreachable(&self, session_id: &str, proposed: &SessionRecord, error: Error) -> Result<()> {
+        if self.state.strict_bindings {
+            tracing::warn!(session_id, error = %error, "etcd unreachable: new session binding refused (bindings = \"strict\")");
+            return Err(match error {
+                Error::Unavailable(_) => Error::Unavailable(format!(
+                    "session {session_id} needs a new binding and etcd is unreachable from node {}; \
+                     this node refuses new bindings until it is back (bindings = \"strict\" under \
+                     [cluster], --cluster-bindings strict)",
+                    self.state.node_id
+                )),
+                other => other,
+            });
+        }
+        tracing::warn!(session_id, error = %error, "etcd unreachable: session bound on this node only, published when etcd is back");
+        self.state
+            .pending
+            .lock()
+            .insert(session_id.to_string(), proposed.clone());
+        Ok(())
+    }
+}
+
+/// Publishes the bindings this node made on its own while etcd was
+/// unreachable, create-if-absent: where another node's binding won, this
+/// node adopts it (through the applier). Stops at the first failure.
+async fn publish_pending(state: &State, apply: &std::sync::mpsc::Sender<Change>) {
+    let pending: Vec<(String, SessionRecord)> = state
+        .pending
+        .lock()
+        .iter()
+        .map(|(id, b)| (id.clone(), b.clone()))
+        .collect();
+    for (session_id, local) in pending {
+        let Ok(value) = serde_json::to_vec(&local) else {
+            continue;
+        };
+        let key = format!("{SESSIONS}{session_id}");
+        let held = match state.etcd.create_if_absent(&key, &value).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not publish the bindings made while etcd was unreachable");
+                return;
+            }
+        };
+        {
+            let mut pending = state.pending.lock();
+            if pending.get(&session_id) == Some(&local) {
+                pending.remove(&session_id);
+            }
+        }
+        match serde_json::from_slice::<SessionRecord>(&held) {
+            Ok(held) if held.agent_id != local.agent_id => {
+                tracing::info!(session_id, local = %local.agent_id, cluster = %held.agent_id, "another node bound the session first; adopting its binding");
+                let _ = apply.send(Change::Adopt(session_id, local.agent_id, held));
+            }
+            Ok(_) => tracing::info!(
+                session_id,
+                "published a binding made while etcd was unreachable"
+            ),
+            Err(e) => {
+                tracing::warn!(session_id, error = %e, "a session binding in etcd does not decode")
+            }
+        }
+    }
 }
 
 /// Brings the registry in line with a full listing of `switchboard/agents/`.
@@ -233,6 +316,8 @@ enum Change {
     Put(String, Vec<u8>),
     Delete(String),
     Listing(Vec<etcd::Kv>),
+    /// Adopt the cluster's binding of a session bound here to another agent.
+    Adopt(String, String, SessionRecord),
 }
 
 /// Applies changes in order on a thread of its own: applying takes the
@@ -243,9 +328,9 @@ enum Change {
 fn applier(
     dispatcher: ToolDispatcher,
     serving: tokio::runtime::Handle,
-) -> std::sync::mpsc::Sender<Change> {
+) -> (std::sync::mpsc::Sender<Change>, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::channel::<Change>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("switchboard-cluster-apply".into())
         .spawn(move || {
             let _serving = serving.enter();
@@ -258,23 +343,54 @@ fn applier(
                         }
                     }
                     Change::Listing(kvs) => apply_listing(&dispatcher, &kvs),
+                    Change::Adopt(session_id, local, held) => {
+                        if let Err(e) = dispatcher.apply_shared_binding(&session_id, &local, &held) {
+                            tracing::warn!(session_id, error = %e, "could not adopt the cluster's session binding");
+                        }
+                    }
                 }
             }
         })
         .expect("spawning the cluster's applier thread");
-    tx
+    (tx, thread)
 }
 
-/// Lists the registrations, then follows the watch; lists again whenever
-/// the watch breaks or its revision was compacted. Runs until dropped.
+/// Lists the registrations (unless the node joined with a listing), then
+/// follows the watch from the revision applied so far; a broken watch is
+/// resumed from that revision, on the next member if need be, and the prefix
+/// is listed again only when the revision was compacted away. Runs until
+/// dropped.
 async fn mirror(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
     loop {
+        if state.revision.load(Ordering::Acquire) == 0 {
+            match state.etcd.list(AGENTS).await {
+                Ok((kvs, revision)) => {
+                    let _ = apply.send(Change::Listing(kvs));
+                    state.revision.store(revision.max(1), Ordering::Release);
+                    state.set_connected(true);
+                    tracing::info!(revision, "listed the cluster's registrations");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list the cluster's registrations");
+                    state.set_connected(false);
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    continue;
+                }
+            }
+        }
         let from = state.revision.load(Ordering::Acquire) + 1;
+        let mut compacted = false;
         let watched = state
             .etcd
             .watch(AGENTS, from, |message| match message {
-                WatchMessage::Compacted => false,
+                WatchMessage::Compacted => {
+                    compacted = true;
+                    false
+                }
                 WatchMessage::Events { revision, events } => {
+                    if events.is_empty() {
+                        return true;
+                    }
                     state.set_connected(true);
                     for event in events {
                         let change = match event {
@@ -296,28 +412,24 @@ async fn mirror(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
                 }
             })
             .await;
+        if compacted {
+            tracing::info!(from, "the watch's revision was compacted; listing again");
+            state.revision.store(0, Ordering::Release);
+            continue;
+        }
         if let Err(e) = watched {
-            tracing::debug!(error = %e, "the registrations watch stopped");
-            state.set_connected(false);
+            tracing::debug!(error = %e, "the registrations watch stopped; resuming it");
+            // Whether etcd is still there is for the lease to tell, now.
+            state.check_now.notify_one();
         }
-        // List again: catches up whatever the watch missed.
-        loop {
-            tokio::time::sleep(RETRY_EVERY).await;
-            match state.etcd.list(AGENTS).await {
-                Ok((kvs, revision)) => {
-                    let _ = apply.send(Change::Listing(kvs));
-                    state.revision.store(revision, Ordering::Release);
-                    state.set_connected(true);
-                    break;
-                }
-                Err(_) => state.set_connected(false),
-            }
-        }
+        tokio::time::sleep(RETRY_EVERY).await;
     }
 }
 
-/// Keeps `switchboard/nodes/{id}` on a lease, renewed every few seconds.
-async fn liveness(state: Arc<State>) {
+/// Keeps `switchboard/nodes/{id}` on a lease, renewed every few seconds;
+/// whether that works is whether this node counts as connected. When etcd
+/// is back, publishes the bindings made meanwhile.
+async fn liveness(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
     let value = json!({
         "node_id": state.node_id,
         "listen": state.listen,
@@ -325,14 +437,13 @@ async fn liveness(state: Arc<State>) {
     })
     .to_string();
     let key = format!("{NODES}{}", state.node_id);
-    let mut lease: Option<i64> = None;
     loop {
-        let renewed = match lease {
-            Some(id) => state.etcd.keep_alive(id).await,
-            None => Ok(false),
+        let renewed = match state.lease.load(Ordering::Acquire) {
+            0 => Ok(false),
+            id => state.etcd.keep_alive(id).await,
         };
-        match renewed {
-            Ok(true) => {}
+        let alive = match renewed {
+            Ok(true) => true,
             Ok(false) => {
                 let granted = async {
                     let id = state.etcd.grant(NODE_LEASE_SECS).await?;
@@ -341,13 +452,30 @@ async fn liveness(state: Arc<State>) {
                 }
                 .await;
                 match granted {
-                    Ok(id) => lease = Some(id),
-                    Err(e) => tracing::debug!(error = %e, "could not register this node in etcd"),
+                    Ok(id) => {
+                        state.lease.store(id, Ordering::Release);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not register this node in etcd");
+                        false
+                    }
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "could not renew this node's lease"),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not renew this node's lease");
+                false
+            }
+        };
+        state.set_connected(alive);
+        if alive && !state.pending.lock().is_empty() {
+            publish_pending(&state, &apply).await;
         }
-        tokio::time::sleep(KEEP_ALIVE_EVERY).await;
+        let pause = if alive { KEEP_ALIVE_EVERY } else { RETRY_EVERY };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = state.check_now.notified() => {}
+        }
     }
 }
 
@@ -355,18 +483,14 @@ impl Cluster {
     /// Joins the cluster: lists the registrations in etcd into `dispatcher`'s
     /// registry (etcd's list wins over what the local store held), installs
     /// the routing hooks, and starts the watch and the liveness lease. Fails
-    /// if etcd cannot be reached.
+    /// if etcd cannot be reached, unless `start_from_snapshot`: then the node
+    /// routes from the registrations in its own store, degraded, and joins
+    /// when etcd is back.
     pub async fn join(
         dispatcher: &ToolDispatcher,
         settings: ClusterSettings,
     ) -> Result<Arc<Cluster>> {
         validate_id("node id", &settings.node_id)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("switchboard-cluster")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::internal("cannot start the cluster runtime", e))?;
         let state = Arc::new(State {
             etcd: Etcd::new(settings.etcd.clone())?,
             node_id: settings.node_id,
@@ -375,40 +499,104 @@ impl Cluster {
             connected: AtomicBool::new(false),
             synced_at_ms: AtomicU64::new(0),
             revision: AtomicI64::new(0),
+            lease: AtomicI64::new(0),
+            strict_bindings: settings.strict_bindings,
+            pending: parking_lot::Mutex::new(HashMap::new()),
+            check_now: tokio::sync::Notify::new(),
         });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("switchboard-cluster")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal("cannot start the cluster runtime", e))?;
         let listing = {
             let state = state.clone();
             runtime.spawn(async move { state.etcd.list(AGENTS).await })
         };
-        let (kvs, revision) = listing
-            .await
-            .map_err(|e| Error::internal("listing the cluster's agents", e))?
-            .map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot join the cluster: {e}. A node does not start without etcd"
-                ))
-            })?;
-        {
-            let d = dispatcher.clone();
-            off_worker(move || apply_listing(&d, &kvs));
+        let listed = match listing.await {
+            Ok(listed) => listed,
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(Error::internal("listing the cluster's agents", e));
+            }
+        };
+        match listed {
+            Ok((kvs, revision)) => {
+                let d = dispatcher.clone();
+                off_worker(move || apply_listing(&d, &kvs));
+                state.revision.store(revision.max(1), Ordering::Release);
+                state.set_connected(true);
+            }
+            Err(e) if settings.start_from_snapshot => {
+                tracing::warn!(error = %e, agents = dispatcher.registry().list().len(), "etcd unreachable at start: routing from the registrations in this node's store (start_from_snapshot) until it is back");
+                state.synced_at_ms.store(now_ms(), Ordering::Release);
+            }
+            Err(e) => {
+                // Dropping a runtime inside an async context panics.
+                runtime.shutdown_background();
+                return Err(Error::Unavailable(format!(
+                    "cannot join the cluster: {e}. A node does not start without etcd unless \
+                     told to route from its own store meanwhile: --cluster-start-from-snapshot \
+                     (`start_from_snapshot = true` under [cluster])"
+                )));
+            }
         }
-        state.revision.store(revision, Ordering::Release);
-        state.set_connected(true);
+        let revision = state.revision.load(Ordering::Acquire);
         let hooks = Arc::new(Hooks {
             state: state.clone(),
             runtime: runtime.handle().clone(),
         });
         dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
-        runtime.spawn(mirror(
-            state.clone(),
-            applier(dispatcher.clone(), tokio::runtime::Handle::current()),
-        ));
-        runtime.spawn(liveness(state.clone()));
+        let (apply, applier) = applier(dispatcher.clone(), tokio::runtime::Handle::current());
+        runtime.spawn(mirror(state.clone(), apply.clone()));
+        runtime.spawn(liveness(state.clone(), apply));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {
             state,
             runtime: parking_lot::Mutex::new(Some(runtime)),
+            applier: parking_lot::Mutex::new(Some(applier)),
         }))
+    }
+
+    /// Leaves the cluster at once: revokes this node's lease (its key in
+    /// `switchboard/nodes/` goes with it) and stops the background work,
+    /// waiting (boundedly) for the changes being applied. A node that cannot
+    /// reach etcd leaves when its lease expires.
+    pub async fn leave(&self) {
+        let runtime = self.runtime.lock().take();
+        let Some(runtime) = runtime else {
+            return;
+        };
+        let state = self.state.clone();
+        let revoked = runtime.spawn(async move {
+            match state.lease.swap(0, Ordering::AcqRel) {
+                0 => Ok(()),
+                id => state.etcd.revoke(id).await,
+            }
+        });
+        match tokio::time::timeout(etcd::DEADLINE, revoked).await {
+            Ok(Ok(Ok(()))) => tracing::info!(node_id = %self.state.node_id, "left the cluster"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "could not revoke this node's lease; it expires on its own")
+            }
+            _ => tracing::warn!("revoking this node's lease took too long; it expires on its own"),
+        }
+        // Stop the background tasks, then let the applier thread finish
+        // with the database before the process exits (off the async workers).
+        let applier = self.applier.lock().take();
+        let stopped = tokio::task::spawn_blocking(move || {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            if let Some(thread) = applier {
+                let _ = thread.join();
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(5), stopped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the cluster's background work did not stop in time");
+        }
     }
 
     /// This node's id.
@@ -428,6 +616,8 @@ impl Cluster {
                 "etcd": if connected { "connected" } else { "unreachable" },
                 "revision": self.state.revision.load(Ordering::Acquire),
                 "snapshot_age_ms": if connected { 0 } else { now_ms().saturating_sub(synced) },
+                "bindings": if self.state.strict_bindings { "strict" } else { "best_effort" },
+                "unpublished_bindings": self.state.pending.lock().len(),
             }
         })
     }

@@ -389,6 +389,20 @@ impl ToolDispatcher {
         Ok(())
     }
 
+    /// Adopts the binding of `session_id` the cluster holds (`held`) in
+    /// place of the one this node made on its own (to `local_agent`) while
+    /// the cluster could not be reached; nothing if the session is bound
+    /// otherwise here by now. Returns whether the binding was replaced.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn apply_shared_binding(
+        &self,
+        session_id: &str,
+        local_agent: &str,
+        held: &crate::namespace::SessionRecord,
+    ) -> Result<bool> {
+        self.inner.affinity.adopt(session_id, local_agent, held)
+    }
+
     /// Applies a removal another cluster node made.
     #[cfg(feature = "cluster")]
     pub(crate) fn apply_shared_removal(&self, agent_id: &str) -> Result<()> {

@@ -66,7 +66,8 @@ impl Affinity {
     /// A new binding to `lease`'s agent, agreed with the other nodes if
     /// there are any: when another node bound the session first, its agent
     /// serves the call if it can here. If the shared bindings cannot be
-    /// reached, the session is bound locally (logged).
+    /// reached, they say whether the session is bound on this node only or
+    /// the call refused.
     fn agree(
         &self,
         route: &Route<'_>,
@@ -74,36 +75,36 @@ impl Affinity {
         lease: Lease,
         proposed: SessionRecord,
         decide: impl FnOnce(&dyn SessionBindings, &SessionRecord) -> Result<SessionRecord>,
-    ) -> Candidate {
+    ) -> Result<Candidate> {
         let shared = self.shared.read().clone();
         let Some(shared) = shared.filter(|_| !route.dry_run) else {
-            return Candidate {
+            return Ok(Candidate {
                 lease,
                 binding: Some(proposed),
-            };
+            });
         };
         let winner = match decide(&*shared, &proposed) {
             Ok(winner) => winner,
             Err(e) => {
-                tracing::warn!(session_id, error = %e, "shared session bindings unreachable; binding on this node only");
-                return Candidate {
+                shared.unreachable(session_id, &proposed, e)?;
+                return Ok(Candidate {
                     lease,
                     binding: Some(proposed),
-                };
+                });
             }
         };
         if winner.agent_id == lease.agent.id {
-            return Candidate {
+            return Ok(Candidate {
                 lease,
                 binding: Some(winner),
-            };
+            });
         }
         let theirs = self
             .registry
             .live(&winner.agent_id)
             .filter(|a| a.serves(&proposed.category) && a.is_healthy())
             .and_then(|a| self.router.lease(&a));
-        match theirs {
+        Ok(match theirs {
             Some(their_lease) => {
                 drop(lease);
                 Candidate {
@@ -117,7 +118,36 @@ impl Affinity {
                 lease,
                 binding: None,
             },
+        })
+    }
+
+    /// Replaces this node's binding of `session_id` with `held`, the one
+    /// the shared bindings hold, if this node still binds the session to
+    /// `local_agent` (the binding it made while they were unreachable).
+    /// Bookkeeping: the binding was decided elsewhere.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn adopt(
+        &self,
+        session_id: &str,
+        local_agent: &str,
+        held: &SessionRecord,
+    ) -> Result<bool> {
+        let _session = self.session_lock(session_id).lock();
+        if self
+            .binding(session_id)?
+            .is_none_or(|b| b.agent_id != local_agent)
+        {
+            return Ok(false);
         }
+        let value = serde_json::to_vec(held).map_err(crate::error::Error::storage)?;
+        let ctx = crate::policy::PolicyContext::new()
+            .with(crate::policy::keys::AGENT_ID, held.agent_id.as_str())
+            .with("source", "cluster")
+            .for_operation(crate::policy::OperationKind::Outcome);
+        let mut tx = self.db.owner_transaction();
+        tx.put_with(&session_key(session_id), &value, &ctx)?;
+        tx.commit_bookkeeping()?;
+        Ok(true)
     }
 
     /// The lock that serialises choosing and binding for one session.
@@ -177,13 +207,16 @@ impl Affinity {
             }
         };
         let Some(existing) = existing else {
-            return Ok(self.select(route, tried).map(|lease| {
-                let proposed = bind(lease, now);
-                let binding = proposed.binding.expect("a new binding");
-                self.agree(route, session_id, proposed.lease, binding, |shared, b| {
-                    shared.bind_if_absent(session_id, b)
+            return self
+                .select(route, tried)
+                .map(|lease| {
+                    let proposed = bind(lease, now);
+                    let binding = proposed.binding.expect("a new binding");
+                    self.agree(route, session_id, proposed.lease, binding, |shared, b| {
+                        shared.bind_if_absent(session_id, b)
+                    })
                 })
-            }));
+                .transpose();
         };
         let bound: Option<Arc<Agent>> = self.registry.live(&existing.agent_id);
         Ok(match bound {
@@ -220,13 +253,18 @@ impl Affinity {
             }
             // Removed, not bound in this process, or unhealthy: replace the
             // agent and rewrite the binding.
-            _ => self.select(route, tried).map(|lease| {
-                let rebound = bind(lease, existing.created_at_ms);
-                let binding = rebound.binding.expect("a new binding");
-                self.agree(route, session_id, rebound.lease, binding, |shared, b| {
-                    shared.rebind(session_id, &existing.agent_id, b)
-                })
-            }),
+            _ => {
+                return self
+                    .select(route, tried)
+                    .map(|lease| {
+                        let rebound = bind(lease, existing.created_at_ms);
+                        let binding = rebound.binding.expect("a new binding");
+                        self.agree(route, session_id, rebound.lease, binding, |shared, b| {
+                            shared.rebind(session_id, &existing.agent_id, b)
+                        })
+                    })
+                    .transpose()
+            }
         })
     }
 }

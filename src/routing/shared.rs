@@ -3,7 +3,7 @@
 //! registrations are published after they commit locally, and who decides a
 //! session's binding when this node has none. Both are absent on a single node.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::namespace::{AgentRecord, SessionRecord};
 
 /// Where registrations are published once their local commit (and so the
@@ -30,4 +30,8 @@ pub trait SessionBindings: Send + Sync {
         replaced_agent: &str,
         proposed: &SessionRecord,
     ) -> Result<SessionRecord>;
+    /// The shared bindings could not decide `session_id`'s new binding
+    /// (`error`): `Ok` binds it to `proposed` on this node only (the store
+    /// may take it up later), an error refuses the call with it.
+    fn unreachable(&self, session_id: &str, proposed: &SessionRecord, error: Error) -> Result<()>;
 }

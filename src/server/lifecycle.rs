@@ -74,6 +74,8 @@ pub async fn serve(
     let dispatcher = ToolDispatcher::try_new(db)?;
     // Before `[[agents]]`: they are published to the cluster like any registration.
     let cluster = join_cluster(&config, &dispatcher).await?;
+    #[cfg(feature = "cluster")]
+    let leaving = cluster.clone();
     config.register_agents(&dispatcher)?;
     dispatcher.start_discovery();
     if let Some(health) = config.health_checks() {
@@ -123,6 +125,11 @@ pub async fn serve(
     if let Some(task) = metrics {
         task.abort();
     }
+    // A clean stop leaves the cluster now rather than when the lease expires.
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = leaving {
+        cluster.leave().await;
+    }
     served
 }
 
@@ -138,6 +145,8 @@ async fn join_cluster(
     let settings = crate::cluster::ClusterSettings {
         etcd: section.etcd.clone(),
         node_id: section.node_id.clone(),
+        strict_bindings: section.bindings == crate::config::ClusterBindings::Strict,
+        start_from_snapshot: section.start_from_snapshot,
         listen: config.listen.clone(),
     };
     crate::cluster::Cluster::join(dispatcher, settings)

@@ -25,7 +25,7 @@
 //! Ratios are taken within each round and their median reported.
 //!
 //! `cargo bench --bench cluster`. Settings, from the environment:
-//! `CLUSTER_CONCURRENCY` (16), `CLUSTER_ROUNDS` (5), `CLUSTER_CALLS` (2000,
+//! `CLUSTER_CONCURRENCY` (16), `CLUSTER_ROUNDS` (5), `CLUSTER_CALLS` (20000,
 //! per round and case), `CLUSTER_ROUND_SECS` (2, per round and case).
 
 #[path = "support/harness.rs"]
@@ -65,7 +65,7 @@ fn settings() -> Result<Settings, String> {
         concurrency: harness::env_number("CLUSTER_CONCURRENCY", 16, 1..=256)?,
         rounds: harness::env_number("CLUSTER_ROUNDS", 5, 1..=100)?,
         budget: Budget {
-            calls: harness::env_number("CLUSTER_CALLS", 2_000, 1..=10_000_000)?,
+            calls: harness::env_number("CLUSTER_CALLS", 20_000, 1..=10_000_000)?,
             time: Duration::from_secs(harness::env_number("CLUSTER_ROUND_SECS", 2, 1..=600)?),
         },
     })

@@ -21,7 +21,7 @@
 //! each call's, from the client's request to its answer, merged over rounds.
 //!
 //! `cargo bench --bench mcp`. Settings, from the environment:
-//! `MCP_CONCURRENCY` (`1,16`), `MCP_ROUNDS` (5), `MCP_CALLS` (3000, per round
+//! `MCP_CONCURRENCY` (`1,16`), `MCP_ROUNDS` (5), `MCP_CALLS` (20000, per round
 //! and case), `MCP_ROUND_SECS` (2, per round and case).
 
 #[path = "support/harness.rs"]
@@ -68,7 +68,7 @@ fn settings() -> Result<Settings, String> {
         concurrency: harness::env_list("MCP_CONCURRENCY", &[1, 16], 1..=256)?,
         rounds: harness::env_number("MCP_ROUNDS", 5, 1..=100)?,
         budget: Budget {
-            calls: harness::env_number("MCP_CALLS", 3_000, 1..=10_000_000)?,
+            calls: harness::env_number("MCP_CALLS", 20_000, 1..=10_000_000)?,
             time: Duration::from_secs(harness::env_number("MCP_ROUND_SECS", 2, 1..=600)?),
         },
     })

@@ -3,7 +3,7 @@
 # The demo runs the binary built with the test targets (`--all-targets`): built
 # alone, the binary resolves dependency features differently and would compile
 # RocksDB a second time.
-.PHONY: demo test deps python bench-gateway
+.PHONY: demo test deps python bench-gateway bench-mcp bench-cluster
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
@@ -31,3 +31,13 @@ deps:
 bench-gateway: deps
 	@bash scripts/install-bench-deps
 	cargo bench --bench gateway
+
+# MCP `tools/call` through `switchboard serve`'s /mcp vs directly on the same
+# MCP server (benches/mcp.rs): MCP_CONCURRENCY, MCP_ROUNDS, MCP_CALLS.
+bench-mcp:
+	cargo bench --bench mcp
+
+# Sticky calls in cluster mode (etcd, 3 nodes) vs one node (benches/cluster.rs);
+# needs etcd, which deps installs.
+bench-cluster: deps
+	cargo bench --bench cluster

@@ -237,18 +237,22 @@ mod tests {
     #[test]
     fn an_expired_token_is_refused_and_bad_requests_say_which_field() {
         let (_dir, store) = store();
+        // Far enough ahead that a busy machine still creates it unexpired.
+        let expires_at_ms = now_ms() + 300;
         let issued = store
             .create(
                 NewToken {
                     name: "short".into(),
                     scopes: vec![Scope::Audit],
                     roles: vec![],
-                    expires_at_ms: Some(now_ms() + 1),
+                    expires_at_ms: Some(expires_at_ms),
                 },
                 None,
             )
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        while now_ms() <= expires_at_ms {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert!(store.authenticate(&issued.secret).unwrap().is_none());
         let err = store.create(
             NewToken {

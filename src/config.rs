@@ -86,6 +86,12 @@ pub struct ClusterSection {
     pub etcd: Vec<String>,
     /// This node's id, unique among the nodes.
     pub node_id: String,
+    /// The base URL the other nodes reach this node's API at (a cluster
+    /// scan asks each node there); default `http://{listen}` (`https://`
+    /// when serving HTTPS). Set it when `listen` is not an address the
+    /// other nodes can reach, such as `0.0.0.0:7700`.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
 }
 
 /// `[auth]`: callers' identities besides the static `token`.

@@ -422,3 +422,114 @@ async fn without_etcd_registration_answers_503_and_calls_still_route() {
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(other.hits(), 0);
 }
+
+/// Every page of `GET /v1/scan` on `base` (`cluster=true` or not), `limit`
+/// items at a time: the items, and the last page.
+async fn scan_all(cluster: &Cluster, base: &str, query: &str) -> (Vec<Value>, Value) {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let mut url = reqwest::Url::parse(&format!("{base}/v1/scan?{query}")).unwrap();
+        if let Some(after) = &after {
+            url.query_pairs_mut().append_pair("after", after);
+        }
+        let (status, page) = cluster
+            .send(reqwest::Method::GET, url.to_string(), None)
+            .await;
+        assert_eq!(status, 200, "{page}");
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return (items, page),
+        }
+    }
+    panic!("a scan of {base} did not end within 100 pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_scan_through_one_node_returns_every_nodes_records_in_id_order() {
+    let mut cluster = Cluster::start().await;
+    let agent = TestAgent::start("a1", Behaviour::Echo).await;
+    let (status, body) = cluster.register(0, "a1", &agent.endpoint).await;
+    assert_eq!(status, 200, "{body}");
+    cluster.routed_everywhere(Duration::from_secs(5)).await;
+    for node in [0, 1, 2, 1, 2, 2] {
+        let (status, body) = cluster.invoke(node, None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // What each node holds, read from each node alone.
+    let mut expected = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let (items, _) = scan_all(&cluster, &node.base, "prefix=tools/code/run/&limit=1000").await;
+        assert!(!items.is_empty(), "node{} made records", i + 1);
+        for item in items {
+            expected.push((
+                item["key"].as_str().unwrap().to_string(),
+                format!("node{}", i + 1),
+            ));
+        }
+    }
+    expected.sort();
+    // Pages of 2 through node 2: every record, each once, in key (id) order.
+    let base = cluster.nodes[1].base.clone();
+    let (items, last) = scan_all(
+        &cluster,
+        &base,
+        "prefix=tools/code/run/&limit=2&cluster=true",
+    )
+    .await;
+    let got: Vec<(String, String)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap().to_string(),
+                i["node_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(last["missing_nodes"], json!([]), "{last}");
+    // The CLI pages the same stream.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .args([
+            "scan",
+            "tools/code/run/",
+            "--cluster",
+            "--json",
+            "--server",
+            &base,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected_keys: Vec<String> = expected.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, expected_keys);
+    // A node that does not answer is named, not silently left out.
+    cluster.nodes[2].process.kill();
+    let (items, last) = scan_all(
+        &cluster,
+        &base,
+        "prefix=tools/code/run/&limit=1000&cluster=true",
+    )
+    .await;
+    assert_eq!(last["missing_nodes"][0]["node_id"], "node3", "{last}");
+    assert!(items.iter().all(|i| i["node_id"] != "node3"));
+    assert_eq!(
+        items.len(),
+        expected.iter().filter(|(_, n)| n != "node3").count()
+    );
+}

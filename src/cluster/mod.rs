@@ -49,12 +49,16 @@ pub struct ClusterSettings {
     pub node_id: String,
     /// The address this node's API listens on (shown by `cluster status`).
     pub listen: String,
+    /// The base URL the other nodes reach this node's API at (a cluster
+    /// scan asks each node for its records there), e.g. `http://10.0.0.1:7700`.
+    pub url: String,
 }
 
 struct State {
     etcd: Etcd,
     node_id: String,
     listen: String,
+    url: String,
     started_at_ms: u64,
     /// Whether the last exchange with etcd worked.
     connected: AtomicBool,
@@ -321,6 +325,7 @@ async fn liveness(state: Arc<State>) {
     let value = json!({
         "node_id": state.node_id,
         "listen": state.listen,
+        "url": state.url,
         "started_at_ms": state.started_at_ms,
     })
     .to_string();
@@ -371,6 +376,7 @@ impl Cluster {
             etcd: Etcd::new(settings.etcd.clone())?,
             node_id: settings.node_id,
             listen: settings.listen,
+            url: settings.url,
             started_at_ms: now_ms(),
             connected: AtomicBool::new(false),
             synced_at_ms: AtomicU64::new(0),
@@ -434,6 +440,20 @@ impl Cluster {
 
     /// The live nodes (those whose lease has not expired), sorted by id.
     pub async fn status(&self) -> Result<Value> {
+        let (nodes, revision) = self.nodes().await?;
+        Ok(json!({
+            "mode": "cluster",
+            "node_id": self.state.node_id,
+            "revision": revision,
+            "nodes": nodes,
+        }))
+    }
+
+    /// The live nodes as their liveness keys describe them (`node_id`,
+    /// `listen`, `url`, `started_at_ms`), sorted by id, and the etcd
+    /// revision they were read at. A node that did not publish a `url`
+    /// (an older version) is given `http://{listen}`.
+    pub async fn nodes(&self) -> Result<(Vec<Value>, i64)> {
         let state = self.state.clone();
         let handle = self.runtime.lock().as_ref().map(|r| r.handle().clone());
         let Some(handle) = handle else {
@@ -445,14 +465,17 @@ impl Cluster {
             .map_err(|e| Error::internal("listing the cluster's nodes", e))??;
         let mut nodes: Vec<Value> = kvs
             .iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+            .filter(|node| node["node_id"].is_string())
+            .map(|mut node| {
+                if !node["url"].is_string() {
+                    node["url"] =
+                        json!(format!("http://{}", node["listen"].as_str().unwrap_or("")));
+                }
+                node
+            })
             .collect();
         nodes.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
-        Ok(json!({
-            "mode": "cluster",
-            "node_id": self.state.node_id,
-            "revision": revision,
-            "nodes": nodes,
-        }))
+        Ok((nodes, revision))
     }
 }

@@ -533,3 +533,79 @@ async fn a_cluster_scan_through_one_node_returns_every_nodes_records_in_id_order
         expected.iter().filter(|(_, n)| n != "node3").count()
     );
 }
+
+fn policy_revisions(status: &Value) -> Vec<String> {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["policy_revision"].as_str().unwrap_or("none").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_stored_through_node_1_only_shows_as_a_disagreement_in_node_2s_status() {
+    let cluster = Cluster::start().await;
+    let base = cluster.nodes[1].base.clone();
+    let status = |base: String| async move {
+        tokio::task::spawn_blocking(move || cluster_status(&base))
+            .await
+            .unwrap()
+    };
+    let before = within(Duration::from_secs(10), "three nodes agree", || {
+        let status = status(base.clone());
+        async move {
+            let status = status.await;
+            let revisions = policy_revisions(&status);
+            (revisions.len() == 3 && status["policies_agree"] == true).then_some(revisions)
+        }
+    })
+    .await;
+    assert!(
+        before.iter().all(|r| r == &before[0] && r != "none"),
+        "{before:?}"
+    );
+    let source = "# scope: agents/**\npackage guard.agents\n\nimport rego.v1\n\n\
+                  deny contains \"agent blocked is not allowed here\" if {\n\
+                  \tinput.op == \"put\"\n\tinput.key == \"agents/blocked\"\n}\n";
+    let url = format!("{}/v1/policies/guard", cluster.nodes[0].base);
+    let (code, body) = cluster
+        .send(reqwest::Method::PUT, url, Some(json!({"source": source})))
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let limit = Duration::from_secs(switchboard::cluster::KEEP_ALIVE_EVERY.as_secs() * 3 + 5);
+    let after = within(limit, "node 1's revision changes", || {
+        let status = status(base.clone());
+        let first = before[0].clone();
+        async move {
+            let status = status.await;
+            let revisions = policy_revisions(&status);
+            (revisions.len() == 3 && revisions[0] != first).then_some(status)
+        }
+    })
+    .await;
+    let revisions = policy_revisions(&after);
+    assert_eq!(revisions[1], before[1], "{after}");
+    assert_eq!(revisions[2], before[2], "{after}");
+    assert_eq!(after["policies_agree"], false, "{after}");
+    assert_eq!(
+        after["nodes"][0]["policies"],
+        json!(["guard r1"]),
+        "{after}"
+    );
+    // The table says so in words.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .args(["cluster", "status", "--server", &base])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("the nodes run different policies"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("{}: node1", revisions[0])),
+        "{table}"
+    );
+}

@@ -3,6 +3,7 @@
 //! trail (`tools/`, `inflight/`, the decision log).
 //!
 //! - `etcd`: the etcd v3 client (JSON gateway over HTTP);
+//! - `policy_digest`: the policy revision each node publishes;
 //! - this file: [`Cluster`], what a node runs: the registrations mirror
 //!   (list `switchboard/agents/`, then watch from the next revision, list
 //!   again after a compaction or a broken watch), the node's liveness key on
@@ -14,12 +15,13 @@
 //! made on this node only, and [`Cluster::health`] says `degraded`.
 
 mod etcd;
+mod policy_digest;
 
 use crate::dispatch::ToolDispatcher;
 use crate::error::{Error, Result};
 use crate::namespace::{now_ms, validate_id, AgentRecord, SessionRecord};
 use crate::routing::shared::{RegistrationSink, SessionBindings};
-use crate::storage::off_worker;
+use crate::storage::{off_worker, Database};
 use etcd::{Etcd, Event, WatchMessage};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -320,33 +322,59 @@ async fn mirror(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
     }
 }
 
-/// Keeps `switchboard/nodes/{id}` on a lease, renewed every few seconds.
-async fn liveness(state: Arc<State>) {
-    let value = json!({
+/// This node's liveness value: who it is, where it listens, and the
+/// revision of the policy chain it runs.
+async fn node_value(state: &State, db: &Database) -> Value {
+    let db = db.clone();
+    let policy = tokio::task::spawn_blocking(move || policy_digest::policy_revision(&db))
+        .await
+        .unwrap_or_else(|_| json!({"policy_revision": "unreadable", "policies": []}));
+    json!({
         "node_id": state.node_id,
         "listen": state.listen,
         "url": state.url,
         "started_at_ms": state.started_at_ms,
+        "policy_revision": policy["policy_revision"],
+        "policies": policy["policies"],
     })
-    .to_string();
+}
+
+/// Keeps `switchboard/nodes/{id}` on a lease, renewed every few seconds,
+/// and puts its value again when the node's policy revision changed.
+async fn liveness(state: Arc<State>, db: Database) {
     let key = format!("{NODES}{}", state.node_id);
     let mut lease: Option<i64> = None;
+    let mut published: Option<Value> = None;
     loop {
+        let value = node_value(&state, &db).await;
         let renewed = match lease {
             Some(id) => state.etcd.keep_alive(id).await,
             None => Ok(false),
         };
         match renewed {
-            Ok(true) => {}
+            Ok(true) if published.as_ref() == Some(&value) => {}
+            Ok(true) => {
+                let bytes = value.to_string();
+                match state.etcd.put(&key, bytes.as_bytes(), lease).await {
+                    Ok(()) => published = Some(value),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not publish this node's policy revision")
+                    }
+                }
+            }
             Ok(false) => {
+                let bytes = value.to_string();
                 let granted = async {
                     let id = state.etcd.grant(NODE_LEASE_SECS).await?;
-                    state.etcd.put(&key, value.as_bytes(), Some(id)).await?;
+                    state.etcd.put(&key, bytes.as_bytes(), Some(id)).await?;
                     Ok::<_, Error>(id)
                 }
                 .await;
                 match granted {
-                    Ok(id) => lease = Some(id),
+                    Ok(id) => {
+                        lease = Some(id);
+                        published = Some(value);
+                    }
                     Err(e) => tracing::debug!(error = %e, "could not register this node in etcd"),
                 }
             }
@@ -409,7 +437,7 @@ impl Cluster {
             state.clone(),
             applier(dispatcher.clone(), tokio::runtime::Handle::current()),
         ));
-        runtime.spawn(liveness(state.clone()));
+        runtime.spawn(liveness(state.clone(), dispatcher.database().clone()));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {
             state,
@@ -438,13 +466,20 @@ impl Cluster {
         })
     }
 
-    /// The live nodes (those whose lease has not expired), sorted by id.
+    /// The live nodes (those whose lease has not expired), sorted by id,
+    /// each with its policy revision; `policies_agree` says whether every
+    /// node runs the same policies.
     pub async fn status(&self) -> Result<Value> {
         let (nodes, revision) = self.nodes().await?;
+        let revisions: std::collections::BTreeSet<&str> = nodes
+            .iter()
+            .map(|n| n["policy_revision"].as_str().unwrap_or("unknown"))
+            .collect();
         Ok(json!({
             "mode": "cluster",
             "node_id": self.state.node_id,
             "revision": revision,
+            "policies_agree": revisions.len() <= 1,
             "nodes": nodes,
         }))
     }

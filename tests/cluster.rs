@@ -609,3 +609,101 @@ async fn a_policy_stored_through_node_1_only_shows_as_a_disagreement_in_node_2s_
         "{table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_is_shared_by_the_live_nodes_and_grows_when_nodes_leave() {
+    let mut cluster = Cluster::start().await;
+    // A fourth node with a limit of 8 dispatches a day: 2 each while 4 live.
+    let port = free_port();
+    let config = cluster._dir.path().join("node4.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n\n[cluster]\netcd = [{:?}]\n\
+             node_id = \"node4\"\n\n[[rate_limits]]\nop = \"dispatch\"\nmax = 8\n\
+             window_secs = 86400\n",
+            cluster._dir.path().join("node4"),
+            cluster.etcd_url
+        ),
+    )
+    .unwrap();
+    let _node4 = Proc(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .env_remove("SWITCHBOARD_TOKEN")
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = cluster.http.clone();
+    let shared_by = |n: u64| {
+        let url = format!("{base}/v1/cluster");
+        let http = http.clone();
+        async move {
+            within(
+                Duration::from_secs(switchboard::cluster::NODE_LEASE_SECS + 10),
+                &format!("node4 shares its limits by {n}"),
+                || {
+                    let request = http.get(url.clone()).send();
+                    async move {
+                        let response = request.await.ok()?;
+                        let status: Value = response.json().await.ok()?;
+                        (status["rate_limits_shared_by"] == n).then_some(())
+                    }
+                },
+            )
+            .await
+        }
+    };
+    shared_by(4).await;
+    let agent = TestAgent::start("a1", Behaviour::Echo).await;
+    let (status, body) = cluster.register(0, "a1", &agent.endpoint).await;
+    assert_eq!(status, 200, "{body}");
+    within(Duration::from_secs(5), "node4 has the agent", || async {
+        let url = format!("{base}/v1/agents");
+        let (_, list) = cluster.send(reqwest::Method::GET, url, None).await;
+        (list.as_array().map_or(0, Vec::len) == 1).then_some(())
+    })
+    .await;
+    let invoke = || async {
+        let body = json!({"tool": "run", "category": "code", "input": {}});
+        let response = http
+            .post(format!("{base}/v1/invoke"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    };
+    // Dispatches until the first refusal: how many this node allowed.
+    let allowed = || async {
+        let mut n = 0;
+        loop {
+            let (status, body) = invoke().await;
+            if status == 429 {
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                return (n, body);
+            }
+            assert_eq!(status, 200, "{body}");
+            n += 1;
+            assert!(n <= 8, "never more than the whole limit");
+        }
+    };
+    let (n, refusal) = allowed().await;
+    assert_eq!(n, 2, "8 / 4 live nodes");
+    let message = refusal["error"]["message"].as_str().unwrap();
+    assert!(message.contains("shared by 4 live nodes"), "{message}");
+    // Two nodes go: node4's share of the same window grows to 8 / 2.
+    cluster.nodes[1].process.kill();
+    cluster.nodes[2].process.kill();
+    shared_by(2).await;
+    let (n, _) = allowed().await;
+    assert_eq!(n, 2, "4 in the window, 2 spent while 4 nodes were live");
+}

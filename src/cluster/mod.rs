@@ -13,6 +13,9 @@
 //! When etcd cannot be reached, routing goes on from the registrations held
 //! in memory, registry writes fail as unavailable, new session bindings are
 //! made on this node only, and [`Cluster::health`] says `degraded`.
+//!
+//! Every keep-alive also counts the live nodes, which share every rate
+//! limit (each node enforces its share, `max / nodes`, never below 1).
 
 mod etcd;
 mod policy_digest;
@@ -20,13 +23,14 @@ mod policy_digest;
 use crate::dispatch::ToolDispatcher;
 use crate::error::{Error, Result};
 use crate::namespace::{now_ms, validate_id, AgentRecord, SessionRecord};
+use crate::policy::PolicyEngine;
 use crate::routing::shared::{RegistrationSink, SessionBindings};
 use crate::storage::{off_worker, Database};
 use etcd::{Etcd, Event, WatchMessage};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +73,8 @@ struct State {
     synced_at_ms: AtomicU64,
     /// The etcd revision the mirror has applied.
     revision: AtomicI64,
+    /// The live nodes last counted, which share every rate limit.
+    live_nodes: AtomicU32,
 }
 
 impl State {
@@ -380,7 +386,26 @@ async fn liveness(state: Arc<State>, db: Database) {
             }
             Err(e) => tracing::debug!(error = %e, "could not renew this node's lease"),
         }
+        share_rate_limits(&state, &db).await;
         tokio::time::sleep(KEEP_ALIVE_EVERY).await;
+    }
+}
+
+/// Counts the live nodes and shares every rate limit among them (each node
+/// enforces `max / nodes`, never below 1). Without etcd the last count holds.
+async fn share_rate_limits(state: &State, db: &Database) {
+    let Ok((kvs, _)) = state.etcd.list(NODES).await else {
+        return;
+    };
+    let nodes = u32::try_from(kvs.len()).unwrap_or(u32::MAX).max(1);
+    let before = state.live_nodes.swap(nodes, Ordering::AcqRel);
+    let engine = PolicyEngine::new(db);
+    if before != nodes || engine.rate_limit_nodes() != nodes {
+        engine.set_rate_limit_nodes(nodes);
+        tracing::info!(
+            live_nodes = nodes,
+            "rate limits shared by the live nodes: each allows its share (limit / nodes)"
+        );
     }
 }
 
@@ -409,6 +434,7 @@ impl Cluster {
             connected: AtomicBool::new(false),
             synced_at_ms: AtomicU64::new(0),
             revision: AtomicI64::new(0),
+            live_nodes: AtomicU32::new(1),
         });
         let listing = {
             let state = state.clone();
@@ -480,6 +506,7 @@ impl Cluster {
             "node_id": self.state.node_id,
             "revision": revision,
             "policies_agree": revisions.len() <= 1,
+            "rate_limits_shared_by": self.state.live_nodes.load(Ordering::Acquire),
             "nodes": nodes,
         }))
     }

@@ -3,7 +3,9 @@
 //! trail (`tools/`, `inflight/`, the decision log).
 //!
 //! - `etcd`: the etcd v3 client (JSON gateway over HTTP);
-//! - `policy_digest`: the policy revision each node publishes;
+//! - `node`: what a node publishes about itself (its liveness value, with
+//!   its policy revision from `policy_digest`) and learns from the node list
+//!   (the live nodes, their count sharing the rate limits);
 //! - this file: [`Cluster`], what a node runs: the registrations mirror
 //!   (list `switchboard/agents/`, then watch from the next revision, list
 //!   again after a compaction or a broken watch), the node's liveness key on
@@ -18,12 +20,12 @@
 //! limit (each node enforces its share, `max / nodes`, never below 1).
 
 mod etcd;
+mod node;
 mod policy_digest;
 
 use crate::dispatch::ToolDispatcher;
 use crate::error::{Error, Result};
 use crate::namespace::{now_ms, validate_id, AgentRecord, SessionRecord};
-use crate::policy::PolicyEngine;
 use crate::routing::shared::{RegistrationSink, SessionBindings};
 use crate::storage::{off_worker, Database};
 use etcd::{Etcd, Event, WatchMessage};
@@ -328,23 +330,6 @@ async fn mirror(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
     }
 }
 
-/// This node's liveness value: who it is, where it listens, and the
-/// revision of the policy chain it runs.
-async fn node_value(state: &State, db: &Database) -> Value {
-    let db = db.clone();
-    let policy = tokio::task::spawn_blocking(move || policy_digest::policy_revision(&db))
-        .await
-        .unwrap_or_else(|_| json!({"policy_revision": "unreadable", "policies": []}));
-    json!({
-        "node_id": state.node_id,
-        "listen": state.listen,
-        "url": state.url,
-        "started_at_ms": state.started_at_ms,
-        "policy_revision": policy["policy_revision"],
-        "policies": policy["policies"],
-    })
-}
-
 /// Keeps `switchboard/nodes/{id}` on a lease, renewed every few seconds,
 /// and puts its value again when the node's policy revision changed.
 async fn liveness(state: Arc<State>, db: Database) {
@@ -352,7 +337,7 @@ async fn liveness(state: Arc<State>, db: Database) {
     let mut lease: Option<i64> = None;
     let mut published: Option<Value> = None;
     loop {
-        let value = node_value(&state, &db).await;
+        let value = node::node_value(&state, &db).await;
         let renewed = match lease {
             Some(id) => state.etcd.keep_alive(id).await,
             None => Ok(false),
@@ -386,26 +371,8 @@ async fn liveness(state: Arc<State>, db: Database) {
             }
             Err(e) => tracing::debug!(error = %e, "could not renew this node's lease"),
         }
-        share_rate_limits(&state, &db).await;
+        node::share_rate_limits(&state, &db).await;
         tokio::time::sleep(KEEP_ALIVE_EVERY).await;
-    }
-}
-
-/// Counts the live nodes and shares every rate limit among them (each node
-/// enforces `max / nodes`, never below 1). Without etcd the last count holds.
-async fn share_rate_limits(state: &State, db: &Database) {
-    let Ok((kvs, _)) = state.etcd.list(NODES).await else {
-        return;
-    };
-    let nodes = u32::try_from(kvs.len()).unwrap_or(u32::MAX).max(1);
-    let before = state.live_nodes.swap(nodes, Ordering::AcqRel);
-    let engine = PolicyEngine::new(db);
-    if before != nodes || engine.rate_limit_nodes() != nodes {
-        engine.set_rate_limit_nodes(nodes);
-        tracing::info!(
-            live_nodes = nodes,
-            "rate limits shared by the live nodes: each allows its share (limit / nodes)"
-        );
     }
 }
 
@@ -509,35 +476,5 @@ impl Cluster {
             "rate_limits_shared_by": self.state.live_nodes.load(Ordering::Acquire),
             "nodes": nodes,
         }))
-    }
-
-    /// The live nodes as their liveness keys describe them (`node_id`,
-    /// `listen`, `url`, `started_at_ms`), sorted by id, and the etcd
-    /// revision they were read at. A node that did not publish a `url`
-    /// (an older version) is given `http://{listen}`.
-    pub async fn nodes(&self) -> Result<(Vec<Value>, i64)> {
-        let state = self.state.clone();
-        let handle = self.runtime.lock().as_ref().map(|r| r.handle().clone());
-        let Some(handle) = handle else {
-            return Err(self.state.unreachable());
-        };
-        let (kvs, revision) = handle
-            .spawn(async move { state.etcd.list(NODES).await })
-            .await
-            .map_err(|e| Error::internal("listing the cluster's nodes", e))??;
-        let mut nodes: Vec<Value> = kvs
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-            .filter(|node| node["node_id"].is_string())
-            .map(|mut node| {
-                if !node["url"].is_string() {
-                    node["url"] =
-                        json!(format!("http://{}", node["listen"].as_str().unwrap_or("")));
-                }
-                node
-            })
-            .collect();
-        nodes.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
-        Ok((nodes, revision))
     }
 }

@@ -202,6 +202,16 @@ pub(crate) async fn page(
     q: &ScanQuery,
 ) -> ApiResult<ClusterScanPage> {
     let limit = q.limit.unwrap_or(100);
+    // Checked here too: this node may be read to the end and not asked.
+    if limit == 0 || limit > super::scan::MAX_SCAN_PAGE {
+        return Err(Error::invalid(format!(
+            "limit must be between 1 and {}",
+            super::scan::MAX_SCAN_PAGE
+        ))
+        .into());
+    }
+    crate::namespace::validate_prefix(&q.prefix)?;
+    q.audit_filter()?;
     let mut cursor = match &q.after {
         Some(text) => Cursor::decode(text)?,
         None => Cursor::default(),

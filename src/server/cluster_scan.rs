@@ -184,10 +184,12 @@ async fn peer_page(
     let status = response.status();
     let bytes = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
     if !status.is_success() {
-        return Err(format!(
-            "{url} answered {status}: {}",
-            String::from_utf8_lossy(&bytes).trim()
-        ));
+        let body: String = String::from_utf8_lossy(&bytes)
+            .trim()
+            .chars()
+            .take(300)
+            .collect();
+        return Err(format!("{url} answered {status}: {body}"));
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| format!("{url} answered a page that does not decode: {e}"))
@@ -216,8 +218,13 @@ pub(crate) async fn page(
         Some(text) => Cursor::decode(text)?,
         None => Cursor::default(),
     };
-    let (live, _) = cluster.nodes().await?;
+    let (mut live, _) = cluster.nodes().await?;
     let me = cluster.node_id().to_string();
+    // This node reads its own records even while its key is missing from
+    // etcd (its lease lapsed and is being granted again).
+    if !live.iter().any(|n| n["node_id"] == me.as_str()) {
+        live.push(serde_json::json!({"node_id": me}));
+    }
     let mut missing = Vec::new();
     let live_ids: BTreeSet<String> = live
         .iter()

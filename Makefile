@@ -3,13 +3,18 @@
 # The demo runs the binary built with the test targets (`--all-targets`): built
 # alone, the binary resolves dependency features differently and would compile
 # RocksDB a second time.
-.PHONY: demo test deps python bench-gateway bench-mcp bench-cluster
+.PHONY: demo cluster-demo test deps python bench-gateway bench-mcp bench-cluster
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 demo: deps
 	cargo build --all-targets --quiet
 	$(TARGET_DIR)/debug/switchboard demo
+
+# Three nodes and etcd on 127.0.0.1 in a temporary directory (docs/cluster.md).
+cluster-demo: deps
+	cargo build --all-targets --quiet
+	bash scripts/cluster-demo
 
 test: deps
 	cargo test

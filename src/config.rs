@@ -93,6 +93,12 @@ pub struct ClusterSection {
     /// in this node's own store (degraded) and join when etcd is back.
     #[serde(default)]
     pub start_from_snapshot: bool,
+    /// The base URL the other nodes reach this node's API at (a cluster
+    /// scan asks each node there); default `http://{listen}` (`https://`
+    /// when serving HTTPS). Set it when `listen` is not an address the
+    /// other nodes can reach, such as `0.0.0.0:7700`.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
 }
 
 /// `bindings` under `[cluster]`: new session bindings while etcd is unreachable.

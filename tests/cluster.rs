@@ -1183,3 +1183,288 @@ async fn a_node_starts_without_etcd_only_from_its_snapshot_and_joins_later() {
     })
     .await;
 }
+
+/// Every page of `GET /v1/scan` on `base` (`cluster=true` or not), `limit`
+/// items at a time: the items, and the last page.
+async fn scan_all(cluster: &Cluster, base: &str, query: &str) -> (Vec<Value>, Value) {
+    let mut items = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let mut url = reqwest::Url::parse(&format!("{base}/v1/scan?{query}")).unwrap();
+        if let Some(after) = &after {
+            url.query_pairs_mut().append_pair("after", after);
+        }
+        let (status, page) = cluster
+            .send(reqwest::Method::GET, url.to_string(), None)
+            .await;
+        assert_eq!(status, 200, "{page}");
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return (items, page),
+        }
+    }
+    panic!("a scan of {base} did not end within 100 pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_scan_through_one_node_returns_every_nodes_records_in_id_order() {
+    let mut cluster = Cluster::start().await;
+    let agent = TestAgent::start("a1", Behaviour::Echo).await;
+    let (status, body) = cluster.register(0, "a1", &agent.endpoint).await;
+    assert_eq!(status, 200, "{body}");
+    cluster.routed_everywhere(Duration::from_secs(5)).await;
+    for node in [0, 1, 2, 1, 2, 2] {
+        let (status, body) = cluster.invoke(node, None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // What each node holds, read from each node alone.
+    let mut expected = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let (items, _) = scan_all(&cluster, &node.base, "prefix=tools/code/run/&limit=1000").await;
+        assert!(!items.is_empty(), "node{} made records", i + 1);
+        for item in items {
+            expected.push((
+                item["key"].as_str().unwrap().to_string(),
+                format!("node{}", i + 1),
+            ));
+        }
+    }
+    expected.sort();
+    // Pages of 2 through node 2: every record, each once, in key (id) order.
+    let base = cluster.nodes[1].base.clone();
+    let (items, last) = scan_all(
+        &cluster,
+        &base,
+        "prefix=tools/code/run/&limit=2&cluster=true",
+    )
+    .await;
+    let got: Vec<(String, String)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["key"].as_str().unwrap().to_string(),
+                i["node_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(last["missing_nodes"], json!([]), "{last}");
+    // The CLI pages the same stream.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .args([
+            "scan",
+            "tools/code/run/",
+            "--cluster",
+            "--json",
+            "--server",
+            &base,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected_keys: Vec<String> = expected.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, expected_keys);
+    // A node that does not answer is named, not silently left out.
+    cluster.nodes[2].process.kill();
+    let (items, last) = scan_all(
+        &cluster,
+        &base,
+        "prefix=tools/code/run/&limit=1000&cluster=true",
+    )
+    .await;
+    assert_eq!(last["missing_nodes"][0]["node_id"], "node3", "{last}");
+    assert!(items.iter().all(|i| i["node_id"] != "node3"));
+    assert_eq!(
+        items.len(),
+        expected.iter().filter(|(_, n)| n != "node3").count()
+    );
+}
+
+fn policy_revisions(status: &Value) -> Vec<String> {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["policy_revision"].as_str().unwrap_or("none").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_stored_through_node_1_only_shows_as_a_disagreement_in_node_2s_status() {
+    let cluster = Cluster::start().await;
+    let base = cluster.nodes[1].base.clone();
+    let status = |base: String| async move {
+        tokio::task::spawn_blocking(move || cluster_status(&base))
+            .await
+            .unwrap()
+    };
+    let before = within(Duration::from_secs(10), "three nodes agree", || {
+        let status = status(base.clone());
+        async move {
+            let status = status.await;
+            let revisions = policy_revisions(&status);
+            (revisions.len() == 3 && status["policies_agree"] == true).then_some(revisions)
+        }
+    })
+    .await;
+    assert!(
+        before.iter().all(|r| r == &before[0] && r != "none"),
+        "{before:?}"
+    );
+    let source = "# scope: agents/**\npackage guard.agents\n\nimport rego.v1\n\n\
+                  deny contains \"agent blocked is not allowed here\" if {\n\
+                  \tinput.op == \"put\"\n\tinput.key == \"agents/blocked\"\n}\n";
+    let url = format!("{}/v1/policies/guard", cluster.nodes[0].base);
+    let (code, body) = cluster
+        .send(reqwest::Method::PUT, url, Some(json!({"source": source})))
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let limit = Duration::from_secs(switchboard::cluster::KEEP_ALIVE_EVERY.as_secs() * 3 + 5);
+    let after = within(limit, "node 1's revision changes", || {
+        let status = status(base.clone());
+        let first = before[0].clone();
+        async move {
+            let status = status.await;
+            let revisions = policy_revisions(&status);
+            (revisions.len() == 3 && revisions[0] != first).then_some(status)
+        }
+    })
+    .await;
+    let revisions = policy_revisions(&after);
+    assert_eq!(revisions[1], before[1], "{after}");
+    assert_eq!(revisions[2], before[2], "{after}");
+    assert_eq!(after["policies_agree"], false, "{after}");
+    assert_eq!(
+        after["nodes"][0]["policies"],
+        json!(["guard r1"]),
+        "{after}"
+    );
+    // The table says so in words.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .args(["cluster", "status", "--server", &base])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("the nodes run different policies"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("{}: node1", revisions[0])),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_is_shared_by_the_live_nodes_and_grows_when_nodes_leave() {
+    let mut cluster = Cluster::start().await;
+    // A fourth node with a limit of 8 dispatches a day: 2 each while 4 live.
+    let port = free_port();
+    let config = cluster._dir.path().join("node4.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n\n[cluster]\netcd = [{:?}]\n\
+             node_id = \"node4\"\n\n[[rate_limits]]\nop = \"dispatch\"\nmax = 8\n\
+             window_secs = 86400\n",
+            cluster._dir.path().join("node4"),
+            cluster.etcd_url
+        ),
+    )
+    .unwrap();
+    let _node4 = Proc(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .env_remove("SWITCHBOARD_TOKEN")
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = cluster.http.clone();
+    let shared_by = |n: u64| {
+        let url = format!("{base}/v1/cluster");
+        let http = http.clone();
+        async move {
+            within(
+                Duration::from_secs(switchboard::cluster::NODE_LEASE_SECS + 10),
+                &format!("node4 shares its limits by {n}"),
+                || {
+                    let request = http.get(url.clone()).send();
+                    async move {
+                        let response = request.await.ok()?;
+                        let status: Value = response.json().await.ok()?;
+                        (status["rate_limits_shared_by"] == n).then_some(())
+                    }
+                },
+            )
+            .await
+        }
+    };
+    shared_by(4).await;
+    let agent = TestAgent::start("a1", Behaviour::Echo).await;
+    let (status, body) = cluster.register(0, "a1", &agent.endpoint).await;
+    assert_eq!(status, 200, "{body}");
+    within(Duration::from_secs(5), "node4 has the agent", || async {
+        let url = format!("{base}/v1/agents");
+        let (_, list) = cluster.send(reqwest::Method::GET, url, None).await;
+        (list.as_array().map_or(0, Vec::len) == 1).then_some(())
+    })
+    .await;
+    let invoke = || async {
+        let body = json!({"tool": "run", "category": "code", "input": {}});
+        let response = http
+            .post(format!("{base}/v1/invoke"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    };
+    // Dispatches until the first refusal: how many this node allowed.
+    let allowed = || async {
+        let mut n = 0;
+        loop {
+            let (status, body) = invoke().await;
+            if status == 429 {
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                return (n, body);
+            }
+            assert_eq!(status, 200, "{body}");
+            n += 1;
+            assert!(n <= 8, "never more than the whole limit");
+        }
+    };
+    let (n, refusal) = allowed().await;
+    assert_eq!(n, 2, "8 / 4 live nodes");
+    let message = refusal["error"]["message"].as_str().unwrap();
+    assert!(message.contains("shared by 4 live nodes"), "{message}");
+    // Two nodes go: node4's share of the same window grows to 8 / 2.
+    cluster.nodes[1].process.kill();
+    cluster.nodes[2].process.kill();
+    shared_by(2).await;
+    let (n, _) = allowed().await;
+    assert_eq!(n, 2, "4 in the window, 2 spent while 4 nodes were live");
+}

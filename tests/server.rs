@@ -490,6 +490,10 @@ async fn bad_requests_get_json_4xx_and_change_nothing() {
         let (status, answer) = api.get(path).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
     }
+    let (status, answer) = api.get("/v1/scan?prefix=tools/&cluster=true").await;
+    assert_client_error(status, &answer, StatusCode::BAD_REQUEST, "invalid_input");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not in a cluster"), "{answer}");
     let (status, answer) = api.get("/v1/nothing-here").await;
     assert_client_error(status, &answer, StatusCode::NOT_FOUND, "not_found");
 

@@ -1,5 +1,6 @@
 //! `switchboard cluster status`: the live nodes of a server's cluster, from
-//! its `GET /v1/cluster`.
+//! its `GET /v1/cluster`, with each node's policy revision and a warning
+//! when they differ.
 
 use super::ServerArgs;
 use clap::{Args, Subcommand};
@@ -35,15 +36,35 @@ pub async fn run(command: ClusterCommand) -> switchboard::Result<()> {
         return super::out("(this server is not in cluster mode)");
     }
     super::out(format_args!(
-        "{:<24} {:<24} STARTED_AT_MS",
-        "NODE", "LISTEN"
+        "{:<24} {:<24} {:<14} STARTED_AT_MS",
+        "NODE", "LISTEN", "POLICY_REV"
     ))?;
-    for node in status["nodes"].as_array().into_iter().flatten() {
+    let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+    for node in &nodes {
         super::out(format_args!(
-            "{:<24} {:<24} {}",
+            "{:<24} {:<24} {:<14} {}",
             node["node_id"].as_str().unwrap_or("?"),
             node["listen"].as_str().unwrap_or("?"),
+            node["policy_revision"].as_str().unwrap_or("unknown"),
             node["started_at_ms"],
+        ))?;
+    }
+    if status["policies_agree"] == false {
+        let mut by_revision: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for node in &nodes {
+            by_revision
+                .entry(node["policy_revision"].as_str().unwrap_or("unknown"))
+                .or_default()
+                .push(node["node_id"].as_str().unwrap_or("?"));
+        }
+        let groups: Vec<String> = by_revision
+            .iter()
+            .map(|(revision, ids)| format!("{revision}: {}", ids.join(", ")))
+            .collect();
+        super::out(format_args!(
+            "WARNING: the nodes run different policies ({}); give every node the same \
+             policies_dir and put stored policies through every node",
+            groups.join("; ")
         ))?;
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! `switchboard scan`: every record under a key prefix, through the read
 //! hooks of the local database, or page by page from a server's `GET /v1/scan`;
 //! with `--agent`, `--status`, `--since` or `--until`, only the dispatch
-//! records those select.
+//! records those select. With `--cluster` (and `--server`), every live
+//! node's records, merged by the node asked (`GET /v1/scan?cluster=true`).
 
 use super::{Client, StoreArgs};
 use clap::Args;
@@ -36,6 +37,10 @@ pub struct ScanArgs {
     /// its dispatch records, registrations and policy decisions.
     #[arg(long)]
     pub caller: Option<String>,
+    /// Every live node's records of the cluster the --server node belongs
+    /// to, merged in key order (each JSON line then names its node_id).
+    #[arg(long)]
+    pub cluster: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -67,10 +72,17 @@ pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
                 &args.prefix,
                 &filter,
                 args.caller.as_deref(),
+                args.cluster,
                 limit,
                 &mut printer,
             )
             .await?
+        }
+        None if args.cluster => {
+            return Err(Error::invalid(
+                "--cluster asks a running node for the whole cluster's records: add --server URL \
+                 (or set SWITCHBOARD_URL)",
+            ))
         }
         None => {
             let db = args.store.open()?;
@@ -96,7 +108,7 @@ pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
                         continue;
                     }
                 }
-                printer.record(&key, &value, Some(&text))?;
+                printer.record(None, &key, &value, Some(&text))?;
                 left -= 1;
             }
         }
@@ -110,11 +122,13 @@ async fn remote(
     prefix: &str,
     filter: &AuditFilter,
     caller: Option<&str>,
+    cluster: bool,
     limit: usize,
     printer: &mut Printer,
 ) -> switchboard::Result<()> {
     let mut after: Option<String> = None;
     let mut left = limit;
+    let mut missing = Vec::new();
     while left > 0 {
         let mut url = client.url("v1/scan");
         {
@@ -139,6 +153,9 @@ async fn remote(
             if let Some(caller) = caller {
                 q.append_pair("caller", caller);
             }
+            if cluster {
+                q.append_pair("cluster", "true");
+            }
         }
         let page = client.send(reqwest::Method::GET, url, None).await?;
         let items = page["items"]
@@ -146,9 +163,15 @@ async fn remote(
             .ok_or_else(|| Error::invalid("the server's scan page has no items"))?;
         for item in items {
             let key = item["key"].as_str().unwrap_or_default();
-            printer.record(key, &item["value"], None)?;
+            printer.record(item["node_id"].as_str(), key, &item["value"], None)?;
             left -= 1;
         }
+        // A cluster page says which nodes it could not read; a later page
+        // asks them again, so what counts is the last page's list.
+        missing = page["missing_nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         // A page may come back short, even empty, with a cursor: the server
         // stops early after passing over many hidden or filtered records.
         match page["next_after"].as_str() {
@@ -156,7 +179,24 @@ async fn remote(
             _ => break,
         }
     }
-    Ok(())
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<String> = missing
+        .iter()
+        .map(|m| {
+            format!(
+                "{} ({})",
+                m["node_id"].as_str().unwrap_or("?"),
+                m["error"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    Err(Error::Unavailable(format!(
+        "the cluster scan is incomplete: these nodes did not answer: {}. Check that every node \
+         is running, reachable at the url it published, and accepts the same credentials",
+        missing.join("; ")
+    )))
 }
 
 /// `--since`/`--until`: an age (`90s`, `30m`, `1h`, `7d`) before now, or
@@ -202,13 +242,17 @@ impl Printer {
     /// it as stored rather than re-encoded).
     fn record(
         &mut self,
+        node_id: Option<&str>,
         key: &str,
         value: &serde_json::Value,
         raw: Option<&str>,
     ) -> switchboard::Result<()> {
         self.count += 1;
         if self.json {
-            return super::out(serde_json::json!({"key": key, "value": value}));
+            return super::out(match node_id {
+                Some(node) => serde_json::json!({"node_id": node, "key": key, "value": value}),
+                None => serde_json::json!({"key": key, "value": value}),
+            });
         }
         let text = match (raw, value) {
             (Some(raw), _) => raw.to_string(),

@@ -3,6 +3,9 @@
 //! trail (`tools/`, `inflight/`, the decision log).
 //!
 //! - `etcd`: the etcd v3 client (JSON gateway over HTTP);
+//! - `node`: what a node publishes about itself (its liveness value, with
+//!   its policy revision from `policy_digest`) and learns from the node list
+//!   (the live nodes, their count sharing the rate limits);
 //! - this file: [`Cluster`], what a node runs: the registrations mirror
 //!   (list `switchboard/agents/`, then watch from the next revision, list
 //!   again after a compaction or a broken watch), the node's liveness key on
@@ -13,19 +16,24 @@
 //! in memory, registry writes fail as unavailable, new session bindings are
 //! refused (`strict`) or made on this node only and published create-if-absent
 //! when etcd is back (`best_effort`), and [`Cluster::health`] says `degraded`.
+//!
+//! Every keep-alive also counts the live nodes, which share every rate
+//! limit (each node enforces its share, `max / nodes`, never below 1).
 
 mod etcd;
+mod node;
+mod policy_digest;
 
 use crate::dispatch::ToolDispatcher;
 use crate::error::{Error, Result};
 use crate::namespace::{now_ms, validate_id, AgentRecord, SessionRecord};
 use crate::routing::shared::{RegistrationSink, SessionBindings};
-use crate::storage::off_worker;
+use crate::storage::{off_worker, Database};
 use etcd::{Etcd, Event, WatchMessage};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,12 +64,16 @@ pub struct ClusterSettings {
     /// Start even if no etcd member answers, routing from the registrations
     /// in this node's own store, and join when etcd is back.
     pub start_from_snapshot: bool,
+    /// The base URL the other nodes reach this node's API at (a cluster
+    /// scan asks each node for its records there), e.g. `http://10.0.0.1:7700`.
+    pub url: String,
 }
 
 struct State {
     etcd: Etcd,
     node_id: String,
     listen: String,
+    url: String,
     started_at_ms: u64,
     /// Whether the last exchange with etcd worked.
     connected: AtomicBool,
@@ -78,6 +90,8 @@ struct State {
     pending: parking_lot::Mutex<HashMap<String, SessionRecord>>,
     /// Wakes the liveness loop to check etcd now (the watch broke).
     check_now: tokio::sync::Notify,
+    /// The live nodes last counted, which share every rate limit.
+    live_nodes: AtomicU32,
 }
 
 impl State {
@@ -427,33 +441,48 @@ async fn mirror(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
 }
 
 /// Keeps `switchboard/nodes/{id}` on a lease, renewed every few seconds;
-/// whether that works is whether this node counts as connected. When etcd
-/// is back, publishes the bindings made meanwhile.
-async fn liveness(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
-    let value = json!({
-        "node_id": state.node_id,
-        "listen": state.listen,
-        "started_at_ms": state.started_at_ms,
-    })
-    .to_string();
+/// whether that works is whether this node counts as connected. Puts the
+/// node's value again when its policy revision changed, recounts the live
+/// nodes (who share every rate limit), and when etcd is back publishes the
+/// bindings made meanwhile.
+async fn liveness(state: Arc<State>, db: Database, apply: std::sync::mpsc::Sender<Change>) {
     let key = format!("{NODES}{}", state.node_id);
+    let mut published: Option<Value> = None;
     loop {
+        let value = node::node_value(&state, &db).await;
         let renewed = match state.lease.load(Ordering::Acquire) {
             0 => Ok(false),
             id => state.etcd.keep_alive(id).await,
         };
         let alive = match renewed {
-            Ok(true) => true,
+            Ok(true) => {
+                if published.as_ref() != Some(&value) {
+                    let lease = Some(state.lease.load(Ordering::Acquire));
+                    match state
+                        .etcd
+                        .put(&key, value.to_string().as_bytes(), lease)
+                        .await
+                    {
+                        Ok(()) => published = Some(value),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "could not publish this node's policy revision")
+                        }
+                    }
+                }
+                true
+            }
             Ok(false) => {
+                let bytes = value.to_string();
                 let granted = async {
                     let id = state.etcd.grant(NODE_LEASE_SECS).await?;
-                    state.etcd.put(&key, value.as_bytes(), Some(id)).await?;
+                    state.etcd.put(&key, bytes.as_bytes(), Some(id)).await?;
                     Ok::<_, Error>(id)
                 }
                 .await;
                 match granted {
                     Ok(id) => {
                         state.lease.store(id, Ordering::Release);
+                        published = Some(value);
                         true
                     }
                     Err(e) => {
@@ -468,8 +497,11 @@ async fn liveness(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
             }
         };
         state.set_connected(alive);
-        if alive && !state.pending.lock().is_empty() {
-            publish_pending(&state, &apply).await;
+        if alive {
+            if !state.pending.lock().is_empty() {
+                publish_pending(&state, &apply).await;
+            }
+            node::share_rate_limits(&state, &db).await;
         }
         let pause = if alive { KEEP_ALIVE_EVERY } else { RETRY_EVERY };
         tokio::select! {
@@ -495,6 +527,7 @@ impl Cluster {
             etcd: Etcd::new(settings.etcd.clone())?,
             node_id: settings.node_id,
             listen: settings.listen,
+            url: settings.url,
             started_at_ms: now_ms(),
             connected: AtomicBool::new(false),
             synced_at_ms: AtomicU64::new(0),
@@ -503,6 +536,7 @@ impl Cluster {
             strict_bindings: settings.strict_bindings,
             pending: parking_lot::Mutex::new(HashMap::new()),
             check_now: tokio::sync::Notify::new(),
+            live_nodes: AtomicU32::new(1),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -550,7 +584,11 @@ impl Cluster {
         dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
         let (apply, applier) = applier(dispatcher.clone(), tokio::runtime::Handle::current());
         runtime.spawn(mirror(state.clone(), apply.clone()));
-        runtime.spawn(liveness(state.clone(), apply));
+        runtime.spawn(liveness(
+            state.clone(),
+            dispatcher.database().clone(),
+            apply,
+        ));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {
             state,
@@ -622,26 +660,21 @@ impl Cluster {
         })
     }
 
-    /// The live nodes (those whose lease has not expired), sorted by id.
+    /// The live nodes (those whose lease has not expired), sorted by id,
+    /// each with its policy revision; `policies_agree` says whether every
+    /// node runs the same policies.
     pub async fn status(&self) -> Result<Value> {
-        let state = self.state.clone();
-        let handle = self.runtime.lock().as_ref().map(|r| r.handle().clone());
-        let Some(handle) = handle else {
-            return Err(self.state.unreachable());
-        };
-        let (kvs, revision) = handle
-            .spawn(async move { state.etcd.list(NODES).await })
-            .await
-            .map_err(|e| Error::internal("listing the cluster's nodes", e))??;
-        let mut nodes: Vec<Value> = kvs
+        let (nodes, revision) = self.nodes().await?;
+        let revisions: std::collections::BTreeSet<&str> = nodes
             .iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .map(|n| n["policy_revision"].as_str().unwrap_or("unknown"))
             .collect();
-        nodes.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
         Ok(json!({
             "mode": "cluster",
             "node_id": self.state.node_id,
             "revision": revision,
+            "policies_agree": revisions.len() <= 1,
+            "rate_limits_shared_by": self.state.live_nodes.load(Ordering::Acquire),
             "nodes": nodes,
         }))
     }

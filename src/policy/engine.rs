@@ -198,6 +198,18 @@ impl PolicyEngine {
         self.chain.rate_limiter.add(op, max, window, scope)
     }
 
+    /// Shares every rate limit among `nodes` nodes (cluster mode: the live
+    /// nodes): each limit then allows `max / nodes` here, never below 1.
+    /// 1 (the default) is a node alone.
+    pub fn set_rate_limit_nodes(&self, nodes: u32) {
+        self.chain.rate_limiter.set_nodes(nodes);
+    }
+
+    /// How many nodes the rate limits are shared by (1 outside cluster mode).
+    pub fn rate_limit_nodes(&self) -> u32 {
+        self.chain.rate_limiter.nodes()
+    }
+
     /// Makes the rate limits read the time from `clock` (e.g. a
     /// [`ManualClock`](crate::policy::ManualClock) in tests, to cross window
     /// edges without sleeping). The wall clock by default.

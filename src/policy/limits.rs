@@ -12,13 +12,17 @@
 //! is freed outside the lock), and at most [`MAX_TRACKED_PER_WINDOW`]
 //! distinct scope values per window; past that, new values are refused with
 //! a clear error until the window ends (a limiter fails closed).
+//!
+//! In cluster mode every limit is shared by the live nodes: each node
+//! enforces `max / nodes` (never below 1), the node count being set by the
+//! cluster as nodes come and go ([`RateLimiter::set_nodes`]).
 
 use super::context::keys;
 use super::{Op, OperationKind, PolicyContext};
 use crate::error::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,13 +132,31 @@ impl Limit {
         self.window.as_millis() as u64
     }
 
-    fn describe(&self, who: &str) -> String {
+    /// This node's share of the limit when `nodes` share it: `max / nodes`,
+    /// never below 1.
+    fn share(&self, nodes: u32) -> u32 {
+        (self.max / nodes.max(1)).max(1)
+    }
+
+    fn describe(&self, who: &str, nodes: u32) -> String {
         let op = format!("{:?}", self.op).to_lowercase();
         let per = match self.scope.context_key() {
             None => "in all".to_string(),
             Some(k) => format!("for {k} {who}"),
         };
-        format!("at most {} {op} per {:?} {per}", self.max, self.window)
+        let shared = if nodes > 1 {
+            format!(
+                " on this node (its share of {} shared by {nodes} live nodes)",
+                self.max
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "at most {} {op} per {:?} {per}{shared}",
+            self.share(nodes),
+            self.window
+        )
     }
 }
 
@@ -151,6 +173,8 @@ pub(crate) struct RateLimiter {
     /// Per limit (same index), the counts of its current window.
     counts: Mutex<Vec<Counts>>,
     clock: RwLock<Arc<dyn Clock>>,
+    /// How many nodes share every limit (1 outside cluster mode).
+    nodes: AtomicU32,
 }
 
 impl Default for RateLimiter {
@@ -159,6 +183,7 @@ impl Default for RateLimiter {
             limits: RwLock::default(),
             counts: Mutex::default(),
             clock: RwLock::new(Arc::new(SystemClock)),
+            nodes: AtomicU32::new(1),
         }
     }
 }
@@ -231,6 +256,16 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// Shares every limit among `nodes` nodes from now on (at least 1).
+    pub(crate) fn set_nodes(&self, nodes: u32) {
+        self.nodes.store(nodes.max(1), Ordering::Relaxed);
+    }
+
+    /// How many nodes share every limit.
+    pub(crate) fn nodes(&self) -> u32 {
+        self.nodes.load(Ordering::Relaxed)
+    }
+
     /// Reads the time from `clock` from now on.
     pub(crate) fn set_clock(&self, clock: Arc<dyn Clock>) {
         *self.clock.write() = clock;
@@ -256,6 +291,7 @@ impl RateLimiter {
             return Ok(reservation);
         }
         let now = self.clock.read().now_ms();
+        let nodes = self.nodes();
         let mut stale = Vec::new();
         let mut counts = self.counts.lock();
         for (op, key, ctx) in ops {
@@ -292,12 +328,12 @@ impl RateLimiter {
                     drop(counts);
                     return Err(refuse(format!(
                         "{} (already counting {MAX_TRACKED_PER_WINDOW} distinct values in this window, the most it tracks)",
-                        limit.describe(who)
+                        limit.describe(who, nodes)
                     )));
                 }
-                if used.unwrap_or(0) >= limit.max {
+                if used.unwrap_or(0) >= limit.share(nodes) {
                     drop(counts);
-                    return Err(refuse(limit.describe(who)));
+                    return Err(refuse(limit.describe(who, nodes)));
                 }
                 *state.by_scope.entry(who.to_string()).or_insert(0) += 1;
                 match reservation
@@ -419,6 +455,37 @@ mod tests {
             1,
             "the old window was dropped"
         );
+    }
+
+    #[test]
+    fn each_node_enforces_its_share_of_a_limit_as_nodes_come_and_go() {
+        let limiter_of = limiter;
+        let (limiter, _clock) = limiter_of(RateLimitOp::Put, 7, RateLimitScope::Global);
+        let ctx = PolicyContext::new();
+        let allowed = |limiter: &RateLimiter| {
+            let mut n = 0;
+            while limiter.acquire(Op::Put, "k", &ctx).is_ok() {
+                n += 1;
+                assert!(n <= 7, "never more than the whole limit");
+            }
+            n
+        };
+        limiter.set_nodes(3);
+        assert_eq!(allowed(&limiter), 2, "7 / 3 nodes");
+        let Err(Error::RateLimited { limit, .. }) = limiter.acquire(Op::Put, "k", &ctx) else {
+            panic!("over this node's share");
+        };
+        assert!(limit.contains("shared by 3 live nodes"), "{limit}");
+        // A node leaves: the two left share the limit, 3 each.
+        limiter.set_nodes(2);
+        assert_eq!(allowed(&limiter), 1, "3 of the window, 2 used");
+        // More nodes than the limit: still 1 each, never 0.
+        let (fresh, _clock) = limiter_of(RateLimitOp::Put, 7, RateLimitScope::Global);
+        fresh.set_nodes(20);
+        assert_eq!(allowed(&fresh), 1);
+        fresh.set_nodes(0);
+        assert_eq!(fresh.nodes(), 1);
+        assert_eq!(allowed(&fresh), 6, "alone again: the whole limit");
     }
 
     #[test]

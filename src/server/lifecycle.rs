@@ -73,7 +73,7 @@ pub async fn serve(
     config.apply_policy(&PolicyEngine::new(&db))?;
     let dispatcher = ToolDispatcher::try_new(db)?;
     // Before `[[agents]]`: they are published to the cluster like any registration.
-    let cluster = join_cluster(&config, &dispatcher).await?;
+    let cluster = join_cluster(&config, &dispatcher, tls.is_some()).await?;
     #[cfg(feature = "cluster")]
     let leaving = cluster.clone();
     config.register_agents(&dispatcher)?;
@@ -138,16 +138,23 @@ pub async fn serve(
 async fn join_cluster(
     config: &Config,
     dispatcher: &ToolDispatcher,
+    https: bool,
 ) -> crate::Result<Option<Arc<crate::cluster::Cluster>>> {
     let Some(section) = &config.cluster else {
         return Ok(None);
     };
+    let scheme = if https { "https" } else { "http" };
+    let url = section
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{}", config.listen));
     let settings = crate::cluster::ClusterSettings {
         etcd: section.etcd.clone(),
         node_id: section.node_id.clone(),
         strict_bindings: section.bindings == crate::config::ClusterBindings::Strict,
         start_from_snapshot: section.start_from_snapshot,
         listen: config.listen.clone(),
+        url: url.trim_end_matches('/').to_string(),
     };
     crate::cluster::Cluster::join(dispatcher, settings)
         .await
@@ -155,7 +162,7 @@ async fn join_cluster(
 }
 
 #[cfg(not(feature = "cluster"))]
-async fn join_cluster(config: &Config, _: &ToolDispatcher) -> crate::Result<()> {
+async fn join_cluster(config: &Config, _: &ToolDispatcher, _: bool) -> crate::Result<()> {
     match config.cluster {
         Some(_) => Err(Error::invalid(
             "[cluster] needs a build with the `cluster` feature (on by default)",

@@ -6,13 +6,15 @@
 //! caller is, and the scope each route needs), `hosts` (Host-header
 //! validation), `tls` (the certificate HTTPS is served with), `prometheus`
 //! (the exposition), and one file of handlers per resource (`agents`,
-//! `invoke`, `scan`, `policies`, `metrics`, `tokens`, `tools`, `cluster`,
+//! `invoke`, `scan` (and `cluster_scan`, its cluster-wide page), `policies`, `metrics`, `tokens`, `tools`, `cluster`,
 //! which also answers `/healthz`).
 //! `docs/openapi.json` describes every route.
 
 mod agents;
 mod auth;
 mod cluster;
+#[cfg(feature = "cluster")]
+mod cluster_scan;
 mod errors;
 mod hosts;
 mod invoke;
@@ -29,6 +31,8 @@ mod tools;
 
 pub use agents::{visible_agents, RegisterBody};
 pub use auth::Caller;
+#[cfg(feature = "cluster")]
+pub use cluster_scan::{ClusterScanItem, ClusterScanPage, MissingNode, PEER_TIMEOUT};
 pub use errors::{ApiError, ERROR_CODES};
 pub use invoke::InvokeBody;
 pub use lifecycle::{run, run_tls, run_with, serve, shutdown_signal};

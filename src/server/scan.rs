@@ -15,7 +15,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 /// `GET /v1/scan` query.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScanQuery {
     /// The key prefix to scan.
@@ -34,6 +34,10 @@ pub struct ScanQuery {
     pub since_ms: Option<u64>,
     /// Only calls started at or before this time (ms since the Unix epoch).
     pub until_ms: Option<u64>,
+    /// Cluster mode: every live node's records merged into one stream by
+    /// key, `after` then being the previous merged page's cursor.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 impl ScanQuery {
@@ -184,14 +188,62 @@ fn one_page(
 pub(crate) async fn scan(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<ScanQuery>, QueryRejection>,
-) -> ApiResult<Json<ScanPage>> {
+) -> ApiResult<Json<serde_json::Value>> {
     let Query(q) = query?;
+    if q.cluster {
+        return cluster_scan(s, caller, headers, q).await;
+    }
+    let after = q.after.clone();
+    let page = local_page(&s, &caller, &q, after).await?;
+    Ok(Json(serde_json::to_value(page).map_err(Error::storage)?))
+}
+
+#[cfg(feature = "cluster")]
+async fn cluster_scan(
+    s: AppState,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    q: ScanQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Some(cluster) = s.cluster.clone() else {
+        return Err(not_in_cluster().into());
+    };
+    let page = super::cluster_scan::page(&s, &cluster, &caller, &headers, &q).await?;
+    Ok(Json(serde_json::to_value(page).map_err(Error::storage)?))
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn cluster_scan(
+    _: AppState,
+    _: Caller,
+    _: axum::http::HeaderMap,
+    _: ScanQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    Err(not_in_cluster().into())
+}
+
+fn not_in_cluster() -> Error {
+    Error::invalid(
+        "cluster=true: this node is not in a cluster (it was started without --cluster-etcd); \
+         drop cluster=true to scan this node's records",
+    )
+}
+
+/// One page of this node's own records for `q`'s prefix and filters,
+/// resuming after `after`, read as `caller`.
+pub(crate) async fn local_page(
+    s: &AppState,
+    caller: &Caller,
+    q: &ScanQuery,
+    after: Option<String>,
+) -> ApiResult<ScanPage> {
     let filter = q.audit_filter()?;
     // Token records are the admin's: other readers may not scan them.
     if q.prefix.starts_with(TOKENS) && !caller.has_scope(Scope::Admin) {
         return Err(Error::PolicyDenied {
-            key: q.prefix,
+            key: q.prefix.clone(),
             reason: "token records need the admin scope; GET /v1/tokens lists them".into(),
         }
         .into());
@@ -202,14 +254,18 @@ pub(crate) async fn scan(
             .with("source", "api")
             .with(keys::ACTION, "scan"),
     );
+    let caller = caller.clone();
+    let prefix = q.prefix.clone();
+    let limit = q.limit.unwrap_or(100);
+    let caller_filter = q.caller.clone();
     let page = tokio::task::spawn_blocking(move || {
         let mut page = scan_page_as(
             &db,
-            &q.prefix,
-            q.after.as_deref(),
-            q.limit.unwrap_or(100),
+            &prefix,
+            after.as_deref(),
+            limit,
             &reader,
-            q.caller.as_deref(),
+            caller_filter.as_deref(),
             &filter,
         )?;
         if !caller.has_scope(Scope::Admin) {
@@ -219,5 +275,5 @@ pub(crate) async fn scan(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(page))
+    Ok(page)
 }

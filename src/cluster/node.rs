@@ -1,0 +1,78 @@
+//! What a node publishes about itself under `switchboard/nodes/{id}` (who
+//! it is, where the other nodes reach it, its policy revision) and what it
+//! learns from the list of live nodes: the nodes a cluster scan asks, and
+//! their count, which shares every rate limit.
+
+use super::{Cluster, State, NODES};
+use crate::error::{Error, Result};
+use crate::policy::PolicyEngine;
+use crate::storage::Database;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+
+/// This node's liveness value: who it is, where it listens, and the
+/// revision of the policy chain it runs.
+pub(super) async fn node_value(state: &State, db: &Database) -> Value {
+    let db = db.clone();
+    let policy = tokio::task::spawn_blocking(move || super::policy_digest::policy_revision(&db))
+        .await
+        .unwrap_or_else(|_| json!({"policy_revision": "unreadable", "policies": []}));
+    json!({
+        "node_id": state.node_id,
+        "listen": state.listen,
+        "url": state.url,
+        "started_at_ms": state.started_at_ms,
+        "policy_revision": policy["policy_revision"],
+        "policies": policy["policies"],
+    })
+}
+
+/// Counts the live nodes and shares every rate limit among them (each node
+/// enforces `max / nodes`, never below 1). Without etcd the last count holds.
+pub(super) async fn share_rate_limits(state: &State, db: &Database) {
+    let Ok((kvs, _)) = state.etcd.list(NODES).await else {
+        return;
+    };
+    let nodes = u32::try_from(kvs.len()).unwrap_or(u32::MAX).max(1);
+    let before = state.live_nodes.swap(nodes, Ordering::AcqRel);
+    let engine = PolicyEngine::new(db);
+    if before != nodes || engine.rate_limit_nodes() != nodes {
+        engine.set_rate_limit_nodes(nodes);
+        tracing::info!(
+            live_nodes = nodes,
+            "rate limits shared by the live nodes: each allows its share (limit / nodes)"
+        );
+    }
+}
+
+impl Cluster {
+    /// The live nodes as their liveness keys describe them (`node_id`,
+    /// `listen`, `url`, `started_at_ms`), sorted by id, and the etcd
+    /// revision they were read at. A node that did not publish a `url`
+    /// (an older version) is given `http://{listen}`.
+    pub async fn nodes(&self) -> Result<(Vec<Value>, i64)> {
+        let state = self.state.clone();
+        let handle = self.runtime.lock().as_ref().map(|r| r.handle().clone());
+        let Some(handle) = handle else {
+            return Err(self.state.unreachable());
+        };
+        let (kvs, revision) = handle
+            .spawn(async move { state.etcd.list(NODES).await })
+            .await
+            .map_err(|e| Error::internal("listing the cluster's nodes", e))??;
+        let mut nodes: Vec<Value> = kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+            .filter(|node| node["node_id"].is_string())
+            .map(|mut node| {
+                if !node["url"].is_string() {
+                    node["url"] =
+                        json!(format!("http://{}", node["listen"].as_str().unwrap_or("")));
+                }
+                node
+            })
+            .collect();
+        nodes.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
+        Ok((nodes, revision))
+    }
+}

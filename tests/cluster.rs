@@ -648,9 +648,13 @@ async fn without_etcd_registration_answers_503_and_calls_still_route() {
         let (status, body) = cluster.invoke(node, None).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["agent_id"], "a1", "{body}");
-        let url = format!("{}/healthz", cluster.nodes[node].base);
-        let (_, health) = cluster.send(reqwest::Method::GET, url, None).await;
-        assert_eq!(health["status"], "degraded", "{health}");
+        // Each node finds etcd gone at its own next keep-alive.
+        within(
+            Duration::from_secs(10),
+            "the node says degraded",
+            || async { (cluster.health(node).await["status"] == "degraded").then_some(()) },
+        )
+        .await;
     }
     // The refused registration was not kept anywhere.
     let url = format!("{}/v1/agents", cluster.nodes[1].base);
@@ -1467,4 +1471,51 @@ async fn a_rate_limit_is_shared_by_the_live_nodes_and_grows_when_nodes_leave() {
     shared_by(2).await;
     let (n, _) = allowed().await;
     assert_eq!(n, 2, "4 in the window, 2 spent while 4 nodes were live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_node_publishes_the_agents_its_own_checks_eject() {
+    let cluster = Cluster::start().await;
+    let dead = format!("http://127.0.0.1:{}/invoke", free_port());
+    let (status, body) = cluster.register(0, "dead", &dead).await;
+    assert_eq!(status, 200, "{body}");
+    within(
+        Duration::from_secs(5),
+        "node 2 holds the registration",
+        || {
+            let cluster = &cluster;
+            async move {
+                listed(cluster, 1)
+                    .await
+                    .contains(&"dead".to_string())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Only node 2 calls it: three failed calls in a row eject it there.
+    for _ in 0..3 {
+        let (status, body) = cluster.invoke(1, None).await;
+        assert!(status >= 500, "{status} {body}");
+    }
+    let url = format!("{}/v1/cluster", cluster.nodes[0].base);
+    let nodes = within(
+        Duration::from_secs(10),
+        "node 1 sees node 2's ejection",
+        || {
+            let (cluster, url) = (&cluster, url.clone());
+            async move {
+                let (_, status) = cluster.send(reqwest::Method::GET, url, None).await;
+                let nodes = status["nodes"].as_array()?.clone();
+                nodes
+                    .iter()
+                    .any(|n| n["node_id"] == "node2" && n["unhealthy_agents"] == json!(["dead"]))
+                    .then_some(nodes)
+            }
+        },
+    )
+    .await;
+    for node in nodes.iter().filter(|n| n["node_id"] != "node2") {
+        assert_eq!(node["unhealthy_agents"], json!([]), "{node}");
+    }
 }

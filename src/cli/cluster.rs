@@ -1,6 +1,6 @@
 //! `switchboard cluster status`: the live nodes of a server's cluster, from
-//! its `GET /v1/cluster`, with each node's policy revision and a warning
-//! when they differ.
+//! its `GET /v1/cluster`, with each node's policy revision (and a warning
+//! when they differ) and the agents its health checks eject.
 
 use super::ServerArgs;
 use clap::{Args, Subcommand};
@@ -36,17 +36,28 @@ pub async fn run(command: ClusterCommand) -> switchboard::Result<()> {
         return super::out("(this server is not in cluster mode)");
     }
     super::out(format_args!(
-        "{:<24} {:<24} {:<14} STARTED_AT_MS",
-        "NODE", "LISTEN", "POLICY_REV"
+        "{:<24} {:<24} {:<14} {:<14} UNHEALTHY_AGENTS",
+        "NODE", "LISTEN", "POLICY_REV", "STARTED_AT_MS"
     ))?;
     let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
     for node in &nodes {
+        let unhealthy: Vec<&str> = node["unhealthy_agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|id| id.as_str())
+            .collect();
         super::out(format_args!(
-            "{:<24} {:<24} {:<14} {}",
+            "{:<24} {:<24} {:<14} {:<14} {}",
             node["node_id"].as_str().unwrap_or("?"),
             node["listen"].as_str().unwrap_or("?"),
             node["policy_revision"].as_str().unwrap_or("unknown"),
             node["started_at_ms"],
+            if unhealthy.is_empty() {
+                "-".to_string()
+            } else {
+                unhealthy.join(",")
+            },
         ))?;
     }
     if status["policies_agree"] == false {

@@ -1,22 +1,36 @@
 //! What a node publishes about itself under `switchboard/nodes/{id}` (who
-//! it is, where the other nodes reach it, its policy revision) and what it
-//! learns from the list of live nodes: the nodes a cluster scan asks, and
-//! their count, which shares every rate limit.
+//! it is, where the other nodes reach it, its policy revision, the agents
+//! its health checks eject) and what it learns from the list of live nodes:
+//! the nodes a cluster scan asks, and their count, which shares every rate
+//! limit.
 
 use super::{Cluster, State, NODES};
 use crate::error::{Error, Result};
+use crate::namespace::{AgentRecord, AgentStatus, AGENTS};
 use crate::policy::PolicyEngine;
 use crate::storage::Database;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
-/// This node's liveness value: who it is, where it listens, and the
-/// revision of the policy chain it runs.
+/// This node's liveness value: who it is, where it listens, the revision of
+/// the policy chain it runs, and the agents its own health checks eject.
+/// Health is decided per node (each probes from where it stands) and only
+/// its changes reach etcd: the value is put again when it differs.
 pub(super) async fn node_value(state: &State, db: &Database) -> Value {
     let db = db.clone();
-    let policy = tokio::task::spawn_blocking(move || super::policy_digest::policy_revision(&db))
-        .await
-        .unwrap_or_else(|_| json!({"policy_revision": "unreadable", "policies": []}));
+    let (policy, unhealthy) = tokio::task::spawn_blocking(move || {
+        (
+            super::policy_digest::policy_revision(&db),
+            unhealthy_agents(&db),
+        )
+    })
+    .await
+    .unwrap_or_else(|_| {
+        (
+            json!({"policy_revision": "unreadable", "policies": []}),
+            Vec::new(),
+        )
+    });
     json!({
         "node_id": state.node_id,
         "listen": state.listen,
@@ -24,7 +38,19 @@ pub(super) async fn node_value(state: &State, db: &Database) -> Value {
         "started_at_ms": state.started_at_ms,
         "policy_revision": policy["policy_revision"],
         "policies": policy["policies"],
+        "unhealthy_agents": unhealthy,
     })
+}
+
+/// The agents this node holds as unhealthy (its registry writes each
+/// status change to the agent's record), sorted by id.
+fn unhealthy_agents(db: &Database) -> Vec<String> {
+    db.scan_unjudged(AGENTS, None)
+        .filter_map(|item| item.ok())
+        .filter_map(|(_, value)| serde_json::from_slice::<AgentRecord>(&value).ok())
+        .filter(|record| record.status == AgentStatus::Unhealthy)
+        .map(|record| record.agent_id)
+        .collect()
 }
 
 /// Counts the live nodes and shares every rate limit among them (each node

@@ -93,6 +93,11 @@ pub struct ClusterSection {
     /// in this node's own store (degraded) and join when etcd is back.
     #[serde(default)]
     pub start_from_snapshot: bool,
+    /// Seconds a session binding lasts from when it is made (default
+    /// [`DEFAULT_BINDING_TTL_SECS`]); the session is then bound anew and etcd
+    /// drops the old key.
+    #[serde(default)]
+    pub binding_ttl_secs: Option<u64>,
     /// The base URL the other nodes reach this node's API at (a cluster
     /// scan asks each node there); default `http://{listen}` (`https://`
     /// when serving HTTPS). Set it when `listen` is not an address the
@@ -100,6 +105,9 @@ pub struct ClusterSection {
     #[serde(default)]
     pub advertise_url: Option<String>,
 }
+
+/// How long a session binding lasts in cluster mode unless configured: a day.
+pub const DEFAULT_BINDING_TTL_SECS: u64 = 86_400;
 
 /// `bindings` under `[cluster]`: new session bindings while etcd is unreachable.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

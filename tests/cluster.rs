@@ -1519,3 +1519,53 @@ async fn each_node_publishes_the_agents_its_own_checks_eject() {
         assert_eq!(node["unhealthy_agents"], json!([]), "{node}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_binding_expires_after_its_ttl_and_every_node_follows_the_new_one() {
+    let cluster = Cluster::start_with(|_| vec!["--cluster-binding-ttl", "2"]).await;
+    let agents = [
+        TestAgent::start("a1", Behaviour::Echo).await,
+        TestAgent::start("a2", Behaviour::Echo).await,
+    ];
+    for (id, agent) in ["a1", "a2"].iter().zip(&agents) {
+        let (status, body) = cluster.register(0, id, &agent.endpoint).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    cluster.routed_everywhere(Duration::from_secs(5)).await;
+    session_call(&cluster, 0, "s", "sticky").await.unwrap();
+    let first = cluster.etcd_values("switchboard/sessions/").await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let created = first[0]["created_at_ms"].as_u64().unwrap();
+    // The key goes with its lease, no later than the TTL plus its reuse window.
+    within(
+        Duration::from_secs(15),
+        "etcd drops the binding",
+        || async {
+            cluster
+                .etcd_values("switchboard/sessions/")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    // Node 2 binds the session anew; node 1, whose cached binding is past its
+    // TTL, asks etcd instead of using it, and follows the new binding.
+    let rebound = session_call(&cluster, 1, "s", "sticky").await.unwrap();
+    let second = cluster.etcd_values("switchboard/sessions/").await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(second[0]["agent_id"], rebound.as_str(), "{second:?}");
+    assert!(second[0]["created_at_ms"].as_u64().unwrap() >= created + 2_000);
+    for node in [0, 2, 0] {
+        let served = session_call(&cluster, node, "s", "sticky").await.unwrap();
+        assert_eq!(served, rebound, "node {} follows etcd's binding", node + 1);
+    }
+    // Node 1 holds the new binding itself now, not its expired one.
+    let key = "sessions/s";
+    let held = scan(&cluster, 0, key)
+        .await
+        .into_iter()
+        .find(|item| item["key"] == key)
+        .expect("node 1 holds the session's binding");
+    assert_eq!(held["value"]["created_at_ms"], second[0]["created_at_ms"]);
+}

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// the agents in this node's own store (degraded) until etcd is back.
     #[arg(long)]
     pub cluster_start_from_snapshot: bool,
+    /// Cluster mode: seconds a session binding lasts from when it is made
+    /// (default 86400); the session is then bound anew.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cluster_binding_ttl: Option<u64>,
     /// PEM file of extra CA certificates trusted for https:// agents
     /// (besides the built-in webpki roots).
     #[arg(long)]
@@ -70,6 +74,7 @@ pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
         || args.node_id.is_some()
         || args.cluster_bindings.is_some()
         || args.cluster_start_from_snapshot
+        || args.cluster_binding_ttl.is_some()
     {
         let mut section = config.cluster.take().unwrap_or_default();
         if let Some(mode) = args.cluster_bindings {
@@ -77,6 +82,9 @@ pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
         }
         if args.cluster_start_from_snapshot {
             section.start_from_snapshot = true;
+        }
+        if let Some(secs) = args.cluster_binding_ttl {
+            section.binding_ttl_secs = Some(secs);
         }
         if !args.cluster_etcd.is_empty() {
             section.etcd = args.cluster_etcd;

@@ -191,16 +191,23 @@ impl Etcd {
             .map(|_| ())
     }
 
-    /// Writes `value` under `key` only if the key does not exist; returns
-    /// the value that holds afterwards (`value`, or the earlier one).
-    pub(crate) async fn create_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>> {
+    /// Writes `value` under `key` (attached to `lease`) only if the key does
+    /// not exist; returns the value that holds afterwards (`value`, or the
+    /// earlier one).
+    pub(crate) async fn create_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<i64>,
+    ) -> Result<Vec<u8>> {
         let k = b64(key.as_bytes());
+        let put = put_request(&k, value, lease);
         let answer = self
             .post(
                 "/v3/kv/txn",
                 &json!({
                     "compare": [{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
-                    "success": [{"request_put": {"key": k, "value": b64(value)}}],
+                    "success": [{"request_put": put}],
                     "failure": [{"request_range": {"key": k}}],
                 }),
             )
@@ -231,15 +238,17 @@ impl Etcd {
         key: &str,
         value: &[u8],
         mod_revision: i64,
+        lease: Option<i64>,
     ) -> Result<Vec<u8>> {
         let k = b64(key.as_bytes());
+        let put = put_request(&k, value, lease);
         let answer = self
             .post(
                 "/v3/kv/txn",
                 &json!({
                     "compare": [{"key": k, "result": "EQUAL", "target": "MOD",
                                  "mod_revision": mod_revision.to_string()}],
-                    "success": [{"request_put": {"key": k, "value": b64(value)}}],
+                    "success": [{"request_put": put}],
                     "failure": [{"request_range": {"key": k}}],
                 }),
             )
@@ -250,7 +259,7 @@ impl Etcd {
         match kv(&answer["responses"][0]["response_range"]["kvs"][0]) {
             Some(kv) => Ok(kv.value),
             // Deleted meanwhile: create it.
-            None => self.create_if_absent(key, value).await,
+            None => self.create_if_absent(key, value, lease).await,
         }
     }
 
@@ -374,4 +383,13 @@ impl Etcd {
             buffer.drain(..consumed);
         }
     }
+}
+
+/// A transaction's put of `value` under the base64 key `k`, on `lease`.
+fn put_request(k: &str, value: &[u8], lease: Option<i64>) -> Value {
+    let mut put = json!({"key": k, "value": b64(value)});
+    if let Some(lease) = lease {
+        put["lease"] = json!(lease.to_string());
+    }
+    put
 }

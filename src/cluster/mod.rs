@@ -64,6 +64,9 @@ pub struct ClusterSettings {
     /// Start even if no etcd member answers, routing from the registrations
     /// in this node's own store, and join when etcd is back.
     pub start_from_snapshot: bool,
+    /// How long a session binding lasts from when it is made; the session
+    /// is then bound anew (etcd drops the key on a lease).
+    pub binding_ttl: Duration,
     /// The base URL the other nodes reach this node's API at (a cluster
     /// scan asks each node for its records there), e.g. `http://10.0.0.1:7700`.
     pub url: String,
@@ -92,9 +95,32 @@ struct State {
     check_now: tokio::sync::Notify,
     /// The live nodes last counted, which share every rate limit.
     live_nodes: AtomicU32,
+    binding_ttl: Duration,
+    /// The lease new bindings are put on and when it was granted (ms): one
+    /// lease serves every binding made within a tenth of the TTL.
+    binding_lease: tokio::sync::Mutex<Option<(i64, u64)>>,
 }
 
 impl State {
+    /// The lease a binding made now is put on. It lives the TTL plus the
+    /// tenth of it during which it is handed out, so etcd never drops a
+    /// binding before its TTL is over by the binding's own clock
+    /// (`created_at_ms`), which is what nodes holding it in cache go by.
+    async fn binding_lease(&self) -> Result<i64> {
+        let reuse_ms = (self.binding_ttl.as_millis() as u64 / 10).max(1_000);
+        let mut held = self.binding_lease.lock().await;
+        if let Some((id, granted_at_ms)) = *held {
+            if now_ms().saturating_sub(granted_at_ms) < reuse_ms {
+                return Ok(id);
+            }
+        }
+        let granted_at_ms = now_ms();
+        let ttl_secs = (self.binding_ttl.as_millis() as u64 + reuse_ms).div_ceil(1_000);
+        let id = self.etcd.grant(ttl_secs).await?;
+        *held = Some((id, granted_at_ms));
+        Ok(id)
+    }
+
     fn set_connected(&self, connected: bool) {
         let was = self.connected.swap(connected, Ordering::AcqRel);
         if was && !connected {
@@ -189,7 +215,8 @@ impl SessionBindings for Hooks {
         let key = format!("{SESSIONS}{session_id}");
         let value = serde_json::to_vec(proposed).map_err(Error::storage)?;
         let held = block(&self.runtime, &self.state, async move {
-            state.etcd.create_if_absent(&key, &value).await
+            let lease = state.binding_lease().await?;
+            state.etcd.create_if_absent(&key, &value, Some(lease)).await
         })?;
         serde_json::from_slice(&held)
             .map_err(|e| Error::storage(format!("session {session_id}'s binding in etcd: {e}")))
@@ -203,11 +230,17 @@ impl SessionBindings for Hooks {
     ) -> Result<SessionRecord> {
         let state = self.state.clone();
         let key = format!("{SESSIONS}{session_id}");
-        let value = serde_json::to_vec(proposed).map_err(Error::storage)?;
+        // A new agent is a new binding: its time to live starts now.
+        let proposed = SessionRecord {
+            created_at_ms: proposed.last_used_ms,
+            ..proposed.clone()
+        };
+        let value = serde_json::to_vec(&proposed).map_err(Error::storage)?;
         let replaced = replaced_agent.to_string();
         let held = block(&self.runtime, &self.state, async move {
+            let lease = Some(state.binding_lease().await?);
             match state.etcd.get(&key).await? {
-                None => state.etcd.create_if_absent(&key, &value).await,
+                None => state.etcd.create_if_absent(&key, &value, lease).await,
                 Some((held, revision)) => {
                     let bound_to = serde_json::from_slice::<SessionRecord>(&held)
                         .map(|b| b.agent_id)
@@ -216,7 +249,10 @@ impl SessionBindings for Hooks {
                         // Another node rebound it already: theirs holds.
                         return Ok(held);
                     }
-                    state.etcd.put_if_unchanged(&key, &value, revision).await
+                    state
+                        .etcd
+                        .put_if_unchanged(&key, &value, revision, lease)
+                        .await
                 }
             }
         })?;
@@ -244,6 +280,11 @@ impl SessionBindings for Hooks {
             .insert(session_id.to_string(), proposed.clone());
         Ok(())
     }
+
+    fn expired(&self, binding: &SessionRecord, now_ms: u64) -> bool {
+        let ttl_ms = self.state.binding_ttl.as_millis() as u64;
+        now_ms >= binding.created_at_ms.saturating_add(ttl_ms)
+    }
 }
 
 /// Publishes the bindings this node made on its own while etcd was
@@ -261,7 +302,11 @@ async fn publish_pending(state: &State, apply: &std::sync::mpsc::Sender<Change>)
             continue;
         };
         let key = format!("{SESSIONS}{session_id}");
-        let held = match state.etcd.create_if_absent(&key, &value).await {
+        let published = async {
+            let lease = state.binding_lease().await?;
+            state.etcd.create_if_absent(&key, &value, Some(lease)).await
+        };
+        let held = match published.await {
             Ok(held) => held,
             Err(e) => {
                 tracing::debug!(error = %e, "could not publish the bindings made while etcd was unreachable");
@@ -537,6 +582,8 @@ impl Cluster {
             pending: parking_lot::Mutex::new(HashMap::new()),
             check_now: tokio::sync::Notify::new(),
             live_nodes: AtomicU32::new(1),
+            binding_ttl: settings.binding_ttl,
+            binding_lease: tokio::sync::Mutex::new(None),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -192,8 +192,11 @@ impl Affinity {
         let Some(session_id) = route.session_id else {
             return Ok(self.select(route, tried).map(unbound));
         };
-        let existing = self.binding(session_id)?;
         let now = now_ms();
+        let shared = self.shared.read().clone();
+        let existing = self
+            .binding(session_id)?
+            .filter(|b| !shared.as_ref().is_some_and(|s| s.expired(b, now)));
         let bind = |lease: Lease, created_at_ms: u64| {
             let binding = SessionRecord {
                 agent_id: lease.agent.id.clone(),

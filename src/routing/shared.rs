@@ -34,4 +34,8 @@ pub trait SessionBindings: Send + Sync {
     /// (`error`): `Ok` binds it to `proposed` on this node only (the store
     /// may take it up later), an error refuses the call with it.
     fn unreachable(&self, session_id: &str, proposed: &SessionRecord, error: Error) -> Result<()>;
+    /// Whether `binding` (held on this node) has outlived the shared
+    /// bindings' time to live at `now_ms`: the session is then bound anew,
+    /// through them, as if it had never been bound.
+    fn expired(&self, binding: &SessionRecord, now_ms: u64) -> bool;
 }

@@ -153,6 +153,12 @@ async fn join_cluster(
         node_id: section.node_id.clone(),
         strict_bindings: section.bindings == crate::config::ClusterBindings::Strict,
         start_from_snapshot: section.start_from_snapshot,
+        binding_ttl: std::time::Duration::from_secs(
+            section
+                .binding_ttl_secs
+                .unwrap_or(crate::config::DEFAULT_BINDING_TTL_SECS)
+                .max(1),
+        ),
         listen: config.listen.clone(),
         url: url.trim_end_matches('/').to_string(),
     };

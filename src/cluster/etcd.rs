@@ -201,25 +201,15 @@ impl Etcd {
         lease: Option<i64>,
     ) -> Result<Vec<u8>> {
         let k = b64(key.as_bytes());
-        let put = put_request(&k, value, lease);
-        let answer = self
-            .post(
-                "/v3/kv/txn",
-                &json!({
-                    "compare": [{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
-                    "success": [{"request_put": put}],
-                    "failure": [{"request_range": {"key": k}}],
-                }),
-            )
-            .await?;
-        if answer["succeeded"].as_bool() == Some(true) {
-            return Ok(value.to_vec());
+        let compare =
+            json!({"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"});
+        match self.put_if(&k, compare, value, lease).await? {
+            Written::Put => Ok(value.to_vec()),
+            Written::Held(Some(held)) => Ok(held),
+            Written::Held(None) => Err(unavailable(format!(
+                "etcd did not create {key} nor return it"
+            ))),
         }
-        answer["responses"][0]["response_range"]["kvs"][0]
-            .as_object()
-            .and_then(|_| kv(&answer["responses"][0]["response_range"]["kvs"][0]))
-            .map(|kv| kv.value)
-            .ok_or_else(|| unavailable(format!("etcd did not create {key} nor return it")))
     }
 
     /// The value under `key` and the revision it was last changed at.
@@ -241,26 +231,45 @@ impl Etcd {
         lease: Option<i64>,
     ) -> Result<Vec<u8>> {
         let k = b64(key.as_bytes());
-        let put = put_request(&k, value, lease);
+        let compare = json!({"key": k, "result": "EQUAL", "target": "MOD",
+                             "mod_revision": mod_revision.to_string()});
+        match self.put_if(&k, compare, value, lease).await? {
+            Written::Put => Ok(value.to_vec()),
+            Written::Held(Some(held)) => Ok(held),
+            // Deleted meanwhile: create it.
+            Written::Held(None) => self.create_if_absent(key, value, lease).await,
+        }
+    }
+
+    /// One transaction: puts `value` under the base64 key `k` (on `lease`)
+    /// if `compare` holds, else reads what the key holds.
+    async fn put_if(
+        &self,
+        k: &str,
+        compare: Value,
+        value: &[u8],
+        lease: Option<i64>,
+    ) -> Result<Written> {
+        let mut put = json!({"key": k, "value": b64(value)});
+        if let Some(lease) = lease {
+            put["lease"] = json!(lease.to_string());
+        }
         let answer = self
             .post(
                 "/v3/kv/txn",
                 &json!({
-                    "compare": [{"key": k, "result": "EQUAL", "target": "MOD",
-                                 "mod_revision": mod_revision.to_string()}],
+                    "compare": [compare],
                     "success": [{"request_put": put}],
                     "failure": [{"request_range": {"key": k}}],
                 }),
             )
             .await?;
         if answer["succeeded"].as_bool() == Some(true) {
-            return Ok(value.to_vec());
+            return Ok(Written::Put);
         }
-        match kv(&answer["responses"][0]["response_range"]["kvs"][0]) {
-            Some(kv) => Ok(kv.value),
-            // Deleted meanwhile: create it.
-            None => self.create_if_absent(key, value, lease).await,
-        }
+        Ok(Written::Held(
+            kv(&answer["responses"][0]["response_range"]["kvs"][0]).map(|kv| kv.value),
+        ))
     }
 
     /// A new lease of `ttl_secs`; its id.
@@ -385,11 +394,10 @@ impl Etcd {
     }
 }
 
-/// A transaction's put of `value` under the base64 key `k`, on `lease`.
-fn put_request(k: &str, value: &[u8], lease: Option<i64>) -> Value {
-    let mut put = json!({"key": k, "value": b64(value)});
-    if let Some(lease) = lease {
-        put["lease"] = json!(lease.to_string());
-    }
-    put
+/// What a conditional put did.
+enum Written {
+    /// The condition held: the value was written.
+    Put,
+    /// It did not: what the key holds (`None`: nothing).
+    Held(Option<Vec<u8>>),
 }

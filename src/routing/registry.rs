@@ -92,45 +92,36 @@ impl AgentRegistry {
             let stats = Arc::new(AgentStats::default());
             let live = match &record.transport {
                 AgentTransport::Local => None,
-                AgentTransport::Mcp(server) => {
-                    let agent = registry.agent(
-                        &record,
-                        registry.reserve_uid(),
-                        Endpoint::Mcp(server.clone()),
-                        None,
-                        stats.clone(),
-                    );
-                    if record.status == AgentStatus::Unhealthy {
-                        agent.health.unhealthy.store(true, Ordering::Release);
-                        agent
-                            .health
-                            .unhealthy_since_ms
-                            .store(record.updated_at_ms, Ordering::Release);
-                    }
-                    Some(agent)
-                }
+                AgentTransport::Mcp(server) => Some(registry.agent(
+                    &record,
+                    registry.reserve_uid(),
+                    Endpoint::Mcp(server.clone()),
+                    None,
+                    stats.clone(),
+                )),
                 AgentTransport::Http {
                     endpoint,
                     health_url,
                 } => match registry.http_agent(&record, endpoint, health_url, stats.clone()) {
-                    Ok(agent) => {
-                        if record.status == AgentStatus::Unhealthy {
-                            // Routing agrees with the stored status: the agent
-                            // starts ejected, re-admitted by the usual rules.
-                            agent.health.unhealthy.store(true, Ordering::Release);
-                            agent
-                                .health
-                                .unhealthy_since_ms
-                                .store(record.updated_at_ms, Ordering::Release);
-                        }
-                        Some(agent)
-                    }
+                    Ok(agent) => Some(agent),
                     Err(e) => {
                         tracing::warn!(%key, error = %e, "skipping an agent record with a bad endpoint");
                         continue;
                     }
                 },
             };
+            if let Some(agent) = live
+                .as_ref()
+                .filter(|_| record.status == AgentStatus::Unhealthy)
+            {
+                // Routing agrees with the stored status: the agent starts
+                // ejected, re-admitted by the usual rules.
+                agent.health.unhealthy.store(true, Ordering::Release);
+                agent
+                    .health
+                    .unhealthy_since_ms
+                    .store(record.updated_at_ms, Ordering::Release);
+            }
             routable.extend(live.clone());
             loaded.insert(
                 record.agent_id.clone(),

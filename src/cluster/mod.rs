@@ -495,22 +495,22 @@ async fn liveness(state: Arc<State>, db: Database, apply: std::sync::mpsc::Sende
     let mut published: Option<Value> = None;
     loop {
         let value = node::node_value(&state, &db).await;
-        let renewed = match state.lease.load(Ordering::Acquire) {
+        let lease = state.lease.load(Ordering::Acquire);
+        let renewed = match lease {
             0 => Ok(false),
             id => state.etcd.keep_alive(id).await,
         };
         let alive = match renewed {
             Ok(true) => {
                 if published.as_ref() != Some(&value) {
-                    let lease = Some(state.lease.load(Ordering::Acquire));
                     match state
                         .etcd
-                        .put(&key, value.to_string().as_bytes(), lease)
+                        .put(&key, value.to_string().as_bytes(), Some(lease))
                         .await
                     {
                         Ok(()) => published = Some(value),
                         Err(e) => {
-                            tracing::debug!(error = %e, "could not publish this node's policy revision")
+                            tracing::debug!(error = %e, "could not publish this node's value (policy revision, ejected agents)")
                         }
                     }
                 }

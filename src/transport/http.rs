@@ -4,7 +4,9 @@
 //! construction of the one HTTP client a dispatcher uses.
 
 use super::tls::TlsTrust;
-use super::{Failure, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES, MAX_RESPONSE_BYTES};
+use super::{
+    error_chain, Failure, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES, MAX_RESPONSE_BYTES,
+};
 use crate::error::{Error, Result};
 use crate::policy::NetworkPolicy;
 use crate::routing::health::ProbeResult;
@@ -169,17 +171,6 @@ fn check_answer_shape(body: &[u8]) -> std::result::Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The health probe over HTTP: any 2xx within the timeout is healthy; 404

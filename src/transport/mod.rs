@@ -157,6 +157,19 @@ impl Failure {
     }
 }
 
+/// `e` and every error under it, `: `-separated: a transport error's own
+/// text rarely says why (the refused connection is in its source).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// One invocation as the HTTP protocol carries it.
 #[derive(serde::Serialize)]
 pub(crate) struct WireRequest<'a> {

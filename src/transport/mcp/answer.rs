@@ -5,7 +5,7 @@
 //! agent failures (failover); an unknown tool (-32602) is an agent failure
 //! that also asks for the tool list to be read again.
 
-use crate::transport::Failure;
+use crate::transport::{error_chain, Failure};
 use rmcp::model::{CallToolResult, ErrorCode};
 use rmcp::ServiceError;
 
@@ -67,17 +67,6 @@ pub(crate) fn classify_error(error: ServiceError, tool: &str) -> (Failure, bool)
             false,
         ),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

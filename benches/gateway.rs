@@ -25,18 +25,18 @@
 //! load generators all share the machine's cores, so compare the ratios of one
 //! run, not absolute numbers.
 
-use std::fmt;
-use std::fs::File;
+#[path = "support/harness.rs"]
+mod harness;
+
+use harness::{
+    call, cpu_model, env_number, free_port, ms, start_echo_agent, wait_ready, KillOnDrop,
+};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::routing::{get, post};
-use axum::serve::ListenerExt;
-use axum::{http::StatusCode, Json, Router};
 use reqwest::header::CONTENT_TYPE;
-use serde_json::Value;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
@@ -55,8 +55,6 @@ const MAX_OUTSTANDING: usize = 256;
 const PHASE_GRACE: Duration = Duration::from_secs(10);
 /// One request's limit at the fixed rate.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a started gateway gets to answer its first request.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const WARM_UP_SECS: u64 = 1;
 
 /// The goals the harness reports against.
@@ -79,93 +77,12 @@ struct Settings {
     connections: u32,
 }
 
-/// Reads `name` from the environment as a number in `range`, or `default`.
-fn env_number<T>(name: &str, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, String>
-where
-    T: std::str::FromStr + PartialOrd + fmt::Display,
-{
-    let Ok(text) = std::env::var(name) else {
-        return Ok(default);
-    };
-    match text.trim().parse::<T>() {
-        Ok(v) if range.contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{name}={text:?}: expected a whole number from {} to {}",
-            range.start(),
-            range.end()
-        )),
-    }
-}
-
 fn settings() -> Result<Settings, String> {
     Ok(Settings {
         agents: env_number("GATEWAY_AGENTS", 4, 1..=64)?,
         secs: env_number("GATEWAY_SECS", 5, 1..=600)?,
         connections: env_number("GATEWAY_CONNECTIONS", 32, 1..=10_000)?,
     })
-}
-
-/// A child process killed and reaped when dropped, so an error or a panic
-/// anywhere in the run leaves no haproxy, switchboard or wrk behind.
-struct KillOnDrop {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl KillOnDrop {
-    /// Starts `command` with stdout and stderr going to `log`.
-    fn spawn(name: &'static str, mut command: Command, log: &Path) -> Result<Self, String> {
-        let out = File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("cannot start {name}: {e}"))?;
-        Ok(KillOnDrop {
-            name,
-            child,
-            log: log.to_path_buf(),
-        })
-    }
-
-    /// The end of the child's output, for an error message.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Waits for the child to exit, killing it after `limit`.
-    fn wait(&mut self, limit: Duration) -> Result<ExitStatus, String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Ok(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Ok(None) => {
-                    return Err(format!(
-                        "{} still running after {limit:?}; killed",
-                        self.name
-                    ))
-                }
-                Err(e) => return Err(format!("waiting for {}: {e}", self.name)),
-            }
-        }
-    }
 }
 
 /// One way to reach the echo agents.
@@ -353,15 +270,6 @@ fn tool_version(tool: &Path, arg: &str) -> String {
     }
 }
 
-fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, model)| model.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn print_header(s: &Settings, wrk: Option<&Path>, haproxy: Option<&Path>) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("gateway load harness: direct vs HAProxy vs switchboard serve, one echo workload");
@@ -403,46 +311,10 @@ fn print_header(s: &Settings, wrk: Option<&Path>, haproxy: Option<&Path>) {
 
 /// Starts `n` echo agents on the runtime; returns their ports.
 fn start_agents(rt: &Runtime, n: usize) -> Result<Vec<u16>, String> {
-    (0..n).map(|_| rt.block_on(start_agent())).collect()
-}
-
-/// An HTTP agent: `POST /invoke` answers the call's `input`, `GET /health` 200.
-async fn start_agent() -> Result<u16, String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot bind an agent: {e}"))?;
-    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-    let app = Router::new()
-        .route("/invoke", post(echo))
-        .route("/health", get(|| async { StatusCode::OK }));
-    // Nagle off, as a production agent would have it: no answer waits on an ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("agent on port {port} stopped: {e}");
-        }
-    });
-    Ok(port)
-}
-
-async fn echo(Json(mut call): Json<Value>) -> Json<Value> {
-    Json(
-        call.get_mut("input")
-            .map(Value::take)
-            .unwrap_or(Value::Null),
-    )
+    (0..n).map(|_| rt.block_on(start_echo_agent())).collect()
 }
 
 // ---------------------------------------------------------------- gateways
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
-}
 
 fn haproxy_config(port: u16, agents: &[u16], connections: u32) -> String {
     // HAProxy refuses to start when maxconn needs more descriptors than the
@@ -534,44 +406,6 @@ fn start_switchboard(
         }
     }
     Ok((format!("{base}/v1/invoke"), child))
-}
-
-/// Polls `url` until it answers 2xx; fails if the child exits or time runs out.
-fn wait_ready(
-    rt: &Runtime,
-    setup: &reqwest::Client,
-    url: &str,
-    child: &mut KillOnDrop,
-) -> Result<(), String> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.child.try_wait() {
-            return Err(format!(
-                "{} exited ({status}) before it answered:\n{}",
-                child.name,
-                child.log_tail()
-            ));
-        }
-        if matches!(rt.block_on(call(setup.get(url))), Ok((s, _)) if s.is_success()) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{} did not answer {url} within {READY_TIMEOUT:?}:\n{}",
-                child.name,
-                child.log_tail()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Sends one setup request; returns the status and body.
-async fn call(request: reqwest::RequestBuilder) -> Result<(StatusCode, String), String> {
-    let response = request.send().await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let text = response.text().await.map_err(|e| e.to_string())?;
-    Ok((status, text))
 }
 
 /// One call through `target` must echo before it is measured: otherwise the
@@ -789,10 +623,6 @@ fn parse_wrk_duration(text: &str) -> Option<Duration> {
 }
 
 // ---------------------------------------------------------------- report
-
-fn ms(d: Option<Duration>) -> String {
-    d.map_or("-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
-}
 
 fn print_table(s: &Settings, rows: &[Row]) {
     println!();

@@ -1,4 +1,4 @@
-//! Shared by the process benches (`mcp`, `cluster`): child processes that die
+//! Shared by the process benches (`gateway`, `mcp`, `cluster`): child processes that die
 //! with the harness, free ports, readiness polls, an echo agent, and a
 //! closed-loop load generator bounded in calls and in time, with the
 //! interleaved rounds and the latency summary every report is built from.
@@ -10,7 +10,7 @@ use std::fmt;
 use std::fs::File;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,6 +111,26 @@ impl KillOnDrop {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Waits for the child to exit, killing it after `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Result<ExitStatus, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "{} still running after {limit:?}; killed",
+                        self.name
+                    ))
+                }
+                Err(e) => return Err(format!("waiting for {}: {e}", self.name)),
+            }
+        }
     }
 }
 

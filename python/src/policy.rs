@@ -97,7 +97,8 @@ impl NativePolicyEngine {
     #[new]
     fn new(db: PyRef<'_, crate::database::Database>) -> Self {
         NativePolicyEngine {
-            engine: switchboard::PolicyEngine::new(&db.db),
+            // A Python hook waits for the GIL: its commits run off the workers.
+            engine: switchboard::PolicyEngine::new(&db.db).with_blocking_hooks(),
         }
     }
 

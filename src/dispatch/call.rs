@@ -13,7 +13,6 @@ use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::routing::affinity::Candidate;
 use crate::routing::agent::Agent;
 use crate::routing::metrics::DispatchCounters;
-use crate::storage::off_worker;
 use crate::transport::layers::attempt;
 use crate::transport::{Failure, WireRequest};
 use std::sync::Arc;
@@ -25,6 +24,9 @@ pub(super) struct Call<'a> {
     category: ToolCategory,
     /// The call's arguments, shared with every write's policy context.
     input: Arc<serde_json::Value>,
+    /// The arguments as the record stores them (redacted, capped), shared
+    /// with every write's policy context for the decision log.
+    recorded_input: Option<Arc<serde_json::Value>>,
     options: RoutingOptions,
     record: Record,
     /// Agents (by registration uid) already chosen in this call.
@@ -73,6 +75,7 @@ impl<'a> Call<'a> {
         };
         Call {
             dispatcher,
+            recorded_input: record.input.clone().map(Arc::new),
             record: Record::new(record),
             category,
             input: Arc::new(input),
@@ -110,18 +113,17 @@ impl<'a> Call<'a> {
         if let Some(caller) = &self.options.caller {
             caller.apply_to(&mut ctx);
         }
-        ctx.set_input(self.input.clone(), record.input.clone().map(Arc::new));
+        ctx.set_input(self.input.clone(), self.recorded_input.clone());
         ctx
     }
 
     pub(super) async fn run(mut self) -> Result<InvocationResult> {
         let inner = self.inner();
         loop {
-            let session_lock = self
-                .options
-                .session_id
-                .as_deref()
-                .map(|s| inner.affinity.session_lock(s).lock());
+            let session_lock = match self.options.session_id.as_deref() {
+                Some(s) => Some(inner.affinity.session_lock(s).lock().await),
+                None => None,
+            };
             let choice = inner.affinity.choose(
                 &route(&self.category, Some(&self.record.value.tool), &self.options),
                 &self.tried,
@@ -143,15 +145,21 @@ impl<'a> Call<'a> {
             let ctx = self.context(Some(&agent.id), OperationKind::Dispatch);
             self.record.begin_attempt(&agent.id);
             let binding = self.options.session_id.as_deref().zip(binding.as_ref());
-            // The commit may wait on an fsync or a slow before-hook: not on
-            // a runtime worker other tasks are queued on.
-            let record = &mut self.record;
-            let intent = off_worker(|| record.write_intent(&inner.db, &ctx, binding));
+            let intent = inner.db.commit_from_async(
+                &mut self.record,
+                |record| record.intent_keys(binding.map(|(session, _)| session)),
+                |record| record.write_intent(&inner.db, &ctx, binding),
+            );
             // The binding (if any) is committed; other calls of this session may
             // now read it.
             drop(session_lock);
             let refused = match intent {
-                Ok(()) => None,
+                Ok(rewritten) => {
+                    if rewritten {
+                        self.recorded_input = self.record.value.input.clone().map(Arc::new);
+                    }
+                    None
+                }
                 Err(Error::PolicyDenied { reason, .. }) => {
                     tracing::debug!(agent_id = %agent.id, %reason, "candidate denied by policy");
                     DispatchCounters::count(&inner.counters.policy_denials);
@@ -276,8 +284,9 @@ impl<'a> Call<'a> {
         let ctx = self.context(called.as_deref(), OperationKind::Outcome);
         let db = &self.dispatcher.inner.db;
         let elapsed = self.started.elapsed();
-        let record = &mut self.record;
-        off_worker(|| record.write_outcome(db, &ctx, status, error, elapsed))
+        db.commit_from_async(&mut self.record, Record::outcome_keys, |record| {
+            record.write_outcome(db, &ctx, status, error, elapsed)
+        })
     }
 
     /// Ends a call that found no agent to succeed on, recording why.

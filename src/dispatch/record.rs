@@ -64,14 +64,28 @@ impl Record {
         }
     }
 
+    /// The keys [`write_intent`](Self::write_intent) writes (with a binding
+    /// of `session`, if any).
+    pub(super) fn intent_keys(&self, session: Option<&str>) -> Vec<String> {
+        let mut keys = self.outcome_keys();
+        keys.extend(session.map(session_key));
+        keys
+    }
+
+    /// The keys [`write_outcome`](Self::write_outcome) writes.
+    pub(super) fn outcome_keys(&self) -> Vec<String> {
+        vec![self.key.clone(), inflight_key(&self.value.invocation_id)]
+    }
+
     /// Commits the record before an agent is called, with the in-flight
-    /// entry (first time only) and the session binding, if one must be written.
+    /// entry (first time only) and the session binding, if one must be
+    /// written. Returns whether a before-hook rewrote the stored arguments.
     pub(super) fn write_intent(
         &mut self,
         db: &Database,
         ctx: &PolicyContext,
         binding: Option<(&str, &SessionRecord)>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = db.owner_transaction();
         tx.put_with(&self.key, &self.bytes()?, ctx)?;
         if !self.written {
@@ -93,9 +107,10 @@ impl Record {
             if let Ok(stored) = serde_json::from_slice::<DispatchRecord>(stored) {
                 self.value.input = stored.input;
                 self.value.input_truncated = stored.input_truncated;
+                return Ok(true);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Writes the outcome and clears the in-flight entry, in one transaction.

@@ -21,8 +21,25 @@ pub type HookFn = dyn Fn(&str, &[u8], &PolicyContext) -> PolicyAction + Send + S
 
 #[derive(Clone)]
 pub(crate) enum Check {
-    Closure(Arc<HookFn>),
+    /// A closure; `may_block` when it can wait (on a lock, I/O, or another
+    /// language's runtime) rather than only compute.
+    Closure {
+        f: Arc<HookFn>,
+        may_block: bool,
+    },
     Rego(Arc<RegoModule>),
+}
+
+impl Check {
+    /// Whether deciding can take long enough that it must not run on an
+    /// async runtime's worker: a Rego evaluation may use its whole time
+    /// limit; a closure only when it said so.
+    fn may_block(&self) -> bool {
+        match self {
+            Check::Closure { may_block, .. } => *may_block,
+            Check::Rego(_) => true,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -45,7 +62,7 @@ impl Hook {
 
     fn describe(&self) -> String {
         let kind = match &self.check {
-            Check::Closure(_) => "hook".to_string(),
+            Check::Closure { .. } => "hook".to_string(),
             Check::Rego(module) => format!("rego module {}", module.name()),
         };
         format!("{} {kind} on {}", self.phase.as_str(), self.scope)
@@ -55,7 +72,7 @@ impl Hook {
     /// denies: the chain fails closed.
     fn decide(&self, op: Op, key: &str, value: &[u8], ctx: &PolicyContext) -> PolicyAction {
         let decided = catch_unwind(AssertUnwindSafe(|| match &self.check {
-            Check::Closure(f) => f(key, value, ctx),
+            Check::Closure { f, .. } => f(key, value, ctx),
             Check::Rego(module) => module.decide(op, self.phase, key, value, ctx),
         }));
         decided.unwrap_or_else(|panic| {
@@ -285,6 +302,22 @@ impl PolicyChain {
             .any(|h| h.phase == Phase::After && h.ops != [Op::Get])
     }
 
+    /// Whether a hook that may block (see `Check::may_block`) judges a
+    /// write to any of `keys`, which are only computed if such a hook
+    /// exists: such a commit must run off an async worker.
+    pub(crate) fn may_block_on<K: AsRef<str>>(&self, keys: impl FnOnce() -> Vec<K>) -> bool {
+        let hooks = self.snapshot();
+        let mut blocking = hooks
+            .iter()
+            .filter(|h| h.check.may_block() && h.ops != [Op::Get])
+            .peekable();
+        if blocking.peek().is_none() {
+            return false;
+        }
+        let keys = keys();
+        blocking.any(|h| keys.iter().any(|k| h.scope.matches(k.as_ref())))
+    }
+
     /// Whether reads need the chain at all (read hooks or read rate limits).
     pub(crate) fn judges_reads(&self) -> bool {
         self.hooks.read().iter().any(|h| h.ops.contains(&Op::Get))
@@ -324,7 +357,10 @@ mod tests {
             scope: Glob::new("a/**").unwrap(),
             phase,
             ops: vec![op],
-            check: Check::Closure(Arc::new(f)),
+            check: Check::Closure {
+                f: Arc::new(f),
+                may_block: false,
+            },
         });
         chain
     }

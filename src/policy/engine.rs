@@ -30,6 +30,8 @@ pub trait ChainOwner: sealed::Sealed {
 #[derive(Clone)]
 pub struct PolicyEngine {
     chain: Arc<PolicyChain>,
+    /// Whether closures added through this handle may block.
+    hooks_may_block: bool,
 }
 
 impl PolicyEngine {
@@ -37,7 +39,20 @@ impl PolicyEngine {
     pub fn new<D: ChainOwner + ?Sized>(db: &D) -> Self {
         PolicyEngine {
             chain: db.policy_chain().clone(),
+            hooks_may_block: false,
         }
+    }
+
+    /// The same chain, through a handle whose closure hooks are taken to
+    /// block: to wait on a lock, on I/O, or on another language's runtime
+    /// (a Python hook waits for the GIL). A commit such a hook judges is
+    /// run off the async runtime's worker threads, as one a Rego module
+    /// judges is. Closures added through [`new`](Self::new)'s handle run
+    /// on the committing thread, which in async code is a runtime worker:
+    /// they must only compute.
+    pub fn with_blocking_hooks(mut self) -> Self {
+        self.hooks_may_block = true;
+        self
     }
 
     fn add_closure<F>(&self, scope: &str, phase: Phase, op: Op, f: F) -> Result<()>
@@ -49,7 +64,10 @@ impl PolicyEngine {
             scope: Glob::new(scope)?,
             phase,
             ops: vec![op],
-            check: Check::Closure(Arc::new(f)),
+            check: Check::Closure {
+                f: Arc::new(f),
+                may_block: self.hooks_may_block,
+            },
         });
         Ok(())
     }

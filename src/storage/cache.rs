@@ -1,5 +1,6 @@
-//! A bounded write-through cache of the values under one prefix (the session
-//! bindings, read on every sticky call).
+//! A bounded write-through cache of the values under a few prefixes (the
+//! session bindings, read on every sticky call, and the issued API tokens,
+//! read on every authenticated request).
 //!
 //! It stays exact because every write to the store goes through one commit
 //! path, which holds the lock of each cached key's stripe from before its
@@ -28,26 +29,26 @@ pub(super) fn stripe_of(key: &str) -> usize {
 }
 
 pub(super) struct PrefixCache {
-    prefix: &'static str,
+    prefixes: &'static [&'static str],
     stripes: Box<[Mutex<Stripe>]>,
 }
 
 /// The stripes one commit holds while it writes cached keys.
 pub(super) struct WriteLocks<'a> {
-    prefix: &'static str,
+    cache: &'a PrefixCache,
     held: Vec<(usize, MutexGuard<'a, Stripe>)>,
 }
 
 impl PrefixCache {
-    pub(super) fn new(prefix: &'static str) -> Self {
+    pub(super) fn new(prefixes: &'static [&'static str]) -> Self {
         PrefixCache {
-            prefix,
+            prefixes,
             stripes: (0..STRIPES).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
 
     pub(super) fn covers(&self, key: &str) -> bool {
-        key.starts_with(self.prefix)
+        self.prefixes.iter().any(|p| key.starts_with(p))
     }
 
     /// Locks the stripes of the cached keys among `keys`, in index order (so
@@ -57,7 +58,7 @@ impl PrefixCache {
         indexes.sort_unstable();
         indexes.dedup();
         WriteLocks {
-            prefix: self.prefix,
+            cache: self,
             held: indexes
                 .into_iter()
                 .map(|i| (i, self.stripes[i].lock()))
@@ -88,7 +89,7 @@ impl WriteLocks<'_> {
     /// Records a committed write: `Some(value)` for a put, `None` for a delete.
     /// Keys outside the cached prefix are ignored.
     pub(super) fn committed(&mut self, key: &str, value: Option<&[u8]>) {
-        if !key.starts_with(self.prefix) {
+        if !self.cache.covers(key) {
             return;
         }
         let index = stripe_of(key);
@@ -121,7 +122,7 @@ mod tests {
 
     #[test]
     fn fills_on_miss_and_follows_committed_writes() {
-        let cache = PrefixCache::new("sessions/");
+        let cache = PrefixCache::new(&["sessions/"]);
         assert_eq!(
             cache.get_or_load("sessions/a", || load(Some("1"))),
             Ok(Some(b"1".to_vec()))
@@ -153,7 +154,7 @@ mod tests {
 
     #[test]
     fn a_full_stripe_is_emptied_so_memory_stays_bounded() {
-        let cache = PrefixCache::new("sessions/");
+        let cache = PrefixCache::new(&["sessions/"]);
         for i in 0..(STRIPES * ENTRIES_PER_STRIPE * 2) {
             let key = format!("sessions/{i}");
             cache.get_or_load(&key, || load(Some("v"))).unwrap();

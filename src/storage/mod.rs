@@ -17,8 +17,8 @@
 //! Files: `options` (how to open), `transaction` (the commit path), `scan`
 //! (prefix scans), `decision_log` (its persistence and pruning),
 //! `policy_store` (Rego modules stored under `policies/`), `reserved`
-//! (namespace ownership), `cache` (session bindings), `blocking` (commits
-//! from async code without stalling a runtime worker).
+//! (namespace ownership), `cache` (session bindings and tokens), `blocking`
+//! (commits from async code: in place, or off the worker when they may block).
 
 mod blocking;
 mod cache;
@@ -41,7 +41,7 @@ pub use scan::{Page, Scan, ScanBuilder, PAGE_HIDDEN_BUDGET};
 pub use transaction::Transaction;
 
 use crate::error::{Error, Result};
-use crate::namespace::{validate_key, DispatchStatus, SESSIONS, TOOLS};
+use crate::namespace::{validate_key, DispatchStatus, SESSIONS, TOKENS, TOOLS};
 use crate::policy::decisions::Recorder;
 use crate::policy::{
     ChainOwner, DecisionKind, Op, OperationKind, Phase, PolicyChain, PolicyContext,
@@ -55,8 +55,9 @@ use transaction::KeyLocks;
 
 struct Inner {
     rocks: DB,
-    /// Session bindings, read on every sticky call.
-    bindings: PrefixCache,
+    /// Session bindings, read on every sticky call, and issued tokens, read
+    /// on every request that presents one.
+    cached: PrefixCache,
     chain: Arc<PolicyChain>,
     /// Held by every commit over the keys it writes or checks.
     key_locks: KeyLocks,
@@ -127,7 +128,7 @@ impl Database {
         let db = Database {
             inner: Arc::new(Inner {
                 rocks,
-                bindings: PrefixCache::new(SESSIONS),
+                cached: PrefixCache::new(&[SESSIONS, TOKENS]),
                 chain: Arc::new(PolicyChain::new(options.max_value_bytes)),
                 key_locks: KeyLocks::default(),
                 decision_entries: decision_entries.into(),
@@ -201,13 +202,19 @@ impl Database {
         after.value
     }
 
+    /// Whether reads pass any hook or rate limit: where none does, every
+    /// reader sees every key, and a filter by reader can be skipped.
+    pub(crate) fn judges_reads(&self) -> bool {
+        self.inner.chain.judges_reads()
+    }
+
     /// Reads one key without the read hooks: for Switchboard's own
     /// bookkeeping (session bindings, loading registrations, recovery).
     pub(crate) fn get_unjudged(&self, key: &str) -> Result<Option<Vec<u8>>> {
         validate_key(key)?;
         let load = || Ok(self.inner.rocks.get(key.as_bytes())?);
-        if self.inner.bindings.covers(key) {
-            return self.inner.bindings.get_or_load(key, load);
+        if self.inner.cached.covers(key) {
+            return self.inner.cached.get_or_load(key, load);
         }
         load()
     }

@@ -294,7 +294,7 @@ impl Database {
         }
         let mut cached = self
             .inner
-            .bindings
+            .cached
             .lock_for_write(checked.iter().map(|op| op.key.as_str()));
         self.inner
             .rocks

@@ -2,9 +2,12 @@
 //! under `sessions/{id}` is read here, kept while its agent can serve, and
 //! replaced (bind / rebind) when it cannot; the new binding is returned for
 //! the dispatcher to commit with the call's record. Racing first calls of
-//! one session are serialised by a striped lock; across nodes (cluster
-//! mode) a session this node has not bound yet asks the shared bindings,
-//! whose first binding wins.
+//! one session are serialised by a striped async lock (keyed hash), held
+//! from choosing until the binding is committed: a call waiting for it
+//! yields its worker, so a slow commit (an fsync, a Rego hook, an etcd
+//! round trip in cluster mode) delays only the sessions of its stripe and
+//! never the runtime. Across nodes (cluster mode) a session this node has
+//! not bound yet asks the shared bindings, whose first binding wins.
 
 use super::agent::Agent;
 use super::registry::AgentRegistry;
@@ -14,8 +17,10 @@ use super::strategy::RoutingStrategy;
 use crate::error::Result;
 use crate::namespace::{now_ms, session_key, SessionRecord, ToolCategory};
 use crate::storage::Database;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
+use std::hash::BuildHasher;
 use std::sync::Arc;
+use tokio::sync::Mutex;
 
 const SESSION_STRIPES: usize = 64;
 
@@ -42,6 +47,8 @@ pub(crate) struct Affinity {
     registry: Arc<AgentRegistry>,
     router: Arc<ToolRouter>,
     locks: Vec<Mutex<()>>,
+    /// Keyed per process, so callers cannot choose sessions that collide.
+    lock_hasher: std::collections::hash_map::RandomState,
     /// Bindings shared with other nodes (cluster mode), if any.
     shared: RwLock<Option<Arc<dyn SessionBindings>>>,
 }
@@ -53,6 +60,7 @@ impl Affinity {
             registry,
             router,
             locks: (0..SESSION_STRIPES).map(|_| Mutex::new(())).collect(),
+            lock_hasher: Default::default(),
             shared: RwLock::new(None),
         }
     }
@@ -132,7 +140,8 @@ impl Affinity {
         local_agent: &str,
         held: &SessionRecord,
     ) -> Result<bool> {
-        let _session = self.session_lock(session_id).lock();
+        // On the cluster's applier thread, not a runtime worker.
+        let _session = self.session_lock(session_id).blocking_lock();
         if self
             .binding(session_id)?
             .is_none_or(|b| b.agent_id != local_agent)
@@ -152,10 +161,8 @@ impl Affinity {
 
     /// The lock that serialises choosing and binding for one session.
     pub(crate) fn session_lock(&self, session_id: &str) -> &Mutex<()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        session_id.hash(&mut hasher);
-        &self.locks[hasher.finish() as usize % SESSION_STRIPES]
+        let hash = self.lock_hasher.hash_one(session_id);
+        &self.locks[hash as usize % SESSION_STRIPES]
     }
 
     fn select(&self, route: &Route<'_>, tried: &[u64]) -> Option<Lease> {

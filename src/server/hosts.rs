@@ -35,9 +35,18 @@ impl AllowedHosts {
     }
 
     fn permits(&self, host: &str) -> bool {
+        // Most requests name a literal address: judged without allocating.
+        if literal_address(host) {
+            return true;
+        }
         let host = host_part(host);
         host.parse::<IpAddr>().is_ok() || self.names.contains(&host)
     }
+}
+
+/// Whether `authority` is an IP address, with or without a port.
+fn literal_address(authority: &str) -> bool {
+    authority.parse::<SocketAddr>().is_ok() || authority.parse::<IpAddr>().is_ok()
 }
 
 /// `Host`'s name without its port or IPv6 brackets, lowercased.
@@ -61,17 +70,12 @@ pub(crate) async fn require_known_host(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let host = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        });
+    let host = request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+    });
     match host {
         Some(host) if !allowed.permits(&host) => Err(ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,

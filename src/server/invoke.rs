@@ -12,6 +12,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// `POST /v1/invoke`
 #[derive(Debug, Deserialize)]
@@ -76,17 +79,58 @@ pub(crate) async fn invoke(
             RETRY_AFTER,
         )
     })?;
-    // Run the dispatch on its own task: if the client disconnects, the call
-    // still finishes, its outcome is still recorded, and it keeps its slot.
     let dispatcher = s.dispatcher.clone();
-    let result = tokio::spawn(async move {
+    let result = FinishIfDropped::new(async move {
         let result = dispatcher
             .invoke(&body.tool, body.category, body.input, options)
             .await;
         drop(slot);
         result
     })
-    .await
-    .map_err(|e| ApiError::internal(format!("dispatch task failed: {e}")))?;
+    .await;
     Ok(Json(result?))
+}
+
+/// Runs a dispatch on the request's own task (a task of its own would cost
+/// a wake-up of another worker on every call); if the request is dropped
+/// first (the client went away), the rest of the dispatch moves to a task of
+/// its own, so the call still finishes, its outcome is still recorded, and
+/// it keeps its invoke slot until then.
+struct FinishIfDropped<F: Future<Output: Send + 'static> + Send + 'static> {
+    dispatch: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future<Output: Send + 'static> + Send + 'static> FinishIfDropped<F> {
+    fn new(dispatch: F) -> Self {
+        FinishIfDropped {
+            dispatch: Some(Box::pin(dispatch)),
+        }
+    }
+}
+
+impl<F: Future<Output: Send + 'static> + Send + 'static> Future for FinishIfDropped<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let dispatch = self
+            .dispatch
+            .as_mut()
+            .expect("FinishIfDropped polled after it finished");
+        let output = std::task::ready!(dispatch.as_mut().poll(cx));
+        self.dispatch = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future<Output: Send + 'static> + Send + 'static> Drop for FinishIfDropped<F> {
+    fn drop(&mut self) {
+        let Some(rest) = self.dispatch.take() else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) the dispatch is dropped,
+        // and records itself cancelled.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(rest);
+        }
+    }
 }

@@ -235,6 +235,24 @@ async fn serve_connections(
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> crate::Result<()> {
+    // On a runtime worker, not on the thread that awaits this (often
+    // `block_on`'s): a connection's task then starts on the accepting
+    // worker's own queue instead of waking another worker.
+    tokio::spawn(accept_and_serve(
+        listener, state, limits, tls, grace, shutdown,
+    ))
+    .await
+    .map_err(|e| Error::internal("the server's accept loop failed", e))?
+}
+
+async fn accept_and_serve(
+    listener: TcpListener,
+    state: AppState,
+    limits: ServerLimits,
+    tls: Option<ServerTls>,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> crate::Result<()> {
     let listen = listener
         .local_addr()
         .map_err(|e| Error::internal("cannot read the listen address", e))?;

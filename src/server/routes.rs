@@ -29,16 +29,19 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 /// server listening on `listen` (and `state`'s allowed hosts).
 pub(crate) fn router_for(state: AppState, limits: &ServerLimits, listen: SocketAddr) -> Router {
     let allowed = AllowedHosts::new(listen, &state.allowed_hosts);
-    routes(state, limits)
-        .layer(axum::middleware::from_fn_with_state(
-            allowed,
-            hosts::require_known_host,
-        ))
-        // An agent's 502 is not the server failing: failures are logged at debug.
-        .layer(
-            TraceLayer::new_for_http()
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        )
+    let app = routes(state, limits).layer(axum::middleware::from_fn_with_state(
+        allowed,
+        hosts::require_known_host,
+    ));
+    // The access log's span and events are all at debug: with debug off
+    // (the log filter is fixed at start-up) the layer would only cost.
+    if !tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
+        return app;
+    }
+    // An agent's 502 is not the server failing: failures are logged at debug.
+    app.layer(
+        TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+    )
 }
 
 /// The routes of `metrics_listen`: `GET /metrics` only, without a token.

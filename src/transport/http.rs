@@ -1,8 +1,10 @@
-//! The HTTP agent protocol: `POST {endpoint}` with the wire request, the
+//! The HTTP agent protocol: `POST {endpoint}` with the wire request (over
+//! `plain`'s pool for `http://`, the `reqwest` client for `https://`), the
 //! answer classified into output, the tool's own error, or a retryable agent
 //! failure (with `Retry-After` read on 429/503); the health probe; and the
 //! construction of the one HTTP client a dispatcher uses.
 
+use super::plain::{Answer, PlainPool};
 use super::tls::TlsTrust;
 use super::{
     error_chain, Failure, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES, MAX_RESPONSE_BYTES,
@@ -31,26 +33,44 @@ pub(crate) fn build_client() -> Result<reqwest::Client> {
         .map_err(|e| Error::internal("cannot build the HTTP client", e))
 }
 
-/// Runs one HTTP call to completion.
+/// Runs one HTTP call to completion: `http://` agents over the plain pool
+/// (`plain`), `https://` ones through `client`.
 pub(crate) async fn call(
     client: &reqwest::Client,
+    plain: &PlainPool,
     endpoint: &reqwest::Url,
     request: WireRequest<'_>,
 ) -> Result<serde_json::Value, Failure> {
     let body = serde_json::to_vec(&request)
         .map_err(|e| Failure::Agent(format!("cannot encode request: {e}")))?;
-    http_call(client, endpoint.clone(), body).await
+    // Registration checked the address too, but the policy may have changed since.
+    NetworkPolicy::current()
+        .check_url(endpoint)
+        .map_err(|e| Failure::Agent(e.to_string()))?;
+    let answer = if endpoint.scheme() == "http" {
+        plain.post(endpoint, body).await?
+    } else {
+        post(client, endpoint.clone(), body).await?
+    };
+    let retry_after = answer.retry_after.as_deref().and_then(parse_retry_after);
+    match (parse_response(answer.status, &answer.body), retry_after) {
+        (Err(Failure::Agent(message)), Some(retry_after)) if matches!(answer.status, 429 | 503) => {
+            Err(Failure::Overloaded {
+                message,
+                retry_after,
+            })
+        }
+        (result, _) => result,
+    }
 }
 
-async fn http_call(
+/// `POST`s `body` through `client` and reads the answer, up to
+/// [`MAX_RESPONSE_BYTES`].
+async fn post(
     client: &reqwest::Client,
     endpoint: reqwest::Url,
     body: Vec<u8>,
-) -> Result<serde_json::Value, Failure> {
-    // Registration checked the address too, but the policy may have changed since.
-    NetworkPolicy::current()
-        .check_url(&endpoint)
-        .map_err(|e| Failure::Agent(e.to_string()))?;
+) -> Result<Answer, Failure> {
     let mut response = client
         .post(endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -58,12 +78,12 @@ async fn http_call(
         .send()
         .await
         .map_err(|e| Failure::Agent(format!("request failed: {}", error_chain(&e))))?;
-    let status = response.status();
+    let status = response.status().as_u16();
     let retry_after = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+        .map(str::to_string);
     let mut bytes = Vec::new();
     loop {
         match response.chunk().await {
@@ -84,17 +104,11 @@ async fn http_call(
             }
         }
     }
-    match (parse_response(status.as_u16(), &bytes), retry_after) {
-        (Err(Failure::Agent(message)), Some(retry_after))
-            if matches!(status.as_u16(), 429 | 503) =>
-        {
-            Err(Failure::Overloaded {
-                message,
-                retry_after,
-            })
-        }
-        (result, _) => result,
-    }
+    Ok(Answer {
+        status,
+        retry_after,
+        body: bytes,
+    })
 }
 
 /// The longest pause an agent's `Retry-After` can ask for.

@@ -4,7 +4,8 @@
 //! - `mod.rs`: [`ToolError`], [`Failure`] (how a call ended), the wire
 //!   request, and [`Callers`] (the per-agent caller, keyed by registration uid);
 //! - `local`: in-process handlers; `http`: the HTTP agent protocol, the
-//!   client's construction and the health probe; `mcp`: agents that are MCP
+//!   client's construction and the health probe; `plain`: the pool of
+//!   HTTP/1.1 connections `http://` agents are called over; `mcp`: agents that are MCP
 //!   servers (`tools/call`, `ping`, `tools/list`); `tls`: the certificates
 //!   the client trusts for `https://` agents;
 //! - `layers`: per-attempt concerns wrapped around one call (timeout,
@@ -14,6 +15,7 @@ pub(crate) mod http;
 pub(crate) mod layers;
 pub(crate) mod local;
 pub(crate) mod mcp;
+mod plain;
 #[cfg(test)]
 mod properties;
 pub(crate) mod tls;
@@ -180,11 +182,12 @@ pub(crate) struct WireRequest<'a> {
     pub session_id: Option<&'a str>,
 }
 
-/// Calls agents: one HTTP client for every HTTP agent, and the handlers of
+/// Calls agents: one HTTP client (and a pool of plain connections) for every HTTP agent, and the handlers of
 /// local agents by registration uid (a replaced agent's handler is dropped
 /// once it is no longer current).
 pub(crate) struct Callers {
     client: reqwest::Client,
+    plain: plain::PlainPool,
     local: RwLock<HashMap<u64, LocalHandler>>,
     mcp: Arc<McpClients>,
 }
@@ -194,6 +197,7 @@ impl Callers {
         Callers {
             mcp: Arc::new(McpClients::new(client.clone())),
             client,
+            plain: plain::PlainPool::default(),
             local: RwLock::new(HashMap::new()),
         }
     }
@@ -239,7 +243,9 @@ impl Callers {
                     )),
                 }
             }
-            Endpoint::Http(endpoint) => http::call(&self.client, endpoint, request).await,
+            Endpoint::Http(endpoint) => {
+                http::call(&self.client, &self.plain, endpoint, request).await
+            }
             Endpoint::Mcp(_) => {
                 let Some(upstream) = self.mcp.upstream(agent) else {
                     return Err(Failure::Agent("not an MCP agent".into()));

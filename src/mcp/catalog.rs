@@ -17,7 +17,9 @@
 use crate::dispatch::ToolDispatcher;
 use crate::namespace::{agent_key, ToolCategory};
 use crate::policy::PolicyContext;
-use std::collections::BTreeMap;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 /// Tools per `tools/list` page.
 pub const PAGE_SIZE: usize = 100;
@@ -69,43 +71,112 @@ pub fn category_input_schema() -> serde_json::Map<String, serde_json::Value> {
     }
 }
 
-/// Every tool, sorted by name.
-pub fn tools(dispatcher: &ToolDispatcher) -> Vec<CatalogTool> {
-    tools_for(dispatcher, None)
+/// The catalog of one dispatcher, built once per change of its routed tools
+/// (registrations, removals, discovered tool lists: what
+/// [`ToolDispatcher::tools_changed`] announces) and shared by every `/mcp`
+/// session, so `tools/list` and `tools/call` do not rebuild it. Filtering
+/// for a reader still happens on every request, against the read policies
+/// in force then. Cheap to clone.
+#[derive(Clone)]
+pub struct Catalog {
+    dispatcher: ToolDispatcher,
+    changes: tokio::sync::watch::Receiver<u64>,
+    built: Arc<Mutex<Option<(u64, Arc<[Offer]>)>>>,
 }
 
-/// The ids of the agents `reader` may see: one scan of `agents/` through
-/// the read policies (a read Deny on `agents/{id}` hides that agent).
-fn visible_agent_ids(
-    dispatcher: &ToolDispatcher,
-    reader: &PolicyContext,
-) -> std::collections::HashSet<String> {
-    let prefix = agent_key("");
-    dispatcher
-        .database()
-        .scan_from(&prefix)
-        .as_reader(reader)
-        .iter()
-        .filter_map(|kv| kv.ok())
-        .map(|(key, _)| key[prefix.len()..].to_string())
-        .collect()
+/// A tool as one agent offers it: readers who may not see `agent_id` do not
+/// get it from this agent.
+struct Offer {
+    agent_id: String,
+    tool: CatalogTool,
 }
 
-/// The tools `reader` may see, sorted by name: those served by an agent the
-/// read policies let it see. `None` (the local operator) sees every tool.
-pub fn tools_for(dispatcher: &ToolDispatcher, reader: Option<&PolicyContext>) -> Vec<CatalogTool> {
-    let visible = reader.map(|ctx| visible_agent_ids(dispatcher, ctx));
-    let mut by_name: BTreeMap<String, CatalogTool> = BTreeMap::new();
-    let live = dispatcher.registry().live_agents();
-    for agent in &live {
-        if visible.as_ref().is_some_and(|v| !v.contains(&agent.id)) {
-            continue;
+impl Catalog {
+    /// The catalog of `dispatcher`'s routed tools.
+    pub fn new(dispatcher: ToolDispatcher) -> Self {
+        Catalog {
+            changes: dispatcher.tools_changed(),
+            dispatcher,
+            built: Arc::new(Mutex::new(None)),
         }
-        for category in &agent.categories {
-            let name = category.as_str();
-            if by_name.contains_key(name) {
+    }
+
+    /// Every offer, in precedence order (a category before a discovered tool
+    /// of the same name), as of the current version of the routed tools.
+    fn offers(&self) -> Arc<[Offer]> {
+        // Read before building: a change during the build bumps past it,
+        // and the next request builds again.
+        let version = *self.changes.borrow();
+        let mut built = self.built.lock();
+        if let Some((at, offers)) = built.as_ref() {
+            if *at == version {
+                return offers.clone();
+            }
+        }
+        let offers: Arc<[Offer]> = build_offers(&self.dispatcher).into();
+        *built = Some((version, offers.clone()));
+        offers
+    }
+
+    /// The ids of the agents `reader` may see: one scan of `agents/`
+    /// through the read policies (a read Deny on `agents/{id}` hides that
+    /// agent); `None` (every agent) where no read hook or read limit exists.
+    fn visible_agent_ids(&self, reader: Option<&PolicyContext>) -> Option<HashSet<String>> {
+        let reader = reader?;
+        let db = self.dispatcher.database();
+        if !db.judges_reads() {
+            return None;
+        }
+        let prefix = agent_key("");
+        Some(
+            db.scan_from(&prefix)
+                .as_reader(reader)
+                .iter()
+                .filter_map(|kv| kv.ok())
+                .map(|(key, _)| key[prefix.len()..].to_string())
+                .collect(),
+        )
+    }
+
+    /// The tools `reader` may see, sorted by name: those served by an agent
+    /// the read policies let it see. `None` (the local operator) sees every
+    /// tool.
+    pub fn tools_for(&self, reader: Option<&PolicyContext>) -> Vec<CatalogTool> {
+        let visible = self.visible_agent_ids(reader);
+        let mut by_name: BTreeMap<&str, &CatalogTool> = BTreeMap::new();
+        let offers = self.offers();
+        for offer in offers.iter() {
+            if visible
+                .as_ref()
+                .is_some_and(|v| !v.contains(&offer.agent_id))
+            {
                 continue;
             }
+            by_name.entry(&offer.tool.name).or_insert(&offer.tool);
+        }
+        by_name.into_values().cloned().collect()
+    }
+
+    /// The tool called `name`, if `reader` may see it now (see
+    /// [`tools_for`](Self::tools_for)).
+    pub fn find_for(&self, name: &str, reader: Option<&PolicyContext>) -> Option<CatalogTool> {
+        let visible = self.visible_agent_ids(reader);
+        self.offers()
+            .iter()
+            .filter(|o| visible.as_ref().is_none_or(|v| v.contains(&o.agent_id)))
+            .find(|o| o.tool.name == name)
+            .map(|o| o.tool.clone())
+    }
+}
+
+/// Every agent's offers: its categories (portable names only), then the
+/// tools MCP agents serve by name and can be routed to.
+fn build_offers(dispatcher: &ToolDispatcher) -> Vec<Offer> {
+    let mut offers = Vec::new();
+    let live = dispatcher.registry().live_agents();
+    for agent in &live {
+        for category in &agent.categories {
+            let name = category.as_str();
             if !is_portable_name(name) {
                 tracing::debug!(
                     category = name,
@@ -113,9 +184,9 @@ pub fn tools_for(dispatcher: &ToolDispatcher, reader: Option<&PolicyContext>) ->
                 );
                 continue;
             }
-            by_name.insert(
-                name.to_string(),
-                CatalogTool {
+            offers.push(Offer {
+                agent_id: agent.id.clone(),
+                tool: CatalogTool {
                     name: name.to_string(),
                     category: category.clone(),
                     description: format!(
@@ -124,17 +195,13 @@ pub fn tools_for(dispatcher: &ToolDispatcher, reader: Option<&PolicyContext>) ->
                     ),
                     input_schema: None,
                 },
-            );
+            });
         }
     }
-    // Tools MCP agents serve by name; a category of the same name keeps it.
+    // Tools MCP agents serve by name; a category of the same name keeps it
+    // (categories come first).
     for tool in dispatcher.discovered_tools() {
-        if visible
-            .as_ref()
-            .is_some_and(|v| !v.contains(&tool.agent_id))
-            || by_name.contains_key(&tool.exposed_name)
-            || !is_portable_name(&tool.exposed_name)
-        {
+        if !is_portable_name(&tool.exposed_name) {
             continue;
         }
         let routable = live
@@ -146,33 +213,17 @@ pub fn tools_for(dispatcher: &ToolDispatcher, reader: Option<&PolicyContext>) ->
         if !routable {
             continue;
         }
-        by_name.insert(
-            tool.exposed_name.clone(),
-            CatalogTool {
+        offers.push(Offer {
+            agent_id: tool.agent_id,
+            tool: CatalogTool {
                 name: tool.exposed_name,
                 category: tool.category,
                 description: tool.description.unwrap_or_default(),
                 input_schema: Some(schema),
             },
-        );
+        });
     }
-    by_name.into_values().collect()
-}
-
-/// The tool called `name`, if it is listed now.
-pub fn find(dispatcher: &ToolDispatcher, name: &str) -> Option<CatalogTool> {
-    find_for(dispatcher, name, None)
-}
-
-/// The tool called `name`, if `reader` may see it now (see [`tools_for`]).
-pub fn find_for(
-    dispatcher: &ToolDispatcher,
-    name: &str,
-    reader: Option<&PolicyContext>,
-) -> Option<CatalogTool> {
-    tools_for(dispatcher, reader)
-        .into_iter()
-        .find(|t| t.name == name)
+    offers
 }
 
 /// One page after `cursor` and the cursor of the next page.

@@ -53,12 +53,16 @@ async fn next_change(changes: &mut tokio::sync::watch::Receiver<u64>) -> bool {
 #[derive(Clone)]
 pub struct SwitchboardMcp {
     dispatcher: ToolDispatcher,
+    catalog: catalog::Catalog,
 }
 
 impl SwitchboardMcp {
     /// An MCP server whose tool calls go through `dispatcher`.
     pub fn new(dispatcher: ToolDispatcher) -> Self {
-        SwitchboardMcp { dispatcher }
+        SwitchboardMcp {
+            catalog: catalog::Catalog::new(dispatcher.clone()),
+            dispatcher,
+        }
     }
 }
 
@@ -127,11 +131,9 @@ impl ServerHandler for SwitchboardMcp {
     ) -> Result<ListToolsResult, McpError> {
         let cursor = request.and_then(|r| r.cursor);
         let reader = caller(&context).map(|p| reader_context(&p, "list_tools"));
-        let (tools, next) = catalog::page(
-            catalog::tools_for(&self.dispatcher, reader.as_ref()),
-            cursor.as_deref(),
-        )
-        .map_err(|m| McpError::invalid_params(m, None))?;
+        let (tools, next) =
+            catalog::page(self.catalog.tools_for(reader.as_ref()), cursor.as_deref())
+                .map_err(|m| McpError::invalid_params(m, None))?;
         let schema = Arc::new(catalog::category_input_schema());
         let tools = tools
             .into_iter()
@@ -153,7 +155,7 @@ impl ServerHandler for SwitchboardMcp {
         let principal = caller(&context);
         let reader = principal.as_ref().map(|p| reader_context(p, "call_tool"));
         // A tool the caller may not see answers exactly as one that does not exist.
-        let Some(tool) = catalog::find_for(&self.dispatcher, &request.name, reader.as_ref()) else {
+        let Some(tool) = self.catalog.find_for(&request.name, reader.as_ref()) else {
             return Err(McpError::invalid_params(
                 format!("unknown tool {:?}; see tools/list", request.name),
                 None,

@@ -870,9 +870,9 @@ mod hardening {
     }
 
     /// A commit's before-hook that blocks (here: sleeps 300 ms, as a slow Rego
-    /// evaluation or an fsync might) must not hold the runtime's only worker:
-    /// an unrelated task woken meanwhile runs before the commit finishes. A
-    /// liveness check, not a timing one.
+    /// evaluation or an fsync might), added as one that may block, must not
+    /// hold the runtime's only worker: an unrelated task woken meanwhile runs
+    /// before the commit finishes. A liveness check, not a timing one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_slow_commit_does_not_stall_other_tasks_on_the_runtime() {
         use std::sync::atomic::AtomicBool;
@@ -887,6 +887,7 @@ mod hardening {
         {
             let (hook_started, commit_done) = (hook_started.clone(), commit_done.clone());
             PolicyEngine::new(&db)
+                .with_blocking_hooks()
                 .before_write("tools/**", move |_k, _v, _ctx| {
                     hook_started.notify_one();
                     std::thread::sleep(Duration::from_millis(300));

@@ -21,7 +21,9 @@
 //! runs `cargo bench --bench gateway`). Settings, from the environment:
 //! `GATEWAY_AGENTS` (4), `GATEWAY_SECS` (5, per measurement), `GATEWAY_CONNECTIONS`
 //! (32, wrk's connections), `GATEWAY_SWITCHBOARD` (the `switchboard` binary to
-//! measure instead of this build's: an A/B of two builds). Agents, gateways and
+//! measure instead of this build's: an A/B of two builds), `GATEWAY_DURABILITY`
+//! (`buffered`, or `sync` for a store that fsyncs every commit). Every call
+//! through serve presents a bearer token, as in production. Agents, gateways and
 //! load generators all share the machine's cores, so compare the ratios of one
 //! run, not absolute numbers.
 
@@ -45,6 +47,10 @@ const AGENT_BODY: &str = r#"{"invocation_id":"x","tool":"echo","category":"code"
 /// The same call as a `POST /v1/invoke` to switchboard.
 const INVOKE_BODY: &str =
     r#"{"tool":"echo","category":"code","input":{"text":"hello"},"strategy":"least_loaded"}"#;
+
+/// The token `switchboard serve` is started with: every call authenticates,
+/// as in production.
+const SWITCHBOARD_TOKEN: &str = "gateway-bench-token";
 
 /// Requests per second of the latency measurement.
 const FIXED_RATE: u32 = 1_000;
@@ -90,6 +96,22 @@ struct Target {
     name: &'static str,
     url: String,
     body: &'static str,
+    /// The bearer token every request carries, if the target checks one.
+    token: Option<&'static str>,
+}
+
+impl Target {
+    /// One call of the measured kind, as a request to this target.
+    fn request(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
+        let request = client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(self.body);
+        match self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
 }
 
 struct Saturation {
@@ -141,6 +163,7 @@ fn run() -> Result<(), String> {
         name: "direct",
         url: format!("http://127.0.0.1:{}/invoke", agents[0]),
         body: AGENT_BODY,
+        token: None,
     }];
     // HAProxy is the comparison, not the subject: without it the run goes on.
     if let Some(haproxy) = &haproxy {
@@ -158,6 +181,7 @@ fn run() -> Result<(), String> {
                     name: "haproxy",
                     url,
                     body: AGENT_BODY,
+                    token: None,
                 });
             }
             Err(e) => println!("skipping the HAProxy target: {e}\n"),
@@ -169,6 +193,7 @@ fn run() -> Result<(), String> {
         name: "switchboard",
         url,
         body: INVOKE_BODY,
+        token: Some(SWITCHBOARD_TOKEN),
     });
 
     let mut rows = Vec::new();
@@ -303,7 +328,11 @@ fn print_header(s: &Settings, wrk: Option<&Path>, haproxy: Option<&Path>) {
         ),
         None => println!("  haproxy     skipped: not found (run scripts/install-bench-deps)"),
     }
-    println!("  switchboard {}", switchboard_binary().display());
+    println!(
+        "  switchboard {} (durability {}, bearer token on every call)",
+        switchboard_binary().display(),
+        durability().unwrap_or_default()
+    );
     println!();
 }
 
@@ -360,6 +389,18 @@ fn start_haproxy(
     Ok((format!("http://127.0.0.1:{port}/invoke"), child))
 }
 
+/// The store's durability for serve: `GATEWAY_DURABILITY`, `buffered` (the
+/// default) or `sync` (every commit fsynced).
+fn durability() -> Result<String, String> {
+    match std::env::var("GATEWAY_DURABILITY").as_deref() {
+        Err(_) | Ok("buffered") => Ok("buffered".into()),
+        Ok("sync") => Ok("sync".into()),
+        Ok(other) => Err(format!(
+            "GATEWAY_DURABILITY={other:?}: expected buffered or sync"
+        )),
+    }
+}
+
 /// The `switchboard` binary to measure: `GATEWAY_SWITCHBOARD` (another build,
 /// for an A/B of two builds), or the one this bench was built with.
 fn switchboard_binary() -> PathBuf {
@@ -378,17 +419,27 @@ fn start_switchboard(
 ) -> Result<(String, KillOnDrop), String> {
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
+    // `[storage] durability` as GATEWAY_DURABILITY asks (buffered or sync).
+    let config = dir.join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\ndurability = \"{}\"\n", durability()?),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     let mut command = Command::new(switchboard_binary());
     command
         .arg("serve")
+        .arg("--config")
+        .arg(&config)
         .arg("--data")
         .arg(dir.join("switchboard_data"))
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .current_dir(dir)
-        // No token (the calls carry none), and the default log level whatever
-        // the caller's environment says: per-request logging would be measured.
-        .env_remove("SWITCHBOARD_TOKEN")
+        // A token, which every call presents, and the default log level
+        // whatever the caller's environment says: per-request logging would
+        // be measured.
+        .env("SWITCHBOARD_TOKEN", SWITCHBOARD_TOKEN)
         .env("RUST_LOG", "info");
     let mut child = KillOnDrop::spawn("switchboard", command, &dir.join("switchboard.log"))?;
     wait_ready(rt, setup, &format!("{base}/healthz"), &mut child)?;
@@ -396,6 +447,7 @@ fn start_switchboard(
         let body = format!(r#"{{"tools":["code"],"endpoint":"http://127.0.0.1:{agent}/invoke"}}"#);
         let request = setup
             .put(format!("{base}/v1/agents/agent_{i}"))
+            .bearer_auth(SWITCHBOARD_TOKEN)
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         let (status, text) = rt.block_on(call(request))?;
@@ -411,11 +463,7 @@ fn start_switchboard(
 /// One call through `target` must echo before it is measured: otherwise the
 /// numbers would be those of an error path.
 fn probe(rt: &Runtime, setup: &reqwest::Client, target: &Target) -> Result<(), String> {
-    let request = setup
-        .post(&target.url)
-        .header(CONTENT_TYPE, "application/json")
-        .body(target.body);
-    match rt.block_on(call(request)) {
+    match rt.block_on(call(target.request(setup))) {
         Ok((status, text)) if status.is_success() && text.contains("hello") => Ok(()),
         Ok((status, text)) => Err(format!(
             "{}: the probe call got {status} {text}",
@@ -469,10 +517,7 @@ fn fixed_rate(rt: &Runtime, client: &reqwest::Client, target: &Target, count: us
                 continue;
             }
         };
-        let request = client
-            .post(&target.url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(target.body);
+        let request = target.request(client);
         tasks.push(rt.spawn(async move {
             let ok = send(request).await;
             drop(permit);
@@ -536,10 +581,17 @@ async fn collect(
 
 // ---------------------------------------------------------------- wrk
 
-fn lua_script(body: &str) -> String {
-    format!(
+fn lua_script(target: &Target) -> String {
+    let body = target.body;
+    let mut script = format!(
         "wrk.method = \"POST\"\nwrk.body = [==[{body}]==]\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
-    )
+    );
+    if let Some(token) = target.token {
+        script.push_str(&format!(
+            "wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+        ));
+    }
+    script
 }
 
 /// Runs wrk against `target` for `secs` and reads its report.
@@ -551,7 +603,7 @@ fn run_wrk(
     connections: u32,
 ) -> Result<Saturation, String> {
     let script = dir.join(format!("{}.lua", target.name));
-    std::fs::write(&script, lua_script(target.body))
+    std::fs::write(&script, lua_script(target))
         .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     let mut command = Command::new(wrk);
     command

@@ -12,6 +12,8 @@
 //! `allow` that is not `true` denies: the chain fails closed.
 
 mod conflicts;
+#[cfg(test)]
+mod differential;
 mod input;
 mod loader;
 mod pool;

@@ -9,8 +9,8 @@
 use crate::dispatch::{DispatcherConfig, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::{McpSpec, ToolCategory};
-use crate::policy::NetworkPolicy;
 use crate::policy::RegoEvaluator;
+use crate::policy::{CommandPolicy, NetworkPolicy};
 use crate::policy::{DecisionLogRetention, PolicyEngine, RateLimitOp, RateLimitScope};
 use crate::routing::{AgentConfig, HealthCheckConfig};
 use crate::storage::{
@@ -76,6 +76,19 @@ pub struct Config {
     pub records: RecordsSection,
     /// `[cluster]`: share agents and session bindings with other nodes through etcd.
     pub cluster: Option<ClusterSection>,
+    /// `[mcp]`: which programs this node may start as stdio MCP servers.
+    pub mcp: McpSection,
+}
+
+/// `[mcp]`: what this node lets MCP agents do on it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpSection {
+    /// Absolute paths of the programs this node may start as stdio MCP
+    /// servers, with any arguments (empty: none, besides the exact commands
+    /// of this file's own `[[agents]]`). Checked at registration, for
+    /// registrations from the cluster, and before every start.
+    pub allow_commands: Vec<String>,
 }
 
 /// `[cluster]`: this node joins the nodes sharing one etcd (docs/cluster.md).
@@ -418,6 +431,7 @@ impl Default for Config {
             metrics_listen: None,
             records: RecordsSection::default(),
             cluster: None,
+            mcp: McpSection::default(),
         }
     }
 }
@@ -581,6 +595,7 @@ impl Config {
             .dispatcher_config()
             .validate()
             .map_err(|e| Error::invalid(format!("records.{e}")))?;
+        self.command_policy()?;
         for agent in &self.agents {
             crate::namespace::validate_id("agents: id", &agent.id)?;
             if agent.tools.is_empty() {
@@ -617,6 +632,22 @@ impl Config {
             dispatcher.register_agent(&agent.id, agent.agent_config())?;
         }
         Ok(())
+    }
+
+    /// The programs this node may start (`[mcp] allow_commands`), and the
+    /// exact commands of this file's own `[[agents]]`: the operator wrote
+    /// those, so each may run exactly as written (not with other arguments,
+    /// environment or directory, which only `allow_commands` permits).
+    pub fn command_policy(&self) -> Result<CommandPolicy> {
+        let mut policy = CommandPolicy::new(&self.mcp.allow_commands)?;
+        for agent in &self.agents {
+            if let Some(McpSpec::Server(server)) = &agent.mcp {
+                if let Some(command) = &server.command {
+                    policy = policy.with_exact(command.clone());
+                }
+            }
+        }
+        Ok(policy)
     }
 
     /// The `[network]` address policy.
@@ -783,6 +814,38 @@ priority = 3
             "[[agents]]\nid = \"a\"\ntools = [\"code\"]\nendpoint = \"x\"\ncolor = 1"
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_command_allow_list_parses_and_bad_entries_are_refused() {
+        let c = Config::parse(
+            r#"
+[mcp]
+allow_commands = ["/usr/local/bin/files-mcp"]
+[[agents]]
+id = "files"
+tools = ["file"]
+mcp = { command = { program = "python", args = ["server.py"] } }
+"#,
+        )
+        .unwrap();
+        let policy = c.command_policy().unwrap();
+        let command = |program: &str, args: &[&str]| crate::namespace::McpCommand {
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(policy.permits(&command("/usr/local/bin/files-mcp", &["-v"])));
+        // The config file's own agent, exactly as written, and nothing else.
+        assert!(policy.permits(&command("python", &["server.py"])));
+        assert!(!policy.permits(&command("python", &["-c", "print(1)"])));
+        assert!(!Config::default()
+            .command_policy()
+            .unwrap()
+            .permits(&command("/bin/true", &[])));
+        for bad in ["[mcp]\nallow_commands = [\"files-mcp\"]\n".to_string()] {
+            assert!(Config::parse(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //!   (list `switchboard/agents/`, then watch from the next revision, list
 //!   again after a compaction or a broken watch), the node's liveness key on
 //!   a lease, and the two routing hooks (publishing registrations, deciding
-//!   session bindings by create-if-absent).
+//!   session bindings by create-if-absent). A registration read from etcd
+//!   is applied only if it passes this node's own checks and policy chain
+//!   (`ToolDispatcher::apply_shared_registration`): etcd is not trusted to
+//!   say what runs here.
 //!
 //! When etcd cannot be reached, routing goes on from the registrations held
 //! in memory, registry writes fail as unavailable, new session bindings are
@@ -357,8 +360,10 @@ fn apply_listing(dispatcher: &ToolDispatcher, kvs: &[etcd::Kv]) {
 fn apply_put(dispatcher: &ToolDispatcher, id: &str, value: &[u8]) {
     match serde_json::from_slice::<AgentRecord>(value) {
         Ok(record) if record.agent_id == id => {
+            // Refused (checks, command allow-list, policy chain) or failed:
+            // not applied here; an agent held before stays as it was.
             if let Err(e) = dispatcher.apply_shared_registration(record) {
-                tracing::warn!(agent_id = %id, error = %e, "could not apply a registration from the cluster");
+                tracing::warn!(agent_id = %id, error = %e, "a registration from the cluster was refused or failed on this node; not applied");
             }
         }
         Ok(_) => {

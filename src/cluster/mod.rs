@@ -2,7 +2,8 @@
 //! session bindings through etcd, each keeping its own RocksDB for the audit
 //! trail (`tools/`, `inflight/`, the decision log).
 //!
-//! - `etcd`: the etcd v3 client (JSON gateway over HTTP);
+//! - `etcd`: the etcd v3 client (JSON gateway over HTTP, etcd's user
+//!   authentication and client TLS);
 //! - `node`: what a node publishes about itself (its liveness value, with
 //!   its policy revision from `policy_digest`) and learns from the node list
 //!   (the live nodes, their count sharing the rate limits);
@@ -33,6 +34,7 @@ use crate::namespace::{now_ms, validate_id, AgentRecord, SessionRecord};
 use crate::routing::shared::{RegistrationSink, SessionBindings};
 use crate::storage::{off_worker, Database};
 use etcd::{Etcd, Event, WatchMessage};
+pub use etcd::{EtcdAccess, EtcdCredentials};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -73,6 +75,9 @@ pub struct ClusterSettings {
     /// The base URL the other nodes reach this node's API at (a cluster
     /// scan asks each node for its records there), e.g. `http://10.0.0.1:7700`.
     pub url: String,
+    /// How this node signs in to etcd and checks it (etcd's user
+    /// authentication, TLS to `https://` members).
+    pub access: EtcdAccess,
 }
 
 struct State {
@@ -574,7 +579,7 @@ impl Cluster {
     ) -> Result<Arc<Cluster>> {
         validate_id("node id", &settings.node_id)?;
         let state = Arc::new(State {
-            etcd: Etcd::new(settings.etcd.clone())?,
+            etcd: Etcd::new(settings.etcd.clone(), &settings.access)?,
             node_id: settings.node_id,
             listen: settings.listen,
             url: settings.url,

@@ -162,6 +162,7 @@ async fn join_cluster(
         ),
         listen: config.listen.clone(),
         url: url.trim_end_matches('/').to_string(),
+        access: section.etcd_access()?,
     };
     crate::cluster::Cluster::join(dispatcher, settings)
         .await

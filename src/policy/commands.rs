@@ -79,7 +79,7 @@ impl CommandPolicy {
 
     /// Whether `command` may be started.
     pub fn permits(&self, command: &McpCommand) -> bool {
-        self.programs.iter().any(|p| *p == command.program) || self.exact.contains(command)
+        self.programs.contains(&command.program) || self.exact.contains(command)
     }
 
     /// Refuses `command` (of agent `agent_id`) unless it may be started,

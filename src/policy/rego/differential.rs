@@ -291,9 +291,12 @@ fn collect_modules() -> Vec<(String, String)> {
     modules
 }
 
+/// One input of the battery: the operation, key, stored value and context.
+type Input = (Op, &'static str, Vec<u8>, PolicyContext);
+
 /// The inputs every module decides: writes and reads of the kinds of keys
 /// Switchboard has, JSON and non-JSON values, callers with and without roles.
-fn battery() -> Vec<(Op, &'static str, Vec<u8>, PolicyContext)> {
+fn battery() -> Vec<Input> {
     let record = serde_json::json!({
         "tool": "run", "category": "shell", "agent_id": "agent_7", "status": "pending",
         "args": ["--force", "deploy.sh", "rm -rf /"], "input": {"command": "rm -rf /", "amount": 20},
@@ -349,7 +352,7 @@ fn battery() -> Vec<(Op, &'static str, Vec<u8>, PolicyContext)> {
 const SLOW: &str = "e.slow";
 
 /// The battery `module` decides: all of it, or its first inputs for [`SLOW`].
-fn battery_for(module: &RegoModule) -> Vec<(Op, &'static str, Vec<u8>, PolicyContext)> {
+fn battery_for(module: &RegoModule) -> Vec<Input> {
     let mut inputs = battery();
     if module.name() == SLOW {
         inputs.truncate(2);

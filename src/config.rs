@@ -9,8 +9,8 @@
 use crate::dispatch::{DispatcherConfig, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::{McpSpec, ToolCategory};
-use crate::policy::NetworkPolicy;
 use crate::policy::RegoEvaluator;
+use crate::policy::{CommandPolicy, NetworkPolicy};
 use crate::policy::{DecisionLogRetention, PolicyEngine, RateLimitOp, RateLimitScope};
 use crate::routing::{AgentConfig, HealthCheckConfig};
 use crate::storage::{
@@ -76,6 +76,19 @@ pub struct Config {
     pub records: RecordsSection,
     /// `[cluster]`: share agents and session bindings with other nodes through etcd.
     pub cluster: Option<ClusterSection>,
+    /// `[mcp]`: which programs this node may start as stdio MCP servers.
+    pub mcp: McpSection,
+}
+
+/// `[mcp]`: what this node lets MCP agents do on it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpSection {
+    /// Absolute paths of the programs this node may start as stdio MCP
+    /// servers, with any arguments (empty: none, besides the exact commands
+    /// of this file's own `[[agents]]`). Checked at registration, for
+    /// registrations from the cluster, and before every start.
+    pub allow_commands: Vec<String>,
 }
 
 /// `[cluster]`: this node joins the nodes sharing one etcd (docs/cluster.md).
@@ -104,6 +117,99 @@ pub struct ClusterSection {
     /// other nodes can reach, such as `0.0.0.0:7700`.
     #[serde(default)]
     pub advertise_url: Option<String>,
+    /// etcd's own authentication: the etcd user this node signs in as
+    /// (needs `password_env` or `password_file`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The name of an environment variable holding the etcd user's password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A file holding the etcd user's password (its first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A PEM file of the CA certificates etcd's `https://` client URLs are
+    /// verified against (besides the built-in webpki roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The PEM client certificate this node presents to etcd (etcd's
+    /// `--client-cert-auth`); needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl ClusterSection {
+    /// Refuses settings that cannot work together.
+    fn validate(&self) -> Result<()> {
+        let passwords =
+            usize::from(self.password_env.is_some()) + usize::from(self.password_file.is_some());
+        match (&self.username, passwords) {
+            (Some(user), _) if user.is_empty() => {
+                return Err(Error::invalid("cluster.username is empty; remove it to connect to etcd without authentication"))
+            }
+            (Some(_), 1) | (None, 0) => {}
+            (Some(_), 0) => {
+                return Err(Error::invalid(
+                    "cluster.username needs a password: set password_env (an environment variable's name) \
+                     or password_file (a file's path) under [cluster]",
+                ))
+            }
+            (Some(_), _) => {
+                return Err(Error::invalid(
+                    "cluster: give password_env or password_file, not both",
+                ))
+            }
+            (None, _) => {
+                return Err(Error::invalid(
+                    "cluster: password_env and password_file need username (the etcd user)",
+                ))
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(Error::invalid(
+                "cluster: give both cert_file and key_file (the client certificate etcd checks), or neither",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How this node reaches etcd: the password read now from the variable
+    /// or file named (never from the config text), and the TLS files.
+    #[cfg(feature = "cluster")]
+    pub fn etcd_access(&self) -> Result<crate::cluster::EtcdAccess> {
+        let password = match (&self.password_env, &self.password_file) {
+            (Some(var), _) => Some(std::env::var(var).map_err(|_| {
+                Error::invalid(format!(
+                    "cluster.password_env names {var}, which is not set in this node's environment; \
+                     set it to the etcd user's password"
+                ))
+            })?),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::invalid(format!(
+                        "cluster.password_file {}: cannot read it ({e})",
+                        path.display()
+                    ))
+                })?;
+                Some(text.lines().next().unwrap_or("").to_string())
+            }
+            (None, None) => None,
+        };
+        let credentials = match (&self.username, password) {
+            (Some(username), Some(password)) => Some(crate::cluster::EtcdCredentials {
+                username: username.clone(),
+                password,
+            }),
+            _ => None,
+        };
+        Ok(crate::cluster::EtcdAccess {
+            credentials,
+            ca_file: self.ca_file.clone(),
+            client_cert: self.cert_file.clone().zip(self.key_file.clone()),
+        })
+    }
 }
 
 /// How long a session binding lasts in cluster mode unless configured: a day.
@@ -418,6 +524,7 @@ impl Default for Config {
             metrics_listen: None,
             records: RecordsSection::default(),
             cluster: None,
+            mcp: McpSection::default(),
         }
     }
 }
@@ -463,6 +570,16 @@ impl Config {
         let tls = &mut config.tls;
         for path in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
             *path = path.take().map(|p| base.join(p));
+        }
+        if let Some(cluster) = &mut config.cluster {
+            for path in [
+                &mut cluster.password_file,
+                &mut cluster.ca_file,
+                &mut cluster.cert_file,
+                &mut cluster.key_file,
+            ] {
+                *path = path.take().map(|p| base.join(p));
+            }
         }
         Ok(config)
     }
@@ -581,6 +698,10 @@ impl Config {
             .dispatcher_config()
             .validate()
             .map_err(|e| Error::invalid(format!("records.{e}")))?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
+        self.command_policy()?;
         for agent in &self.agents {
             crate::namespace::validate_id("agents: id", &agent.id)?;
             if agent.tools.is_empty() {
@@ -617,6 +738,22 @@ impl Config {
             dispatcher.register_agent(&agent.id, agent.agent_config())?;
         }
         Ok(())
+    }
+
+    /// The programs this node may start (`[mcp] allow_commands`), and the
+    /// exact commands of this file's own `[[agents]]`: the operator wrote
+    /// those, so each may run exactly as written (not with other arguments,
+    /// environment or directory, which only `allow_commands` permits).
+    pub fn command_policy(&self) -> Result<CommandPolicy> {
+        let mut policy = CommandPolicy::new(&self.mcp.allow_commands)?;
+        for agent in &self.agents {
+            if let Some(McpSpec::Server(server)) = &agent.mcp {
+                if let Some(command) = &server.command {
+                    policy = policy.with_exact(command.clone());
+                }
+            }
+        }
+        Ok(policy)
     }
 
     /// The `[network]` address policy.
@@ -783,6 +920,54 @@ priority = 3
             "[[agents]]\nid = \"a\"\ntools = [\"code\"]\nendpoint = \"x\"\ncolor = 1"
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_command_allow_list_and_etcd_protections_parse_and_bad_ones_are_refused() {
+        let c = Config::parse(
+            r#"
+[mcp]
+allow_commands = ["/usr/local/bin/files-mcp"]
+[[agents]]
+id = "files"
+tools = ["file"]
+mcp = { command = { program = "python", args = ["server.py"] } }
+[cluster]
+etcd = ["https://127.0.0.1:2379"]
+node_id = "n1"
+username = "switchboard"
+password_env = "SB_ETCD_PASSWORD"
+ca_file = "etcd-ca.pem"
+cert_file = "node.pem"
+key_file = "node-key.pem"
+"#,
+        )
+        .unwrap();
+        let policy = c.command_policy().unwrap();
+        let command = |program: &str, args: &[&str]| crate::namespace::McpCommand {
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(policy.permits(&command("/usr/local/bin/files-mcp", &["-v"])));
+        // The config file's own agent, exactly as written, and nothing else.
+        assert!(policy.permits(&command("python", &["server.py"])));
+        assert!(!policy.permits(&command("python", &["-c", "print(1)"])));
+        assert!(!Config::default()
+            .command_policy()
+            .unwrap()
+            .permits(&command("/bin/true", &[])));
+        let cluster = "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode_id = \"n1\"\n";
+        for bad in [
+            "[mcp]\nallow_commands = [\"files-mcp\"]\n".to_string(),
+            format!("{cluster}username = \"u\"\n"),
+            format!("{cluster}username = \"u\"\npassword_env = \"A\"\npassword_file = \"p\"\n"),
+            format!("{cluster}password_env = \"A\"\n"),
+            format!("{cluster}cert_file = \"c.pem\"\n"),
+            format!("{cluster}password = \"in clear\"\n"),
+        ] {
+            assert!(Config::parse(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -101,9 +101,9 @@ pub use storage::{PolicyChange, StoredPolicy, POLICIES};
 
 // Policy: hooks, Rego, rate limits, the decision log, and who is acting.
 pub use policy::{
-    keys, Clock, Decision, DecisionKind, DecisionLogRetention, ManualClock, NetworkPolicy, Op,
-    OperationKind, Phase, PolicyAction, PolicyContext, PolicyEngine, RateLimitOp, RateLimitScope,
-    RegoEvaluator,
+    keys, Clock, CommandPolicy, Decision, DecisionKind, DecisionLogRetention, ManualClock,
+    NetworkPolicy, Op, OperationKind, Phase, PolicyAction, PolicyContext, PolicyEngine,
+    RateLimitOp, RateLimitScope, RegoEvaluator,
 };
 // Who is calling: the authenticated principal policies and records see.
 pub use policy::{Principal, Scope};

@@ -949,7 +949,26 @@ async fn stdio_servers_are_spawned_called_and_restarted() {
     );
     let (_outer_dir, db) = temp_db();
     let d = ToolDispatcher::new(db.clone());
-    let server = switchboard::McpServer::stdio("sh", vec!["-c".into(), script]);
+    // Nothing may be started until the node allows it; then only the
+    // programs it lists, by absolute path.
+    let refused = d
+        .register_agent(
+            "fed",
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Code])
+                .with_mcp_server(switchboard::McpServer::stdio("/bin/echo", vec![])),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("allow_commands") && refused.contains("/bin/echo"),
+        "{refused}"
+    );
+    assert!(d.registry().get("fed").is_none());
+    switchboard::CommandPolicy::new(&["/bin/sh".to_string()])
+        .unwrap()
+        .install();
+    let server = switchboard::McpServer::stdio("/bin/sh", vec!["-c".into(), script]);
     register(
         &d,
         "fed",

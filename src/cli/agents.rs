@@ -38,6 +38,11 @@ pub enum AgentsCommand {
         /// (repeatable; first match wins).
         #[arg(long = "mcp-category")]
         mcp_categories: Vec<String>,
+        /// A program this command may start as a stdio MCP server (its
+        /// absolute path; repeatable): --mcp-command's program must be one.
+        /// `serve` needs it too, in `allow_commands` under [mcp].
+        #[arg(long = "allow-command", value_name = "PATH")]
+        allow_commands: Vec<String>,
         #[arg(long, default_value_t = 0)]
         priority: i32,
         #[arg(long)]
@@ -72,6 +77,7 @@ pub async fn run(cmd: AgentsCommand) -> switchboard::Result<()> {
             mcp,
             mcp_command,
             mcp_categories,
+            allow_commands,
             priority,
             timeout_ms,
             max_concurrency,
@@ -118,6 +124,7 @@ pub async fn run(cmd: AgentsCommand) -> switchboard::Result<()> {
             if let Some(max) = max_concurrency {
                 config = config.with_max_concurrency(max);
             }
+            switchboard::CommandPolicy::new(&allow_commands)?.install();
             let dispatcher = store.dispatcher()?;
             dispatcher.register_agent(&id, config)?;
             if is_mcp {

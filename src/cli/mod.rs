@@ -87,6 +87,10 @@ pub struct McpArgs {
     /// Directory of *.rego policies to import into the database's stored policies.
     #[arg(long)]
     pub policies: Option<PathBuf>,
+    /// A program the stdio MCP agents of the database may be started with
+    /// (its absolute path; repeatable). None by default.
+    #[arg(long = "allow-command", value_name = "PATH")]
+    pub allow_commands: Vec<String>,
 }
 
 /// The database and the policies every read and write of a command runs under.
@@ -202,6 +206,7 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
         Command::Cluster(cmd) => cluster::run(cmd).await,
         Command::Demo(args) => demo::run(args.data).await,
         Command::Mcp(args) => {
+            switchboard::CommandPolicy::new(&args.allow_commands)?.install();
             let db = open(&args.data)?;
             if let Some(dir) = &args.policies {
                 db.import_policies(dir)?;

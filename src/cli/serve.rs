@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// (default 86400); the session is then bound anew.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub cluster_binding_ttl: Option<u64>,
+    /// A program this node may start as a stdio MCP server (its absolute
+    /// path; repeatable), added to `allow_commands` under [mcp].
+    #[arg(long = "allow-command", value_name = "PATH")]
+    pub allow_commands: Vec<String>,
     /// PEM file of extra CA certificates trusted for https:// agents
     /// (besides the built-in webpki roots).
     #[arg(long)]
@@ -100,6 +104,9 @@ pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
         }
         config.cluster = Some(section);
     }
+    config.mcp.allow_commands.extend(args.allow_commands);
+    // Checked again with the flags added (absolute paths only).
+    config.validate()?;
     if let Some(ca_file) = args.ca_file {
         config.tls.ca_file = Some(ca_file);
     }

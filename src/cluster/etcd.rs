@@ -2,13 +2,150 @@
 //! `/v3/lease/*`, `/v3/watch`), on the HTTP client the crate already has:
 //! ranges, puts, deletes, create-if-absent transactions, leases and a watch
 //! stream. Keys and values travel base64-encoded, revisions as strings.
+//!
+//! etcd's own protections ([`EtcdAccess`]): a user name and password
+//! (`/v3/auth/authenticate` gives a token, sent in the `Authorization`
+//! header of every request and fetched again when etcd says it is invalid or
+//! has expired), and TLS to `https://` members: a CA to verify them against
+//! and a client certificate for `--client-cert-auth`.
 
 use crate::error::{Error, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// An etcd user and its password (etcd's `auth enable`).
+#[derive(Clone)]
+pub struct EtcdCredentials {
+    /// The etcd user name.
+    pub username: String,
+    /// Its password, as read from the variable or file the config names.
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How a node signs in to etcd and checks it: etcd's user authentication,
+/// and TLS (a CA for `https://` members, a client certificate).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdAccess {
+    /// Sign in as this user (`None`: etcd without authentication).
+    pub credentials: Option<EtcdCredentials>,
+    /// A PEM file of CA certificates `https://` members are verified
+    /// against, besides the built-in webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate chain and its key, presented to members
+    /// that require one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// The rustls configuration for `https://` members: the webpki roots plus
+/// `ca_file`, and the client certificate if given.
+fn tls_config(access: &EtcdAccess) -> Result<rustls::ClientConfig> {
+    crate::transport::TlsTrust::install_crypto_provider();
+    let read = |field: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::invalid(format!(
+                "cluster.{field} {}: cannot read it ({e})",
+                path.display()
+            ))
+        })
+    };
+    let certificates = |field: &str, path: &Path| -> Result<Vec<CertificateDer<'static>>> {
+        let pem = read(field, path)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "cluster.{field} {}: not PEM certificates ({e})",
+                    path.display()
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(Error::invalid(format!(
+                "cluster.{field} {}: holds no `-----BEGIN CERTIFICATE-----` block",
+                path.display()
+            )));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = &access.ca_file {
+        for cert in certificates("ca_file", ca)? {
+            roots.add(cert).map_err(|e| {
+                Error::invalid(format!(
+                    "cluster.ca_file {}: a certificate cannot be used as a CA ({e})",
+                    ca.display()
+                ))
+            })?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::internal("cannot configure TLS", e))?
+    .with_root_certificates(roots);
+    let mut config = match &access.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = certificates("cert_file", cert)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&read("key_file", key)?).map_err(|e| {
+                Error::invalid(format!(
+                    "cluster.key_file {}: no PEM private key found ({e})",
+                    key.display()
+                ))
+            })?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                Error::invalid(format!(
+                    "cluster.cert_file {} and cluster.key_file {} do not make a usable pair ({e})",
+                    cert.display(),
+                    key.display()
+                ))
+            })?
+        }
+    };
+    // The gateway speaks HTTP/1.1 (this client has no HTTP/2).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// What an answer of etcd says about this node's sign-in, if anything.
+#[derive(Debug, PartialEq, Eq)]
+enum AuthProblem {
+    /// The token is invalid or expired, or none was sent: sign in again.
+    SignInAgain,
+    /// etcd refused the user name and password.
+    BadCredentials,
+    /// The user may not do this (etcd's roles).
+    Denied,
+}
+
+fn auth_problem(answer: &str) -> Option<AuthProblem> {
+    if answer.contains("invalid auth token") || answer.contains("user name is empty") {
+        Some(AuthProblem::SignInAgain)
+    } else if answer.contains("authentication failed") {
+        Some(AuthProblem::BadCredentials)
+    } else if answer.contains("permission denied") {
+        Some(AuthProblem::Denied)
+    } else {
+        None
+    }
+}
 
 /// How long one request to one etcd member may take before the next member
 /// is tried (a member cut off from its leader answers linearizable requests
@@ -45,6 +182,9 @@ pub(crate) struct Etcd {
     endpoints: Vec<String>,
     current: AtomicUsize,
     http: reqwest::Client,
+    credentials: Option<EtcdCredentials>,
+    /// The token of the last sign-in (etcd's auth), shared by every request.
+    token: parking_lot::Mutex<Option<String>>,
 }
 
 fn b64(s: &[u8]) -> String {
@@ -87,15 +227,15 @@ fn unavailable(what: impl std::fmt::Display) -> Error {
 }
 
 impl Etcd {
-    pub(crate) fn new(endpoints: Vec<String>) -> Result<Etcd> {
+    pub(crate) fn new(endpoints: Vec<String>, access: &EtcdAccess) -> Result<Etcd> {
         if endpoints.is_empty() {
             return Err(Error::invalid(
                 "--cluster-etcd needs at least one etcd client URL, e.g. http://127.0.0.1:2379",
             ));
         }
-        crate::transport::TlsTrust::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(REQUEST_TIMEOUT)
+            .tls_backend_preconfigured(tls_config(access)?)
             .build()
             .map_err(|e| Error::internal("cannot build the etcd HTTP client", e))?;
         Ok(Etcd {
@@ -105,7 +245,121 @@ impl Etcd {
                 .collect(),
             current: AtomicUsize::new(0),
             http,
+            credentials: access.credentials.clone(),
+            token: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// The token to send to `base` (a member's URL): the last one, or a new
+    /// one from signing in; `None` without credentials.
+    async fn token(&self, base: &str) -> std::result::Result<Option<String>, String> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(None);
+        };
+        if let Some(token) = self.token.lock().clone() {
+            return Ok(Some(token));
+        }
+        let body = json!({"name": credentials.username, "password": credentials.password});
+        let response = self
+            .http
+            .post(format!("{base}/v3/auth/authenticate"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("signing in to etcd: {e}"))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            let hint = match auth_problem(&text) {
+                Some(AuthProblem::BadCredentials) => format!(
+                    "; etcd refused user {:?} and its password: check username and \
+                     password_env / password_file under [cluster]",
+                    credentials.username
+                ),
+                _ => String::new(),
+            };
+            return Err(format!(
+                "signing in to etcd answered {status}: {text}{hint}"
+            ));
+        }
+        let token = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["token"].as_str().map(str::to_string))
+            .ok_or_else(|| format!("signing in to etcd gave no token: {text}"))?;
+        *self.token.lock() = Some(token.clone());
+        Ok(Some(token))
+    }
+
+    /// Forgets `used`, the token etcd just refused, so the next request
+    /// signs in again (unless another request already did).
+    fn forget_token(&self, used: &Option<String>) {
+        let mut token = self.token.lock();
+        if *token == *used {
+            *token = None;
+        }
+    }
+
+    /// Adds the `Authorization` header when there is a token.
+    fn authorized(
+        request: reqwest::RequestBuilder,
+        token: &Option<String>,
+    ) -> reqwest::RequestBuilder {
+        match token {
+            Some(token) => request.header("authorization", token),
+            None => request,
+        }
+    }
+
+    /// One request to one member: signs in first if need be, and once more
+    /// when etcd says the token is invalid or has expired.
+    async fn exchange(
+        &self,
+        base: &str,
+        path: &str,
+        body: &Value,
+    ) -> std::result::Result<Value, String> {
+        let mut signed_in_again = false;
+        loop {
+            let token = self.token(base).await?;
+            let response = Self::authorized(self.http.post(format!("{base}{path}")), &token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+            if status.is_success() {
+                return serde_json::from_slice::<Value>(&bytes)
+                    .map_err(|e| format!("answered with bad JSON: {e}"));
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            match auth_problem(&text) {
+                Some(AuthProblem::SignInAgain)
+                    if self.credentials.is_some() && !signed_in_again =>
+                {
+                    tracing::debug!("etcd refused this node's token; signing in again");
+                    self.forget_token(&token);
+                    signed_in_again = true;
+                    continue;
+                }
+                Some(AuthProblem::SignInAgain) if self.credentials.is_none() => {
+                    return Err(format!(
+                        "answered {status}: {text}; this etcd requires authentication: set \
+                         username and password_env (or password_file) under [cluster]"
+                    ))
+                }
+                Some(AuthProblem::Denied) => {
+                    return Err(format!(
+                        "answered {status}: {text}; the etcd user needs read and write \
+                         permission on the prefix switchboard/ (etcdctl role grant-permission \
+                         --prefix=true ROLE readwrite switchboard/)"
+                    ))
+                }
+                _ => return Err(format!("answered {status}: {text}")),
+            }
+        }
     }
 
     /// POSTs `body` to `path`, trying each member once, starting with the
@@ -125,26 +379,7 @@ impl Etcd {
             }
             let index = (start + i) % n;
             let url = format!("{}{path}", self.endpoints[index]);
-            let exchange = async {
-                let response = self
-                    .http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.to_string())
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let status = response.status();
-                let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-                if !status.is_success() {
-                    return Err(format!(
-                        "answered {status}: {}",
-                        String::from_utf8_lossy(&bytes)
-                    ));
-                }
-                serde_json::from_slice::<Value>(&bytes)
-                    .map_err(|e| format!("answered with bad JSON: {e}"))
-            };
+            let exchange = self.exchange(&self.endpoints[index], path, body);
             match tokio::time::timeout(left.min(REQUEST_TIMEOUT), exchange).await {
                 Ok(Ok(answer)) => {
                     self.current.store(index, Ordering::Relaxed);
@@ -315,28 +550,40 @@ impl Etcd {
         }});
         // `hasleader`: the member ends the watch when it loses its leader,
         // rather than keeping a stream no change can reach.
-        let sent = self
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("grpc-metadata-hasleader", "true")
-            .body(body.to_string())
-            .send();
-        let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, sent).await {
+        let base = &self.endpoints[index];
+        let sent = async {
+            let token = self.token(base).await?;
+            Self::authorized(self.http.post(&url), &token)
+                .header("content-type", "application/json")
+                .header("grpc-metadata-hasleader", "true")
+                .body(body.to_string())
+                .send()
+                .await
+                .map(|response| (response, token))
+                .map_err(|e| e.to_string())
+        };
+        let (mut response, token) = match tokio::time::timeout(REQUEST_TIMEOUT, sent).await {
             Ok(Ok(response)) => response,
             failed => {
                 // The next attempt starts with the next member.
                 self.current.store(index + 1, Ordering::Relaxed);
                 let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => e,
                     _ => "no answer in time".to_string(),
                 };
                 return Err(unavailable(format!("{url}: {why}")));
             }
         };
         if !response.status().is_success() {
-            self.current.store(index + 1, Ordering::Relaxed);
-            return Err(unavailable(format!("{url} answered {}", response.status())));
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if auth_problem(&text) == Some(AuthProblem::SignInAgain) {
+                // The watch is resumed shortly; it signs in again then.
+                self.forget_token(&token);
+            } else {
+                self.current.store(index + 1, Ordering::Relaxed);
+            }
+            return Err(unavailable(format!("{url} answered {status}: {text}")));
         }
         let mut buffer: Vec<u8> = Vec::new();
         loop {
@@ -354,11 +601,19 @@ impl Etcd {
                 consumed = stream.byte_offset();
                 let result = &message["result"];
                 if message.get("error").is_some() {
+                    if auth_problem(&message.to_string()) == Some(AuthProblem::SignInAgain) {
+                        self.forget_token(&token);
+                    }
                     return Err(unavailable(format!("the watch on {url} failed: {message}")));
                 }
                 if result["canceled"].as_bool() == Some(true)
                     && num(&result["compact_revision"]) == 0
                 {
+                    // etcd cancels a watch whose token expired (or was
+                    // missing) in the stream: sign in again on the retry.
+                    if auth_problem(&message.to_string()) == Some(AuthProblem::SignInAgain) {
+                        self.forget_token(&token);
+                    }
                     return Err(unavailable(format!(
                         "etcd ended the watch on {url}: {message}"
                     )));

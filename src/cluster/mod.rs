@@ -2,7 +2,8 @@
 //! session bindings through etcd, each keeping its own RocksDB for the audit
 //! trail (`tools/`, `inflight/`, the decision log).
 //!
-//! - `etcd`: the etcd v3 client (JSON gateway over HTTP);
+//! - `etcd`: the etcd v3 client (JSON gateway over HTTP, etcd's user
+//!   authentication and client TLS);
 //! - `node`: what a node publishes about itself (its liveness value, with
 //!   its policy revision from `policy_digest`) and learns from the node list
 //!   (the live nodes, their count sharing the rate limits);
@@ -10,7 +11,10 @@
 //!   (list `switchboard/agents/`, then watch from the next revision, list
 //!   again after a compaction or a broken watch), the node's liveness key on
 //!   a lease, and the two routing hooks (publishing registrations, deciding
-//!   session bindings by create-if-absent).
+//!   session bindings by create-if-absent). A registration read from etcd
+//!   is applied only if it passes this node's own checks and policy chain
+//!   (`ToolDispatcher::apply_shared_registration`): etcd is not trusted to
+//!   say what runs here.
 //!
 //! When etcd cannot be reached, routing goes on from the registrations held
 //! in memory, registry writes fail as unavailable, new session bindings are
@@ -30,6 +34,7 @@ use crate::namespace::{now_ms, validate_id, AgentRecord, SessionRecord};
 use crate::routing::shared::{RegistrationSink, SessionBindings};
 use crate::storage::{off_worker, Database};
 use etcd::{Etcd, Event, WatchMessage};
+pub use etcd::{EtcdAccess, EtcdCredentials};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -70,6 +75,9 @@ pub struct ClusterSettings {
     /// The base URL the other nodes reach this node's API at (a cluster
     /// scan asks each node for its records there), e.g. `http://10.0.0.1:7700`.
     pub url: String,
+    /// How this node signs in to etcd and checks it (etcd's user
+    /// authentication, TLS to `https://` members).
+    pub access: EtcdAccess,
 }
 
 struct State {
@@ -357,8 +365,10 @@ fn apply_listing(dispatcher: &ToolDispatcher, kvs: &[etcd::Kv]) {
 fn apply_put(dispatcher: &ToolDispatcher, id: &str, value: &[u8]) {
     match serde_json::from_slice::<AgentRecord>(value) {
         Ok(record) if record.agent_id == id => {
+            // Refused (checks, command allow-list, policy chain) or failed:
+            // not applied here; an agent held before stays as it was.
             if let Err(e) = dispatcher.apply_shared_registration(record) {
-                tracing::warn!(agent_id = %id, error = %e, "could not apply a registration from the cluster");
+                tracing::warn!(agent_id = %id, error = %e, "a registration from the cluster was refused or failed on this node; not applied");
             }
         }
         Ok(_) => {
@@ -569,7 +579,7 @@ impl Cluster {
     ) -> Result<Arc<Cluster>> {
         validate_id("node id", &settings.node_id)?;
         let state = Arc::new(State {
-            etcd: Etcd::new(settings.etcd.clone())?,
+            etcd: Etcd::new(settings.etcd.clone(), &settings.access)?,
             node_id: settings.node_id,
             listen: settings.listen,
             url: settings.url,

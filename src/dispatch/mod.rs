@@ -369,9 +369,11 @@ impl ToolDispatcher {
         result
     }
 
-    /// Applies a registration another cluster node made (it passed the
-    /// policy chain there); an MCP agent's tools are then discovered here
-    /// too, in the background on the current runtime.
+    /// Applies a registration read from the cluster (another node's, or
+    /// anything written into etcd): it must pass this node's checks, command
+    /// allow-list and policy chain as a local one does, else it is refused
+    /// (an error) and nothing changes. An MCP agent's tools are then
+    /// discovered here too, in the background on the current runtime.
     #[cfg(feature = "cluster")]
     pub(crate) fn apply_shared_registration(
         &self,

@@ -12,9 +12,11 @@
 //! Files: `context` (who is writing), `principal` (the authenticated
 //! caller), `chain` (the hooks and the one runner), `engine` (the public
 //! handle), `decisions`, `glob`, `limits`, `network` (which addresses agents
-//! may live at), [`rego`].
+//! may live at), `commands` (which programs may run as stdio MCP servers),
+//! [`rego`].
 
 mod chain;
+mod commands;
 mod context;
 pub(crate) mod decisions;
 mod engine;
@@ -26,6 +28,7 @@ pub mod rego;
 
 pub use chain::HookFn;
 pub(crate) use chain::PolicyChain;
+pub use commands::CommandPolicy;
 pub use context::{keys, OperationKind, PolicyContext};
 pub use decisions::{Decision, DecisionKind, DecisionLogRetention};
 pub(crate) use engine::sealed;

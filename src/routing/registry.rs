@@ -25,7 +25,7 @@ use crate::namespace::{
     agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, McpServer,
     PrefixMode, ToolCategory, AGENTS,
 };
-use crate::policy::{keys, OperationKind, PolicyContext};
+use crate::policy::{keys, CommandPolicy, OperationKind, PolicyContext};
 use crate::storage::{off_worker, Database};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -315,6 +315,9 @@ impl AgentRegistry {
             let (parsed, _) = parse_endpoint(url)?;
             server.url = Some(parsed.to_string());
         }
+        if let Some(command) = &server.command {
+            CommandPolicy::current().check(agent_id, command)?;
+        }
         let record = self.new_record(agent_id, config, AgentTransport::Mcp(server.clone()))?;
         let uid = self.reserve_uid();
         self.install(record, config.caller.as_ref(), |registry, record, stats| {
@@ -452,11 +455,16 @@ impl AgentRegistry {
         }
     }
 
-    /// Applies a registration published by another node: stored here as
-    /// bookkeeping (it passed the policy chain where it was made) and routed.
-    /// A record equal to the one held (this node's own write coming back) is
-    /// ignored. Another node's in-process agent is listed, never routed here.
-    /// Returns whether anything changed.
+    /// Applies a registration published by another node, or put into etcd
+    /// by anyone able to write there: checked as a local registration is
+    /// ([`check_shared`](Self::check_shared): ids, categories, endpoints
+    /// under the address policy, the command allow-list), then stored
+    /// through this node's policy chain (the before-hooks on `agents/{id}`,
+    /// with `source` = `cluster` in the context) and routed. A refused
+    /// record is an error and changes nothing: an agent held before stays
+    /// as it was. A record equal to the one held (this node's own write
+    /// coming back) is ignored. Another node's in-process agent is listed,
+    /// never routed here. Returns whether anything changed.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn apply_shared(&self, record: AgentRecord) -> Result<bool> {
         let _changing = self.changes.lock();
@@ -471,6 +479,7 @@ impl AgentRegistry {
         if self.agents.read().get(&id).is_some_and(|r| same(&r.record)) {
             return Ok(false);
         }
+        Self::check_shared(&record)?;
         let stats = self
             .agents
             .read()
@@ -491,15 +500,10 @@ impl AgentRegistry {
             )),
         };
         let value = serde_json::to_vec(&record).map_err(Error::storage)?;
-        off_worker(|| {
-            let mut tx = self.db.owner_transaction();
-            tx.put_with(
-                &agent_key(&id),
-                &value,
-                &context(&id, OperationKind::Register),
-            )?;
-            tx.commit_bookkeeping()
-        })?;
+        // Through the before-hooks, as a local registration: a record in
+        // etcd is only as trustworthy as whoever could write it there.
+        let ctx = context(&id, OperationKind::Register).with("source", "cluster");
+        off_worker(|| self.db.owner_put_with(&agent_key(&id), &value, &ctx))?;
         match &live {
             Some(agent) => self.router.add(agent.clone()),
             None => self.router.remove(&id),
@@ -514,6 +518,56 @@ impl AgentRegistry {
         );
         tracing::info!(agent_id = %id, "applied a registration from the cluster");
         Ok(true)
+    }
+
+    /// The checks a local registration passes, on a record from the
+    /// cluster: a valid id, categories, timeout and concurrency; an HTTP
+    /// agent's endpoint and health URL (shape and address policy); an MCP
+    /// agent's server (url or command, names, rules) and, for a command, this
+    /// node's allow-list. A record never grants itself permission to run.
+    fn check_shared(record: &AgentRecord) -> Result<()> {
+        validate_id("agent id", &record.agent_id)?;
+        if record.tools.is_empty() {
+            return Err(Error::invalid(format!(
+                "agent {} serves no tool categories",
+                record.agent_id
+            )));
+        }
+        for category in &record.tools {
+            category.validate()?;
+        }
+        if record.timeout_ms == 0 || record.timeout_ms > MAX_AGENT_TIMEOUT.as_millis() as u64 {
+            return Err(Error::invalid(format!(
+                "agent timeout must be between 1 ms and {} ms",
+                MAX_AGENT_TIMEOUT.as_millis()
+            )));
+        }
+        if record.max_concurrency == Some(0) {
+            return Err(Error::invalid("max_concurrency must be at least 1"));
+        }
+        match &record.transport {
+            AgentTransport::Local => {}
+            AgentTransport::Http {
+                endpoint,
+                health_url,
+            } => {
+                check_endpoint_text("endpoint", endpoint)?;
+                parse_endpoint(endpoint)?;
+                check_endpoint_text("health_url", health_url)?;
+                parse_endpoint(health_url)?;
+            }
+            AgentTransport::Mcp(server) => {
+                server.validate(&record.tools)?;
+                if let Some(url) = &server.url {
+                    check_endpoint_text("MCP url", url)?;
+                    parse_endpoint(url)?;
+                }
+                if let Some(command) = &server.command {
+                    CommandPolicy::current().check(&record.agent_id, command)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies a removal published by another node (nothing if unknown

@@ -165,8 +165,9 @@ pub(crate) async fn register_agent(
     {
         return Err(Error::invalid(
             "an MCP command (stdio) is not registered over HTTP: it would run a program on the server; \
-             declare it in the config file ([[agents]] mcp_command) or with \
-             `switchboard agents register ID --mcp-command ...` on the data directory",
+             declare it in the config file ([[agents]] with mcp = { command = { program = ... } }) or \
+             with `switchboard agents register ID --mcp-command ... --allow-command PATH` on the data \
+             directory. Its program must also be in the server's allow-list (allow_commands under [mcp])",
         )
         .into());
     }

@@ -48,8 +48,9 @@ pub async fn serve(
         }
         tracing::warn!("no API token configured: anyone on this machine can use the API on {}; set SWITCHBOARD_TOKEN or `token` in the config", config.listen);
     }
-    // Before any agent is loaded: registrations are checked against it.
+    // Before any agent is loaded: registrations are checked against them.
     config.network_policy()?.install();
+    config.command_policy()?.install();
     // Before the dispatcher builds its client: `https://` agents are trusted by it.
     config.tls_trust()?.install();
     let tls = ServerTls::from_config(&config)?;
@@ -161,6 +162,7 @@ async fn join_cluster(
         ),
         listen: config.listen.clone(),
         url: url.trim_end_matches('/').to_string(),
+        access: section.etcd_access()?,
     };
     crate::cluster::Cluster::join(dispatcher, settings)
         .await

@@ -123,10 +123,13 @@ def upstream_over_http(base: str) -> None:
 
 async def upstream_over_stdio(binary: str, data: str) -> None:
     """The Python server as a stdio agent, behind `switchboard mcp`."""
+    # A stdio program runs only where it is allowed (an interpreter, here,
+    # only because this is a test: docs/cluster.md says why not in production).
+    allow = ["--allow-command", sys.executable]
     subprocess.run([binary, "agents", "register", "weather", "--tools", "web",
-                    "--mcp-command", f"{sys.executable} {UPSTREAM} stdio", "--data", data],
+                    "--mcp-command", f"{sys.executable} {UPSTREAM} stdio", "--data", data, *allow],
                    check=True, stdout=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
-    params = StdioServerParameters(command=binary, args=["mcp", "--data", data],
+    params = StdioServerParameters(command=binary, args=["mcp", "--data", data, *allow],
                                    env=dict(os.environ, RUST_LOG="warn"))
     async with Client(params, mode="legacy") as client:
         names = [t.name for t in (await client.list_tools()).tools]

@@ -1,10 +1,12 @@
 //! Rego modules in the policy chain, evaluated with `regorus`.
 //!
 //! A module is compiled once at load, for regorus's tree-walking interpreter
-//! or, when the chain is set to [`RegoEvaluator::Bytecode`], to bytecode for
+//! or, when it cannot fail to evaluate (`conflicts`), to bytecode for
 //! regorus's Rego virtual machine (`pool`: the machines, kept ready per
 //! module). `input` builds the input document, `loader` reads a policy
-//! directory's headers, `test_runner` runs `*_test.rego` files.
+//! directory's headers, `test_runner` runs `*_test.rego` files;
+//! `differential` (a test) holds every evaluator to the interpreter's
+//! decisions.
 //!
 //! Decision rules: a module may define `deny` (a set of messages; non-empty
 //! means Deny) and/or `allow` (must evaluate to `true` when defined). Any
@@ -12,6 +14,8 @@
 //! `allow` that is not `true` denies: the chain fails closed.
 
 mod conflicts;
+#[cfg(test)]
+mod differential;
 mod input;
 mod loader;
 mod pool;
@@ -32,19 +36,22 @@ pub use test_runner::{run_tests, RegoTestResult};
 #[serde(rename_all = "lowercase")]
 pub enum RegoEvaluator {
     /// The bytecode VM for every module it decides exactly as the
-    /// interpreter does, the interpreter for the rest: modules whose
-    /// complete rules or functions could produce two values, where only the
-    /// interpreter reports the conflict (a fail-closed Deny). The default.
+    /// interpreter does, the interpreter for the rest: modules that could
+    /// fail to evaluate (a call, an operator, complete rules or functions
+    /// that could produce two values), where only the interpreter reports
+    /// the error (a fail-closed Deny). The default.
     #[default]
     Auto,
-    /// The tree-walking interpreter for every module: OPA's semantics,
-    /// including the evaluation error (so a fail-closed Deny) when two
-    /// definitions of a complete rule disagree.
+    /// The tree-walking interpreter for every module: OPA's semantics, with
+    /// strict builtin errors and the evaluation error when two definitions
+    /// of a complete rule disagree (each a fail-closed Deny).
     Interpreter,
-    /// Bytecode for regorus's Rego virtual machine for every module: several
-    /// times faster per decision. It does not detect conflicting
-    /// complete-rule values (one of them is used), and a module its compiler
-    /// does not take runs in the interpreter (logged).
+    /// Bytecode for regorus's Rego virtual machine for every module it can
+    /// run with the interpreter's meaning (as `Auto` chooses): several times
+    /// faster per decision. The VM cannot report an evaluation error (a
+    /// failing builtin or a conflict makes the rule undefined, and an error
+    /// must deny), so a module that could fail runs in the interpreter, as
+    /// does a module its compiler does not take (both logged).
     Bytecode,
 }
 
@@ -69,9 +76,23 @@ impl RegoModule {
         source: &str,
         evaluator: RegoEvaluator,
     ) -> Result<RegoModule> {
+        // Every evaluator fails closed: conflicts and failing builtins are
+        // errors only the interpreter reports (the VM makes the rule
+        // undefined, which lets a `deny` through), so a module that could
+        // have one never runs on the VM, whichever evaluator was asked for.
+        let vm_safe = || !conflicts::may_conflict(source) && !conflicts::may_error(source);
         let bytecode = match evaluator {
-            RegoEvaluator::Auto => !conflicts::may_conflict(source),
+            RegoEvaluator::Auto => vm_safe(),
             RegoEvaluator::Interpreter => false,
+            RegoEvaluator::Bytecode if !vm_safe() => {
+                tracing::info!(
+                    file = file.unwrap_or("module.rego"),
+                    "this Rego module could fail to evaluate (a call, an operator, or complete \
+                     rules that could conflict), which only the interpreter reports as an error \
+                     (a Deny); it runs in the interpreter"
+                );
+                false
+            }
             RegoEvaluator::Bytecode => true,
         };
         if bytecode {
@@ -262,9 +283,14 @@ allow if input.key != "tools/shell/forbidden"
     }
 
     #[test]
-    fn the_default_evaluator_runs_safe_modules_as_bytecode_and_keeps_conflicts_fail_closed() {
-        let safe = RegoModule::compile(None, MODULES[0], RegoEvaluator::default()).unwrap();
+    fn safe_modules_run_as_bytecode_and_conflicts_stay_fail_closed_under_every_evaluator() {
+        let safe = "package p\nimport rego.v1\ntrusted := {\"a\", \"b\"}\n\
+                    deny contains \"untrusted\" if not input.context.agent_id in trusted\n";
+        let safe = RegoModule::compile(None, safe, RegoEvaluator::default()).unwrap();
         assert!(safe.is_compiled_to_bytecode());
+        // A builtin could fail on some input, which the VM would not report.
+        let calls = RegoModule::compile(None, MODULES[0], RegoEvaluator::default()).unwrap();
+        assert!(!calls.is_compiled_to_bytecode());
         let conflicting = "package p\nimport rego.v1\nlevel := \"low\" if input.op == \"put\"\n\
                            level := \"high\" if input.key == \"a/b\"\ndeny contains level if level == \"high\"\n";
         let module = RegoModule::compile(None, conflicting, RegoEvaluator::default()).unwrap();
@@ -273,9 +299,12 @@ allow if input.key != "tools/shell/forbidden"
         let action = module.decide(Op::Put, Phase::Before, "a/b", b"{}", &PolicyContext::new());
         assert!(matches!(action, PolicyAction::Deny(_)), "{action:?}");
         // The VM alone would have picked one value and let this write through
-        // or not by chance; the default never runs such a module there.
+        // or not by chance; no evaluator runs such a module there, not even
+        // the bytecode setting.
         let vm = RegoModule::compile(None, conflicting, RegoEvaluator::Bytecode).unwrap();
-        assert!(vm.is_compiled_to_bytecode());
+        assert!(!vm.is_compiled_to_bytecode());
+        let action = vm.decide(Op::Put, Phase::Before, "a/b", b"{}", &PolicyContext::new());
+        assert!(matches!(action, PolicyAction::Deny(_)), "{action:?}");
     }
 
     proptest! {
@@ -291,7 +320,9 @@ allow if input.key != "tools/shell/forbidden"
             json in any::<bool>(),
         ) {
             let source = MODULES[module];
-            let vm = RegoModule::compile(None, source, RegoEvaluator::Bytecode).unwrap();
+            // The VM itself, whatever the evaluators would choose: on these
+            // inputs no module fails, and the two engines must agree.
+            let vm = RegoModule::compile_for(None, source, Evaluator::bytecode).unwrap();
             prop_assert!(vm.is_compiled_to_bytecode(), "module {} fell back to the interpreter", module);
             let interpreter = RegoModule::compile(None, source, RegoEvaluator::Interpreter).unwrap();
             prop_assert!(!interpreter.is_compiled_to_bytecode());

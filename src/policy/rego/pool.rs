@@ -45,6 +45,11 @@ fn time_limit() -> ExecutionTimerConfig {
 pub(super) fn new_engine() -> Engine {
     let mut engine = Engine::new();
     engine.set_execution_timer_config(time_limit());
+    // A builtin's error (division by zero, a type error) is an evaluation
+    // error, which denies. Non-strict, it would make the expression
+    // undefined: a `deny` rule that errors would let the write through.
+    // Set here rather than trusted to the engine's default.
+    engine.set_strict_builtin_errors(true);
     engine
 }
 
@@ -109,6 +114,10 @@ impl Evaluator {
                     // a policy walking a long list passes in microseconds; as
                     // in the interpreter, only the time limit applies.
                     vm.set_max_instructions(usize::MAX);
+                    // Builtin errors stay non-strict, as the VM's default: only
+                    // modules that cannot fail run here (`conflicts`), and the
+                    // VM's strict mode would also refuse comparisons across
+                    // types, which the interpreter orders as OPA does.
                     vm
                 });
                 vm.set_input(input);

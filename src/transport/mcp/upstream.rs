@@ -10,12 +10,14 @@
 //! A stdio server is a child process (one per agent, serving every call):
 //! spawned on first use, its stderr logged line by line, and when it exits
 //! it is started again on the next use, after a back-off that doubles with
-//! each start that fails or dies young (up to [`MAX_RESTART_BACKOFF`]).
+//! each start that fails or dies young (up to [`MAX_RESTART_BACKOFF`]). Its
+//! program must be in this node's command allow-list (`CommandPolicy`),
+//! checked before every start.
 
 use super::answer::{classify_error, output_of};
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::McpServer;
-use crate::policy::NetworkPolicy;
+use crate::policy::{CommandPolicy, NetworkPolicy};
 use crate::transport::{Failure, MAX_RESPONSE_BYTES};
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest, Implementation,
@@ -217,6 +219,13 @@ impl Upstream {
         let Some(command) = &self.server.command else {
             return Err(Failure::Agent("this MCP agent has no command".into()));
         };
+        // Checked again at every start, whatever let the registration in (a
+        // record loaded from the store, one from the cluster, a list changed
+        // since): only this node's allow-list decides what runs here.
+        if let Err(refused) = CommandPolicy::current().check(&self.agent_id, command) {
+            tracing::warn!(agent_id = %self.agent_id, program = %command.program, "refused to start a stdio MCP server: its program is not in this node's allow-list ([mcp] allow_commands)");
+            return Err(Failure::Agent(refused.to_string()));
+        }
         let mut child = tokio::process::Command::new(&command.program);
         child
             .args(&command.args)

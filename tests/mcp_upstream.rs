@@ -756,7 +756,8 @@ async fn health_checks_ping_mcp_agents() {
     );
     d.check_health_now().await;
     assert!(d.get_metrics()["a"].healthy);
-    a.kill();
+    // Gone before the probe: an abort not yet carried out would still answer.
+    a.stop().await;
     d.check_health_now().await;
     assert!(!d.get_metrics()["a"].healthy);
 }

@@ -1254,3 +1254,57 @@ async fn serve_recovers_interrupted_calls_under_its_policies() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_disconnects_does_not_cut_its_call_short() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let slow = {
+        let release = release.clone();
+        App::start(Router::new().route(
+            "/invoke",
+            post(move || {
+                let release = release.clone();
+                async move {
+                    release.notified().await;
+                    r#"{"done": true}"#
+                }
+            }),
+        ))
+        .await
+    };
+    let server = Server::start("").await;
+    server.register("slow", &slow.url("/invoke")).await;
+    // The client gives up while the agent works: its connection closes.
+    let gave_up = server
+        .client
+        .post(format!("{}/v1/invoke", server.base))
+        .header("content-type", "application/json")
+        .body(r#"{"tool": "t", "category": "code"}"#)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    release.notify_one();
+    // The call still finishes and is recorded as the agent answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, page) = server
+            .send(reqwest::Method::GET, "/v1/scan?prefix=tools/code/t/", None)
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let statuses: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["value"]["status"].as_str())
+            .collect();
+        if statuses == ["succeeded"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && statuses.iter().all(|s| *s == "in_flight"),
+            "the call ended as {statuses:?}, not succeeded: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

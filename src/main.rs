@@ -3,12 +3,6 @@
 
 mod cli;
 
-/// mimalloc's per-thread heaps free what another thread allocated without
-/// a lock: with glibc's malloc, a proxied request paid more than one futex
-/// call in arena locks at saturation (docs/benchmarks.md, round three).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 
 fn main() {

@@ -81,8 +81,11 @@ pub fn category_input_schema() -> serde_json::Map<String, serde_json::Value> {
 pub struct Catalog {
     dispatcher: ToolDispatcher,
     changes: tokio::sync::watch::Receiver<u64>,
-    built: Arc<Mutex<Option<(u64, Arc<[Offer]>)>>>,
+    built: Arc<Mutex<Option<Built>>>,
 }
+
+/// The offers, and the version of the routed tools they were built at.
+type Built = (u64, Arc<[Offer]>);
 
 /// A tool as one agent offers it: readers who may not see `agent_id` do not
 /// get it from this agent.

@@ -77,7 +77,7 @@ pub(crate) async fn require_known_host(
             .and_then(|v| v.to_str().ok())
     });
     match host {
-        Some(host) if !allowed.permits(&host) => Err(ApiError::new(
+        Some(host) if !allowed.permits(host) => Err(ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "host_not_allowed",
             format!(

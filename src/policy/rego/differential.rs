@@ -311,7 +311,7 @@ fn battery() -> Vec<Input> {
         b"{}".to_vec(),
         b"plain text; not json".to_vec(),
     ];
-    let contexts = vec![
+    let contexts = [
         PolicyContext::new(),
         PolicyContext::new()
             .with("agent_id", "trusted_agent_1")

@@ -145,11 +145,7 @@ impl<'a> Call<'a> {
             let ctx = self.context(Some(&agent.id), OperationKind::Dispatch);
             self.record.begin_attempt(&agent.id);
             let binding = self.options.session_id.as_deref().zip(binding.as_ref());
-            let intent = inner.db.commit_from_async(
-                &mut self.record,
-                |record| record.intent_keys(binding.map(|(session, _)| session)),
-                |record| record.write_intent(&inner.db, &ctx, binding),
-            );
+            let intent = self.record.write_intent(&inner.db, &ctx, binding).await;
             // The binding (if any) is committed; other calls of this session may
             // now read it.
             drop(session_lock);
@@ -255,7 +251,7 @@ impl<'a> Call<'a> {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.write_outcome(status, error.clone()) {
+            match self.write_outcome(status, error.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if tries < TRIES => {
                     tracing::warn!(key = %self.record.key, error = %e, "could not write the dispatch outcome; retrying");
@@ -276,17 +272,23 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn write_outcome(&mut self, status: DispatchStatus, error: Option<String>) -> Result<()> {
+    async fn write_outcome(&mut self, status: DispatchStatus, error: Option<String>) -> Result<()> {
+        let ctx = self.outcome_context();
+        let db = &self.dispatcher.inner.db;
+        let elapsed = self.started.elapsed();
+        self.record
+            .write_outcome(db, &ctx, status, error, elapsed)
+            .await
+    }
+
+    /// The outcome's policy context; the record's agent becomes the agent
+    /// actually called.
+    fn outcome_context(&mut self) -> PolicyContext {
         let called = self.called.as_ref().map(|a| a.id.clone());
         if called.is_some() {
             self.record.value.agent_id = called.clone();
         }
-        let ctx = self.context(called.as_deref(), OperationKind::Outcome);
-        let db = &self.dispatcher.inner.db;
-        let elapsed = self.started.elapsed();
-        db.commit_from_async(&mut self.record, Record::outcome_keys, |record| {
-            record.write_outcome(db, &ctx, status, error, elapsed)
-        })
+        self.context(called.as_deref(), OperationKind::Outcome)
     }
 
     /// Ends a call that found no agent to succeed on, recording why.
@@ -351,10 +353,15 @@ impl Drop for Call<'_> {
                 .cancelled
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        let ctx = self.outcome_context();
+        let db = &self.dispatcher.inner.db;
         for _ in 0..3 {
-            match self.write_outcome(
+            match self.record.write_outcome_on_drop(
+                db,
+                &ctx,
                 DispatchStatus::Cancelled,
                 Some("the caller dropped the call before it finished".into()),
+                self.started.elapsed(),
             ) {
                 Ok(()) => return,
                 Err(e) => {

@@ -9,7 +9,7 @@ use crate::namespace::{
     DispatchStatus, SessionRecord,
 };
 use crate::policy::PolicyContext;
-use crate::storage::Database;
+use crate::storage::{Database, Transaction};
 use std::time::Duration;
 
 /// One call's record, as it will be (or was last) stored.
@@ -64,23 +64,10 @@ impl Record {
         }
     }
 
-    /// The keys [`write_intent`](Self::write_intent) writes (with a binding
-    /// of `session`, if any).
-    pub(super) fn intent_keys(&self, session: Option<&str>) -> Vec<String> {
-        let mut keys = self.outcome_keys();
-        keys.extend(session.map(session_key));
-        keys
-    }
-
-    /// The keys [`write_outcome`](Self::write_outcome) writes.
-    pub(super) fn outcome_keys(&self) -> Vec<String> {
-        vec![self.key.clone(), inflight_key(&self.value.invocation_id)]
-    }
-
     /// Commits the record before an agent is called, with the in-flight
     /// entry (first time only) and the session binding, if one must be
     /// written. Returns whether a before-hook rewrote the stored arguments.
-    pub(super) fn write_intent(
+    pub(super) async fn write_intent(
         &mut self,
         db: &Database,
         ctx: &PolicyContext,
@@ -99,8 +86,17 @@ impl Record {
             let value = serde_json::to_vec(binding).map_err(Error::storage)?;
             tx.put_with(&session_key(session_id), &value, ctx)?;
         }
-        let rewrites = tx.commit_reporting_rewrites()?;
+        // Once queued, the intent lands even if the call is dropped while it
+        // waits; the call's drop then writes its outcome behind it.
+        let first = !self.written;
         self.written = true;
+        let rewrites = match tx.commit_reporting_rewrites_queued().await {
+            Ok(rewrites) => rewrites,
+            Err(e) => {
+                self.written = !first;
+                return Err(e);
+            }
+        };
         // A before-write hook that masked the stored arguments (`Modify`)
         // must not be undone by the record's later writes.
         if let Some((_, stored)) = rewrites.iter().find(|(key, _)| *key == self.key) {
@@ -117,7 +113,7 @@ impl Record {
     /// Does nothing for a call that never wrote its record. The outcome is
     /// bookkeeping: before-hooks and rate limits do not apply to it (after-hooks
     /// observe it), so a policy cannot leave a record in flight.
-    pub(super) fn write_outcome(
+    pub(super) async fn write_outcome(
         &mut self,
         db: &Database,
         ctx: &PolicyContext,
@@ -125,8 +121,46 @@ impl Record {
         error: Option<String>,
         elapsed: Duration,
     ) -> Result<()> {
-        if !self.written || self.finished {
+        let Some(tx) = self.outcome(db, ctx, status, error, elapsed)? else {
             return Ok(());
+        };
+        // Once queued, the outcome lands even if the call is dropped while
+        // it waits, and the drop must not write another.
+        self.finished = true;
+        let written = tx.commit_bookkeeping_queued().await;
+        self.finished = written.is_ok();
+        written
+    }
+
+    /// [`write_outcome`](Self::write_outcome) from a dropped call: it lands
+    /// after the call's intent, which may still be queued.
+    pub(super) fn write_outcome_on_drop(
+        &mut self,
+        db: &Database,
+        ctx: &PolicyContext,
+        status: DispatchStatus,
+        error: Option<String>,
+        elapsed: Duration,
+    ) -> Result<()> {
+        let Some(tx) = self.outcome(db, ctx, status, error, elapsed)? else {
+            return Ok(());
+        };
+        tx.commit_bookkeeping_behind_queue()?;
+        self.finished = true;
+        Ok(())
+    }
+
+    /// The outcome's transaction, or `None` if there is none to write.
+    fn outcome(
+        &mut self,
+        db: &Database,
+        ctx: &PolicyContext,
+        status: DispatchStatus,
+        error: Option<String>,
+        elapsed: Duration,
+    ) -> Result<Option<Transaction>> {
+        if !self.written || self.finished {
+            return Ok(None);
         }
         self.value.status = status;
         self.value.error = error;
@@ -136,8 +170,6 @@ impl Record {
         let mut tx = db.owner_transaction();
         tx.put_with(&self.key, &bytes, ctx)?;
         tx.delete_with(&inflight_key(&self.value.invocation_id), ctx)?;
-        tx.commit_bookkeeping()?;
-        self.finished = true;
-        Ok(())
+        Ok(Some(tx))
     }
 }

@@ -33,6 +33,7 @@ pub use context::{keys, OperationKind, PolicyContext};
 pub use decisions::{Decision, DecisionKind, DecisionLogRetention};
 pub(crate) use engine::sealed;
 pub use engine::{ChainOwner, PolicyEngine};
+pub(crate) use limits::Reservation;
 pub use limits::{Clock, ManualClock, RateLimitOp, RateLimitScope, SystemClock};
 pub use network::NetworkPolicy;
 pub use principal::{Principal, Scope};

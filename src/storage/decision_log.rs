@@ -15,14 +15,16 @@ use std::sync::atomic::Ordering;
 /// Where the decision log lives; written only by the policy chain itself.
 pub const DECISION_LOG: &str = "policy_log/";
 
-/// Puts each decision under a new, time-ordered `policy_log/` key.
-pub(super) fn stage_decisions(batch: &mut WriteBatch, decisions: Vec<Decision>) -> Result<()> {
-    for decision in decisions {
-        let key = format!("{DECISION_LOG}{}", crate::namespace::new_invocation_id());
-        let value = serde_json::to_vec(&decision).map_err(Error::storage)?;
-        batch.put(key.as_bytes(), value);
-    }
-    Ok(())
+/// Each decision as a new, time-ordered `policy_log/` key and its JSON.
+pub(super) fn decision_entries(decisions: Vec<Decision>) -> Result<Vec<(String, Vec<u8>)>> {
+    decisions
+        .into_iter()
+        .map(|decision| {
+            let key = format!("{DECISION_LOG}{}", crate::namespace::new_invocation_id());
+            let value = serde_json::to_vec(&decision).map_err(Error::storage)?;
+            Ok((key, value))
+        })
+        .collect()
 }
 
 impl Database {
@@ -35,7 +37,10 @@ impl Database {
         }
         let mut batch = WriteBatch::default();
         let staged = decisions.len() as u64;
-        let result = stage_decisions(&mut batch, decisions).and_then(|()| {
+        let result = decision_entries(decisions).and_then(|entries| {
+            for (key, value) in entries {
+                batch.put(key.as_bytes(), value);
+            }
             Ok(self
                 .inner
                 .rocks

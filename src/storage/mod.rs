@@ -14,11 +14,12 @@
 //! only around the batch write, so a `TransactionDB`'s lock manager is not
 //! needed.
 //!
-//! Files: `options` (how to open), `transaction` (the commit path), `scan`
-//! (prefix scans), `decision_log` (its persistence and pruning),
-//! `policy_store` (Rego modules stored under `policies/`), `reserved`
-//! (namespace ownership), `cache` (session bindings and tokens), `blocking`
-//! (commits from async code: in place, or off the worker when they may block).
+//! Files: `options` (how to open), `transaction` (the commit path),
+//! `write_queue` (group commit for commits from async code), `scan` (prefix
+//! scans), `decision_log` (its persistence and pruning), `policy_store` (Rego
+//! modules stored under `policies/`), `reserved` (namespace ownership),
+//! `cache` (session bindings and tokens), `blocking` (store work that may
+//! block, off the async worker).
 
 mod blocking;
 mod cache;
@@ -28,6 +29,7 @@ mod policy_store;
 mod reserved;
 mod scan;
 mod transaction;
+mod write_queue;
 
 pub(crate) use blocking::off_worker;
 pub use decision_log::DECISION_LOG;
@@ -61,6 +63,8 @@ struct Inner {
     chain: Arc<PolicyChain>,
     /// Held by every commit over the keys it writes or checks.
     key_locks: KeyLocks,
+    /// Commits from async code waiting for the group write in progress.
+    write_queue: write_queue::WriteQueue,
     /// Entries under `policy_log/` (counted at open, kept by appends and pruning).
     decision_entries: std::sync::atomic::AtomicU64,
     /// The last decision-log key pruned; one pruner at a time holds it.
@@ -131,6 +135,7 @@ impl Database {
                 cached: PrefixCache::new(&[SESSIONS, TOKENS]),
                 chain: Arc::new(PolicyChain::new(options.max_value_bytes)),
                 key_locks: KeyLocks::default(),
+                write_queue: Default::default(),
                 decision_entries: decision_entries.into(),
                 prune_cursor: parking_lot::Mutex::new(None),
                 write_options,

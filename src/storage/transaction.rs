@@ -2,14 +2,15 @@
 //! takes (before-hooks, rate-limit reservation, conflict check, one atomic
 //! `WriteBatch`, after-hooks).
 
-use super::decision_log::stage_decisions;
+use super::decision_log::decision_entries;
 use super::reserved::{validate_writable_key, Access};
 use super::Database;
 use crate::error::{Error, Result};
 use crate::namespace::validate_value;
-use crate::policy::{Op, Phase, PolicyContext};
+use crate::policy::{Op, Phase, PolicyContext, Reservation};
 use parking_lot::{Mutex, MutexGuard};
 use rocksdb::WriteBatch;
+use std::collections::HashSet;
 
 pub(super) struct Staged {
     pub(super) op: Op,
@@ -154,17 +155,6 @@ impl Transaction {
             .map(drop)
     }
 
-    /// [`commit`](Self::commit), returning the puts a before-hook rewrote
-    /// (`Modify`), as `(key, stored value)`: an owner that writes the same
-    /// record again (the dispatcher) keeps what the hooks masked.
-    pub(crate) fn commit_reporting_rewrites(self) -> Result<Vec<(String, Vec<u8>)>> {
-        if self.staged.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.db
-            .commit_staged(self.staged, self.read_set, Checks::BeforeAndAfter)
-    }
-
     /// Commits bookkeeping the store must not lose (a dispatch's outcome):
     /// before-hooks and rate limits are not consulted, after-hooks observe
     /// the write as usual.
@@ -178,9 +168,49 @@ impl Transaction {
     }
 }
 
+/// Commits from async code: concurrent ones share one RocksDB write (see
+/// `write_queue`).
+impl Transaction {
+    /// [`commit`](Self::commit) through the write queue, returning the puts
+    /// a before-hook rewrote (`Modify`) as `(key, stored value)`: an owner
+    /// that writes the same record again (the dispatcher) keeps what the
+    /// hooks masked. Dropped while it waits in the queue, the commit still
+    /// lands.
+    pub(crate) async fn commit_reporting_rewrites_queued(self) -> Result<Vec<(String, Vec<u8>)>> {
+        if self.staged.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db
+            .commit_queued(self.staged, self.read_set, Checks::BeforeAndAfter)
+            .await
+    }
+
+    /// [`commit_bookkeeping`](Self::commit_bookkeeping) through the write
+    /// queue. Dropped while it waits there, the commit still lands.
+    pub(crate) async fn commit_bookkeeping_queued(self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .commit_queued(self.staged, self.read_set, Checks::AfterOnly)
+            .await
+            .map(drop)
+    }
+
+    /// [`commit_bookkeeping`](Self::commit_bookkeeping) from code that
+    /// cannot wait, landing after every commit already queued (see
+    /// `Database::commit_behind_queue`).
+    pub(crate) fn commit_bookkeeping_behind_queue(self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.db.commit_behind_queue(self.staged)
+    }
+}
+
 /// Which hooks a commit runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Checks {
+pub(super) enum Checks {
     /// Before-hooks and rate limits may refuse; after-hooks observe.
     BeforeAndAfter,
     /// Only after-hooks observe: for bookkeeping that must not be lost.
@@ -217,6 +247,25 @@ impl KeyLocks {
     }
 }
 
+/// A commit past its before-hooks: what goes to RocksDB, alone or in a
+/// group (see `write_queue`).
+pub(super) struct PreparedWrite {
+    /// The writes as the before-hooks left them, in order.
+    pub(super) staged: Vec<Staged>,
+    /// Decision-log entries (key, JSON) committed with them.
+    decisions: Vec<(String, Vec<u8>)>,
+    /// Keys read for update, with the stored value seen.
+    read_set: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A prepared write with what its committer keeps: the rate-limit counts it
+/// spends once the write lands, and the puts a before-hook rewrote.
+pub(super) struct Prepared<'a> {
+    pub(super) write: PreparedWrite,
+    pub(super) reservation: Option<Reservation<'a>>,
+    pub(super) rewrites: Vec<(String, Vec<u8>)>,
+}
+
 impl Database {
     /// Commits `staged`; returns the puts a before-hook rewrote.
     fn commit_staged(
@@ -225,6 +274,29 @@ impl Database {
         read_set: Vec<(String, Option<Vec<u8>>)>,
         checks: Checks,
     ) -> Result<Vec<(String, Vec<u8>)>> {
+        let Prepared {
+            write,
+            reservation,
+            rewrites,
+        } = self.prepare(staged, read_set, checks)?;
+        let written = self
+            .write_group([&write].into_iter())
+            .pop()
+            .expect("one write, one result")
+            .map(|()| write);
+        self.landed(reservation, written)?;
+        Ok(rewrites)
+    }
+
+    /// Runs the before-hooks (unless `checks` says bookkeeping), reserves
+    /// the rate limits and serialises the decisions to log with the write.
+    /// A refusal is logged in the decision log here.
+    pub(super) fn prepare(
+        &self,
+        staged: Vec<Staged>,
+        read_set: Vec<(String, Option<Vec<u8>>)>,
+        checks: Checks,
+    ) -> Result<Prepared<'_>> {
         let chain = &self.inner.chain;
         let (mut checked, unchecked) = match checks {
             Checks::BeforeAndAfter => (Vec::with_capacity(staged.len()), staged),
@@ -271,52 +343,129 @@ impl Database {
                 }
             }
         };
-        let mut batch = WriteBatch::default();
-        for op in &checked {
-            match &op.value {
-                Some(v) => batch.put(op.key.as_bytes(), v),
-                None => batch.delete(op.key.as_bytes()),
-            }
-        }
-        // Modify and Log decisions commit with the write they were made about.
-        let logged = decisions.len() as u64;
-        stage_decisions(&mut batch, decisions)?;
-        let keys = checked
-            .iter()
-            .map(|op| op.key.as_str())
-            .chain(read_set.iter().map(|(k, _)| k.as_str()));
-        let key_locks = self.inner.key_locks.lock(keys);
-        for (key, seen) in &read_set {
-            if self.inner.rocks.get(key.as_bytes())? != *seen {
-                // The reservation is dropped: its counts go back.
-                return Err(Error::Conflict { key: key.clone() });
-            }
-        }
-        let mut cached = self
-            .inner
-            .cached
-            .lock_for_write(checked.iter().map(|op| op.key.as_str()));
-        self.inner
-            .rocks
-            .write_opt(batch, &self.inner.write_options)?;
+        Ok(Prepared {
+            write: PreparedWrite {
+                staged: checked,
+                // Modify and Log decisions commit with the write they were made about.
+                decisions: decision_entries(decisions)?,
+                read_set,
+            },
+            reservation,
+            rewrites,
+        })
+    }
+
+    /// Finishes a commit once its write is done: keeps the rate-limit
+    /// counts if it landed (they go back otherwise), then runs the
+    /// after-hooks.
+    pub(super) fn landed(
+        &self,
+        reservation: Option<Reservation<'_>>,
+        written: Result<PreparedWrite>,
+    ) -> Result<()> {
+        let write = written?;
         if let Some(reservation) = reservation {
             reservation.commit();
         }
-        for op in &checked {
-            cached.committed(&op.key, op.value.as_deref());
+        self.run_after_hooks(write.staged);
+        Ok(())
+    }
+
+    pub(super) fn run_after_hooks(&self, written: Vec<Staged>) {
+        let chain = &self.inner.chain;
+        if chain.has_after_hooks() {
+            for op in written {
+                let verdict = chain.run(Phase::After, op.op, &op.key, op.value, &op.ctx);
+                self.record_decisions(verdict.decisions);
+            }
         }
-        // Released before any hook runs: a hook may write again.
+    }
+
+    /// Writes `group` in one atomic RocksDB write, in order, and returns
+    /// each write's result. A write whose keys read for update changed since
+    /// (in the store, or by a write before it in the group) fails with
+    /// [`Error::Conflict`] and the others still land.
+    pub(super) fn write_group<'w>(
+        &self,
+        group: impl Iterator<Item = &'w PreparedWrite> + Clone,
+    ) -> Vec<Result<()>> {
+        let keys = group.clone().flat_map(|w| {
+            w.staged
+                .iter()
+                .map(|op| op.key.as_str())
+                .chain(w.read_set.iter().map(|(k, _)| k.as_str()))
+        });
+        let key_locks = self.inner.key_locks.lock(keys);
+        let checks_reads = group.clone().any(|w| !w.read_set.is_empty());
+        let mut written_before: HashSet<&str> = HashSet::new();
+        let mut results: Vec<Result<()>> = Vec::new();
+        for write in group.clone() {
+            let result = self.check_reads(write, &written_before);
+            if checks_reads && result.is_ok() {
+                written_before.extend(write.staged.iter().map(|op| op.key.as_str()));
+            }
+            results.push(result);
+        }
+        let landing = || {
+            group
+                .clone()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(w, _)| w)
+        };
+        let mut cached = self
+            .inner
+            .cached
+            .lock_for_write(landing().flat_map(|w| w.staged.iter().map(|op| op.key.as_str())));
+        let mut batch = WriteBatch::default();
+        let mut logged = 0u64;
+        for write in landing() {
+            for op in &write.staged {
+                match &op.value {
+                    Some(v) => batch.put(op.key.as_bytes(), v),
+                    None => batch.delete(op.key.as_bytes()),
+                }
+            }
+            for (key, value) in &write.decisions {
+                batch.put(key.as_bytes(), value);
+            }
+            logged += write.decisions.len() as u64;
+        }
+        if batch.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.inner.rocks.write_opt(batch, &self.inner.write_options) {
+            let message = e.into_string();
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(Error::Storage(message.clone()));
+            }
+            return results;
+        }
+        for write in landing() {
+            for op in &write.staged {
+                cached.committed(&op.key, op.value.as_deref());
+            }
+        }
+        // Released before any after-hook runs: a hook may write again.
         drop(cached);
         drop(key_locks);
         if logged > 0 {
             self.decisions_added(logged);
         }
-        if chain.has_after_hooks() {
-            for op in checked {
-                let verdict = chain.run(Phase::After, op.op, &op.key, op.value, &op.ctx);
-                self.record_decisions(verdict.decisions);
+        results
+    }
+
+    /// Whether every key `write` read for update still holds the value it
+    /// saw, and was not written by an earlier write of its group.
+    fn check_reads(&self, write: &PreparedWrite, written_before: &HashSet<&str>) -> Result<()> {
+        for (key, seen) in &write.read_set {
+            if written_before.contains(key.as_str())
+                || self.inner.rocks.get(key.as_bytes())? != *seen
+            {
+                // The reservation is dropped: its counts go back.
+                return Err(Error::Conflict { key: key.clone() });
             }
         }
-        Ok(rewrites)
+        Ok(())
     }
 }

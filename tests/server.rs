@@ -1308,3 +1308,124 @@ async fn a_client_that_disconnects_does_not_cut_its_call_short() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sticky calls of one session queue on one session lock (the stripe is
+/// keyed per process, so one session id is the only sure collision). The
+/// first call's commit is held by a before-hook that may block until
+/// `/healthz` has answered; the others, four times as many calls as the
+/// server has workers, wait for the lock meanwhile. Waiting must not hold a
+/// worker, so `/healthz` answers while the first commit is still held; a
+/// lock that blocked its waiters' threads would leave no worker to answer it
+/// until the hook gave up. Every later commit sleeps 200 ms, as a slow Rego
+/// evaluation might.
+#[test]
+fn healthz_answers_while_sticky_calls_wait_on_one_session_lock() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const WORKERS: usize = 2;
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Client and agent run apart, so only the server's workers are at stake.
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let agent = client_rt.block_on(TestAgent::start("a", Behaviour::Echo));
+    let (_dir, db) = temp_db();
+    let commits = Arc::new(AtomicUsize::new(0));
+    let holding = Arc::new(AtomicBool::new(false));
+    let healthz_answered = Arc::new(AtomicBool::new(false));
+    {
+        let (commits, holding, healthz_answered) =
+            (commits.clone(), holding.clone(), healthz_answered.clone());
+        switchboard::PolicyEngine::new(&db)
+            .with_blocking_hooks()
+            .before_write("sessions/**", move |_k, _v, _ctx| {
+                if commits.fetch_add(1, Ordering::SeqCst) == 0 {
+                    holding.store(true, Ordering::SeqCst);
+                    // Bounded, so a stalled server fails the test instead of hanging it.
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !healthz_answered.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    holding.store(false, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                switchboard::PolicyAction::Allow
+            })
+            .unwrap();
+    }
+    let base = {
+        let _runtime = server_rt.enter();
+        let dispatcher = ToolDispatcher::new(db);
+        dispatcher
+            .register_agent(
+                "a",
+                switchboard::AgentConfig::new()
+                    .with_tools(vec![switchboard::ToolCategory::Code])
+                    .with_endpoint(agent.endpoint.clone()),
+            )
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = AppState::new(dispatcher, None);
+        server_rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            run(
+                listener,
+                state,
+                BODY_LIMIT,
+                Duration::from_secs(5),
+                std::future::pending(),
+            )
+            .await
+        });
+        base
+    };
+    client_rt.block_on(async {
+        let client = http_client();
+        let calls: Vec<_> = (0..4 * WORKERS)
+            .map(|_| {
+                let request = client
+                    .post(format!("{base}/v1/invoke"))
+                    .header("content-type", "application/json")
+                    .body(
+                        json!({"tool": "t", "category": "code", "strategy": "sticky",
+                               "session_id": "one-session"})
+                        .to_string(),
+                    );
+                tokio::spawn(async move {
+                    let resp = request.send().await.unwrap();
+                    (resp.status(), resp.text().await.unwrap())
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !holding.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "no sticky call reached its commit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let healthz = client.get(format!("{base}/healthz")).send().await.unwrap();
+        let first_commit_still_held = holding.load(Ordering::SeqCst);
+        healthz_answered.store(true, Ordering::SeqCst);
+        assert_eq!(healthz.status(), StatusCode::OK);
+        assert!(
+            first_commit_still_held,
+            "/healthz was answered only after the first commit gave up waiting: the calls \
+             waiting for the session lock held every worker"
+        );
+        for call in calls {
+            let (status, body) = call.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    });
+    assert_eq!(commits.load(Ordering::SeqCst), 4 * WORKERS);
+    server_rt.shutdown_background();
+}

@@ -842,7 +842,7 @@ async fn serve_switchboard(d: &ToolDispatcher) -> (String, tokio::task::JoinHand
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     let app = axum::Router::new().nest_service(
         "/mcp",
-        switchboard::mcp::server::service(d.clone(), 1 << 20),
+        switchboard::mcp::server::service(d.clone(), 1 << 20, None),
     );
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();

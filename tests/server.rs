@@ -1429,3 +1429,75 @@ fn healthz_answers_while_sticky_calls_wait_on_one_session_lock() {
     assert_eq!(commits.load(Ordering::SeqCst), 4 * WORKERS);
     server_rt.shutdown_background();
 }
+
+/// `tools/call` on `/mcp` is an invoke: it takes a slot of
+/// `limits.max_inflight_invokes` like `POST /v1/invoke`, whichever way in
+/// holds the one slot, the other is refused, and a refused call never
+/// reaches the agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_tool_calls_share_the_in_flight_invoke_cap() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::ServiceExt;
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (e, r, h) = (entered.clone(), release.clone(), hits.clone());
+    let slow = App::start(Router::new().route(
+        "/invoke",
+        post(move || {
+            let (e, r) = (e.clone(), r.clone());
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                e.notify_one();
+                r.notified().await;
+                "{\"done\":true}"
+            }
+        }),
+    ))
+    .await;
+    let server = Arc::new(Server::start("[limits]\nmax_inflight_invokes = 1\n").await);
+    let (status, body) = server.register("slow", &slow.url("/invoke")).await;
+    assert_eq!(status, 200, "{body}");
+    let transport =
+        rmcp::transport::StreamableHttpClientTransport::from_uri(format!("{}/mcp", server.base));
+    let mcp = ().serve(transport).await.unwrap();
+    let mcp_call = || {
+        let mut args = serde_json::Map::new();
+        args.insert("tool".into(), json!("t"));
+        args.insert("input".into(), json!({}));
+        CallToolRequestParams::new("code").with_arguments(args)
+    };
+
+    // An invoke holds the slot: a tool call is refused, naming the limit.
+    let invoke = tokio::spawn({
+        let server = server.clone();
+        async move { server.invoke().await }
+    });
+    entered.notified().await;
+    let refused = tokio::select! {
+        refused = mcp.call_tool(mcp_call()) => refused.unwrap(),
+        _ = entered.notified() => panic!("the tool call reached the agent while an invoke held the only slot"),
+    };
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let text = serde_json::to_string(&refused.content).unwrap();
+    assert!(text.contains("limits.max_inflight_invokes"), "{text}");
+    release.notify_one();
+    let (status, body) = invoke.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // A tool call holds the slot: an invoke gets 503.
+    let peer = mcp.peer().clone();
+    let call = tokio::spawn(async move { peer.call_tool(mcp_call()).await });
+    entered.notified().await;
+    let (status, body) = tokio::select! {
+        answer = server.invoke() => answer,
+        _ = entered.notified() => panic!("the invoke reached the agent while a tool call held the only slot"),
+    };
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    release.notify_one();
+    let answered = call.await.unwrap().unwrap();
+    assert_ne!(answered.is_error, Some(true), "{answered:?}");
+    assert_eq!(answered.structured_content.unwrap()["output"]["done"], true);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

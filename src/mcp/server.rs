@@ -7,7 +7,10 @@
 //! validation. The caller's token stays here: upstream agents are called by
 //! the dispatcher with their own settings, never with the caller's headers.
 //!
-//! `tools/call` runs on its own task. If the client cancels
+//! `tools/call` runs on its own task, holding one of the server's in-flight
+//! invoke slots (`limits.max_inflight_invokes`, shared with `POST
+//! /v1/invoke`) when the server has a cap; with none free the call is
+//! answered as a tool error saying so. If the client cancels
 //! (`notifications/cancelled`, or closing the response stream in
 //! 2026-07-28), the call is cancelled: an MCP agent is sent the cancellation
 //! too, and the dispatch record says `cancelled`.
@@ -32,6 +35,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Changes of the tool list that come together are announced once, this
 /// long after the first.
@@ -54,6 +58,8 @@ async fn next_change(changes: &mut tokio::sync::watch::Receiver<u64>) -> bool {
 pub struct SwitchboardMcp {
     dispatcher: ToolDispatcher,
     catalog: catalog::Catalog,
+    /// The server's in-flight invoke slots, if it caps them.
+    invoke_slots: Option<Arc<Semaphore>>,
 }
 
 impl SwitchboardMcp {
@@ -62,7 +68,29 @@ impl SwitchboardMcp {
         SwitchboardMcp {
             catalog: catalog::Catalog::new(dispatcher.clone()),
             dispatcher,
+            invoke_slots: None,
         }
+    }
+
+    /// Each `tools/call` takes a permit of `slots` for as long as its
+    /// dispatch runs, and is refused when none is free.
+    pub fn with_invoke_slots(mut self, slots: Arc<Semaphore>) -> Self {
+        self.invoke_slots = Some(slots);
+        self
+    }
+
+    /// A permit for one dispatch (none needed without a cap), or the answer
+    /// to give when every slot is taken.
+    fn invoke_slot(&self) -> Result<Option<OwnedSemaphorePermit>, CallToolResponse> {
+        let Some(slots) = &self.invoke_slots else {
+            return Ok(None);
+        };
+        slots.clone().try_acquire_owned().map(Some).map_err(|_| {
+            CallToolResult::error(vec![ContentBlock::text(
+                "too many invokes in flight (limits.max_inflight_invokes); retry shortly",
+            )])
+            .into()
+        })
     }
 }
 
@@ -169,12 +197,18 @@ impl ServerHandler for SwitchboardMcp {
             if let Some(principal) = principal {
                 options = options.with_caller(principal);
             }
+            let slot = match self.invoke_slot() {
+                Ok(slot) => slot,
+                Err(full) => return Ok(full),
+            };
             let dispatcher = self.dispatcher.clone();
             let name = tool.name.clone();
             let task = tokio::spawn(async move {
-                dispatcher
+                let result = dispatcher
                     .invoke(&name, tool.category, arguments, options)
-                    .await
+                    .await;
+                drop(slot);
+                result
             });
             return match cancellable(task, &context).await? {
                 Err(e) => error_result(e),
@@ -200,11 +234,17 @@ impl ServerHandler for SwitchboardMcp {
         if let Some(session) = call.session_id {
             options = options.with_session_id(session);
         }
+        let slot = match self.invoke_slot() {
+            Ok(slot) => slot,
+            Err(full) => return Ok(full),
+        };
         let dispatcher = self.dispatcher.clone();
         let task = tokio::spawn(async move {
-            dispatcher
+            let result = dispatcher
                 .invoke(&call.tool, tool.category, call.input, options)
-                .await
+                .await;
+            drop(slot);
+            result
         });
         match cancellable(task, &context).await? {
             Err(e) => error_result(e),
@@ -274,10 +314,13 @@ async fn cancellable(
 }
 
 /// The `/mcp` service: nest it with `Router::nest_service("/mcp", ..)`.
-/// `max_body_bytes` caps a request body, like the API's body limit.
+/// `max_body_bytes` caps a request body, like the API's body limit;
+/// `invoke_slots`, if given, caps the `tools/call`s in flight (see
+/// [`SwitchboardMcp::with_invoke_slots`]).
 pub fn service(
     dispatcher: ToolDispatcher,
     max_body_bytes: usize,
+    invoke_slots: Option<Arc<Semaphore>>,
 ) -> StreamableHttpService<SwitchboardMcp, LocalSessionManager> {
     let config = StreamableHttpServerConfig::default()
         .with_max_request_body_bytes(max_body_bytes)
@@ -285,7 +328,10 @@ pub fn service(
         // call; DNS rebinding (a foreign name resolving to 127.0.0.1) is refused.
         .with_allowed_origins(["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"])
         .enforce_origin_validation();
-    let handler = SwitchboardMcp::new(dispatcher);
+    let mut handler = SwitchboardMcp::new(dispatcher);
+    if let Some(slots) = invoke_slots {
+        handler = handler.with_invoke_slots(slots);
+    }
     StreamableHttpService::new(
         move || Ok(handler.clone()),
         Arc::new(LocalSessionManager::default()),

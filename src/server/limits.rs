@@ -17,7 +17,8 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     /// Connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
-    /// `POST /v1/invoke` calls in flight at once; more are answered 503.
+    /// Invokes in flight at once, `POST /v1/invoke` and `/mcp` `tools/call`
+    /// together; more are answered 503 (a tool error on `/mcp`).
     pub max_inflight_invokes: usize,
 }
 

@@ -94,6 +94,8 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
                 .fallback_service(crate::mcp::server::service(
                     state.dispatcher.clone(),
                     limits.max_body_bytes,
+                    // One cap for both ways in: a `tools/call` is an invoke.
+                    Some(state.invoke_slots.clone()),
                 ))
                 .layer(axum::middleware::map_request(any_accept_means_mcp_types)),
         )

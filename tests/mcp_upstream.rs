@@ -922,25 +922,29 @@ async fn switchboards_mcp_endpoint_serves_discovered_tools_and_announces_changes
     server.abort();
 }
 
+/// The data directory, under `dir`, of a `switchboard mcp` (the stdio MCP
+/// server of these tests) whose `code` category goes to `agent`.
+fn inner_switchboard(dir: &std::path::Path, agent: &common::TestAgent) -> std::path::PathBuf {
+    let data = dir.join("inner");
+    let db = switchboard::Database::open(&data).unwrap();
+    ToolDispatcher::new(db)
+        .register_agent(
+            "inner",
+            AgentConfig::new()
+                .with_tools(vec![ToolCategory::Code])
+                .with_endpoint(agent.endpoint.clone()),
+        )
+        .unwrap();
+    data
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_servers_are_spawned_called_and_restarted() {
     // The stdio MCP server is another Switchboard (`switchboard mcp`) that
     // routes its `code` category to an HTTP agent of this test.
     let inner_agent = common::TestAgent::start("inner", common::Behaviour::Echo).await;
     let dir = tempfile::tempdir().unwrap();
-    let inner_data = dir.path().join("inner");
-    {
-        let db = switchboard::Database::open(&inner_data).unwrap();
-        let inner = ToolDispatcher::new(db);
-        inner
-            .register_agent(
-                "inner",
-                AgentConfig::new()
-                    .with_tools(vec![ToolCategory::Code])
-                    .with_endpoint(inner_agent.endpoint.clone()),
-            )
-            .unwrap();
-    }
+    let inner_data = inner_switchboard(dir.path(), &inner_agent);
     let pidfile = dir.path().join("pid");
     let script = format!(
         "echo $$ > '{}'; exec '{}' mcp --data '{}'",
@@ -1014,6 +1018,83 @@ async fn stdio_servers_are_spawned_called_and_restarted() {
     assert_ne!(first, second);
     assert_eq!(inner_agent.hits(), 2);
     d.unregister_agent("fed").unwrap();
+}
+
+/// A stdio server that writes bytes that are not UTF-8 to stderr is still
+/// read: its later writes to stderr succeed, so it keeps running and serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_server_writing_invalid_utf8_to_stderr_keeps_serving() {
+    let inner_agent = common::TestAgent::start("inner", common::Behaviour::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inner_data = inner_switchboard(dir.path(), &inner_agent);
+    let (pidfile, wrote, broken) = (
+        dir.path().join("pid"),
+        dir.path().join("wrote"),
+        dir.path().join("broken"),
+    );
+    // Beside the server, a writer shares its stderr: a byte that is not
+    // UTF-8, then more lines than a pipe holds, so the last of them are
+    // written only once the reader has read past that byte. A failed write
+    // ends the server, as it ends many servers (EPIPE, with SIGPIPE ignored).
+    let script = format!(
+        r#"echo $$ > '{pid}'
+( trap '' PIPE
+  printf 'not utf-8: \377\376\n' >&2
+  i=0
+  while [ $i -lt 2000 ]; do
+    printf 'line %s of the log after the bad byte, long enough to fill the pipe\n' $i >&2 \
+      || {{ touch '{broken}'; kill $$; exit 1; }}
+    i=$((i+1))
+  done
+  touch '{wrote}' ) </dev/null >/dev/null &
+exec '{bin}' mcp --data '{data}'"#,
+        pid = pidfile.display(),
+        broken = broken.display(),
+        wrote = wrote.display(),
+        bin = env!("CARGO_BIN_EXE_switchboard"),
+        data = inner_data.display(),
+    );
+    let (_outer_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    switchboard::CommandPolicy::new(&["/bin/sh".to_string()])
+        .unwrap()
+        .install();
+    d.register_agent(
+        "noisy",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Code])
+            .with_mcp_server(switchboard::McpServer::stdio(
+                "/bin/sh",
+                vec!["-c".into(), script],
+            ))
+            .with_timeout(Duration::from_secs(20)),
+    )
+    .unwrap();
+    // The first use starts the server.
+    let discovered = d.discover_tools("noisy").await;
+    eventually(|| wrote.exists() || broken.exists()).await;
+    assert!(
+        !broken.exists(),
+        "a write to the server's stderr failed after the bad byte: the pipe was closed"
+    );
+    discovered.unwrap();
+    let started = std::fs::read_to_string(&pidfile).unwrap();
+    let r = d
+        .invoke(
+            "code",
+            ToolCategory::Code,
+            json!({"tool": "code_exec", "input": {"v": 1}}),
+            RoutingOptions::new().with_max_attempts(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.output["structuredContent"]["output"]["agent"], "inner");
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        started,
+        "the server was started again"
+    );
+    d.unregister_agent("noisy").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

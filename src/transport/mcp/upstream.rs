@@ -41,6 +41,39 @@ const HEALTHY_RUN: Duration = Duration::from_secs(10);
 
 type Running = RunningService<RoleClient, Handler>;
 
+/// The longest stderr line logged as one; a longer one is logged in pieces.
+const MAX_STDERR_LINE: u64 = 8 * 1024;
+
+/// Logs a stdio server's stderr line by line until the server closes it.
+/// Read as bytes, whatever they are: a reader that stopped at a byte it
+/// could not decode would close the pipe, and the server's next write to
+/// stderr would fail (killing many servers, which would then be restarted
+/// over and over).
+async fn log_stderr(agent_id: String, stderr: tokio::process::ChildStderr) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut stderr = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut stderr)
+            .take(MAX_STDERR_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                tracing::info!(agent_id = %agent_id, "mcp server stderr: {text}");
+            }
+            Err(e) => {
+                tracing::warn!(agent_id = %agent_id, error = %e, "cannot read the stdio MCP server's stderr");
+                return;
+            }
+        }
+    }
+}
+
 /// One connection: the SDK's service, and the child process of a stdio server.
 struct Connection {
     running: Running,
@@ -249,14 +282,7 @@ impl Upstream {
         else {
             return Err(Failure::Agent("the stdio MCP server has no pipes".into()));
         };
-        let agent_id = self.agent_id.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncBufReadExt;
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(agent_id = %agent_id, "mcp server stderr: {line}");
-            }
-        });
+        tokio::spawn(log_stderr(self.agent_id.clone(), stderr));
         let handler = Handler {
             list_changed: self.list_changed.clone(),
         };

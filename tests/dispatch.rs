@@ -838,6 +838,89 @@ mod hardening {
         );
     }
 
+    /// A call that an error stops after its first attempt is recorded
+    /// `failed` with that error, not `cancelled`: its caller did not go away.
+    /// Here the session's bound agent fails and is ejected, so failing over
+    /// needs a new binding, which a node with strict bindings refuses while
+    /// etcd is unreachable.
+    #[cfg(feature = "cluster")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_error_during_failover_is_recorded_as_failed_not_cancelled() {
+        use switchboard::cluster::{Cluster, ClusterSettings};
+        let (_dir, db) = temp_db();
+        let d = ToolDispatcher::new(db.clone());
+        let first = TestAgent::start("first", Behaviour::Echo).await;
+        let second = TestAgent::start("second", Behaviour::Echo).await;
+        for agent in [&first, &second] {
+            d.register_agent(
+                &agent.name,
+                AgentConfig::new()
+                    .with_tools(vec![ToolCategory::Code])
+                    .with_endpoint(agent.endpoint.clone()),
+            )
+            .unwrap();
+        }
+        let sticky = || {
+            RoutingOptions::new()
+                .with_strategy(RoutingStrategy::Sticky)
+                .with_session_id("s1")
+        };
+        // Bound on this node before it joins a cluster.
+        let bound = d
+            .invoke("run", ToolCategory::Code, json!({}), sticky())
+            .await
+            .unwrap()
+            .agent_id;
+        let (bound_agent, other) = if bound == "first" {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        bound_agent.set(Behaviour::Status(500));
+        d.enable_health_checks(
+            HealthCheckConfig::new()
+                .interval(Duration::from_secs(3600))
+                .unhealthy_threshold(1),
+        );
+        // Nothing listens where its etcd should be.
+        let cluster = Cluster::join(
+            &d,
+            ClusterSettings {
+                etcd: vec![format!("http://127.0.0.1:{}", common::free_port())],
+                node_id: "n1".into(),
+                listen: "127.0.0.1:7700".into(),
+                strict_bindings: true,
+                start_from_snapshot: true,
+                binding_ttl: Duration::from_secs(3600),
+                url: "http://127.0.0.1:7700".into(),
+                access: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+
+        let err = d
+            .invoke("run", ToolCategory::Code, json!({}), sticky())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("etcd is unreachable"), "{err}");
+        let failed: Vec<_> = records(&db, "tools/code/run/")
+            .into_iter()
+            .filter(|r| r.status != DispatchStatus::Succeeded)
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        let rec = &failed[0];
+        assert_eq!(rec.status, DispatchStatus::Failed, "{rec:?}");
+        assert_eq!(rec.error.as_deref(), Some(err.to_string().as_str()));
+        assert_eq!(rec.attempts.len(), 1, "{rec:?}");
+        assert_eq!(rec.attempts[0].agent_id, bound);
+        assert_eq!(rec.attempts[0].outcome, "failed");
+        assert_eq!(rec.agent_id.as_deref(), Some(bound.as_str()));
+        assert_eq!(other.hits(), 0);
+        assert_eq!(d.get_metrics()[&bound].cancelled, 0);
+        cluster.leave().await;
+    }
+
     #[tokio::test]
     async fn a_dropped_invoke_is_recorded_as_cancelled_and_frees_its_load() {
         let (_dir, db) = temp_db();

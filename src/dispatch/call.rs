@@ -124,10 +124,16 @@ impl<'a> Call<'a> {
                 Some(s) => Some(inner.affinity.session_lock(s).lock().await),
                 None => None,
             };
-            let choice = inner.affinity.choose(
+            let choice = match inner.affinity.choose(
                 &route(&self.category, Some(&self.record.value.tool), &self.options),
                 &self.tried,
-            )?;
+            ) {
+                Ok(choice) => choice,
+                Err(e) => {
+                    drop(session_lock);
+                    return Err(self.fail(e).await);
+                }
+            };
             let Some(Candidate { lease, binding }) = choice else {
                 break;
             };
@@ -169,7 +175,12 @@ impl<'a> Call<'a> {
                     self.rate_limited = Some(limited);
                     Some((AttemptOutcome::RateLimited, message))
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // This attempt's intent never landed: its agent was not called.
+                    drop(lease);
+                    self.record.drop_attempt();
+                    return Err(self.fail(e).await);
+                }
             };
             if let Some((outcome, reason)) = refused {
                 self.record
@@ -315,7 +326,14 @@ impl<'a> Call<'a> {
                     .into(),
             }
         };
-        // Only a call that reached some agent has a record to finish.
+        self.fail(error).await
+    }
+
+    /// Ends a call with `error`, recording it `failed` with the error's text
+    /// if an earlier attempt wrote its record (a call that returned early
+    /// would otherwise be taken for one its caller dropped, and recorded
+    /// `cancelled`). Only a call that reached some agent has a record to finish.
+    async fn fail(mut self, error: Error) -> Error {
         match self
             .finish(DispatchStatus::Failed, Some(error.to_string()))
             .await

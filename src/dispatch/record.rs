@@ -50,6 +50,19 @@ impl Record {
         });
     }
 
+    /// Forgets the current attempt, begun but never written.
+    pub(super) fn drop_attempt(&mut self) {
+        if self
+            .value
+            .attempts
+            .last()
+            .is_some_and(|a| a.outcome == AttemptOutcome::InFlight)
+        {
+            self.value.attempts.pop();
+        }
+        self.value.agent_id = self.value.attempts.last().map(|a| a.agent_id.clone());
+    }
+
     /// Ends the current attempt.
     pub(super) fn end_attempt(
         &mut self,

@@ -98,7 +98,8 @@ pub enum DispatchStatus {
     InFlight,
     /// The agent answered.
     Succeeded,
-    /// The last attempt failed (tool error, or every retryable attempt failed).
+    /// The last attempt failed (tool error, or every retryable attempt
+    /// failed), or an error ended the call (`error` says which).
     Failed,
     /// The process stopped while the agent was being called.
     Interrupted,

@@ -1501,3 +1501,32 @@ async fn mcp_tool_calls_share_the_in_flight_invoke_cap() {
     assert_eq!(answered.structured_content.unwrap()["output"]["done"], true);
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// Addresses that reach a denied one by another spelling are refused too:
+/// the unspecified address reaches this host, and an IPv6 address carrying
+/// an IPv4 one (NAT64, IPv4-compatible) reaches that IPv4 address.
+#[tokio::test(flavor = "multi_thread")]
+async fn aliases_of_denied_addresses_are_refused_at_registration() {
+    let server = Server::start("[network]\ndeny = [\"127.0.0.0/8\", \"::1/128\"]\n").await;
+    for endpoint in [
+        "http://0.0.0.0:9/invoke",
+        "http://[::]:9/invoke",
+        "http://[::ffff:0.0.0.0]:9/invoke",
+        "http://[64:ff9b::7f00:1]:9/invoke",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+        "http://[::a9fe:a9fe]/latest/meta-data",
+        "http://[64:ff9b::6464:64c8]/invoke",
+    ] {
+        let (status, body) = server.register("alias", endpoint).await;
+        assert_eq!(status, 400, "{endpoint}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("network policy"),
+            "{body}"
+        );
+    }
+    let (status, body) = server.register("remote", "http://192.0.2.1:9/invoke").await;
+    assert_eq!(status, 200, "{body}");
+}

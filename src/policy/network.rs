@@ -15,13 +15,20 @@
 //! addresses outside them), and anything else is permitted. Loopback is
 //! permitted by default: agents on 127.0.0.1 are the normal case.
 //!
+//! An address is judged as the one it reaches (`canonical`): an IPv6
+//! address that carries an IPv4 one (mapped `::ffff:a.b.c.d`, compatible
+//! `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) as that IPv4 address, and the
+//! unspecified address (`0.0.0.0`, `::`), which a connection takes to mean
+//! this host, as loopback. Otherwise `[::ffff:169.254.169.254]` would pass a
+//! rule about `169.254.0.0/16`, and `0.0.0.0` one about `127.0.0.0/8`.
+//!
 //! There is one policy per process, like a host firewall: `switchboard serve`
 //! installs the configured one before it loads any agent, and library users
 //! may call [`NetworkPolicy::install`]. Until then the default applies.
 
 use crate::error::{Error, Result};
 use ipnet::IpNet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, LazyLock, RwLock};
 
 /// Addresses refused unless a configured `allow` range covers them.
@@ -64,10 +71,10 @@ impl NetworkPolicy {
         CURRENT.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Whether connecting to `ip` is allowed.
+    /// Whether connecting to `ip` is allowed, judged as the address it
+    /// reaches (see `canonical`).
     pub fn permits(&self, ip: IpAddr) -> bool {
-        // `::ffff:169.254.169.254` is the IPv4 address in disguise.
-        let ip = ip.to_canonical();
+        let ip = canonical(ip);
         if self.deny.iter().any(|n| n.contains(&ip)) {
             return false;
         }
@@ -93,14 +100,57 @@ impl NetworkPolicy {
             return Ok(());
         };
         if self.permits(ip) {
-            Ok(())
-        } else {
-            Err(Error::invalid(format!(
-                "{url}: the network policy denies connecting to {ip} (link-local and cloud \
-                 metadata addresses are refused by default; see `[network] allow` in the config)"
-            )))
+            return Ok(());
         }
+        let reached = canonical(ip);
+        let target = if reached == ip {
+            ip.to_string()
+        } else {
+            format!("{ip} (which reaches {reached})")
+        };
+        Err(Error::invalid(format!(
+            "{url}: the network policy denies connecting to {target} (link-local and cloud \
+             metadata addresses are refused by default; see `[network] allow` and `deny` in \
+             the config)"
+        )))
     }
+}
+
+/// NAT64's well-known prefix (RFC 6052): `64:ff9b::a.b.c.d` is translated
+/// to, and so reaches, `a.b.c.d`.
+const NAT64_WELL_KNOWN: [u16; 6] = [0x64, 0xff9b, 0, 0, 0, 0];
+
+/// The address a connection to `ip` reaches, for judging it: an IPv6
+/// address carrying an IPv4 one (IPv4-mapped, IPv4-compatible, NAT64's
+/// well-known prefix) is that IPv4 address, and the unspecified address of
+/// either family is that family's loopback.
+fn canonical(ip: IpAddr) -> IpAddr {
+    let ip = match ip {
+        IpAddr::V6(v6) => embedded_ipv4(v6).map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let segments = v6.segments();
+    let low = Ipv4Addr::from(((segments[6] as u32) << 16) | segments[7] as u32);
+    if segments[..6] == NAT64_WELL_KNOWN {
+        return Some(low);
+    }
+    // IPv4-compatible (`::a.b.c.d`, deprecated but still routed by some
+    // stacks); `::` and `::1` are IPv6's own unspecified and loopback.
+    if segments[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
+        return Some(low);
+    }
+    None
 }
 
 fn built_in_deny() -> &'static [IpNet] {
@@ -167,6 +217,60 @@ mod tests {
         assert!(!p.permits(ip("10.9.0.1")));
         assert!(!p.permits(ip("127.0.0.1")));
         assert!(NetworkPolicy::new(&["ten".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn aliases_are_judged_as_the_address_they_reach() {
+        let p = NetworkPolicy::default();
+        for metadata in [
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::169.254.169.254",
+            "::169.254.169.254",
+            "::ffff:169.254.169.254",
+            "64:ff9b::6464:64c8",
+        ] {
+            assert!(!p.permits(ip(metadata)), "{metadata}");
+        }
+        let no_loopback =
+            NetworkPolicy::new(&[], &["127.0.0.0/8".into(), "::1/128".into()]).unwrap();
+        for local in [
+            "0.0.0.0",
+            "::",
+            "::ffff:0.0.0.0",
+            "64:ff9b::7f00:1",
+            "::127.0.0.1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!no_loopback.permits(ip(local)), "{local}");
+        }
+        // An allow range names the address reached, whatever spelling is dialled.
+        let allowed = NetworkPolicy::new(&["169.254.10.0/24".into()], &[]).unwrap();
+        assert!(allowed.permits(ip("64:ff9b::169.254.10.7")));
+        assert!(!allowed.permits(ip("64:ff9b::169.254.169.254")));
+    }
+
+    #[test]
+    fn canonical_forms() {
+        let c = |s: &str| canonical(ip(s)).to_string();
+        assert_eq!(c("0.0.0.0"), "127.0.0.1");
+        assert_eq!(c("::"), "::1");
+        assert_eq!(c("::1"), "::1");
+        assert_eq!(c("::ffff:10.1.2.3"), "10.1.2.3");
+        assert_eq!(c("::10.1.2.3"), "10.1.2.3");
+        assert_eq!(c("64:ff9b::a9fe:a9fe"), "169.254.169.254");
+        // Only the well-known prefix: other addresses stay as they are.
+        assert_eq!(c("64:ff9b:1::a9fe:a9fe"), "64:ff9b:1::a9fe:a9fe");
+        assert_eq!(c("2001:db8::a9fe:a9fe"), "2001:db8::a9fe:a9fe");
+        assert_eq!(c("fe80::1"), "fe80::1");
+        assert_eq!(c("8.8.8.8"), "8.8.8.8");
+    }
+
+    #[test]
+    fn a_refusal_names_the_address_reached() {
+        let p = NetworkPolicy::default();
+        let url = reqwest::Url::parse("http://[64:ff9b::a9fe:a9fe]/x").unwrap();
+        let e = p.check_url(&url).unwrap_err().to_string();
+        assert!(e.contains("reaches 169.254.169.254"), "{e}");
     }
 
     #[test]

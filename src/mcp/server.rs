@@ -81,15 +81,17 @@ impl SwitchboardMcp {
 
     /// A permit for one dispatch (none needed without a cap), or the answer
     /// to give when every slot is taken.
-    fn invoke_slot(&self) -> Result<Option<OwnedSemaphorePermit>, CallToolResponse> {
+    fn invoke_slot(&self) -> Result<Option<OwnedSemaphorePermit>, Box<CallToolResponse>> {
         let Some(slots) = &self.invoke_slots else {
             return Ok(None);
         };
         slots.clone().try_acquire_owned().map(Some).map_err(|_| {
-            CallToolResult::error(vec![ContentBlock::text(
-                "too many invokes in flight (limits.max_inflight_invokes); retry shortly",
-            )])
-            .into()
+            Box::new(
+                CallToolResult::error(vec![ContentBlock::text(
+                    "too many invokes in flight (limits.max_inflight_invokes); retry shortly",
+                )])
+                .into(),
+            )
         })
     }
 }
@@ -199,7 +201,7 @@ impl ServerHandler for SwitchboardMcp {
             }
             let slot = match self.invoke_slot() {
                 Ok(slot) => slot,
-                Err(full) => return Ok(full),
+                Err(full) => return Ok(*full),
             };
             let dispatcher = self.dispatcher.clone();
             let name = tool.name.clone();
@@ -236,7 +238,7 @@ impl ServerHandler for SwitchboardMcp {
         }
         let slot = match self.invoke_slot() {
             Ok(slot) => slot,
-            Err(full) => return Ok(full),
+            Err(full) => return Ok(*full),
         };
         let dispatcher = self.dispatcher.clone();
         let task = tokio::spawn(async move {

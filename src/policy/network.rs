@@ -28,7 +28,7 @@
 
 use crate::error::{Error, Result};
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, LazyLock, RwLock};
 
 /// Addresses refused unless a configured `allow` range covers them.
@@ -69,6 +69,26 @@ impl NetworkPolicy {
     /// The policy in force.
     pub fn current() -> Arc<NetworkPolicy> {
         CURRENT.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The addresses `host` resolved to that this policy permits, for a
+    /// client to connect to; an error naming the denied ones if every one
+    /// was denied (a name that resolved to nothing is the caller's to report).
+    pub(crate) fn permitted_addresses(
+        &self,
+        host: &str,
+        resolved: impl IntoIterator<Item = SocketAddr>,
+    ) -> std::result::Result<Vec<SocketAddr>, String> {
+        let (allowed, denied): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            resolved.into_iter().partition(|a| self.permits(a.ip()));
+        if allowed.is_empty() && !denied.is_empty() {
+            let denied: Vec<String> = denied.iter().map(|a| a.ip().to_string()).collect();
+            return Err(format!(
+                "{host} resolves only to addresses the network policy denies ({})",
+                denied.join(", ")
+            ));
+        }
+        Ok(allowed)
     }
 
     /// Whether connecting to `ip` is allowed, judged as the address it
@@ -247,6 +267,25 @@ mod tests {
         let allowed = NetworkPolicy::new(&["169.254.10.0/24".into()], &[]).unwrap();
         assert!(allowed.permits(ip("64:ff9b::169.254.10.7")));
         assert!(!allowed.permits(ip("64:ff9b::169.254.169.254")));
+    }
+
+    #[test]
+    fn permitted_addresses_keep_the_allowed_and_name_the_denied() {
+        let p = NetworkPolicy::default();
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let mixed = [a("169.254.169.254:80"), a("127.0.0.1:80")];
+        assert_eq!(
+            p.permitted_addresses("h", mixed).unwrap(),
+            vec![a("127.0.0.1:80")]
+        );
+        let e = p
+            .permitted_addresses("meta", [a("169.254.169.254:80")])
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "meta resolves only to addresses the network policy denies (169.254.169.254)"
+        );
+        assert!(p.permitted_addresses("none", []).unwrap().is_empty());
     }
 
     #[test]

@@ -12,7 +12,6 @@ use super::{
 use crate::error::{Error, Result};
 use crate::policy::NetworkPolicy;
 use crate::routing::health::ProbeResult;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,19 +212,8 @@ impl reqwest::dns::Resolve for PolicyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let policy = NetworkPolicy::current();
-            let (allowed, denied): (Vec<SocketAddr>, Vec<SocketAddr>) =
-                resolved.into_iter().partition(|a| policy.permits(a.ip()));
-            if allowed.is_empty() && !denied.is_empty() {
-                let denied: Vec<String> = denied.iter().map(|a| a.ip().to_string()).collect();
-                return Err(format!(
-                    "{host} resolves only to addresses the network policy denies ({})",
-                    denied.join(", ")
-                )
-                .into());
-            }
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed = NetworkPolicy::current().permitted_addresses(&host, resolved)?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }

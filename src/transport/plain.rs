@@ -89,27 +89,25 @@ impl PlainPool {
         };
         let key = format!("{host}:{port}");
         let mut request = build_request(endpoint, &authority, Bytes::from(body))?;
-        while let Some(mut conn) = self.take(&key) {
+        loop {
+            let (mut conn, pooled) = match self.take(&key) {
+                Some(conn) => (conn, true),
+                None => (connect(host, port).await?, false),
+            };
             match exchange(&mut conn, request).await {
                 Exchange::Answered(answer) => {
                     self.keep(&key, conn);
                     return Ok(answer);
                 }
-                Exchange::Unsent(unsent) => request = unsent,
+                // An idle connection the agent had closed: the request was
+                // never written, so it goes out on the next one.
+                Exchange::Unsent(unsent) if pooled => request = unsent,
+                Exchange::Unsent(_) => return Err(Failure::Agent(
+                    "request failed: the agent closed a new connection before the request was sent"
+                        .into(),
+                )),
                 Exchange::Failed(failure) => return Err(failure),
             }
-        }
-        let mut conn = connect(host, port).await?;
-        match exchange(&mut conn, request).await {
-            Exchange::Answered(answer) => {
-                self.keep(&key, conn);
-                Ok(answer)
-            }
-            Exchange::Unsent(_) => Err(Failure::Agent(
-                "request failed: the agent closed a new connection before the request was sent"
-                    .into(),
-            )),
-            Exchange::Failed(failure) => Err(failure),
         }
     }
 
@@ -321,15 +319,9 @@ async fn connect(host: &str, port: u16) -> Result<Conn, Failure> {
             .map_err(|e| Failure::Agent(format!("request failed: cannot resolve {host}: {e}")))?
             .collect(),
     };
-    let (allowed, denied): (Vec<SocketAddr>, Vec<SocketAddr>) =
-        addresses.into_iter().partition(|a| policy.permits(a.ip()));
-    if allowed.is_empty() {
-        let denied: Vec<String> = denied.iter().map(|a| a.ip().to_string()).collect();
-        return Err(Failure::Agent(format!(
-            "request failed: {host} resolves only to addresses the network policy denies ({})",
-            denied.join(", ")
-        )));
-    }
+    let allowed = policy
+        .permitted_addresses(host, addresses)
+        .map_err(|denied| Failure::Agent(format!("request failed: {denied}")))?;
     let mut last_error = None;
     for address in allowed {
         match tokio::net::TcpStream::connect(address).await {

@@ -28,7 +28,6 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,58 +135,19 @@ fn per_call(before: &Counters, after: &Counters, calls: usize) -> PerCall {
 }
 
 /// A `switchboard serve` with a token, on a fresh database; killed on drop.
-struct Serve {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
+struct Serve(common::ServeProcess);
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Serve {
+    type Target = common::ServeProcess;
+
+    fn deref(&self) -> &common::ServeProcess {
+        &self.0
     }
 }
 
 impl Serve {
     async fn start(client: &reqwest::Client) -> Serve {
-        let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let config = dir.path().join("switchboard.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let mut child = common::switchboard()
-            .env("SWITCHBOARD_TOKEN", TOKEN)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("switchboard serve exited: {status}");
-            }
-            assert!(Instant::now() < deadline, "serve did not come up in 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Serve {
-            child,
-            base,
-            _dir: dir,
-        }
+        Serve(common::ServeProcess::start("", &[("SWITCHBOARD_TOKEN", TOKEN)], client).await)
     }
 
     async fn register(&self, client: &reqwest::Client, id: &str, body: Value) {

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard::server::{run, AppState};
@@ -138,59 +138,30 @@ fn switchboard() -> Command {
 
 /// A `switchboard serve` child process; killed on drop.
 struct Server {
-    child: Child,
-    port: u16,
-    base: String,
+    process: common::ServeProcess,
     client: reqwest::Client,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Server {
+    type Target = common::ServeProcess;
+
+    fn deref(&self) -> &common::ServeProcess {
+        &self.process
+    }
 }
 
 impl Server {
     /// Starts the binary with `extra` appended to a config that sets the
     /// listen address and the data directory, and waits for `/healthz`.
     async fn start(extra: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("switchboard.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let mut child = switchboard()
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
         // No pooled connections: they would hold connection slots.
         let client = common::http_client_builder()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("switchboard serve exited: {status}");
-            }
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         Server {
-            child,
-            port,
-            base,
+            process: common::ServeProcess::start(extra, &[], &client).await,
             client,
-            _dir: dir,
         }
     }
 
@@ -226,13 +197,6 @@ impl Server {
             Some(json!({"tool": "t", "category": "code", "max_attempts": 1})),
         )
         .await
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -304,3 +304,69 @@ pub fn fails(cmd: &mut std::process::Command) -> String {
     );
     format!("{}{}", text(&out.stderr), text(&out.stdout))
 }
+
+/// A `switchboard serve` child on a free 127.0.0.1 port, over its own
+/// temp-dir data directory; killed on drop.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl ServeProcess {
+    /// Starts `switchboard serve` with `extra` appended to a config that
+    /// sets the listen address and data directory, and `env` set, and waits
+    /// (30 s at most) until `/healthz` answers to `client`.
+    pub async fn start(extra: &str, env: &[(&str, &str)], client: &reqwest::Client) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("switchboard.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{extra}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = switchboard()
+            .envs(env.iter().copied())
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("switchboard serve exited: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "switchboard serve did not come up in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ServeProcess {
+            child,
+            port,
+            base,
+            dir,
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -59,13 +59,6 @@ enum Reply {
     Lead(Leadership),
 }
 
-enum Joined {
-    /// No write was in progress: the caller writes its own now.
-    Writer(PreparedWrite),
-    /// Queued: the reply comes on this.
-    Queued(oneshot::Receiver<Reply>),
-}
-
 /// A queue handed to a waiting task. If that task is gone before it takes
 /// it, dropping the hand-off writes the queue, so nothing queued is lost and
 /// the queue is not left without a writer.
@@ -108,12 +101,18 @@ impl Database {
         } else {
             self.prepare(staged, read_set, checks)?
         };
-        let written = match self.join(write) {
-            Joined::Writer(write) => self.lead(vec![Queued {
+        let mut waiting = None;
+        let queued_as = || {
+            let (reply, receiver) = oneshot::channel();
+            waiting = Some(receiver);
+            Waiter::Task(reply)
+        };
+        let written = match self.join(write, queued_as) {
+            Some(write) => self.lead(vec![Queued {
                 write,
                 waiter: Waiter::Detached,
             }]),
-            Joined::Queued(waiting) => match waiting.await {
+            None => match waiting.expect("queued with a reply").await {
                 Ok(Reply::Written(written)) => written,
                 Ok(Reply::Lead(mut handed)) => self.lead(std::mem::take(&mut handed.group)),
                 Err(_) => Err(Error::Storage(
@@ -125,20 +124,24 @@ impl Database {
         Ok(rewrites)
     }
 
-    /// Queues `write` behind the group write in progress, or, if there is
-    /// none, makes the caller the writer.
-    fn join(&self, write: PreparedWrite) -> Joined {
+    /// Queues `write` behind the group write in progress (with the waiter
+    /// `queued_as` makes), or, if there is none, makes the caller the writer
+    /// and gives `write` back.
+    fn join(
+        &self,
+        write: PreparedWrite,
+        queued_as: impl FnOnce() -> Waiter,
+    ) -> Option<PreparedWrite> {
         let mut state = self.inner.write_queue.state.lock();
         if !state.writing {
             state.writing = true;
-            return Joined::Writer(write);
+            return Some(write);
         }
-        let (reply, waiting) = oneshot::channel();
         state.queued.push(Queued {
             write,
-            waiter: Waiter::Task(reply),
+            waiter: queued_as(),
         });
-        Joined::Queued(waiting)
+        None
     }
 
     /// Commits `staged` as bookkeeping (after-hooks only) from code that
@@ -150,16 +153,9 @@ impl Database {
         let Prepared {
             write, reservation, ..
         } = self.prepare(staged, Vec::new(), Checks::AfterOnly)?;
-        let mut state = self.inner.write_queue.state.lock();
-        if state.writing {
-            state.queued.push(Queued {
-                write,
-                waiter: Waiter::Detached,
-            });
+        let Some(write) = self.join(write, || Waiter::Detached) else {
             return Ok(());
-        }
-        state.writing = true;
-        drop(state);
+        };
         let written = self.lead(vec![Queued {
             write,
             waiter: Waiter::Detached,

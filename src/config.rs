@@ -138,7 +138,18 @@ pub struct ClusterSection {
     /// The PEM private key of `cert_file`.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the cluster secret, the
+    /// credential nodes present to each other (a cluster scan); default
+    /// `SWITCHBOARD_CLUSTER_SECRET`.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// A file holding the cluster secret (its first line).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
 }
+
+/// The variable the cluster secret is read from when `[cluster]` names none.
+pub const DEFAULT_CLUSTER_SECRET_ENV: &str = "SWITCHBOARD_CLUSTER_SECRET";
 
 impl ClusterSection {
     /// Refuses settings that cannot work together.
@@ -167,12 +178,43 @@ impl ClusterSection {
                 ))
             }
         }
+        if self.secret_env.is_some() && self.secret_file.is_some() {
+            return Err(Error::invalid(
+                "cluster: give secret_env or secret_file, not both",
+            ));
+        }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(Error::invalid(
                 "cluster: give both cert_file and key_file (the client certificate etcd checks), or neither",
             ));
         }
         Ok(())
+    }
+
+    /// The cluster secret, read now from the file or variable named (never
+    /// from the config text); `None` when neither is set and
+    /// `SWITCHBOARD_CLUSTER_SECRET` is unset or empty.
+    pub fn cluster_secret(&self) -> Result<Option<String>> {
+        if let Some(path) = &self.secret_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::invalid(format!(
+                    "cluster.secret_file {}: cannot read it ({e})",
+                    path.display()
+                ))
+            })?;
+            return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+        }
+        match &self.secret_env {
+            Some(var) => std::env::var(var).map(Some).map_err(|_| {
+                Error::invalid(format!(
+                    "cluster.secret_env names {var}, which is not set in this node's environment; \
+                     set it to the secret every node of the cluster shares"
+                ))
+            }),
+            None => Ok(std::env::var(DEFAULT_CLUSTER_SECRET_ENV)
+                .ok()
+                .filter(|s| !s.is_empty())),
+        }
     }
 
     /// How this node reaches etcd: the password read now from the variable
@@ -574,6 +616,7 @@ impl Config {
         if let Some(cluster) = &mut config.cluster {
             for path in [
                 &mut cluster.password_file,
+                &mut cluster.secret_file,
                 &mut cluster.ca_file,
                 &mut cluster.cert_file,
                 &mut cluster.key_file,

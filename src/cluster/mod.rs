@@ -78,6 +78,50 @@ pub struct ClusterSettings {
     /// How this node signs in to etcd and checks it (etcd's user
     /// authentication, TLS to `https://` members).
     pub access: EtcdAccess,
+    /// The secret every node of the cluster shares: sent by this node when
+    /// it asks another for its part of a cluster scan, and accepted from
+    /// other nodes on that route only. `None`: peers are asked without a
+    /// credential (they answer only if they require none).
+    pub secret: Option<String>,
+}
+
+/// The header a node sends the cluster secret in, node to node.
+pub const CREDENTIAL_HEADER: &str = "x-switchboard-cluster-credential";
+/// The header carrying the principal a node-to-node call is made for
+/// (base64url of its JSON; absent for a caller without a credential),
+/// believed only with a valid [`CREDENTIAL_HEADER`].
+pub const ON_BEHALF_OF_HEADER: &str = "x-switchboard-on-behalf-of";
+/// The shortest cluster secret accepted.
+pub const MIN_SECRET_CHARS: usize = 16;
+
+/// Refuses an advertise URL the other nodes could not use to reach this
+/// node: an unspecified address (`0.0.0.0`, `::`) reaches whichever node
+/// dials it, so a scan would read the asking node twice and report nothing
+/// missing.
+pub fn check_advertise_url(url: &str) -> Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        Error::invalid(format!(
+            "cluster: the advertise URL {url:?} does not parse ({e}); set advertise_url under \
+             [cluster] to the base URL the other nodes reach this node at, e.g. http://10.0.0.1:7700"
+        ))
+    })?;
+    let unspecified = match parsed.host_str() {
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified()),
+        None => true,
+    };
+    if unspecified || !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::invalid(format!(
+            "cluster: this node would tell the other nodes to reach it at {url}, which is not an \
+             address they can reach (0.0.0.0 and :: mean every interface of whoever dials them); \
+             set advertise_url under [cluster] to this node's routable base URL, e.g. \
+             http://10.0.0.1:7700"
+        )));
+    }
+    Ok(())
 }
 
 struct State {
@@ -85,6 +129,7 @@ struct State {
     node_id: String,
     listen: String,
     url: String,
+    secret: Option<String>,
     started_at_ms: u64,
     /// Whether the last exchange with etcd worked.
     connected: AtomicBool,
@@ -578,11 +623,21 @@ impl Cluster {
         settings: ClusterSettings,
     ) -> Result<Arc<Cluster>> {
         validate_id("node id", &settings.node_id)?;
+        check_advertise_url(&settings.url)?;
+        if let Some(secret) = &settings.secret {
+            if secret.chars().count() < MIN_SECRET_CHARS {
+                return Err(Error::invalid(format!(
+                    "cluster: the cluster secret has fewer than {MIN_SECRET_CHARS} characters; \
+                     give every node the same longer random secret (e.g. `openssl rand -hex 32`)"
+                )));
+            }
+        }
         let state = Arc::new(State {
             etcd: Etcd::new(settings.etcd.clone(), &settings.access)?,
             node_id: settings.node_id,
             listen: settings.listen,
             url: settings.url,
+            secret: settings.secret,
             started_at_ms: now_ms(),
             connected: AtomicBool::new(false),
             synced_at_ms: AtomicU64::new(0),
@@ -697,6 +752,19 @@ impl Cluster {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.state.node_id
+    }
+
+    /// The cluster secret this node sends to the others, if configured.
+    pub fn secret(&self) -> Option<&str> {
+        self.state.secret.as_deref()
+    }
+
+    /// Whether `presented` is the cluster secret (compared in constant
+    /// time); never true on a node without one.
+    pub fn accepts_secret(&self, presented: &str) -> bool {
+        self.state.secret.as_deref().is_some_and(|secret| {
+            crate::identity::constant_time_eq(presented.as_bytes(), secret.as_bytes())
+        })
     }
 
     /// `ok`, or `degraded` when etcd is unreachable, with how old the

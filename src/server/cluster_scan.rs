@@ -4,8 +4,10 @@
 //!
 //! The node asked reads the live nodes from etcd, reads its own page
 //! locally and asks each other node for a page with the same filters at the
-//! URL it published (forwarding the caller's `Authorization` header, so
-//! every node must accept the same credentials), then merges them. Its
+//! URL it published, then merges them. A node never forwards its caller's
+//! credential: it presents the cluster secret (which the others accept on
+//! this route only) and names the caller the page is for, whose scope and
+//! read policies each node applies to its own records. Its
 //! cursor is opaque: base64url of a JSON object holding each node's own
 //! cursor and the nodes already read to the end. A node that does not
 //! answer within [`PEER_TIMEOUT`] is listed in `missing_nodes` and keeps
@@ -146,10 +148,18 @@ fn peer_client() -> crate::Result<&'static reqwest::Client> {
     Ok(CLIENT.get_or_init(|| client))
 }
 
+/// How a node proves itself to another: the cluster secret, and the caller
+/// the page is for.
+#[derive(Clone)]
+struct NodeCredential {
+    secret: Option<String>,
+    on_behalf_of: Option<String>,
+}
+
 /// Asks the node at `url` for its own page of `q` after `after`.
 async fn peer_page(
     url: &str,
-    authorization: Option<&axum::http::HeaderValue>,
+    credential: &NodeCredential,
     q: &ScanQuery,
     after: Option<&str>,
 ) -> Result<ScanPage, String> {
@@ -177,8 +187,11 @@ async fn peer_page(
         }
     }
     let mut request = client.get(url.clone());
-    if let Some(authorization) = authorization {
-        request = request.header(reqwest::header::AUTHORIZATION, authorization.as_bytes());
+    if let Some(secret) = &credential.secret {
+        request = request.header(crate::cluster::CREDENTIAL_HEADER, secret);
+        if let Some(principal) = &credential.on_behalf_of {
+            request = request.header(crate::cluster::ON_BEHALF_OF_HEADER, principal);
+        }
     }
     let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
     let status = response.status();
@@ -189,7 +202,13 @@ async fn peer_page(
             .chars()
             .take(300)
             .collect();
-        return Err(format!("{url} answered {status}: {body}"));
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED && credential.secret.is_none() {
+            " (this node has no cluster secret to present: set secret_env or secret_file under \
+             [cluster], or SWITCHBOARD_CLUSTER_SECRET, to the same secret on every node)"
+        } else {
+            ""
+        };
+        return Err(format!("{url} answered {status}: {body}{hint}"));
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| format!("{url} answered a page that does not decode: {e}"))
@@ -200,7 +219,6 @@ pub(crate) async fn page(
     s: &AppState,
     cluster: &Cluster,
     caller: &Caller,
-    headers: &axum::http::HeaderMap,
     q: &ScanQuery,
 ) -> ApiResult<ClusterScanPage> {
     let limit = q.limit.unwrap_or(100);
@@ -239,7 +257,12 @@ pub(crate) async fn page(
             });
         }
     }
-    let authorization = headers.get(axum::http::header::AUTHORIZATION).cloned();
+    let credential = NodeCredential {
+        secret: cluster.secret().map(str::to_string),
+        on_behalf_of: caller
+            .principal()
+            .map(|p| B64.encode(serde_json::to_vec(p).expect("a principal encodes"))),
+    };
     let mut asks = tokio::task::JoinSet::new();
     for node in &live {
         let node_id = node["node_id"].as_str().unwrap_or_default().to_string();
@@ -249,13 +272,12 @@ pub(crate) async fn page(
         let after = cursor.after.get(&node_id).cloned();
         let url = node["url"].as_str().unwrap_or_default().to_string();
         let is_me = node_id == me;
-        let (s, caller, q, authorization) =
-            (s.clone(), caller.clone(), q.clone(), authorization.clone());
+        let (s, caller, q, credential) = (s.clone(), caller.clone(), q.clone(), credential.clone());
         asks.spawn(async move {
             let answer = if is_me {
                 Ok(local_page(&s, &caller, &q, after.clone()).await)
             } else {
-                peer_page(&url, authorization.as_ref(), &q, after.as_deref())
+                peer_page(&url, &credential, &q, after.as_deref())
                     .await
                     .map(Ok)
             };

@@ -163,6 +163,7 @@ async fn join_cluster(
         listen: config.listen.clone(),
         url: url.trim_end_matches('/').to_string(),
         access: section.etcd_access()?,
+        secret: section.cluster_secret()?,
     };
     crate::cluster::Cluster::join(dispatcher, settings)
         .await

@@ -1,0 +1,255 @@
+//! Cluster-mode faults found by review (issue 24), end to end: a real
+//! single-member etcd and `switchboard serve` processes on 127.0.0.1.
+//!
+//! - a node never publishes an advertise URL the others cannot reach
+//!   (`0.0.0.0`), and a cluster scan presents the cluster secret to the
+//!   other nodes, never the caller's token.
+//!
+//! Every process is killed when its guard drops; every wait is bounded, and
+//! no assertion is about time.
+
+mod common;
+
+use axum::http::HeaderMap;
+use common::etcd::{config_args, read_log, serves, spawn_node, within, Etcd, Node};
+use common::{free_port, Behaviour, TestAgent};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SECRET: &str = "a-cluster-secret-shared-by-every-node";
+
+/// Sends a request to a node as `token` (if any) with `headers`; the
+/// status and JSON body (`null` when the body is not JSON).
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = http.request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn cluster_args(etcd: &Etcd, node_id: &str) -> Vec<String> {
+    vec![
+        "--cluster-etcd".into(),
+        etcd.url.clone(),
+        "--node-id".into(),
+        node_id.into(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listening_on_every_interface_must_be_given_a_routable_advertise_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::http_client();
+    let etcd = Etcd::start(dir.path(), "http", &[], http.clone()).await;
+    let port = free_port();
+    let token = [("SWITCHBOARD_TOKEN", "the-static-token-of-node1")];
+    let mut args = cluster_args(&etcd, "node1");
+    args.extend(["--listen".into(), format!("0.0.0.0:{port}")]);
+    let mut refused = spawn_node(dir.path(), "refused", &args, &token);
+    let status = refused.process.exit_status(Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "a node on 0.0.0.0 started without an advertise URL"
+    );
+    let log = read_log(dir.path(), "refused");
+    assert!(
+        log.contains("0.0.0.0") && log.contains("advertise_url"),
+        "the refusal does not say to set advertise_url:\n{log}"
+    );
+    assert_eq!(etcd.get("switchboard/nodes/node1").await, None);
+
+    // With an advertise URL it starts, and the others are told that URL.
+    let advertised = format!("http://127.0.0.1:{port}");
+    let mut args = config_args(
+        dir.path(),
+        "node1",
+        &format!(
+            "[cluster]\netcd = [\"{}\"]\nnode_id = \"node1\"\nadvertise_url = \"{advertised}\"\n",
+            etcd.url
+        ),
+    );
+    args.extend(["--listen".into(), format!("0.0.0.0:{port}")]);
+    let node = spawn_node(dir.path(), "node1", &args, &token);
+    serves(&http, &node).await;
+    let published = within(Duration::from_secs(20), "node1 publishes itself", || {
+        etcd.get("switchboard/nodes/node1")
+    })
+    .await;
+    assert_eq!(published["url"], advertised.as_str(), "{published}");
+}
+
+/// A server posing as a node of the cluster: answers every `GET /v1/scan`
+/// with an empty last page and keeps the headers it was sent.
+async fn spy_node() -> (String, Arc<Mutex<Vec<HeaderMap>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/scan",
+        axum::routing::get(move |headers: HeaderMap| {
+            kept.lock().unwrap().push(headers);
+            async { axum::Json(json!({"items": [], "next_after": null})) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_scan_presents_the_cluster_secret_never_the_callers_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::http_client();
+    let etcd = Etcd::start(dir.path(), "http", &[], http.clone()).await;
+    // Each node has its own admin token; they share only the cluster secret.
+    let tokens = ["the-admin-token-of-node-1", "the-admin-token-of-node-2"];
+    let nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let env = [
+                ("SWITCHBOARD_TOKEN", tokens[i - 1]),
+                ("SWITCHBOARD_CLUSTER_SECRET", SECRET),
+            ];
+            let name = format!("node{i}");
+            spawn_node(dir.path(), &name, &cluster_args(&etcd, &name), &env)
+        })
+        .collect();
+    for node in &nodes {
+        serves(&http, node).await;
+    }
+    let agent = TestAgent::start("echo", Behaviour::Echo).await;
+    let (status, body) = send(
+        &http,
+        reqwest::Method::PUT,
+        format!("{}/v1/agents/echo", nodes[0].base),
+        Some(tokens[0]),
+        &[],
+        Some(json!({"endpoint": agent.endpoint, "tools": ["code"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A call through node 2 leaves a record in node 2's store only.
+    let invoke = json!({"tool": "run", "category": "code", "input": {}});
+    within(Duration::from_secs(20), "node 2 routes the agent", || {
+        let call = send(
+            &http,
+            reqwest::Method::POST,
+            format!("{}/v1/invoke", nodes[1].base),
+            Some(tokens[1]),
+            &[],
+            Some(invoke.clone()),
+        );
+        async move { (call.await.0 == 200).then_some(()) }
+    })
+    .await;
+    // Anything under `switchboard/nodes/` is asked: here, a spy.
+    let (spy_url, seen) = spy_node().await;
+    etcd.put(
+        "switchboard/nodes/spy",
+        &json!({"node_id": "spy", "listen": "127.0.0.1:1", "url": spy_url}),
+    )
+    .await;
+
+    let (status, page) = send(
+        &http,
+        reqwest::Method::GET,
+        format!("{}/v1/scan?prefix=tools/&cluster=true", nodes[0].base),
+        Some(tokens[0]),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["missing_nodes"], json!([]), "{page}");
+    assert_eq!(page["nodes"], json!(["node1", "node2", "spy"]), "{page}");
+    let from_node2 = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["node_id"] == "node2")
+        .count();
+    assert!(from_node2 >= 1, "node 2's records are missing: {page}");
+
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let headers = &asked[0];
+    for (name, value) in headers {
+        assert!(
+            !value.to_str().unwrap_or_default().contains(tokens[0]),
+            "the caller's token reached another node in {name}"
+        );
+    }
+    assert_eq!(headers["x-switchboard-cluster-credential"], SECRET);
+    let on_behalf_of = headers["x-switchboard-on-behalf-of"].to_str().unwrap();
+
+    // The secret opens node 2's scan route and nothing else.
+    let as_a_node = [
+        ("x-switchboard-cluster-credential", SECRET),
+        ("x-switchboard-on-behalf-of", on_behalf_of),
+    ];
+    let scan = format!("{}/v1/scan?prefix=tools/", nodes[1].base);
+    let (status, body) = send(
+        &http,
+        reqwest::Method::GET,
+        scan.clone(),
+        None,
+        &as_a_node,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["items"].as_array().unwrap().len(),
+        from_node2,
+        "{body}"
+    );
+    let (status, body) = send(
+        &http,
+        reqwest::Method::PUT,
+        format!("{}/v1/agents/other", nodes[1].base),
+        None,
+        &as_a_node,
+        Some(json!({"endpoint": agent.endpoint, "tools": ["code"]})),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.to_string().contains("only on GET /v1/scan"), "{body}");
+    let (status, _) = send(
+        &http,
+        reqwest::Method::GET,
+        format!("{}/v1/agents", nodes[1].base),
+        None,
+        &as_a_node,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let wrong = [
+        (
+            "x-switchboard-cluster-credential",
+            "not-the-secret-of-this-cluster",
+        ),
+        ("x-switchboard-on-behalf-of", on_behalf_of),
+    ];
+    let (status, body) = send(&http, reqwest::Method::GET, scan, None, &wrong, None).await;
+    assert_eq!(status, 401, "{body}");
+}

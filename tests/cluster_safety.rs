@@ -253,3 +253,85 @@ async fn a_cluster_scan_presents_the_cluster_secret_never_the_callers_token() {
     let (status, body) = send(&http, reqwest::Method::GET, scan, None, &wrong, None).await;
     assert_eq!(status, 401, "{body}");
 }
+
+/// Calls `category` `code` through `node` in `session` (sticky); the agent
+/// that served it.
+async fn session_call(http: &reqwest::Client, node: &Node, session: &str) -> String {
+    let body = json!({"tool": "run", "category": "code", "input": {},
+        "session_id": session, "strategy": "sticky"});
+    let url = format!("{}/v1/invoke", node.base);
+    let (status, body) = send(http, reqwest::Method::POST, url, None, &[], Some(body)).await;
+    assert_eq!(status, 200, "{body}");
+    body["agent_id"].as_str().unwrap().to_string()
+}
+
+/// `node`'s own binding of `session`, from its store.
+async fn local_binding(http: &reqwest::Client, node: &Node, session: &str) -> Option<Value> {
+    let key = format!("sessions/{session}");
+    let url = format!("{}/v1/scan?prefix={key}", node.base);
+    let (status, page) = send(http, reqwest::Method::GET, url, None, &[], None).await;
+    assert_eq!(status, 200, "{page}");
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["key"] == key.as_str())
+        .map(|item| item["value"].clone())
+}
+
+/// Registers an echo agent as `id` through `node`.
+async fn register_echo(http: &reqwest::Client, node: &Node, id: &str, agent: &TestAgent) {
+    let (status, body) = send(
+        http,
+        reqwest::Method::PUT,
+        format!("{}/v1/agents/{id}", node.base),
+        None,
+        &[],
+        Some(json!({"endpoint": agent.endpoint, "tools": ["code"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_binding_still_in_etcd_is_replaced_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::http_client();
+    let etcd = Etcd::start(dir.path(), "http", &[], http.clone()).await;
+    let mut args = cluster_args(&etcd, "node1");
+    args.extend(["--cluster-binding-ttl".into(), "60".into()]);
+    let node = spawn_node(dir.path(), "node1", &args, &[]);
+    serves(&http, &node).await;
+    let agent = TestAgent::start("echo", Behaviour::Echo).await;
+    register_echo(&http, &node, "echo", &agent).await;
+    session_call(&http, &node, "fresh").await;
+    // What etcd holds between a binding's end and its lease's (up to a
+    // tenth of the TTL): the binding of another session, made 61 s ago.
+    let mut expired = etcd
+        .get("switchboard/sessions/fresh")
+        .await
+        .expect("the binding is in etcd");
+    let long_ago = now_ms() - 61_000;
+    expired["created_at_ms"] = json!(long_ago);
+    expired["last_used_ms"] = json!(long_ago);
+    etcd.put("switchboard/sessions/old", &expired).await;
+
+    let before = now_ms();
+    session_call(&http, &node, "old").await;
+    // The session is bound anew, in etcd and on the node: its next calls
+    // use the node's own binding instead of asking etcd each time.
+    let in_etcd = etcd.get("switchboard/sessions/old").await.unwrap();
+    assert!(
+        in_etcd["created_at_ms"].as_u64().unwrap() >= before,
+        "etcd still holds the expired binding: {in_etcd}"
+    );
+    let held = local_binding(&http, &node, "old").await.unwrap();
+    assert_eq!(held["created_at_ms"], in_etcd["created_at_ms"], "{held}");
+}

@@ -174,6 +174,43 @@ impl State {
         Ok(id)
     }
 
+    /// Whether `binding` has outlived the TTL at `now_ms`, by its own clock.
+    fn expired(&self, binding: &SessionRecord, now_ms: u64) -> bool {
+        let ttl_ms = self.binding_ttl.as_millis() as u64;
+        now_ms >= binding.created_at_ms.saturating_add(ttl_ms)
+    }
+
+    /// Whether `held`, a binding as etcd holds it, is over (one that does
+    /// not decode is left to the caller's error).
+    fn held_expired(&self, held: &[u8]) -> bool {
+        serde_json::from_slice::<SessionRecord>(held).is_ok_and(|b| self.expired(&b, now_ms()))
+    }
+
+    /// Binds the session under `key` to `value` unless etcd holds a binding
+    /// still in force; returns the one that holds. etcd keeps a binding
+    /// until its lease ends, up to a tenth of the TTL after the binding is
+    /// over: adopting it would hand every node a binding already expired,
+    /// so each call would come back here (a synchronous etcd transaction
+    /// under the session's lock) until the key went. An expired binding is
+    /// replaced instead, compare-and-set on its revision so racing nodes
+    /// still end with one.
+    async fn bind_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>> {
+        let lease = Some(self.binding_lease().await?);
+        let held = self.etcd.create_if_absent(key, value, lease).await?;
+        if !self.held_expired(&held) {
+            return Ok(held);
+        }
+        match self.etcd.get(key).await? {
+            None => self.etcd.create_if_absent(key, value, lease).await,
+            Some((held, revision)) if self.held_expired(&held) => {
+                self.etcd
+                    .put_if_unchanged(key, value, revision, lease)
+                    .await
+            }
+            Some((held, _)) => Ok(held),
+        }
+    }
+
     fn set_connected(&self, connected: bool) {
         let was = self.connected.swap(connected, Ordering::AcqRel);
         if was && !connected {
@@ -268,8 +305,7 @@ impl SessionBindings for Hooks {
         let key = format!("{SESSIONS}{session_id}");
         let value = serde_json::to_vec(proposed).map_err(Error::storage)?;
         let held = block(&self.runtime, &self.state, async move {
-            let lease = state.binding_lease().await?;
-            state.etcd.create_if_absent(&key, &value, Some(lease)).await
+            state.bind_if_absent(&key, &value).await
         })?;
         serde_json::from_slice(&held)
             .map_err(|e| Error::storage(format!("session {session_id}'s binding in etcd: {e}")))
@@ -298,7 +334,8 @@ impl SessionBindings for Hooks {
                     let bound_to = serde_json::from_slice::<SessionRecord>(&held)
                         .map(|b| b.agent_id)
                         .ok();
-                    if bound_to.is_some_and(|agent| agent != replaced) {
+                    if bound_to.is_some_and(|agent| agent != replaced) && !state.held_expired(&held)
+                    {
                         // Another node rebound it already: theirs holds.
                         return Ok(held);
                     }
@@ -335,8 +372,7 @@ impl SessionBindings for Hooks {
     }
 
     fn expired(&self, binding: &SessionRecord, now_ms: u64) -> bool {
-        let ttl_ms = self.state.binding_ttl.as_millis() as u64;
-        now_ms >= binding.created_at_ms.saturating_add(ttl_ms)
+        self.state.expired(binding, now_ms)
     }
 }
 
@@ -351,15 +387,19 @@ async fn publish_pending(state: &State, apply: &std::sync::mpsc::Sender<Change>)
         .map(|(id, b)| (id.clone(), b.clone()))
         .collect();
     for (session_id, local) in pending {
+        // Over already: the session's next call binds it anew through etcd.
+        if state.expired(&local, now_ms()) {
+            let mut pending = state.pending.lock();
+            if pending.get(&session_id) == Some(&local) {
+                pending.remove(&session_id);
+            }
+            continue;
+        }
         let Ok(value) = serde_json::to_vec(&local) else {
             continue;
         };
         let key = format!("{SESSIONS}{session_id}");
-        let published = async {
-            let lease = state.binding_lease().await?;
-            state.etcd.create_if_absent(&key, &value, Some(lease)).await
-        };
-        let held = match published.await {
+        let held = match state.bind_if_absent(&key, &value).await {
             Ok(held) => held,
             Err(e) => {
                 tracing::debug!(error = %e, "could not publish the bindings made while etcd was unreachable");

@@ -146,6 +146,11 @@ pub struct ClusterSection {
     /// A file holding the cluster secret (its first line).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// Under `bindings = "best_effort"`, how many bindings made while etcd
+    /// is unreachable this node keeps to publish (default 10,000); past it,
+    /// new sessions are refused (503) until etcd is back.
+    #[serde(default)]
+    pub max_unpublished_bindings: Option<usize>,
 }
 
 /// The variable the cluster secret is read from when `[cluster]` names none.
@@ -177,6 +182,12 @@ impl ClusterSection {
                     "cluster: password_env and password_file need username (the etcd user)",
                 ))
             }
+        }
+        if self.max_unpublished_bindings == Some(0) {
+            return Err(Error::invalid(
+                "cluster.max_unpublished_bindings must be at least 1 (use bindings = \"strict\" \
+                 to refuse every new session while etcd is unreachable)",
+            ));
         }
         if self.secret_env.is_some() && self.secret_file.is_some() {
             return Err(Error::invalid(

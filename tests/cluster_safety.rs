@@ -254,15 +254,28 @@ async fn a_cluster_scan_presents_the_cluster_secret_never_the_callers_token() {
     assert_eq!(status, 401, "{body}");
 }
 
-/// Calls `category` `code` through `node` in `session` (sticky); the agent
-/// that served it.
-async fn session_call(http: &reqwest::Client, node: &Node, session: &str) -> String {
+/// Calls `category` `code` through `node` in `session` (sticky): the
+/// status and answer.
+async fn try_session_call(http: &reqwest::Client, node: &Node, session: &str) -> (u16, Value) {
     let body = json!({"tool": "run", "category": "code", "input": {},
         "session_id": session, "strategy": "sticky"});
     let url = format!("{}/v1/invoke", node.base);
-    let (status, body) = send(http, reqwest::Method::POST, url, None, &[], Some(body)).await;
+    send(http, reqwest::Method::POST, url, None, &[], Some(body)).await
+}
+
+/// Calls `category` `code` through `node` in `session` (sticky); the agent
+/// that served it.
+async fn session_call(http: &reqwest::Client, node: &Node, session: &str) -> String {
+    let (status, body) = try_session_call(http, node, session).await;
     assert_eq!(status, 200, "{body}");
     body["agent_id"].as_str().unwrap().to_string()
+}
+
+async fn healthz(http: &reqwest::Client, node: &Node) -> Value {
+    let url = format!("{}/healthz", node.base);
+    let (status, body) = send(http, reqwest::Method::GET, url, None, &[], None).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// `node`'s own binding of `session`, from its store.
@@ -334,4 +347,71 @@ async fn an_expired_binding_still_in_etcd_is_replaced_not_adopted() {
     );
     let held = local_binding(&http, &node, "old").await.unwrap();
     assert_eq!(held["created_at_ms"], in_etcd["created_at_ms"], "{held}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublished_bindings_are_capped_while_etcd_is_down_and_published_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::http_client();
+    let mut etcd = Etcd::start(dir.path(), "http", &[], http.clone()).await;
+    let args = config_args(
+        dir.path(),
+        "node1",
+        &format!(
+            "[cluster]\netcd = [\"{}\"]\nnode_id = \"node1\"\nmax_unpublished_bindings = 3\n",
+            etcd.url
+        ),
+    );
+    let node = spawn_node(dir.path(), "node1", &args, &[]);
+    serves(&http, &node).await;
+    let agent = TestAgent::start("echo", Behaviour::Echo).await;
+    register_echo(&http, &node, "echo", &agent).await;
+
+    etcd.kill();
+    within(
+        Duration::from_secs(20),
+        "the node sees etcd gone",
+        || async { (healthz(&http, &node).await["status"] == "degraded").then_some(()) },
+    )
+    .await;
+    for i in 0..3 {
+        session_call(&http, &node, &format!("s{i}")).await;
+    }
+    // The cap is reached: new sessions are refused, counted and logged.
+    for i in 3..5 {
+        let (status, body) = try_session_call(&http, &node, &format!("s{i}")).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.to_string().contains("max_unpublished_bindings"),
+            "{body}"
+        );
+    }
+    // Sessions already bound here keep being served.
+    session_call(&http, &node, "s0").await;
+    let health = healthz(&http, &node).await;
+    assert_eq!(health["cluster"]["unpublished_bindings"], 3, "{health}");
+    assert_eq!(health["cluster"]["bindings_refused_at_cap"], 2, "{health}");
+    let log = read_log(dir.path(), "node1");
+    assert!(log.contains("max_unpublished_bindings"), "{log}");
+
+    etcd.resume().await;
+    within(
+        Duration::from_secs(30),
+        "the node publishes its bindings",
+        || async {
+            let health = healthz(&http, &node).await;
+            (health["status"] == "ok" && health["cluster"]["unpublished_bindings"] == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    for i in 0..3 {
+        let binding = etcd.get(&format!("switchboard/sessions/s{i}")).await;
+        assert_eq!(
+            binding.as_ref().map(|b| b["agent_id"].clone()),
+            Some(json!("echo")),
+            "s{i}: {binding:?}"
+        );
+    }
+    session_call(&http, &node, "s3").await;
 }

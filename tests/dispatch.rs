@@ -895,6 +895,7 @@ mod hardening {
                 url: "http://127.0.0.1:7700".into(),
                 access: Default::default(),
                 secret: None,
+                max_unpublished_bindings: 10,
             },
         )
         .await

@@ -83,7 +83,15 @@ pub struct ClusterSettings {
     /// other nodes on that route only. `None`: peers are asked without a
     /// credential (they answer only if they require none).
     pub secret: Option<String>,
+    /// Under `best_effort`, at most this many bindings made on this node
+    /// only wait for etcd; past it new sessions are refused until etcd is
+    /// back ([`DEFAULT_MAX_UNPUBLISHED_BINDINGS`] unless configured).
+    pub max_unpublished_bindings: usize,
 }
+
+/// How many bindings made while etcd is unreachable a node keeps to
+/// publish, unless configured.
+pub const DEFAULT_MAX_UNPUBLISHED_BINDINGS: usize = 10_000;
 
 /// The header a node sends the cluster secret in, node to node.
 pub const CREDENTIAL_HEADER: &str = "x-switchboard-cluster-credential";
@@ -144,6 +152,15 @@ struct State {
     /// Bindings made on this node only while etcd was unreachable
     /// (`best_effort`), to publish when it is back.
     pending: parking_lot::Mutex<HashMap<String, SessionRecord>>,
+    /// At most this many in `pending`: past it, new sessions are refused
+    /// as under `strict` until etcd is back.
+    max_pending: usize,
+    /// New sessions refused because `pending` was full.
+    refused_at_cap: AtomicU64,
+    /// Whether the refusals since `pending` last filled have been logged.
+    cap_reached: AtomicBool,
+    /// Wakes the publisher of `pending` (etcd answers again).
+    publish_now: tokio::sync::Notify,
     /// Wakes the liveness loop to check etcd now (the watch broke).
     check_now: tokio::sync::Notify,
     /// The live nodes last counted, which share every rate limit.
@@ -208,6 +225,18 @@ impl State {
                     .await
             }
             Some((held, _)) => Ok(held),
+        }
+    }
+
+    /// `local`, the binding `session_id` had while unpublished, is settled
+    /// in etcd: forgotten unless the session was bound anew meanwhile.
+    fn published(&self, session_id: &str, local: &SessionRecord) {
+        let mut pending = self.pending.lock();
+        if pending.get(session_id) == Some(local) {
+            pending.remove(session_id);
+        }
+        if pending.len() < self.max_pending {
+            self.cap_reached.store(false, Ordering::Release);
         }
     }
 
@@ -363,11 +392,26 @@ impl SessionBindings for Hooks {
                 other => other,
             });
         }
+        let mut pending = self.state.pending.lock();
+        if pending.len() >= self.state.max_pending && !pending.contains_key(session_id) {
+            self.state.refused_at_cap.fetch_add(1, Ordering::AcqRel);
+            if !self.state.cap_reached.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    max_unpublished_bindings = self.state.max_pending,
+                    "etcd unreachable and this node holds as many unpublished bindings as it keeps: \
+                     new sessions are refused until etcd is back (counted in /healthz as \
+                     bindings_refused_at_cap)"
+                );
+            }
+            return Err(Error::Unavailable(format!(
+                "session {session_id} needs a new binding and etcd is unreachable from node {}; \
+                 this node already holds {} bindings made on its own (max_unpublished_bindings \
+                 under [cluster]) and refuses new sessions until etcd is back",
+                self.state.node_id, self.state.max_pending
+            )));
+        }
         tracing::warn!(session_id, error = %error, "etcd unreachable: session bound on this node only, published when etcd is back");
-        self.state
-            .pending
-            .lock()
-            .insert(session_id.to_string(), proposed.clone());
+        pending.insert(session_id.to_string(), proposed.clone());
         Ok(())
     }
 
@@ -376,54 +420,104 @@ impl SessionBindings for Hooks {
     }
 }
 
+/// How many unpublished bindings one etcd transaction publishes (etcd
+/// allows 128 operations per transaction by default).
+const PUBLISH_BATCH: usize = 64;
+
 /// Publishes the bindings this node made on its own while etcd was
-/// unreachable, create-if-absent: where another node's binding won, this
-/// node adopts it (through the applier). Stops at the first failure.
+/// unreachable, on a task of its own that the liveness loop wakes when etcd
+/// answers: a long backlog must not delay the keep-alive that holds this
+/// node's lease.
+async fn publisher(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
+    loop {
+        state.publish_now.notified().await;
+        publish_pending(&state, &apply).await;
+    }
+}
+
+/// Publishes the unpublished bindings a batch per etcd transaction, each
+/// create-if-absent: where another node's binding won, this node adopts it
+/// (through the applier). Bindings over by now are dropped, not published.
+/// Stops at the first failure, until woken again.
 async fn publish_pending(state: &State, apply: &std::sync::mpsc::Sender<Change>) {
-    let pending: Vec<(String, SessionRecord)> = state
-        .pending
-        .lock()
-        .iter()
-        .map(|(id, b)| (id.clone(), b.clone()))
-        .collect();
-    for (session_id, local) in pending {
-        // Over already: the session's next call binds it anew through etcd.
-        if state.expired(&local, now_ms()) {
+    loop {
+        let batch: Vec<(String, SessionRecord)> = {
+            let now = now_ms();
             let mut pending = state.pending.lock();
-            if pending.get(&session_id) == Some(&local) {
-                pending.remove(&session_id);
-            }
-            continue;
-        }
-        let Ok(value) = serde_json::to_vec(&local) else {
-            continue;
+            pending.retain(|_, binding| !state.expired(binding, now));
+            pending
+                .iter()
+                .take(PUBLISH_BATCH)
+                .map(|(id, b)| (id.clone(), b.clone()))
+                .collect()
         };
-        let key = format!("{SESSIONS}{session_id}");
-        let held = match state.bind_if_absent(&key, &value).await {
-            Ok(held) => held,
+        if batch.is_empty() {
+            state.cap_reached.store(false, Ordering::Release);
+            return;
+        }
+        let entries: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .map(|(id, binding)| {
+                let value = serde_json::to_vec(binding).expect("a session binding encodes");
+                (format!("{SESSIONS}{id}"), value)
+            })
+            .collect();
+        let published = async {
+            let lease = Some(state.binding_lease().await?);
+            state.etcd.create_all_if_absent(&entries, lease).await
+        };
+        let held = match published.await {
+            Ok(None) => {
+                for (session_id, local) in &batch {
+                    state.published(session_id, local);
+                }
+                tracing::info!(
+                    bindings = batch.len(),
+                    "published bindings made while etcd was unreachable"
+                );
+                continue;
+            }
+            Ok(Some(held)) => held,
             Err(e) => {
                 tracing::debug!(error = %e, "could not publish the bindings made while etcd was unreachable");
                 return;
             }
         };
+        // Some sessions were bound meanwhile: settle those; the rest go in
+        // the next batch, which no longer meets them.
+        let mut settled = false;
+        for (((session_id, local), (key, value)), held) in batch.into_iter().zip(entries).zip(held)
         {
-            let mut pending = state.pending.lock();
-            if pending.get(&session_id) == Some(&local) {
-                pending.remove(&session_id);
+            let Some(mut held) = held else { continue };
+            if state.held_expired(&held) {
+                held = match state.bind_if_absent(&key, &value).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not publish the bindings made while etcd was unreachable");
+                        return;
+                    }
+                };
+            }
+            settled = true;
+            state.published(&session_id, &local);
+            match serde_json::from_slice::<SessionRecord>(&held) {
+                Ok(held) if held.agent_id != local.agent_id => {
+                    tracing::info!(session_id, local = %local.agent_id, cluster = %held.agent_id, "another node bound the session first; adopting its binding");
+                    let _ = apply.send(Change::Adopt(session_id, local.agent_id, held));
+                }
+                Ok(_) => tracing::info!(
+                    session_id,
+                    "published a binding made while etcd was unreachable"
+                ),
+                Err(e) => {
+                    tracing::warn!(session_id, error = %e, "a session binding in etcd does not decode")
+                }
             }
         }
-        match serde_json::from_slice::<SessionRecord>(&held) {
-            Ok(held) if held.agent_id != local.agent_id => {
-                tracing::info!(session_id, local = %local.agent_id, cluster = %held.agent_id, "another node bound the session first; adopting its binding");
-                let _ = apply.send(Change::Adopt(session_id, local.agent_id, held));
-            }
-            Ok(_) => tracing::info!(
-                session_id,
-                "published a binding made while etcd was unreachable"
-            ),
-            Err(e) => {
-                tracing::warn!(session_id, error = %e, "a session binding in etcd does not decode")
-            }
+        if !settled {
+            // The transaction failed on keys that are gone again (a race
+            // with their leases): the next wake tries again.
+            return;
         }
     }
 }
@@ -583,9 +677,9 @@ async fn mirror(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
 /// Keeps `switchboard/nodes/{id}` on a lease, renewed every few seconds;
 /// whether that works is whether this node counts as connected. Puts the
 /// node's value again when its policy revision changed, recounts the live
-/// nodes (who share every rate limit), and when etcd is back publishes the
-/// bindings made meanwhile.
-async fn liveness(state: Arc<State>, db: Database, apply: std::sync::mpsc::Sender<Change>) {
+/// nodes (who share every rate limit), and when etcd is back wakes the
+/// publisher of the bindings made meanwhile.
+async fn liveness(state: Arc<State>, db: Database) {
     let key = format!("{NODES}{}", state.node_id);
     let mut published: Option<Value> = None;
     loop {
@@ -639,7 +733,7 @@ async fn liveness(state: Arc<State>, db: Database, apply: std::sync::mpsc::Sende
         state.set_connected(alive);
         if alive {
             if !state.pending.lock().is_empty() {
-                publish_pending(&state, &apply).await;
+                state.publish_now.notify_one();
             }
             node::share_rate_limits(&state, &db).await;
         }
@@ -685,6 +779,10 @@ impl Cluster {
             lease: AtomicI64::new(0),
             strict_bindings: settings.strict_bindings,
             pending: parking_lot::Mutex::new(HashMap::new()),
+            max_pending: settings.max_unpublished_bindings.max(1),
+            refused_at_cap: AtomicU64::new(0),
+            cap_reached: AtomicBool::new(false),
+            publish_now: tokio::sync::Notify::new(),
             check_now: tokio::sync::Notify::new(),
             live_nodes: AtomicU32::new(1),
             binding_ttl: settings.binding_ttl,
@@ -736,11 +834,8 @@ impl Cluster {
         dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
         let (apply, applier) = applier(dispatcher.clone(), tokio::runtime::Handle::current());
         runtime.spawn(mirror(state.clone(), apply.clone()));
-        runtime.spawn(liveness(
-            state.clone(),
-            dispatcher.database().clone(),
-            apply,
-        ));
+        runtime.spawn(publisher(state.clone(), apply.clone()));
+        runtime.spawn(liveness(state.clone(), dispatcher.database().clone()));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {
             state,
@@ -821,6 +916,8 @@ impl Cluster {
                 "snapshot_age_ms": if connected { 0 } else { now_ms().saturating_sub(synced) },
                 "bindings": if self.state.strict_bindings { "strict" } else { "best_effort" },
                 "unpublished_bindings": self.state.pending.lock().len(),
+                "max_unpublished_bindings": self.state.max_pending,
+                "bindings_refused_at_cap": self.state.refused_at_cap.load(Ordering::Acquire),
             }
         })
     }

@@ -76,7 +76,10 @@ pub struct Etcd {
     /// The root user's name and password, once auth is enabled: every call
     /// then signs in first (tokens may live only seconds here).
     root: Option<(String, String)>,
-    _process: Proc,
+    /// How it was started, to start it again on its data directory.
+    command: Vec<String>,
+    dir: std::path::PathBuf,
+    process: Option<Proc>,
 }
 
 impl Etcd {
@@ -93,32 +96,59 @@ impl Etcd {
         );
         let url = format!("{scheme}://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
-        let process = Proc(
-            Command::new("etcd")
-                .args(["--name", "e1", "--data-dir"])
-                .arg(dir.join("etcd"))
-                .args(["--listen-client-urls", &url])
-                .args(["--advertise-client-urls", &url])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &format!("e1={peer}")])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(log_file(dir, "etcd"))
-                .spawn()
-                .unwrap(),
-        );
-        let etcd = Etcd {
+        let mut command: Vec<String> = [
+            "--name",
+            "e1",
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("e1={peer}"),
+            "--data-dir",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        command.push(dir.join("etcd").display().to_string());
+        command.extend(extra.iter().cloned());
+        let mut etcd = Etcd {
             url,
             http,
             root: None,
-            _process: process,
+            command,
+            dir: dir.to_path_buf(),
+            process: None,
         };
+        etcd.resume().await;
+        etcd
+    }
+
+    /// Kills the member (SIGKILL): nothing answers at its URL until
+    /// [`Etcd::resume`].
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+
+    /// Starts the member (again) on its data directory and waits until it
+    /// answers.
+    pub async fn resume(&mut self) {
+        self.process = Some(Proc(
+            Command::new("etcd")
+                .args(&self.command)
+                .stdout(Stdio::null())
+                .stderr(log_file(&self.dir, "etcd"))
+                .spawn()
+                .unwrap(),
+        ));
         within(Duration::from_secs(30), "etcd answers", || async {
-            etcd.call("/v3/maintenance/status", json!({})).await.ok()
+            self.call("/v3/maintenance/status", json!({})).await.ok()
         })
         .await;
-        etcd
     }
 
     /// POSTs `body` to the gateway's `path`; the answer, or its status and text.

@@ -415,3 +415,73 @@ async fn unpublished_bindings_are_capped_while_etcd_is_down_and_published_when_i
     }
     session_call(&http, &node, "s3").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebind_made_by_one_node_replaces_the_binding_the_others_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::http_client();
+    let etcd = Etcd::start(dir.path(), "http", &[], http.clone()).await;
+    let nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let name = format!("node{i}");
+            spawn_node(dir.path(), &name, &cluster_args(&etcd, &name), &[])
+        })
+        .collect();
+    for node in &nodes {
+        serves(&http, node).await;
+    }
+    let agents = [
+        TestAgent::start("a1", Behaviour::Echo).await,
+        TestAgent::start("a2", Behaviour::Echo).await,
+    ];
+    for (id, agent) in ["a1", "a2"].iter().zip(&agents) {
+        register_echo(&http, &nodes[0], id, agent).await;
+    }
+    within(
+        Duration::from_secs(20),
+        "node 2 holds both agents",
+        || async {
+            let url = format!("{}/v1/agents", nodes[1].base);
+            let (_, agents) = send(&http, reqwest::Method::GET, url, None, &[], None).await;
+            (agents.as_array().map_or(0, |a| a.len()) == 2).then_some(())
+        },
+    )
+    .await;
+    // Both nodes serve the session with one agent, and cache its binding.
+    let bound = session_call(&http, &nodes[0], "s").await;
+    assert_eq!(session_call(&http, &nodes[1], "s").await, bound);
+    let (index, other) = if bound == "a1" { (0, "a2") } else { (1, "a1") };
+    assert_eq!(
+        local_binding(&http, &nodes[1], "s").await.unwrap()["agent_id"],
+        bound.as_str()
+    );
+
+    // The bound agent fails on node 1's calls only: node 1 ejects it and
+    // rebinds the session; node 2 never calls it and keeps it healthy.
+    agents[index].set(Behaviour::Status(500));
+    within(
+        Duration::from_secs(20),
+        "node 1 rebinds the session",
+        || async {
+            session_call(&http, &nodes[0], "s").await;
+            let binding = local_binding(&http, &nodes[0], "s").await?;
+            (binding["agent_id"] == other).then_some(())
+        },
+    )
+    .await;
+    agents[index].set(Behaviour::Echo);
+    let in_etcd = etcd.get("switchboard/sessions/s").await.unwrap();
+    assert_eq!(in_etcd["agent_id"], other, "{in_etcd}");
+
+    // Node 2 follows within a watch round: the session has one agent.
+    within(
+        Duration::from_secs(10),
+        "node 2 follows the rebind",
+        || async {
+            let binding = local_binding(&http, &nodes[1], "s").await?;
+            (binding["agent_id"] == other).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(session_call(&http, &nodes[1], "s").await, other);
+}

@@ -10,11 +10,12 @@
 //! - this file: [`Cluster`], what a node runs: the registrations mirror
 //!   (list `switchboard/agents/`, then watch from the next revision, list
 //!   again after a compaction or a broken watch), the node's liveness key on
-//!   a lease, and the two routing hooks (publishing registrations, deciding
-//!   session bindings by create-if-absent). A registration read from etcd
-//!   is applied only if it passes this node's own checks and policy chain
-//!   (`ToolDispatcher::apply_shared_registration`): etcd is not trusted to
-//!   say what runs here.
+//!   a lease, the two routing hooks (publishing registrations, deciding
+//!   session bindings by create-if-absent), and the watch of the bindings
+//!   other nodes make, which replace this node's cached copies. A
+//!   registration read from etcd is applied only if it passes this node's
+//!   own checks and policy chain (`ToolDispatcher::apply_shared_registration`):
+//!   etcd is not trusted to say what runs here.
 //!
 //! When etcd cannot be reached, routing goes on from the registrations held
 //! in memory, registry writes fail as unavailable, new session bindings are
@@ -559,6 +560,25 @@ fn apply_put(dispatcher: &ToolDispatcher, id: &str, value: &[u8]) {
     }
 }
 
+fn follow(dispatcher: &ToolDispatcher, session_id: &str, value: &[u8]) {
+    let held = match serde_json::from_slice::<SessionRecord>(value) {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(session_id, error = %e, "a session binding in etcd does not decode; ignored");
+            return;
+        }
+    };
+    match dispatcher.follow_shared_binding(session_id, &held) {
+        Ok(true) => {
+            tracing::info!(session_id, agent_id = %held.agent_id, "following the session's binding made by another node")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(session_id, error = %e, "could not follow the cluster's session binding")
+        }
+    }
+}
+
 /// A change for the applier thread to make to the registry.
 enum Change {
     Put(String, Vec<u8>),
@@ -566,6 +586,9 @@ enum Change {
     Listing(Vec<etcd::Kv>),
     /// Adopt the cluster's binding of a session bound here to another agent.
     Adopt(String, String, SessionRecord),
+    /// A session's binding as etcd holds it now: follow it if this node
+    /// holds another one.
+    Follow(String, Vec<u8>),
 }
 
 /// Applies changes in order on a thread of its own: applying takes the
@@ -596,6 +619,7 @@ fn applier(
                             tracing::warn!(session_id, error = %e, "could not adopt the cluster's session binding");
                         }
                     }
+                    Change::Follow(session_id, value) => follow(&dispatcher, &session_id, &value),
                 }
             }
         })
@@ -669,6 +693,69 @@ async fn mirror(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
             tracing::debug!(error = %e, "the registrations watch stopped; resuming it");
             // Whether etcd is still there is for the lease to tell, now.
             state.check_now.notify_one();
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+/// Follows `switchboard/sessions/`: a binding another node makes (a rebind
+/// after it ejected the session's agent, or the session bound anew) replaces
+/// the copy this node caches, or one session would be served by two agents
+/// until the binding's TTL ran out. Lists the prefix first (bindings changed
+/// while this node was away) and again after a compaction; a broken watch
+/// is resumed from the revision seen. Runs until dropped.
+async fn follow_bindings(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
+    let mut revision = 0;
+    loop {
+        if revision == 0 {
+            match state.etcd.list(SESSIONS).await {
+                Ok((kvs, listed_at)) => {
+                    for kv in kvs {
+                        if let Some(id) = kv.key.strip_prefix(SESSIONS) {
+                            let _ = apply.send(Change::Follow(id.to_string(), kv.value));
+                        }
+                    }
+                    revision = listed_at.max(1);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list the cluster's session bindings");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    continue;
+                }
+            }
+        }
+        let mut compacted = false;
+        let watched = state
+            .etcd
+            .watch(SESSIONS, revision + 1, |message| match message {
+                WatchMessage::Compacted => {
+                    compacted = true;
+                    false
+                }
+                WatchMessage::Events {
+                    revision: at,
+                    events,
+                } => {
+                    for event in events {
+                        // A binding that ends (its lease) is over on every
+                        // node by its own clock already.
+                        let Event::Put(kv) = event else { continue };
+                        if let Some(id) = kv.key.strip_prefix(SESSIONS) {
+                            let _ = apply.send(Change::Follow(id.to_string(), kv.value));
+                        }
+                    }
+                    revision = revision.max(at);
+                    true
+                }
+            })
+            .await;
+        if compacted {
+            tracing::info!("the session bindings watch's revision was compacted; listing again");
+            revision = 0;
+            continue;
+        }
+        if let Err(e) = watched {
+            tracing::debug!(error = %e, "the session bindings watch stopped; resuming it");
         }
         tokio::time::sleep(RETRY_EVERY).await;
     }
@@ -835,6 +922,7 @@ impl Cluster {
         let (apply, applier) = applier(dispatcher.clone(), tokio::runtime::Handle::current());
         runtime.spawn(mirror(state.clone(), apply.clone()));
         runtime.spawn(publisher(state.clone(), apply.clone()));
+        runtime.spawn(follow_bindings(state.clone(), apply.clone()));
         runtime.spawn(liveness(state.clone(), dispatcher.database().clone()));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {

@@ -485,3 +485,60 @@ async fn a_rebind_made_by_one_node_replaces_the_binding_the_others_cache() {
     .await;
     assert_eq!(session_call(&http, &nodes[1], "s").await, other);
 }
+
+async fn cluster_scan(http: &reqwest::Client, node: &Node) -> (u16, Value) {
+    let url = format!("{}/v1/scan?prefix=tools/&cluster=true", node.base);
+    send(http, reqwest::Method::GET, url, None, &[], None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_scan_during_an_etcd_outage_asks_the_last_known_nodes_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::http_client();
+    let mut etcd = Etcd::start(dir.path(), "http", &[], http.clone()).await;
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let name = format!("node{i}");
+            spawn_node(dir.path(), &name, &cluster_args(&etcd, &name), &[])
+        })
+        .collect();
+    for node in &nodes {
+        serves(&http, node).await;
+    }
+    let agent = TestAgent::start("echo", Behaviour::Echo).await;
+    register_echo(&http, &nodes[0], "echo", &agent).await;
+    within(
+        Duration::from_secs(20),
+        "node 2 routes the agent",
+        || async {
+            let (status, _) = try_session_call(&http, &nodes[1], "on-node-2").await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let (status, page) = cluster_scan(&http, &nodes[0]).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["node_list"]["source"], "etcd", "{page}");
+    let records = page["items"].as_array().unwrap().len();
+    assert!(records >= 1, "{page}");
+
+    etcd.kill();
+    within(Duration::from_secs(20), "node 1 sees etcd gone", || async {
+        (healthz(&http, &nodes[0]).await["status"] == "degraded").then_some(())
+    })
+    .await;
+    let (status, page) = cluster_scan(&http, &nodes[0]).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["node_list"]["source"], "last_known", "{page}");
+    assert!(page["node_list"]["age_ms"].is_u64(), "{page}");
+    assert_eq!(page["nodes"], json!(["node1", "node2"]), "{page}");
+    assert_eq!(page["missing_nodes"], json!([]), "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), records, "{page}");
+
+    // A node of that list that does not answer is named.
+    drop(nodes.pop());
+    let (status, page) = cluster_scan(&http, &nodes[0]).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["missing_nodes"][0]["node_id"], "node2", "{page}");
+    assert_eq!(page["nodes"], json!(["node1"]), "{page}");
+}

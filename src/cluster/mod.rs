@@ -166,6 +166,9 @@ struct State {
     check_now: tokio::sync::Notify,
     /// The live nodes last counted, which share every rate limit.
     live_nodes: AtomicU32,
+    /// The last list of live nodes read from etcd and when (ms): a cluster
+    /// scan asks those nodes while etcd is unreachable.
+    last_nodes: parking_lot::Mutex<Option<(Vec<Value>, u64)>>,
     binding_ttl: Duration,
     /// The lease new bindings are put on and when it was granted (ms): one
     /// lease serves every binding made within a tenth of the TTL.
@@ -872,6 +875,7 @@ impl Cluster {
             publish_now: tokio::sync::Notify::new(),
             check_now: tokio::sync::Notify::new(),
             live_nodes: AtomicU32::new(1),
+            last_nodes: parking_lot::Mutex::new(None),
             binding_ttl: settings.binding_ttl,
             binding_lease: tokio::sync::Mutex::new(None),
         });

@@ -12,6 +12,8 @@
 //! cursor and the nodes already read to the end. A node that does not
 //! answer within [`PEER_TIMEOUT`] is listed in `missing_nodes` and keeps
 //! its place in the cursor, so the next page asks it again from there.
+//! While etcd is unreachable the nodes asked are those of the last list
+//! this node read, and the page says so (`node_list`).
 
 use super::auth::Caller;
 use super::errors::ApiResult;
@@ -71,6 +73,20 @@ pub struct ClusterScanPage {
     /// The nodes that did not answer (or are no longer live) and why: the
     /// scan is incomplete while this is not empty.
     pub missing_nodes: Vec<MissingNode>,
+    /// Where the list of nodes asked came from.
+    pub node_list: NodeList,
+}
+
+/// Where a cluster scan page's list of nodes came from.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeList {
+    /// `etcd` (listed for this page) or `last_known`: etcd is unreachable
+    /// and the nodes asked are those of the last list this node read, so a
+    /// node that joined since is not asked and one that left is reported
+    /// missing.
+    pub source: String,
+    /// How long ago that list was read from etcd, in ms (0 when listed now).
+    pub age_ms: u64,
 }
 
 /// One item of a cluster scan: a node's record.
@@ -236,7 +252,15 @@ pub(crate) async fn page(
         Some(text) => Cursor::decode(text)?,
         None => Cursor::default(),
     };
-    let (mut live, _) = cluster.nodes().await?;
+    // Routing goes on from memory while etcd is unreachable, and so does
+    // the scan: from the last list of nodes, saying so.
+    let (mut live, stale_ms) = cluster.nodes_or_last_known().await?;
+    if let Some(age_ms) = stale_ms {
+        tracing::warn!(
+            age_ms,
+            "etcd unreachable: the cluster scan asks the nodes of the last list read"
+        );
+    }
     let me = cluster.node_id().to_string();
     // This node reads its own records even while its key is missing from
     // etcd (its lease lapsed and is being granted again).
@@ -336,6 +360,15 @@ pub(crate) async fn page(
         next_after: more.then(|| cursor.encode()),
         nodes: sources.iter().map(|s| s.node_id.clone()).collect(),
         missing_nodes: missing,
+        node_list: NodeList {
+            source: if stale_ms.is_some() {
+                "last_known"
+            } else {
+                "etcd"
+            }
+            .into(),
+            age_ms: stale_ms.unwrap_or(0),
+        },
     })
 }
 

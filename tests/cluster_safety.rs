@@ -542,3 +542,74 @@ async fn a_cluster_scan_during_an_etcd_outage_asks_the_last_known_nodes_and_says
     assert_eq!(page["missing_nodes"][0]["node_id"], "node2", "{page}");
     assert_eq!(page["nodes"], json!(["node1"]), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_issued_and_revoked_on_one_node_is_accepted_and_refused_by_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::http_client();
+    let etcd = Etcd::start(dir.path(), "http", &[], http.clone()).await;
+    let admins = ["the-admin-token-of-node-1", "the-admin-token-of-node-2"];
+    let nodes: Vec<Node> = (1..=2)
+        .map(|i| {
+            let name = format!("node{i}");
+            let env = [("SWITCHBOARD_TOKEN", admins[i - 1])];
+            spawn_node(dir.path(), &name, &cluster_args(&etcd, &name), &env)
+        })
+        .collect();
+    for node in &nodes {
+        serves(&http, node).await;
+    }
+    let (status, created) = send(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/v1/tokens", nodes[0].base),
+        Some(admins[0]),
+        &[],
+        Some(json!({"name": "auditor", "scopes": ["audit"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let id = created["token"]["token_id"].as_str().unwrap().to_string();
+    // etcd holds the token's hash, never its secret.
+    let in_etcd = etcd.get(&format!("switchboard/tokens/{id}")).await.unwrap();
+    let secret_part = secret.rsplit('_').next().unwrap();
+    assert!(in_etcd["secret_sha256"].is_string(), "{in_etcd}");
+    assert!(!in_etcd.to_string().contains(secret_part), "{in_etcd}");
+
+    let scan_as = |node: &Node, token: &str| {
+        let url = format!("{}/v1/scan?prefix=tools/", node.base);
+        let (http, token) = (http.clone(), token.to_string());
+        async move {
+            send(&http, reqwest::Method::GET, url, Some(&token), &[], None)
+                .await
+                .0
+        }
+    };
+    within(
+        Duration::from_secs(10),
+        "node 2 accepts the token",
+        || async { (scan_as(&nodes[1], &secret).await == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(scan_as(&nodes[0], &secret).await, 200);
+
+    // Revoked through node 2: node 1 refuses it too.
+    let (status, body) = send(
+        &http,
+        reqwest::Method::DELETE,
+        format!("{}/v1/tokens/{id}", nodes[1].base),
+        Some(admins[1]),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(scan_as(&nodes[1], &secret).await, 401);
+    within(
+        Duration::from_secs(10),
+        "node 1 refuses the token",
+        || async { (scan_as(&nodes[0], &secret).await == 401).then_some(()) },
+    )
+    .await;
+}

@@ -1019,9 +1019,20 @@ key_file = "node-key.pem"
             format!("{cluster}password_env = \"A\"\n"),
             format!("{cluster}cert_file = \"c.pem\"\n"),
             format!("{cluster}password = \"in clear\"\n"),
+            format!("{cluster}secret_env = \"A\"\nsecret_file = \"s\"\n"),
+            format!("{cluster}secret = \"in clear\"\n"),
+            format!("{cluster}max_unpublished_bindings = 0\n"),
         ] {
             assert!(Config::parse(&bad).is_err(), "{bad}");
         }
+        let c = Config::parse(&format!(
+            "{cluster}secret_env = \"SB_TEST_UNSET_CLUSTER_SECRET\"\nmax_unpublished_bindings = 5\n"
+        ))
+        .unwrap();
+        let section = c.cluster.unwrap();
+        assert_eq!(section.max_unpublished_bindings, Some(5));
+        let err = section.cluster_secret().unwrap_err().to_string();
+        assert!(err.contains("SB_TEST_UNSET_CLUSTER_SECRET"), "{err}");
     }
 
     #[test]

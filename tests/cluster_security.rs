@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::etcd::{b64, config_args, listed, read_log, serves, spawn_node, within, Etcd, Node};
+use common::etcd::{config_args, listed, read_log, serves, spawn_node, within, Etcd, Node};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

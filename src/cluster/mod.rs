@@ -11,8 +11,9 @@
 //!   (list `switchboard/agents/`, then watch from the next revision, list
 //!   again after a compaction or a broken watch), the node's liveness key on
 //!   a lease, the two routing hooks (publishing registrations, deciding
-//!   session bindings by create-if-absent), and the watch of the bindings
-//!   other nodes make, which replace this node's cached copies. A
+//!   session bindings by create-if-absent), the watch of the bindings
+//!   other nodes make, which replace this node's cached copies, and the
+//!   issued tokens kept in step with `switchboard/tokens/`. A
 //!   registration read from etcd is applied only if it passes this node's
 //!   own checks and policy chain (`ToolDispatcher::apply_shared_registration`):
 //!   etcd is not trusted to say what runs here.
@@ -1058,11 +1059,12 @@ impl Cluster {
         });
         dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
         let (apply, applier) = applier(dispatcher.clone(), tokio::runtime::Handle::current());
+        // The liveness key first: it is what lists this node as a member.
+        runtime.spawn(liveness(state.clone(), dispatcher.database().clone()));
         runtime.spawn(mirror(state.clone(), apply.clone()));
         runtime.spawn(publisher(state.clone(), apply.clone()));
         runtime.spawn(follow_bindings(state.clone(), apply.clone()));
         runtime.spawn(follow_tokens(state.clone(), dispatcher.database().clone()));
-        runtime.spawn(liveness(state.clone(), dispatcher.database().clone()));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {
             state,

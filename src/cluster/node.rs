@@ -1,8 +1,8 @@
 //! What a node publishes about itself under `switchboard/nodes/{id}` (who
 //! it is, where the other nodes reach it, its policy revision, the agents
 //! its health checks eject) and what it learns from the list of live nodes:
-//! the nodes a cluster scan asks, and their count, which shares every rate
-//! limit.
+//! the nodes a cluster scan asks (the last list read standing in while etcd
+//! is unreachable), and their count, which shares every rate limit.
 
 use super::etcd::Kv;
 use super::{Cluster, State, NODES};

@@ -138,7 +138,23 @@ pub struct ClusterSection {
     /// The PEM private key of `cert_file`.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the cluster secret, the
+    /// credential nodes present to each other (a cluster scan); default
+    /// `SWITCHBOARD_CLUSTER_SECRET`.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// A file holding the cluster secret (its first line).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Under `bindings = "best_effort"`, how many bindings made while etcd
+    /// is unreachable this node keeps to publish (default 10,000); past it,
+    /// new sessions are refused (503) until etcd is back.
+    #[serde(default)]
+    pub max_unpublished_bindings: Option<usize>,
 }
+
+/// The variable the cluster secret is read from when `[cluster]` names none.
+pub const DEFAULT_CLUSTER_SECRET_ENV: &str = "SWITCHBOARD_CLUSTER_SECRET";
 
 impl ClusterSection {
     /// Refuses settings that cannot work together.
@@ -167,12 +183,49 @@ impl ClusterSection {
                 ))
             }
         }
+        if self.max_unpublished_bindings == Some(0) {
+            return Err(Error::invalid(
+                "cluster.max_unpublished_bindings must be at least 1 (use bindings = \"strict\" \
+                 to refuse every new session while etcd is unreachable)",
+            ));
+        }
+        if self.secret_env.is_some() && self.secret_file.is_some() {
+            return Err(Error::invalid(
+                "cluster: give secret_env or secret_file, not both",
+            ));
+        }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(Error::invalid(
                 "cluster: give both cert_file and key_file (the client certificate etcd checks), or neither",
             ));
         }
         Ok(())
+    }
+
+    /// The cluster secret, read now from the file or variable named (never
+    /// from the config text); `None` when neither is set and
+    /// `SWITCHBOARD_CLUSTER_SECRET` is unset or empty.
+    pub fn cluster_secret(&self) -> Result<Option<String>> {
+        if let Some(path) = &self.secret_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::invalid(format!(
+                    "cluster.secret_file {}: cannot read it ({e})",
+                    path.display()
+                ))
+            })?;
+            return Ok(Some(text.lines().next().unwrap_or("").to_string()));
+        }
+        match &self.secret_env {
+            Some(var) => std::env::var(var).map(Some).map_err(|_| {
+                Error::invalid(format!(
+                    "cluster.secret_env names {var}, which is not set in this node's environment; \
+                     set it to the secret every node of the cluster shares"
+                ))
+            }),
+            None => Ok(std::env::var(DEFAULT_CLUSTER_SECRET_ENV)
+                .ok()
+                .filter(|s| !s.is_empty())),
+        }
     }
 
     /// How this node reaches etcd: the password read now from the variable
@@ -574,6 +627,7 @@ impl Config {
         if let Some(cluster) = &mut config.cluster {
             for path in [
                 &mut cluster.password_file,
+                &mut cluster.secret_file,
                 &mut cluster.ca_file,
                 &mut cluster.cert_file,
                 &mut cluster.key_file,
@@ -965,9 +1019,20 @@ key_file = "node-key.pem"
             format!("{cluster}password_env = \"A\"\n"),
             format!("{cluster}cert_file = \"c.pem\"\n"),
             format!("{cluster}password = \"in clear\"\n"),
+            format!("{cluster}secret_env = \"A\"\nsecret_file = \"s\"\n"),
+            format!("{cluster}secret = \"in clear\"\n"),
+            format!("{cluster}max_unpublished_bindings = 0\n"),
         ] {
             assert!(Config::parse(&bad).is_err(), "{bad}");
         }
+        let c = Config::parse(&format!(
+            "{cluster}secret_env = \"SB_TEST_UNSET_CLUSTER_SECRET\"\nmax_unpublished_bindings = 5\n"
+        ))
+        .unwrap();
+        let section = c.cluster.unwrap();
+        assert_eq!(section.max_unpublished_bindings, Some(5));
+        let err = section.cluster_secret().unwrap_err().to_string();
+        assert!(err.contains("SB_TEST_UNSET_CLUSTER_SECRET"), "{err}");
     }
 
     #[test]

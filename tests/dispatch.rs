@@ -894,6 +894,8 @@ mod hardening {
                 binding_ttl: Duration::from_secs(3600),
                 url: "http://127.0.0.1:7700".into(),
                 access: Default::default(),
+                secret: None,
+                max_unpublished_bindings: 10,
             },
         )
         .await

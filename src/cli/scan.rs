@@ -194,7 +194,8 @@ async fn remote(
         .collect();
     Err(Error::Unavailable(format!(
         "the cluster scan is incomplete: these nodes did not answer: {}. Check that every node \
-         is running, reachable at the url it published, and accepts the same credentials",
+         is running, reachable at the url it published, and given the same cluster secret \
+         (secret_env or secret_file under [cluster], or SWITCHBOARD_CLUSTER_SECRET)",
         missing.join("; ")
     )))
 }

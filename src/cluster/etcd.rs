@@ -447,6 +447,45 @@ impl Etcd {
         }
     }
 
+    /// Creates every `(key, value)` of `entries` on `lease` in one
+    /// transaction if none of the keys exists. `None`: all were written;
+    /// otherwise nothing was, and each key's value now (`None`: absent).
+    pub(crate) async fn create_all_if_absent(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        lease: Option<i64>,
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>> {
+        let mut compare = Vec::with_capacity(entries.len());
+        let mut success = Vec::with_capacity(entries.len());
+        let mut failure = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let k = b64(key.as_bytes());
+            compare.push(
+                json!({"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}),
+            );
+            let mut put = json!({"key": k, "value": b64(value)});
+            if let Some(lease) = lease {
+                put["lease"] = json!(lease.to_string());
+            }
+            success.push(json!({"request_put": put}));
+            failure.push(json!({"request_range": {"key": k}}));
+        }
+        let answer = self
+            .post(
+                "/v3/kv/txn",
+                &json!({"compare": compare, "success": success, "failure": failure}),
+            )
+            .await?;
+        if answer["succeeded"].as_bool() == Some(true) {
+            return Ok(None);
+        }
+        Ok(Some(
+            (0..entries.len())
+                .map(|i| kv(&answer["responses"][i]["response_range"]["kvs"][0]).map(|kv| kv.value))
+                .collect(),
+        ))
+    }
+
     /// The value under `key` and the revision it was last changed at.
     pub(crate) async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
         let answer = self

@@ -10,11 +10,13 @@
 //! - this file: [`Cluster`], what a node runs: the registrations mirror
 //!   (list `switchboard/agents/`, then watch from the next revision, list
 //!   again after a compaction or a broken watch), the node's liveness key on
-//!   a lease, and the two routing hooks (publishing registrations, deciding
-//!   session bindings by create-if-absent). A registration read from etcd
-//!   is applied only if it passes this node's own checks and policy chain
-//!   (`ToolDispatcher::apply_shared_registration`): etcd is not trusted to
-//!   say what runs here.
+//!   a lease, the two routing hooks (publishing registrations, deciding
+//!   session bindings by create-if-absent), the watch of the bindings
+//!   other nodes make, which replace this node's cached copies, and the
+//!   issued tokens kept in step with `switchboard/tokens/`. A
+//!   registration read from etcd is applied only if it passes this node's
+//!   own checks and policy chain (`ToolDispatcher::apply_shared_registration`):
+//!   etcd is not trusted to say what runs here.
 //!
 //! When etcd cannot be reached, routing goes on from the registrations held
 //! in memory, registry writes fail as unavailable, new session bindings are
@@ -47,6 +49,7 @@ pub const PREFIX: &str = "switchboard/";
 const AGENTS: &str = "switchboard/agents/";
 const NODES: &str = "switchboard/nodes/";
 const SESSIONS: &str = "switchboard/sessions/";
+const TOKENS: &str = "switchboard/tokens/";
 /// How long a node stays listed after its last keep-alive.
 pub const NODE_LEASE_SECS: u64 = 10;
 /// How often a node renews its lease.
@@ -78,6 +81,58 @@ pub struct ClusterSettings {
     /// How this node signs in to etcd and checks it (etcd's user
     /// authentication, TLS to `https://` members).
     pub access: EtcdAccess,
+    /// The secret every node of the cluster shares: sent by this node when
+    /// it asks another for its part of a cluster scan, and accepted from
+    /// other nodes on that route only. `None`: peers are asked without a
+    /// credential (they answer only if they require none).
+    pub secret: Option<String>,
+    /// Under `best_effort`, at most this many bindings made on this node
+    /// only wait for etcd; past it new sessions are refused until etcd is
+    /// back ([`DEFAULT_MAX_UNPUBLISHED_BINDINGS`] unless configured).
+    pub max_unpublished_bindings: usize,
+}
+
+/// How many bindings made while etcd is unreachable a node keeps to
+/// publish, unless configured.
+pub const DEFAULT_MAX_UNPUBLISHED_BINDINGS: usize = 10_000;
+
+/// The header a node sends the cluster secret in, node to node.
+pub const CREDENTIAL_HEADER: &str = "x-switchboard-cluster-credential";
+/// The header carrying the principal a node-to-node call is made for
+/// (base64url of its JSON; absent for a caller without a credential),
+/// believed only with a valid [`CREDENTIAL_HEADER`].
+pub const ON_BEHALF_OF_HEADER: &str = "x-switchboard-on-behalf-of";
+/// The shortest cluster secret accepted.
+pub const MIN_SECRET_CHARS: usize = 16;
+
+/// Refuses an advertise URL the other nodes could not use to reach this
+/// node: an unspecified address (`0.0.0.0`, `::`) reaches whichever node
+/// dials it, so a scan would read the asking node twice and report nothing
+/// missing.
+pub fn check_advertise_url(url: &str) -> Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        Error::invalid(format!(
+            "cluster: the advertise URL {url:?} does not parse ({e}); set advertise_url under \
+             [cluster] to the base URL the other nodes reach this node at, e.g. http://10.0.0.1:7700"
+        ))
+    })?;
+    let unspecified = match parsed.host_str() {
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified()),
+        None => true,
+    };
+    if unspecified || !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::invalid(format!(
+            "cluster: this node would tell the other nodes to reach it at {url}, which is not an \
+             address they can reach (0.0.0.0 and :: mean every interface of whoever dials them); \
+             set advertise_url under [cluster] to this node's routable base URL, e.g. \
+             http://10.0.0.1:7700"
+        )));
+    }
+    Ok(())
 }
 
 struct State {
@@ -85,6 +140,7 @@ struct State {
     node_id: String,
     listen: String,
     url: String,
+    secret: Option<String>,
     started_at_ms: u64,
     /// Whether the last exchange with etcd worked.
     connected: AtomicBool,
@@ -99,10 +155,22 @@ struct State {
     /// Bindings made on this node only while etcd was unreachable
     /// (`best_effort`), to publish when it is back.
     pending: parking_lot::Mutex<HashMap<String, SessionRecord>>,
+    /// At most this many in `pending`: past it, new sessions are refused
+    /// as under `strict` until etcd is back.
+    max_pending: usize,
+    /// New sessions refused because `pending` was full.
+    refused_at_cap: AtomicU64,
+    /// Whether the refusals since `pending` last filled have been logged.
+    cap_reached: AtomicBool,
+    /// Wakes the publisher of `pending` (etcd answers again).
+    publish_now: tokio::sync::Notify,
     /// Wakes the liveness loop to check etcd now (the watch broke).
     check_now: tokio::sync::Notify,
     /// The live nodes last counted, which share every rate limit.
     live_nodes: AtomicU32,
+    /// The last list of live nodes read from etcd and when (ms): a cluster
+    /// scan asks those nodes while etcd is unreachable.
+    last_nodes: parking_lot::Mutex<Option<(Vec<Value>, u64)>>,
     binding_ttl: Duration,
     /// The lease new bindings are put on and when it was granted (ms): one
     /// lease serves every binding made within a tenth of the TTL.
@@ -127,6 +195,55 @@ impl State {
         let id = self.etcd.grant(ttl_secs).await?;
         *held = Some((id, granted_at_ms));
         Ok(id)
+    }
+
+    /// Whether `binding` has outlived the TTL at `now_ms`, by its own clock.
+    fn expired(&self, binding: &SessionRecord, now_ms: u64) -> bool {
+        let ttl_ms = self.binding_ttl.as_millis() as u64;
+        now_ms >= binding.created_at_ms.saturating_add(ttl_ms)
+    }
+
+    /// Whether `held`, a binding as etcd holds it, is over (one that does
+    /// not decode is left to the caller's error).
+    fn held_expired(&self, held: &[u8]) -> bool {
+        serde_json::from_slice::<SessionRecord>(held).is_ok_and(|b| self.expired(&b, now_ms()))
+    }
+
+    /// Binds the session under `key` to `value` unless etcd holds a binding
+    /// still in force; returns the one that holds. etcd keeps a binding
+    /// until its lease ends, up to a tenth of the TTL after the binding is
+    /// over: adopting it would hand every node a binding already expired,
+    /// so each call would come back here (a synchronous etcd transaction
+    /// under the session's lock) until the key went. An expired binding is
+    /// replaced instead, compare-and-set on its revision so racing nodes
+    /// still end with one.
+    async fn bind_if_absent(&self, key: &str, value: &[u8]) -> Result<Vec<u8>> {
+        let lease = Some(self.binding_lease().await?);
+        let held = self.etcd.create_if_absent(key, value, lease).await?;
+        if !self.held_expired(&held) {
+            return Ok(held);
+        }
+        match self.etcd.get(key).await? {
+            None => self.etcd.create_if_absent(key, value, lease).await,
+            Some((held, revision)) if self.held_expired(&held) => {
+                self.etcd
+                    .put_if_unchanged(key, value, revision, lease)
+                    .await
+            }
+            Some((held, _)) => Ok(held),
+        }
+    }
+
+    /// `local`, the binding `session_id` had while unpublished, is settled
+    /// in etcd: forgotten unless the session was bound anew meanwhile.
+    fn published(&self, session_id: &str, local: &SessionRecord) {
+        let mut pending = self.pending.lock();
+        if pending.get(session_id) == Some(local) {
+            pending.remove(session_id);
+        }
+        if pending.len() < self.max_pending {
+            self.cap_reached.store(false, Ordering::Release);
+        }
     }
 
     fn set_connected(&self, connected: bool) {
@@ -223,8 +340,7 @@ impl SessionBindings for Hooks {
         let key = format!("{SESSIONS}{session_id}");
         let value = serde_json::to_vec(proposed).map_err(Error::storage)?;
         let held = block(&self.runtime, &self.state, async move {
-            let lease = state.binding_lease().await?;
-            state.etcd.create_if_absent(&key, &value, Some(lease)).await
+            state.bind_if_absent(&key, &value).await
         })?;
         serde_json::from_slice(&held)
             .map_err(|e| Error::storage(format!("session {session_id}'s binding in etcd: {e}")))
@@ -253,7 +369,8 @@ impl SessionBindings for Hooks {
                     let bound_to = serde_json::from_slice::<SessionRecord>(&held)
                         .map(|b| b.agent_id)
                         .ok();
-                    if bound_to.is_some_and(|agent| agent != replaced) {
+                    if bound_to.is_some_and(|agent| agent != replaced) && !state.held_expired(&held)
+                    {
                         // Another node rebound it already: theirs holds.
                         return Ok(held);
                     }
@@ -281,64 +398,132 @@ impl SessionBindings for Hooks {
                 other => other,
             });
         }
+        let mut pending = self.state.pending.lock();
+        if pending.len() >= self.state.max_pending && !pending.contains_key(session_id) {
+            self.state.refused_at_cap.fetch_add(1, Ordering::AcqRel);
+            if !self.state.cap_reached.swap(true, Ordering::AcqRel) {
+                tracing::warn!(
+                    max_unpublished_bindings = self.state.max_pending,
+                    "etcd unreachable and this node holds as many unpublished bindings as it keeps: \
+                     new sessions are refused until etcd is back (counted in /healthz as \
+                     bindings_refused_at_cap)"
+                );
+            }
+            return Err(Error::Unavailable(format!(
+                "session {session_id} needs a new binding and etcd is unreachable from node {}; \
+                 this node already holds {} bindings made on its own (max_unpublished_bindings \
+                 under [cluster]) and refuses new sessions until etcd is back",
+                self.state.node_id, self.state.max_pending
+            )));
+        }
         tracing::warn!(session_id, error = %error, "etcd unreachable: session bound on this node only, published when etcd is back");
-        self.state
-            .pending
-            .lock()
-            .insert(session_id.to_string(), proposed.clone());
+        pending.insert(session_id.to_string(), proposed.clone());
         Ok(())
     }
 
     fn expired(&self, binding: &SessionRecord, now_ms: u64) -> bool {
-        let ttl_ms = self.state.binding_ttl.as_millis() as u64;
-        now_ms >= binding.created_at_ms.saturating_add(ttl_ms)
+        self.state.expired(binding, now_ms)
     }
 }
 
+/// How many unpublished bindings one etcd transaction publishes (etcd
+/// allows 128 operations per transaction by default).
+const PUBLISH_BATCH: usize = 64;
+
 /// Publishes the bindings this node made on its own while etcd was
-/// unreachable, create-if-absent: where another node's binding won, this
-/// node adopts it (through the applier). Stops at the first failure.
+/// unreachable, on a task of its own that the liveness loop wakes when etcd
+/// answers: a long backlog must not delay the keep-alive that holds this
+/// node's lease.
+async fn publisher(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
+    loop {
+        state.publish_now.notified().await;
+        publish_pending(&state, &apply).await;
+    }
+}
+
+/// Publishes the unpublished bindings a batch per etcd transaction, each
+/// create-if-absent: where another node's binding won, this node adopts it
+/// (through the applier). Bindings over by now are dropped, not published.
+/// Stops at the first failure, until woken again.
 async fn publish_pending(state: &State, apply: &std::sync::mpsc::Sender<Change>) {
-    let pending: Vec<(String, SessionRecord)> = state
-        .pending
-        .lock()
-        .iter()
-        .map(|(id, b)| (id.clone(), b.clone()))
-        .collect();
-    for (session_id, local) in pending {
-        let Ok(value) = serde_json::to_vec(&local) else {
-            continue;
+    loop {
+        let batch: Vec<(String, SessionRecord)> = {
+            let now = now_ms();
+            let mut pending = state.pending.lock();
+            pending.retain(|_, binding| !state.expired(binding, now));
+            pending
+                .iter()
+                .take(PUBLISH_BATCH)
+                .map(|(id, b)| (id.clone(), b.clone()))
+                .collect()
         };
-        let key = format!("{SESSIONS}{session_id}");
+        if batch.is_empty() {
+            state.cap_reached.store(false, Ordering::Release);
+            return;
+        }
+        let entries: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .map(|(id, binding)| {
+                let value = serde_json::to_vec(binding).expect("a session binding encodes");
+                (format!("{SESSIONS}{id}"), value)
+            })
+            .collect();
         let published = async {
-            let lease = state.binding_lease().await?;
-            state.etcd.create_if_absent(&key, &value, Some(lease)).await
+            let lease = Some(state.binding_lease().await?);
+            state.etcd.create_all_if_absent(&entries, lease).await
         };
         let held = match published.await {
-            Ok(held) => held,
+            Ok(None) => {
+                for (session_id, local) in &batch {
+                    state.published(session_id, local);
+                }
+                tracing::info!(
+                    bindings = batch.len(),
+                    "published bindings made while etcd was unreachable"
+                );
+                continue;
+            }
+            Ok(Some(held)) => held,
             Err(e) => {
                 tracing::debug!(error = %e, "could not publish the bindings made while etcd was unreachable");
                 return;
             }
         };
+        // Some sessions were bound meanwhile: settle those; the rest go in
+        // the next batch, which no longer meets them.
+        let mut settled = false;
+        for (((session_id, local), (key, value)), held) in batch.into_iter().zip(entries).zip(held)
         {
-            let mut pending = state.pending.lock();
-            if pending.get(&session_id) == Some(&local) {
-                pending.remove(&session_id);
+            let Some(mut held) = held else { continue };
+            if state.held_expired(&held) {
+                held = match state.bind_if_absent(&key, &value).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not publish the bindings made while etcd was unreachable");
+                        return;
+                    }
+                };
+            }
+            settled = true;
+            state.published(&session_id, &local);
+            match serde_json::from_slice::<SessionRecord>(&held) {
+                Ok(held) if held.agent_id != local.agent_id => {
+                    tracing::info!(session_id, local = %local.agent_id, cluster = %held.agent_id, "another node bound the session first; adopting its binding");
+                    let _ = apply.send(Change::Adopt(session_id, local.agent_id, held));
+                }
+                Ok(_) => tracing::info!(
+                    session_id,
+                    "published a binding made while etcd was unreachable"
+                ),
+                Err(e) => {
+                    tracing::warn!(session_id, error = %e, "a session binding in etcd does not decode")
+                }
             }
         }
-        match serde_json::from_slice::<SessionRecord>(&held) {
-            Ok(held) if held.agent_id != local.agent_id => {
-                tracing::info!(session_id, local = %local.agent_id, cluster = %held.agent_id, "another node bound the session first; adopting its binding");
-                let _ = apply.send(Change::Adopt(session_id, local.agent_id, held));
-            }
-            Ok(_) => tracing::info!(
-                session_id,
-                "published a binding made while etcd was unreachable"
-            ),
-            Err(e) => {
-                tracing::warn!(session_id, error = %e, "a session binding in etcd does not decode")
-            }
+        if !settled {
+            // The transaction failed on keys that are gone again (a race
+            // with their leases): the next wake tries again.
+            return;
         }
     }
 }
@@ -380,6 +565,25 @@ fn apply_put(dispatcher: &ToolDispatcher, id: &str, value: &[u8]) {
     }
 }
 
+fn follow(dispatcher: &ToolDispatcher, session_id: &str, value: &[u8]) {
+    let held = match serde_json::from_slice::<SessionRecord>(value) {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(session_id, error = %e, "a session binding in etcd does not decode; ignored");
+            return;
+        }
+    };
+    match dispatcher.follow_shared_binding(session_id, &held) {
+        Ok(true) => {
+            tracing::info!(session_id, agent_id = %held.agent_id, "following the session's binding made by another node")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(session_id, error = %e, "could not follow the cluster's session binding")
+        }
+    }
+}
+
 /// A change for the applier thread to make to the registry.
 enum Change {
     Put(String, Vec<u8>),
@@ -387,6 +591,9 @@ enum Change {
     Listing(Vec<etcd::Kv>),
     /// Adopt the cluster's binding of a session bound here to another agent.
     Adopt(String, String, SessionRecord),
+    /// A session's binding as etcd holds it now: follow it if this node
+    /// holds another one.
+    Follow(String, Vec<u8>),
 }
 
 /// Applies changes in order on a thread of its own: applying takes the
@@ -417,6 +624,7 @@ fn applier(
                             tracing::warn!(session_id, error = %e, "could not adopt the cluster's session binding");
                         }
                     }
+                    Change::Follow(session_id, value) => follow(&dispatcher, &session_id, &value),
                 }
             }
         })
@@ -495,12 +703,208 @@ async fn mirror(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
     }
 }
 
+/// Follows `switchboard/sessions/`: a binding another node makes (a rebind
+/// after it ejected the session's agent, or the session bound anew) replaces
+/// the copy this node caches, or one session would be served by two agents
+/// until the binding's TTL ran out. Lists the prefix first (bindings changed
+/// while this node was away) and again after a compaction; a broken watch
+/// is resumed from the revision seen. Runs until dropped.
+async fn follow_bindings(state: Arc<State>, apply: std::sync::mpsc::Sender<Change>) {
+    let mut revision = 0;
+    loop {
+        if revision == 0 {
+            match state.etcd.list(SESSIONS).await {
+                Ok((kvs, listed_at)) => {
+                    for kv in kvs {
+                        if let Some(id) = kv.key.strip_prefix(SESSIONS) {
+                            let _ = apply.send(Change::Follow(id.to_string(), kv.value));
+                        }
+                    }
+                    revision = listed_at.max(1);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list the cluster's session bindings");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    continue;
+                }
+            }
+        }
+        let mut compacted = false;
+        let watched = state
+            .etcd
+            .watch(SESSIONS, revision + 1, |message| match message {
+                WatchMessage::Compacted => {
+                    compacted = true;
+                    false
+                }
+                WatchMessage::Events {
+                    revision: at,
+                    events,
+                } => {
+                    for event in events {
+                        // A binding that ends (its lease) is over on every
+                        // node by its own clock already.
+                        let Event::Put(kv) = event else { continue };
+                        if let Some(id) = kv.key.strip_prefix(SESSIONS) {
+                            let _ = apply.send(Change::Follow(id.to_string(), kv.value));
+                        }
+                    }
+                    revision = revision.max(at);
+                    true
+                }
+            })
+            .await;
+        if compacted {
+            tracing::info!("the session bindings watch's revision was compacted; listing again");
+            revision = 0;
+            continue;
+        }
+        if let Err(e) = watched {
+            tracing::debug!(error = %e, "the session bindings watch stopped; resuming it");
+        }
+        tokio::time::sleep(RETRY_EVERY).await;
+    }
+}
+
+/// Keeps this node's issued tokens in step with `switchboard/tokens/` (each
+/// token's record: its hash, never the secret, and its revocation), so
+/// every node accepts and refuses the same tokens. Each round lists the
+/// prefix and reconciles both ways (a token or revocation only this node
+/// has, issued offline or revoked while etcd was unreachable, is
+/// published; the cluster's are applied here), then watches the prefix
+/// until anything changes: a revocation made on any node applies here in
+/// the round its event starts. Tokens are few, so a round per change (or
+/// per broken watch) costs a small listing. Runs until dropped.
+async fn follow_tokens(state: Arc<State>, db: Database) {
+    let tokens = crate::identity::TokenStore::new(&db);
+    loop {
+        let revision = match reconcile_tokens(&state, &tokens).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot reconcile the issued tokens with the cluster");
+                tokio::time::sleep(RETRY_EVERY).await;
+                continue;
+            }
+        };
+        // Any change ends the watch: the next round's listing applies it.
+        // A token deleted from etcd is revoked here first, or that round
+        // would publish it again.
+        let mut removed = Vec::new();
+        let watched = state
+            .etcd
+            .watch(TOKENS, revision + 1, |message| match message {
+                WatchMessage::Compacted => false,
+                WatchMessage::Events { events, .. } => {
+                    let changed = !events.is_empty();
+                    removed.extend(events.into_iter().filter_map(|event| match event {
+                        Event::Delete(key) => key.strip_prefix(TOKENS).map(str::to_string),
+                        Event::Put(_) => None,
+                    }));
+                    !changed
+                }
+            })
+            .await;
+        if !removed.is_empty() {
+            let tokens = tokens.clone();
+            let revoked = tokio::task::spawn_blocking(move || {
+                for id in removed {
+                    if let Err(e) = tokens.revoke_unconditionally(&id) {
+                        tracing::warn!(token_id = %id, error = %e, "could not revoke a token removed from the cluster");
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = revoked {
+                tracing::warn!(error = %e, "revoking the tokens removed from the cluster failed");
+            }
+        }
+        if let Err(e) = watched {
+            tracing::debug!(error = %e, "the tokens watch stopped; reconciling again");
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+}
+
+fn apply_token(tokens: &crate::identity::TokenStore, key: &str, value: &[u8]) {
+    let Some(id) = key.strip_prefix(TOKENS) else {
+        return;
+    };
+    match serde_json::from_slice::<crate::namespace::TokenRecord>(value) {
+        Ok(record) if record.token_id == id => match tokens.apply_shared(&record) {
+            Ok(true) => {
+                tracing::info!(token_id = %id, revoked = record.revoked_at_ms.is_some(), "applied a token from the cluster")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(token_id = %id, error = %e, "a token from the cluster was refused or failed on this node; not applied")
+            }
+        },
+        Ok(_) => tracing::warn!(token_id = %id, "a token in etcd names another id; ignored"),
+        Err(e) => {
+            tracing::warn!(token_id = %id, error = %e, "a token in etcd does not decode; ignored")
+        }
+    }
+}
+
+/// One reconciling round: publishes what only this node has (a token, or a
+/// revocation the cluster lacks), applies the cluster's tokens here, and
+/// returns the revision listed at.
+async fn reconcile_tokens(state: &State, tokens: &crate::identity::TokenStore) -> Result<i64> {
+    let (kvs, revision) = state.etcd.list(TOKENS).await?;
+    let local = {
+        let tokens = tokens.clone();
+        tokio::task::spawn_blocking(move || tokens.list())
+            .await
+            .map_err(|e| Error::internal("listing this node's tokens", e))??
+    };
+    let in_etcd: HashMap<String, crate::namespace::TokenRecord> = kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .map(|r: crate::namespace::TokenRecord| (r.token_id.clone(), r))
+        .collect();
+    for record in &local {
+        let theirs = in_etcd.get(&record.token_id);
+        let publish = match theirs {
+            None => true,
+            Some(theirs) => record.revoked_at_ms.is_some() && theirs.revoked_at_ms.is_none(),
+        };
+        if publish {
+            publish_token(state, record).await?;
+        }
+    }
+    let tokens = tokens.clone();
+    tokio::task::spawn_blocking(move || {
+        for kv in kvs {
+            apply_token(&tokens, &kv.key, &kv.value);
+        }
+    })
+    .await
+    .map_err(|e| Error::internal("applying the cluster's tokens", e))?;
+    Ok(revision)
+}
+
+/// Puts `record` under `switchboard/tokens/{id}`: a new token only if the
+/// key is absent, a revocation over whatever is there.
+async fn publish_token(state: &State, record: &crate::namespace::TokenRecord) -> Result<()> {
+    let key = format!("{TOKENS}{}", record.token_id);
+    let value = serde_json::to_vec(record).map_err(Error::storage)?;
+    if record.revoked_at_ms.is_some() {
+        state.etcd.put(&key, &value, None).await
+    } else {
+        state
+            .etcd
+            .create_if_absent(&key, &value, None)
+            .await
+            .map(drop)
+    }
+}
+
 /// Keeps `switchboard/nodes/{id}` on a lease, renewed every few seconds;
 /// whether that works is whether this node counts as connected. Puts the
 /// node's value again when its policy revision changed, recounts the live
-/// nodes (who share every rate limit), and when etcd is back publishes the
-/// bindings made meanwhile.
-async fn liveness(state: Arc<State>, db: Database, apply: std::sync::mpsc::Sender<Change>) {
+/// nodes (who share every rate limit), and when etcd is back wakes the
+/// publisher of the bindings made meanwhile.
+async fn liveness(state: Arc<State>, db: Database) {
     let key = format!("{NODES}{}", state.node_id);
     let mut published: Option<Value> = None;
     loop {
@@ -554,7 +958,7 @@ async fn liveness(state: Arc<State>, db: Database, apply: std::sync::mpsc::Sende
         state.set_connected(alive);
         if alive {
             if !state.pending.lock().is_empty() {
-                publish_pending(&state, &apply).await;
+                state.publish_now.notify_one();
             }
             node::share_rate_limits(&state, &db).await;
         }
@@ -578,11 +982,21 @@ impl Cluster {
         settings: ClusterSettings,
     ) -> Result<Arc<Cluster>> {
         validate_id("node id", &settings.node_id)?;
+        check_advertise_url(&settings.url)?;
+        if let Some(secret) = &settings.secret {
+            if secret.chars().count() < MIN_SECRET_CHARS {
+                return Err(Error::invalid(format!(
+                    "cluster: the cluster secret has fewer than {MIN_SECRET_CHARS} characters; \
+                     give every node the same longer random secret (e.g. `openssl rand -hex 32`)"
+                )));
+            }
+        }
         let state = Arc::new(State {
             etcd: Etcd::new(settings.etcd.clone(), &settings.access)?,
             node_id: settings.node_id,
             listen: settings.listen,
             url: settings.url,
+            secret: settings.secret,
             started_at_ms: now_ms(),
             connected: AtomicBool::new(false),
             synced_at_ms: AtomicU64::new(0),
@@ -590,8 +1004,13 @@ impl Cluster {
             lease: AtomicI64::new(0),
             strict_bindings: settings.strict_bindings,
             pending: parking_lot::Mutex::new(HashMap::new()),
+            max_pending: settings.max_unpublished_bindings.max(1),
+            refused_at_cap: AtomicU64::new(0),
+            cap_reached: AtomicBool::new(false),
+            publish_now: tokio::sync::Notify::new(),
             check_now: tokio::sync::Notify::new(),
             live_nodes: AtomicU32::new(1),
+            last_nodes: parking_lot::Mutex::new(None),
             binding_ttl: settings.binding_ttl,
             binding_lease: tokio::sync::Mutex::new(None),
         });
@@ -640,12 +1059,12 @@ impl Cluster {
         });
         dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
         let (apply, applier) = applier(dispatcher.clone(), tokio::runtime::Handle::current());
+        // The liveness key first: it is what lists this node as a member.
+        runtime.spawn(liveness(state.clone(), dispatcher.database().clone()));
         runtime.spawn(mirror(state.clone(), apply.clone()));
-        runtime.spawn(liveness(
-            state.clone(),
-            dispatcher.database().clone(),
-            apply,
-        ));
+        runtime.spawn(publisher(state.clone(), apply.clone()));
+        runtime.spawn(follow_bindings(state.clone(), apply.clone()));
+        runtime.spawn(follow_tokens(state.clone(), dispatcher.database().clone()));
         tracing::info!(node_id = %state.node_id, revision, "joined the cluster");
         Ok(Arc::new(Cluster {
             state,
@@ -699,6 +1118,36 @@ impl Cluster {
         &self.state.node_id
     }
 
+    /// Publishes a token issued or revoked on this node (its record: the
+    /// hash, never the secret) so every node accepts or refuses it.
+    pub async fn publish_token(&self, record: &crate::namespace::TokenRecord) -> Result<()> {
+        let handle = self.runtime.lock().as_ref().map(|r| r.handle().clone());
+        let Some(handle) = handle else {
+            return Err(self.state.unreachable());
+        };
+        let (state, record) = (self.state.clone(), record.clone());
+        let published = handle
+            .spawn(async move { publish_token(&state, &record).await })
+            .await
+            .map_err(|e| Error::internal("publishing a token", e))?;
+        self.state
+            .set_connected(!matches!(published, Err(Error::Unavailable(_))));
+        published
+    }
+
+    /// The cluster secret this node sends to the others, if configured.
+    pub fn secret(&self) -> Option<&str> {
+        self.state.secret.as_deref()
+    }
+
+    /// Whether `presented` is the cluster secret (compared in constant
+    /// time); never true on a node without one.
+    pub fn accepts_secret(&self, presented: &str) -> bool {
+        self.state.secret.as_deref().is_some_and(|secret| {
+            crate::identity::constant_time_eq(presented.as_bytes(), secret.as_bytes())
+        })
+    }
+
     /// `ok`, or `degraded` when etcd is unreachable, with how old the
     /// registrations this node routes from may be.
     pub fn health(&self) -> Value {
@@ -713,6 +1162,8 @@ impl Cluster {
                 "snapshot_age_ms": if connected { 0 } else { now_ms().saturating_sub(synced) },
                 "bindings": if self.state.strict_bindings { "strict" } else { "best_effort" },
                 "unpublished_bindings": self.state.pending.lock().len(),
+                "max_unpublished_bindings": self.state.max_pending,
+                "bindings_refused_at_cap": self.state.refused_at_cap.load(Ordering::Acquire),
             }
         })
     }

@@ -405,6 +405,17 @@ impl ToolDispatcher {
         self.inner.affinity.adopt(session_id, local_agent, held)
     }
 
+    /// Follows a session binding another cluster node made, if this node
+    /// holds a different binding of that session.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn follow_shared_binding(
+        &self,
+        session_id: &str,
+        held: &crate::namespace::SessionRecord,
+    ) -> Result<bool> {
+        self.inner.affinity.follow(session_id, held)
+    }
+
     /// Applies a removal another cluster node made.
     #[cfg(feature = "cluster")]
     pub(crate) fn apply_shared_removal(&self, agent_id: &str) -> Result<()> {

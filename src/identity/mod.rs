@@ -29,7 +29,7 @@ pub struct Authenticator {
 }
 
 /// Compares without an early exit, so timing does not reveal a partial match.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

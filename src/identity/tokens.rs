@@ -5,6 +5,11 @@
 //! store keeps `tokens/` in a write-through memory cache that every commit
 //! updates, so a check costs no disk read and can run on the request's own
 //! thread.
+//!
+//! In cluster mode every token (its hash, never the secret) and every
+//! revocation is also kept in etcd, and each node applies them here
+//! ([`TokenStore::apply_shared`]), so every node accepts and refuses the
+//! same tokens.
 
 use crate::error::{Error, Result};
 use crate::namespace::{
@@ -165,6 +170,50 @@ impl TokenStore {
                 &value,
                 &context(token_id, "revoke_token", by),
             )?;
+        }
+        Ok(Some(record))
+    }
+
+    /// Applies `record`, a token as the cluster holds it (cluster mode), to
+    /// this node's store; returns whether anything changed. A revocation
+    /// always applies and is never undone: a record that is not revoked
+    /// leaves a token revoked here as it is (the node publishes that
+    /// revocation). A token new or changed here passes the policy chain as
+    /// `create_token` with `source` = `cluster`; a revocation is bookkeeping
+    /// no hook can refuse, since refusing it would keep a revoked token
+    /// working.
+    pub(crate) fn apply_shared(&self, record: &TokenRecord) -> Result<bool> {
+        validate_id("token id", &record.token_id)?;
+        let local = self.get(&record.token_id)?;
+        if local.as_ref() == Some(record)
+            || local.as_ref().is_some_and(|l| l.revoked_at_ms.is_some())
+        {
+            return Ok(false);
+        }
+        let value = serde_json::to_vec(record).map_err(Error::storage)?;
+        let key = token_key(&record.token_id);
+        if record.revoked_at_ms.is_some() {
+            let ctx = context(&record.token_id, "revoke_token", None).with("source", "cluster");
+            let mut tx = self.db.owner_transaction();
+            tx.put_with(&key, &value, &ctx)?;
+            tx.commit_bookkeeping()?;
+        } else {
+            let ctx = context(&record.token_id, "create_token", None).with("source", "cluster");
+            self.db.owner_put_with(&key, &value, &ctx)?;
+        }
+        Ok(true)
+    }
+
+    /// Revokes `token_id` as bookkeeping (no hook can refuse it): the
+    /// cluster no longer holds it, or it could not be published when issued.
+    /// The revoked record, if the token is known here.
+    pub(crate) fn revoke_unconditionally(&self, token_id: &str) -> Result<Option<TokenRecord>> {
+        let Some(mut record) = self.get(token_id)? else {
+            return Ok(None);
+        };
+        if record.revoked_at_ms.is_none() {
+            record.revoked_at_ms = Some(now_ms());
+            self.apply_shared(&record)?;
         }
         Ok(Some(record))
     }

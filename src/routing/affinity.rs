@@ -148,6 +148,35 @@ impl Affinity {
         {
             return Ok(false);
         }
+        self.write_decided_elsewhere(session_id, held)?;
+        Ok(true)
+    }
+
+    /// Replaces this node's binding of `session_id` with `held`, a binding
+    /// another node made (a rebind after it ejected the agent, or the
+    /// session bound anew), if this node holds one that differs. A session
+    /// this node holds no binding of is left alone: it asks the shared
+    /// bindings on its first call. Bookkeeping, like [`Affinity::adopt`].
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn follow(&self, session_id: &str, held: &SessionRecord) -> Result<bool> {
+        // On the cluster's applier thread, not a runtime worker.
+        let _session = self.session_lock(session_id).blocking_lock();
+        let Some(local) = self.binding(session_id)? else {
+            return Ok(false);
+        };
+        if local.agent_id == held.agent_id && local.created_at_ms == held.created_at_ms {
+            return Ok(false);
+        }
+        // `last_used_ms` stays this node's own.
+        let followed = SessionRecord {
+            last_used_ms: local.last_used_ms,
+            ..held.clone()
+        };
+        self.write_decided_elsewhere(session_id, &followed)?;
+        Ok(true)
+    }
+
+    fn write_decided_elsewhere(&self, session_id: &str, held: &SessionRecord) -> Result<()> {
         let value = serde_json::to_vec(held).map_err(crate::error::Error::storage)?;
         let ctx = crate::policy::PolicyContext::new()
             .with(crate::policy::keys::AGENT_ID, held.agent_id.as_str())
@@ -155,8 +184,7 @@ impl Affinity {
             .for_operation(crate::policy::OperationKind::Outcome);
         let mut tx = self.db.owner_transaction();
         tx.put_with(&session_key(session_id), &value, &ctx)?;
-        tx.commit_bookkeeping()?;
-        Ok(true)
+        tx.commit_bookkeeping()
     }
 
     /// The lock that serialises choosing and binding for one session.

@@ -69,6 +69,21 @@ pub(crate) async fn require_token(
     if request.uri().path() == "/healthz" {
         return Ok(next.run(request).await);
     }
+    #[cfg(feature = "cluster")]
+    if request
+        .headers()
+        .contains_key(crate::cluster::CREDENTIAL_HEADER)
+    {
+        let caller = node_to_node_caller(&state, &request)?;
+        if !caller.has_scope(Scope::Audit) {
+            return Err(insufficient_scope(Scope::Audit, &caller));
+        }
+        if let Some(p) = caller.principal() {
+            request.extensions_mut().insert(p.clone());
+        }
+        request.extensions_mut().insert(caller);
+        return Ok(next.run(request).await);
+    }
     let presented = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -91,23 +106,7 @@ pub(crate) async fn require_token(
     };
     if let Some(scope) = required_scope(request.method(), request.uri().path()) {
         if !caller.has_scope(scope) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "insufficient_scope",
-                format!(
-                    "this route needs the {scope} scope; the caller has {}",
-                    caller
-                        .principal()
-                        .map(|p| p
-                            .scopes
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "))
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| "none".into())
-                ),
-            ));
+            return Err(insufficient_scope(scope, &caller));
         }
     }
     if let Some(p) = caller.principal() {
@@ -119,6 +118,85 @@ pub(crate) async fn require_token(
     }
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
+}
+
+fn insufficient_scope(scope: Scope, caller: &Caller) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+        format!(
+            "this route needs the {scope} scope; the caller has {}",
+            caller
+                .principal()
+                .map(|p| p
+                    .scopes
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "none".into())
+        ),
+    )
+}
+
+/// The caller of a node-to-node request: another node of the cluster, proven
+/// by the cluster secret, asking for its part of a cluster scan on behalf of
+/// the principal it names (whom this node's read policies then judge). The
+/// secret opens `GET /v1/scan` and nothing else, so a leaked secret reads
+/// audit records but cannot change anything.
+#[cfg(feature = "cluster")]
+fn node_to_node_caller(state: &AppState, request: &Request) -> Result<Caller, ApiError> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    let presented = request
+        .headers()
+        .get(crate::cluster::CREDENTIAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let accepted = state
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.accepts_secret(presented));
+    if !accepted {
+        return Err(ApiError::unauthorized(
+            "the cluster credential was refused: this node is not in a cluster, has no cluster \
+             secret, or has another one; give every node the same secret (secret_env or \
+             secret_file under [cluster], or SWITCHBOARD_CLUSTER_SECRET)",
+        ));
+    }
+    let path = request.uri().path().trim_end_matches('/');
+    if request.method() != Method::GET || path != "/v1/scan" {
+        return Err(ApiError::unauthorized(
+            "the cluster credential is accepted only on GET /v1/scan (a node asking another for \
+             its part of a cluster scan); call other routes with a token",
+        ));
+    }
+    let principal = match request.headers().get(crate::cluster::ON_BEHALF_OF_HEADER) {
+        None => None,
+        Some(value) => {
+            let principal = B64
+                .decode(value.as_bytes())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Principal>(&bytes).ok());
+            match principal {
+                Some(principal) => Some(principal),
+                None => {
+                    return Err(ApiError::unauthorized(&format!(
+                        "{} does not hold a principal (base64url of its JSON)",
+                        crate::cluster::ON_BEHALF_OF_HEADER
+                    )))
+                }
+            }
+        }
+    };
+    if principal.is_none() && state.auth.is_required() {
+        return Err(ApiError::unauthorized(
+            "a node-to-node scan must name the caller it is made for on a node that requires \
+             credentials; the asking node's caller presented none",
+        ));
+    }
+    Ok(Caller(principal))
 }
 
 #[cfg(test)]

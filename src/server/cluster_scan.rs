@@ -4,12 +4,16 @@
 //!
 //! The node asked reads the live nodes from etcd, reads its own page
 //! locally and asks each other node for a page with the same filters at the
-//! URL it published (forwarding the caller's `Authorization` header, so
-//! every node must accept the same credentials), then merges them. Its
+//! URL it published, then merges them. A node never forwards its caller's
+//! credential: it presents the cluster secret (which the others accept on
+//! this route only) and names the caller the page is for, whose scope and
+//! read policies each node applies to its own records. Its
 //! cursor is opaque: base64url of a JSON object holding each node's own
 //! cursor and the nodes already read to the end. A node that does not
 //! answer within [`PEER_TIMEOUT`] is listed in `missing_nodes` and keeps
 //! its place in the cursor, so the next page asks it again from there.
+//! While etcd is unreachable the nodes asked are those of the last list
+//! this node read, and the page says so (`node_list`).
 
 use super::auth::Caller;
 use super::errors::ApiResult;
@@ -69,6 +73,20 @@ pub struct ClusterScanPage {
     /// The nodes that did not answer (or are no longer live) and why: the
     /// scan is incomplete while this is not empty.
     pub missing_nodes: Vec<MissingNode>,
+    /// Where the list of nodes asked came from.
+    pub node_list: NodeList,
+}
+
+/// Where a cluster scan page's list of nodes came from.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeList {
+    /// `etcd` (listed for this page) or `last_known`: etcd is unreachable
+    /// and the nodes asked are those of the last list this node read, so a
+    /// node that joined since is not asked and one that left is reported
+    /// missing.
+    pub source: String,
+    /// How long ago that list was read from etcd, in ms (0 when listed now).
+    pub age_ms: u64,
 }
 
 /// One item of a cluster scan: a node's record.
@@ -146,10 +164,18 @@ fn peer_client() -> crate::Result<&'static reqwest::Client> {
     Ok(CLIENT.get_or_init(|| client))
 }
 
+/// How a node proves itself to another: the cluster secret, and the caller
+/// the page is for.
+#[derive(Clone)]
+struct NodeCredential {
+    secret: Option<String>,
+    on_behalf_of: Option<String>,
+}
+
 /// Asks the node at `url` for its own page of `q` after `after`.
 async fn peer_page(
     url: &str,
-    authorization: Option<&axum::http::HeaderValue>,
+    credential: &NodeCredential,
     q: &ScanQuery,
     after: Option<&str>,
 ) -> Result<ScanPage, String> {
@@ -177,8 +203,11 @@ async fn peer_page(
         }
     }
     let mut request = client.get(url.clone());
-    if let Some(authorization) = authorization {
-        request = request.header(reqwest::header::AUTHORIZATION, authorization.as_bytes());
+    if let Some(secret) = &credential.secret {
+        request = request.header(crate::cluster::CREDENTIAL_HEADER, secret);
+        if let Some(principal) = &credential.on_behalf_of {
+            request = request.header(crate::cluster::ON_BEHALF_OF_HEADER, principal);
+        }
     }
     let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
     let status = response.status();
@@ -189,7 +218,13 @@ async fn peer_page(
             .chars()
             .take(300)
             .collect();
-        return Err(format!("{url} answered {status}: {body}"));
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED && credential.secret.is_none() {
+            " (this node has no cluster secret to present: set secret_env or secret_file under \
+             [cluster], or SWITCHBOARD_CLUSTER_SECRET, to the same secret on every node)"
+        } else {
+            ""
+        };
+        return Err(format!("{url} answered {status}: {body}{hint}"));
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| format!("{url} answered a page that does not decode: {e}"))
@@ -200,7 +235,6 @@ pub(crate) async fn page(
     s: &AppState,
     cluster: &Cluster,
     caller: &Caller,
-    headers: &axum::http::HeaderMap,
     q: &ScanQuery,
 ) -> ApiResult<ClusterScanPage> {
     let limit = q.limit.unwrap_or(100);
@@ -218,7 +252,15 @@ pub(crate) async fn page(
         Some(text) => Cursor::decode(text)?,
         None => Cursor::default(),
     };
-    let (mut live, _) = cluster.nodes().await?;
+    // Routing goes on from memory while etcd is unreachable, and so does
+    // the scan: from the last list of nodes, saying so.
+    let (mut live, stale_ms) = cluster.nodes_or_last_known().await?;
+    if let Some(age_ms) = stale_ms {
+        tracing::warn!(
+            age_ms,
+            "etcd unreachable: the cluster scan asks the nodes of the last list read"
+        );
+    }
     let me = cluster.node_id().to_string();
     // This node reads its own records even while its key is missing from
     // etcd (its lease lapsed and is being granted again).
@@ -239,7 +281,12 @@ pub(crate) async fn page(
             });
         }
     }
-    let authorization = headers.get(axum::http::header::AUTHORIZATION).cloned();
+    let credential = NodeCredential {
+        secret: cluster.secret().map(str::to_string),
+        on_behalf_of: caller
+            .principal()
+            .map(|p| B64.encode(serde_json::to_vec(p).expect("a principal encodes"))),
+    };
     let mut asks = tokio::task::JoinSet::new();
     for node in &live {
         let node_id = node["node_id"].as_str().unwrap_or_default().to_string();
@@ -249,13 +296,12 @@ pub(crate) async fn page(
         let after = cursor.after.get(&node_id).cloned();
         let url = node["url"].as_str().unwrap_or_default().to_string();
         let is_me = node_id == me;
-        let (s, caller, q, authorization) =
-            (s.clone(), caller.clone(), q.clone(), authorization.clone());
+        let (s, caller, q, credential) = (s.clone(), caller.clone(), q.clone(), credential.clone());
         asks.spawn(async move {
             let answer = if is_me {
                 Ok(local_page(&s, &caller, &q, after.clone()).await)
             } else {
-                peer_page(&url, authorization.as_ref(), &q, after.as_deref())
+                peer_page(&url, &credential, &q, after.as_deref())
                     .await
                     .map(Ok)
             };
@@ -314,6 +360,15 @@ pub(crate) async fn page(
         next_after: more.then(|| cursor.encode()),
         nodes: sources.iter().map(|s| s.node_id.clone()).collect(),
         missing_nodes: missing,
+        node_list: NodeList {
+            source: if stale_ms.is_some() {
+                "last_known"
+            } else {
+                "etcd"
+            }
+            .into(),
+            age_ms: stale_ms.unwrap_or(0),
+        },
     })
 }
 

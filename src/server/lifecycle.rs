@@ -163,6 +163,10 @@ async fn join_cluster(
         listen: config.listen.clone(),
         url: url.trim_end_matches('/').to_string(),
         access: section.etcd_access()?,
+        secret: section.cluster_secret()?,
+        max_unpublished_bindings: section
+            .max_unpublished_bindings
+            .unwrap_or(crate::cluster::DEFAULT_MAX_UNPUBLISHED_BINDINGS),
     };
     crate::cluster::Cluster::join(dispatcher, settings)
         .await

@@ -32,7 +32,7 @@ mod tools;
 pub use agents::{visible_agents, RegisterBody};
 pub use auth::Caller;
 #[cfg(feature = "cluster")]
-pub use cluster_scan::{ClusterScanItem, ClusterScanPage, MissingNode, PEER_TIMEOUT};
+pub use cluster_scan::{ClusterScanItem, ClusterScanPage, MissingNode, NodeList, PEER_TIMEOUT};
 pub use errors::{ApiError, ERROR_CODES};
 pub use invoke::InvokeBody;
 pub use lifecycle::{run, run_tls, run_with, serve, shutdown_signal};

@@ -188,12 +188,11 @@ fn one_page(
 pub(crate) async fn scan(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
-    headers: axum::http::HeaderMap,
     query: Result<Query<ScanQuery>, QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Query(q) = query?;
     if q.cluster {
-        return cluster_scan(s, caller, headers, q).await;
+        return cluster_scan(s, caller, q).await;
     }
     let after = q.after.clone();
     let page = local_page(&s, &caller, &q, after).await?;
@@ -204,23 +203,17 @@ pub(crate) async fn scan(
 async fn cluster_scan(
     s: AppState,
     caller: Caller,
-    headers: axum::http::HeaderMap,
     q: ScanQuery,
 ) -> ApiResult<Json<serde_json::Value>> {
     let Some(cluster) = s.cluster.clone() else {
         return Err(not_in_cluster().into());
     };
-    let page = super::cluster_scan::page(&s, &cluster, &caller, &headers, &q).await?;
+    let page = super::cluster_scan::page(&s, &cluster, &caller, &q).await?;
     Ok(Json(serde_json::to_value(page).map_err(Error::storage)?))
 }
 
 #[cfg(not(feature = "cluster"))]
-async fn cluster_scan(
-    _: AppState,
-    _: Caller,
-    _: axum::http::HeaderMap,
-    _: ScanQuery,
-) -> ApiResult<Json<serde_json::Value>> {
+async fn cluster_scan(_: AppState, _: Caller, _: ScanQuery) -> ApiResult<Json<serde_json::Value>> {
     Err(not_in_cluster().into())
 }
 

@@ -102,6 +102,20 @@ pub(crate) async fn create_token(
     let issued = tokio::task::spawn_blocking(move || auth.tokens().create(new, caller.principal()))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &s.cluster {
+        if let Err(e) = cluster.publish_token(&issued.record).await {
+            // Never handed out: revoked, so it works nowhere.
+            let (auth, id) = (s.auth.clone(), issued.record.token_id.clone());
+            let _ = tokio::task::spawn_blocking(move || auth.tokens().revoke_unconditionally(&id))
+                .await;
+            return Err(crate::Error::Unavailable(format!(
+                "the token could not be published to the cluster, so it was not issued: {e}. \
+                 Issue it again when etcd is back"
+            ))
+            .into());
+        }
+    }
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -131,6 +145,17 @@ pub(crate) async fn revoke_token(
             .await
             .map_err(|e| ApiError::internal(e.to_string()))??
     };
+    #[cfg(feature = "cluster")]
+    if let (Some(cluster), Some(record)) = (&s.cluster, &revoked) {
+        if let Err(e) = cluster.publish_token(record).await {
+            return Err(crate::Error::Unavailable(format!(
+                "token {id} is revoked on this node, but the revocation could not be published \
+                 to the cluster ({e}): the other nodes accept it until this node publishes it, \
+                 which it does when etcd is back"
+            ))
+            .into());
+        }
+    }
     match revoked {
         Some(record) => Ok(Json(TokenInfo::from(&record))),
         None => Err(ApiError::new(

@@ -1,6 +1,8 @@
 //! Test fixtures: real HTTP agents on 127.0.0.1 and temp-dir databases.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

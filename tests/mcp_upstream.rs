@@ -38,6 +38,10 @@ struct Upstream {
     cancelled: Arc<AtomicBool>,
     /// Whether `hang` waits for a cancellation (else it echoes).
     hangs: bool,
+    /// `tools/list` requests received.
+    lists: Arc<AtomicUsize>,
+    /// While true, `tools/list` is not answered.
+    lists_blocked: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 fn schema(property: &str, kind: &str) -> Value {
@@ -67,6 +71,8 @@ impl Upstream {
             calls: Arc::default(),
             cancelled: Arc::default(),
             hangs: true,
+            lists: Arc::default(),
+            lists_blocked: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -111,6 +117,12 @@ impl ServerHandler for Upstream {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        let _ = self
+            .lists_blocked
+            .subscribe()
+            .wait_for(|blocked| !blocked)
+            .await;
         let tools = self
             .tools
             .lock()
@@ -171,6 +183,16 @@ impl ServerHandler for Upstream {
                     schema("x", "number"),
                 ));
                 let _ = context.peer.notify_tool_list_changed().await;
+                CallToolResult::structured(json!({"server": self.name}))
+            }
+            "flood" => {
+                // `list_changed` again and again, each after the client's
+                // debounce of a burst, as a hostile or buggy server might.
+                let count = args["count"].as_u64().unwrap_or(1);
+                for _ in 0..count {
+                    let _ = context.peer.notify_tool_list_changed().await;
+                    tokio::time::sleep(Duration::from_millis(80)).await;
+                }
                 CallToolResult::structured(json!({"server": self.name}))
             }
             _ => CallToolResult::structured(json!({"server": self.name, "args": args})),
@@ -1225,4 +1247,83 @@ async fn mcp_agents_over_the_http_api_and_the_cli() {
     };
     assert_eq!(category("echo"), Some(json!("search")), "{local:?}");
     assert_eq!(category("fail"), Some(json!("code")), "{local:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_tools_list_does_not_freeze_discovery() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let up = Upstream::new("a").legacy();
+    let a = serve(up.clone()).await;
+    register(
+        &d,
+        "a",
+        mcp_agent(&a.url, ToolCategory::Code).with_timeout(Duration::from_millis(500)),
+    )
+    .await;
+    // The server now accepts `tools/list` and never answers it.
+    up.lists_blocked.send_replace(true);
+    for attempt in 0..2 {
+        let listed = tokio::time::timeout(Duration::from_secs(30), d.discover_tools("a"))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("discovery {attempt} waited on a server that never answers tools/list")
+            });
+        let err = listed.expect_err("a listing that was never answered fails");
+        assert!(
+            matches!(err, Error::AgentFailed { .. }) && err.to_string().contains("timed out"),
+            "{err}"
+        );
+    }
+    // What was listed before still routes, and a server that answers again
+    // is listed again.
+    let r = d
+        .invoke(
+            "echo",
+            ToolCategory::Code,
+            json!({"x": 1}),
+            RoutingOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.agent_id, "a");
+    up.lists_blocked.send_replace(false);
+    let tools = d.discover_tools("a").await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "echo"), "{tools:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_changed_flood_runs_one_listing_and_keeps_one_pending() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let up = Upstream::new("a").legacy().with_tool(
+        "flood",
+        "Announces list changes",
+        schema("count", "number"),
+    );
+    let a = serve(up.clone()).await;
+    register(&d, "a", mcp_agent(&a.url, ToolCategory::Code)).await;
+    assert_eq!(up.lists.load(Ordering::SeqCst), 1);
+    // The listing the first notification starts is held by the server while
+    // twenty more notifications arrive, each after the debounce of the last.
+    up.lists_blocked.send_replace(true);
+    d.invoke(
+        "flood",
+        ToolCategory::Code,
+        json!({"count": 20}),
+        RoutingOptions::new(),
+    )
+    .await
+    .unwrap();
+    eventually(|| up.lists.load(Ordering::SeqCst) == 2).await;
+    up.lists_blocked.send_replace(false);
+    // Listings of one agent run in turn, this one after every listing
+    // already waiting; so when it returns, each has listed.
+    d.discover_tools("a").await.unwrap();
+    let lists = up.lists.load(Ordering::SeqCst);
+    assert!(
+        lists <= 4,
+        "registration, the held listing, one pending for the notifications that came \
+         while it was held, and this one: at most 4 listings, not {lists}"
+    );
 }

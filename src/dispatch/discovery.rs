@@ -27,6 +27,7 @@ use crate::routing::endpoint::Endpoint;
 use crate::routing::registry::exposed_name;
 use crate::storage::off_worker;
 use crate::transport::mcp::{ListedTool, MAX_TOOLS_PER_AGENT, MAX_TOOL_PAGES};
+use crate::transport::Failure;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -187,6 +188,18 @@ impl Discovery {
         dispatcher: &ToolDispatcher,
         agent_id: &str,
     ) -> Result<Vec<DiscoveredTool>> {
+        self.discover_when_started(dispatcher, agent_id, || {})
+            .await
+    }
+
+    /// [`discover`](Self::discover), calling `started` once this listing
+    /// holds the agent's lock (no other listing of it runs).
+    async fn discover_when_started(
+        &self,
+        dispatcher: &ToolDispatcher,
+        agent_id: &str,
+        started: impl FnOnce(),
+    ) -> Result<Vec<DiscoveredTool>> {
         let inner = &dispatcher.inner;
         let lock = self
             .locks
@@ -195,6 +208,7 @@ impl Discovery {
             .or_default()
             .clone();
         let _one_at_a_time = lock.lock().await;
+        started();
         let agent = inner
             .registry
             .live(agent_id)
@@ -210,16 +224,24 @@ impl Discovery {
             .upstream(&agent)
             .expect("an MCP endpoint has an upstream");
         let listed = upstream
-            .list_tools(MAX_TOOL_PAGES, MAX_TOOLS_PER_AGENT)
+            .list_tools(MAX_TOOL_PAGES, MAX_TOOLS_PER_AGENT, agent.timeout)
             .await;
         let (listed, server_ttl) = match listed {
             Ok(listed) => listed,
             Err(failure) => {
                 // Sooner than a TTL: the agent routes nothing until listed.
                 self.schedule_refresh(dispatcher, &agent, &server, Some(RETRY_AFTER_FAILURE));
+                let hint = if matches!(failure, Failure::Timeout) {
+                    " (each exchange of a listing gets the agent's timeout, timeout_ms; raise it for a server that lists slowly)"
+                } else {
+                    ""
+                };
                 return Err(Error::AgentFailed {
                     agent_id: agent_id.to_string(),
-                    message: format!("tools/list failed: {}", failure.message(agent.timeout)),
+                    message: format!(
+                        "tools/list failed: {}{hint}",
+                        failure.message(agent.timeout)
+                    ),
                 });
             }
         };
@@ -551,7 +573,10 @@ impl Discovery {
     }
 
     /// An agent reported a changed list (or an unknown tool): lists it
-    /// again soon, once for a burst of reports.
+    /// again soon, once for a burst of reports. At most one listing of an
+    /// agent runs and one waits: a report while one waits is already
+    /// answered by it, since it starts after the report; so a server
+    /// flooding `list_changed` costs one waiting task, not one per report.
     pub(crate) fn on_event(weak: &Weak<Inner>, agent_id: &str, uid: u64) {
         let Some(inner) = weak.upgrade() else {
             return;
@@ -571,17 +596,27 @@ impl Discovery {
             let Some(inner) = weak.upgrade() else {
                 return;
             };
-            inner.discovery.pending.lock().remove(&uid);
             let dispatcher = ToolDispatcher { inner };
             let same = dispatcher
                 .inner
                 .registry
                 .live(&id)
                 .is_some_and(|a| a.uid == uid);
-            if same {
-                if let Err(e) = dispatcher.inner.discovery.discover(&dispatcher, &id).await {
-                    tracing::warn!(agent_id = %id, error = %e, "MCP tool list refresh failed");
-                }
+            let discovery = &dispatcher.inner.discovery;
+            if !same {
+                discovery.pending.lock().remove(&uid);
+                return;
+            }
+            // Pending until this listing starts: reports that arrive while
+            // it waits for the running one are answered by it.
+            let started = || {
+                discovery.pending.lock().remove(&uid);
+            };
+            if let Err(e) = discovery
+                .discover_when_started(&dispatcher, &id, started)
+                .await
+            {
+                tracing::warn!(agent_id = %id, error = %e, "MCP tool list refresh failed");
             }
         });
     }

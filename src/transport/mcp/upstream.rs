@@ -435,21 +435,26 @@ impl Upstream {
 
     /// Every tool the server lists (following `nextCursor`, at most
     /// `max_pages` pages and `max_tools` tools), and the list's TTL if the
-    /// server gave one.
+    /// server gave one. Connecting and each page get at most `timeout`: a
+    /// server that accepts a request and never answers must not hold the
+    /// agent's discovery (and the connection it waits on) forever.
     pub(crate) async fn list_tools(
         &self,
         max_pages: usize,
         max_tools: usize,
+        timeout: Duration,
     ) -> Result<(Vec<ListedTool>, Option<Duration>), Failure> {
-        let peer = self.peer_for(None).await?;
+        let peer = tokio::time::timeout(timeout, self.peer_for(None))
+            .await
+            .map_err(|_| Failure::Timeout)??;
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         let mut ttl: Option<u64> = None;
         for _ in 0..max_pages {
             let params = PaginatedRequestParams::default().with_cursor(cursor.take());
-            let page = peer
-                .list_tools(Some(params))
+            let page = tokio::time::timeout(timeout, peer.list_tools(Some(params)))
                 .await
+                .map_err(|_| Failure::Timeout)?
                 .map_err(|e| classify_error(e, "tools/list").0)?;
             if let Some(page_ttl) = page.ttl_ms {
                 ttl = Some(ttl.map_or(page_ttl, |t| t.min(page_ttl)));

@@ -483,6 +483,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/mcp", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        crate::transport::TlsTrust::install_crypto_provider();
         let http = reqwest::Client::new();
 
         const SESSIONS: usize = 40;

@@ -28,7 +28,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, Peer, RoleClient, ServiceError};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,10 +122,26 @@ const UNKNOWN: u8 = 0;
 const STATELESS: u8 = 1;
 const SESSIONS: u8 = 2;
 
+/// One Switchboard session's upstream session.
+struct Session {
+    slot: Slot,
+    /// Calls using it now (counted from the moment it is handed out).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one call on a session for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The upstream sessions of a session-based server, by Switchboard session.
 #[derive(Default)]
 struct Sessions {
-    slots: HashMap<String, Slot>,
+    slots: HashMap<String, Session>,
     /// Least recently used first.
     order: VecDeque<String>,
 }
@@ -138,6 +154,8 @@ pub(crate) struct Upstream {
     list_changed: Arc<dyn Fn() + Send + Sync>,
     shared: Slot,
     sessions: parking_lot::Mutex<Sessions>,
+    /// Upstream sessions kept idle ([`MAX_UPSTREAM_SESSIONS`]; smaller in tests).
+    max_sessions: usize,
     /// Whether the server keeps sessions (learnt from the first connection).
     kind: AtomicU8,
     restarts: parking_lot::Mutex<Restarts>,
@@ -157,6 +175,7 @@ impl Upstream {
             list_changed,
             shared: Arc::default(),
             sessions: parking_lot::Mutex::default(),
+            max_sessions: MAX_UPSTREAM_SESSIONS,
             kind: AtomicU8::new(UNKNOWN),
             restarts: parking_lot::Mutex::default(),
         }
@@ -344,39 +363,62 @@ impl Upstream {
     }
 
     /// The peer for a call of `session`: its own upstream session on a
-    /// session-based server, else the shared connection.
-    async fn peer_for(&self, session: Option<&str>) -> Result<Peer<RoleClient>, Failure> {
+    /// session-based server, else the shared connection; and, for an own
+    /// session, the count that keeps it from being ended while the call runs.
+    async fn peer_for(
+        &self,
+        session: Option<&str>,
+    ) -> Result<(Peer<RoleClient>, Option<InFlight>), Failure> {
         let shared = self.peer_on(&self.shared).await?;
         let Some(session) = session else {
-            return Ok(shared);
+            return Ok((shared, None));
         };
         if self.kind.load(Ordering::Acquire) != SESSIONS {
-            return Ok(shared);
+            return Ok((shared, None));
         }
-        let slot = self.session_slot(session);
-        self.peer_on(&slot).await
+        let (slot, in_flight) = self.session_slot(session);
+        Ok((self.peer_on(&slot).await?, Some(in_flight)))
     }
 
-    fn session_slot(&self, session: &str) -> Slot {
+    /// `session`'s slot, counted in flight until the guard drops. Making
+    /// room ends the least recently used sessions that have no call in
+    /// flight: ending one with a call running would fail that call (another
+    /// caller's, and no fault of the agent's) to make room for a new
+    /// session id, which any caller can make up.
+    fn session_slot(&self, session: &str) -> (Slot, InFlight) {
         let mut sessions = self.sessions.lock();
-        if let Some(slot) = sessions.slots.get(session).cloned() {
+        let sessions = &mut *sessions;
+        if let Some(entry) = sessions.slots.get(session) {
+            entry.in_flight.fetch_add(1, Ordering::AcqRel);
+            let taken = (entry.slot.clone(), InFlight(entry.in_flight.clone()));
             if let Some(at) = sessions.order.iter().position(|s| s == session) {
                 let s = sessions.order.remove(at).expect("position is in range");
                 sessions.order.push_back(s);
             }
-            return slot;
+            return taken;
         }
-        while sessions.slots.len() >= MAX_UPSTREAM_SESSIONS {
-            let Some(oldest) = sessions.order.pop_front() else {
+        while sessions.slots.len() >= self.max_sessions {
+            let idle = sessions
+                .order
+                .iter()
+                .position(|s| sessions.slots[s].in_flight.load(Ordering::Acquire) == 0);
+            let Some(at) = idle else {
+                // Every session has a call in flight: this one goes past the
+                // cap until some of them finish.
                 break;
             };
+            let oldest = sessions.order.remove(at).expect("position is in range");
             // Dropping the connection ends the upstream session.
             sessions.slots.remove(&oldest);
         }
-        let slot = Slot::default();
-        sessions.slots.insert(session.to_string(), slot.clone());
+        let entry = Session {
+            slot: Slot::default(),
+            in_flight: Arc::new(AtomicUsize::new(1)),
+        };
+        let taken = (entry.slot.clone(), InFlight(entry.in_flight.clone()));
+        sessions.slots.insert(session.to_string(), entry);
         sessions.order.push_back(session.to_string());
-        slot
+        taken
     }
 
     /// Calls tool `name` with `input` as its arguments. `Ok(true)` in the
@@ -400,7 +442,7 @@ impl Upstream {
                 ))
             }
         };
-        let peer = self.peer_for(session).await.map_err(|f| (f, false))?;
+        let (peer, _in_flight) = self.peer_for(session).await.map_err(|f| (f, false))?;
         let mut params = CallToolRequestParams::new(name.to_string());
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
@@ -421,7 +463,7 @@ impl Upstream {
     /// included, shows the server is up and speaking MCP).
     pub(crate) async fn ping(&self, timeout: Duration) -> bool {
         let probe = async {
-            let peer = self.peer_for(None).await.ok()?;
+            let (peer, _) = self.peer_for(None).await.ok()?;
             match peer
                 .send_request(ClientRequest::PingRequest(PingRequest::default()))
                 .await
@@ -444,7 +486,7 @@ impl Upstream {
         max_tools: usize,
         timeout: Duration,
     ) -> Result<(Vec<ListedTool>, Option<Duration>), Failure> {
-        let peer = tokio::time::timeout(timeout, self.peer_for(None))
+        let (peer, _) = tokio::time::timeout(timeout, self.peer_for(None))
             .await
             .map_err(|_| Failure::Timeout)??;
         let mut tools = Vec::new();
@@ -488,5 +530,125 @@ fn kind_of(value: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::{CallToolResponse, CallToolResult, ServerCapabilities, ServerConfig};
+    use rmcp::service::RequestContext;
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+    use std::borrow::Cow;
+
+    /// A session-based MCP server whose `wait` tool answers once the gate opens.
+    #[derive(Clone)]
+    struct Gated {
+        open: Arc<tokio::sync::watch::Sender<bool>>,
+        waiting: Arc<AtomicUsize>,
+    }
+
+    impl ServerHandler for Gated {
+        fn get_info(&self) -> ServerConfig {
+            ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        }
+
+        fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+            Cow::Owned(vec![ProtocolVersion::V_2025_11_25])
+        }
+
+        async fn call_tool(
+            &self,
+            request: CallToolRequestParams,
+            _context: RequestContext<RoleServer>,
+        ) -> Result<CallToolResponse, McpError> {
+            if request.name == "wait" {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                let _ = self.open.subscribe().wait_for(|open| *open).await;
+            }
+            Ok(CallToolResult::structured(serde_json::json!({"tool": request.name})).into())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_with_a_call_in_flight_is_not_ended_to_make_room() {
+        let gated = Gated {
+            open: Arc::new(tokio::sync::watch::channel(false).0),
+            waiting: Arc::default(),
+        };
+        let handler = gated.clone();
+        let service = StreamableHttpService::new(
+            move || Ok(handler.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let app = axum::Router::new().nest_service("/mcp", service);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let server = McpServer {
+            url: Some(url),
+            ..McpServer::default()
+        };
+        let http = crate::transport::http::build_client().unwrap();
+        let mut upstream = Upstream::new("a".into(), server, http, Arc::new(|| {}));
+        upstream.max_sessions = 2;
+        let upstream = Arc::new(upstream);
+
+        let held = tokio::spawn({
+            let upstream = upstream.clone();
+            async move {
+                upstream
+                    .call("wait", &serde_json::json!({}), Some("held"))
+                    .await
+            }
+        });
+        for _ in 0..500 {
+            if gated.waiting.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            gated.waiting.load(Ordering::SeqCst),
+            1,
+            "the held call never reached the server"
+        );
+        // New session ids, each past the cap of 2: the held session is the
+        // least recently used, but it has a call in flight.
+        for session in ["b", "c", "d"] {
+            upstream
+                .call("quick", &serde_json::json!({}), Some(session))
+                .await
+                .unwrap_or_else(|(e, _)| {
+                    panic!("session {session}: {}", e.message(Duration::ZERO))
+                });
+        }
+        gated.open.send_replace(true);
+        let answer = tokio::time::timeout(Duration::from_secs(30), held)
+            .await
+            .expect("the held call should finish once the server answers")
+            .unwrap();
+        let output = answer.unwrap_or_else(|(e, _)| {
+            panic!(
+                "the held call failed when other sessions needed room: {}",
+                e.message(Duration::ZERO)
+            )
+        });
+        assert_eq!(output["structuredContent"]["tool"], "wait", "{output}");
+        {
+            let sessions = upstream.sessions.lock();
+            let mut kept: Vec<&str> = sessions.slots.keys().map(String::as_str).collect();
+            kept.sort_unstable();
+            assert_eq!(
+                kept,
+                ["d", "held"],
+                "idle sessions make room, the busy one stays"
+            );
+        }
     }
 }

@@ -5,9 +5,11 @@
 //! longer has), and when the list's TTL expires. Every new or changed tool is
 //! written under `mcp_tools/{agent}/{tool}` through the policy chain (action
 //! `discover`), so a policy can refuse a new tool or a changed description
-//! (tool poisoning): a refused tool is not routed. Tools gone from the list
-//! are deleted. Categories come from the registration (its rules, else its
-//! first category), never from the server.
+//! (tool poisoning): a refused tool is not routed. A tool gone from the list
+//! keeps its record as a tombstone (`withdrawn_at_ms`), so when it is listed
+//! again it is judged as a change of what was last accepted, not as a new
+//! tool. Categories come from the registration (its rules, else its first
+//! category), never from the server.
 //!
 //! Names: replicas listing a name with the same input schema (same hash)
 //! are one tool, balanced by the strategy; a name listed with different
@@ -285,8 +287,8 @@ impl Discovery {
             .collect())
     }
 
-    /// Writes new and changed tools through the policy chain and deletes
-    /// vanished ones; returns the tools the policies allow.
+    /// Writes new and changed tools through the policy chain and marks
+    /// vanished ones withdrawn; returns the tools the policies allow.
     fn judge(
         &self,
         inner: &Inner,
@@ -315,7 +317,10 @@ impl Discovery {
             let hash = schema_hash(&tool.input_schema);
             let before = stored.remove(&tool.name);
             let unchanged = before.as_ref().is_some_and(|b| {
-                b.schema_hash == hash && b.description == tool.description && b.category == category
+                b.withdrawn_at_ms.is_none()
+                    && b.schema_hash == hash
+                    && b.description == tool.description
+                    && b.category == category
             });
             if !unchanged {
                 let record = McpToolRecord {
@@ -334,6 +339,7 @@ impl Discovery {
                             }
                         })
                     }),
+                    withdrawn_at_ms: None,
                 };
                 let value = serde_json::to_vec(&record).map_err(Error::storage)?;
                 let ctx = discover_context(&agent.id, &tool.name, Some(&category));
@@ -360,12 +366,21 @@ impl Discovery {
             });
         }
         for (name, record) in stored {
+            if record.withdrawn_at_ms.is_some() {
+                continue;
+            }
             let ctx = discover_context(&agent.id, &name, Some(&record.category));
+            let tombstone = McpToolRecord {
+                previous: None,
+                withdrawn_at_ms: Some(now_ms()),
+                ..record
+            };
+            let value = serde_json::to_vec(&tombstone).map_err(Error::storage)?;
             if let Err(e) = inner
                 .db
-                .owner_delete_with(&mcp_tool_key(&agent.id, &name), &ctx)
+                .owner_put_with(&mcp_tool_key(&agent.id, &name), &value, &ctx)
             {
-                tracing::warn!(agent_id = %agent.id, tool = %name, error = %e, "could not delete a tool the MCP agent no longer lists");
+                tracing::warn!(agent_id = %agent.id, tool = %name, error = %e, "could not mark withdrawn a tool the MCP agent no longer lists");
             }
         }
         Ok(found)
@@ -473,6 +488,7 @@ impl Discovery {
             }
             let mut tools: Vec<Found> = stored
                 .into_values()
+                .filter(|r| r.withdrawn_at_ms.is_none())
                 .map(|r| Found {
                     name: r.name,
                     category: r.category,
@@ -501,7 +517,8 @@ impl Discovery {
     }
 
     /// Forgets an agent that was unregistered: its tools stop routing under
-    /// the names they had, and its `mcp_tools/` records are deleted.
+    /// the names they had, and its `mcp_tools/` records are deleted,
+    /// tombstones too (a registration under the same id starts afresh).
     pub(crate) fn forget(&self, inner: &Inner, agent_id: &str) {
         let had = self.agents.lock().remove(agent_id).is_some();
         self.generations.lock().remove(agent_id);

@@ -247,6 +247,13 @@ pub struct McpToolRecord {
     /// the tool was known already and one of them changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<McpToolPrevious>,
+    /// Set when the agent stopped listing the tool (ms since the Unix
+    /// epoch): the record stays as a tombstone, not routed, so a tool that
+    /// is listed again is judged against what was last accepted rather than
+    /// as a new one (leaving a tool out of one listing must not wash its
+    /// description change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_at_ms: Option<u64>,
 }
 
 /// The earlier description and schema hash of a tool that changed.

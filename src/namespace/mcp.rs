@@ -33,6 +33,57 @@ pub struct McpCommand {
     pub cwd: Option<String>,
 }
 
+/// What a literal `env` value of a stdio MCP command reads as wherever it
+/// leaves the node: the API, scans, the CLI and the cluster's shared
+/// records. A literal value is taken as a secret (API keys go there), so it
+/// is write-only.
+pub const REDACTED_ENV: &str = "<redacted>";
+
+/// Whether an `env` value says where its secret is rather than holding it:
+/// `${VAR}` (the variable `VAR` of the environment of the node that starts
+/// the command) or `file:PATH` (the contents of a file on that node).
+/// References are resolved at each start, and shown and shared as written.
+pub fn is_env_reference(value: &str) -> bool {
+    let variable = value
+        .strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .is_some_and(|name| !name.is_empty());
+    variable
+        || value
+            .strip_prefix("file:")
+            .is_some_and(|path| !path.is_empty())
+}
+
+impl McpCommand {
+    /// The command as it may be shown or shared: each literal `env` value
+    /// replaced by [`REDACTED_ENV`], references kept.
+    pub fn redacted(&self) -> McpCommand {
+        let mut command = self.clone();
+        for value in command.env.values_mut() {
+            if !is_env_reference(value) {
+                *value = REDACTED_ENV.to_string();
+            }
+        }
+        command
+    }
+}
+
+/// Redacts the literal `env` values in a stored record read as JSON (what a
+/// scan shows) when `key` is an agent's (`agents/…`), as
+/// [`McpCommand::redacted`] does; other records are left alone.
+pub fn redact_agent_json(key: &str, value: &mut serde_json::Value) {
+    if !key.starts_with(super::AGENTS) {
+        return;
+    }
+    if let Some(serde_json::Value::Object(env)) = value.pointer_mut("/transport/command/env") {
+        for value in env.values_mut() {
+            if !value.as_str().is_some_and(is_env_reference) {
+                *value = serde_json::Value::String(REDACTED_ENV.to_string());
+            }
+        }
+    }
+}
+
 /// Maps the tools whose names match `glob` (`*` any run of characters, `?`
 /// one) to `category`. The first matching rule wins; unmatched tools go to
 /// the agent's first category.
@@ -270,6 +321,44 @@ pub struct McpToolPrevious {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_env_values_are_redacted_and_references_kept() {
+        let mut command = McpCommand {
+            program: "/usr/bin/server".into(),
+            ..McpCommand::default()
+        };
+        for (name, value) in [
+            ("API_KEY", "sk-live-1"),
+            ("FROM_VAR", "${API_KEY}"),
+            ("FROM_FILE", "file:/run/secrets/key"),
+            ("NOT_A_REFERENCE", "${}"),
+            ("EMPTY_PATH", "file:"),
+        ] {
+            command.env.insert(name.into(), value.into());
+        }
+        let shown = command.redacted();
+        assert_eq!(shown.env["API_KEY"], REDACTED_ENV);
+        assert_eq!(shown.env["FROM_VAR"], "${API_KEY}");
+        assert_eq!(shown.env["FROM_FILE"], "file:/run/secrets/key");
+        assert_eq!(shown.env["NOT_A_REFERENCE"], REDACTED_ENV);
+        assert_eq!(shown.env["EMPTY_PATH"], REDACTED_ENV);
+        assert_eq!(shown.program, command.program);
+
+        let mut stored = serde_json::json!({"transport": {"kind": "mcp",
+            "command": serde_json::to_value(&command).unwrap()}});
+        let mut elsewhere = stored.clone();
+        redact_agent_json("agents/a", &mut stored);
+        assert_eq!(
+            stored["transport"]["command"],
+            serde_json::to_value(&shown).unwrap()
+        );
+        redact_agent_json("tools/code/x/1", &mut elsewhere);
+        assert_eq!(
+            elsewhere["transport"]["command"]["env"]["API_KEY"],
+            "sk-live-1"
+        );
+    }
 
     #[test]
     fn globs_match_names() {

@@ -16,7 +16,7 @@
 
 use super::answer::{classify_error, output_of};
 use super::MAX_UPSTREAM_SESSIONS;
-use crate::namespace::McpServer;
+use crate::namespace::{is_env_reference, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
 use crate::transport::{Failure, MAX_RESPONSE_BYTES};
 use rmcp::model::{
@@ -278,10 +278,11 @@ impl Upstream {
             tracing::warn!(agent_id = %self.agent_id, program = %command.program, "refused to start a stdio MCP server: its program is not in this node's allow-list ([mcp] allow_commands)");
             return Err(Failure::Agent(refused.to_string()));
         }
+        let env = resolve_env(command).map_err(Failure::Agent)?;
         let mut child = tokio::process::Command::new(&command.program);
         child
             .args(&command.args)
-            .envs(&command.env)
+            .envs(env)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -522,6 +523,46 @@ impl Upstream {
     }
 }
 
+/// A stdio command's `env` as this node starts it: `${VAR}` is this
+/// process's variable `VAR`, `file:PATH` the contents of the file (without
+/// a trailing newline), anything else the value as written. A redacted
+/// value means a literal secret written on another node, which the cluster
+/// does not share.
+fn resolve_env(command: &McpCommand) -> Result<Vec<(String, String)>, String> {
+    command
+        .env
+        .iter()
+        .map(|(name, value)| {
+            let resolved = if !is_env_reference(value) {
+                if value == REDACTED_ENV {
+                    return Err(format!(
+                        "env {name} of the stdio MCP server reached this node redacted: literal env \
+                         values are secrets and are not shared between nodes; write it as \
+                         \"${{VAR}}\" or \"file:PATH\" so each node resolves it"
+                    ));
+                }
+                value.clone()
+            } else if let Some(path) = value.strip_prefix("file:") {
+                let mut text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("env {name} of the stdio MCP server: cannot read {value:?}: {e}")
+                })?;
+                let kept = text.trim_end_matches(['\n', '\r']).len();
+                text.truncate(kept);
+                text
+            } else {
+                let var = &value[2..value.len() - 1];
+                std::env::var(var).map_err(|_| {
+                    format!(
+                        "env {name} of the stdio MCP server is {value}, but {var} is not set (or \
+                         not UTF-8) in this node's environment; set it where Switchboard starts"
+                    )
+                })?
+            };
+            Ok((name.clone(), resolved))
+        })
+        .collect()
+}
+
 fn kind_of(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
@@ -572,6 +613,45 @@ mod tests {
             }
             Ok(CallToolResult::structured(serde_json::json!({"tool": request.name})).into())
         }
+    }
+
+    #[test]
+    fn env_references_are_resolved_on_this_node_and_redacted_values_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api_key");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let mut command = McpCommand {
+            program: "/bin/true".into(),
+            ..McpCommand::default()
+        };
+        command.env.insert("LITERAL".into(), "as-written".into());
+        // Cargo sets this variable for every test it runs.
+        command
+            .env
+            .insert("FROM_VAR".into(), "${CARGO_PKG_NAME}".into());
+        command
+            .env
+            .insert("FROM_FILE".into(), format!("file:{}", file.display()));
+        let env: std::collections::BTreeMap<String, String> =
+            resolve_env(&command).unwrap().into_iter().collect();
+        assert_eq!(env["LITERAL"], "as-written");
+        assert_eq!(env["FROM_VAR"], env!("CARGO_PKG_NAME"));
+        assert_eq!(env["FROM_FILE"], "from-a-file");
+
+        let mut unset = command.clone();
+        unset.env.insert(
+            "MISSING".into(),
+            "${SWITCHBOARD_TEST_VARIABLE_NOBODY_SETS}".into(),
+        );
+        let err = resolve_env(&unset).unwrap_err();
+        assert!(
+            err.contains("SWITCHBOARD_TEST_VARIABLE_NOBODY_SETS") && err.contains("not set"),
+            "{err}"
+        );
+        let mut shared = command.clone();
+        shared.env.insert("API_KEY".into(), REDACTED_ENV.into());
+        let err = resolve_env(&shared).unwrap_err();
+        assert!(err.contains("API_KEY") && err.contains("${VAR}"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -779,23 +779,26 @@ async fn stdio_env_secrets_are_write_only_on_every_read_path() {
     );
 
     // The CLI, through the server and then on the data directory.
-    for args in [
-        vec!["agents", "list", "--json", "--server", &node.base],
-        vec!["scan", "agents/", "--json", "--server", &node.base],
-    ] {
-        let out = cli(&args);
+    let server = node.base.as_str();
+    let remote: [&[&str]; 2] = [
+        &["agents", "list", "--json", "--server", server],
+        &["scan", "agents/", "--json", "--server", server],
+    ];
+    for args in remote {
+        let out = cli(args);
         assert!(out.contains("keyed"), "{args:?}: {out}");
         assert!(!out.contains(SECRET), "{args:?} shows the secret: {out}");
     }
     drop(node);
     let data = dir.path().join("keeper-data");
     let data = data.to_str().unwrap();
-    for args in [
-        vec!["agents", "list", "--json", "--data", data],
-        vec!["scan", "agents/", "--json", "--data", data],
-        vec!["scan", "agents/", "--data", data],
-    ] {
-        let out = cli(&args);
+    let local: [&[&str]; 3] = [
+        &["agents", "list", "--json", "--data", data],
+        &["scan", "agents/", "--json", "--data", data],
+        &["scan", "agents/", "--data", data],
+    ];
+    for args in local {
+        let out = cli(args);
         assert!(out.contains("keyed"), "{args:?}: {out}");
         assert!(!out.contains(SECRET), "{args:?} shows the secret: {out}");
     }

@@ -39,19 +39,40 @@ pub struct McpCommand {
 /// is write-only.
 pub const REDACTED_ENV: &str = "<redacted>";
 
-/// Whether an `env` value says where its secret is rather than holding it:
-/// `${VAR}` (the variable `VAR` of the environment of the node that starts
-/// the command) or `file:PATH` (the contents of a file on that node).
-/// References are resolved at each start, and shown and shared as written.
+/// What an `env` value of a stdio MCP command says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvValue<'a> {
+    /// `${VAR}`: the variable `VAR` of the environment of the node that
+    /// starts the command.
+    Variable(&'a str),
+    /// `file:PATH`: the contents of a file on that node.
+    File(&'a str),
+    /// Anything else: the value itself, a secret.
+    Literal(&'a str),
+}
+
+impl<'a> EnvValue<'a> {
+    /// Reads `value`: a reference when it has a reference's form.
+    pub fn of(value: &'a str) -> EnvValue<'a> {
+        if let Some(name) = value
+            .strip_prefix("${")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .filter(|name| !name.is_empty())
+        {
+            return EnvValue::Variable(name);
+        }
+        match value.strip_prefix("file:").filter(|path| !path.is_empty()) {
+            Some(path) => EnvValue::File(path),
+            None => EnvValue::Literal(value),
+        }
+    }
+}
+
+/// Whether an `env` value says where its secret is rather than holding it
+/// (a `${VAR}` or `file:PATH` [`EnvValue`]). References are resolved at each
+/// start, and shown and shared as written.
 pub fn is_env_reference(value: &str) -> bool {
-    let variable = value
-        .strip_prefix("${")
-        .and_then(|rest| rest.strip_suffix('}'))
-        .is_some_and(|name| !name.is_empty());
-    variable
-        || value
-            .strip_prefix("file:")
-            .is_some_and(|path| !path.is_empty())
+    !matches!(EnvValue::of(value), EnvValue::Literal(_))
 }
 
 impl McpCommand {

@@ -16,7 +16,7 @@
 
 use super::answer::{classify_error, output_of};
 use super::MAX_UPSTREAM_SESSIONS;
-use crate::namespace::{is_env_reference, McpCommand, McpServer, REDACTED_ENV};
+use crate::namespace::{EnvValue, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
 use crate::transport::{Failure, MAX_RESPONSE_BYTES};
 use rmcp::model::{
@@ -533,30 +533,27 @@ fn resolve_env(command: &McpCommand) -> Result<Vec<(String, String)>, String> {
         .env
         .iter()
         .map(|(name, value)| {
-            let resolved = if !is_env_reference(value) {
-                if value == REDACTED_ENV {
-                    return Err(format!(
-                        "env {name} of the stdio MCP server reached this node redacted: literal env \
+            let resolved = match EnvValue::of(value) {
+                EnvValue::Literal(REDACTED_ENV) => return Err(format!(
+                    "env {name} of the stdio MCP server reached this node redacted: literal env \
                          values are secrets and are not shared between nodes; write it as \
                          \"${{VAR}}\" or \"file:PATH\" so each node resolves it"
-                    ));
+                )),
+                EnvValue::Literal(literal) => literal.to_string(),
+                EnvValue::File(path) => {
+                    let mut text = std::fs::read_to_string(path).map_err(|e| {
+                        format!("env {name} of the stdio MCP server: cannot read {value:?}: {e}")
+                    })?;
+                    let kept = text.trim_end_matches(['\n', '\r']).len();
+                    text.truncate(kept);
+                    text
                 }
-                value.clone()
-            } else if let Some(path) = value.strip_prefix("file:") {
-                let mut text = std::fs::read_to_string(path).map_err(|e| {
-                    format!("env {name} of the stdio MCP server: cannot read {value:?}: {e}")
-                })?;
-                let kept = text.trim_end_matches(['\n', '\r']).len();
-                text.truncate(kept);
-                text
-            } else {
-                let var = &value[2..value.len() - 1];
-                std::env::var(var).map_err(|_| {
+                EnvValue::Variable(var) => std::env::var(var).map_err(|_| {
                     format!(
                         "env {name} of the stdio MCP server is {value}, but {var} is not set (or \
                          not UTF-8) in this node's environment; set it where Switchboard starts"
                     )
-                })?
+                })?,
             };
             Ok((name.clone(), resolved))
         })

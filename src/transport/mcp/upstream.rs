@@ -534,11 +534,7 @@ fn resolve_env(command: &McpCommand) -> Result<Vec<(String, String)>, String> {
         .iter()
         .map(|(name, value)| {
             let resolved = match EnvValue::of(value) {
-                EnvValue::Literal(REDACTED_ENV) => return Err(format!(
-                    "env {name} of the stdio MCP server reached this node redacted: literal env \
-                         values are secrets and are not shared between nodes; write it as \
-                         \"${{VAR}}\" or \"file:PATH\" so each node resolves it"
-                )),
+                EnvValue::Literal(REDACTED_ENV) => return Err(arrived_redacted(name)),
                 EnvValue::Literal(literal) => literal.to_string(),
                 EnvValue::File(path) => {
                     let mut text = std::fs::read_to_string(path).map_err(|e| {
@@ -558,6 +554,15 @@ fn resolve_env(command: &McpCommand) -> Result<Vec<(String, String)>, String> {
             Ok((name.clone(), resolved))
         })
         .collect()
+}
+
+/// Why a command whose `env` value arrived redacted is not started.
+fn arrived_redacted(name: &str) -> String {
+    format!(
+        "env {name} of the stdio MCP server reached this node redacted: literal env values are \
+         secrets and are not shared between nodes; write it as \"${{VAR}}\" or \"file:PATH\" \
+         so each node resolves it"
+    )
 }
 
 fn kind_of(value: &serde_json::Value) -> &'static str {

@@ -8,7 +8,11 @@
 //!   credentials (the token signed in again when it expires) and refused
 //!   without them;
 //! - an etcd served over TLS that requires client certificates is joined
-//!   with the configured CA, certificate and key, and refused without them.
+//!   with the configured CA, certificate and key, and refused without them;
+//! - a stdio command's literal `env` values (secrets) are read back
+//!   redacted everywhere (the API, scans, the CLI) and kept out of etcd,
+//!   while the node starts the command with them and with `${VAR}` /
+//!   `file:` references resolved.
 //!
 //! etcd is driven through its JSON gateway (no `etcdctl` needed). Every
 //! process is killed when its guard drops; every wait is bounded, and no
@@ -373,4 +377,162 @@ async fn an_etcd_over_tls_with_client_certificates_is_joined_with_the_configured
         .exit_status(Duration::from_secs(30))
         .success());
     assert!(read_log(dir.path(), "nocert").contains("cannot join the cluster"));
+}
+
+/// Runs the `switchboard` CLI with `args` and returns its stdout.
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env_remove("SWITCHBOARD_TOKEN")
+        .env_remove("SWITCHBOARD_URL")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "switchboard {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stdio_env_secrets_are_write_only_on_every_read_path() {
+    const SECRET: &str = "sk-live-7f3a9c0e5b";
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::http_client();
+    let etcd = Etcd::start(dir.path(), "http", &[], http.clone()).await;
+    let key_file = dir.path().join("api_key");
+    std::fs::write(&key_file, "from-a-file\n").unwrap();
+    // The command is no MCP server: it writes the environment it was
+    // started with and exits, which is all this test needs of it.
+    let started_with = dir.path().join("env.txt");
+    let config = format!(
+        "[cluster]\netcd = [\"{}\"]\nnode_id = \"keeper\"\n\n\
+         [mcp]\nallow_commands = [\"/bin/sh\"]\n\n\
+         [[agents]]\nid = \"keyed\"\ntools = [\"code\"]\n\
+         mcp = {{ command = {{ program = \"/bin/sh\", args = [\"-c\", \"env > '{}'\"], \
+         env = {{ API_KEY = \"{SECRET}\", FROM_VAR = \"${{SB_TEST_API_KEY}}\", \
+         FROM_FILE = \"file:{}\" }} }} }}\n",
+        etcd.url,
+        started_with.display(),
+        key_file.display()
+    );
+    let args = config_args(dir.path(), "keeper", &config);
+    let node = spawn_node(
+        dir.path(),
+        "keeper",
+        &args,
+        &[("SB_TEST_API_KEY", "from-the-node-env")],
+    );
+    serves(&http, &node).await;
+    let shown = json!({
+        "API_KEY": "<redacted>",
+        "FROM_VAR": "${SB_TEST_API_KEY}",
+        "FROM_FILE": format!("file:{}", key_file.display()),
+    });
+
+    // The node started the command with the secret and the references
+    // resolved on it.
+    let env = within(Duration::from_secs(30), "the command is started", || {
+        let text = std::fs::read_to_string(&started_with).ok();
+        async move { text.filter(|t| t.contains("FROM_FILE=")) }
+    })
+    .await;
+    for line in [
+        format!("API_KEY={SECRET}"),
+        "FROM_VAR=from-the-node-env".to_string(),
+        "FROM_FILE=from-a-file".to_string(),
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} not in:\n{env}");
+    }
+
+    let get = |path: String| {
+        let request = http.get(format!("{}{path}", node.base)).send();
+        async move {
+            let answer = request.await.unwrap();
+            assert!(answer.status().is_success(), "{}", answer.status());
+            answer.text().await.unwrap()
+        }
+    };
+    let listing = get("/v1/agents".into()).await;
+    let one = get("/v1/agents/keyed".into()).await;
+    let scan = get("/v1/scan?prefix=agents/".into()).await;
+    let cluster_scan = get("/v1/scan?prefix=agents/&cluster=true".into()).await;
+    for (path, text) in [
+        ("GET /v1/agents", &listing),
+        ("GET /v1/agents/keyed", &one),
+        ("GET /v1/scan", &scan),
+        ("GET /v1/scan?cluster=true", &cluster_scan),
+    ] {
+        assert!(!text.contains(SECRET), "{path} shows the secret: {text}");
+    }
+    let listing: Value = serde_json::from_str(&listing).unwrap();
+    let keyed = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent_id"] == "keyed")
+        .unwrap_or_else(|| panic!("keyed is listed: {listing}"));
+    assert_eq!(keyed["transport"]["command"]["env"], shown);
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["transport"]["command"]["env"], shown);
+    let scan: Value = serde_json::from_str(&scan).unwrap();
+    assert_eq!(
+        scan["items"][0]["value"]["transport"]["command"]["env"],
+        shown
+    );
+
+    // What the cluster shares: the record in etcd.
+    let shared = within(Duration::from_secs(20), "keyed is in etcd", || {
+        etcd.get("switchboard/agents/keyed")
+    })
+    .await;
+    assert!(
+        !shared.to_string().contains(SECRET),
+        "etcd holds the secret: {shared}"
+    );
+    assert_eq!(shared["transport"]["command"]["env"], shown);
+    // The node's own record coming back from etcd redacted does not replace
+    // what it holds (the program is allowed by path, so the allow-list would
+    // not refuse the redacted copy): the command, started again (its
+    // listing failed, so it is retried), still gets the secret.
+    std::fs::remove_file(&started_with).unwrap();
+    let env = within(
+        Duration::from_secs(30),
+        "the command is started again",
+        || {
+            let text = std::fs::read_to_string(&started_with).ok();
+            async move { text.filter(|t| t.contains("FROM_FILE=")) }
+        },
+    )
+    .await;
+    assert!(
+        env.lines().any(|l| l == format!("API_KEY={SECRET}")),
+        "restarted without the secret:\n{env}"
+    );
+
+    // The CLI, through the server and then on the data directory.
+    let server = node.base.as_str();
+    let remote: [&[&str]; 2] = [
+        &["agents", "list", "--json", "--server", server],
+        &["scan", "agents/", "--json", "--server", server],
+    ];
+    for args in remote {
+        let out = cli(args);
+        assert!(out.contains("keyed"), "{args:?}: {out}");
+        assert!(!out.contains(SECRET), "{args:?} shows the secret: {out}");
+    }
+    drop(node);
+    let data = dir.path().join("keeper-data");
+    let data = data.to_str().unwrap();
+    let local: [&[&str]; 3] = [
+        &["agents", "list", "--json", "--data", data],
+        &["scan", "agents/", "--json", "--data", data],
+        &["scan", "agents/", "--data", data],
+    ];
+    for args in local {
+        let out = cli(args);
+        assert!(out.contains("keyed"), "{args:?}: {out}");
+        assert!(!out.contains(SECRET), "{args:?} shows the secret: {out}");
+    }
 }

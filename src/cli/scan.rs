@@ -6,6 +6,7 @@
 
 use super::{Client, StoreArgs};
 use clap::Args;
+use switchboard::namespace::redact_agent_json;
 use switchboard::server::caused_by;
 use switchboard::{AuditFilter, Error, PolicyContext};
 
@@ -101,14 +102,18 @@ pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
                 }
                 let (key, bytes) = kv?;
                 let text = String::from_utf8_lossy(&bytes);
-                let value: serde_json::Value = serde_json::from_slice(&bytes)
+                let mut value: serde_json::Value = serde_json::from_slice(&bytes)
                     .unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
                 if let Some(caller) = &args.caller {
                     if !caused_by(&value, caller) {
                         continue;
                     }
                 }
-                printer.record(None, &key, &value, Some(&text))?;
+                // Secrets are write-only here too: shown redacted, not as stored.
+                let shown = value.clone();
+                redact_agent_json(&key, &mut value);
+                let raw = (value == shown).then_some(text.as_ref());
+                printer.record(None, &key, &value, raw)?;
                 left -= 1;
             }
         }

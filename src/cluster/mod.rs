@@ -321,8 +321,11 @@ impl RegistrationSink for Hooks {
     fn publish(&self, agent_id: &str, record: Option<&AgentRecord>) -> Result<()> {
         let state = self.state.clone();
         let key = format!("{AGENTS}{agent_id}");
+        // Literal env values (secrets) stay on this node: every node that
+        // should start the command resolves `${VAR}` / `file:` references
+        // itself.
         let value = record
-            .map(serde_json::to_vec)
+            .map(|r| serde_json::to_vec(&r.redacted()))
             .transpose()
             .map_err(Error::storage)?;
         block(&self.runtime, &self.state, async move {

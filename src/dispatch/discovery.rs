@@ -5,9 +5,11 @@
 //! longer has), and when the list's TTL expires. Every new or changed tool is
 //! written under `mcp_tools/{agent}/{tool}` through the policy chain (action
 //! `discover`), so a policy can refuse a new tool or a changed description
-//! (tool poisoning): a refused tool is not routed. Tools gone from the list
-//! are deleted. Categories come from the registration (its rules, else its
-//! first category), never from the server.
+//! (tool poisoning): a refused tool is not routed. A tool gone from the list
+//! keeps its record as a tombstone (`withdrawn_at_ms`), so when it is listed
+//! again it is judged as a change of what was last accepted, not as a new
+//! tool. Categories come from the registration (its rules, else its first
+//! category), never from the server.
 //!
 //! Names: replicas listing a name with the same input schema (same hash)
 //! are one tool, balanced by the strategy; a name listed with different
@@ -27,6 +29,7 @@ use crate::routing::endpoint::Endpoint;
 use crate::routing::registry::exposed_name;
 use crate::storage::off_worker;
 use crate::transport::mcp::{ListedTool, MAX_TOOLS_PER_AGENT, MAX_TOOL_PAGES};
+use crate::transport::Failure;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -187,6 +190,18 @@ impl Discovery {
         dispatcher: &ToolDispatcher,
         agent_id: &str,
     ) -> Result<Vec<DiscoveredTool>> {
+        self.discover_when_started(dispatcher, agent_id, || {})
+            .await
+    }
+
+    /// [`discover`](Self::discover), calling `started` once this listing
+    /// holds the agent's lock (no other listing of it runs).
+    async fn discover_when_started(
+        &self,
+        dispatcher: &ToolDispatcher,
+        agent_id: &str,
+        started: impl FnOnce(),
+    ) -> Result<Vec<DiscoveredTool>> {
         let inner = &dispatcher.inner;
         let lock = self
             .locks
@@ -195,6 +210,7 @@ impl Discovery {
             .or_default()
             .clone();
         let _one_at_a_time = lock.lock().await;
+        started();
         let agent = inner
             .registry
             .live(agent_id)
@@ -210,16 +226,24 @@ impl Discovery {
             .upstream(&agent)
             .expect("an MCP endpoint has an upstream");
         let listed = upstream
-            .list_tools(MAX_TOOL_PAGES, MAX_TOOLS_PER_AGENT)
+            .list_tools(MAX_TOOL_PAGES, MAX_TOOLS_PER_AGENT, agent.timeout)
             .await;
         let (listed, server_ttl) = match listed {
             Ok(listed) => listed,
             Err(failure) => {
                 // Sooner than a TTL: the agent routes nothing until listed.
                 self.schedule_refresh(dispatcher, &agent, &server, Some(RETRY_AFTER_FAILURE));
+                let hint = if matches!(failure, Failure::Timeout) {
+                    " (each exchange of a listing gets the agent's timeout, timeout_ms; raise it for a server that lists slowly)"
+                } else {
+                    ""
+                };
                 return Err(Error::AgentFailed {
                     agent_id: agent_id.to_string(),
-                    message: format!("tools/list failed: {}", failure.message(agent.timeout)),
+                    message: format!(
+                        "tools/list failed: {}{hint}",
+                        failure.message(agent.timeout)
+                    ),
                 });
             }
         };
@@ -263,8 +287,8 @@ impl Discovery {
             .collect())
     }
 
-    /// Writes new and changed tools through the policy chain and deletes
-    /// vanished ones; returns the tools the policies allow.
+    /// Writes new and changed tools through the policy chain and marks
+    /// vanished ones withdrawn; returns the tools the policies allow.
     fn judge(
         &self,
         inner: &Inner,
@@ -293,7 +317,10 @@ impl Discovery {
             let hash = schema_hash(&tool.input_schema);
             let before = stored.remove(&tool.name);
             let unchanged = before.as_ref().is_some_and(|b| {
-                b.schema_hash == hash && b.description == tool.description && b.category == category
+                b.withdrawn_at_ms.is_none()
+                    && b.schema_hash == hash
+                    && b.description == tool.description
+                    && b.category == category
             });
             if !unchanged {
                 let record = McpToolRecord {
@@ -312,6 +339,7 @@ impl Discovery {
                             }
                         })
                     }),
+                    withdrawn_at_ms: None,
                 };
                 let value = serde_json::to_vec(&record).map_err(Error::storage)?;
                 let ctx = discover_context(&agent.id, &tool.name, Some(&category));
@@ -338,12 +366,21 @@ impl Discovery {
             });
         }
         for (name, record) in stored {
+            if record.withdrawn_at_ms.is_some() {
+                continue;
+            }
             let ctx = discover_context(&agent.id, &name, Some(&record.category));
+            let tombstone = McpToolRecord {
+                previous: None,
+                withdrawn_at_ms: Some(now_ms()),
+                ..record
+            };
+            let value = serde_json::to_vec(&tombstone).map_err(Error::storage)?;
             if let Err(e) = inner
                 .db
-                .owner_delete_with(&mcp_tool_key(&agent.id, &name), &ctx)
+                .owner_put_with(&mcp_tool_key(&agent.id, &name), &value, &ctx)
             {
-                tracing::warn!(agent_id = %agent.id, tool = %name, error = %e, "could not delete a tool the MCP agent no longer lists");
+                tracing::warn!(agent_id = %agent.id, tool = %name, error = %e, "could not mark withdrawn a tool the MCP agent no longer lists");
             }
         }
         Ok(found)
@@ -451,6 +488,7 @@ impl Discovery {
             }
             let mut tools: Vec<Found> = stored
                 .into_values()
+                .filter(|r| r.withdrawn_at_ms.is_none())
                 .map(|r| Found {
                     name: r.name,
                     category: r.category,
@@ -479,7 +517,8 @@ impl Discovery {
     }
 
     /// Forgets an agent that was unregistered: its tools stop routing under
-    /// the names they had, and its `mcp_tools/` records are deleted.
+    /// the names they had, and its `mcp_tools/` records are deleted,
+    /// tombstones too (a registration under the same id starts afresh).
     pub(crate) fn forget(&self, inner: &Inner, agent_id: &str) {
         let had = self.agents.lock().remove(agent_id).is_some();
         self.generations.lock().remove(agent_id);
@@ -551,7 +590,10 @@ impl Discovery {
     }
 
     /// An agent reported a changed list (or an unknown tool): lists it
-    /// again soon, once for a burst of reports.
+    /// again soon, once for a burst of reports. At most one listing of an
+    /// agent runs and one waits: a report while one waits is already
+    /// answered by it, since it starts after the report; so a server
+    /// flooding `list_changed` costs one waiting task, not one per report.
     pub(crate) fn on_event(weak: &Weak<Inner>, agent_id: &str, uid: u64) {
         let Some(inner) = weak.upgrade() else {
             return;
@@ -571,17 +613,27 @@ impl Discovery {
             let Some(inner) = weak.upgrade() else {
                 return;
             };
-            inner.discovery.pending.lock().remove(&uid);
             let dispatcher = ToolDispatcher { inner };
             let same = dispatcher
                 .inner
                 .registry
                 .live(&id)
                 .is_some_and(|a| a.uid == uid);
-            if same {
-                if let Err(e) = dispatcher.inner.discovery.discover(&dispatcher, &id).await {
-                    tracing::warn!(agent_id = %id, error = %e, "MCP tool list refresh failed");
-                }
+            let discovery = &dispatcher.inner.discovery;
+            if !same {
+                discovery.pending.lock().remove(&uid);
+                return;
+            }
+            // Pending until this listing starts: reports that arrive while
+            // it waits for the running one are answered by it.
+            let started = || {
+                discovery.pending.lock().remove(&uid);
+            };
+            if let Err(e) = discovery
+                .discover_when_started(&dispatcher, &id, started)
+                .await
+            {
+                tracing::warn!(agent_id = %id, error = %e, "MCP tool list refresh failed");
             }
         });
     }

@@ -18,7 +18,9 @@
 //! When the routed tools change (registrations, or tools MCP agents
 //! discover), connected clients are told with
 //! `notifications/tools/list_changed` (debounced): on their session's stream
-//! in the 2025 revisions, on `subscriptions/listen` in 2026-07-28.
+//! in the 2025 revisions, on `subscriptions/listen` in 2026-07-28. A 2025
+//! session's announcing task ends with the session (DELETE, or the idle
+//! expiry of `rmcp`'s session manager), not at the next change.
 
 use super::catalog;
 use crate::dispatch::{RoutingOptions, ToolDispatcher};
@@ -33,6 +35,7 @@ use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -60,6 +63,27 @@ pub struct SwitchboardMcp {
     catalog: catalog::Catalog,
     /// The server's in-flight invoke slots, if it caps them.
     invoke_slots: Option<Arc<Semaphore>>,
+    /// Dropped when the session this handler serves ends: `rmcp` drops a
+    /// session's handler then, and its receivers see the sender gone.
+    session: Arc<tokio::sync::watch::Sender<()>>,
+    /// Sessions' list-change announcers still running, across all sessions.
+    announcers: Arc<AtomicUsize>,
+}
+
+/// Counts one running announcer for as long as it lives.
+struct Announcing(Arc<AtomicUsize>);
+
+impl Announcing {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Announcing(count.clone())
+    }
+}
+
+impl Drop for Announcing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl SwitchboardMcp {
@@ -69,6 +93,17 @@ impl SwitchboardMcp {
             catalog: catalog::Catalog::new(dispatcher.clone()),
             dispatcher,
             invoke_slots: None,
+            session: Arc::new(tokio::sync::watch::channel(()).0),
+            announcers: Arc::default(),
+        }
+    }
+
+    /// The handler of one new session: shares everything but the session's
+    /// end, so each session's announcer stops when its own session ends.
+    fn for_session(&self) -> Self {
+        SwitchboardMcp {
+            session: Arc::new(tokio::sync::watch::channel(()).0),
+            ..self.clone()
         }
     }
 
@@ -262,14 +297,27 @@ impl ServerHandler for SwitchboardMcp {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // A session of the 2025 revisions: tell it when the tools change,
-        // until it goes away.
+        // until it ends. Waiting for the next change alone would keep this
+        // task and its peer alive after the session, for as long as the
+        // tools stay the same.
         let mut changes = self.dispatcher.tools_changed();
         changes.borrow_and_update();
+        let mut ended = self.session.subscribe();
+        let live = Announcing::start(&self.announcers);
         let peer = context.peer;
         tokio::spawn(async move {
-            while next_change(&mut changes).await {
-                if peer.is_transport_closed() || peer.notify_tool_list_changed().await.is_err() {
-                    return;
+            let _live = live;
+            loop {
+                tokio::select! {
+                    _ = ended.changed() => return,
+                    more = next_change(&mut changes) => {
+                        if !more
+                            || peer.is_transport_closed()
+                            || peer.notify_tool_list_changed().await.is_err()
+                        {
+                            return;
+                        }
+                    }
                 }
             }
         });
@@ -334,8 +382,15 @@ pub fn service(
     if let Some(slots) = invoke_slots {
         handler = handler.with_invoke_slots(slots);
     }
+    serve(handler, config)
+}
+
+fn serve(
+    handler: SwitchboardMcp,
+    config: StreamableHttpServerConfig,
+) -> StreamableHttpService<SwitchboardMcp, LocalSessionManager> {
     StreamableHttpService::new(
-        move || Ok(handler.clone()),
+        move || Ok(handler.for_session()),
         Arc::new(LocalSessionManager::default()),
         config,
     )
@@ -359,5 +414,102 @@ mod tests {
         assert_eq!(result.is_error, Some(true));
         let text = serde_json::to_string(&result.content).unwrap();
         assert!(text.contains("not this agent"), "{text}");
+    }
+
+    /// Opens a 2025-revision session at `url` and returns its id.
+    async fn open_session(http: &reqwest::Client, url: &str) -> String {
+        let init = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "test", "version": "0"}}});
+        let answer = http
+            .post(url)
+            .header("Accept", "application/json, text/event-stream")
+            .header("Content-Type", "application/json")
+            .body(init.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "initialize: {}",
+            answer.status()
+        );
+        let session = answer.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        answer.bytes().await.unwrap();
+        let initialized =
+            serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let answer = http
+            .post(url)
+            .header("Accept", "application/json, text/event-stream")
+            .header("Content-Type", "application/json")
+            .header("Mcp-Session-Id", &session)
+            .header("MCP-Protocol-Version", "2025-11-25")
+            .body(initialized.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "initialized: {}",
+            answer.status()
+        );
+        session
+    }
+
+    /// Polls `done` every 20 ms for at most 10 s.
+    async fn within_10s(mut done: impl FnMut() -> bool) -> bool {
+        for _ in 0..500 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ended_sessions_release_their_announcers() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Database::open(dir.path().join("db")).unwrap();
+        let handler = SwitchboardMcp::new(ToolDispatcher::new(db));
+        let announcers = handler.announcers.clone();
+        let app = axum::Router::new().nest_service(
+            "/mcp",
+            serve(handler, StreamableHttpServerConfig::default()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        crate::transport::TlsTrust::install_crypto_provider();
+        let http = reqwest::Client::new();
+
+        const SESSIONS: usize = 40;
+        let mut sessions = Vec::new();
+        for _ in 0..SESSIONS {
+            sessions.push(open_session(&http, &url).await);
+        }
+        assert!(
+            within_10s(|| announcers.load(Ordering::SeqCst) == SESSIONS).await,
+            "each initialised session should run one announcer; {} run",
+            announcers.load(Ordering::SeqCst)
+        );
+        for session in &sessions {
+            let answer = http
+                .delete(&url)
+                .header("Mcp-Session-Id", session)
+                .header("MCP-Protocol-Version", "2025-11-25")
+                .send()
+                .await
+                .unwrap();
+            assert!(answer.status().is_success(), "DELETE: {}", answer.status());
+        }
+        assert!(
+            within_10s(|| announcers.load(Ordering::SeqCst) == 0).await,
+            "every ended session's announcer (a task and a peer) should be gone; {} of {SESSIONS} still run",
+            announcers.load(Ordering::SeqCst)
+        );
     }
 }

@@ -33,6 +33,78 @@ pub struct McpCommand {
     pub cwd: Option<String>,
 }
 
+/// What a literal `env` value of a stdio MCP command reads as wherever it
+/// leaves the node: the API, scans, the CLI and the cluster's shared
+/// records. A literal value is taken as a secret (API keys go there), so it
+/// is write-only.
+pub const REDACTED_ENV: &str = "<redacted>";
+
+/// What an `env` value of a stdio MCP command says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvValue<'a> {
+    /// `${VAR}`: the variable `VAR` of the environment of the node that
+    /// starts the command.
+    Variable(&'a str),
+    /// `file:PATH`: the contents of a file on that node.
+    File(&'a str),
+    /// Anything else: the value itself, a secret.
+    Literal(&'a str),
+}
+
+impl<'a> EnvValue<'a> {
+    /// Reads `value`: a reference when it has a reference's form.
+    pub fn of(value: &'a str) -> EnvValue<'a> {
+        if let Some(name) = value
+            .strip_prefix("${")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .filter(|name| !name.is_empty())
+        {
+            return EnvValue::Variable(name);
+        }
+        match value.strip_prefix("file:").filter(|path| !path.is_empty()) {
+            Some(path) => EnvValue::File(path),
+            None => EnvValue::Literal(value),
+        }
+    }
+}
+
+/// Whether an `env` value says where its secret is rather than holding it
+/// (a `${VAR}` or `file:PATH` [`EnvValue`]). References are resolved at each
+/// start, and shown and shared as written.
+pub fn is_env_reference(value: &str) -> bool {
+    !matches!(EnvValue::of(value), EnvValue::Literal(_))
+}
+
+impl McpCommand {
+    /// The command as it may be shown or shared: each literal `env` value
+    /// replaced by [`REDACTED_ENV`], references kept.
+    pub fn redacted(&self) -> McpCommand {
+        let mut command = self.clone();
+        for value in command.env.values_mut() {
+            if !is_env_reference(value) {
+                *value = REDACTED_ENV.to_string();
+            }
+        }
+        command
+    }
+}
+
+/// Redacts the literal `env` values in a stored record read as JSON (what a
+/// scan shows) when `key` is an agent's (`agents/…`), as
+/// [`McpCommand::redacted`] does; other records are left alone.
+pub fn redact_agent_json(key: &str, value: &mut serde_json::Value) {
+    if !key.starts_with(super::AGENTS) {
+        return;
+    }
+    if let Some(serde_json::Value::Object(env)) = value.pointer_mut("/transport/command/env") {
+        for value in env.values_mut() {
+            if !value.as_str().is_some_and(is_env_reference) {
+                *value = serde_json::Value::String(REDACTED_ENV.to_string());
+            }
+        }
+    }
+}
+
 /// Maps the tools whose names match `glob` (`*` any run of characters, `?`
 /// one) to `category`. The first matching rule wins; unmatched tools go to
 /// the agent's first category.
@@ -247,6 +319,13 @@ pub struct McpToolRecord {
     /// the tool was known already and one of them changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<McpToolPrevious>,
+    /// Set when the agent stopped listing the tool (ms since the Unix
+    /// epoch): the record stays as a tombstone, not routed, so a tool that
+    /// is listed again is judged against what was last accepted rather than
+    /// as a new one (leaving a tool out of one listing must not wash its
+    /// description change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_at_ms: Option<u64>,
 }
 
 /// The earlier description and schema hash of a tool that changed.
@@ -263,6 +342,44 @@ pub struct McpToolPrevious {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_env_values_are_redacted_and_references_kept() {
+        let mut command = McpCommand {
+            program: "/usr/bin/server".into(),
+            ..McpCommand::default()
+        };
+        for (name, value) in [
+            ("API_KEY", "sk-live-1"),
+            ("FROM_VAR", "${API_KEY}"),
+            ("FROM_FILE", "file:/run/secrets/key"),
+            ("NOT_A_REFERENCE", "${}"),
+            ("EMPTY_PATH", "file:"),
+        ] {
+            command.env.insert(name.into(), value.into());
+        }
+        let shown = command.redacted();
+        assert_eq!(shown.env["API_KEY"], REDACTED_ENV);
+        assert_eq!(shown.env["FROM_VAR"], "${API_KEY}");
+        assert_eq!(shown.env["FROM_FILE"], "file:/run/secrets/key");
+        assert_eq!(shown.env["NOT_A_REFERENCE"], REDACTED_ENV);
+        assert_eq!(shown.env["EMPTY_PATH"], REDACTED_ENV);
+        assert_eq!(shown.program, command.program);
+
+        let mut stored = serde_json::json!({"transport": {"kind": "mcp",
+            "command": serde_json::to_value(&command).unwrap()}});
+        let mut elsewhere = stored.clone();
+        redact_agent_json("agents/a", &mut stored);
+        assert_eq!(
+            stored["transport"]["command"],
+            serde_json::to_value(&shown).unwrap()
+        );
+        redact_agent_json("tools/code/x/1", &mut elsewhere);
+        assert_eq!(
+            elsewhere["transport"]["command"]["env"]["API_KEY"],
+            "sk-live-1"
+        );
+    }
 
     #[test]
     fn globs_match_names() {

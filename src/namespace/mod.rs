@@ -27,8 +27,9 @@ pub use ids::{
 };
 pub(crate) use mcp::MCP_TOOLS;
 pub use mcp::{
-    mcp_tool_key, name_glob_matches, CategoryRule, McpCommand, McpServer, McpSpec, McpToolPrevious,
-    McpToolRecord, PrefixMode, MAX_MCP_RULES,
+    is_env_reference, mcp_tool_key, name_glob_matches, redact_agent_json, CategoryRule, EnvValue,
+    McpCommand, McpServer, McpSpec, McpToolPrevious, McpToolRecord, PrefixMode, MAX_MCP_RULES,
+    REDACTED_ENV,
 };
 pub use records::*;
 pub(crate) use tokens::TOKENS;

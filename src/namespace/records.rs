@@ -76,6 +76,21 @@ pub struct AgentRecord {
     pub registered_by: Option<String>,
 }
 
+impl AgentRecord {
+    /// The record as a reader sees it and the cluster shares it: a stdio
+    /// MCP command's literal `env` values redacted (see
+    /// [`McpCommand::redacted`](super::McpCommand::redacted)).
+    pub fn redacted(&self) -> AgentRecord {
+        let mut record = self.clone();
+        if let AgentTransport::Mcp(server) = &mut record.transport {
+            if let Some(command) = &mut server.command {
+                *command = command.redacted();
+            }
+        }
+        record
+    }
+}
+
 /// The value under `sessions/{session_id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -469,11 +469,12 @@ impl AgentRegistry {
     pub(crate) fn apply_shared(&self, record: AgentRecord) -> Result<bool> {
         let _changing = self.changes.lock();
         let id = record.agent_id.clone();
+        // This node's own write comes back with its secrets redacted.
         let same = |held: &AgentRecord| {
             AgentRecord {
                 status: record.status,
                 updated_at_ms: record.updated_at_ms,
-                ..held.clone()
+                ..held.redacted()
             } == record
         };
         if self.agents.read().get(&id).is_some_and(|r| same(&r.record)) {

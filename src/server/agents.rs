@@ -18,7 +18,8 @@ use std::time::Duration;
 
 /// The registered agents a reader may see: one scan of `agents/` through the
 /// read hooks (one read against read rate limits), so a policy that denies
-/// reading `agents/{id}` hides that agent.
+/// reading `agents/{id}` hides that agent. Literal `env` values of stdio
+/// commands are redacted: secrets are write-only.
 pub fn visible_agents(
     dispatcher: &ToolDispatcher,
     ctx: &PolicyContext,
@@ -34,7 +35,7 @@ pub fn visible_agents(
         let (key, _) = kv?;
         let id = &key[agent_key("").len()..];
         if let Some(record) = registry.get(id) {
-            records.push(record);
+            records.push(record.redacted());
         }
     }
     Ok(records)
@@ -76,7 +77,7 @@ pub(crate) async fn get_agent(
     s.dispatcher
         .registry()
         .get(&id)
-        .map(Json)
+        .map(|record| Json(record.redacted()))
         .ok_or_else(|| Error::UnknownAgent(id).into())
 }
 
@@ -195,7 +196,7 @@ pub(crate) async fn register_agent(
     s.dispatcher
         .registry()
         .get(&id)
-        .map(Json)
+        .map(|record| Json(record.redacted()))
         .ok_or_else(|| Error::UnknownAgent(id).into())
 }
 

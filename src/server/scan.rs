@@ -6,7 +6,7 @@ use super::auth::Caller;
 use super::errors::{ApiError, ApiResult};
 use super::AppState;
 use crate::error::Error;
-use crate::namespace::{validate_id, AuditFilter, Scope, TOKENS};
+use crate::namespace::{redact_agent_json, validate_id, AuditFilter, Scope, TOKENS};
 use crate::policy::{keys, PolicyContext};
 use crate::storage::Database;
 use axum::extract::rejection::QueryRejection;
@@ -173,9 +173,11 @@ fn one_page(
         .items
         .into_iter()
         .map(|(key, value)| {
-            let value = serde_json::from_slice(&value).unwrap_or_else(|_| {
+            let mut value = serde_json::from_slice(&value).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&value).into_owned())
             });
+            // Secrets are write-only, in scans as in GET /v1/agents.
+            redact_agent_json(&key, &mut value);
             ScanItem { key, value }
         })
         .collect();

@@ -25,7 +25,10 @@ pub const MAX_TOOL_PAGES: usize = 100;
 /// The most tools one MCP agent may list; the rest are ignored (logged).
 pub const MAX_TOOLS_PER_AGENT: usize = 2000;
 /// The most Switchboard sessions one session-based MCP server keeps an
-/// upstream session for; the least recently used is ended beyond it.
+/// upstream session for; beyond it the least recently used session with no
+/// call in flight is ended (sessions with calls in flight are never ended,
+/// so only they can take the count past it, and they are bounded by the
+/// calls in flight).
 pub const MAX_UPSTREAM_SESSIONS: usize = 1024;
 
 /// What an MCP agent tells the layers above: its tool list changed

@@ -16,7 +16,7 @@
 
 use super::answer::{classify_error, output_of};
 use super::MAX_UPSTREAM_SESSIONS;
-use crate::namespace::McpServer;
+use crate::namespace::{EnvValue, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
 use crate::transport::{Failure, MAX_RESPONSE_BYTES};
 use rmcp::model::{
@@ -28,7 +28,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, Peer, RoleClient, ServiceError};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,10 +122,26 @@ const UNKNOWN: u8 = 0;
 const STATELESS: u8 = 1;
 const SESSIONS: u8 = 2;
 
+/// One Switchboard session's upstream session.
+struct Session {
+    slot: Slot,
+    /// Calls using it now (counted from the moment it is handed out).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one call on a session for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The upstream sessions of a session-based server, by Switchboard session.
 #[derive(Default)]
 struct Sessions {
-    slots: HashMap<String, Slot>,
+    slots: HashMap<String, Session>,
     /// Least recently used first.
     order: VecDeque<String>,
 }
@@ -138,6 +154,8 @@ pub(crate) struct Upstream {
     list_changed: Arc<dyn Fn() + Send + Sync>,
     shared: Slot,
     sessions: parking_lot::Mutex<Sessions>,
+    /// Upstream sessions kept idle ([`MAX_UPSTREAM_SESSIONS`]; smaller in tests).
+    max_sessions: usize,
     /// Whether the server keeps sessions (learnt from the first connection).
     kind: AtomicU8,
     restarts: parking_lot::Mutex<Restarts>,
@@ -157,6 +175,7 @@ impl Upstream {
             list_changed,
             shared: Arc::default(),
             sessions: parking_lot::Mutex::default(),
+            max_sessions: MAX_UPSTREAM_SESSIONS,
             kind: AtomicU8::new(UNKNOWN),
             restarts: parking_lot::Mutex::default(),
         }
@@ -259,10 +278,11 @@ impl Upstream {
             tracing::warn!(agent_id = %self.agent_id, program = %command.program, "refused to start a stdio MCP server: its program is not in this node's allow-list ([mcp] allow_commands)");
             return Err(Failure::Agent(refused.to_string()));
         }
+        let env = resolve_env(command).map_err(Failure::Agent)?;
         let mut child = tokio::process::Command::new(&command.program);
         child
             .args(&command.args)
-            .envs(&command.env)
+            .envs(env)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -344,39 +364,62 @@ impl Upstream {
     }
 
     /// The peer for a call of `session`: its own upstream session on a
-    /// session-based server, else the shared connection.
-    async fn peer_for(&self, session: Option<&str>) -> Result<Peer<RoleClient>, Failure> {
+    /// session-based server, else the shared connection; and, for an own
+    /// session, the count that keeps it from being ended while the call runs.
+    async fn peer_for(
+        &self,
+        session: Option<&str>,
+    ) -> Result<(Peer<RoleClient>, Option<InFlight>), Failure> {
         let shared = self.peer_on(&self.shared).await?;
         let Some(session) = session else {
-            return Ok(shared);
+            return Ok((shared, None));
         };
         if self.kind.load(Ordering::Acquire) != SESSIONS {
-            return Ok(shared);
+            return Ok((shared, None));
         }
-        let slot = self.session_slot(session);
-        self.peer_on(&slot).await
+        let (slot, in_flight) = self.session_slot(session);
+        Ok((self.peer_on(&slot).await?, Some(in_flight)))
     }
 
-    fn session_slot(&self, session: &str) -> Slot {
+    /// `session`'s slot, counted in flight until the guard drops. Making
+    /// room ends the least recently used sessions that have no call in
+    /// flight: ending one with a call running would fail that call (another
+    /// caller's, and no fault of the agent's) to make room for a new
+    /// session id, which any caller can make up.
+    fn session_slot(&self, session: &str) -> (Slot, InFlight) {
         let mut sessions = self.sessions.lock();
-        if let Some(slot) = sessions.slots.get(session).cloned() {
+        let sessions = &mut *sessions;
+        if let Some(entry) = sessions.slots.get(session) {
+            entry.in_flight.fetch_add(1, Ordering::AcqRel);
+            let taken = (entry.slot.clone(), InFlight(entry.in_flight.clone()));
             if let Some(at) = sessions.order.iter().position(|s| s == session) {
                 let s = sessions.order.remove(at).expect("position is in range");
                 sessions.order.push_back(s);
             }
-            return slot;
+            return taken;
         }
-        while sessions.slots.len() >= MAX_UPSTREAM_SESSIONS {
-            let Some(oldest) = sessions.order.pop_front() else {
+        while sessions.slots.len() >= self.max_sessions {
+            let idle = sessions
+                .order
+                .iter()
+                .position(|s| sessions.slots[s].in_flight.load(Ordering::Acquire) == 0);
+            let Some(at) = idle else {
+                // Every session has a call in flight: this one goes past the
+                // cap until some of them finish.
                 break;
             };
+            let oldest = sessions.order.remove(at).expect("position is in range");
             // Dropping the connection ends the upstream session.
             sessions.slots.remove(&oldest);
         }
-        let slot = Slot::default();
-        sessions.slots.insert(session.to_string(), slot.clone());
+        let entry = Session {
+            slot: Slot::default(),
+            in_flight: Arc::new(AtomicUsize::new(1)),
+        };
+        let taken = (entry.slot.clone(), InFlight(entry.in_flight.clone()));
+        sessions.slots.insert(session.to_string(), entry);
         sessions.order.push_back(session.to_string());
-        slot
+        taken
     }
 
     /// Calls tool `name` with `input` as its arguments. `Ok(true)` in the
@@ -400,7 +443,7 @@ impl Upstream {
                 ))
             }
         };
-        let peer = self.peer_for(session).await.map_err(|f| (f, false))?;
+        let (peer, _in_flight) = self.peer_for(session).await.map_err(|f| (f, false))?;
         let mut params = CallToolRequestParams::new(name.to_string());
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
@@ -421,7 +464,7 @@ impl Upstream {
     /// included, shows the server is up and speaking MCP).
     pub(crate) async fn ping(&self, timeout: Duration) -> bool {
         let probe = async {
-            let peer = self.peer_for(None).await.ok()?;
+            let (peer, _) = self.peer_for(None).await.ok()?;
             match peer
                 .send_request(ClientRequest::PingRequest(PingRequest::default()))
                 .await
@@ -435,21 +478,26 @@ impl Upstream {
 
     /// Every tool the server lists (following `nextCursor`, at most
     /// `max_pages` pages and `max_tools` tools), and the list's TTL if the
-    /// server gave one.
+    /// server gave one. Connecting and each page get at most `timeout`: a
+    /// server that accepts a request and never answers must not hold the
+    /// agent's discovery (and the connection it waits on) forever.
     pub(crate) async fn list_tools(
         &self,
         max_pages: usize,
         max_tools: usize,
+        timeout: Duration,
     ) -> Result<(Vec<ListedTool>, Option<Duration>), Failure> {
-        let peer = self.peer_for(None).await?;
+        let (peer, _) = tokio::time::timeout(timeout, self.peer_for(None))
+            .await
+            .map_err(|_| Failure::Timeout)??;
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         let mut ttl: Option<u64> = None;
         for _ in 0..max_pages {
             let params = PaginatedRequestParams::default().with_cursor(cursor.take());
-            let page = peer
-                .list_tools(Some(params))
+            let page = tokio::time::timeout(timeout, peer.list_tools(Some(params)))
                 .await
+                .map_err(|_| Failure::Timeout)?
                 .map_err(|e| classify_error(e, "tools/list").0)?;
             if let Some(page_ttl) = page.ttl_ms {
                 ttl = Some(ttl.map_or(page_ttl, |t| t.min(page_ttl)));
@@ -475,6 +523,48 @@ impl Upstream {
     }
 }
 
+/// A stdio command's `env` as this node starts it: `${VAR}` is this
+/// process's variable `VAR`, `file:PATH` the contents of the file (without
+/// a trailing newline), anything else the value as written. A redacted
+/// value means a literal secret written on another node, which the cluster
+/// does not share.
+fn resolve_env(command: &McpCommand) -> Result<Vec<(String, String)>, String> {
+    command
+        .env
+        .iter()
+        .map(|(name, value)| {
+            let resolved = match EnvValue::of(value) {
+                EnvValue::Literal(REDACTED_ENV) => return Err(arrived_redacted(name)),
+                EnvValue::Literal(literal) => literal.to_string(),
+                EnvValue::File(path) => {
+                    let mut text = std::fs::read_to_string(path).map_err(|e| {
+                        format!("env {name} of the stdio MCP server: cannot read {value:?}: {e}")
+                    })?;
+                    let kept = text.trim_end_matches(['\n', '\r']).len();
+                    text.truncate(kept);
+                    text
+                }
+                EnvValue::Variable(var) => std::env::var(var).map_err(|_| {
+                    format!(
+                        "env {name} of the stdio MCP server is {value}, but {var} is not set (or \
+                         not UTF-8) in this node's environment; set it where Switchboard starts"
+                    )
+                })?,
+            };
+            Ok((name.clone(), resolved))
+        })
+        .collect()
+}
+
+/// Why a command whose `env` value arrived redacted is not started.
+fn arrived_redacted(name: &str) -> String {
+    format!(
+        "env {name} of the stdio MCP server reached this node redacted: literal env values are \
+         secrets and are not shared between nodes; write it as \"${{VAR}}\" or \"file:PATH\" \
+         so each node resolves it"
+    )
+}
+
 fn kind_of(value: &serde_json::Value) -> &'static str {
     match value {
         serde_json::Value::Null => "null",
@@ -483,5 +573,164 @@ fn kind_of(value: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::{CallToolResponse, CallToolResult, ServerCapabilities, ServerConfig};
+    use rmcp::service::RequestContext;
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+    use std::borrow::Cow;
+
+    /// A session-based MCP server whose `wait` tool answers once the gate opens.
+    #[derive(Clone)]
+    struct Gated {
+        open: Arc<tokio::sync::watch::Sender<bool>>,
+        waiting: Arc<AtomicUsize>,
+    }
+
+    impl ServerHandler for Gated {
+        fn get_info(&self) -> ServerConfig {
+            ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        }
+
+        fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+            Cow::Owned(vec![ProtocolVersion::V_2025_11_25])
+        }
+
+        async fn call_tool(
+            &self,
+            request: CallToolRequestParams,
+            _context: RequestContext<RoleServer>,
+        ) -> Result<CallToolResponse, McpError> {
+            if request.name == "wait" {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                let _ = self.open.subscribe().wait_for(|open| *open).await;
+            }
+            Ok(CallToolResult::structured(serde_json::json!({"tool": request.name})).into())
+        }
+    }
+
+    #[test]
+    fn env_references_are_resolved_on_this_node_and_redacted_values_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api_key");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let mut command = McpCommand {
+            program: "/bin/true".into(),
+            ..McpCommand::default()
+        };
+        command.env.insert("LITERAL".into(), "as-written".into());
+        // Cargo sets this variable for every test it runs.
+        command
+            .env
+            .insert("FROM_VAR".into(), "${CARGO_PKG_NAME}".into());
+        command
+            .env
+            .insert("FROM_FILE".into(), format!("file:{}", file.display()));
+        let env: std::collections::BTreeMap<String, String> =
+            resolve_env(&command).unwrap().into_iter().collect();
+        assert_eq!(env["LITERAL"], "as-written");
+        assert_eq!(env["FROM_VAR"], env!("CARGO_PKG_NAME"));
+        assert_eq!(env["FROM_FILE"], "from-a-file");
+
+        let mut unset = command.clone();
+        unset.env.insert(
+            "MISSING".into(),
+            "${SWITCHBOARD_TEST_VARIABLE_NOBODY_SETS}".into(),
+        );
+        let err = resolve_env(&unset).unwrap_err();
+        assert!(
+            err.contains("SWITCHBOARD_TEST_VARIABLE_NOBODY_SETS") && err.contains("not set"),
+            "{err}"
+        );
+        let mut shared = command.clone();
+        shared.env.insert("API_KEY".into(), REDACTED_ENV.into());
+        let err = resolve_env(&shared).unwrap_err();
+        assert!(err.contains("API_KEY") && err.contains("${VAR}"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_with_a_call_in_flight_is_not_ended_to_make_room() {
+        let gated = Gated {
+            open: Arc::new(tokio::sync::watch::channel(false).0),
+            waiting: Arc::default(),
+        };
+        let handler = gated.clone();
+        let service = StreamableHttpService::new(
+            move || Ok(handler.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let app = axum::Router::new().nest_service("/mcp", service);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let server = McpServer {
+            url: Some(url),
+            ..McpServer::default()
+        };
+        let http = crate::transport::http::build_client().unwrap();
+        let mut upstream = Upstream::new("a".into(), server, http, Arc::new(|| {}));
+        upstream.max_sessions = 2;
+        let upstream = Arc::new(upstream);
+
+        let held = tokio::spawn({
+            let upstream = upstream.clone();
+            async move {
+                upstream
+                    .call("wait", &serde_json::json!({}), Some("held"))
+                    .await
+            }
+        });
+        for _ in 0..500 {
+            if gated.waiting.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            gated.waiting.load(Ordering::SeqCst),
+            1,
+            "the held call never reached the server"
+        );
+        // New session ids, each past the cap of 2: the held session is the
+        // least recently used, but it has a call in flight.
+        for session in ["b", "c", "d"] {
+            upstream
+                .call("quick", &serde_json::json!({}), Some(session))
+                .await
+                .unwrap_or_else(|(e, _)| {
+                    panic!("session {session}: {}", e.message(Duration::ZERO))
+                });
+        }
+        gated.open.send_replace(true);
+        let answer = tokio::time::timeout(Duration::from_secs(30), held)
+            .await
+            .expect("the held call should finish once the server answers")
+            .unwrap();
+        let output = answer.unwrap_or_else(|(e, _)| {
+            panic!(
+                "the held call failed when other sessions needed room: {}",
+                e.message(Duration::ZERO)
+            )
+        });
+        assert_eq!(output["structuredContent"]["tool"], "wait", "{output}");
+        {
+            let sessions = upstream.sessions.lock();
+            let mut kept: Vec<&str> = sessions.slots.keys().map(String::as_str).collect();
+            kept.sort_unstable();
+            assert_eq!(
+                kept,
+                ["d", "held"],
+                "idle sessions make room, the busy one stays"
+            );
+        }
     }
 }

@@ -8,12 +8,16 @@
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 demo: deps
-	cargo build --all-targets --quiet
+	@echo "Building switchboard (cargo build --all-targets). The first build compiles RocksDB:"
+	@echo "about 10 minutes on 2 cores. After that, a change rebuilds in under a minute."
+	cargo build --all-targets
 	$(TARGET_DIR)/debug/switchboard demo
 
 # Three nodes and etcd on 127.0.0.1 in a temporary directory (docs/cluster.md).
 cluster-demo: deps
-	cargo build --all-targets --quiet
+	@echo "Building switchboard (cargo build --all-targets). The first build compiles RocksDB:"
+	@echo "about 10 minutes on 2 cores. After that, a change rebuilds in under a minute."
+	cargo build --all-targets
 	bash scripts/cluster-demo
 
 test: deps

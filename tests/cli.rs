@@ -38,9 +38,54 @@ deny contains "hidden agents are not listed" if {
 fn demo_runs_to_completion_and_shows_each_part() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = run_ok(&["demo", "--data", data.to_str().unwrap()]);
+    // As a user runs it: no RUST_LOG, so the demo's own default log level.
+    let run = switchboard()
+        .env_remove("RUST_LOG")
+        .args(["demo", "--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{out}\n{err}");
+    // The killed agent's failures are narrated, not logged between the steps.
+    assert!(!err.contains("WARN"), "log lines in the demo:\n{err}");
+    let line = |start: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?}:\n{out}"))
+            .to_string()
+    };
+    // Strategies are shown on agents of equal priority: all three serve.
+    let round_robin = line("round_robin");
+    for agent in ["backup_agent ×4", "code_agent ×4", "local_code ×4"] {
+        assert!(round_robin.contains(agent), "{round_robin}");
+    }
+    // Then the tier rule on its own: the higher tier takes every call.
+    let tiers = out.split("failover tiers").nth(1).expect("a step on tiers");
+    assert!(
+        tiers
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("code_agent ×12")),
+        "{out}"
+    );
+    // Every agent that served calls is in the metrics table, unregistered or not.
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("trusted_agent_1")
+                && l.contains("unregistered in step 6")),
+        "{out}"
+    );
+    assert!(
+        out.contains("scan tools/sensitive/ (4 records, oldest first)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("in the decision log (policy_log/), the refused call among them"),
+        "{out}"
+    );
     for expected in [
-        "[1/8]",
+        "[1/9]",
         "stored at mcp_tools/weather_mcp/forecast",
         "sees: code, forecast",
         "\"sunny in Oslo\"",

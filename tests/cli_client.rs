@@ -387,3 +387,120 @@ fn local_errors_name_commands_not_rust_methods() {
         "{err}"
     );
 }
+
+/// `python3 examples/echo_agent.py`, stopped (killed and waited for) on drop.
+struct PythonEchoAgent {
+    child: Child,
+    /// Its `/invoke` URL, as it printed it.
+    endpoint: String,
+}
+
+impl PythonEchoAgent {
+    fn start() -> PythonEchoAgent {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/echo_agent.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        // The first line names the port; read on a thread so the wait is bounded.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30));
+        let mut agent = PythonEchoAgent {
+            child,
+            endpoint: String::new(),
+        };
+        let line = line.expect("the echo agent printed its address");
+        agent.endpoint = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|url| url.starts_with("http://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        agent
+    }
+}
+
+impl Drop for PythonEchoAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_python_example_agent_answers_through_serve() {
+    let agent = PythonEchoAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(&dir.path().join("data"), "s3cret");
+    let client = |args: &[&str]| {
+        let mut c = switchboard();
+        c.args(args)
+            .env("SWITCHBOARD_URL", &serve.url)
+            .env("SWITCHBOARD_TOKEN", "s3cret");
+        c
+    };
+    ok(&mut client(&[
+        "agents",
+        "register",
+        "py_echo",
+        "--tools",
+        "code",
+        "--endpoint",
+        &agent.endpoint,
+    ]));
+    let out = ok(&mut client(&[
+        "invoke",
+        "code_exec",
+        "--category",
+        "code",
+        "--input",
+        r#"{"code":"1+1"}"#,
+    ]));
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["agent_id"], "py_echo", "{out}");
+    assert_eq!(result["output"]["tool"], "code_exec", "{out}");
+    assert_eq!(result["output"]["category"], "code", "{out}");
+    assert_eq!(result["output"]["echo"], serde_json::json!({"code": "1+1"}));
+    assert_eq!(result["output"]["invocation_id"], result["invocation_id"]);
+    // Health checks read GET /health from the same agent.
+    let addr = agent.endpoint["http://".len()..].trim_end_matches("/invoke");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The same agent registered at a path it does not serve: a 404, which
+    // the error explains as a wrong URL.
+    let wrong = agent.endpoint.replace("/invoke", "/invok");
+    ok(&mut client(&[
+        "agents",
+        "register",
+        "py_typo",
+        "--tools",
+        "search",
+        "--endpoint",
+        &wrong,
+    ]));
+    let err = fails(&mut client(&["invoke", "find", "--category", "search"]));
+    assert!(
+        err.contains("HTTP 404") && err.contains("endpoint URL looks wrong"),
+        "{err}"
+    );
+}

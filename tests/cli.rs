@@ -120,6 +120,36 @@ fn demo_runs_to_completion_and_shows_each_part() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines.len() >= 8, "{scan}");
+    // The table: one row per call, and the refusals from the decision log.
+    let table = run_ok(&["scan", "tools/sensitive/", "--data", data.to_str().unwrap()]);
+    let mut rows = table.lines();
+    let header = rows.next().unwrap();
+    for column in ["STATUS", "TOOL", "AGENT", "CALLER", "ms", "ERROR"] {
+        assert!(header.contains(column), "{table}");
+    }
+    let served = table
+        .lines()
+        .filter(|l| l.contains(" succeeded ") && l.contains("sensitive/rotate_keys"))
+        .filter(|l| l.contains("trusted_agent_1"))
+        .count();
+    let denied: Vec<&str> = table.lines().filter(|l| l.contains(" denied ")).collect();
+    assert_eq!(served, lines.len(), "{table}");
+    assert!(
+        !denied.is_empty()
+            && denied
+                .iter()
+                .all(|l| l.contains("intern_agent") && l.contains("not trusted")),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "({} records and {} refusals from the decision log (policy_log/))",
+            served,
+            denied.len()
+        )),
+        "{table}"
+    );
+    assert!(!table.contains('{'), "raw JSON in the table:\n{table}");
     assert!(lines
         .iter()
         .all(|l| l["value"]["agent_id"] == "trusted_agent_1"));

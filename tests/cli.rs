@@ -380,3 +380,113 @@ fn cli_agent_list_and_scan_run_under_the_given_policies() {
     let listed = run(&["agents", "list", "--json", "--data", data]);
     assert!(listed.contains("\"hidden\""), "{listed}");
 }
+
+#[test]
+fn every_argument_has_help() {
+    let mut commands = vec![vec![]];
+    let mut i = 0;
+    // Breadth first through the command tree, from each help's "Commands:".
+    while i < commands.len() {
+        let path: Vec<String> = commands[i].clone();
+        i += 1;
+        let help = run_ok(
+            &[
+                path.iter().map(String::as_str).collect::<Vec<_>>(),
+                vec!["-h"],
+            ]
+            .concat(),
+        );
+        let lines: Vec<&str> = help.lines().collect();
+        let mut section = "";
+        for (n, line) in lines.iter().enumerate() {
+            if line.ends_with(':') && !line.starts_with(' ') {
+                section = line;
+                continue;
+            }
+            let Some(entry) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) else {
+                continue;
+            };
+            match section {
+                "Commands:" => {
+                    let name = entry.split_whitespace().next().unwrap();
+                    if name != "help" {
+                        commands.push([path.clone(), vec![name.to_string()]].concat());
+                    }
+                }
+                "Arguments:" | "Options:" => {
+                    // The help follows two spaces on the line, or (when it
+                    // does not fit) on the next line, indented further.
+                    let same_line = entry.trim_end().contains("  ");
+                    let next_line = lines
+                        .get(n + 1)
+                        .is_some_and(|l| l.starts_with("       ") && !l.trim().is_empty());
+                    assert!(
+                        same_line || next_line,
+                        "`switchboard {}`: {entry:?} has no help",
+                        path.join(" ")
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(commands.len() > 15, "{commands:?}");
+}
+
+#[test]
+fn policy_check_reports_input_fields_that_do_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.rego");
+    std::fs::write(
+        &file,
+        "# scope: tools/**\npackage typo\n\nimport rego.v1\n\ndeny contains \"untrusted\" if {\n\tnot input.contxt.agent_id in {\"a\"}\n\tinput.context.agnet_id != \"b\"\n}\n",
+    )
+    .unwrap();
+    let out = switchboard()
+        .args(["policy", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a typo must fail the check:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("ERROR line 7: input.contxt is not in the input document")
+            && stdout.contains("did you mean input.context?"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("WARNING line 8: Switchboard sets no input.context.agnet_id; did you mean input.context.agent_id?"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 reference to fields"), "{stderr}");
+
+    // The shipped policies use only fields that exist.
+    let shipped = run_ok(&[
+        "policy",
+        "check",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/policies"),
+    ]);
+    assert!(
+        !shipped.contains("ERROR") && !shipped.contains("WARNING"),
+        "{shipped}"
+    );
+
+    // A module without a scope: the error says how to give one.
+    std::fs::write(
+        &file,
+        "package noscope\n\nimport rego.v1\n\ndeny contains \"x\" if input.op == \"put\"\n",
+    )
+    .unwrap();
+    let out = switchboard()
+        .args(["policy", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no scope declared") && stderr.contains("--scope GLOB"),
+        "{stderr}"
+    );
+}

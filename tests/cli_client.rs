@@ -504,3 +504,83 @@ fn the_python_example_agent_answers_through_serve() {
         "{err}"
     );
 }
+
+#[test]
+fn cli_messages_name_commands_suggest_categories_and_show_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let local = |args: &[&str]| {
+        let mut c = switchboard();
+        c.args(args).args(["--data", d]);
+        c
+    };
+    // A typo in --category: the nearest served category, and the known ones.
+    ok(&mut local(&[
+        "agents",
+        "register",
+        "coder",
+        "--tools",
+        "code,shell",
+        "--endpoint",
+        "http://127.0.0.1:9/invoke",
+    ]));
+    let err = fails(&mut local(&["invoke", "run", "--category", "cdoe"]));
+    assert!(
+        err.contains("Did you mean --category code?")
+            && err.contains("Categories agents serve: code, shell")
+            && err.contains("embedding"),
+        "{err}"
+    );
+
+    // Tokens: the list shows expiry; revoke takes a name.
+    ok(&mut local(&[
+        "tokens",
+        "create",
+        "--name",
+        "ci",
+        "--scopes",
+        "invoke",
+        "--expires-in",
+        "3600",
+    ]));
+    ok(&mut local(&[
+        "tokens", "create", "--name", "ops", "--scopes", "audit",
+    ]));
+    let list = ok(&mut local(&["tokens", "list"]));
+    let row = |name: &str| {
+        list.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no token {name}:\n{list}"))
+            .to_string()
+    };
+    assert!(
+        row("ci").contains("expires 20") && row("ci").contains(" UTC"),
+        "{list}"
+    );
+    assert!(row("ops").contains("expires never"), "{list}");
+    let out = ok(&mut local(&["tokens", "revoke", "ci"]));
+    assert!(out.contains("revoked"), "{out}");
+    let err = fails(&mut local(&["tokens", "revoke", "nobody"]));
+    assert!(err.contains("no token has the id or name"), "{err}");
+
+    // Through a server, its hints are reworded as commands.
+    let serve = Serve::start(&dir.path().join("served"), "s3cret");
+    let err = fails(
+        switchboard()
+            .args(["agents", "remove", "ghost", "--server", &serve.url])
+            .args(["--token", "s3cret"]),
+    );
+    assert!(
+        err.contains("switchboard agents register ghost") && !err.contains("/v1/"),
+        "{err}"
+    );
+    // An error before any row: no table header above it.
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let out = switchboard()
+        .args(["scan", "tools/", "--server", &unreachable])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "", "a header before the error");
+}

@@ -17,14 +17,19 @@ pub enum AgentsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Register (or replace) an HTTP agent (--endpoint) or an MCP server
-    /// (--mcp URL, or --mcp-command "program args..." run over stdio).
+    /// Register (or replace) an agent: an HTTP agent (--endpoint URL) or an
+    /// MCP server (--mcp URL, or --mcp-command "program args..." run over
+    /// stdio). One of the three is required.
     Register {
+        /// The agent's id, e.g. code_agent (an existing id is replaced).
         id: String,
         /// Comma-separated categories, e.g. code,shell (an MCP agent's tools
         /// go to the first unless --mcp-category maps them elsewhere).
         #[arg(long, value_delimiter = ',', required = true)]
         tools: Vec<String>,
+        /// The URL an HTTP agent takes calls at (POST), e.g.
+        /// http://127.0.0.1:8001/invoke; its health URL is /health on the
+        /// same host and port. Or use --mcp / --mcp-command instead.
         #[arg(long, required_unless_present_any = ["mcp", "mcp_command"], conflicts_with_all = ["mcp", "mcp_command"])]
         endpoint: Option<String>,
         /// The streamable-HTTP URL of an MCP server.
@@ -43,10 +48,15 @@ pub enum AgentsCommand {
         /// `serve` needs it too, in `allow_commands` under [mcp].
         #[arg(long = "allow-command", value_name = "PATH")]
         allow_commands: Vec<String>,
+        /// Its failover tier: every strategy chooses among the healthy
+        /// agents of the highest priority; lower ones are standbys.
         #[arg(long, default_value_t = 0)]
         priority: i32,
+        /// How long one call may take, in milliseconds [default: 30000].
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// Calls it may have in flight at once; a busy agent is skipped
+        /// [default: no limit].
         #[arg(long)]
         max_concurrency: Option<u32>,
         #[command(flatten)]
@@ -54,6 +64,7 @@ pub enum AgentsCommand {
     },
     /// Remove an agent.
     Remove {
+        /// The agent's id (see `switchboard agents list`).
         id: String,
         #[command(flatten)]
         store: StoreArgs,

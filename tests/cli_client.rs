@@ -584,3 +584,71 @@ fn cli_messages_name_commands_suggest_categories_and_show_expiry() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(text(&out.stdout), "", "a header before the error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_through_a_server_lists_refused_calls_as_denied() {
+    let agent = TestAgent::start("echo", Behaviour::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("no_shell.rego"),
+        "# scope: tools/shell/**\npackage no_shell\n\nimport rego.v1\n\ndeny contains \"no shell today\" if input.op == \"put\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start_with(
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--policies",
+            policies.to_str().unwrap(),
+        ],
+        "s3cret",
+    );
+    let client = |args: &[&str]| {
+        let mut c = switchboard();
+        c.args(args)
+            .env("SWITCHBOARD_URL", &serve.url)
+            .env("SWITCHBOARD_TOKEN", "s3cret");
+        c
+    };
+    ok(&mut client(&[
+        "agents",
+        "register",
+        "sh",
+        "--tools",
+        "shell,code",
+        "--endpoint",
+        &agent.endpoint,
+    ]));
+    ok(&mut client(&["invoke", "run", "--category", "code"]));
+    let err = fails(&mut client(&["invoke", "ls", "--category", "shell"]));
+    assert!(err.contains("no shell today"), "{err}");
+
+    let table = ok(&mut client(&["scan", "tools/"]));
+    let row = |status: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!(" {status} ")))
+            .unwrap_or_else(|| panic!("no {status} row:\n{table}"))
+            .to_string()
+    };
+    let served = row("succeeded");
+    assert!(
+        served.contains("code/run") && served.contains(" sh "),
+        "{table}"
+    );
+    let denied = row("denied");
+    assert!(
+        denied.contains("shell/ls") && denied.contains(" sh ") && denied.contains("no shell today"),
+        "{table}"
+    );
+    // Callers are shown: the server's static token acts as static-admin.
+    assert!(served.contains("static-admin"), "{table}");
+    // --json stays the records under the prefix; --status selects records only.
+    let json = ok(&mut client(&["scan", "tools/", "--json"]));
+    assert_eq!(json.lines().count(), 1, "{json}");
+    let failed_only = ok(&mut client(&["scan", "tools/", "--status", "succeeded"]));
+    assert!(!failed_only.contains(" denied "), "{failed_only}");
+}

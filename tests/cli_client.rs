@@ -414,6 +414,7 @@ impl PythonEchoAgent {
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(30));
+        // Owned before the checks below, so that a failed one still stops python.
         let mut agent = PythonEchoAgent {
             child,
             endpoint: String::new(),

@@ -297,6 +297,20 @@ struct Printer {
     denied: usize,
 }
 
+/// One row of the table of calls: a dispatch record or a refusal.
+struct Row<'a> {
+    at_ms: u64,
+    status: &'a str,
+    /// `category/tool`.
+    tool: &'a str,
+    agent: Option<&'a str>,
+    caller: Option<&'a str>,
+    latency_ms: Option<&'a str>,
+    error: Option<&'a str>,
+    /// The node that holds it, in a cluster-wide scan.
+    node_id: Option<&'a str>,
+}
+
 /// Characters of a value the key table shows.
 const SHOWN: usize = 100;
 
@@ -350,16 +364,16 @@ impl Printer {
             if let Ok(r) = serde_json::from_value::<DispatchRecord>(value.clone()) {
                 let status = serde_json::to_value(r.status).map_err(Error::storage)?;
                 let latency = r.latency_ms.map(|ms| format!("{ms:.1}"));
-                self.call_row(
-                    r.started_at_ms,
-                    status.as_str().unwrap_or_default(),
-                    &format!("{}/{}", r.category.as_str(), r.tool),
-                    r.agent_id.as_deref(),
-                    r.caller.as_deref(),
-                    latency.as_deref(),
-                    r.error.as_deref(),
+                self.call_row(&Row {
+                    at_ms: r.started_at_ms,
+                    status: status.as_str().unwrap_or_default(),
+                    tool: &format!("{}/{}", r.category.as_str(), r.tool),
+                    agent: r.agent_id.as_deref(),
+                    caller: r.caller.as_deref(),
+                    latency_ms: latency.as_deref(),
+                    error: r.error.as_deref(),
                     node_id,
-                )?;
+                })?;
                 return Ok(true);
             }
         }
@@ -393,38 +407,32 @@ impl Printer {
             .strip_prefix("tools/")
             .and_then(|rest| rest.rsplit_once('/'))
             .map_or(key, |(tool, _id)| tool);
-        self.call_row(
-            decision["at_ms"].as_u64().unwrap_or_default(),
-            "denied",
+        self.call_row(&Row {
+            at_ms: decision["at_ms"].as_u64().unwrap_or_default(),
+            status: "denied",
             tool,
-            ctx["agent_id"].as_str(),
-            ctx["caller"].as_str(),
-            None,
-            decision["reason"].as_str(),
+            agent: ctx["agent_id"].as_str(),
+            caller: ctx["caller"].as_str(),
+            latency_ms: None,
+            error: decision["reason"].as_str(),
             node_id,
-        )
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn call_row(
-        &mut self,
-        at_ms: u64,
-        status: &str,
-        tool: &str,
-        agent: Option<&str>,
-        caller: Option<&str>,
-        latency_ms: Option<&str>,
-        error: Option<&str>,
-        node_id: Option<&str>,
-    ) -> switchboard::Result<()> {
-        let node = node_id.map(|n| format!(" (node {n})")).unwrap_or_default();
+    fn call_row(&mut self, r: &Row) -> switchboard::Result<()> {
+        let node = r
+            .node_id
+            .map(|n| format!(" (node {n})"))
+            .unwrap_or_default();
         let row = format!(
-            "{}  {status:<11} {tool:<28} {:<16} {:<16} {:>8}  {}{node}",
-            super::utc(at_ms),
-            agent.unwrap_or("-"),
-            caller.unwrap_or("-"),
-            latency_ms.unwrap_or("-"),
-            error.unwrap_or("").replace('\n', " "),
+            "{}  {:<11} {:<28} {:<16} {:<16} {:>8}  {}{node}",
+            super::utc(r.at_ms),
+            r.status,
+            r.tool,
+            r.agent.unwrap_or("-"),
+            r.caller.unwrap_or("-"),
+            r.latency_ms.unwrap_or("-"),
+            r.error.unwrap_or("").replace('\n', " "),
         );
         self.line(format_args!("{}", row.trim_end()))
     }

@@ -534,6 +534,19 @@ fn cli_messages_name_commands_suggest_categories_and_show_expiry() {
         "{err}"
     );
 
+    // Registering without a transport names all three ways of giving one.
+    let out = local(&["agents", "register", "bare", "--tools", "code"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--endpoint")
+            && err.contains("--mcp <MCP>")
+            && err.contains("--mcp-command"),
+        "{err}"
+    );
+
     // Tokens: the list shows expiry; revoke takes a name.
     ok(&mut local(&[
         "tokens",

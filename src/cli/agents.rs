@@ -2,7 +2,7 @@
 //! through a server's `/v1/agents` routes.
 
 use super::{Client, StoreArgs};
-use clap::Subcommand;
+use clap::{ArgGroup, Subcommand};
 use reqwest::Method;
 use switchboard::namespace::AgentRecord;
 use switchboard::{AgentConfig, CategoryRule, Error, McpServer, PolicyContext, ToolCategory};
@@ -20,6 +20,7 @@ pub enum AgentsCommand {
     /// Register (or replace) an agent: an HTTP agent (--endpoint URL) or an
     /// MCP server (--mcp URL, or --mcp-command "program args..." run over
     /// stdio). One of the three is required.
+    #[command(group(ArgGroup::new("agent").required(true).args(["endpoint", "mcp", "mcp_command"])))]
     Register {
         /// The agent's id, e.g. code_agent (an existing id is replaced).
         id: String,
@@ -30,10 +31,10 @@ pub enum AgentsCommand {
         /// The URL an HTTP agent takes calls at (POST), e.g.
         /// http://127.0.0.1:8001/invoke; its health URL is /health on the
         /// same host and port. Or use --mcp / --mcp-command instead.
-        #[arg(long, required_unless_present_any = ["mcp", "mcp_command"], conflicts_with_all = ["mcp", "mcp_command"])]
+        #[arg(long)]
         endpoint: Option<String>,
         /// The streamable-HTTP URL of an MCP server.
-        #[arg(long, conflicts_with = "mcp_command")]
+        #[arg(long)]
         mcp: Option<String>,
         /// A stdio MCP server: the program and its arguments, split at
         /// spaces (local database only: it runs on this machine).

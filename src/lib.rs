@@ -96,8 +96,9 @@ pub use storage::{
     Connection, Database, DatabaseOptions, Durability, Page, ReservedWrites, Scan, ScanBuilder,
     Transaction, PAGE_HIDDEN_BUDGET,
 };
-// Policies stored in the database (`policies/{name}`), loaded by every open.
-pub use storage::{PolicyChange, StoredPolicy, POLICIES};
+// Policies stored in the database (`policies/{name}`), loaded by every open;
+// and where the decisions of policies are logged (`policy_log/`).
+pub use storage::{PolicyChange, StoredPolicy, DECISION_LOG, POLICIES};
 
 // Policy: hooks, Rego, rate limits, the decision log, and who is acting.
 pub use policy::{

@@ -9,10 +9,12 @@ fn main() {
     // Before any HTTP client is built (the CLI's, and the dispatcher's).
     switchboard::TlsTrust::install_crypto_provider();
     let args = cli::Cli::parse();
-    let default_level = if matches!(args.command, cli::Command::Serve(_)) {
-        "info"
-    } else {
-        "warn"
+    // The demo narrates the failures it causes (a killed agent, a denial);
+    // log lines between its steps would only interrupt it.
+    let default_level = match args.command {
+        cli::Command::Serve(_) => "info",
+        cli::Command::Demo(_) => "error",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -38,9 +38,54 @@ deny contains "hidden agents are not listed" if {
 fn demo_runs_to_completion_and_shows_each_part() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = run_ok(&["demo", "--data", data.to_str().unwrap()]);
+    // As a user runs it: no RUST_LOG, so the demo's own default log level.
+    let run = switchboard()
+        .env_remove("RUST_LOG")
+        .args(["demo", "--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{out}\n{err}");
+    // The killed agent's failures are narrated, not logged between the steps.
+    assert!(!err.contains("WARN"), "log lines in the demo:\n{err}");
+    let line = |start: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?}:\n{out}"))
+            .to_string()
+    };
+    // Strategies are shown on agents of equal priority: all three serve.
+    let round_robin = line("round_robin");
+    for agent in ["backup_agent ×4", "code_agent ×4", "local_code ×4"] {
+        assert!(round_robin.contains(agent), "{round_robin}");
+    }
+    // Then the tier rule on its own: the higher tier takes every call.
+    let tiers = out.split("failover tiers").nth(1).expect("a step on tiers");
+    assert!(
+        tiers
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("code_agent ×12")),
+        "{out}"
+    );
+    // Every agent that served calls is in the metrics table, unregistered or not.
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("trusted_agent_1")
+                && l.contains("unregistered in step 6")),
+        "{out}"
+    );
+    assert!(
+        out.contains("scan tools/sensitive/ (4 records, oldest first)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("in the decision log (policy_log/), the refused call among them"),
+        "{out}"
+    );
     for expected in [
-        "[1/8]",
+        "[1/9]",
         "stored at mcp_tools/weather_mcp/forecast",
         "sees: code, forecast",
         "\"sunny in Oslo\"",
@@ -75,6 +120,36 @@ fn demo_runs_to_completion_and_shows_each_part() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines.len() >= 8, "{scan}");
+    // The table: one row per call, and the refusals from the decision log.
+    let table = run_ok(&["scan", "tools/sensitive/", "--data", data.to_str().unwrap()]);
+    let mut rows = table.lines();
+    let header = rows.next().unwrap();
+    for column in ["STATUS", "TOOL", "AGENT", "CALLER", "ms", "ERROR"] {
+        assert!(header.contains(column), "{table}");
+    }
+    let served = table
+        .lines()
+        .filter(|l| l.contains(" succeeded ") && l.contains("sensitive/rotate_keys"))
+        .filter(|l| l.contains("trusted_agent_1"))
+        .count();
+    let denied: Vec<&str> = table.lines().filter(|l| l.contains(" denied ")).collect();
+    assert_eq!(served, lines.len(), "{table}");
+    assert!(
+        !denied.is_empty()
+            && denied
+                .iter()
+                .all(|l| l.contains("intern_agent") && l.contains("not trusted")),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "({} records and {} refusals from the decision log (policy_log/))",
+            served,
+            denied.len()
+        )),
+        "{table}"
+    );
+    assert!(!table.contains('{'), "raw JSON in the table:\n{table}");
     assert!(lines
         .iter()
         .all(|l| l["value"]["agent_id"] == "trusted_agent_1"));
@@ -304,4 +379,114 @@ fn cli_agent_list_and_scan_run_under_the_given_policies() {
     run(&["policy", "delete", &name, "--data", data]);
     let listed = run(&["agents", "list", "--json", "--data", data]);
     assert!(listed.contains("\"hidden\""), "{listed}");
+}
+
+#[test]
+fn every_argument_has_help() {
+    let mut commands = vec![vec![]];
+    let mut i = 0;
+    // Breadth first through the command tree, from each help's "Commands:".
+    while i < commands.len() {
+        let path: Vec<String> = commands[i].clone();
+        i += 1;
+        let help = run_ok(
+            &[
+                path.iter().map(String::as_str).collect::<Vec<_>>(),
+                vec!["-h"],
+            ]
+            .concat(),
+        );
+        let lines: Vec<&str> = help.lines().collect();
+        let mut section = "";
+        for (n, line) in lines.iter().enumerate() {
+            if line.ends_with(':') && !line.starts_with(' ') {
+                section = line;
+                continue;
+            }
+            let Some(entry) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) else {
+                continue;
+            };
+            match section {
+                "Commands:" => {
+                    let name = entry.split_whitespace().next().unwrap();
+                    if name != "help" {
+                        commands.push([path.clone(), vec![name.to_string()]].concat());
+                    }
+                }
+                "Arguments:" | "Options:" => {
+                    // The help follows two spaces on the line, or (when it
+                    // does not fit) on the next line, indented further.
+                    let same_line = entry.trim_end().contains("  ");
+                    let next_line = lines
+                        .get(n + 1)
+                        .is_some_and(|l| l.starts_with("       ") && !l.trim().is_empty());
+                    assert!(
+                        same_line || next_line,
+                        "`switchboard {}`: {entry:?} has no help",
+                        path.join(" ")
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(commands.len() > 15, "{commands:?}");
+}
+
+#[test]
+fn policy_check_reports_input_fields_that_do_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.rego");
+    std::fs::write(
+        &file,
+        "# scope: tools/**\npackage typo\n\nimport rego.v1\n\ndeny contains \"untrusted\" if {\n\tnot input.contxt.agent_id in {\"a\"}\n\tinput.context.agnet_id != \"b\"\n}\n",
+    )
+    .unwrap();
+    let out = switchboard()
+        .args(["policy", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a typo must fail the check:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("ERROR line 7: input.contxt is not in the input document")
+            && stdout.contains("did you mean input.context?"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("WARNING line 8: Switchboard sets no input.context.agnet_id; did you mean input.context.agent_id?"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 reference to fields"), "{stderr}");
+
+    // The shipped policies use only fields that exist.
+    let shipped = run_ok(&[
+        "policy",
+        "check",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/policies"),
+    ]);
+    assert!(
+        !shipped.contains("ERROR") && !shipped.contains("WARNING"),
+        "{shipped}"
+    );
+
+    // A module without a scope: the error says how to give one.
+    std::fs::write(
+        &file,
+        "package noscope\n\nimport rego.v1\n\ndeny contains \"x\" if input.op == \"put\"\n",
+    )
+    .unwrap();
+    let out = switchboard()
+        .args(["policy", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no scope declared") && stderr.contains("--scope GLOB"),
+        "{stderr}"
+    );
 }

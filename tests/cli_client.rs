@@ -387,3 +387,282 @@ fn local_errors_name_commands_not_rust_methods() {
         "{err}"
     );
 }
+
+/// `python3 examples/echo_agent.py`, stopped (killed and waited for) on drop.
+struct PythonEchoAgent {
+    child: Child,
+    /// Its `/invoke` URL, as it printed it.
+    endpoint: String,
+}
+
+impl PythonEchoAgent {
+    fn start() -> PythonEchoAgent {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/echo_agent.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        // The first line names the port; read on a thread so the wait is bounded.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30));
+        // Owned before the checks below, so that a failed one still stops python.
+        let mut agent = PythonEchoAgent {
+            child,
+            endpoint: String::new(),
+        };
+        let line = line.expect("the echo agent printed its address");
+        agent.endpoint = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|url| url.starts_with("http://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        agent
+    }
+}
+
+impl Drop for PythonEchoAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_python_example_agent_answers_through_serve() {
+    let agent = PythonEchoAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(&dir.path().join("data"), "s3cret");
+    let client = |args: &[&str]| {
+        let mut c = switchboard();
+        c.args(args)
+            .env("SWITCHBOARD_URL", &serve.url)
+            .env("SWITCHBOARD_TOKEN", "s3cret");
+        c
+    };
+    ok(&mut client(&[
+        "agents",
+        "register",
+        "py_echo",
+        "--tools",
+        "code",
+        "--endpoint",
+        &agent.endpoint,
+    ]));
+    let out = ok(&mut client(&[
+        "invoke",
+        "code_exec",
+        "--category",
+        "code",
+        "--input",
+        r#"{"code":"1+1"}"#,
+    ]));
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["agent_id"], "py_echo", "{out}");
+    assert_eq!(result["output"]["tool"], "code_exec", "{out}");
+    assert_eq!(result["output"]["category"], "code", "{out}");
+    assert_eq!(result["output"]["echo"], serde_json::json!({"code": "1+1"}));
+    assert_eq!(result["output"]["invocation_id"], result["invocation_id"]);
+    // Health checks read GET /health from the same agent.
+    let addr = agent.endpoint["http://".len()..].trim_end_matches("/invoke");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The same agent registered at a path it does not serve: a 404, which
+    // the error explains as a wrong URL.
+    let wrong = agent.endpoint.replace("/invoke", "/invok");
+    ok(&mut client(&[
+        "agents",
+        "register",
+        "py_typo",
+        "--tools",
+        "search",
+        "--endpoint",
+        &wrong,
+    ]));
+    let err = fails(&mut client(&["invoke", "find", "--category", "search"]));
+    assert!(
+        err.contains("HTTP 404") && err.contains("endpoint URL looks wrong"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_messages_name_commands_suggest_categories_and_show_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let local = |args: &[&str]| {
+        let mut c = switchboard();
+        c.args(args).args(["--data", d]);
+        c
+    };
+    // A typo in --category: the nearest served category, and the known ones.
+    ok(&mut local(&[
+        "agents",
+        "register",
+        "coder",
+        "--tools",
+        "code,shell",
+        "--endpoint",
+        "http://127.0.0.1:9/invoke",
+    ]));
+    let err = fails(&mut local(&["invoke", "run", "--category", "cdoe"]));
+    assert!(
+        err.contains("Did you mean --category code?")
+            && err.contains("Categories agents serve: code, shell")
+            && err.contains("embedding"),
+        "{err}"
+    );
+
+    // Registering without a transport names all three ways of giving one.
+    let out = local(&["agents", "register", "bare", "--tools", "code"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--endpoint")
+            && err.contains("--mcp <MCP>")
+            && err.contains("--mcp-command"),
+        "{err}"
+    );
+
+    // Tokens: the list shows expiry; revoke takes a name.
+    ok(&mut local(&[
+        "tokens",
+        "create",
+        "--name",
+        "ci",
+        "--scopes",
+        "invoke",
+        "--expires-in",
+        "3600",
+    ]));
+    ok(&mut local(&[
+        "tokens", "create", "--name", "ops", "--scopes", "audit",
+    ]));
+    let list = ok(&mut local(&["tokens", "list"]));
+    let row = |name: &str| {
+        list.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no token {name}:\n{list}"))
+            .to_string()
+    };
+    assert!(
+        row("ci").contains("expires 20") && row("ci").contains(" UTC"),
+        "{list}"
+    );
+    assert!(row("ops").contains("expires never"), "{list}");
+    let out = ok(&mut local(&["tokens", "revoke", "ci"]));
+    assert!(out.contains("revoked"), "{out}");
+    let err = fails(&mut local(&["tokens", "revoke", "nobody"]));
+    assert!(err.contains("no token has the id or name"), "{err}");
+
+    // Through a server, its hints are reworded as commands.
+    let serve = Serve::start(&dir.path().join("served"), "s3cret");
+    let err = fails(
+        switchboard()
+            .args(["agents", "remove", "ghost", "--server", &serve.url])
+            .args(["--token", "s3cret"]),
+    );
+    assert!(
+        err.contains("switchboard agents register ghost") && !err.contains("/v1/"),
+        "{err}"
+    );
+    // An error before any row: no table header above it.
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let out = switchboard()
+        .args(["scan", "tools/", "--server", &unreachable])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "", "a header before the error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_through_a_server_lists_refused_calls_as_denied() {
+    let agent = TestAgent::start("echo", Behaviour::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("no_shell.rego"),
+        "# scope: tools/shell/**\npackage no_shell\n\nimport rego.v1\n\ndeny contains \"no shell today\" if input.op == \"put\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start_with(
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--policies",
+            policies.to_str().unwrap(),
+        ],
+        "s3cret",
+    );
+    let client = |args: &[&str]| {
+        let mut c = switchboard();
+        c.args(args)
+            .env("SWITCHBOARD_URL", &serve.url)
+            .env("SWITCHBOARD_TOKEN", "s3cret");
+        c
+    };
+    ok(&mut client(&[
+        "agents",
+        "register",
+        "sh",
+        "--tools",
+        "shell,code",
+        "--endpoint",
+        &agent.endpoint,
+    ]));
+    ok(&mut client(&["invoke", "run", "--category", "code"]));
+    let err = fails(&mut client(&["invoke", "ls", "--category", "shell"]));
+    assert!(err.contains("no shell today"), "{err}");
+
+    let table = ok(&mut client(&["scan", "tools/"]));
+    let row = |status: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!(" {status} ")))
+            .unwrap_or_else(|| panic!("no {status} row:\n{table}"))
+            .to_string()
+    };
+    let served = row("succeeded");
+    assert!(
+        served.contains("code/run") && served.contains(" sh "),
+        "{table}"
+    );
+    let denied = row("denied");
+    assert!(
+        denied.contains("shell/ls") && denied.contains(" sh ") && denied.contains("no shell today"),
+        "{table}"
+    );
+    // Callers are shown: the server's static token acts as static-admin.
+    assert!(served.contains("static-admin"), "{table}");
+    // --json stays the records under the prefix; --status selects records only.
+    let json = ok(&mut client(&["scan", "tools/", "--json"]));
+    assert_eq!(json.lines().count(), 1, "{json}");
+    let failed_only = ok(&mut client(&["scan", "tools/", "--status", "succeeded"]));
+    assert!(!failed_only.contains(" denied "), "{failed_only}");
+}

@@ -381,7 +381,7 @@ async fn an_etcd_over_tls_with_client_certificates_is_joined_with_the_configured
 
 /// Runs the `switchboard` CLI with `args` and returns its stdout.
 fn cli(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .env_remove("SWITCHBOARD_TOKEN")
         .env_remove("SWITCHBOARD_URL")
         .args(args)

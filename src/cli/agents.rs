@@ -2,7 +2,7 @@
 //! through a server's `/v1/agents` routes.
 
 use super::{Client, StoreArgs};
-use clap::Subcommand;
+use clap::{ArgGroup, Subcommand};
 use reqwest::Method;
 use switchboard::namespace::AgentRecord;
 use switchboard::{AgentConfig, CategoryRule, Error, McpServer, PolicyContext, ToolCategory};
@@ -17,18 +17,24 @@ pub enum AgentsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Register (or replace) an HTTP agent (--endpoint) or an MCP server
-    /// (--mcp URL, or --mcp-command "program args..." run over stdio).
+    /// Register (or replace) an agent: an HTTP agent (--endpoint URL) or an
+    /// MCP server (--mcp URL, or --mcp-command "program args..." run over
+    /// stdio). One of the three is required.
+    #[command(group(ArgGroup::new("agent").required(true).args(["endpoint", "mcp", "mcp_command"])))]
     Register {
+        /// The agent's id, e.g. code_agent (an existing id is replaced).
         id: String,
         /// Comma-separated categories, e.g. code,shell (an MCP agent's tools
         /// go to the first unless --mcp-category maps them elsewhere).
         #[arg(long, value_delimiter = ',', required = true)]
         tools: Vec<String>,
-        #[arg(long, required_unless_present_any = ["mcp", "mcp_command"], conflicts_with_all = ["mcp", "mcp_command"])]
+        /// The URL an HTTP agent takes calls at (POST), e.g.
+        /// http://127.0.0.1:8001/invoke; its health URL is /health on the
+        /// same host and port. Or use --mcp / --mcp-command instead.
+        #[arg(long)]
         endpoint: Option<String>,
         /// The streamable-HTTP URL of an MCP server.
-        #[arg(long, conflicts_with = "mcp_command")]
+        #[arg(long)]
         mcp: Option<String>,
         /// A stdio MCP server: the program and its arguments, split at
         /// spaces (local database only: it runs on this machine).
@@ -43,10 +49,15 @@ pub enum AgentsCommand {
         /// `serve` needs it too, in `allow_commands` under [mcp].
         #[arg(long = "allow-command", value_name = "PATH")]
         allow_commands: Vec<String>,
+        /// Its failover tier: every strategy chooses among the healthy
+        /// agents of the highest priority; lower ones are standbys.
         #[arg(long, default_value_t = 0)]
         priority: i32,
+        /// How long one call may take, in milliseconds [default: 30000].
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// Calls it may have in flight at once; a busy agent is skipped
+        /// [default: no limit].
         #[arg(long)]
         max_concurrency: Option<u32>,
         #[command(flatten)]
@@ -54,6 +65,7 @@ pub enum AgentsCommand {
     },
     /// Remove an agent.
     Remove {
+        /// The agent's id (see `switchboard agents list`).
         id: String,
         #[command(flatten)]
         store: StoreArgs,

@@ -159,9 +159,52 @@ fn server_error(base: &str, status: StatusCode, body: &[u8]) -> Error {
             } else {
                 ""
             };
-            format!("{message}{hint}")
+            format!("{}{hint}", in_cli_words(&code, &message))
         }
         None => String::from_utf8_lossy(body).trim().to_string(),
     };
     Error::internal(format!("{base} answered {}", status.as_u16()), message)
+}
+
+/// The server's hints name its HTTP routes; printed by the CLI, they name
+/// the commands that do the same.
+fn in_cli_words(code: &str, message: &str) -> String {
+    if code == "unknown_agent" {
+        if let Some((id, _)) = message
+            .strip_prefix("unknown agent ")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            return format!(
+                "unknown agent {id}: see `switchboard agents list`, or add it with \
+                 `switchboard agents register {id} --tools … --endpoint …`"
+            );
+        }
+    }
+    [
+        ("GET /v1/agents", "`switchboard agents list`"),
+        ("GET /v1/tokens", "`switchboard tokens list`"),
+        ("GET /v1/policies", "`switchboard policy list`"),
+        ("PUT /v1/policies/{name}", "`switchboard policy put FILE`"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (route, command)| {
+        m.replace(route, command)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_hints_name_commands() {
+        let m = super::in_cli_words(
+            "unknown_agent",
+            "unknown agent a1: register it with PUT /v1/agents/a1, or see GET /v1/agents",
+        );
+        assert!(
+            m.contains("switchboard agents register a1") && !m.contains("/v1/"),
+            "{m}"
+        );
+        let m = super::in_cli_words("unknown_token", "no token \"x\"; GET /v1/tokens lists them");
+        assert_eq!(m, "no token \"x\"; `switchboard tokens list` lists them");
+    }
 }

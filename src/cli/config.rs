@@ -8,7 +8,10 @@ use switchboard::config::Config;
 pub enum ConfigCommand {
     /// Validate a config file (unknown options, bad values, the listen
     /// address, the policy directory) without starting the server.
-    Check { file: PathBuf },
+    Check {
+        /// The TOML config file `serve --config` would read (docs/configuration.md).
+        file: PathBuf,
+    },
 }
 
 pub fn run(cmd: ConfigCommand) -> switchboard::Result<()> {

@@ -43,7 +43,7 @@ pub enum Command {
     /// List, register or remove agents.
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
-    /// Route one tool call to an HTTP agent and print the result.
+    /// Route one tool call to an agent (HTTP or MCP) and print the result.
     Invoke(invoke::InvokeArgs),
     /// Print every record under a key prefix (the audit trail).
     Scan(scan::ScanArgs),
@@ -167,6 +167,28 @@ pub fn count(n: usize, noun: &str) -> String {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS` in UTC, from milliseconds since the Unix epoch
+/// (the civil-from-days conversion of Howard Hinnant's date algorithms).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// Opens the database, turning RocksDB's lock error into advice.
 fn open(data: &Path) -> switchboard::Result<Database> {
     Database::open(data).map_err(|e| match e {
@@ -215,5 +237,16 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
             dispatcher.start_discovery();
             switchboard::mcp::stdio::serve_stdio(dispatcher).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        // 2024-02-29 12:34:56 UTC, a leap day.
+        assert_eq!(super::utc(1_709_210_096_000), "2024-02-29 12:34:56");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00");
     }
 }

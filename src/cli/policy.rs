@@ -16,7 +16,10 @@ use switchboard::{Database, Error, PolicyChange, RegoEvaluator, StoredPolicy};
 pub enum PolicyCommand {
     /// Compile Rego modules (a file, or every *.rego of a directory) with the
     /// parser `serve` uses, and run their *_test.rego tests.
-    Check { path: PathBuf },
+    Check {
+        /// A .rego file, or a directory of them (with their *_test.rego files).
+        path: PathBuf,
+    },
     /// List the stored policies.
     List {
         #[command(flatten)]
@@ -24,6 +27,7 @@ pub enum PolicyCommand {
     },
     /// Show one stored policy: source, scopes, ops, revision.
     Show {
+        /// The stored policy's name (see `switchboard policy list`).
         name: String,
         #[command(flatten)]
         store: PolicyStore,
@@ -32,6 +36,7 @@ pub enum PolicyCommand {
     /// a module that does not compile changes nothing).
     #[command(alias = "add")]
     Put {
+        /// The .rego module to store.
         file: PathBuf,
         /// The policy's name [default: the module's package].
         #[arg(long)]
@@ -45,6 +50,7 @@ pub enum PolicyCommand {
     },
     /// Delete a stored policy.
     Delete {
+        /// The stored policy's name (see `switchboard policy list`).
         name: String,
         #[command(flatten)]
         store: PolicyStore,
@@ -170,15 +176,16 @@ pub async fn run(cmd: PolicyCommand) -> switchboard::Result<()> {
                             client.url(&format!("v1/policies/{name}")),
                             Some(&body),
                         )
-                        .await?;
+                        .await
+                        .map_err(scope_hint)?;
                     let change = answer["change"].as_str().unwrap_or("stored").to_string();
                     (answer, change)
                 }
                 None => {
-                    let (policy, change) =
-                        store
-                            .open()?
-                            .put_policy(&name, &source, scopes.as_deref())?;
+                    let (policy, change) = store
+                        .open()?
+                        .put_policy(&name, &source, scopes.as_deref())
+                        .map_err(scope_hint)?;
                     let change = match change {
                         PolicyChange::Created => "created",
                         PolicyChange::Replaced => "replaced",
@@ -232,12 +239,13 @@ pub fn check(path: &Path) -> switchboard::Result<()> {
             path.display()
         )));
     }
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut missing) = (0, 0, 0);
     for file in &files {
-        let results = run_tests(file)?;
+        let results = run_tests(file).map_err(scope_hint)?;
         let source = read(file)?;
         let name = file.display().to_string();
-        let scopes = switchboard::policy::rego::declared_scopes(&name, &source)?;
+        let scopes =
+            switchboard::policy::rego::declared_scopes(&name, &source).map_err(scope_hint)?;
         let ops = switchboard::policy::rego::declared_ops(&name, &source)?;
         let scopes: Vec<&str> = scopes.iter().map(|g| g.as_str()).collect();
         let ops: Vec<&str> = ops.iter().map(|o| o.as_str()).collect();
@@ -246,6 +254,24 @@ pub fn check(path: &Path) -> switchboard::Result<()> {
             scopes.join(", "),
             ops.join(", ")
         ))?;
+        for f in switchboard::policy::rego::unknown_input_fields(&source) {
+            let hint = match (f.nearest, f.reference.rsplit_once('.')) {
+                (Some(n), Some((head, _))) => format!("; did you mean {head}.{n}?"),
+                _ => String::new(),
+            };
+            if f.certain {
+                missing += 1;
+                super::out(format_args!(
+                    "  ERROR line {}: {} is not in the input document (op, phase, key, value, context, input), so what tests it never holds{hint}",
+                    f.line, f.reference
+                ))?;
+            } else {
+                super::out(format_args!(
+                    "  WARNING line {}: Switchboard sets no {}{hint} (fine if your application sets it)",
+                    f.line, f.reference
+                ))?;
+            }
+        }
         if results.is_empty() {
             super::out(format_args!(
                 "  no tests (add {}_test.rego beside it)",
@@ -262,11 +288,28 @@ pub fn check(path: &Path) -> switchboard::Result<()> {
         }
     }
     super::out(format_args!("{passed} passed, {failed} failed"))?;
+    if missing > 0 {
+        return Err(Error::invalid(format!(
+            "{} to fields the input document does not have (docs/policy.md lists them)",
+            super::count(missing, "reference")
+        )));
+    }
     if failed == 0 {
         Ok(())
     } else {
         Err(Error::invalid(format!("{failed} policy test(s) failed")))
     }
+}
+
+/// A module without `# scope:` lines can still be stored with scopes given
+/// on the command line: say so where the library's message cannot.
+fn scope_hint(e: Error) -> Error {
+    if !e.to_string().contains("no scope declared") {
+        return e;
+    }
+    Error::invalid(format!(
+        "{e}, or store it with `switchboard policy put FILE --scope GLOB` (repeatable)"
+    ))
 }
 
 fn report(r: &RegoTestResult) -> switchboard::Result<()> {

@@ -42,11 +42,39 @@ pub enum TokensCommand {
     },
     /// Revoke a token: it is refused from the next request on.
     Revoke {
-        /// The token's id (from `tokens list`).
-        id: String,
+        /// The token's id or its name (both shown by `tokens list`); a
+        /// name must belong to exactly one token that is not yet revoked.
+        #[arg(value_name = "ID|NAME")]
+        id_or_name: String,
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+/// The id `revoke` was given, or the id of the one unrevoked token of that name.
+fn token_id(infos: &[TokenInfo], given: &str) -> switchboard::Result<String> {
+    if infos.iter().any(|t| t.token_id == given) {
+        return Ok(given.to_string());
+    }
+    let named: Vec<&TokenInfo> = infos
+        .iter()
+        .filter(|t| t.name == given && t.revoked_at_ms.is_none())
+        .collect();
+    match named.as_slice() {
+        [one] => Ok(one.token_id.clone()),
+        [] => Err(Error::invalid(format!(
+            "no token has the id or name {given:?} (revoked tokens are not matched by name); \
+             `switchboard tokens list` shows them"
+        ))),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|t| t.token_id.as_str()).collect();
+            Err(Error::invalid(format!(
+                "{} tokens are named {given:?}: revoke one by its id ({})",
+                many.len(),
+                ids.join(", ")
+            )))
+        }
+    }
 }
 
 fn info_of(value: serde_json::Value) -> switchboard::Result<TokenInfo> {
@@ -66,8 +94,12 @@ fn print(info: &TokenInfo, json: bool) -> switchboard::Result<()> {
     } else {
         "expired"
     };
+    let expires = info.expires_at_ms.map_or_else(
+        || "never".to_string(),
+        |ms| format!("{} UTC", super::utc(ms)),
+    );
     super::out(format_args!(
-        "{:<28} {:<20} {:<8} scopes {:<20} roles {}",
+        "{:<28} {:<20} {:<8} scopes {:<20} roles {:<16} expires {expires}",
         info.token_id,
         info.name,
         state,
@@ -160,19 +192,32 @@ pub async fn run(cmd: TokensCommand) -> switchboard::Result<()> {
             }
             Ok(())
         }
-        TokensCommand::Revoke { id, store } => {
+        TokensCommand::Revoke { id_or_name, store } => {
             let info = match store.client()? {
                 Some(client) => {
+                    let listed = client.get("v1/tokens").await?;
+                    let infos = listed
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(info_of)
+                        .collect::<switchboard::Result<Vec<_>>>()?;
+                    let id = token_id(&infos, &id_or_name)?;
                     let url = client.url(&format!("v1/tokens/{id}"));
                     info_of(client.send(Method::DELETE, url, None).await?)?
                 }
                 None => {
                     let db = store.open()?;
-                    match TokenStore::new(&db).revoke(&id, None)? {
+                    let tokens = TokenStore::new(&db);
+                    let infos: Vec<TokenInfo> =
+                        tokens.list()?.iter().map(TokenInfo::from).collect();
+                    let id = token_id(&infos, &id_or_name)?;
+                    match tokens.revoke(&id, None)? {
                         Some(record) => TokenInfo::from(&record),
                         None => {
                             return Err(Error::invalid(format!(
-                                "no token {id:?}; `switchboard tokens list` shows the ids"
+                                "no token {id:?}; `switchboard tokens list` shows the tokens"
                             )))
                         }
                     }

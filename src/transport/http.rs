@@ -142,6 +142,13 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<serde_json::Value, Fai
                 ))
             })
         }
+        // Most often a URL registered with the wrong path (or the health
+        // URL): say so, as the agent's own answer alone does not.
+        404 | 405 => Err(Failure::Tool(format!(
+            "HTTP {status}: {}; the agent's endpoint URL looks wrong (nothing there accepts \
+             POST): check its path, e.g. http://host:port/invoke",
+            excerpt()
+        ))),
         400..=499 if status != 429 && status != 408 => {
             Err(Failure::Tool(format!("HTTP {status}: {}", excerpt())))
         }

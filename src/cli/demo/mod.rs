@@ -1,7 +1,8 @@
 //! `switchboard demo`: a guided tour on the embedded database. It starts HTTP
 //! agents on 127.0.0.1 (each on its own runtime, so "killing" one really
 //! closes its sockets) and in-process agents, then routes a visible mix of
-//! calls through every strategy, a sticky session, a policy denial and a
+//! calls through every strategy (on agents of equal priority, then the
+//! priority tiers on their own), a sticky session, a policy denial and a
 //! failover, an MCP server as an agent called by an MCP client through
 //! Switchboard, and ends with metrics and an audit scan.
 
@@ -22,7 +23,7 @@ use switchboard::{
 };
 use tally::{show_counts, tally};
 
-const STEPS: usize = 8;
+const STEPS: usize = 9;
 const SHIPPED_POLICY: &str = include_str!("../../../policies/sensitive_tools.rego");
 
 fn step(n: usize, title: &str) -> switchboard::Result<()> {
@@ -71,24 +72,20 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
             .with_priority(priority)
             .with_timeout(Duration::from_secs(2))
     };
-    dispatcher.register_agent(
-        "code_agent",
-        http(
-            &code_agent.endpoint,
-            vec![ToolCategory::Code, ToolCategory::Shell],
-            10,
-        ),
-    )?;
+    // One priority for all: priorities are failover tiers (step 4), and a
+    // strategy only chooses within the top tier.
+    let code_tools = || vec![ToolCategory::Code, ToolCategory::Shell];
+    dispatcher.register_agent("code_agent", http(&code_agent.endpoint, code_tools(), 0))?;
     dispatcher.register_agent(
         "backup_agent",
-        http(&backup_agent.endpoint, vec![ToolCategory::Code], 1),
+        http(&backup_agent.endpoint, vec![ToolCategory::Code], 0),
     )?;
     dispatcher.register_agent(
         "search_agent",
         http(
             &search_agent.endpoint,
             vec![ToolCategory::Search, ToolCategory::Web],
-            5,
+            0,
         ),
     )?;
     dispatcher.register_local_agent(
@@ -139,7 +136,10 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
             .healthy_threshold(2),
     );
 
-    step(3, "Routing 12 `code` calls with each strategy")?;
+    step(
+        3,
+        "Routing 12 `code` calls with each strategy (three agents of equal priority)",
+    )?;
     for strategy in [
         RoutingStrategy::RoundRobin,
         RoutingStrategy::Random,
@@ -159,6 +159,22 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
 
     step(
         4,
+        "Priorities are failover tiers, not weights: code_agent re-registered with priority 10",
+    )?;
+    dispatcher.register_agent("code_agent", http(&code_agent.endpoint, code_tools(), 10))?;
+    let counts = tally(
+        &dispatcher,
+        ToolCategory::Code,
+        RoutingOptions::new().with_strategy(RoutingStrategy::RoundRobin),
+        12,
+    )
+    .await?;
+    show_counts("round_robin", &counts)?;
+    say!("    Every strategy chooses among the healthy agents of the highest priority only;");
+    say!("    backup_agent and local_code (priority 0) are standbys until code_agent is down (step 7).");
+
+    step(
+        5,
         "A sticky session: every call of session `demo-session` goes to one agent",
     )?;
     let sticky = RoutingOptions::new()
@@ -173,7 +189,7 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
         );
     }
 
-    step(5, "Policy: the sensitive tool `rotate_keys` (round robin over an untrusted and a trusted agent)")?;
+    step(6, "Policy: the sensitive tool `rotate_keys` (round robin over an untrusted and a trusted agent)")?;
     let mut denied_first = 0;
     for i in 0..4 {
         let r = dispatcher
@@ -205,6 +221,11 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
             say!("    call {i}: served by {}", r.agent_id);
         }
     }
+    // Its metrics go with the registration; kept for the table in the last step.
+    let unregistered = dispatcher
+        .get_metrics()
+        .remove("trusted_agent_1")
+        .map(|m| ("trusted_agent_1".to_string(), m));
     dispatcher.unregister_agent("trusted_agent_1")?;
     match dispatcher
         .invoke(
@@ -226,8 +247,8 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
     say!("    ({denied_first} of 4 calls offered the untrusted agent first; it never ran)");
 
     step(
-        6,
-        "Killing code_agent: failover, then health checks exclude it",
+        7,
+        "Killing code_agent: failover to the next tier, then health checks exclude it",
     )?;
     code_agent.kill();
     let counts = tally(
@@ -261,7 +282,7 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
     );
 
     step(
-        7,
+        8,
         "MCP both ways: an MCP server as an agent, an MCP client calling it through Switchboard",
     )?;
     let weather = mcp::DemoMcpServer::start()?;
@@ -305,7 +326,7 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
         );
     }
 
-    step(8, "Metrics and the audit trail")?;
+    step(9, "Metrics and the audit trail")?;
     say!(
         "    {:<16} {:>6} {:>8} {:>9} {:>9} {:>9}  HEALTHY",
         "AGENT",
@@ -315,27 +336,41 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
         "p50 ms",
         "p99 ms"
     );
-    let metrics: BTreeMap<_, _> = dispatcher.get_metrics().into_iter().collect();
-    for (id, m) in &metrics {
+    let mut metrics: BTreeMap<_, _> = dispatcher
+        .get_metrics()
+        .into_iter()
+        .map(|(id, m)| (id, (m, true)))
+        .collect();
+    if let Some((id, m)) = unregistered {
+        metrics.insert(id, (m, false));
+    }
+    for (id, (m, registered)) in &metrics {
+        let health = match (registered, m.healthy) {
+            (false, _) => "unregistered in step 6",
+            (true, true) => "yes",
+            (true, false) => "no",
+        };
         say!(
-            "    {id:<16} {:>6} {:>7.0}% {:>9.2} {:>9.2} {:>9.2}  {}",
+            "    {id:<16} {:>6} {:>7.0}% {:>9.2} {:>9.2} {:>9.2}  {health}",
             m.total,
             m.success_rate * 100.0,
             m.avg_latency_ms,
             m.p50_latency_ms,
             m.p99_latency_ms,
-            if m.healthy { "yes" } else { "no" }
         );
     }
     let records: Vec<DispatchRecord> = db
         .scan("tools/sensitive/")
         .filter_map(|kv| kv.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
         .collect();
-    say!(
-        "\n    scan tools/sensitive/ ({}, oldest first; last 5 shown):",
+    const SHOWN: usize = 5;
+    let shown = if records.len() > SHOWN {
+        format!("the last {SHOWN} of {}", records.len())
+    } else {
         count(records.len(), "record")
-    );
-    for r in records.iter().rev().take(5).rev() {
+    };
+    say!("\n    scan tools/sensitive/ ({shown}, oldest first):");
+    for r in records.iter().rev().take(SHOWN).rev() {
         let attempts: Vec<String> = r
             .attempts
             .iter()
@@ -350,6 +385,25 @@ async fn tour(data: &Path, kept: bool) -> switchboard::Result<()> {
             attempts.join(" → ")
         );
     }
+    let refusals = db
+        .scan(switchboard::DECISION_LOG)
+        .filter_map(|kv| {
+            kv.ok()
+                .and_then(|(_, v)| serde_json::from_slice::<Value>(&v).ok())
+        })
+        .filter(|d| {
+            d["decision"] == "deny"
+                && d["key"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("tools/sensitive/"))
+        })
+        .count();
+    say!(
+        "    and {} in the decision log ({}), the refused call among them: it has no dispatch record,",
+        count(refusals, "refusal"),
+        switchboard::DECISION_LOG
+    );
+    say!("    and `switchboard scan tools/sensitive/` lists them with the records, marked denied.");
     let total = db.scan("tools/").count();
     // The HTTP agents' ports close and the handlers go with this process:
     // registrations left behind would point at nothing.

@@ -93,6 +93,100 @@ pub(super) fn may_read_arguments(source: &str) -> bool {
 /// Whether some use of `input` in `source` (outside comments and strings)
 /// is anything but `input.F` with `F` in `allowed`.
 fn uses_input_beyond(source: &str, allowed: &[&str]) -> bool {
+    input_uses(source)
+        .iter()
+        .any(|u| !u.field.is_some_and(|f| allowed.contains(&f)))
+}
+
+/// The fields of the input document ([`input_document`]).
+const INPUT_FIELDS: [&str; 6] = ["op", "phase", "key", "value", "context", "input"];
+
+/// The `input.context` entries Switchboard sets ([`keys`](crate::policy::keys),
+/// with the claims gathered in `claims`) and the CLI's `source`.
+const CONTEXT_FIELDS: [&str; 15] = [
+    "agent_id",
+    "tool",
+    "category",
+    "session_id",
+    "invocation_id",
+    "strategy",
+    "action",
+    "caller",
+    "roles",
+    "scopes",
+    "claims",
+    "policy",
+    "revision",
+    "token_id",
+    "source",
+];
+
+/// A reference in a module to a part of the input document that is never
+/// there, so whatever tests it never holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownInputField {
+    /// 1-based line of the reference.
+    pub line: usize,
+    /// As written, e.g. `input.contxt`.
+    pub reference: String,
+    /// The documented name nearest to it, when one is close.
+    pub nearest: Option<&'static str>,
+    /// Whether it certainly never resolves: a field of `input` itself. An
+    /// `input.context` entry may be one the application sets, so one is
+    /// reported only when it is close to a documented entry (a likely typo).
+    pub certain: bool,
+}
+
+/// The references of `source` to `input.F` with `F` not a field of the
+/// input document, and to `input.context.G` with `G` a near miss of an entry
+/// Switchboard sets (`input.context.agnet_id`).
+pub fn unknown_input_fields(source: &str) -> Vec<UnknownInputField> {
+    let nearest = |name: &str, known: &[&'static str]| {
+        known
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(name, k), *k))
+            .filter(|(distance, _)| *distance <= 2.max(name.len() / 3))
+            .min()
+            .map(|(_, k)| k)
+    };
+    let line = |at: usize| source[..at].matches('\n').count() + 1;
+    let mut found = Vec::new();
+    for u in input_uses(source) {
+        match (u.field, u.subfield) {
+            (Some(f), _) if !INPUT_FIELDS.contains(&f) => found.push(UnknownInputField {
+                line: line(u.at),
+                reference: format!("input.{f}"),
+                nearest: nearest(f, &INPUT_FIELDS),
+                certain: true,
+            }),
+            (Some("context"), Some(g)) if !CONTEXT_FIELDS.contains(&g) => {
+                if let Some(k) = nearest(g, &CONTEXT_FIELDS) {
+                    found.push(UnknownInputField {
+                        line: line(u.at),
+                        reference: format!("input.context.{g}"),
+                        nearest: Some(k),
+                        certain: false,
+                    })
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// One use of `input` in a module's source.
+struct InputUse<'a> {
+    /// Its byte offset.
+    at: usize,
+    /// `F` of `input.F`; none for a bare `input` or `input[…]`.
+    field: Option<&'a str>,
+    /// `G` of `input.F.G`.
+    subfield: Option<&'a str>,
+}
+
+/// Every use of `input` in `source` outside comments and strings.
+fn input_uses(source: &str) -> Vec<InputUse<'_>> {
     let bytes = source.as_bytes();
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let ident_at = |start: usize| {
@@ -101,6 +195,8 @@ fn uses_input_beyond(source: &str, allowed: &[&str]) -> bool {
             .unwrap_or(bytes.len());
         (&source[start..end], end)
     };
+    let dotted = |at: usize| (bytes.get(at) == Some(&b'.')).then(|| ident_at(at + 1));
+    let mut uses = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -125,11 +221,19 @@ fn uses_input_beyond(source: &str, allowed: &[&str]) -> bool {
                 let (word, end) = ident_at(i);
                 let mut next = end;
                 if word == "input" {
-                    let field = (bytes.get(end) == Some(&b'.')).then(|| ident_at(end + 1));
-                    match field {
-                        // Past the field: `input.input.x` is not a second `input`.
-                        Some((f, after)) if allowed.contains(&f) => next = after,
-                        _ => return true,
+                    let field = dotted(end).filter(|(f, _)| !f.is_empty());
+                    let subfield = field
+                        .and_then(|(_, after)| dotted(after))
+                        .map(|(g, _)| g)
+                        .filter(|g| !g.is_empty());
+                    uses.push(InputUse {
+                        at: i,
+                        field: field.map(|(f, _)| f),
+                        subfield,
+                    });
+                    // Past the field: `input.input.x` is not a second `input`.
+                    if let Some((_, after)) = field {
+                        next = after;
                     }
                 }
                 i = next;
@@ -137,7 +241,7 @@ fn uses_input_beyond(source: &str, allowed: &[&str]) -> bool {
             _ => i += 1,
         }
     }
-    false
+    uses
 }
 
 #[cfg(test)]
@@ -175,5 +279,32 @@ mod tests {
         assert!(!may_read_arguments(
             "allow if input.value.status == \"x\"\nallow if input.context.a == input.key"
         ));
+    }
+
+    #[test]
+    fn references_to_missing_input_fields_are_found() {
+        let source = "package p\n# input.contxt in a comment\ndeny contains \"input.vaule\" if {\n\tnot input.contxt.agent_id in {\"a\"}\n\tinput.context.agnet_id == input.context.team\n}\n";
+        let found = unknown_input_fields(source);
+        assert_eq!(
+            found,
+            [
+                UnknownInputField {
+                    line: 4,
+                    reference: "input.contxt".into(),
+                    nearest: Some("context"),
+                    certain: true,
+                },
+                UnknownInputField {
+                    line: 5,
+                    reference: "input.context.agnet_id".into(),
+                    nearest: Some("agent_id"),
+                    certain: false,
+                },
+            ]
+        );
+        assert!(unknown_input_fields(
+            "allow if { input.op == \"put\"; input.value.x; input.input.y; input.context.claims.email }"
+        )
+        .is_empty());
     }
 }

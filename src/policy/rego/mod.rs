@@ -24,6 +24,7 @@ mod test_runner;
 use super::{Op, Phase, PolicyAction, PolicyContext};
 use crate::error::{panic_message, Error, Result};
 use input::{input_document, may_read_arguments, may_read_input_value};
+pub use input::{unknown_input_fields, UnknownInputField};
 pub use loader::{declared_ops, declared_scopes, module_files};
 pub(crate) use loader::{load_dir, parse_module, LoadedModule};
 use pool::{new_engine, EvalRule, Evaluator};

@@ -9,19 +9,23 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # Where `make install` puts bin/switchboard.
 PREFIX ?= $(HOME)/.local
 
+# The one build of the demo, `make install` and the tests, announced: the
+# first one compiles RocksDB and is long.
+define build
+@echo "Building switchboard (cargo build --all-targets). The first build compiles RocksDB:"
+@echo "15-20 minutes on 2 cores. After that, a change rebuilds in a minute or two."
+cargo build --all-targets
+endef
+
 demo: deps
-	@echo "Building switchboard (cargo build --all-targets). The first build compiles RocksDB:"
-	@echo "about 10 minutes on 2 cores. After that, a change rebuilds in under a minute."
-	cargo build --all-targets
+	$(build)
 	$(TARGET_DIR)/debug/switchboard demo
 
 # `switchboard` on the PATH: the debug binary of the build the tests and the
 # demo use, so RocksDB is not compiled a second time (`cargo install --path .`
 # gives an optimised binary at the cost of a second, optimised RocksDB build).
 install: deps
-	@echo "Building switchboard (cargo build --all-targets). The first build compiles RocksDB:"
-	@echo "about 10 minutes on 2 cores. After that, a change rebuilds in under a minute."
-	cargo build --all-targets
+	$(build)
 	install -d "$(PREFIX)/bin"
 	install -m 755 "$(TARGET_DIR)/debug/switchboard" "$(PREFIX)/bin/switchboard"
 	@echo "Installed $(PREFIX)/bin/switchboard (a debug build)."
@@ -30,9 +34,7 @@ install: deps
 
 # Three nodes and etcd on 127.0.0.1 in a temporary directory (docs/cluster.md).
 cluster-demo: deps
-	@echo "Building switchboard (cargo build --all-targets). The first build compiles RocksDB:"
-	@echo "about 10 minutes on 2 cores. After that, a change rebuilds in under a minute."
-	cargo build --all-targets
+	$(build)
 	bash scripts/cluster-demo
 
 test: deps

@@ -803,7 +803,13 @@ impl Config {
         for agent in &self.agents {
             if let Some(McpSpec::Server(server)) = &agent.mcp {
                 if let Some(command) = &server.command {
-                    policy = policy.with_exact(command.clone());
+                    // As registration will store it: relative paths made
+                    // absolute against this process's directory.
+                    let mut command = command.clone();
+                    if let Ok(here) = std::env::current_dir() {
+                        command.resolve_relative_paths(&here);
+                    }
+                    policy = policy.with_exact(command);
                 }
             }
         }

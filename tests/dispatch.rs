@@ -1006,3 +1006,38 @@ mod hardening {
         assert_eq!(call.await.unwrap().unwrap().output, json!("done"));
     }
 }
+
+/// A stdio command registered with relative paths is stored with absolute
+/// ones, resolved against the registering process's directory, so it runs
+/// the same program after a restart from elsewhere (and the node's
+/// allow-list, which names absolute paths, can name it).
+#[test]
+fn a_stdio_commands_relative_paths_are_stored_absolute() {
+    let here = std::env::current_dir().unwrap();
+    let program = here.join("bin/search-mcp").display().to_string();
+    switchboard::CommandPolicy::new(std::slice::from_ref(&program))
+        .unwrap()
+        .install();
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let mut server = switchboard::McpServer::stdio("./bin/search-mcp", vec!["--fast".into()]);
+    server.command.as_mut().unwrap().cwd = Some("data".into());
+    d.register_agent(
+        "search",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Search])
+            .with_mcp_server(server),
+    )
+    .unwrap();
+    let stored = d.registry().get("search").unwrap();
+    let switchboard::AgentTransport::Mcp(server) = stored.transport else {
+        panic!("stored as {:?}", stored.transport);
+    };
+    let command = server.command.unwrap();
+    assert_eq!(command.program, program);
+    assert_eq!(command.args, ["--fast"]);
+    assert_eq!(
+        command.cwd.as_deref(),
+        Some(here.join("data").display().to_string().as_str())
+    );
+}

@@ -1424,3 +1424,33 @@ async fn a_tool_left_out_of_a_listing_is_judged_against_what_was_accepted_after_
     assert_eq!(r.agent_id, "a");
     assert_eq!(stored(&db).withdrawn_at_ms, None);
 }
+
+/// A stdio server that fails to start says why on stderr: the start's error
+/// carries its last lines, and so do calls refused while it backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_server_that_fails_to_start_is_reported_with_its_last_stderr_lines() {
+    switchboard::CommandPolicy::new(&["/bin/sh".to_string()])
+        .unwrap()
+        .install();
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let script = "echo 'starting up' >&2; echo 'fatal: SEARCH_API_KEY is not set' >&2; exit 3";
+    d.register_agent(
+        "keyless",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Search])
+            .with_mcp_server(switchboard::McpServer::stdio(
+                "/bin/sh",
+                vec!["-c".into(), script.into()],
+            )),
+    )
+    .unwrap();
+    let said = "starting up | fatal: SEARCH_API_KEY is not set";
+    let discovery = d.discover_tools("keyless").await.unwrap_err().to_string();
+    assert!(discovery.contains(said), "{discovery}");
+    // Started again at once, it is backing off (or, on a slow machine,
+    // fails again): either way the reason given is the server's own.
+    let again = d.discover_tools("keyless").await.unwrap_err().to_string();
+    assert!(again.contains(said), "{again}");
+    d.unregister_agent("keyless").unwrap();
+}

@@ -230,7 +230,13 @@ fn mcp_server(
                     "--mcp-command is empty; give the program and its arguments",
                 ));
             };
-            McpServer::stdio(program, words.collect())
+            let mut server = McpServer::stdio(program, words.collect());
+            // Relative to where this command runs, also when a server far
+            // from here registers it.
+            if let (Some(command), Ok(here)) = (server.command.as_mut(), std::env::current_dir()) {
+                command.resolve_relative_paths(&here);
+            }
+            server
         }
         (None, None) => {
             if !categories.is_empty() {

@@ -302,8 +302,18 @@ impl ToolDispatcher {
 
     /// Registers an HTTP or MCP agent; an existing id is replaced. An MCP
     /// agent's tools are then discovered in the background (see
-    /// [`discover_tools`](Self::discover_tools)).
-    pub fn register_agent(&self, agent_id: &str, config: AgentConfig) -> Result<()> {
+    /// [`discover_tools`](Self::discover_tools)). A stdio command's relative
+    /// program path and `cwd` are made absolute against this process's
+    /// working directory and stored so.
+    pub fn register_agent(&self, agent_id: &str, mut config: AgentConfig) -> Result<()> {
+        if let Some(command) = config.mcp.as_mut().and_then(|m| m.command.as_mut()) {
+            let here = std::env::current_dir().map_err(|e| {
+                Error::invalid(format!(
+                    "cannot resolve the stdio command's relative paths: no working directory ({e})"
+                ))
+            })?;
+            command.resolve_relative_paths(&here);
+        }
         let mcp = config.mcp.is_some();
         self.inner.registry.register(agent_id, config)?;
         self.forget_replaced_handlers();

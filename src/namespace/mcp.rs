@@ -76,6 +76,24 @@ pub fn is_env_reference(value: &str) -> bool {
 }
 
 impl McpCommand {
+    /// Makes a relative `program` (one naming a path, like `./server.py` or
+    /// `bin/server`; a bare name is looked up in `PATH` at each start) and a
+    /// relative `cwd` absolute against `base`: done once, at registration,
+    /// against the registering process's directory, so the command means
+    /// the same wherever and whenever it is started.
+    pub fn resolve_relative_paths(&mut self, base: &std::path::Path) {
+        let absolute = |path: &str| {
+            let path = path.strip_prefix("./").unwrap_or(path);
+            base.join(path).display().to_string()
+        };
+        if self.program.contains('/') && !self.program.starts_with('/') {
+            self.program = absolute(&self.program);
+        }
+        if let Some(cwd) = self.cwd.as_mut().filter(|cwd| !cwd.starts_with('/')) {
+            *cwd = absolute(cwd);
+        }
+    }
+
     /// The command as it may be shown or shared: each literal `env` value
     /// replaced by [`REDACTED_ENV`], references kept.
     pub fn redacted(&self) -> McpCommand {
@@ -342,6 +360,29 @@ pub struct McpToolPrevious {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_registering_directory() {
+        let base = std::path::Path::new("/home/op/project");
+        let mut command = McpCommand {
+            program: "./servers/search.py".into(),
+            cwd: Some("data".into()),
+            ..McpCommand::default()
+        };
+        command.resolve_relative_paths(base);
+        assert_eq!(command.program, "/home/op/project/servers/search.py");
+        assert_eq!(command.cwd.as_deref(), Some("/home/op/project/data"));
+        for (program, kept) in [("python3", "python3"), ("/usr/bin/node", "/usr/bin/node")] {
+            let mut command = McpCommand {
+                program: program.into(),
+                cwd: Some("/srv".into()),
+                ..McpCommand::default()
+            };
+            command.resolve_relative_paths(base);
+            assert_eq!(command.program, kept);
+            assert_eq!(command.cwd.as_deref(), Some("/srv"));
+        }
+    }
 
     #[test]
     fn literal_env_values_are_redacted_and_references_kept() {

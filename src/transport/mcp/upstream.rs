@@ -44,12 +44,53 @@ type Running = RunningService<RoleClient, Handler>;
 /// The longest stderr line logged as one; a longer one is logged in pieces.
 const MAX_STDERR_LINE: u64 = 8 * 1024;
 
-/// Logs a stdio server's stderr line by line until the server closes it.
+/// How many of a stdio server's last stderr lines a failed start reports.
+const STDERR_TAIL_LINES: usize = 5;
+
+/// How long a failed start waits for the server's stderr to end (a server
+/// that died has closed it) before reporting the lines read so far.
+const STDERR_TAIL_WAIT: Duration = Duration::from_millis(500);
+
+/// The last lines a stdio server wrote to stderr, and whether it closed it.
+#[derive(Default)]
+struct StderrTail {
+    lines: parking_lot::Mutex<std::collections::VecDeque<String>>,
+    closed: tokio::sync::Notify,
+    is_closed: std::sync::atomic::AtomicBool,
+}
+
+impl StderrTail {
+    fn push(&self, line: &str) {
+        let mut lines = self.lines.lock();
+        if lines.len() == STDERR_TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_string());
+    }
+
+    fn close(&self) {
+        self.is_closed.store(true, Ordering::Release);
+        self.closed.notify_waiters();
+    }
+
+    /// The last lines, once the server has closed its stderr or after
+    /// [`STDERR_TAIL_WAIT`]; empty if it wrote none.
+    async fn settled(&self) -> Vec<String> {
+        let closed = self.closed.notified();
+        if !self.is_closed.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(STDERR_TAIL_WAIT, closed).await;
+        }
+        self.lines.lock().iter().cloned().collect()
+    }
+}
+
+/// Logs a stdio server's stderr line by line until the server closes it,
+/// keeping the last lines in `tail` for an error about a failed start.
 /// Read as bytes, whatever they are: a reader that stopped at a byte it
 /// could not decode would close the pipe, and the server's next write to
 /// stderr would fail (killing many servers, which would then be restarted
 /// over and over).
-async fn log_stderr(agent_id: String, stderr: tokio::process::ChildStderr) {
+async fn log_stderr(agent_id: String, stderr: tokio::process::ChildStderr, tail: Arc<StderrTail>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut stderr = tokio::io::BufReader::new(stderr);
     let mut line = Vec::new();
@@ -60,18 +101,20 @@ async fn log_stderr(agent_id: String, stderr: tokio::process::ChildStderr) {
             .read_until(b'\n', &mut line)
             .await
         {
-            Ok(0) => return,
+            Ok(0) => break,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
                 tracing::info!(agent_id = %agent_id, "mcp server stderr: {text}");
+                tail.push(text);
             }
             Err(e) => {
                 tracing::warn!(agent_id = %agent_id, error = %e, "cannot read the stdio MCP server's stderr");
-                return;
+                break;
             }
         }
     }
+    tail.close();
 }
 
 /// One connection: the SDK's service, and the child process of a stdio server.
@@ -89,6 +132,8 @@ struct Restarts {
     failures: u32,
     not_before: Option<tokio::time::Instant>,
     last_start: Option<tokio::time::Instant>,
+    /// Why the last start failed, for calls refused while it backs off.
+    last_failure: Option<String>,
 }
 
 /// Receives the server's notifications on one connection.
@@ -219,8 +264,13 @@ impl Upstream {
             let mut restarts = self.restarts.lock();
             if let Some(not_before) = restarts.not_before {
                 if now < not_before {
+                    let why = restarts
+                        .last_failure
+                        .as_deref()
+                        .map(|e| format!(" (its last start failed: {e})"))
+                        .unwrap_or_default();
                     return Err(Failure::Agent(format!(
-                        "the stdio MCP server is restarting; next start in {} ms",
+                        "the stdio MCP server is restarting{why}; next start in {} ms",
                         (not_before - now).as_millis()
                     )));
                 }
@@ -256,8 +306,9 @@ impl Upstream {
                 .await
                 .map_err(|_| first),
         };
-        if connection.is_err() {
+        if let Err(failure) = &connection {
             let mut restarts = self.restarts.lock();
+            restarts.last_failure = Some(failure.message(Duration::ZERO));
             restarts.failures = restarts.failures.max(1);
             let backoff = FIRST_RESTART_BACKOFF
                 .saturating_mul(1 << restarts.failures.min(16))
@@ -302,19 +353,29 @@ impl Upstream {
         else {
             return Err(Failure::Agent("the stdio MCP server has no pipes".into()));
         };
-        tokio::spawn(log_stderr(self.agent_id.clone(), stderr));
+        let tail = Arc::new(StderrTail::default());
+        tokio::spawn(log_stderr(self.agent_id.clone(), stderr, tail.clone()));
         let handler = Handler {
             list_changed: self.list_changed.clone(),
         };
-        let running = handler
+        let running = match handler
             .serve_with_lifecycle((stdout, stdin), lifecycle)
             .await
-            .map_err(|e| {
-                Failure::Agent(format!(
-                    "cannot initialise the stdio MCP server {:?}: {e}",
+        {
+            Ok(running) => running,
+            Err(e) => {
+                // What the server said before it failed is usually why (a
+                // missing key, a bad argument): the error carries it.
+                let said = match tail.settled().await.as_slice() {
+                    [] => String::from("; it wrote nothing to stderr"),
+                    lines => format!("; the last lines of its stderr: {}", lines.join(" | ")),
+                };
+                return Err(Failure::Agent(format!(
+                    "cannot initialise the stdio MCP server {:?}: {e}{said}",
                     command.program
-                ))
-            })?;
+                )));
+            }
+        };
         Ok(Connection {
             running,
             _child: Some(child),

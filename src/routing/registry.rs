@@ -13,11 +13,10 @@
 //! change together or not at all.
 
 use super::agent::{
-    Agent, AgentConfig, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,
+    Agent, AgentConfig, Health, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,
 };
 use super::endpoint::{check_endpoint_text, parse_endpoint, Endpoint};
 use super::metrics::AgentStats;
-use super::outlier::Health;
 use super::router::ToolRouter;
 use super::shared::RegistrationSink;
 use crate::error::{Error, Result};

@@ -197,6 +197,7 @@ const ROUTING_LAYERS: &[&[&str]] = &[
     &["strategy"],
     &["load_index"],
     &["router"],
+    &["registration"],
     &["registry"],
     &["affinity"],
     &["health_config"],

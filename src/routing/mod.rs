@@ -3,10 +3,11 @@
 //!
 //! The files depend one way (ARCHITECTURE.md draws it, `tests/layers.rs`
 //! checks it): `agent` (with its `Health` state) at the bottom, then `tiers`,
-//! `strategy`, `load_index`, `router`, then `registry`, `affinity`, and on
+//! `strategy`, `load_index`, `router`, `registration`, then `registry`, `affinity`, and on
 //! top `health_config`, `outlier`, `health`.
 //!
 //! - `registry`: registrations (persisted under `agents/*`), mirrored into the router;
+//! - `registration`: what a registration must be (checks, the record, declared MCP tools);
 //! - `router`: per-category pools, snapshots and leases;
 //! - `tiers`: priority tiers and panic routing, the rule every strategy picks under;
 //! - `strategy`: [`RoutingStrategy`] and the pure picks; `load_index`: least loaded order;
@@ -26,6 +27,7 @@ pub(crate) mod health_config;
 pub(crate) mod load_index;
 pub(crate) mod metrics;
 pub(crate) mod outlier;
+pub(crate) mod registration;
 pub(crate) mod registry;
 pub(crate) mod router;
 pub(crate) mod shared;

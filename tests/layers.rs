@@ -93,6 +93,12 @@ fn root_reexports() -> HashMap<String, String> {
 
 /// Every `crate::NAME` a line of code names (comments skipped).
 fn crate_paths(code: &str) -> Vec<String> {
+    paths_after(code, "crate::")
+}
+
+/// Every `NAME` a line of code names right after `prefix` (`crate::`,
+/// `super::`, …), comments skipped: the first segment of each path.
+fn paths_after(code: &str, prefix: &str) -> Vec<String> {
     let mut found = Vec::new();
     for line in code.lines() {
         let line = line.trim_start();
@@ -100,12 +106,12 @@ fn crate_paths(code: &str) -> Vec<String> {
             continue;
         }
         let mut rest = line;
-        while let Some(at) = rest.find("crate::") {
+        while let Some(at) = rest.find(prefix) {
             let preceded_by_ident = rest[..at]
                 .chars()
                 .next_back()
                 .is_some_and(|c| c.is_alphanumeric() || c == '_');
-            rest = &rest[at + "crate::".len()..];
+            rest = &rest[at + prefix.len()..];
             if preceded_by_ident {
                 continue;
             }
@@ -176,6 +182,90 @@ fn no_module_imports_from_a_layer_above_it() {
         violations.is_empty(),
         "layering violations:\n{}",
         violations.join("\n")
+    );
+}
+
+/// The files of `src/routing/`, lowest first; files of one rank may use
+/// each other. Agent state at the bottom, the index and router over it, the
+/// registry over them, and health checking and outlier detection on top,
+/// driving the registry through its methods (`set_health`, `live_agents`).
+/// `mod.rs` is the module's facade and may name any of them.
+const ROUTING_LAYERS: &[&[&str]] = &[
+    &["endpoint", "metrics", "shared"],
+    &["agent"],
+    &["tiers"],
+    &["strategy"],
+    &["load_index"],
+    &["router"],
+    &["registration"],
+    &["registry"],
+    &["affinity"],
+    &["health_config"],
+    &["outlier"],
+    &["health"],
+];
+
+fn routing_rank_of(file: &str) -> Option<usize> {
+    ROUTING_LAYERS
+        .iter()
+        .position(|layer| layer.contains(&file))
+}
+
+/// The files of `src/routing/` a routing file's code names: `super::X`,
+/// `crate::routing::X` (and the layer's own module name, `routing_layer`).
+fn routing_paths(code: &str) -> Vec<String> {
+    let mut found = paths_after(code, "super::");
+    found.extend(paths_after(code, "crate::routing::"));
+    found.extend(paths_after(code, "crate::routing_layer::"));
+    found.retain(|name| routing_rank_of(name).is_some());
+    found
+}
+
+#[test]
+fn no_routing_file_imports_one_above_it() {
+    let dir = src().join("routing");
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    files.sort();
+    let mut violations = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&dir).unwrap();
+        let name = rel.to_str().unwrap().trim_end_matches(".rs").to_string();
+        if name == "mod" {
+            continue;
+        }
+        let Some(own) = routing_rank_of(&name) else {
+            violations.push(format!(
+                "routing/{}: no rank; add it to ROUTING_LAYERS in tests/layers.rs and to ARCHITECTURE.md",
+                rel.display()
+            ));
+            continue;
+        };
+        let code = fs::read_to_string(file).unwrap();
+        for target in routing_paths(&code) {
+            if routing_rank_of(&target).unwrap() > own {
+                violations.push(format!(
+                    "routing/{}: uses `{target}`, which is above it",
+                    rel.display()
+                ));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "routing order violations:\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn the_routing_checker_sees_sibling_imports_in_every_form() {
+    let code = "use super::agent::Agent;\nuse super::{router::ToolRouter, tiers};\n\
+                use super::*;\n// use super::health::x;\n\
+                let x = super::metrics::y(); use crate::routing::outlier::Health;";
+    assert_eq!(
+        routing_paths(code),
+        vec!["agent", "router", "tiers", "metrics", "outlier"]
     );
 }
 

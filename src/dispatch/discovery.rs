@@ -26,7 +26,7 @@ use crate::namespace::{
 use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::routing::agent::{Agent, ServedTool, ServedTools};
 use crate::routing::endpoint::Endpoint;
-use crate::routing::registry::exposed_name;
+use crate::routing::registration::exposed_name;
 use crate::storage::off_worker;
 use crate::transport::mcp::{ListedTool, MAX_TOOLS_PER_AGENT, MAX_TOOL_PAGES};
 use crate::transport::Failure;

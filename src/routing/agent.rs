@@ -1,14 +1,14 @@
 //! What the router knows about one agent: its registration (`AgentConfig`),
 //! where it lives (as data: the transport layer calls it), and its live
-//! health and statistics.
+//! health state ([`Health`]: the counters outlier detection keeps, the
+//! ejection flag, a `Retry-After` pause) and statistics.
 
 use super::endpoint::Endpoint;
 use super::metrics::AgentStats;
-use super::outlier::Health;
-use crate::namespace::{McpServer, ToolCategory};
+use crate::namespace::{now_ms, McpServer, ToolCategory};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +106,32 @@ impl AgentConfig {
     pub fn with_max_concurrency(mut self, max: u32) -> Self {
         self.max_concurrency = Some(max);
         self
+    }
+}
+
+/// Health as tracked in memory; the record in the store follows it.
+#[derive(Default)]
+pub(crate) struct Health {
+    pub(crate) unhealthy: AtomicBool,
+    pub(crate) consecutive_failures: AtomicU32,
+    pub(crate) consecutive_successes: AtomicU32,
+    /// Milliseconds since the epoch when it was last marked unhealthy.
+    pub(crate) unhealthy_since_ms: AtomicU64,
+    /// No new calls before this time (ms since the epoch; 0 = none), set from `Retry-After`.
+    pub(crate) paused_until_ms: AtomicU64,
+}
+
+impl Health {
+    /// Whether a `Retry-After` pause is running now.
+    pub(crate) fn is_paused(&self) -> bool {
+        let until = self.paused_until_ms.load(Ordering::Acquire);
+        until != 0 && now_ms() < until
+    }
+
+    /// Honours an agent's `Retry-After`: no new calls until it has passed.
+    pub(crate) fn pause_for(&self, pause: Duration) {
+        let until = now_ms() + pause.as_millis() as u64;
+        self.paused_until_ms.fetch_max(until, Ordering::AcqRel);
     }
 }
 

@@ -1,5 +1,5 @@
-//! Health checking: its configuration, one probe round, and the background
-//! task that runs rounds every interval. The task is owned by a
+//! Health checking: one probe round, and the background task that runs
+//! rounds every interval (its configuration is `health_config.rs`). The task is owned by a
 //! [`HealthTask`] guard: dropping the guard (or replacing it) stops it.
 //!
 //! Routing does not know how an agent is reached: the probe itself is
@@ -7,6 +7,7 @@
 //! What a result means for the agent is decided in `outlier.rs`.
 
 use super::agent::Agent;
+use super::health_config::HealthCheckConfig;
 use super::outlier::{observe_probe, readmit_for_trial};
 use super::registry::AgentRegistry;
 use std::future::Future;
@@ -35,78 +36,6 @@ pub(crate) trait Probe: Send + Sync + 'static {
         agent: &'a Arc<Agent>,
         timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>>;
-}
-
-/// How agents are checked. Builder style:
-/// `HealthCheckConfig::new().interval(Duration::from_secs(30)).unhealthy_threshold(3)`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HealthCheckConfig {
-    pub(crate) interval: Duration,
-    pub(crate) timeout: Duration,
-    pub(crate) unhealthy_threshold: u32,
-    pub(crate) healthy_threshold: u32,
-    pub(crate) panic_threshold: f64,
-}
-
-impl Default for HealthCheckConfig {
-    fn default() -> Self {
-        HealthCheckConfig {
-            interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(5),
-            unhealthy_threshold: 3,
-            healthy_threshold: 2,
-            panic_threshold: super::tiers::DEFAULT_PANIC_THRESHOLD,
-        }
-    }
-}
-
-impl HealthCheckConfig {
-    /// Defaults: probe every 30 s with a 5 s timeout; 3 failures in a row mark
-    /// an agent unhealthy, 2 successful probes in a row healthy again.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Time between probe rounds (at least 1 ms). Local agents marked unhealthy
-    /// are let back in for a trial call after one interval.
-    pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval.max(Duration::from_millis(1));
-        self
-    }
-
-    /// How long one probe may take (at least 1 ms).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(Duration::from_millis(1));
-        self
-    }
-
-    /// Consecutive failures (probes or retryable invocation failures) that
-    /// mark an agent unhealthy (at least 1).
-    pub fn unhealthy_threshold(mut self, n: u32) -> Self {
-        self.unhealthy_threshold = n.max(1);
-        self
-    }
-
-    /// Consecutive successes (probes, or calls that reached an ejected agent
-    /// in panic routing) that mark an unhealthy agent healthy (at least 1).
-    pub fn healthy_threshold(mut self, n: u32) -> Self {
-        self.healthy_threshold = n.max(1);
-        self
-    }
-
-    /// The share of a priority tier that may be ejected (default 0.5) before
-    /// the tier panics and routes to all its members, ejected ones included,
-    /// rather than piling its load on the few left; a category with no
-    /// healthy agent at all routes to its ejected agents rather than failing
-    /// every call. Clamped to 0.0..=1.0; 1.0 turns panic routing off.
-    pub fn panic_threshold(mut self, share: f64) -> Self {
-        self.panic_threshold = if share.is_nan() {
-            super::tiers::DEFAULT_PANIC_THRESHOLD
-        } else {
-            share.clamp(0.0, 1.0)
-        };
-        self
-    }
 }
 
 /// One round: probe every agent that has a health URL (bounded

@@ -235,8 +235,8 @@ impl Hasher for UidHasher {
 mod tests {
     use super::*;
     use crate::namespace::ToolCategory;
+    use crate::routing::agent::Health;
     use crate::routing::endpoint::Endpoint;
-    use crate::routing::outlier::Health;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 

@@ -1,44 +1,18 @@
-//! Outlier state of one agent: consecutive failures and successes, ejection
-//! (marked unhealthy, out of the routing pools) and re-admission, and the
-//! pause an agent asked for with `Retry-After`.
+//! Outlier detection: what invocation results (passive) and probe results
+//! (active) mean for one agent's counters, ejection (marked unhealthy, out of
+//! the routing pools) and re-admission.
 //!
-//! Invocation results (passive) and probe results (active) both feed the same
-//! counters here; [`AgentRegistry::set_health`] applies a verdict to the
-//! router and the store.
+//! The counters themselves are the agent's state (`Health` in
+//! `agent.rs`); a verdict is applied through the registry's narrow
+//! interface, [`AgentRegistry::set_health`], which updates the router and
+//! the store. Nothing below this file imports it.
 
 use super::agent::Agent;
-use super::health::HealthCheckConfig;
+use super::health_config::HealthCheckConfig;
 use super::registry::AgentRegistry;
 use crate::namespace::now_ms;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Health as tracked in memory; the record in the store follows it.
-#[derive(Default)]
-pub(crate) struct Health {
-    pub(crate) unhealthy: AtomicBool,
-    pub(crate) consecutive_failures: AtomicU32,
-    pub(crate) consecutive_successes: AtomicU32,
-    /// Milliseconds since the epoch when it was last marked unhealthy.
-    pub(crate) unhealthy_since_ms: AtomicU64,
-    /// No new calls before this time (ms since the epoch; 0 = none), set from `Retry-After`.
-    pub(crate) paused_until_ms: AtomicU64,
-}
-
-impl Health {
-    /// Whether a `Retry-After` pause is running now.
-    pub(crate) fn is_paused(&self) -> bool {
-        let until = self.paused_until_ms.load(Ordering::Acquire);
-        until != 0 && now_ms() < until
-    }
-
-    /// Honours an agent's `Retry-After`: no new calls until it has passed.
-    pub(crate) fn pause_for(&self, pause: Duration) {
-        let until = now_ms() + pause.as_millis() as u64;
-        self.paused_until_ms.fetch_max(until, Ordering::AcqRel);
-    }
-}
 
 /// What one invocation that reached the agent says about its health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

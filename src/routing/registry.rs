@@ -7,23 +7,23 @@
 //! but its handler lives in the process, so after a restart it is listed and
 //! not routed to until it is registered again.
 //!
-//! Longer than most files here on purpose: it is one thing, the lifecycle of
-//! a registration (load, register, replace, unregister, health persisted),
-//! whose steps share one lock and one rule — the stored record and the router
-//! change together or not at all.
+//! It is one thing, the lifecycle of a registration (load, register, replace,
+//! unregister, health persisted), whose steps share one lock and one rule —
+//! the stored record and the router change together or not at all. What a
+//! registration must be (the checks, the record built from an `AgentConfig`,
+//! an MCP agent's declared tools) is `registration.rs`, which knows no
+//! registry.
 
-use super::agent::{
-    Agent, AgentConfig, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,
-};
+use super::agent::{Agent, AgentConfig, Health};
 use super::endpoint::{check_endpoint_text, parse_endpoint, Endpoint};
 use super::metrics::AgentStats;
-use super::outlier::Health;
+use super::registration::{self, declared_tools};
 use super::router::ToolRouter;
 use super::shared::RegistrationSink;
 use crate::error::{Error, Result};
 use crate::namespace::{
     agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, McpServer,
-    PrefixMode, ToolCategory, AGENTS,
+    ToolCategory, AGENTS,
 };
 use crate::policy::{keys, CommandPolicy, OperationKind, PolicyContext};
 use crate::storage::{off_worker, Database};
@@ -212,50 +212,19 @@ impl AgentRegistry {
         })
     }
 
+    /// A new record for `agent_id` ([`registration::new_record`]), keeping
+    /// the registration time of the one it replaces.
     fn new_record(
         &self,
         agent_id: &str,
         config: &AgentConfig,
         transport: AgentTransport,
     ) -> Result<AgentRecord> {
-        validate_id("agent id", agent_id)?;
-        if config.tools.is_empty() {
-            return Err(Error::invalid(format!(
-                "agent {agent_id} serves no tool categories; give it at least one"
-            )));
-        }
-        for category in &config.tools {
-            category.validate()?;
-        }
-        let timeout = config.timeout.unwrap_or(DEFAULT_AGENT_TIMEOUT);
-        if timeout.is_zero() || timeout > MAX_AGENT_TIMEOUT {
-            return Err(Error::invalid(format!(
-                "agent timeout must be between 1 ms and {} ms",
-                MAX_AGENT_TIMEOUT.as_millis()
-            )));
-        }
-        if config.max_concurrency == Some(0) {
-            return Err(Error::invalid("max_concurrency must be at least 1"));
-        }
-        let mut tools = config.tools.clone();
-        tools.dedup();
-        let now = now_ms();
-        let registered_at_ms = self
-            .agents
-            .read()
-            .get(agent_id)
-            .map_or(now, |r| r.record.registered_at_ms);
-        Ok(AgentRecord {
-            agent_id: agent_id.to_string(),
-            tools,
-            transport,
-            priority: config.priority,
-            timeout_ms: timeout.as_millis().max(1) as u64,
-            max_concurrency: config.max_concurrency,
-            status: AgentStatus::Healthy,
-            registered_at_ms,
-            updated_at_ms: now,
-            registered_by: config.caller.as_ref().map(|c| c.id.clone()),
+        registration::new_record(agent_id, config, transport, || {
+            self.agents
+                .read()
+                .get(agent_id)
+                .map(|r| r.record.registered_at_ms)
         })
     }
 
@@ -457,7 +426,7 @@ impl AgentRegistry {
 
     /// Applies a registration published by another node, or put into etcd
     /// by anyone able to write there: checked as a local registration is
-    /// ([`check_shared`](Self::check_shared): ids, categories, endpoints
+    /// ([`check_shared`](registration::check_shared): ids, categories, endpoints
     /// under the address policy, the command allow-list), then stored
     /// through this node's policy chain (the before-hooks on `agents/{id}`,
     /// with `source` = `cluster` in the context) and routed. A refused
@@ -480,7 +449,7 @@ impl AgentRegistry {
         if self.agents.read().get(&id).is_some_and(|r| same(&r.record)) {
             return Ok(false);
         }
-        Self::check_shared(&record)?;
+        registration::check_shared(&record)?;
         let stats = self
             .agents
             .read()
@@ -519,56 +488,6 @@ impl AgentRegistry {
         );
         tracing::info!(agent_id = %id, "applied a registration from the cluster");
         Ok(true)
-    }
-
-    /// The checks a local registration passes, on a record from the
-    /// cluster: a valid id, categories, timeout and concurrency; an HTTP
-    /// agent's endpoint and health URL (shape and address policy); an MCP
-    /// agent's server (url or command, names, rules) and, for a command, this
-    /// node's allow-list. A record never grants itself permission to run.
-    fn check_shared(record: &AgentRecord) -> Result<()> {
-        validate_id("agent id", &record.agent_id)?;
-        if record.tools.is_empty() {
-            return Err(Error::invalid(format!(
-                "agent {} serves no tool categories",
-                record.agent_id
-            )));
-        }
-        for category in &record.tools {
-            category.validate()?;
-        }
-        if record.timeout_ms == 0 || record.timeout_ms > MAX_AGENT_TIMEOUT.as_millis() as u64 {
-            return Err(Error::invalid(format!(
-                "agent timeout must be between 1 ms and {} ms",
-                MAX_AGENT_TIMEOUT.as_millis()
-            )));
-        }
-        if record.max_concurrency == Some(0) {
-            return Err(Error::invalid("max_concurrency must be at least 1"));
-        }
-        match &record.transport {
-            AgentTransport::Local => {}
-            AgentTransport::Http {
-                endpoint,
-                health_url,
-            } => {
-                check_endpoint_text("endpoint", endpoint)?;
-                parse_endpoint(endpoint)?;
-                check_endpoint_text("health_url", health_url)?;
-                parse_endpoint(health_url)?;
-            }
-            AgentTransport::Mcp(server) => {
-                server.validate(&record.tools)?;
-                if let Some(url) = &server.url {
-                    check_endpoint_text("MCP url", url)?;
-                    parse_endpoint(url)?;
-                }
-                if let Some(command) = &server.command {
-                    CommandPolicy::current().check(&record.agent_id, command)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Applies a removal published by another node (nothing if unknown
@@ -718,47 +637,4 @@ impl AgentRegistry {
             }
         }
     }
-}
-
-/// The name callers use for tool `name` of `agent_id` under `prefix`
-/// (collisions aside, which discovery resolves): the bare name, or
-/// `{agent}_{tool}` cut to the 64 characters every MCP client accepts.
-pub(crate) fn exposed_name(agent_id: &str, name: &str, prefixed: bool) -> String {
-    if !prefixed {
-        return name.to_string();
-    }
-    let mut exposed: String = format!("{agent_id}_{name}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    exposed.truncate(64);
-    exposed
-}
-
-/// What an MCP agent serves before (or without) discovery: its declared
-/// tool names, each in the category its rules give it; nothing if it
-/// declares none (discovery fills it in).
-pub(crate) fn declared_tools(record: &AgentRecord, server: &McpServer) -> ServedTools {
-    let Some(default) = record.tools.first() else {
-        return ServedTools::new();
-    };
-    server
-        .tool_names
-        .iter()
-        .map(|name| {
-            (
-                exposed_name(&record.agent_id, name, server.prefix == PrefixMode::Always),
-                ServedTool {
-                    upstream: name.clone(),
-                    category: server.category_of(name, default),
-                },
-            )
-        })
-        .collect()
 }

@@ -17,7 +17,7 @@
 
 use super::auth::Caller;
 use super::errors::ApiResult;
-use super::scan::{local_page, ScanItem, ScanPage, ScanQuery};
+use super::scan::{local_page, ScanItem, ScanPage, ScanQuery, MAX_SCAN_PAGE};
 use super::AppState;
 use crate::cluster::Cluster;
 use crate::error::Error;
@@ -239,12 +239,10 @@ pub(crate) async fn page(
 ) -> ApiResult<ClusterScanPage> {
     let limit = q.limit.unwrap_or(100);
     // Checked here too: this node may be read to the end and not asked.
-    if limit == 0 || limit > super::scan::MAX_SCAN_PAGE {
-        return Err(Error::invalid(format!(
-            "limit must be between 1 and {}",
-            super::scan::MAX_SCAN_PAGE
-        ))
-        .into());
+    if limit == 0 || limit > MAX_SCAN_PAGE {
+        return Err(
+            Error::invalid(format!("limit must be between 1 and {}", MAX_SCAN_PAGE)).into(),
+        );
     }
     crate::namespace::validate_prefix(&q.prefix)?;
     q.audit_filter()?;

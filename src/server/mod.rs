@@ -6,7 +6,8 @@
 //! caller is, and the scope each route needs), `hosts` (Host-header
 //! validation), `tls` (the certificate HTTPS is served with), `prometheus`
 //! (the exposition), and one file of handlers per resource (`agents`,
-//! `invoke`, `scan` (and `cluster_scan`, its cluster-wide page), `policies`, `metrics`, `tokens`, `tools`, `cluster`,
+//! `invoke`, `scan_route` (`GET /v1/scan`, over `scan`, this node's page, and
+//! `cluster_scan`, the cluster-wide page built on `scan`), `policies`, `metrics`, `tokens`, `tools`, `cluster`,
 //! which also answers `/healthz`).
 //! `docs/openapi.json` describes every route.
 
@@ -25,6 +26,7 @@ mod policies;
 mod prometheus;
 mod routes;
 mod scan;
+mod scan_route;
 mod tls;
 mod tokens;
 mod tools;

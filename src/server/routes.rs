@@ -5,7 +5,9 @@
 use super::errors::{self, ApiError};
 use super::hosts::{self, AllowedHosts};
 use super::limits::ServerLimits;
-use super::{agents, auth, cluster, invoke, metrics, policies, scan, tokens, tools, AppState};
+use super::{
+    agents, auth, cluster, invoke, metrics, policies, scan_route, tokens, tools, AppState,
+};
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -68,7 +70,7 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
         .route("/v1/invoke", post(invoke::invoke))
         .route("/v1/metrics", get(metrics::metrics_json))
         .route("/metrics", get(metrics::metrics_prometheus))
-        .route("/v1/scan", get(scan::scan))
+        .route("/v1/scan", get(scan_route::scan))
         .route(
             "/v1/policies",
             get(policies::list_policies).post(policies::add_policy),

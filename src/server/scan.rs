@@ -1,6 +1,8 @@
-//! `GET /v1/scan`: one page of the records under a key prefix (the audit
-//! trail), optionally only the dispatch records an audit filter selects, or
-//! only what one caller caused.
+//! One page of this node's records under a key prefix (the audit trail),
+//! optionally only the dispatch records an audit filter selects, or only
+//! what one caller caused: the query, the page types and the local read
+//! behind `GET /v1/scan`. The handler (`scan_route.rs`) and the cluster-wide
+//! page (`cluster_scan.rs`) build on this file; it imports neither.
 
 use super::auth::Caller;
 use super::errors::{ApiError, ApiResult};
@@ -9,9 +11,6 @@ use crate::error::Error;
 use crate::namespace::{redact_agent_json, validate_id, AuditFilter, Scope, TOKENS};
 use crate::policy::{keys, PolicyContext};
 use crate::storage::Database;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 /// `GET /v1/scan` query.
@@ -185,45 +184,6 @@ fn one_page(
         items,
         next_after: page.next_after,
     })
-}
-
-pub(crate) async fn scan(
-    State(s): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    query: Result<Query<ScanQuery>, QueryRejection>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let Query(q) = query?;
-    if q.cluster {
-        return cluster_scan(s, caller, q).await;
-    }
-    let after = q.after.clone();
-    let page = local_page(&s, &caller, &q, after).await?;
-    Ok(Json(serde_json::to_value(page).map_err(Error::storage)?))
-}
-
-#[cfg(feature = "cluster")]
-async fn cluster_scan(
-    s: AppState,
-    caller: Caller,
-    q: ScanQuery,
-) -> ApiResult<Json<serde_json::Value>> {
-    let Some(cluster) = s.cluster.clone() else {
-        return Err(not_in_cluster().into());
-    };
-    let page = super::cluster_scan::page(&s, &cluster, &caller, &q).await?;
-    Ok(Json(serde_json::to_value(page).map_err(Error::storage)?))
-}
-
-#[cfg(not(feature = "cluster"))]
-async fn cluster_scan(_: AppState, _: Caller, _: ScanQuery) -> ApiResult<Json<serde_json::Value>> {
-    Err(not_in_cluster().into())
-}
-
-fn not_in_cluster() -> Error {
-    Error::invalid(
-        "cluster=true: this node is not in a cluster (it was started without --cluster-etcd); \
-         drop cluster=true to scan this node's records",
-    )
 }
 
 /// One page of this node's own records for `q`'s prefix and filters,

@@ -1,0 +1,154 @@
+//! What a registration must be, apart from any registry: a new record
+//! built and checked from an [`AgentConfig`] (id, categories, timeout,
+//! concurrency), the same checks on a record read from the cluster, and the
+//! tools an MCP agent declares under the names callers use. Pure functions;
+//! the registry (`registry.rs`) calls them and owns the live agents and the
+//! store.
+
+use super::agent::{
+    AgentConfig, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,
+};
+use super::endpoint::{check_endpoint_text, parse_endpoint};
+use crate::error::{Error, Result};
+use crate::namespace::{
+    now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, McpServer, PrefixMode,
+};
+use crate::policy::CommandPolicy;
+
+/// A new record for `agent_id` from `config`, checked; its registration
+/// time is that of the record it replaces, if any, else now.
+pub(super) fn new_record(
+    agent_id: &str,
+    config: &AgentConfig,
+    transport: AgentTransport,
+    replaced_registered_at_ms: impl FnOnce() -> Option<u64>,
+) -> Result<AgentRecord> {
+    validate_id("agent id", agent_id)?;
+    if config.tools.is_empty() {
+        return Err(Error::invalid(format!(
+            "agent {agent_id} serves no tool categories; give it at least one"
+        )));
+    }
+    for category in &config.tools {
+        category.validate()?;
+    }
+    let timeout = config.timeout.unwrap_or(DEFAULT_AGENT_TIMEOUT);
+    if timeout.is_zero() || timeout > MAX_AGENT_TIMEOUT {
+        return Err(Error::invalid(format!(
+            "agent timeout must be between 1 ms and {} ms",
+            MAX_AGENT_TIMEOUT.as_millis()
+        )));
+    }
+    if config.max_concurrency == Some(0) {
+        return Err(Error::invalid("max_concurrency must be at least 1"));
+    }
+    let mut tools = config.tools.clone();
+    tools.dedup();
+    let now = now_ms();
+    let registered_at_ms = replaced_registered_at_ms().unwrap_or(now);
+    Ok(AgentRecord {
+        agent_id: agent_id.to_string(),
+        tools,
+        transport,
+        priority: config.priority,
+        timeout_ms: timeout.as_millis().max(1) as u64,
+        max_concurrency: config.max_concurrency,
+        status: AgentStatus::Healthy,
+        registered_at_ms,
+        updated_at_ms: now,
+        registered_by: config.caller.as_ref().map(|c| c.id.clone()),
+    })
+}
+
+/// The checks a local registration passes, on a record from the
+/// cluster: a valid id, categories, timeout and concurrency; an HTTP
+/// agent's endpoint and health URL (shape and address policy); an MCP
+/// agent's server (url or command, names, rules) and, for a command, this
+/// node's allow-list. A record never grants itself permission to run.
+pub(super) fn check_shared(record: &AgentRecord) -> Result<()> {
+    validate_id("agent id", &record.agent_id)?;
+    if record.tools.is_empty() {
+        return Err(Error::invalid(format!(
+            "agent {} serves no tool categories",
+            record.agent_id
+        )));
+    }
+    for category in &record.tools {
+        category.validate()?;
+    }
+    if record.timeout_ms == 0 || record.timeout_ms > MAX_AGENT_TIMEOUT.as_millis() as u64 {
+        return Err(Error::invalid(format!(
+            "agent timeout must be between 1 ms and {} ms",
+            MAX_AGENT_TIMEOUT.as_millis()
+        )));
+    }
+    if record.max_concurrency == Some(0) {
+        return Err(Error::invalid("max_concurrency must be at least 1"));
+    }
+    match &record.transport {
+        AgentTransport::Local => {}
+        AgentTransport::Http {
+            endpoint,
+            health_url,
+        } => {
+            check_endpoint_text("endpoint", endpoint)?;
+            parse_endpoint(endpoint)?;
+            check_endpoint_text("health_url", health_url)?;
+            parse_endpoint(health_url)?;
+        }
+        AgentTransport::Mcp(server) => {
+            server.validate(&record.tools)?;
+            if let Some(url) = &server.url {
+                check_endpoint_text("MCP url", url)?;
+                parse_endpoint(url)?;
+            }
+            if let Some(command) = &server.command {
+                CommandPolicy::current().check(&record.agent_id, command)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The name callers use for tool `name` of `agent_id` under `prefix`
+/// (collisions aside, which discovery resolves): the bare name, or
+/// `{agent}_{tool}` cut to the 64 characters every MCP client accepts.
+pub(crate) fn exposed_name(agent_id: &str, name: &str, prefixed: bool) -> String {
+    if !prefixed {
+        return name.to_string();
+    }
+    let mut exposed: String = format!("{agent_id}_{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    exposed.truncate(64);
+    exposed
+}
+
+/// What an MCP agent serves before (or without) discovery: its declared
+/// tool names, each in the category its rules give it; nothing if it
+/// declares none (discovery fills it in).
+pub(crate) fn declared_tools(record: &AgentRecord, server: &McpServer) -> ServedTools {
+    let Some(default) = record.tools.first() else {
+        return ServedTools::new();
+    };
+    server
+        .tool_names
+        .iter()
+        .map(|name| {
+            (
+                exposed_name(&record.agent_id, name, server.prefix == PrefixMode::Always),
+                ServedTool {
+                    upstream: name.clone(),
+                    category: server.category_of(name, default),
+                },
+            )
+        })
+        .collect()
+}

@@ -336,6 +336,98 @@ fn config_check_validates_without_starting() {
     }
 }
 
+#[test]
+fn config_check_reports_every_problem_serve_would_refuse_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    let f = file.to_str().unwrap();
+    // One problem per kind of check: the text, the listen address without a
+    // token, a file the config names, two agents (endpoint shape, the
+    // default network policy), and the cluster settings.
+    std::fs::write(
+        &file,
+        r#"
+listen = "0.0.0.0:7799"
+data_dir = "data"
+[limits]
+max_connections = 0
+[tls]
+cert_file = "missing.pem"
+key_file = "missing-key.pem"
+[[agents]]
+id = "wrong_scheme"
+tools = ["code"]
+endpoint = "ftp://127.0.0.1/x"
+[[agents]]
+id = "metadata"
+tools = ["search"]
+mcp = "http://169.254.169.254/mcp"
+[cluster]
+etcd = ["http://127.0.0.1:1"]
+node_id = "not a node id"
+"#,
+    )
+    .unwrap();
+    let expected = [
+        "limits.max_connections: must be at least 1",
+        "listen: refusing to serve on 0.0.0.0:7799 without an API token",
+        "tls.cert_file",
+        "missing.pem",
+        "agents[0]: endpoint \"ftp://127.0.0.1/x\"",
+        "agents[1]:",
+        "169.254.169.254",
+        "cluster: node id",
+    ];
+    let err = fails(
+        switchboard()
+            .args(["config", "check", f])
+            .env_remove("SWITCHBOARD_TOKEN"),
+    );
+    assert!(err.contains("6 problems"), "{err}");
+    for part in expected {
+        assert!(err.contains(part), "missing {part:?} in:\n{err}");
+    }
+    // `serve` refuses the same file for the same problems, before opening
+    // the database.
+    let out = switchboard()
+        .args(["serve", "--config", f])
+        .env_remove("SWITCHBOARD_TOKEN")
+        .output()
+        .unwrap();
+    let serve_err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{serve_err}");
+    for part in expected {
+        assert!(
+            serve_err.contains(part),
+            "serve: missing {part:?} in:\n{serve_err}"
+        );
+    }
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn the_minimal_config_of_the_docs_passes_the_check() {
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    let section = docs
+        .split("## A minimal file")
+        .nth(1)
+        .expect("configuration.md has a minimal sample");
+    let sample = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("the minimal sample is a toml block");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("switchboard.toml");
+    std::fs::write(&file, sample).unwrap();
+    let out = ok(switchboard().args(["config", "check", file.to_str().unwrap()]));
+    assert!(out.contains("valid") && out.contains("token set"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_applies_agents_and_rate_limits_from_its_config() {
     let agent = TestAgent::start("echo", Behaviour::Echo).await;

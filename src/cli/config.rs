@@ -1,4 +1,5 @@
-//! `switchboard config check FILE`: validate a config file without starting.
+//! `switchboard config check FILE`: every problem `serve` would refuse a
+//! config file for, without starting.
 
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -6,8 +7,10 @@ use switchboard::config::Config;
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {
-    /// Validate a config file (unknown options, bad values, the listen
-    /// address, the policy directory) without starting the server.
+    /// Check a config file as `serve` would, without starting: unknown
+    /// options, bad values, the listen address and token, the files it names
+    /// (TLS, JWT keys, policies, etcd credentials), the agents, `[cluster]`.
+    /// Lists every problem with its key.
     Check {
         /// The TOML config file `serve --config` would read (docs/configuration.md).
         file: PathBuf,
@@ -17,9 +20,19 @@ pub enum ConfigCommand {
 pub fn run(cmd: ConfigCommand) -> switchboard::Result<()> {
     match cmd {
         ConfigCommand::Check { file } => {
-            let config = Config::load(&file)?;
-            let summary = config.check()?;
-            super::out(format_args!("{}: valid; {summary}", file.display()))
+            let config = Config::read(&file)?;
+            let problems = switchboard::server::preflight(&config);
+            switchboard::config::refuse(&problems).map_err(|e| match e {
+                switchboard::Error::InvalidInput(m) => {
+                    switchboard::Error::invalid(format!("config {}: {m}", file.display()))
+                }
+                other => other,
+            })?;
+            super::out(format_args!(
+                "{}: valid; {}",
+                file.display(),
+                config.summary()
+            ))
         }
     }
 }

@@ -59,7 +59,8 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
     let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
+        // Checked whole, flags included, by the server's preflight.
+        Some(path) => Config::read(path)?,
         None => Config::default(),
     };
     if let Some(data) = args.data {
@@ -105,8 +106,6 @@ pub async fn run(args: ServeArgs) -> switchboard::Result<()> {
         config.cluster = Some(section);
     }
     config.mcp.allow_commands.extend(args.allow_commands);
-    // Checked again with the flags added (absolute paths only).
-    config.validate()?;
     if let Some(ca_file) = args.ca_file {
         config.tls.ca_file = Some(ca_file);
     }

@@ -96,6 +96,38 @@ pub struct ClusterSettings {
     pub max_unpublished_bindings: usize,
 }
 
+impl ClusterSettings {
+    /// What [`Cluster::join`] refuses before it reaches etcd: the node id,
+    /// the advertise URL, the etcd URLs, the secret's length, and the files
+    /// of `access` (read and parsed, as the etcd client will).
+    pub fn check(&self) -> Result<()> {
+        validate_id("node id", &self.node_id)?;
+        check_advertise_url(&self.url)?;
+        for url in &self.etcd {
+            let parsed = reqwest::Url::parse(url).map_err(|e| {
+                Error::invalid(format!(
+                    "cluster: etcd URL {url:?} does not parse ({e}); give a client URL such as \
+                     http://127.0.0.1:2379"
+                ))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(Error::invalid(format!(
+                    "cluster: etcd URL {url:?} is not http:// or https://"
+                )));
+            }
+        }
+        if let Some(secret) = &self.secret {
+            if secret.chars().count() < MIN_SECRET_CHARS {
+                return Err(Error::invalid(format!(
+                    "cluster: the cluster secret has fewer than {MIN_SECRET_CHARS} characters; \
+                     give every node the same longer random secret (e.g. `openssl rand -hex 32`)"
+                )));
+            }
+        }
+        Etcd::new(self.etcd.clone(), &self.access).map(drop)
+    }
+}
+
 /// How many bindings made while etcd is unreachable a node keeps to
 /// publish, unless configured.
 pub const DEFAULT_MAX_UNPUBLISHED_BINDINGS: usize = 10_000;
@@ -753,16 +785,7 @@ impl Cluster {
         dispatcher: &ToolDispatcher,
         settings: ClusterSettings,
     ) -> Result<Arc<Cluster>> {
-        validate_id("node id", &settings.node_id)?;
-        check_advertise_url(&settings.url)?;
-        if let Some(secret) = &settings.secret {
-            if secret.chars().count() < MIN_SECRET_CHARS {
-                return Err(Error::invalid(format!(
-                    "cluster: the cluster secret has fewer than {MIN_SECRET_CHARS} characters; \
-                     give every node the same longer random secret (e.g. `openssl rand -hex 32`)"
-                )));
-            }
-        }
+        settings.check()?;
         let state = Arc::new(State {
             etcd: Etcd::new(settings.etcd.clone(), &settings.access)?,
             node_id: settings.node_id,

@@ -1,6 +1,7 @@
 //! `[cluster]`: the settings of a node that joins others through etcd
 //! (docs/cluster.md), and the checks they must pass together.
 
+use super::Problem;
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -71,49 +72,87 @@ pub struct ClusterSection {
 pub const DEFAULT_CLUSTER_SECRET_ENV: &str = "SWITCHBOARD_CLUSTER_SECRET";
 
 impl ClusterSection {
-    /// Refuses settings that cannot work together.
-    pub(super) fn validate(&self) -> Result<()> {
+    /// Every setting that cannot work, alone or with the others, each
+    /// with its key.
+    pub(super) fn problems(&self) -> Vec<Problem> {
+        let mut found = Vec::new();
         let passwords =
             usize::from(self.password_env.is_some()) + usize::from(self.password_file.is_some());
         match (&self.username, passwords) {
-            (Some(user), _) if user.is_empty() => {
-                return Err(Error::invalid("cluster.username is empty; remove it to connect to etcd without authentication"))
-            }
+            (Some(user), _) if user.is_empty() => found.push(Problem::new(
+                "cluster.username",
+                "is empty; remove it to connect to etcd without authentication",
+            )),
             (Some(_), 1) | (None, 0) => {}
-            (Some(_), 0) => {
-                return Err(Error::invalid(
-                    "cluster.username needs a password: set password_env (an environment variable's name) \
-                     or password_file (a file's path) under [cluster]",
-                ))
-            }
-            (Some(_), _) => {
-                return Err(Error::invalid(
-                    "cluster: give password_env or password_file, not both",
-                ))
-            }
-            (None, _) => {
-                return Err(Error::invalid(
-                    "cluster: password_env and password_file need username (the etcd user)",
-                ))
-            }
+            (Some(_), 0) => found.push(Problem::new(
+                "cluster.username",
+                "needs a password: set password_env (an environment variable's name) \
+                 or password_file (a file's path) under [cluster]",
+            )),
+            (Some(_), _) => found.push(Problem::new(
+                "cluster.password_env",
+                "give password_env or password_file, not both",
+            )),
+            (None, _) => found.push(Problem::new(
+                "cluster.username",
+                "password_env and password_file need username (the etcd user)",
+            )),
         }
         if self.max_unpublished_bindings == Some(0) {
-            return Err(Error::invalid(
-                "cluster.max_unpublished_bindings must be at least 1 (use bindings = \"strict\" \
-                 to refuse every new session while etcd is unreachable)",
+            found.push(Problem::new(
+                "cluster.max_unpublished_bindings",
+                "must be at least 1 (use bindings = \"strict\" to refuse every new session \
+                 while etcd is unreachable)",
             ));
         }
         if self.secret_env.is_some() && self.secret_file.is_some() {
-            return Err(Error::invalid(
-                "cluster: give secret_env or secret_file, not both",
+            found.push(Problem::new(
+                "cluster.secret_env",
+                "give secret_env or secret_file, not both",
             ));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err(Error::invalid(
-                "cluster: give both cert_file and key_file (the client certificate etcd checks), or neither",
+            found.push(Problem::new(
+                "cluster.cert_file",
+                "give both cert_file and key_file (the client certificate etcd checks), or neither",
             ));
         }
-        Ok(())
+        if self.etcd.is_empty() {
+            found.push(Problem::new(
+                "cluster.etcd",
+                "names no etcd member: give at least one client URL, e.g. [\"http://127.0.0.1:2379\"]",
+            ));
+        }
+        found
+    }
+
+    /// How this node joins the cluster: the section, with the API's
+    /// `listen` address and scheme as the advertise URL unless one is set.
+    #[cfg(feature = "cluster")]
+    pub fn settings(&self, listen: &str, https: bool) -> Result<crate::cluster::ClusterSettings> {
+        let scheme = if https { "https" } else { "http" };
+        let url = self
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{listen}"));
+        Ok(crate::cluster::ClusterSettings {
+            etcd: self.etcd.clone(),
+            node_id: self.node_id.clone(),
+            strict_bindings: self.bindings == ClusterBindings::Strict,
+            start_from_snapshot: self.start_from_snapshot,
+            binding_ttl: std::time::Duration::from_secs(
+                self.binding_ttl_secs
+                    .unwrap_or(DEFAULT_BINDING_TTL_SECS)
+                    .max(1),
+            ),
+            listen: listen.to_string(),
+            url: url.trim_end_matches('/').to_string(),
+            access: self.etcd_access()?,
+            secret: self.cluster_secret()?,
+            max_unpublished_bindings: self
+                .max_unpublished_bindings
+                .unwrap_or(crate::cluster::DEFAULT_MAX_UNPUBLISHED_BINDINGS),
+        })
     }
 
     /// The cluster secret, read now from the file or variable named (never

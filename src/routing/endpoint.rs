@@ -78,9 +78,17 @@ pub(crate) enum Endpoint {
     Mcp(crate::namespace::McpServer),
 }
 
-/// Checks an endpoint URL and derives its default health URL
-/// (`scheme://host:port/health`).
+/// Checks an endpoint URL under the network policy in force and derives
+/// its default health URL (`scheme://host:port/health`).
 pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(reqwest::Url, reqwest::Url)> {
+    parse_endpoint_under(endpoint, &crate::policy::NetworkPolicy::current())
+}
+
+/// [`parse_endpoint`] under `network` rather than the policy in force.
+pub(crate) fn parse_endpoint_under(
+    endpoint: &str,
+    network: &crate::policy::NetworkPolicy,
+) -> Result<(reqwest::Url, reqwest::Url)> {
     let url = reqwest::Url::parse(endpoint)
         .map_err(|e| Error::invalid(format!("endpoint {endpoint:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -91,7 +99,7 @@ pub(crate) fn parse_endpoint(endpoint: &str) -> Result<(reqwest::Url, reqwest::U
     if url.host_str().is_none() {
         return Err(Error::invalid(format!("endpoint {endpoint:?} has no host")));
     }
-    crate::policy::NetworkPolicy::current().check_url(&url)?;
+    network.check_url(&url)?;
     let mut health = url.clone();
     health.set_path("/health");
     health.set_query(None);

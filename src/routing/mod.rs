@@ -38,6 +38,7 @@ pub use agent::{AgentConfig, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT};
 pub use endpoint::{ENDPOINT_PATTERN, MAX_ENDPOINT_LEN};
 pub use health_config::HealthCheckConfig;
 pub use metrics::AgentMetrics;
+pub use registration::check_agent_config;
 pub use registry::AgentRegistry;
 pub(crate) use router::ToolRouter;
 pub use strategy::RoutingStrategy;

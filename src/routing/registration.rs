@@ -8,12 +8,12 @@
 use super::agent::{
     AgentConfig, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,
 };
-use super::endpoint::{check_endpoint_text, parse_endpoint};
+use super::endpoint::{check_endpoint_text, parse_endpoint, parse_endpoint_under};
 use crate::error::{Error, Result};
 use crate::namespace::{
     now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, McpServer, PrefixMode,
 };
-use crate::policy::CommandPolicy;
+use crate::policy::{CommandPolicy, NetworkPolicy};
 
 /// A new record for `agent_id` from `config`, checked; its registration
 /// time is that of the record it replaces, if any, else now.
@@ -58,6 +58,66 @@ pub(super) fn new_record(
         updated_at_ms: now,
         registered_by: config.caller.as_ref().map(|c| c.id.clone()),
     })
+}
+
+/// How `config` says `agent_id` is reached, checked as a registration is,
+/// under `network` and `commands`: an HTTP endpoint and its health URL (by
+/// default the endpoint's `/health`), or an MCP server by URL or by a
+/// command the node allows.
+pub(crate) fn transport(
+    agent_id: &str,
+    config: &AgentConfig,
+    network: &NetworkPolicy,
+    commands: &CommandPolicy,
+) -> Result<AgentTransport> {
+    if let Some(server) = &config.mcp {
+        if config.endpoint.is_some() {
+            return Err(Error::invalid(format!(
+                "agent {agent_id} has both an endpoint and an MCP server; give one of them"
+            )));
+        }
+        let mut server = server.clone();
+        server.validate(&config.tools)?;
+        if let Some(url) = &server.url {
+            check_endpoint_text("MCP url", url)?;
+            server.url = Some(parse_endpoint_under(url, network)?.0.to_string());
+        }
+        if let Some(command) = &server.command {
+            commands.check(agent_id, command)?;
+        }
+        return Ok(AgentTransport::Mcp(server));
+    }
+    let Some(endpoint) = config.endpoint.as_deref() else {
+        return Err(Error::invalid(format!(
+            "agent {agent_id} has no endpoint; call with_endpoint, or register_local_agent for an in-process handler"
+        )));
+    };
+    check_endpoint_text("endpoint", endpoint)?;
+    let (endpoint, default_health) = parse_endpoint_under(endpoint, network)?;
+    let health_url = match config.health_url.as_deref() {
+        Some(url) => {
+            check_endpoint_text("health_url", url)?;
+            parse_endpoint_under(url, network)?.0
+        }
+        None => default_health,
+    };
+    Ok(AgentTransport::Http {
+        endpoint: endpoint.to_string(),
+        health_url: health_url.to_string(),
+    })
+}
+
+/// Whether `config` would register as `agent_id` under `network` and
+/// `commands`, without a registry: for checking a config file's agents
+/// before anything is opened.
+pub fn check_agent_config(
+    agent_id: &str,
+    config: &AgentConfig,
+    network: &NetworkPolicy,
+    commands: &CommandPolicy,
+) -> Result<()> {
+    let transport = transport(agent_id, config, network, commands)?;
+    new_record(agent_id, config, transport, || None).map(drop)
 }
 
 /// The checks a local registration passes, on a record from the

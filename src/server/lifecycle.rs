@@ -29,23 +29,14 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> crate::Result<()> {
-    let token = std::env::var("SWITCHBOARD_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or(config.token.clone());
+    crate::config::refuse(&super::preflight::preflight(&config))?;
+    let token = super::preflight::api_token(&config);
     let jwt = match &config.auth.jwt {
         Some(settings) => Some(crate::identity::JwtVerifier::new(settings.clone())?),
         None => None,
     };
     if token.is_none() && jwt.is_none() {
-        if !listens_on_loopback_only(&config.listen).await? {
-            return Err(Error::invalid(format!(
-                "refusing to serve on {} without an API token: anyone who can reach it could \
-                 register agents and invoke tools. Set SWITCHBOARD_TOKEN=<secret> in the \
-                 environment or `token = \"<secret>\"` in the config, or listen on 127.0.0.1",
-                config.listen
-            )));
-        }
+        // Preflight refused this on any address but loopback.
         tracing::warn!("no API token configured: anyone on this machine can use the API on {}; set SWITCHBOARD_TOKEN or `token` in the config", config.listen);
     }
     // Before any agent is loaded: registrations are checked against them.
@@ -144,30 +135,7 @@ async fn join_cluster(
     let Some(section) = &config.cluster else {
         return Ok(None);
     };
-    let scheme = if https { "https" } else { "http" };
-    let url = section
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{}", config.listen));
-    let settings = crate::cluster::ClusterSettings {
-        etcd: section.etcd.clone(),
-        node_id: section.node_id.clone(),
-        strict_bindings: section.bindings == crate::config::ClusterBindings::Strict,
-        start_from_snapshot: section.start_from_snapshot,
-        binding_ttl: std::time::Duration::from_secs(
-            section
-                .binding_ttl_secs
-                .unwrap_or(crate::config::DEFAULT_BINDING_TTL_SECS)
-                .max(1),
-        ),
-        listen: config.listen.clone(),
-        url: url.trim_end_matches('/').to_string(),
-        access: section.etcd_access()?,
-        secret: section.cluster_secret()?,
-        max_unpublished_bindings: section
-            .max_unpublished_bindings
-            .unwrap_or(crate::cluster::DEFAULT_MAX_UNPUBLISHED_BINDINGS),
-    };
+    let settings = section.settings(&config.listen, https)?;
     crate::cluster::Cluster::join(dispatcher, settings)
         .await
         .map(Some)
@@ -181,15 +149,6 @@ async fn join_cluster(config: &Config, _: &ToolDispatcher, _: bool) -> crate::Re
         )),
         None => Ok(()),
     }
-}
-
-/// Whether every address `listen` names is a loopback address.
-async fn listens_on_loopback_only(listen: &str) -> crate::Result<bool> {
-    let addrs: Vec<_> = tokio::net::lookup_host(listen)
-        .await
-        .map_err(|e| Error::invalid(format!("listen address {listen:?}: {e}")))?
-        .collect();
-    Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
 }
 
 /// Serves `state` on `listener` until `shutdown`, then drains for at most

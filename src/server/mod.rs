@@ -1,7 +1,8 @@
 //! The HTTP API: a thin JSON layer over one [`ToolDispatcher`].
 //!
 //! One job per file: `errors` (the one error shape and status mapping),
-//! `routes` (the route table and its layers), `lifecycle` (bind, serve,
+//! `routes` (the route table and its layers), `preflight` (every problem
+//! `serve` would refuse a config for, at once), `lifecycle` (bind, serve,
 //! graceful shutdown), `limits` (what clients may hold), `auth` (who the
 //! caller is, and the scope each route needs), `hosts` (Host-header
 //! validation), `tls` (the certificate HTTPS is served with), `prometheus`
@@ -23,6 +24,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod policies;
+mod preflight;
 mod prometheus;
 mod routes;
 mod scan;
@@ -40,6 +42,7 @@ pub use invoke::InvokeBody;
 pub use lifecycle::{run, run_tls, run_with, serve, shutdown_signal};
 pub use limits::ServerLimits;
 pub use policies::{AddPolicyBody, PolicyInfo, PolicyView, PutPolicyAnswer, PutPolicyBody};
+pub use preflight::preflight;
 pub use routes::router;
 pub use scan::{caused_by, scan_page, scan_page_as, ScanItem, ScanPage, ScanQuery, MAX_SCAN_PAGE};
 pub use tls::ServerTls;

@@ -187,8 +187,9 @@ fn no_module_imports_from_a_layer_above_it() {
 
 /// The files of `src/routing/`, lowest first; files of one rank may use
 /// each other. Agent state at the bottom, the index and router over it, the
-/// registry over them, and health checking and outlier detection on top,
-/// driving the registry through its methods (`set_health`, `live_agents`).
+/// registry over them and over its store, and health checking and outlier
+/// detection on top, driving the registry through its methods (`set_health`,
+/// `live_agents`).
 /// `mod.rs` is the module's facade and may name any of them.
 const ROUTING_LAYERS: &[&[&str]] = &[
     &["endpoint", "metrics", "shared"],
@@ -198,6 +199,7 @@ const ROUTING_LAYERS: &[&[&str]] = &[
     &["load_index"],
     &["router"],
     &["registration"],
+    &["registry_store"],
     &["registry"],
     &["affinity"],
     &["health_config"],

@@ -5,7 +5,8 @@
 //! is unreachable), and their count, which shares every rate limit.
 
 use super::etcd::Kv;
-use super::{Cluster, State, NODES};
+use super::state::{State, NODES};
+use super::Cluster;
 use crate::error::{Error, Result};
 use crate::namespace::{now_ms, AgentRecord, AgentStatus, AGENTS};
 use crate::policy::PolicyEngine;

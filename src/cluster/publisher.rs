@@ -2,7 +2,8 @@
 //! unreachable (`best_effort`), once it answers again: in batches, off the
 //! liveness loop.
 
-use super::{Change, State, SESSIONS};
+use super::applier::Change;
+use super::state::{State, SESSIONS};
 use crate::namespace::{now_ms, SessionRecord};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -105,6 +106,20 @@ async fn publish_pending(state: &State, apply: &std::sync::mpsc::Sender<Change>)
             // The transaction failed on keys that are gone again (a race
             // with their leases): the next wake tries again.
             return;
+        }
+    }
+}
+
+impl State {
+    /// `local`, the binding `session_id` had while unpublished, is settled
+    /// in etcd: forgotten unless the session was bound anew meanwhile.
+    fn published(&self, session_id: &str, local: &SessionRecord) {
+        let mut pending = self.pending.lock();
+        if pending.get(session_id) == Some(local) {
+            pending.remove(session_id);
+        }
+        if pending.len() < self.max_pending {
+            self.cap_reached.store(false, Ordering::Release);
         }
     }
 }

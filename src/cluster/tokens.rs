@@ -4,7 +4,7 @@
 //! node accepts and refuses the same tokens.
 
 use super::etcd::{Event, WatchMessage};
-use super::{State, RETRY_EVERY, TOKENS};
+use super::state::{State, RETRY_EVERY, TOKENS};
 use crate::error::{Error, Result};
 use crate::storage::Database;
 use std::collections::HashMap;

@@ -3,11 +3,12 @@
 //!
 //! The files depend one way (ARCHITECTURE.md draws it, `tests/layers.rs`
 //! checks it): `agent` (with its `Health` state) at the bottom, then `tiers`,
-//! `strategy`, `load_index`, `router`, `registration`, then `registry`, `affinity`, and on
-//! top `health_config`, `outlier`, `health`.
+//! `strategy`, `load_index`, `router`, `registration`, `registry_store`, then `registry`,
+//! `affinity`, and on top `health_config`, `outlier`, `health`.
 //!
 //! - `registry`: registrations (persisted under `agents/*`), mirrored into the router;
 //! - `registration`: what a registration must be (checks, the record, declared MCP tools);
+//! - `registry_store`: the registry's records in the store (`agents/*`: load, writes and their policy contexts);
 //! - `router`: per-category pools, snapshots and leases;
 //! - `tiers`: priority tiers and panic routing, the rule every strategy picks under;
 //! - `strategy`: [`RoutingStrategy`] and the pure picks; `load_index`: least loaded order;
@@ -29,6 +30,7 @@ pub(crate) mod metrics;
 pub(crate) mod outlier;
 pub(crate) mod registration;
 pub(crate) mod registry;
+pub(crate) mod registry_store;
 pub(crate) mod router;
 pub(crate) mod shared;
 pub(crate) mod strategy;

@@ -3,7 +3,7 @@
 //! concurrency), the same checks on a record read from the cluster, and the
 //! tools an MCP agent declares under the names callers use. Pure functions;
 //! the registry (`registry.rs`) calls them and owns the live agents and the
-//! store.
+//! store (written through `registry_store.rs`).
 
 use super::agent::{
     AgentConfig, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,

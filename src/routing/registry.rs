@@ -11,22 +11,23 @@
 //! unregister, health persisted), whose steps share one lock and one rule —
 //! the stored record and the router change together or not at all. What a
 //! registration must be (the checks, the record built from an `AgentConfig`,
-//! an MCP agent's declared tools) is `registration.rs`, which knows no
-//! registry.
+//! an MCP agent's declared tools) is `registration.rs`, and how its record
+//! is read and written in the store (keys, policy contexts, bookkeeping) is
+//! `registry_store.rs`; neither knows the registry.
 
 use super::agent::{Agent, AgentConfig, Health};
 use super::endpoint::{check_endpoint_text, parse_endpoint, Endpoint};
 use super::metrics::AgentStats;
 use super::registration::{self, declared_tools};
+use super::registry_store;
 use super::router::ToolRouter;
 use super::shared::RegistrationSink;
 use crate::error::{Error, Result};
 use crate::namespace::{
-    agent_key, now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, McpServer,
-    ToolCategory, AGENTS,
+    now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, McpServer, ToolCategory,
 };
-use crate::policy::{keys, CommandPolicy, OperationKind, PolicyContext};
-use crate::storage::{off_worker, Database};
+use crate::policy::CommandPolicy;
+use crate::storage::Database;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,25 +53,6 @@ pub struct AgentRegistry {
     sink: RwLock<Option<Arc<dyn RegistrationSink>>>,
 }
 
-fn context(agent_id: &str, action: OperationKind) -> PolicyContext {
-    PolicyContext::new()
-        .with(keys::AGENT_ID, agent_id)
-        .for_operation(action)
-}
-
-/// [`context`] with the caller's entries, if there is a caller.
-fn caller_context(
-    agent_id: &str,
-    action: OperationKind,
-    caller: Option<&crate::policy::Principal>,
-) -> PolicyContext {
-    let mut ctx = context(agent_id, action);
-    if let Some(caller) = caller {
-        caller.apply_to(&mut ctx);
-    }
-    ctx
-}
-
 impl AgentRegistry {
     /// Loads every registration stored in `db`. HTTP agents are routable at
     /// once, with the stored health: one stored `unhealthy` starts ejected and
@@ -80,15 +62,7 @@ impl AgentRegistry {
         let registry = AgentRegistry::empty(db, router);
         let mut loaded = HashMap::new();
         let mut routable = Vec::new();
-        for item in registry.db.scan_unjudged(AGENTS, None) {
-            let (key, value) = item?;
-            let record: AgentRecord = match serde_json::from_slice(&value) {
-                Ok(record) => record,
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "skipping an agent record that does not decode");
-                    continue;
-                }
-            };
+        for (key, record) in registry_store::load(&registry.db)? {
             let stats = Arc::new(AgentStats::default());
             let live = match &record.transport {
                 AgentTransport::Local => None,
@@ -322,13 +296,7 @@ impl AgentRegistry {
         if let Some(sink) = &sink {
             sink.ready()?;
         }
-        off_worker(|| {
-            self.db.owner_put_with(
-                &agent_key(&id),
-                &value,
-                &caller_context(&id, OperationKind::Register, caller),
-            )
-        })?;
+        registry_store::register(&self.db, &id, &value, caller)?;
         if let Some(sink) = &sink {
             if let Err(e) = sink.publish(&id, Some(&record)) {
                 self.restore_stored(&id);
@@ -378,12 +346,7 @@ impl AgentRegistry {
         if let Some(sink) = &sink {
             sink.ready()?;
         }
-        off_worker(|| {
-            self.db.owner_delete_with(
-                &agent_key(agent_id),
-                &caller_context(agent_id, OperationKind::Unregister, caller),
-            )
-        })?;
+        registry_store::unregister(&self.db, agent_id, caller)?;
         if let Some(sink) = &sink {
             if let Err(e) = sink.publish(agent_id, None) {
                 self.restore_stored(agent_id);
@@ -403,23 +366,11 @@ impl AgentRegistry {
     }
 
     /// Puts the stored record of `agent_id` back as memory has it (or removes
-    /// it), after a write whose publication failed. Bookkeeping: it undoes a
-    /// write the policy chain already allowed.
+    /// it), after a write whose publication failed
+    /// ([`registry_store::restore`]).
     fn restore_stored(&self, agent_id: &str) {
         let previous = self.agents.read().get(agent_id).map(|r| r.record.clone());
-        let result = off_worker(|| {
-            let mut tx = self.db.owner_transaction();
-            let ctx = context(agent_id, OperationKind::Register);
-            match &previous {
-                Some(record) => {
-                    let value = serde_json::to_vec(record).map_err(Error::storage)?;
-                    tx.put_with(&agent_key(agent_id), &value, &ctx)?;
-                }
-                None => tx.delete_with(&agent_key(agent_id), &ctx)?,
-            }
-            tx.commit_bookkeeping()
-        });
-        if let Err(e) = result {
+        if let Err(e) = registry_store::restore(&self.db, agent_id, previous.as_ref()) {
             tracing::error!(agent_id, error = %e, "could not undo a registration that was not published");
         }
     }
@@ -470,10 +421,7 @@ impl AgentRegistry {
             )),
         };
         let value = serde_json::to_vec(&record).map_err(Error::storage)?;
-        // Through the before-hooks, as a local registration: a record in
-        // etcd is only as trustworthy as whoever could write it there.
-        let ctx = context(&id, OperationKind::Register).with("source", "cluster");
-        off_worker(|| self.db.owner_put_with(&agent_key(&id), &value, &ctx))?;
+        registry_store::apply_shared(&self.db, &id, &value)?;
         match &live {
             Some(agent) => self.router.add(agent.clone()),
             None => self.router.remove(&id),
@@ -498,14 +446,7 @@ impl AgentRegistry {
         if !self.agents.read().contains_key(agent_id) {
             return Ok(false);
         }
-        off_worker(|| {
-            let mut tx = self.db.owner_transaction();
-            tx.delete_with(
-                &agent_key(agent_id),
-                &context(agent_id, OperationKind::Unregister),
-            )?;
-            tx.commit_bookkeeping()
-        })?;
+        registry_store::remove_shared(&self.db, agent_id)?;
         self.router.remove(agent_id);
         self.agents.write().remove(agent_id);
         tracing::info!(agent_id, "applied a removal from the cluster");
@@ -614,19 +555,7 @@ impl AgentRegistry {
         };
         record.updated_at_ms = now_ms();
         // No registry lock is held across the write: a hook may read the registry.
-        let result = serde_json::to_vec(&record)
-            .map_err(Error::storage)
-            .and_then(|v| {
-                // Called from calls and probes on the runtime: see `off_worker`.
-                off_worker(|| {
-                    self.db.owner_put_with(
-                        &agent_key(&agent.id),
-                        &v,
-                        &context(&agent.id, OperationKind::Health),
-                    )
-                })
-            });
-        match result {
+        match registry_store::set_health(&self.db, &agent.id, &record) {
             Ok(()) => {
                 if let Some(registered) = self.agents.write().get_mut(&agent.id) {
                     registered.record = record;

@@ -16,7 +16,7 @@
 //! `registry_store.rs`; neither knows the registry.
 
 use super::agent::{Agent, AgentConfig, Health};
-use super::endpoint::{check_endpoint_text, parse_endpoint, Endpoint};
+use super::endpoint::{parse_endpoint, Endpoint};
 use super::metrics::AgentStats;
 use super::registration::{self, declared_tools};
 use super::registry_store;
@@ -24,9 +24,9 @@ use super::router::ToolRouter;
 use super::shared::RegistrationSink;
 use crate::error::{Error, Result};
 use crate::namespace::{
-    now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, McpServer, ToolCategory,
+    now_ms, validate_id, AgentRecord, AgentStatus, AgentTransport, ToolCategory,
 };
-use crate::policy::CommandPolicy;
+use crate::policy::{CommandPolicy, NetworkPolicy};
 use crate::storage::Database;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -204,67 +204,27 @@ impl AgentRegistry {
 
     /// Registers (or replaces) an HTTP or MCP agent.
     pub fn register(&self, agent_id: &str, config: AgentConfig) -> Result<()> {
-        if let Some(server) = &config.mcp {
-            return self.register_mcp(agent_id, server.clone(), &config);
-        }
-        let Some(endpoint) = config.endpoint.as_deref() else {
-            return Err(Error::invalid(format!(
-                "agent {agent_id} has no endpoint; call with_endpoint, or register_local_agent for an in-process handler"
-            )));
-        };
-        check_endpoint_text("endpoint", endpoint)?;
-        let (endpoint_url, default_health) = parse_endpoint(endpoint)?;
-        let health_url = match config.health_url.as_deref() {
-            Some(url) => {
-                check_endpoint_text("health_url", url)?;
-                parse_endpoint(url)?.0
-            }
-            None => default_health,
-        };
-        let record = self.new_record(
+        let transport = registration::transport(
             agent_id,
             &config,
-            AgentTransport::Http {
-                endpoint: endpoint_url.to_string(),
-                health_url: health_url.to_string(),
-            },
+            &NetworkPolicy::current(),
+            &CommandPolicy::current(),
         )?;
+        let url = |text: &str| {
+            reqwest::Url::parse(text).map_err(|e| Error::invalid(format!("{text:?}: {e}")))
+        };
+        let (endpoint, health_url) = match &transport {
+            AgentTransport::Http {
+                endpoint,
+                health_url,
+            } => (Endpoint::Http(url(endpoint)?), Some(url(health_url)?)),
+            AgentTransport::Mcp(server) => (Endpoint::Mcp(server.clone()), None),
+            AgentTransport::Local => unreachable!("a registration's transport is HTTP or MCP"),
+        };
+        let record = self.new_record(agent_id, &config, transport)?;
         let uid = self.reserve_uid();
         self.install(record, config.caller.as_ref(), |registry, record, stats| {
-            registry.agent(
-                record,
-                uid,
-                Endpoint::Http(endpoint_url.clone()),
-                Some(health_url.clone()),
-                stats,
-            )
-        })
-    }
-
-    fn register_mcp(
-        &self,
-        agent_id: &str,
-        mut server: McpServer,
-        config: &AgentConfig,
-    ) -> Result<()> {
-        if config.endpoint.is_some() {
-            return Err(Error::invalid(format!(
-                "agent {agent_id} has both an endpoint and an MCP server; give one of them"
-            )));
-        }
-        server.validate(&config.tools)?;
-        if let Some(url) = &server.url {
-            check_endpoint_text("MCP url", url)?;
-            let (parsed, _) = parse_endpoint(url)?;
-            server.url = Some(parsed.to_string());
-        }
-        if let Some(command) = &server.command {
-            CommandPolicy::current().check(agent_id, command)?;
-        }
-        let record = self.new_record(agent_id, config, AgentTransport::Mcp(server.clone()))?;
-        let uid = self.reserve_uid();
-        self.install(record, config.caller.as_ref(), |registry, record, stats| {
-            registry.agent(record, uid, Endpoint::Mcp(server.clone()), None, stats)
+            registry.agent(record, uid, endpoint.clone(), health_url.clone(), stats)
         })
     }
 

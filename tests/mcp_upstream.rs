@@ -9,7 +9,8 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
     PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, ServiceExt};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -19,8 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard::{
-    mcp_tool_key, AgentConfig, Error, McpToolRecord, PolicyEngine, RoutingOptions, ToolCategory,
-    ToolDispatcher,
+    mcp_tool_key, AgentConfig, Error, McpServer, McpToolRecord, PolicyEngine, RoutingOptions,
+    ToolCategory, ToolDispatcher,
 };
 
 /// One test MCP server's behaviour and what it saw.
@@ -166,6 +167,21 @@ impl ServerHandler for Upstream {
                 context.ct.cancelled().await;
                 self.cancelled.store(true, Ordering::SeqCst);
                 CallToolResult::error(vec![ContentBlock::text("cancelled")])
+            }
+            "headers" => {
+                let header = |name: &str| {
+                    context
+                        .extensions
+                        .get::<axum::http::request::Parts>()
+                        .and_then(|p| p.headers.get(name))
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                CallToolResult::structured(json!({
+                    "server": self.name,
+                    "authorization": header("authorization"),
+                    "x-tenant": header("x-tenant"),
+                }))
             }
             "session" => {
                 let session = context
@@ -659,6 +675,130 @@ async fn list_changed_notifications_rediscover() {
         .await
         .unwrap();
     assert_eq!(r.agent_id, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_headers_are_resolved_on_the_node_and_never_stored_in_clear() {
+    let (dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let server = serve(Upstream::new("creds").with_tool(
+        "headers",
+        "Says the headers it got",
+        schema("x", "number"),
+    ))
+    .await;
+    let secret = dir.path().join("upstream-token");
+    std::fs::write(&secret, "Bearer s3cret\n").unwrap();
+    let mut mcp = McpServer::http(server.url.clone());
+    mcp.headers = [
+        (
+            "Authorization".to_string(),
+            format!("file:{}", secret.display()),
+        ),
+        // `cargo test` sets CARGO_PKG_NAME for every test binary it runs.
+        ("X-Tenant".to_string(), "team-${CARGO_PKG_NAME}".to_string()),
+    ]
+    .into();
+    let config = |mcp: McpServer| {
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Search])
+            .with_mcp_server(mcp)
+            .with_timeout(Duration::from_secs(10))
+    };
+    register(&d, "creds", config(mcp.clone())).await;
+    let out = d
+        .invoke(
+            "headers",
+            ToolCategory::Search,
+            json!({"x": 1}),
+            RoutingOptions::new(),
+        )
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(out["structuredContent"]["authorization"], "Bearer s3cret");
+    assert_eq!(out["structuredContent"]["x-tenant"], "team-switchboard");
+    // What is stored (and so read back, scanned and shared) is where the
+    // secret is, not the secret.
+    let stored = String::from_utf8(db.get("agents/creds").unwrap().unwrap()).unwrap();
+    assert!(
+        stored.contains("file:") && !stored.contains("s3cret"),
+        "{stored}"
+    );
+
+    let refused = |headers: &[(&str, &str)]| {
+        let mut mcp = McpServer::http(server.url.clone());
+        mcp.headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        d.register_agent("refused", config(mcp))
+            .unwrap_err()
+            .to_string()
+    };
+    let err = refused(&[("Authorization", "Bearer s3cret")]);
+    assert!(err.contains("${VAR}") && err.contains("file:PATH"), "{err}");
+    let err = refused(&[("Mcp-Session-Id", "${CARGO_PKG_NAME}")]);
+    assert!(err.contains("set by the MCP transport"), "{err}");
+    let err = refused(&[("X-Key", "${NOT CLOSED")]);
+    assert!(err.contains("does not close"), "{err}");
+
+    // A variable this node lacks fails the call, naming it, rather than
+    // connecting without the credential.
+    mcp.headers = [(
+        "Authorization".to_string(),
+        "Bearer ${SWITCHBOARD_TEST_SURELY_UNSET}".to_string(),
+    )]
+    .into();
+    d.register_agent("creds", config(mcp)).unwrap();
+    let err = d.discover_tools("creds").await.unwrap_err().to_string();
+    assert!(err.contains("SWITCHBOARD_TEST_SURELY_UNSET"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_token_is_never_sent_upstream() {
+    let upstream = serve(Upstream::new("plain").with_tool(
+        "headers",
+        "Says the headers it got",
+        schema("x", "number"),
+    ))
+    .await;
+    let client = common::http_client();
+    let serve = common::ServeProcess::start(
+        &format!(
+            "[[agents]]\nid = \"plain\"\ntools = [\"search\"]\nmcp = \"{}\"\n",
+            upstream.url
+        ),
+        &[("SWITCHBOARD_TOKEN", "caller-secret")],
+        &client,
+    )
+    .await;
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", serve.base))
+            .auth_header("caller-secret"),
+    );
+    let session = ().serve(transport).await.expect("an MCP session with serve");
+    // Discovery runs in the background after the config's registration.
+    let mut listed = false;
+    for _ in 0..300 {
+        let tools = session.list_all_tools().await.unwrap();
+        if tools.iter().any(|t| t.name == "headers") {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listed, "the upstream's tools were never listed");
+    let mut args = serde_json::Map::new();
+    args.insert("x".into(), json!(1));
+    let result = session
+        .call_tool(CallToolRequestParams::new("headers").with_arguments(args))
+        .await
+        .unwrap();
+    let seen = result.structured_content.expect("structured content");
+    assert_eq!(seen["server"], "plain");
+    assert_eq!(seen["authorization"], Value::Null, "{seen}");
+    session.cancel().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,6 +181,103 @@ pub struct McpServer {
     /// (milliseconds; default 5 minutes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_ttl_ms: Option<u64>,
+    /// Headers sent with every request to a `url` server: the credentials
+    /// an upstream asks for. Each value says where its secret is, never
+    /// holds it (see [`HeaderSource`]), and is resolved on the node at each
+    /// connection.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// The most headers one MCP server may be given.
+pub const MAX_MCP_HEADERS: usize = 32;
+
+/// Headers an MCP server's `headers` may not set: the transport's own.
+const RESERVED_HEADERS: &[&str] = &[
+    "accept",
+    "connection",
+    "content-length",
+    "content-type",
+    "host",
+    "last-event-id",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "transfer-encoding",
+];
+
+/// Where the value of an upstream header comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderSource<'a> {
+    /// `file:PATH`: the contents of a file on the node (without a trailing
+    /// newline).
+    File(&'a str),
+    /// Text with one or more `${VAR}` references to the node's environment,
+    /// e.g. `Bearer ${FILES_TOKEN}`.
+    Template(Vec<HeaderPart<'a>>),
+}
+
+/// A piece of a [`HeaderSource::Template`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderPart<'a> {
+    /// Text sent as written.
+    Text(&'a str),
+    /// The value of this environment variable.
+    Variable(&'a str),
+}
+
+impl<'a> HeaderSource<'a> {
+    /// Reads a header value. One that refers to nothing (a literal) is
+    /// refused: a credential written into a registration would be stored
+    /// and shared in clear.
+    pub fn of(name: &str, value: &'a str) -> Result<HeaderSource<'a>> {
+        if let Some(path) = value.strip_prefix("file:").filter(|p| !p.is_empty()) {
+            return Ok(HeaderSource::File(path));
+        }
+        let mut parts = Vec::new();
+        let mut rest = value;
+        while let Some(start) = rest.find("${") {
+            let Some(len) = rest[start + 2..].find('}') else {
+                return Err(Error::invalid(format!(
+                    "header {name}: {value:?} opens a ${{ reference it does not close"
+                )));
+            };
+            let var = &rest[start + 2..start + 2 + len];
+            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(Error::invalid(format!(
+                    "header {name}: ${{{var}}} is not an environment variable's name \
+                     (letters, digits and _)"
+                )));
+            }
+            if start > 0 {
+                parts.push(HeaderPart::Text(&rest[..start]));
+            }
+            parts.push(HeaderPart::Variable(var));
+            rest = &rest[start + 3 + len..];
+        }
+        if !rest.is_empty() {
+            parts.push(HeaderPart::Text(rest));
+        }
+        if !parts.iter().any(|p| matches!(p, HeaderPart::Variable(_))) {
+            return Err(Error::invalid(format!(
+                "header {name} holds its value; say where the node finds it instead, so no \
+                 credential is stored: \"${{VAR}}\" (text around it is kept, e.g. \
+                 \"Bearer ${{FILES_TOKEN}}\") or \"file:PATH\""
+            )));
+        }
+        for part in &parts {
+            if let HeaderPart::Text(text) = part {
+                if !text
+                    .bytes()
+                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+                {
+                    return Err(Error::invalid(format!(
+                        "header {name}: {text:?} is not visible ASCII"
+                    )));
+                }
+            }
+        }
+        Ok(HeaderSource::Template(parts))
+    }
 }
 
 /// An MCP server as a registration gives it (the `mcp` field of
@@ -281,6 +378,37 @@ impl McpServer {
         }
         if self.discovery_ttl_ms == Some(0) {
             return Err(Error::invalid("discovery_ttl_ms must be at least 1"));
+        }
+        if !self.headers.is_empty() && self.url.is_none() {
+            return Err(Error::invalid(
+                "headers are sent to a url (streamable HTTP) server; a stdio command takes env instead",
+            ));
+        }
+        if self.headers.len() > MAX_MCP_HEADERS {
+            return Err(Error::invalid(format!("at most {MAX_MCP_HEADERS} headers")));
+        }
+        for (name, value) in &self.headers {
+            let valid = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !valid {
+                return Err(Error::invalid(format!(
+                    "header name {name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+                )));
+            }
+            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(Error::invalid(format!(
+                    "header {name} is set by the MCP transport itself and cannot be given"
+                )));
+            }
+            if value.len() > 4096 {
+                return Err(Error::invalid(format!(
+                    "header {name}'s value is longer than 4096 bytes"
+                )));
+            }
+            HeaderSource::of(name, value)?;
         }
         Ok(())
     }

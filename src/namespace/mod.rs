@@ -28,8 +28,8 @@ pub use ids::{
 pub(crate) use mcp::MCP_TOOLS;
 pub use mcp::{
     is_env_reference, mcp_tool_key, name_glob_matches, redact_agent_json, CategoryRule, EnvValue,
-    McpCommand, McpServer, McpSpec, McpToolPrevious, McpToolRecord, PrefixMode, MAX_MCP_RULES,
-    REDACTED_ENV,
+    HeaderPart, HeaderSource, McpCommand, McpServer, McpSpec, McpToolPrevious, McpToolRecord,
+    PrefixMode, MAX_MCP_HEADERS, MAX_MCP_RULES, REDACTED_ENV,
 };
 pub use records::*;
 pub(crate) use tokens::TOKENS;

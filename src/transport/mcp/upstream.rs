@@ -16,9 +16,10 @@
 
 use super::answer::{classify_error, output_of};
 use super::MAX_UPSTREAM_SESSIONS;
-use crate::namespace::{EnvValue, McpCommand, McpServer, REDACTED_ENV};
+use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
 use crate::transport::{Failure, MAX_RESPONSE_BYTES};
+use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest, Implementation,
     PaginatedRequestParams, PingRequest, ProtocolVersion,
@@ -396,7 +397,9 @@ impl Upstream {
         NetworkPolicy::current()
             .check_url(&parsed)
             .map_err(|e| Failure::Agent(e.to_string()))?;
+        let headers = resolve_headers(&self.server).map_err(Failure::Agent)?;
         let config = StreamableHttpClientTransportConfig::with_uri(url.as_str())
+            .custom_headers(headers)
             .reinit_on_expired_session(true)
             .max_json_response_size(MAX_RESPONSE_BYTES)
             .max_sse_event_size(MAX_RESPONSE_BYTES);
@@ -613,6 +616,58 @@ fn resolve_env(command: &McpCommand) -> Result<Vec<(String, String)>, String> {
                 })?,
             };
             Ok((name.clone(), resolved))
+        })
+        .collect()
+}
+
+/// A url server's `headers` as this node sends them: each `${VAR}` is this
+/// process's variable, `file:PATH` the file's contents (without a trailing
+/// newline). Read at each connection, so a rotated secret is picked up by
+/// the next one.
+fn resolve_headers(server: &McpServer) -> Result<HashMap<HeaderName, HeaderValue>, String> {
+    server
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let source = HeaderSource::of(name, value).map_err(|e| e.to_string())?;
+            let text = match source {
+                HeaderSource::File(path) => {
+                    let mut text = std::fs::read_to_string(path).map_err(|e| {
+                        format!("header {name} of the MCP server: cannot read {value:?}: {e}")
+                    })?;
+                    let kept = text.trim_end_matches(['\n', '\r']).len();
+                    text.truncate(kept);
+                    text
+                }
+                HeaderSource::Template(parts) => {
+                    let mut text = String::new();
+                    for part in parts {
+                        match part {
+                            HeaderPart::Text(t) => text.push_str(t),
+                            HeaderPart::Variable(var) => {
+                                text.push_str(&std::env::var(var).map_err(|_| {
+                                    format!(
+                                        "header {name} of the MCP server is {value:?}, but {var} \
+                                         is not set (or not UTF-8) in this node's environment; \
+                                         set it where Switchboard starts"
+                                    )
+                                })?)
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            let header = HeaderName::try_from(name.as_str())
+                .map_err(|e| format!("header name {name:?}: {e}"))?;
+            let mut resolved = HeaderValue::try_from(text).map_err(|_| {
+                format!(
+                    "header {name} of the MCP server: what {value:?} resolves to is not a valid \
+                     header value (a newline or control character?)"
+                )
+            })?;
+            resolved.set_sensitive(true);
+            Ok((header, resolved))
         })
         .collect()
 }

@@ -901,3 +901,113 @@ async fn stored_policies_are_changed_by_admins_only_and_the_log_names_who() {
         "the change is logged with its author: {log:?}"
     );
 }
+
+/// `/mcp` as an OAuth protected resource: the metadata a client discovers
+/// without a token, the challenge on a 401 (a missing, expired or
+/// wrong-audience JWT) and on a 403 (a token without the invoke scope), and
+/// a token for this resource let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_is_an_oauth_protected_resource_with_its_metadata_and_challenges() {
+    const RESOURCE: &str = "https://switchboard.example.test/mcp";
+    const METADATA: &str =
+        "https://switchboard.example.test/.well-known/oauth-protected-resource/mcp";
+    let (private_pem, public_pem) = es256_key_pair();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("idp.pub.pem");
+    std::fs::write(&key_file, public_pem).unwrap();
+    let client = common::http_client();
+    let serve = common::ServeProcess::start(
+        &format!(
+            "token = \"{ADMIN}\"\n[auth]\nresource = \"{RESOURCE}\"\n[auth.jwt]\n\
+             issuer = \"{ISSUER}\"\naudience = \"{RESOURCE}\"\npublic_key_files = [\"{}\"]\n",
+            key_file.display()
+        ),
+        &[],
+        &client,
+    )
+    .await;
+
+    for path in [
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-protected-resource/mcp",
+    ] {
+        let answer = client
+            .get(format!("{}{path}", serve.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+        let metadata: Value = answer.json().await.unwrap();
+        assert_eq!(metadata["resource"], RESOURCE);
+        assert_eq!(metadata["authorization_servers"], json!([ISSUER]));
+        assert_eq!(metadata["bearer_methods_supported"], json!(["header"]));
+        assert!(metadata["scopes_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("invoke")));
+    }
+
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "oauth-test", "version": "1"}}
+    });
+    let mcp = |bearer: Option<String>| {
+        let mut request = client
+            .post(format!("{}/mcp", serve.base))
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        request.send()
+    };
+    let challenge = |answer: &reqwest::Response| {
+        answer
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let claims = |aud: &str, exp: u64, scope: &str| {
+        json!({"iss": ISSUER, "aud": aud, "sub": "alice", "exp": exp, "scope": scope})
+    };
+    let now = now_secs();
+    let refused_401 = [
+        None,
+        Some(jwt(&private_pem, claims("another-resource", now + 300, "invoke"))),
+        Some(jwt(&private_pem, claims(RESOURCE, now - 3600, "invoke"))),
+    ];
+    for bearer in refused_401 {
+        let answer = mcp(bearer.clone()).await.unwrap();
+        assert_eq!(answer.status(), 401, "{bearer:?}");
+        assert_eq!(
+            challenge(&answer),
+            format!("Bearer resource_metadata=\"{METADATA}\", scope=\"invoke\""),
+        );
+    }
+    let audit_only = jwt(&private_pem, claims(RESOURCE, now + 300, "audit"));
+    let answer = mcp(Some(audit_only)).await.unwrap();
+    assert_eq!(answer.status(), 403);
+    assert_eq!(
+        challenge(&answer),
+        format!(
+            "Bearer error=\"insufficient_scope\", scope=\"invoke\", resource_metadata=\"{METADATA}\""
+        ),
+    );
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_scope");
+
+    let invoker = jwt(&private_pem, claims(RESOURCE, now + 300, "invoke"));
+    let answer = mcp(Some(invoker)).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(challenge(&answer).is_empty());
+    // Other routes refuse as before, without the MCP challenge.
+    let answer = client
+        .get(format!("{}/v1/scan", serve.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    assert!(challenge(&answer).is_empty());
+}

@@ -107,6 +107,8 @@ fn assert_client_error(status: StatusCode, body: &Value, expected: StatusCode, c
 /// The routes the API serves; docs/openapi.json must describe exactly these.
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
+    ("get", "/.well-known/oauth-protected-resource"),
+    ("get", "/.well-known/oauth-protected-resource/mcp"),
     ("get", "/v1/agents"),
     ("get", "/v1/tools"),
     ("get", "/v1/agents/{id}"),

@@ -112,6 +112,35 @@ impl Config {
                 ));
             }
         }
+        if let Some(resource) = &self.auth.resource {
+            let parsed = reqwest::Url::parse(resource);
+            let usable = parsed.as_ref().is_ok_and(|url| {
+                matches!(url.scheme(), "http" | "https")
+                    && url.host_str().is_some()
+                    && url.fragment().is_none()
+            });
+            if !usable {
+                found.push(Problem::new(
+                    "auth.resource",
+                    format!(
+                        "{resource:?} is not an absolute http(s) URL without a #fragment; give \
+                         the URL clients reach /mcp at, e.g. https://switchboard.example/mcp"
+                    ),
+                ));
+            }
+            if let Some(jwt) = &self.auth.jwt {
+                if !jwt.audience.is_empty() && &jwt.audience != resource {
+                    found.push(Problem::new(
+                        "auth.jwt.audience",
+                        format!(
+                            "is {:?} but auth.resource is {resource:?}: tokens for /mcp name \
+                             the resource as their audience (RFC 8707); make them equal",
+                            jwt.audience
+                        ),
+                    ));
+                }
+            }
+        }
         found.extend(Problem::of("network", self.network_policy().map(drop)));
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             found.push(Problem::new(

@@ -29,6 +29,10 @@ pub struct McpSection {
 pub struct AuthSection {
     /// `[auth.jwt]`: accept JWTs verified against these keys.
     pub jwt: Option<crate::identity::JwtSettings>,
+    /// The canonical URI of `/mcp` (e.g. `https://switchboard.example/mcp`):
+    /// the `resource` of its OAuth metadata, which a JWT's audience names.
+    /// Unset: `{scheme}://{Host}/mcp` of each request.
+    pub resource: Option<String>,
 }
 
 /// `[records]`: what a dispatch record keeps of its call (see

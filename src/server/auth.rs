@@ -11,7 +11,7 @@ use crate::policy::{PolicyContext, Principal, Scope};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 /// The caller of one request, as the auth layer established it. `None` only
 /// on a server that requires no credential and was sent none: the local
@@ -60,21 +60,49 @@ fn required_scope(method: &Method, path: &str) -> Option<Scope> {
 }
 
 /// Establishes the caller (refusing a missing or bad credential with 401)
-/// and checks the route's scope (403 `insufficient_scope`).
+/// and checks the route's scope (403 `insufficient_scope`). A refusal on
+/// `/mcp` carries the OAuth challenge that tells an MCP client where to get
+/// a token (see `oauth`).
 pub(crate) async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
-) -> Result<Response, ApiError> {
-    if request.uri().path() == "/healthz" {
-        return Ok(next.run(request).await);
+) -> Response {
+    let path = request.uri().path();
+    if path == "/healthz" || super::oauth::is_metadata_path(path) {
+        return next.run(request).await;
     }
+    match authenticate(&state, &mut request) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let status = refusal.status();
+            let response = refusal.into_response();
+            let path = request.uri().path().trim_end_matches('/');
+            let on_mcp = path == "/mcp" || path.starts_with("/mcp/");
+            match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if on_mcp => {
+                    super::oauth::challenge(
+                        &state,
+                        &request,
+                        status == StatusCode::FORBIDDEN,
+                        response,
+                    )
+                }
+                _ => response,
+            }
+        }
+    }
+}
+
+/// The caller of `request`, checked against the route's scope and put in
+/// its extensions.
+fn authenticate(state: &AppState, request: &mut Request) -> Result<(), ApiError> {
     #[cfg(feature = "cluster")]
     if request
         .headers()
         .contains_key(crate::cluster::CREDENTIAL_HEADER)
     {
-        let caller = node_to_node_caller(&state, &request)?;
+        let caller = node_to_node_caller(state, request)?;
         if !caller.has_scope(Scope::Audit) {
             return Err(insufficient_scope(Scope::Audit, &caller));
         }
@@ -82,7 +110,7 @@ pub(crate) async fn require_token(
             request.extensions_mut().insert(p.clone());
         }
         request.extensions_mut().insert(caller);
-        return Ok(next.run(request).await);
+        return Ok(());
     }
     let presented = request
         .headers()
@@ -117,7 +145,7 @@ pub(crate) async fn require_token(
         request.extensions_mut().insert(p.clone());
     }
     request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    Ok(())
 }
 
 fn insufficient_scope(scope: Scope, caller: &Caller) -> ApiError {

@@ -77,8 +77,13 @@ pub async fn serve(
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {}", config.listen), e))?;
     tracing::info!(listen = %config.listen, data = %config.data_dir.display(), https = tls.is_some(), "switchboard serving");
-    let mut state =
-        AppState::new(dispatcher, token).with_allowed_hosts(config.allowed_hosts.clone());
+    let protected_resource = super::ProtectedResource {
+        resource: config.auth.resource.as_deref().map(Arc::from),
+        authorization_servers: config.auth.jwt.iter().map(|j| j.issuer.clone()).collect(),
+    };
+    let mut state = AppState::new(dispatcher, token)
+        .with_allowed_hosts(config.allowed_hosts.clone())
+        .with_protected_resource(protected_resource, tls.is_some());
     #[cfg(feature = "cluster")]
     if let Some(cluster) = cluster {
         state = state.with_cluster(cluster);

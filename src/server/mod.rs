@@ -5,7 +5,8 @@
 //! `serve` would refuse a config for, at once), `lifecycle` (bind, serve,
 //! graceful shutdown), `limits` (what clients may hold), `auth` (who the
 //! caller is, and the scope each route needs), `hosts` (Host-header
-//! validation), `tls` (the certificate HTTPS is served with), `prometheus`
+//! validation), `oauth` (`/mcp` as an OAuth protected resource: its
+//! metadata and challenges), `tls` (the certificate HTTPS is served with), `prometheus`
 //! (the exposition), and one file of handlers per resource (`agents`,
 //! `invoke`, `scan_route` (`GET /v1/scan`, over `scan`, this node's page, and
 //! `cluster_scan`, the cluster-wide page built on `scan`), `policies`, `metrics`, `tokens`, `tools`, `cluster`,
@@ -23,6 +24,7 @@ mod invoke;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod oauth;
 mod policies;
 mod preflight;
 mod prometheus;
@@ -41,6 +43,7 @@ pub use errors::{ApiError, ERROR_CODES};
 pub use invoke::InvokeBody;
 pub use lifecycle::{run, run_tls, run_with, serve, shutdown_signal};
 pub use limits::ServerLimits;
+pub use oauth::ProtectedResource;
 pub use policies::{AddPolicyBody, PolicyInfo, PolicyView, PutPolicyAnswer, PutPolicyBody};
 pub use preflight::preflight;
 pub use routes::router;
@@ -69,6 +72,10 @@ pub struct AppState {
     pub(crate) invoke_slots: Arc<Semaphore>,
     /// Turns bearer credentials into callers (static token, issued tokens, JWTs).
     pub auth: Authenticator,
+    /// What `/mcp`'s OAuth metadata says (RFC 9728).
+    pub(crate) protected_resource: ProtectedResource,
+    /// Whether the API is served over HTTPS (for the URLs it gives out).
+    pub(crate) https: bool,
     /// This node's cluster membership (cluster mode), if any.
     #[cfg(feature = "cluster")]
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -86,6 +93,8 @@ impl AppState {
             token: token.map(Arc::from),
             allowed_hosts: Arc::from(Vec::new()),
             invoke_slots: ServerLimits::default().invoke_slots(),
+            protected_resource: ProtectedResource::default(),
+            https: false,
             #[cfg(feature = "cluster")]
             cluster: None,
         }
@@ -102,6 +111,14 @@ impl AppState {
     pub fn with_jwt(mut self, jwt: JwtVerifier) -> Self {
         let token = self.token.as_deref().map(str::to_string);
         self.auth = Authenticator::new(self.dispatcher.database(), token, Some(jwt));
+        self
+    }
+
+    /// Describe `/mcp` as `resource` in its OAuth metadata, served over
+    /// HTTPS if `https`.
+    pub fn with_protected_resource(mut self, resource: ProtectedResource, https: bool) -> Self {
+        self.protected_resource = resource;
+        self.https = https;
         self
     }
 

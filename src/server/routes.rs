@@ -6,7 +6,7 @@ use super::errors::{self, ApiError};
 use super::hosts::{self, AllowedHosts};
 use super::limits::ServerLimits;
 use super::{
-    agents, auth, cluster, invoke, metrics, policies, scan_route, tokens, tools, AppState,
+    agents, auth, cluster, invoke, metrics, oauth, policies, scan_route, tokens, tools, AppState,
 };
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
@@ -88,6 +88,11 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
             get(policies::get_policy)
                 .put(policies::put_policy)
                 .delete(policies::delete_policy),
+        )
+        .route(oauth::METADATA_PATH, get(oauth::metadata))
+        .route(
+            &format!("{}/mcp", oauth::METADATA_PATH),
+            get(oauth::metadata),
         )
         // MCP over streamable HTTP, behind the same token and limits.
         .nest_service(

@@ -235,7 +235,8 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
             }
             let dispatcher = ToolDispatcher::try_new(db)?;
             dispatcher.start_discovery();
-            switchboard::mcp::stdio::serve_stdio(dispatcher).await
+            let handler = switchboard::mcp::server::SwitchboardMcp::new(dispatcher);
+            switchboard::mcp::stdio::serve_stdio(handler).await
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct AppState {
     pub(crate) allowed_hosts: Arc<[String]>,
     /// One permit per invoke in flight (sized from [`ServerLimits`]).
     pub(crate) invoke_slots: Arc<Semaphore>,
+    /// Whether `/mcp` lists category tools (see [`Self::with_mcp_category_tools`]).
+    pub(crate) mcp_category_tools: bool,
     /// Turns bearer credentials into callers (static token, issued tokens, JWTs).
     pub auth: Authenticator,
     /// This node's cluster membership (cluster mode), if any.
@@ -83,6 +85,7 @@ impl AppState {
             token: token.map(Arc::from),
             allowed_hosts: Arc::from(Vec::new()),
             invoke_slots: ServerLimits::default().invoke_slots(),
+            mcp_category_tools: true,
             #[cfg(feature = "cluster")]
             cluster: None,
         }
@@ -105,6 +108,14 @@ impl AppState {
     /// Also answer to these host names (with or without a port).
     pub fn with_allowed_hosts(mut self, hosts: Vec<String>) -> Self {
         self.allowed_hosts = Arc::from(hosts);
+        self
+    }
+
+    /// Whether `/mcp` lists a category tool for each category HTTP or local
+    /// agents serve (the default); `false` lists only the tools MCP agents
+    /// serve by name (`[mcp] category_tools`).
+    pub fn with_mcp_category_tools(mut self, on: bool) -> Self {
+        self.mcp_category_tools = on;
         self
     }
 }

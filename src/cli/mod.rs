@@ -11,6 +11,7 @@ mod cluster;
 mod config;
 mod demo;
 mod invoke;
+mod mcp;
 mod metrics;
 mod policy;
 mod scan;
@@ -67,7 +68,7 @@ pub enum Command {
     /// Run the guided demo on a throwaway database.
     Demo(DemoArgs),
     /// Serve MCP on stdin/stdout (for desktop MCP clients; see docs/mcp.md).
-    Mcp(McpArgs),
+    Mcp(mcp::McpArgs),
 }
 
 #[derive(Args)]
@@ -76,21 +77,6 @@ pub struct DemoArgs {
     /// directory, removed at the end].
     #[arg(long)]
     pub data: Option<PathBuf>,
-}
-
-/// `switchboard mcp`: the database and policies it serves over stdio.
-#[derive(Args)]
-pub struct McpArgs {
-    /// The database directory.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    pub data: PathBuf,
-    /// Directory of *.rego policies to import into the database's stored policies.
-    #[arg(long)]
-    pub policies: Option<PathBuf>,
-    /// A program the stdio MCP agents of the database may be started with
-    /// (its absolute path; repeatable). None by default.
-    #[arg(long = "allow-command", value_name = "PATH")]
-    pub allow_commands: Vec<String>,
 }
 
 /// The database and the policies every read and write of a command runs under.
@@ -227,17 +213,7 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
         #[cfg(feature = "cluster")]
         Command::Cluster(cmd) => cluster::run(cmd).await,
         Command::Demo(args) => demo::run(args.data).await,
-        Command::Mcp(args) => {
-            switchboard::CommandPolicy::new(&args.allow_commands)?.install();
-            let db = open(&args.data)?;
-            if let Some(dir) = &args.policies {
-                db.import_policies(dir)?;
-            }
-            let dispatcher = ToolDispatcher::try_new(db)?;
-            dispatcher.start_discovery();
-            let handler = switchboard::mcp::server::SwitchboardMcp::new(dispatcher);
-            switchboard::mcp::stdio::serve_stdio(handler).await
-        }
+        Command::Mcp(args) => mcp::run(args).await,
     }
 }
 

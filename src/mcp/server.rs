@@ -174,7 +174,8 @@ fn unlisted(name: &str, why: catalog::Unlisted) -> String {
     match why {
         catalog::Unlisted::TurnedOff => format!(
             "{name:?} is a category, and this server lists no category tools \
-             ([mcp] category_tools = false): call the tools tools/list shows, by name"
+             ([mcp] category_tools = false, or --no-category-tools): call the tools \
+             tools/list shows, by name"
         ),
         catalog::Unlisted::NamedToolsOnly => format!(
             "{name:?} is a category served only by MCP agents: call their tools by name, \

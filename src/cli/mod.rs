@@ -12,6 +12,7 @@ mod config;
 mod demo;
 mod invoke;
 mod mcp;
+mod mcp_bridge;
 mod metrics;
 mod policy;
 mod scan;
@@ -68,6 +69,10 @@ pub enum Command {
     /// Run the guided demo on a throwaway database.
     Demo(DemoArgs),
     /// Serve MCP on stdin/stdout (for desktop MCP clients; see docs/mcp.md).
+    ///
+    /// Serves the agents of the database in --data, or, with --server URL
+    /// (or SWITCHBOARD_URL), relays to that running `switchboard serve`'s
+    /// /mcp with the token from SWITCHBOARD_TOKEN (or --token).
     Mcp(mcp::McpArgs),
 }
 

@@ -376,3 +376,29 @@ async fn the_bridge_says_why_it_cannot_reach_the_server() {
     ]));
     assert!(refused.contains("for a local database"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_configured_without_category_tools_lists_none_through_the_bridge() {
+    let http = common::http_client();
+    let coder = common::TestAgent::start("coder", common::Behaviour::Echo).await;
+    let serve = common::ServeProcess::start(
+        "[mcp]\ncategory_tools = false\n",
+        &[("SWITCHBOARD_TOKEN", TOKEN)],
+        &http,
+    )
+    .await;
+    register(
+        &http,
+        &serve,
+        "coder",
+        json!({"tools": ["code"], "endpoint": coder.endpoint}),
+    )
+    .await;
+    let (process, client) =
+        connect(&["--server", &serve.base], &[("SWITCHBOARD_TOKEN", TOKEN)]).await;
+    assert!(names(&client).await.is_empty());
+    let refused = json_rpc_error(call(&client, "code", json!({"tool": "run"})).await);
+    assert!(refused.contains("category_tools = false"), "{refused}");
+    assert_eq!(coder.hits(), 0);
+    close(process, client).await;
+}

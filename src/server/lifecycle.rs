@@ -86,8 +86,9 @@ pub async fn serve(
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {}", config.listen), e))?;
     tracing::info!(listen = %config.listen, data = %config.data_dir.display(), https = tls.is_some(), "switchboard serving");
-    let mut state =
-        AppState::new(dispatcher, token).with_allowed_hosts(config.allowed_hosts.clone());
+    let mut state = AppState::new(dispatcher, token)
+        .with_allowed_hosts(config.allowed_hosts.clone())
+        .with_mcp_category_tools(config.mcp.category_tools);
     #[cfg(feature = "cluster")]
     if let Some(cluster) = cluster {
         state = state.with_cluster(cluster);

@@ -969,13 +969,14 @@ async fn mcp_is_an_oauth_protected_resource_with_its_metadata_and_challenges() {
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default()
     };
-    let claims = |aud: &str, exp: u64, scope: &str| {
-        json!({"iss": ISSUER, "aud": aud, "sub": "alice", "exp": exp, "scope": scope})
-    };
+    let claims = |aud: &str, exp: u64, scope: &str| json!({"iss": ISSUER, "aud": aud, "sub": "alice", "exp": exp, "scope": scope});
     let now = now_secs();
     let refused_401 = [
         None,
-        Some(jwt(&private_pem, claims("another-resource", now + 300, "invoke"))),
+        Some(jwt(
+            &private_pem,
+            claims("another-resource", now + 300, "invoke"),
+        )),
         Some(jwt(&private_pem, claims(RESOURCE, now - 3600, "invoke"))),
     ];
     for bearer in refused_401 {

@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use switchboard::mcp::server::SwitchboardMcp;
 use switchboard::{
     mcp_tool_key, AgentConfig, Error, McpServer, McpToolRecord, PolicyEngine, RoutingOptions,
     ToolCategory, ToolDispatcher,
@@ -1007,12 +1008,15 @@ impl rmcp::ClientHandler for Listener {
 
 /// Switchboard's own `/mcp` on 127.0.0.1.
 async fn serve_switchboard(d: &ToolDispatcher) -> (String, tokio::task::JoinHandle<()>) {
+    serve_handler(SwitchboardMcp::new(d.clone())).await
+}
+
+/// `handler`'s `/mcp` on 127.0.0.1.
+async fn serve_handler(handler: SwitchboardMcp) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    let app = axum::Router::new().nest_service(
-        "/mcp",
-        switchboard::mcp::server::service(d.clone(), 1 << 20, None),
-    );
+    let app = axum::Router::new()
+        .nest_service("/mcp", switchboard::mcp::server::service(handler, 1 << 20));
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -1034,7 +1038,10 @@ async fn switchboards_mcp_endpoint_serves_discovered_tools_and_announces_changes
     let client = listener.clone().serve(transport).await.unwrap();
     let tools = client.list_all_tools().await.unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    assert!(names.contains(&"search"), "the category tool: {names:?}");
+    assert!(
+        !names.contains(&"search"),
+        "no category tool for a category of MCP agents only: {names:?}"
+    );
     assert!(names.contains(&"echo"), "the discovered tool: {names:?}");
     let echo = tools.iter().find(|t| t.name == "echo").unwrap();
     assert_eq!(
@@ -1088,6 +1095,139 @@ async fn switchboards_mcp_endpoint_serves_discovered_tools_and_announces_changes
             .is_some_and(|r| r.status == switchboard::DispatchStatus::Cancelled)
     })
     .await;
+    server.abort();
+}
+
+/// The names `client` lists, sorted.
+async fn listed(client: &rmcp::service::RunningService<rmcp::RoleClient, Listener>) -> Vec<String> {
+    let mut names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The JSON-RPC error of calling `name`, which must be refused.
+async fn refused(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, Listener>,
+    name: &str,
+) -> rmcp::ErrorData {
+    let args = json!({"tool": "echo", "input": {"x": 1}});
+    let Value::Object(args) = args else {
+        unreachable!()
+    };
+    match client
+        .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(args))
+        .await
+    {
+        Err(rmcp::ServiceError::McpError(e)) => e,
+        other => panic!("calling {name} should be refused: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn categories_of_mcp_agents_only_have_no_category_tool_and_category_tools_can_be_turned_off()
+{
+    use rmcp::service::ServiceExt;
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let up = Upstream::new("a");
+    let a = serve(up.clone()).await;
+    register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
+    let http = common::TestAgent::start("coder", common::Behaviour::Echo).await;
+    d.register_agent(
+        "coder",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Code])
+            .with_endpoint(http.endpoint.clone()),
+    )
+    .unwrap();
+    let (url, server) = serve_switchboard(&d).await;
+    let listener = Listener::default();
+    let client = listener
+        .clone()
+        .serve(rmcp::transport::StreamableHttpClientTransport::from_uri(
+            url.as_str(),
+        ))
+        .await
+        .unwrap();
+
+    // `search` is served by the MCP agent alone: its tools, no `search`.
+    // `code` is an HTTP agent's: its category tool.
+    assert_eq!(
+        listed(&client).await,
+        ["code", "echo", "fail", "hang", "session"]
+    );
+    let e = refused(&client, "search").await;
+    assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+    assert!(
+        e.message.contains("served only by MCP agents") && e.message.contains("by name"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst),
+        0,
+        "a refused call reaches no agent"
+    );
+    let args = json!({"tool": "code_exec", "input": {"v": 1}});
+    let Value::Object(args) = args else {
+        unreachable!()
+    };
+    let result = client
+        .call_tool(CallToolRequestParams::new("code").with_arguments(args))
+        .await
+        .unwrap();
+    assert_eq!(result.structured_content.unwrap()["agent_id"], "coder");
+    assert_eq!(http.hits(), 1);
+
+    // An HTTP agent joins `search`: it gets its category tool, and the
+    // client is told the list changed.
+    let before = listener.changes.load(Ordering::SeqCst);
+    let searcher = common::TestAgent::start("searcher", common::Behaviour::Echo).await;
+    d.register_agent(
+        "searcher",
+        AgentConfig::new()
+            .with_tools(vec![ToolCategory::Search])
+            .with_endpoint(searcher.endpoint.clone()),
+    )
+    .unwrap();
+    eventually(|| listener.changes.load(Ordering::SeqCst) > before).await;
+    assert!(listed(&client).await.contains(&"search".to_string()));
+    client.cancel().await.unwrap();
+    server.abort();
+
+    // Category tools turned off: only the tools MCP agents serve by name,
+    // and a category's name is refused with the reason.
+    let (url, server) =
+        serve_handler(SwitchboardMcp::new(d.clone()).with_category_tools(false)).await;
+    let client = Listener::default()
+        .serve(rmcp::transport::StreamableHttpClientTransport::from_uri(
+            url.as_str(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(listed(&client).await, ["echo", "fail", "hang", "session"]);
+    for category in ["code", "search"] {
+        let e = refused(&client, category).await;
+        assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+        assert!(
+            e.message.contains("category_tools = false"),
+            "{category}: {}",
+            e.message
+        );
+    }
+    assert_eq!(
+        http.hits() + searcher.hits(),
+        1,
+        "refused calls reach no agent"
+    );
+    assert_eq!(up.calls.load(Ordering::SeqCst), 0);
+    client.cancel().await.unwrap();
     server.abort();
 }
 

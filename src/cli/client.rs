@@ -80,6 +80,17 @@ impl Client {
         Ok(Client { base, token, http })
     }
 
+    /// The bearer token requests carry, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The HTTP client requests go through (for the MCP bridge's requests,
+    /// which rmcp sends).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The URL of `route` (no leading slash), e.g. `v1/agents`.
     pub fn url(&self, route: &str) -> Url {
         self.base.join(route).expect("routes are relative paths")
@@ -142,7 +153,7 @@ impl Client {
 }
 
 /// The server's own `{"error": {"code", "message"}}`, as one line.
-fn server_error(base: &str, status: StatusCode, body: &[u8]) -> Error {
+pub(super) fn server_error(base: &str, status: StatusCode, body: &[u8]) -> Error {
     let parsed: Option<(String, String)> = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {

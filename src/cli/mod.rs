@@ -11,6 +11,8 @@ mod cluster;
 mod config;
 mod demo;
 mod invoke;
+mod mcp;
+mod mcp_bridge;
 mod metrics;
 mod policy;
 mod scan;
@@ -67,7 +69,11 @@ pub enum Command {
     /// Run the guided demo on a throwaway database.
     Demo(DemoArgs),
     /// Serve MCP on stdin/stdout (for desktop MCP clients; see docs/mcp.md).
-    Mcp(McpArgs),
+    ///
+    /// Serves the agents of the database in --data, or, with --server URL
+    /// (or SWITCHBOARD_URL), relays to that running `switchboard serve`'s
+    /// /mcp with the token from SWITCHBOARD_TOKEN (or --token).
+    Mcp(mcp::McpArgs),
 }
 
 #[derive(Args)]
@@ -76,21 +82,6 @@ pub struct DemoArgs {
     /// directory, removed at the end].
     #[arg(long)]
     pub data: Option<PathBuf>,
-}
-
-/// `switchboard mcp`: the database and policies it serves over stdio.
-#[derive(Args)]
-pub struct McpArgs {
-    /// The database directory.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    pub data: PathBuf,
-    /// Directory of *.rego policies to import into the database's stored policies.
-    #[arg(long)]
-    pub policies: Option<PathBuf>,
-    /// A program the stdio MCP agents of the database may be started with
-    /// (its absolute path; repeatable). None by default.
-    #[arg(long = "allow-command", value_name = "PATH")]
-    pub allow_commands: Vec<String>,
 }
 
 /// The database and the policies every read and write of a command runs under.
@@ -227,16 +218,7 @@ async fn dispatch(cli: Cli) -> switchboard::Result<()> {
         #[cfg(feature = "cluster")]
         Command::Cluster(cmd) => cluster::run(cmd).await,
         Command::Demo(args) => demo::run(args.data).await,
-        Command::Mcp(args) => {
-            switchboard::CommandPolicy::new(&args.allow_commands)?.install();
-            let db = open(&args.data)?;
-            if let Some(dir) = &args.policies {
-                db.import_policies(dir)?;
-            }
-            let dispatcher = ToolDispatcher::try_new(db)?;
-            dispatcher.start_discovery();
-            switchboard::mcp::stdio::serve_stdio(dispatcher).await
-        }
+        Command::Mcp(args) => mcp::run(args).await,
     }
 }
 

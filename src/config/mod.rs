@@ -84,7 +84,8 @@ pub struct Config {
     pub records: RecordsSection,
     /// `[cluster]`: share agents and session bindings with other nodes through etcd.
     pub cluster: Option<ClusterSection>,
-    /// `[mcp]`: which programs this node may start as stdio MCP servers.
+    /// `[mcp]`: which programs this node may start as stdio MCP servers;
+    /// whether `/mcp` lists category tools.
     pub mcp: McpSection,
 }
 

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// `[mcp]`: what this node lets MCP agents do on it.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+/// `[mcp]`: what this node lets MCP agents do on it, and what `/mcp` lists.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct McpSection {
     /// Absolute paths of the programs this node may start as stdio MCP
@@ -21,6 +21,18 @@ pub struct McpSection {
     /// of this file's own `[[agents]]`). Checked at registration, for
     /// registrations from the cluster, and before every start.
     pub allow_commands: Vec<String>,
+    /// Whether `/mcp` lists a category tool for each category HTTP or local
+    /// agents serve; `false` lists only the tools MCP agents serve by name.
+    pub category_tools: bool,
+}
+
+impl Default for McpSection {
+    fn default() -> Self {
+        McpSection {
+            allow_commands: Vec::new(),
+            category_tools: true,
+        }
+    }
 }
 
 /// `[auth]`: callers' identities besides the static `token`.

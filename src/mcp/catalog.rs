@@ -1,14 +1,21 @@
 //! The tools `/mcp` lists: one MCP tool per category served by a routable
-//! agent, and every tool MCP agents serve by name (under the name callers
-//! use: the bare name for replicas, `{agent}_{tool}` for collisions), with
-//! the input schema the agent published.
+//! HTTP or local agent, and every tool MCP agents serve by name (under the
+//! name callers use: the bare name for replicas, `{agent}_{tool}` for
+//! collisions), with the input schema the agent published.
 //!
-//! A Switchboard agent declares categories, not tool names: a call names its
-//! tool freely and the category picks the agents. So the MCP tool for category
-//! `code` is named `code` and takes `{"tool": "...", "input": {...},
-//! "session_id": "..."}`; calling it is one `invoke(tool, code, input)`.
-//! A category whose name is not a portable MCP tool name
-//! (`[A-Za-z0-9_-]{1,64}`, what every client accepts) is not listed.
+//! A Switchboard HTTP or local agent declares categories, not tool names: a
+//! call names its tool freely and the category picks the agents. So the MCP
+//! tool for category `code` is named `code` and takes `{"tool": "...",
+//! "input": {...}, "session_id": "..."}`; calling it is one
+//! `invoke(tool, code, input)`. A category whose name is not a portable MCP
+//! tool name (`[A-Za-z0-9_-]{1,64}`, what every client accepts) is not listed.
+//!
+//! An MCP agent serves named tools only, and each of them is listed by name,
+//! so a category whose agents are all MCP agents gets no category tool: it
+//! would be a second, vaguer way to call the same tools, which a model calls
+//! wrongly. The configuration can turn category tools off altogether
+//! ([`Catalog::with_category_tools`]). Calling a category that has no
+//! category tool is refused with the reason ([`Lookup::Unlisted`]).
 //!
 //! Order is by name, so pages are stable; a cursor is the hex of the last
 //! name of the previous page (opaque to clients, and still valid when tools
@@ -71,6 +78,27 @@ pub fn category_input_schema() -> serde_json::Map<String, serde_json::Value> {
     }
 }
 
+/// Why a category a reader may see has no category tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unlisted {
+    /// Category tools are turned off (`[mcp] category_tools = false`).
+    TurnedOff,
+    /// Every agent serving it (that the reader may see) is an MCP agent,
+    /// whose tools are listed by name.
+    NamedToolsOnly,
+}
+
+/// What a tool name means to one reader.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lookup {
+    /// A listed tool.
+    Tool(CatalogTool),
+    /// A category the reader may see, whose category tool is not listed.
+    Unlisted(Unlisted),
+    /// Nothing the reader may see.
+    Unknown,
+}
+
 /// The catalog of one dispatcher, built once per change of its routed tools
 /// (registrations, removals, discovered tool lists: what
 /// [`ToolDispatcher::tools_changed`] announces) and shared by every `/mcp`
@@ -82,6 +110,8 @@ pub struct Catalog {
     dispatcher: ToolDispatcher,
     changes: tokio::sync::watch::Receiver<u64>,
     built: Arc<Mutex<Option<Built>>>,
+    /// Whether categories served by HTTP or local agents get a category tool.
+    category_tools: bool,
 }
 
 /// The offers, and the version of the routed tools they were built at.
@@ -92,15 +122,30 @@ type Built = (u64, Arc<[Offer]>);
 struct Offer {
     agent_id: String,
     tool: CatalogTool,
+    /// Why this agent's category is not listed as a tool, if it is not:
+    /// kept so a call of it is refused with the reason.
+    unlisted: Option<Unlisted>,
 }
 
 impl Catalog {
-    /// The catalog of `dispatcher`'s routed tools.
+    /// The catalog of `dispatcher`'s routed tools, with category tools.
     pub fn new(dispatcher: ToolDispatcher) -> Self {
         Catalog {
             changes: dispatcher.tools_changed(),
             dispatcher,
             built: Arc::new(Mutex::new(None)),
+            category_tools: true,
+        }
+    }
+
+    /// Whether categories served by HTTP or local agents are listed as
+    /// category tools (`false`: only the tools MCP agents serve by name).
+    pub fn with_category_tools(self, on: bool) -> Self {
+        Catalog {
+            category_tools: on,
+            // Offers built under the other setting must not be served.
+            built: Arc::new(Mutex::new(None)),
+            ..self
         }
     }
 
@@ -116,7 +161,7 @@ impl Catalog {
                 return offers.clone();
             }
         }
-        let offers: Arc<[Offer]> = build_offers(&self.dispatcher).into();
+        let offers: Arc<[Offer]> = build_offers(&self.dispatcher, self.category_tools).into();
         *built = Some((version, offers.clone()));
         offers
     }
@@ -149,9 +194,10 @@ impl Catalog {
         let mut by_name: BTreeMap<&str, &CatalogTool> = BTreeMap::new();
         let offers = self.offers();
         for offer in offers.iter() {
-            if visible
-                .as_ref()
-                .is_some_and(|v| !v.contains(&offer.agent_id))
+            if offer.unlisted.is_some()
+                || visible
+                    .as_ref()
+                    .is_some_and(|v| !v.contains(&offer.agent_id))
             {
                 continue;
             }
@@ -160,21 +206,33 @@ impl Catalog {
         by_name.into_values().cloned().collect()
     }
 
-    /// The tool called `name`, if `reader` may see it now (see
-    /// [`tools_for`](Self::tools_for)).
-    pub fn find_for(&self, name: &str, reader: Option<&PolicyContext>) -> Option<CatalogTool> {
+    /// What `name` is to `reader` now: a tool it may see (see
+    /// [`tools_for`](Self::tools_for)), else a category it may see that has
+    /// no category tool, else nothing.
+    pub fn find_for(&self, name: &str, reader: Option<&PolicyContext>) -> Lookup {
         let visible = self.visible_agent_ids(reader);
-        self.offers()
+        let offers = self.offers();
+        let mut unlisted = None;
+        let named = offers
             .iter()
-            .filter(|o| visible.as_ref().is_none_or(|v| v.contains(&o.agent_id)))
-            .find(|o| o.tool.name == name)
-            .map(|o| o.tool.clone())
+            .filter(|o| o.tool.name == name)
+            .filter(|o| visible.as_ref().is_none_or(|v| v.contains(&o.agent_id)));
+        for offer in named {
+            match offer.unlisted {
+                None => return Lookup::Tool(offer.tool.clone()),
+                Some(why) => {
+                    unlisted.get_or_insert(why);
+                }
+            }
+        }
+        unlisted.map_or(Lookup::Unknown, Lookup::Unlisted)
     }
 }
 
-/// Every agent's offers: its categories (portable names only), then the
+/// Every agent's offers: its categories (portable names only; unlisted for
+/// MCP agents, and for every agent when `category_tools` is off), then the
 /// tools MCP agents serve by name and can be routed to.
-fn build_offers(dispatcher: &ToolDispatcher) -> Vec<Offer> {
+fn build_offers(dispatcher: &ToolDispatcher, category_tools: bool) -> Vec<Offer> {
     let mut offers = Vec::new();
     let live = dispatcher.registry().live_agents();
     for agent in &live {
@@ -187,8 +245,18 @@ fn build_offers(dispatcher: &ToolDispatcher) -> Vec<Offer> {
                 );
                 continue;
             }
+            // An agent that serves named tools only (an MCP agent) takes no
+            // other tool name in its category, and its tools are listed.
+            let unlisted = if !category_tools {
+                Some(Unlisted::TurnedOff)
+            } else if agent.served().is_some() {
+                Some(Unlisted::NamedToolsOnly)
+            } else {
+                None
+            };
             offers.push(Offer {
                 agent_id: agent.id.clone(),
+                unlisted,
                 tool: CatalogTool {
                     name: name.to_string(),
                     category: category.clone(),
@@ -201,8 +269,8 @@ fn build_offers(dispatcher: &ToolDispatcher) -> Vec<Offer> {
             });
         }
     }
-    // Tools MCP agents serve by name; a category of the same name keeps it
-    // (categories come first).
+    // Tools MCP agents serve by name; a listed category of the same name
+    // keeps it (categories come first).
     for tool in dispatcher.discovered_tools() {
         if !is_portable_name(&tool.exposed_name) {
             continue;
@@ -218,6 +286,7 @@ fn build_offers(dispatcher: &ToolDispatcher) -> Vec<Offer> {
         }
         offers.push(Offer {
             agent_id: tool.agent_id,
+            unlisted: None,
             tool: CatalogTool {
                 name: tool.exposed_name,
                 category: tool.category,

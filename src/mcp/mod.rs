@@ -2,13 +2,14 @@
 //!
 //! This module owns the server side of MCP; the client side (agents that
 //! are MCP servers) is the transport `transport::mcp`. `rmcp` is used in
-//! those two places (and by the demo's sample server and client).
+//! those two places (and by the demo's sample server and client, and the
+//! CLI's relay from stdio to a server's `/mcp`, `switchboard mcp --server`).
 //!
 //! - [`catalog`]: which MCP tools Switchboard offers, their names and schemas.
 //! - [`server`]: the `/mcp` endpoint (streamable HTTP, the session-based
 //!   2025-06-18/2025-11-25 revisions and the stateless 2026-07-28 one on the
 //!   same path). Every `tools/call` goes through [`crate::ToolDispatcher::invoke`].
-//! - [`stdio`]: the same server on stdin/stdout (`switchboard mcp`).
+//! - [`stdio`]: the same server on stdin/stdout (`switchboard mcp --data`).
 //!
 //! `docs/mcp.md` explains the mapping with a worked example.
 

@@ -107,6 +107,14 @@ impl SwitchboardMcp {
         }
     }
 
+    /// Whether categories served by HTTP or local agents are listed as
+    /// category tools (the default); `false` lists only the tools MCP agents
+    /// serve by name, and refuses calls of category tools.
+    pub fn with_category_tools(mut self, on: bool) -> Self {
+        self.catalog = self.catalog.with_category_tools(on);
+        self
+    }
+
     /// Each `tools/call` takes a permit of `slots` for as long as its
     /// dispatch runs, and is refused when none is free.
     pub fn with_invoke_slots(mut self, slots: Arc<Semaphore>) -> Self {
@@ -161,6 +169,21 @@ struct CategoryCall {
     session_id: Option<String>,
 }
 
+/// Why calling category `name` as a tool is refused, and what to call instead.
+fn unlisted(name: &str, why: catalog::Unlisted) -> String {
+    match why {
+        catalog::Unlisted::TurnedOff => format!(
+            "{name:?} is a category, and this server lists no category tools \
+             ([mcp] category_tools = false, or --no-category-tools): call the tools \
+             tools/list shows, by name"
+        ),
+        catalog::Unlisted::NamedToolsOnly => format!(
+            "{name:?} is a category served only by MCP agents: call their tools by name, \
+             with each tool's own arguments (see tools/list)"
+        ),
+    }
+}
+
 /// A dispatch error as an MCP answer: storage faults are the server's
 /// (JSON-RPC internal error); everything else is the call's outcome, told to
 /// the caller as an `isError` result with the reason.
@@ -184,8 +207,9 @@ impl ServerHandler for SwitchboardMcp {
             env!("CARGO_PKG_VERSION"),
         ))
         .with_instructions(
-            "Each tool is a Switchboard category: pass the tool name and its input; \
-                 Switchboard routes the call to an agent serving that category.",
+            "A tool whose input schema asks for `tool` and `input` is a Switchboard category: \
+             pass the name of the tool to run and its input. Every other tool is called with its \
+             own arguments. Switchboard routes each call to an agent serving it.",
         )
     }
 
@@ -220,11 +244,17 @@ impl ServerHandler for SwitchboardMcp {
         let principal = caller(&context);
         let reader = principal.as_ref().map(|p| reader_context(p, "call_tool"));
         // A tool the caller may not see answers exactly as one that does not exist.
-        let Some(tool) = self.catalog.find_for(&request.name, reader.as_ref()) else {
-            return Err(McpError::invalid_params(
-                format!("unknown tool {:?}; see tools/list", request.name),
-                None,
-            ));
+        let tool = match self.catalog.find_for(&request.name, reader.as_ref()) {
+            catalog::Lookup::Tool(tool) => tool,
+            catalog::Lookup::Unlisted(why) => {
+                return Err(McpError::invalid_params(unlisted(&request.name, why), None))
+            }
+            catalog::Lookup::Unknown => {
+                return Err(McpError::invalid_params(
+                    format!("unknown tool {:?}; see tools/list", request.name),
+                    None,
+                ))
+            }
         };
         let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
         if tool.is_named() {
@@ -363,14 +393,12 @@ async fn cancellable(
     }
 }
 
-/// The `/mcp` service: nest it with `Router::nest_service("/mcp", ..)`.
-/// `max_body_bytes` caps a request body, like the API's body limit;
-/// `invoke_slots`, if given, caps the `tools/call`s in flight (see
-/// [`SwitchboardMcp::with_invoke_slots`]).
+/// The `/mcp` service of `handler` (built with [`SwitchboardMcp::new`] and
+/// its settings): nest it with `Router::nest_service("/mcp", ..)`.
+/// `max_body_bytes` caps a request body, like the API's body limit.
 pub fn service(
-    dispatcher: ToolDispatcher,
+    handler: SwitchboardMcp,
     max_body_bytes: usize,
-    invoke_slots: Option<Arc<Semaphore>>,
 ) -> StreamableHttpService<SwitchboardMcp, LocalSessionManager> {
     let config = StreamableHttpServerConfig::default()
         .with_max_request_body_bytes(max_body_bytes)
@@ -378,10 +406,6 @@ pub fn service(
         // call; DNS rebinding (a foreign name resolving to 127.0.0.1) is refused.
         .with_allowed_origins(["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"])
         .enforce_origin_validation();
-    let mut handler = SwitchboardMcp::new(dispatcher);
-    if let Some(slots) = invoke_slots {
-        handler = handler.with_invoke_slots(slots);
-    }
     serve(handler, config)
 }
 

@@ -4,13 +4,13 @@
 //! protocol messages.
 
 use super::server::SwitchboardMcp;
-use crate::dispatch::ToolDispatcher;
 use crate::error::{Error, Result};
 use rmcp::ServiceExt;
 
-/// Serves MCP over this process's stdin/stdout until the client closes it.
-pub async fn serve_stdio(dispatcher: ToolDispatcher) -> Result<()> {
-    let running = SwitchboardMcp::new(dispatcher)
+/// Serves `handler` (built with [`SwitchboardMcp::new`] and its settings)
+/// over this process's stdin/stdout until the client closes it.
+pub async fn serve_stdio(handler: SwitchboardMcp) -> Result<()> {
+    let running = handler
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| Error::invalid(format!("MCP client did not initialize: {e}")))?;

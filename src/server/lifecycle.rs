@@ -83,7 +83,8 @@ pub async fn serve(
     };
     let mut state = AppState::new(dispatcher, token)
         .with_allowed_hosts(config.allowed_hosts.clone())
-        .with_protected_resource(protected_resource, tls.is_some());
+        .with_protected_resource(protected_resource, tls.is_some())
+        .with_mcp_category_tools(config.mcp.category_tools);
     #[cfg(feature = "cluster")]
     if let Some(cluster) = cluster {
         state = state.with_cluster(cluster);

@@ -70,6 +70,8 @@ pub struct AppState {
     pub(crate) allowed_hosts: Arc<[String]>,
     /// One permit per invoke in flight (sized from [`ServerLimits`]).
     pub(crate) invoke_slots: Arc<Semaphore>,
+    /// Whether `/mcp` lists category tools (see [`Self::with_mcp_category_tools`]).
+    pub(crate) mcp_category_tools: bool,
     /// Turns bearer credentials into callers (static token, issued tokens, JWTs).
     pub auth: Authenticator,
     /// What `/mcp`'s OAuth metadata says (RFC 9728).
@@ -95,6 +97,7 @@ impl AppState {
             invoke_slots: ServerLimits::default().invoke_slots(),
             protected_resource: ProtectedResource::default(),
             https: false,
+            mcp_category_tools: true,
             #[cfg(feature = "cluster")]
             cluster: None,
         }
@@ -125,6 +128,14 @@ impl AppState {
     /// Also answer to these host names (with or without a port).
     pub fn with_allowed_hosts(mut self, hosts: Vec<String>) -> Self {
         self.allowed_hosts = Arc::from(hosts);
+        self
+    }
+
+    /// Whether `/mcp` lists a category tool for each category HTTP or local
+    /// agents serve (the default); `false` lists only the tools MCP agents
+    /// serve by name (`[mcp] category_tools`).
+    pub fn with_mcp_category_tools(mut self, on: bool) -> Self {
+        self.mcp_category_tools = on;
         self
     }
 }

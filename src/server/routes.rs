@@ -99,10 +99,11 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
             "/mcp",
             Router::new()
                 .fallback_service(crate::mcp::server::service(
-                    state.dispatcher.clone(),
+                    crate::mcp::server::SwitchboardMcp::new(state.dispatcher.clone())
+                        // One cap for both ways in: a `tools/call` is an invoke.
+                        .with_invoke_slots(state.invoke_slots.clone())
+                        .with_category_tools(state.mcp_category_tools),
                     limits.max_body_bytes,
-                    // One cap for both ways in: a `tools/call` is an invoke.
-                    Some(state.invoke_slots.clone()),
                 ))
                 .layer(axum::middleware::map_request(any_accept_means_mcp_types)),
         )

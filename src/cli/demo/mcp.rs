@@ -116,7 +116,10 @@ impl Drop for DemoMcpServer {
 /// Switchboard's own `/mcp` for `dispatcher`, on 127.0.0.1 (on the current
 /// runtime, until the returned handle is aborted).
 pub fn serve_switchboard(dispatcher: &ToolDispatcher) -> switchboard::Result<String> {
-    let service = switchboard::mcp::server::service(dispatcher.clone(), 1 << 20, None);
+    let service = switchboard::mcp::server::service(
+        switchboard::mcp::server::SwitchboardMcp::new(dispatcher.clone()),
+        1 << 20,
+    );
     serve_on(
         &tokio::runtime::Handle::current(),
         axum::Router::new().nest_service("/mcp", service),

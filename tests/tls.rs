@@ -442,3 +442,155 @@ async fn the_address_policy_still_judges_https_agents() {
     assert!(message.contains("network policy"), "{body}");
     assert_eq!(agent.invokes.load(Ordering::SeqCst), 0);
 }
+
+/// An ES256 signing key with its public JWK (`kid` set).
+fn es256_jwk(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let mut bytes = [0u8; 32];
+    let secret = loop {
+        getrandom::fill(&mut bytes).unwrap();
+        if let Ok(secret) = p256::SecretKey::from_slice(&bytes) {
+            break secret;
+        }
+    };
+    let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    let mut jwk = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256).unwrap(),
+    )
+    .unwrap();
+    jwk["kid"] = json!(kid);
+    (key, jwk)
+}
+
+/// A token for `kid`'s key, valid for five minutes.
+fn es256_token(key: &jsonwebtoken::EncodingKey, kid: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let claims =
+        json!({"iss": "https://idp.test", "aud": "switchboard", "sub": "dana", "exp": exp});
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+/// An authorization server's JWKS over HTTPS (`TRUSTED`'s certificate):
+/// what it publishes can be changed, and its fetches are counted.
+struct JwksServer {
+    port: u16,
+    keys: Arc<std::sync::Mutex<Value>>,
+    fetches: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn start(keys: Value) -> JwksServer {
+        let acceptor = TRUSTED.acceptor();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let keys = Arc::new(std::sync::Mutex::new(keys));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (published, counted) = (keys.clone(), fetches.clone());
+        let app = Router::new().route(
+            "/jwks.json",
+            get(move || {
+                let (published, counted) = (published.clone(), counted.clone());
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    Json(published.lock().unwrap().clone())
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                        .await;
+                });
+            }
+        });
+        JwksServer {
+            port,
+            keys,
+            fetches,
+            task,
+        }
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn jwt_keys_are_fetched_from_the_jwks_url_and_follow_a_rotation() {
+    let (first, first_jwk) = es256_jwk("first");
+    let (second, second_jwk) = es256_jwk("second");
+    let idp = JwksServer::start(json!({"keys": [first_jwk]})).await;
+    let server = Server::start(&format!(
+        "[auth.jwt]\nissuer = \"https://idp.test\"\naudience = \"switchboard\"\n\
+         jwks_url = \"https://localhost:{}/jwks.json\"\n",
+        idp.port
+    ))
+    .await;
+    let status_with = |token: String| {
+        let client = server.client.clone();
+        let url = format!("{}/v1/agents", server.base);
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Accepted once the first fetch has landed (it runs in the background).
+    let mut status = 0;
+    for _ in 0..200 {
+        status = status_with(es256_token(&first, "first")).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "the first key was never accepted");
+    let fetched = idp.fetches.load(Ordering::SeqCst);
+    assert_eq!(fetched, 1, "one fetch serves every request");
+
+    // The authorization server rotates: the first key is gone, the second
+    // appears. A token naming the new kid starts a fetch and is accepted
+    // once it lands; a flood of unknown kids costs at most one fetch per
+    // interval, not one per request.
+    *idp.keys.lock().unwrap() = json!({"keys": [second_jwk]});
+    for _ in 0..20 {
+        assert_eq!(status_with(es256_token(&second, "unknown")).await, 401);
+    }
+    let mut status = 0;
+    for _ in 0..400 {
+        status = status_with(es256_token(&second, "second")).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "the rotated key was never accepted");
+    assert!(
+        idp.fetches.load(Ordering::SeqCst) <= fetched + 2,
+        "fetches: {}",
+        idp.fetches.load(Ordering::SeqCst)
+    );
+    assert_eq!(status_with(es256_token(&first, "first")).await, 401);
+}

@@ -105,10 +105,11 @@ impl Config {
             if jwt.hs256_secret_env.is_none()
                 && jwt.public_key_files.is_empty()
                 && jwt.jwks_file.is_none()
+                && jwt.jwks_url.is_none()
             {
                 found.push(Problem::new(
                     "auth.jwt",
-                    "has no key: set hs256_secret_env, public_key_files or jwks_file",
+                    "has no key: set hs256_secret_env, public_key_files, jwks_file or jwks_url",
                 ));
             }
         }

@@ -1,6 +1,9 @@
 //! JWT verification: the keys a deployment trusts (an HS256 secret, RS256 /
-//! ES256 public keys in PEM files, or a JWKS file), the issuer and audience
-//! it expects, and how a verified token's claims become a [`Principal`].
+//! ES256 public keys in PEM files, a JWKS file, or the JWKS an authorization
+//! server publishes at a URL), the issuer and audience it expects, and how a
+//! verified token's claims become a [`Principal`]. Keys from a URL are held
+//! here as [`RemoteKeys`]; fetching them is the server's job (it owns the
+//! HTTPS client and the node's CA trust).
 
 use crate::error::{Error, Result};
 use crate::namespace::Scope;
@@ -9,6 +12,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 /// The most clock skew tolerated on `exp` and `nbf`.
 pub const MAX_LEEWAY_SECS: u64 = 300;
@@ -28,6 +32,11 @@ pub struct JwtSettings {
     pub public_key_files: Vec<PathBuf>,
     /// A JWKS file (`{"keys": [...]}`) of RSA and P-256 public keys.
     pub jwks_file: Option<PathBuf>,
+    /// The URL of the authorization server's JWKS (its `jwks_uri`):
+    /// `https://`, or `http://` to a loopback address. Fetched at start,
+    /// again every few minutes, and when a token names a key id none of the
+    /// keys has (a rotation), never while a request waits.
+    pub jwks_url: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds (default 30, at most 300).
     pub leeway_secs: Option<u64>,
     /// The claim holding the caller's roles: a list or a space/comma-separated
@@ -53,7 +62,80 @@ struct Key {
 pub struct JwtVerifier {
     settings: JwtSettings,
     keys: Vec<Key>,
+    remote: Option<RemoteKeys>,
     leeway: u64,
+}
+
+/// The keys a [`JwtVerifier`] takes from `jwks_url`, shared with whatever
+/// fetches them. Cheap to clone.
+#[derive(Clone)]
+pub struct RemoteKeys {
+    inner: Arc<RemoteInner>,
+}
+
+struct RemoteInner {
+    url: String,
+    keys: RwLock<Arc<Vec<Key>>>,
+    /// Signalled when a token names a key id no key has.
+    wanted: tokio::sync::Notify,
+}
+
+impl RemoteKeys {
+    /// Where the keys are published.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// Replaces the keys with those of `jwks` (the JSON document at
+    /// [`url`](Self::url)); returns how many there are now. A document
+    /// that is not a JWKS of RSA and P-256 keys leaves the keys as they were.
+    pub fn replace(&self, jwks: &[u8]) -> Result<usize> {
+        let set: JwkSet = serde_json::from_slice(jwks)
+            .map_err(|e| Error::invalid(format!("jwks_url {}: not a JWKS ({e})", self.url())))?;
+        let keys = jwk_keys(&set, &format!("jwks_url {}", self.url()))?;
+        let count = keys.len();
+        *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(count)
+    }
+
+    /// Resolves when a token named a key id that none of the keys has:
+    /// time to fetch the set again.
+    pub async fn wanted(&self) {
+        self.inner.wanted.notified().await
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Key>> {
+        self.inner
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The keys of a JWKS: RSA (RS256) and P-256 (ES256) only.
+fn jwk_keys(set: &JwkSet, source: &str) -> Result<Vec<Key>> {
+    set.keys
+        .iter()
+        .map(|jwk| {
+            let alg = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => {
+                    return Err(load_error(format!(
+                        "{source}: only RSA and P-256 keys are accepted"
+                    )))
+                }
+            };
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|e| load_error(format!("{source}: {e}")))?;
+            Ok(Key {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            })
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -82,6 +164,28 @@ fn pem_key(pem: &[u8], path: &std::path::Path) -> Result<(Algorithm, DecodingKey
         "public_key_files: {} is not an RSA or P-256 public key in PEM",
         path.display()
     )))
+}
+
+/// `url` if a JWKS may be fetched from it: `https://`, or `http://` to a
+/// loopback address (an authorization server on this machine).
+fn checked_jwks_url(url: &str) -> Result<String> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| load_error(format!("jwks_url {url:?} is not a URL ({e})")))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(url.to_string()),
+        "http" if loopback => Ok(url.to_string()),
+        _ => Err(load_error(format!(
+            "jwks_url {url:?}: give an https:// URL (http:// only to a loopback address): \
+             the keys decide who may call"
+        ))),
+    }
 }
 
 impl JwtVerifier {
@@ -128,36 +232,34 @@ impl JwtVerifier {
                 .map_err(|e| load_error(format!("jwks_file: {}: {e}", path.display())))?;
             let set: JwkSet = serde_json::from_str(&text)
                 .map_err(|e| load_error(format!("jwks_file: {}: {e}", path.display())))?;
-            for jwk in &set.keys {
-                let alg = match &jwk.algorithm {
-                    AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                    AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                    _ => {
-                        return Err(load_error(format!(
-                            "jwks_file: {}: only RSA and P-256 keys are accepted",
-                            path.display()
-                        )))
-                    }
-                };
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| load_error(format!("jwks_file: {}: {e}", path.display())))?;
-                keys.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    alg,
-                    key,
-                });
-            }
+            keys.extend(jwk_keys(&set, &format!("jwks_file: {}", path.display()))?);
         }
-        if keys.is_empty() {
+        let remote = match &settings.jwks_url {
+            Some(url) => Some(RemoteKeys {
+                inner: Arc::new(RemoteInner {
+                    url: checked_jwks_url(url)?,
+                    keys: RwLock::new(Arc::new(Vec::new())),
+                    wanted: tokio::sync::Notify::new(),
+                }),
+            }),
+            None => None,
+        };
+        if keys.is_empty() && remote.is_none() {
             return Err(load_error(
-                "no key to verify with: set hs256_secret_env, public_key_files or jwks_file",
+                "no key to verify with: set hs256_secret_env, public_key_files, jwks_file or jwks_url",
             ));
         }
         Ok(JwtVerifier {
             settings,
             keys,
+            remote,
             leeway,
         })
+    }
+
+    /// The keys it takes from `jwks_url`, for the fetcher; `None` without one.
+    pub fn remote_keys(&self) -> Option<RemoteKeys> {
+        self.remote.clone()
     }
 
     /// Whether `presented` looks like a JWT at all (three dot-separated parts).
@@ -171,8 +273,20 @@ impl JwtVerifier {
     pub fn verify(&self, token: &str) -> Result<Principal> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| Error::invalid(format!("not a valid JWT: {e}")))?;
+        let remote = self.remote.as_ref().map(RemoteKeys::snapshot);
+        let all = self.keys.iter().chain(remote.iter().flat_map(|r| r.iter()));
+        if let (Some(kid), Some(source)) = (&header.kid, &self.remote) {
+            if !all.clone().any(|k| k.kid.as_ref() == Some(kid)) {
+                source.inner.wanted.notify_one();
+                return Err(Error::invalid(format!(
+                    "no key has the JWT's key id {kid:?}; fetching {} again (a key rotation \
+                     is picked up within seconds)",
+                    source.url()
+                )));
+            }
+        }
         let mut last = None;
-        for key in self.keys.iter().filter(|k| {
+        for key in all.filter(|k| {
             k.alg == header.alg
                 && match (&k.kid, &header.kid) {
                     (Some(a), Some(b)) => a == b,
@@ -341,5 +455,44 @@ mod tests {
         header.kid = Some("k2".into());
         let unknown_kid = encode(&header, &claims(600), &key).unwrap();
         assert!(verifier.verify(&unknown_kid).is_err());
+    }
+
+    #[test]
+    fn a_jwks_url_is_https_or_loopback_http() {
+        for ok in [
+            "https://idp.example.com/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9/jwks",
+        ] {
+            let verifier = JwtVerifier::new(JwtSettings {
+                jwks_url: Some(ok.into()),
+                ..settings()
+            })
+            .unwrap();
+            assert_eq!(verifier.remote_keys().unwrap().url(), ok);
+        }
+        for bad in [
+            "http://idp.example.com/jwks",
+            "ftp://127.0.0.1/jwks",
+            "jwks",
+        ] {
+            let err = JwtVerifier::new(JwtSettings {
+                jwks_url: Some(bad.into()),
+                ..settings()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("jwks_url"), "{bad}: {err}");
+        }
+        let keys = JwtVerifier::new(JwtSettings {
+            jwks_url: Some("https://idp.example.com/jwks".into()),
+            ..settings()
+        })
+        .unwrap()
+        .remote_keys()
+        .unwrap();
+        assert!(keys.replace(b"{\"keys\": 3}").is_err());
+        assert_eq!(keys.replace(b"{\"keys\": []}").unwrap(), 0);
     }
 }

@@ -7,7 +7,7 @@
 mod jwt;
 mod tokens;
 
-pub use jwt::{JwtSettings, JwtVerifier, MAX_LEEWAY_SECS};
+pub use jwt::{JwtSettings, JwtVerifier, RemoteKeys, MAX_LEEWAY_SECS};
 pub use tokens::{principal_of, IssuedToken, NewToken, TokenStore, TOKEN_PREFIX};
 
 use crate::error::Result;

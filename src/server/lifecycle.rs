@@ -91,6 +91,10 @@ pub async fn serve(
     }
     #[cfg(not(feature = "cluster"))]
     let () = cluster;
+    let jwks = match jwt.as_ref().and_then(|j| j.remote_keys()) {
+        Some(keys) => Some(super::jwks::spawn(keys)?),
+        None => None,
+    };
     if let Some(jwt) = jwt {
         tracing::info!(verifier = ?jwt, "accepting JWTs");
         state = state.with_jwt(jwt);
@@ -120,7 +124,7 @@ pub async fn serve(
         shutdown,
     )
     .await;
-    if let Some(task) = metrics {
+    for task in [metrics, jwks].into_iter().flatten() {
         task.abort();
     }
     // A clean stop leaves the cluster now rather than when the lease expires.

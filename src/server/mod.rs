@@ -6,7 +6,8 @@
 //! graceful shutdown), `limits` (what clients may hold), `auth` (who the
 //! caller is, and the scope each route needs), `hosts` (Host-header
 //! validation), `oauth` (`/mcp` as an OAuth protected resource: its
-//! metadata and challenges), `tls` (the certificate HTTPS is served with), `prometheus`
+//! metadata and challenges), `jwks` (the JWT keys of `jwks_url`, kept
+//! current in the background), `tls` (the certificate HTTPS is served with), `prometheus`
 //! (the exposition), and one file of handlers per resource (`agents`,
 //! `invoke`, `scan_route` (`GET /v1/scan`, over `scan`, this node's page, and
 //! `cluster_scan`, the cluster-wide page built on `scan`), `policies`, `metrics`, `tokens`, `tools`, `cluster`,
@@ -21,6 +22,7 @@ mod cluster_scan;
 mod errors;
 mod hosts;
 mod invoke;
+mod jwks;
 mod lifecycle;
 mod limits;
 mod metrics;

@@ -32,18 +32,6 @@ pub struct InvokeArgs {
     pub store: StoreArgs,
 }
 
-/// The categories built into every registry, whether or not an agent serves them.
-const BUILT_IN: [&str; 8] = [
-    "code",
-    "search",
-    "database",
-    "web",
-    "file",
-    "git",
-    "shell",
-    "embedding",
-];
-
 pub async fn run(args: InvokeArgs) -> switchboard::Result<()> {
     let input: serde_json::Value = serde_json::from_str(&args.input)
         .map_err(|e| Error::invalid(format!("--input is not JSON: {e}")))?;
@@ -108,10 +96,12 @@ fn unserved(category: &ToolCategory, agents: &[AgentRecord]) -> Option<Error> {
     if served.contains(&asked) {
         return None;
     }
+    let built_in = ToolCategory::BUILT_IN.map(|c| c.as_str().to_string());
     let nearest = served
         .iter()
-        .chain(BUILT_IN.iter())
-        .map(|known| (strsim::damerau_levenshtein(asked, known), *known))
+        .copied()
+        .chain(built_in.iter().map(String::as_str))
+        .map(|known| (strsim::damerau_levenshtein(asked, known), known))
         .filter(|(distance, _)| (1..=2).contains(distance))
         .min();
     let hint = match nearest {
@@ -127,6 +117,6 @@ fn unserved(category: &ToolCategory, agents: &[AgentRecord]) -> Option<Error> {
     Some(Error::invalid(format!(
         "no registered agent serves category {asked:?}.{hint} Categories agents serve: {listed}. \
          Built-in categories: {}.",
-        BUILT_IN.join(", ")
+        built_in.join(", ")
     )))
 }

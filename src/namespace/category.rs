@@ -32,6 +32,18 @@ pub enum ToolCategory {
 }
 
 impl ToolCategory {
+    /// The built-in categories, each a variant of its own.
+    pub const BUILT_IN: [ToolCategory; 8] = [
+        ToolCategory::Code,
+        ToolCategory::Search,
+        ToolCategory::Database,
+        ToolCategory::Web,
+        ToolCategory::File,
+        ToolCategory::Git,
+        ToolCategory::Shell,
+        ToolCategory::Embedding,
+    ];
+
     /// The category's name as it appears in keys and JSON.
     pub fn as_str(&self) -> &str {
         match self {
@@ -74,17 +86,10 @@ impl FromStr for ToolCategory {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         validate_id("category", s)?;
-        Ok(match s {
-            "code" => ToolCategory::Code,
-            "search" => ToolCategory::Search,
-            "database" => ToolCategory::Database,
-            "web" => ToolCategory::Web,
-            "file" => ToolCategory::File,
-            "git" => ToolCategory::Git,
-            "shell" => ToolCategory::Shell,
-            "embedding" => ToolCategory::Embedding,
-            other => ToolCategory::Custom(other.to_string()),
-        })
+        Ok(Self::BUILT_IN
+            .into_iter()
+            .find(|built_in| built_in.as_str() == s)
+            .unwrap_or_else(|| ToolCategory::Custom(s.to_string())))
     }
 }
 

@@ -1753,8 +1753,12 @@ struct Issuer {
     /// The MCP url: the resource tokens are asked for.
     resource: String,
     secret: &'static str,
-    /// Whether it and the MCP server serve their metadata (RFC 8414, RFC 9728).
+    /// Whether it and the MCP server serve their metadata (RFC 8414, RFC 9728);
+    /// without, the MCP server's 401 has no challenge either.
     metadata: bool,
+    /// Whether it takes the client's credentials only as HTTP Basic (and
+    /// says so in its metadata).
+    basic_only: AtomicBool,
     /// The `expires_in` of the tokens it issues next (seconds).
     lifetime: std::sync::atomic::AtomicU64,
     issued: Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -1807,14 +1811,46 @@ fn form_fields(body: &str) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+/// Decodes standard base64 (what HTTP Basic carries).
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut out, mut bits, mut count) = (Vec::new(), 0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let value = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+        bits = bits << 6 | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}
+
 async fn issue_token(
     axum::extract::State(issuer): axum::extract::State<Arc<Issuer>>,
+    headers: axum::http::HeaderMap,
     body: String,
 ) -> axum::response::Response {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     issuer.requests.fetch_add(1, Ordering::SeqCst);
-    let fields = form_fields(&body);
+    let mut fields = form_fields(&body);
+    if issuer.basic_only.load(Ordering::SeqCst) {
+        // RFC 6749 §2.3.1: Basic over the form-encoded id and secret.
+        let basic = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .map(|b| String::from_utf8(base64_decode(b)).unwrap());
+        let credentials = basic.as_deref().and_then(|b| b.split_once(':'));
+        let Some((id, secret)) = credentials.filter(|_| !fields.contains_key("client_secret"))
+        else {
+            return (StatusCode::UNAUTHORIZED, "HTTP Basic only").into_response();
+        };
+        let decoded = form_fields(&format!("client_id={id}&client_secret={secret}"));
+        fields.extend(decoded);
+    }
     let field = |name: &str| fields.get(name).map(String::as_str);
     let refuse = |status: StatusCode, error: &str, description: String| {
         (
@@ -1862,7 +1898,11 @@ async fn authorization_server_metadata(
         "issuer": issuer.url,
         "token_endpoint": format!("{}/token", issuer.url),
         "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        "token_endpoint_auth_methods_supported": if issuer.basic_only.load(Ordering::SeqCst) {
+            json!(["client_secret_basic"])
+        } else {
+            json!(["client_secret_post", "client_secret_basic"])
+        },
     }))
     .into_response()
 }
@@ -1903,6 +1943,9 @@ async fn require_token(
         return next.run(request).await;
     }
     issuer.refusals.fetch_add(1, Ordering::SeqCst);
+    if !issuer.metadata {
+        return axum::http::StatusCode::UNAUTHORIZED.into_response();
+    }
     let metadata = issuer
         .resource
         .replace("/mcp", "/.well-known/oauth-protected-resource/mcp");
@@ -1926,6 +1969,7 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
         resource: format!("http://{}/mcp", mcp_listener.local_addr().unwrap()),
         secret,
         metadata,
+        basic_only: AtomicBool::new(false),
         lifetime: 3600.into(),
         issued: Mutex::default(),
         requests: AtomicUsize::new(0),
@@ -2152,4 +2196,47 @@ async fn oauth_errors_name_the_endpoint_not_the_secret_and_token_url_skips_disco
             .is_some_and(|a| a.starts_with("Bearer ")),
         "{out}"
     );
+    // A 401 without a challenge replaces the token too.
+    protected.issuer.revoke_all();
+    let again = call_in(&d, "headers", None).await;
+    assert_ne!(again["authorization"], out["authorization"]);
+    assert_eq!(protected.issuer.refusals.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_uses_http_basic_when_the_server_offers_only_that() {
+    let (dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    // Characters that form encoding changes, as RFC 6749 §2.3.1 asks.
+    let protected = serve_protected(
+        Upstream::new("basic").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        "s3cret: +/é",
+        true,
+    )
+    .await;
+    protected.issuer.basic_only.store(true, Ordering::SeqCst);
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret: +/é\n").unwrap();
+    register(
+        &d,
+        "basic",
+        oauth_agent(
+            &protected.upstream.url,
+            format!("file:{}", secret.display()),
+            None,
+        ),
+    )
+    .await;
+    let out = call_in(&d, "headers", None).await;
+    assert!(
+        out["authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Bearer ")),
+        "{out}"
+    );
+    assert_eq!(protected.issuer.requests(), 1);
 }

@@ -460,11 +460,14 @@ fn no_token(message: String) -> HttpError {
     StreamableHttpError::Io(std::io::Error::other(message))
 }
 
-/// Whether the upstream answered 401, with a challenge or without.
+/// Whether the upstream answered 401, with a challenge or without: the
+/// SDK reports a POST's 401 without `WWW-Authenticate` only as the text
+/// `HTTP 401 Unauthorized: …`, a GET's or DELETE's as reqwest's status error.
 fn is_unauthorized(error: &HttpError) -> bool {
     match error {
         StreamableHttpError::AuthRequired(_) => true,
         StreamableHttpError::Client(e) => e.status() == Some(reqwest::StatusCode::UNAUTHORIZED),
+        StreamableHttpError::UnexpectedServerResponse(text) => text.starts_with("HTTP 401 "),
         _ => false,
     }
 }

@@ -314,7 +314,7 @@ impl Tokens {
     /// request (a rotated secret is picked up by the next one).
     fn secret(&self) -> Result<String, String> {
         let reference = &self.oauth.client_secret;
-        match EnvValue::of(reference) {
+        let secret = match EnvValue::of(reference) {
             EnvValue::Variable(var) => std::env::var(var).map_err(|_| {
                 format!(
                     "oauth.client_secret is {reference}, but {var} is not set (or not UTF-8) in \
@@ -332,7 +332,15 @@ impl Tokens {
             EnvValue::Literal(_) => {
                 Err("oauth.client_secret is not a reference (\"${VAR}\" or \"file:PATH\")".into())
             }
+        }?;
+        // An empty secret is a missing one (and would garble the scrubbing
+        // of error texts).
+        if secret.is_empty() {
+            return Err(format!(
+                "oauth.client_secret: {reference} is empty on this node"
+            ));
         }
+        Ok(secret)
     }
 }
 

@@ -117,6 +117,7 @@ pub use dispatch::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT
 pub use dispatch::{schema_hash, DiscoveredTool, DEFAULT_DISCOVERY_TTL};
 pub use namespace::{
     mcp_tool_key, CategoryRule, McpCommand, McpServer, McpSpec, McpToolRecord, PrefixMode,
+    UpstreamOAuth,
 };
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::{TlsTrust, ToolError};

@@ -22,7 +22,7 @@ use std::time::Duration;
 use switchboard::mcp::server::SwitchboardMcp;
 use switchboard::{
     mcp_tool_key, AgentConfig, Error, McpServer, McpToolRecord, PolicyEngine, RoutingOptions,
-    ToolCategory, ToolDispatcher,
+    ToolCategory, ToolDispatcher, UpstreamOAuth,
 };
 
 /// One test MCP server's behaviour and what it saw.
@@ -251,14 +251,24 @@ async fn serve(upstream: Upstream) -> Running {
 async fn serve_at(upstream: Upstream, addr: &str) -> Running {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    let handler = upstream.clone();
-    let service = StreamableHttpService::new(
-        move || Ok(handler.clone()),
+    let app = axum::Router::new().nest_service("/mcp", mcp_service(upstream));
+    Running {
+        url,
+        task: spawn_app(listener, app),
+    }
+}
+
+fn mcp_service(upstream: Upstream) -> StreamableHttpService<Upstream, LocalSessionManager> {
+    StreamableHttpService::new(
+        move || Ok(upstream.clone()),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default(),
-    );
-    let app = axum::Router::new().nest_service("/mcp", service);
-    let task = tokio::spawn(async move {
+    )
+}
+
+/// Serves `app` on `listener` until the task is aborted.
+fn spawn_app(listener: tokio::net::TcpListener, app: axum::Router) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         // Connections live in this set: aborting the task closes them all.
         let mut connections = tokio::task::JoinSet::new();
         loop {
@@ -272,8 +282,7 @@ async fn serve_at(upstream: Upstream, addr: &str) -> Running {
                     .await;
             });
         }
-    });
-    Running { url, task }
+    })
 }
 
 fn mcp_agent(url: &str, category: ToolCategory) -> AgentConfig {
@@ -1733,4 +1742,501 @@ async fn a_stdio_server_that_fails_to_start_is_reported_with_its_last_stderr_lin
     let again = d.discover_tools("keyless").await.unwrap_err().to_string();
     assert!(again.contains(said), "{again}");
     d.unregister_agent("keyless").unwrap();
+}
+
+/// A test authorization server (client credentials only) and what it saw;
+/// the MCP server it protects accepts only the tokens it issued, until
+/// they expire.
+struct Issuer {
+    /// Its issuer URL (`/token` is its token endpoint).
+    url: String,
+    /// The MCP url: the resource tokens are asked for.
+    resource: String,
+    secret: &'static str,
+    /// Whether it and the MCP server serve their metadata (RFC 8414, RFC 9728);
+    /// without, the MCP server's 401 has no challenge either.
+    metadata: bool,
+    /// Whether it takes the client's credentials only as HTTP Basic (and
+    /// says so in its metadata).
+    basic_only: AtomicBool,
+    /// The `expires_in` of the tokens it issues next (seconds).
+    lifetime: std::sync::atomic::AtomicU64,
+    issued: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Token requests received.
+    requests: AtomicUsize,
+    /// MCP requests refused with 401.
+    refusals: AtomicUsize,
+}
+
+impl Issuer {
+    /// Makes every token issued so far invalid (as a revocation would).
+    fn revoke_all(&self) {
+        self.issued.lock().unwrap().clear();
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// An MCP server that wants OAuth tokens, and the authorization server
+/// that issues them.
+struct Protected {
+    upstream: Running,
+    _auth: Running,
+    issuer: Arc<Issuer>,
+}
+
+/// `application/x-www-form-urlencoded` fields.
+fn form_fields(body: &str) -> std::collections::HashMap<String, String> {
+    let decode = |text: &str| {
+        let bytes = text.as_bytes();
+        let (mut out, mut i) = (Vec::new(), 0);
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
+    };
+    body.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (decode(name), decode(value)))
+        .collect()
+}
+
+/// Decodes standard base64 (what HTTP Basic carries).
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut out, mut bits, mut count) = (Vec::new(), 0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let value = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+        bits = bits << 6 | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}
+
+async fn issue_token(
+    axum::extract::State(issuer): axum::extract::State<Arc<Issuer>>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    issuer.requests.fetch_add(1, Ordering::SeqCst);
+    let mut fields = form_fields(&body);
+    if issuer.basic_only.load(Ordering::SeqCst) {
+        // RFC 6749 §2.3.1: Basic over the form-encoded id and secret.
+        let basic = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .map(|b| String::from_utf8(base64_decode(b)).unwrap());
+        let credentials = basic.as_deref().and_then(|b| b.split_once(':'));
+        let Some((id, secret)) = credentials.filter(|_| !fields.contains_key("client_secret"))
+        else {
+            return (StatusCode::UNAUTHORIZED, "HTTP Basic only").into_response();
+        };
+        let decoded = form_fields(&format!("client_id={id}&client_secret={secret}"));
+        fields.extend(decoded);
+    }
+    let field = |name: &str| fields.get(name).map(String::as_str);
+    let refuse = |status: StatusCode, error: &str, description: String| {
+        (
+            status,
+            axum::Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response()
+    };
+    if field("client_id") != Some("switchboard") || field("client_secret") != Some(issuer.secret) {
+        // Echoes what it was sent, as a careless server might.
+        let sent = field("client_secret").unwrap_or_default();
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            format!("no such client with secret {sent}"),
+        );
+    }
+    if field("grant_type") != Some("client_credentials") {
+        return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type", body);
+    }
+    if field("scope") != Some("files:read files:write") {
+        return refuse(StatusCode::BAD_REQUEST, "invalid_scope", body);
+    }
+    if field("resource") != Some(issuer.resource.as_str()) {
+        return refuse(StatusCode::BAD_REQUEST, "invalid_target", body);
+    }
+    let token = format!("{:032x}", fastrand::u128(..));
+    let lifetime = issuer.lifetime.load(Ordering::SeqCst);
+    issuer.issued.lock().unwrap().insert(
+        token.clone(),
+        std::time::Instant::now() + Duration::from_secs(lifetime),
+    );
+    axum::Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime}))
+        .into_response()
+}
+
+async fn authorization_server_metadata(
+    axum::extract::State(issuer): axum::extract::State<Arc<Issuer>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !issuer.metadata {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    }
+    axum::Json(json!({
+        "issuer": issuer.url,
+        "token_endpoint": format!("{}/token", issuer.url),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": if issuer.basic_only.load(Ordering::SeqCst) {
+            json!(["client_secret_basic"])
+        } else {
+            json!(["client_secret_post", "client_secret_basic"])
+        },
+    }))
+    .into_response()
+}
+
+async fn protected_resource_metadata(
+    axum::extract::State(issuer): axum::extract::State<Arc<Issuer>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !issuer.metadata {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    }
+    axum::Json(json!({"resource": issuer.resource, "authorization_servers": [issuer.url]}))
+        .into_response()
+}
+
+/// Lets through MCP requests with a token the issuer issued that has not
+/// expired; answers the rest 401 with the challenge RFC 9728 describes.
+async fn require_token(
+    axum::extract::State(issuer): axum::extract::State<Arc<Issuer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let valid = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|token| {
+            issuer
+                .issued
+                .lock()
+                .unwrap()
+                .get(token)
+                .is_some_and(|expires| std::time::Instant::now() < *expires)
+        });
+    if valid {
+        return next.run(request).await;
+    }
+    issuer.refusals.fetch_add(1, Ordering::SeqCst);
+    if !issuer.metadata {
+        return axum::http::StatusCode::UNAUTHORIZED.into_response();
+    }
+    let metadata = issuer
+        .resource
+        .replace("/mcp", "/.well-known/oauth-protected-resource/mcp");
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        [(
+            "www-authenticate",
+            format!("Bearer resource_metadata=\"{metadata}\""),
+        )],
+    )
+        .into_response()
+}
+
+/// `upstream` behind OAuth: tokens from a new authorization server that
+/// knows client `switchboard` by `secret`.
+async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: bool) -> Protected {
+    let auth_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = Arc::new(Issuer {
+        url: format!("http://{}", auth_listener.local_addr().unwrap()),
+        resource: format!("http://{}/mcp", mcp_listener.local_addr().unwrap()),
+        secret,
+        metadata,
+        basic_only: AtomicBool::new(false),
+        lifetime: 3600.into(),
+        issued: Mutex::default(),
+        requests: AtomicUsize::new(0),
+        refusals: AtomicUsize::new(0),
+    });
+    let auth_app = axum::Router::new()
+        .route("/token", axum::routing::post(issue_token))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            axum::routing::get(authorization_server_metadata),
+        )
+        .with_state(issuer.clone());
+    // A route layer covers the routes before it: /mcp, not the metadata
+    // (nor the 404 of a path it does not serve).
+    let mcp_app = axum::Router::new()
+        .nest_service("/mcp", mcp_service(upstream))
+        .route_layer(axum::middleware::from_fn_with_state(
+            issuer.clone(),
+            require_token,
+        ))
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            axum::routing::get(protected_resource_metadata),
+        )
+        .with_state(issuer.clone());
+    Protected {
+        upstream: Running {
+            url: issuer.resource.clone(),
+            task: spawn_app(mcp_listener, mcp_app),
+        },
+        _auth: Running {
+            url: issuer.url.clone(),
+            task: spawn_app(auth_listener, auth_app),
+        },
+        issuer,
+    }
+}
+
+fn oauth_agent(url: &str, client_secret: String, token_url: Option<String>) -> AgentConfig {
+    let mut mcp = McpServer::http(url);
+    mcp.oauth = Some(UpstreamOAuth {
+        client_id: "switchboard".into(),
+        client_secret,
+        scopes: vec!["files:read".into(), "files:write".into()],
+        token_url,
+        ..UpstreamOAuth::default()
+    });
+    AgentConfig::new()
+        .with_tools(vec![ToolCategory::Search])
+        .with_mcp_server(mcp)
+        .with_timeout(Duration::from_secs(10))
+}
+
+/// Calls `tool` (in session `session`, if any) and returns its structured output.
+async fn call_in(d: &ToolDispatcher, tool: &str, session: Option<&str>) -> Value {
+    let mut options = RoutingOptions::new();
+    if let Some(session) = session {
+        options = options.with_session_id(session);
+    }
+    d.invoke(tool, ToolCategory::Search, json!({"x": 1}), options)
+        .await
+        .unwrap_or_else(|e| panic!("{tool}: {e}"))
+        .output["structuredContent"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_tokens_are_discovered_shared_refreshed_and_replaced_when_refused() {
+    let (dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let protected = serve_protected(
+        Upstream::new("files").legacy().with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        "s3cret-oauth",
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret-oauth\n").unwrap();
+    // Discovery: the MCP server's metadata names the authorization server,
+    // whose metadata names the token endpoint.
+    let config = oauth_agent(
+        &protected.upstream.url,
+        format!("file:{}", secret.display()),
+        None,
+    );
+    register(&d, "files", config).await;
+
+    // One token serves the listing, calls without a session, and sessions.
+    let first = call_in(&d, "headers", None).await["authorization"].clone();
+    assert!(
+        first.as_str().is_some_and(|a| a.starts_with("Bearer ")),
+        "{first}"
+    );
+    let session = call_in(&d, "session", Some("s1")).await["session"].clone();
+    assert!(session.is_string(), "a session-based server: {session}");
+    assert_eq!(call_in(&d, "session", Some("s1")).await["session"], session);
+    assert_eq!(call_in(&d, "headers", None).await["authorization"], first);
+    assert_eq!(issuer.requests(), 1, "one token for every call");
+    let stored = String::from_utf8(db.get("agents/files").unwrap().unwrap()).unwrap();
+    assert!(
+        stored.contains("\"client_secret\":\"file:") && !stored.contains("s3cret-oauth"),
+        "{stored}"
+    );
+
+    // Revoked: the calls that meet a 401 share one new token, and the open
+    // upstream session goes on with it.
+    issuer.revoke_all();
+    let (a, b, c, e) = tokio::join!(
+        call_in(&d, "headers", None),
+        call_in(&d, "headers", None),
+        call_in(&d, "headers", None),
+        call_in(&d, "headers", None),
+    );
+    assert_ne!(a["authorization"], first);
+    for other in [&b, &c, &e] {
+        assert_eq!(other["authorization"], a["authorization"]);
+    }
+    assert!(issuer.refusals.load(Ordering::SeqCst) >= 1);
+    assert_eq!(
+        issuer.requests(),
+        2,
+        "the calls refused shared one token request"
+    );
+    assert_eq!(call_in(&d, "session", Some("s1")).await["session"], session);
+    assert_eq!(issuer.requests(), 2);
+
+    // A token that expires is replaced before it is sent once it has lived
+    // out its time, on the same upstream session.
+    issuer.lifetime.store(2, Ordering::SeqCst);
+    issuer.revoke_all();
+    let short = call_in(&d, "headers", None).await["authorization"].clone();
+    assert_eq!(issuer.requests(), 3);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(call_in(&d, "session", Some("s1")).await["session"], session);
+    let after = call_in(&d, "headers", None).await["authorization"].clone();
+    assert_ne!(after, short, "a new token after the old one's lifetime");
+    assert!(issuer.requests() >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_errors_name_the_endpoint_not_the_secret_and_token_url_skips_discovery() {
+    let (dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    // `cargo test` sets CARGO_PKG_NAME for every test binary it runs: the
+    // client secret is "switchboard". Neither server serves its metadata.
+    let protected = serve_protected(
+        Upstream::new("plain").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        env!("CARGO_PKG_NAME"),
+        false,
+    )
+    .await;
+    let url = &protected.upstream.url;
+    let token_url = format!("{}/token", protected.issuer.url);
+
+    let err = d
+        .register_agent("literal", oauth_agent(url, "hunter2-literal".into(), None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("client_secret") && err.contains("${VAR}") && !err.contains("hunter2-literal"),
+        "{err}"
+    );
+
+    // Without metadata, discovery fails and says how to do without it.
+    d.register_agent(
+        "undiscovered",
+        oauth_agent(url, "${CARGO_PKG_NAME}".into(), None),
+    )
+    .unwrap();
+    let err = d
+        .discover_tools("undiscovered")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("undiscovered")
+            && err.contains("oauth-protected-resource")
+            && err.contains("token_url"),
+        "{err}"
+    );
+
+    let wrong = dir.path().join("wrong-secret");
+    std::fs::write(&wrong, "wr0ng-s3cret").unwrap();
+    d.register_agent(
+        "wrong",
+        oauth_agent(
+            url,
+            format!("file:{}", wrong.display()),
+            Some(token_url.clone()),
+        ),
+    )
+    .unwrap();
+    let err = d.discover_tools("wrong").await.unwrap_err().to_string();
+    assert!(
+        err.contains(&token_url) && err.contains("invalid_client") && err.contains("wrong"),
+        "{err}"
+    );
+    assert!(!err.contains("wr0ng-s3cret"), "the secret leaked: {err}");
+    assert_eq!(
+        protected.issuer.refusals.load(Ordering::SeqCst),
+        0,
+        "no call went out without a token"
+    );
+
+    register(
+        &d,
+        "explicit",
+        oauth_agent(url, "${CARGO_PKG_NAME}".into(), Some(token_url)),
+    )
+    .await;
+    let out = call_in(&d, "headers", None).await;
+    assert!(
+        out["authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Bearer ")),
+        "{out}"
+    );
+    // A 401 without a challenge replaces the token too.
+    protected.issuer.revoke_all();
+    let again = call_in(&d, "headers", None).await;
+    assert_ne!(again["authorization"], out["authorization"]);
+    assert_eq!(protected.issuer.refusals.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_uses_http_basic_when_the_server_offers_only_that() {
+    let (dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    // Characters that form encoding changes, as RFC 6749 §2.3.1 asks.
+    let protected = serve_protected(
+        Upstream::new("basic").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        "s3cret: +/é",
+        true,
+    )
+    .await;
+    protected.issuer.basic_only.store(true, Ordering::SeqCst);
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret: +/é\n").unwrap();
+    register(
+        &d,
+        "basic",
+        oauth_agent(
+            &protected.upstream.url,
+            format!("file:{}", secret.display()),
+            None,
+        ),
+    )
+    .await;
+    let out = call_in(&d, "headers", None).await;
+    assert!(
+        out["authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Bearer ")),
+        "{out}"
+    );
+    assert_eq!(protected.issuer.requests(), 1);
 }

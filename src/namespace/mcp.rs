@@ -187,6 +187,89 @@ pub struct McpServer {
     /// connection.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// OAuth 2.0 client credentials a `url` server is called with: a token
+    /// obtained from its authorization server, sent as `Authorization:
+    /// Bearer` with every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<UpstreamOAuth>,
+}
+
+/// OAuth 2.0 client credentials (RFC 6749 §4.4) toward a `url` MCP server.
+/// Like [`McpServer::headers`], the secret is only ever written as where the
+/// node finds it, so a registration can be stored, read and shared in clear.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOAuth {
+    /// The client id the authorization server knows Switchboard by.
+    pub client_id: String,
+    /// Where the client secret is: `${VAR}` (the node's environment) or
+    /// `file:PATH` (a file on the node); never the secret itself.
+    pub client_secret: String,
+    /// The scopes asked for (sent space-separated; none: the server's default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// The token endpoint; absent: discovered from the MCP server's
+    /// Protected Resource Metadata (RFC 9728) and its first authorization
+    /// server's metadata (RFC 8414, or OpenID Connect discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<String>,
+    /// The `resource` the token is asked for (RFC 8707); absent: the MCP url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+}
+
+/// The most scopes an [`UpstreamOAuth`] may ask for.
+pub const MAX_OAUTH_SCOPES: usize = 32;
+
+impl UpstreamOAuth {
+    /// Checks what does not depend on the network: a client id, a secret
+    /// given by reference, scopes that are RFC 6749 scope tokens.
+    fn validate(&self) -> Result<()> {
+        if self.client_id.is_empty() || self.client_id.len() > 256 {
+            return Err(Error::invalid("oauth.client_id must be 1 to 256 bytes"));
+        }
+        if self.client_id.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "oauth.client_id must not hold control characters",
+            ));
+        }
+        if !is_env_reference(&self.client_secret) {
+            return Err(Error::invalid(
+                "oauth.client_secret holds its value; say where the node finds it instead, so no \
+                 credential is stored: \"${VAR}\" or \"file:PATH\"",
+            ));
+        }
+        if self.scopes.len() > MAX_OAUTH_SCOPES {
+            return Err(Error::invalid(format!(
+                "at most {MAX_OAUTH_SCOPES} oauth.scopes"
+            )));
+        }
+        for scope in &self.scopes {
+            // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+            let valid = !scope.is_empty()
+                && scope.len() <= 256
+                && scope
+                    .bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+            if !valid {
+                return Err(Error::invalid(format!(
+                    "oauth scope {scope:?} is not a scope token (visible ASCII, no space, \" or \\)"
+                )));
+            }
+        }
+        if let Some(resource) = &self.resource {
+            // RFC 8707 §2: an absolute URI without a fragment.
+            let valid = resource.len() <= 2048
+                && reqwest::Url::parse(resource).is_ok_and(|url| url.fragment().is_none());
+            if !valid {
+                return Err(Error::invalid(format!(
+                    "oauth.resource {resource:?} must be an absolute URI without a #fragment \
+                     (RFC 8707), at most 2048 bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The most headers one MCP server may be given.
@@ -410,6 +493,24 @@ impl McpServer {
             }
             HeaderSource::of(name, value)?;
         }
+        if let Some(oauth) = &self.oauth {
+            if self.url.is_none() {
+                return Err(Error::invalid(
+                    "oauth is for a url (streamable HTTP) server; a stdio command takes env instead",
+                ));
+            }
+            if self
+                .headers
+                .keys()
+                .any(|h| h.eq_ignore_ascii_case("authorization"))
+            {
+                return Err(Error::invalid(
+                    "an MCP agent with oauth sends the token it obtains as its Authorization \
+                     header; remove Authorization from headers",
+                ));
+            }
+            oauth.validate()?;
+        }
         Ok(())
     }
 }
@@ -585,6 +686,54 @@ mod tests {
         assert!(server
             .validate(&[ToolCategory::Search, ToolCategory::Web])
             .is_ok());
+    }
+
+    #[test]
+    fn oauth_needs_a_url_a_secret_by_reference_and_its_own_authorization() {
+        let oauth = UpstreamOAuth {
+            client_id: "switchboard".into(),
+            client_secret: "${FILES_SECRET}".into(),
+            scopes: vec!["files:read".into()],
+            ..UpstreamOAuth::default()
+        };
+        let mut server = McpServer::http("http://127.0.0.1:1/mcp");
+        server.oauth = Some(oauth.clone());
+        assert!(server.validate(&[ToolCategory::Code]).is_ok());
+        let refused = |change: &dyn Fn(&mut McpServer)| {
+            let mut server = server.clone();
+            change(&mut server);
+            server
+                .validate(&[ToolCategory::Code])
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refused(&|s| s.oauth.as_mut().unwrap().client_secret = "hunter2".into());
+        assert!(err.contains("${VAR}") && !err.contains("hunter2"), "{err}");
+        let err = refused(&|s| {
+            s.headers
+                .insert("authorization".into(), "Bearer ${T}".into());
+        });
+        assert!(err.contains("Authorization"), "{err}");
+        let err = refused(&|s| {
+            s.url = None;
+            s.command = Some(McpCommand {
+                program: "/bin/server".into(),
+                ..McpCommand::default()
+            });
+        });
+        assert!(err.contains("stdio"), "{err}");
+        let err = refused(&|s| s.oauth.as_mut().unwrap().scopes = vec!["a b".into()]);
+        assert!(err.contains("scope"), "{err}");
+        let err = refused(&|s| s.oauth.as_mut().unwrap().client_id = String::new());
+        assert!(err.contains("client_id"), "{err}");
+        let err = refused(&|s| s.oauth.as_mut().unwrap().resource = Some("/mcp".into()));
+        assert!(err.contains("RFC 8707"), "{err}");
+        let json = serde_json::to_value(&server).unwrap();
+        assert_eq!(
+            json["oauth"],
+            serde_json::json!({"client_id": "switchboard", "client_secret": "${FILES_SECRET}",
+                "scopes": ["files:read"]})
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) use mcp::MCP_TOOLS;
 pub use mcp::{
     is_env_reference, mcp_tool_key, name_glob_matches, redact_agent_json, CategoryRule, EnvValue,
     HeaderPart, HeaderSource, McpCommand, McpServer, McpSpec, McpToolPrevious, McpToolRecord,
-    PrefixMode, MAX_MCP_HEADERS, MAX_MCP_RULES, REDACTED_ENV,
+    PrefixMode, UpstreamOAuth, MAX_MCP_HEADERS, MAX_MCP_RULES, MAX_OAUTH_SCOPES, REDACTED_ENV,
 };
 pub use records::*;
 pub(crate) use tokens::TOKENS;

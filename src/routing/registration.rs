@@ -82,6 +82,10 @@ pub(crate) fn transport(
             check_endpoint_text("MCP url", url)?;
             server.url = Some(parse_endpoint_under(url, network)?.0.to_string());
         }
+        if let Some(token_url) = server.oauth.as_mut().and_then(|o| o.token_url.as_mut()) {
+            check_endpoint_text("oauth.token_url", token_url)?;
+            *token_url = parse_endpoint_under(token_url, network)?.0.to_string();
+        }
         if let Some(command) = &server.command {
             commands.check(agent_id, command)?;
         }
@@ -161,6 +165,10 @@ pub(super) fn check_shared(record: &AgentRecord) -> Result<()> {
             if let Some(url) = &server.url {
                 check_endpoint_text("MCP url", url)?;
                 parse_endpoint(url)?;
+            }
+            if let Some(token_url) = server.oauth.as_ref().and_then(|o| o.token_url.as_ref()) {
+                check_endpoint_text("oauth.token_url", token_url)?;
+                parse_endpoint(token_url)?;
             }
             if let Some(command) = &server.command {
                 CommandPolicy::current().check(&record.agent_id, command)?;

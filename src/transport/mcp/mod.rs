@@ -7,9 +7,12 @@
 //!   registration uid, and what callers above learn of them ([`McpEvents`]);
 //! - `upstream`: one agent's connections (a shared one, and one per
 //!   Switchboard session on a session-based server), calls and listings;
+//! - `oauth`: an agent's OAuth client credentials, its token, and the
+//!   streamable-HTTP client that sends it with each request;
 //! - `answer`: a `tools/call` answer or error as output or [`Failure`](super::Failure).
 
 mod answer;
+mod oauth;
 mod upstream;
 
 pub(crate) use upstream::{ListedTool, Upstream};

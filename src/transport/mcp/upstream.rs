@@ -15,6 +15,7 @@
 //! checked before every start.
 
 use super::answer::{classify_error, output_of};
+use super::oauth::{OAuthHttp, Tokens};
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
@@ -205,6 +206,9 @@ pub(crate) struct Upstream {
     /// Whether the server keeps sessions (learnt from the first connection).
     kind: AtomicU8,
     restarts: parking_lot::Mutex<Restarts>,
+    /// The OAuth token of a url server with `oauth`: one per registration,
+    /// shared by its shared connection and every upstream session.
+    tokens: Option<Arc<Tokens>>,
 }
 
 impl Upstream {
@@ -214,7 +218,17 @@ impl Upstream {
         http: reqwest::Client,
         list_changed: Arc<dyn Fn() + Send + Sync>,
     ) -> Self {
+        let tokens = match (&server.url, &server.oauth) {
+            (Some(url), Some(oauth)) => Some(Arc::new(Tokens::new(
+                agent_id.clone(),
+                url.clone(),
+                oauth.clone(),
+                http.clone(),
+            ))),
+            _ => None,
+        };
         Upstream {
+            tokens,
             agent_id,
             server,
             http,
@@ -403,11 +417,26 @@ impl Upstream {
             .reinit_on_expired_session(true)
             .max_json_response_size(MAX_RESPONSE_BYTES)
             .max_sse_event_size(MAX_RESPONSE_BYTES);
-        let transport = StreamableHttpClientTransport::with_client(self.http.clone(), config);
-        handler
-            .serve_with_lifecycle(transport, lifecycle)
-            .await
-            .map_err(|e| Failure::Agent(format!("cannot connect to the MCP server: {e}")))
+        let connected = match &self.tokens {
+            Some(tokens) => {
+                // Asked for here first so that a token that cannot be had
+                // fails the connection with its own reason, not the
+                // transport's account of it.
+                tokens.token().await.map_err(Failure::Agent)?;
+                let http = OAuthHttp {
+                    http: self.http.clone(),
+                    tokens: tokens.clone(),
+                };
+                let transport = StreamableHttpClientTransport::with_client(http, config);
+                handler.serve_with_lifecycle(transport, lifecycle).await
+            }
+            None => {
+                let transport =
+                    StreamableHttpClientTransport::with_client(self.http.clone(), config);
+                handler.serve_with_lifecycle(transport, lifecycle).await
+            }
+        };
+        connected.map_err(|e| Failure::Agent(format!("cannot connect to the MCP server: {e}")))
     }
 
     /// A live peer on `slot`, connecting if it has none (or a closed one).

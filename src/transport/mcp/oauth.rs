@@ -1,0 +1,653 @@
+//! OAuth 2.0 client credentials (RFC 6749 §4.4) toward one MCP agent: where
+//! its token endpoint is (given, or discovered through the MCP server's
+//! Protected Resource Metadata, RFC 9728, and its authorization server's
+//! metadata, RFC 8414 or OpenID Connect discovery), the token requests, and
+//! the one token a registration holds ([`Tokens`]: shared by its calls,
+//! fetched once when several wait for it, refreshed shortly before it
+//! expires, forgotten when the upstream answers 401); and [`OAuthHttp`],
+//! the streamable-HTTP client that asks for the current token at each
+//! request, so a refreshed token serves an open session.
+
+use crate::namespace::{EnvValue, UpstreamOAuth};
+use crate::policy::NetworkPolicy;
+use crate::transport::error_chain;
+use reqwest::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use rmcp::model::ClientJsonRpcMessage;
+use rmcp::transport::common::client_side_sse::BoxedSseResponse;
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
+    StreamableHttpResponseLimits,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long one metadata or token request may take, its body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest metadata document or token response read: real ones are a
+/// few kilobytes, and a server must not make Switchboard buffer more.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A token is replaced once less than this (or half its lifetime, if that
+/// is shorter) remains, so a request never leaves with one about to expire.
+const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+/// The longest `expires_in` believed, so an absurd one cannot keep a
+/// revoked token in use (or overflow an instant).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientAuth {
+    /// `client_id` and `client_secret` in the form.
+    Post,
+    /// HTTP Basic, for a server whose metadata offers only that.
+    Basic,
+}
+
+/// A token endpoint and how to authenticate to it.
+struct TokenEndpoint {
+    url: reqwest::Url,
+    auth: ClientAuth,
+}
+
+struct Token {
+    value: String,
+    /// When to fetch a new one; `None`: the server gave no lifetime, so it
+    /// is used until the upstream rejects it.
+    refresh_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Discovered once per registration (or given).
+    endpoint: Option<Arc<TokenEndpoint>>,
+    token: Option<Token>,
+}
+
+/// The OAuth token of one MCP agent registration.
+pub(crate) struct Tokens {
+    agent_id: String,
+    mcp_url: String,
+    oauth: UpstreamOAuth,
+    http: reqwest::Client,
+    /// Held across a fetch: callers that need a token meanwhile wait for
+    /// that one instead of each asking the authorization server.
+    state: tokio::sync::Mutex<State>,
+}
+
+impl Tokens {
+    pub(crate) fn new(
+        agent_id: String,
+        mcp_url: String,
+        oauth: UpstreamOAuth,
+        http: reqwest::Client,
+    ) -> Self {
+        Tokens {
+            agent_id,
+            mcp_url,
+            oauth,
+            http,
+            state: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The token to send now: the held one while it is fresh, else a new
+    /// one. The error names the agent and the endpoint, never the secret.
+    pub(crate) async fn token(&self) -> Result<String, String> {
+        let mut state = self.state.lock().await;
+        if let Some(token) = &state.token {
+            if token.refresh_at.is_none_or(|at| Instant::now() < at) {
+                return Ok(token.value.clone());
+            }
+        }
+        let endpoint = match &state.endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => {
+                let endpoint = Arc::new(self.endpoint().await.map_err(|e| {
+                    format!(
+                        "cannot find the OAuth token endpoint of MCP agent {}: {e}; give \
+                         oauth.token_url to skip discovery",
+                        self.agent_id
+                    )
+                })?);
+                state.endpoint = Some(endpoint.clone());
+                endpoint
+            }
+        };
+        let token = self.request(&endpoint).await.map_err(|e| {
+            format!(
+                "cannot obtain an OAuth token for MCP agent {} from {}: {e}",
+                self.agent_id, endpoint.url
+            )
+        })?;
+        tracing::debug!(agent_id = %self.agent_id, token_url = %endpoint.url, "obtained an OAuth token for an MCP agent");
+        let value = token.value.clone();
+        state.token = Some(token);
+        Ok(value)
+    }
+
+    /// Forgets `rejected`, which the upstream answered 401 to (revoked, or
+    /// expired early), so the next request fetches a new token. A newer
+    /// token fetched meanwhile is kept.
+    pub(crate) async fn reject(&self, rejected: &str) {
+        let mut state = self.state.lock().await;
+        if state.token.as_ref().is_some_and(|t| t.value == rejected) {
+            state.token = None;
+        }
+    }
+
+    /// The token endpoint: `token_url`, or discovered from the MCP url.
+    async fn endpoint(&self) -> Result<TokenEndpoint, String> {
+        if let Some(url) = &self.oauth.token_url {
+            let url = reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+            return Ok(TokenEndpoint {
+                url,
+                auth: ClientAuth::Post,
+            });
+        }
+        let mcp = reqwest::Url::parse(&self.mcp_url).map_err(|e| e.to_string())?;
+        let (at, resource) = self
+            .document(&well_known(&mcp, &["oauth-protected-resource"], false))
+            .await?;
+        // RFC 9728 §3.3: metadata naming another resource must not be used
+        // (it would let one server send Switchboard's credentials to
+        // another's authorization server).
+        if let Some(named) = resource.get("resource").and_then(Value::as_str) {
+            if !same_uri(named, mcp.as_str()) {
+                return Err(format!("{at} describes resource {named:?}, not {mcp}"));
+            }
+        }
+        let Some(issuer) = resource
+            .get("authorization_servers")
+            .and_then(|servers| servers.get(0))
+            .and_then(Value::as_str)
+        else {
+            return Err(format!("{at} lists no authorization_servers"));
+        };
+        let issuer_url = http_url(issuer).map_err(|e| format!("{at}: authorization server {e}"))?;
+        let (at, metadata) = self
+            .document(&well_known(
+                &issuer_url,
+                &["oauth-authorization-server", "openid-configuration"],
+                true,
+            ))
+            .await?;
+        // RFC 8414 §3.3: the metadata must be the issuer's own.
+        if metadata
+            .get("issuer")
+            .and_then(Value::as_str)
+            .map(|i| same_uri(i, issuer))
+            != Some(true)
+        {
+            return Err(format!("{at} is not the metadata of issuer {issuer:?}"));
+        }
+        let Some(token_endpoint) = metadata.get("token_endpoint").and_then(Value::as_str) else {
+            return Err(format!("{at} has no token_endpoint"));
+        };
+        let url = http_url(token_endpoint).map_err(|e| format!("{at}: token_endpoint {e}"))?;
+        let methods = metadata
+            .get("token_endpoint_auth_methods_supported")
+            .and_then(Value::as_array)
+            .map(|methods| methods.iter().filter_map(Value::as_str).collect::<Vec<_>>());
+        let auth = match methods {
+            None => ClientAuth::Post,
+            Some(methods) if methods.contains(&"client_secret_post") => ClientAuth::Post,
+            Some(methods) if methods.contains(&"client_secret_basic") => ClientAuth::Basic,
+            Some(methods) => {
+                return Err(format!(
+                    "{at}: the token endpoint takes neither client_secret_post nor \
+                     client_secret_basic (it offers {methods:?})"
+                ))
+            }
+        };
+        Ok(TokenEndpoint { url, auth })
+    }
+
+    /// The first of `urls` that answers a JSON object, and where it is.
+    /// Other answers move on to the next; a network failure ends the search
+    /// (the others are on the same host).
+    async fn document(&self, urls: &[reqwest::Url]) -> Result<(reqwest::Url, Value), String> {
+        let mut answers = Vec::new();
+        for url in urls {
+            let request = self
+                .http
+                .get(url.clone())
+                .header(ACCEPT, "application/json");
+            let (status, body) = send(request, url).await?;
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(document @ Value::Object(_)) if (200..300).contains(&status) => {
+                    return Ok((url.clone(), document))
+                }
+                _ => answers.push(format!(
+                    "{url} answered HTTP {status} without JSON metadata"
+                )),
+            }
+        }
+        Err(answers.join("; "))
+    }
+
+    /// One token request (`grant_type=client_credentials`).
+    async fn request(&self, endpoint: &TokenEndpoint) -> Result<Token, String> {
+        let secret = self.secret()?;
+        let scope = self.oauth.scopes.join(" ");
+        let resource = self.oauth.resource.as_deref().unwrap_or(&self.mcp_url);
+        let mut form = vec![("grant_type", "client_credentials"), ("resource", resource)];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        let mut request = self
+            .http
+            .post(endpoint.url.clone())
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        match endpoint.auth {
+            ClientAuth::Post => {
+                form.push(("client_id", &self.oauth.client_id));
+                form.push(("client_secret", &secret));
+            }
+            // RFC 6749 §2.3.1: both are form-encoded before Basic encoding.
+            ClientAuth::Basic => {
+                request = request.basic_auth(
+                    form_encode(&self.oauth.client_id),
+                    Some(form_encode(&secret)),
+                );
+            }
+        }
+        let body: Vec<String> = form
+            .iter()
+            .map(|(name, value)| format!("{}={}", form_encode(name), form_encode(value)))
+            .collect();
+        let asked = Instant::now();
+        let (status, body) = send(request.body(body.join("&")), &endpoint.url).await?;
+        let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            // RFC 6749 §5.2: `error`, and maybe `error_description`.
+            let said = ["error", "error_description"]
+                .iter()
+                .filter_map(|field| answer.get(field).and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(": ");
+            let said = if said.is_empty() {
+                String::new()
+            } else {
+                format!(" ({said})")
+            };
+            // A server could echo what it was sent; the secret stays out.
+            let said = said.replace(&secret, "<secret>");
+            return Err(format!(
+                "HTTP {status}{said}; check oauth.client_id, the secret {} points to, and \
+                 oauth.scopes",
+                self.oauth.client_secret
+            ));
+        }
+        let Some(value) = answer.get("access_token").and_then(Value::as_str) else {
+            return Err(format!("HTTP {status} without an access_token"));
+        };
+        let token_type = answer.get("token_type").and_then(Value::as_str);
+        if !token_type.is_some_and(|t| t.eq_ignore_ascii_case("bearer")) {
+            return Err(format!(
+                "the token's type is {token_type:?}, not Bearer (the only kind sent upstream)"
+            ));
+        }
+        if value.is_empty() || HeaderValue::from_str(&format!("Bearer {value}")).is_err() {
+            return Err("the access_token is not a valid header value".into());
+        }
+        // Some servers send the number as a string.
+        let expires_in = match answer.get("expires_in") {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        };
+        let refresh_at = expires_in.map(|seconds| {
+            let lifetime = Duration::from_secs(seconds).min(MAX_LIFETIME);
+            asked + lifetime - REFRESH_MARGIN.min(lifetime / 2)
+        });
+        Ok(Token {
+            value: value.to_string(),
+            refresh_at,
+        })
+    }
+
+    /// The client secret, read where `client_secret` says, at each token
+    /// request (a rotated secret is picked up by the next one).
+    fn secret(&self) -> Result<String, String> {
+        let reference = &self.oauth.client_secret;
+        let secret = match EnvValue::of(reference) {
+            EnvValue::Variable(var) => std::env::var(var).map_err(|_| {
+                format!(
+                    "oauth.client_secret is {reference}, but {var} is not set (or not UTF-8) in \
+                     this node's environment; set it where Switchboard starts"
+                )
+            }),
+            EnvValue::File(path) => {
+                let mut text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("oauth.client_secret: cannot read {reference:?}: {e}"))?;
+                let kept = text.trim_end_matches(['\n', '\r']).len();
+                text.truncate(kept);
+                Ok(text)
+            }
+            // Registration refuses these; a record from elsewhere is not trusted.
+            EnvValue::Literal(_) => {
+                Err("oauth.client_secret is not a reference (\"${VAR}\" or \"file:PATH\")".into())
+            }
+        }?;
+        // An empty secret is a missing one (and would garble the scrubbing
+        // of error texts).
+        if secret.is_empty() {
+            return Err(format!(
+                "oauth.client_secret: {reference} is empty on this node"
+            ));
+        }
+        Ok(secret)
+    }
+}
+
+/// Sends `request` to `url` under the node's address policy, with a time
+/// bound, and reads at most [`MAX_BODY_BYTES`] of the answer.
+async fn send(
+    request: reqwest::RequestBuilder,
+    url: &reqwest::Url,
+) -> Result<(u16, Vec<u8>), String> {
+    NetworkPolicy::current()
+        .check_url(url)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let mut response = request
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("{url}: {}", error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(format!("{url} answered more than {MAX_BODY_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body))
+}
+
+/// `text` as an `http://` or `https://` URL.
+fn http_url(text: &str) -> Result<reqwest::Url, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Ok(url),
+        _ => Err(format!("{text:?} is not an http:// or https:// URL")),
+    }
+}
+
+/// The well-known URLs of `url` for each of `names`, in the order to try
+/// them: the name inserted before the path (RFC 8414 §3.1, RFC 9728 §3.1),
+/// then the bare one at the root (for a resource) or appended to the path
+/// (OpenID Connect discovery, for an issuer with a path).
+fn well_known(url: &reqwest::Url, names: &[&str], issuer: bool) -> Vec<reqwest::Url> {
+    let path = url.path().trim_end_matches('/');
+    let at = |path: String| {
+        let mut url = url.clone();
+        url.set_path(&path);
+        url.set_query(None);
+        url.set_fragment(None);
+        url
+    };
+    let mut urls: Vec<reqwest::Url> = names
+        .iter()
+        .map(|name| at(format!("/.well-known/{name}{path}")))
+        .collect();
+    if !path.is_empty() {
+        if issuer {
+            urls.push(at(format!("{path}/.well-known/openid-configuration")));
+        } else {
+            urls.extend(names.iter().map(|name| at(format!("/.well-known/{name}"))));
+        }
+    }
+    urls
+}
+
+/// Whether two URIs name the same thing, a trailing `/` aside (a URL
+/// parser adds one to a bare host).
+fn same_uri(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// `application/x-www-form-urlencoded` encoding of one name or value.
+fn form_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                encoded.push(byte as char)
+            }
+            b' ' => encoded.push('+'),
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    encoded
+}
+
+/// The streamable-HTTP client of an MCP agent with OAuth: each request
+/// carries the current token (the `auth_token` the transport passes is
+/// ignored: it has none to give), and a 401 drops that token and retries
+/// once with a new one, so a token revoked or expired early costs the
+/// caller nothing.
+#[derive(Clone)]
+pub(crate) struct OAuthHttp {
+    pub(crate) http: reqwest::Client,
+    pub(crate) tokens: Arc<Tokens>,
+}
+
+type HttpError = StreamableHttpError<reqwest::Error>;
+
+impl OAuthHttp {
+    async fn authorized<T, F, Fut>(&self, call: F) -> Result<T, HttpError>
+    where
+        F: Fn(Option<String>) -> Fut,
+        Fut: Future<Output = Result<T, HttpError>>,
+    {
+        let token = self.tokens.token().await.map_err(no_token)?;
+        match call(Some(token.clone())).await {
+            Err(error) if is_unauthorized(&error) => {
+                self.tokens.reject(&token).await;
+                let fresh = self.tokens.token().await.map_err(no_token)?;
+                if fresh == token {
+                    return Err(error);
+                }
+                call(Some(fresh)).await
+            }
+            result => result,
+        }
+    }
+}
+
+/// A token that could not be had, as the transport reports errors.
+fn no_token(message: String) -> HttpError {
+    StreamableHttpError::Io(std::io::Error::other(message))
+}
+
+/// Whether the upstream answered 401, with a challenge or without: the
+/// SDK reports a POST's 401 without `WWW-Authenticate` only as the text
+/// `HTTP 401 Unauthorized: …`, a GET's or DELETE's as reqwest's status error.
+fn is_unauthorized(error: &HttpError) -> bool {
+    match error {
+        StreamableHttpError::AuthRequired(_) => true,
+        StreamableHttpError::Client(e) => e.status() == Some(reqwest::StatusCode::UNAUTHORIZED),
+        StreamableHttpError::UnexpectedServerResponse(text) => text.starts_with("HTTP 401 "),
+        _ => false,
+    }
+}
+
+impl StreamableHttpClient for OAuthHttp {
+    type Error = reqwest::Error;
+
+    async fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        _auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<StreamableHttpPostResponse, HttpError> {
+        self.authorized(|token| {
+            self.http.post_message(
+                uri.clone(),
+                message.clone(),
+                session_id.clone(),
+                token,
+                custom_headers.clone(),
+            )
+        })
+        .await
+    }
+
+    async fn post_message_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        _auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> Result<StreamableHttpPostResponse, HttpError> {
+        self.authorized(|token| {
+            self.http.post_message_with_max_sse_event_size(
+                uri.clone(),
+                message.clone(),
+                session_id.clone(),
+                token,
+                custom_headers.clone(),
+                max_sse_event_size,
+            )
+        })
+        .await
+    }
+
+    async fn post_message_with_response_limits(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        _auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        limits: StreamableHttpResponseLimits,
+    ) -> Result<StreamableHttpPostResponse, HttpError> {
+        self.authorized(|token| {
+            self.http.post_message_with_response_limits(
+                uri.clone(),
+                message.clone(),
+                session_id.clone(),
+                token,
+                custom_headers.clone(),
+                limits,
+            )
+        })
+        .await
+    }
+
+    async fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        _auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<(), HttpError> {
+        self.authorized(|token| {
+            self.http.delete_session(
+                uri.clone(),
+                session_id.clone(),
+                token,
+                custom_headers.clone(),
+            )
+        })
+        .await
+    }
+
+    async fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        _auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<BoxedSseResponse, HttpError> {
+        self.authorized(|token| {
+            self.http.get_stream(
+                uri.clone(),
+                session_id.clone(),
+                last_event_id.clone(),
+                token,
+                custom_headers.clone(),
+            )
+        })
+        .await
+    }
+
+    async fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        _auth_token: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> Result<BoxedSseResponse, HttpError> {
+        self.authorized(|token| {
+            self.http.get_stream_with_max_sse_event_size(
+                uri.clone(),
+                session_id.clone(),
+                last_event_id.clone(),
+                token,
+                custom_headers.clone(),
+                max_sse_event_size,
+            )
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_known_urls_are_tried_in_the_specifications_order() {
+        let strings = |urls: Vec<reqwest::Url>| -> Vec<String> {
+            urls.into_iter().map(|u| u.to_string()).collect()
+        };
+        let mcp = reqwest::Url::parse("https://files.example/mcp?x=1").unwrap();
+        assert_eq!(
+            strings(well_known(&mcp, &["oauth-protected-resource"], false)),
+            [
+                "https://files.example/.well-known/oauth-protected-resource/mcp",
+                "https://files.example/.well-known/oauth-protected-resource",
+            ]
+        );
+        let names = ["oauth-authorization-server", "openid-configuration"];
+        let issuer = reqwest::Url::parse("https://auth.example/tenant1").unwrap();
+        assert_eq!(
+            strings(well_known(&issuer, &names, true)),
+            [
+                "https://auth.example/.well-known/oauth-authorization-server/tenant1",
+                "https://auth.example/.well-known/openid-configuration/tenant1",
+                "https://auth.example/tenant1/.well-known/openid-configuration",
+            ]
+        );
+        let root = reqwest::Url::parse("https://auth.example").unwrap();
+        assert_eq!(
+            strings(well_known(&root, &names, true)),
+            [
+                "https://auth.example/.well-known/oauth-authorization-server",
+                "https://auth.example/.well-known/openid-configuration",
+            ]
+        );
+    }
+
+    #[test]
+    fn form_values_are_encoded() {
+        assert_eq!(form_encode("a b+c/d=é"), "a+b%2Bc%2Fd%3D%C3%A9");
+        assert_eq!(form_encode("read:files-1._*"), "read%3Afiles-1._*");
+    }
+}

@@ -8,58 +8,12 @@ mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use common::etcd::{log_file, within, Proc};
 use common::{free_port, Behaviour, TestAgent};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    /// Sends the signal named `name` (`TERM`, `STOP`, `CONT`).
-    fn signal(&self, name: &str) {
-        let pid = self.0.id().to_string();
-        let sent = Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{name} {pid}");
-    }
-
-    /// Sends SIGTERM and waits (at most `limit`) for the process to exit.
-    fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
-        self.signal("TERM");
-        self.wait_exit(limit)
-    }
-
-    /// Waits (at most `limit`) for the process to exit on its own.
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "the process did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 struct Node {
     process: Proc,
@@ -128,30 +82,6 @@ fn etcd_binary() -> &'static str {
         "the `etcd` binary is not installed; run scripts/install-deps (Debian's etcd-server)"
     );
     "etcd"
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, failing after `limit`.
-async fn within<T, F: std::future::Future<Output = Option<T>>>(
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn log_file(dir: &Path, name: &str) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap()
 }
 
 impl Cluster {
@@ -1144,7 +1074,7 @@ async fn a_node_starts_without_etcd_only_from_its_snapshot_and_joins_later() {
     }
     // Without the flag: no start, and the error says what to do.
     let mut refused = cluster.spawn_node(3).process;
-    let exit = refused.wait_exit(Duration::from_secs(20));
+    let exit = refused.exit_status(Duration::from_secs(20));
     assert!(!exit.success());
     let log = cluster.node_log(3);
     assert!(log.contains("--cluster-etcd"), "{log}");

@@ -2010,13 +2010,13 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
 
 fn oauth_agent(url: &str, client_secret: String, token_url: Option<String>) -> AgentConfig {
     let mut mcp = McpServer::http(url);
-    mcp.oauth = Some(UpstreamOAuth {
+    mcp.oauth = Some(Box::new(UpstreamOAuth {
         client_id: "switchboard".into(),
         client_secret,
         scopes: vec!["files:read".into(), "files:write".into()],
         token_url,
         ..UpstreamOAuth::default()
-    });
+    }));
     AgentConfig::new()
         .with_tools(vec![ToolCategory::Search])
         .with_mcp_server(mcp)

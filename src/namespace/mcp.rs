@@ -191,7 +191,7 @@ pub struct McpServer {
     /// obtained from its authorization server, sent as `Authorization:
     /// Bearer` with every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oauth: Option<UpstreamOAuth>,
+    pub oauth: Option<Box<UpstreamOAuth>>,
 }
 
 /// OAuth 2.0 client credentials (RFC 6749 §4.4) toward a `url` MCP server.
@@ -697,7 +697,7 @@ mod tests {
             ..UpstreamOAuth::default()
         };
         let mut server = McpServer::http("http://127.0.0.1:1/mcp");
-        server.oauth = Some(oauth.clone());
+        server.oauth = Some(Box::new(oauth.clone()));
         assert!(server.validate(&[ToolCategory::Code]).is_ok());
         let refused = |change: &dyn Fn(&mut McpServer)| {
             let mut server = server.clone();

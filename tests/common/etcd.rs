@@ -15,12 +15,33 @@ pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.kill();
     }
 }
 
 impl Proc {
+    /// Kills (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Sends the signal named `name` (`TERM`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// Sends SIGTERM and waits (at most `limit`) for the process to exit.
+    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.exit_status(limit)
+    }
+
     /// Waits (at most `limit`) for the process to exit on its own.
     pub fn exit_status(&mut self, limit: Duration) -> std::process::ExitStatus {
         let start = Instant::now();

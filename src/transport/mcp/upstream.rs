@@ -222,7 +222,7 @@ impl Upstream {
             (Some(url), Some(oauth)) => Some(Arc::new(Tokens::new(
                 agent_id.clone(),
                 url.clone(),
-                oauth.clone(),
+                (**oauth).clone(),
                 http.clone(),
             ))),
             _ => None,

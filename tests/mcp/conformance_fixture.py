@@ -1,0 +1,96 @@
+"""The tools the MCP conformance suite's server scenarios call, served by the
+`mcp` SDK's MCPServer on streamable HTTP: scripts/mcp-test registers it as a
+Switchboard MCP agent and runs the suite against Switchboard's /mcp, so a
+scenario passes only if Switchboard relays what this server answers.
+
+`PORT` is the port to serve http://127.0.0.1:PORT/mcp on.
+"""
+
+import base64
+import sys
+
+from mcp.server.mcpserver import MCPServer
+from mcp.types import (
+    AudioContent,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+)
+
+server = MCPServer("conformance-fixture")
+
+# A 1x1 transparent PNG and a silent WAV header: real media, a few bytes.
+PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c63000100000500010d0a2db40000000049454e44ae426082"
+    )
+).decode()
+WAV = base64.b64encode(
+    b"RIFF" + (36).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+    + (1).to_bytes(2, "little") + (1).to_bytes(2, "little")
+    + (8000).to_bytes(4, "little") + (8000).to_bytes(4, "little")
+    + (1).to_bytes(2, "little") + (8).to_bytes(2, "little")
+    + b"data" + (0).to_bytes(4, "little")
+).decode()
+
+
+@server.tool(structured_output=False)
+def test_simple_text():
+    """Returns one text block."""
+    return [TextContent(type="text", text="This is a simple text response for testing.")]
+
+
+@server.tool(structured_output=False)
+def test_image_content():
+    """Returns one PNG image."""
+    return [ImageContent(type="image", data=PNG, mimeType="image/png")]
+
+
+@server.tool(structured_output=False)
+def test_audio_content():
+    """Returns one WAV clip."""
+    return [AudioContent(type="audio", data=WAV, mimeType="audio/wav")]
+
+
+@server.tool(structured_output=False)
+def test_embedded_resource():
+    """Returns one embedded text resource."""
+    return [
+        EmbeddedResource(
+            type="resource",
+            resource=TextResourceContents(
+                uri="test://embedded-resource",
+                mimeType="text/plain",
+                text="This is an embedded resource content.",
+            ),
+        )
+    ]
+
+
+@server.tool(structured_output=False)
+def test_multiple_content_types():
+    """Returns text, an image and an embedded resource."""
+    return [
+        TextContent(type="text", text="Multiple content types test:"),
+        ImageContent(type="image", data=PNG, mimeType="image/png"),
+        EmbeddedResource(
+            type="resource",
+            resource=TextResourceContents(
+                uri="test://mixed-content-resource",
+                mimeType="application/json",
+                text='{"test":"data","value":123}',
+            ),
+        ),
+    ]
+
+
+@server.tool(structured_output=False)
+def test_error_handling():
+    """Always fails."""
+    raise ValueError("This tool intentionally returns an error for testing")
+
+
+if __name__ == "__main__":
+    server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]))

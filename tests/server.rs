@@ -192,6 +192,17 @@ impl Server {
         .await
     }
 
+    /// Registering an agent at each of `endpoints` is refused (400) by the
+    /// network policy.
+    async fn refuses_by_network_policy(&self, endpoints: &[&str]) {
+        for endpoint in endpoints {
+            let (status, body) = self.register("refused", endpoint).await;
+            assert_eq!(status, 400, "{endpoint}: {body}");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("network policy"), "{endpoint}: {body}");
+        }
+    }
+
     async fn invoke(&self) -> (u16, Value) {
         self.send(
             reqwest::Method::POST,
@@ -841,23 +852,15 @@ async fn agent_redirects_are_not_followed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn link_local_and_metadata_addresses_are_refused_at_registration() {
     let server = Server::start("").await;
-    for endpoint in [
-        "http://169.254.169.254/latest/meta-data",
-        "http://169.254.1.1:8080/invoke",
-        "http://[fe80::1]/invoke",
-        "http://[::ffff:169.254.169.254]/invoke",
-        "http://100.100.100.200/invoke",
-    ] {
-        let (status, body) = server.register("meta", endpoint).await;
-        assert_eq!(status, 400, "{endpoint}: {body}");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("network policy"),
-            "{body}"
-        );
-    }
+    server
+        .refuses_by_network_policy(&[
+            "http://169.254.169.254/latest/meta-data",
+            "http://169.254.1.1:8080/invoke",
+            "http://[fe80::1]/invoke",
+            "http://[::ffff:169.254.169.254]/invoke",
+            "http://100.100.100.200/invoke",
+        ])
+        .await;
     let (status, body) = server
         .send(
             reqwest::Method::PUT,
@@ -1474,25 +1477,17 @@ async fn mcp_tool_calls_share_the_in_flight_invoke_cap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn aliases_of_denied_addresses_are_refused_at_registration() {
     let server = Server::start("[network]\ndeny = [\"127.0.0.0/8\", \"::1/128\"]\n").await;
-    for endpoint in [
-        "http://0.0.0.0:9/invoke",
-        "http://[::]:9/invoke",
-        "http://[::ffff:0.0.0.0]:9/invoke",
-        "http://[64:ff9b::7f00:1]:9/invoke",
-        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
-        "http://[::a9fe:a9fe]/latest/meta-data",
-        "http://[64:ff9b::6464:64c8]/invoke",
-    ] {
-        let (status, body) = server.register("alias", endpoint).await;
-        assert_eq!(status, 400, "{endpoint}: {body}");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("network policy"),
-            "{body}"
-        );
-    }
+    server
+        .refuses_by_network_policy(&[
+            "http://0.0.0.0:9/invoke",
+            "http://[::]:9/invoke",
+            "http://[::ffff:0.0.0.0]:9/invoke",
+            "http://[64:ff9b::7f00:1]:9/invoke",
+            "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+            "http://[::a9fe:a9fe]/latest/meta-data",
+            "http://[64:ff9b::6464:64c8]/invoke",
+        ])
+        .await;
     let (status, body) = server.register("remote", "http://192.0.2.1:9/invoke").await;
     assert_eq!(status, 200, "{body}");
 }

@@ -182,6 +182,7 @@ impl TokenStore {
     /// `create_token` with `source` = `cluster`; a revocation is bookkeeping
     /// no hook can refuse, since refusing it would keep a revoked token
     /// working.
+    #[cfg(feature = "cluster")]
     pub(crate) fn apply_shared(&self, record: &TokenRecord) -> Result<bool> {
         validate_id("token id", &record.token_id)?;
         let local = self.get(&record.token_id)?;
@@ -207,6 +208,7 @@ impl TokenStore {
     /// Revokes `token_id` as bookkeeping (no hook can refuse it): the
     /// cluster no longer holds it, or it could not be published when issued.
     /// The revoked record, if the token is known here.
+    #[cfg(feature = "cluster")]
     pub(crate) fn revoke_unconditionally(&self, token_id: &str) -> Result<Option<TokenRecord>> {
         let Some(mut record) = self.get(token_id)? else {
             return Ok(None);

@@ -65,7 +65,10 @@ pub async fn serve(
     config.apply_policy(&PolicyEngine::new(&db))?;
     let dispatcher = ToolDispatcher::try_new(db)?;
     // Before `[[agents]]`: they are published to the cluster like any registration.
+    #[cfg(feature = "cluster")]
     let cluster = join_cluster(&config, &dispatcher, tls.is_some()).await?;
+    #[cfg(not(feature = "cluster"))]
+    join_cluster(&config, &dispatcher, tls.is_some()).await?;
     #[cfg(feature = "cluster")]
     let leaving = cluster.clone();
     config.register_agents(&dispatcher)?;
@@ -89,8 +92,6 @@ pub async fn serve(
     if let Some(cluster) = cluster {
         state = state.with_cluster(cluster);
     }
-    #[cfg(not(feature = "cluster"))]
-    let () = cluster;
     let jwks = match jwt.as_ref().and_then(|j| j.remote_keys()) {
         Some(keys) => Some(super::jwks::spawn(keys)?),
         None => None,

@@ -3,7 +3,7 @@
 //! the per-attempt layers (transport), and asks `decide` what comes next.
 
 use super::decide::{after_attempt, Step};
-use super::record::Record;
+use super::record::{Outcome, Record};
 use super::{route, Inner, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::{
@@ -286,10 +286,12 @@ impl<'a> Call<'a> {
     async fn write_outcome(&mut self, status: DispatchStatus, error: Option<String>) -> Result<()> {
         let ctx = self.outcome_context();
         let db = &self.dispatcher.inner.db;
-        let elapsed = self.started.elapsed();
-        self.record
-            .write_outcome(db, &ctx, status, error, elapsed)
-            .await
+        let outcome = Outcome {
+            status,
+            error,
+            elapsed: self.started.elapsed(),
+        };
+        self.record.write_outcome(db, &ctx, outcome).await
     }
 
     /// The outcome's policy context; the record's agent becomes the agent
@@ -373,14 +375,13 @@ impl Drop for Call<'_> {
         }
         let ctx = self.outcome_context();
         let db = &self.dispatcher.inner.db;
+        let outcome = Outcome {
+            status: DispatchStatus::Cancelled,
+            error: Some("the caller dropped the call before it finished".into()),
+            elapsed: self.started.elapsed(),
+        };
         for _ in 0..3 {
-            match self.record.write_outcome_on_drop(
-                db,
-                &ctx,
-                DispatchStatus::Cancelled,
-                Some("the caller dropped the call before it finished".into()),
-                self.started.elapsed(),
-            ) {
+            match self.record.write_outcome_on_drop(db, &ctx, outcome.clone()) {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(key = %self.record.key, error = %e, "could not mark a dropped call cancelled")

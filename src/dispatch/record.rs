@@ -22,6 +22,15 @@ pub(super) struct Record {
     pub(super) finished: bool,
 }
 
+/// How a call ended, as its record keeps it.
+#[derive(Clone, Debug)]
+pub(super) struct Outcome {
+    pub(super) status: DispatchStatus,
+    pub(super) error: Option<String>,
+    /// From the call's start to its end.
+    pub(super) elapsed: Duration,
+}
+
 impl Record {
     pub(super) fn new(value: DispatchRecord) -> Self {
         Record {
@@ -130,11 +139,9 @@ impl Record {
         &mut self,
         db: &Database,
         ctx: &PolicyContext,
-        status: DispatchStatus,
-        error: Option<String>,
-        elapsed: Duration,
+        outcome: Outcome,
     ) -> Result<()> {
-        let Some(tx) = self.outcome(db, ctx, status, error, elapsed)? else {
+        let Some(tx) = self.outcome(db, ctx, outcome)? else {
             return Ok(());
         };
         // Once queued, the outcome lands even if the call is dropped while
@@ -151,11 +158,9 @@ impl Record {
         &mut self,
         db: &Database,
         ctx: &PolicyContext,
-        status: DispatchStatus,
-        error: Option<String>,
-        elapsed: Duration,
+        outcome: Outcome,
     ) -> Result<()> {
-        let Some(tx) = self.outcome(db, ctx, status, error, elapsed)? else {
+        let Some(tx) = self.outcome(db, ctx, outcome)? else {
             return Ok(());
         };
         tx.commit_bookkeeping_behind_queue()?;
@@ -168,17 +173,15 @@ impl Record {
         &mut self,
         db: &Database,
         ctx: &PolicyContext,
-        status: DispatchStatus,
-        error: Option<String>,
-        elapsed: Duration,
+        outcome: Outcome,
     ) -> Result<Option<Transaction>> {
         if !self.written || self.finished {
             return Ok(None);
         }
-        self.value.status = status;
-        self.value.error = error;
+        self.value.status = outcome.status;
+        self.value.error = outcome.error;
         self.value.finished_at_ms = Some(now_ms());
-        self.value.latency_ms = Some(elapsed.as_secs_f64() * 1000.0);
+        self.value.latency_ms = Some(outcome.elapsed.as_secs_f64() * 1000.0);
         let bytes = self.bytes()?;
         let mut tx = db.owner_transaction();
         tx.put_with(&self.key, &bytes, ctx)?;

@@ -23,6 +23,17 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// What a `file:PATH` secret reference (a stdio server's `env`, a url
+/// server's `headers`, an OAuth client secret) reads as on this node: the
+/// file's contents without a trailing newline, read at each use so a
+/// rotated secret is picked up.
+pub(super) fn read_secret_file(path: &str) -> std::io::Result<String> {
+    let mut text = std::fs::read_to_string(path)?;
+    let kept = text.trim_end_matches(['\n', '\r']).len();
+    text.truncate(kept);
+    Ok(text)
+}
+
 /// The most pages one `tools/list` discovery reads.
 pub const MAX_TOOL_PAGES: usize = 100;
 /// The most tools one MCP agent may list; the rest are ignored (logged).

@@ -321,13 +321,8 @@ impl Tokens {
                      this node's environment; set it where Switchboard starts"
                 )
             }),
-            EnvValue::File(path) => {
-                let mut text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("oauth.client_secret: cannot read {reference:?}: {e}"))?;
-                let kept = text.trim_end_matches(['\n', '\r']).len();
-                text.truncate(kept);
-                Ok(text)
-            }
+            EnvValue::File(path) => super::read_secret_file(path)
+                .map_err(|e| format!("oauth.client_secret: cannot read {reference:?}: {e}")),
             // Registration refuses these; a record from elsewhere is not trusted.
             EnvValue::Literal(_) => {
                 Err("oauth.client_secret is not a reference (\"${VAR}\" or \"file:PATH\")".into())

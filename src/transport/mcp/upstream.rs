@@ -629,14 +629,9 @@ fn resolve_env(command: &McpCommand) -> Result<Vec<(String, String)>, String> {
             let resolved = match EnvValue::of(value) {
                 EnvValue::Literal(REDACTED_ENV) => return Err(arrived_redacted(name)),
                 EnvValue::Literal(literal) => literal.to_string(),
-                EnvValue::File(path) => {
-                    let mut text = std::fs::read_to_string(path).map_err(|e| {
-                        format!("env {name} of the stdio MCP server: cannot read {value:?}: {e}")
-                    })?;
-                    let kept = text.trim_end_matches(['\n', '\r']).len();
-                    text.truncate(kept);
-                    text
-                }
+                EnvValue::File(path) => super::read_secret_file(path).map_err(|e| {
+                    format!("env {name} of the stdio MCP server: cannot read {value:?}: {e}")
+                })?,
                 EnvValue::Variable(var) => std::env::var(var).map_err(|_| {
                     format!(
                         "env {name} of the stdio MCP server is {value}, but {var} is not set (or \
@@ -660,14 +655,9 @@ fn resolve_headers(server: &McpServer) -> Result<HashMap<HeaderName, HeaderValue
         .map(|(name, value)| {
             let source = HeaderSource::of(name, value).map_err(|e| e.to_string())?;
             let text = match source {
-                HeaderSource::File(path) => {
-                    let mut text = std::fs::read_to_string(path).map_err(|e| {
-                        format!("header {name} of the MCP server: cannot read {value:?}: {e}")
-                    })?;
-                    let kept = text.trim_end_matches(['\n', '\r']).len();
-                    text.truncate(kept);
-                    text
-                }
+                HeaderSource::File(path) => super::read_secret_file(path).map_err(|e| {
+                    format!("header {name} of the MCP server: cannot read {value:?}: {e}")
+                })?,
                 HeaderSource::Template(parts) => {
                     let mut text = String::new();
                     for part in parts {

@@ -106,6 +106,27 @@ static TRUSTED: LazyLock<Pki> = LazyLock::new(|| {
 /// A CA nobody trusts.
 static UNTRUSTED: LazyLock<Pki> = LazyLock::new(|| Pki::generate("untrusted"));
 
+/// Serves `app` over TLS on `listener` until the task is aborted.
+fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                    .await;
+            });
+        }
+    })
+}
+
 /// An HTTPS agent on 127.0.0.1 presenting `pki`'s certificate: `POST /invoke`
 /// echoes, `GET /health` answers 200 and is counted.
 struct HttpsAgent {
@@ -140,19 +161,7 @@ impl HttpsAgent {
                 }),
             )
             .with_state(probes.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
-                        .await;
-                });
-            }
-        });
+        let task = serve_tls(listener, acceptor, app);
         HttpsAgent {
             port,
             invokes,
@@ -504,19 +513,7 @@ impl JwksServer {
                 }
             }),
         );
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
-                        .await;
-                });
-            }
-        });
+        let task = serve_tls(listener, acceptor, app);
         JwksServer {
             port,
             keys,

@@ -113,11 +113,11 @@ pub use policy::{Principal, Scope};
 pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDispatcher};
 // What dispatch records keep of a call's arguments and output.
 pub use dispatch::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
-// MCP agents: the tools discovered on them and how they are named.
+// MCP agents: the tools, prompts and resources discovered on them and how they are named.
 pub use dispatch::{schema_hash, DiscoveredTool, DEFAULT_DISCOVERY_TTL};
 pub use namespace::{
-    mcp_tool_key, CategoryRule, McpCommand, McpServer, McpSpec, McpToolRecord, PrefixMode,
-    UpstreamOAuth,
+    mcp_prompt_key, mcp_resource_key, mcp_tool_key, CategoryRule, McpCommand, McpOfferKind,
+    McpOfferRecord, McpServer, McpSpec, McpToolRecord, PrefixMode, UpstreamOAuth,
 };
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::{TlsTrust, ToolError};

@@ -9,7 +9,7 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
     PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
 };
-use rmcp::service::{RequestContext, ServiceExt};
+use rmcp::service::{ClientServiceExt, RequestContext, ServiceExt};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -44,6 +44,12 @@ struct Upstream {
     lists: Arc<AtomicUsize>,
     /// While true, `tools/list` is not answered.
     lists_blocked: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The argument its `summarize` prompt takes (replicas agree on it).
+    prompt_argument: &'static str,
+    /// Resource URIs a client subscribed to here.
+    subscribed: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Each call of `touch`, for the `subscriptions/listen` streams open here.
+    touches: Arc<tokio::sync::broadcast::Sender<()>>,
 }
 
 fn schema(property: &str, kind: &str) -> Value {
@@ -75,6 +81,9 @@ impl Upstream {
             hangs: true,
             lists: Arc::default(),
             lists_blocked: Arc::new(tokio::sync::watch::channel(false).0),
+            prompt_argument: "text",
+            subscribed: Arc::default(),
+            touches: Arc::new(tokio::sync::broadcast::channel(16).0),
         }
     }
 
@@ -97,10 +106,159 @@ impl ServerHandler for Upstream {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
+                .enable_completions()
+                .enable_prompts()
+                .enable_resources()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_resources_subscribe()
                 .build(),
         )
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, McpError> {
+        Ok(serde_json::from_value(json!({"prompts": [{
+            "name": "summarize",
+            "description": "Summarises a text",
+            "arguments": [{"name": self.prompt_argument, "required": true}],
+        }]}))
+        .unwrap())
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, McpError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        let text = format!(
+            "{} summarises {}",
+            self.name, arguments[self.prompt_argument]
+        );
+        Ok(rmcp::model::GetPromptResponse::Complete(
+            serde_json::from_value(json!({"messages": [
+                {"role": "user", "content": {"type": "text", "text": text}},
+                {"role": "user", "content": {"type": "image", "data": "AAAA", "mimeType": "image/png"}},
+            ]}))
+            .unwrap(),
+        ))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, McpError> {
+        Ok(serde_json::from_value(json!({"resources": [
+            {"uri": "test://doc", "name": "doc", "mimeType": "text/plain"},
+            {"uri": "test://secret", "name": "secret", "mimeType": "text/plain"},
+        ]}))
+        .unwrap())
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, McpError> {
+        Ok(serde_json::from_value(json!({"resourceTemplates": [
+            {"uriTemplate": "test://item/{id}", "name": "item"},
+        ]}))
+        .unwrap())
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, McpError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let known = ["test://doc", "test://secret"].contains(&request.uri.as_str())
+            || request.uri.starts_with("test://item/");
+        if !known {
+            return Err(McpError::resource_not_found(request.uri, None));
+        }
+        Ok(rmcp::model::ReadResourceResponse::Complete(
+            serde_json::from_value(json!({"contents": [
+                {"uri": request.uri, "mimeType": "text/plain", "text": format!("{} has {}", self.name, request.uri)},
+                {"uri": request.uri, "mimeType": "application/octet-stream", "blob": "AAEC"},
+            ]}))
+            .unwrap(),
+        ))
+    }
+
+    async fn complete(
+        &self,
+        request: rmcp::model::CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CompleteResult, McpError> {
+        let request = serde_json::to_value(&request).unwrap();
+        let values = json!([format!(
+            "{}-{}",
+            request["ref"]["name"].as_str().unwrap_or("?"),
+            request["argument"]["value"].as_str().unwrap_or("")
+        )]);
+        Ok(serde_json::from_value(json!({"completion": {"values": values}})).unwrap())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    async fn listen(&self, context: rmcp::service::SubscriptionContext) -> Result<(), McpError> {
+        let uris = context
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default();
+        self.subscribed.lock().unwrap().extend(uris.iter().cloned());
+        let mut touches = self.touches.subscribe();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => break,
+                touched = touches.recv() => {
+                    if touched.is_err() {
+                        break;
+                    }
+                    if uris.iter().any(|u| u == "test://doc") {
+                        let _ = context.sink().notify_resource_updated("test://doc").await;
+                    }
+                }
+            }
+        }
+        let mut subscribed = self.subscribed.lock().unwrap();
+        for uri in &uris {
+            subscribed.remove(uri);
+        }
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.subscribed.lock().unwrap().insert(request.uri);
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.subscribed.lock().unwrap().remove(&request.uri);
+        Ok(())
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
@@ -192,6 +350,21 @@ impl ServerHandler for Upstream {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 CallToolResult::structured(json!({"server": self.name, "session": session}))
+            }
+            "touch" => {
+                // 2026-07-28 delivers updates on `subscriptions/listen`
+                // streams; the older revisions to the subscribed session.
+                if self.legacy {
+                    let _ = context
+                        .peer
+                        .notify_resource_updated(
+                            rmcp::model::ResourceUpdatedNotificationParam::new("test://doc"),
+                        )
+                        .await;
+                } else {
+                    let _ = self.touches.send(());
+                }
+                CallToolResult::structured(json!({"server": self.name}))
             }
             "add_tool" => {
                 self.tools.lock().unwrap().push((
@@ -1000,10 +1173,12 @@ async fn declared_tools_route_and_registrations_are_checked() {
     assert_eq!(r.agent_id, "a");
 }
 
-/// Receives `notifications/tools/list_changed` as an MCP client.
+/// Receives `notifications/tools/list_changed` and
+/// `notifications/resources/updated` as an MCP client.
 #[derive(Clone, Default)]
 struct Listener {
     changes: Arc<AtomicUsize>,
+    updates: Arc<AtomicUsize>,
 }
 
 impl rmcp::ClientHandler for Listener {
@@ -1012,6 +1187,14 @@ impl rmcp::ClientHandler for Listener {
         _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
     ) {
         self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn on_resource_updated(
+        &self,
+        _params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.updates.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -2200,7 +2383,9 @@ async fn oauth_errors_name_the_endpoint_not_the_secret_and_token_url_skips_disco
     protected.issuer.revoke_all();
     let again = call_in(&d, "headers", None).await;
     assert_ne!(again["authorization"], out["authorization"]);
-    assert_eq!(protected.issuer.refusals.load(Ordering::SeqCst), 1);
+    // The call met the revoked token once; a re-listing of the agent's
+    // tools (its server asks for a TTL of 0, so every second) may have too.
+    assert!(protected.issuer.refusals.load(Ordering::SeqCst) >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2239,4 +2424,242 @@ async fn oauth_uses_http_basic_when_the_server_offers_only_that() {
         "{out}"
     );
     assert_eq!(protected.issuer.requests(), 1);
+}
+
+/// An MCP client of `url` with `listener` as its handler: the latest
+/// revision, or with `legacy` an `initialize` session of the 2025 revisions.
+async fn connect(
+    url: &str,
+    listener: Listener,
+    legacy: bool,
+) -> rmcp::service::RunningService<rmcp::RoleClient, Listener> {
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url);
+    let lifecycle = if legacy {
+        rmcp::service::ClientLifecycleMode::Initialize
+    } else {
+        rmcp::service::ClientLifecycleMode::Auto {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            legacy_version: None,
+        }
+    };
+    let client = listener
+        .serve_with_lifecycle(transport, lifecycle)
+        .await
+        .unwrap();
+    let version = client.peer().peer_info().unwrap().protocol_version.clone();
+    assert_eq!(
+        version == ProtocolVersion::V_2026_07_28,
+        !legacy,
+        "{version:?}"
+    );
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_and_resources_are_relayed_balanced_judged_and_recorded() {
+    let (_dir, db) = temp_db();
+    PolicyEngine::new(&db)
+        .add_rego(
+            "mcp_resources/**",
+            r#"package switchboard
+import rego.v1
+deny contains "not shared" if input.value.name == "test://secret"
+"#,
+        )
+        .unwrap();
+    let d = ToolDispatcher::new(db.clone());
+    let (up_a, up_b) = (Upstream::new("a"), Upstream::new("b"));
+    let mut up_c = Upstream::new("c");
+    up_c.prompt_argument = "topic";
+    let (a, b, c) = (
+        serve(up_a.clone()).await,
+        serve(up_b.clone()).await,
+        serve(up_c.clone()).await,
+    );
+    register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
+    register(&d, "b", mcp_agent(&b.url, ToolCategory::Search)).await;
+    register(&d, "c", mcp_agent(&c.url, ToolCategory::Search)).await;
+    let (url, server) = serve_switchboard(&d).await;
+    let client = connect(&url, Listener::default(), false).await;
+
+    // Replicas a and b list the same `summarize`; c's takes another
+    // argument, so each agent's is prefixed.
+    let mut prompts: Vec<String> = client
+        .list_all_prompts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    prompts.sort();
+    assert_eq!(prompts, ["a_summarize", "b_summarize", "c_summarize"]);
+    let got = client
+        .get_prompt(
+            rmcp::model::GetPromptRequestParams::new("c_summarize")
+                .with_arguments(json!({"topic": "rust"}).as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    let messages = serde_json::to_value(&got.messages).unwrap();
+    assert_eq!(messages[0]["content"]["text"], "c summarises \"rust\"");
+    assert_eq!(
+        messages[1]["content"],
+        json!({"type": "image", "data": "AAAA", "mimeType": "image/png"}),
+        "content other than text is relayed as the agent wrote it"
+    );
+
+    // The refused resource is neither listed nor readable; the others are
+    // one resource served by every replica, balanced.
+    let resources: Vec<String> = client
+        .list_all_resources()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.uri.clone())
+        .collect();
+    assert_eq!(resources, ["test://doc"]);
+    let read = |uri: &str| {
+        client.read_resource(rmcp::model::ReadResourceRequestParams::new(uri.to_string()))
+    };
+    let mut servers = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let contents = serde_json::to_value(read("test://doc").await.unwrap().contents).unwrap();
+        assert_eq!(contents[1]["blob"], "AAEC", "binary contents are relayed");
+        let text = contents[0]["text"].as_str().unwrap().to_string();
+        servers.insert(text.split(' ').next().unwrap().to_string());
+    }
+    assert_eq!(
+        servers.len(),
+        3,
+        "reads are balanced over the replicas: {servers:?}"
+    );
+    assert!(
+        read("test://secret").await.is_err(),
+        "a resource a policy refused at discovery is not read"
+    );
+    assert!(db
+        .get(&switchboard::mcp_resource_key("a", "test://secret"))
+        .unwrap()
+        .is_none());
+    let stored: switchboard::McpOfferRecord = serde_json::from_slice(
+        &db.get(&switchboard::mcp_resource_key("a", "test://doc"))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored.kind, switchboard::McpOfferKind::Resource);
+
+    // A URI no resource lists is read through the template it matches;
+    // one nothing matches is refused.
+    let templates = client.list_all_resource_templates().await.unwrap();
+    assert_eq!(templates[0].uri_template, "test://item/{id}");
+    let item = serde_json::to_value(read("test://item/42").await.unwrap().contents).unwrap();
+    assert!(item[0]["text"]
+        .as_str()
+        .unwrap()
+        .ends_with("has test://item/42"));
+    let unknown = read("test://item/42/more").await.unwrap_err();
+    assert!(
+        unknown.to_string().contains("unknown resource"),
+        "{unknown}"
+    );
+
+    // Completions reach an agent offering the prompt, under its own name.
+    let completion = client
+        .complete(
+            serde_json::from_value(json!({
+                "ref": {"type": "ref/prompt", "name": "c_summarize"},
+                "argument": {"name": "topic", "value": "ru"},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(completion.completion.values, ["summarize-ru"]);
+
+    // Every prompts/get and resources/read is a dispatch in the audit trail.
+    let prompt_gets = common::records(&db, "tools/search/prompt:c_summarize/");
+    assert_eq!(prompt_gets.len(), 1);
+    assert_eq!(prompt_gets[0].agent_id.as_deref(), Some("c"));
+    let doc = format!(
+        "tools/search/resource:{}/",
+        switchboard::namespace::uri_id("test://doc")
+    );
+    assert_eq!(common::records(&db, &doc).len(), 6);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_updates_reach_the_sessions_that_subscribed_and_only_them() {
+    for legacy_upstream in [true, false] {
+        let (_dir, db) = temp_db();
+        let d = ToolDispatcher::new(db.clone());
+        let mut up =
+            Upstream::new("a").with_tool("touch", "Updates test://doc", schema("x", "number"));
+        if legacy_upstream {
+            up = up.legacy();
+        }
+        let a = serve(up.clone()).await;
+        register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
+        let (url, server) = serve_switchboard(&d).await;
+        let (watching, other) = (Listener::default(), Listener::default());
+        let watcher = connect(&url, watching.clone(), true).await;
+        let bystander = connect(&url, other.clone(), true).await;
+
+        #[allow(deprecated)]
+        watcher
+            .subscribe(rmcp::model::SubscribeRequestParams::new("test://doc"))
+            .await
+            .unwrap();
+        eventually(|| up.subscribed.lock().unwrap().contains("test://doc")).await;
+        bystander
+            .call_tool(CallToolRequestParams::new("touch"))
+            .await
+            .unwrap();
+        eventually(|| watching.updates.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(
+            other.updates.load(Ordering::SeqCst),
+            0,
+            "only the subscriber is told"
+        );
+
+        #[allow(deprecated)]
+        watcher
+            .unsubscribe(serde_json::from_value(json!({"uri": "test://doc"})).unwrap())
+            .await
+            .unwrap();
+        eventually(|| up.subscribed.lock().unwrap().is_empty()).await;
+
+        // A 2026-07-28 client asks on `subscriptions/listen` instead.
+        let modern = connect(&url, Listener::default(), false).await;
+        let mut subscription = modern
+            .peer()
+            .listen(
+                rmcp::model::SubscriptionFilter::builder()
+                    .resource_subscription("test://doc")
+                    .build(),
+            )
+            .await
+            .unwrap();
+        eventually(|| up.subscribed.lock().unwrap().contains("test://doc")).await;
+        bystander
+            .call_tool(CallToolRequestParams::new("touch"))
+            .await
+            .unwrap();
+        let update = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("an update within 10 s")
+            .unwrap();
+        assert!(
+            matches!(
+                &update,
+                Some(rmcp::model::ServerNotification::ResourceUpdatedNotification(n))
+                    if n.params.uri == "test://doc"
+            ),
+            "{update:?}"
+        );
+        subscription.cancel().await.unwrap();
+        eventually(|| up.subscribed.lock().unwrap().is_empty()).await;
+        server.abort();
+    }
 }

@@ -17,6 +17,7 @@
 //! serves it as `{agent}_{tool}` (as does every tool of an agent registered
 //! with the `always` prefix mode).
 
+use super::offers::{self, DiscoveredOffer};
 use super::{Inner, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::{
@@ -24,7 +25,7 @@ use crate::namespace::{
     ToolCategory,
 };
 use crate::policy::{keys, OperationKind, PolicyContext};
-use crate::routing::agent::{Agent, ServedTool, ServedTools};
+use crate::routing::agent::{Agent, ServedKind, ServedTool, ServedTools};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::registration::exposed_name;
 use crate::storage::off_worker;
@@ -82,6 +83,8 @@ struct AgentTools {
     uid: u64,
     prefix: PrefixMode,
     tools: Vec<Found>,
+    /// Its prompts, resources and resource templates.
+    offers: Vec<offers::Found>,
 }
 
 /// Discovery state of one dispatcher.
@@ -247,7 +250,26 @@ impl Discovery {
                 });
             }
         };
+        // Prompts and resources are read with the tools; a server that
+        // fails to list them keeps what it offered before (its tools are
+        // still routed).
+        let listed_offers = match upstream
+            .list_offers(MAX_TOOL_PAGES, MAX_TOOLS_PER_AGENT, agent.timeout)
+            .await
+        {
+            Ok(listed) => Some(listed),
+            Err(failure) => {
+                tracing::warn!(agent_id, error = %failure.message(agent.timeout), "listing the MCP agent's prompts and resources failed; keeping what it offered before");
+                None
+            }
+        };
         let found = off_worker(|| self.judge(inner, &agent, &server, listed))?;
+        let found_offers = match listed_offers {
+            Some(listed) => Some(off_worker(|| {
+                offers::judge(inner, &agent, &server, listed)
+            })?),
+            None => None,
+        };
         let changed = {
             let mut agents = self.agents.lock();
             // Removed or replaced while it was listed: its tools are not
@@ -264,16 +286,25 @@ impl Discovery {
                 }
                 return Err(Error::UnknownAgent(agent_id.to_string()));
             }
+            let kept = agents
+                .get(agent_id)
+                .filter(|p| p.uid == agent.uid)
+                .map(|p| p.offers.clone());
             let previous = agents.insert(
                 agent_id.to_string(),
                 AgentTools {
                     uid: agent.uid,
                     prefix: server.prefix,
                     tools: found,
+                    offers: found_offers.or(kept).unwrap_or_default(),
                 },
             );
+            let now = &agents[agent_id];
             previous.is_none_or(|p| {
-                p.uid != agent.uid || p.tools != agents[agent_id].tools || p.prefix != server.prefix
+                p.uid != agent.uid
+                    || p.tools != now.tools
+                    || p.offers != now.offers
+                    || p.prefix != server.prefix
             })
         };
         if changed {
@@ -396,6 +427,7 @@ impl Discovery {
                 hashes.entry(&t.name).or_default().insert(&t.hash);
             }
         }
+        let colliding = offers::colliding_prompts(agents.values().flat_map(|a| &a.offers));
         let mut changed = false;
         for (id, tools) in agents.iter() {
             let Some(live) = inner.registry.live(id) else {
@@ -404,20 +436,23 @@ impl Discovery {
             if live.uid != tools.uid {
                 continue;
             }
-            let served: ServedTools = tools
-                .tools
+            let mut served: ServedTools = tools
+                .offers
                 .iter()
-                .map(|t| {
-                    let collides = hashes.get(t.name.as_str()).is_some_and(|h| h.len() > 1);
-                    (
-                        exposed_name(id, &t.name, collides || tools.prefix == PrefixMode::Always),
-                        ServedTool {
-                            upstream: t.name.clone(),
-                            category: t.category.clone(),
-                        },
-                    )
-                })
+                .map(|o| offers::served(&offers::describe(id, tools.prefix, o, &colliding)))
                 .collect();
+            // A tool keeps its name if an offer's routed name is the same.
+            served.extend(tools.tools.iter().map(|t| {
+                let collides = hashes.get(t.name.as_str()).is_some_and(|h| h.len() > 1);
+                (
+                    exposed_name(id, &t.name, collides || tools.prefix == PrefixMode::Always),
+                    ServedTool {
+                        upstream: t.name.clone(),
+                        category: t.category.clone(),
+                        kind: ServedKind::Tool,
+                    },
+                )
+            }));
             if live.served().as_deref() != Some(&served) {
                 inner.router.set_served(&live, Some(Arc::new(served)));
                 changed = true;
@@ -474,6 +509,27 @@ impl Discovery {
         out
     }
 
+    /// Every prompt, resource and resource template MCP agents offer, by
+    /// agent, then kind and name.
+    pub(crate) fn list_offers(&self) -> Vec<DiscoveredOffer> {
+        let agents = self.agents.lock();
+        let colliding = offers::colliding_prompts(agents.values().flat_map(|a| &a.offers));
+        let mut out: Vec<DiscoveredOffer> = agents
+            .iter()
+            .flat_map(|(id, tools)| {
+                let colliding = &colliding;
+                tools
+                    .offers
+                    .iter()
+                    .map(move |o| offers::describe(id, tools.prefix, o, colliding))
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.agent_id, a.kind as u8, &a.name).cmp(&(&b.agent_id, b.kind as u8, &b.name))
+        });
+        out
+    }
+
     /// Loads the tools stored by an earlier process for the MCP agents now
     /// registered, so they route before they are listed again.
     pub(crate) fn restore(&self, inner: &Inner) -> Result<()> {
@@ -483,7 +539,8 @@ impl Discovery {
                 continue;
             };
             let stored = stored_tools(inner, &agent.id)?;
-            if stored.is_empty() {
+            let stored_offers = offers::restore(inner, &agent)?;
+            if stored.is_empty() && stored_offers.is_empty() {
                 continue;
             }
             let mut tools: Vec<Found> = stored
@@ -499,13 +556,14 @@ impl Discovery {
                 .filter(|t| agent.categories.contains(&t.category))
                 .collect();
             tools.sort_by(|a, b| a.name.cmp(&b.name));
-            restored += tools.len();
+            restored += tools.len() + stored_offers.len();
             self.agents.lock().insert(
                 agent.id.clone(),
                 AgentTools {
                     uid: agent.uid,
                     prefix: server.prefix,
                     tools,
+                    offers: stored_offers,
                 },
             );
         }
@@ -529,8 +587,10 @@ impl Discovery {
         }
     }
 
-    /// Deletes every `mcp_tools/{agent}/…` record of an agent that is gone.
+    /// Deletes every `mcp_tools/{agent}/…` record of an agent that is gone,
+    /// and its prompts' and resources' records.
     fn delete_stored(&self, inner: &Inner, agent_id: &str) {
+        offers::delete_stored(inner, agent_id);
         let stored = stored_tools(inner, agent_id).unwrap_or_default();
         for (name, record) in stored {
             let ctx = discover_context(agent_id, &name, Some(&record.category));

@@ -24,11 +24,13 @@ mod audit;
 mod call;
 mod decide;
 mod discovery;
+mod offers;
 mod record;
 mod recover;
 
 pub use audit::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
 pub use discovery::{schema_hash, DiscoveredTool, DEFAULT_DISCOVERY_TTL};
+pub use offers::DiscoveredOffer;
 pub use recover::recover_interrupted;
 
 use crate::error::{Error, Result};
@@ -252,6 +254,12 @@ impl ToolDispatcher {
     /// Every tool MCP agents serve by name, by agent then name.
     pub fn discovered_tools(&self) -> Vec<DiscoveredTool> {
         self.inner.discovery.list()
+    }
+
+    /// Every prompt, resource and resource template MCP agents offer, by
+    /// agent, then kind and name.
+    pub fn discovered_offers(&self) -> Vec<DiscoveredOffer> {
+        self.inner.discovery.list_offers()
     }
 
     /// Changes whenever the routed tools may have changed: a registration,

@@ -169,7 +169,10 @@ impl Catalog {
     /// The ids of the agents `reader` may see: one scan of `agents/`
     /// through the read policies (a read Deny on `agents/{id}` hides that
     /// agent); `None` (every agent) where no read hook or read limit exists.
-    fn visible_agent_ids(&self, reader: Option<&PolicyContext>) -> Option<HashSet<String>> {
+    pub(super) fn visible_agent_ids(
+        &self,
+        reader: Option<&PolicyContext>,
+    ) -> Option<HashSet<String>> {
         let reader = reader?;
         let db = self.dispatcher.database();
         if !db.judges_reads() {
@@ -303,17 +306,27 @@ pub fn page(
     all: Vec<CatalogTool>,
     cursor: Option<&str>,
 ) -> Result<(Vec<CatalogTool>, Option<String>), String> {
+    page_by(all, |t| &t.name, cursor)
+}
+
+/// One page of `all` (sorted by `name`) after `cursor`, and the cursor of
+/// the next page.
+pub fn page_by<T>(
+    all: Vec<T>,
+    name: impl Fn(&T) -> &str,
+    cursor: Option<&str>,
+) -> Result<(Vec<T>, Option<String>), String> {
     let after = match cursor {
         None => None,
         Some(c) => Some(decode_cursor(c).ok_or_else(|| format!("invalid cursor {c:?}"))?),
     };
-    let mut rest: Vec<CatalogTool> = all
+    let mut rest: Vec<T> = all
         .into_iter()
-        .filter(|t| after.as_deref().is_none_or(|a| t.name.as_str() > a))
+        .filter(|t| after.as_deref().is_none_or(|a| name(t) > a))
         .collect();
     let next = if rest.len() > PAGE_SIZE {
         rest.truncate(PAGE_SIZE);
-        rest.last().map(|t| encode_cursor(&t.name))
+        rest.last().map(|t| encode_cursor(name(t)))
     } else {
         None
     };

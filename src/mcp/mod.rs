@@ -6,6 +6,8 @@
 //! CLI's relay from stdio to a server's `/mcp`, `switchboard mcp --server`).
 //!
 //! - [`catalog`]: which MCP tools Switchboard offers, their names and schemas.
+//! - `offers`: the prompts, resources and resource templates of MCP agents
+//!   one reader may see, and how their requests are routed.
 //! - [`server`]: the `/mcp` endpoint (streamable HTTP, the session-based
 //!   2025-06-18/2025-11-25 revisions and the stateless 2026-07-28 one on the
 //!   same path). Every `tools/call` goes through [`crate::ToolDispatcher::invoke`].
@@ -14,5 +16,6 @@
 //! `docs/mcp.md` explains the mapping with a worked example.
 
 pub mod catalog;
+mod offers;
 pub mod server;
 pub mod stdio;

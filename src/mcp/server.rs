@@ -22,19 +22,25 @@
 //! session's announcing task ends with the session (DELETE, or the idle
 //! expiry of `rmcp`'s session manager), not at the next change.
 
-use super::catalog;
-use crate::dispatch::{RoutingOptions, ToolDispatcher};
+use super::{catalog, offers};
+use crate::dispatch::{DiscoveredOffer, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
+use crate::namespace::McpOfferKind;
 use crate::policy::{keys, PolicyContext, Principal};
+use parking_lot::Mutex;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, SubscriptionFilter,
-    Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    ContentBlock, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ResourceUpdatedNotificationParam,
+    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +74,11 @@ pub struct SwitchboardMcp {
     session: Arc<tokio::sync::watch::Sender<()>>,
     /// Sessions' list-change announcers still running, across all sessions.
     announcers: Arc<AtomicUsize>,
+    /// The resource URIs this session subscribed to.
+    subscribed: Arc<Mutex<HashSet<String>>>,
+    /// How many sessions subscribe to each URI, across all sessions: the
+    /// agents are told to stop only when the last one unsubscribes.
+    subscribers: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// Counts one running announcer for as long as it lives.
@@ -95,6 +106,8 @@ impl SwitchboardMcp {
             invoke_slots: None,
             session: Arc::new(tokio::sync::watch::channel(()).0),
             announcers: Arc::default(),
+            subscribed: Arc::default(),
+            subscribers: Arc::default(),
         }
     }
 
@@ -103,6 +116,7 @@ impl SwitchboardMcp {
     fn for_session(&self) -> Self {
         SwitchboardMcp {
             session: Arc::new(tokio::sync::watch::channel(()).0),
+            subscribed: Arc::default(),
             ..self.clone()
         }
     }
@@ -136,6 +150,129 @@ impl SwitchboardMcp {
                 .into(),
             )
         })
+    }
+}
+
+impl SwitchboardMcp {
+    /// Reads `offer` (a prompt or resource) for `principal`: one dispatch of
+    /// its routed name with `input`, cancelled if the client cancels.
+    async fn dispatch_offer(
+        &self,
+        offer: DiscoveredOffer,
+        input: serde_json::Value,
+        principal: Option<Principal>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<serde_json::Value, McpError> {
+        let mut options = RoutingOptions::new();
+        if let Some(principal) = principal {
+            options = options.with_caller(principal);
+        }
+        let slot = self.invoke_slot().map_err(|_| {
+            McpError::internal_error(
+                "too many invokes in flight (limits.max_inflight_invokes); retry shortly",
+                None,
+            )
+        })?;
+        let dispatcher = self.dispatcher.clone();
+        let task = tokio::spawn(async move {
+            let result = dispatcher
+                .invoke(&offer.routed_name, offer.category, input, options)
+                .await;
+            drop(slot);
+            result
+        });
+        match cancellable(task, context).await? {
+            Ok(result) => Ok(result.output),
+            Err(e) => Err(offers::request_error(e)),
+        }
+    }
+
+    /// Forwards the resource updates this session subscribed to, until it
+    /// ends; then gives up its subscriptions.
+    fn forward_updates(&self, peer: rmcp::Peer<RoleServer>) {
+        let mut updates = self.dispatcher.mcp_resource_updates();
+        let mut ended = self.session.subscribe();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = ended.changed() => break,
+                    update = updates.recv() => match update {
+                        Ok(uri) => {
+                            if this.subscribed.lock().contains(&uri)
+                                && peer
+                                    .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri))
+                                    .await
+                                    .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "an MCP session fell behind on resource updates; some were not delivered");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+            let uris: Vec<String> = this.subscribed.lock().drain().collect();
+            for uri in uris {
+                this.release(&uri).await;
+            }
+        });
+    }
+
+    /// One subscriber more of `uri`: the agents `offering` it are asked for
+    /// its updates. Refused (and not counted) when none of them accepts.
+    async fn hold(&self, uri: &str, offering: &[DiscoveredOffer]) -> Result<(), String> {
+        *self.subscribers.lock().entry(uri.to_string()).or_default() += 1;
+        let mut failures = Vec::new();
+        for offer in offering {
+            if let Err(e) = self
+                .dispatcher
+                .mcp_subscribe(&offer.agent_id, uri, true)
+                .await
+            {
+                failures.push(format!("{}: {e}", offer.agent_id));
+            }
+        }
+        if failures.len() == offering.len() {
+            self.release(uri).await;
+            return Err(format!(
+                "no agent offering {uri:?} accepted the subscription: {}",
+                failures.join("; ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// One session fewer subscribes to `uri`; the last one tells the agents.
+    async fn release(&self, uri: &str) {
+        let last = {
+            let mut subscribers = self.subscribers.lock();
+            match subscribers.get_mut(uri) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    subscribers.remove(uri);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            for offer in offers::offering_uri(&self.catalog, &self.dispatcher, None, uri) {
+                if let Err(e) = self
+                    .dispatcher
+                    .mcp_subscribe(&offer.agent_id, uri, false)
+                    .await
+                {
+                    tracing::debug!(agent_id = %offer.agent_id, uri, error = %e, "resources/unsubscribe failed");
+                }
+            }
+        }
     }
 }
 
@@ -198,8 +335,12 @@ impl ServerHandler for SwitchboardMcp {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
+                .enable_completions()
+                .enable_prompts()
+                .enable_resources()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_resources_subscribe()
                 .build(),
         )
         .with_server_info(Implementation::new(
@@ -325,6 +466,233 @@ impl ServerHandler for SwitchboardMcp {
         }
     }
 
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let reader = caller(&context).map(|p| reader_context(&p, "list_prompts"));
+        let items = offers::visible(
+            &self.catalog,
+            &self.dispatcher,
+            reader.as_ref(),
+            McpOfferKind::Prompt,
+        );
+        let (prompts, next) = offers::listing(items, request.and_then(|r| r.cursor).as_deref())?;
+        offers::answer(
+            serde_json::json!({"prompts": prompts, "nextCursor": next}),
+            "prompts/list",
+        )
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let principal = caller(&context);
+        let reader = principal.as_ref().map(|p| reader_context(p, "get_prompt"));
+        let offer = offers::visible(
+            &self.catalog,
+            &self.dispatcher,
+            reader.as_ref(),
+            McpOfferKind::Prompt,
+        )
+        .into_iter()
+        .find(|o| o.exposed_name == request.name)
+        .ok_or_else(|| {
+            McpError::invalid_params(
+                format!("unknown prompt {:?}; see prompts/list", request.name),
+                None,
+            )
+        })?;
+        let input = request
+            .arguments
+            .map_or(serde_json::Value::Null, serde_json::Value::Object);
+        let output = self
+            .dispatch_offer(offer, input, principal, &context)
+            .await?;
+        Ok(GetPromptResponse::Complete(offers::answer(
+            output,
+            "prompts/get",
+        )?))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let reader = caller(&context).map(|p| reader_context(&p, "list_resources"));
+        let items = offers::visible(
+            &self.catalog,
+            &self.dispatcher,
+            reader.as_ref(),
+            McpOfferKind::Resource,
+        );
+        let (resources, next) = offers::listing(items, request.and_then(|r| r.cursor).as_deref())?;
+        offers::answer(
+            serde_json::json!({"resources": resources, "nextCursor": next}),
+            "resources/list",
+        )
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let reader = caller(&context).map(|p| reader_context(&p, "list_resources"));
+        let items = offers::visible(
+            &self.catalog,
+            &self.dispatcher,
+            reader.as_ref(),
+            McpOfferKind::ResourceTemplate,
+        );
+        let (templates, next) = offers::listing(items, request.and_then(|r| r.cursor).as_deref())?;
+        offers::answer(
+            serde_json::json!({"resourceTemplates": templates, "nextCursor": next}),
+            "resources/templates/list",
+        )
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let principal = caller(&context);
+        let reader = principal
+            .as_ref()
+            .map(|p| reader_context(p, "read_resource"));
+        let offer = offers::offering_uri(
+            &self.catalog,
+            &self.dispatcher,
+            reader.as_ref(),
+            &request.uri,
+        )
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            McpError::resource_not_found(
+                format!(
+                    "unknown resource {:?}; see resources/list and resources/templates/list",
+                    request.uri
+                ),
+                None,
+            )
+        })?;
+        let input = serde_json::json!({"uri": request.uri});
+        let output = self
+            .dispatch_offer(offer, input, principal, &context)
+            .await?;
+        Ok(ReadResourceResponse::Complete(offers::answer(
+            output,
+            "resources/read",
+        )?))
+    }
+
+    #[allow(deprecated)] // resources/subscribe of the 2025 revisions, which their clients speak
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let reader = caller(&context).map(|p| reader_context(&p, "read_resource"));
+        let uri = request.uri;
+        let offering = offers::offering_uri(&self.catalog, &self.dispatcher, reader.as_ref(), &uri);
+        if offering.is_empty() {
+            return Err(McpError::resource_not_found(
+                format!(
+                    "unknown resource {uri:?}; see resources/list and resources/templates/list"
+                ),
+                None,
+            ));
+        }
+        let new_here = {
+            let mut subscribed = self.subscribed.lock();
+            let first_of_session = subscribed.is_empty();
+            let added = subscribed.insert(uri.clone());
+            if first_of_session && added {
+                self.forward_updates(context.peer.clone());
+            }
+            added
+        };
+        if new_here {
+            if let Err(why) = self.hold(&uri, &offering).await {
+                self.subscribed.lock().remove(&uri);
+                return Err(McpError::internal_error(why, None));
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(deprecated)] // resources/unsubscribe of the 2025 revisions
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        if self.subscribed.lock().remove(&request.uri) {
+            self.release(&request.uri).await;
+        }
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let reader = caller(&context).map(|p| reader_context(&p, "complete"));
+        let mut params = serde_json::to_value(&request)
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let target = match params["ref"]["type"].as_str() {
+            Some("ref/prompt") => {
+                let name = params["ref"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let offer = offers::visible(
+                    &self.catalog,
+                    &self.dispatcher,
+                    reader.as_ref(),
+                    McpOfferKind::Prompt,
+                )
+                .into_iter()
+                .find(|o| o.exposed_name == name);
+                if let Some(offer) = &offer {
+                    params["ref"]["name"] = serde_json::Value::String(offer.name.clone());
+                }
+                offer
+            }
+            Some("ref/resource") => {
+                let uri = params["ref"]["uri"].as_str().unwrap_or_default();
+                offers::visible(
+                    &self.catalog,
+                    &self.dispatcher,
+                    reader.as_ref(),
+                    McpOfferKind::ResourceTemplate,
+                )
+                .into_iter()
+                .find(|o| o.name == uri)
+            }
+            _ => None,
+        };
+        let Some(offer) = target else {
+            return Err(McpError::invalid_params(
+                "completion/complete: no prompt or resource template by that reference; see prompts/list and resources/templates/list",
+                None,
+            ));
+        };
+        let output = self
+            .dispatcher
+            .mcp_complete(&offer.agent_id, params)
+            .await
+            .map_err(offers::request_error)?;
+        offers::answer(output, "completion/complete")
+    }
+
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // A session of the 2025 revisions: tell it when the tools change,
         // until it ends. Waiting for the next change alone would keep this
@@ -357,24 +725,62 @@ impl ServerHandler for SwitchboardMcp {
         &self,
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        (requested.tools_list_changed == Some(true))
-            .then(|| SubscriptionFilter::builder().tools_list_changed().build())
+        let mut accepted = SubscriptionFilter::builder();
+        if requested.tools_list_changed == Some(true) {
+            accepted = accepted.tools_list_changed();
+        }
+        for uri in requested.resource_subscriptions.iter().flatten() {
+            accepted = accepted.resource_subscription(uri.clone());
+        }
+        Some(accepted.build())
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
-        // 2026-07-28: list changes go on the client's `subscriptions/listen` stream.
+        // 2026-07-28: list changes and resource updates go on the client's
+        // `subscriptions/listen` stream, for as long as it is open.
+        let accepted = context.accepted().clone();
+        let reader = caller(context.request_context()).map(|p| reader_context(&p, "read_resource"));
+        // Listening before the agents are asked: an update right after
+        // they accept must not be missed.
+        let mut updates = self.dispatcher.mcp_resource_updates();
+        let mut held = HashSet::new();
+        for uri in accepted.resource_subscriptions.iter().flatten() {
+            let offering =
+                offers::offering_uri(&self.catalog, &self.dispatcher, reader.as_ref(), uri);
+            // A URI the caller may not see (or nobody offers) gets no updates.
+            if !offering.is_empty() && self.hold(uri, &offering).await.is_ok() {
+                held.insert(uri.clone());
+            }
+        }
+        let tools = accepted.tools_list_changed == Some(true);
         let mut changes = self.dispatcher.tools_changed();
         changes.borrow_and_update();
         loop {
             tokio::select! {
-                _ = context.cancelled() => return Ok(()),
-                more = next_change(&mut changes) => {
+                _ = context.cancelled() => break,
+                more = next_change(&mut changes), if tools => {
                     if !more || context.sink().notify_tool_list_changed().await.is_err() {
-                        return Ok(());
+                        break;
                     }
                 }
+                update = updates.recv(), if !held.is_empty() => match update {
+                    Ok(uri) if held.contains(&uri) => {
+                        if context.sink().notify_resource_updated(uri).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "an MCP subscription fell behind on resource updates; some were not delivered");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
             }
         }
+        for uri in held {
+            self.release(&uri).await;
+        }
+        Ok(())
     }
 }
 

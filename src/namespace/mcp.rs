@@ -1,7 +1,8 @@
 //! MCP upstreams as data: how an MCP server is reached ([`McpServer`], the
 //! payload of `AgentTransport::Mcp`), how its tools map to categories and
-//! names, and the value stored under `mcp_tools/{agent_id}/{tool}` for each
-//! tool discovered on it.
+//! names, the value stored under `mcp_tools/{agent_id}/{tool}` for each
+//! tool discovered on it, and under `mcp_prompts/` and `mcp_resources/`
+//! for each prompt, resource and resource template.
 
 use super::{validate_id, ToolCategory};
 use crate::error::{Error, Result};
@@ -14,6 +15,144 @@ pub(crate) const MCP_TOOLS: &str = "mcp_tools/";
 /// `mcp_tools/{agent_id}/{tool}`: one tool discovered on an MCP agent.
 pub fn mcp_tool_key(agent_id: &str, tool: &str) -> String {
     format!("{MCP_TOOLS}{agent_id}/{tool}")
+}
+
+/// Prompts discovered on MCP agents: `mcp_prompts/{agent_id}/{prompt}`.
+pub(crate) const MCP_PROMPTS: &str = "mcp_prompts/";
+
+/// Resources and resource templates discovered on MCP agents:
+/// `mcp_resources/{agent_id}/{id}` (see [`mcp_resource_key`]).
+pub(crate) const MCP_RESOURCES: &str = "mcp_resources/";
+
+/// `mcp_prompts/{agent_id}/{prompt}`: one prompt discovered on an MCP agent.
+pub fn mcp_prompt_key(agent_id: &str, prompt: &str) -> String {
+    format!("{MCP_PROMPTS}{agent_id}/{prompt}")
+}
+
+/// `mcp_resources/{agent_id}/{id}`: one resource or resource template
+/// discovered on an MCP agent. A URI may hold any character, so the key
+/// holds [`uri_id`] of it; the record holds the URI itself.
+pub fn mcp_resource_key(agent_id: &str, uri: &str) -> String {
+    format!("{MCP_RESOURCES}{agent_id}/{}", uri_id(uri))
+}
+
+/// A URI (or URI template) as a key segment and a routable name: the first
+/// 128 bits of its SHA-256, in hex.
+pub fn uri_id(uri: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(uri.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `uri` is one of the URIs `template` (RFC 6570) describes: a
+/// simple `{var}` stands for one path segment's worth of characters (no
+/// `/`, `?` or `#`, at least one), every other expression (`{+var}`,
+/// `{?q}`, …) for any text; the rest must match exactly.
+pub fn uri_template_matches(template: &str, uri: &str) -> bool {
+    let mut pattern = String::from("^");
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        pattern.push_str(&regex::escape(&rest[..open]));
+        let Some(len) = rest[open..].find('}') else {
+            return false;
+        };
+        let expression = &rest[open + 1..open + len];
+        pattern.push_str(match expression.chars().next() {
+            Some('+' | '#' | '?' | '&' | '/' | '.' | ';') => ".*",
+            _ => "[^/?#]+",
+        });
+        rest = &rest[open + len + 1..];
+    }
+    pattern.push_str(&regex::escape(rest));
+    pattern.push('$');
+    regex::Regex::new(&pattern).is_ok_and(|r| r.is_match(uri))
+}
+
+/// What an MCP agent offers besides tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum McpOfferKind {
+    /// A prompt (`prompts/list`), named.
+    Prompt,
+    /// A resource (`resources/list`), named by its URI.
+    Resource,
+    /// A resource template (`resources/templates/list`), named by its URI template.
+    ResourceTemplate,
+}
+
+impl McpOfferKind {
+    /// What the item's name is in the server's listing.
+    pub fn name_field(self) -> &'static str {
+        match self {
+            McpOfferKind::Prompt => "name",
+            McpOfferKind::Resource => "uri",
+            McpOfferKind::ResourceTemplate => "uriTemplate",
+        }
+    }
+
+    /// The key of `name` (a prompt name, URI or URI template) on `agent_id`.
+    pub fn key(self, agent_id: &str, name: &str) -> String {
+        match self {
+            McpOfferKind::Prompt => mcp_prompt_key(agent_id, name),
+            McpOfferKind::Resource | McpOfferKind::ResourceTemplate => {
+                mcp_resource_key(agent_id, name)
+            }
+        }
+    }
+
+    /// Where this kind's records live.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            McpOfferKind::Prompt => MCP_PROMPTS,
+            McpOfferKind::Resource | McpOfferKind::ResourceTemplate => MCP_RESOURCES,
+        }
+    }
+
+    /// The routable name of an offer: `prompt:{name}` for a prompt (the
+    /// name callers see, prefixed on collision), `resource:{id}` and
+    /// `template:{id}` for the others ([`uri_id`]). Calls, dispatch records
+    /// and policies see this name.
+    pub fn routed_name(self, name: &str) -> String {
+        match self {
+            McpOfferKind::Prompt => format!("prompt:{name}"),
+            McpOfferKind::Resource => format!("resource:{}", uri_id(name)),
+            McpOfferKind::ResourceTemplate => format!("template:{}", uri_id(name)),
+        }
+    }
+}
+
+/// The value under `mcp_prompts/{agent_id}/{prompt}` or
+/// `mcp_resources/{agent_id}/{id}`: one prompt, resource or resource
+/// template as the agent listed it, with the category its reads are routed
+/// in. Like a tool's record, a policy on the prefix sees every new or
+/// changed one before it is offered, and one the agent stops listing stays
+/// as a tombstone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpOfferRecord {
+    /// The agent offering it.
+    pub agent_id: String,
+    /// Prompt, resource or resource template.
+    pub kind: McpOfferKind,
+    /// The prompt's name, the resource's URI or the template.
+    pub name: String,
+    /// The category its reads are routed in (from the registration).
+    pub category: ToolCategory,
+    /// The item as the server listed it.
+    pub listed: serde_json::Value,
+    /// SHA-256 (hex) of the canonical listing: replicas with the same hash
+    /// offer the same thing.
+    pub hash: String,
+    /// When it was first discovered (ms since the Unix epoch).
+    pub discovered_at_ms: u64,
+    /// The hash before this change, when it was known and changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_hash: Option<String>,
+    /// Set when the agent stopped listing it (ms since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_at_ms: Option<u64>,
 }
 
 /// A command Switchboard runs as a local MCP server (stdio transport).

@@ -25,12 +25,14 @@ pub use ids::{
     new_invocation_id, now_ms, validate_id, validate_key, validate_prefix, ID_PATTERN,
     KEY_PREFIX_PATTERN, MAX_ID_LEN, MAX_KEY_LEN, MAX_SEGMENTS,
 };
-pub(crate) use mcp::MCP_TOOLS;
 pub use mcp::{
-    is_env_reference, mcp_tool_key, name_glob_matches, redact_agent_json, CategoryRule, EnvValue,
-    HeaderPart, HeaderSource, McpCommand, McpServer, McpSpec, McpToolPrevious, McpToolRecord,
-    PrefixMode, UpstreamOAuth, MAX_MCP_HEADERS, MAX_MCP_RULES, MAX_OAUTH_SCOPES, REDACTED_ENV,
+    is_env_reference, mcp_prompt_key, mcp_resource_key, mcp_tool_key, name_glob_matches,
+    redact_agent_json, uri_id, uri_template_matches, CategoryRule, EnvValue, HeaderPart,
+    HeaderSource, McpCommand, McpOfferKind, McpOfferRecord, McpServer, McpSpec, McpToolPrevious,
+    McpToolRecord, PrefixMode, UpstreamOAuth, MAX_MCP_HEADERS, MAX_MCP_RULES, MAX_OAUTH_SCOPES,
+    REDACTED_ENV,
 };
+pub(crate) use mcp::{MCP_PROMPTS, MCP_RESOURCES, MCP_TOOLS};
 pub use records::*;
 pub(crate) use tokens::TOKENS;
 pub use tokens::{token_key, Scope, TokenRecord};

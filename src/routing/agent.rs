@@ -156,10 +156,25 @@ pub(crate) struct Agent {
 /// One tool an agent serves by name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServedTool {
-    /// Its name on the agent (the name callers use may carry a prefix).
+    /// Its name on the agent (the name callers use may carry a prefix); for
+    /// a resource or template, its URI or URI template.
     pub(crate) upstream: String,
     /// The category its calls are routed in.
     pub(crate) category: ToolCategory,
+    /// What a call of it asks the agent for.
+    pub(crate) kind: ServedKind,
+}
+
+/// What an MCP agent is asked for when a served name is called: a tool
+/// (`tools/call`), a prompt (`prompts/get`), a listed resource
+/// (`resources/read` of its URI), or a resource template (`resources/read`
+/// of a URI the call names, which must match the template).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ServedKind {
+    Tool,
+    Prompt,
+    Resource,
+    Template,
 }
 
 /// The tools an agent serves by name, by the name callers use.
@@ -200,13 +215,12 @@ impl Agent {
         }
     }
 
-    /// The name `tool` has on the agent itself.
-    pub(crate) fn upstream_name(&self, tool: &str) -> String {
-        match &*self.served.read() {
-            Some(served) => served
-                .get(tool)
-                .map_or_else(|| tool.to_string(), |t| t.upstream.clone()),
-            None => tool.to_string(),
+    /// What a call of `tool` asks the agent for, and under which name:
+    /// the name as given, as a tool, when the agent does not serve it by name.
+    pub(crate) fn upstream_of(&self, tool: &str) -> (ServedKind, String) {
+        match self.served.read().as_ref().and_then(|s| s.get(tool)) {
+            Some(served) => (served.kind, served.upstream.clone()),
+            None => (ServedKind::Tool, tool.to_string()),
         }
     }
 }

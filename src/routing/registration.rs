@@ -6,7 +6,7 @@
 //! store (written through `registry_store.rs`).
 
 use super::agent::{
-    AgentConfig, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,
+    AgentConfig, ServedKind, ServedTool, ServedTools, DEFAULT_AGENT_TIMEOUT, MAX_AGENT_TIMEOUT,
 };
 use super::endpoint::{check_endpoint_text, parse_endpoint, parse_endpoint_under};
 use crate::error::{Error, Result};
@@ -215,6 +215,7 @@ pub(crate) fn declared_tools(record: &AgentRecord, server: &McpServer) -> Served
                 ServedTool {
                     upstream: name.clone(),
                     category: server.category_of(name, default),
+                    kind: ServedKind::Tool,
                 },
             )
         })

@@ -1,7 +1,8 @@
 //! Namespace ownership: which prefixes the generic write API may touch.
 //!
 //! The audit trail is append-only from the outside. `tools/`, `inflight/`,
-//! `sessions/`, `agents/`, `mcp_tools/` and `policies/` are written by the parts of
+//! `sessions/`, `agents/`, `mcp_tools/`, `mcp_prompts/`, `mcp_resources/` and
+//! `policies/` are written by the parts of
 //! Switchboard that own them (the dispatcher, recovery, the registry, the
 //! policy store) through a crate-internal
 //! way in; `policy_log/` only by the policy chain. A caller who really must
@@ -13,7 +14,9 @@ use super::decision_log::DECISION_LOG;
 use super::policy_store::POLICIES;
 use super::{Database, Transaction};
 use crate::error::{Error, Result};
-use crate::namespace::{validate_key, AGENTS, INFLIGHT, MCP_TOOLS, SESSIONS, TOKENS, TOOLS};
+use crate::namespace::{
+    validate_key, AGENTS, INFLIGHT, MCP_PROMPTS, MCP_RESOURCES, MCP_TOOLS, SESSIONS, TOKENS, TOOLS,
+};
 use crate::policy::PolicyContext;
 
 /// Who a write comes from, as far as namespaces go.
@@ -26,13 +29,15 @@ pub(crate) enum Access {
 }
 
 /// The reserved prefixes and who owns each.
-const OWNED: [(&str, &str); 7] = [
+const OWNED: [(&str, &str); 9] = [
     (TOOLS, "the dispatcher"),
     (INFLIGHT, "the dispatcher and recovery"),
     (SESSIONS, "the dispatcher"),
     (AGENTS, "the agent registry"),
     (TOKENS, "the token store (`switchboard tokens`)"),
     (MCP_TOOLS, "MCP tool discovery"),
+    (MCP_PROMPTS, "MCP discovery"),
+    (MCP_RESOURCES, "MCP discovery"),
     (
         POLICIES,
         "the policy store (PUT /v1/policies/{name}, `switchboard policy put`, `Database::put_policy`)",

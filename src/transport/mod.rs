@@ -21,8 +21,8 @@ mod properties;
 pub(crate) mod tls;
 
 use crate::error::{Error, Result};
-use crate::namespace::AttemptOutcome;
-use crate::routing::agent::Agent;
+use crate::namespace::{uri_template_matches, AttemptOutcome};
+use crate::routing::agent::{Agent, ServedKind};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::health::{Probe, ProbeResult};
 use mcp::McpClients;
@@ -250,11 +250,33 @@ impl Callers {
                 let Some(upstream) = self.mcp.upstream(agent) else {
                     return Err(Failure::Agent("not an MCP agent".into()));
                 };
-                let name = agent.upstream_name(request.tool);
-                upstream
-                    .call(&name, request.input, request.session_id)
-                    .await
-                    .map_err(|(failure, _)| failure)
+                let (kind, name) = agent.upstream_of(request.tool);
+                match kind {
+                    ServedKind::Tool => upstream
+                        .call(&name, request.input, request.session_id)
+                        .await
+                        .map_err(|(failure, _)| failure),
+                    ServedKind::Prompt => {
+                        upstream
+                            .get_prompt(&name, request.input, request.session_id)
+                            .await
+                    }
+                    ServedKind::Resource => upstream.read_resource(&name, request.session_id).await,
+                    ServedKind::Template => {
+                        // A template is read at the URI the call names, which
+                        // it must match: the template is all the agent offers.
+                        let uri = request.input.get("uri").and_then(|u| u.as_str());
+                        match uri {
+                            Some(uri) if uri_template_matches(&name, uri) => {
+                                upstream.read_resource(uri, request.session_id).await
+                            }
+                            _ => Err(Failure::Tool(format!(
+                                "a resource template is read with {{\"uri\": ...}}, a URI that \
+                                 matches {name:?}"
+                            ))),
+                        }
+                    }
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
-"""The tools the MCP conformance suite's server scenarios call, served by the
-`mcp` SDK's MCPServer on streamable HTTP: scripts/mcp-test registers it as a
-Switchboard MCP agent and runs the suite against Switchboard's /mcp, so a
-scenario passes only if Switchboard relays what this server answers.
+"""The tools, prompts, resources and completions the MCP conformance suite's
+server scenarios call, served by the `mcp` SDK's MCPServer on streamable
+HTTP: scripts/mcp-test registers it as a Switchboard MCP agent and runs the
+suite against Switchboard's /mcp, so a scenario passes only if Switchboard
+relays what this server answers.
 
 `PORT` is the port to serve http://127.0.0.1:PORT/mcp on.
 """
@@ -10,12 +11,17 @@ import base64
 import sys
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.types import (
     AudioContent,
+    Completion,
+    EmptyResult,
     EmbeddedResource,
     ImageContent,
+    SubscribeRequestParams,
     TextContent,
     TextResourceContents,
+    UnsubscribeRequestParams,
 )
 
 server = MCPServer("conformance-fixture")
@@ -90,6 +96,88 @@ def test_multiple_content_types():
 def test_error_handling():
     """Always fails."""
     raise ValueError("This tool intentionally returns an error for testing")
+
+
+@server.resource("test://static-text", mime_type="text/plain")
+def static_text() -> str:
+    """A text resource."""
+    return "This is the content of the static text resource."
+
+
+@server.resource("test://static-binary", mime_type="image/png")
+def static_binary() -> bytes:
+    """A PNG resource."""
+    return base64.b64decode(PNG)
+
+
+@server.resource("test://watched-resource", mime_type="text/plain")
+def watched_resource() -> str:
+    """A resource clients subscribe to."""
+    return "Watched resource content."
+
+
+@server.resource("test://template/{id}/data", mime_type="application/json")
+def template_data(id: str) -> str:
+    """A resource per id."""
+    return '{"id":"%s","templateTest":true,"data":"Data for ID: %s"}' % (id, id)
+
+
+@server.prompt()
+def test_simple_prompt() -> list:
+    """A prompt without arguments."""
+    return [UserMessage("This is a simple prompt for testing.")]
+
+
+@server.prompt()
+def test_prompt_with_arguments(arg1: str, arg2: str) -> list:
+    """A prompt with two arguments."""
+    return [UserMessage(f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'")]
+
+
+@server.prompt()
+def test_prompt_with_embedded_resource(resourceUri: str) -> list:
+    """A prompt that embeds a resource."""
+    return [
+        UserMessage(
+            EmbeddedResource(
+                type="resource",
+                resource=TextResourceContents(
+                    uri=resourceUri,
+                    mimeType="text/plain",
+                    text="Embedded resource content for testing.",
+                ),
+            )
+        ),
+        UserMessage("Please process the embedded resource above."),
+    ]
+
+
+@server.prompt()
+def test_prompt_with_image() -> list:
+    """A prompt with an image."""
+    return [
+        UserMessage(ImageContent(type="image", data=PNG, mimeType="image/png")),
+        UserMessage("Please analyze the image above."),
+    ]
+
+
+@server.completion()
+async def complete(ref, argument, context):
+    """Completes arg1 of test_prompt_with_arguments from a fixed list."""
+    words = ["paris", "park", "party"]
+    return Completion(values=[w for w in words if w.startswith(argument.value)], total=3, hasMore=False)
+
+
+async def on_subscribe(ctx, params: SubscribeRequestParams) -> EmptyResult:
+    return EmptyResult()
+
+
+async def on_unsubscribe(ctx, params: UnsubscribeRequestParams) -> EmptyResult:
+    return EmptyResult()
+
+
+server._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
+server._lowlevel_server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
 
 
 if __name__ == "__main__":

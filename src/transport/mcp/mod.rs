@@ -7,14 +7,17 @@
 //!   registration uid, and what callers above learn of them ([`McpEvents`]);
 //! - `upstream`: one agent's connections (a shared one, and one per
 //!   Switchboard session on a session-based server), calls and listings;
+//! - `offers`: prompts, resources and resource templates, listed and used;
 //! - `oauth`: an agent's OAuth client credentials, its token, and the
 //!   streamable-HTTP client that sends it with each request;
 //! - `answer`: a `tools/call` answer or error as output or [`Failure`](super::Failure).
 
 mod answer;
 mod oauth;
+mod offers;
 mod upstream;
 
+pub(crate) use offers::ListedOffers;
 pub(crate) use upstream::{ListedTool, Upstream};
 
 use crate::routing::agent::Agent;
@@ -55,7 +58,12 @@ pub(crate) struct McpClients {
     http: reqwest::Client,
     upstreams: RwLock<HashMap<u64, Arc<Upstream>>>,
     events: RwLock<Option<McpEvents>>,
+    updates: upstream::ResourceUpdates,
 }
+
+/// How many resource updates a slow subscriber may fall behind by before
+/// it misses some (it is told it lagged).
+const RESOURCE_UPDATES_BACKLOG: usize = 256;
 
 impl McpClients {
     pub(crate) fn new(http: reqwest::Client) -> Self {
@@ -63,7 +71,14 @@ impl McpClients {
             http,
             upstreams: RwLock::new(HashMap::new()),
             events: RwLock::new(None),
+            updates: tokio::sync::broadcast::channel(RESOURCE_UPDATES_BACKLOG).0,
         }
+    }
+
+    /// The URIs MCP agents report updated (`notifications/resources/updated`)
+    /// from now on.
+    pub(crate) fn resource_updates(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.updates.subscribe()
     }
 
     /// Where list changes and unknown tools are reported.
@@ -104,6 +119,7 @@ impl McpClients {
                     server.clone(),
                     self.http.clone(),
                     notify,
+                    self.updates.clone(),
                 ))
             })
             .clone();

@@ -23,7 +23,7 @@ use crate::transport::{Failure, MAX_RESPONSE_BYTES};
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest, Implementation,
-    PaginatedRequestParams, PingRequest, ProtocolVersion,
+    PaginatedRequestParams, PingRequest, ProtocolVersion, ResourceUpdatedNotificationParam,
 };
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -142,11 +142,33 @@ struct Restarts {
 #[derive(Clone)]
 pub(crate) struct Handler {
     list_changed: Arc<dyn Fn() + Send + Sync>,
+    updates: ResourceUpdates,
 }
+
+/// Where the URIs of `notifications/resources/updated` go: every MCP
+/// agent's, to whoever subscribed (the `/mcp` sessions that asked).
+pub(crate) type ResourceUpdates = tokio::sync::broadcast::Sender<String>;
 
 impl ClientHandler for Handler {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         (self.list_changed)();
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        (self.list_changed)();
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        (self.list_changed)();
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        // Nobody subscribed is no error.
+        let _ = self.updates.send(params.uri);
     }
 
     fn get_info(&self) -> ClientConfig {
@@ -177,7 +199,7 @@ struct Session {
 }
 
 /// Counts one call on a session for as long as it lives.
-struct InFlight(Arc<AtomicUsize>);
+pub(super) struct InFlight(Arc<AtomicUsize>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -199,6 +221,7 @@ pub(crate) struct Upstream {
     server: McpServer,
     http: reqwest::Client,
     list_changed: Arc<dyn Fn() + Send + Sync>,
+    updates: ResourceUpdates,
     shared: Slot,
     sessions: parking_lot::Mutex<Sessions>,
     /// Upstream sessions kept idle ([`MAX_UPSTREAM_SESSIONS`]; smaller in tests).
@@ -209,6 +232,17 @@ pub(crate) struct Upstream {
     /// The OAuth token of a url server with `oauth`: one per registration,
     /// shared by its shared connection and every upstream session.
     tokens: Option<Arc<Tokens>>,
+    /// On a 2026-07-28 server, the `subscriptions/listen` streams that
+    /// carry each subscribed resource's updates (ended when dropped).
+    pub(super) listens: parking_lot::Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for (_, listen) in self.listens.get_mut().drain() {
+            listen.abort();
+        }
+    }
 }
 
 impl Upstream {
@@ -217,6 +251,7 @@ impl Upstream {
         server: McpServer,
         http: reqwest::Client,
         list_changed: Arc<dyn Fn() + Send + Sync>,
+        updates: ResourceUpdates,
     ) -> Self {
         let tokens = match (&server.url, &server.oauth) {
             (Some(url), Some(oauth)) => Some(Arc::new(Tokens::new(
@@ -233,11 +268,30 @@ impl Upstream {
             server,
             http,
             list_changed,
+            updates,
             shared: Arc::default(),
             sessions: parking_lot::Mutex::default(),
             max_sessions: MAX_UPSTREAM_SESSIONS,
             kind: AtomicU8::new(UNKNOWN),
             restarts: parking_lot::Mutex::default(),
+            listens: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// Where this server's resource updates are announced.
+    pub(super) fn resource_updates(&self) -> &ResourceUpdates {
+        &self.updates
+    }
+
+    /// The agent this upstream belongs to.
+    pub(crate) fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    fn handler(&self) -> Handler {
+        Handler {
+            list_changed: self.list_changed.clone(),
+            updates: self.updates.clone(),
         }
     }
 
@@ -370,9 +424,7 @@ impl Upstream {
         };
         let tail = Arc::new(StderrTail::default());
         tokio::spawn(log_stderr(self.agent_id.clone(), stderr, tail.clone()));
-        let handler = Handler {
-            list_changed: self.list_changed.clone(),
-        };
+        let handler = self.handler();
         let running = match handler
             .serve_with_lifecycle((stdout, stdin), lifecycle)
             .await
@@ -398,9 +450,7 @@ impl Upstream {
     }
 
     async fn connect_with(&self, lifecycle: ClientLifecycleMode) -> Result<Running, Failure> {
-        let handler = Handler {
-            list_changed: self.list_changed.clone(),
-        };
+        let handler = self.handler();
         let Some(url) = &self.server.url else {
             return Err(Failure::Agent(
                 "this MCP agent has no url; stdio servers are not supported by this build".into(),
@@ -459,7 +509,7 @@ impl Upstream {
     /// The peer for a call of `session`: its own upstream session on a
     /// session-based server, else the shared connection; and, for an own
     /// session, the count that keeps it from being ended while the call runs.
-    async fn peer_for(
+    pub(super) async fn peer_for(
         &self,
         session: Option<&str>,
     ) -> Result<(Peer<RoleClient>, Option<InFlight>), Failure> {
@@ -812,7 +862,13 @@ mod tests {
             ..McpServer::default()
         };
         let http = crate::transport::http::build_client().unwrap();
-        let mut upstream = Upstream::new("a".into(), server, http, Arc::new(|| {}));
+        let mut upstream = Upstream::new(
+            "a".into(),
+            server,
+            http,
+            Arc::new(|| {}),
+            tokio::sync::broadcast::channel(1).0,
+        );
         upstream.max_sessions = 2;
         let upstream = Arc::new(upstream);
 

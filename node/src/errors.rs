@@ -36,7 +36,7 @@ pub fn to_js(e: Error) -> napi::Error {
             json!({ "limit": limit, "retryAfterSeconds": retry_after.as_secs_f64() }),
         ),
         Error::PolicyLoad { name, reason } => {
-            ("PolicyLoad", json!({ "name": name, "reason": reason }))
+            ("PolicyLoad", json!({ "policyName": name, "reason": reason }))
         }
         Error::NoAgentAvailable { category, reason } => (
             "NoAgentAvailable",

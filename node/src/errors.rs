@@ -35,9 +35,10 @@ pub fn to_js(e: Error) -> napi::Error {
             "RateLimited",
             json!({ "limit": limit, "retryAfterSeconds": retry_after.as_secs_f64() }),
         ),
-        Error::PolicyLoad { name, reason } => {
-            ("PolicyLoad", json!({ "policyName": name, "reason": reason }))
-        }
+        Error::PolicyLoad { name, reason } => (
+            "PolicyLoad",
+            json!({ "policyName": name, "reason": reason }),
+        ),
         Error::NoAgentAvailable { category, reason } => (
             "NoAgentAvailable",
             json!({ "category": category, "reason": reason }),

@@ -10,12 +10,12 @@
 //! - `errors`: core errors as JS errors with a stable `code`
 //! - `runtime`: blocking store work off the runtime's workers, and cancellation
 
-mod database;
-mod dispatcher;
-mod errors;
-mod handler;
-mod policy;
-mod runtime;
+pub mod database;
+pub mod dispatcher;
+pub mod errors;
+pub mod handler;
+pub mod policy;
+pub mod runtime;
 
 use napi_derive::napi;
 

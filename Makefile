@@ -3,7 +3,7 @@
 # The demo runs the binary built with the test targets (`--all-targets`): built
 # alone, the binary resolves dependency features differently and would compile
 # RocksDB a second time.
-.PHONY: demo cluster-demo test deps python install bench-gateway bench-mcp bench-cluster
+.PHONY: demo cluster-demo test deps python node install bench-gateway bench-mcp bench-cluster
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # Where `make install` puts bin/switchboard.
@@ -42,12 +42,19 @@ test: deps
 	bash scripts/mcp-test
 	bash scripts/api-fuzz
 	bash scripts/python-test
+	bash scripts/node-test
 
 # Builds the Python package into .venv (reusing the dev build of `cargo test`,
 # see docs/python.md) without running its tests.
 python: deps
 	cargo build --all-targets --quiet
 	SKIP_PYTEST=1 bash scripts/python-test
+
+# Builds the Node package (node/switchboard.node, node/node_modules) on the
+# dev build of `cargo test` (see docs/typescript.md) without running its tests.
+node: deps
+	cargo build --all-targets --quiet
+	SKIP_NODE_TESTS=1 bash scripts/node-test
 
 deps:
 	@bash scripts/install-deps

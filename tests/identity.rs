@@ -982,9 +982,16 @@ async fn mcp_is_an_oauth_protected_resource_with_its_metadata_and_challenges() {
     for bearer in refused_401 {
         let answer = mcp(bearer.clone()).await.unwrap();
         assert_eq!(answer.status(), 401, "{bearer:?}");
+        // A token that was presented and is not good is `invalid_token`
+        // (RFC 6750 §3.1); a request without one gets the bare challenge.
+        let error = if bearer.is_some() {
+            "error=\"invalid_token\", "
+        } else {
+            ""
+        };
         assert_eq!(
             challenge(&answer),
-            format!("Bearer resource_metadata=\"{METADATA}\", scope=\"invoke\""),
+            format!("Bearer {error}resource_metadata=\"{METADATA}\", scope=\"invoke\""),
         );
     }
     let audit_only = jwt(&private_pem, claims(RESOURCE, now + 300, "audit"));

@@ -650,6 +650,11 @@ async fn the_token_guards_every_route_but_healthz() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.headers()["connection"],
+        "close",
+        "a refused request's unread body ends its connection, and the answer says so"
+    );
     let r = anonymous
         .put(format!("{}/v1/agents/x", api.base))
         .header("content-type", "application/json")

@@ -76,7 +76,17 @@ pub(crate) async fn require_token(
         Ok(()) => next.run(request).await,
         Err(refusal) => {
             let status = refusal.status();
-            let response = refusal.into_response();
+            let mut response = refusal.into_response();
+            // The body of a refused request is never read, so the
+            // connection cannot carry another request: say so, or a client
+            // reusing it (an OAuth client fetching the metadata the
+            // challenge names) would meet a closed socket.
+            if has_body(&request) {
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
             let path = request.uri().path().trim_end_matches('/');
             let on_mcp = path == "/mcp" || path.starts_with("/mcp/");
             match status {
@@ -92,6 +102,16 @@ pub(crate) async fn require_token(
             }
         }
     }
+}
+
+/// Whether `request` comes with a body (one that is not known to be empty).
+fn has_body(request: &Request) -> bool {
+    let headers = request.headers();
+    headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|n| n.trim() != "0")
 }
 
 /// The caller of `request`, checked against the route's scope and put in

@@ -87,10 +87,15 @@ pub(crate) fn challenge(
     mut response: Response,
 ) -> Response {
     let url = state.protected_resource.metadata_url(request, state.https);
+    let presented = request.headers().contains_key(header::AUTHORIZATION);
     let value = if insufficient_scope {
         format!(
             "Bearer error=\"insufficient_scope\", scope=\"invoke\", resource_metadata=\"{url}\""
         )
+    } else if presented {
+        // RFC 6750 §3.1: a token was presented and is not good (expired,
+        // another audience, a bad signature, unknown).
+        format!("Bearer error=\"invalid_token\", resource_metadata=\"{url}\", scope=\"invoke\"")
     } else {
         format!("Bearer resource_metadata=\"{url}\", scope=\"invoke\"")
     };

@@ -198,6 +198,7 @@ impl<'a> Call<'a> {
                 category: self.category.as_str(),
                 input: &self.input,
                 session_id: self.options.session_id.as_deref(),
+                progress: self.options.progress.as_ref(),
             };
             let health = inner.health.read().clone();
             let (outcome, latency) = attempt(

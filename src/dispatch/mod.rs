@@ -43,6 +43,7 @@ use crate::routing::HealthCheckConfig;
 use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, ToolRouter};
 use crate::storage::Database;
 use crate::transport::http::build_client;
+use crate::transport::ProgressSink;
 use crate::transport::{local_handler, Callers, ToolError};
 use call::Call;
 use parking_lot::{Mutex, RwLock};
@@ -68,6 +69,10 @@ pub struct RoutingOptions {
     /// record. `None` is the local application itself (no caller entries).
     #[serde(skip)]
     pub caller: Option<Principal>,
+    /// Where progress the agent reports during the call goes (MCP agents
+    /// report it when asked: a sink asks them).
+    #[serde(skip)]
+    pub progress: Option<ProgressSink>,
 }
 
 impl Default for RoutingOptions {
@@ -77,6 +82,7 @@ impl Default for RoutingOptions {
             session_id: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             caller: None,
+            progress: None,
         }
     }
 }
@@ -90,6 +96,12 @@ impl RoutingOptions {
     /// Chooses the agent with `strategy`.
     pub fn with_strategy(mut self, strategy: RoutingStrategy) -> Self {
         self.strategy = strategy;
+        self
+    }
+
+    /// Sends the progress the agent reports during the call to `sink`.
+    pub fn with_progress(mut self, sink: ProgressSink) -> Self {
+        self.progress = Some(sink);
         self
     }
 

@@ -27,14 +27,15 @@ use crate::dispatch::{DiscoveredOffer, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
 use crate::namespace::McpOfferKind;
 use crate::policy::{keys, PolicyContext, Principal};
+use crate::transport::{Progress, ProgressSink};
 use parking_lot::Mutex;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
     ContentBlock, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ResourceUpdatedNotificationParam,
-    ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
-    UnsubscribeRequestParams,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse,
+    ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -276,6 +277,33 @@ impl SwitchboardMcp {
     }
 }
 
+/// Where the progress of a call goes when its client asked for progress
+/// (`_meta.progressToken`): to that client, as `notifications/progress`
+/// under its own token. Reports are queued (the newest dropped when the
+/// client reads too slowly) and sent in order by one task, which ends with
+/// the call.
+fn progress_to(context: &RequestContext<RoleServer>) -> Option<ProgressSink> {
+    let token = context.meta.get_progress_token()?;
+    let (sender, mut reports) = tokio::sync::mpsc::channel::<Progress>(PROGRESS_BACKLOG);
+    let peer = context.peer.clone();
+    tokio::spawn(async move {
+        while let Some(report) = reports.recv().await {
+            let mut param = ProgressNotificationParam::new(token.clone(), report.progress);
+            param.total = report.total;
+            param.message = report.message;
+            if peer.notify_progress(param).await.is_err() {
+                return;
+            }
+        }
+    });
+    Some(ProgressSink::new(move |report| {
+        let _ = sender.try_send(report);
+    }))
+}
+
+/// Progress reports of one call waiting to be sent to a slow client.
+const PROGRESS_BACKLOG: usize = 64;
+
 /// The authenticated caller of an MCP request over HTTP (the API's auth
 /// layer puts it in the request's extensions); `None` over stdio or on a
 /// server that requires no credential.
@@ -405,6 +433,9 @@ impl ServerHandler for SwitchboardMcp {
             if let Some(principal) = principal {
                 options = options.with_caller(principal);
             }
+            if let Some(sink) = progress_to(&context) {
+                options = options.with_progress(sink);
+            }
             let slot = match self.invoke_slot() {
                 Ok(slot) => slot,
                 Err(full) => return Ok(*full),
@@ -441,6 +472,9 @@ impl ServerHandler for SwitchboardMcp {
         }
         if let Some(session) = call.session_id {
             options = options.with_session_id(session);
+        }
+        if let Some(sink) = progress_to(&context) {
+            options = options.with_progress(sink);
         }
         let slot = match self.invoke_slot() {
             Ok(slot) => slot,

@@ -180,7 +180,53 @@ pub(crate) struct WireRequest<'a> {
     pub category: &'a str,
     pub input: &'a serde_json::Value,
     pub session_id: Option<&'a str>,
+    /// Where progress the agent reports goes (MCP agents report it).
+    #[serde(skip)]
+    pub progress: Option<&'a ProgressSink>,
 }
+
+/// Progress an agent reports during a call (an MCP agent's
+/// `notifications/progress`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// How far it is; increases with each report.
+    pub progress: f64,
+    /// Where `progress` ends, if the agent knows.
+    pub total: Option<f64>,
+    /// What it is doing.
+    pub message: Option<String>,
+}
+
+/// Where a call's progress goes: called once per report, in order, on the
+/// task that receives it, so it must not block (hand the report to a
+/// channel). Two sinks are equal when they are the same sink.
+#[derive(Clone)]
+pub struct ProgressSink(Arc<dyn Fn(Progress) + Send + Sync>);
+
+impl ProgressSink {
+    /// A sink calling `report` with each report.
+    pub fn new(report: impl Fn(Progress) + Send + Sync + 'static) -> Self {
+        ProgressSink(Arc::new(report))
+    }
+
+    pub(crate) fn report(&self, progress: Progress) {
+        (self.0)(progress)
+    }
+}
+
+impl fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+impl PartialEq for ProgressSink {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ProgressSink {}
 
 /// Calls agents: one HTTP client (and a pool of plain connections) for every HTTP agent, and the handlers of
 /// local agents by registration uid (a replaced agent's handler is dropped
@@ -253,7 +299,7 @@ impl Callers {
                 let (kind, name) = agent.upstream_of(request.tool);
                 match kind {
                     ServedKind::Tool => upstream
-                        .call(&name, request.input, request.session_id)
+                        .call(&name, request.input, request.session_id, request.progress)
                         .await
                         .map_err(|(failure, _)| failure),
                     ServedKind::Prompt => {

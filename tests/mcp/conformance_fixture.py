@@ -7,10 +7,11 @@ relays what this server answers.
 `PORT` is the port to serve http://127.0.0.1:PORT/mcp on.
 """
 
+import asyncio
 import base64
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.types import (
     AudioContent,
@@ -96,6 +97,16 @@ def test_multiple_content_types():
 def test_error_handling():
     """Always fails."""
     raise ValueError("This tool intentionally returns an error for testing")
+
+
+@server.tool(structured_output=False)
+async def test_tool_with_progress(ctx: Context) -> str:
+    """Reports progress 0, 50 and 100 of 100, 50 ms apart."""
+    for step in (0, 50, 100):
+        await ctx.report_progress(step, 100)
+        if step < 100:
+            await asyncio.sleep(0.05)
+    return "Progress test completed"
 
 
 @server.resource("test://static-text", mime_type="text/plain")

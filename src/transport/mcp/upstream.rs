@@ -19,13 +19,17 @@ use super::oauth::{OAuthHttp, Tokens};
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
-use crate::transport::{Failure, MAX_RESPONSE_BYTES};
+use crate::transport::{Failure, Progress, ProgressSink, MAX_RESPONSE_BYTES};
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{
-    CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest, Implementation,
-    PaginatedRequestParams, PingRequest, ProtocolVersion, ResourceUpdatedNotificationParam,
+    CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
+    ClientCapabilities, ClientConfig, ClientRequest, Implementation, PaginatedRequestParams,
+    PingRequest, ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId,
+    ResourceUpdatedNotificationParam, ServerResult,
 };
-use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService};
+use rmcp::service::{
+    ClientLifecycleMode, ClientServiceExt, NotificationContext, PeerRequestOptions, RunningService,
+};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, Peer, RoleClient, ServiceError};
@@ -143,6 +147,47 @@ struct Restarts {
 pub(crate) struct Handler {
     list_changed: Arc<dyn Fn() + Send + Sync>,
     updates: ResourceUpdates,
+    progress: ProgressRoutes,
+}
+
+/// The calls in flight that asked for progress, by the progress token
+/// their request carries (the SDK gives each request its own, unique per
+/// connection), so a report reaches the call that asked and no other.
+pub(super) type ProgressRoutes = Arc<parking_lot::Mutex<HashMap<ProgressToken, ProgressSink>>>;
+
+/// Keeps a call's progress token routed while the call runs.
+struct ProgressRoute {
+    routes: ProgressRoutes,
+    token: ProgressToken,
+}
+
+/// Tells the server a call was abandoned (`notifications/cancelled`) when
+/// the call is dropped before its answer, as the SDK's own calls do.
+struct CancelOnDrop {
+    peer: Peer<RoleClient>,
+    id: Option<RequestId>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let (Some(id), Ok(runtime)) = (self.id.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let peer = self.peer.clone();
+        runtime.spawn(async move {
+            let reason = Some("request abandoned by the caller".to_string());
+            let _ = peer
+                .notify_cancelled(CancelledNotificationParam::new(Some(id), reason))
+                .await;
+        });
+    }
+}
+
+impl Drop for ProgressRoute {
+    fn drop(&mut self) {
+        self.routes.lock().remove(&self.token);
+    }
 }
 
 /// Where the URIs of `notifications/resources/updated` go: every MCP
@@ -160,6 +205,21 @@ impl ClientHandler for Handler {
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
         (self.list_changed)();
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let sink = self.progress.lock().get(&params.progress_token).cloned();
+        if let Some(sink) = sink {
+            sink.report(Progress {
+                progress: params.progress,
+                total: params.total,
+                message: params.message,
+            });
+        }
     }
 
     async fn on_resource_updated(
@@ -222,6 +282,7 @@ pub(crate) struct Upstream {
     http: reqwest::Client,
     list_changed: Arc<dyn Fn() + Send + Sync>,
     updates: ResourceUpdates,
+    progress: ProgressRoutes,
     shared: Slot,
     sessions: parking_lot::Mutex<Sessions>,
     /// Upstream sessions kept idle ([`MAX_UPSTREAM_SESSIONS`]; smaller in tests).
@@ -269,6 +330,7 @@ impl Upstream {
             http,
             list_changed,
             updates,
+            progress: Arc::default(),
             shared: Arc::default(),
             sessions: parking_lot::Mutex::default(),
             max_sessions: MAX_UPSTREAM_SESSIONS,
@@ -292,6 +354,7 @@ impl Upstream {
         Handler {
             list_changed: self.list_changed.clone(),
             updates: self.updates.clone(),
+            progress: self.progress.clone(),
         }
     }
 
@@ -572,6 +635,7 @@ impl Upstream {
         name: &str,
         input: &serde_json::Value,
         session: Option<&str>,
+        progress: Option<&ProgressSink>,
     ) -> Result<serde_json::Value, (Failure, bool)> {
         let arguments = match input {
             serde_json::Value::Object(map) => Some(map.clone()),
@@ -591,7 +655,11 @@ impl Upstream {
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
         }
-        match peer.call_tool(params).await {
+        let answer = match progress {
+            None => peer.call_tool(params).await,
+            Some(sink) => self.call_with_progress(&peer, params, sink).await,
+        };
+        match answer {
             Ok(result) => output_of(result).map_err(|f| (f, false)),
             Err(e) => {
                 let (failure, unknown_tool) = classify_error(e, name);
@@ -600,6 +668,38 @@ impl Upstream {
                 }
                 Err((failure, unknown_tool))
             }
+        }
+    }
+
+    /// `tools/call` whose progress reports go to `sink` while it runs.
+    async fn call_with_progress(
+        &self,
+        peer: &Peer<RoleClient>,
+        params: CallToolRequestParams,
+        sink: &ProgressSink,
+    ) -> Result<CallToolResult, ServiceError> {
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let handle = peer
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await?;
+        // The token is the SDK's, known once the request is queued; the
+        // server answers at the earliest after a round trip, by when the
+        // route is in place.
+        let token = handle.progress_token.clone();
+        self.progress.lock().insert(token.clone(), sink.clone());
+        let _route = ProgressRoute {
+            routes: self.progress.clone(),
+            token,
+        };
+        let mut abandoned = CancelOnDrop {
+            peer: peer.clone(),
+            id: Some(handle.id.clone()),
+        };
+        let answer = handle.await_response().await;
+        abandoned.id = None;
+        match answer? {
+            ServerResult::CallToolResult(result) => Ok(result),
+            _ => Err(ServiceError::UnexpectedResponse),
         }
     }
 
@@ -876,7 +976,7 @@ mod tests {
             let upstream = upstream.clone();
             async move {
                 upstream
-                    .call("wait", &serde_json::json!({}), Some("held"))
+                    .call("wait", &serde_json::json!({}), Some("held"), None)
                     .await
             }
         });
@@ -895,7 +995,7 @@ mod tests {
         // least recently used, but it has a call in flight.
         for session in ["b", "c", "d"] {
             upstream
-                .call("quick", &serde_json::json!({}), Some(session))
+                .call("quick", &serde_json::json!({}), Some(session), None)
                 .await
                 .unwrap_or_else(|(e, _)| {
                     panic!("session {session}: {}", e.message(Duration::ZERO))

@@ -351,6 +351,18 @@ impl ServerHandler for Upstream {
                     .map(str::to_string);
                 CallToolResult::structured(json!({"server": self.name, "session": session}))
             }
+            "progress" => {
+                // Three reports under the token the call asked with.
+                if let Some(token) = context.meta.get_progress_token() {
+                    for step in [0.0, 50.0, 100.0] {
+                        let mut report =
+                            rmcp::model::ProgressNotificationParam::new(token.clone(), step);
+                        report.total = Some(100.0);
+                        let _ = context.peer.notify_progress(report).await;
+                    }
+                }
+                CallToolResult::structured(json!({"server": self.name}))
+            }
             "touch" => {
                 // 2026-07-28 delivers updates on `subscriptions/listen`
                 // streams; the older revisions to the subscribed session.
@@ -1179,6 +1191,8 @@ async fn declared_tools_route_and_registrations_are_checked() {
 struct Listener {
     changes: Arc<AtomicUsize>,
     updates: Arc<AtomicUsize>,
+    /// Each progress report: its token and value.
+    progress: Arc<Mutex<Vec<(rmcp::model::ProgressToken, f64)>>>,
 }
 
 impl rmcp::ClientHandler for Listener {
@@ -1195,6 +1209,17 @@ impl rmcp::ClientHandler for Listener {
         _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
     ) {
         self.updates.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.progress
+            .lock()
+            .unwrap()
+            .push((params.progress_token, params.progress));
     }
 }
 
@@ -2660,6 +2685,69 @@ async fn resource_updates_reach_the_sessions_that_subscribed_and_only_them() {
         );
         subscription.cancel().await.unwrap();
         eventually(|| up.subscribed.lock().unwrap().is_empty()).await;
+        server.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_progress_reaches_the_caller_that_asked_and_only_it() {
+    for legacy in [true, false] {
+        let (_dir, db) = temp_db();
+        let d = ToolDispatcher::new(db.clone());
+        let mut up =
+            Upstream::new("a").with_tool("progress", "Reports progress", schema("x", "number"));
+        if legacy {
+            up = up.legacy();
+        }
+        let a = serve(up).await;
+        register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
+        let (url, server) = serve_switchboard(&d).await;
+        let (asking, other) = (Listener::default(), Listener::default());
+        let caller = connect(&url, asking.clone(), legacy).await;
+        let bystander = connect(&url, other.clone(), legacy).await;
+        // Both call at once; each gets its own call's reports.
+        let (first, second) = tokio::join!(
+            caller.call_tool(CallToolRequestParams::new("progress")),
+            bystander.call_tool(CallToolRequestParams::new("echo")),
+        );
+        first.unwrap();
+        second.unwrap();
+        // Sent before the answer, so here by now; waited for anyway, bounded.
+        eventually(|| asking.progress.lock().unwrap().len() == 3).await;
+        let reports = asking.progress.lock().unwrap().clone();
+        let values: Vec<f64> = reports.iter().map(|r| r.1).collect();
+        assert_eq!(values, [0.0, 50.0, 100.0], "in order");
+        assert!(
+            reports.windows(2).all(|w| w[0].0 == w[1].0),
+            "under the one token of the caller's request: {reports:?}"
+        );
+        assert!(
+            other.progress.lock().unwrap().is_empty(),
+            "only the caller is told"
+        );
+        // Through the Rust API, a sink gets the same reports.
+        let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let sink = switchboard::ProgressSink::new(move |p| {
+            let _ = sender.send(p.progress);
+        });
+        d.invoke(
+            "progress",
+            ToolCategory::Search,
+            json!({}),
+            RoutingOptions::new().with_progress(sink),
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(value)) =
+            tokio::time::timeout(Duration::from_secs(5), received.recv()).await
+        {
+            got.push(value);
+            if got.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(got, [0.0, 50.0, 100.0]);
         server.abort();
     }
 }

@@ -43,8 +43,8 @@ use crate::routing::HealthCheckConfig;
 use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, ToolRouter};
 use crate::storage::Database;
 use crate::transport::http::build_client;
-use crate::transport::ProgressSink;
 use crate::transport::{local_handler, Callers, ToolError};
+use crate::transport::{InputRelay, ProgressSink};
 use call::Call;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,10 @@ pub struct RoutingOptions {
     /// report it when asked: a sink asks them).
     #[serde(skip)]
     pub progress: Option<ProgressSink>,
+    /// Who answers what the agent asks the client during the call
+    /// (sampling, elicitation, roots); without one such a call fails.
+    #[serde(skip)]
+    pub input_relay: Option<InputRelay>,
 }
 
 impl Default for RoutingOptions {
@@ -83,6 +87,7 @@ impl Default for RoutingOptions {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             caller: None,
             progress: None,
+            input_relay: None,
         }
     }
 }
@@ -102,6 +107,12 @@ impl RoutingOptions {
     /// Sends the progress the agent reports during the call to `sink`.
     pub fn with_progress(mut self, sink: ProgressSink) -> Self {
         self.progress = Some(sink);
+        self
+    }
+
+    /// Lets `relay` answer what the agent asks the client during the call.
+    pub fn with_input_relay(mut self, relay: InputRelay) -> Self {
+        self.input_relay = Some(relay);
         self
     }
 

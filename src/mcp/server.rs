@@ -27,13 +27,13 @@ use crate::dispatch::{DiscoveredOffer, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
 use crate::namespace::McpOfferKind;
 use crate::policy::{keys, PolicyContext, Principal};
-use crate::transport::{Progress, ProgressSink};
+use crate::transport::{InputRelay, Progress, ProgressSink};
 use parking_lot::Mutex;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
     ContentBlock, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse,
+    ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
     ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams,
     SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
@@ -282,24 +282,102 @@ impl SwitchboardMcp {
 /// under its own token. Reports are queued (the newest dropped when the
 /// client reads too slowly) and sent in order by one task, which ends with
 /// the call.
-fn progress_to(context: &RequestContext<RoleServer>) -> Option<ProgressSink> {
+fn progress_to(
+    context: &RequestContext<RoleServer>,
+) -> Option<(ProgressSink, tokio::task::JoinHandle<()>)> {
     let token = context.meta.get_progress_token()?;
     let (sender, mut reports) = tokio::sync::mpsc::channel::<Progress>(PROGRESS_BACKLOG);
     let peer = context.peer.clone();
-    tokio::spawn(async move {
-        while let Some(report) = reports.recv().await {
-            let mut param = ProgressNotificationParam::new(token.clone(), report.progress);
-            param.total = report.total;
-            param.message = report.message;
-            if peer.notify_progress(param).await.is_err() {
-                return;
+    let forwarding = tokio::spawn(async move {
+        let mut last: Option<f64> = None;
+        while let Some(first) = reports.recv().await {
+            // The SDK hands each notification from the agent to a task of
+            // its own, so reports sent together can arrive out of order:
+            // those that come within a short window are put back in order,
+            // and one older than what the client was told is dropped (the
+            // values a client sees must increase).
+            let mut batch = vec![first];
+            let window = tokio::time::sleep(PROGRESS_REORDER_WINDOW);
+            tokio::pin!(window);
+            loop {
+                tokio::select! {
+                    _ = &mut window => break,
+                    next = reports.recv() => match next {
+                        Some(report) => batch.push(report),
+                        None => break,
+                    },
+                }
+            }
+            batch.sort_by(|a, b| a.progress.total_cmp(&b.progress));
+            for report in batch {
+                if last.is_some_and(|l| report.progress <= l) {
+                    continue;
+                }
+                last = Some(report.progress);
+                let mut param = ProgressNotificationParam::new(token.clone(), report.progress);
+                param.total = report.total;
+                param.message = report.message;
+                if peer.notify_progress(param).await.is_err() {
+                    return;
+                }
             }
         }
     });
-    Some(ProgressSink::new(move |report| {
+    let sink = ProgressSink::new(move |report| {
         let _ = sender.try_send(report);
+    });
+    Some((sink, forwarding))
+}
+
+/// Waits (briefly) until the progress of a call that has ended is sent:
+/// it must reach the client before the call's answer, which ends the
+/// stream it travels on.
+async fn progress_sent(forwarding: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(forwarding) = forwarding {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), forwarding).await;
+    }
+}
+
+/// Who answers what an agent asks the calling client during its call
+/// (sampling, elicitation, roots): the client itself, through requests on
+/// its session, for each capability it declared. A 2026-07-28 client has no
+/// session to ask on: `None`, and such a call fails saying what was asked.
+fn input_relay_to(context: &RequestContext<RoleServer>) -> Option<InputRelay> {
+    let peer = context.peer.clone();
+    let client = peer.peer_info()?;
+    if client.protocol_version == ProtocolVersion::V_2026_07_28 {
+        return None;
+    }
+    let capabilities = client.capabilities.clone();
+    Some(InputRelay::new(move |request| {
+        let peer = peer.clone();
+        let method = request["method"].as_str().unwrap_or_default().to_string();
+        let declared = match method.as_str() {
+            "sampling/createMessage" => capabilities.sampling.is_some(),
+            "elicitation/create" => capabilities.elicitation.is_some(),
+            "roots/list" => capabilities.roots.is_some(),
+            _ => false,
+        };
+        Box::pin(async move {
+            if !declared {
+                return Err(format!(
+                    "the calling client does not declare the capability {method} needs"
+                ));
+            }
+            let request: rmcp::model::ServerRequest = serde_json::from_value(request)
+                .map_err(|e| format!("{method} is not a request Switchboard relays: {e}"))?;
+            let answer = peer
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_value(answer).map_err(|e| e.to_string())
+        })
     }))
 }
+
+/// How long a progress report waits for reports sent with it (see
+/// `progress_to`).
+const PROGRESS_REORDER_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Progress reports of one call waiting to be sent to a slow client.
 const PROGRESS_BACKLOG: usize = 64;
@@ -433,8 +511,12 @@ impl ServerHandler for SwitchboardMcp {
             if let Some(principal) = principal {
                 options = options.with_caller(principal);
             }
-            if let Some(sink) = progress_to(&context) {
+            let (sink, forwarding) = progress_to(&context).unzip();
+            if let Some(sink) = sink {
                 options = options.with_progress(sink);
+            }
+            if let Some(relay) = input_relay_to(&context) {
+                options = options.with_input_relay(relay);
             }
             let slot = match self.invoke_slot() {
                 Ok(slot) => slot,
@@ -449,7 +531,9 @@ impl ServerHandler for SwitchboardMcp {
                 drop(slot);
                 result
             });
-            return match cancellable(task, &context).await? {
+            let outcome = cancellable(task, &context).await?;
+            progress_sent(forwarding).await;
+            return match outcome {
                 Err(e) => error_result(e),
                 Ok(r) => Ok(serde_json::from_value::<CallToolResult>(r.output.clone())
                     .unwrap_or_else(|_| CallToolResult::structured(r.output))
@@ -473,7 +557,8 @@ impl ServerHandler for SwitchboardMcp {
         if let Some(session) = call.session_id {
             options = options.with_session_id(session);
         }
-        if let Some(sink) = progress_to(&context) {
+        let (sink, forwarding) = progress_to(&context).unzip();
+        if let Some(sink) = sink {
             options = options.with_progress(sink);
         }
         let slot = match self.invoke_slot() {
@@ -488,7 +573,9 @@ impl ServerHandler for SwitchboardMcp {
             drop(slot);
             result
         });
-        match cancellable(task, &context).await? {
+        let outcome = cancellable(task, &context).await?;
+        progress_sent(forwarding).await;
+        match outcome {
             Err(e) => error_result(e),
             Ok(r) => Ok(CallToolResult::structured(serde_json::json!({
                 "agent_id": r.agent_id,

@@ -183,6 +183,9 @@ pub(crate) struct WireRequest<'a> {
     /// Where progress the agent reports goes (MCP agents report it).
     #[serde(skip)]
     pub progress: Option<&'a ProgressSink>,
+    /// Who answers what the agent asks the client (MCP agents ask).
+    #[serde(skip)]
+    pub input_relay: Option<&'a InputRelay>,
 }
 
 /// Progress an agent reports during a call (an MCP agent's
@@ -227,6 +230,42 @@ impl PartialEq for ProgressSink {
 }
 
 impl Eq for ProgressSink {}
+
+/// The future an [`InputRelay`] answers with.
+pub type InputAnswer =
+    Pin<Box<dyn Future<Output = std::result::Result<serde_json::Value, String>> + Send>>;
+
+/// Who answers what an MCP agent asks the client during a call (sampling,
+/// elicitation, roots): given the request as JSON (`{"method", "params"}`),
+/// the client's result, or why it cannot answer. Two relays are equal when
+/// they are the same relay.
+#[derive(Clone)]
+pub struct InputRelay(Arc<dyn Fn(serde_json::Value) -> InputAnswer + Send + Sync>);
+
+impl InputRelay {
+    /// A relay answering each request with `answer`.
+    pub fn new(answer: impl Fn(serde_json::Value) -> InputAnswer + Send + Sync + 'static) -> Self {
+        InputRelay(Arc::new(answer))
+    }
+
+    pub(crate) fn ask(&self, request: serde_json::Value) -> InputAnswer {
+        (self.0)(request)
+    }
+}
+
+impl fmt::Debug for InputRelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InputRelay")
+    }
+}
+
+impl PartialEq for InputRelay {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for InputRelay {}
 
 /// Calls agents: one HTTP client (and a pool of plain connections) for every HTTP agent, and the handlers of
 /// local agents by registration uid (a replaced agent's handler is dropped
@@ -299,7 +338,13 @@ impl Callers {
                 let (kind, name) = agent.upstream_of(request.tool);
                 match kind {
                     ServedKind::Tool => upstream
-                        .call(&name, request.input, request.session_id, request.progress)
+                        .call(
+                            &name,
+                            request.input,
+                            request.session_id,
+                            request.progress,
+                            request.input_relay,
+                        )
                         .await
                         .map_err(|(failure, _)| failure),
                     ServedKind::Prompt => {

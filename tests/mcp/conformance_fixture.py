@@ -15,6 +15,9 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.prompts.base import UserMessage
 from mcp.types import (
     AudioContent,
+    CreateMessageRequest,
+    ElicitRequest,
+    InputRequiredResult,
     Completion,
     EmptyResult,
     EmbeddedResource,
@@ -107,6 +110,125 @@ async def test_tool_with_progress(ctx: Context) -> str:
         if step < 100:
             await asyncio.sleep(0.05)
     return "Progress test completed"
+
+
+def answered(ctx: Context, key: str):
+    """The client's answer to input request `key`, as JSON, or None on the
+    first round (when the tool asks for it)."""
+    answer = (ctx.input_responses or {}).get(key)
+    if answer is None or isinstance(answer, dict):
+        return answer
+    return answer.model_dump(by_alias=True, exclude_none=True)
+
+
+def ask(key: str, request) -> InputRequiredResult:
+    """Asks the client for input (the 2026-07-28 multi round-trip form,
+    which Switchboard turns into a request to a 2025 client)."""
+    return InputRequiredResult(input_requests={key: request})
+
+
+def elicitation(message: str, schema: dict) -> ElicitRequest:
+    return ElicitRequest.model_validate(
+        {"method": "elicitation/create", "params": {"message": message, "requestedSchema": schema}}
+    )
+
+
+@server.tool(structured_output=False)
+async def test_sampling(prompt: str, ctx: Context):
+    """Asks the client's model to complete `prompt`."""
+    answer = answered(ctx, "sample")
+    if answer is None:
+        return ask(
+            "sample",
+            CreateMessageRequest.model_validate(
+                {
+                    "method": "sampling/createMessage",
+                    "params": {
+                        "messages": [{"role": "user", "content": {"type": "text", "text": prompt}}],
+                        "maxTokens": 100,
+                    },
+                }
+            ),
+        )
+    return [TextContent(type="text", text=f"LLM response: {answer['content']['text']}")]
+
+
+@server.tool(structured_output=False)
+async def test_elicitation(message: str, ctx: Context):
+    """Asks the user for a username and an email."""
+    answer = answered(ctx, "user")
+    if answer is None:
+        return ask(
+            "user",
+            elicitation(
+                message,
+                {
+                    "type": "object",
+                    "properties": {
+                        "username": {"type": "string", "description": "User's response"},
+                        "email": {"type": "string", "description": "User's email address"},
+                    },
+                    "required": ["username", "email"],
+                },
+            ),
+        )
+    return [TextContent(type="text", text=f"User response: {answer}")]
+
+
+@server.tool(structured_output=False)
+async def test_elicitation_sep1034_defaults(ctx: Context):
+    """Asks with a default for every primitive type."""
+    answer = answered(ctx, "defaults")
+    if answer is None:
+        return ask(
+            "defaults",
+            elicitation(
+                "Please review and update the form fields with defaults",
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "default": "John Doe"},
+                        "age": {"type": "integer", "default": 30},
+                        "score": {"type": "number", "default": 95.5},
+                        "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+                        "verified": {"type": "boolean", "default": True},
+                    },
+                },
+            ),
+        )
+    return [TextContent(type="text", text=f"Elicitation completed: {answer}")]
+
+
+@server.tool(structured_output=False)
+async def test_elicitation_sep1330_enums(ctx: Context):
+    """Asks with every enum form."""
+    answer = answered(ctx, "enums")
+    if answer is None:
+        options = [{"const": f"value{i}", "title": f"Value {i}"} for i in (1, 2, 3)]
+        return ask(
+            "enums",
+            elicitation(
+                "Please select options",
+                {
+                    "type": "object",
+                    "properties": {
+                        "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+                        "titledSingle": {"type": "string", "oneOf": options},
+                        "legacyEnum": {
+                            "type": "string",
+                            "enum": ["opt1", "opt2", "opt3"],
+                            "enumNames": ["Option One", "Option Two", "Option Three"],
+                        },
+                        "untitledMulti": {
+                            "type": "array",
+                            "items": {"type": "string", "enum": ["option1", "option2", "option3"]},
+                        },
+                        "titledMulti": {"type": "array", "items": {"anyOf": options}},
+                    },
+                },
+            ),
+        )
+    return [TextContent(type="text", text=f"Elicitation completed: {answer}")]
 
 
 @server.resource("test://static-text", mime_type="text/plain")

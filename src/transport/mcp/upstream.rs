@@ -19,13 +19,13 @@ use super::oauth::{OAuthHttp, Tokens};
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
-use crate::transport::{Failure, Progress, ProgressSink, MAX_RESPONSE_BYTES};
+use crate::transport::{Failure, InputRelay, Progress, ProgressSink, MAX_RESPONSE_BYTES};
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
-    ClientCapabilities, ClientConfig, ClientRequest, Implementation, PaginatedRequestParams,
-    PingRequest, ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId,
-    ResourceUpdatedNotificationParam, ServerResult,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
+    ClientCapabilities, ClientConfig, ClientRequest, Implementation, InputRequests, InputResponses,
+    PaginatedRequestParams, PingRequest, ProgressNotificationParam, ProgressToken, ProtocolVersion,
+    RequestId, ResourceUpdatedNotificationParam, ServerResult,
 };
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, NotificationContext, PeerRequestOptions, RunningService,
@@ -153,7 +153,45 @@ pub(crate) struct Handler {
 /// The calls in flight that asked for progress, by the progress token
 /// their request carries (the SDK gives each request its own, unique per
 /// connection), so a report reaches the call that asked and no other.
-pub(super) type ProgressRoutes = Arc<parking_lot::Mutex<HashMap<ProgressToken, ProgressSink>>>;
+pub(super) type ProgressRoutes = Arc<parking_lot::Mutex<Routes>>;
+
+/// Reports kept for a token no call has claimed yet.
+const EARLY_REPORTS: usize = 64;
+
+#[derive(Default)]
+pub(super) struct Routes {
+    sinks: HashMap<ProgressToken, ProgressSink>,
+    /// The token is the SDK's, known only once the request is on its way,
+    /// so a quick server's first reports can come before the call claims
+    /// them: they wait here (the latest few).
+    early: VecDeque<(ProgressToken, Progress)>,
+}
+
+impl Routes {
+    fn report(&mut self, token: ProgressToken, progress: Progress) {
+        match self.sinks.get(&token) {
+            Some(sink) => sink.report(progress),
+            None => {
+                if self.early.len() == EARLY_REPORTS {
+                    self.early.pop_front();
+                }
+                self.early.push_back((token, progress));
+            }
+        }
+    }
+
+    /// Routes `token`'s reports to `sink`, those that came already first.
+    fn claim(&mut self, token: ProgressToken, sink: ProgressSink) {
+        self.early.retain(|(early, progress)| {
+            let mine = *early == token;
+            if mine {
+                sink.report(progress.clone());
+            }
+            !mine
+        });
+        self.sinks.insert(token, sink);
+    }
+}
 
 /// Keeps a call's progress token routed while the call runs.
 struct ProgressRoute {
@@ -186,7 +224,7 @@ impl Drop for CancelOnDrop {
 
 impl Drop for ProgressRoute {
     fn drop(&mut self) {
-        self.routes.lock().remove(&self.token);
+        self.routes.lock().sinks.remove(&self.token);
     }
 }
 
@@ -212,14 +250,14 @@ impl ClientHandler for Handler {
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        let sink = self.progress.lock().get(&params.progress_token).cloned();
-        if let Some(sink) = sink {
-            sink.report(Progress {
+        self.progress.lock().report(
+            params.progress_token,
+            Progress {
                 progress: params.progress,
                 total: params.total,
                 message: params.message,
-            });
-        }
+            },
+        );
     }
 
     async fn on_resource_updated(
@@ -636,6 +674,7 @@ impl Upstream {
         input: &serde_json::Value,
         session: Option<&str>,
         progress: Option<&ProgressSink>,
+        relay: Option<&InputRelay>,
     ) -> Result<serde_json::Value, (Failure, bool)> {
         let arguments = match input {
             serde_json::Value::Object(map) => Some(map.clone()),
@@ -655,20 +694,48 @@ impl Upstream {
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
         }
-        let answer = match progress {
-            None => peer.call_tool(params).await,
-            Some(sink) => self.call_with_progress(&peer, params, sink).await,
-        };
-        match answer {
-            Ok(result) => output_of(result).map_err(|f| (f, false)),
-            Err(e) => {
-                let (failure, unknown_tool) = classify_error(e, name);
-                if unknown_tool {
-                    (self.list_changed)();
+        // A 2026-07-28 server asks the client for input by answering
+        // `input_required`; the call is asked again with the client's
+        // answers, on this connection, until it completes.
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let answer = match progress {
+                None => peer.call_tool_once(params.clone()).await,
+                Some(sink) => self.call_with_progress(&peer, params.clone(), sink).await,
+            };
+            let required = match answer {
+                Ok(CallToolResponse::Complete(result)) => {
+                    return output_of(result).map_err(|f| (f, false))
                 }
-                Err((failure, unknown_tool))
-            }
+                Ok(CallToolResponse::InputRequired(required)) => required,
+                Ok(_) => {
+                    return Err((
+                        Failure::Agent(format!(
+                            "the MCP server answered tools/call of {name} with a task, which \
+                             Switchboard does not follow"
+                        )),
+                        false,
+                    ))
+                }
+                Err(e) => {
+                    let (failure, unknown_tool) = classify_error(e, name);
+                    if unknown_tool {
+                        (self.list_changed)();
+                    }
+                    return Err((failure, unknown_tool));
+                }
+            };
+            let answers = answer_input(relay, required.input_requests.unwrap_or_default())
+                .await
+                .map_err(|f| (f, false))?;
+            params.input_responses = (!answers.is_empty()).then_some(answers);
+            params.request_state = required.request_state;
         }
+        Err((
+            Failure::Agent(format!(
+                "the MCP server still asked for input after {MAX_INPUT_ROUNDS} rounds of tools/call of {name}"
+            )),
+            false,
+        ))
     }
 
     /// `tools/call` whose progress reports go to `sink` while it runs.
@@ -677,16 +744,13 @@ impl Upstream {
         peer: &Peer<RoleClient>,
         params: CallToolRequestParams,
         sink: &ProgressSink,
-    ) -> Result<CallToolResult, ServiceError> {
+    ) -> Result<CallToolResponse, ServiceError> {
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         let handle = peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await?;
-        // The token is the SDK's, known once the request is queued; the
-        // server answers at the earliest after a round trip, by when the
-        // route is in place.
         let token = handle.progress_token.clone();
-        self.progress.lock().insert(token.clone(), sink.clone());
+        self.progress.lock().claim(token.clone(), sink.clone());
         let _route = ProgressRoute {
             routes: self.progress.clone(),
             token,
@@ -698,7 +762,10 @@ impl Upstream {
         let answer = handle.await_response().await;
         abandoned.id = None;
         match answer? {
-            ServerResult::CallToolResult(result) => Ok(result),
+            ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
+            ServerResult::InputRequiredResult(required) => {
+                Ok(CallToolResponse::InputRequired(required))
+            }
             _ => Err(ServiceError::UnexpectedResponse),
         }
     }
@@ -764,6 +831,39 @@ impl Upstream {
         tracing::warn!(agent_id = %self.agent_id, max_pages, "the MCP agent's tool list has more pages than Switchboard reads; the rest are ignored");
         Ok((tools, ttl.map(Duration::from_millis)))
     }
+}
+
+/// The most `input_required` rounds one call goes through.
+const MAX_INPUT_ROUNDS: usize = 10;
+
+/// The client's answers to what a server asked for, by the server's keys,
+/// through `relay`; without one (a call not made by an MCP client), the
+/// call fails saying what was asked.
+async fn answer_input(
+    relay: Option<&InputRelay>,
+    requests: InputRequests,
+) -> Result<InputResponses, Failure> {
+    let mut answers = InputResponses::new();
+    for (key, request) in requests {
+        let request = serde_json::to_value(&request)
+            .map_err(|e| Failure::Agent(format!("an input request does not encode: {e}")))?;
+        let method = request["method"]
+            .as_str()
+            .unwrap_or("an input request")
+            .to_string();
+        let Some(relay) = relay else {
+            return Err(Failure::Tool(format!(
+                "the MCP server asks the client for {method} during the call, which only a call \
+                 made through /mcp by a client that supports it can answer"
+            )));
+        };
+        let answer = relay
+            .ask(request)
+            .await
+            .map_err(|why| Failure::Tool(format!("the client did not answer {method}: {why}")))?;
+        answers.insert(key, answer);
+    }
+    Ok(answers)
 }
 
 /// A stdio command's `env` as this node starts it: `${VAR}` is this
@@ -976,7 +1076,7 @@ mod tests {
             let upstream = upstream.clone();
             async move {
                 upstream
-                    .call("wait", &serde_json::json!({}), Some("held"), None)
+                    .call("wait", &serde_json::json!({}), Some("held"), None, None)
                     .await
             }
         });
@@ -995,7 +1095,7 @@ mod tests {
         // least recently used, but it has a call in flight.
         for session in ["b", "c", "d"] {
             upstream
-                .call("quick", &serde_json::json!({}), Some(session), None)
+                .call("quick", &serde_json::json!({}), Some(session), None, None)
                 .await
                 .unwrap_or_else(|(e, _)| {
                     panic!("session {session}: {}", e.message(Duration::ZERO))

@@ -2863,3 +2863,47 @@ async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
     );
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_method_and_name_headers_must_match_the_body() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let a = serve(Upstream::new("a")).await;
+    register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
+    let (url, server) = serve_switchboard(&d).await;
+    let http = reqwest::Client::new();
+    let post = |method: &'static str, name: Option<&'static str>| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "echo", "arguments": {"x": 1},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+                      "io.modelcontextprotocol/clientCapabilities": {}},
+        }});
+        let mut request = http
+            .post(&url)
+            .header("Accept", "application/json, text/event-stream")
+            .header("Content-Type", "application/json")
+            .header("MCP-Protocol-Version", "2026-07-28")
+            .header("Mcp-Method", method);
+        if let Some(name) = name {
+            request = request.header("Mcp-Name", name);
+        }
+        request.body(body.to_string()).send()
+    };
+    let matching = post("tools/call", Some("echo")).await.unwrap();
+    assert!(matching.status().is_success(), "{}", matching.status());
+    for (method, name) in [("tools/list", Some("echo")), ("tools/call", Some("other"))] {
+        let refused = post(method, name).await.unwrap();
+        assert_eq!(
+            refused.status(),
+            400,
+            "Mcp-Method {method}, Mcp-Name {name:?}"
+        );
+        let text = refused.text().await.unwrap();
+        assert!(
+            text.to_lowercase().contains("mismatch") || text.contains("does not match"),
+            "{text}"
+        );
+    }
+    server.abort();
+}

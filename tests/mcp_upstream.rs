@@ -219,8 +219,10 @@ impl ServerHandler for Upstream {
             .resource_subscriptions
             .clone()
             .unwrap_or_default();
-        self.subscribed.lock().unwrap().extend(uris.iter().cloned());
+        // Listening before the subscription shows: a touch right after it
+        // must be seen.
         let mut touches = self.touches.subscribe();
+        self.subscribed.lock().unwrap().extend(uris.iter().cloned());
         loop {
             tokio::select! {
                 _ = context.cancelled() => break,

@@ -161,6 +161,8 @@ const EARLY_REPORTS: usize = 64;
 #[derive(Default)]
 pub(super) struct Routes {
     sinks: HashMap<ProgressToken, ProgressSink>,
+    /// The tokens whose call has had a report.
+    reported: std::collections::HashSet<ProgressToken>,
     /// The token is the SDK's, known only once the request is on its way,
     /// so a quick server's first reports can come before the call claims
     /// them: they wait here (the latest few).
@@ -170,7 +172,10 @@ pub(super) struct Routes {
 impl Routes {
     fn report(&mut self, token: ProgressToken, progress: Progress) {
         match self.sinks.get(&token) {
-            Some(sink) => sink.report(progress),
+            Some(sink) => {
+                sink.report(progress);
+                self.reported.insert(token);
+            }
             None => {
                 if self.early.len() == EARLY_REPORTS {
                     self.early.pop_front();
@@ -182,16 +187,31 @@ impl Routes {
 
     /// Routes `token`'s reports to `sink`, those that came already first.
     fn claim(&mut self, token: ProgressToken, sink: ProgressSink) {
+        let mut reported = false;
         self.early.retain(|(early, progress)| {
             let mine = *early == token;
             if mine {
                 sink.report(progress.clone());
+                reported = true;
             }
             !mine
         });
+        if reported {
+            self.reported.insert(token.clone());
+        }
         self.sinks.insert(token, sink);
     }
+
+    /// Whether `token`'s call has had a report.
+    fn has_reported(&self, token: &ProgressToken) -> bool {
+        self.reported.contains(token)
+    }
 }
+
+/// How long a call that reported progress keeps its route after its
+/// answer: the SDK hands each notification to a task of its own, so the
+/// last reports, sent before the answer, can be handled just after it.
+const PROGRESS_STRAGGLERS: Duration = Duration::from_millis(20);
 
 /// Keeps a call's progress token routed while the call runs.
 struct ProgressRoute {
@@ -224,7 +244,9 @@ impl Drop for CancelOnDrop {
 
 impl Drop for ProgressRoute {
     fn drop(&mut self) {
-        self.routes.lock().sinks.remove(&self.token);
+        let mut routes = self.routes.lock();
+        routes.sinks.remove(&self.token);
+        routes.reported.remove(&self.token);
     }
 }
 
@@ -751,7 +773,7 @@ impl Upstream {
             .await?;
         let token = handle.progress_token.clone();
         self.progress.lock().claim(token.clone(), sink.clone());
-        let _route = ProgressRoute {
+        let route = ProgressRoute {
             routes: self.progress.clone(),
             token,
         };
@@ -761,6 +783,11 @@ impl Upstream {
         };
         let answer = handle.await_response().await;
         abandoned.id = None;
+        // Only calls that report progress wait for stragglers; the rest
+        // (most: clients ask for progress on every call) answer at once.
+        if self.progress.lock().has_reported(&route.token) {
+            tokio::time::sleep(PROGRESS_STRAGGLERS).await;
+        }
         match answer? {
             ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
             ServerResult::InputRequiredResult(required) => {

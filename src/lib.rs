@@ -120,7 +120,9 @@ pub use namespace::{
     McpOfferRecord, McpServer, McpSpec, McpToolRecord, PrefixMode, UpstreamOAuth,
 };
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
-pub use transport::{InputAnswer, InputRelay, Progress, ProgressSink, TlsTrust, ToolError};
+pub use transport::{
+    InputAnswer, InputRelay, Progress, ProgressSink, TlsTrust, ToolError, TraceContext,
+};
 
 // Records a user reads back from scans, and the keys they live under.
 pub use namespace::{

@@ -378,6 +378,10 @@ impl ServerHandler for Upstream {
                     "state": request.request_state,
                 }))
             }
+            "trace" => CallToolResult::structured(json!({
+                "traceparent": context.meta.0.get_traceparent(),
+                "tracestate": context.meta.0.get_tracestate(),
+            })),
             "progress" => {
                 // Three reports under the token the call asked with.
                 if let Some(token) = context.meta.get_progress_token() {
@@ -2907,5 +2911,35 @@ async fn mcp_method_and_name_headers_must_match_the_body() {
             "{text}"
         );
     }
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_trace_context_is_passed_on_to_the_agent() {
+    use rmcp::model::RequestParamsMeta;
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let up = Upstream::new("a").with_tool("trace", "Says its trace context", schema("x", "number"));
+    let a = serve(up).await;
+    register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
+    let (url, server) = serve_switchboard(&d).await;
+    let client = connect(&url, Listener::default(), false).await;
+    const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+    let mut params = CallToolRequestParams::new("trace");
+    params.set_traceparent(PARENT);
+    params.set_tracestate("vendor=1");
+    let result = client.call_tool(params).await.unwrap();
+    let seen = result.structured_content.unwrap();
+    assert_eq!(seen["traceparent"], PARENT);
+    assert_eq!(seen["tracestate"], "vendor=1");
+    // A call without one passes none on.
+    let result = client
+        .call_tool(CallToolRequestParams::new("trace"))
+        .await
+        .unwrap();
+    assert_eq!(
+        result.structured_content.unwrap()["traceparent"],
+        Value::Null
+    );
     server.abort();
 }

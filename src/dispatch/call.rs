@@ -200,6 +200,7 @@ impl<'a> Call<'a> {
                 session_id: self.options.session_id.as_deref(),
                 progress: self.options.progress.as_ref(),
                 input_relay: self.options.input_relay.as_ref(),
+                trace: self.options.trace.as_ref(),
             };
             let health = inner.health.read().clone();
             let (outcome, latency) = attempt(

@@ -44,7 +44,7 @@ use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, 
 use crate::storage::Database;
 use crate::transport::http::build_client;
 use crate::transport::{local_handler, Callers, ToolError};
-use crate::transport::{InputRelay, ProgressSink};
+use crate::transport::{InputRelay, ProgressSink, TraceContext};
 use call::Call;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,9 @@ pub struct RoutingOptions {
     /// (sampling, elicitation, roots); without one such a call fails.
     #[serde(skip)]
     pub input_relay: Option<InputRelay>,
+    /// The caller's W3C trace context, passed on to the agent.
+    #[serde(skip)]
+    pub trace: Option<TraceContext>,
 }
 
 impl Default for RoutingOptions {
@@ -88,6 +91,7 @@ impl Default for RoutingOptions {
             caller: None,
             progress: None,
             input_relay: None,
+            trace: None,
         }
     }
 }
@@ -113,6 +117,12 @@ impl RoutingOptions {
     /// Lets `relay` answer what the agent asks the client during the call.
     pub fn with_input_relay(mut self, relay: InputRelay) -> Self {
         self.input_relay = Some(relay);
+        self
+    }
+
+    /// Passes the caller's trace context on to the agent.
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
         self
     }
 

@@ -27,7 +27,7 @@ use crate::dispatch::{DiscoveredOffer, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
 use crate::namespace::McpOfferKind;
 use crate::policy::{keys, PolicyContext, Principal};
-use crate::transport::{InputRelay, Progress, ProgressSink};
+use crate::transport::{InputRelay, Progress, ProgressSink, TraceContext};
 use parking_lot::Mutex;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
@@ -167,6 +167,9 @@ impl SwitchboardMcp {
         let mut options = RoutingOptions::new();
         if let Some(principal) = principal {
             options = options.with_caller(principal);
+        }
+        if let Some(trace) = trace_of(context) {
+            options = options.with_trace(trace);
         }
         let slot = self.invoke_slot().map_err(|_| {
             McpError::internal_error(
@@ -375,6 +378,16 @@ fn input_relay_to(context: &RequestContext<RoleServer>) -> Option<InputRelay> {
     }))
 }
 
+/// The W3C trace context a request came with in its `_meta`, to pass on.
+fn trace_of(context: &RequestContext<RoleServer>) -> Option<TraceContext> {
+    let meta = &context.meta.0;
+    Some(TraceContext {
+        traceparent: meta.get_traceparent()?.to_string(),
+        tracestate: meta.get_tracestate().map(str::to_string),
+        baggage: meta.get_baggage().map(str::to_string),
+    })
+}
+
 /// How long a progress report waits for reports sent with it (see
 /// `progress_to`).
 const PROGRESS_REORDER_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
@@ -517,6 +530,9 @@ impl ServerHandler for SwitchboardMcp {
             }
             if let Some(relay) = input_relay_to(&context) {
                 options = options.with_input_relay(relay);
+            }
+            if let Some(trace) = trace_of(&context) {
+                options = options.with_trace(trace);
             }
             let slot = match self.invoke_slot() {
                 Ok(slot) => slot,

@@ -186,6 +186,22 @@ pub(crate) struct WireRequest<'a> {
     /// Who answers what the agent asks the client (MCP agents ask).
     #[serde(skip)]
     pub input_relay: Option<&'a InputRelay>,
+    /// The caller's trace context, passed on (in `_meta` to MCP agents).
+    #[serde(skip)]
+    pub trace: Option<&'a TraceContext>,
+}
+
+/// The W3C trace context a call came with (`traceparent`, `tracestate`,
+/// `baggage`), passed on to the agent so one trace spans the caller,
+/// Switchboard and the agent: in `_meta` to an MCP agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `version-traceid-parentid-flags`.
+    pub traceparent: String,
+    /// Vendor entries, as received.
+    pub tracestate: Option<String>,
+    /// Baggage, as received.
+    pub baggage: Option<String>,
 }
 
 /// Progress an agent reports during a call (an MCP agent's
@@ -338,13 +354,7 @@ impl Callers {
                 let (kind, name) = agent.upstream_of(request.tool);
                 match kind {
                     ServedKind::Tool => upstream
-                        .call(
-                            &name,
-                            request.input,
-                            request.session_id,
-                            request.progress,
-                            request.input_relay,
-                        )
+                        .call(&name, &request)
                         .await
                         .map_err(|(failure, _)| failure),
                     ServedKind::Prompt => {

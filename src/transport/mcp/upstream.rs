@@ -19,13 +19,15 @@ use super::oauth::{OAuthHttp, Tokens};
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
-use crate::transport::{Failure, InputRelay, Progress, ProgressSink, MAX_RESPONSE_BYTES};
+use crate::transport::{
+    Failure, InputRelay, Progress, ProgressSink, WireRequest, MAX_RESPONSE_BYTES,
+};
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
     ClientCapabilities, ClientConfig, ClientRequest, Implementation, InputRequests, InputResponses,
     PaginatedRequestParams, PingRequest, ProgressNotificationParam, ProgressToken, ProtocolVersion,
-    RequestId, ResourceUpdatedNotificationParam, ServerResult,
+    RequestId, RequestParamsMeta, ResourceUpdatedNotificationParam, ServerResult,
 };
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, NotificationContext, PeerRequestOptions, RunningService,
@@ -693,12 +695,11 @@ impl Upstream {
     pub(crate) async fn call(
         &self,
         name: &str,
-        input: &serde_json::Value,
-        session: Option<&str>,
-        progress: Option<&ProgressSink>,
-        relay: Option<&InputRelay>,
+        request: &WireRequest<'_>,
     ) -> Result<serde_json::Value, (Failure, bool)> {
-        let arguments = match input {
+        let (session, progress, relay) =
+            (request.session_id, request.progress, request.input_relay);
+        let arguments = match request.input {
             serde_json::Value::Object(map) => Some(map.clone()),
             serde_json::Value::Null => None,
             other => {
@@ -715,6 +716,15 @@ impl Upstream {
         let mut params = CallToolRequestParams::new(name.to_string());
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
+        }
+        if let Some(trace) = request.trace {
+            params.set_traceparent(&trace.traceparent);
+            if let Some(state) = &trace.tracestate {
+                params.set_tracestate(state);
+            }
+            if let Some(baggage) = &trace.baggage {
+                params.set_baggage(baggage);
+            }
         }
         // A 2026-07-28 server asks the client for input by answering
         // `input_required`; the call is asked again with the client's
@@ -1000,6 +1010,20 @@ mod tests {
     use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
     use std::borrow::Cow;
 
+    /// A call of no caller's in particular, in `session`.
+    fn wire<'a>(input: &'a serde_json::Value, session: Option<&'a str>) -> WireRequest<'a> {
+        WireRequest {
+            invocation_id: "test",
+            tool: "test",
+            category: "test",
+            input,
+            session_id: session,
+            progress: None,
+            input_relay: None,
+            trace: None,
+        }
+    }
+
     /// A session-based MCP server whose `wait` tool answers once the gate opens.
     #[derive(Clone)]
     struct Gated {
@@ -1103,7 +1127,7 @@ mod tests {
             let upstream = upstream.clone();
             async move {
                 upstream
-                    .call("wait", &serde_json::json!({}), Some("held"), None, None)
+                    .call("wait", &wire(&serde_json::json!({}), Some("held")))
                     .await
             }
         });
@@ -1122,7 +1146,7 @@ mod tests {
         // least recently used, but it has a call in flight.
         for session in ["b", "c", "d"] {
             upstream
-                .call("quick", &serde_json::json!({}), Some(session), None, None)
+                .call("quick", &wire(&serde_json::json!({}), Some(session)))
                 .await
                 .unwrap_or_else(|(e, _)| {
                     panic!("session {session}: {}", e.message(Duration::ZERO))

@@ -474,6 +474,11 @@ fn es256_jwk(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
 
 /// A token for `kid`'s key, valid for five minutes.
 fn es256_token(key: &jsonwebtoken::EncodingKey, kid: &str) -> String {
+    es256_token_of("https://idp.test", key, kid)
+}
+
+/// [`es256_token`] from issuer `iss`.
+fn es256_token_of(iss: &str, key: &jsonwebtoken::EncodingKey, kid: &str) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.into());
     let exp = std::time::SystemTime::now()
@@ -481,8 +486,7 @@ fn es256_token(key: &jsonwebtoken::EncodingKey, kid: &str) -> String {
         .unwrap()
         .as_secs()
         + 300;
-    let claims =
-        json!({"iss": "https://idp.test", "aud": "switchboard", "sub": "dana", "exp": exp});
+    let claims = json!({"iss": iss, "aud": "switchboard", "sub": "dana", "exp": exp});
     jsonwebtoken::encode(&header, &claims, key).unwrap()
 }
 
@@ -503,16 +507,29 @@ impl JwksServer {
         let keys = Arc::new(std::sync::Mutex::new(keys));
         let fetches = Arc::new(AtomicUsize::new(0));
         let (published, counted) = (keys.clone(), fetches.clone());
-        let app = Router::new().route(
-            "/jwks.json",
-            get(move || {
-                let (published, counted) = (published.clone(), counted.clone());
-                async move {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    Json(published.lock().unwrap().clone())
-                }
-            }),
-        );
+        // Its RFC 8414 metadata, as issuer https://localhost:{port}.
+        let metadata = json!({
+            "issuer": format!("https://localhost:{port}"),
+            "jwks_uri": format!("https://localhost:{port}/jwks.json"),
+        });
+        let app = Router::new()
+            .route(
+                "/jwks.json",
+                get(move || {
+                    let (published, counted) = (published.clone(), counted.clone());
+                    async move {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        Json(published.lock().unwrap().clone())
+                    }
+                }),
+            )
+            .route(
+                "/.well-known/oauth-authorization-server",
+                get(move || {
+                    let metadata = metadata.clone();
+                    async move { Json(metadata) }
+                }),
+            );
         let task = serve_tls(listener, acceptor, app);
         JwksServer {
             port,
@@ -590,4 +607,44 @@ async fn jwt_keys_are_fetched_from_the_jwks_url_and_follow_a_rotation() {
         idp.fetches.load(Ordering::SeqCst)
     );
     assert_eq!(status_with(es256_token(&first, "first")).await, 401);
+}
+
+#[tokio::test]
+async fn jwt_keys_are_found_through_the_issuers_metadata() {
+    let (key, jwk) = es256_jwk("only");
+    let idp = JwksServer::start(json!({"keys": [jwk]})).await;
+    let issuer = format!("https://localhost:{}", idp.port);
+    let server = Server::start(&format!(
+        "[auth.jwt]\nissuer = \"{issuer}\"\naudience = \"switchboard\"\ndiscover_jwks = true\n"
+    ))
+    .await;
+    let status_with = |token: String| {
+        let client = server.client.clone();
+        let url = format!("{}/v1/agents", server.base);
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let mut status = 0;
+    for _ in 0..200 {
+        status = status_with(es256_token_of(&issuer, &key, "only")).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "the key the metadata points at was never accepted"
+    );
+    assert_eq!(idp.fetches.load(Ordering::SeqCst), 1);
+    // Another issuer's token is refused, whatever key signed it.
+    assert_eq!(status_with(es256_token(&key, "only")).await, 401);
 }

@@ -106,10 +106,19 @@ impl Config {
                 && jwt.public_key_files.is_empty()
                 && jwt.jwks_file.is_none()
                 && jwt.jwks_url.is_none()
+                && !jwt.discover_jwks
             {
                 found.push(Problem::new(
                     "auth.jwt",
-                    "has no key: set hs256_secret_env, public_key_files, jwks_file or jwks_url",
+                    "has no key: set hs256_secret_env, public_key_files, jwks_file, jwks_url or \
+                     discover_jwks",
+                ));
+            }
+            if jwt.jwks_url.is_some() && jwt.discover_jwks {
+                found.push(Problem::new(
+                    "auth.jwt.discover_jwks",
+                    "set jwks_url or discover_jwks, not both: discover_jwks finds the URL in \
+                     the issuer's metadata",
                 ));
             }
         }

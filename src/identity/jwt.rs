@@ -37,6 +37,13 @@ pub struct JwtSettings {
     /// again every few minutes, and when a token names a key id none of the
     /// keys has (a rotation), never while a request waits.
     pub jwks_url: Option<String>,
+    /// Find the JWKS URL in the issuer's published metadata instead of
+    /// `jwks_url`: its `jwks_uri` at `/.well-known/oauth-authorization-server`
+    /// (RFC 8414), else at `/.well-known/openid-configuration`, read again
+    /// at each fetch. The issuer must then be `https://` (or `http://` to a
+    /// loopback address), and the metadata must name it as its `issuer`.
+    #[serde(default)]
+    pub discover_jwks: bool,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds (default 30, at most 300).
     pub leeway_secs: Option<u64>,
     /// The claim holding the caller's roles: a list or a space/comma-separated
@@ -74,16 +81,25 @@ pub struct RemoteKeys {
 }
 
 struct RemoteInner {
+    /// The JWKS URL, or with `discovered` the issuer whose metadata names it.
     url: String,
+    discovered: bool,
     keys: RwLock<Arc<Vec<Key>>>,
     /// Signalled when a token names a key id no key has.
     wanted: tokio::sync::Notify,
 }
 
 impl RemoteKeys {
-    /// Where the keys are published.
+    /// Where the keys are published: the JWKS URL, or the issuer whose
+    /// metadata names it (see [`discovered`](Self::discovered)).
     pub fn url(&self) -> &str {
         &self.inner.url
+    }
+
+    /// Whether [`url`](Self::url) is the issuer, whose metadata names the
+    /// JWKS URL (`discover_jwks`).
+    pub fn discovered(&self) -> bool {
+        self.inner.discovered
     }
 
     /// Replaces the keys with those of `jwks` (the JSON document at
@@ -169,8 +185,14 @@ fn pem_key(pem: &[u8], path: &std::path::Path) -> Result<(Algorithm, DecodingKey
 /// `url` if a JWKS may be fetched from it: `https://`, or `http://` to a
 /// loopback address (an authorization server on this machine).
 fn checked_jwks_url(url: &str) -> Result<String> {
+    checked_key_url("jwks_url", url)
+}
+
+/// `url` (named `what` in errors) if keys, or metadata naming them, may be
+/// fetched from it: `https://`, or `http://` to a loopback address.
+pub(crate) fn checked_key_url(what: &str, url: &str) -> Result<String> {
     let parsed = reqwest::Url::parse(url)
-        .map_err(|e| load_error(format!("jwks_url {url:?} is not a URL ({e})")))?;
+        .map_err(|e| load_error(format!("{what} {url:?} is not a URL ({e})")))?;
     let host = parsed.host_str().unwrap_or_default();
     let loopback = host == "localhost"
         || host
@@ -182,7 +204,7 @@ fn checked_jwks_url(url: &str) -> Result<String> {
         "https" => Ok(url.to_string()),
         "http" if loopback => Ok(url.to_string()),
         _ => Err(load_error(format!(
-            "jwks_url {url:?}: give an https:// URL (http:// only to a loopback address): \
+            "{what} {url:?}: give an https:// URL (http:// only to a loopback address): \
              the keys decide who may call"
         ))),
     }
@@ -234,19 +256,32 @@ impl JwtVerifier {
                 .map_err(|e| load_error(format!("jwks_file: {}: {e}", path.display())))?;
             keys.extend(jwk_keys(&set, &format!("jwks_file: {}", path.display()))?);
         }
-        let remote = match &settings.jwks_url {
-            Some(url) => Some(RemoteKeys {
-                inner: Arc::new(RemoteInner {
-                    url: checked_jwks_url(url)?,
-                    keys: RwLock::new(Arc::new(Vec::new())),
-                    wanted: tokio::sync::Notify::new(),
-                }),
+        let remote_at = |url: String, discovered: bool| RemoteKeys {
+            inner: Arc::new(RemoteInner {
+                url,
+                discovered,
+                keys: RwLock::new(Arc::new(Vec::new())),
+                wanted: tokio::sync::Notify::new(),
             }),
-            None => None,
+        };
+        let remote = match (&settings.jwks_url, settings.discover_jwks) {
+            (Some(_), true) => {
+                return Err(load_error(
+                    "set jwks_url or discover_jwks, not both: discover_jwks finds the URL in \
+                     the issuer's metadata",
+                ))
+            }
+            (Some(url), false) => Some(remote_at(checked_jwks_url(url)?, false)),
+            (None, true) => Some(remote_at(
+                checked_key_url("issuer (discover_jwks)", &settings.issuer)?,
+                true,
+            )),
+            (None, false) => None,
         };
         if keys.is_empty() && remote.is_none() {
             return Err(load_error(
-                "no key to verify with: set hs256_secret_env, public_key_files, jwks_file or jwks_url",
+                "no key to verify with: set hs256_secret_env, public_key_files, jwks_file, jwks_url \
+                 or discover_jwks",
             ));
         }
         Ok(JwtVerifier {
@@ -494,5 +529,34 @@ mod tests {
         .unwrap();
         assert!(keys.replace(b"{\"keys\": 3}").is_err());
         assert_eq!(keys.replace(b"{\"keys\": []}").unwrap(), 0);
+    }
+
+    #[test]
+    fn discovery_takes_the_issuer_and_excludes_jwks_url() {
+        let keys = JwtVerifier::new(JwtSettings {
+            discover_jwks: true,
+            ..settings()
+        })
+        .unwrap()
+        .remote_keys()
+        .unwrap();
+        assert!(keys.discovered());
+        assert_eq!(keys.url(), "https://idp");
+        let both = JwtVerifier::new(JwtSettings {
+            discover_jwks: true,
+            jwks_url: Some("https://idp/jwks".into()),
+            ..settings()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("not both"), "{both}");
+        let plain = JwtVerifier::new(JwtSettings {
+            issuer: "http://idp.example.com".into(),
+            discover_jwks: true,
+            ..settings()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(plain.contains("issuer (discover_jwks)"), "{plain}");
     }
 }

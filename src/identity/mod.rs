@@ -7,6 +7,7 @@
 mod jwt;
 mod tokens;
 
+pub(crate) use jwt::checked_key_url;
 pub use jwt::{JwtSettings, JwtVerifier, RemoteKeys, MAX_LEEWAY_SECS};
 pub use tokens::{principal_of, IssuedToken, NewToken, TokenStore, TOKEN_PREFIX};
 

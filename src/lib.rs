@@ -114,10 +114,10 @@ pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDi
 // What dispatch records keep of a call's arguments and output.
 pub use dispatch::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
 // MCP agents: the tools, prompts and resources discovered on them and how they are named.
-pub use dispatch::{schema_hash, DiscoveredTool, DEFAULT_DISCOVERY_TTL};
+pub use dispatch::{DiscoveredTool, DEFAULT_DISCOVERY_TTL};
 pub use namespace::{
-    mcp_prompt_key, mcp_resource_key, mcp_tool_key, CategoryRule, McpCommand, McpOfferKind,
-    McpOfferRecord, McpServer, McpSpec, McpToolRecord, PrefixMode, UpstreamOAuth,
+    mcp_prompt_key, mcp_resource_key, mcp_tool_key, schema_hash, CategoryRule, McpCommand,
+    McpOfferKind, McpOfferRecord, McpServer, McpSpec, McpToolRecord, PrefixMode, UpstreamOAuth,
 };
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::{

@@ -21,8 +21,8 @@ use super::offers::{self, DiscoveredOffer};
 use super::{Inner, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::{
-    mcp_tool_key, now_ms, validate_id, McpServer, McpToolPrevious, McpToolRecord, PrefixMode,
-    ToolCategory,
+    mcp_tool_key, now_ms, schema_hash, validate_id, McpServer, McpToolPrevious, McpToolRecord,
+    PrefixMode, ToolCategory,
 };
 use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::routing::agent::{Agent, ServedKind, ServedTool, ServedTools};
@@ -33,8 +33,7 @@ use crate::transport::mcp::{ListedTool, MAX_TOOLS_PER_AGENT, MAX_TOOL_PAGES};
 use crate::transport::Failure;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -110,44 +109,6 @@ impl Default for Discovery {
             pending: Mutex::default(),
         }
     }
-}
-
-/// SHA-256 (hex) of `schema` with object keys sorted at every level.
-pub fn schema_hash(schema: &serde_json::Value) -> String {
-    fn canonical(v: &serde_json::Value, out: &mut String) {
-        match v {
-            serde_json::Value::Object(map) => {
-                let sorted: BTreeMap<&String, &serde_json::Value> = map.iter().collect();
-                out.push('{');
-                for (i, (k, v)) in sorted.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
-                    out.push(':');
-                    canonical(v, out);
-                }
-                out.push('}');
-            }
-            serde_json::Value::Array(items) => {
-                out.push('[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    canonical(v, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut text = String::new();
-    canonical(schema, &mut text);
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn mcp_server(agent: &Agent) -> Option<&McpServer> {
@@ -696,20 +657,5 @@ impl Discovery {
                 tracing::warn!(agent_id = %id, error = %e, "MCP tool list refresh failed");
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schema_hashes_ignore_key_order() {
-        let a = serde_json::json!({"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}});
-        let b = serde_json::json!({"properties": {"y": {"type": "number"}, "x": {"type": "string"}}, "type": "object"});
-        let c = serde_json::json!({"type": "object", "properties": {"x": {"type": "number"}}});
-        assert_eq!(schema_hash(&a), schema_hash(&b));
-        assert_ne!(schema_hash(&a), schema_hash(&c));
-        assert_eq!(schema_hash(&a).len(), 64);
     }
 }

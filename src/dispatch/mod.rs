@@ -29,7 +29,7 @@ mod record;
 mod recover;
 
 pub use audit::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
-pub use discovery::{schema_hash, DiscoveredTool, DEFAULT_DISCOVERY_TTL};
+pub use discovery::{DiscoveredTool, DEFAULT_DISCOVERY_TTL};
 pub use offers::DiscoveredOffer;
 pub use recover::recover_interrupted;
 

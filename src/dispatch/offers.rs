@@ -17,11 +17,11 @@
 //! the strategy picks among replicas, the policies judge it, and it is
 //! recorded in the audit trail like any call.
 
-use super::discovery::schema_hash;
 use super::{Inner, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::{
-    now_ms, validate_id, McpOfferKind, McpOfferRecord, McpServer, PrefixMode, ToolCategory,
+    now_ms, schema_hash, validate_id, McpOfferKind, McpOfferRecord, McpServer, PrefixMode,
+    ToolCategory,
 };
 use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::routing::agent::{Agent, ServedKind, ServedTool};

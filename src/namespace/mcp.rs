@@ -70,6 +70,45 @@ pub fn uri_template_matches(template: &str, uri: &str) -> bool {
     regex::Regex::new(&pattern).is_ok_and(|r| r.is_match(uri))
 }
 
+/// SHA-256 (hex) of `schema` with object keys sorted at every level.
+pub fn schema_hash(schema: &serde_json::Value) -> String {
+    use sha2::Digest;
+    fn canonical(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let sorted: BTreeMap<&String, &serde_json::Value> = map.iter().collect();
+                out.push('{');
+                for (i, (k, v)) in sorted.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    canonical(v, out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical(v, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    canonical(schema, &mut text);
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What an MCP agent offers besides tools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -728,6 +767,16 @@ pub struct McpToolPrevious {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_hashes_ignore_key_order() {
+        let a = serde_json::json!({"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}});
+        let b = serde_json::json!({"properties": {"y": {"type": "number"}, "x": {"type": "string"}}, "type": "object"});
+        let c = serde_json::json!({"type": "object", "properties": {"x": {"type": "number"}}});
+        assert_eq!(schema_hash(&a), schema_hash(&b));
+        assert_ne!(schema_hash(&a), schema_hash(&c));
+        assert_eq!(schema_hash(&a).len(), 64);
+    }
 
     #[test]
     fn relative_paths_are_resolved_against_the_registering_directory() {

@@ -155,6 +155,26 @@ impl SwitchboardMcp {
 }
 
 impl SwitchboardMcp {
+    /// One page of the items of `kind` the caller may see (read as
+    /// `action`), as the answer to its list request.
+    fn offer_page<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: McpOfferKind,
+        action: &str,
+        request: Option<PaginatedRequestParams>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<T, McpError> {
+        let reader = caller(context).map(|p| reader_context(&p, action));
+        let items = offers::visible(&self.catalog, &self.dispatcher, reader.as_ref(), kind);
+        let (page, next) = offers::listing(items, request.and_then(|r| r.cursor).as_deref())?;
+        let (field, method) = match kind {
+            McpOfferKind::Prompt => ("prompts", "prompts/list"),
+            McpOfferKind::Resource => ("resources", "resources/list"),
+            McpOfferKind::ResourceTemplate => ("resourceTemplates", "resources/templates/list"),
+        };
+        offers::answer(serde_json::json!({field: page, "nextCursor": next}), method)
+    }
+
     /// Reads `offer` (a prompt or resource) for `principal`: one dispatch of
     /// its routed name with `input`, cancelled if the client cancels.
     async fn dispatch_offer(
@@ -608,18 +628,7 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        let reader = caller(&context).map(|p| reader_context(&p, "list_prompts"));
-        let items = offers::visible(
-            &self.catalog,
-            &self.dispatcher,
-            reader.as_ref(),
-            McpOfferKind::Prompt,
-        );
-        let (prompts, next) = offers::listing(items, request.and_then(|r| r.cursor).as_deref())?;
-        offers::answer(
-            serde_json::json!({"prompts": prompts, "nextCursor": next}),
-            "prompts/list",
-        )
+        self.offer_page(McpOfferKind::Prompt, "list_prompts", request, &context)
     }
 
     async fn get_prompt(
@@ -660,18 +669,7 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        let reader = caller(&context).map(|p| reader_context(&p, "list_resources"));
-        let items = offers::visible(
-            &self.catalog,
-            &self.dispatcher,
-            reader.as_ref(),
-            McpOfferKind::Resource,
-        );
-        let (resources, next) = offers::listing(items, request.and_then(|r| r.cursor).as_deref())?;
-        offers::answer(
-            serde_json::json!({"resources": resources, "nextCursor": next}),
-            "resources/list",
-        )
+        self.offer_page(McpOfferKind::Resource, "list_resources", request, &context)
     }
 
     async fn list_resource_templates(
@@ -679,17 +677,11 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        let reader = caller(&context).map(|p| reader_context(&p, "list_resources"));
-        let items = offers::visible(
-            &self.catalog,
-            &self.dispatcher,
-            reader.as_ref(),
+        self.offer_page(
             McpOfferKind::ResourceTemplate,
-        );
-        let (templates, next) = offers::listing(items, request.and_then(|r| r.cursor).as_deref())?;
-        offers::answer(
-            serde_json::json!({"resourceTemplates": templates, "nextCursor": next}),
-            "resources/templates/list",
+            "list_resources",
+            request,
+            &context,
         )
     }
 

@@ -294,10 +294,13 @@ impl ClientHandler for Handler {
     }
 
     fn get_info(&self) -> ClientConfig {
+        // The version an `initialize` offers: only the 2025 revisions have
+        // the handshake (2026-07-28 servers are reached by `server/discover`).
         ClientConfig::new(
             ClientCapabilities::default(),
             Implementation::new("switchboard", env!("CARGO_PKG_VERSION")),
         )
+        .with_protocol_version(ProtocolVersion::V_2025_11_25)
     }
 }
 

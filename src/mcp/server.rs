@@ -302,62 +302,106 @@ impl SwitchboardMcp {
 
 /// Where the progress of a call goes when its client asked for progress
 /// (`_meta.progressToken`): to that client, as `notifications/progress`
-/// under its own token. Reports are queued (the newest dropped when the
-/// client reads too slowly) and sent in order by one task, which ends with
-/// the call.
-fn progress_to(
-    context: &RequestContext<RoleServer>,
-) -> Option<(ProgressSink, tokio::task::JoinHandle<()>)> {
+/// under its own token. The first report starts a task that sends them in
+/// order (queued, the newest dropped when the client reads too slowly), so
+/// a call whose agent reports nothing costs no task: clients ask for
+/// progress on every call.
+fn progress_to(context: &RequestContext<RoleServer>) -> Option<(ProgressSink, Arc<Forwarding>)> {
     let token = context.meta.get_progress_token()?;
-    let (sender, mut reports) = tokio::sync::mpsc::channel::<Progress>(PROGRESS_BACKLOG);
     let peer = context.peer.clone();
-    let forwarding = tokio::spawn(async move {
-        let mut last: Option<f64> = None;
-        while let Some(first) = reports.recv().await {
-            // The SDK hands each notification from the agent to a task of
-            // its own, so reports sent together can arrive out of order:
-            // those that come within a short window are put back in order,
-            // and one older than what the client was told is dropped (the
-            // values a client sees must increase).
-            let mut batch = vec![first];
-            let window = tokio::time::sleep(PROGRESS_REORDER_WINDOW);
-            tokio::pin!(window);
-            loop {
-                tokio::select! {
-                    _ = &mut window => break,
-                    next = reports.recv() => match next {
-                        Some(report) => batch.push(report),
-                        None => break,
-                    },
-                }
-            }
-            batch.sort_by(|a, b| a.progress.total_cmp(&b.progress));
-            for report in batch {
-                if last.is_some_and(|l| report.progress <= l) {
-                    continue;
-                }
-                last = Some(report.progress);
-                let mut param = ProgressNotificationParam::new(token.clone(), report.progress);
-                param.total = report.total;
-                param.message = report.message;
-                if peer.notify_progress(param).await.is_err() {
-                    return;
-                }
-            }
+    let forwarding = Arc::new(Forwarding::default());
+    let shared = forwarding.clone();
+    let sink = ProgressSink::new(move |report| {
+        let mut state = shared.state.lock();
+        if state.closed {
+            return;
+        }
+        if state.sender.is_none() {
+            let (sender, reports) = tokio::sync::mpsc::channel(PROGRESS_BACKLOG);
+            state.task = Some(tokio::spawn(forward_progress(
+                reports,
+                peer.clone(),
+                token.clone(),
+            )));
+            state.sender = Some(sender);
+        }
+        if let Some(sender) = &state.sender {
+            let _ = sender.try_send(report);
         }
     });
-    let sink = ProgressSink::new(move |report| {
-        let _ = sender.try_send(report);
-    });
     Some((sink, forwarding))
+}
+
+/// The progress of one call on its way to the client.
+#[derive(Default)]
+struct Forwarding {
+    state: Mutex<ForwardState>,
+}
+
+#[derive(Default)]
+struct ForwardState {
+    sender: Option<tokio::sync::mpsc::Sender<Progress>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// The call has answered: later reports are dropped.
+    closed: bool,
+}
+
+/// Sends `reports` to `peer` under `token` until they end.
+async fn forward_progress(
+    mut reports: tokio::sync::mpsc::Receiver<Progress>,
+    peer: rmcp::Peer<RoleServer>,
+    token: rmcp::model::ProgressToken,
+) {
+    let mut last: Option<f64> = None;
+    while let Some(first) = reports.recv().await {
+        // The SDK hands each notification from the agent to a task of its
+        // own, so reports sent together can arrive out of order: those that
+        // come within a short window are put back in order, and one older
+        // than what the client was told is dropped (the values a client
+        // sees must increase).
+        let mut batch = vec![first];
+        let window = tokio::time::sleep(PROGRESS_REORDER_WINDOW);
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                _ = &mut window => break,
+                next = reports.recv() => match next {
+                    Some(report) => batch.push(report),
+                    None => break,
+                },
+            }
+        }
+        batch.sort_by(|a, b| a.progress.total_cmp(&b.progress));
+        for report in batch {
+            if last.is_some_and(|l| report.progress <= l) {
+                continue;
+            }
+            last = Some(report.progress);
+            let mut param = ProgressNotificationParam::new(token.clone(), report.progress);
+            param.total = report.total;
+            param.message = report.message;
+            if peer.notify_progress(param).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Waits (briefly) until the progress of a call that has ended is sent:
 /// it must reach the client before the call's answer, which ends the
 /// stream it travels on.
-async fn progress_sent(forwarding: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(forwarding) = forwarding {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), forwarding).await;
+async fn progress_sent(forwarding: Option<Arc<Forwarding>>) {
+    let Some(forwarding) = forwarding else {
+        return;
+    };
+    let task = {
+        let mut state = forwarding.state.lock();
+        state.closed = true;
+        state.sender = None;
+        state.task.take()
+    };
+    if let Some(task) = task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
     }
 }
 

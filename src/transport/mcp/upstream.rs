@@ -163,6 +163,9 @@ const EARLY_REPORTS: usize = 64;
 #[derive(Default)]
 pub(super) struct Routes {
     sinks: HashMap<ProgressToken, ProgressSink>,
+    /// Calls that have ended, still routed for [`LATE_REPORTS`]: the SDK
+    /// can hand a report sent before the answer to the handler after it.
+    ended: VecDeque<(ProgressToken, ProgressSink, tokio::time::Instant)>,
     /// The tokens whose call has had a report.
     reported: std::collections::HashSet<ProgressToken>,
     /// The token is the SDK's, known only once the request is on its way,
@@ -173,6 +176,14 @@ pub(super) struct Routes {
 
 impl Routes {
     fn report(&mut self, token: ProgressToken, progress: Progress) {
+        let now = tokio::time::Instant::now();
+        while self.ended.front().is_some_and(|e| now - e.2 > LATE_REPORTS) {
+            self.ended.pop_front();
+        }
+        if let Some((_, sink, _)) = self.ended.iter().find(|e| e.0 == token) {
+            sink.report(progress);
+            return;
+        }
         match self.sinks.get(&token) {
             Some(sink) => {
                 sink.report(progress);
@@ -215,6 +226,13 @@ impl Routes {
 /// last reports, sent before the answer, can be handled just after it.
 const PROGRESS_STRAGGLERS: Duration = Duration::from_millis(20);
 
+/// How long an ended call's reports still reach its sink (without holding
+/// up its answer), for reports the SDK handles later still.
+const LATE_REPORTS: Duration = Duration::from_secs(1);
+
+/// Ended calls kept routed at most (the oldest go first).
+const ENDED_ROUTES: usize = 256;
+
 /// Keeps a call's progress token routed while the call runs.
 struct ProgressRoute {
     routes: ProgressRoutes,
@@ -247,8 +265,14 @@ impl Drop for CancelOnDrop {
 impl Drop for ProgressRoute {
     fn drop(&mut self) {
         let mut routes = self.routes.lock();
-        routes.sinks.remove(&self.token);
         routes.reported.remove(&self.token);
+        if let Some(sink) = routes.sinks.remove(&self.token) {
+            if routes.ended.len() == ENDED_ROUTES {
+                routes.ended.pop_front();
+            }
+            let now = tokio::time::Instant::now();
+            routes.ended.push_back((self.token.clone(), sink, now));
+        }
     }
 }
 

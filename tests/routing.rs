@@ -56,10 +56,26 @@ async fn least_loaded_never_picks_a_busier_agent_under_concurrency() {
             async move {
                 // Loads as the router counts them, seen from inside a call: the
                 // agent that was just chosen can be at most one above the rest.
-                let m = d2.get_metrics();
-                let mine = m[id].active_tasks;
-                if m.values().any(|other| mine > other.active_tasks + 1) {
-                    violations.fetch_add(1, Ordering::SeqCst);
+                // `get_metrics` reads agent after agent while other calls are
+                // being claimed, so only a view that two reads agree on is
+                // judged (loads only grow until the calls start ending).
+                let loads = || -> HashMap<String, u64> {
+                    d2.get_metrics()
+                        .into_iter()
+                        .map(|(agent, m)| (agent, m.active_tasks))
+                        .collect()
+                };
+                for _ in 0..100 {
+                    let (first, second) = (loads(), loads());
+                    if first != second {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    let mine = first[id];
+                    if first.values().any(|&other| mine > other + 1) {
+                        violations.fetch_add(1, Ordering::SeqCst);
+                    }
+                    break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 Ok::<_, ToolError>(json!(id))

@@ -283,9 +283,9 @@ impl Transaction {
             self.take();
             return Ok(false);
         }
-        match self.take() {
-            Some(tx) => py.detach(|| tx.commit()).py()?,
-            None => {} // committed or discarded inside the block
+        // None: committed or discarded inside the block.
+        if let Some(tx) = self.take() {
+            py.detach(|| tx.commit()).py()?;
         }
         Ok(false)
     }

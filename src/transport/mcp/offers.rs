@@ -5,15 +5,14 @@
 //! client reads through Switchboard is what the server wrote.
 
 use super::answer::classify_error;
-use super::upstream::Upstream;
+use super::upstream::{every_page, with_cursor, ListBounds, Upstream};
 use crate::transport::Failure;
 use rmcp::model::{
-    CompleteRequestParams, ErrorCode, GetPromptRequestParams, PaginatedRequestParams,
-    ProtocolVersion, ReadResourceRequestParams, ServerNotification, SubscribeRequestParams,
-    SubscriptionFilter, UnsubscribeRequestParams,
+    CompleteRequestParams, ErrorCode, GetPromptRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ServerNotification, SubscribeRequestParams, SubscriptionFilter,
+    UnsubscribeRequestParams,
 };
 use rmcp::{Peer, RoleClient, ServiceError};
-use std::future::Future;
 use std::time::Duration;
 
 /// The JSON-RPC code MCP servers answer an unknown resource with.
@@ -27,63 +26,11 @@ pub(crate) struct ListedOffers {
     pub(crate) templates: Vec<serde_json::Value>,
 }
 
-/// Reads every page of one list (at most `max_pages` pages and `max_items`
-/// items, each page within `timeout`): `page` asks for the page after a
-/// cursor and gives its items and the next cursor.
-async fn every_page<F, Fut>(
-    what: &str,
-    agent_id: &str,
-    max_pages: usize,
-    max_items: usize,
-    timeout: Duration,
-    mut page: F,
-) -> Result<Vec<serde_json::Value>, Failure>
-where
-    F: FnMut(Option<String>) -> Fut,
-    Fut: Future<Output = Result<(Vec<serde_json::Value>, Option<String>), ServiceError>>,
-{
-    let mut items = Vec::new();
-    let mut cursor = None;
-    for _ in 0..max_pages {
-        let (listed, next) = tokio::time::timeout(timeout, page(cursor.take()))
-            .await
-            .map_err(|_| Failure::Timeout)?
-            .map_err(|e| classify_error(e, what).0)?;
-        for item in listed {
-            if items.len() >= max_items {
-                tracing::warn!(
-                    agent_id,
-                    what,
-                    max_items,
-                    "the MCP agent lists more than Switchboard keeps; the rest are ignored"
-                );
-                return Ok(items);
-            }
-            items.push(item);
-        }
-        match next {
-            Some(next) if !next.is_empty() => cursor = Some(next),
-            _ => return Ok(items),
-        }
-    }
-    tracing::warn!(
-        agent_id,
-        what,
-        max_pages,
-        "the MCP agent's list has more pages than Switchboard reads; the rest are ignored"
-    );
-    Ok(items)
-}
-
 fn values<T: serde::Serialize>(items: Vec<T>) -> Vec<serde_json::Value> {
     items
         .into_iter()
         .filter_map(|item| serde_json::to_value(item).ok())
         .collect()
-}
-
-fn with_cursor(cursor: Option<String>) -> Option<PaginatedRequestParams> {
-    Some(PaginatedRequestParams::default().with_cursor(cursor))
 }
 
 /// An error answer to a prompt, read or completion as a failure: the
@@ -128,54 +75,38 @@ impl Upstream {
             .map(|info| info.capabilities.clone())
             .unwrap_or_default();
         let id = self.agent_id();
+        let bounds = ListBounds {
+            max_pages,
+            max_items,
+            timeout,
+        };
         let mut offers = ListedOffers::default();
         if capabilities.prompts.is_some() {
-            offers.prompts = every_page(
-                "prompts/list",
-                id,
-                max_pages,
-                max_items,
-                timeout,
-                |cursor| {
-                    let peer = peer.clone();
-                    async move {
-                        let page = peer.list_prompts(with_cursor(cursor)).await?;
-                        Ok((values(page.prompts), page.next_cursor))
-                    }
-                },
-            )
+            offers.prompts = every_page("prompts/list", id, bounds, |cursor| {
+                let peer = peer.clone();
+                async move {
+                    let page = peer.list_prompts(with_cursor(cursor)).await?;
+                    Ok((values(page.prompts), page.next_cursor))
+                }
+            })
             .await?;
         }
         if capabilities.resources.is_some() {
-            offers.resources = every_page(
-                "resources/list",
-                id,
-                max_pages,
-                max_items,
-                timeout,
-                |cursor| {
-                    let peer = peer.clone();
-                    async move {
-                        let page = peer.list_resources(with_cursor(cursor)).await?;
-                        Ok((values(page.resources), page.next_cursor))
-                    }
-                },
-            )
+            offers.resources = every_page("resources/list", id, bounds, |cursor| {
+                let peer = peer.clone();
+                async move {
+                    let page = peer.list_resources(with_cursor(cursor)).await?;
+                    Ok((values(page.resources), page.next_cursor))
+                }
+            })
             .await?;
-            offers.templates = every_page(
-                "resources/templates/list",
-                id,
-                max_pages,
-                max_items,
-                timeout,
-                |cursor| {
-                    let peer = peer.clone();
-                    async move {
-                        let page = peer.list_resource_templates(with_cursor(cursor)).await?;
-                        Ok((values(page.resource_templates), page.next_cursor))
-                    }
-                },
-            )
+            offers.templates = every_page("resources/templates/list", id, bounds, |cursor| {
+                let peer = peer.clone();
+                async move {
+                    let page = peer.list_resource_templates(with_cursor(cursor)).await?;
+                    Ok((values(page.resource_templates), page.next_cursor))
+                }
+            })
             .await?;
         }
         Ok(offers)

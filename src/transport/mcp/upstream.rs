@@ -864,37 +864,92 @@ impl Upstream {
         let (peer, _) = tokio::time::timeout(timeout, self.peer_for(None))
             .await
             .map_err(|_| Failure::Timeout)??;
-        let mut tools = Vec::new();
-        let mut cursor: Option<String> = None;
-        let mut ttl: Option<u64> = None;
-        for _ in 0..max_pages {
-            let params = PaginatedRequestParams::default().with_cursor(cursor.take());
-            let page = tokio::time::timeout(timeout, peer.list_tools(Some(params)))
-                .await
-                .map_err(|_| Failure::Timeout)?
-                .map_err(|e| classify_error(e, "tools/list").0)?;
-            if let Some(page_ttl) = page.ttl_ms {
-                ttl = Some(ttl.map_or(page_ttl, |t| t.min(page_ttl)));
-            }
-            for tool in page.tools {
-                if tools.len() >= max_tools {
-                    tracing::warn!(agent_id = %self.agent_id, max_tools, "the MCP agent lists more tools than Switchboard keeps; the rest are ignored");
-                    return Ok((tools, ttl.map(Duration::from_millis)));
+        let bounds = ListBounds {
+            max_pages,
+            max_items: max_tools,
+            timeout,
+        };
+        // The shortest TTL of the pages read (u64::MAX: none given).
+        let ttl = std::sync::atomic::AtomicU64::new(u64::MAX);
+        let tools = every_page("tools/list", &self.agent_id, bounds, |cursor| {
+            let (peer, ttl) = (peer.clone(), &ttl);
+            async move {
+                let page = peer.list_tools(with_cursor(cursor)).await?;
+                if let Some(page_ttl) = page.ttl_ms {
+                    ttl.fetch_min(page_ttl, Ordering::Relaxed);
                 }
-                tools.push(ListedTool {
+                let tools = page.tools.into_iter().map(|tool| ListedTool {
                     name: tool.name.to_string(),
                     description: tool.description.map(|d| d.to_string()),
                     input_schema: serde_json::Value::Object((*tool.input_schema).clone()),
                 });
+                Ok((tools.collect(), page.next_cursor))
             }
-            match page.next_cursor {
-                Some(next) if !next.is_empty() => cursor = Some(next),
-                _ => return Ok((tools, ttl.map(Duration::from_millis))),
-            }
-        }
-        tracing::warn!(agent_id = %self.agent_id, max_pages, "the MCP agent's tool list has more pages than Switchboard reads; the rest are ignored");
-        Ok((tools, ttl.map(Duration::from_millis)))
+        })
+        .await?;
+        let ttl = ttl.into_inner();
+        Ok((tools, (ttl != u64::MAX).then(|| Duration::from_millis(ttl))))
     }
+}
+
+/// How much of one list a server is read for: pages, items, and the time
+/// each page may take.
+#[derive(Clone, Copy)]
+pub(super) struct ListBounds {
+    pub(super) max_pages: usize,
+    pub(super) max_items: usize,
+    pub(super) timeout: Duration,
+}
+
+/// Reads every page of one list (`what`, e.g. `tools/list`) within
+/// `bounds`, logging what it leaves out: `page` asks for the page after a
+/// cursor and gives its items and the next cursor.
+pub(super) async fn every_page<T, F, Fut>(
+    what: &str,
+    agent_id: &str,
+    bounds: ListBounds,
+    mut page: F,
+) -> Result<Vec<T>, Failure>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), ServiceError>>,
+{
+    let mut items = Vec::new();
+    let mut cursor = None;
+    for _ in 0..bounds.max_pages {
+        let (listed, next) = tokio::time::timeout(bounds.timeout, page(cursor.take()))
+            .await
+            .map_err(|_| Failure::Timeout)?
+            .map_err(|e| classify_error(e, what).0)?;
+        for item in listed {
+            if items.len() >= bounds.max_items {
+                tracing::warn!(
+                    agent_id,
+                    what,
+                    max_items = bounds.max_items,
+                    "the MCP agent lists more than Switchboard keeps; the rest are ignored"
+                );
+                return Ok(items);
+            }
+            items.push(item);
+        }
+        match next {
+            Some(next) if !next.is_empty() => cursor = Some(next),
+            _ => return Ok(items),
+        }
+    }
+    tracing::warn!(
+        agent_id,
+        what,
+        max_pages = bounds.max_pages,
+        "the MCP agent's list has more pages than Switchboard reads; the rest are ignored"
+    );
+    Ok(items)
+}
+
+/// The request for the page after `cursor` (the first page without one).
+pub(super) fn with_cursor(cursor: Option<String>) -> Option<PaginatedRequestParams> {
+    Some(PaginatedRequestParams::default().with_cursor(cursor))
 }
 
 /// The most `input_required` rounds one call goes through.

@@ -23,9 +23,9 @@
 //! expiry of `rmcp`'s session manager), not at the next change.
 
 use super::{catalog, offers};
-use crate::dispatch::{DiscoveredOffer, RoutingOptions, ToolDispatcher};
+use crate::dispatch::{DiscoveredOffer, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
-use crate::namespace::McpOfferKind;
+use crate::namespace::{McpOfferKind, ToolCategory};
 use crate::policy::{keys, PolicyContext, Principal};
 use crate::transport::{InputRelay, Progress, ProgressSink, TraceContext};
 use parking_lot::Mutex;
@@ -137,21 +137,60 @@ impl SwitchboardMcp {
         self
     }
 
-    /// A permit for one dispatch (none needed without a cap), or the answer
-    /// to give when every slot is taken.
-    fn invoke_slot(&self) -> Result<Option<OwnedSemaphorePermit>, Box<CallToolResponse>> {
+    /// A permit for one dispatch (none needed without a cap); `Err` when
+    /// every slot is taken.
+    fn invoke_slot(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
         let Some(slots) = &self.invoke_slots else {
             return Ok(None);
         };
-        slots.clone().try_acquire_owned().map(Some).map_err(|_| {
-            Box::new(
-                CallToolResult::error(vec![ContentBlock::text(
-                    "too many invokes in flight (limits.max_inflight_invokes); retry shortly",
-                )])
-                .into(),
-            )
-        })
+        slots.clone().try_acquire_owned().map(Some).map_err(|_| ())
     }
+
+    /// Runs one dispatch for `principal` on its own task, holding an invoke
+    /// slot while it runs (`Ok(None)`: every slot is taken, nothing ran),
+    /// cancelled if the client cancels. The agent's progress (if the client
+    /// asked for it) reaches the client before this returns, and the
+    /// client's trace context is passed on.
+    async fn dispatch(
+        &self,
+        tool: String,
+        category: ToolCategory,
+        input: serde_json::Value,
+        mut options: RoutingOptions,
+        principal: Option<Principal>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Option<crate::Result<InvocationResult>>, McpError> {
+        if let Some(principal) = principal {
+            options = options.with_caller(principal);
+        }
+        let (sink, forwarding) = progress_to(context).unzip();
+        if let Some(sink) = sink {
+            options = options.with_progress(sink);
+        }
+        if let Some(trace) = trace_of(context) {
+            options = options.with_trace(trace);
+        }
+        let Ok(slot) = self.invoke_slot() else {
+            return Ok(None);
+        };
+        let dispatcher = self.dispatcher.clone();
+        let task = tokio::spawn(async move {
+            let result = dispatcher.invoke(&tool, category, input, options).await;
+            drop(slot);
+            result
+        });
+        let outcome = cancellable(task, context).await?;
+        progress_sent(forwarding).await;
+        Ok(Some(outcome))
+    }
+}
+
+/// Why a call was not dispatched.
+const SLOTS_FULL: &str = "too many invokes in flight (limits.max_inflight_invokes); retry shortly";
+
+/// The answer to a `tools/call` refused because every slot is taken.
+fn slots_full() -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(SLOTS_FULL)]).into()
 }
 
 impl SwitchboardMcp {
@@ -184,31 +223,20 @@ impl SwitchboardMcp {
         principal: Option<Principal>,
         context: &RequestContext<RoleServer>,
     ) -> Result<serde_json::Value, McpError> {
-        let mut options = RoutingOptions::new();
-        if let Some(principal) = principal {
-            options = options.with_caller(principal);
-        }
-        if let Some(trace) = trace_of(context) {
-            options = options.with_trace(trace);
-        }
-        let slot = self.invoke_slot().map_err(|_| {
-            McpError::internal_error(
-                "too many invokes in flight (limits.max_inflight_invokes); retry shortly",
-                None,
+        let outcome = self
+            .dispatch(
+                offer.routed_name,
+                offer.category,
+                input,
+                RoutingOptions::new(),
+                principal,
+                context,
             )
-        })?;
-        let dispatcher = self.dispatcher.clone();
-        let task = tokio::spawn(async move {
-            let result = dispatcher
-                .invoke(&offer.routed_name, offer.category, input, options)
-                .await;
-            drop(slot);
-            result
-        });
-        match cancellable(task, context).await? {
-            Ok(result) => Ok(result.output),
-            Err(e) => Err(offers::request_error(e)),
-        }
+            .await?
+            .ok_or_else(|| McpError::internal_error(SLOTS_FULL, None))?;
+        outcome
+            .map(|result| result.output)
+            .map_err(offers::request_error)
     }
 
     /// Forwards the resource updates this session subscribed to, until it
@@ -585,37 +613,23 @@ impl ServerHandler for SwitchboardMcp {
             // A tool an MCP agent serves: the arguments are its input, and
             // its result goes back as the agent gave it.
             let mut options = RoutingOptions::new();
-            if let Some(principal) = principal {
-                options = options.with_caller(principal);
-            }
-            let (sink, forwarding) = progress_to(&context).unzip();
-            if let Some(sink) = sink {
-                options = options.with_progress(sink);
-            }
             if let Some(relay) = input_relay_to(&context) {
                 options = options.with_input_relay(relay);
             }
-            if let Some(trace) = trace_of(&context) {
-                options = options.with_trace(trace);
-            }
-            let slot = match self.invoke_slot() {
-                Ok(slot) => slot,
-                Err(full) => return Ok(*full),
-            };
-            let dispatcher = self.dispatcher.clone();
-            let name = tool.name.clone();
-            let task = tokio::spawn(async move {
-                let result = dispatcher
-                    .invoke(&name, tool.category, arguments, options)
-                    .await;
-                drop(slot);
-                result
-            });
-            let outcome = cancellable(task, &context).await?;
-            progress_sent(forwarding).await;
+            let outcome = self
+                .dispatch(
+                    tool.name,
+                    tool.category,
+                    arguments,
+                    options,
+                    principal,
+                    &context,
+                )
+                .await?;
             return match outcome {
-                Err(e) => error_result(e),
-                Ok(r) => Ok(serde_json::from_value::<CallToolResult>(r.output.clone())
+                None => Ok(slots_full()),
+                Some(Err(e)) => error_result(e),
+                Some(Ok(r)) => Ok(serde_json::from_value::<CallToolResult>(r.output.clone())
                     .unwrap_or_else(|_| CallToolResult::structured(r.output))
                     .into()),
             };
@@ -631,33 +645,23 @@ impl ServerHandler for SwitchboardMcp {
             }
         };
         let mut options = RoutingOptions::new();
-        if let Some(principal) = principal {
-            options = options.with_caller(principal);
-        }
         if let Some(session) = call.session_id {
             options = options.with_session_id(session);
         }
-        let (sink, forwarding) = progress_to(&context).unzip();
-        if let Some(sink) = sink {
-            options = options.with_progress(sink);
-        }
-        let slot = match self.invoke_slot() {
-            Ok(slot) => slot,
-            Err(full) => return Ok(*full),
-        };
-        let dispatcher = self.dispatcher.clone();
-        let task = tokio::spawn(async move {
-            let result = dispatcher
-                .invoke(&call.tool, tool.category, call.input, options)
-                .await;
-            drop(slot);
-            result
-        });
-        let outcome = cancellable(task, &context).await?;
-        progress_sent(forwarding).await;
+        let outcome = self
+            .dispatch(
+                call.tool,
+                tool.category,
+                call.input,
+                options,
+                principal,
+                &context,
+            )
+            .await?;
         match outcome {
-            Err(e) => error_result(e),
-            Ok(r) => Ok(CallToolResult::structured(serde_json::json!({
+            None => Ok(slots_full()),
+            Some(Err(e)) => error_result(e),
+            Some(Ok(r)) => Ok(CallToolResult::structured(serde_json::json!({
                 "agent_id": r.agent_id,
                 "invocation_id": r.invocation_id,
                 "attempts": r.attempts,

@@ -20,6 +20,28 @@ use crate::policy::PolicyContext;
 use rmcp::ErrorData as McpError;
 use std::collections::BTreeMap;
 
+/// Every item `reader` may see that its agent routes now: offered by an
+/// agent the read policies let it see (the same decision as `tools/list`),
+/// which serves the item's routed name.
+fn routable(
+    catalog: &Catalog,
+    dispatcher: &ToolDispatcher,
+    reader: Option<&PolicyContext>,
+) -> Vec<DiscoveredOffer> {
+    let seen = catalog.visible_agent_ids(reader);
+    let live = dispatcher.registry().live_agents();
+    dispatcher
+        .discovered_offers()
+        .into_iter()
+        .filter(|offer| seen.as_ref().is_none_or(|s| s.contains(&offer.agent_id)))
+        .filter(|offer| {
+            live.iter().any(|a| {
+                a.id == offer.agent_id && a.serves_tool(&offer.category, &offer.routed_name)
+            })
+        })
+        .collect()
+}
+
 /// The items of `kind` `reader` may see, by the name callers use (one per
 /// name: replicas are one item).
 pub(super) fn visible(
@@ -28,17 +50,9 @@ pub(super) fn visible(
     reader: Option<&PolicyContext>,
     kind: McpOfferKind,
 ) -> Vec<DiscoveredOffer> {
-    let seen = catalog.visible_agent_ids(reader);
-    let live = dispatcher.registry().live_agents();
     let mut by_name = BTreeMap::new();
-    for offer in dispatcher.discovered_offers() {
-        if offer.kind != kind || seen.as_ref().is_some_and(|s| !s.contains(&offer.agent_id)) {
-            continue;
-        }
-        let routed = live
-            .iter()
-            .any(|a| a.id == offer.agent_id && a.serves_tool(&offer.category, &offer.routed_name));
-        if routed {
+    for offer in routable(catalog, dispatcher, reader) {
+        if offer.kind == kind {
             by_name.entry(offer.exposed_name.clone()).or_insert(offer);
         }
     }
@@ -53,30 +67,16 @@ pub(super) fn offering_uri(
     reader: Option<&PolicyContext>,
     uri: &str,
 ) -> Vec<DiscoveredOffer> {
-    let mut found: Vec<DiscoveredOffer> = Vec::new();
-    let mut templates = Vec::new();
-    let seen = catalog.visible_agent_ids(reader);
-    let live = dispatcher.registry().live_agents();
-    for offer in dispatcher.discovered_offers() {
-        if seen.as_ref().is_some_and(|s| !s.contains(&offer.agent_id)) {
-            continue;
-        }
-        let routed = live
-            .iter()
-            .any(|a| a.id == offer.agent_id && a.serves_tool(&offer.category, &offer.routed_name));
-        if !routed {
-            continue;
-        }
-        match offer.kind {
-            McpOfferKind::Resource if offer.name == uri => found.push(offer),
-            McpOfferKind::ResourceTemplate if uri_template_matches(&offer.name, uri) => {
-                templates.push(offer)
-            }
-            _ => {}
-        }
-    }
-    found.extend(templates);
-    found
+    let (mut listed, templates): (Vec<_>, Vec<_>) = routable(catalog, dispatcher, reader)
+        .into_iter()
+        .filter(|offer| match offer.kind {
+            McpOfferKind::Resource => offer.name == uri,
+            McpOfferKind::ResourceTemplate => uri_template_matches(&offer.name, uri),
+            McpOfferKind::Prompt => false,
+        })
+        .partition(|offer| offer.kind == McpOfferKind::Resource);
+    listed.extend(templates);
+    listed
 }
 
 /// One page of `items` after `cursor`, with each item's listing under the

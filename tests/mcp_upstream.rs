@@ -2666,22 +2666,51 @@ deny contains "not shared" if input.value.name == "test://secret"
     server.abort();
 }
 
+/// Upstream `up`, registered as agent `a` (category `search`) of a
+/// dispatcher on a fresh database, behind that dispatcher's `/mcp` at
+/// `url`. Dropping it stops both servers.
+struct Behind {
+    _dir: tempfile::TempDir,
+    d: ToolDispatcher,
+    _agent: Running,
+    url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn behind_switchboard(up: Upstream) -> Behind {
+    let (dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let agent = serve(up).await;
+    register(&d, "a", mcp_agent(&agent.url, ToolCategory::Search)).await;
+    let (url, server) = serve_switchboard(&d).await;
+    Behind {
+        _dir: dir,
+        d,
+        _agent: agent,
+        url,
+        server,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_updates_reach_the_sessions_that_subscribed_and_only_them() {
     for legacy_upstream in [true, false] {
-        let (_dir, db) = temp_db();
-        let d = ToolDispatcher::new(db.clone());
         let mut up =
             Upstream::new("a").with_tool("touch", "Updates test://doc", schema("x", "number"));
         if legacy_upstream {
             up = up.legacy();
         }
-        let a = serve(up.clone()).await;
-        register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
-        let (url, server) = serve_switchboard(&d).await;
+        let behind = behind_switchboard(up.clone()).await;
+        let url = &behind.url;
         let (watching, other) = (Listener::default(), Listener::default());
-        let watcher = connect(&url, watching.clone(), true).await;
-        let bystander = connect(&url, other.clone(), true).await;
+        let watcher = connect(url, watching.clone(), true).await;
+        let bystander = connect(url, other.clone(), true).await;
 
         #[allow(deprecated)]
         watcher
@@ -2708,7 +2737,7 @@ async fn resource_updates_reach_the_sessions_that_subscribed_and_only_them() {
         eventually(|| up.subscribed.lock().unwrap().is_empty()).await;
 
         // A 2026-07-28 client asks on `subscriptions/listen` instead.
-        let modern = connect(&url, Listener::default(), false).await;
+        let modern = connect(url, Listener::default(), false).await;
         let mut subscription = modern
             .peer()
             .listen(
@@ -2737,26 +2766,22 @@ async fn resource_updates_reach_the_sessions_that_subscribed_and_only_them() {
         );
         subscription.cancel().await.unwrap();
         eventually(|| up.subscribed.lock().unwrap().is_empty()).await;
-        server.abort();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstreams_progress_reaches_the_caller_that_asked_and_only_it() {
     for legacy in [true, false] {
-        let (_dir, db) = temp_db();
-        let d = ToolDispatcher::new(db.clone());
         let mut up =
             Upstream::new("a").with_tool("progress", "Reports progress", schema("x", "number"));
         if legacy {
             up = up.legacy();
         }
-        let a = serve(up).await;
-        register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
-        let (url, server) = serve_switchboard(&d).await;
+        let behind = behind_switchboard(up).await;
+        let (url, d) = (&behind.url, &behind.d);
         let (asking, other) = (Listener::default(), Listener::default());
-        let caller = connect(&url, asking.clone(), legacy).await;
-        let bystander = connect(&url, other.clone(), legacy).await;
+        let caller = connect(url, asking.clone(), legacy).await;
+        let bystander = connect(url, other.clone(), legacy).await;
         // Both call at once; each gets its own call's reports.
         let (first, second) = tokio::join!(
             caller.call_tool(CallToolRequestParams::new("progress")),
@@ -2810,18 +2835,14 @@ async fn an_upstreams_progress_reaches_the_caller_that_asked_and_only_it() {
         }
         got.sort_by(f64::total_cmp);
         assert_eq!(got, [0.0, 50.0, 100.0]);
-        server.abort();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db.clone());
     let up = Upstream::new("a").with_tool("ask", "Asks for a name", schema("x", "number"));
-    let a = serve(up).await;
-    register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
-    let (url, server) = serve_switchboard(&d).await;
+    let behind = behind_switchboard(up).await;
+    let (url, d) = (&behind.url, &behind.d);
 
     // A 2025 client that declares elicitation is asked, and the agent gets
     // its answer (with the state it asked to have echoed).
@@ -2829,7 +2850,7 @@ async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
         name: Some("ada"),
         ..Listener::default()
     };
-    let client = connect(&url, answering, true).await;
+    let client = connect(url, answering, true).await;
     let result = client
         .call_tool(CallToolRequestParams::new("ask"))
         .await
@@ -2840,7 +2861,7 @@ async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
     assert_eq!(told["state"], "round-2");
 
     // One that does not declare it gets the tool's error saying why.
-    let silent = connect(&url, Listener::default(), true).await;
+    let silent = connect(url, Listener::default(), true).await;
     let refused = silent
         .call_tool(CallToolRequestParams::new("ask"))
         .await
@@ -2867,16 +2888,12 @@ async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
         matches!(&err, Error::ToolFailed { message, .. } if message.contains("elicitation/create")),
         "{err}"
     );
-    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_method_and_name_headers_must_match_the_body() {
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db.clone());
-    let a = serve(Upstream::new("a")).await;
-    register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
-    let (url, server) = serve_switchboard(&d).await;
+    let behind = behind_switchboard(Upstream::new("a")).await;
+    let url = &behind.url;
     let http = reqwest::Client::new();
     let post = |method: &'static str, name: Option<&'static str>| {
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
@@ -2886,7 +2903,7 @@ async fn mcp_method_and_name_headers_must_match_the_body() {
                       "io.modelcontextprotocol/clientCapabilities": {}},
         }});
         let mut request = http
-            .post(&url)
+            .post(url)
             .header("Accept", "application/json, text/event-stream")
             .header("Content-Type", "application/json")
             .header("MCP-Protocol-Version", "2026-07-28")
@@ -2911,19 +2928,15 @@ async fn mcp_method_and_name_headers_must_match_the_body() {
             "{text}"
         );
     }
-    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_trace_context_is_passed_on_to_the_agent() {
     use rmcp::model::RequestParamsMeta;
-    let (_dir, db) = temp_db();
-    let d = ToolDispatcher::new(db.clone());
     let up = Upstream::new("a").with_tool("trace", "Says its trace context", schema("x", "number"));
-    let a = serve(up).await;
-    register(&d, "a", mcp_agent(&a.url, ToolCategory::Search)).await;
-    let (url, server) = serve_switchboard(&d).await;
-    let client = connect(&url, Listener::default(), false).await;
+    let behind = behind_switchboard(up).await;
+    let url = &behind.url;
+    let client = connect(url, Listener::default(), false).await;
     const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
     let mut params = CallToolRequestParams::new("trace");
     params.set_traceparent(PARENT);
@@ -2941,5 +2954,4 @@ async fn the_callers_trace_context_is_passed_on_to_the_agent() {
         result.structured_content.unwrap()["traceparent"],
         Value::Null
     );
-    server.abort();
 }

@@ -546,6 +546,33 @@ impl Drop for JwksServer {
     }
 }
 
+/// The status of `GET /v1/agents` with `token`.
+async fn agents_status(server: &Server, token: &str) -> u16 {
+    server
+        .client
+        .get(format!("{}/v1/agents", server.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Asks with `token` every 50 ms, at most `tries` times, until it is
+/// accepted (the keys are fetched in the background); the last status.
+async fn until_accepted(server: &Server, token: &str, tries: usize) -> u16 {
+    let mut status = 0;
+    for _ in 0..tries {
+        status = agents_status(server, token).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    status
+}
+
 #[tokio::test]
 async fn jwt_keys_are_fetched_from_the_jwks_url_and_follow_a_rotation() {
     let (first, first_jwk) = es256_jwk("first");
@@ -557,29 +584,8 @@ async fn jwt_keys_are_fetched_from_the_jwks_url_and_follow_a_rotation() {
         idp.port
     ))
     .await;
-    let status_with = |token: String| {
-        let client = server.client.clone();
-        let url = format!("{}/v1/agents", server.base);
-        async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
     // Accepted once the first fetch has landed (it runs in the background).
-    let mut status = 0;
-    for _ in 0..200 {
-        status = status_with(es256_token(&first, "first")).await;
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = until_accepted(&server, &es256_token(&first, "first"), 200).await;
     assert_eq!(status, 200, "the first key was never accepted");
     let fetched = idp.fetches.load(Ordering::SeqCst);
     assert_eq!(fetched, 1, "one fetch serves every request");
@@ -590,23 +596,22 @@ async fn jwt_keys_are_fetched_from_the_jwks_url_and_follow_a_rotation() {
     // interval, not one per request.
     *idp.keys.lock().unwrap() = json!({"keys": [second_jwk]});
     for _ in 0..20 {
-        assert_eq!(status_with(es256_token(&second, "unknown")).await, 401);
+        assert_eq!(
+            agents_status(&server, &es256_token(&second, "unknown")).await,
+            401
+        );
     }
-    let mut status = 0;
-    for _ in 0..400 {
-        status = status_with(es256_token(&second, "second")).await;
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = until_accepted(&server, &es256_token(&second, "second"), 400).await;
     assert_eq!(status, 200, "the rotated key was never accepted");
     assert!(
         idp.fetches.load(Ordering::SeqCst) <= fetched + 2,
         "fetches: {}",
         idp.fetches.load(Ordering::SeqCst)
     );
-    assert_eq!(status_with(es256_token(&first, "first")).await, 401);
+    assert_eq!(
+        agents_status(&server, &es256_token(&first, "first")).await,
+        401
+    );
 }
 
 #[tokio::test]
@@ -618,33 +623,15 @@ async fn jwt_keys_are_found_through_the_issuers_metadata() {
         "[auth.jwt]\nissuer = \"{issuer}\"\naudience = \"switchboard\"\ndiscover_jwks = true\n"
     ))
     .await;
-    let status_with = |token: String| {
-        let client = server.client.clone();
-        let url = format!("{}/v1/agents", server.base);
-        async move {
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
-    let mut status = 0;
-    for _ in 0..200 {
-        status = status_with(es256_token_of(&issuer, &key, "only")).await;
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = until_accepted(&server, &es256_token_of(&issuer, &key, "only"), 200).await;
     assert_eq!(
         status, 200,
         "the key the metadata points at was never accepted"
     );
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 1);
     // Another issuer's token is refused, whatever key signed it.
-    assert_eq!(status_with(es256_token(&key, "only")).await, 401);
+    assert_eq!(
+        agents_status(&server, &es256_token(&key, "only")).await,
+        401
+    );
 }

@@ -4,6 +4,7 @@
 //! header-read timeout, and on SIGINT/SIGTERM stop accepting and give
 //! in-flight requests a grace period.
 
+use super::conn_runtimes::ConnRuntimes;
 use super::limits::{ServerLimits, RETRY_AFTER};
 use super::routes::router_for;
 use super::tls::ServerTls;
@@ -211,14 +212,7 @@ async fn serve_connections(
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> crate::Result<()> {
-    // On a runtime worker, not on the thread that awaits this (often
-    // `block_on`'s): a connection's task then starts on the accepting
-    // worker's own queue instead of waking another worker.
-    tokio::spawn(accept_and_serve(
-        listener, state, limits, tls, grace, shutdown,
-    ))
-    .await
-    .map_err(|e| Error::internal("the server's accept loop failed", e))?
+    accept_and_serve(listener, state, limits, tls, grace, shutdown).await
 }
 
 async fn accept_and_serve(
@@ -235,6 +229,7 @@ async fn accept_and_serve(
     let app = router_for(state, &limits, listen);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    let runtimes = ConnRuntimes::start()?;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
@@ -255,33 +250,43 @@ async fn accept_and_serve(
         };
         let slot = connections.clone().try_acquire_owned().ok();
         let _ = stream.set_nodelay(true);
-        let Some(tls) = &tls else {
-            let Some(slot) = slot else {
-                tokio::spawn(refuse(stream));
+        // Re-registered on the connection's thread, with that thread's runtime.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hand an accepted connection to its thread");
                 continue;
+            }
+        };
+        let (app, http, watcher, tls) =
+            (app.clone(), http.clone(), graceful.watcher(), tls.clone());
+        let handshake_timeout = limits.header_read_timeout;
+        runtimes.serve(move || async move {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot serve an accepted connection");
+                    return;
+                }
             };
-            let service = TowerToHyperService::new(app.clone());
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
+            let service = TowerToHyperService::new(app);
+            let Some(tls) = tls else {
+                let Some(slot) = slot else {
+                    return refuse(stream).await;
+                };
+                if let Err(e) = watcher
+                    .watch(http.serve_connection(TokioIo::new(stream), service))
+                    .await
+                {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 drop(slot);
-            });
-            continue;
-        };
-        // The handshake runs on the connection's own task, bounded like
-        // the headers that follow it, so a slow client holds up no other.
-        let (acceptor, http, service, watcher) = (
-            tls.acceptor.clone(),
-            http.clone(),
-            TowerToHyperService::new(app.clone()),
-            graceful.watcher(),
-        );
-        let handshake_timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
+                return;
+            };
+            // The handshake runs on the connection's own task, bounded like
+            // the headers that follow it, so a slow client holds up no other.
             let stream =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                match tokio::time::timeout(handshake_timeout, tls.acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
@@ -293,8 +298,7 @@ async fn accept_and_serve(
                     }
                 };
             let Some(slot) = slot else {
-                refuse(stream).await;
-                return;
+                return refuse(stream).await;
             };
             if let Err(e) = watcher
                 .watch(http.serve_connection(TokioIo::new(stream), service))
@@ -313,6 +317,7 @@ async fn accept_and_serve(
             tracing::warn!("in-flight requests did not finish within the grace period; they will be marked interrupted on the next open");
         }
     }
+    runtimes.stop().await;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ mod auth;
 mod cluster;
 #[cfg(feature = "cluster")]
 mod cluster_scan;
+mod conn_runtimes;
 mod errors;
 mod hosts;
 mod invoke;

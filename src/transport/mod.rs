@@ -16,6 +16,7 @@ pub(crate) mod layers;
 pub(crate) mod local;
 pub(crate) mod mcp;
 mod plain;
+pub(crate) use plain::mark_runtime_thread;
 #[cfg(test)]
 mod properties;
 pub(crate) mod tls;

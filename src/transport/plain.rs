@@ -66,10 +66,43 @@ enum Exchange {
     Failed(Failure),
 }
 
-/// Idle connections by `host:port`.
+/// Idle connections by reactor and `host:port`.
 #[derive(Default)]
 pub(crate) struct PlainPool {
-    idle: Mutex<HashMap<String, Vec<(Conn, Instant)>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<(Conn, Instant)>>>,
+}
+
+/// Where an idle connection may be reused. A connection is registered with
+/// the I/O driver of the runtime that opened it, and only that driver
+/// reports it ready: a call on another runtime would be woken through it, a
+/// cross-thread wake per read. `serve` runs connections on runtimes of one
+/// worker each (`server/conn_runtimes.rs`), which mark their threads with
+/// [`mark_runtime_thread`]; calls there reuse only their runtime's
+/// connections. Elsewhere (one multi-threaded runtime) the mark is absent.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    runtime: Option<u64>,
+    authority: String,
+}
+
+thread_local! {
+    static RUNTIME: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the calling thread as one of runtime `id`'s, for the pool's keys;
+/// called as each of the runtime's threads starts (workers and the blocking
+/// threads a worker's tasks move to).
+pub(crate) fn mark_runtime_thread(id: u64) {
+    RUNTIME.with(|r| r.set(Some(id)));
+}
+
+impl PoolKey {
+    fn here(host: &str, port: u16) -> PoolKey {
+        PoolKey {
+            runtime: RUNTIME.with(|r| r.get()),
+            authority: format!("{host}:{port}"),
+        }
+    }
 }
 
 impl PlainPool {
@@ -87,7 +120,7 @@ impl PlainPool {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let key = format!("{host}:{port}");
+        let key = PoolKey::here(host, port);
         let mut request = build_request(endpoint, &authority, Bytes::from(body))?;
         loop {
             let (mut conn, pooled) = match self.take(&key) {
@@ -112,7 +145,7 @@ impl PlainPool {
     }
 
     /// The most recently used idle connection to `key` still fit for use.
-    fn take(&self, key: &str) -> Option<Conn> {
+    fn take(&self, key: &PoolKey) -> Option<Conn> {
         let mut idle = self.idle.lock();
         let connections = idle.get_mut(key)?;
         while let Some((conn, since)) = connections.pop() {
@@ -123,12 +156,12 @@ impl PlainPool {
         None
     }
 
-    fn keep(&self, key: &str, conn: Conn) {
+    fn keep(&self, key: &PoolKey, conn: Conn) {
         if conn.done || conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock();
-        let connections = idle.entry(key.to_string()).or_default();
+        let connections = idle.entry(key.clone()).or_default();
         connections.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
         if connections.len() < MAX_IDLE_PER_HOST {
             connections.push((conn, Instant::now()));

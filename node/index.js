@@ -451,7 +451,9 @@ class ToolDispatcher {
   async invoke(tool, category, input = {}, options = {}) {
     const { signal, strategy, sessionId, maxAttempts } = options ?? {}
     const routing = { strategy, sessionId, maxAttempts }
-    if (!signal) return later(() => this._native.invoke(tool, category, input, routing, null))
+    // Without a signal the call starts here and is answered at once when it
+    // does not have to wait (see `invokeNow` in src/dispatcher.rs).
+    if (!signal) return later(() => this._native.invokeNow(tool, category, input, routing))
     if (signal.aborted) throw cancelled(tool, signal)
     const token = native.cancelToken()
     const onAbort = () => native.cancel(token)

@@ -8,9 +8,12 @@ use crate::errors::{coded, invalid, to_js, IntoJs};
 use crate::handler::{js_handler, Bridge};
 use crate::policy::on_js_thread;
 use crate::runtime::{blocking, cancelled};
+use napi::bindgen_prelude::{Either, PromiseRaw};
 use napi::Env;
 use napi_derive::napi;
 use serde_json::{json, Value};
+use std::future::Future;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use switchboard::{AgentConfig, HealthCheckConfig, RoutingOptions, RoutingStrategy, ToolCategory};
 
@@ -255,6 +258,51 @@ impl NativeDispatcher {
                 json!({}),
             )),
         }
+    }
+
+    /// Routes one call without a cancellation token, starting it on the
+    /// calling (JavaScript) thread: a call that finishes without waiting (an
+    /// in-process Rust agent, buffered records, no hook that may block) is
+    /// answered at once, with no hand-off to the runtime and back; one that
+    /// has to wait (an HTTP or JavaScript agent) returns a Promise and goes
+    /// on on the runtime. A call whose records may block (an fsync, a Rego
+    /// or JavaScript hook in scope) starts on the runtime, never on the
+    /// event loop.
+    #[napi(ts_return_type = "InvocationResult | Promise<InvocationResult>")]
+    pub fn invoke_now<'env>(
+        &self,
+        env: &'env Env,
+        tool: String,
+        category: String,
+        input: Option<Value>,
+        options: Option<InvokeOptions>,
+    ) -> napi::Result<Either<InvocationResult, PromiseRaw<'env, InvocationResult>>> {
+        let category = self::category(&category)?;
+        let options = routing(options)?;
+        let input = match input {
+            Some(Value::Null) | None => json!({}),
+            Some(v) => v,
+        };
+        let d = self.d.clone();
+        let inline = !d.invoke_may_block(&tool, &category, &options);
+        let mut call = Box::pin(async move {
+            d.invoke(&tool, category, input, options)
+                .await
+                .map(InvocationResult::from)
+                .js()
+        });
+        if inline {
+            // A future may be polled first here and then by the runtime's
+            // task, which polls it again with its own waker.
+            let first = napi::bindgen_prelude::within_runtime_if_available(|| {
+                call.as_mut()
+                    .poll(&mut Context::from_waker(std::task::Waker::noop()))
+            });
+            if let Poll::Ready(result) = first {
+                return result.map(Either::A);
+            }
+        }
+        env.spawn_future(call).map(Either::B)
     }
 
     /// The agent a call would go to now, without calling it (null if none).

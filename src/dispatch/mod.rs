@@ -556,6 +556,36 @@ impl ToolDispatcher {
         Call::new(self, tool, category, input, options).run().await
     }
 
+    /// Whether an [`invoke`](Self::invoke) of `tool` may block the thread
+    /// that polls it: its records are fsynced (`Durability::Sync`), or a hook
+    /// that may block (Rego, or closures added through
+    /// [`PolicyEngine::with_blocking_hooks`](crate::PolicyEngine::with_blocking_hooks))
+    /// covers them. A call that may not only computes and writes buffered
+    /// records until it waits on something (an agent's answer): a language
+    /// binding can start it on its own event-loop thread and move it to the
+    /// runtime only if it has to wait.
+    pub fn invoke_may_block(
+        &self,
+        tool: &str,
+        category: &ToolCategory,
+        options: &RoutingOptions,
+    ) -> bool {
+        self.inner.db.commit_may_block(|| {
+            let id = crate::namespace::new_invocation_id();
+            let mut keys = vec![
+                crate::namespace::dispatch_key(category, tool, &id),
+                crate::namespace::inflight_key(&id),
+            ];
+            keys.extend(
+                options
+                    .session_id
+                    .as_deref()
+                    .map(crate::namespace::session_key),
+            );
+            keys
+        })
+    }
+
     /// The agent a call with these options would be routed to now, without
     /// calling it or writing anything (the session binding is read, not
     /// written). `None` if no agent is available.

@@ -159,6 +159,12 @@ impl Database {
         &self.inner.options
     }
 
+    /// Whether a commit writing `keys` may block its thread: every commit
+    /// fsyncs, or a hook that may block covers one of the keys.
+    pub(crate) fn commit_may_block(&self, keys: impl FnOnce() -> Vec<String>) -> bool {
+        self.inner.options.durability == Durability::Sync || self.inner.chain.may_block_on(keys)
+    }
+
     /// A RocksDB integer property, e.g. `rocksdb.cur-size-all-mem-tables`,
     /// `rocksdb.block-cache-usage` or `rocksdb.estimate-num-keys`: for
     /// monitoring. `None` if RocksDB does not know the name.

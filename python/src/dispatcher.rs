@@ -6,7 +6,7 @@
 use crate::database::Database;
 use crate::errors::{to_py, IntoPyResult, InvalidInputError};
 use crate::handler::python_handler;
-use crate::runtime::{awaitable, runtime};
+use crate::runtime::{awaitable_now, runtime};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::time::Duration;
@@ -241,7 +241,8 @@ impl ToolDispatcher {
             options = options.with_max_attempts(n);
         }
         let d = self.d.clone();
-        awaitable(py, async move {
+        let inline = !d.invoke_may_block(&tool, &category, &options);
+        awaitable_now(py, inline, async move {
             d.invoke(&tool, category, input, options)
                 .await
                 .map(InvocationResult::from)

@@ -40,10 +40,12 @@ pub fn current_loop(py: Python<'_>) -> Option<Py<PyAny>> {
     CURRENT_LOOP.try_with(|l| l.clone_ref(py)).ok()
 }
 
-/// Two helpers only Python can write: `_deliver(fut, ok, value)` sets an
+/// Helpers only Python can write: `_deliver(fut, ok, value)` sets an
 /// outcome unless the future was cancelled meanwhile (it runs on the loop's
 /// thread); `_await(aw)` wraps an awaitable in a coroutine, which
-/// `asyncio.create_task` and `run_coroutine_threadsafe` insist on.
+/// `asyncio.create_task` and `run_coroutine_threadsafe` insist on;
+/// `_ready(value)` and `_raise(error)` are coroutines of an outcome known
+/// before anything was awaited.
 static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
 pub fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -57,6 +59,12 @@ pub fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
 
 async def _await(aw):
     return await aw
+
+async def _ready(value):
+    return value
+
+async def _raise(error):
+    raise error
 ",
                 c"switchboard/_bridge.py",
                 c"switchboard._bridge",
@@ -65,6 +73,38 @@ async def _await(aw):
         )
     })?;
     module.bind(py).getattr(name)
+}
+
+/// [`awaitable`], except that `fut` is first polled here, on the event
+/// loop's thread, when `inline`: a call that finishes without waiting (an
+/// in-process Rust agent, buffered records, no hook that may block:
+/// `ToolDispatcher::invoke_may_block`) then costs no hand-off to the runtime
+/// and back. One that has to wait goes on on the runtime, which polls it
+/// again with its own waker.
+pub fn awaitable_now<'py, T, F>(
+    py: Python<'py>,
+    inline: bool,
+    fut: F,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    if !inline {
+        return awaitable(py, fut);
+    }
+    let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+    let mut fut = Box::pin(CURRENT_LOOP.scope(event_loop.unbind(), fut));
+    let first = {
+        let _runtime = runtime().enter();
+        fut.as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    };
+    match first {
+        std::task::Poll::Ready(Ok(value)) => helper(py, "_ready")?.call1((value.into_py_any(py)?,)),
+        std::task::Poll::Ready(Err(e)) => helper(py, "_raise")?.call1((e.into_value(py),)),
+        std::task::Poll::Pending => awaitable(py, fut),
+    }
 }
 
 /// Runs `fut` on the runtime and returns a coroutine awaiting its result.

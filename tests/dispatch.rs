@@ -1007,6 +1007,50 @@ mod hardening {
     }
 }
 
+/// `invoke_may_block` tells a binding when a call may be started on a thread
+/// that must not wait (an event loop): only when nothing in its commits can
+/// block — no fsync, no Rego module and no blocking closure over its keys.
+#[test]
+fn invoke_may_block_names_what_makes_a_dispatch_commit_block() {
+    let code = ToolCategory::Code;
+    let plain = RoutingOptions::new();
+    let session = RoutingOptions::new().with_session_id("s1");
+
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    assert!(
+        !d.invoke_may_block("run", &code, &plain),
+        "no hooks, buffered"
+    );
+    // A closure that only computes runs where the commit is.
+    switchboard::PolicyEngine::new(&db)
+        .before_write("tools/**", |_k, _v, _c| switchboard::PolicyAction::Allow)
+        .unwrap();
+    assert!(!d.invoke_may_block("run", &code, &plain));
+    // Rego may take up to its time limit: only the keys in its scope.
+    switchboard::PolicyEngine::new(&db)
+        .add_rego("tools/search/**", "package t\nallow := true")
+        .unwrap();
+    assert!(!d.invoke_may_block("run", &code, &plain));
+    assert!(d.invoke_may_block("find", &ToolCategory::Search, &plain));
+    // A blocking closure over the session bindings covers sticky calls only.
+    switchboard::PolicyEngine::new(&db)
+        .with_blocking_hooks()
+        .before_write("sessions/*", |_k, _v, _c| switchboard::PolicyAction::Allow)
+        .unwrap();
+    assert!(!d.invoke_may_block("run", &code, &plain));
+    assert!(d.invoke_may_block("run", &code, &session));
+
+    // Every commit fsyncs.
+    let dir = tempfile::tempdir().unwrap();
+    let synced = switchboard::Database::open_with(
+        dir.path(),
+        switchboard::DatabaseOptions::default().durability(switchboard::Durability::Sync),
+    )
+    .unwrap();
+    assert!(ToolDispatcher::new(synced).invoke_may_block("run", &code, &plain));
+}
+
 /// A stdio command registered with relative paths is stored with absolute
 /// ones, resolved against the registering process's directory, so it runs
 /// the same program after a restart from elsewhere (and the node's

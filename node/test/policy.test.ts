@@ -132,3 +132,31 @@ test('a rate limit refuses with RateLimited', async () => {
   await other.close()
   t.cleanup()
 })
+
+test('a call that waits on nothing is answered on the JS thread; one a JS hook or a JS agent must wait for starts on the runtime', async () => {
+  const native = (dispatcher as any)._native
+  await native.registerRustEchoAgent('inline_echo', ['inline'])
+  const now = native.invokeNow('echo', 'inline', { n: 1 }, {})
+  assert.ok(!(now instanceof Promise), 'a Rust agent and buffered records: answered at once')
+  assert.deepEqual(now.output, { n: 1 })
+  assert.equal(now.agentId, 'inline_echo')
+
+  // A JS hook in scope would make the JS thread wait for itself: the call
+  // must start on the runtime (done inline, this test would hang).
+  let judged = 0
+  policy.beforeWrite('tools/inline_hooked/*', () => {
+    judged += 1
+    return PolicyAction.ALLOW
+  })
+  await native.registerRustEchoAgent('hooked_echo', ['inline_hooked'])
+  const hooked = native.invokeNow('echo', 'inline_hooked', { n: 2 }, {})
+  assert.ok(hooked instanceof Promise, 'a JS hook covers the records: a Promise')
+  assert.deepEqual((await hooked).output, { n: 2 })
+  assert.equal(judged, 1, 'the hook judged the intent (the outcome is bookkeeping)')
+
+  // A JS agent answers on a later turn of the event loop.
+  await dispatcher.registerLocalAgent('js_inline', async (_tool: string, input: any) => input, { tools: ['inline_js'] })
+  const js = native.invokeNow('echo', 'inline_js', { n: 3 }, {})
+  assert.ok(js instanceof Promise, 'a JS agent: a Promise')
+  assert.deepEqual((await js).output, { n: 3 })
+})

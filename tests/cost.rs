@@ -39,11 +39,12 @@ const TOKEN: &str = "cost-guard-token";
 
 /// The budgets, per proxied request at one client (docs/benchmarks.md,
 /// "The per-request cost guard", has the measurements they come from). A
-/// request costs the server at least two sleeps (waiting for the agent,
-/// waiting for the next request); the rest is the runtime's own wake-ups of
-/// its other worker (2.2 to 3.0 measured, the most on a lightly loaded
-/// machine) and margin. Before this guard: 11.1.
-const HTTP_VOLUNTARY_SWITCHES: f64 = 3.5;
+/// request costs the thread serving its connection up to two sleeps
+/// (waiting for the agent, waiting for the next request; fewer when the
+/// next is already there): 1.6 to 1.9 measured, since each connection lives
+/// on one runtime of one worker (2.2 to 3.0 when one runtime's two workers
+/// woke each other); the rest is margin. Before this guard: 11.1.
+const HTTP_VOLUNTARY_SWITCHES: f64 = 2.5;
 /// Read and write calls (`syscr` + `syscw`): the request and the answer on
 /// two sockets, and the WAL writes of the call's two commits. Before: 6.2.
 const HTTP_READ_WRITE_SYSCALLS: f64 = 6.0;

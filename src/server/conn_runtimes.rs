@@ -8,8 +8,9 @@
 //! call with two workers, 1.9 with one). A connection that lives on a
 //! runtime of its own, with the agent connections its calls open kept on
 //! the same runtime (`transport/plain.rs` pools by runtime), is served
-//! with no cross-thread wake; the accept loop hands each new connection to
-//! the runtime serving the fewest.
+//! with no cross-thread wake. The accept loop runs on the first runtime and
+//! hands each new connection to the runtime serving the fewest, keeping it
+//! on a tie (a client that connects per request stays on one thread).
 //!
 //! Each is a multi-threaded runtime of one worker rather than a
 //! current-thread runtime so that work which may block (an fsync, a Rego
@@ -70,6 +71,20 @@ impl ConnRuntimes {
             connection().await;
             connections.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+
+    /// Runs `task` on the first runtime (the one [`serve`](Self::serve)
+    /// prefers when several serve as few connections).
+    pub(super) fn spawn_on_first<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtimes[0]
+            .runtime
+            .as_ref()
+            .expect("a running runtime")
+            .spawn(task)
     }
 
     /// Stops every runtime: connections still open are dropped (the server

@@ -212,7 +212,26 @@ async fn serve_connections(
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> crate::Result<()> {
-    accept_and_serve(listener, state, limits, tls, grace, shutdown).await
+    let runtimes = Arc::new(ConnRuntimes::start()?);
+    // Accepting on a connection runtime: a client that opens a connection
+    // per request is then served where it was accepted, without a wake-up
+    // of another thread.
+    let listener = listener
+        .into_std()
+        .map_err(|e| Error::internal("cannot hand the listener to a connection runtime", e))?;
+    let accepting = runtimes.clone();
+    let served = runtimes
+        .spawn_on_first(async move {
+            let listener = TcpListener::from_std(listener)
+                .map_err(|e| Error::internal("cannot accept on a connection runtime", e))?;
+            accept_and_serve(listener, state, limits, tls, grace, shutdown, &accepting).await
+        })
+        .await;
+    // The accept loop's task is over, and with it its handle on the runtimes.
+    if let Ok(runtimes) = Arc::try_unwrap(runtimes) {
+        runtimes.stop().await;
+    }
+    served.map_err(|e| Error::internal("the server's accept loop failed", e))?
 }
 
 async fn accept_and_serve(
@@ -222,6 +241,7 @@ async fn accept_and_serve(
     tls: Option<ServerTls>,
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    runtimes: &ConnRuntimes,
 ) -> crate::Result<()> {
     let listen = listener
         .local_addr()
@@ -229,7 +249,6 @@ async fn accept_and_serve(
     let app = router_for(state, &limits, listen);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
-    let runtimes = ConnRuntimes::start()?;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
@@ -317,7 +336,6 @@ async fn accept_and_serve(
             tracing::warn!("in-flight requests did not finish within the grace period; they will be marked interrupted on the next open");
         }
     }
-    runtimes.stop().await;
     Ok(())
 }
 

@@ -72,6 +72,11 @@ impl<'a> Call<'a> {
             input_truncated,
             output: None,
             output_truncated: false,
+            trace_id: options
+                .trace
+                .as_ref()
+                .and_then(|t| t.trace_id())
+                .map(str::to_string),
         };
         Call {
             dispatcher,

@@ -497,7 +497,7 @@ async fn the_call_stream_sends_each_completed_call_as_a_scan_reads_it() {
     let agent = TestAgent::start("a", Behaviour::Echo).await;
     server.register("a", &agent.endpoint).await;
     // Records of `hidden` calls may not be read by outsiders.
-    let hide = "# scope: tools/code/hidden/**\n# ops: get\npackage switchboard.hide\n\nimport rego.v1\n\ndeny contains \"hidden from outsiders\" if {\n\tinput.op == \"get\"\n\tinput.context.roles == \"outsider\"\n}\n";
+    let hide = "# scope: tools/code/hidden/**\n# ops: get\npackage switchboard.hide\n\nimport rego.v1\n\ndeny contains \"hidden from outsiders\" if {\n\tinput.op == \"get\"\n\t\"outsider\" in input.context.roles\n}\n";
     let r = server
         .admin(reqwest::Method::PUT, "/v1/policies/hide")
         .json(&json!({"source": hide}))

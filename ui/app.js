@@ -64,7 +64,9 @@ function drawNav(current) {
   who.hidden = false;
 }
 
-async function show() {
+// Draws the page of the address; after a navigation, moves the focus to
+// it (where a screen reader or the keyboard goes on from).
+async function show(focus = true) {
   if (leave) {
     leave();
     leave = null;
@@ -84,7 +86,7 @@ async function show() {
   } catch (e) {
     view.append(notice("error", e instanceof ApiError ? `${e.message} (${e.code})` : String(e)));
   }
-  main.focus({ preventScroll: true });
+  if (focus) main.focus({ preventScroll: true });
 }
 
 // Goes to `href` within the UI without reloading.
@@ -149,12 +151,12 @@ document.addEventListener("click", (event) => {
   event.preventDefault();
   go(url.pathname + url.search);
 });
-window.addEventListener("popstate", show);
+window.addEventListener("popstate", () => show());
 signedOut.addEventListener("signed-out", () => signInForm("The session ended (the credential was refused): sign in again."));
 
 (async () => {
   try {
-    if (await resume()) show();
+    if (await resume()) show(false);
     else signInForm();
   } catch (e) {
     fill(main, notice("error", `The server did not answer: ${e.message}`));

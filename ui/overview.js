@@ -64,6 +64,8 @@ async function draw(agentsEl, clusterEl) {
   }
   const rows = records.map((agent) => {
     const m = byAgent[agent.agent_id];
+    // Before its first call an agent has no rate or latency to speak of.
+    const called = m && m.total > 0;
     const ejected = agent.status !== "healthy" || (m && !m.healthy);
     return [
       h("span", { class: "agent-id" }, agent.agent_id),
@@ -74,9 +76,9 @@ async function draw(agentsEl, clusterEl) {
         agent.status_reason ? h("span", { class: "reason" }, ` ${agent.status_reason}`) : null,
       ),
       m ? `${m.active_tasks}${agent.max_concurrency ? ` / ${agent.max_concurrency}` : ""}` : "—",
-      m ? `${(m.success_rate * 100).toFixed(1)}% of ${m.total}` : "—",
-      m ? `${ms(m.p50_latency_ms)} / ${ms(m.p99_latency_ms)}` : "—",
-      m ? chart(agent.agent_id, history.get(agent.agent_id) || []) : "—",
+      called ? `${(m.success_rate * 100).toFixed(1)}% of ${m.total}` : "no calls yet",
+      called ? `${ms(m.p50_latency_ms)} / ${ms(m.p99_latency_ms)}` : "—",
+      called ? chart(agent.agent_id, history.get(agent.agent_id) || []) : "—",
       serves(agent, mcpTools.get(agent.agent_id)),
     ];
   });

@@ -144,9 +144,9 @@ async function editor(view, name) {
   } catch (e) {
     if (!(e instanceof ApiError && e.status === 404)) throw e;
   }
-  const source = h("textarea", { id: "policy-source", name: "source", rows: "18", spellcheck: "false", "aria-describedby": "policy-source-hint" }, policy ? policy.source : NEW_POLICY);
+  const source = h("textarea", { id: "policy-source", name: "source", rows: "14", spellcheck: "false", "aria-describedby": "policy-source-hint" }, policy ? policy.source : NEW_POLICY);
   const scopes = h("input", { id: "policy-scopes", name: "scopes", spellcheck: "false", placeholder: "from the source's # scope: lines" });
-  const tests = h("textarea", { id: "policy-tests", name: "tests", rows: "8", spellcheck: "false", placeholder: "package switchboard.my_policy_test\n\ntest_… if { … }" });
+  const tests = h("textarea", { id: "policy-tests", name: "tests", rows: "7", spellcheck: "false", placeholder: "package switchboard.my_policy_test\n\ntest_… if { … }" });
   const result = h("div", { id: "policy-result", "aria-live": "polite" });
   const body = () => {
     const globs = scopes.value.split(",").map((s) => s.trim()).filter(Boolean);

@@ -308,6 +308,7 @@ class Run:
         self.find("#policy-save")[0].click()
         self.wait("the saved revision", lambda: "Saved: revision 2" in self.text())
         assert "test_ui_probe_is_closed" in self.text() and "passed" in self.text()
+        self.browser.execute_script("document.getElementById('policy-result').scrollIntoView({block: 'end'})")
         self.shot("policy-editor")
         status, answer = self.invoke("ui_probe", self.state["invoker"]["secret"])
         assert status == 403 and answer["error"]["code"] == "policy_denied", (status, answer)

@@ -114,7 +114,8 @@ async function exportLines(el, fields) {
   link.click();
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60000);
-  el.prepend(notice("ok", `Exported ${lines.length} records${after ? ` (stopped at ${EXPORT_LIMIT}; narrow the filters for the rest)` : ""}.`));
+  const count = lines.length === 1 ? "1 record" : `${lines.length} records`;
+  el.prepend(notice("ok", `Exported ${count}${after ? ` (stopped at ${EXPORT_LIMIT}; narrow the filters for the rest)` : ""}.`));
 }
 
 async function record(view, key) {

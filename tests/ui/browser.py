@@ -173,6 +173,8 @@ class Run:
         for argument in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800", "--lang=en-GB"]:
             options.add_argument(argument)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.downloads = os.path.join(self.data, "downloads")
+        options.add_experimental_option("prefs", {"download.default_directory": self.downloads})
         service = Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
         self.browser = webdriver.Chrome(service=service, options=options)
 
@@ -269,7 +271,7 @@ class Run:
         self.shot("live-calls")
 
     def step_search_finds_it_and_opens_its_record(self):
-        """The audit search finds the call by caller and tool; its record shows arguments, attempts and trace id."""
+        """The audit search finds the call by caller and tool and exports it as JSON lines; its record shows arguments, attempts and trace id."""
         self.find("nav a[href='/ui/audit']")[0].click()
         prefix = self.wait("the search form", lambda: self.find("#audit-prefix"))[0]
         prefix.clear()
@@ -282,6 +284,14 @@ class Run:
         link = self.wait("the call in the results", lambda: self.find(f"#audit-results a[href='{href}']"))
         assert len(self.find("#audit-results tbody tr")) == 1, self.text()
         self.shot("audit")
+        self.find("#audit-export")[0].click()
+        self.wait("the export", lambda: "Exported 1 record." in self.text())
+        export = os.path.join(self.downloads, "switchboard-audit.jsonl")
+        self.wait("the downloaded file", lambda: os.path.exists(export))
+        with open(export) as f:
+            lines = [json.loads(line) for line in f]
+        assert [line["key"] for line in lines] == [key], lines
+        assert lines[0]["value"]["trace_id"] == TRACE_ID, lines
         link[0].click()
         self.wait("the record", lambda: self.find("#record-key") and self.find("#record-key")[0].text == key)
         self.wait("its attempts", lambda: "Attempts" in self.text())

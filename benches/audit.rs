@@ -57,6 +57,7 @@ fn record(i: u64) -> (String, Vec<u8>) {
         input_truncated: false,
         output: None,
         output_truncated: false,
+        trace_id: None,
     };
     let key = dispatch_key(&ToolCategory::Code, "code_exec", &invocation_id);
     (key, serde_json::to_vec(&record).unwrap())

@@ -111,6 +111,8 @@ pub use policy::{Principal, Scope};
 
 // Routing and dispatch: register agents, invoke tools, recover after a crash.
 pub use dispatch::{recover_interrupted, InvocationResult, RoutingOptions, ToolDispatcher};
+// Calls as they complete (`ToolDispatcher::completed_calls`).
+pub use dispatch::CompletedCall;
 // What dispatch records keep of a call's arguments and output.
 pub use dispatch::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
 // MCP agents: the tools, prompts and resources discovered on them and how they are named.

@@ -119,6 +119,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/cluster"),
     ("get", "/metrics"),
     ("get", "/v1/scan"),
+    ("get", "/v1/calls/stream"),
     ("get", "/v1/policies"),
     ("post", "/v1/policies"),
     ("get", "/v1/tokens"),
@@ -127,6 +128,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/policies/{name}"),
     ("put", "/v1/policies/{name}"),
     ("delete", "/v1/policies/{name}"),
+    ("post", "/v1/policies/{name}/check"),
     ("post", "/mcp"),
     ("get", "/mcp"),
     ("delete", "/mcp"),
@@ -691,6 +693,13 @@ async fn the_openapi_description_matches_the_routes() {
     let api = Api::start(None).await;
     for (method, path) in ROUTES {
         let method: reqwest::Method = method.to_uppercase().parse().unwrap();
+        if *path == "/v1/calls/stream" {
+            // An event stream does not end: its headers say it is served.
+            let r = api.req(method, path).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            assert_eq!(r.headers()["content-type"], "text/event-stream", "{path}");
+            continue;
+        }
         let (status, body) = api
             .send(method, &path.replace("{id}", "x"), Some(json!({})))
             .await;

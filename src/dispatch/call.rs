@@ -72,6 +72,11 @@ impl<'a> Call<'a> {
             input_truncated,
             output: None,
             output_truncated: false,
+            trace_id: options
+                .trace
+                .as_ref()
+                .and_then(|t| t.trace_id())
+                .map(str::to_string),
         };
         Call {
             dispatcher,
@@ -266,7 +271,12 @@ impl<'a> Call<'a> {
         loop {
             tries += 1;
             match self.write_outcome(status, error.clone()).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if self.record.finished {
+                        self.inner().completions.announce(&self.record.key);
+                    }
+                    return Ok(());
+                }
                 Err(e) if tries < TRIES => {
                     tracing::warn!(key = %self.record.key, error = %e, "could not write the dispatch outcome; retrying");
                     tokio::time::sleep(Duration::from_millis(10 << tries)).await;
@@ -385,7 +395,12 @@ impl Drop for Call<'_> {
         };
         for _ in 0..3 {
             match self.record.write_outcome_on_drop(db, &ctx, outcome.clone()) {
-                Ok(()) => return,
+                Ok(()) => {
+                    if self.record.finished {
+                        self.dispatcher.inner.completions.announce(&self.record.key);
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(key = %self.record.key, error = %e, "could not mark a dropped call cancelled")
                 }

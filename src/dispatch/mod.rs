@@ -6,6 +6,7 @@
 //! - `decide`: the one function that says what happens after an attempt;
 //! - `record`: the dispatch record's writes (intent, outcome);
 //! - `recover`: marking dispatches a previous process left in flight;
+//! - `completed`: announcing each call whose outcome was written, to listeners;
 //! - `discovery`: the named tools of MCP agents (`tools/list`, judged by
 //!   the policies under `mcp_tools/`, collisions prefixed).
 //!
@@ -22,6 +23,7 @@
 
 mod audit;
 mod call;
+mod completed;
 mod decide;
 mod discovery;
 mod offers;
@@ -29,6 +31,7 @@ mod record;
 mod recover;
 
 pub use audit::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
+pub use completed::CompletedCall;
 pub use discovery::{DiscoveredTool, DEFAULT_DISCOVERY_TTL};
 pub use offers::DiscoveredOffer;
 pub use recover::recover_interrupted;
@@ -178,6 +181,8 @@ struct Inner {
     config: RwLock<Arc<DispatcherConfig>>,
     /// The tools MCP agents serve by name.
     discovery: discovery::Discovery,
+    /// Calls whose outcome was written, for listeners.
+    completions: completed::Completions,
 }
 
 /// Routes tool invocations to agents. Cheap to clone; clones share everything.
@@ -233,6 +238,7 @@ impl ToolDispatcher {
                 counters: DispatchCounters::default(),
                 config: RwLock::new(Arc::new(DispatcherConfig::default())),
                 discovery: discovery::Discovery::default(),
+                completions: completed::Completions::default(),
             }),
         };
         let weak = Arc::downgrade(&dispatcher.inner);
@@ -299,6 +305,13 @@ impl ToolDispatcher {
     /// a removal, or a change of the tools MCP agents serve.
     pub fn tools_changed(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.discovery.subscribe()
+    }
+
+    /// Each call whose outcome is written from now on, as it is written
+    /// (a receiver that falls more than a thousand calls behind is told how
+    /// many it missed). Costs the calls nothing while no receiver exists.
+    pub fn completed_calls(&self) -> tokio::sync::broadcast::Receiver<CompletedCall> {
+        self.inner.completions.subscribe()
     }
 
     /// Denials, rate-limit refusals and failovers so far (for `/metrics`).

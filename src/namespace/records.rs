@@ -66,6 +66,10 @@ pub struct AgentRecord {
     pub max_concurrency: Option<u32>,
     /// Its health.
     pub status: AgentStatus,
+    /// What last changed its health (`3 probes in a row failed`, `3
+    /// invocations in a row failed`, …); absent until it first changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
     /// When it was first registered (ms since the Unix epoch).
     pub registered_at_ms: u64,
     /// When its record last changed (ms since the Unix epoch).
@@ -341,6 +345,10 @@ pub struct DispatchRecord {
     /// Whether `output` was cut to the size cap.
     #[serde(default, skip_serializing_if = "is_false")]
     pub output_truncated: bool,
+    /// The W3C trace id of the trace the call came in (its `traceparent`),
+    /// when it came with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -54,6 +54,7 @@ pub(super) fn new_record(
         timeout_ms: timeout.as_millis().max(1) as u64,
         max_concurrency: config.max_concurrency,
         status: AgentStatus::Healthy,
+        status_reason: None,
         registered_at_ms,
         updated_at_ms: now,
         registered_by: config.caller.as_ref().map(|c| c.id.clone()),

@@ -353,6 +353,7 @@ impl AgentRegistry {
         let same = |held: &AgentRecord| {
             AgentRecord {
                 status: record.status,
+                status_reason: record.status_reason.clone(),
                 updated_at_ms: record.updated_at_ms,
                 ..held.redacted()
             } == record
@@ -513,6 +514,7 @@ impl AgentRegistry {
         } else {
             AgentStatus::Unhealthy
         };
+        record.status_reason = Some(why.to_string());
         record.updated_at_ms = now_ms();
         // No registry lock is held across the write: a hook may read the registry.
         match registry_store::set_health(&self.db, &agent.id, &record) {

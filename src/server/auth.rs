@@ -1,12 +1,16 @@
 //! Who is calling, and whether the route is theirs to use. Every request but
-//! `/healthz` presents a bearer credential (the static token, an issued API
-//! token or a JWT: see [`Authenticator`](crate::identity::Authenticator));
-//! its [`Principal`] travels with the request as a [`Caller`] extension, and
+//! `/healthz` and the admin UI's static pages presents a bearer credential
+//! (the static token, an issued API token or a JWT: see
+//! [`Authenticator`](crate::identity::Authenticator)), in the
+//! `Authorization` header or in the UI's session cookie (see `session`,
+//! which also holds the CSRF check cookie-authenticated writes pass); its
+//! [`Principal`] travels with the request as a [`Caller`] extension, and
 //! each route requires one scope: admin (agents' changes, policies,
-//! tokens), invoke (`/v1/invoke`, `/mcp`) or audit (`/v1/scan`, metrics).
+//! tokens), invoke (`/v1/invoke`, `/mcp`) or audit (`/v1/scan`,
+//! `/v1/calls/stream`, metrics).
 
 use super::errors::ApiError;
-use super::AppState;
+use super::{session, ui, AppState};
 use crate::policy::{PolicyContext, Principal, Scope};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -45,7 +49,11 @@ fn required_scope(method: &Method, path: &str) -> Option<Scope> {
     if path == "/v1/invoke" || path == "/mcp" || path.starts_with("/mcp/") {
         return Some(Scope::Invoke);
     }
-    if path == "/v1/scan" || path == "/v1/metrics" || path == "/metrics" {
+    if path == "/v1/scan"
+        || path == "/v1/calls/stream"
+        || path == "/v1/metrics"
+        || path == "/metrics"
+    {
         return Some(Scope::Audit);
     }
     let under = |root: &str| path == root || path.starts_with(&format!("{root}/"));
@@ -69,7 +77,10 @@ pub(crate) async fn require_token(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if path == "/healthz" || super::oauth::is_metadata_path(path) {
+    if path == "/healthz"
+        || super::oauth::is_metadata_path(path)
+        || ui::is_public(request.method(), path)
+    {
         return next.run(request).await;
     }
     match authenticate(&state, &mut request) {
@@ -77,6 +88,13 @@ pub(crate) async fn require_token(
         Err(refusal) => {
             let status = refusal.status();
             let mut response = refusal.into_response();
+            if status == StatusCode::UNAUTHORIZED && signed_in_by_cookie(&request) {
+                // A revoked or expired sign-in: the browser forgets it.
+                response.headers_mut().append(
+                    axum::http::header::SET_COOKIE,
+                    session::clear_cookie(state.https),
+                );
+            }
             // The body of a refused request is never read, so the
             // connection cannot carry another request: say so, or a client
             // reusing it (an OAuth client fetching the metadata the
@@ -114,6 +132,21 @@ fn has_body(request: &Request) -> bool {
             .is_some_and(|n| n.trim() != "0")
 }
 
+/// The bearer credential of `request`'s `Authorization` header, if any.
+pub(crate) fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Whether `request`'s credential is its session cookie (it has no
+/// `Authorization` header, which would take precedence).
+fn signed_in_by_cookie(request: &Request) -> bool {
+    bearer(request).is_none() && session::credential(request.headers()).is_some()
+}
+
 /// The caller of `request`, checked against the route's scope and put in
 /// its extensions.
 fn authenticate(state: &AppState, request: &mut Request) -> Result<(), ApiError> {
@@ -132,11 +165,11 @@ fn authenticate(state: &AppState, request: &mut Request) -> Result<(), ApiError>
         request.extensions_mut().insert(caller);
         return Ok(());
     }
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let from_cookie = bearer(request)
+        .is_none()
+        .then(|| session::credential(request.headers()))
+        .flatten();
+    let presented = bearer(request).or(from_cookie);
     // On this thread: a compare, a cached token lookup and a hash, or a
     // JWT signature check: microseconds of CPU, nothing that waits.
     let caller = match presented {
@@ -152,6 +185,9 @@ fn authenticate(state: &AppState, request: &mut Request) -> Result<(), ApiError>
         }
         None => Caller(None),
     };
+    if let Some(credential) = from_cookie {
+        session::check_write(&state.csrf, request.method(), request.headers(), credential)?;
+    }
     if let Some(scope) = required_scope(request.method(), request.uri().path()) {
         if !caller.has_scope(scope) {
             return Err(insufficient_scope(scope, &caller));
@@ -274,6 +310,11 @@ mod tests {
             required_scope(&Method::POST, "/v1/tokens"),
             Some(Scope::Admin)
         );
+        assert_eq!(
+            required_scope(&Method::GET, "/v1/calls/stream"),
+            Some(Scope::Audit)
+        );
+        assert_eq!(required_scope(&Method::GET, "/ui/session"), None);
         assert!(Caller(None).has_scope(Scope::Admin));
     }
 }

@@ -21,6 +21,7 @@ pub const ERROR_CODES: &[&str] = &[
     "body_too_large",
     "unauthorized",
     "insufficient_scope",
+    "csrf_refused",
     "host_not_allowed",
     "not_found",
     "method_not_allowed",
@@ -86,6 +87,11 @@ impl ApiError {
     /// The status this error is sent with.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// What it says.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 

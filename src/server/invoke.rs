@@ -1,4 +1,6 @@
-//! `POST /v1/invoke`: one tool call routed through the dispatcher.
+//! `POST /v1/invoke`: one tool call routed through the dispatcher. A W3C
+//! `traceparent` header (with `tracestate` and `baggage`) is passed on to
+//! the agent and its trace id kept in the dispatch record.
 
 use super::auth::Caller;
 use super::errors::{ApiError, ApiResult};
@@ -8,8 +10,10 @@ use crate::dispatch::{InvocationResult, RoutingOptions};
 use crate::error::Error;
 use crate::namespace::ToolCategory;
 use crate::routing::RoutingStrategy;
+use crate::transport::TraceContext;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use std::future::Future;
@@ -63,15 +67,47 @@ impl InvokeBody {
     }
 }
 
+/// The trace context of a request's headers, if it has a well-formed
+/// `traceparent` (a malformed one starts no trace, as W3C Trace Context
+/// says: it is ignored). Read in place: the headers are not copied.
+pub(crate) struct Trace(Option<TraceContext>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Trace {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let text = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let Some(traceparent) = text("traceparent") else {
+            return Ok(Trace(None));
+        };
+        let trace = TraceContext {
+            traceparent,
+            tracestate: text("tracestate"),
+            baggage: text("baggage"),
+        };
+        Ok(Trace(trace.trace_id().is_some().then_some(trace)))
+    }
+}
+
 pub(crate) async fn invoke(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Trace(trace): Trace,
     body: Result<Json<InvokeBody>, JsonRejection>,
 ) -> ApiResult<Json<InvocationResult>> {
     let Json(body) = body?;
     let mut options = body.options()?;
     if let Some(principal) = caller.0 {
         options = options.with_caller(principal);
+    }
+    if let Some(trace) = trace {
+        options = options.with_trace(trace);
     }
     let slot = s.invoke_slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::overloaded(

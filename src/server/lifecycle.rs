@@ -81,6 +81,13 @@ pub async fn serve(
         .await
         .map_err(|e| Error::internal(format!("cannot listen on {}", config.listen), e))?;
     tracing::info!(listen = %config.listen, data = %config.data_dir.display(), https = tls.is_some(), "switchboard serving");
+    if let Ok(address) = listener.local_addr() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(
+            "admin UI: {scheme}://{address}{} (sign in with an API token or a JWT; docs/ui.md)",
+            super::ui::HOME
+        );
+    }
     let protected_resource = super::ProtectedResource {
         resource: config.auth.resource.as_deref().map(Arc::from),
         authorization_servers: config.auth.jwt.iter().map(|j| j.issuer.clone()).collect(),
@@ -236,7 +243,7 @@ async fn serve_connections(
 
 async fn accept_and_serve(
     listener: TcpListener,
-    state: AppState,
+    mut state: AppState,
     limits: ServerLimits,
     tls: Option<ServerTls>,
     grace: Duration,
@@ -246,6 +253,8 @@ async fn accept_and_serve(
     let listen = listener
         .local_addr()
         .map_err(|e| Error::internal("cannot read the listen address", e))?;
+    let (stopping, stop_streams) = tokio::sync::watch::channel(false);
+    state.stopping = stop_streams;
     let app = router_for(state, &limits, listen);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -329,6 +338,7 @@ async fn accept_and_serve(
         });
     }
     drop(listener);
+    stopping.send_replace(true);
     tracing::info!("shutting down: no new requests; letting in-flight ones finish");
     tokio::select! {
         _ = graceful.shutdown() => {}

@@ -10,12 +10,16 @@
 //! current in the background), `tls` (the certificate HTTPS is served with), `prometheus`
 //! (the exposition), and one file of handlers per resource (`agents`,
 //! `invoke`, `scan_route` (`GET /v1/scan`, over `scan`, this node's page, and
-//! `cluster_scan`, the cluster-wide page built on `scan`), `policies`, `metrics`, `tokens`, `tools`, `cluster`,
+//! `cluster_scan`, the cluster-wide page built on `scan`), `calls` (calls
+//! as they complete, read as `scan` reads them), `policies`, `metrics`, `tokens`, `tools`, `cluster`,
 //! which also answers `/healthz`).
-//! `docs/openapi.json` describes every route.
+//! `docs/openapi.json` describes every route of the API. The admin UI
+//! (`ui`: its pages, assets and sign-in, under `/ui`) is a client of those
+//! routes; `session` is its sign-in cookie and the CSRF check.
 
 mod agents;
 mod auth;
+mod calls;
 mod cluster;
 #[cfg(feature = "cluster")]
 mod cluster_scan;
@@ -34,9 +38,11 @@ mod prometheus;
 mod routes;
 mod scan;
 mod scan_route;
+mod session;
 mod tls;
 mod tokens;
 mod tools;
+mod ui;
 
 pub use agents::{visible_agents, RegisterBody};
 pub use auth::Caller;
@@ -47,7 +53,10 @@ pub use invoke::InvokeBody;
 pub use lifecycle::{run, run_tls, run_with, serve, shutdown_signal};
 pub use limits::ServerLimits;
 pub use oauth::ProtectedResource;
-pub use policies::{AddPolicyBody, PolicyInfo, PolicyView, PutPolicyAnswer, PutPolicyBody};
+pub use policies::{
+    AddPolicyBody, CheckPolicyBody, PolicyCheck, PolicyInfo, PolicyView, PutPolicyAnswer,
+    PutPolicyBody,
+};
 pub use preflight::preflight;
 pub use routes::router;
 pub use scan::{caused_by, scan_page, scan_page_as, ScanItem, ScanPage, ScanQuery, MAX_SCAN_PAGE};
@@ -84,6 +93,11 @@ pub struct AppState {
     /// This node's cluster membership (cluster mode), if any.
     #[cfg(feature = "cluster")]
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// What CSRF tokens of sign-in cookies are derived under (see `session`).
+    pub(crate) csrf: session::CsrfKey,
+    /// Becomes true when the server starts shutting down: open event
+    /// streams end then, so they do not hold up the drain.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -103,6 +117,9 @@ impl AppState {
             mcp_category_tools: true,
             #[cfg(feature = "cluster")]
             cluster: None,
+            csrf: session::CsrfKey::generate(),
+            // Until a server loop takes it over: a sender nobody holds.
+            stopping: tokio::sync::watch::channel(false).1,
         }
     }
 

@@ -1,7 +1,9 @@
 //! `/v1/policies`: the policies stored in the database (`policies/{name}`):
 //! list, show, store or replace (`PUT`, or `POST` naming the module by its
 //! package), delete. Each change is a policy-checked write, recorded in the
-//! decision log, and applies to the next request.
+//! decision log, and applies to the next request. `POST
+//! /v1/policies/{name}/check` compiles a module as `PUT` would store it,
+//! and runs a test module against it, without storing anything.
 
 use super::auth::Caller;
 use super::errors::{ApiError, ApiResult};
@@ -110,6 +112,67 @@ pub struct PutPolicyBody {
     /// Several key globs, instead of the header's.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
+}
+
+/// `POST /v1/policies/{name}/check`: a module as `PUT` would take it, and
+/// optionally a Rego test module to run against it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckPolicyBody {
+    /// The Rego source; its `# scope:` and `# ops:` header lines apply.
+    pub source: String,
+    /// Key globs, instead of the header's.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// A Rego module of `test_*` rules to run against `source`.
+    #[serde(default)]
+    pub tests: Option<String>,
+}
+
+/// What `POST /v1/policies/{name}/check` answers for a module that compiles.
+#[derive(Debug, Serialize)]
+pub struct PolicyCheck {
+    /// The module's package.
+    pub package: String,
+    /// The key globs it would guard.
+    pub scopes: Vec<String>,
+    /// The operations it would judge.
+    pub ops: Vec<crate::policy::Op>,
+    /// Each test rule's result (empty without `tests`).
+    pub tests: Vec<crate::policy::rego::RegoTestResult>,
+    /// Whether every test passed (true without tests).
+    pub passed: bool,
+}
+
+pub(crate) async fn check_policy(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<CheckPolicyBody>, JsonRejection>,
+) -> ApiResult<Json<PolicyCheck>> {
+    let Json(body) = body?;
+    crate::namespace::validate_id("policy name", &name)?;
+    let engine = crate::policy::PolicyEngine::new(s.dispatcher.database());
+    let check = tokio::task::spawn_blocking(move || {
+        // The parse `PUT` stores with: what passes here, `PUT` accepts.
+        let parsed = engine.parse_stored(&name, &body.source, body.scopes.as_deref())?;
+        let tests = match &body.tests {
+            Some(tests) if !tests.trim().is_empty() => crate::policy::rego::run_test_module(
+                (&name, &body.source),
+                (&format!("{name} tests"), tests),
+            )?,
+            _ => Vec::new(),
+        };
+        Ok::<_, Error>(PolicyCheck {
+            package: parsed.module.name().to_string(),
+            scopes: parsed.scopes.iter().map(|g| g.to_string()).collect(),
+            ops: parsed.ops.clone(),
+            passed: tests.iter().all(|t| t.passed),
+            tests,
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(check))
 }
 
 /// Stores the module under its package name: posting the same package

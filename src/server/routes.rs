@@ -1,12 +1,14 @@
 //! The route table and the layers every request passes through, outermost
 //! first: a tracing span, the Host check, the request timeout, the bearer
-//! token, the body limit.
+//! token, the body limit. The admin UI's routes (`ui`) pass through the
+//! same layers.
 
 use super::errors::{self, ApiError};
 use super::hosts::{self, AllowedHosts};
 use super::limits::ServerLimits;
 use super::{
-    agents, auth, cluster, invoke, metrics, oauth, policies, scan_route, tokens, tools, AppState,
+    agents, auth, calls, cluster, invoke, metrics, oauth, policies, scan_route, tokens, tools, ui,
+    AppState,
 };
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
@@ -71,6 +73,7 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
         .route("/v1/metrics", get(metrics::metrics_json))
         .route("/metrics", get(metrics::metrics_prometheus))
         .route("/v1/scan", get(scan_route::scan))
+        .route("/v1/calls/stream", get(calls::stream))
         .route(
             "/v1/policies",
             get(policies::list_policies).post(policies::add_policy),
@@ -89,6 +92,7 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
                 .put(policies::put_policy)
                 .delete(policies::delete_policy),
         )
+        .route("/v1/policies/{name}/check", post(policies::check_policy))
         .route(oauth::METADATA_PATH, get(oauth::metadata))
         .route(
             &format!("{}/mcp", oauth::METADATA_PATH),
@@ -107,6 +111,8 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
                 ))
                 .layer(axum::middleware::map_request(any_accept_means_mcp_types)),
         )
+        // The admin UI: pages that call the routes above.
+        .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such route; see docs/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

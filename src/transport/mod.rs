@@ -205,6 +205,32 @@ pub struct TraceContext {
     pub baggage: Option<String>,
 }
 
+impl TraceContext {
+    /// The trace id of a well-formed `traceparent` (its 32 hex digits, not
+    /// all zero), which dispatch records keep; `None` for one that is not.
+    pub fn trace_id(&self) -> Option<&str> {
+        let mut fields = self.traceparent.split('-');
+        let (version, trace_id, parent_id, flags) = (
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+        );
+        let hex = |s: &str, len: usize| {
+            s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        let well_formed = hex(version, 2)
+            && version != "ff"
+            && hex(trace_id, 32)
+            && hex(parent_id, 16)
+            && hex(flags, 2)
+            && trace_id.bytes().any(|b| b != b'0')
+            && parent_id.bytes().any(|b| b != b'0')
+            && (version != "00" || fields.next().is_none());
+        well_formed.then_some(trace_id)
+    }
+}
+
 /// Progress an agent reports during a call (an MCP agent's
 /// `notifications/progress`).
 #[derive(Clone, Debug, PartialEq)]
@@ -413,5 +439,38 @@ impl Probe for AgentProbe {
                 None => ProbeResult::NoEndpoint,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::TraceContext;
+
+    fn id(traceparent: &str) -> Option<String> {
+        TraceContext {
+            traceparent: traceparent.into(),
+            ..TraceContext::default()
+        }
+        .trace_id()
+        .map(str::to_string)
+    }
+
+    #[test]
+    fn only_a_well_formed_traceparent_has_a_trace_id() {
+        assert_eq!(
+            id("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01").as_deref(),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-00f067aa0ba902b7-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01",
+            "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01-extra",
+            "00-0af7651916cd43dd-00f067aa0ba902b7-01",
+            "",
+        ] {
+            assert_eq!(id(bad), None, "{bad}");
+        }
     }
 }

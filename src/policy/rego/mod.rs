@@ -30,7 +30,7 @@ pub(crate) use loader::{load_dir, parse_module, LoadedModule};
 use pool::{new_engine, EvalRule, Evaluator};
 use regorus::{Engine, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-pub use test_runner::{run_tests, RegoTestResult};
+pub use test_runner::{run_test_module, run_tests, RegoTestResult};
 
 /// Which of regorus's evaluators runs a module's rules.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1,5 +1,7 @@
-//! `switchboard policy check`: runs the `test_*` rules of a module's
-//! `*_test.rego` sibling in the interpreter.
+//! Rego unit tests: the `test_*` rules of a test module, run in the
+//! interpreter against the module they test: a module file's `*_test.rego`
+//! sibling (`switchboard policy check`), or a test module given as text
+//! (`POST /v1/policies/{name}/check`, the admin UI's editor).
 
 use super::loader::{parse_module, read};
 use super::pool::new_engine;
@@ -9,7 +11,7 @@ use regorus::Value;
 use std::path::Path;
 
 /// The result of one Rego unit test (`test_*` rule).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RegoTestResult {
     /// `package.rule`, e.g. `switchboard.sensitive_tools_test.test_untrusted_denied`.
     pub name: String,
@@ -31,28 +33,40 @@ pub fn run_tests(module: &Path) -> Result<Vec<RegoTestResult>> {
         "{}_test.rego",
         module.file_stem().and_then(|s| s.to_str()).unwrap_or("")
     ));
-    let mut engine = new_engine();
-    engine
-        .add_policy(file.clone(), source)
-        .map_err(|e| Error::PolicyLoad {
-            name: file.clone(),
-            reason: e.to_string(),
-        })?;
     if !test_path.exists() {
         return Ok(Vec::new());
     }
     let test_source = read(&test_path)?;
-    let test_file = test_path.display().to_string();
-    let package = engine
-        .add_policy(test_file.clone(), test_source.clone())
+    run_test_module(
+        (&file, &source),
+        (&test_path.display().to_string(), &test_source),
+    )
+}
+
+/// Evaluates every `test_*` rule of a test module against a module, each
+/// given as (a name for messages, its Rego source), in the interpreter.
+/// Fails if either does not compile or the test module has no test.
+pub fn run_test_module(
+    (file, source): (&str, &str),
+    (test_file, test_source): (&str, &str),
+) -> Result<Vec<RegoTestResult>> {
+    let mut engine = new_engine();
+    engine
+        .add_policy(file.to_string(), source.to_string())
         .map_err(|e| Error::PolicyLoad {
-            name: test_file.clone(),
+            name: file.to_string(),
             reason: e.to_string(),
         })?;
-    let names = test_rule_names(&test_source);
+    let package = engine
+        .add_policy(test_file.to_string(), test_source.to_string())
+        .map_err(|e| Error::PolicyLoad {
+            name: test_file.to_string(),
+            reason: e.to_string(),
+        })?;
+    let names = test_rule_names(test_source);
     if names.is_empty() {
         return Err(Error::PolicyLoad {
-            name: test_file,
+            name: test_file.to_string(),
             reason: "no `test_*` rules found".into(),
         });
     }

@@ -150,21 +150,27 @@ type HookPtr = unsafe extern "C" fn(
     *mut SbHookReply,
 ) -> i32;
 
-fn foreign_hook(
+/// A foreign hook and its callbacks' `user_data`, released when the hook
+/// chain drops it.
+struct ForeignHook {
     name: String,
     hook: HookPtr,
     foreign: Foreign,
-) -> impl Fn(&str, &[u8], &PolicyContext) -> PolicyAction + Send + Sync + 'static {
-    move |key: &str, value: &[u8], ctx: &PolicyContext| {
+}
+
+impl ForeignHook {
+    fn judge(&self, key: &str, value: &[u8], ctx: &PolicyContext) -> PolicyAction {
         let judged = catch_unwind(AssertUnwindSafe(|| {
-            let context: serde_json::Map<String, serde_json::Value> =
-                ctx.iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+            let context: serde_json::Map<String, serde_json::Value> = ctx
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
             let context = serde_json::Value::Object(context).to_string();
             let mut reply = SbHookReply { data: None };
             // SAFETY: the caller's function with borrowed arguments.
             let verdict = unsafe {
-                hook(
-                    foreign.user_data,
+                (self.hook)(
+                    self.foreign.user_data,
                     key.as_ptr(),
                     key.len(),
                     value.as_ptr(),
@@ -174,15 +180,32 @@ fn foreign_hook(
                     &mut reply,
                 )
             };
-            action(&name, verdict, reply.data)
+            action(&self.name, verdict, reply.data)
         }));
         judged.unwrap_or_else(|panic| {
             PolicyAction::Deny(format!(
-                "policy hook {name} panicked ({}); denying (fail closed)",
+                "policy hook {} panicked ({}); denying (fail closed)",
+                self.name,
                 panic_message(&*panic)
             ))
         })
     }
+}
+
+fn foreign_hook(
+    name: String,
+    hook: HookPtr,
+    foreign: Foreign,
+) -> impl Fn(&str, &[u8], &PolicyContext) -> PolicyAction + Send + Sync + 'static {
+    // The closure must own the whole `ForeignHook` (a closure naming only
+    // a field would capture just that field, and `foreign` would be
+    // released at once): it calls a method on it.
+    let hook = ForeignHook {
+        name,
+        hook,
+        foreign,
+    };
+    move |key: &str, value: &[u8], ctx: &PolicyContext| hook.judge(key, value, ctx)
 }
 
 fn action(name: &str, verdict: i32, data: Option<Vec<u8>>) -> PolicyAction {

@@ -88,3 +88,17 @@ func decode(t *testing.T, raw json.RawMessage) map[string]interface{} {
 	}
 	return out
 }
+
+// record reads the dispatch record under key.
+func record(t *testing.T, db *switchboard.Database, key string) map[string]interface{} {
+	t.Helper()
+	raw, found, err := db.Get(key)
+	if err != nil || !found {
+		t.Fatalf("get %s: found %v, %v", key, found, err)
+	}
+	var r map[string]interface{}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatalf("record %s: %v", key, err)
+	}
+	return r
+}

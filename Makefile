@@ -3,7 +3,7 @@
 # The demo runs the binary built with the test targets (`--all-targets`): built
 # alone, the binary resolves dependency features differently and would compile
 # RocksDB a second time.
-.PHONY: demo cluster-demo test deps python node install bench-gateway bench-mcp bench-cluster
+.PHONY: demo cluster-demo test deps python node go install bench-gateway bench-mcp bench-cluster
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # Where `make install` puts bin/switchboard.
@@ -43,6 +43,7 @@ test: deps
 	bash scripts/api-fuzz
 	bash scripts/python-test
 	bash scripts/node-test
+	bash scripts/go-test
 
 # Builds the Python package into .venv (reusing the dev build of `cargo test`,
 # see docs/python.md) without running its tests.
@@ -55,6 +56,12 @@ python: deps
 node: deps
 	cargo build --all-targets --quiet
 	SKIP_NODE_TESTS=1 bash scripts/node-test
+
+# Builds the Go package's library (capi/, on the dev build of `cargo test`,
+# see docs/go.md) and links go/lib to it, without running its tests.
+go: deps
+	cargo build --all-targets --quiet
+	SKIP_GO_TESTS=1 bash scripts/go-test
 
 deps:
 	@bash scripts/install-deps

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -211,4 +212,21 @@ func TestListingIsDocumented(t *testing.T) {
 // squash drops whitespace and semicolons, which gofmt lays out anew.
 func squash(s string) string {
 	return strings.NewReplacer(" ", "", "\t", "", "\n", "", ";", "").Replace(s)
+}
+
+// TestQuickStart runs examples/quick_start.go as README says.
+func TestQuickStart(t *testing.T) {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go is not on PATH: %v", err)
+	}
+	out, err := exec.Command(gobin, "run", "../examples/quick_start.go").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go run ../examples/quick_start.go: %v\n%s", err, out)
+	}
+	for _, want := range []string{"session_abc123: search_agent", "denied: every candidate was denied: local_code: local_code is not trusted", "succeeded code_agent"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("the quick start printed no %q:\n%s", want, out)
+		}
+	}
 }

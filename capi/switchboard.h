@@ -1,7 +1,8 @@
 /*
  * switchboard.h: the C ABI of Switchboard's Rust core (the switchboard-capi
  * crate, a static library). Link with libswitchboard_capi.a and
- * -lstdc++ -lm -ldl -lpthread.
+ * -lstdc++ -lgcc_s -lutil -lrt -lpthread -lm -ldl (what RocksDB and the Rust
+ * standard library need).
  *
  * Ownership, for every function below:
  * - Strings and bytes passed in are (pointer, length) pairs borrowed for the

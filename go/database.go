@@ -45,17 +45,21 @@ func (db *Database) Path() string {
 // made from it: their local agents and hooks are released. RocksDB closes
 // once calls still in flight have finished. Closing twice is a no-op.
 func (db *Database) Close() error {
+	// The children close first, without holding db.mu: a call of theirs in
+	// flight may run a hook that reads or writes this database.
 	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.ptr == nil {
-		return nil
-	}
-	for c := range db.children {
+	children := db.children
+	db.children = nil
+	db.mu.Unlock()
+	for c := range children {
 		c.close()
 	}
-	db.children = nil
-	C.sb_database_free(db.ptr)
-	db.ptr = nil
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.ptr != nil {
+		C.sb_database_free(db.ptr)
+		db.ptr = nil
+	}
 	return nil
 }
 
@@ -63,11 +67,11 @@ func errClosed() error {
 	return invalid("this database has been closed")
 }
 
-// adopt ties c's life to the database's; false if it is closed.
+// adopt ties c's life to the database's; false if it is closed or closing.
 func (db *Database) adopt(c child) bool {
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	if db.ptr == nil {
+	if db.ptr == nil || db.children == nil {
 		return false
 	}
 	db.children[c] = struct{}{}

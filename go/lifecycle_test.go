@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -142,4 +144,41 @@ func switchboardBin(t *testing.T) string {
 		t.Fatalf("the switchboard CLI is missing (%v): build it with cargo build --all-targets, or set SWITCHBOARD_BIN", err)
 	}
 	return bin
+}
+
+// TestCloseDuringACall: closing the database while a call is in flight,
+// its hook reading the same database, waits for the call instead of
+// deadlocking, and the call succeeds.
+func TestCloseDuringACall(t *testing.T) {
+	db, err := switchboard.Open(t.TempDir())
+	must(t, err)
+	must(t, db.Put("notes/x", []byte(`1`)))
+	d := switchboard.NewToolDispatcher(db)
+	must(t, d.BenchRegisterRustEcho("rust_echo", switchboard.CategoryCode, false))
+	inHook, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var readErr error
+	must(t, switchboard.NewPolicyEngine(db).BeforeWrite("tools/code/**", func(key string, value []byte, c map[string]any) switchboard.PolicyAction {
+		once.Do(func() {
+			close(inHook)
+			<-release
+			_, _, readErr = db.Get("notes/x")
+		})
+		return switchboard.Allow
+	}))
+	invoked := make(chan error)
+	go func() {
+		_, err := d.Invoke(context.Background(), "t", switchboard.CategoryCode, nil)
+		invoked <- err
+	}()
+	<-inHook
+	closed := make(chan error)
+	go func() { closed <- db.Close() }()
+	close(release)
+	must(t, <-invoked)
+	must(t, <-closed)
+	must(t, readErr)
+	if err := d.Err(); !errors.Is(err, switchboard.ErrInvalidInput) {
+		t.Fatalf("the dispatcher after Close: %v", err)
+	}
 }

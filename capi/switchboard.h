@@ -164,6 +164,28 @@
 #define SB_AFTER_READ 5
 
 /*
+ Rate-limited operations, for `sb_policy_add_rate_limit`.
+ */
+#define SB_LIMIT_PUT 0
+
+#define SB_LIMIT_DELETE 1
+
+#define SB_LIMIT_GET 2
+
+#define SB_LIMIT_DISPATCH 3
+
+/*
+ What a rate limit counts per, for `sb_policy_add_rate_limit`.
+ */
+#define SB_PER_GLOBAL 0
+
+#define SB_PER_AGENT 1
+
+#define SB_PER_SESSION 2
+
+#define SB_PER_TOOL 3
+
+/*
  A pending invoke (opaque): cancel it with `sb_call_cancel`, free it with
  `sb_call_free`.
  */
@@ -579,5 +601,17 @@ int32_t sb_policy_load_dir(const struct SbPolicy *policy,
                            size_t path_len,
                            struct SbBytes *names,
                            struct SbBytes *err);
+
+/*
+ Allows at most `max` operations `op` (an `SB_LIMIT_*` constant) per
+ `window_seconds`, counted `per` (an `SB_PER_*` constant); past it they
+ fail with `SB_RATE_LIMITED`.
+ */
+int32_t sb_policy_add_rate_limit(const struct SbPolicy *policy,
+                                 int32_t op,
+                                 uint32_t max,
+                                 double window_seconds,
+                                 int32_t per,
+                                 struct SbBytes *err);
 
 #endif /* SWITCHBOARD_H */

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // PolicyAction is what a hook decides: Allow, Deny, DenyWith(reason),
@@ -225,4 +226,39 @@ func (h *hook) judge(key string, value, ctxJSON []byte) (action PolicyAction) {
 		return DenyWith(fmt.Sprintf("policy hook %s returned no PolicyAction; denying (fail closed)", h.name))
 	}
 	return action
+}
+
+// RateLimitOp is an operation a rate limit counts.
+type RateLimitOp int32
+
+// The operations a rate limit can count.
+const (
+	LimitPut      RateLimitOp = C.SB_LIMIT_PUT
+	LimitDelete   RateLimitOp = C.SB_LIMIT_DELETE
+	LimitGet      RateLimitOp = C.SB_LIMIT_GET
+	LimitDispatch RateLimitOp = C.SB_LIMIT_DISPATCH
+)
+
+// RateLimitScope is what a rate limit counts per.
+type RateLimitScope int32
+
+// The scopes a rate limit counts per.
+const (
+	PerGlobal  RateLimitScope = C.SB_PER_GLOBAL
+	PerAgent   RateLimitScope = C.SB_PER_AGENT
+	PerSession RateLimitScope = C.SB_PER_SESSION
+	PerTool    RateLimitScope = C.SB_PER_TOOL
+)
+
+// AddRateLimit allows at most max operations op per window, counted per
+// scope; past it they fail with ErrRateLimited (Limit, RetryAfter).
+func (p *PolicyEngine) AddRateLimit(op RateLimitOp, max uint32, window time.Duration, per RateLimitScope) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if err := p.usable(); err != nil {
+		return err
+	}
+	var errb C.SbBytes
+	status := C.sb_policy_add_rate_limit(p.ptr, C.int32_t(op), C.uint32_t(max), C.double(window.Seconds()), C.int32_t(per), &errb)
+	return check(status, errb)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	switchboard "example.org/switchboard/go"
 )
@@ -160,5 +161,34 @@ func TestShippedRegoPolicies(t *testing.T) {
 	must(t, d.RegisterLocalAgent("trusted_agent_2", echo("trusted_agent_2"), switchboard.WithTools(sensitive)))
 	if r, err := d.Invoke(context.Background(), "wipe", sensitive, nil, switchboard.WithStrategy(switchboard.StrategyRoundRobin)); err != nil || r.AgentID != "trusted_agent_2" {
 		t.Fatalf("got %+v, %v", r, err)
+	}
+}
+
+func TestRateLimits(t *testing.T) {
+	db := openDB(t)
+	d := switchboard.NewToolDispatcher(db)
+	policy := switchboard.NewPolicyEngine(db)
+	must(t, d.RegisterLocalAgent("a", echo("a"), switchboard.WithTools(switchboard.CategoryCode)))
+	must(t, policy.AddRateLimit(switchboard.LimitDispatch, 2, time.Hour, switchboard.PerAgent))
+	for i := 0; i < 2; i++ {
+		if _, err := d.Invoke(context.Background(), "t", switchboard.CategoryCode, nil); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	_, err := d.Invoke(context.Background(), "t", switchboard.CategoryCode, nil)
+	var e *switchboard.Error
+	if !errors.Is(err, switchboard.ErrRateLimited) || !errors.As(err, &e) || e.RetryAfter <= 0 || e.RetryAfter > time.Hour || !strings.Contains(e.Limit, "2") {
+		t.Fatalf("the third call: %#v", err)
+	}
+	must(t, policy.AddRateLimit(switchboard.LimitPut, 1, time.Hour, switchboard.PerGlobal))
+	must(t, db.Put("notes/1", []byte(`1`)))
+	if err := db.Put("notes/2", []byte(`2`)); !errors.Is(err, switchboard.ErrRateLimited) {
+		t.Fatalf("the second put: %v", err)
+	}
+	if err := policy.AddRateLimit(switchboard.LimitGet, 1, 0, switchboard.PerGlobal); !errors.Is(err, switchboard.ErrInvalidInput) {
+		t.Fatalf("a zero window: %v", err)
+	}
+	if err := policy.AddRateLimit(switchboard.RateLimitOp(42), 1, time.Second, switchboard.PerGlobal); !errors.Is(err, switchboard.ErrInvalidInput) {
+		t.Fatalf("an unknown operation: %v", err)
 	}
 }

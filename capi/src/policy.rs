@@ -10,7 +10,8 @@ use crate::errors::{Failure, Result};
 use crate::ffi::{object, panic_message, put, run, text, SbBytes};
 use crate::handler::{Foreign, SbReleaseFn};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use switchboard::{PolicyAction, PolicyContext};
+use std::time::Duration;
+use switchboard::{PolicyAction, PolicyContext, RateLimitOp, RateLimitScope};
 
 /// Hook verdicts, the return value of an `SbHookFn`.
 pub const SB_ALLOW: i32 = 0;
@@ -161,10 +162,8 @@ struct ForeignHook {
 impl ForeignHook {
     fn judge(&self, key: &str, value: &[u8], ctx: &PolicyContext) -> PolicyAction {
         let judged = catch_unwind(AssertUnwindSafe(|| {
-            let context: serde_json::Map<String, serde_json::Value> = ctx
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.into()))
-                .collect();
+            let context: serde_json::Map<String, serde_json::Value> =
+                ctx.iter().map(|(k, v)| (k.to_string(), v.into())).collect();
             let context = serde_json::Value::Object(context).to_string();
             let mut reply = SbHookReply { data: None };
             // SAFETY: the caller's function with borrowed arguments.
@@ -271,4 +270,61 @@ pub unsafe extern "C" fn sb_policy_load_dir(
 
 pub(crate) fn json_bytes<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Failure::from(switchboard::Error::storage(e)))
+}
+
+/// Rate-limited operations, for `sb_policy_add_rate_limit`.
+pub const SB_LIMIT_PUT: i32 = 0;
+pub const SB_LIMIT_DELETE: i32 = 1;
+pub const SB_LIMIT_GET: i32 = 2;
+pub const SB_LIMIT_DISPATCH: i32 = 3;
+
+/// What a rate limit counts per, for `sb_policy_add_rate_limit`.
+pub const SB_PER_GLOBAL: i32 = 0;
+pub const SB_PER_AGENT: i32 = 1;
+pub const SB_PER_SESSION: i32 = 2;
+pub const SB_PER_TOOL: i32 = 3;
+
+/// Allows at most `max` operations `op` (an `SB_LIMIT_*` constant) per
+/// `window_seconds`, counted `per` (an `SB_PER_*` constant); past it they
+/// fail with `SB_RATE_LIMITED`.
+#[no_mangle]
+pub unsafe extern "C" fn sb_policy_add_rate_limit(
+    policy: *const SbPolicy,
+    op: i32,
+    max: u32,
+    window_seconds: f64,
+    per: i32,
+    err: *mut SbBytes,
+) -> i32 {
+    run(err, || {
+        let engine = &object("policy engine", policy)?.engine;
+        let op = match op {
+            SB_LIMIT_PUT => RateLimitOp::Put,
+            SB_LIMIT_DELETE => RateLimitOp::Delete,
+            SB_LIMIT_GET => RateLimitOp::Get,
+            SB_LIMIT_DISPATCH => RateLimitOp::Dispatch,
+            other => {
+                return Err(Failure::invalid(format!(
+                    "unknown rate-limited operation {other}"
+                )))
+            }
+        };
+        let scope = match per {
+            SB_PER_GLOBAL => RateLimitScope::Global,
+            SB_PER_AGENT => RateLimitScope::PerAgent,
+            SB_PER_SESSION => RateLimitScope::PerSession,
+            SB_PER_TOOL => RateLimitScope::PerTool,
+            other => {
+                return Err(Failure::invalid(format!(
+                    "unknown rate-limit scope {other}"
+                )))
+            }
+        };
+        if !(window_seconds.is_finite() && window_seconds > 0.0) {
+            return Err(Failure::invalid(format!(
+                "a rate limit's window must be a positive number of seconds, not {window_seconds}"
+            )));
+        }
+        Ok(engine.add_rate_limit_per(op, max, Duration::from_secs_f64(window_seconds), scope)?)
+    })
 }

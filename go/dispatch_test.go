@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -377,4 +378,61 @@ func must(t *testing.T, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestWaitingCallsHoldNoThread: 200 calls waiting on their agents at once
+// do not hold 200 OS threads (a call blocking inside cgo would pin one).
+func TestWaitingCallsHoldNoThread(t *testing.T) {
+	db := openDB(t)
+	d := switchboard.NewToolDispatcher(db)
+	const n = 200
+	started, release := make(chan struct{}, n), make(chan struct{})
+	must(t, d.RegisterLocalAgent("held", func(ctx context.Context, tool string, input map[string]interface{}) (map[string]interface{}, error) {
+		started <- struct{}{}
+		<-release
+		return input, nil
+	}, switchboard.WithTools(switchboard.CategoryCode)))
+	before := osThreads(t)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			_, err := d.Invoke(context.Background(), "wait", switchboard.CategoryCode, map[string]interface{}{"i": i})
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < n; i++ {
+		<-started
+	}
+	during := osThreads(t)
+	t.Logf("%d OS threads before, %d with %d calls waiting", before, during, n)
+	close(release)
+	for i := 0; i < n; i++ {
+		must(t, <-errs)
+	}
+	if during-before >= n/4 {
+		t.Fatalf("%d OS threads with %d calls waiting, %d before", during, n, before)
+	}
+	if m := d.GetMetrics()["held"]; m.Total != n || m.ActiveTasks != 0 {
+		t.Fatalf("metrics %+v", m)
+	}
+}
+
+// osThreads is this process's thread count (Linux).
+func osThreads(t *testing.T) int {
+	t.Helper()
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "Threads:") {
+			var n int
+			if _, err := fmt.Sscan(strings.TrimPrefix(line, "Threads:"), &n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no Threads: line in /proc/self/status")
+	return 0
 }

@@ -389,12 +389,7 @@ pub unsafe extern "C" fn sb_dispatcher_invoke(
             }
             Poll::Pending => {
                 let (cancel_tx, cancel_rx) = oneshot::channel();
-                let completion = Completion {
-                    done,
-                    user_data,
-                    called: false,
-                };
-                rt.spawn(finish(dispatch, cancel_rx, completion));
+                // The handle is the caller's before `done` can run.
                 put(
                     "call",
                     call,
@@ -402,6 +397,12 @@ pub unsafe extern "C" fn sb_dispatcher_invoke(
                         cancel: Mutex::new(Some(cancel_tx)),
                     })),
                 )?;
+                let completion = Completion {
+                    done,
+                    user_data,
+                    called: false,
+                };
+                rt.spawn(finish(dispatch, cancel_rx, completion));
                 Ok(SB_PENDING)
             }
         }

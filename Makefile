@@ -57,10 +57,11 @@ node: deps
 	cargo build --all-targets --quiet
 	SKIP_NODE_TESTS=1 bash scripts/node-test
 
-# Builds the Go package's library (capi/, on the dev build of `cargo test`,
-# see docs/go.md) and links go/lib to it, without running its tests.
+# Builds the Go package's library (capi/, sharing the dev build of `cargo
+# test`, see docs/go.md) and links go/lib to it, without running its tests.
+# The library alone resolves the test build's features, so it needs no
+# `cargo build --all-targets` first.
 go: deps
-	cargo build --all-targets --quiet
 	SKIP_GO_TESTS=1 bash scripts/go-test
 
 deps:

@@ -1,8 +1,11 @@
 package switchboard_test
 
 import (
+	"errors"
 	"fmt"
 	"testing"
+
+	switchboard "example.org/switchboard/go"
 )
 
 func TestPutGetDeleteScan(t *testing.T) {
@@ -35,5 +38,11 @@ func TestPutGetDeleteScan(t *testing.T) {
 	}
 	if it := db.Scan("nothing/"); it.Next() || it.Err() != nil {
 		t.Fatalf("an empty scan: %v", it.Err())
+	}
+	if it := db.Scan("notes/\xff"); it.Next() || !errors.Is(it.Err(), switchboard.ErrInvalidInput) {
+		t.Fatalf("a prefix that is not UTF-8: %v", it.Err())
+	}
+	if v := switchboard.Version(); v != "0.1.0" {
+		t.Fatalf("the library's version is %q", v)
 	}
 }

@@ -8,6 +8,13 @@
 //! callback, so no thread of the caller waits while an agent works.
 //! `sb_call_cancel` drops a pending dispatch where it stands, which the
 //! core records `cancelled`.
+//!
+//! Unlike the Node and Python packages, this does not ask
+//! `ToolDispatcher::invoke_may_block` first: the calling thread is not an
+//! event loop other work waits on but the caller's own (a goroutine's, in
+//! Go), which waits for the call anyway. A hook the caller wrote runs there
+//! as a plain nested call, cheaper than a callback from a runtime thread;
+//! only waiting on an agent is moved off it.
 
 use crate::errors::{Failure, Result, SB_CANCELLED, SB_INTERNAL, SB_OK, SB_PENDING};
 use crate::ffi::{bytes, guard, object, panic_message, put, quietly, run, text, SbBytes};

@@ -5,8 +5,9 @@ package switchboard_test
 // made by a loop inside the library (rust) and by Invoke from Go, completing
 // inline (go_inline) or through the callback (go_pending: the agent yields
 // once, so every call takes the pending path), and N to a Go handler
-// (go_handler), reported per call and as ratios to Rust's. "go_parallel":
-// calls from parallel goroutines. docs/benchmarks.md has the numbers:
+// (go_handler), by wall clock and CPU time, per call and as ratios to
+// Rust's. "go_parallel": calls from parallel goroutines. docs/benchmarks.md
+// has the numbers:
 //
 //	cd go && go test -run '^$' -bench Invoke -benchtime 2000x
 

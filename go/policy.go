@@ -82,6 +82,14 @@ func NewPolicyEngine(db *Database) *PolicyEngine {
 	return p
 }
 
+// Close frees the handle; its hooks stay on the database. Closing the
+// database closes it too.
+func (p *PolicyEngine) Close() error {
+	p.db.forget(p)
+	p.close()
+	return nil
+}
+
 func (p *PolicyEngine) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -146,6 +146,57 @@ func TestHooksRewriteAndRedact(t *testing.T) {
 	}
 }
 
+func TestHookPoints(t *testing.T) {
+	db := openDB(t)
+	policy := switchboard.NewPolicyEngine(db)
+	var mu sync.Mutex
+	var events []string
+	note := func(point string) switchboard.Hook {
+		return func(key string, value []byte, c map[string]any) switchboard.PolicyAction {
+			mu.Lock()
+			events = append(events, point+" "+key+" "+string(value))
+			mu.Unlock()
+			return switchboard.Allow
+		}
+	}
+	must(t, policy.AfterWrite("log/*", note("after-write")))
+	must(t, policy.AfterDelete("log/*", note("after-delete")))
+	must(t, policy.BeforeRead("secret/*", func(key string, value []byte, c map[string]any) switchboard.PolicyAction {
+		if c["role"] != "auditor" {
+			return switchboard.DenyWith("auditors only")
+		}
+		return switchboard.Allow
+	}))
+	must(t, db.Put("log/a", []byte(`"x"`)))
+	must(t, db.Delete("log/a"))
+	if strings.Join(events, "; ") != `after-write log/a "x"; after-delete log/a ` {
+		t.Fatalf("events %q", events)
+	}
+	must(t, db.Put("secret/k", []byte(`"s"`)))
+	if _, _, err := db.Get("secret/k"); !errors.Is(err, switchboard.ErrPolicyDenied) {
+		t.Fatalf("an unauthorised read: %v", err)
+	}
+	auditor := switchboard.WithPolicyContext(map[string]string{"role": "auditor"})
+	if v, _, err := db.Get("secret/k", auditor); err != nil || string(v) != `"s"` {
+		t.Fatalf("the auditor read %s, %v", v, err)
+	}
+	if it := db.Scan("secret/"); it.Next() || it.Err() != nil {
+		t.Fatalf("a scan showed a denied key (%v)", it.Err())
+	}
+	it := db.Scan("secret/", auditor)
+	if !it.Next() || it.Key() != "secret/k" {
+		t.Fatalf("the auditor's scan: %v", it.Err())
+	}
+	// A closed handle adds nothing more; its hooks stay on the database.
+	must(t, policy.Close())
+	if err := policy.AfterWrite("log/*", note("late")); !errors.Is(err, switchboard.ErrInvalidInput) {
+		t.Fatalf("a closed policy engine: %v", err)
+	}
+	if _, _, err := db.Get("secret/k"); !errors.Is(err, switchboard.ErrPolicyDenied) {
+		t.Fatalf("the hook went with the handle: %v", err)
+	}
+}
+
 func TestShippedRegoPolicies(t *testing.T) {
 	db := openDB(t)
 	d := switchboard.NewToolDispatcher(db)

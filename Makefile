@@ -3,7 +3,7 @@
 # The demo runs the binary built with the test targets (`--all-targets`): built
 # alone, the binary resolves dependency features differently and would compile
 # RocksDB a second time.
-.PHONY: demo cluster-demo test deps python node install bench-gateway bench-mcp bench-cluster
+.PHONY: demo cluster-demo test deps python node go install bench-gateway bench-mcp bench-cluster
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # Where `make install` puts bin/switchboard.
@@ -44,6 +44,7 @@ test: deps
 	bash scripts/ui-test
 	bash scripts/python-test
 	bash scripts/node-test
+	bash scripts/go-test
 
 # Builds the Python package into .venv (reusing the dev build of `cargo test`,
 # see docs/python.md) without running its tests.
@@ -56,6 +57,13 @@ python: deps
 node: deps
 	cargo build --all-targets --quiet
 	SKIP_NODE_TESTS=1 bash scripts/node-test
+
+# Builds the Go package's library (capi/, sharing the dev build of `cargo
+# test`, see docs/go.md) and links go/lib to it, without running its tests.
+# The library alone resolves the test build's features, so it needs no
+# `cargo build --all-targets` first.
+go: deps
+	SKIP_GO_TESTS=1 bash scripts/go-test
 
 deps:
 	@bash scripts/install-deps

@@ -1,0 +1,3 @@
+module example.org/switchboard/go
+
+go 1.19

@@ -18,7 +18,6 @@
 
 use super::errors::ApiError;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use sha2::{Digest, Sha256};
 
 /// The cookie's name.
 pub(crate) const COOKIE: &str = "switchboard_session";
@@ -44,21 +43,9 @@ impl CsrfKey {
 
     /// The CSRF token of `credential`: HMAC-SHA256 (RFC 2104), hex.
     pub(crate) fn token(&self, credential: &str) -> String {
-        let mut inner_pad = [0x36u8; 64];
-        let mut outer_pad = [0x5cu8; 64];
-        for (i, byte) in self.0.iter().enumerate() {
-            inner_pad[i] ^= byte;
-            outer_pad[i] ^= byte;
-        }
-        let inner = Sha256::new()
-            .chain_update(inner_pad)
-            .chain_update(credential.as_bytes())
-            .finalize();
-        let mac = Sha256::new()
-            .chain_update(outer_pad)
-            .chain_update(inner)
-            .finalize();
-        mac.iter().map(|b| format!("{b:02x}")).collect()
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let mac = ring::hmac::sign(&key, credential.as_bytes());
+        mac.as_ref().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

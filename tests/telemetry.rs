@@ -3,8 +3,9 @@
 //! by the protobuf definitions of opentelemetry-proto
 //! (`collector/trace/v1`, `trace/v1`, `common/v1`): the span tree of a call
 //! that fails over and of one a policy denies, the caller's trace continued
-//! to the agent, the trace id in the dispatch record; and calls that go on
-//! unaffected while the collector is down.
+//! to the agent (an HTTP agent in its headers, an MCP agent in `_meta`), the
+//! trace id in the dispatch record; and calls that go on unaffected while
+//! the collector is down.
 
 mod common;
 
@@ -14,6 +15,14 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use common::{Behaviour, ServeProcess, TestAgent};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -516,6 +525,96 @@ async fn a_failover_and_a_denial_are_exported_as_span_trees_continuing_the_calle
         "{refused:#?}"
     );
     assert_eq!(gated.hits(), 0, "a denied agent is not called");
+}
+
+/// An MCP server with one tool, `trace`, answering with the `traceparent`
+/// of its call's `_meta`.
+#[derive(Clone)]
+struct TraceEcho;
+
+impl ServerHandler for TraceEcho {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let Value::Object(schema) = json!({"type": "object"}) else {
+            unreachable!("an object literal")
+        };
+        Ok(ListToolsResult::with_all_items(vec![Tool::new(
+            "trace",
+            "Answers with its traceparent",
+            Arc::new(schema),
+        )]))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let traceparent = context.meta.0.get_traceparent();
+        Ok(CallToolResult::structured(json!({ "traceparent": traceparent })).into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_agent_continues_the_trace_from_the_attempt_in_meta() {
+    let collector = Collector::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = StreamableHttpService::new(
+        || Ok(TraceEcho),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = Router::new().nest_service("/mcp", service);
+    let agent = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = common::http_client();
+    let serve = ServeProcess::start(
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+        &client,
+    )
+    .await;
+    let mcp = json!({"url": format!("http://{addr}/mcp"), "tool_names": ["trace"]});
+    register(
+        &client,
+        &serve,
+        "tracer",
+        json!({"tools": ["code"], "mcp": mcp}),
+    )
+    .await;
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let (status, answer) = invoke(
+        &client,
+        &serve,
+        json!({"tool": "trace", "category": "code"}),
+        Some(&caller),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let attempt = collector
+        .spans(1, |s| {
+            s.name == "attempt tracer" && s.trace_id == CALLER_TRACE
+        })
+        .await;
+    let attempt = &attempt[0];
+    assert_eq!(attempt.attr("server.address"), Some("127.0.0.1"));
+    let expected = format!("00-{CALLER_TRACE}-{}-01", attempt.span_id);
+    assert!(
+        answer["output"].to_string().contains(&expected),
+        "the agent saw {} rather than {expected}",
+        answer["output"]
+    );
+    agent.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

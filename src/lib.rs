@@ -17,6 +17,7 @@
 //! - storage ([`Database`], [`Transaction`], scans): commits through the policy chain;
 //! - [`routing`]: which agent serves a call (registry, strategies, sessions, health);
 //! - transport: how an agent is called (HTTP or a local closure);
+//! - [`telemetry`]: OpenTelemetry traces of calls, exported over OTLP/HTTP (opt-in);
 //! - dispatch ([`ToolDispatcher`]): the façade, the failover loop, dispatch records;
 //! - [`identity`]: who is calling (issued API tokens, JWTs) as a [`Principal`];
 //! - [`server`] and [`config`]: the HTTP API and its configuration file, the
@@ -60,6 +61,7 @@ pub mod identity;
 pub mod namespace;
 pub mod policy;
 mod storage;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 mod transport;

@@ -4,6 +4,10 @@
 mod cli;
 
 use clap::Parser;
+use switchboard::telemetry::Telemetry;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 fn main() {
     // Before any HTTP client is built (the CLI's, and the dispatcher's).
@@ -16,14 +20,6 @@ fn main() {
         cli::Command::Demo(_) => "error",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,7 +30,47 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(cli::run(args)) {
+    // Exports run on this runtime, so it starts inside it.
+    let telemetry = cli::telemetry_config(&args.command).and_then(|config| match config {
+        Some(config) => {
+            let _inside = runtime.enter();
+            Telemetry::start(&config)
+        }
+        None => Ok(None),
+    });
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    // Spans are for the exporter, not the log.
+    let spans_off = format!("{}=off", switchboard::telemetry::TARGET)
+        .parse()
+        .expect("a valid directive");
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
+                .add_directive(spans_off),
+        );
+    tracing_subscriber::registry()
+        .with(
+            telemetry
+                .as_ref()
+                .map(|t| t.layer::<tracing_subscriber::Registry>()),
+        )
+        .with(log)
+        .init();
+    let result = runtime.block_on(cli::run(args));
+    // While the runtime still runs the exports the flush waits for.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["identity"],
     &["routing"],
     &["transport"],
+    &["telemetry"],
     &["dispatch"],
     &["cluster"],
     &["config"],

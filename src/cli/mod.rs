@@ -194,6 +194,23 @@ pub async fn run(cli: Cli) -> switchboard::Result<()> {
     dispatch(cli).await.map_err(in_cli_words)
 }
 
+/// Where the commands that route calls (`serve`, `mcp`) export traces: the
+/// config file's `[telemetry]` with the `OTEL_*` variables over it. `None`
+/// for the other commands, which make no spans.
+pub fn telemetry_config(
+    command: &Command,
+) -> switchboard::Result<Option<switchboard::telemetry::TelemetryConfig>> {
+    let section = match command {
+        Command::Serve(args) => match &args.config {
+            Some(path) => switchboard::config::Config::read(path)?.telemetry,
+            None => Default::default(),
+        },
+        Command::Mcp(_) => Default::default(),
+        _ => return Ok(None),
+    };
+    section.with_env().map(Some)
+}
+
 /// The library's messages name its Rust API; at the terminal, name commands.
 fn in_cli_words(e: Error) -> Error {
     match e {

@@ -42,6 +42,10 @@ pub struct ScanArgs {
     /// to, merged in key order (each JSON line then names its node_id).
     #[arg(long)]
     pub cluster: bool,
+    /// A TRACE column in the table of calls: each call's W3C trace id, to
+    /// find the call in a tracing backend (see docs/observability.md).
+    #[arg(long)]
+    pub trace_ids: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -71,7 +75,7 @@ pub async fn run(args: ScanArgs) -> switchboard::Result<()> {
     // refusals too. `--status` selects by a dispatch record's status, which
     // a refusal does not have; `--json` stays the records under the prefix.
     let denials = calls && !args.json && filter.status.is_none();
-    let mut printer = Printer::new(args.json, calls);
+    let mut printer = Printer::new(args.json, calls, args.trace_ids);
     let mut left = limit;
     match args.store.client()? {
         Some(client) => {
@@ -304,6 +308,8 @@ fn parse_time(flag: &str, text: &str) -> switchboard::Result<u64> {
 struct Printer {
     json: bool,
     calls: bool,
+    /// Whether the table of calls has a TRACE column.
+    trace_ids: bool,
     header: bool,
     count: usize,
     denied: usize,
@@ -319,6 +325,7 @@ struct Row<'a> {
     caller: Option<&'a str>,
     latency_ms: Option<&'a str>,
     error: Option<&'a str>,
+    trace_id: Option<&'a str>,
     /// The node that holds it, in a cluster-wide scan.
     node_id: Option<&'a str>,
 }
@@ -327,10 +334,11 @@ struct Row<'a> {
 const SHOWN: usize = 100;
 
 impl Printer {
-    fn new(json: bool, calls: bool) -> Printer {
+    fn new(json: bool, calls: bool, trace_ids: bool) -> Printer {
         Printer {
             json,
             calls,
+            trace_ids,
             header: false,
             count: 0,
             denied: 0,
@@ -341,8 +349,13 @@ impl Printer {
         if !self.json && !self.header {
             self.header = true;
             if self.calls {
+                let trace = if self.trace_ids {
+                    format!("{:<32}  ", "TRACE")
+                } else {
+                    String::new()
+                };
                 super::out(format_args!(
-                    "{:<19}  {:<11} {:<28} {:<16} {:<16} {:>8}  ERROR",
+                    "{:<19}  {:<11} {:<28} {:<16} {:<16} {:>8}  {trace}ERROR",
                     "STARTED (UTC)", "STATUS", "TOOL", "AGENT", "CALLER", "ms"
                 ))?;
             } else {
@@ -384,6 +397,7 @@ impl Printer {
                     caller: r.caller.as_deref(),
                     latency_ms: latency.as_deref(),
                     error: r.error.as_deref(),
+                    trace_id: r.trace_id.as_deref(),
                     node_id,
                 })?;
                 return Ok(true);
@@ -427,6 +441,7 @@ impl Printer {
             caller: ctx["caller"].as_str(),
             latency_ms: None,
             error: decision["reason"].as_str(),
+            trace_id: None,
             node_id,
         })
     }
@@ -436,8 +451,13 @@ impl Printer {
             .node_id
             .map(|n| format!(" (node {n})"))
             .unwrap_or_default();
+        let trace = if self.trace_ids {
+            format!("{:<32}  ", r.trace_id.unwrap_or("-"))
+        } else {
+            String::new()
+        };
         let row = format!(
-            "{}  {:<11} {:<28} {:<16} {:<16} {:>8}  {}{node}",
+            "{}  {:<11} {:<28} {:<16} {:<16} {:>8}  {trace}{}{node}",
             super::utc(r.at_ms),
             r.status,
             r.tool,

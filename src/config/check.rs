@@ -175,6 +175,9 @@ impl Config {
             "mcp.allow_commands",
             self.command_policy().map(drop),
         ));
+        for (key, why) in self.telemetry.problems() {
+            found.push(Problem::new(format!("telemetry.{key}"), why));
+        }
         for (i, agent) in self.agents.iter().enumerate() {
             let key = |field: &str| format!("agents[{i}].{field}");
             found.extend(Problem::of(
@@ -239,6 +242,8 @@ tools = []
 etcd = []
 node_id = "n1"
 username = "u"
+[telemetry]
+protocol = "grpc"
 "#,
         )
         .unwrap();
@@ -252,13 +257,17 @@ username = "u"
                 "rate_limits[0]",
                 "cluster.username",
                 "cluster.etcd",
+                "telemetry.protocol",
                 "agents[0].id",
                 "agents[0].tools",
                 "agents[0]",
             ]
         );
         let refusal = config.validate().unwrap_err().to_string();
-        assert!(refusal.contains("9 problems:\n  limits.max_connections: must be at least 1"));
+        assert!(refusal.contains("10 problems:\n  limits.max_connections: must be at least 1"));
+        assert!(
+            refusal.contains("telemetry.protocol: is \"grpc\": Switchboard exports OTLP over HTTP")
+        );
         assert!(refusal
             .contains("\n  rate_limits[0]: op \"write\" is not put, delete, get or dispatch"));
     }

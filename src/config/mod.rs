@@ -1,5 +1,6 @@
 //! The server's TOML configuration file. Every field is optional; command-line
-//! flags override the file, and `SWITCHBOARD_TOKEN` overrides `token`.
+//! flags override the file, `SWITCHBOARD_TOKEN` overrides `token`, and the
+//! standard `OTEL_*` variables override `[telemetry]`.
 //! `docs/configuration.md` documents each option.
 //!
 //! One schema, a struct per `[section]`:
@@ -10,6 +11,9 @@
 //! - `check`: every [`Problem`] of the text at once, each with its key;
 //! - `apply`: what the config builds at start (policies, agents, TLS trust,
 //!   database options, health checks).
+//!
+//! `[telemetry]` is the library's own [`TelemetryConfig`](crate::telemetry::TelemetryConfig)
+//! (the binary starts the exporter before `serve` reads the rest).
 
 use crate::error::{Error, Result};
 use crate::policy::RegoEvaluator;
@@ -87,6 +91,9 @@ pub struct Config {
     /// `[mcp]`: which programs this node may start as stdio MCP servers;
     /// whether `/mcp` lists category tools.
     pub mcp: McpSection,
+    /// `[telemetry]`: OpenTelemetry traces exported over OTLP/HTTP (the
+    /// standard `OTEL_*` variables win over its keys).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl Default for Config {
@@ -113,6 +120,7 @@ impl Default for Config {
             records: RecordsSection::default(),
             cluster: None,
             mcp: McpSection::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use super::decide::{after_attempt, Step};
 use super::record::{Outcome, Record};
+use super::spans::DispatchSpan;
 use super::{route, Inner, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::{
@@ -40,6 +41,8 @@ pub(super) struct Call<'a> {
     /// The last agent actually called: the outcome belongs to it.
     called: Option<Arc<Agent>>,
     started: Instant,
+    /// The call's span, while an exporter runs.
+    span: Option<DispatchSpan>,
 }
 
 impl<'a> Call<'a> {
@@ -54,8 +57,18 @@ impl<'a> Call<'a> {
         let (stored_input, input_truncated) = config
             .stored_input(&input)
             .map_or((None, false), |(v, cut)| (Some(v), cut));
+        let invocation_id = new_invocation_id();
+        let span = DispatchSpan::start(tool, category.as_str(), &invocation_id, &options);
+        // The span's trace is the caller's when it came with one, else a new one.
+        let trace_id = span.as_ref().and_then(DispatchSpan::trace_id).or_else(|| {
+            options
+                .trace
+                .as_ref()
+                .and_then(|t| t.trace_id())
+                .map(str::to_string)
+        });
         let record = DispatchRecord {
-            invocation_id: new_invocation_id(),
+            invocation_id,
             tool: tool.to_string(),
             category: category.clone(),
             agent_id: None,
@@ -72,11 +85,7 @@ impl<'a> Call<'a> {
             input_truncated,
             output: None,
             output_truncated: false,
-            trace_id: options
-                .trace
-                .as_ref()
-                .and_then(|t| t.trace_id())
-                .map(str::to_string),
+            trace_id,
         };
         Call {
             dispatcher,
@@ -92,7 +101,13 @@ impl<'a> Call<'a> {
             calls_made: 0,
             called: None,
             started: Instant::now(),
+            span,
         }
+    }
+
+    /// The call's span, if it has one.
+    pub(super) fn span(&self) -> Option<DispatchSpan> {
+        self.span.clone()
     }
 
     fn inner(&self) -> &'a Inner {
@@ -144,6 +159,10 @@ impl<'a> Call<'a> {
             };
             let agent = lease.agent.clone();
             self.tried.push(agent.uid);
+            let attempt_span = self
+                .span
+                .as_ref()
+                .map(|span| span.attempt(&agent, self.tried.len()));
             if !agent.is_healthy() {
                 // Panic routing (see `routing/tiers.rs`): too much of the
                 // tier, or all of the category, is ejected.
@@ -188,15 +207,23 @@ impl<'a> Call<'a> {
                 }
             };
             if let Some((outcome, reason)) = refused {
+                let step = after_attempt(outcome, self.calls_made, self.options.max_attempts);
+                if let Some(span) = attempt_span {
+                    span.ended(outcome, Some(&reason), step == Step::NextAgent);
+                }
                 self.record
                     .end_attempt(outcome, Duration::ZERO, Some(reason));
-                match after_attempt(outcome, self.calls_made, self.options.max_attempts) {
+                match step {
                     Step::NextAgent => continue,
                     Step::Return | Step::GiveUp => break,
                 }
             }
             self.calls_made += 1;
             self.called = Some(agent.clone());
+            // With a span, the agent continues the trace from this attempt.
+            let passed_on = attempt_span
+                .as_ref()
+                .and_then(|span| span.passed_on(self.options.trace.as_ref()));
             let request = WireRequest {
                 invocation_id: &self.record.value.invocation_id,
                 tool: &self.record.value.tool,
@@ -205,7 +232,7 @@ impl<'a> Call<'a> {
                 session_id: self.options.session_id.as_deref(),
                 progress: self.options.progress.as_ref(),
                 input_relay: self.options.input_relay.as_ref(),
-                trace: self.options.trace.as_ref(),
+                trace: passed_on.as_ref().or(self.options.trace.as_ref()),
             };
             let health = inner.health.read().clone();
             let (outcome, latency) = attempt(
@@ -223,6 +250,9 @@ impl<'a> Call<'a> {
             };
             self.record.end_attempt(kind, latency, error.clone());
             let step = after_attempt(kind, self.calls_made, self.options.max_attempts);
+            if let Some(span) = attempt_span {
+                span.ended(kind, error.as_deref(), step == Step::NextAgent);
+            }
             match step {
                 Step::Return => {
                     return match outcome {
@@ -359,11 +389,16 @@ impl<'a> Call<'a> {
     }
 }
 
-/// A call dropped by its caller (its future) before it finished: the record
-/// is marked cancelled and the agent's metrics count it. The lease, dropped
-/// with the future, frees the agent's load.
+/// Every call ends here: its span (if any) gets its tally. A call dropped
+/// by its caller (its future) before it finished: the record is marked
+/// cancelled and the agent's metrics count it. The lease, dropped with the
+/// future, frees the agent's load.
 impl Drop for Call<'_> {
     fn drop(&mut self) {
+        if let Some(span) = &self.span {
+            let agent = self.called.as_ref().map(|a| a.id.as_str());
+            span.tally(agent, self.calls_made, self.denials.len());
+        }
         if !self.record.written || self.record.finished {
             return;
         }

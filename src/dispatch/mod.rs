@@ -7,6 +7,7 @@
 //! - `record`: the dispatch record's writes (intent, outcome);
 //! - `recover`: marking dispatches a previous process left in flight;
 //! - `completed`: announcing each call whose outcome was written, to listeners;
+//! - `spans`: the call's OpenTelemetry spans, while an exporter runs;
 //! - `discovery`: the named tools of MCP agents (`tools/list`, judged by
 //!   the policies under `mcp_tools/`, collisions prefixed).
 //!
@@ -29,6 +30,7 @@ mod discovery;
 mod offers;
 mod record;
 mod recover;
+mod spans;
 
 pub use audit::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT_BYTES, REDACTED};
 pub use completed::CompletedCall;
@@ -566,7 +568,13 @@ impl ToolDispatcher {
         if options.max_attempts == 0 {
             return Err(Error::invalid("max_attempts must be at least 1"));
         }
-        Call::new(self, tool, category, input, options).run().await
+        let call = Call::new(self, tool, category, input, options);
+        let span = call.span();
+        let result = call.run().await;
+        if let Some(span) = span {
+            span.finish(result.as_ref().err());
+        }
+        result
     }
 
     /// Whether an [`invoke`](Self::invoke) of `tool` may block the thread

@@ -345,8 +345,8 @@ pub struct DispatchRecord {
     /// Whether `output` was cut to the size cap.
     #[serde(default, skip_serializing_if = "is_false")]
     pub output_truncated: bool,
-    /// The W3C trace id of the trace the call came in (its `traceparent`),
-    /// when it came with one.
+    /// The W3C trace id of the call: the one its caller's `traceparent`
+    /// named, or, while traces are exported, the one its span started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
 }

@@ -7,7 +7,8 @@
 use super::plain::{Answer, PlainPool};
 use super::tls::TlsTrust;
 use super::{
-    error_chain, Failure, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES, MAX_RESPONSE_BYTES,
+    error_chain, Failure, TraceContext, WireRequest, MAX_ANSWER_DEPTH, MAX_ANSWER_VALUES,
+    MAX_RESPONSE_BYTES,
 };
 use crate::error::{Error, Result};
 use crate::policy::NetworkPolicy;
@@ -47,9 +48,9 @@ pub(crate) async fn call(
         .check_url(endpoint)
         .map_err(|e| Failure::Agent(e.to_string()))?;
     let answer = if endpoint.scheme() == "http" {
-        plain.post(endpoint, body).await?
+        plain.post(endpoint, body, request.trace).await?
     } else {
-        post(client, endpoint.clone(), body).await?
+        post(client, endpoint.clone(), body, request.trace).await?
     };
     let retry_after = answer.retry_after.as_deref().and_then(parse_retry_after);
     match (parse_response(answer.status, &answer.body), retry_after) {
@@ -63,16 +64,21 @@ pub(crate) async fn call(
     }
 }
 
-/// `POST`s `body` through `client` and reads the answer, up to
-/// [`MAX_RESPONSE_BYTES`].
+/// `POST`s `body` through `client` (with the trace context's headers) and
+/// reads the answer, up to [`MAX_RESPONSE_BYTES`].
 async fn post(
     client: &reqwest::Client,
     endpoint: reqwest::Url,
     body: Vec<u8>,
+    trace: Option<&TraceContext>,
 ) -> Result<Answer, Failure> {
-    let mut response = client
+    let mut builder = client
         .post(endpoint)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    for (name, value) in trace.map(TraceContext::headers).into_iter().flatten() {
+        builder = builder.header(name, value);
+    }
+    let mut response = builder
         .body(body)
         .send()
         .await

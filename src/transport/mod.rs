@@ -187,14 +187,17 @@ pub(crate) struct WireRequest<'a> {
     /// Who answers what the agent asks the client (MCP agents ask).
     #[serde(skip)]
     pub input_relay: Option<&'a InputRelay>,
-    /// The caller's trace context, passed on (in `_meta` to MCP agents).
+    /// The trace context the agent continues: in headers to HTTP agents, in
+    /// `_meta` to MCP agents.
     #[serde(skip)]
     pub trace: Option<&'a TraceContext>,
 }
 
 /// The W3C trace context a call came with (`traceparent`, `tracestate`,
 /// `baggage`), passed on to the agent so one trace spans the caller,
-/// Switchboard and the agent: in `_meta` to an MCP agent.
+/// Switchboard and the agent: as headers to an HTTP agent, in `_meta` to
+/// an MCP agent. While traces are exported the agent gets Switchboard's
+/// span as its parent; otherwise the context as received.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TraceContext {
     /// `version-traceid-parentid-flags`.
@@ -228,6 +231,22 @@ impl TraceContext {
             && parent_id.bytes().any(|b| b != b'0')
             && (version != "00" || fields.next().is_none());
         well_formed.then_some(trace_id)
+    }
+
+    /// The HTTP headers that carry it (a value that is no valid header
+    /// value is left out rather than failing the call).
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("traceparent", Some(self.traceparent.as_str())),
+            ("tracestate", self.tracestate.as_deref()),
+            ("baggage", self.baggage.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| {
+            value
+                .filter(|v| hyper::header::HeaderValue::from_str(v).is_ok())
+                .map(|v| (name, v))
+        })
     }
 }
 

@@ -17,7 +17,7 @@
 //! policy (an address it denies is never dialled), redirects are answers,
 //! no proxy, Nagle off, answers capped at [`MAX_RESPONSE_BYTES`].
 
-use super::{error_chain, Failure, MAX_RESPONSE_BYTES};
+use super::{error_chain, Failure, TraceContext, MAX_RESPONSE_BYTES};
 use crate::policy::NetworkPolicy;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -106,11 +106,13 @@ impl PoolKey {
 }
 
 impl PlainPool {
-    /// `POST`s `body` to `endpoint` (an `http://` URL) and reads the answer.
+    /// `POST`s `body` to `endpoint` (an `http://` URL), with the trace
+    /// context's headers, and reads the answer.
     pub(crate) async fn post(
         &self,
         endpoint: &reqwest::Url,
         body: Vec<u8>,
+        trace: Option<&TraceContext>,
     ) -> Result<Answer, Failure> {
         let host = endpoint
             .host_str()
@@ -121,7 +123,7 @@ impl PlainPool {
             None => host.to_string(),
         };
         let key = PoolKey::here(host, port);
-        let mut request = build_request(endpoint, &authority, Bytes::from(body))?;
+        let mut request = build_request(endpoint, &authority, Bytes::from(body), trace)?;
         loop {
             let (mut conn, pooled) = match self.take(&key) {
                 Some(conn) => (conn, true),
@@ -173,14 +175,19 @@ fn build_request(
     endpoint: &reqwest::Url,
     authority: &str,
     body: Bytes,
+    trace: Option<&TraceContext>,
 ) -> Result<hyper::Request<Body>, Failure> {
     let path = match endpoint.query() {
         Some(query) => format!("{}?{query}", endpoint.path()),
         None => endpoint.path().to_string(),
     };
-    hyper::Request::post(path)
+    let mut builder = hyper::Request::post(path)
         .header(hyper::header::HOST, authority)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    for (name, value) in trace.map(TraceContext::headers).into_iter().flatten() {
+        builder = builder.header(name, value);
+    }
+    builder
         .body(Full::new(body))
         .map_err(|e| Failure::Agent(format!("cannot build the request: {e}")))
 }

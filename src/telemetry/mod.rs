@@ -1,0 +1,182 @@
+//! Telemetry: OpenTelemetry traces of tool calls, exported over OTLP/HTTP.
+//! This file owns [`Telemetry`] (the exporter's life: start, the `tracing`
+//! layer, flush at shutdown), whether spans are made at all, and the W3C
+//! trace context in and out of a span.
+//!
+//! - `config`: [`TelemetryConfig`], the `[telemetry]` section and the
+//!   `OTEL_*` variables over it;
+//! - `otlp`: the exporter, OTLP/HTTP with protobuf.
+//!
+//! Dispatch makes its spans (`dispatch/spans.rs`) only while an exporter
+//! runs: otherwise a call pays one atomic load, and no span, attribute or
+//! id is built. Spans are `tracing` spans of the target [`TARGET`]; the
+//! layer of [`Telemetry::layer`] turns those, and only those, into
+//! OpenTelemetry spans, handed to a bounded batch queue that a background
+//! thread exports: a slow or dead collector costs dropped spans, never a
+//! blocked or failed call.
+
+mod config;
+mod otlp;
+
+pub use config::{TelemetryConfig, DEFAULT_SERVICE_NAME, DEFAULT_TIMEOUT_MS, PROTOCOL};
+
+use crate::error::{Error, Result};
+use crate::transport::TraceContext;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The `tracing` target of Switchboard's spans: the exporter's layer takes
+/// these only, and a log layer should leave them out (`switchboard::otel=off`).
+pub const TARGET: &str = "switchboard::otel";
+
+/// Whether spans are made: set while a [`Telemetry`] runs.
+static SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Whether an exporter runs, so dispatch should make spans.
+pub(crate) fn spans_on() -> bool {
+    SPANS.load(Ordering::Relaxed)
+}
+
+/// A running trace exporter. Spans reach it through [`layer`](Self::layer),
+/// added to the process's `tracing` subscriber; [`shutdown`](Self::shutdown)
+/// exports what is queued.
+///
+/// The binary starts one for `serve` and `mcp` when an endpoint is
+/// configured. A library user opts in the same way:
+///
+/// ```no_run
+/// # async fn f() -> switchboard::Result<()> {
+/// use switchboard::telemetry::{Telemetry, TelemetryConfig};
+/// use tracing_subscriber::layer::SubscriberExt;
+/// use tracing_subscriber::util::SubscriberInitExt;
+///
+/// let config = TelemetryConfig::default().with_env()?;
+/// if let Some(telemetry) = Telemetry::start(&config)? {
+///     tracing_subscriber::registry()
+///         .with(telemetry.layer::<tracing_subscriber::Registry>())
+///         .init();
+///     // ... calls through a ToolDispatcher are traced ...
+///     telemetry.shutdown();
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Starts exporting to `config`'s endpoint; `None` (and no spans) when
+    /// it names none or is disabled. Call it inside the tokio runtime the
+    /// exports should run on.
+    pub fn start(config: &TelemetryConfig) -> Result<Option<Telemetry>> {
+        if let Some((key, why)) = config.problems().into_iter().next() {
+            return Err(Error::invalid(format!("telemetry.{key} {why}")));
+        }
+        let Some(url) = config.traces_url() else {
+            return Ok(None);
+        };
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::invalid("Telemetry::start must be called inside a tokio runtime")
+        })?;
+        let exporter = otlp::Exporter::new(runtime, Duration::from_millis(config.timeout_ms), url);
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+            .with_sampler(sampler(config))
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(config.service_name.clone())
+                    .build(),
+            )
+            .build();
+        SPANS.store(true, Ordering::Relaxed);
+        Ok(Some(Telemetry { provider }))
+    }
+
+    /// The `tracing` layer that turns Switchboard's spans into
+    /// OpenTelemetry spans for this exporter (other spans and events pass
+    /// it by).
+    pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        use tracing_subscriber::Layer as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(self.provider.tracer("switchboard"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_target(false)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(TARGET, tracing::Level::TRACE),
+            )
+    }
+
+    /// Stops making spans and exports those still queued (waiting at most
+    /// the export timeout).
+    pub fn shutdown(self) {
+        SPANS.store(false, Ordering::Relaxed);
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "spans still queued at shutdown were not exported");
+        }
+    }
+}
+
+fn sampler(config: &TelemetryConfig) -> Sampler {
+    let ratio = config.sampler_arg.unwrap_or(1.0);
+    let root = |name: &str| match name {
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+        _ => Sampler::AlwaysOn,
+    };
+    match config.sampler.strip_prefix("parentbased_") {
+        Some(root_name) => Sampler::ParentBased(Box::new(root(root_name))),
+        None => root(&config.sampler),
+    }
+}
+
+/// Makes `span` continue the caller's trace `trace` (its parent becomes the
+/// caller's span). Call it before the span is used otherwise.
+pub(crate) fn continue_trace(span: &tracing::Span, trace: &TraceContext) {
+    let mut carrier = HashMap::with_capacity(2);
+    carrier.insert("traceparent".to_string(), trace.traceparent.clone());
+    if let Some(state) = &trace.tracestate {
+        carrier.insert("tracestate".to_string(), state.clone());
+    }
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    if let Err(e) = span.set_parent(parent) {
+        tracing::debug!(error = %e, "the caller's trace context was not applied to the span");
+    }
+}
+
+/// The trace context to pass on from within `span` (its trace, `span` as
+/// the parent), with the baggage `received` came with; `None` if `span`
+/// is not exported.
+pub(crate) fn passed_on(
+    span: &tracing::Span,
+    received: Option<&TraceContext>,
+) -> Option<TraceContext> {
+    let mut carrier: HashMap<String, String> = HashMap::with_capacity(2);
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    Some(TraceContext {
+        traceparent: carrier.remove("traceparent")?,
+        tracestate: carrier.remove("tracestate").filter(|s| !s.is_empty()),
+        baggage: received.and_then(|t| t.baggage.clone()),
+    })
+}
+
+/// The trace id of `span` (32 lowercase hex digits), if it is exported.
+pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| format!("{:032x}", span_context.trace_id()))
+}

@@ -1,0 +1,705 @@
+//! OpenTelemetry traces of `switchboard serve`, received by a real OTLP/HTTP
+//! collector that the test runs on 127.0.0.1 and that decodes each export
+//! by the protobuf definitions of opentelemetry-proto
+//! (`collector/trace/v1`, `trace/v1`, `common/v1`): the span tree of a call
+//! that fails over and of one a policy denies, the caller's trace continued
+//! to the agent (an HTTP agent in its headers, an MCP agent in `_meta`), the
+//! trace id in the dispatch record; and calls that go on unaffected while
+//! the collector is down.
+
+mod common;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use common::{Behaviour, ServeProcess, TestAgent};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The caller's trace, continued by Switchboard.
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// `Span.SpanKind` and `Status.StatusCode` of trace/v1.
+const KIND_INTERNAL: u64 = 1;
+const KIND_CLIENT: u64 = 3;
+const STATUS_OK: u64 = 1;
+const STATUS_ERROR: u64 = 2;
+
+/// Denies every dispatch to the agent `gated`.
+const GATE_POLICY: &str = r#"# scope: tools/**
+package switchboard.gate
+
+import rego.v1
+
+deny contains "gated takes no calls" if {
+	input.context.action == "dispatch"
+	input.context.agent_id == "gated"
+}
+"#;
+
+/// One exported span: what the test reads of it, ids in hex, attribute
+/// values as text.
+#[derive(Clone, Debug, Default)]
+struct Span {
+    /// `service.name` of its resource.
+    service: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    name: String,
+    kind: u64,
+    attributes: Vec<(String, String)>,
+    status_code: u64,
+    status_message: String,
+}
+
+impl Span {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One field of a protobuf message, by its wire type.
+enum Field<'a> {
+    Varint(u64),
+    Fixed(u64),
+    Bytes(&'a [u8]),
+}
+
+fn varint(bytes: &mut &[u8]) -> u64 {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (byte, rest) = bytes.split_first().expect("a varint");
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return value;
+        }
+    }
+    panic!("a varint longer than 10 bytes")
+}
+
+/// The fields of a message, in order.
+fn fields(mut bytes: &[u8]) -> Vec<(u64, Field<'_>)> {
+    let mut found = Vec::new();
+    while !bytes.is_empty() {
+        let key = varint(&mut bytes);
+        let field = match key & 7 {
+            0 => Field::Varint(varint(&mut bytes)),
+            1 => {
+                let (value, rest) = bytes.split_at(8);
+                bytes = rest;
+                Field::Fixed(u64::from_le_bytes(value.try_into().unwrap()))
+            }
+            2 => {
+                let len = varint(&mut bytes) as usize;
+                let (value, rest) = bytes.split_at(len);
+                bytes = rest;
+                Field::Bytes(value)
+            }
+            5 => {
+                let (value, rest) = bytes.split_at(4);
+                bytes = rest;
+                Field::Fixed(u64::from(u32::from_le_bytes(value.try_into().unwrap())))
+            }
+            other => panic!("wire type {other} is not protobuf's"),
+        };
+        found.push((key >> 3, field));
+    }
+    found
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).expect("a protobuf string is UTF-8")
+}
+
+/// `KeyValue { key = 1, value = 2 }`, the value an `AnyValue { string = 1,
+/// bool = 2, int = 3, double = 4 }`.
+fn key_value(bytes: &[u8]) -> (String, String) {
+    let (mut key, mut value) = (String::new(), String::new());
+    for (number, field) in fields(bytes) {
+        match (number, field) {
+            (1, Field::Bytes(k)) => key = text(k),
+            (2, Field::Bytes(any)) => {
+                for (number, field) in fields(any) {
+                    value = match (number, field) {
+                        (1, Field::Bytes(s)) => text(s),
+                        (2, Field::Varint(b)) => (b != 0).to_string(),
+                        (3, Field::Varint(i)) => (i as i64).to_string(),
+                        (4, Field::Fixed(d)) => f64::from_bits(d).to_string(),
+                        (number, _) => panic!("AnyValue field {number} of {key}"),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+    (key, value)
+}
+
+/// `Span`: ids 1, 2, 4; `name` 5; `kind` 6; `attributes` 9; `status` 15
+/// `{ message = 2, code = 3 }`.
+fn span(bytes: &[u8], service: &str) -> Span {
+    let mut span = Span {
+        service: service.to_string(),
+        ..Span::default()
+    };
+    for (number, field) in fields(bytes) {
+        match (number, field) {
+            (1, Field::Bytes(id)) => span.trace_id = hex(id),
+            (2, Field::Bytes(id)) => span.span_id = hex(id),
+            (4, Field::Bytes(id)) => span.parent_span_id = hex(id),
+            (5, Field::Bytes(name)) => span.name = text(name),
+            (6, Field::Varint(kind)) => span.kind = kind,
+            (9, Field::Bytes(kv)) => span.attributes.push(key_value(kv)),
+            (15, Field::Bytes(status)) => {
+                for (number, field) in fields(status) {
+                    match (number, field) {
+                        (2, Field::Bytes(m)) => span.status_message = text(m),
+                        (3, Field::Varint(code)) => span.status_code = code,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    span
+}
+
+/// `ExportTraceServiceRequest { resource_spans = 1 }`, `ResourceSpans
+/// { resource = 1 { attributes = 1 }, scope_spans = 2 }`, `ScopeSpans
+/// { spans = 2 }`.
+fn spans_of(request: &[u8]) -> Vec<Span> {
+    let mut spans = Vec::new();
+    for (number, field) in fields(request) {
+        let (1, Field::Bytes(resource_spans)) = (number, field) else {
+            continue;
+        };
+        let parts = fields(resource_spans);
+        let mut service = String::new();
+        for (number, field) in &parts {
+            if let (1, Field::Bytes(resource)) = (number, field) {
+                for (number, field) in fields(resource) {
+                    if let (1, Field::Bytes(kv)) = (number, field) {
+                        let (key, value) = key_value(kv);
+                        if key == "service.name" {
+                            service = value;
+                        }
+                    }
+                }
+            }
+        }
+        for (number, field) in &parts {
+            if let (2, Field::Bytes(scope_spans)) = (number, field) {
+                for (number, field) in fields(scope_spans) {
+                    if let (2, Field::Bytes(s)) = (number, field) {
+                        spans.push(span(s, &service));
+                    }
+                }
+            }
+        }
+    }
+    spans
+}
+
+/// An OTLP/HTTP collector: `POST /v1/traces` with a protobuf
+/// `ExportTraceServiceRequest`.
+struct Collector {
+    url: String,
+    spans: Arc<Mutex<Vec<Span>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    async fn start() -> Collector {
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/v1/traces", post(receive))
+            .with_state(spans.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Collector {
+            url: format!("http://{addr}"),
+            spans,
+            server,
+        }
+    }
+
+    /// The spans received so far that `wanted` picks, once there are at
+    /// least `count` (the exporter sends them in batches, every 100 ms here).
+    async fn spans(&self, count: usize, wanted: impl Fn(&Span) -> bool) -> Vec<Span> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found: Vec<Span> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| wanted(s))
+                .cloned()
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the collector did not receive {count} such spans in 30 s; it has: {:#?}",
+                self.spans.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Takes one export; answers with an empty `ExportTraceServiceResponse`.
+async fn receive(
+    State(spans): State<Arc<Mutex<Vec<Span>>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> &'static str {
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/x-protobuf")
+    );
+    spans.lock().unwrap().extend(spans_of(&body));
+    ""
+}
+
+/// An HTTP agent that answers every call and keeps the `traceparent`
+/// header of each.
+struct TracedAgent {
+    endpoint: String,
+    traceparents: Arc<Mutex<Vec<Option<String>>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TracedAgent {
+    async fn start() -> TracedAgent {
+        let traceparents = Arc::new(Mutex::new(Vec::new()));
+        let seen = traceparents.clone();
+        let app = Router::new().route(
+            "/invoke",
+            post(move |headers: HeaderMap, Json(_): Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    let traceparent = headers
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    seen.lock().unwrap().push(traceparent);
+                    Json(json!({"ok": true}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TracedAgent {
+            endpoint: format!("http://{addr}/invoke"),
+            traceparents,
+            server,
+        }
+    }
+
+    fn traceparents(&self) -> Vec<Option<String>> {
+        self.traceparents.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TracedAgent {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn register(client: &reqwest::Client, serve: &ServeProcess, id: &str, body: Value) {
+    let r = client
+        .put(format!("{}/v1/agents/{id}", serve.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert!(status.is_success(), "{status}: {}", r.text().await.unwrap());
+}
+
+async fn invoke(
+    client: &reqwest::Client,
+    serve: &ServeProcess,
+    body: Value,
+    traceparent: Option<&str>,
+) -> (u16, Value) {
+    let mut request = client.post(format!("{}/v1/invoke", serve.base)).json(&body);
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let r = request.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_and_a_denial_are_exported_as_span_trees_continuing_the_callers_trace() {
+    let collector = Collector::start().await;
+    let broken = TestAgent::start("broken", Behaviour::Status(500)).await;
+    let traced = TracedAgent::start().await;
+    let gated = TestAgent::start("gated", Behaviour::Echo).await;
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("gate.rego"), GATE_POLICY).unwrap();
+    let client = common::http_client();
+    let serve = ServeProcess::start(
+        &format!("policies_dir = \"{}\"", policies.path().display()),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_SERVICE_NAME", "switchboard-under-test"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+        &client,
+    )
+    .await;
+    let code = |endpoint: &str, priority: i32| json!({"tools": ["code"], "endpoint": endpoint, "priority": priority});
+    register(&client, &serve, "broken", code(&broken.endpoint, 1)).await;
+    register(&client, &serve, "traced", code(&traced.endpoint, 0)).await;
+    register(
+        &client,
+        &serve,
+        "gated",
+        json!({"tools": ["database"], "endpoint": gated.endpoint}),
+    )
+    .await;
+
+    // A call that fails over from `broken` to `traced`, in the caller's trace.
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let (status, answer) = invoke(
+        &client,
+        &serve,
+        json!({"tool": "run", "category": "code", "strategy": "priority"}),
+        Some(&caller),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["agent_id"].as_str(), answer["attempts"].as_u64()),
+        (Some("traced"), Some(2))
+    );
+    let invocation_id = answer["invocation_id"].as_str().unwrap().to_string();
+
+    let trace = collector.spans(3, |s| s.trace_id == CALLER_TRACE).await;
+    assert!(trace.iter().all(|s| s.service == "switchboard-under-test"));
+    let named = |name: &str| {
+        trace
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no span {name} in {trace:#?}"))
+            .clone()
+    };
+    let call = named("execute_tool run");
+    assert_eq!(
+        call.parent_span_id, CALLER_SPAN,
+        "the caller's span is its parent"
+    );
+    assert_eq!(call.kind, KIND_INTERNAL);
+    assert_eq!(call.status_code, STATUS_OK);
+    for (key, value) in [
+        ("gen_ai.operation.name", "execute_tool"),
+        ("gen_ai.tool.name", "run"),
+        ("gen_ai.tool.call.id", invocation_id.as_str()),
+        ("gen_ai.tool.type", "extension"),
+        ("switchboard.category", "code"),
+        ("switchboard.strategy", "priority"),
+        ("switchboard.agent.id", "traced"),
+        ("switchboard.attempts", "2"),
+    ] {
+        assert_eq!(call.attr(key), Some(value), "{key} of {call:#?}");
+    }
+    let failed = named("attempt broken");
+    let answered = named("attempt traced");
+    for attempt in [&failed, &answered] {
+        assert_eq!(
+            attempt.parent_span_id, call.span_id,
+            "a child of the call: {attempt:#?}"
+        );
+        assert_eq!(attempt.kind, KIND_CLIENT);
+        assert_eq!(attempt.attr("server.address"), Some("127.0.0.1"));
+        assert!(attempt.attr("server.port").is_some(), "{attempt:#?}");
+    }
+    assert_eq!(failed.attr("switchboard.agent.id"), Some("broken"));
+    assert_eq!(failed.attr("switchboard.attempt.number"), Some("1"));
+    assert_eq!(answered.attr("switchboard.attempt.number"), Some("2"));
+    assert_eq!(failed.attr("switchboard.attempt.outcome"), Some("failed"));
+    assert_eq!(failed.attr("error.type"), Some("failed"));
+    assert_eq!(failed.status_code, STATUS_ERROR);
+    let reason = failed.attr("switchboard.failover.reason").unwrap();
+    assert!(reason.contains("500"), "{reason}");
+    assert_eq!(
+        answered.attr("switchboard.attempt.outcome"),
+        Some("succeeded")
+    );
+    assert_eq!(answered.attr("switchboard.failover.reason"), None);
+
+    // The agent continued the trace, its parent the attempt that called it.
+    assert_eq!(
+        traced.traceparents(),
+        [Some(format!("00-{CALLER_TRACE}-{}-01", answered.span_id))]
+    );
+
+    // The dispatch record keeps the trace id, and `scan --trace-ids` shows it.
+    let page: Value = client
+        .get(format!("{}/v1/scan?prefix=tools/code/run/", serve.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["items"][0]["value"]["trace_id"], CALLER_TRACE,
+        "{page}"
+    );
+    let table = common::ok(common::switchboard().args([
+        "scan",
+        "tools/code/",
+        "--trace-ids",
+        "--server",
+        serve.base.as_str(),
+    ]));
+    assert!(table.lines().next().unwrap().contains("TRACE"), "{table}");
+    assert!(table.contains(CALLER_TRACE), "{table}");
+
+    // A call the policy denies, with no caller trace: a trace of its own.
+    let (status, answer) = invoke(
+        &client,
+        &serve,
+        json!({"tool": "wipe", "category": "database"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    let denied = collector.spans(1, |s| s.name == "execute_tool wipe").await;
+    let denied = denied[0].clone();
+    assert!(denied.parent_span_id.is_empty(), "a root span: {denied:#?}");
+    assert_ne!(denied.trace_id, CALLER_TRACE);
+    assert_eq!(denied.status_code, STATUS_ERROR);
+    assert_eq!(denied.attr("error.type"), Some("policy_denied"));
+    assert_eq!(denied.attr("switchboard.policy.denials"), Some("1"));
+    assert_eq!(denied.attr("switchboard.attempts"), Some("0"));
+    let refused = collector.spans(1, |s| s.name == "attempt gated").await;
+    let refused = &refused[0];
+    assert_eq!(refused.parent_span_id, denied.span_id);
+    assert_eq!(refused.attr("switchboard.agent.id"), Some("gated"));
+    assert_eq!(refused.attr("switchboard.attempt.outcome"), Some("denied"));
+    assert_eq!(refused.attr("error.type"), Some("denied"));
+    assert_eq!(refused.status_code, STATUS_ERROR);
+    assert!(
+        refused.status_message.contains("gated takes no calls"),
+        "{refused:#?}"
+    );
+    assert_eq!(gated.hits(), 0, "a denied agent is not called");
+}
+
+/// An MCP server with one tool, `trace`, answering with the `traceparent`
+/// of its call's `_meta`.
+#[derive(Clone)]
+struct TraceEcho;
+
+impl ServerHandler for TraceEcho {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let Value::Object(schema) = json!({"type": "object"}) else {
+            unreachable!("an object literal")
+        };
+        Ok(ListToolsResult::with_all_items(vec![Tool::new(
+            "trace",
+            "Answers with its traceparent",
+            Arc::new(schema),
+        )]))
+    }
+
+    async fn call_tool(
+        &self,
+        _request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let traceparent = context.meta.0.get_traceparent();
+        Ok(CallToolResult::structured(json!({ "traceparent": traceparent })).into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_agent_continues_the_trace_from_the_attempt_in_meta() {
+    let collector = Collector::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = StreamableHttpService::new(
+        || Ok(TraceEcho),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = Router::new().nest_service("/mcp", service);
+    let agent = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = common::http_client();
+    let serve = ServeProcess::start(
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+        &client,
+    )
+    .await;
+    let mcp = json!({"url": format!("http://{addr}/mcp"), "tool_names": ["trace"]});
+    register(
+        &client,
+        &serve,
+        "tracer",
+        json!({"tools": ["code"], "mcp": mcp}),
+    )
+    .await;
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let (status, answer) = invoke(
+        &client,
+        &serve,
+        json!({"tool": "trace", "category": "code"}),
+        Some(&caller),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let attempt = collector
+        .spans(1, |s| {
+            s.name == "attempt tracer" && s.trace_id == CALLER_TRACE
+        })
+        .await;
+    let attempt = &attempt[0];
+    assert_eq!(attempt.attr("server.address"), Some("127.0.0.1"));
+    let expected = format!("00-{CALLER_TRACE}-{}-01", attempt.span_id);
+    assert!(
+        answer["output"].to_string().contains(&expected),
+        "the agent saw {} rather than {expected}",
+        answer["output"]
+    );
+    agent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_on_unaffected_while_the_collector_is_down() {
+    let traced = TracedAgent::start().await;
+    let client = common::http_client();
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let serve = ServeProcess::start(
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", nobody.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+        ],
+        &client,
+    )
+    .await;
+    register(
+        &client,
+        &serve,
+        "traced",
+        json!({"tools": ["code"], "endpoint": traced.endpoint}),
+    )
+    .await;
+    for _ in 0..20 {
+        let (status, answer) = invoke(
+            &client,
+            &serve,
+            json!({"tool": "run", "category": "code"}),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Each call still started a trace of its own and passed it on.
+    let seen = traced.traceparents();
+    assert_eq!(seen.len(), 20);
+    let mut traces: Vec<&str> = seen
+        .iter()
+        .map(|t| {
+            t.as_deref()
+                .expect("a traceparent")
+                .split('-')
+                .nth(1)
+                .unwrap()
+        })
+        .collect();
+    traces.sort_unstable();
+    traces.dedup();
+    assert_eq!(traces.len(), 20, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_exporter_the_callers_trace_context_reaches_the_agent_as_it_came() {
+    let traced = TracedAgent::start().await;
+    let client = common::http_client();
+    let serve = ServeProcess::start("", &[], &client).await;
+    register(
+        &client,
+        &serve,
+        "traced",
+        json!({"tools": ["code"], "endpoint": traced.endpoint}),
+    )
+    .await;
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    for traceparent in [Some(caller.as_str()), None] {
+        let (status, answer) = invoke(
+            &client,
+            &serve,
+            json!({"tool": "run", "category": "code"}),
+            traceparent,
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(traced.traceparents(), [Some(caller), None]);
+}
+
+#[test]
+fn serve_refuses_an_otlp_protocol_it_cannot_export_with_and_says_what_to_set() {
+    let out = common::fails(
+        common::switchboard()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .args(["serve", "--listen", "127.0.0.1:0"]),
+    );
+    assert!(out.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{out}");
+    assert!(out.contains("http/protobuf"), "{out}");
+}

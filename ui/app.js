@@ -82,15 +82,16 @@ async function show(focus = true) {
       fill(view, h("h1", {}, page.title), notice("info", `This page needs the ${needed} scope; this caller has ${session.scopes.join(", ") || "none"}.`));
       return;
     }
-    leave = (await page.module.render(view, { rest, view: page.view, query: new URLSearchParams(location.search) })) || null;
+    leave = (await page.module.render(view, { rest, view: page.view, query: new URLSearchParams(location.search), go })) || null;
   } catch (e) {
     view.append(notice("error", e instanceof ApiError ? `${e.message} (${e.code})` : String(e)));
   }
   if (focus) main.focus({ preventScroll: true });
 }
 
-// Goes to `href` within the UI without reloading.
-export function go(href) {
+// Goes to `href` within the UI without reloading (pages get it in their
+// render context rather than importing this module).
+function go(href) {
   history.pushState(null, "", href);
   show();
 }

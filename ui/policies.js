@@ -11,14 +11,14 @@ import { badge, fill, h, notice, recordLink, section, table, when } from "./dom.
 // Pages of the decision log read for one view (a thousand entries each).
 const LOG_PAGES = 5;
 
-export async function render(view, { rest, query }) {
+export async function render(view, { rest, query, go }) {
   if (rest) return editor(view, rest);
   fill(view, h("h1", {}, "Policies"));
-  if (session.has("admin")) view.append(await storedPolicies());
+  if (session.has("admin")) view.append(await storedPolicies(go));
   if (session.has("audit")) view.append(decisionLog(query));
 }
 
-async function storedPolicies() {
+async function storedPolicies(go) {
   const policies = await api("GET", "/v1/policies");
   const name = h("input", { id: "new-policy-name", name: "name", required: true, pattern: "[A-Za-z0-9_.:-]+", spellcheck: "false" });
   return section(
@@ -42,7 +42,7 @@ async function storedPolicies() {
         class: "inline",
         onsubmit: (event) => {
           event.preventDefault();
-          import("./app.js").then(({ go }) => go(`/ui/policies/${encodeURIComponent(name.value)}`));
+          go(`/ui/policies/${encodeURIComponent(name.value)}`);
         },
       },
       h("label", { for: "new-policy-name" }, "New policy named "),

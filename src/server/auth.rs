@@ -10,7 +10,7 @@
 //! `/v1/calls/stream`, metrics).
 
 use super::errors::ApiError;
-use super::{session, ui, AppState};
+use super::{session, AppState};
 use crate::policy::{PolicyContext, Principal, Scope};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -67,6 +67,18 @@ fn required_scope(method: &Method, path: &str) -> Option<Scope> {
     None
 }
 
+/// Whether a request to the admin UI (`ui.rs`) may go without a
+/// credential: the pages and their assets, which hold no data (they read it
+/// through the API with the signed-in credential), and signing out, which
+/// only clears a cookie.
+fn ui_is_public(method: &Method, path: &str) -> bool {
+    if path == "/ui/session" {
+        return method == Method::DELETE;
+    }
+    (method == Method::GET || method == Method::HEAD)
+        && (path == "/" || path == "/ui" || path.starts_with("/ui/"))
+}
+
 /// Establishes the caller (refusing a missing or bad credential with 401)
 /// and checks the route's scope (403 `insufficient_scope`). A refusal on
 /// `/mcp` carries the OAuth challenge that tells an MCP client where to get
@@ -79,7 +91,7 @@ pub(crate) async fn require_token(
     let path = request.uri().path();
     if path == "/healthz"
         || super::oauth::is_metadata_path(path)
-        || ui::is_public(request.method(), path)
+        || ui_is_public(request.method(), path)
     {
         return next.run(request).await;
     }

@@ -14,7 +14,7 @@ use super::auth::{bearer, Caller};
 use super::errors::ApiError;
 use super::{session, AppState};
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -105,16 +105,6 @@ pub(crate) fn routes() -> Router<AppState> {
         // Every view's address loads the same page, which draws the view.
         .route("/ui/{*view}", get(page))
         .layer(axum::middleware::map_response(security_headers))
-}
-
-/// Whether a request may go without a credential: the pages, their assets
-/// and signing out, which only clears a cookie.
-pub(crate) fn is_public(method: &Method, path: &str) -> bool {
-    if path == "/ui/session" {
-        return method == Method::DELETE;
-    }
-    (method == Method::GET || method == Method::HEAD)
-        && (path == "/" || path == "/ui" || path.starts_with("/ui/"))
 }
 
 async fn page() -> Response {

@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -191,8 +192,13 @@ class Run:
     # --- helpers -----------------------------------------------------------
 
     def wait(self, what, condition):
+        # The live pages redraw (the overview every few seconds): an element
+        # read between its lookup and its text may have been replaced, which
+        # is a reason to look again, not a failure.
         try:
-            return WebDriverWait(self.browser, PATIENCE).until(lambda _: condition())
+            return WebDriverWait(
+                self.browser, PATIENCE, ignored_exceptions=(StaleElementReferenceException,)
+            ).until(lambda _: condition())
         except Exception as e:
             raise AssertionError(f"the page never showed {what}: {self.browser.current_url}\n{self.text()[:2000]}") from e
 
@@ -201,6 +207,16 @@ class Run:
 
     def find(self, css):
         return self.browser.find_elements(By.CSS_SELECTOR, css)
+
+    def texts(self, css):
+        """The text of each element `css` selects, read again if the page
+        redrew between the lookup and the reading."""
+        for _ in range(4):
+            try:
+                return [e.text for e in self.find(css)]
+            except StaleElementReferenceException:
+                continue
+        return [e.text for e in self.find(css)]
 
     def open(self, path: str):
         self.browser.get(self.base + path)
@@ -245,7 +261,7 @@ class Run:
 
     def step_overview_shows_two_agents(self):
         """The overview lists both agents, healthy, with their category."""
-        rows = lambda: [r.text for r in self.find("#agents tbody tr")]
+        rows = lambda: self.texts("#agents tbody tr")
         self.wait("two agents", lambda: len(rows()) == 2)
         assert rows()[0].startswith("alpha") and rows()[1].startswith("beta"), rows()
         assert all("healthy" in r and "code" in r for r in rows()), rows()

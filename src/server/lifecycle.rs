@@ -297,19 +297,8 @@ async fn accept_and_serve(
                     return;
                 }
             };
-            let service = TowerToHyperService::new(app);
             let Some(tls) = tls else {
-                let Some(slot) = slot else {
-                    return refuse(stream).await;
-                };
-                if let Err(e) = watcher
-                    .watch(http.serve_connection(TokioIo::new(stream), service))
-                    .await
-                {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                drop(slot);
-                return;
+                return serve_http(stream, slot, &http, app, watcher).await;
             };
             // The handshake runs on the connection's own task, bounded like
             // the headers that follow it, so a slow client holds up no other.
@@ -325,16 +314,7 @@ async fn accept_and_serve(
                         return;
                     }
                 };
-            let Some(slot) = slot else {
-                return refuse(stream).await;
-            };
-            if let Err(e) = watcher
-                .watch(http.serve_connection(TokioIo::new(stream), service))
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(slot);
+            serve_http(stream, slot, &http, app, watcher).await
         });
     }
     drop(listener);
@@ -347,6 +327,31 @@ async fn accept_and_serve(
         }
     }
     Ok(())
+}
+
+/// Serves HTTP on one accepted connection (after its TLS handshake, if any)
+/// until it closes, holding its `slot` meanwhile; without a slot (the
+/// server is at `max_connections`) it is refused.
+async fn serve_http<S>(
+    stream: S,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    http: &hyper::server::conn::http1::Builder,
+    app: axum::Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(slot) = slot else {
+        return refuse(stream).await;
+    };
+    let service = TowerToHyperService::new(app);
+    if let Err(e) = watcher
+        .watch(http.serve_connection(TokioIo::new(stream), service))
+        .await
+    {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+    drop(slot);
 }
 
 /// Answers a connection over the cap with 503 and closes it.

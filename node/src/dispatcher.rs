@@ -80,6 +80,19 @@ fn category(name: &str) -> napi::Result<ToolCategory> {
     name.parse().js()
 }
 
+/// An invoke's category, arguments (`{}` when none) and routing options.
+fn call(
+    category: &str,
+    input: Option<Value>,
+    options: Option<InvokeOptions>,
+) -> napi::Result<(ToolCategory, Value, RoutingOptions)> {
+    let input = match input {
+        Some(Value::Null) | None => json!({}),
+        Some(v) => v,
+    };
+    Ok((self::category(category)?, input, routing(options)?))
+}
+
 fn seconds(what: &str, s: f64) -> napi::Result<Duration> {
     if s.is_finite() && s > 0.0 {
         Ok(Duration::from_secs_f64(s))
@@ -243,12 +256,7 @@ impl NativeDispatcher {
         options: Option<InvokeOptions>,
         cancel: Option<u32>,
     ) -> napi::Result<InvocationResult> {
-        let category = self::category(&category)?;
-        let options = routing(options)?;
-        let input = match input {
-            Some(Value::Null) | None => json!({}),
-            Some(v) => v,
-        };
+        let (category, input, options) = call(&category, input, options)?;
         let d = self.d.clone();
         tokio::select! {
             r = d.invoke(&tool, category, input, options) => r.map(InvocationResult::from).js(),
@@ -277,12 +285,7 @@ impl NativeDispatcher {
         input: Option<Value>,
         options: Option<InvokeOptions>,
     ) -> napi::Result<Either<InvocationResult, PromiseRaw<'env, InvocationResult>>> {
-        let category = self::category(&category)?;
-        let options = routing(options)?;
-        let input = match input {
-            Some(Value::Null) | None => json!({}),
-            Some(v) => v,
-        };
+        let (category, input, options) = call(&category, input, options)?;
         let d = self.d.clone();
         let inline = !d.invoke_may_block(&tool, &category, &options);
         let mut call = Box::pin(async move {

@@ -23,8 +23,6 @@ use rmcp::model::{
 };
 use rmcp::service::{RequestContext, ServiceExt};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
@@ -284,24 +282,11 @@ impl ServerHandler for Echo {
     }
 }
 
-async fn mcp_agent() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = StreamableHttpService::new(
-        || Ok(Echo),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    let app = Router::new().nest_service("/mcp", service);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/mcp")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_tool_call_through_serve_stays_within_its_budget() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let client = common::http_client();
-    let upstream = mcp_agent().await;
+    let (upstream, _agent) = common::mcp_http_agent(Echo).await;
     let serve = Serve::start(&client).await;
     serve
         .register(

@@ -20,8 +20,6 @@ use rmcp::model::{
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -565,15 +563,7 @@ impl ServerHandler for TraceEcho {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_agent_continues_the_trace_from_the_attempt_in_meta() {
     let collector = Collector::start().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = StreamableHttpService::new(
-        || Ok(TraceEcho),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    let app = Router::new().nest_service("/mcp", service);
-    let agent = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (url, agent) = common::mcp_http_agent(TraceEcho).await;
     let client = common::http_client();
     let serve = ServeProcess::start(
         "",
@@ -584,7 +574,7 @@ async fn an_mcp_agent_continues_the_trace_from_the_attempt_in_meta() {
         &client,
     )
     .await;
-    let mcp = json!({"url": format!("http://{addr}/mcp"), "tool_names": ["trace"]});
+    let mcp = json!({"url": url, "tool_names": ["trace"]});
     register(
         &client,
         &serve,

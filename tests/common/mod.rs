@@ -372,3 +372,27 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Serves `handler` as an MCP server over streamable HTTP on 127.0.0.1:
+/// its `/mcp` URL, and the task serving it (abort it to stop the server).
+pub async fn mcp_http_agent<H>(handler: H) -> (String, tokio::task::JoinHandle<()>)
+where
+    H: rmcp::ServerHandler + Clone + Send + Sync + 'static,
+{
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = StreamableHttpService::new(
+        move || Ok(handler.clone()),
+        std::sync::Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = Router::new().nest_service("/mcp", service);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/mcp"), task)
+}

@@ -1,6 +1,8 @@
 """A Python MCP server (the `mcp` SDK's MCPServer, formerly FastMCP) that
-tests/mcp/e2e.py registers as a Switchboard agent: `http PORT` serves
-streamable HTTP at http://127.0.0.1:PORT/mcp, `stdio` serves stdin/stdout."""
+tests/mcp/e2e.py and the UI's browser test register as a Switchboard agent:
+`http PORT [DESCRIPTION]` serves streamable HTTP at http://127.0.0.1:PORT/mcp,
+`stdio` serves stdin/stdout. DESCRIPTION replaces `forecast`'s own, so a test
+can restart the server with a changed tool."""
 
 import sys
 
@@ -9,7 +11,7 @@ from mcp.server.mcpserver import MCPServer
 server = MCPServer("weather")
 
 
-@server.tool()
+@server.tool(description=sys.argv[3] if len(sys.argv) > 3 else None)
 def forecast(city: str) -> str:
     """The forecast for a city."""
     return f"sunny in {city}"

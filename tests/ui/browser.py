@@ -7,7 +7,11 @@ see both agents, watch a call made through the API arrive in the live
 view, find it by search and open its record, change a stored policy so the
 next call is denied and find the denial in the decision log, revoke a token
 and see its next request refused; then an invoke-only caller, who gets no
-tokens page and no policy editor; then a narrow window.
+tokens page and no policy editor; then a narrow window. Last, an MCP agent
+(tests/mcp/upstream_server.py on the `mcp` SDK) whose tool changes its
+description shows on the tools page with its schema and history, and a
+cluster of two more nodes on a real etcd shows on the overview, first
+agreeing on their policies and then not.
 
 Run by scripts/ui-test with the binary's path. With SCREENSHOTS=DIR, each
 page's screenshot is saved there (docs/ui/ holds the ones docs/ui.md shows).
@@ -136,29 +140,16 @@ class Run:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.api = Api(self.base)
-        self.serve = None
         self.browser = None
         self.agents = []
+        self.processes = {}
         self.state = {}
 
     # --- set-up and tear-down -------------------------------------------
 
     def start(self):
-        env = dict(os.environ, SWITCHBOARD_TOKEN=STATIC_TOKEN, RUST_LOG="warn")
-        self.serve = subprocess.Popen(
-            [self.binary, "serve", "--data", os.path.join(self.data, "db"), "--listen", f"127.0.0.1:{self.port}"],
-            env=env,
-        )
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(self.base + "/healthz", timeout=1):
-                    break
-            except OSError:
-                if self.serve.poll() is not None:
-                    raise SystemExit("switchboard serve exited at start")
-                time.sleep(0.05)
-        else:
-            raise SystemExit("switchboard serve did not answer /healthz")
+        self.spawn("serve", self.serve_command(self.port, "db"))
+        self.until_up("serve", self.base + "/healthz")
         for name in ["alpha", "beta"]:
             server, endpoint = start_agent(name)
             self.agents.append(server)
@@ -184,10 +175,46 @@ class Run:
             self.browser.quit()
         for agent in self.agents:
             agent.shutdown()
-        if self.serve:
-            self.serve.terminate()
-            self.serve.wait()
+        for name in list(self.processes):
+            self.end(name)
         subprocess.run(["rm", "-rf", self.data], check=False)
+
+    def serve_command(self, port: int, data: str, *extra: str) -> list[str]:
+        return [self.binary, "serve", "--data", os.path.join(self.data, data), "--listen", f"127.0.0.1:{port}", *extra]
+
+    def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        """Starts a process the run stops at its end; its output goes to a log
+        in the run's directory, printed if it never comes up."""
+        log = open(os.path.join(self.data, f"{name}.log"), "w")
+        env = dict(os.environ, SWITCHBOARD_TOKEN=STATIC_TOKEN, RUST_LOG="warn")
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = (process, log)
+        return process
+
+    def end(self, name: str):
+        process, log = self.processes.pop(name)
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+    def until_up(self, name: str, url: str):
+        process = self.processes[name][0]
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(url, timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return  # It answers: an MCP endpoint refuses a bare GET.
+            except OSError:
+                if process.poll() is not None:
+                    break
+                time.sleep(0.05)
+        with open(os.path.join(self.data, f"{name}.log")) as f:
+            raise SystemExit(f"{name} did not come up at {url}:\n{f.read()[-3000:]}")
 
     # --- helpers -----------------------------------------------------------
 
@@ -229,8 +256,8 @@ class Run:
     def nav(self) -> list[str]:
         return [a.text for a in self.find("nav a")]
 
-    def sign_in(self, secret: str):
-        self.open("/ui/")
+    def sign_in(self, secret: str, base: str | None = None):
+        self.browser.get((base or self.base) + "/ui/")
         field = self.wait("the sign-in form", lambda: self.find("#credential"))[0]
         field.send_keys(secret)
         field.send_keys(Keys.ENTER)
@@ -321,7 +348,6 @@ class Run:
         """The tools page lists the code category, served by both agents."""
         self.open("/ui/tools")
         self.wait("the categories", lambda: "alpha, beta" in self.text())
-        self.shot("tools")
 
     def step_a_policy_edit_denies_the_next_call(self):
         """Editing the stored policy (checked, with its tests, before it is saved) denies the next call; the decision log shows why."""
@@ -396,6 +422,62 @@ class Run:
         overflow = self.browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"the page is {overflow}px wider than a narrow window"
         self.shot("narrow")
+
+    def step_tools_shows_an_mcp_tool_with_its_schema_and_history(self):
+        """An MCP agent's tool shows with its schema; after the server changes its description, the old one shows as history."""
+        self.browser.set_window_size(1280, 800)
+        port = free_port()
+        registration = {"tools": ["search"], "mcp": f"http://127.0.0.1:{port}/mcp"}
+        for description in ["The forecast for a city, as first published.", "The forecast for a city, now with wind."]:
+            self.start_mcp_agent(port, description)
+            status, body = self.api.call("PUT", "/v1/agents/weather", STATIC_TOKEN, registration)
+            assert status == 200, body
+        self.open("/ui/tools")
+        row = lambda: [r for r in self.find("[aria-label='MCP tools'] tbody tr") if "forecast" in r.text]
+        self.wait("the MCP tool with its new description", lambda: row() and "now with wind" in row()[0].text)
+        text = row()[0].text
+        for expected in ["weather", "search", "changed; before:", "as first published", "first seen"]:
+            assert expected in text, f"{expected} not in the MCP tool's row: {text}"
+        row()[0].find_element(By.TAG_NAME, "summary").click()
+        self.wait("the schema", lambda: '"city"' in row()[0].text and '"string"' in row()[0].text)
+        self.shot("tools")
+        self.end("mcp-agent")
+
+    def start_mcp_agent(self, port: int, description: str):
+        if "mcp-agent" in self.processes:
+            self.end("mcp-agent")
+        script = os.path.join(os.path.dirname(__file__), "..", "mcp", "upstream_server.py")
+        self.spawn("mcp-agent", [sys.executable, script, "http", str(port), description])
+        self.until_up("mcp-agent", f"http://127.0.0.1:{port}/mcp")
+
+    def step_overview_shows_the_cluster_and_a_policy_disagreement(self):
+        """Two nodes on a real etcd: the overview lists both, agreeing on their policies, then says they disagree once one stores a policy."""
+        client, peer = free_port(), free_port()
+        etcd = f"http://127.0.0.1:{client}"
+        self.spawn("etcd", [
+            "etcd", "--name", "ui", "--data-dir", os.path.join(self.data, "etcd"),
+            "--listen-client-urls", etcd, "--advertise-client-urls", etcd,
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"ui=http://127.0.0.1:{peer}",
+        ])
+        self.until_up("etcd", etcd + "/health")
+        nodes = []
+        for name in ["node1", "node2"]:
+            port = free_port()
+            self.spawn(name, self.serve_command(port, name, "--cluster-etcd", etcd, "--node-id", name))
+            nodes.append(f"http://127.0.0.1:{port}")
+            self.until_up(name, nodes[-1] + "/healthz")
+        self.sign_in(STATIC_TOKEN, nodes[1])
+        rows = lambda: self.texts("#cluster tbody tr")
+        self.wait("both nodes, agreeing", lambda: len(rows()) == 2 and "every node agrees" in self.find("#cluster")[0].text)
+        assert rows()[0].startswith("node1") and rows()[1].startswith("node2"), rows()
+        assert "This node: node2" in self.find("#cluster")[0].text
+        status, body = Api(nodes[0]).call("PUT", "/v1/policies/gate", STATIC_TOKEN, {"source": GATE_OPEN})
+        assert status == 201, body
+        self.wait("the disagreement", lambda: "nodes disagree" in self.find("#cluster")[0].text)
+        self.browser.execute_script("document.getElementById('cluster').scrollIntoView({block: 'end'})")
+        self.shot("cluster")
 
     def step_no_policy_violation_in_the_console(self):
         """The browser reported no Content-Security-Policy violation and no script error."""

@@ -1032,3 +1032,88 @@ async fn mcp_is_an_oauth_protected_resource_with_its_metadata_and_challenges() {
     assert_eq!(answer.status(), 401);
     assert!(challenge(&answer).is_empty());
 }
+
+#[tokio::test]
+async fn a_jwt_signs_in_to_the_admin_ui_as_its_subject_and_roles() {
+    let payments_agent = TestAgent::start("payments_agent", Behaviour::Echo).await;
+    let server = Server::start().await;
+    let (status, body) = server
+        .send(
+            Some(ADMIN),
+            reqwest::Method::PUT,
+            "/v1/agents/payments_agent",
+            Some(json!({"tools": ["payments"], "endpoint": payments_agent.endpoint})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sign_in = |credential: String| {
+        server
+            .client
+            .post(format!("{}/ui/session", server.base))
+            .bearer_auth(credential)
+            .header("origin", &server.base)
+            .send()
+    };
+    let r = sign_in(server.jwt("carol", &["intern"], now_secs() + 600))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["caller"], "jwt:carol", "{body}");
+    let mut scopes: Vec<&str> = body["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    scopes.sort_unstable();
+    assert_eq!(scopes, ["audit", "invoke"], "{body}");
+
+    // The cookie alone carries the JWT's caller and roles: HIDE_PAYMENTS
+    // hides the payments agent from an intern on the UI's reads as on the
+    // API's.
+    let agents: Value = server
+        .client
+        .get(format!("{}/v1/agents", server.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent_ids(&agents), Vec::<String>::new(), "{agents}");
+    let r = sign_in(server.jwt("carol", &["payments"], now_secs() + 600))
+        .await
+        .unwrap();
+    let session = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let agents: Value = server
+        .client
+        .get(format!("{}/v1/agents", server.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent_ids(&agents), ["payments_agent"], "{agents}");
+
+    // An expired JWT signs nobody in.
+    let r = sign_in(server.jwt("carol", &["payments"], now_secs() - 3600))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -166,6 +166,10 @@ function sync(fn) {
   }
 }
 
+function rethrowNative(e) {
+  throw fromNative(e)
+}
+
 async function later(promiseFn) {
   try {
     return await promiseFn()
@@ -448,32 +452,49 @@ class ToolDispatcher {
    * `options`: `strategy`, `sessionId`, `maxAttempts`, `signal` (an
    * AbortSignal: aborting cancels the call, recorded `cancelled`).
    */
-  async invoke(tool, category, input = {}, options = {}) {
+  invoke(tool, category, input = {}, options = {}) {
     const { signal, strategy, sessionId, maxAttempts } = options ?? {}
-    const routing = { strategy, sessionId, maxAttempts }
+    if (signal) return invokeCancellable(this._native, tool, category, input, { strategy, sessionId, maxAttempts }, signal)
     // Without a signal the call starts here and is answered at once when it
-    // does not have to wait (see `invokeNow` in src/dispatcher.rs).
-    if (!signal) return later(() => this._native.invokeNow(tool, category, input, routing))
-    if (signal.aborted) throw cancelled(tool, signal)
-    const token = native.cancelToken()
-    const onAbort = () => native.cancel(token)
-    signal.addEventListener('abort', onAbort, { once: true })
+    // does not have to wait (see `invokeNow` in src/dispatcher.rs). This
+    // path is the one a tight loop of calls takes, so it builds no routing
+    // object when there is nothing to route by and no async frame of its own.
+    const routing =
+      strategy === undefined && sessionId === undefined && maxAttempts === undefined
+        ? undefined
+        : { strategy, sessionId, maxAttempts }
+    let answer
     try {
-      return await this._native.invoke(tool, category, input, routing, token)
+      answer = this._native.invokeNow(tool, category, input, routing)
     } catch (e) {
-      const err = fromNative(e)
-      if (err instanceof CancelledError) err.cause = signal.reason
-      throw err
-    } finally {
-      signal.removeEventListener('abort', onAbort)
-      native.releaseCancelToken(token)
+      return Promise.reject(fromNative(e))
     }
+    return answer instanceof Promise ? answer.catch(rethrowNative) : Promise.resolve(answer)
   }
 
   /** The agent a call would go to now, without calling it (null if none). */
   selectAgent(category, options = {}) {
     const { strategy, sessionId, maxAttempts } = options ?? {}
     return later(() => this._native.selectAgent(category, { strategy, sessionId, maxAttempts }))
+  }
+}
+
+// A call an AbortSignal can cancel: it runs on the runtime with a cancel
+// token the signal fires.
+async function invokeCancellable(dispatcher, tool, category, input, routing, signal) {
+  if (signal.aborted) throw cancelled(tool, signal)
+  const token = native.cancelToken()
+  const onAbort = () => native.cancel(token)
+  signal.addEventListener('abort', onAbort, { once: true })
+  try {
+    return await dispatcher.invoke(tool, category, input, routing, token)
+  } catch (e) {
+    const err = fromNative(e)
+    if (err instanceof CancelledError) err.cause = signal.reason
+    throw err
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+    native.releaseCancelToken(token)
   }
 }
 

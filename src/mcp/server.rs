@@ -22,6 +22,7 @@
 //! session's announcing task ends with the session (DELETE, or the idle
 //! expiry of `rmcp`'s session manager), not at the next change.
 
+use super::observed::{trace_of, Observed};
 use super::{catalog, offers};
 use crate::dispatch::{DiscoveredOffer, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
@@ -150,7 +151,9 @@ impl SwitchboardMcp {
     /// slot while it runs (`Ok(None)`: every slot is taken, nothing ran),
     /// cancelled if the client cancels. The agent's progress (if the client
     /// asked for it) reaches the client before this returns, and the
-    /// client's trace context is passed on.
+    /// dispatch continues `trace` (the request's server span, or the
+    /// client's context as it came).
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
         tool: String,
@@ -158,6 +161,7 @@ impl SwitchboardMcp {
         input: serde_json::Value,
         mut options: RoutingOptions,
         principal: Option<Principal>,
+        trace: Option<TraceContext>,
         context: &RequestContext<RoleServer>,
     ) -> Result<Option<crate::Result<InvocationResult>>, McpError> {
         if let Some(principal) = principal {
@@ -167,7 +171,7 @@ impl SwitchboardMcp {
         if let Some(sink) = sink {
             options = options.with_progress(sink);
         }
-        if let Some(trace) = trace_of(context) {
+        if let Some(trace) = trace {
             options = options.with_trace(trace);
         }
         let Ok(slot) = self.invoke_slot() else {
@@ -182,6 +186,94 @@ impl SwitchboardMcp {
         let outcome = cancellable(task, context).await?;
         progress_sent(forwarding).await;
         Ok(Some(outcome))
+    }
+
+    /// Answers one `tools/call` (its duration and span are the caller's):
+    /// finds the tool the caller may see and dispatches it, continuing `trace`.
+    async fn answer_tool_call(
+        &self,
+        request: CallToolRequestParams,
+        trace: Option<TraceContext>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let principal = caller(&context);
+        let reader = principal.as_ref().map(|p| reader_context(p, "call_tool"));
+        // A tool the caller may not see answers exactly as one that does not exist.
+        let tool = match self.catalog.find_for(&request.name, reader.as_ref()) {
+            catalog::Lookup::Tool(tool) => tool,
+            catalog::Lookup::Unlisted(why) => {
+                return Err(McpError::invalid_params(unlisted(&request.name, why), None))
+            }
+            catalog::Lookup::Unknown => {
+                return Err(McpError::invalid_params(
+                    format!("unknown tool {:?}; see tools/list", request.name),
+                    None,
+                ))
+            }
+        };
+        let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
+        if tool.is_named() {
+            // A tool an MCP agent serves: the arguments are its input, and
+            // its result goes back as the agent gave it.
+            let mut options = RoutingOptions::new();
+            if let Some(relay) = input_relay_to(&context) {
+                options = options.with_input_relay(relay);
+            }
+            let outcome = self
+                .dispatch(
+                    tool.name,
+                    tool.category,
+                    arguments,
+                    options,
+                    principal,
+                    trace,
+                    &context,
+                )
+                .await?;
+            return match outcome {
+                None => Ok(slots_full()),
+                Some(Err(e)) => error_result(e),
+                Some(Ok(r)) => Ok(serde_json::from_value::<CallToolResult>(r.output.clone())
+                    .unwrap_or_else(|_| CallToolResult::structured(r.output))
+                    .into()),
+            };
+        }
+        let call: CategoryCall = match serde_json::from_value(arguments) {
+            Ok(call) => call,
+            Err(e) => {
+                // Bad input is the tool's own failure, so the model can correct it.
+                return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "invalid arguments: {e}; expected {{\"tool\": string, \"input\": object, \"session_id\"?: string}}"
+                ))])
+                .into());
+            }
+        };
+        let mut options = RoutingOptions::new();
+        if let Some(session) = call.session_id {
+            options = options.with_session_id(session);
+        }
+        let outcome = self
+            .dispatch(
+                call.tool,
+                tool.category,
+                call.input,
+                options,
+                principal,
+                trace,
+                &context,
+            )
+            .await?;
+        match outcome {
+            None => Ok(slots_full()),
+            Some(Err(e)) => error_result(e),
+            Some(Ok(r)) => Ok(CallToolResult::structured(serde_json::json!({
+                "agent_id": r.agent_id,
+                "invocation_id": r.invocation_id,
+                "attempts": r.attempts,
+                "output": r.output,
+            }))
+            .into()),
+        }
     }
 }
 
@@ -230,6 +322,7 @@ impl SwitchboardMcp {
                 input,
                 RoutingOptions::new(),
                 principal,
+                trace_of(context),
                 context,
             )
             .await?
@@ -470,16 +563,6 @@ fn input_relay_to(context: &RequestContext<RoleServer>) -> Option<InputRelay> {
     }))
 }
 
-/// The W3C trace context a request came with in its `_meta`, to pass on.
-fn trace_of(context: &RequestContext<RoleServer>) -> Option<TraceContext> {
-    let meta = &context.meta.0;
-    Some(TraceContext {
-        traceparent: meta.get_traceparent()?.to_string(),
-        tracestate: meta.get_tracestate().map(str::to_string),
-        baggage: meta.get_baggage().map(str::to_string),
-    })
-}
-
 /// How long a progress report waits for reports sent with it (see
 /// `progress_to`).
 const PROGRESS_REORDER_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
@@ -593,82 +676,11 @@ impl ServerHandler for SwitchboardMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let principal = caller(&context);
-        let reader = principal.as_ref().map(|p| reader_context(p, "call_tool"));
-        // A tool the caller may not see answers exactly as one that does not exist.
-        let tool = match self.catalog.find_for(&request.name, reader.as_ref()) {
-            catalog::Lookup::Tool(tool) => tool,
-            catalog::Lookup::Unlisted(why) => {
-                return Err(McpError::invalid_params(unlisted(&request.name, why), None))
-            }
-            catalog::Lookup::Unknown => {
-                return Err(McpError::invalid_params(
-                    format!("unknown tool {:?}; see tools/list", request.name),
-                    None,
-                ))
-            }
-        };
-        let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
-        if tool.is_named() {
-            // A tool an MCP agent serves: the arguments are its input, and
-            // its result goes back as the agent gave it.
-            let mut options = RoutingOptions::new();
-            if let Some(relay) = input_relay_to(&context) {
-                options = options.with_input_relay(relay);
-            }
-            let outcome = self
-                .dispatch(
-                    tool.name,
-                    tool.category,
-                    arguments,
-                    options,
-                    principal,
-                    &context,
-                )
-                .await?;
-            return match outcome {
-                None => Ok(slots_full()),
-                Some(Err(e)) => error_result(e),
-                Some(Ok(r)) => Ok(serde_json::from_value::<CallToolResult>(r.output.clone())
-                    .unwrap_or_else(|_| CallToolResult::structured(r.output))
-                    .into()),
-            };
-        }
-        let call: CategoryCall = match serde_json::from_value(arguments) {
-            Ok(call) => call,
-            Err(e) => {
-                // Bad input is the tool's own failure, so the model can correct it.
-                return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                    "invalid arguments: {e}; expected {{\"tool\": string, \"input\": object, \"session_id\"?: string}}"
-                ))])
-                .into());
-            }
-        };
-        let mut options = RoutingOptions::new();
-        if let Some(session) = call.session_id {
-            options = options.with_session_id(session);
-        }
-        let outcome = self
-            .dispatch(
-                call.tool,
-                tool.category,
-                call.input,
-                options,
-                principal,
-                &context,
-            )
-            .await?;
-        match outcome {
-            None => Ok(slots_full()),
-            Some(Err(e)) => error_result(e),
-            Some(Ok(r)) => Ok(CallToolResult::structured(serde_json::json!({
-                "agent_id": r.agent_id,
-                "invocation_id": r.invocation_id,
-                "attempts": r.attempts,
-                "output": r.output,
-            }))
-            .into()),
-        }
+        let observed = Observed::tool_call(&request.name, &context);
+        let trace = observed.trace();
+        let answer = self.answer_tool_call(request, trace, context).await;
+        observed.answered(&self.dispatcher, &answer);
+        answer
     }
 
     async fn list_prompts(

@@ -103,9 +103,9 @@ impl DispatchSpan {
             otel.status_code = Empty,
             otel.status_description = Empty,
             switchboard.agent.id = agent.id.as_str(),
-            switchboard.attempt.number = number,
+            switchboard.attempt.number = number as i64,
             server.address = address.as_deref(),
-            server.port = port,
+            server.port = port.map(i64::from),
             switchboard.attempt.outcome = Empty,
             switchboard.failover.reason = Empty,
             "error.type" = Empty,
@@ -119,14 +119,15 @@ impl DispatchSpan {
     /// Records, as the call ends, the agent last called, how many were
     /// called and how many candidates a policy denied. Each attribute is
     /// recorded once: a second record of a key would be exported as a
-    /// second attribute.
+    /// second attribute. Numbers go in as `i64`: `tracing-opentelemetry`
+    /// exports an unsigned one as its text.
     pub(super) fn tally(&self, agent_id: Option<&str>, calls: u32, denials: usize) {
         if let Some(agent_id) = agent_id {
             self.span.record("switchboard.agent.id", agent_id);
         }
-        self.span.record("switchboard.attempts", calls);
+        self.span.record("switchboard.attempts", i64::from(calls));
         if denials > 0 {
-            self.span.record("switchboard.policy.denials", denials);
+            self.span.record("switchboard.policy.denials", denials as i64);
         }
     }
 
@@ -212,7 +213,10 @@ impl AttemptSpan {
             gen_ai.prompt.name = prompt,
             gen_ai.operation.name = tool.map(|_| "execute_tool"),
             server.address = url.as_ref().and_then(|u| u.host_str()),
-            server.port = url.as_ref().and_then(|u| u.port_or_known_default()),
+            server.port = url
+                .as_ref()
+                .and_then(|u| u.port_or_known_default())
+                .map(i64::from),
             // A streamable-HTTP server is reached over TCP, a command over its pipes.
             network.transport = if url.is_some() { "tcp" } else { "pipe" },
             "error.type" = Empty,

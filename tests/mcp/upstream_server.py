@@ -1,10 +1,11 @@
 """A Python MCP server (the `mcp` SDK's MCPServer, formerly FastMCP) that
-tests/mcp/e2e.py registers as a Switchboard agent: `http PORT` serves
-streamable HTTP at http://127.0.0.1:PORT/mcp, `stdio` serves stdin/stdout."""
+tests/mcp/e2e.py and tests/otel/e2e.py register as a Switchboard agent:
+`http PORT` serves streamable HTTP at http://127.0.0.1:PORT/mcp, `stdio`
+serves stdin/stdout."""
 
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("weather")
 
@@ -19,6 +20,13 @@ def forecast(city: str) -> str:
 def refuse(reason: str) -> str:
     """Always fails, with the reason."""
     raise ValueError(f"refused: {reason}")
+
+
+@server.tool()
+def traceparent(ctx: Context) -> str:
+    """The W3C traceparent this call came with in params._meta ("" if none)."""
+    meta = ctx.request_context.meta or {}
+    return meta.get("traceparent", "")
 
 
 if __name__ == "__main__":

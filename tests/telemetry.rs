@@ -688,7 +688,9 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
     let attempt = &attempt[0];
     assert_eq!(attempt.attr("server.address"), Some("127.0.0.1"));
     let upstream = collector
-        .spans(1, |s| s.parent_span_id == attempt.span_id && s.kind == KIND_CLIENT)
+        .spans(1, |s| {
+            s.parent_span_id == attempt.span_id && s.kind == KIND_CLIENT
+        })
         .await;
     let upstream = &upstream[0];
     assert_eq!(upstream.name, "tools/call trace");
@@ -740,7 +742,10 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
         .await;
     let server = &server[0];
     assert_eq!(server.name, "tools/call trace");
-    assert_eq!(server.parent_span_id, MCP_CALLER_SPAN, "the client's span is its parent");
+    assert_eq!(
+        server.parent_span_id, MCP_CALLER_SPAN,
+        "the client's span is its parent"
+    );
     for (key, value) in [
         ("mcp.method.name", "tools/call"),
         ("gen_ai.tool.name", "trace"),
@@ -750,26 +755,43 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
     ] {
         assert_eq!(server.attr(key), Some(value), "{key} of {server:#?}");
     }
-    for key in ["mcp.protocol.version", "mcp.session.id", "jsonrpc.request.id"] {
-        assert!(server.attr(key).is_some_and(|v| !v.is_empty()), "{key} of {server:#?}");
+    for key in [
+        "mcp.protocol.version",
+        "mcp.session.id",
+        "jsonrpc.request.id",
+    ] {
+        assert!(
+            server.attr(key).is_some_and(|v| !v.is_empty()),
+            "{key} of {server:#?}"
+        );
     }
     assert_eq!(server.attr("error.type"), None);
     let execute = collector
         .spans(1, |s| s.parent_span_id == server.span_id)
         .await;
     let execute = &execute[0];
-    assert_eq!(execute.name, "execute_tool trace", "beneath the server span");
+    assert_eq!(
+        execute.name, "execute_tool trace",
+        "beneath the server span"
+    );
     let arguments = execute.attr("gen_ai.tool.call.arguments").unwrap();
     let arguments: Value = serde_json::from_str(arguments).unwrap();
     assert_eq!(arguments["n"], 1);
-    assert_ne!(arguments["secret"], "hunter2", "redacted as records redact: {arguments}");
+    assert_ne!(
+        arguments["secret"], "hunter2",
+        "redacted as records redact: {arguments}"
+    );
     let tool_result = execute.attr("gen_ai.tool.call.result").unwrap();
     assert!(tool_result.contains(MCP_CALLER_TRACE), "{tool_result}");
     let attempt = collector
-        .spans(1, |s| s.parent_span_id == execute.span_id && s.name == "attempt tracer")
+        .spans(1, |s| {
+            s.parent_span_id == execute.span_id && s.name == "attempt tracer"
+        })
         .await;
     let upstream = collector
-        .spans(1, |s| s.parent_span_id == attempt[0].span_id && s.kind == KIND_CLIENT)
+        .spans(1, |s| {
+            s.parent_span_id == attempt[0].span_id && s.kind == KIND_CLIENT
+        })
         .await;
     let seen = format!("00-{MCP_CALLER_TRACE}-{}-01", upstream[0].span_id);
     assert!(
@@ -781,7 +803,9 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
     let failed = call(json!({"fail": true})).await.unwrap();
     assert_eq!(failed.is_error, Some(true), "{failed:?}");
     let errored = collector
-        .spans(1, |s| s.kind == KIND_SERVER && s.status_code == STATUS_ERROR)
+        .spans(1, |s| {
+            s.kind == KIND_SERVER && s.status_code == STATUS_ERROR
+        })
         .await;
     assert_eq!(errored[0].attr("error.type"), Some("tool_error"));
     let _ = session.cancel().await;

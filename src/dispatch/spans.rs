@@ -127,7 +127,8 @@ impl DispatchSpan {
         }
         self.span.record("switchboard.attempts", i64::from(calls));
         if denials > 0 {
-            self.span.record("switchboard.policy.denials", denials as i64);
+            self.span
+                .record("switchboard.policy.denials", denials as i64);
         }
     }
 

@@ -18,7 +18,7 @@
 //! `docs/mcp.md` explains the mapping with a worked example.
 
 pub mod catalog;
-mod offers;
 mod observed;
+mod offers;
 pub mod server;
 pub mod stdio;

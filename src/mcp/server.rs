@@ -150,10 +150,8 @@ impl SwitchboardMcp {
     /// Runs one dispatch for `principal` on its own task, holding an invoke
     /// slot while it runs (`Ok(None)`: every slot is taken, nothing ran),
     /// cancelled if the client cancels. The agent's progress (if the client
-    /// asked for it) reaches the client before this returns, and the
-    /// dispatch continues `trace` (the request's server span, or the
-    /// client's context as it came).
-    #[allow(clippy::too_many_arguments)]
+    /// asked for it) reaches the client before this returns. `options`
+    /// carry the trace context the dispatch continues.
     async fn dispatch(
         &self,
         tool: String,
@@ -161,7 +159,6 @@ impl SwitchboardMcp {
         input: serde_json::Value,
         mut options: RoutingOptions,
         principal: Option<Principal>,
-        trace: Option<TraceContext>,
         context: &RequestContext<RoleServer>,
     ) -> Result<Option<crate::Result<InvocationResult>>, McpError> {
         if let Some(principal) = principal {
@@ -170,9 +167,6 @@ impl SwitchboardMcp {
         let (sink, forwarding) = progress_to(context).unzip();
         if let Some(sink) = sink {
             options = options.with_progress(sink);
-        }
-        if let Some(trace) = trace {
-            options = options.with_trace(trace);
         }
         let Ok(slot) = self.invoke_slot() else {
             return Ok(None);
@@ -215,7 +209,7 @@ impl SwitchboardMcp {
         if tool.is_named() {
             // A tool an MCP agent serves: the arguments are its input, and
             // its result goes back as the agent gave it.
-            let mut options = RoutingOptions::new();
+            let mut options = with_trace(RoutingOptions::new(), trace);
             if let Some(relay) = input_relay_to(&context) {
                 options = options.with_input_relay(relay);
             }
@@ -226,7 +220,6 @@ impl SwitchboardMcp {
                     arguments,
                     options,
                     principal,
-                    trace,
                     &context,
                 )
                 .await?;
@@ -248,7 +241,7 @@ impl SwitchboardMcp {
                 .into());
             }
         };
-        let mut options = RoutingOptions::new();
+        let mut options = with_trace(RoutingOptions::new(), trace);
         if let Some(session) = call.session_id {
             options = options.with_session_id(session);
         }
@@ -259,7 +252,6 @@ impl SwitchboardMcp {
                 call.input,
                 options,
                 principal,
-                trace,
                 &context,
             )
             .await?;
@@ -274,6 +266,14 @@ impl SwitchboardMcp {
             }))
             .into()),
         }
+    }
+}
+
+/// `options` continuing `trace`, if there is one.
+fn with_trace(options: RoutingOptions, trace: Option<TraceContext>) -> RoutingOptions {
+    match trace {
+        Some(trace) => options.with_trace(trace),
+        None => options,
     }
 }
 
@@ -320,9 +320,8 @@ impl SwitchboardMcp {
                 offer.routed_name,
                 offer.category,
                 input,
-                RoutingOptions::new(),
+                with_trace(RoutingOptions::new(), trace_of(context)),
                 principal,
-                trace_of(context),
                 context,
             )
             .await?

@@ -227,7 +227,9 @@ impl PolicyChain {
         for hook in hooks.iter().filter(|h| h.applies(phase, op, key)) {
             // Made only on a write whose call is traced and recorded: the
             // span's life is the evaluation's duration.
-            let span = ctx.trace_parent().map(|parent| hook.span(parent, phase, op));
+            let span = ctx
+                .trace_parent()
+                .map(|parent| hook.span(parent, phase, op));
             let action = hook.decide(op, key, value.as_deref().unwrap_or(&[]), ctx);
             if let Some(span) = span {
                 span.record("switchboard.policy.decision", action.kind());

@@ -124,7 +124,11 @@ impl Eq for TraceParent {}
 
 impl std::fmt::Debug for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "traced" } else { "untraced" })
+        f.write_str(if self.0.is_some() {
+            "traced"
+        } else {
+            "untraced"
+        })
     }
 }
 

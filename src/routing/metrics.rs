@@ -231,6 +231,10 @@ pub(crate) struct OperationLabels {
     pub(crate) error_type: Option<&'static str>,
 }
 
+/// One series as Prometheus renders it: its labels, each bound's own
+/// count (the last `+Inf`), the sum in seconds and the count.
+pub(crate) type OperationSeries = (OperationLabels, Vec<(f64, u64)>, f64, u64);
+
 /// One histogram of [`MCP_DURATION_BOUNDS`] (the last count is +Inf).
 #[derive(Debug, Default)]
 struct DurationSeries {
@@ -285,7 +289,7 @@ impl OperationDurations {
 
     /// Every series as a Prometheus histogram (each bound's own count, as
     /// the encoder takes them; sum in seconds; count), sorted by labels.
-    pub(crate) fn snapshot(&self) -> Vec<(OperationLabels, Vec<(f64, u64)>, f64, u64)> {
+    pub(crate) fn snapshot(&self) -> Vec<OperationSeries> {
         let all = self.series.read();
         let mut rows: Vec<_> = all
             .iter()
@@ -296,10 +300,7 @@ impl OperationDurations {
                     for (i, count) in s.counts.iter().enumerate() {
                         let count = count.load(Relaxed);
                         seen += count;
-                        let bound = MCP_DURATION_BOUNDS
-                            .get(i)
-                            .copied()
-                            .unwrap_or(f64::INFINITY);
+                        let bound = MCP_DURATION_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY);
                         buckets.push((bound, count));
                     }
                     let labels = OperationLabels {

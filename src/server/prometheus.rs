@@ -8,7 +8,7 @@
 //! RocksDB write stalls.
 
 use crate::dispatch::ToolDispatcher;
-use crate::routing::metrics::OperationLabels;
+use crate::routing::metrics::{OperationLabels, OperationSeries};
 use crate::routing::AgentMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -44,12 +44,9 @@ struct Scrape {
     /// Policy denials, rate-limit refusals and failovers of the dispatcher.
     dispatch: [u64; 3],
     /// MCP operations served, and sent to MCP agents.
-    mcp_server: Vec<Operations>,
-    mcp_client: Vec<Operations>,
+    mcp_server: Vec<OperationSeries>,
+    mcp_client: Vec<OperationSeries>,
 }
-
-/// One series of an MCP operation-duration histogram.
-type Operations = (OperationLabels, Vec<(f64, u64)>, f64, u64);
 
 /// The labels of an MCP operation series: the convention's attribute names
 /// with `.` as `_`.

@@ -808,6 +808,17 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
         })
         .await;
     assert_eq!(errored[0].attr("error.type"), Some("tool_error"));
+    // An unknown tool is a JSON-RPC error: its code is the error.type.
+    let unknown = session
+        .call_tool(CallToolRequestParams::new("made_up_by_the_client"))
+        .await;
+    assert!(unknown.is_err(), "{unknown:?}");
+    let refused = collector
+        .spans(1, |s| s.name == "tools/call made_up_by_the_client")
+        .await;
+    assert_eq!(refused[0].attr("error.type"), Some("-32602"));
+    assert_eq!(refused[0].attr("rpc.response.status_code"), Some("-32602"));
+    assert_eq!(refused[0].status_code, STATUS_ERROR);
     let _ = session.cancel().await;
 
     // Both sides' durations are histograms in /metrics, by the convention's names.
@@ -825,9 +836,12 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
         "mcp_server_operation_duration_seconds_bucket{le=\"+Inf\",mcp_method_name=\"tools/call\"",
         "mcp_client_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"trace\",gen_ai_operation_name=\"execute_tool\"} 2",
         "mcp_client_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"trace\",gen_ai_operation_name=\"execute_tool\",error_type=\"tool_error\"} 1",
+        // The unknown tool's series has no tool name: made-up names add none.
+        "mcp_server_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_operation_name=\"execute_tool\",error_type=\"-32602\"} 1",
     ] {
         assert!(metrics.contains(series), "no {series} in\n{metrics}");
     }
+    assert!(!metrics.contains("made_up_by_the_client"), "{metrics}");
     agent.abort();
 }
 

@@ -68,9 +68,16 @@ impl Observed {
             Ok(_) => None,
             Err(e) => Some(json_rpc_code(e.code.0)),
         };
+        // A JSON-RPC error is answered before any tool is found (an unknown
+        // name among them): its series has no tool, so names a client makes
+        // up cannot grow the histogram without bound.
+        let target = match answer {
+            Err(_) => "",
+            Ok(_) => self.target.as_str(),
+        };
         dispatcher.counters().mcp_server.record(
             self.method,
-            &self.target,
+            target,
             error_type,
             self.started.elapsed(),
         );

@@ -846,6 +846,54 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_caller_sampled_out_exports_no_span_and_the_agent_is_told_so() {
+    let collector = Collector::start().await;
+    let traced = TracedAgent::start().await;
+    let client = common::http_client();
+    let serve = ServeProcess::start(
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+        &client,
+    )
+    .await;
+    register(
+        &client,
+        &serve,
+        "traced",
+        json!({"tools": ["code"], "endpoint": traced.endpoint}),
+    )
+    .await;
+    // The default sampler follows the caller: flags 00 is sampled out.
+    let unsampled = format!("00-{MCP_CALLER_TRACE}-{MCP_CALLER_SPAN}-00");
+    let sampled = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    for traceparent in [&unsampled, &sampled] {
+        let (status, answer) = invoke(
+            &client,
+            &serve,
+            json!({"tool": "run", "category": "code"}),
+            Some(traceparent),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Spans are exported in the order they end: once the second call's
+    // are in, the first call's would be too.
+    collector.spans(4, |s| s.trace_id == CALLER_TRACE).await;
+    let exported = collector.spans(0, |s| s.trace_id == MCP_CALLER_TRACE).await;
+    assert!(exported.is_empty(), "{exported:#?}");
+    let seen = traced.traceparents();
+    let first = seen[0].as_deref().expect("a traceparent");
+    assert!(
+        first.starts_with(&format!("00-{MCP_CALLER_TRACE}-")) && first.ends_with("-00"),
+        "the agent continues the caller's trace, unsampled: {first}"
+    );
+    assert!(seen[1].as_deref().unwrap().ends_with("-01"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_go_on_unaffected_while_the_collector_is_down() {
     let traced = TracedAgent::start().await;
     let client = common::http_client();

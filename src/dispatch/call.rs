@@ -166,7 +166,7 @@ impl<'a> Call<'a> {
             let attempt_span = self
                 .span
                 .as_ref()
-                .map(|span| span.attempt(&agent, self.tried.len()));
+                .and_then(|span| span.attempt(&agent, self.tried.len()));
             if !agent.is_healthy() {
                 // Panic routing (see `routing/tiers.rs`): too much of the
                 // tier, or all of the category, is ejected.
@@ -177,7 +177,7 @@ impl<'a> Call<'a> {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let mut ctx = self.context(Some(&agent.id), OperationKind::Dispatch);
-            let commit = attempt_span.as_ref().and_then(|span| span.commit_intent());
+            let commit = attempt_span.as_ref().map(|span| span.commit_intent());
             if let Some(commit) = &commit {
                 commit.trace_policies(&mut ctx);
             }
@@ -236,14 +236,15 @@ impl<'a> Call<'a> {
                 .as_ref()
                 .zip(mcp.as_ref())
                 .and_then(|(span, request)| span.mcp_client(&agent, request));
-            // With a span, the agent continues the trace from this attempt
-            // (from its MCP client span, for an MCP agent).
+            // With spans, the agent continues the trace from this attempt
+            // (from its MCP client span, for an MCP agent), or from the
+            // call's span when the call was sampled out.
             let received = self.options.trace.as_ref();
-            let passed_on = match &mcp_span {
-                Some(span) => span.passed_on(received),
-                None => attempt_span
-                    .as_ref()
-                    .and_then(|span| span.passed_on(received)),
+            let passed_on = match (&mcp_span, &attempt_span, &self.span) {
+                (Some(span), _, _) => span.passed_on(received),
+                (None, Some(span), _) => span.passed_on(received),
+                (None, None, Some(span)) => span.passed_on(received),
+                (None, None, None) => None,
             };
             let request = WireRequest {
                 invocation_id: &self.record.value.invocation_id,

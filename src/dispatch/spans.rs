@@ -75,8 +75,13 @@ impl DispatchSpan {
             .then(|| CommitSpan::start(&self.span, CommitSpan::OUTCOME))
     }
 
-    /// A span for the attempt on `agent`, the `number`th candidate.
-    pub(super) fn attempt(&self, agent: &Agent, number: usize) -> AttemptSpan {
+    /// A span for the attempt on `agent`, the `number`th candidate, if
+    /// the call's span is sampled (a dropped call's attempts would be
+    /// dropped too: they are not made).
+    pub(super) fn attempt(&self, agent: &Agent, number: usize) -> Option<AttemptSpan> {
+        if !self.sampled {
+            return None;
+        }
         let (address, port) = match &agent.endpoint {
             Endpoint::Http(url) => (
                 url.host_str().map(str::to_string),
@@ -110,10 +115,14 @@ impl DispatchSpan {
             switchboard.failover.reason = Empty,
             "error.type" = Empty,
         );
-        AttemptSpan {
-            span,
-            sampled: self.sampled,
-        }
+        Some(AttemptSpan(span))
+    }
+
+    /// The trace context an agent is called with when the call has no
+    /// attempt span (it was sampled out): the call's span as its parent,
+    /// flagged not sampled, so the agent follows the decision.
+    pub(super) fn passed_on(&self, received: Option<&TraceContext>) -> Option<TraceContext> {
+        telemetry::passed_on(&self.span, received)
     }
 
     /// Records, as the call ends, the agent last called, how many were
@@ -167,24 +176,18 @@ impl DispatchSpan {
     }
 }
 
-/// The span of one attempt; it ends when dropped.
-pub(super) struct AttemptSpan {
-    span: tracing::Span,
-    sampled: bool,
-}
+/// The span of one attempt (of a sampled call); it ends when dropped.
+pub(super) struct AttemptSpan(tracing::Span);
 
 impl AttemptSpan {
     /// The trace context the agent is called with: this span as its parent.
     pub(super) fn passed_on(&self, received: Option<&TraceContext>) -> Option<TraceContext> {
-        telemetry::passed_on(&self.span, received)
+        telemetry::passed_on(&self.0, received)
     }
 
-    /// The MCP client span of this attempt's `request` to `agent`, if the
-    /// call's span is sampled.
+    /// The MCP client span of this attempt's `request` to `agent`, an MCP
+    /// agent (`None` for another).
     pub(super) fn mcp_client(&self, agent: &Agent, request: &McpRequest) -> Option<McpClientSpan> {
-        if !self.sampled {
-            return None;
-        }
         let Endpoint::Mcp(server) = &agent.endpoint else {
             return None;
         };
@@ -203,7 +206,7 @@ impl AttemptSpan {
         };
         Some(McpClientSpan(tracing::info_span!(
             target: TARGET,
-            parent: &self.span,
+            parent: &self.0,
             "mcp",
             otel.name = name,
             otel.kind = "client",
@@ -225,31 +228,30 @@ impl AttemptSpan {
     }
 
     /// A span for the commit of the record's intent before this attempt's
-    /// agent is called, if the call's span is sampled.
-    pub(super) fn commit_intent(&self) -> Option<CommitSpan> {
-        self.sampled
-            .then(|| CommitSpan::start(&self.span, CommitSpan::INTENT))
+    /// agent is called.
+    pub(super) fn commit_intent(&self) -> CommitSpan {
+        CommitSpan::start(&self.0, CommitSpan::INTENT)
     }
 
     /// Records how the attempt ended; `failover` when another agent is
     /// tried next, `reason` the failure's text.
     pub(super) fn ended(&self, outcome: AttemptOutcome, reason: Option<&str>, failover: bool) {
-        self.span
+        self.0
             .record("switchboard.attempt.outcome", outcome.as_str());
         if outcome == AttemptOutcome::Succeeded {
-            self.span.record("otel.status_code", "ok");
+            self.0.record("otel.status_code", "ok");
             return;
         }
-        self.span.record("error.type", outcome.as_str());
+        self.0.record("error.type", outcome.as_str());
         match reason {
             Some(reason) => {
-                self.span.record("otel.status_description", reason);
+                self.0.record("otel.status_description", reason);
                 if failover {
-                    self.span.record("switchboard.failover.reason", reason);
+                    self.0.record("switchboard.failover.reason", reason);
                 }
             }
             None => {
-                self.span.record("otel.status_code", "error");
+                self.0.record("otel.status_code", "error");
             }
         }
     }

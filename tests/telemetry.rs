@@ -799,6 +799,15 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
         "the agent saw the MCP client span as its parent: {result:?}"
     );
 
+    // Other methods have their server span too, without a tool.
+    let listed = collector
+        .spans(1, |s| s.name == "tools/list" && s.kind == KIND_SERVER)
+        .await;
+    assert_eq!(listed[0].attr("mcp.method.name"), Some("tools/list"));
+    assert_eq!(listed[0].attr("gen_ai.operation.name"), None);
+    assert_eq!(listed[0].attr("gen_ai.tool.name"), None);
+    assert_eq!(listed[0].status_code, STATUS_OK);
+
     // A tool error is the server span's `error.type`.
     let failed = call(json!({"fail": true})).await.unwrap();
     assert_eq!(failed.is_error, Some(true), "{failed:?}");
@@ -836,6 +845,7 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
         "mcp_server_operation_duration_seconds_bucket{le=\"+Inf\",mcp_method_name=\"tools/call\"",
         "mcp_client_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"trace\",gen_ai_operation_name=\"execute_tool\"} 2",
         "mcp_client_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"trace\",gen_ai_operation_name=\"execute_tool\",error_type=\"tool_error\"} 1",
+        "mcp_server_operation_duration_seconds_count{mcp_method_name=\"tools/list\"} ",
         // The unknown tool's series has no tool name: made-up names add none.
         "mcp_server_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_operation_name=\"execute_tool\",error_type=\"-32602\"} 1",
     ] {

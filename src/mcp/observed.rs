@@ -2,8 +2,9 @@
 //! MCP convention: its server span (`{mcp.method.name} {target}`, kind
 //! server, a child of the caller's `params._meta.traceparent`), made only
 //! while an exporter runs, and its duration in the
-//! `mcp.server.operation.duration` histogram, always. The call's
-//! `execute_tool` span continues the trace from the server span.
+//! `mcp.server.operation.duration` histogram, always. A request that is
+//! dispatched (`tools/call`, `prompts/get`, `resources/read`) continues the
+//! trace from the server span with its `execute_tool` span.
 
 use crate::dispatch::ToolDispatcher;
 use crate::telemetry::{self, TARGET};
@@ -26,10 +27,17 @@ pub(super) struct Observed {
 }
 
 impl Observed {
-    /// Starts observing a `tools/call` of `tool`.
-    pub(super) fn tool_call(tool: &str, context: &RequestContext<RoleServer>) -> Observed {
+    /// Starts observing a request of `method` about `target` (the tool or
+    /// prompt; `None` for a listing), or about `resource` (a URI, on the
+    /// span only: it is no low-cardinality name).
+    pub(super) fn start(
+        method: &'static str,
+        target: Option<&str>,
+        resource: Option<&str>,
+        context: &RequestContext<RoleServer>,
+    ) -> Observed {
         let received = trace_of(context);
-        let span = telemetry::spans_on().then(|| server_span(tool, context));
+        let span = telemetry::spans_on().then(|| server_span(method, target, resource, context));
         let trace = match &span {
             Some(span) => {
                 if let Some(received) = &received {
@@ -40,40 +48,51 @@ impl Observed {
             None => received,
         };
         Observed {
-            method: "tools/call",
-            target: tool.to_string(),
+            method,
+            target: target.unwrap_or_default().to_string(),
             started: Instant::now(),
             span,
             trace,
         }
     }
 
-    /// The trace context the call's dispatch continues.
+    /// The trace context the request's dispatch continues.
     pub(super) fn trace(&self) -> Option<TraceContext> {
         self.trace.clone()
     }
 
-    /// Ends the observation with the answer sent: `error.type` is
-    /// `tool_error` for a result with `isError`, the JSON-RPC error code for
-    /// an error.
-    pub(super) fn answered(
+    /// Ends observing a `tools/call`: `error.type` is `tool_error` for a
+    /// result with `isError`, the JSON-RPC error code for an error.
+    pub(super) fn answered_call(
         self,
         dispatcher: &ToolDispatcher,
         answer: &Result<CallToolResponse, McpError>,
     ) {
-        let error_type = match answer {
-            Ok(CallToolResponse::Complete(result)) if result.is_error == Some(true) => {
-                Some("tool_error")
-            }
-            Ok(_) => None,
-            Err(e) => Some(json_rpc_code(e.code.0)),
+        let tool_error = matches!(
+            answer,
+            Ok(CallToolResponse::Complete(result)) if result.is_error == Some(true)
+        );
+        self.answered(dispatcher, answer.as_ref().err(), tool_error);
+    }
+
+    /// Ends observing a request answered with `error` (`None`: a result,
+    /// which is a tool error if `tool_error`).
+    pub(super) fn answered(
+        self,
+        dispatcher: &ToolDispatcher,
+        error: Option<&McpError>,
+        tool_error: bool,
+    ) {
+        let error_type = match error {
+            Some(e) => Some(json_rpc_code(e.code.0)),
+            None => tool_error.then_some("tool_error"),
         };
         // A JSON-RPC error is answered before any tool is found (an unknown
-        // name among them): its series has no tool, so names a client makes
-        // up cannot grow the histogram without bound.
-        let target = match answer {
-            Err(_) => "",
-            Ok(_) => self.target.as_str(),
+        // name among them): its series has no target, so names a client
+        // makes up cannot grow the histogram without bound.
+        let target = match error {
+            Some(_) => "",
+            None => self.target.as_str(),
         };
         dispatcher.counters().mcp_server.record(
             self.method,
@@ -84,16 +103,16 @@ impl Observed {
         let Some(span) = self.span else {
             return;
         };
-        match (error_type, answer) {
+        match (error_type, error) {
             (None, _) => {
                 span.record("otel.status_code", "ok");
             }
-            (Some(error_type), Err(e)) => {
+            (Some(error_type), Some(e)) => {
                 span.record("error.type", error_type);
                 span.record("rpc.response.status_code", e.code.0.to_string());
                 span.record("otel.status_description", e.message.as_ref());
             }
-            (Some(error_type), Ok(_)) => {
+            (Some(error_type), None) => {
                 span.record("error.type", error_type);
                 span.record("otel.status_code", "error");
             }
@@ -101,8 +120,13 @@ impl Observed {
     }
 }
 
-/// The server span of a `tools/call` of `tool`.
-fn server_span(tool: &str, context: &RequestContext<RoleServer>) -> tracing::Span {
+/// The server span of a request of `method` about `target` or `resource`.
+fn server_span(
+    method: &'static str,
+    target: Option<&str>,
+    resource: Option<&str>,
+    context: &RequestContext<RoleServer>,
+) -> tracing::Span {
     let http = context.extensions.get::<axum::http::request::Parts>();
     let session = http
         .and_then(|parts| parts.headers.get("mcp-session-id"))
@@ -111,19 +135,30 @@ fn server_span(tool: &str, context: &RequestContext<RoleServer>) -> tracing::Spa
         .peer
         .peer_info()
         .map(|info| info.protocol_version.to_string());
+    let name = match target {
+        Some(target) => format!("{method} {target}"),
+        None => method.to_string(),
+    };
+    let (tool, prompt) = match method {
+        "tools/call" => (target, None),
+        "prompts/get" => (None, target),
+        _ => (None, None),
+    };
     tracing::info_span!(
         target: TARGET,
         "mcp",
-        otel.name = format!("tools/call {tool}"),
+        otel.name = name,
         otel.kind = "server",
         otel.status_code = Empty,
         otel.status_description = Empty,
-        mcp.method.name = "tools/call",
+        mcp.method.name = method,
         mcp.protocol.version = protocol.as_deref(),
         mcp.session.id = session,
+        mcp.resource.uri = resource,
         jsonrpc.request.id = %context.id,
         gen_ai.tool.name = tool,
-        gen_ai.operation.name = "execute_tool",
+        gen_ai.prompt.name = prompt,
+        gen_ai.operation.name = tool.map(|_| "execute_tool"),
         // Over HTTP (`/mcp`) the session runs on TCP; over stdio on a pipe.
         network.transport = if http.is_some() { "tcp" } else { "pipe" },
         network.protocol.name = http.map(|_| "http"),
@@ -133,7 +168,7 @@ fn server_span(tool: &str, context: &RequestContext<RoleServer>) -> tracing::Spa
 }
 
 /// The W3C trace context a request came with in its `_meta`.
-pub(super) fn trace_of(context: &RequestContext<RoleServer>) -> Option<TraceContext> {
+fn trace_of(context: &RequestContext<RoleServer>) -> Option<TraceContext> {
     let meta = &context.meta.0;
     Some(TraceContext {
         traceparent: meta.get_traceparent()?.to_string(),

@@ -22,7 +22,7 @@
 //! session's announcing task ends with the session (DELETE, or the idle
 //! expiry of `rmcp`'s session manager), not at the next change.
 
-use super::observed::{trace_of, Observed};
+use super::observed::Observed;
 use super::{catalog, offers};
 use crate::dispatch::{DiscoveredOffer, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
@@ -267,6 +267,105 @@ impl SwitchboardMcp {
             .into()),
         }
     }
+
+    /// Answers one `prompts/get` (its duration and span are the caller's),
+    /// continuing `trace`.
+    async fn answer_get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        trace: Option<TraceContext>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let principal = caller(&context);
+        let reader = principal.as_ref().map(|p| reader_context(p, "get_prompt"));
+        let offer = offers::visible(
+            &self.catalog,
+            &self.dispatcher,
+            reader.as_ref(),
+            McpOfferKind::Prompt,
+        )
+        .into_iter()
+        .find(|o| o.exposed_name == request.name)
+        .ok_or_else(|| {
+            McpError::invalid_params(
+                format!("unknown prompt {:?}; see prompts/list", request.name),
+                None,
+            )
+        })?;
+        let input = request
+            .arguments
+            .map_or(serde_json::Value::Null, serde_json::Value::Object);
+        let output = self
+            .dispatch_offer(offer, input, principal, trace, &context)
+            .await?;
+        Ok(GetPromptResponse::Complete(offers::answer(
+            output,
+            "prompts/get",
+        )?))
+    }
+
+    /// Answers one `resources/read` (its duration and span are the
+    /// caller's), continuing `trace`.
+    async fn answer_read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        trace: Option<TraceContext>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let principal = caller(&context);
+        let reader = principal
+            .as_ref()
+            .map(|p| reader_context(p, "read_resource"));
+        let offer = offers::offering_uri(
+            &self.catalog,
+            &self.dispatcher,
+            reader.as_ref(),
+            &request.uri,
+        )
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            McpError::resource_not_found(
+                format!(
+                    "unknown resource {:?}; see resources/list and resources/templates/list",
+                    request.uri
+                ),
+                None,
+            )
+        })?;
+        let input = serde_json::json!({"uri": request.uri});
+        let output = self
+            .dispatch_offer(offer, input, principal, trace, &context)
+            .await?;
+        Ok(ReadResourceResponse::Complete(offers::answer(
+            output,
+            "resources/read",
+        )?))
+    }
+
+    /// The page of tools `request` asks for, of those the caller may see.
+    fn tool_page(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let cursor = request.and_then(|r| r.cursor);
+        let reader = caller(context).map(|p| reader_context(&p, "list_tools"));
+        let (tools, next) =
+            catalog::page(self.catalog.tools_for(reader.as_ref()), cursor.as_deref())
+                .map_err(|m| McpError::invalid_params(m, None))?;
+        let schema = Arc::new(catalog::category_input_schema());
+        let tools = tools
+            .into_iter()
+            .map(|t| {
+                let input = t.input_schema.map_or_else(|| schema.clone(), Arc::new);
+                Tool::new(t.name, t.description, input)
+            })
+            .collect();
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next;
+        Ok(result)
+    }
 }
 
 /// `options` continuing `trace`, if there is one.
@@ -307,12 +406,14 @@ impl SwitchboardMcp {
     }
 
     /// Reads `offer` (a prompt or resource) for `principal`: one dispatch of
-    /// its routed name with `input`, cancelled if the client cancels.
+    /// its routed name with `input`, continuing `trace`, cancelled if the
+    /// client cancels.
     async fn dispatch_offer(
         &self,
         offer: DiscoveredOffer,
         input: serde_json::Value,
         principal: Option<Principal>,
+        trace: Option<TraceContext>,
         context: &RequestContext<RoleServer>,
     ) -> Result<serde_json::Value, McpError> {
         let outcome = self
@@ -320,7 +421,7 @@ impl SwitchboardMcp {
                 offer.routed_name,
                 offer.category,
                 input,
-                with_trace(RoutingOptions::new(), trace_of(context)),
+                with_trace(RoutingOptions::new(), trace),
                 principal,
                 context,
             )
@@ -652,22 +753,10 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let cursor = request.and_then(|r| r.cursor);
-        let reader = caller(&context).map(|p| reader_context(&p, "list_tools"));
-        let (tools, next) =
-            catalog::page(self.catalog.tools_for(reader.as_ref()), cursor.as_deref())
-                .map_err(|m| McpError::invalid_params(m, None))?;
-        let schema = Arc::new(catalog::category_input_schema());
-        let tools = tools
-            .into_iter()
-            .map(|t| {
-                let input = t.input_schema.map_or_else(|| schema.clone(), Arc::new);
-                Tool::new(t.name, t.description, input)
-            })
-            .collect();
-        let mut result = ListToolsResult::with_all_items(tools);
-        result.next_cursor = next;
-        Ok(result)
+        let observed = Observed::start("tools/list", None, None, &context);
+        let answer = self.tool_page(request, &context);
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn call_tool(
@@ -675,10 +764,10 @@ impl ServerHandler for SwitchboardMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let observed = Observed::tool_call(&request.name, &context);
+        let observed = Observed::start("tools/call", Some(&request.name), None, &context);
         let trace = observed.trace();
         let answer = self.answer_tool_call(request, trace, context).await;
-        observed.answered(&self.dispatcher, &answer);
+        observed.answered_call(&self.dispatcher, &answer);
         answer
     }
 
@@ -687,7 +776,10 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        self.offer_page(McpOfferKind::Prompt, "list_prompts", request, &context)
+        let observed = Observed::start("prompts/list", None, None, &context);
+        let answer = self.offer_page(McpOfferKind::Prompt, "list_prompts", request, &context);
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn get_prompt(
@@ -695,32 +787,11 @@ impl ServerHandler for SwitchboardMcp {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        let principal = caller(&context);
-        let reader = principal.as_ref().map(|p| reader_context(p, "get_prompt"));
-        let offer = offers::visible(
-            &self.catalog,
-            &self.dispatcher,
-            reader.as_ref(),
-            McpOfferKind::Prompt,
-        )
-        .into_iter()
-        .find(|o| o.exposed_name == request.name)
-        .ok_or_else(|| {
-            McpError::invalid_params(
-                format!("unknown prompt {:?}; see prompts/list", request.name),
-                None,
-            )
-        })?;
-        let input = request
-            .arguments
-            .map_or(serde_json::Value::Null, serde_json::Value::Object);
-        let output = self
-            .dispatch_offer(offer, input, principal, &context)
-            .await?;
-        Ok(GetPromptResponse::Complete(offers::answer(
-            output,
-            "prompts/get",
-        )?))
+        let observed = Observed::start("prompts/get", Some(&request.name), None, &context);
+        let trace = observed.trace();
+        let answer = self.answer_get_prompt(request, trace, context).await;
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn list_resources(
@@ -728,7 +799,10 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        self.offer_page(McpOfferKind::Resource, "list_resources", request, &context)
+        let observed = Observed::start("resources/list", None, None, &context);
+        let answer = self.offer_page(McpOfferKind::Resource, "list_resources", request, &context);
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn list_resource_templates(
@@ -736,12 +810,15 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        self.offer_page(
+        let observed = Observed::start("resources/templates/list", None, None, &context);
+        let answer = self.offer_page(
             McpOfferKind::ResourceTemplate,
             "list_resources",
             request,
             &context,
-        )
+        );
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn read_resource(
@@ -749,35 +826,11 @@ impl ServerHandler for SwitchboardMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        let principal = caller(&context);
-        let reader = principal
-            .as_ref()
-            .map(|p| reader_context(p, "read_resource"));
-        let offer = offers::offering_uri(
-            &self.catalog,
-            &self.dispatcher,
-            reader.as_ref(),
-            &request.uri,
-        )
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            McpError::resource_not_found(
-                format!(
-                    "unknown resource {:?}; see resources/list and resources/templates/list",
-                    request.uri
-                ),
-                None,
-            )
-        })?;
-        let input = serde_json::json!({"uri": request.uri});
-        let output = self
-            .dispatch_offer(offer, input, principal, &context)
-            .await?;
-        Ok(ReadResourceResponse::Complete(offers::answer(
-            output,
-            "resources/read",
-        )?))
+        let observed = Observed::start("resources/read", None, Some(&request.uri), &context);
+        let trace = observed.trace();
+        let answer = self.answer_read_resource(request, trace, context).await;
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     #[allow(deprecated)] // resources/subscribe of the 2025 revisions, which their clients speak

@@ -7,6 +7,7 @@ receiver built on the official protobufs (tests/otel/receiver.py, PyPI
   - a `tools/call` through /mcp by the Python `mcp` SDK, with the trace in
     `params._meta`, to a Python MCP agent (tests/mcp/upstream_server.py)
     that answers with the `traceparent` it was sent;
+  - the same through `switchboard mcp` on stdio, which exports too;
 and that the dispatch record carries the trace id. Run by scripts/otel-test
 with the binary's path."""
 
@@ -23,7 +24,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,6 +34,7 @@ UPSTREAM = os.path.join(HERE, "..", "mcp", "upstream_server.py")
 # The callers' traces: one for the HTTP API, one for /mcp.
 HTTP_TRACE, HTTP_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 MCP_TRACE, MCP_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+STDIO_TRACE, STDIO_SPAN = "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174"
 
 GATE_POLICY = """# scope: tools/**
 package switchboard.gate
@@ -212,14 +214,17 @@ def check_denial(spans: list) -> None:
     assert policy["name"] == f"policy {policy['attributes']['switchboard.policy.module']}", policy
 
 
-def check_mcp(spans: list, agent_saw: str) -> None:
-    trace = [s for s in spans if s["trace_id"] == MCP_TRACE]
-    server = one(trace, kind="SPAN_KIND_SERVER")
-    assert server["name"] == "tools/call traceparent", server
-    assert server["parent_span_id"] == MCP_SPAN, "the _meta traceparent is its parent"
-    has_keys(server, MCP_SERVER_KEYS)
+def check_mcp(spans: list, agent_saw: str, trace_id: str = MCP_TRACE,
+              parent: str = MCP_SPAN, transport: str = "tcp") -> None:
+    trace = [s for s in spans if s["trace_id"] == trace_id]
+    server = one(trace, kind="SPAN_KIND_SERVER", name="tools/call traceparent")
+    assert server["parent_span_id"] == parent, "the _meta traceparent is its parent"
+    # Over stdio there is no HTTP and no session id.
+    keys = MCP_SERVER_KEYS if transport == "tcp" else \
+        MCP_SERVER_KEYS - {"mcp.session.id", "network.protocol.name"}
+    has_keys(server, keys)
     assert server["attributes"]["mcp.method.name"] == "tools/call", server
-    assert server["attributes"]["network.transport"] == "tcp", server
+    assert server["attributes"]["network.transport"] == transport, server
     [call] = children(trace, server, "execute_tool traceparent")
     has_keys(call, CALL_KEYS)
     [attempt] = children(trace, call, "attempt weather")
@@ -227,17 +232,17 @@ def check_mcp(spans: list, agent_saw: str) -> None:
     assert client["name"] == "tools/call traceparent", client
     has_keys(client, MCP_CLIENT_KEYS)
     # The MCP agent was sent the client span as its parent, in _meta.
-    assert agent_saw == f"00-{MCP_TRACE}-{client['span_id']}-01", (agent_saw, client)
+    assert agent_saw == f"00-{trace_id}-{client['span_id']}-01", (agent_saw, client)
 
 
-async def through_mcp(url: str) -> str:
-    async with Client(streamable_http_client(url), mode="legacy") as client:
+async def through_mcp(transport, trace_id: str, span_id: str) -> str:
+    async with Client(transport, mode="legacy") as client:
         deadline = time.time() + 30
         while "traceparent" not in [t.name for t in (await client.list_tools()).tools]:
             assert time.time() < deadline, "the MCP agent's tools were never listed"
             await asyncio.sleep(0.1)
         result = await client.call_tool(
-            "traceparent", {}, meta={"traceparent": f"00-{MCP_TRACE}-{MCP_SPAN}-01"})
+            "traceparent", {}, meta={"traceparent": f"00-{trace_id}-{span_id}-01"})
         assert not result.is_error, result
         return result.content[0].text
 
@@ -297,7 +302,16 @@ def main() -> int:
                                  {"tool": "wipe", "category": "database", "input": {}})
         assert status == 403, (status, answer)
         assert "/gated" not in Agents.seen, "a denied agent is not called"
-        agent_saw = asyncio.run(through_mcp(base + "/mcp"))
+        agent_saw = asyncio.run(
+            through_mcp(streamable_http_client(base + "/mcp"), MCP_TRACE, MCP_SPAN))
+
+        # `switchboard mcp` on stdio, on a database of its own, exports as serve does.
+        stdio_data = os.path.join(work, "stdio-data")
+        subprocess.run([binary, "agents", "register", "weather", "--tools", "web",
+                        "--mcp", f"http://127.0.0.1:{upstream_port}/mcp", "--data", stdio_data],
+                       check=True, stdout=subprocess.DEVNULL, env=env)
+        stdio = StdioServerParameters(command=binary, args=["mcp", "--data", stdio_data], env=env)
+        stdio_saw = asyncio.run(through_mcp(stdio, STDIO_TRACE, STDIO_SPAN))
 
         trace = Trace(spans_file)
         spans = trace.wait("complete span trees", lambda spans: (
@@ -305,10 +319,12 @@ def main() -> int:
             and any(s["name"] == "execute_tool wipe" for s in spans)
             and sum(s["name"].startswith("policy ") for s in spans) >= 3
             and any(s["trace_id"] == MCP_TRACE and s["kind"] == "SPAN_KIND_CLIENT" for s in spans)
-            and any(s["trace_id"] == MCP_TRACE and s["kind"] == "SPAN_KIND_SERVER" for s in spans)))
+            and any(s["trace_id"] == MCP_TRACE and s["kind"] == "SPAN_KIND_SERVER" for s in spans)
+            and any(s["trace_id"] == STDIO_TRACE and s["kind"] == "SPAN_KIND_CLIENT" for s in spans)))
         check_failover(spans, Agents.seen["/traced"])
         check_denial(spans)
         check_mcp(spans, agent_saw)
+        check_mcp(spans, stdio_saw, STDIO_TRACE, STDIO_SPAN, "pipe")
 
         # The dispatch record carries the trace id.
         status, page = request(base, "GET", "/v1/scan?prefix=tools/code/run/")

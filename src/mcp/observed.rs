@@ -144,8 +144,11 @@ fn server_span(
         "prompts/get" => (None, target),
         _ => (None, None),
     };
+    // A root unless the request's `_meta` names a parent (`continue_trace`):
+    // never a child of whatever span the transport's task is in.
     tracing::info_span!(
         target: TARGET,
+        parent: None,
         "mcp",
         otel.name = name,
         otel.kind = "server",

@@ -4,15 +4,23 @@
 //! raw `WriteBatch`es of two puts (what each of the dispatch's two commits
 //! is). Criterion measures each in turn; an interleaved pass then takes every
 //! ratio within one round, which is what docs/benchmarks.md reports.
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set (and the other `OTEL_*` variables,
+//! e.g. `OTEL_TRACES_SAMPLER`), the dispatches are traced as a library user
+//! traces them (`Telemetry::start`, its layer in the process's subscriber),
+//! for the traced-throughput comparison of docs/benchmarks.md, "Traces".
 
 mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::sync::atomic::{AtomicU64, Ordering};
+use switchboard::telemetry::{Telemetry, TelemetryConfig};
 use switchboard::{
     Database, PolicyAction, PolicyEngine, RegoEvaluator, RoutingOptions, ToolCategory,
     ToolDispatcher, ToolError,
 };
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 const GROUP: &str = "dispatch";
 const RAW_TXN: &str = "raw_rocksdb_txn_2_puts";
@@ -57,7 +65,32 @@ fn dispatcher(path: &std::path::Path) -> ToolDispatcher {
     d
 }
 
+/// The trace exporter the `OTEL_*` variables ask for, if any, on a runtime
+/// of its own (the measured calls run on current-thread runtimes, which
+/// would run its exports only while they are driven).
+fn traced() -> Option<(tokio::runtime::Runtime, Telemetry)> {
+    let config = TelemetryConfig::default()
+        .with_env()
+        .expect("the OTEL_* variables");
+    config.traces_url()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let telemetry = {
+        let _inside = runtime.enter();
+        Telemetry::start(&config).expect("the trace exporter")?
+    };
+    tracing_subscriber::registry()
+        .with(telemetry.layer::<tracing_subscriber::Registry>())
+        .init();
+    println!("dispatch: traced, exporting to {}", config.traces_url()?);
+    Some((runtime, telemetry))
+}
+
 fn dispatch(c: &mut Criterion) {
+    let traced = traced();
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,6 +162,10 @@ fn dispatch(c: &mut Criterion) {
     }
     support::interleaved(GROUP, 21, 2_000, &mut cases);
     scaling(dir.path());
+    if let Some((runtime, telemetry)) = traced {
+        telemetry.shutdown();
+        drop(runtime);
+    }
 }
 
 /// Dispatches per second with the glob hook from `threads` threads sharing

@@ -22,7 +22,9 @@
 //! `GATEWAY_AGENTS` (4), `GATEWAY_SECS` (5, per measurement), `GATEWAY_CONNECTIONS`
 //! (32, wrk's connections), `GATEWAY_SWITCHBOARD` (the `switchboard` binary to
 //! measure instead of this build's: an A/B of two builds), `GATEWAY_DURABILITY`
-//! (`buffered`, or `sync` for a store that fsyncs every commit). Every call
+//! (`buffered`, or `sync` for a store that fsyncs every commit), `GATEWAY_SERVE_ENV`
+//! (`NAME=VALUE` pairs, space-separated, added to serve's environment: e.g. the
+//! `OTEL_*` variables of a traced run, docs/benchmarks.md "Traces"). Every call
 //! through serve presents a bearer token, as in production. Agents, gateways and
 //! load generators all share the machine's cores, so compare the ratios of one
 //! run, not absolute numbers.
@@ -401,6 +403,24 @@ fn durability() -> Result<String, String> {
     }
 }
 
+/// What `GATEWAY_SERVE_ENV` adds to serve's environment: `NAME=VALUE`
+/// pairs separated by spaces (none when unset).
+fn serve_env() -> Result<Vec<(String, String)>, String> {
+    let Ok(pairs) = std::env::var("GATEWAY_SERVE_ENV") else {
+        return Ok(Vec::new());
+    };
+    pairs
+        .split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+            _ => Err(format!(
+                "GATEWAY_SERVE_ENV has {pair:?}: expected NAME=VALUE pairs separated by spaces, \
+                 e.g. OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_TRACES_SAMPLER=always_off"
+            )),
+        })
+        .collect()
+}
+
 /// The `switchboard` binary to measure: `GATEWAY_SWITCHBOARD` (another build,
 /// for an A/B of two builds), or the one this bench was built with.
 fn switchboard_binary() -> PathBuf {
@@ -440,7 +460,8 @@ fn start_switchboard(
         // whatever the caller's environment says: per-request logging would
         // be measured.
         .env("SWITCHBOARD_TOKEN", SWITCHBOARD_TOKEN)
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        .envs(serve_env()?);
     let mut child = KillOnDrop::spawn("switchboard", command, &dir.join("switchboard.log"))?;
     wait_ready(rt, setup, &format!("{base}/healthz"), &mut child)?;
     for (i, agent) in agents.iter().enumerate() {

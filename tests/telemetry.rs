@@ -2,10 +2,14 @@
 //! collector that the test runs on 127.0.0.1 and that decodes each export
 //! by the protobuf definitions of opentelemetry-proto
 //! (`collector/trace/v1`, `trace/v1`, `common/v1`): the span tree of a call
-//! that fails over and of one a policy denies, the caller's trace continued
-//! to the agent (an HTTP agent in its headers, an MCP agent in `_meta`), the
-//! trace id in the dispatch record; and calls that go on unaffected while
-//! the collector is down.
+//! that fails over and of one a policy denies (with their commit and policy
+//! spans), the caller's trace continued to the agent (an HTTP agent in its
+//! headers, an MCP agent in `_meta`), the trace id in the dispatch record;
+//! a `tools/call` through `/mcp` as the MCP convention's server and client
+//! spans, with the opted-in arguments and result redacted, and in the
+//! operation-duration histograms of `/metrics`; and calls that go on
+//! unaffected while the collector is down. `scripts/otel-test` checks the
+//! same exports with Python's `opentelemetry-proto` as the decoder.
 
 mod common;
 
@@ -16,10 +20,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use common::{Behaviour, ServeProcess, TestAgent};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
+    PaginatedRequestParams, RequestParamsMeta, ServerCapabilities, ServerConfig, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, ServiceExt};
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -31,6 +36,7 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
 /// `Span.SpanKind` and `Status.StatusCode` of trace/v1.
 const KIND_INTERNAL: u64 = 1;
+const KIND_SERVER: u64 = 2;
 const KIND_CLIENT: u64 = 3;
 const STATUS_OK: u64 = 1;
 const STATUS_ERROR: u64 = 2;
@@ -412,7 +418,9 @@ async fn a_failover_and_a_denial_are_exported_as_span_trees_continuing_the_calle
     );
     let invocation_id = answer["invocation_id"].as_str().unwrap().to_string();
 
-    let trace = collector.spans(3, |s| s.trace_id == CALLER_TRACE).await;
+    // The call, two attempts, their intent commits with a policy
+    // evaluation in each, and the outcome's commit.
+    let trace = collector.spans(8, |s| s.trace_id == CALLER_TRACE).await;
     assert!(trace.iter().all(|s| s.service == "switchboard-under-test"));
     let named = |name: &str| {
         trace
@@ -464,6 +472,52 @@ async fn a_failover_and_a_denial_are_exported_as_span_trees_continuing_the_calle
         Some("succeeded")
     );
     assert_eq!(answered.attr("switchboard.failover.reason"), None);
+    assert_eq!(
+        call.attr("gen_ai.tool.call.arguments"),
+        None,
+        "arguments are opt-in"
+    );
+
+    // Each attempt commits the record's intent under it, and the Rego
+    // module (scoped to tools/**) judges that write; the outcome's commit
+    // is the call's own child.
+    let children = |parent: &Span, prefix: &str| -> Vec<Span> {
+        trace
+            .iter()
+            .filter(|s| s.parent_span_id == parent.span_id && s.name.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    for attempt in [&failed, &answered] {
+        let commits = children(attempt, "commit intent");
+        assert_eq!(commits.len(), 1, "{attempt:#?} in {trace:#?}");
+        let commit = &commits[0];
+        assert_eq!(commit.kind, KIND_INTERNAL);
+        assert_eq!(commit.attr("switchboard.commit.record"), Some("intent"));
+        assert_eq!(commit.attr("switchboard.commit.outcome"), Some("committed"));
+        assert_eq!(commit.attr("db.system.name"), Some("rocksdb"));
+        assert_eq!(commit.status_code, STATUS_OK);
+        let policies = children(commit, "policy ");
+        assert_eq!(policies.len(), 1, "{commit:#?} in {trace:#?}");
+        let policy = &policies[0];
+        assert_eq!(policy.attr("switchboard.policy.hook"), Some("rego"));
+        let module = policy.attr("switchboard.policy.module").unwrap();
+        assert_eq!(policy.name, format!("policy {module}"));
+        assert_eq!(policy.attr("switchboard.policy.scope"), Some("tools/**"));
+        assert_eq!(policy.attr("switchboard.policy.phase"), Some("before"));
+        assert_eq!(policy.attr("switchboard.policy.operation"), Some("put"));
+        assert_eq!(policy.attr("switchboard.policy.decision"), Some("allow"));
+    }
+    let outcome = children(&call, "commit outcome");
+    assert_eq!(outcome.len(), 1, "{trace:#?}");
+    assert_eq!(
+        outcome[0].attr("switchboard.commit.record"),
+        Some("outcome")
+    );
+    assert_eq!(
+        outcome[0].attr("switchboard.commit.outcome"),
+        Some("committed")
+    );
 
     // The agent continued the trace, its parent the attempt that called it.
     assert_eq!(
@@ -523,10 +577,29 @@ async fn a_failover_and_a_denial_are_exported_as_span_trees_continuing_the_calle
         "{refused:#?}"
     );
     assert_eq!(gated.hits(), 0, "a denied agent is not called");
+    // The denial is the policy span's decision, in the intent's commit.
+    let commit = collector
+        .spans(1, |s| {
+            s.name == "commit intent" && s.parent_span_id == refused.span_id
+        })
+        .await;
+    let commit = &commit[0];
+    assert_eq!(
+        commit.attr("switchboard.commit.outcome"),
+        Some("policy_denied")
+    );
+    assert_eq!(commit.attr("error.type"), Some("policy_denied"));
+    assert_eq!(commit.status_code, STATUS_ERROR);
+    let policy = collector
+        .spans(1, |s| s.parent_span_id == commit.span_id)
+        .await;
+    assert_eq!(policy[0].attr("switchboard.policy.decision"), Some("deny"));
+    assert_eq!(policy[0].attr("switchboard.policy.hook"), Some("rego"));
 }
 
 /// An MCP server with one tool, `trace`, answering with the `traceparent`
-/// of its call's `_meta`.
+/// of its call's `_meta`, or with a tool error when its arguments say
+/// `"fail": true`.
 #[derive(Clone)]
 struct TraceEcho;
 
@@ -552,24 +625,38 @@ impl ServerHandler for TraceEcho {
 
     async fn call_tool(
         &self,
-        _request: CallToolRequestParams,
+        request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let traceparent = context.meta.0.get_traceparent();
+        let fail = request
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get("fail"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        if fail {
+            return Ok(CallToolResult::error(vec![ContentBlock::text("asked to fail")]).into());
+        }
         Ok(CallToolResult::structured(json!({ "traceparent": traceparent })).into())
     }
 }
 
+/// A second caller trace, for the call through `/mcp`.
+const MCP_CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const MCP_CALLER_SPAN: &str = "b7ad6b7169203331";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_mcp_agent_continues_the_trace_from_the_attempt_in_meta() {
+async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agent() {
     let collector = Collector::start().await;
     let (url, agent) = common::mcp_http_agent(TraceEcho).await;
     let client = common::http_client();
     let serve = ServeProcess::start(
-        "",
+        "[records]\nredact = [\"secret\"]",
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true"),
         ],
         &client,
     )
@@ -582,6 +669,8 @@ async fn an_mcp_agent_continues_the_trace_from_the_attempt_in_meta() {
         json!({"tools": ["code"], "mcp": mcp}),
     )
     .await;
+
+    // Through the HTTP API: the attempt's MCP client span is the agent's parent.
     let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     let (status, answer) = invoke(
         &client,
@@ -598,13 +687,220 @@ async fn an_mcp_agent_continues_the_trace_from_the_attempt_in_meta() {
         .await;
     let attempt = &attempt[0];
     assert_eq!(attempt.attr("server.address"), Some("127.0.0.1"));
-    let expected = format!("00-{CALLER_TRACE}-{}-01", attempt.span_id);
+    let upstream = collector
+        .spans(1, |s| {
+            s.parent_span_id == attempt.span_id && s.kind == KIND_CLIENT
+        })
+        .await;
+    let upstream = &upstream[0];
+    assert_eq!(upstream.name, "tools/call trace");
+    for (key, value) in [
+        ("mcp.method.name", "tools/call"),
+        ("gen_ai.tool.name", "trace"),
+        ("gen_ai.operation.name", "execute_tool"),
+        ("server.address", "127.0.0.1"),
+        ("network.transport", "tcp"),
+    ] {
+        assert_eq!(upstream.attr(key), Some(value), "{key} of {upstream:#?}");
+    }
+    assert_eq!(upstream.status_code, STATUS_OK);
+    let expected = format!("00-{CALLER_TRACE}-{}-01", upstream.span_id);
     assert!(
         answer["output"].to_string().contains(&expected),
         "the agent saw {} rather than {expected}",
         answer["output"]
     );
+
+    // Through /mcp, with the client's trace in `_meta`.
+    let transport = StreamableHttpClientTransport::from_uri(format!("{}/mcp", serve.base));
+    let session = ().serve(transport).await.expect("an MCP session with serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !session
+        .list_all_tools()
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.name == "trace")
+    {
+        assert!(Instant::now() < deadline, "trace was never listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let call = |arguments: Value| {
+        let Value::Object(arguments) = arguments else {
+            unreachable!("an object literal")
+        };
+        let mut params = CallToolRequestParams::new("trace").with_arguments(arguments);
+        params.set_traceparent(&format!("00-{MCP_CALLER_TRACE}-{MCP_CALLER_SPAN}-01"));
+        session.call_tool(params)
+    };
+    let result = call(json!({"secret": "hunter2", "n": 1})).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let server = collector
+        .spans(1, |s| {
+            s.trace_id == MCP_CALLER_TRACE && s.kind == KIND_SERVER && s.status_code == STATUS_OK
+        })
+        .await;
+    let server = &server[0];
+    assert_eq!(server.name, "tools/call trace");
+    assert_eq!(
+        server.parent_span_id, MCP_CALLER_SPAN,
+        "the client's span is its parent"
+    );
+    for (key, value) in [
+        ("mcp.method.name", "tools/call"),
+        ("gen_ai.tool.name", "trace"),
+        ("gen_ai.operation.name", "execute_tool"),
+        ("network.transport", "tcp"),
+        ("network.protocol.name", "http"),
+    ] {
+        assert_eq!(server.attr(key), Some(value), "{key} of {server:#?}");
+    }
+    for key in [
+        "mcp.protocol.version",
+        "mcp.session.id",
+        "jsonrpc.request.id",
+    ] {
+        assert!(
+            server.attr(key).is_some_and(|v| !v.is_empty()),
+            "{key} of {server:#?}"
+        );
+    }
+    assert_eq!(server.attr("error.type"), None);
+    let execute = collector
+        .spans(1, |s| s.parent_span_id == server.span_id)
+        .await;
+    let execute = &execute[0];
+    assert_eq!(
+        execute.name, "execute_tool trace",
+        "beneath the server span"
+    );
+    let arguments = execute.attr("gen_ai.tool.call.arguments").unwrap();
+    let arguments: Value = serde_json::from_str(arguments).unwrap();
+    assert_eq!(arguments["n"], 1);
+    assert_ne!(
+        arguments["secret"], "hunter2",
+        "redacted as records redact: {arguments}"
+    );
+    let tool_result = execute.attr("gen_ai.tool.call.result").unwrap();
+    assert!(tool_result.contains(MCP_CALLER_TRACE), "{tool_result}");
+    let attempt = collector
+        .spans(1, |s| {
+            s.parent_span_id == execute.span_id && s.name == "attempt tracer"
+        })
+        .await;
+    let upstream = collector
+        .spans(1, |s| {
+            s.parent_span_id == attempt[0].span_id && s.kind == KIND_CLIENT
+        })
+        .await;
+    let seen = format!("00-{MCP_CALLER_TRACE}-{}-01", upstream[0].span_id);
+    assert!(
+        format!("{result:?}").contains(&seen),
+        "the agent saw the MCP client span as its parent: {result:?}"
+    );
+
+    // Other methods have their server span too, without a tool.
+    let listed = collector
+        .spans(1, |s| s.name == "tools/list" && s.kind == KIND_SERVER)
+        .await;
+    assert_eq!(listed[0].attr("mcp.method.name"), Some("tools/list"));
+    assert_eq!(listed[0].attr("gen_ai.operation.name"), None);
+    assert_eq!(listed[0].attr("gen_ai.tool.name"), None);
+    assert_eq!(listed[0].status_code, STATUS_OK);
+
+    // A tool error is the server span's `error.type`.
+    let failed = call(json!({"fail": true})).await.unwrap();
+    assert_eq!(failed.is_error, Some(true), "{failed:?}");
+    let errored = collector
+        .spans(1, |s| {
+            s.kind == KIND_SERVER && s.status_code == STATUS_ERROR
+        })
+        .await;
+    assert_eq!(errored[0].attr("error.type"), Some("tool_error"));
+    // An unknown tool is a JSON-RPC error: its code is the error.type.
+    let unknown = session
+        .call_tool(CallToolRequestParams::new("made_up_by_the_client"))
+        .await;
+    assert!(unknown.is_err(), "{unknown:?}");
+    let refused = collector
+        .spans(1, |s| s.name == "tools/call made_up_by_the_client")
+        .await;
+    assert_eq!(refused[0].attr("error.type"), Some("-32602"));
+    assert_eq!(refused[0].attr("rpc.response.status_code"), Some("-32602"));
+    assert_eq!(refused[0].status_code, STATUS_ERROR);
+    let _ = session.cancel().await;
+
+    // Both sides' durations are histograms in /metrics, by the convention's names.
+    let metrics = client
+        .get(format!("{}/metrics", serve.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "mcp_server_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"trace\",gen_ai_operation_name=\"execute_tool\"} 1",
+        "mcp_server_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"trace\",gen_ai_operation_name=\"execute_tool\",error_type=\"tool_error\"} 1",
+        "mcp_server_operation_duration_seconds_bucket{le=\"+Inf\",mcp_method_name=\"tools/call\"",
+        "mcp_client_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"trace\",gen_ai_operation_name=\"execute_tool\"} 2",
+        "mcp_client_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_tool_name=\"trace\",gen_ai_operation_name=\"execute_tool\",error_type=\"tool_error\"} 1",
+        "mcp_server_operation_duration_seconds_count{mcp_method_name=\"tools/list\"} ",
+        // The unknown tool's series has no tool name: made-up names add none.
+        "mcp_server_operation_duration_seconds_count{mcp_method_name=\"tools/call\",gen_ai_operation_name=\"execute_tool\",error_type=\"-32602\"} 1",
+    ] {
+        assert!(metrics.contains(series), "no {series} in\n{metrics}");
+    }
+    assert!(!metrics.contains("made_up_by_the_client"), "{metrics}");
     agent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_caller_sampled_out_exports_no_span_and_the_agent_is_told_so() {
+    let collector = Collector::start().await;
+    let traced = TracedAgent::start().await;
+    let client = common::http_client();
+    let serve = ServeProcess::start(
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+        &client,
+    )
+    .await;
+    register(
+        &client,
+        &serve,
+        "traced",
+        json!({"tools": ["code"], "endpoint": traced.endpoint}),
+    )
+    .await;
+    // The default sampler follows the caller: flags 00 is sampled out.
+    let unsampled = format!("00-{MCP_CALLER_TRACE}-{MCP_CALLER_SPAN}-00");
+    let sampled = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    for traceparent in [&unsampled, &sampled] {
+        let (status, answer) = invoke(
+            &client,
+            &serve,
+            json!({"tool": "run", "category": "code"}),
+            Some(traceparent),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Spans are exported in the order they end: once the second call's
+    // are in, the first call's would be too.
+    collector.spans(4, |s| s.trace_id == CALLER_TRACE).await;
+    let exported = collector.spans(0, |s| s.trace_id == MCP_CALLER_TRACE).await;
+    assert!(exported.is_empty(), "{exported:#?}");
+    let seen = traced.traceparents();
+    let first = seen[0].as_deref().expect("a traceparent");
+    assert!(
+        first.starts_with(&format!("00-{MCP_CALLER_TRACE}-")) && first.ends_with("-00"),
+        "the agent continues the caller's trace, unsampled: {first}"
+    );
+    assert!(seen[1].as_deref().unwrap().ends_with("-01"), "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

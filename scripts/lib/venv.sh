@@ -3,6 +3,7 @@
 # pinned here so two scripts cannot ask for two versions of one package.
 MCP_VERSION=2.3.0
 SELENIUM_VERSION=4.51.0
+OTEL_PROTO_VERSION=1.45.2
 
 # venv_install PACKAGE VERSION: makes .venv if it is missing and installs
 # PACKAGE==VERSION into it unless that version is already there.

@@ -101,6 +101,17 @@ impl DispatcherConfig {
             .then(|| self.stored(output, self.max_output_bytes))
     }
 
+    /// The arguments redacted and capped as a record would store them,
+    /// whether or not records store them: what a span may show of them.
+    pub(crate) fn redacted_input(&self, input: &Value) -> Value {
+        self.stored(input, self.max_input_bytes).0
+    }
+
+    /// The output redacted and capped as a record would store it.
+    pub(crate) fn redacted_output(&self, output: &Value) -> Value {
+        self.stored(output, self.max_output_bytes).0
+    }
+
     fn stored(&self, value: &Value, max_bytes: usize) -> (Value, bool) {
         let mut value = value.clone();
         for rule in &self.redact {

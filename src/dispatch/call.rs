@@ -4,7 +4,7 @@
 
 use super::decide::{after_attempt, Step};
 use super::record::{Outcome, Record};
-use super::spans::DispatchSpan;
+use super::spans::{DispatchSpan, McpRequest};
 use super::{route, Inner, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::{
@@ -58,9 +58,13 @@ impl<'a> Call<'a> {
             .stored_input(&input)
             .map_or((None, false), |(v, cut)| (Some(v), cut));
         let invocation_id = new_invocation_id();
-        let span = DispatchSpan::start(tool, category.as_str(), &invocation_id, &options);
+        let (span, trace_id) =
+            match DispatchSpan::start(tool, category.as_str(), &invocation_id, &options) {
+                Some((span, trace_id)) => (Some(span), trace_id),
+                None => (None, None),
+            };
         // The span's trace is the caller's when it came with one, else a new one.
-        let trace_id = span.as_ref().and_then(DispatchSpan::trace_id).or_else(|| {
+        let trace_id = trace_id.or_else(|| {
             options
                 .trace
                 .as_ref()
@@ -162,7 +166,7 @@ impl<'a> Call<'a> {
             let attempt_span = self
                 .span
                 .as_ref()
-                .map(|span| span.attempt(&agent, self.tried.len()));
+                .and_then(|span| span.attempt(&agent, self.tried.len()));
             if !agent.is_healthy() {
                 // Panic routing (see `routing/tiers.rs`): too much of the
                 // tier, or all of the category, is ejected.
@@ -172,10 +176,17 @@ impl<'a> Call<'a> {
                     .panic_calls
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            let ctx = self.context(Some(&agent.id), OperationKind::Dispatch);
+            let mut ctx = self.context(Some(&agent.id), OperationKind::Dispatch);
+            let commit = attempt_span.as_ref().map(|span| span.commit_intent());
+            if let Some(commit) = &commit {
+                commit.trace_policies(&mut ctx);
+            }
             self.record.begin_attempt(&agent.id);
             let binding = self.options.session_id.as_deref().zip(binding.as_ref());
             let intent = self.record.write_intent(&inner.db, &ctx, binding).await;
+            if let Some(commit) = commit {
+                commit.ended(intent.as_ref().err());
+            }
             // The binding (if any) is committed; other calls of this session may
             // now read it.
             drop(session_lock);
@@ -220,10 +231,21 @@ impl<'a> Call<'a> {
             }
             self.calls_made += 1;
             self.called = Some(agent.clone());
-            // With a span, the agent continues the trace from this attempt.
-            let passed_on = attempt_span
+            let mcp = McpRequest::of(&agent, &self.record.value.tool);
+            let mcp_span = attempt_span
                 .as_ref()
-                .and_then(|span| span.passed_on(self.options.trace.as_ref()));
+                .zip(mcp.as_ref())
+                .and_then(|(span, request)| span.mcp_client(&agent, request));
+            // With spans, the agent continues the trace from this attempt
+            // (from its MCP client span, for an MCP agent), or from the
+            // call's span when the call was sampled out.
+            let received = self.options.trace.as_ref();
+            let passed_on = match (&mcp_span, &attempt_span, &self.span) {
+                (Some(span), _, _) => span.passed_on(received),
+                (None, Some(span), _) => span.passed_on(received),
+                (None, None, Some(span)) => span.passed_on(received),
+                (None, None, None) => None,
+            };
             let request = WireRequest {
                 invocation_id: &self.record.value.invocation_id,
                 tool: &self.record.value.tool,
@@ -248,6 +270,17 @@ impl<'a> Call<'a> {
                 Ok(_) => (AttemptOutcome::Succeeded, None),
                 Err(failure) => (failure.outcome(), Some(failure.message(agent.timeout))),
             };
+            if let Some(span) = mcp_span {
+                span.ended(kind, error.as_deref());
+            }
+            if let Some(request) = &mcp {
+                inner.counters.mcp_client.record(
+                    request.method,
+                    &request.target,
+                    McpRequest::error_type(kind),
+                    latency,
+                );
+            }
             self.record.end_attempt(kind, latency, error.clone());
             let step = after_attempt(kind, self.calls_made, self.options.max_attempts);
             if let Some(span) = attempt_span {
@@ -261,6 +294,12 @@ impl<'a> Call<'a> {
                             if let Some((stored, cut)) = config.stored_output(&output) {
                                 self.record.value.output = Some(stored);
                                 self.record.value.output_truncated = cut;
+                            }
+                            if let Some(span) = self.span.as_ref().filter(|s| s.records_content()) {
+                                match &self.record.value.output {
+                                    Some(stored) => span.result(stored),
+                                    None => span.result(&config.redacted_output(&output)),
+                                }
                             }
                             self.finish(DispatchStatus::Succeeded, None).await?;
                             Ok(InvocationResult {
@@ -327,14 +366,27 @@ impl<'a> Call<'a> {
     }
 
     async fn write_outcome(&mut self, status: DispatchStatus, error: Option<String>) -> Result<()> {
-        let ctx = self.outcome_context();
+        let mut ctx = self.outcome_context();
+        // Only a record that was written has an outcome to commit.
+        let commit = self
+            .span
+            .as_ref()
+            .filter(|_| self.record.written && !self.record.finished)
+            .and_then(DispatchSpan::commit_outcome);
+        if let Some(commit) = &commit {
+            commit.trace_policies(&mut ctx);
+        }
         let db = &self.dispatcher.inner.db;
         let outcome = Outcome {
             status,
             error,
             elapsed: self.started.elapsed(),
         };
-        self.record.write_outcome(db, &ctx, outcome).await
+        let written = self.record.write_outcome(db, &ctx, outcome).await;
+        if let Some(commit) = commit {
+            commit.ended(written.as_ref().err());
+        }
+        written
     }
 
     /// The outcome's policy context; the record's agent becomes the agent
@@ -398,6 +450,17 @@ impl Drop for Call<'_> {
         if let Some(span) = &self.span {
             let agent = self.called.as_ref().map(|a| a.id.as_str());
             span.tally(agent, self.calls_made, self.denials.len());
+            if span.records_content() {
+                // As the record keeps them (a before-hook may have masked
+                // more), else as it would.
+                match &self.recorded_input {
+                    Some(stored) => span.arguments(stored),
+                    None => {
+                        let config = self.dispatcher.inner.config.read().clone();
+                        span.arguments(&config.redacted_input(&self.input));
+                    }
+                }
+            }
         }
         if !self.record.written || self.record.finished {
             return;

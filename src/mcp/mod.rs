@@ -12,10 +12,14 @@
 //!   2025-06-18/2025-11-25 revisions and the stateless 2026-07-28 one on the
 //!   same path). Every `tools/call` goes through [`crate::ToolDispatcher::invoke`].
 //! - [`stdio`]: the same server on stdin/stdout (`switchboard mcp --data`).
+//! - `observed`: each request served (`tools/call`, the listings,
+//!   `prompts/get`, `resources/read`), as an OpenTelemetry MCP server span
+//!   and in the `mcp.server.operation.duration` histogram.
 //!
 //! `docs/mcp.md` explains the mapping with a worked example.
 
 pub mod catalog;
+mod observed;
 mod offers;
 pub mod server;
 pub mod stdio;

@@ -22,6 +22,7 @@
 //! session's announcing task ends with the session (DELETE, or the idle
 //! expiry of `rmcp`'s session manager), not at the next change.
 
+use super::observed::Observed;
 use super::{catalog, offers};
 use crate::dispatch::{DiscoveredOffer, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
@@ -149,8 +150,8 @@ impl SwitchboardMcp {
     /// Runs one dispatch for `principal` on its own task, holding an invoke
     /// slot while it runs (`Ok(None)`: every slot is taken, nothing ran),
     /// cancelled if the client cancels. The agent's progress (if the client
-    /// asked for it) reaches the client before this returns, and the
-    /// client's trace context is passed on.
+    /// asked for it) reaches the client before this returns. `options`
+    /// carry the trace context the dispatch continues.
     async fn dispatch(
         &self,
         tool: String,
@@ -167,9 +168,6 @@ impl SwitchboardMcp {
         if let Some(sink) = sink {
             options = options.with_progress(sink);
         }
-        if let Some(trace) = trace_of(context) {
-            options = options.with_trace(trace);
-        }
         let Ok(slot) = self.invoke_slot() else {
             return Ok(None);
         };
@@ -182,6 +180,199 @@ impl SwitchboardMcp {
         let outcome = cancellable(task, context).await?;
         progress_sent(forwarding).await;
         Ok(Some(outcome))
+    }
+
+    /// Answers one `tools/call` (its duration and span are the caller's):
+    /// finds the tool the caller may see and dispatches it, continuing `trace`.
+    async fn answer_tool_call(
+        &self,
+        request: CallToolRequestParams,
+        trace: Option<TraceContext>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let principal = caller(&context);
+        let reader = principal.as_ref().map(|p| reader_context(p, "call_tool"));
+        // A tool the caller may not see answers exactly as one that does not exist.
+        let tool = match self.catalog.find_for(&request.name, reader.as_ref()) {
+            catalog::Lookup::Tool(tool) => tool,
+            catalog::Lookup::Unlisted(why) => {
+                return Err(McpError::invalid_params(unlisted(&request.name, why), None))
+            }
+            catalog::Lookup::Unknown => {
+                return Err(McpError::invalid_params(
+                    format!("unknown tool {:?}; see tools/list", request.name),
+                    None,
+                ))
+            }
+        };
+        let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
+        if tool.is_named() {
+            // A tool an MCP agent serves: the arguments are its input, and
+            // its result goes back as the agent gave it.
+            let mut options = with_trace(RoutingOptions::new(), trace);
+            if let Some(relay) = input_relay_to(&context) {
+                options = options.with_input_relay(relay);
+            }
+            let outcome = self
+                .dispatch(
+                    tool.name,
+                    tool.category,
+                    arguments,
+                    options,
+                    principal,
+                    &context,
+                )
+                .await?;
+            return match outcome {
+                None => Ok(slots_full()),
+                Some(Err(e)) => error_result(e),
+                Some(Ok(r)) => Ok(serde_json::from_value::<CallToolResult>(r.output.clone())
+                    .unwrap_or_else(|_| CallToolResult::structured(r.output))
+                    .into()),
+            };
+        }
+        let call: CategoryCall = match serde_json::from_value(arguments) {
+            Ok(call) => call,
+            Err(e) => {
+                // Bad input is the tool's own failure, so the model can correct it.
+                return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "invalid arguments: {e}; expected {{\"tool\": string, \"input\": object, \"session_id\"?: string}}"
+                ))])
+                .into());
+            }
+        };
+        let mut options = with_trace(RoutingOptions::new(), trace);
+        if let Some(session) = call.session_id {
+            options = options.with_session_id(session);
+        }
+        let outcome = self
+            .dispatch(
+                call.tool,
+                tool.category,
+                call.input,
+                options,
+                principal,
+                &context,
+            )
+            .await?;
+        match outcome {
+            None => Ok(slots_full()),
+            Some(Err(e)) => error_result(e),
+            Some(Ok(r)) => Ok(CallToolResult::structured(serde_json::json!({
+                "agent_id": r.agent_id,
+                "invocation_id": r.invocation_id,
+                "attempts": r.attempts,
+                "output": r.output,
+            }))
+            .into()),
+        }
+    }
+
+    /// Answers one `prompts/get` (its duration and span are the caller's),
+    /// continuing `trace`.
+    async fn answer_get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        trace: Option<TraceContext>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let principal = caller(&context);
+        let reader = principal.as_ref().map(|p| reader_context(p, "get_prompt"));
+        let offer = offers::visible(
+            &self.catalog,
+            &self.dispatcher,
+            reader.as_ref(),
+            McpOfferKind::Prompt,
+        )
+        .into_iter()
+        .find(|o| o.exposed_name == request.name)
+        .ok_or_else(|| {
+            McpError::invalid_params(
+                format!("unknown prompt {:?}; see prompts/list", request.name),
+                None,
+            )
+        })?;
+        let input = request
+            .arguments
+            .map_or(serde_json::Value::Null, serde_json::Value::Object);
+        let output = self
+            .dispatch_offer(offer, input, principal, trace, &context)
+            .await?;
+        Ok(GetPromptResponse::Complete(offers::answer(
+            output,
+            "prompts/get",
+        )?))
+    }
+
+    /// Answers one `resources/read` (its duration and span are the
+    /// caller's), continuing `trace`.
+    async fn answer_read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        trace: Option<TraceContext>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let principal = caller(&context);
+        let reader = principal
+            .as_ref()
+            .map(|p| reader_context(p, "read_resource"));
+        let offer = offers::offering_uri(
+            &self.catalog,
+            &self.dispatcher,
+            reader.as_ref(),
+            &request.uri,
+        )
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            McpError::resource_not_found(
+                format!(
+                    "unknown resource {:?}; see resources/list and resources/templates/list",
+                    request.uri
+                ),
+                None,
+            )
+        })?;
+        let input = serde_json::json!({"uri": request.uri});
+        let output = self
+            .dispatch_offer(offer, input, principal, trace, &context)
+            .await?;
+        Ok(ReadResourceResponse::Complete(offers::answer(
+            output,
+            "resources/read",
+        )?))
+    }
+
+    /// The page of tools `request` asks for, of those the caller may see.
+    fn tool_page(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let cursor = request.and_then(|r| r.cursor);
+        let reader = caller(context).map(|p| reader_context(&p, "list_tools"));
+        let (tools, next) =
+            catalog::page(self.catalog.tools_for(reader.as_ref()), cursor.as_deref())
+                .map_err(|m| McpError::invalid_params(m, None))?;
+        let schema = Arc::new(catalog::category_input_schema());
+        let tools = tools
+            .into_iter()
+            .map(|t| {
+                let input = t.input_schema.map_or_else(|| schema.clone(), Arc::new);
+                Tool::new(t.name, t.description, input)
+            })
+            .collect();
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next;
+        Ok(result)
+    }
+}
+
+/// `options` continuing `trace`, if there is one.
+fn with_trace(options: RoutingOptions, trace: Option<TraceContext>) -> RoutingOptions {
+    match trace {
+        Some(trace) => options.with_trace(trace),
+        None => options,
     }
 }
 
@@ -215,12 +406,14 @@ impl SwitchboardMcp {
     }
 
     /// Reads `offer` (a prompt or resource) for `principal`: one dispatch of
-    /// its routed name with `input`, cancelled if the client cancels.
+    /// its routed name with `input`, continuing `trace`, cancelled if the
+    /// client cancels.
     async fn dispatch_offer(
         &self,
         offer: DiscoveredOffer,
         input: serde_json::Value,
         principal: Option<Principal>,
+        trace: Option<TraceContext>,
         context: &RequestContext<RoleServer>,
     ) -> Result<serde_json::Value, McpError> {
         let outcome = self
@@ -228,7 +421,7 @@ impl SwitchboardMcp {
                 offer.routed_name,
                 offer.category,
                 input,
-                RoutingOptions::new(),
+                with_trace(RoutingOptions::new(), trace),
                 principal,
                 context,
             )
@@ -470,16 +663,6 @@ fn input_relay_to(context: &RequestContext<RoleServer>) -> Option<InputRelay> {
     }))
 }
 
-/// The W3C trace context a request came with in its `_meta`, to pass on.
-fn trace_of(context: &RequestContext<RoleServer>) -> Option<TraceContext> {
-    let meta = &context.meta.0;
-    Some(TraceContext {
-        traceparent: meta.get_traceparent()?.to_string(),
-        tracestate: meta.get_tracestate().map(str::to_string),
-        baggage: meta.get_baggage().map(str::to_string),
-    })
-}
-
 /// How long a progress report waits for reports sent with it (see
 /// `progress_to`).
 const PROGRESS_REORDER_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
@@ -570,22 +753,10 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let cursor = request.and_then(|r| r.cursor);
-        let reader = caller(&context).map(|p| reader_context(&p, "list_tools"));
-        let (tools, next) =
-            catalog::page(self.catalog.tools_for(reader.as_ref()), cursor.as_deref())
-                .map_err(|m| McpError::invalid_params(m, None))?;
-        let schema = Arc::new(catalog::category_input_schema());
-        let tools = tools
-            .into_iter()
-            .map(|t| {
-                let input = t.input_schema.map_or_else(|| schema.clone(), Arc::new);
-                Tool::new(t.name, t.description, input)
-            })
-            .collect();
-        let mut result = ListToolsResult::with_all_items(tools);
-        result.next_cursor = next;
-        Ok(result)
+        let observed = Observed::start("tools/list", None, None, &context);
+        let answer = self.tool_page(request, &context);
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn call_tool(
@@ -593,82 +764,11 @@ impl ServerHandler for SwitchboardMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let principal = caller(&context);
-        let reader = principal.as_ref().map(|p| reader_context(p, "call_tool"));
-        // A tool the caller may not see answers exactly as one that does not exist.
-        let tool = match self.catalog.find_for(&request.name, reader.as_ref()) {
-            catalog::Lookup::Tool(tool) => tool,
-            catalog::Lookup::Unlisted(why) => {
-                return Err(McpError::invalid_params(unlisted(&request.name, why), None))
-            }
-            catalog::Lookup::Unknown => {
-                return Err(McpError::invalid_params(
-                    format!("unknown tool {:?}; see tools/list", request.name),
-                    None,
-                ))
-            }
-        };
-        let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
-        if tool.is_named() {
-            // A tool an MCP agent serves: the arguments are its input, and
-            // its result goes back as the agent gave it.
-            let mut options = RoutingOptions::new();
-            if let Some(relay) = input_relay_to(&context) {
-                options = options.with_input_relay(relay);
-            }
-            let outcome = self
-                .dispatch(
-                    tool.name,
-                    tool.category,
-                    arguments,
-                    options,
-                    principal,
-                    &context,
-                )
-                .await?;
-            return match outcome {
-                None => Ok(slots_full()),
-                Some(Err(e)) => error_result(e),
-                Some(Ok(r)) => Ok(serde_json::from_value::<CallToolResult>(r.output.clone())
-                    .unwrap_or_else(|_| CallToolResult::structured(r.output))
-                    .into()),
-            };
-        }
-        let call: CategoryCall = match serde_json::from_value(arguments) {
-            Ok(call) => call,
-            Err(e) => {
-                // Bad input is the tool's own failure, so the model can correct it.
-                return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                    "invalid arguments: {e}; expected {{\"tool\": string, \"input\": object, \"session_id\"?: string}}"
-                ))])
-                .into());
-            }
-        };
-        let mut options = RoutingOptions::new();
-        if let Some(session) = call.session_id {
-            options = options.with_session_id(session);
-        }
-        let outcome = self
-            .dispatch(
-                call.tool,
-                tool.category,
-                call.input,
-                options,
-                principal,
-                &context,
-            )
-            .await?;
-        match outcome {
-            None => Ok(slots_full()),
-            Some(Err(e)) => error_result(e),
-            Some(Ok(r)) => Ok(CallToolResult::structured(serde_json::json!({
-                "agent_id": r.agent_id,
-                "invocation_id": r.invocation_id,
-                "attempts": r.attempts,
-                "output": r.output,
-            }))
-            .into()),
-        }
+        let observed = Observed::start("tools/call", Some(&request.name), None, &context);
+        let trace = observed.trace();
+        let answer = self.answer_tool_call(request, trace, context).await;
+        observed.answered_call(&self.dispatcher, &answer);
+        answer
     }
 
     async fn list_prompts(
@@ -676,7 +776,10 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        self.offer_page(McpOfferKind::Prompt, "list_prompts", request, &context)
+        let observed = Observed::start("prompts/list", None, None, &context);
+        let answer = self.offer_page(McpOfferKind::Prompt, "list_prompts", request, &context);
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn get_prompt(
@@ -684,32 +787,11 @@ impl ServerHandler for SwitchboardMcp {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
-        let principal = caller(&context);
-        let reader = principal.as_ref().map(|p| reader_context(p, "get_prompt"));
-        let offer = offers::visible(
-            &self.catalog,
-            &self.dispatcher,
-            reader.as_ref(),
-            McpOfferKind::Prompt,
-        )
-        .into_iter()
-        .find(|o| o.exposed_name == request.name)
-        .ok_or_else(|| {
-            McpError::invalid_params(
-                format!("unknown prompt {:?}; see prompts/list", request.name),
-                None,
-            )
-        })?;
-        let input = request
-            .arguments
-            .map_or(serde_json::Value::Null, serde_json::Value::Object);
-        let output = self
-            .dispatch_offer(offer, input, principal, &context)
-            .await?;
-        Ok(GetPromptResponse::Complete(offers::answer(
-            output,
-            "prompts/get",
-        )?))
+        let observed = Observed::start("prompts/get", Some(&request.name), None, &context);
+        let trace = observed.trace();
+        let answer = self.answer_get_prompt(request, trace, context).await;
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn list_resources(
@@ -717,7 +799,10 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        self.offer_page(McpOfferKind::Resource, "list_resources", request, &context)
+        let observed = Observed::start("resources/list", None, None, &context);
+        let answer = self.offer_page(McpOfferKind::Resource, "list_resources", request, &context);
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn list_resource_templates(
@@ -725,12 +810,15 @@ impl ServerHandler for SwitchboardMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        self.offer_page(
+        let observed = Observed::start("resources/templates/list", None, None, &context);
+        let answer = self.offer_page(
             McpOfferKind::ResourceTemplate,
             "list_resources",
             request,
             &context,
-        )
+        );
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     async fn read_resource(
@@ -738,35 +826,11 @@ impl ServerHandler for SwitchboardMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        let principal = caller(&context);
-        let reader = principal
-            .as_ref()
-            .map(|p| reader_context(p, "read_resource"));
-        let offer = offers::offering_uri(
-            &self.catalog,
-            &self.dispatcher,
-            reader.as_ref(),
-            &request.uri,
-        )
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            McpError::resource_not_found(
-                format!(
-                    "unknown resource {:?}; see resources/list and resources/templates/list",
-                    request.uri
-                ),
-                None,
-            )
-        })?;
-        let input = serde_json::json!({"uri": request.uri});
-        let output = self
-            .dispatch_offer(offer, input, principal, &context)
-            .await?;
-        Ok(ReadResourceResponse::Complete(offers::answer(
-            output,
-            "resources/read",
-        )?))
+        let observed = Observed::start("resources/read", None, Some(&request.uri), &context);
+        let trace = observed.trace();
+        let answer = self.answer_read_resource(request, trace, context).await;
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     #[allow(deprecated)] // resources/subscribe of the 2025 revisions, which their clients speak

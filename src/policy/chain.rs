@@ -68,6 +68,28 @@ impl Hook {
         format!("{} {kind} on {}", self.phase.as_str(), self.scope)
     }
 
+    /// The span of one evaluation of this hook, a child of `parent` (the
+    /// traced commit); its decision is recorded once made.
+    fn span(&self, parent: &tracing::Span, phase: Phase, op: Op) -> tracing::Span {
+        let (kind, module) = match &self.check {
+            Check::Closure { .. } => ("closure", None),
+            Check::Rego(module) => ("rego", Some(module.name())),
+        };
+        tracing::info_span!(
+            target: super::SPAN_TARGET,
+            parent: parent,
+            "policy",
+            otel.name = format!("policy {}", module.unwrap_or(self.scope.as_str())),
+            otel.kind = "internal",
+            switchboard.policy.hook = kind,
+            switchboard.policy.module = module,
+            switchboard.policy.scope = self.scope.as_str(),
+            switchboard.policy.phase = phase.as_str(),
+            switchboard.policy.operation = op.as_str(),
+            switchboard.policy.decision = tracing::field::Empty,
+        )
+    }
+
     /// The hook's action; a panic (in a closure or in the Rego engine)
     /// denies: the chain fails closed.
     fn decide(&self, op: Op, key: &str, value: &[u8], ctx: &PolicyContext) -> PolicyAction {
@@ -203,7 +225,15 @@ impl PolicyChain {
         let mut value = value;
         let hooks = self.snapshot();
         for hook in hooks.iter().filter(|h| h.applies(phase, op, key)) {
+            // Made only on a write whose call is traced and recorded: the
+            // span's life is the evaluation's duration.
+            let span = ctx
+                .trace_parent()
+                .map(|parent| hook.span(parent, phase, op));
             let action = hook.decide(op, key, value.as_deref().unwrap_or(&[]), ctx);
+            if let Some(span) = span {
+                span.record("switchboard.policy.decision", action.kind());
+            }
             let refusal = match action {
                 PolicyAction::Allow => continue,
                 PolicyAction::Log(note) => {

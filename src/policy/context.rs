@@ -98,6 +98,38 @@ pub struct PolicyContext {
     /// The arguments as the record stores them (redacted, capped): what the
     /// decision log keeps of them.
     recorded_input: Option<Arc<serde_json::Value>>,
+    /// The traced commit this write belongs to (set only by the dispatcher,
+    /// and only while its call's trace is recorded): each hook's evaluation
+    /// becomes a child span of it.
+    trace: TraceParent,
+}
+
+/// The `tracing` target of Switchboard's OpenTelemetry spans (re-exported
+/// as `telemetry::TARGET`). It lives here, the lowest layer that makes such
+/// spans, so the hook chain can make its own.
+pub(crate) const SPAN_TARGET: &str = "switchboard::otel";
+
+/// The span a write's policy evaluations are traced under. Not part of what
+/// a context says: two contexts that differ only in it are equal.
+#[derive(Clone, Default)]
+struct TraceParent(Option<tracing::Span>);
+
+impl PartialEq for TraceParent {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for TraceParent {}
+
+impl std::fmt::Debug for TraceParent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "traced"
+        } else {
+            "untraced"
+        })
+    }
 }
 
 impl PolicyContext {
@@ -124,6 +156,7 @@ impl PolicyContext {
             operation: None,
             input: None,
             recorded_input: None,
+            trace: TraceParent(None),
         }
     }
 
@@ -172,6 +205,17 @@ impl PolicyContext {
     /// The arguments as stored (redacted and capped), for the decision log.
     pub(crate) fn recorded_input(&self) -> Option<&serde_json::Value> {
         self.recorded_input.as_deref()
+    }
+
+    /// Traces each hook evaluation of this write as a child span of `span`
+    /// (the dispatcher's commit span, made only while its call is recorded).
+    pub(crate) fn set_trace_parent(&mut self, span: tracing::Span) {
+        self.trace = TraceParent(Some(span));
+    }
+
+    /// The span hook evaluations are traced under, if any.
+    pub(crate) fn trace_parent(&self) -> Option<&tracing::Span> {
+        self.trace.0.as_ref()
     }
 
     fn set(&mut self, key: Cow<'static, str>, value: String) {

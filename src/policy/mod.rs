@@ -29,6 +29,7 @@ pub mod rego;
 pub use chain::HookFn;
 pub(crate) use chain::PolicyChain;
 pub use commands::CommandPolicy;
+pub(crate) use context::SPAN_TARGET;
 pub use context::{keys, OperationKind, PolicyContext};
 pub use decisions::{Decision, DecisionKind, DecisionLogRetention};
 pub(crate) use engine::sealed;
@@ -58,6 +59,19 @@ pub enum PolicyAction {
     /// Let it through unchanged, and record the decision (with this note) in
     /// the decision log.
     Log(String),
+}
+
+impl PolicyAction {
+    /// `allow`, `deny`, `modify` or `log`: what a trace's policy span says
+    /// the hook decided.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            PolicyAction::Allow => "allow",
+            PolicyAction::Deny(_) => "deny",
+            PolicyAction::Modify(_) => "modify",
+            PolicyAction::Log(_) => "log",
+        }
+    }
 }
 
 /// The operation a hook is asked about. Stored lowercase in the decision log.

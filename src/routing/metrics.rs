@@ -3,6 +3,7 @@
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -214,9 +215,137 @@ impl AgentStats {
     }
 }
 
+/// The bucket bounds (seconds) the MCP semantic convention advises for
+/// its operation-duration histograms.
+pub(crate) const MCP_DURATION_BOUNDS: [f64; 14] = [
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// What one series of an [`OperationDurations`] is about: the MCP method,
+/// the tool or prompt (`target`, empty when there is none) and, for a
+/// failed operation, its `error.type`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct OperationLabels {
+    pub(crate) method: &'static str,
+    pub(crate) target: String,
+    pub(crate) error_type: Option<&'static str>,
+}
+
+/// One series as Prometheus renders it: its labels, each bound's own
+/// count (the last `+Inf`), the sum in seconds and the count.
+pub(crate) type OperationSeries = (OperationLabels, Vec<(f64, u64)>, f64, u64);
+
+/// One histogram of [`MCP_DURATION_BOUNDS`] (the last count is +Inf).
+#[derive(Debug, Default)]
+struct DurationSeries {
+    counts: [AtomicU64; MCP_DURATION_BOUNDS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// MCP operation durations by method, target and error: recording a known
+/// series is a read lock, two lookups without allocating and two relaxed
+/// atomic adds; a new series (a tool first called, or failing a new way)
+/// takes the write lock once.
+#[derive(Debug, Default)]
+pub(crate) struct OperationDurations {
+    /// By (method, error type), then by target.
+    series: parking_lot::RwLock<Kinds>,
+}
+
+type Kinds = HashMap<(&'static str, Option<&'static str>), HashMap<String, DurationSeries>>;
+
+impl OperationDurations {
+    /// Counts one `method` operation on `target` that took `elapsed` and
+    /// failed with `error_type` (`None`: it succeeded).
+    pub(crate) fn record(
+        &self,
+        method: &'static str,
+        target: &str,
+        error_type: Option<&'static str>,
+        elapsed: Duration,
+    ) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = MCP_DURATION_BOUNDS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(MCP_DURATION_BOUNDS.len());
+        let add = |series: &DurationSeries| {
+            series.counts[bucket].fetch_add(1, Relaxed);
+            let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            series.sum_us.fetch_add(us, Relaxed);
+        };
+        let kind = (method, error_type);
+        if let Some(series) = self.series.read().get(&kind).and_then(|t| t.get(target)) {
+            add(series);
+            return;
+        }
+        let mut all = self.series.write();
+        add(all
+            .entry(kind)
+            .or_default()
+            .entry(target.to_string())
+            .or_default());
+    }
+
+    /// Every series as a Prometheus histogram (each bound's own count, as
+    /// the encoder takes them; sum in seconds; count), sorted by labels.
+    pub(crate) fn snapshot(&self) -> Vec<OperationSeries> {
+        let all = self.series.read();
+        let mut rows: Vec<_> = all
+            .iter()
+            .flat_map(|(&(method, error_type), targets)| {
+                targets.iter().map(move |(target, s)| {
+                    let mut seen = 0;
+                    let mut buckets = Vec::with_capacity(s.counts.len());
+                    for (i, count) in s.counts.iter().enumerate() {
+                        let count = count.load(Relaxed);
+                        seen += count;
+                        let bound = MCP_DURATION_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY);
+                        buckets.push((bound, count));
+                    }
+                    let labels = OperationLabels {
+                        method,
+                        target: target.clone(),
+                        error_type,
+                    };
+                    (labels, buckets, s.sum_us.load(Relaxed) as f64 / 1e6, seen)
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operation_durations_fall_in_the_conventions_buckets_per_series() {
+        let durations = OperationDurations::default();
+        durations.record("tools/call", "echo", None, Duration::from_millis(15));
+        durations.record("tools/call", "echo", None, Duration::from_secs(400));
+        durations.record(
+            "tools/call",
+            "echo",
+            Some("tool_error"),
+            Duration::from_millis(1),
+        );
+        let rows = durations.snapshot();
+        assert_eq!(rows.len(), 2);
+        let (labels, buckets, sum, count) = &rows[0];
+        assert_eq!(labels.error_type, None);
+        assert_eq!(*count, 2);
+        assert!((sum - 400.015).abs() < 1e-6, "{sum}");
+        // 15 ms is above 0.01 s, within 0.02 s; 400 s only in +Inf.
+        assert_eq!(buckets[0], (0.01, 0));
+        assert_eq!(buckets[1], (0.02, 1));
+        assert_eq!(buckets[13], (300.0, 0));
+        assert_eq!(buckets[14], (f64::INFINITY, 1));
+        assert_eq!(rows[1].0.error_type, Some("tool_error"));
+        assert_eq!(rows[1].1[0], (0.01, 1));
+    }
 
     #[test]
     fn buckets_cover_and_bound_their_values() {
@@ -301,6 +430,10 @@ pub(crate) struct DispatchCounters {
     pub(crate) rate_limited: AtomicU64,
     /// Retryable agent failures after which another agent could be tried.
     pub(crate) failovers: AtomicU64,
+    /// MCP requests served on `/mcp` and stdio (`mcp.server.operation.duration`).
+    pub(crate) mcp_server: OperationDurations,
+    /// MCP requests sent to MCP agents (`mcp.client.operation.duration`).
+    pub(crate) mcp_client: OperationDurations,
 }
 
 impl DispatchCounters {

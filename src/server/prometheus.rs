@@ -2,9 +2,13 @@
 //! from the counters the dispatcher already keeps (nothing is recorded twice):
 //! per-agent invocations by outcome, tasks in flight, health, a latency
 //! histogram (`_bucket`, aggregatable across replicas), the dispatcher's
-//! denials, rate-limit refusals and failovers, and RocksDB write stalls.
+//! denials, rate-limit refusals and failovers, the MCP operation-duration
+//! histograms of the OpenTelemetry MCP convention (`mcp.server.operation.duration`
+//! as `mcp_server_operation_duration_seconds`, and the client's), and
+//! RocksDB write stalls.
 
 use crate::dispatch::ToolDispatcher;
+use crate::routing::metrics::{OperationLabels, OperationSeries};
 use crate::routing::AgentMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -39,6 +43,29 @@ struct Scrape {
     delayed_write_rate: Option<u64>,
     /// Policy denials, rate-limit refusals and failovers of the dispatcher.
     dispatch: [u64; 3],
+    /// MCP operations served, and sent to MCP agents.
+    mcp_server: Vec<OperationSeries>,
+    mcp_client: Vec<OperationSeries>,
+}
+
+/// The labels of an MCP operation series: the convention's attribute names
+/// with `.` as `_`.
+fn operation_labels(labels: &OperationLabels) -> Vec<(String, String)> {
+    let mut out = vec![("mcp_method_name".to_string(), labels.method.to_string())];
+    if !labels.target.is_empty() {
+        let key = match labels.method {
+            "prompts/get" => "gen_ai_prompt_name",
+            _ => "gen_ai_tool_name",
+        };
+        out.push((key.into(), labels.target.clone()));
+    }
+    if labels.method == "tools/call" {
+        out.push(("gen_ai_operation_name".into(), "execute_tool".into()));
+    }
+    if let Some(error) = labels.error_type {
+        out.push(("error_type".into(), error.into()));
+    }
+    out
 }
 
 impl Collector for Scrape {
@@ -114,6 +141,30 @@ impl Collector for Scrape {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(family)?;
         }
+        for (name, help, rows) in [
+            (
+                "mcp_server_operation_duration",
+                "MCP request duration as observed on the receiver (/mcp and stdio), from the time it was received until the result is sent.",
+                &self.mcp_server,
+            ),
+            (
+                "mcp_client_operation_duration",
+                "MCP request duration to an MCP agent as observed by Switchboard, from the time it was sent until the response is received.",
+                &self.mcp_client,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                Some(&prometheus_client::registry::Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (labels, buckets, sum, count) in rows {
+                family
+                    .encode_family(&operation_labels(labels))?
+                    .encode_histogram::<Vec<(String, String)>>(*sum, *count, buckets, None)?;
+            }
+        }
         for (name, help, value) in [
             (
                 "switchboard_rocksdb_write_stopped",
@@ -165,6 +216,8 @@ pub(crate) fn render(dispatcher: &ToolDispatcher) -> String {
             load(&c.rate_limited),
             load(&c.failovers),
         ],
+        mcp_server: c.mcp_server.snapshot(),
+        mcp_client: c.mcp_client.snapshot(),
         agents,
         write_stopped: property("rocksdb.is-write-stopped"),
         delayed_write_rate: property("rocksdb.actual-delayed-write-rate"),

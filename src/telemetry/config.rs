@@ -12,6 +12,10 @@ pub const DEFAULT_SERVICE_NAME: &str = "switchboard";
 /// How long one export may take before it is dropped, unless told otherwise.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
+/// The variable GenAI instrumentations read for whether content goes on
+/// spans; here, tool arguments and results.
+const CAPTURE_VARIABLE: &str = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT";
+
 /// Samplers by their `OTEL_TRACES_SAMPLER` names; the ratio ones take `sampler_arg`.
 const SAMPLERS: &[&str] = &[
     "always_on",
@@ -48,6 +52,12 @@ pub struct TelemetryConfig {
     pub sampler_arg: Option<f64>,
     /// Milliseconds one export may take; a slower collector loses that batch.
     pub timeout_ms: u64,
+    /// Puts each call's arguments and result on its `execute_tool` span
+    /// (`gen_ai.tool.call.arguments` / `.result`), redacted and capped by
+    /// the `[audit]` rules (`OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`).
+    /// Off by default: they may hold what the caller would not show a
+    /// tracing backend.
+    pub capture_tool_content: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -61,6 +71,7 @@ impl Default for TelemetryConfig {
             sampler: "parentbased_always_on".into(),
             sampler_arg: None,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            capture_tool_content: false,
         }
     }
 }
@@ -84,6 +95,17 @@ impl TelemetryConfig {
                     )))
                 }
             }
+        }
+        if let Some(capture) = var(CAPTURE_VARIABLE) {
+            self.capture_tool_content = match capture.trim().to_ascii_lowercase().as_str() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(Error::invalid(format!(
+                        "{CAPTURE_VARIABLE} is {other:?}: set it to true or false"
+                    )))
+                }
+            };
         }
         let set = |value: &mut Option<String>, name: &str| {
             if let Some(v) = var(name) {
@@ -267,12 +289,16 @@ mod tests {
             (c.sampler.as_str(), c.sampler_arg),
             ("traceidratio", Some(0.25))
         );
+        assert!(!c.capture_tool_content, "off unless asked");
+        let c = with(&[(CAPTURE_VARIABLE, "true")]).unwrap();
+        assert!(c.capture_tool_content);
         for (name, value) in [
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
             ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
             ("OTEL_TRACES_SAMPLER_ARG", "2"),
             ("OTEL_SDK_DISABLED", "yes"),
+            (CAPTURE_VARIABLE, "sometimes"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318"),
         ] {
             let err = with(&[(name, value)]).unwrap_err().to_string();

@@ -34,14 +34,22 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The `tracing` target of Switchboard's spans: the exporter's layer takes
 /// these only, and a log layer should leave them out (`switchboard::otel=off`).
-pub const TARGET: &str = "switchboard::otel";
+pub const TARGET: &str = crate::policy::SPAN_TARGET;
 
 /// Whether spans are made: set while a [`Telemetry`] runs.
 static SPANS: AtomicBool = AtomicBool::new(false);
 
+/// Whether tool arguments and results go on spans (`capture_tool_content`).
+static CONTENT: AtomicBool = AtomicBool::new(false);
+
 /// Whether an exporter runs, so dispatch should make spans.
 pub(crate) fn spans_on() -> bool {
     SPANS.load(Ordering::Relaxed)
+}
+
+/// Whether the operator opted in to tool arguments and results on spans.
+pub(crate) fn content_on() -> bool {
+    CONTENT.load(Ordering::Relaxed)
 }
 
 /// A running trace exporter. Spans reach it through [`layer`](Self::layer),
@@ -95,6 +103,7 @@ impl Telemetry {
                     .build(),
             )
             .build();
+        CONTENT.store(config.capture_tool_content, Ordering::Relaxed);
         SPANS.store(true, Ordering::Relaxed);
         Ok(Some(Telemetry { provider }))
     }
@@ -123,6 +132,7 @@ impl Telemetry {
     /// the export timeout).
     pub fn shutdown(self) {
         SPANS.store(false, Ordering::Relaxed);
+        CONTENT.store(false, Ordering::Relaxed);
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "spans still queued at shutdown were not exported");
         }
@@ -172,11 +182,13 @@ pub(crate) fn passed_on(
     })
 }
 
-/// The trace id of `span` (32 lowercase hex digits), if it is exported.
-pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
+/// The trace id of `span` (32 lowercase hex digits), if it is exported,
+/// and whether the sampler kept it (its children are worth making).
+pub(crate) fn trace_id(span: &tracing::Span) -> (Option<String>, bool) {
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context
+    let id = span_context
         .is_valid()
-        .then(|| format!("{:032x}", span_context.trace_id()))
+        .then(|| format!("{:032x}", span_context.trace_id()));
+    (id, span_context.is_sampled())
 }

@@ -1,12 +1,12 @@
 """A Python MCP server (the `mcp` SDK's MCPServer, formerly FastMCP) that
-tests/mcp/e2e.py and the UI's browser test register as a Switchboard agent:
-`http PORT [DESCRIPTION]` serves streamable HTTP at http://127.0.0.1:PORT/mcp,
-`stdio` serves stdin/stdout. DESCRIPTION replaces `forecast`'s own, so a test
-can restart the server with a changed tool."""
+tests/mcp/e2e.py, tests/otel/e2e.py and the UI's browser test register as a
+Switchboard agent: `http PORT [DESCRIPTION]` serves streamable HTTP at
+http://127.0.0.1:PORT/mcp, `stdio` serves stdin/stdout. DESCRIPTION replaces
+`forecast`'s own, so a test can restart the server with a changed tool."""
 
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("weather")
 
@@ -21,6 +21,13 @@ def forecast(city: str) -> str:
 def refuse(reason: str) -> str:
     """Always fails, with the reason."""
     raise ValueError(f"refused: {reason}")
+
+
+@server.tool()
+def traceparent(ctx: Context) -> str:
+    """The W3C traceparent this call came with in params._meta ("" if none)."""
+    meta = ctx.request_context.meta or {}
+    return meta.get("traceparent", "")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@
 //! measure instead of this build's: an A/B of two builds), `GATEWAY_DURABILITY`
 //! (`buffered`, or `sync` for a store that fsyncs every commit), `GATEWAY_SERVE_ENV`
 //! (`NAME=VALUE` pairs, space-separated, added to serve's environment: e.g. the
-//! `OTEL_*` variables of a traced run, docs/benchmarks.md "Traces"). Every call
+//! `OTEL_*` variables of a traced run, docs/benchmarks.md "Traces"),
+//! `GATEWAY_TRACES=1` (two more serve targets in the same run, exporting
+//! traces to a sink in this process: one sampling no call, one every call,
+//! each compared with the untraced serve). Every call
 //! through serve presents a bearer token, as in production. Agents, gateways and
 //! load generators all share the machine's cores, so compare the ratios of one
 //! run, not absolute numbers.
@@ -33,7 +36,8 @@
 mod harness;
 
 use harness::{
-    call, cpu_model, env_number, free_port, ms, start_echo_agent, wait_ready, KillOnDrop,
+    call, cpu_model, env_number, free_port, ms, start_echo_agent, start_trace_sink, wait_ready,
+    KillOnDrop,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -69,6 +73,13 @@ const WARM_UP_SECS: u64 = 1;
 const GOAL_VS_DIRECT: f64 = 0.5;
 const GOAL_VS_HAPROXY: f64 = 1.0;
 const GOAL_ADDED_P99_MS: f64 = 0.2;
+/// Throughput of serve exporting traces but sampling no call, against serve
+/// without an exporter.
+const GOAL_SAMPLED_OUT: f64 = 0.97;
+
+/// The traced targets of `GATEWAY_TRACES=1`.
+const SAMPLED_OUT: &str = "traced, sampled 0";
+const SAMPLED_IN: &str = "traced, sampled 1";
 
 fn main() {
     // `run` owns every child process and temp dir, so they are gone by the
@@ -189,14 +200,38 @@ fn run() -> Result<(), String> {
             Err(e) => println!("skipping the HAProxy target: {e}\n"),
         }
     }
-    let (url, switchboard) = start_switchboard(dir.path(), &agents, &client_rt, &setup)?;
-    children.push(switchboard);
-    targets.push(Target {
-        name: "switchboard",
-        url,
-        body: INVOKE_BODY,
-        token: Some(SWITCHBOARD_TOKEN),
-    });
+    let mut serves = vec![("switchboard", Vec::new())];
+    let mut exports = None;
+    if traced()? {
+        let (sink, count) = agents_rt.block_on(start_trace_sink())?;
+        exports = Some(count);
+        let exporter = |sampler: &str, arg: Option<&str>| {
+            let mut env = vec![
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                    format!("http://127.0.0.1:{sink}"),
+                ),
+                ("OTEL_TRACES_SAMPLER".to_string(), sampler.to_string()),
+            ];
+            if let Some(arg) = arg {
+                env.push(("OTEL_TRACES_SAMPLER_ARG".to_string(), arg.to_string()));
+            }
+            env
+        };
+        serves.push((SAMPLED_OUT, exporter("traceidratio", Some("0"))));
+        serves.push((SAMPLED_IN, exporter("always_on", None)));
+    }
+    for (name, env) in serves {
+        let (url, switchboard) =
+            start_switchboard(name, &env, dir.path(), &agents, &client_rt, &setup)?;
+        children.push(switchboard);
+        targets.push(Target {
+            name,
+            url,
+            body: INVOKE_BODY,
+            token: Some(SWITCHBOARD_TOKEN),
+        });
+    }
 
     let mut rows = Vec::new();
     for target in &targets {
@@ -211,6 +246,9 @@ fn run() -> Result<(), String> {
     }
     print_table(&settings, &rows);
     print_ratios(&rows);
+    if let Some(exports) = exports {
+        print_traced_ratios(&rows, exports.load(std::sync::atomic::Ordering::Relaxed));
+    }
     drop(children);
     Ok(())
 }
@@ -421,6 +459,17 @@ fn serve_env() -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+/// Whether `GATEWAY_TRACES` asks for the two traced serve targets.
+fn traced() -> Result<bool, String> {
+    match std::env::var("GATEWAY_TRACES").as_deref() {
+        Err(_) | Ok("0") | Ok("") => Ok(false),
+        Ok("1") => Ok(true),
+        Ok(other) => Err(format!(
+            "GATEWAY_TRACES={other:?}: expected 1 (or 0 / unset)"
+        )),
+    }
+}
+
 /// The `switchboard` binary to measure: `GATEWAY_SWITCHBOARD` (another build,
 /// for an A/B of two builds), or the one this bench was built with.
 fn switchboard_binary() -> PathBuf {
@@ -429,9 +478,12 @@ fn switchboard_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_switchboard")))
 }
 
-/// Starts `switchboard serve` on a fresh database, registers the agents and
-/// returns its invoke URL and the process.
+/// Starts `switchboard serve` on a fresh database of its own (named after
+/// the target), with `env` added to what `GATEWAY_SERVE_ENV` gives it,
+/// registers the agents and returns its invoke URL and the process.
 fn start_switchboard(
+    name: &str,
+    env: &[(String, String)],
     dir: &Path,
     agents: &[u16],
     rt: &Runtime,
@@ -440,7 +492,11 @@ fn start_switchboard(
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
     // `[storage] durability` as GATEWAY_DURABILITY asks (buffered or sync).
-    let config = dir.join("switchboard.toml");
+    let slug: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let config = dir.join(format!("{slug}.toml"));
     std::fs::write(
         &config,
         format!("[storage]\ndurability = \"{}\"\n", durability()?),
@@ -452,7 +508,7 @@ fn start_switchboard(
         .arg("--config")
         .arg(&config)
         .arg("--data")
-        .arg(dir.join("switchboard_data"))
+        .arg(dir.join(format!("{slug}_data")))
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .current_dir(dir)
@@ -461,8 +517,9 @@ fn start_switchboard(
         // be measured.
         .env("SWITCHBOARD_TOKEN", SWITCHBOARD_TOKEN)
         .env("RUST_LOG", "info")
-        .envs(serve_env()?);
-    let mut child = KillOnDrop::spawn("switchboard", command, &dir.join("switchboard.log"))?;
+        .envs(serve_env()?)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = KillOnDrop::spawn(name, command, &dir.join(format!("{slug}.log")))?;
     wait_ready(rt, setup, &format!("{base}/healthz"), &mut child)?;
     for (i, agent) in agents.iter().enumerate() {
         let body = format!(r#"{{"tools":["code"],"endpoint":"http://127.0.0.1:{agent}/invoke"}}"#);
@@ -701,9 +758,9 @@ fn print_table(s: &Settings, rows: &[Row]) {
     println!();
     let saturation = format!("saturation (wrk -c{}, {} s)", s.connections, s.secs);
     let fixed = format!("fixed {FIXED_RATE} req/s, open loop ({} s)", s.secs);
-    println!("{:<12} | {saturation:<34} | {fixed}", "");
+    println!("{:<17} | {saturation:<34} | {fixed}", "");
     println!(
-        "{:<12} | {:>10} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8} {:>9} {:>7}",
+        "{:<17} | {:>10} {:>7} {:>7} {:>7} | {:>8} {:>8} {:>8} {:>9} {:>7}",
         "target",
         "req/s",
         "p50 ms",
@@ -715,7 +772,7 @@ fn print_table(s: &Settings, rows: &[Row]) {
         "completed",
         "errors"
     );
-    println!("{}", "-".repeat(98));
+    println!("{}", "-".repeat(103));
     for row in rows {
         let (rps, p50, p99, errs) = match &row.saturation {
             Some(s) => (
@@ -734,7 +791,7 @@ fn print_table(s: &Settings, rows: &[Row]) {
         );
         let (done, ferrs) = (f.latencies.len(), f.errors);
         println!(
-            "{:<12} | {rps:>10} {p50:>7} {p99:>7} {errs:>7} | {f50:>8} {f99:>8} {fmax:>8} {done:>9} {ferrs:>7}",
+            "{:<17} | {rps:>10} {p50:>7} {p99:>7} {errs:>7} | {f50:>8} {f99:>8} {fmax:>8} {done:>9} {ferrs:>7}",
             row.name
         );
     }
@@ -799,4 +856,35 @@ fn print_ratios(rows: &[Row]) {
             "note: some calls failed (see the errors columns); wrk's req/s counts failed calls too"
         );
     }
+}
+
+/// Each traced serve against the untraced one of the same run.
+fn print_traced_ratios(rows: &[Row], exports: u64) {
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    let rps = |name: &str| find(name)?.saturation.as_ref().map(|s| s.rps);
+    let p99 = |name: &str| Some(find(name)?.fixed.percentile(0.99)?.as_secs_f64() * 1e3);
+    for name in [SAMPLED_OUT, SAMPLED_IN] {
+        match (rps(name), rps("switchboard")) {
+            (Some(traced), Some(plain)) => {
+                let ratio = traced / plain;
+                let goal = if name == SAMPLED_OUT {
+                    format!(
+                        "  (goal >= {GOAL_SAMPLED_OUT:.2}x: {})",
+                        verdict(ratio >= GOAL_SAMPLED_OUT)
+                    )
+                } else {
+                    "  (the cost of tracing every call)".to_string()
+                };
+                println!("{name} / untraced throughput: {ratio:.2}x{goal}");
+            }
+            _ => println!("{name} / untraced throughput: n/a (no wrk numbers)"),
+        }
+        if let (Some(traced), Some(plain)) = (p99(name), p99("switchboard")) {
+            println!(
+                "{name}: p99 at {FIXED_RATE} req/s {:+.3} ms against untraced",
+                traced - plain
+            );
+        }
+    }
+    println!("trace exports received by the sink: {exports}");
 }

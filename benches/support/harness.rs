@@ -273,6 +273,32 @@ async fn echo(Json(mut call): Json<Value>) -> Json<Value> {
     )
 }
 
+/// An OTLP/HTTP trace endpoint (`POST /v1/traces`) that takes every export
+/// and only counts it: the collector of a traced run, costing the machine as
+/// little as a collector can. Returns its port and the count.
+pub async fn start_trace_sink() -> Result<(u16, Arc<AtomicU64>), String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind the trace sink: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let exports = Arc::new(AtomicU64::new(0));
+    let counted = exports.clone();
+    let app = Router::new().route(
+        "/v1/traces",
+        post(move |_export: axum::body::Bytes| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            // An empty ExportTraceServiceResponse: everything accepted.
+            async { StatusCode::OK }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("trace sink on port {port} stopped: {e}");
+        }
+    });
+    Ok((port, exports))
+}
+
 // ---------------------------------------------------------------- load
 
 /// How much one measurement may do: whichever ends first.

@@ -353,6 +353,27 @@ impl ServerHandler for Upstream {
                     .map(str::to_string);
                 CallToolResult::structured(json!({"server": self.name, "session": session}))
             }
+            "ask_unbound" => {
+                // rmcp ties a request to the call it is made in only within
+                // the call's own task: made from another task, it goes on
+                // the session's standalone stream, naming no call (as some
+                // SDKs send every such request).
+                let request: rmcp::model::ServerRequest = serde_json::from_value(json!({
+                    "method": "elicitation/create",
+                    "params": {"message": "Your name?", "requestedSchema": {
+                        "type": "object", "properties": {"name": {"type": "string"}},
+                    }},
+                }))
+                .unwrap();
+                let peer = context.peer.clone();
+                let told = tokio::spawn(async move { peer.send_request(request).await })
+                    .await
+                    .unwrap();
+                match told {
+                    Ok(told) => CallToolResult::structured(json!({"told": told})),
+                    Err(e) => CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
+                }
+            }
             "ask" if self.legacy => {
                 // The 2025 way: requests to the client on the call's own
                 // stream, for a name, a sampled message and the roots; a
@@ -3044,6 +3065,55 @@ async fn a_2025_upstreams_requests_during_a_call_are_relayed_to_the_calling_clie
     for client in [ada, bob, partial, modern] {
         client.cancel().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_no_call_goes_to_the_one_call_in_flight_or_is_refused() {
+    let up = Upstream::new("a").legacy().with_tool(
+        "ask_unbound",
+        "Asks for a name off the call's stream",
+        schema("x", "number"),
+    );
+    let calls = up.calls.clone();
+    let behind = behind_switchboard(up).await;
+    let url = &behind.url;
+    let client = |name| Listener {
+        name: Some(name),
+        ..Listener::default()
+    };
+    let ada = connect(url, client("ada"), true).await;
+    // The only call in flight on the agent's connection: it is ada's.
+    let result = ada
+        .call_tool(CallToolRequestParams::new("ask_unbound"))
+        .await
+        .unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let told = result.structured_content.unwrap();
+    assert_eq!(told["told"]["content"]["name"], "ada", "{told}");
+
+    // With bob's call in flight on the same connection too, it could be
+    // either caller's: refused, and bob is not asked.
+    let bob = connect(url, client("bob"), true).await;
+    let before = calls.load(Ordering::SeqCst);
+    let hanging = tokio::spawn(async move {
+        let _ = bob
+            .call_tool(CallToolRequestParams::new("hang").with_arguments(serde_json::Map::new()))
+            .await;
+    });
+    eventually(|| calls.load(Ordering::SeqCst) > before).await;
+    let refused = ada
+        .call_tool(CallToolRequestParams::new("ask_unbound"))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let text = serde_json::to_string(&refused.content).unwrap();
+    assert!(
+        text.contains("cannot tell whose elicitation/create this is")
+            && text.contains("2 calls were in flight"),
+        "{text}"
+    );
+    hanging.abort();
+    ada.cancel().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

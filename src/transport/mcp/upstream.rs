@@ -184,15 +184,24 @@ impl AskRoutes {
         }
     }
 
-    /// Who answers a request the server made on `origin`'s stream: `Err`
-    /// when it came outside any call this connection has in flight (the
-    /// standalone stream, a stdio server whose requests name no call).
+    /// Who answers a request the server made on `origin`'s stream. A
+    /// request on a call's response stream belongs to that call. One that
+    /// names no call (some SDKs send them on the session's standalone
+    /// stream; on a stdio server's pipe no request names a call) belongs to
+    /// the one call this connection has in flight, if there is exactly one:
+    /// with several it could be any caller's, and is refused.
     async fn relay_for(
         &self,
         origin: Option<&InboundStreamOrigin>,
-    ) -> Result<Option<InputRelay>, ()> {
+    ) -> Result<Option<InputRelay>, Unroutable> {
         let Some(InboundStreamOrigin::OutboundRequest(id)) = origin else {
-            return Err(());
+            let calls = self.calls.lock();
+            let mut relays = calls.values();
+            return match (relays.next(), relays.next()) {
+                (Some(relay), None) => Ok(relay.clone()),
+                (None, _) => Err(Unroutable::NoCall),
+                (Some(_), Some(_)) => Err(Unroutable::Several(calls.len())),
+            };
         };
         let wait = async {
             loop {
@@ -207,8 +216,16 @@ impl AskRoutes {
         };
         tokio::time::timeout(ASK_ROUTE_WAIT, wait)
             .await
-            .map_err(|_| ())
+            .map_err(|_| Unroutable::NoCall)
     }
+}
+
+/// Why a request a server made cannot be tied to a call.
+enum Unroutable {
+    /// No call of this connection is in flight (or the one it names is over).
+    NoCall,
+    /// It names no call, and this many are in flight.
+    Several(usize),
 }
 
 /// Keeps a call routed for the server's requests while it runs.
@@ -246,11 +263,17 @@ impl Handler {
                      through POST /v1/invoke or the library, or a 2026-07-28 client)"
                 )))
             }
-            Err(()) => {
+            Err(Unroutable::NoCall) => {
                 return Err(refused(format!(
-                    "Switchboard relays {method} only during a tools/call, on that call's \
-                     response stream (it names the client to ask); this request came outside \
-                     any call"
+                    "Switchboard relays {method} only during a tools/call (to the client that \
+                     made it); this request came while no call was in flight"
+                )))
+            }
+            Err(Unroutable::Several(calls)) => {
+                return Err(refused(format!(
+                    "Switchboard cannot tell whose {method} this is: it came outside a call's \
+                     response stream while {calls} calls were in flight on this connection; \
+                     send it on the response stream of the tools/call it belongs to"
                 )))
             }
         };

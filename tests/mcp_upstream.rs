@@ -353,6 +353,60 @@ impl ServerHandler for Upstream {
                     .map(str::to_string);
                 CallToolResult::structured(json!({"server": self.name, "session": session}))
             }
+            "ask_unbound" => {
+                // rmcp ties a request to the call it is made in only within
+                // the call's own task: made from another task, it goes on
+                // the session's standalone stream, naming no call (as some
+                // SDKs send every such request).
+                let request: rmcp::model::ServerRequest = serde_json::from_value(json!({
+                    "method": "elicitation/create",
+                    "params": {"message": "Your name?", "requestedSchema": {
+                        "type": "object", "properties": {"name": {"type": "string"}},
+                    }},
+                }))
+                .unwrap();
+                let peer = context.peer.clone();
+                let told = tokio::spawn(async move { peer.send_request(request).await })
+                    .await
+                    .unwrap();
+                match told {
+                    Ok(told) => CallToolResult::structured(json!({"told": told})),
+                    Err(e) => CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
+                }
+            }
+            "ask" if self.legacy => {
+                // The 2025 way: requests to the client on the call's own
+                // stream, for a name, a sampled message and the roots; a
+                // refusal is the tool's error, quoting it.
+                let mut answers = Vec::new();
+                for request in [
+                    json!({"method": "elicitation/create", "params": {
+                        "message": "Your name?",
+                        "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}},
+                    }}),
+                    json!({"method": "sampling/createMessage", "params": {
+                        "messages": [{"role": "user", "content": {"type": "text", "text": "Say your name"}}],
+                        "maxTokens": 16,
+                    }}),
+                    json!({"method": "roots/list"}),
+                ] {
+                    let request: rmcp::model::ServerRequest = serde_json::from_value(request).unwrap();
+                    match context.peer.send_request(request).await {
+                        Ok(answer) => answers.push(serde_json::to_value(answer).unwrap()),
+                        Err(e) => {
+                            let text = ContentBlock::text(e.to_string());
+                            return Ok(CallToolResult::error(vec![text]).into());
+                        }
+                    }
+                }
+                let [told, sampled, roots] = <[Value; 3]>::try_from(answers).unwrap();
+                CallToolResult::structured(json!({
+                    "server": self.name,
+                    "told": told,
+                    "sampled": sampled,
+                    "roots": roots,
+                }))
+            }
             "ask" => {
                 // Asks the client for a name (2026-07-28: input_required),
                 // then says what it was told.
@@ -1220,8 +1274,10 @@ async fn declared_tools_route_and_registrations_are_checked() {
 /// `notifications/resources/updated` as an MCP client.
 #[derive(Clone, Default)]
 struct Listener {
-    /// Declares elicitation and answers it with this name.
+    /// Declares elicitation (and with `answers_all`, sampling and roots)
+    /// and answers each with this name.
     name: Option<&'static str>,
+    answers_all: bool,
     changes: Arc<AtomicUsize>,
     updates: Arc<AtomicUsize>,
     /// Each progress report: its token and value.
@@ -1233,6 +1289,11 @@ impl rmcp::ClientHandler for Listener {
         let mut capabilities = rmcp::model::ClientCapabilities::default();
         if self.name.is_some() {
             capabilities = serde_json::from_value(json!({"elicitation": {}})).unwrap();
+        }
+        if self.answers_all {
+            capabilities =
+                serde_json::from_value(json!({"elicitation": {}, "sampling": {}, "roots": {}}))
+                    .unwrap();
         }
         rmcp::model::ClientConfig::new(capabilities, rmcp::model::Implementation::new("test", "0"))
     }
@@ -1246,6 +1307,28 @@ impl rmcp::ClientHandler for Listener {
             serde_json::from_value(json!({"action": "accept", "content": {"name": self.name}}))
                 .unwrap(),
         )
+    }
+
+    #[allow(deprecated)] // sampling of the 2025 revisions
+    async fn create_message(
+        &self,
+        _params: rmcp::model::CreateMessageRequestParams,
+        _context: RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, McpError> {
+        Ok(serde_json::from_value(json!({
+            "role": "assistant", "model": "test",
+            "content": {"type": "text", "text": format!("I am {}", self.name.unwrap_or("?"))},
+        }))
+        .unwrap())
+    }
+
+    #[allow(deprecated)] // roots of the 2025 revisions
+    async fn list_roots(
+        &self,
+        _context: RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::ListRootsResult, McpError> {
+        let uri = format!("file:///home/{}", self.name.unwrap_or("nobody"));
+        Ok(serde_json::from_value(json!({"roots": [{"uri": uri}]})).unwrap())
     }
 
     async fn on_tool_list_changed(
@@ -2888,6 +2971,149 @@ async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
         matches!(&err, Error::ToolFailed { message, .. } if message.contains("elicitation/create")),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2025_upstreams_requests_during_a_call_are_relayed_to_the_calling_client_only() {
+    let up = Upstream::new("a")
+        .legacy()
+        .with_tool("ask", "Asks for a name", schema("x", "number"));
+    let behind = behind_switchboard(up).await;
+    let (url, d) = (&behind.url, &behind.d);
+    let client = |name| Listener {
+        name: Some(name),
+        answers_all: true,
+        ..Listener::default()
+    };
+    let ada = connect(url, client("ada"), true).await;
+    let bob = connect(url, client("bob"), true).await;
+    // Both call at once, on the one shared connection to the agent (no
+    // session_id): each request the agent makes goes to the client whose
+    // call it belongs to.
+    let calls = (0..3).map(|_| async {
+        tokio::join!(
+            ada.call_tool(CallToolRequestParams::new("ask")),
+            bob.call_tool(CallToolRequestParams::new("ask")),
+        )
+    });
+    for (for_ada, for_bob) in futures::future::join_all(calls).await {
+        for (result, name) in [(for_ada.unwrap(), "ada"), (for_bob.unwrap(), "bob")] {
+            assert_ne!(result.is_error, Some(true), "{result:?}");
+            let out = result.structured_content.unwrap();
+            assert_eq!(out["told"]["action"], "accept", "{out}");
+            assert_eq!(out["told"]["content"]["name"], name, "{out}");
+            assert_eq!(
+                out["sampled"]["content"]["text"],
+                format!("I am {name}"),
+                "{out}"
+            );
+            assert_eq!(out["sampled"]["model"], "test", "{out}");
+            assert_eq!(
+                out["roots"]["roots"][0]["uri"],
+                format!("file:///home/{name}"),
+                "{out}"
+            );
+        }
+    }
+
+    // A client that declares elicitation only: asked for the name, then the
+    // sampling request is refused, and the agent hears why.
+    let eliciting = Listener {
+        name: Some("eve"),
+        ..Listener::default()
+    };
+    let partial = connect(url, eliciting, true).await;
+    let refused = partial
+        .call_tool(CallToolRequestParams::new("ask"))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let text = serde_json::to_string(&refused.content).unwrap();
+    assert!(
+        text.contains("does not declare the capability sampling/createMessage needs"),
+        "{text}"
+    );
+
+    // A 2026-07-28 client has no session to be asked on.
+    let modern = connect(url, client("max"), false).await;
+    let refused = modern
+        .call_tool(CallToolRequestParams::new("ask"))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let text = serde_json::to_string(&refused.content).unwrap();
+    assert!(
+        text.contains("cannot relay elicitation/create") && text.contains("2026-07-28"),
+        "{text}"
+    );
+
+    // Nor has a call through the Rust API: the agent's tool error says so.
+    let err = d
+        .invoke(
+            "ask",
+            ToolCategory::Search,
+            json!({}),
+            RoutingOptions::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ToolFailed { message, .. }
+            if message.contains("cannot relay elicitation/create") && message.contains("POST /v1/invoke")),
+        "{err}"
+    );
+    for client in [ada, bob, partial, modern] {
+        client.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_no_call_goes_to_the_one_call_in_flight_or_is_refused() {
+    let up = Upstream::new("a").legacy().with_tool(
+        "ask_unbound",
+        "Asks for a name off the call's stream",
+        schema("x", "number"),
+    );
+    let calls = up.calls.clone();
+    let behind = behind_switchboard(up).await;
+    let url = &behind.url;
+    let client = |name| Listener {
+        name: Some(name),
+        ..Listener::default()
+    };
+    let ada = connect(url, client("ada"), true).await;
+    // The only call in flight on the agent's connection: it is ada's.
+    let result = ada
+        .call_tool(CallToolRequestParams::new("ask_unbound"))
+        .await
+        .unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let told = result.structured_content.unwrap();
+    assert_eq!(told["told"]["content"]["name"], "ada", "{told}");
+
+    // With bob's call in flight on the same connection too, it could be
+    // either caller's: refused, and bob is not asked.
+    let bob = connect(url, client("bob"), true).await;
+    let before = calls.load(Ordering::SeqCst);
+    let hanging = tokio::spawn(async move {
+        let _ = bob
+            .call_tool(CallToolRequestParams::new("hang").with_arguments(serde_json::Map::new()))
+            .await;
+    });
+    eventually(|| calls.load(Ordering::SeqCst) > before).await;
+    let refused = ada
+        .call_tool(CallToolRequestParams::new("ask_unbound"))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let text = serde_json::to_string(&refused.content).unwrap();
+    assert!(
+        text.contains("cannot tell whose elicitation/create this is")
+            && text.contains("2 calls were in flight"),
+        "{text}"
+    );
+    hanging.abort();
+    ada.cancel().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,7 +78,16 @@ def main() -> int:
             if status >= 300:
                 print(f"registering {url}: {status} {answer}", file=sys.stderr)
                 return 1
-            status, tools = api(base, "GET", "/v1/tools")
+            # Registration answers within 5 s even if the listing takes
+            # longer (the suite runs every scenario at once, each with a
+            # `serve` of its own): wait a little more for the tools. An
+            # upstream that never lets itself be listed is not waited for
+            # past the suite's 30 s per scenario.
+            for _ in range(150):
+                status, tools = api(base, "GET", "/v1/tools")
+                if status == 200 and (tools if isinstance(tools, list) else tools.get("tools")):
+                    break
+                time.sleep(0.1)
             failed = 0
             for tool in tools if isinstance(tools, list) else tools.get("tools", []):
                 name = tool["exposed_name"]

@@ -24,17 +24,19 @@ use crate::transport::{
 };
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotificationParam,
-    ClientCapabilities, ClientConfig, ClientRequest, Implementation, InputRequests, InputResponses,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult,
+    CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientRequest,
+    ElicitRequestParams, ElicitResult, ErrorCode, Implementation, InputRequests, InputResponses,
     PaginatedRequestParams, PingRequest, ProgressNotificationParam, ProgressToken, ProtocolVersion,
     RequestId, RequestParamsMeta, ResourceUpdatedNotificationParam, ServerResult,
 };
 use rmcp::service::{
-    ClientLifecycleMode, ClientServiceExt, NotificationContext, PeerRequestOptions, RunningService,
+    ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin, NotificationContext,
+    PeerRequestOptions, RequestContext, RunningService,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{ClientHandler, Peer, RoleClient, ServiceError};
+use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, ServiceError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -150,6 +152,148 @@ pub(crate) struct Handler {
     list_changed: Arc<dyn Fn() + Send + Sync>,
     updates: ResourceUpdates,
     progress: ProgressRoutes,
+    /// This connection's calls in flight, for the requests the server
+    /// makes back to the client during one of them.
+    asks: Arc<AskRoutes>,
+}
+
+/// How long a request the server makes during a call waits for that call
+/// to be routed: the request id is the SDK's, known only once the call is
+/// on its way, so a quick server can ask before the call is registered.
+const ASK_ROUTE_WAIT: Duration = Duration::from_secs(1);
+
+/// One connection's `tools/call` requests in flight, by their JSON-RPC id
+/// (ids are per connection, so each connection has its own), with who
+/// answers what the server asks during each: a 2025 server sends
+/// `sampling/createMessage`, `elicitation/create` or `roots/list` on the
+/// response stream of the call it belongs to, and the transport marks the
+/// request with that call's id. `None`: the call's caller cannot be asked.
+#[derive(Default)]
+pub(super) struct AskRoutes {
+    calls: parking_lot::Mutex<HashMap<RequestId, Option<InputRelay>>>,
+    added: tokio::sync::Notify,
+}
+
+impl AskRoutes {
+    fn add(self: &Arc<Self>, id: RequestId, relay: Option<InputRelay>) -> AskRoute {
+        self.calls.lock().insert(id.clone(), relay);
+        self.added.notify_waiters();
+        AskRoute {
+            routes: self.clone(),
+            id,
+        }
+    }
+
+    /// Who answers a request the server made on `origin`'s stream. A
+    /// request on a call's response stream belongs to that call. One that
+    /// names no call (some SDKs send them on the session's standalone
+    /// stream; on a stdio server's pipe no request names a call) belongs to
+    /// the one call this connection has in flight, if there is exactly one:
+    /// with several it could be any caller's, and is refused.
+    async fn relay_for(
+        &self,
+        origin: Option<&InboundStreamOrigin>,
+    ) -> Result<Option<InputRelay>, Unroutable> {
+        let Some(InboundStreamOrigin::OutboundRequest(id)) = origin else {
+            let calls = self.calls.lock();
+            let mut relays = calls.values();
+            return match (relays.next(), relays.next()) {
+                (Some(relay), None) => Ok(relay.clone()),
+                (None, _) => Err(Unroutable::NoCall),
+                (Some(_), Some(_)) => Err(Unroutable::Several(calls.len())),
+            };
+        };
+        let wait = async {
+            loop {
+                let added = self.added.notified();
+                tokio::pin!(added);
+                added.as_mut().enable();
+                if let Some(relay) = self.calls.lock().get(id) {
+                    return relay.clone();
+                }
+                added.await;
+            }
+        };
+        tokio::time::timeout(ASK_ROUTE_WAIT, wait)
+            .await
+            .map_err(|_| Unroutable::NoCall)
+    }
+}
+
+/// Why a request a server made cannot be tied to a call.
+enum Unroutable {
+    /// No call of this connection is in flight (or the one it names is over).
+    NoCall,
+    /// It names no call, and this many are in flight.
+    Several(usize),
+}
+
+/// Keeps a call routed for the server's requests while it runs.
+struct AskRoute {
+    routes: Arc<AskRoutes>,
+    id: RequestId,
+}
+
+impl Drop for AskRoute {
+    fn drop(&mut self) {
+        self.routes.calls.lock().remove(&self.id);
+    }
+}
+
+impl Handler {
+    /// Relays `method` (with `params`), which the server asks during a
+    /// call, to the client that made the call, and gives back its answer.
+    async fn ask_caller<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Option<serde_json::Value>,
+        context: &RequestContext<RoleClient>,
+    ) -> Result<T, McpError> {
+        let refused = |why: String| McpError::new(ErrorCode::METHOD_NOT_FOUND, why, None);
+        let relay = match self
+            .asks
+            .relay_for(context.extensions.get::<InboundStreamOrigin>())
+            .await
+        {
+            Ok(Some(relay)) => relay,
+            Ok(None) => {
+                return Err(refused(format!(
+                    "Switchboard cannot relay {method}: the call it belongs to was not made \
+                     through /mcp by a client of the 2025 revisions that can be asked (a call \
+                     through POST /v1/invoke or the library, or a 2026-07-28 client)"
+                )))
+            }
+            Err(Unroutable::NoCall) => {
+                return Err(refused(format!(
+                    "Switchboard relays {method} only during a tools/call (to the client that \
+                     made it); this request came while no call was in flight"
+                )))
+            }
+            Err(Unroutable::Several(calls)) => {
+                return Err(refused(format!(
+                    "Switchboard cannot tell whose {method} this is: it came outside a call's \
+                     response stream while {calls} calls were in flight on this connection; \
+                     send it on the response stream of the tools/call it belongs to"
+                )))
+            }
+        };
+        let mut request = serde_json::json!({ "method": method });
+        if let Some(params) = params {
+            request["params"] = params;
+        }
+        let answer = relay
+            .ask(request)
+            .await
+            .map_err(|why| refused(format!("the calling client did not answer {method}: {why}")))?;
+        serde_json::from_value(answer).map_err(|e| {
+            McpError::internal_error(
+                format!(
+                    "the calling client's answer to {method} is not what the method returns: {e}"
+                ),
+                None,
+            )
+        })
+    }
 }
 
 /// The calls in flight that asked for progress, by the progress token
@@ -317,15 +461,58 @@ impl ClientHandler for Handler {
         let _ = self.updates.send(params.uri);
     }
 
+    #[allow(deprecated)] // sampling of the 2025 revisions, which those servers send
+    async fn create_message(
+        &self,
+        params: rmcp::model::CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, McpError> {
+        let params = serde_json::to_value(params).ok();
+        self.ask_caller("sampling/createMessage", params, &context)
+            .await
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        let params = serde_json::to_value(params).ok();
+        self.ask_caller("elicitation/create", params, &context)
+            .await
+    }
+
+    #[allow(deprecated)] // roots of the 2025 revisions, which those servers ask for
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ListRootsResult, McpError> {
+        self.ask_caller("roots/list", None, &context).await
+    }
+
     fn get_info(&self) -> ClientConfig {
         // The version an `initialize` offers: only the 2025 revisions have
         // the handshake (2026-07-28 servers are reached by `server/discover`).
+        // Sampling, elicitation and roots are declared because a call's
+        // client may answer them: each request is relayed to the client of
+        // the call it belongs to, and refused (saying why) when that client
+        // cannot answer.
         ClientConfig::new(
-            ClientCapabilities::default(),
+            relayed_capabilities(),
             Implementation::new("switchboard", env!("CARGO_PKG_VERSION")),
         )
         .with_protocol_version(ProtocolVersion::V_2025_11_25)
     }
+}
+
+/// What Switchboard's connections to MCP servers declare: what a calling
+/// client may be asked for (form elicitation, the one mode every client of
+/// elicitation supports).
+fn relayed_capabilities() -> ClientCapabilities {
+    serde_json::from_value(serde_json::json!({
+        "sampling": {}, "elicitation": {"form": {}}, "roots": {}
+    }))
+    .unwrap_or_default()
 }
 
 /// One tool as a server's `tools/list` described it.
@@ -444,6 +631,7 @@ impl Upstream {
             list_changed: self.list_changed.clone(),
             updates: self.updates.clone(),
             progress: self.progress.clone(),
+            asks: Arc::default(),
         }
     }
 
@@ -641,21 +829,23 @@ impl Upstream {
         connected.map_err(|e| Failure::Agent(format!("cannot connect to the MCP server: {e}")))
     }
 
-    /// A live peer on `slot`, connecting if it has none (or a closed one).
-    async fn peer_on(&self, slot: &Slot) -> Result<Peer<RoleClient>, Failure> {
+    /// A live peer on `slot`, connecting if it has none (or a closed one),
+    /// and the connection's calls in flight.
+    async fn peer_on(&self, slot: &Slot) -> Result<(Peer<RoleClient>, Arc<AskRoutes>), Failure> {
         let mut guard = slot.lock().await;
         if let Some(connection) = guard.as_ref() {
             let running = &connection.running;
             if !running.is_closed() && !running.peer().is_transport_closed() {
-                return Ok(running.peer().clone());
+                return Ok((running.peer().clone(), running.service().asks.clone()));
             }
         }
         // Closed: drop it (a stdio server's process is killed) and start over.
         guard.take();
         let connection = self.connect().await?;
-        let peer = connection.running.peer().clone();
+        let running = &connection.running;
+        let link = (running.peer().clone(), running.service().asks.clone());
         *guard = Some(connection);
-        Ok(peer)
+        Ok(link)
     }
 
     /// The peer for a call of `session`: its own upstream session on a
@@ -665,15 +855,25 @@ impl Upstream {
         &self,
         session: Option<&str>,
     ) -> Result<(Peer<RoleClient>, Option<InFlight>), Failure> {
-        let shared = self.peer_on(&self.shared).await?;
+        let (peer, _, in_flight) = self.link_for(session).await?;
+        Ok((peer, in_flight))
+    }
+
+    /// [`Self::peer_for`], with the connection's calls in flight.
+    async fn link_for(
+        &self,
+        session: Option<&str>,
+    ) -> Result<(Peer<RoleClient>, Arc<AskRoutes>, Option<InFlight>), Failure> {
+        let (shared, asks) = self.peer_on(&self.shared).await?;
         let Some(session) = session else {
-            return Ok((shared, None));
+            return Ok((shared, asks, None));
         };
         if self.kind.load(Ordering::Acquire) != SESSIONS {
-            return Ok((shared, None));
+            return Ok((shared, asks, None));
         }
         let (slot, in_flight) = self.session_slot(session);
-        Ok((self.peer_on(&slot).await?, Some(in_flight)))
+        let (peer, asks) = self.peer_on(&slot).await?;
+        Ok((peer, asks, Some(in_flight)))
     }
 
     /// `session`'s slot, counted in flight until the guard drops. Making
@@ -739,7 +939,7 @@ impl Upstream {
                 ))
             }
         };
-        let (peer, _in_flight) = self.peer_for(session).await.map_err(|f| (f, false))?;
+        let (peer, asks, _in_flight) = self.link_for(session).await.map_err(|f| (f, false))?;
         let mut params = CallToolRequestParams::new(name.to_string());
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
@@ -757,10 +957,9 @@ impl Upstream {
         // `input_required`; the call is asked again with the client's
         // answers, on this connection, until it completes.
         for _ in 0..MAX_INPUT_ROUNDS {
-            let answer = match progress {
-                None => peer.call_tool_once(params.clone()).await,
-                Some(sink) => self.call_with_progress(&peer, params.clone(), sink).await,
-            };
+            let answer = self
+                .call_once(&peer, &asks, params.clone(), progress, relay)
+                .await;
             let required = match answer {
                 Ok(CallToolResponse::Complete(result)) => {
                     return output_of(result).map_err(|f| (f, false))
@@ -797,23 +996,30 @@ impl Upstream {
         ))
     }
 
-    /// `tools/call` whose progress reports go to `sink` while it runs.
-    async fn call_with_progress(
+    /// One `tools/call`: its progress reports go to `sink` while it runs,
+    /// and what the server asks the client meanwhile (a 2025 server's
+    /// sampling, elicitation and roots requests) goes to `relay`.
+    async fn call_once(
         &self,
         peer: &Peer<RoleClient>,
+        asks: &Arc<AskRoutes>,
         params: CallToolRequestParams,
-        sink: &ProgressSink,
+        sink: Option<&ProgressSink>,
+        relay: Option<&InputRelay>,
     ) -> Result<CallToolResponse, ServiceError> {
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         let handle = peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await?;
-        let token = handle.progress_token.clone();
-        self.progress.lock().claim(token.clone(), sink.clone());
-        let route = ProgressRoute {
-            routes: self.progress.clone(),
-            token,
-        };
+        let _asking = asks.add(handle.id.clone(), relay.cloned());
+        let route = sink.map(|sink| {
+            let token = handle.progress_token.clone();
+            self.progress.lock().claim(token.clone(), sink.clone());
+            ProgressRoute {
+                routes: self.progress.clone(),
+                token,
+            }
+        });
         let mut abandoned = CancelOnDrop {
             peer: peer.clone(),
             id: Some(handle.id.clone()),
@@ -822,13 +1028,19 @@ impl Upstream {
         abandoned.id = None;
         // Only calls that report progress wait for stragglers; the rest
         // (most: clients ask for progress on every call) answer at once.
-        if self.progress.lock().has_reported(&route.token) {
-            tokio::time::sleep(PROGRESS_STRAGGLERS).await;
+        if let Some(route) = &route {
+            if self.progress.lock().has_reported(&route.token) {
+                tokio::time::sleep(PROGRESS_STRAGGLERS).await;
+            }
         }
         match answer? {
             ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
             ServerResult::InputRequiredResult(required) => {
                 Ok(CallToolResponse::InputRequired(required))
+            }
+            // `{}`: a result with no content, as the SDK's own call reads it.
+            ServerResult::EmptyResult(_) => {
+                Ok(CallToolResponse::Complete(CallToolResult::default()))
             }
             _ => Err(ServiceError::UnexpectedResponse),
         }

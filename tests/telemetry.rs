@@ -20,8 +20,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use common::{Behaviour, ServeProcess, TestAgent};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
-    PaginatedRequestParams, RequestParamsMeta, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ContentBlock,
+    ListToolsResult, PaginatedRequestParams, PingRequest, RequestParamsMeta, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::{RequestContext, ServiceExt};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -807,6 +808,20 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
     assert_eq!(listed[0].attr("gen_ai.operation.name"), None);
     assert_eq!(listed[0].attr("gen_ai.tool.name"), None);
     assert_eq!(listed[0].status_code, STATUS_OK);
+    // The session's start and a ping are requests with spans of their own;
+    // `initialize` names the revision it negotiated.
+    session
+        .send_request(ClientRequest::PingRequest(PingRequest::default()))
+        .await
+        .unwrap();
+    for method in ["initialize", "ping"] {
+        let span = collector
+            .spans(1, |s| s.name == method && s.kind == KIND_SERVER)
+            .await;
+        assert_eq!(span[0].attr("mcp.method.name"), Some(method));
+        assert!(span[0].attr("mcp.protocol.version").is_some(), "{method}");
+        assert_eq!(span[0].status_code, STATUS_OK);
+    }
 
     // A tool error is the server span's `error.type`.
     let failed = call(json!({"fail": true})).await.unwrap();

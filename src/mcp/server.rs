@@ -32,9 +32,10 @@ use crate::transport::{InputRelay, Progress, ProgressSink, TraceContext};
 use parking_lot::Mutex;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
-    ContentBlock, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ContentBlock, DiscoverResult, GetPromptRequestParams, GetPromptResponse, Implementation,
+    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
     ResourceUpdatedNotificationParam, ServerCapabilities, ServerConfig, SubscribeRequestParams,
     SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
@@ -725,6 +726,100 @@ pub fn error_result(e: Error) -> Result<CallToolResponse, McpError> {
     }
 }
 
+impl SwitchboardMcp {
+    /// `resources/subscribe`: held toward every agent offering the URI
+    /// once, however many sessions subscribe.
+    async fn answer_subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let reader = caller(&context).map(|p| reader_context(&p, "read_resource"));
+        let uri = request.uri;
+        let offering = offers::offering_uri(&self.catalog, &self.dispatcher, reader.as_ref(), &uri);
+        if offering.is_empty() {
+            return Err(McpError::resource_not_found(
+                format!(
+                    "unknown resource {uri:?}; see resources/list and resources/templates/list"
+                ),
+                None,
+            ));
+        }
+        let new_here = {
+            let mut subscribed = self.subscribed.lock();
+            let first_of_session = subscribed.is_empty();
+            let added = subscribed.insert(uri.clone());
+            if first_of_session && added {
+                self.forward_updates(context.peer.clone());
+            }
+            added
+        };
+        if new_here {
+            if let Err(why) = self.hold(&uri, &offering).await {
+                self.subscribed.lock().remove(&uri);
+                return Err(McpError::internal_error(why, None));
+            }
+        }
+        Ok(())
+    }
+
+    /// `completion/complete`, asked of one agent that offers the prompt or
+    /// template, in that agent's own names.
+    async fn answer_complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let reader = caller(&context).map(|p| reader_context(&p, "complete"));
+        let mut params = serde_json::to_value(&request)
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let target = match params["ref"]["type"].as_str() {
+            Some("ref/prompt") => {
+                let name = params["ref"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let offer = offers::visible(
+                    &self.catalog,
+                    &self.dispatcher,
+                    reader.as_ref(),
+                    McpOfferKind::Prompt,
+                )
+                .into_iter()
+                .find(|o| o.exposed_name == name);
+                if let Some(offer) = &offer {
+                    params["ref"]["name"] = serde_json::Value::String(offer.name.clone());
+                }
+                offer
+            }
+            Some("ref/resource") => {
+                let uri = params["ref"]["uri"].as_str().unwrap_or_default();
+                offers::visible(
+                    &self.catalog,
+                    &self.dispatcher,
+                    reader.as_ref(),
+                    McpOfferKind::ResourceTemplate,
+                )
+                .into_iter()
+                .find(|o| o.name == uri)
+            }
+            _ => None,
+        };
+        let Some(offer) = target else {
+            return Err(McpError::invalid_params(
+                "completion/complete: no prompt or resource template by that reference; see prompts/list and resources/templates/list",
+                None,
+            ));
+        };
+        let output = self
+            .dispatcher
+            .mcp_complete(&offer.agent_id, params)
+            .await
+            .map_err(offers::request_error)?;
+        offers::answer(output, "completion/complete")
+    }
+}
+
 impl ServerHandler for SwitchboardMcp {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
@@ -839,44 +934,23 @@ impl ServerHandler for SwitchboardMcp {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let reader = caller(&context).map(|p| reader_context(&p, "read_resource"));
-        let uri = request.uri;
-        let offering = offers::offering_uri(&self.catalog, &self.dispatcher, reader.as_ref(), &uri);
-        if offering.is_empty() {
-            return Err(McpError::resource_not_found(
-                format!(
-                    "unknown resource {uri:?}; see resources/list and resources/templates/list"
-                ),
-                None,
-            ));
-        }
-        let new_here = {
-            let mut subscribed = self.subscribed.lock();
-            let first_of_session = subscribed.is_empty();
-            let added = subscribed.insert(uri.clone());
-            if first_of_session && added {
-                self.forward_updates(context.peer.clone());
-            }
-            added
-        };
-        if new_here {
-            if let Err(why) = self.hold(&uri, &offering).await {
-                self.subscribed.lock().remove(&uri);
-                return Err(McpError::internal_error(why, None));
-            }
-        }
-        Ok(())
+        let observed = Observed::start("resources/subscribe", None, Some(&request.uri), &context);
+        let answer = self.answer_subscribe(request, context).await;
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
     }
 
     #[allow(deprecated)] // resources/unsubscribe of the 2025 revisions
     async fn unsubscribe(
         &self,
         request: UnsubscribeRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
+        let observed = Observed::start("resources/unsubscribe", None, Some(&request.uri), &context);
         if self.subscribed.lock().remove(&request.uri) {
             self.release(&request.uri).await;
         }
+        observed.answered(&self.dispatcher, None, false);
         Ok(())
     }
 
@@ -885,53 +959,41 @@ impl ServerHandler for SwitchboardMcp {
         request: CompleteRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, McpError> {
-        let reader = caller(&context).map(|p| reader_context(&p, "complete"));
-        let mut params = serde_json::to_value(&request)
-            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
-        let target = match params["ref"]["type"].as_str() {
-            Some("ref/prompt") => {
-                let name = params["ref"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let offer = offers::visible(
-                    &self.catalog,
-                    &self.dispatcher,
-                    reader.as_ref(),
-                    McpOfferKind::Prompt,
-                )
-                .into_iter()
-                .find(|o| o.exposed_name == name);
-                if let Some(offer) = &offer {
-                    params["ref"]["name"] = serde_json::Value::String(offer.name.clone());
-                }
-                offer
-            }
-            Some("ref/resource") => {
-                let uri = params["ref"]["uri"].as_str().unwrap_or_default();
-                offers::visible(
-                    &self.catalog,
-                    &self.dispatcher,
-                    reader.as_ref(),
-                    McpOfferKind::ResourceTemplate,
-                )
-                .into_iter()
-                .find(|o| o.name == uri)
-            }
-            _ => None,
-        };
-        let Some(offer) = target else {
-            return Err(McpError::invalid_params(
-                "completion/complete: no prompt or resource template by that reference; see prompts/list and resources/templates/list",
-                None,
-            ));
-        };
-        let output = self
-            .dispatcher
-            .mcp_complete(&offer.agent_id, params)
-            .await
-            .map_err(offers::request_error)?;
-        offers::answer(output, "completion/complete")
+        let observed = Observed::start("completion/complete", None, None, &context);
+        let answer = self.answer_complete(request, context).await;
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        // The peer's revision first, so the span names the one negotiated.
+        context.peer.set_peer_info(request.clone());
+        let observed = Observed::start("initialize", None, None, &context);
+        let answer = self.negotiate_initialize(&request);
+        observed.answered(&self.dispatcher, answer.as_ref().err(), false);
+        answer
+    }
+
+    async fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, McpError> {
+        let observed = Observed::start("server/discover", None, None, &context);
+        let answer = DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
+        );
+        observed.answered(&self.dispatcher, None, false);
+        Ok(answer)
+    }
+
+    async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), McpError> {
+        Observed::start("ping", None, None, &context).answered(&self.dispatcher, None, false);
+        Ok(())
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

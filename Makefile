@@ -40,6 +40,7 @@ cluster-demo: deps
 test: deps
 	cargo test
 	bash scripts/mcp-test
+	bash scripts/a2a-test
 	bash scripts/api-fuzz
 	bash scripts/ui-test
 	bash scripts/python-test

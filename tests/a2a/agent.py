@@ -1,6 +1,7 @@
 """An A2A agent built on the official SDK (a2a-sdk), for the A2A end-to-end
 test: `agent.py PORT NAME SKILL [SKILL...]` serves an Agent Card at
-/.well-known/agent-card.json and JSON-RPC at /a2a on 127.0.0.1:PORT.
+/.well-known/agent-card.json and JSON-RPC at /a2a on 127.0.0.1:PORT. A
+SKILL is an id, or `id=description` to publish another description.
 
 Each skill answers in text naming the agent (NAME) and the skill, so the
 test can tell which replica answered. A message whose text starts with
@@ -83,7 +84,10 @@ def main():
         capabilities=AgentCapabilities(streaming=False),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
-        skills=[AgentSkill(id=s, name=s, description=f"the {s} skill", tags=[s]) for s in skills],
+        skills=[
+            AgentSkill(id=s, name=s, description=d or f"the {s} skill", tags=[s])
+            for s, _, d in (spec.partition("=") for spec in skills)
+        ],
     )
     handler = DefaultRequestHandler(
         agent_executor=Executor(name), task_store=InMemoryTaskStore(), agent_card=card

@@ -1,7 +1,7 @@
 //! The A2A routes of `serve`: `GET /.well-known/agent-card.json`
 //! (Switchboard's own Agent Card, listing the skills the caller may see)
 //! and `POST /a2a` (A2A v1.0 over JSON-RPC: `SendMessage`, `GetTask`,
-//! `CancelTask`). Each call is one `ToolDispatcher::invoke` of the skill
+//! `CancelTask`, `ListTasks`). Each call is one `ToolDispatcher::invoke` of the skill
 //! in its category, so strategies, policies, rate limits, failover and the
 //! dispatch record apply as to any tool call; the caller's credential is
 //! never passed on (an agent is called with its registration's headers).
@@ -25,6 +25,10 @@ use std::collections::BTreeMap;
 
 /// Where `serve` answers A2A JSON-RPC.
 pub const A2A_PATH: &str = "/a2a";
+/// Tasks in a `ListTasks` page when the request does not say.
+const DEFAULT_LIST_PAGE: usize = 50;
+/// The most tasks in a `ListTasks` page (each is one `GetTask` to its owner).
+const MAX_LIST_PAGE: usize = 100;
 
 /// The A2A face of one dispatcher. Cheap to clone.
 #[derive(Clone)]
@@ -224,7 +228,8 @@ async fn rpc(
     let result = match method {
         "SendMessage" => server.send_message(params, principal.as_ref()).await,
         "GetTask" | "CancelTask" => server.on_task(method, params, principal.as_ref()).await,
-        "SendStreamingMessage" | "SubscribeToTask" | "ListTasks" => Err(RpcError::new(
+        "ListTasks" => server.list_tasks(params, principal.as_ref()).await,
+        "SendStreamingMessage" | "SubscribeToTask" => Err(RpcError::new(
             -32004,
             "UNSUPPORTED_OPERATION",
             format!("{method} is not relayed by this Switchboard yet: use SendMessage and GetTask"),
@@ -233,7 +238,7 @@ async fn rpc(
             -32601,
             "METHOD_NOT_FOUND",
             format!(
-                "no A2A method {other:?}; this server answers SendMessage, GetTask and CancelTask"
+                "no A2A method {other:?}; this server answers SendMessage, GetTask, CancelTask and ListTasks"
             ),
         )),
     };
@@ -347,6 +352,71 @@ impl A2aServer {
         let (agent_id, output) = self.invoke(&route, input, principal).await?;
         self.note_task(&output, &agent_id, &route, principal);
         Ok(output)
+    }
+
+    /// `ListTasks`: the caller's tasks, newest change first, each read from
+    /// its owner (`GetTask`); filtered by `contextId`, and by `status` as
+    /// last seen through Switchboard. `pageToken` is the offset of the page.
+    async fn list_tasks(
+        &self,
+        params: Value,
+        principal: Option<&Principal>,
+    ) -> Result<Value, RpcError> {
+        let text = |name: &str| {
+            params
+                .get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+        };
+        let page_size = match params.get("pageSize").and_then(|v| v.as_u64()) {
+            None | Some(0) => DEFAULT_LIST_PAGE,
+            Some(n) if n <= MAX_LIST_PAGE as u64 => n as usize,
+            Some(n) => {
+                return Err(RpcError::invalid_params(format!(
+                    "pageSize {n} is over {MAX_LIST_PAGE}; ask for fewer and follow nextPageToken"
+                )))
+            }
+        };
+        let offset = match text("pageToken") {
+            None => 0,
+            Some(token) => token.parse::<usize>().map_err(|_| {
+                RpcError::invalid_params("pageToken is the nextPageToken of an earlier answer")
+            })?,
+        };
+        let (context, status) = (text("contextId"), text("status"));
+        let records =
+            tasks::of_caller(self.dispatcher.database(), principal.map(|p| p.id.as_str()))
+                .map_err(|e| RpcError::new(-32603, "INTERNAL", e.to_string()))?;
+        let matching: Vec<_> = records
+            .into_iter()
+            .filter(|(_, r)| context.is_none_or(|c| r.context_id == c))
+            .filter(|(_, r)| status.is_none_or(|s| r.state == s))
+            .collect();
+        let total = matching.len();
+        let mut tasks = Vec::new();
+        for (task_id, record) in matching.iter().skip(offset).take(page_size) {
+            let mut get = json!({"id": task_id});
+            if let Some(length) = params.get("historyLength") {
+                get["historyLength"] = length.clone();
+            }
+            // An owner that cannot answer leaves the task as last seen.
+            let task = match self.on_task("GetTask", get, principal).await {
+                Ok(task) => task,
+                Err(e) => {
+                    tracing::debug!(task_id, error = %e.message, "ListTasks: the owner did not answer GetTask");
+                    json!({"id": task_id, "contextId": record.context_id,
+                           "status": {"state": record.state}})
+                }
+            };
+            tasks.push(task);
+        }
+        let next = offset + tasks.len();
+        Ok(json!({
+            "tasks": tasks,
+            "nextPageToken": if next < total { next.to_string() } else { String::new() },
+            "pageSize": page_size,
+            "totalSize": total,
+        }))
     }
 
     /// The record of a task this caller created through Switchboard.

@@ -6,7 +6,9 @@
 //! is shared in cluster mode like any session binding).
 
 use crate::error::{Error, Result};
-use crate::namespace::{a2a_task_key, now_ms, uri_id, validate_id, A2aTaskRecord, ToolCategory};
+use crate::namespace::{
+    a2a_task_key, now_ms, uri_id, validate_id, A2aTaskRecord, ToolCategory, A2A_TASKS,
+};
 use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::storage::Database;
 
@@ -27,6 +29,33 @@ pub(crate) fn get(db: &Database, task_id: &str) -> Result<Option<A2aTaskRecord>>
             .map_err(Error::storage),
         None => Ok(None),
     }
+}
+
+/// The tasks `caller` created (`None`: the local operator's), newest
+/// change first, each with its id.
+pub(crate) fn of_caller(
+    db: &Database,
+    caller: Option<&str>,
+) -> Result<Vec<(String, A2aTaskRecord)>> {
+    let mut found = Vec::new();
+    for item in db.scan_unjudged(A2A_TASKS, None) {
+        let (key, value) = item?;
+        match serde_json::from_slice::<A2aTaskRecord>(&value) {
+            Ok(record) if record.caller.as_deref() == caller => {
+                found.push((key[A2A_TASKS.len()..].to_string(), record));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "skipping an A2A task record that does not decode")
+            }
+        }
+    }
+    found.sort_by(|a, b| {
+        b.1.updated_at_ms
+            .cmp(&a.1.updated_at_ms)
+            .then(a.0.cmp(&b.0))
+    });
+    Ok(found)
 }
 
 /// What a routed call learnt of a task.
@@ -113,6 +142,17 @@ mod tests {
         assert!(validate_id("session id", &held.session_id).is_ok());
         assert_eq!(get(&db, "t-2").unwrap(), None);
         assert_eq!(get(&db, "not a key/").unwrap(), None);
+        let mine: Vec<String> = of_caller(&db, Some("alice"))
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(mine, ["t-1"]);
+        assert!(of_caller(&db, Some("bob")).unwrap().is_empty());
+        assert!(
+            of_caller(&db, None).unwrap().is_empty(),
+            "the operator's are not alice's"
+        );
     }
 
     #[test]

@@ -637,7 +637,7 @@ impl Discovery {
                 .is_some_and(|a| a.uid == uid);
             if current == Some(generation) && same {
                 if let Err(e) = discovery.discover(&dispatcher, &id).await {
-                    tracing::warn!(agent_id = %id, error = %e, "MCP tool list refresh failed");
+                    tracing::warn!(agent_id = %id, error = %e, "tool list refresh failed (an MCP tools/list, an A2A Agent Card)");
                 }
             }
         });
@@ -687,7 +687,7 @@ impl Discovery {
                 .discover_when_started(&dispatcher, &id, started)
                 .await
             {
-                tracing::warn!(agent_id = %id, error = %e, "MCP tool list refresh failed");
+                tracing::warn!(agent_id = %id, error = %e, "tool list refresh failed (an MCP tools/list, an A2A Agent Card)");
             }
         });
     }

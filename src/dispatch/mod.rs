@@ -281,7 +281,7 @@ impl ToolDispatcher {
         let (dispatcher, id) = (self.clone(), agent_id.to_string());
         handle.spawn(async move {
             if let Err(e) = dispatcher.discover_tools(&id).await {
-                tracing::warn!(agent_id = %id, error = %e, "MCP tool discovery failed; retried when its TTL expires");
+                tracing::warn!(agent_id = %id, error = %e, "tool discovery failed (an MCP tools/list, an A2A Agent Card); retried when its TTL expires");
             }
         });
     }

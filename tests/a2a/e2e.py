@@ -26,6 +26,7 @@ from a2a.helpers import get_message_text, new_text_message
 from a2a.types import (
     CancelTaskRequest,
     GetTaskRequest,
+    ListTasksRequest,
     Role,
     SendMessageConfiguration,
     SendMessageRequest,
@@ -286,6 +287,35 @@ async def cancel(w):
         await http.aclose()
 
 
+@check("ListTasks lists the caller's own tasks, read from their owners, by state and in pages")
+async def list_tasks(w):
+    client, http = await w.client(w.alice)
+    try:
+        listed = await client.list_tasks(ListTasksRequest())
+        states = sorted(TaskState.Name(t.status.state) for t in listed.tasks)
+        assert states == ["TASK_STATE_CANCELED"] + ["TASK_STATE_COMPLETED"] * 3, states
+        assert listed.total_size == 4 and not listed.next_page_token, listed
+        # Read from the owner: the full history, not the record's summary.
+        assert all(len(t.history) >= 1 for t in listed.tasks), listed
+        done = await client.list_tasks(ListTasksRequest(status=TaskState.TASK_STATE_COMPLETED))
+        assert len(done.tasks) == 3, done
+        first = await client.list_tasks(ListTasksRequest(page_size=3))
+        assert len(first.tasks) == 3 and first.next_page_token, first
+        rest = await client.list_tasks(ListTasksRequest(page_size=3, page_token=first.next_page_token))
+        assert len(rest.tasks) == 1 and not rest.next_page_token, rest
+        seen = {t.id for t in first.tasks} | {t.id for t in rest.tasks}
+        assert seen == {t.id for t in listed.tasks}, seen
+    finally:
+        await client.close()
+        await http.aclose()
+    bob, bob_http = await w.client(w.bob)
+    try:
+        assert len((await bob.list_tasks(ListTasksRequest())).tasks) == 0
+    finally:
+        await bob.close()
+        await bob_http.aclose()
+
+
 @check("a Rego policy denies shout to bob only")
 async def policy(w):
     source = f"""# scope: tools/**
@@ -444,7 +474,7 @@ async def main(binary):
             assert status == 201, token
             setattr(w, who, token["secret"])
             setattr(w, f"{who}_caller", token["token"]["caller"])
-        for step in (register, card, per_skill, multi_turn, cancel, policy, failover, audit, rediscovery):
+        for step in (register, card, per_skill, multi_turn, cancel, list_tasks, policy, failover, audit, rediscovery):
             await step(w)
     except BaseException:
         w.logs()

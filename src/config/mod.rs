@@ -433,24 +433,24 @@ mcp = { command = { program = "python", args = ["server.py"], env = { LOG = "1" 
 id = "translator"
 tools = ["search", "code"]
 a2a = { card_url = "http://127.0.0.1:9100/.well-known/agent-card.json", category_rules = [{ glob = "compile*", category = "code" }] }
-
-[[agents]]
-id = "both"
-tools = ["search"]
-endpoint = "http://127.0.0.1:8001/invoke"
-a2a = "http://127.0.0.1:9100/.well-known/agent-card.json"
 "#,
         )
         .unwrap();
-        let config = c.agents[0].agent_config();
-        let agent = config.a2a.clone().unwrap();
+        let agent = c.agents[0].agent_config().a2a.clone().unwrap();
         assert_eq!(
             agent.card_url,
             "http://127.0.0.1:9100/.well-known/agent-card.json"
         );
         assert_eq!(agent.category_rules[0].category, ToolCategory::Code);
-        let problems = c.problems();
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].key, "agents[1]", "{problems:?}");
+        let both = Config::parse(
+            "[[agents]]\nid = \"both\"\ntools = [\"search\"]\nendpoint = \"http://127.0.0.1:8001/invoke\"\n\
+             a2a = \"http://127.0.0.1:9100/.well-known/agent-card.json\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("agents[0]") && both.contains("keep one"),
+            "{both}"
+        );
     }
 }

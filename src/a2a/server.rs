@@ -181,17 +181,23 @@ async fn rpc(
     body: Bytes,
 ) -> Response {
     let principal = principal.map(|Extension(p)| p);
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
+    // A body that is not a JSON object is no JSON-RPC request at all:
+    // refused with 400, its JSON-RPC error in the body.
+    let request: Value = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) if v.is_object() => v,
+        Ok(_) => {
+            return refused(RpcError::new(
+                -32600,
+                "INVALID_REQUEST",
+                "the body is one JSON-RPC request object (batches are not A2A)",
+            ))
+        }
         Err(e) => {
-            return answer(
-                Value::Null,
-                Err(RpcError::new(
-                    -32700,
-                    "PARSE_ERROR",
-                    format!("the body is not JSON: {e}"),
-                )),
-            )
+            return refused(RpcError::new(
+                -32700,
+                "PARSE_ERROR",
+                format!("the body is not JSON: {e}"),
+            ))
         }
     };
     let id = request.get("id").cloned().unwrap_or(Value::Null);
@@ -243,6 +249,11 @@ async fn rpc(
         )),
     };
     answer(id, result)
+}
+
+fn refused(error: RpcError) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": Value::Null, "error": error.into_value()});
+    (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 fn answer(id: Value, result: Result<Value, RpcError>) -> Response {

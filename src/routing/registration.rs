@@ -77,6 +77,12 @@ pub(crate) fn transport(
                 "agent {agent_id} has an A2A card and also an endpoint or MCP server; give one of them"
             )));
         }
+        if config.health_url.is_some() {
+            return Err(Error::invalid(format!(
+                "agent {agent_id} is an A2A agent, probed by fetching its Agent Card: leave out \
+                 health_url (it is for HTTP agents)"
+            )));
+        }
         let mut agent = agent.clone();
         agent.validate(&config.tools)?;
         check_endpoint_text("A2A card_url", &agent.card_url)?;

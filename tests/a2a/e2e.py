@@ -187,6 +187,11 @@ async def register(w):
     assert status == 200, tools
     seen = sorted((t["agent_id"], t["exposed_name"], t["category"]) for t in tools)
     assert seen == [("alpha", "echo", "search"), ("beta", "echo", "search"), ("gamma", "shout", "code")], seen
+    # An A2A agent is probed by fetching its card: no health_url.
+    status, body = api(
+        w.base, "PUT", "/v1/agents/odd", {"tools": ["search"], "a2a": w.card_url("alpha"), "health_url": "http://127.0.0.1:1/h"}
+    )
+    assert status == 400 and "health_url" in body["error"]["message"], body
     # Written through the policy chain under mcp_tools/, like MCP tools.
     status, page = api(w.base, "GET", "/v1/scan?prefix=mcp_tools/gamma/")
     assert status == 200 and [i["key"] for i in page["items"]] == ["mcp_tools/gamma/shout"], page
@@ -203,6 +208,14 @@ async def card(w):
     assert interface.protocol_binding == "JSONRPC" and interface.url == w.base + "/a2a", interface
     assert interface.protocol_version == "1.0", interface
     assert raw["capabilities"]["streaming"] is False, raw
+    # A body that is not a JSON-RPC request object is refused with 400.
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {w.alice}", "A2A-Version": "1.0"}) as http:
+        for body in (b"[]", b"not json"):
+            r = await http.post(w.base + "/a2a", content=body)
+            assert r.status_code == 400 and r.json()["error"]["code"] in (-32600, -32700), r.text
+        r = await http.post(w.base + "/a2a", json={"jsonrpc": "2.0", "id": 7, "method": "SendMessage", "params": {}},
+                            headers={"A2A-Version": "0.3"})
+        assert r.status_code == 200 and r.json()["error"]["code"] == -32009 and r.json()["id"] == 7, r.text
     # Without a credential there is no card.
     async with httpx.AsyncClient() as http:
         assert (await http.get(w.base + "/.well-known/agent-card.json")).status_code == 401

@@ -41,6 +41,7 @@ test: deps
 	cargo test
 	bash scripts/mcp-test
 	bash scripts/otel-test
+	bash scripts/a2a-test
 	bash scripts/api-fuzz
 	bash scripts/ui-test
 	bash scripts/python-test

@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "cluster")]
+pub mod a2a;
 pub mod cluster;
 mod dispatch;
 mod error;

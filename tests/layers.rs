@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["dispatch"],
     &["cluster"],
     &["config"],
-    &["mcp"],
+    &["mcp", "a2a"],
     &["server"],
     &["cli"],
 ];

@@ -132,6 +132,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/mcp"),
     ("get", "/mcp"),
     ("delete", "/mcp"),
+    ("get", "/.well-known/agent-card.json"),
+    ("post", "/a2a"),
 ];
 
 fn switchboard() -> Command {

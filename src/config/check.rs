@@ -193,22 +193,27 @@ impl Config {
                     ),
                 ));
             }
-            match (&agent.endpoint, &agent.mcp) {
-                (Some(_), Some(_)) => found.push(Problem::new(
+            let kinds = [
+                agent.endpoint.is_some(),
+                agent.mcp.is_some(),
+                agent.a2a.is_some(),
+            ];
+            match kinds.iter().filter(|k| **k).count() {
+                0 => found.push(Problem::new(
                     format!("agents[{i}]"),
                     format!(
-                        "agent {} has both endpoint (an HTTP agent) and mcp (an MCP server); keep one",
+                        "agent {} has neither endpoint (an HTTP agent's URL) nor mcp (an MCP server's URL or command) nor a2a (an A2A agent's card URL)",
                         agent.id
                     ),
                 )),
-                (None, None) => found.push(Problem::new(
+                1 => {}
+                _ => found.push(Problem::new(
                     format!("agents[{i}]"),
                     format!(
-                        "agent {} has neither endpoint (an HTTP agent's URL) nor mcp (an MCP server's URL or command)",
+                        "agent {} has more than one of endpoint (an HTTP agent), mcp (an MCP server) and a2a (an A2A agent); keep one",
                         agent.id
                     ),
                 )),
-                _ => {}
             }
         }
         found

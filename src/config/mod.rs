@@ -424,4 +424,33 @@ mcp = { command = { program = "python", args = ["server.py"], env = { LOG = "1" 
         )
         .is_err());
     }
+
+    #[test]
+    fn a2a_agents_are_declared_by_card_url_and_exactly_one_kind_is_given() {
+        let c = Config::parse(
+            r#"
+[[agents]]
+id = "translator"
+tools = ["search", "code"]
+a2a = { card_url = "http://127.0.0.1:9100/.well-known/agent-card.json", category_rules = [{ glob = "compile*", category = "code" }] }
+"#,
+        )
+        .unwrap();
+        let agent = c.agents[0].agent_config().a2a.clone().unwrap();
+        assert_eq!(
+            agent.card_url,
+            "http://127.0.0.1:9100/.well-known/agent-card.json"
+        );
+        assert_eq!(agent.category_rules[0].category, ToolCategory::Code);
+        let both = Config::parse(
+            "[[agents]]\nid = \"both\"\ntools = [\"search\"]\nendpoint = \"http://127.0.0.1:8001/invoke\"\n\
+             a2a = \"http://127.0.0.1:9100/.well-known/agent-card.json\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("agents[0]") && both.contains("keep one"),
+            "{both}"
+        );
+    }
 }

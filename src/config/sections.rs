@@ -166,7 +166,7 @@ impl Default for DecisionLogSection {
     }
 }
 
-/// One `[[agents]]` table: an HTTP or MCP agent, as `PUT /v1/agents/{id}`
+/// One `[[agents]]` table: an HTTP, MCP or A2A agent, as `PUT /v1/agents/{id}`
 /// takes it (an MCP `command`, a stdio server, only here).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +183,11 @@ pub struct AgentEntry {
     /// `category_rules`, `prefix`, `discovery_ttl_ms`.
     #[serde(default)]
     pub mcp: Option<McpSpec>,
+    /// An A2A agent instead: `a2a = "http://…/.well-known/agent-card.json"`
+    /// (its Agent Card), or a table with `card_url`, `skills`,
+    /// `category_rules`, `prefix`, `discovery_ttl_ms`, `headers`.
+    #[serde(default)]
+    pub a2a: Option<crate::namespace::A2aSpec>,
     /// Its health URL (default: `scheme://host:port/health` of the endpoint).
     pub health_url: Option<String>,
     /// Its priority tier: higher is preferred (default 0).
@@ -205,6 +210,9 @@ impl AgentEntry {
         }
         if let Some(mcp) = &self.mcp {
             config = config.with_mcp_server(mcp.clone().into_server());
+        }
+        if let Some(a2a) = &self.a2a {
+            config = config.with_a2a(a2a.clone().into_agent());
         }
         if let Some(url) = &self.health_url {
             config = config.with_health_url(url.clone());

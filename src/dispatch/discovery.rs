@@ -111,9 +111,12 @@ impl Default for Discovery {
     }
 }
 
-fn mcp_server(agent: &Agent) -> Option<&McpServer> {
+/// How `agent`'s named tools are named and categorised: an MCP agent's
+/// server, or the same settings of an A2A agent (whose skills are its tools).
+fn naming(agent: &Agent) -> Option<McpServer> {
     match &agent.endpoint {
-        Endpoint::Mcp(server) => Some(server),
+        Endpoint::Mcp(server) => Some(server.clone()),
+        Endpoint::A2a(a2a) => Some(a2a.naming()),
         _ => None,
     }
 }
@@ -179,11 +182,20 @@ impl Discovery {
             .registry
             .live(agent_id)
             .ok_or_else(|| Error::UnknownAgent(agent_id.to_string()))?;
-        let Some(server) = mcp_server(&agent).cloned() else {
+        let Some(server) = naming(&agent) else {
             return Err(Error::invalid(format!(
-                "agent {agent_id} is not an MCP agent; only MCP agents have tools to discover"
+                "agent {agent_id} is not an MCP or A2A agent; only those have tools to discover"
             )));
         };
+        if let Some(a2a) = inner.callers.a2a().upstream(&agent) {
+            // An A2A agent's skills, from its card: no TTL of its own, no
+            // prompts or resources.
+            let listed = a2a
+                .fetch_card(agent.timeout)
+                .await
+                .map(|card| (card.skills_as_tools(), None));
+            return self.settle(dispatcher, &agent, &server, listed, None).await;
+        }
         let upstream = inner
             .callers
             .mcp()
@@ -192,6 +204,40 @@ impl Discovery {
         let listed = upstream
             .list_tools(MAX_TOOL_PAGES, MAX_TOOLS_PER_AGENT, agent.timeout)
             .await;
+        // Prompts and resources are read with the tools; a server that
+        // fails to list them keeps what it offered before (its tools are
+        // still routed).
+        let listed_offers = match &listed {
+            Err(_) => None,
+            Ok(_) => match upstream
+                .list_offers(MAX_TOOL_PAGES, MAX_TOOLS_PER_AGENT, agent.timeout)
+                .await
+            {
+                Ok(listed) => Some(listed),
+                Err(failure) => {
+                    tracing::warn!(agent_id, error = %failure.message(agent.timeout), "listing the MCP agent's prompts and resources failed; keeping what it offered before");
+                    None
+                }
+            },
+        };
+        self.settle(dispatcher, &agent, &server, listed, listed_offers)
+            .await
+    }
+
+    /// Judges, stores and routes what one listing of `agent` found (its
+    /// tools, and the offers if they were listed), or schedules the retry
+    /// of a listing that failed.
+    async fn settle(
+        &self,
+        dispatcher: &ToolDispatcher,
+        agent: &Arc<Agent>,
+        server: &McpServer,
+        listed: std::result::Result<(Vec<ListedTool>, Option<Duration>), Failure>,
+        listed_offers: Option<crate::transport::mcp::ListedOffers>,
+    ) -> Result<Vec<DiscoveredTool>> {
+        let inner = &dispatcher.inner;
+        let agent_id = agent.id.as_str();
+        let (agent, server) = (agent.clone(), server.clone());
         let (listed, server_ttl) = match listed {
             Ok(listed) => listed,
             Err(failure) => {
@@ -205,23 +251,10 @@ impl Discovery {
                 return Err(Error::AgentFailed {
                     agent_id: agent_id.to_string(),
                     message: format!(
-                        "tools/list failed: {}{hint}",
+                        "listing its tools failed: {}{hint}",
                         failure.message(agent.timeout)
                     ),
                 });
-            }
-        };
-        // Prompts and resources are read with the tools; a server that
-        // fails to list them keeps what it offered before (its tools are
-        // still routed).
-        let listed_offers = match upstream
-            .list_offers(MAX_TOOL_PAGES, MAX_TOOLS_PER_AGENT, agent.timeout)
-            .await
-        {
-            Ok(listed) => Some(listed),
-            Err(failure) => {
-                tracing::warn!(agent_id, error = %failure.message(agent.timeout), "listing the MCP agent's prompts and resources failed; keeping what it offered before");
-                None
             }
         };
         let found = off_worker(|| self.judge(inner, &agent, &server, listed))?;
@@ -496,7 +529,7 @@ impl Discovery {
     pub(crate) fn restore(&self, inner: &Inner) -> Result<()> {
         let mut restored = 0;
         for agent in inner.registry.live_agents() {
-            let Some(server) = mcp_server(&agent) else {
+            let Some(server) = naming(&agent) else {
                 continue;
             };
             let stored = stored_tools(inner, &agent.id)?;
@@ -604,7 +637,7 @@ impl Discovery {
                 .is_some_and(|a| a.uid == uid);
             if current == Some(generation) && same {
                 if let Err(e) = discovery.discover(&dispatcher, &id).await {
-                    tracing::warn!(agent_id = %id, error = %e, "MCP tool list refresh failed");
+                    tracing::warn!(agent_id = %id, error = %e, "tool list refresh failed (an MCP tools/list, an A2A Agent Card)");
                 }
             }
         });
@@ -654,7 +687,7 @@ impl Discovery {
                 .discover_when_started(&dispatcher, &id, started)
                 .await
             {
-                tracing::warn!(agent_id = %id, error = %e, "MCP tool list refresh failed");
+                tracing::warn!(agent_id = %id, error = %e, "tool list refresh failed (an MCP tools/list, an A2A Agent Card)");
             }
         });
     }

@@ -263,7 +263,11 @@ impl ToolDispatcher {
     /// route.
     pub fn start_discovery(&self) {
         for agent in self.inner.registry.live_agents() {
-            if matches!(agent.endpoint, crate::routing::endpoint::Endpoint::Mcp(_)) {
+            if matches!(
+                agent.endpoint,
+                crate::routing::endpoint::Endpoint::Mcp(_)
+                    | crate::routing::endpoint::Endpoint::A2a(_)
+            ) {
                 self.spawn_discovery(&agent.id);
             }
         }
@@ -277,7 +281,7 @@ impl ToolDispatcher {
         let (dispatcher, id) = (self.clone(), agent_id.to_string());
         handle.spawn(async move {
             if let Err(e) = dispatcher.discover_tools(&id).await {
-                tracing::warn!(agent_id = %id, error = %e, "MCP tool discovery failed; retried when its TTL expires");
+                tracing::warn!(agent_id = %id, error = %e, "tool discovery failed (an MCP tools/list, an A2A Agent Card); retried when its TTL expires");
             }
         });
     }
@@ -371,7 +375,7 @@ impl ToolDispatcher {
             })?;
             command.resolve_relative_paths(&here);
         }
-        let mcp = config.mcp.is_some();
+        let mcp = config.mcp.is_some() || config.a2a.is_some();
         self.inner.registry.register(agent_id, config)?;
         self.forget_replaced_handlers();
         self.inner.discovery.bump();
@@ -446,7 +450,10 @@ impl ToolDispatcher {
         &self,
         record: crate::namespace::AgentRecord,
     ) -> Result<()> {
-        let mcp = matches!(record.transport, crate::namespace::AgentTransport::Mcp(_));
+        let mcp = matches!(
+            record.transport,
+            crate::namespace::AgentTransport::Mcp(_) | crate::namespace::AgentTransport::A2a(_)
+        );
         let id = record.agent_id.clone();
         if self.inner.registry.apply_shared(record)? {
             self.forget_replaced_handlers();

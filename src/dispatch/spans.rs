@@ -97,6 +97,13 @@ impl DispatchSpan {
                     url.as_ref().and_then(|u| u.port_or_known_default()),
                 )
             }
+            Endpoint::A2a(a2a) => {
+                let url = reqwest::Url::parse(&a2a.card_url).ok();
+                (
+                    url.as_ref().and_then(|u| u.host_str().map(str::to_string)),
+                    url.as_ref().and_then(|u| u.port_or_known_default()),
+                )
+            }
             Endpoint::Local => (None, None),
         };
         let span = tracing::info_span!(

@@ -169,7 +169,7 @@ impl Catalog {
     /// The ids of the agents `reader` may see: one scan of `agents/`
     /// through the read policies (a read Deny on `agents/{id}` hides that
     /// agent); `None` (every agent) where no read hook or read limit exists.
-    pub(super) fn visible_agent_ids(
+    pub(crate) fn visible_agent_ids(
         &self,
         reader: Option<&PolicyContext>,
     ) -> Option<HashSet<String>> {

@@ -564,6 +564,9 @@ impl McpSpec {
     }
 }
 
+/// The longest `discovery_ttl_ms` accepted: 7 days.
+pub const MAX_DISCOVERY_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
 /// The longest list of declared tool names or category rules.
 pub const MAX_MCP_RULES: usize = 1024;
 
@@ -639,6 +642,15 @@ impl McpServer {
         }
         if self.discovery_ttl_ms == Some(0) {
             return Err(Error::invalid("discovery_ttl_ms must be at least 1"));
+        }
+        if self
+            .discovery_ttl_ms
+            .is_some_and(|ttl| ttl > MAX_DISCOVERY_TTL_MS)
+        {
+            return Err(Error::invalid(format!(
+                "discovery_ttl_ms is at most {MAX_DISCOVERY_TTL_MS} (7 days); a list trusted longer \
+                 is never refreshed in practice"
+            )));
         }
         if !self.headers.is_empty() && self.url.is_none() {
             return Err(Error::invalid(

@@ -8,8 +8,9 @@
 //!
 //! Files: `ids` (checking ids, keys and values; invocation ids and the
 //! clock), `category` ([`ToolCategory`]), `records` (the stored values and
-//! the enums they hold), `mcp` (MCP upstreams and their discovered tools), `tokens` (issued API tokens); this file holds the prefixes and key builders.
+//! the enums they hold), `mcp` (MCP upstreams and their discovered tools), `a2a` (A2A agents and task affinity), `tokens` (issued API tokens); this file holds the prefixes and key builders.
 
+mod a2a;
 mod audit;
 mod category;
 mod ids;
@@ -17,6 +18,8 @@ mod mcp;
 mod records;
 mod tokens;
 
+pub(crate) use a2a::A2A_TASKS;
+pub use a2a::{a2a_task_key, A2aAgent, A2aSpec, A2aTaskRecord, A2aTaskState, AGENT_CARD_PATH};
 pub(crate) use audit::Placement;
 pub use audit::{AuditFilter, RecordMatcher};
 pub use category::ToolCategory;

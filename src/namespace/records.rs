@@ -20,6 +20,9 @@ pub enum AgentTransport {
     },
     /// An MCP server (streamable HTTP or stdio): calls are `tools/call`.
     Mcp(super::McpServer),
+    /// An A2A agent found by its Agent Card: calls are A2A JSON-RPC
+    /// requests (`SendMessage`, `GetTask`, `CancelTask`).
+    A2a(super::A2aAgent),
 }
 
 impl AgentTransport {
@@ -34,6 +37,7 @@ impl AgentTransport {
                 (None, Some(command)) => format!("mcp stdio: {}", command.program),
                 (None, None) => "mcp".to_string(),
             },
+            AgentTransport::A2a(agent) => format!("a2a {}", agent.card_url),
         }
     }
 }

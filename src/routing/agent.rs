@@ -5,7 +5,7 @@
 
 use super::endpoint::Endpoint;
 use super::metrics::AgentStats;
-use crate::namespace::{now_ms, McpServer, ToolCategory};
+use crate::namespace::{now_ms, A2aAgent, McpServer, ToolCategory};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -38,6 +38,7 @@ pub struct AgentConfig {
     pub(crate) max_concurrency: Option<u32>,
     pub(crate) caller: Option<crate::policy::Principal>,
     pub(crate) mcp: Option<McpServer>,
+    pub(crate) a2a: Option<A2aAgent>,
 }
 
 impl AgentConfig {
@@ -79,6 +80,15 @@ impl AgentConfig {
     /// command, declared tool names, category rules).
     pub fn with_mcp_server(mut self, server: McpServer) -> Self {
         self.mcp = Some(server);
+        self
+    }
+
+    /// Makes this an A2A agent described by `agent` (its Agent Card's URL,
+    /// declared skills, category rules): its skills are discovered from the
+    /// card and routed by name; the first category of
+    /// [`with_tools`](Self::with_tools) is the default category of its skills.
+    pub fn with_a2a(mut self, agent: A2aAgent) -> Self {
+        self.a2a = Some(agent);
         self
     }
 

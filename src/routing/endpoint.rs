@@ -1,5 +1,5 @@
 //! Where an agent lives, as registration data: in this process, or at an
-//! `http://` or `https://` URL. Owns endpoint validation and the default health URL, so the
+//! `http://` or `https://` URL (an HTTP, MCP or A2A agent). Owns endpoint validation and the default health URL, so the
 //! registry can check a registration without knowing how agents are called.
 
 use crate::error::{Error, Result};
@@ -76,6 +76,9 @@ pub(crate) enum Endpoint {
     /// An MCP server (streamable HTTP or stdio); the transport layer keeps
     /// its connections by registration uid.
     Mcp(crate::namespace::McpServer),
+    /// An A2A agent, found by its Agent Card; the transport layer keeps the
+    /// card's chosen interface by registration uid.
+    A2a(crate::namespace::A2aAgent),
 }
 
 /// Checks an endpoint URL under the network policy in force and derives

@@ -71,6 +71,26 @@ pub(crate) fn transport(
     network: &NetworkPolicy,
     commands: &CommandPolicy,
 ) -> Result<AgentTransport> {
+    if let Some(agent) = &config.a2a {
+        if config.endpoint.is_some() || config.mcp.is_some() {
+            return Err(Error::invalid(format!(
+                "agent {agent_id} has an A2A card and also an endpoint or MCP server; give one of them"
+            )));
+        }
+        if config.health_url.is_some() {
+            return Err(Error::invalid(format!(
+                "agent {agent_id} is an A2A agent, probed by fetching its Agent Card: leave out \
+                 health_url (it is for HTTP agents)"
+            )));
+        }
+        let mut agent = agent.clone();
+        agent.validate(&config.tools)?;
+        check_endpoint_text("A2A card_url", &agent.card_url)?;
+        agent.card_url = parse_endpoint_under(&agent.card_url, network)?
+            .0
+            .to_string();
+        return Ok(AgentTransport::A2a(agent));
+    }
     if let Some(server) = &config.mcp {
         if config.endpoint.is_some() {
             return Err(Error::invalid(format!(
@@ -175,6 +195,11 @@ pub(super) fn check_shared(record: &AgentRecord) -> Result<()> {
                 CommandPolicy::current().check(&record.agent_id, command)?;
             }
         }
+        AgentTransport::A2a(agent) => {
+            agent.validate(&record.tools)?;
+            check_endpoint_text("A2A card_url", &agent.card_url)?;
+            parse_endpoint(&agent.card_url)?;
+        }
     }
     Ok(())
 }
@@ -200,8 +225,8 @@ pub(crate) fn exposed_name(agent_id: &str, name: &str, prefixed: bool) -> String
     exposed
 }
 
-/// What an MCP agent serves before (or without) discovery: its declared
-/// tool names, each in the category its rules give it; nothing if it
+/// What an MCP (or A2A) agent serves before (or without) discovery: its declared
+/// tool names (skills), each in the category its rules give it; nothing if it
 /// declares none (discovery fills it in).
 pub(crate) fn declared_tools(record: &AgentRecord, server: &McpServer) -> ServedTools {
     let Some(default) = record.tools.first() else {

@@ -73,6 +73,13 @@ impl AgentRegistry {
                     None,
                     stats.clone(),
                 )),
+                AgentTransport::A2a(a2a) => Some(registry.agent(
+                    &record,
+                    registry.reserve_uid(),
+                    Endpoint::A2a(a2a.clone()),
+                    None,
+                    stats.clone(),
+                )),
                 AgentTransport::Http {
                     endpoint,
                     health_url,
@@ -169,6 +176,7 @@ impl AgentRegistry {
     ) -> Arc<Agent> {
         let served = match &record.transport {
             AgentTransport::Mcp(server) => Some(Arc::new(declared_tools(record, server))),
+            AgentTransport::A2a(a2a) => Some(Arc::new(declared_tools(record, &a2a.naming()))),
             _ => None,
         };
         Arc::new(Agent {
@@ -202,7 +210,7 @@ impl AgentRegistry {
         })
     }
 
-    /// Registers (or replaces) an HTTP or MCP agent.
+    /// Registers (or replaces) an HTTP, MCP or A2A agent.
     pub fn register(&self, agent_id: &str, config: AgentConfig) -> Result<()> {
         let transport = registration::transport(
             agent_id,
@@ -219,7 +227,8 @@ impl AgentRegistry {
                 health_url,
             } => (Endpoint::Http(url(endpoint)?), Some(url(health_url)?)),
             AgentTransport::Mcp(server) => (Endpoint::Mcp(server.clone()), None),
-            AgentTransport::Local => unreachable!("a registration's transport is HTTP or MCP"),
+            AgentTransport::A2a(a2a) => (Endpoint::A2a(a2a.clone()), None),
+            AgentTransport::Local => unreachable!("a registration's transport is HTTP, MCP or A2A"),
         };
         let record = self.new_record(agent_id, &config, transport)?;
         let uid = self.reserve_uid();
@@ -377,6 +386,13 @@ impl AgentRegistry {
                 &record,
                 self.reserve_uid(),
                 Endpoint::Mcp(server.clone()),
+                None,
+                stats.clone(),
+            )),
+            AgentTransport::A2a(a2a) => Some(self.agent(
+                &record,
+                self.reserve_uid(),
+                Endpoint::A2a(a2a.clone()),
                 None,
                 stats.clone(),
             )),

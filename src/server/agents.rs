@@ -92,12 +92,12 @@ where
         .map(Some)
         .ok_or_else(|| {
             serde::de::Error::custom(
-                "`endpoint` and `mcp` may not be null: give one of them and leave the other out",
+                "`endpoint`, `mcp` and `a2a` may not be null: give one of them and leave the others out",
             )
         })
 }
 
-/// `PUT /v1/agents/{id}`: an HTTP or MCP agent's registration.
+/// `PUT /v1/agents/{id}`: an HTTP, MCP or A2A agent's registration.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
@@ -109,6 +109,9 @@ pub struct RegisterBody {
     /// An MCP server instead of an endpoint.
     #[serde(default, deserialize_with = "not_null")]
     pub mcp: Option<McpSpec>,
+    /// An A2A agent (its Agent Card's URL, or the full registration) instead.
+    #[serde(default, deserialize_with = "not_null")]
+    pub a2a: Option<crate::namespace::A2aSpec>,
     /// Its health-check URL, if not the default.
     pub health_url: Option<String>,
     #[serde(default)]
@@ -132,6 +135,9 @@ impl RegisterBody {
         if let Some(mcp) = self.mcp {
             config = config.with_mcp_server(mcp.into_server());
         }
+        if let Some(a2a) = self.a2a {
+            config = config.with_a2a(a2a.into_agent());
+        }
         if let Some(url) = self.health_url {
             config = config.with_health_url(url);
         }
@@ -152,12 +158,12 @@ pub(crate) async fn register_agent(
     body: Result<Json<RegisterBody>, JsonRejection>,
 ) -> ApiResult<Json<AgentRecord>> {
     let Json(body) = body?;
-    if body.endpoint.is_none() && body.mcp.is_none() {
+    if body.endpoint.is_none() && body.mcp.is_none() && body.a2a.is_none() {
         // A body shape error, as when any required field is missing.
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_json",
-            "missing field `endpoint` (or `mcp` for an MCP agent)",
+            "missing field `endpoint` (or `mcp` for an MCP agent, `a2a` for an A2A agent)",
         ));
     }
     if let Some(McpSpec::Server(McpServer {
@@ -172,7 +178,7 @@ pub(crate) async fn register_agent(
         )
         .into());
     }
-    let mcp = body.mcp.is_some();
+    let mcp = body.mcp.is_some() || body.a2a.is_some();
     let mut config = body.into_config();
     if let Some(principal) = caller.0 {
         config = config.with_caller(principal);

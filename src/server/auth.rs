@@ -6,7 +6,7 @@
 //! which also holds the CSRF check cookie-authenticated writes pass); its
 //! [`Principal`] travels with the request as a [`Caller`] extension, and
 //! each route requires one scope: admin (agents' changes, policies,
-//! tokens), invoke (`/v1/invoke`, `/mcp`) or audit (`/v1/scan`,
+//! tokens), invoke (`/v1/invoke`, `/mcp`, `/a2a`) or audit (`/v1/scan`,
 //! `/v1/calls/stream`, metrics).
 
 use super::errors::ApiError;
@@ -46,7 +46,7 @@ impl Caller {
 /// The scope a route needs; `None` for routes any caller may use.
 fn required_scope(method: &Method, path: &str) -> Option<Scope> {
     let path = path.trim_end_matches('/');
-    if path == "/v1/invoke" || path == "/mcp" || path.starts_with("/mcp/") {
+    if path == "/v1/invoke" || path == "/mcp" || path.starts_with("/mcp/") || path == "/a2a" {
         return Some(Scope::Invoke);
     }
     if path == "/v1/scan"

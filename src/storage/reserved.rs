@@ -1,7 +1,7 @@
 //! Namespace ownership: which prefixes the generic write API may touch.
 //!
 //! The audit trail is append-only from the outside. `tools/`, `inflight/`,
-//! `sessions/`, `agents/`, `mcp_tools/`, `mcp_prompts/`, `mcp_resources/` and
+//! `sessions/`, `agents/`, `mcp_tools/`, `mcp_prompts/`, `mcp_resources/`, `a2a_tasks/` and
 //! `policies/` are written by the parts of
 //! Switchboard that own them (the dispatcher, recovery, the registry, the
 //! policy store) through a crate-internal
@@ -15,7 +15,8 @@ use super::policy_store::POLICIES;
 use super::{Database, Transaction};
 use crate::error::{Error, Result};
 use crate::namespace::{
-    validate_key, AGENTS, INFLIGHT, MCP_PROMPTS, MCP_RESOURCES, MCP_TOOLS, SESSIONS, TOKENS, TOOLS,
+    validate_key, A2A_TASKS, AGENTS, INFLIGHT, MCP_PROMPTS, MCP_RESOURCES, MCP_TOOLS, SESSIONS,
+    TOKENS, TOOLS,
 };
 use crate::policy::PolicyContext;
 
@@ -29,7 +30,7 @@ pub(crate) enum Access {
 }
 
 /// The reserved prefixes and who owns each.
-const OWNED: [(&str, &str); 9] = [
+const OWNED: [(&str, &str); 10] = [
     (TOOLS, "the dispatcher"),
     (INFLIGHT, "the dispatcher and recovery"),
     (SESSIONS, "the dispatcher"),
@@ -38,6 +39,7 @@ const OWNED: [(&str, &str); 9] = [
     (MCP_TOOLS, "MCP tool discovery"),
     (MCP_PROMPTS, "MCP discovery"),
     (MCP_RESOURCES, "MCP discovery"),
+    (A2A_TASKS, "the A2A server (task affinity)"),
     (
         POLICIES,
         "the policy store (PUT /v1/policies/{name}, `switchboard policy put`, `Database::put_policy`)",

@@ -6,11 +6,13 @@
 //! - `local`: in-process handlers; `http`: the HTTP agent protocol, the
 //!   client's construction and the health probe; `plain`: the pool of
 //!   HTTP/1.1 connections `http://` agents are called over; `mcp`: agents that are MCP
-//!   servers (`tools/call`, `ping`, `tools/list`); `tls`: the certificates
+//!   servers (`tools/call`, `ping`, `tools/list`); `a2a`: agents that speak
+//!   A2A (their Agent Card, JSON-RPC calls); `tls`: the certificates
 //!   the client trusts for `https://` agents;
 //! - `layers`: per-attempt concerns wrapped around one call (timeout,
 //!   `Retry-After` back-pressure, latency/load tracking, passive health).
 
+pub(crate) mod a2a;
 pub(crate) mod http;
 pub(crate) mod layers;
 pub(crate) mod local;
@@ -26,6 +28,7 @@ use crate::namespace::{uri_template_matches, AttemptOutcome};
 use crate::routing::agent::{Agent, ServedKind};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::health::{Probe, ProbeResult};
+use a2a::A2aClients;
 use mcp::McpClients;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -337,12 +340,14 @@ pub(crate) struct Callers {
     plain: plain::PlainPool,
     local: RwLock<HashMap<u64, LocalHandler>>,
     mcp: Arc<McpClients>,
+    a2a: Arc<A2aClients>,
 }
 
 impl Callers {
     pub(crate) fn new(client: reqwest::Client) -> Self {
         Callers {
             mcp: Arc::new(McpClients::new(client.clone())),
+            a2a: Arc::new(A2aClients::new(client.clone())),
             client,
             plain: plain::PlainPool::default(),
             local: RwLock::new(HashMap::new()),
@@ -354,11 +359,17 @@ impl Callers {
         &self.mcp
     }
 
+    /// The A2A agents' clients (shared with the health probe and discovery).
+    pub(crate) fn a2a(&self) -> &Arc<A2aClients> {
+        &self.a2a
+    }
+
     /// The health probe for these agents.
     pub(crate) fn probe(&self) -> AgentProbe {
         AgentProbe {
             client: self.client.clone(),
             mcp: self.mcp.clone(),
+            a2a: self.a2a.clone(),
         }
     }
 
@@ -371,7 +382,8 @@ impl Callers {
     /// no longer current.
     pub(crate) fn retain_local(&self, current: impl Fn(u64) -> bool) {
         self.local.write().retain(|uid, _| current(*uid));
-        self.mcp.retain(current);
+        self.mcp.retain(&current);
+        self.a2a.retain(current);
     }
 
     /// Runs one call, without a time limit (see `layers::timeout`).
@@ -392,6 +404,15 @@ impl Callers {
             }
             Endpoint::Http(endpoint) => {
                 http::call(&self.client, &self.plain, endpoint, request).await
+            }
+            Endpoint::A2a(_) => {
+                let Some(upstream) = self.a2a.upstream(agent) else {
+                    return Err(Failure::Agent("not an A2A agent".into()));
+                };
+                let (_, skill) = agent.upstream_of(request.tool);
+                upstream
+                    .call(&skill, request.input, request.invocation_id)
+                    .await
             }
             Endpoint::Mcp(_) => {
                 let Some(upstream) = self.mcp.upstream(agent) else {
@@ -429,15 +450,17 @@ impl Callers {
     }
 }
 
-/// Health probes: `GET {health_url}` for HTTP agents, `ping` for MCP agents.
+/// Health probes: `GET {health_url}` for HTTP agents, `ping` for MCP
+/// agents, the Agent Card fetched again for A2A agents.
 pub(crate) struct AgentProbe {
     client: reqwest::Client,
     mcp: Arc<McpClients>,
+    a2a: Arc<A2aClients>,
 }
 
 impl Probe for AgentProbe {
     fn can_probe(&self, agent: &Agent) -> bool {
-        agent.health_url.is_some() || matches!(agent.endpoint, Endpoint::Mcp(_))
+        agent.health_url.is_some() || matches!(agent.endpoint, Endpoint::Mcp(_) | Endpoint::A2a(_))
     }
 
     fn probe<'a>(
@@ -446,6 +469,13 @@ impl Probe for AgentProbe {
         timeout: Duration,
     ) -> Pin<Box<dyn Future<Output = ProbeResult> + Send + 'a>> {
         Box::pin(async move {
+            if let Some(upstream) = self.a2a.upstream(agent) {
+                return if upstream.ping(timeout).await {
+                    ProbeResult::Healthy
+                } else {
+                    ProbeResult::Unhealthy
+                };
+            }
             if let Some(upstream) = self.mcp.upstream(agent) {
                 return if upstream.ping(timeout).await {
                     ProbeResult::Healthy

@@ -18,7 +18,7 @@ mod offers;
 mod upstream;
 
 pub(crate) use offers::ListedOffers;
-pub(crate) use upstream::{ListedTool, Upstream};
+pub(crate) use upstream::{resolve_headers, ListedTool, Upstream};
 
 use crate::routing::agent::Agent;
 use crate::routing::endpoint::Endpoint;

@@ -1229,7 +1229,9 @@ fn resolve_env(command: &McpCommand) -> Result<Vec<(String, String)>, String> {
 /// process's variable, `file:PATH` the file's contents (without a trailing
 /// newline). Read at each connection, so a rotated secret is picked up by
 /// the next one.
-fn resolve_headers(server: &McpServer) -> Result<HashMap<HeaderName, HeaderValue>, String> {
+pub(crate) fn resolve_headers(
+    server: &McpServer,
+) -> Result<HashMap<HeaderName, HeaderValue>, String> {
     server
         .headers
         .iter()

@@ -1,0 +1,523 @@
+//! The A2A routes of `serve`: `GET /.well-known/agent-card.json`
+//! (Switchboard's own Agent Card, listing the skills the caller may see)
+//! and `POST /a2a` (A2A v1.0 over JSON-RPC: `SendMessage`, `GetTask`,
+//! `CancelTask`, `ListTasks`). Each call is one `ToolDispatcher::invoke` of the skill
+//! in its category, so strategies, policies, rate limits, failover and the
+//! dispatch record apply as to any tool call; the caller's credential is
+//! never passed on (an agent is called with its registration's headers).
+
+use super::skills::{self, Skill};
+use super::tasks;
+use crate::dispatch::{RoutingOptions, ToolDispatcher};
+use crate::error::Error;
+use crate::mcp::catalog::Catalog;
+use crate::namespace::{new_invocation_id, AGENT_CARD_PATH};
+use crate::policy::{keys, PolicyContext, Principal};
+use crate::transport::a2a::{card::A2A_VERSION, parse_rpc_error};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Where `serve` answers A2A JSON-RPC.
+pub const A2A_PATH: &str = "/a2a";
+/// Tasks in a `ListTasks` page when the request does not say.
+const DEFAULT_LIST_PAGE: usize = 50;
+/// The most tasks in a `ListTasks` page (each is one `GetTask` to its owner).
+const MAX_LIST_PAGE: usize = 100;
+
+/// The A2A face of one dispatcher. Cheap to clone.
+#[derive(Clone)]
+pub struct A2aServer {
+    dispatcher: ToolDispatcher,
+    catalog: Catalog,
+    https: bool,
+}
+
+impl A2aServer {
+    /// The A2A server of `dispatcher`; `https` says how the card's
+    /// interface URL is written (`{scheme}://{Host}/a2a`).
+    pub fn new(dispatcher: ToolDispatcher, https: bool) -> Self {
+        A2aServer {
+            catalog: Catalog::new(dispatcher.clone()),
+            dispatcher,
+            https,
+        }
+    }
+
+    /// The two routes, for a router of any state.
+    pub fn routes<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        Router::new()
+            .route(AGENT_CARD_PATH, get(card))
+            .route(A2A_PATH, post(rpc))
+            .with_state(self)
+    }
+
+    fn skills(&self, principal: Option<&Principal>, action: &str) -> BTreeMap<String, Skill> {
+        let reader = principal.map(|p| {
+            let mut ctx = PolicyContext::new()
+                .with("source", "a2a")
+                .with(keys::ACTION, action);
+            p.apply_to(&mut ctx);
+            ctx
+        });
+        skills::visible(&self.dispatcher, &self.catalog, reader.as_ref())
+    }
+}
+
+/// `GET /.well-known/agent-card.json`
+async fn card(
+    State(server): State<A2aServer>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
+    let principal = principal.map(|Extension(p)| p);
+    let skills = server.skills(principal.as_ref(), "agent_card");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let scheme = if server.https { "https" } else { "http" };
+    let skills: Vec<Value> = skills
+        .values()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "name": s.id,
+                "description": s.description,
+                "tags": [s.category.as_str()],
+            })
+        })
+        .collect();
+    Json(json!({
+        "name": "Switchboard",
+        "description": "Routes each message to an A2A agent that serves its skill \
+                        (name the skill in the message's metadata.skill).",
+        "version": env!("CARGO_PKG_VERSION"),
+        "supportedInterfaces": [{
+            "url": format!("{scheme}://{host}{A2A_PATH}"),
+            "protocolBinding": "JSONRPC",
+            "protocolVersion": A2A_VERSION,
+        }],
+        "capabilities": {"streaming": false, "pushNotifications": false},
+        "defaultInputModes": ["text/plain", "application/json"],
+        "defaultOutputModes": ["text/plain", "application/json"],
+        "skills": skills,
+    }))
+    .into_response()
+}
+
+/// A JSON-RPC error answer: the A2A code, a message saying what to do, and
+/// the reason as `google.rpc.ErrorInfo` (as A2A agents give it).
+struct RpcError {
+    code: i64,
+    message: String,
+    reason: &'static str,
+}
+
+impl RpcError {
+    fn new(code: i64, reason: &'static str, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            reason,
+        }
+    }
+
+    fn invalid_params(message: impl Into<String>) -> Self {
+        RpcError::new(-32602, "INVALID_PARAMS", message)
+    }
+
+    fn task_not_found(task_id: &str) -> Self {
+        RpcError::new(
+            -32001,
+            "TASK_NOT_FOUND",
+            format!("task {task_id:?} was not created through this Switchboard by this caller"),
+        )
+    }
+
+    /// A dispatch's failure: an agent's own A2A error keeps its code.
+    fn of_dispatch(error: Error) -> Self {
+        match error {
+            Error::ToolFailed { agent_id, message } => match parse_rpc_error(&message) {
+                Some((code, text)) => RpcError::new(code, "AGENT_ERROR", text),
+                None => RpcError::new(
+                    -32603,
+                    "AGENT_ERROR",
+                    format!("agent {agent_id}: {message}"),
+                ),
+            },
+            Error::PolicyDenied { .. } => {
+                RpcError::new(-32600, "PERMISSION_DENIED", error.to_string())
+            }
+            Error::InvalidInput(message) => RpcError::invalid_params(message),
+            other => RpcError::new(-32603, "UNAVAILABLE", other.to_string()),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        json!({
+            "code": self.code,
+            "message": self.message,
+            "data": [{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": self.reason,
+                "domain": "switchboard",
+                "metadata": {},
+            }],
+        })
+    }
+}
+
+/// `POST /a2a`: one JSON-RPC request (batches are not A2A).
+async fn rpc(
+    State(server): State<A2aServer>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = principal.map(|Extension(p)| p);
+    // A body that is not a JSON object is no JSON-RPC request at all:
+    // refused with 400, its JSON-RPC error in the body.
+    let request: Value = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) if v.is_object() => v,
+        Ok(_) => {
+            return refused(RpcError::new(
+                -32600,
+                "INVALID_REQUEST",
+                "the body is one JSON-RPC request object (batches are not A2A)",
+            ))
+        }
+        Err(e) => {
+            return refused(RpcError::new(
+                -32700,
+                "PARSE_ERROR",
+                format!("the body is not JSON: {e}"),
+            ))
+        }
+    };
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let version = headers
+        .get("a2a-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    if !matches!(version, Some("1.0" | "1")) {
+        return answer(
+            id,
+            Err(RpcError::new(
+                -32009,
+                "VERSION_NOT_SUPPORTED",
+                format!(
+                    "A2A version {} is not supported here: send the header A2A-Version: {A2A_VERSION}",
+                    version.unwrap_or("0.3 (no A2A-Version header)")
+                ),
+            )),
+        );
+    }
+    let (Some(method), params) = (
+        request.get("method").and_then(|m| m.as_str()),
+        request.get("params").cloned().unwrap_or_else(|| json!({})),
+    ) else {
+        return answer(
+            id,
+            Err(RpcError::new(
+                -32600,
+                "INVALID_REQUEST",
+                "a JSON-RPC 2.0 request object with a method, e.g. {\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"SendMessage\", \"params\": {...}}",
+            )),
+        );
+    };
+    let result = match method {
+        "SendMessage" => server.send_message(params, principal.as_ref()).await,
+        "GetTask" | "CancelTask" => server.on_task(method, params, principal.as_ref()).await,
+        "ListTasks" => server.list_tasks(params, principal.as_ref()).await,
+        "SendStreamingMessage" | "SubscribeToTask" => Err(RpcError::new(
+            -32004,
+            "UNSUPPORTED_OPERATION",
+            format!("{method} is not relayed by this Switchboard yet: use SendMessage and GetTask"),
+        )),
+        other => Err(RpcError::new(
+            -32601,
+            "METHOD_NOT_FOUND",
+            format!(
+                "no A2A method {other:?}; this server answers SendMessage, GetTask, CancelTask and ListTasks"
+            ),
+        )),
+    };
+    answer(id, result)
+}
+
+fn refused(error: RpcError) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": Value::Null, "error": error.into_value()});
+    (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+fn answer(id: Value, result: Result<Value, RpcError>) -> Response {
+    let body = match result {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(error) => json!({"jsonrpc": "2.0", "id": id, "error": error.into_value()}),
+    };
+    Json(body).into_response()
+}
+
+/// Where a call goes: a skill in its category, bound by a session.
+struct Route {
+    skill: String,
+    category: crate::namespace::ToolCategory,
+    context_id: String,
+}
+
+impl A2aServer {
+    /// `SendMessage`: a message on a task goes where the task is; a new
+    /// one to the skill its metadata names (or the only skill there is).
+    async fn send_message(
+        &self,
+        mut params: Value,
+        principal: Option<&Principal>,
+    ) -> Result<Value, RpcError> {
+        let Some(message) = params.get_mut("message").and_then(|m| m.as_object_mut()) else {
+            return Err(RpcError::invalid_params(
+                "SendMessage takes {\"message\": {\"messageId\", \"role\", \"parts\", ...}}",
+            ));
+        };
+        let task_id = message
+            .get("taskId")
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        let route = match &task_id {
+            Some(task_id) => {
+                let record = self.owned_task(task_id, principal)?;
+                message.insert("contextId".into(), Value::String(record.context_id.clone()));
+                Route {
+                    skill: record.skill,
+                    category: record.category,
+                    context_id: record.context_id,
+                }
+            }
+            None => {
+                let named = message
+                    .get("metadata")
+                    .and_then(|m| m.get("skill"))
+                    .and_then(|s| s.as_str())
+                    .map(str::to_string);
+                // A new context unless the client continues one: the
+                // context's session binds its calls to one agent.
+                let context_id = match message.get("contextId").and_then(|c| c.as_str()) {
+                    Some(c) if !c.is_empty() => c.to_string(),
+                    _ => {
+                        let id = new_invocation_id();
+                        message.insert("contextId".into(), Value::String(id.clone()));
+                        id
+                    }
+                };
+                let named = named.or_else(|| {
+                    params
+                        .get("metadata")
+                        .and_then(|m| m.get("skill"))
+                        .and_then(|s| s.as_str())
+                        .map(str::to_string)
+                });
+                let skill = self.skill(named.as_deref(), principal)?;
+                Route {
+                    skill: skill.id,
+                    category: skill.category,
+                    context_id,
+                }
+            }
+        };
+        let input = json!({"method": "SendMessage", "params": params});
+        let (agent_id, output) = self.invoke(&route, input, principal).await?;
+        if let Some(task) = output.get("task") {
+            self.note_task(task, &agent_id, &route, principal);
+        }
+        Ok(output)
+    }
+
+    /// `GetTask` and `CancelTask`: passed to the agent that owns the task.
+    async fn on_task(
+        &self,
+        method: &str,
+        params: Value,
+        principal: Option<&Principal>,
+    ) -> Result<Value, RpcError> {
+        let Some(task_id) = params
+            .get("id")
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+        else {
+            return Err(RpcError::invalid_params(format!(
+                "{method} takes {{\"id\": \"<task id>\"}}"
+            )));
+        };
+        let record = self.owned_task(&task_id, principal)?;
+        let route = Route {
+            skill: record.skill,
+            category: record.category,
+            context_id: record.context_id,
+        };
+        let input = json!({"method": method, "params": params});
+        let (agent_id, output) = self.invoke(&route, input, principal).await?;
+        self.note_task(&output, &agent_id, &route, principal);
+        Ok(output)
+    }
+
+    /// `ListTasks`: the caller's tasks, newest change first, each read from
+    /// its owner (`GetTask`); filtered by `contextId`, and by `status` as
+    /// last seen through Switchboard. `pageToken` is the offset of the page.
+    async fn list_tasks(
+        &self,
+        params: Value,
+        principal: Option<&Principal>,
+    ) -> Result<Value, RpcError> {
+        let text = |name: &str| {
+            params
+                .get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+        };
+        let page_size = match params.get("pageSize").and_then(|v| v.as_u64()) {
+            None | Some(0) => DEFAULT_LIST_PAGE,
+            Some(n) if n <= MAX_LIST_PAGE as u64 => n as usize,
+            Some(n) => {
+                return Err(RpcError::invalid_params(format!(
+                    "pageSize {n} is over {MAX_LIST_PAGE}; ask for fewer and follow nextPageToken"
+                )))
+            }
+        };
+        let offset = match text("pageToken") {
+            None => 0,
+            Some(token) => token.parse::<usize>().map_err(|_| {
+                RpcError::invalid_params("pageToken is the nextPageToken of an earlier answer")
+            })?,
+        };
+        let (context, status) = (text("contextId"), text("status"));
+        let records =
+            tasks::of_caller(self.dispatcher.database(), principal.map(|p| p.id.as_str()))
+                .map_err(|e| RpcError::new(-32603, "INTERNAL", e.to_string()))?;
+        let matching: Vec<_> = records
+            .into_iter()
+            .filter(|(_, r)| context.is_none_or(|c| r.context_id == c))
+            .filter(|(_, r)| status.is_none_or(|s| r.state == s))
+            .collect();
+        let total = matching.len();
+        let mut tasks = Vec::new();
+        for (task_id, record) in matching.iter().skip(offset).take(page_size) {
+            let mut get = json!({"id": task_id});
+            if let Some(length) = params.get("historyLength") {
+                get["historyLength"] = length.clone();
+            }
+            // An owner that cannot answer leaves the task as last seen.
+            let task = match self.on_task("GetTask", get, principal).await {
+                Ok(task) => task,
+                Err(e) => {
+                    tracing::debug!(task_id, error = %e.message, "ListTasks: the owner did not answer GetTask");
+                    json!({"id": task_id, "contextId": record.context_id,
+                           "status": {"state": record.state}})
+                }
+            };
+            tasks.push(task);
+        }
+        let next = offset + tasks.len();
+        Ok(json!({
+            "tasks": tasks,
+            "nextPageToken": if next < total { next.to_string() } else { String::new() },
+            "pageSize": page_size,
+            "totalSize": total,
+        }))
+    }
+
+    /// The record of a task this caller created through Switchboard.
+    fn owned_task(
+        &self,
+        task_id: &str,
+        principal: Option<&Principal>,
+    ) -> Result<crate::namespace::A2aTaskRecord, RpcError> {
+        let record = tasks::get(self.dispatcher.database(), task_id)
+            .map_err(|e| RpcError::new(-32603, "INTERNAL", e.to_string()))?
+            .ok_or_else(|| RpcError::task_not_found(task_id))?;
+        // Another caller's task is not this one's to see or continue.
+        if record.caller.as_deref() != principal.map(|p| p.id.as_str()) {
+            return Err(RpcError::task_not_found(task_id));
+        }
+        Ok(record)
+    }
+
+    /// The skill a new message is for: the one named, else the only one.
+    fn skill(&self, named: Option<&str>, principal: Option<&Principal>) -> Result<Skill, RpcError> {
+        let mut skills = self.skills(principal, "send_message");
+        let names = skills.keys().cloned().collect::<Vec<_>>().join(", ");
+        match named {
+            Some(name) => skills.remove(name).ok_or_else(|| {
+                RpcError::invalid_params(format!(
+                    "no skill {name:?} here; the skills on this Switchboard's card are: {names}"
+                ))
+            }),
+            None if skills.len() == 1 => Ok(skills.into_values().next().expect("one skill")),
+            None => Err(RpcError::invalid_params(format!(
+                "name the skill in the message's metadata: {{\"skill\": \"<id>\"}}; this \
+                 Switchboard routes: {}",
+                if skills.is_empty() {
+                    "no skills yet".to_string()
+                } else {
+                    names
+                }
+            ))),
+        }
+    }
+
+    /// One dispatch of `input` to the route's skill, bound by its context's
+    /// session; the answering agent and its result.
+    async fn invoke(
+        &self,
+        route: &Route,
+        input: Value,
+        principal: Option<&Principal>,
+    ) -> Result<(String, Value), RpcError> {
+        let mut options =
+            RoutingOptions::new().with_session_id(tasks::session_of(&route.context_id));
+        if let Some(p) = principal {
+            options = options.with_caller(p.clone());
+        }
+        let result = self
+            .dispatcher
+            .invoke(&route.skill, route.category.clone(), input, options)
+            .await
+            .map_err(RpcError::of_dispatch)?;
+        Ok((result.agent_id, result.output))
+    }
+
+    /// Records who owns `task` (an A2A Task object) and its state.
+    fn note_task(
+        &self,
+        task: &Value,
+        agent_id: &str,
+        route: &Route,
+        principal: Option<&Principal>,
+    ) {
+        let (Some(task_id), Some(state)) = (
+            task.get("id").and_then(|t| t.as_str()),
+            task.pointer("/status/state").and_then(|s| s.as_str()),
+        ) else {
+            return;
+        };
+        let seen = tasks::Seen {
+            task_id,
+            state,
+            agent_id,
+            skill: &route.skill,
+            category: &route.category,
+            context_id: task
+                .get("contextId")
+                .and_then(|c| c.as_str())
+                .unwrap_or(&route.context_id),
+            caller: principal.map(|p| p.id.as_str()),
+        };
+        if let Err(e) = tasks::record(self.dispatcher.database(), seen) {
+            tracing::warn!(agent_id, task_id, error = %e, "could not record an A2A task's owner; its follow-ups may reach another agent");
+        }
+    }
+}

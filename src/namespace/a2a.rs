@@ -1,0 +1,190 @@
+//! A2A (Agent2Agent) agents as data: how one is registered ([`A2aAgent`],
+//! the payload of `AgentTransport::A2a`: its Agent Card's URL and how its
+//! skills map to categories and names), and the task-affinity record kept
+//! under `a2a_tasks/{task_id}` for each task an A2A agent created through
+//! Switchboard (which agent owns it, so follow-ups go there).
+//!
+//! A2A skills are discovered as MCP tools are and stored beside them under
+//! `mcp_tools/{agent_id}/{skill}` (one discovery, one policy action
+//! `discover`); [`A2aAgent::naming`] is the view that discovery reads.
+
+use super::{CategoryRule, McpServer, PrefixMode, ToolCategory};
+use crate::error::Result;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Task affinity: `a2a_tasks/{task_id}`, one per task an A2A agent made.
+pub(crate) const A2A_TASKS: &str = "a2a_tasks/";
+
+/// `a2a_tasks/{task_id}`
+pub fn a2a_task_key(task_id: &str) -> String {
+    format!("{A2A_TASKS}{task_id}")
+}
+
+/// Where a registration says an A2A agent's card is when it gives only a
+/// base URL: the well-known path of the A2A specification.
+pub const AGENT_CARD_PATH: &str = "/.well-known/agent-card.json";
+
+/// An A2A agent as a registration gives it: its Agent Card's URL, and how
+/// its skills are named and categorised. The card says which skills exist
+/// and where the agent answers (`supportedInterfaces`); the categories come
+/// from the registration, never from the card.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct A2aAgent {
+    /// The Agent Card's URL (`http://` or `https://`), usually
+    /// `{base}/.well-known/agent-card.json`.
+    pub card_url: String,
+    /// The skill ids routed, when declared; empty: every skill on the card.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skills: Vec<String>,
+    /// Skill-id globs to categories (first match wins; unmatched skills go
+    /// to the agent's first category).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub category_rules: Vec<CategoryRule>,
+    /// How a skill id that agents publish with different descriptions is
+    /// told apart (`{agent}_{skill}`).
+    #[serde(default, skip_serializing_if = "is_conditional")]
+    pub prefix: PrefixMode,
+    /// How long a fetched card is trusted before it is fetched again
+    /// (milliseconds; default 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_ttl_ms: Option<u64>,
+    /// Headers sent with every request to the agent (the card fetch too):
+    /// the credentials it asks for, each given by reference (`${VAR}` or
+    /// `file:PATH`, as for MCP agents), never the secret itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn is_conditional(prefix: &PrefixMode) -> bool {
+    *prefix == PrefixMode::Conditional
+}
+
+/// An A2A agent as a registration gives it (the `a2a` field of
+/// `PUT /v1/agents/{id}` and of a config file's `[[agents]]`): the card's
+/// URL alone, or the full [`A2aAgent`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum A2aSpec {
+    /// `"http://127.0.0.1:9000/.well-known/agent-card.json"`
+    Url(String),
+    /// `{"card_url": ..., "skills": [...], "category_rules": [...], ...}`
+    Agent(A2aAgent),
+}
+
+impl A2aSpec {
+    /// The agent it describes.
+    pub fn into_agent(self) -> A2aAgent {
+        match self {
+            A2aSpec::Url(card_url) => A2aAgent::at(card_url),
+            A2aSpec::Agent(agent) => agent,
+        }
+    }
+}
+
+impl A2aAgent {
+    /// An agent whose card is at `card_url`.
+    pub fn at(card_url: impl Into<String>) -> Self {
+        A2aAgent {
+            card_url: card_url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The naming and discovery settings as discovery reads them for every
+    /// agent with named tools: skills are its tools, the card URL where it
+    /// is listed.
+    pub fn naming(&self) -> McpServer {
+        McpServer {
+            url: Some(self.card_url.clone()),
+            tool_names: self.skills.clone(),
+            category_rules: self.category_rules.clone(),
+            prefix: self.prefix,
+            discovery_ttl_ms: self.discovery_ttl_ms,
+            headers: self.headers.clone(),
+            ..McpServer::default()
+        }
+    }
+
+    /// Checks what does not depend on the network: declared skill ids,
+    /// rules whose categories the agent serves, a TTL, headers given by
+    /// reference.
+    pub(crate) fn validate(&self, categories: &[ToolCategory]) -> Result<()> {
+        self.naming().validate(categories)
+    }
+}
+
+/// Where an A2A task stands, as last seen through Switchboard (the A2A
+/// `TaskState` names, e.g. `TASK_STATE_WORKING`).
+pub type A2aTaskState = String;
+
+/// The value under `a2a_tasks/{task_id}`: the agent that owns a task, and
+/// the route its follow-ups take (the skill and category it was sent to,
+/// and the session its calls are bound by).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct A2aTaskRecord {
+    /// The agent that created the task.
+    pub agent_id: String,
+    /// The routed skill name the task was created through.
+    pub skill: String,
+    /// The category that skill is routed in.
+    pub category: ToolCategory,
+    /// The A2A context the task belongs to.
+    pub context_id: String,
+    /// The session id its calls are bound to the owner by.
+    pub session_id: String,
+    /// The task's state as last answered.
+    pub state: A2aTaskState,
+    /// The caller that created it (absent: the local application).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// When it was created (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When its state was last recorded (ms since the Unix epoch).
+    pub updated_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_gives_a_url_or_the_whole_agent() {
+        let url: A2aSpec =
+            serde_json::from_str("\"http://127.0.0.1:1/.well-known/agent-card.json\"").unwrap();
+        assert_eq!(
+            url.into_agent().card_url,
+            "http://127.0.0.1:1/.well-known/agent-card.json"
+        );
+        let full: A2aSpec = serde_json::from_str(
+            r#"{"card_url": "http://h/.well-known/agent-card.json", "skills": ["echo"],
+                "category_rules": [{"glob": "e*", "category": "search"}]}"#,
+        )
+        .unwrap();
+        let agent = full.into_agent();
+        assert_eq!(agent.skills, ["echo"]);
+        assert!(
+            agent.validate(&[ToolCategory::Code]).is_err(),
+            "a rule outside the agent's categories"
+        );
+        assert!(agent
+            .validate(&[ToolCategory::Code, ToolCategory::Search])
+            .is_ok());
+        assert!(serde_json::from_str::<A2aAgent>(r#"{"card_url": "x", "colour": 1}"#).is_err());
+    }
+
+    #[test]
+    fn credentials_are_given_by_reference() {
+        let mut agent = A2aAgent::at("http://h/.well-known/agent-card.json");
+        agent
+            .headers
+            .insert("Authorization".into(), "Bearer s3cret".into());
+        assert!(agent.validate(&[ToolCategory::Code]).is_err());
+        agent
+            .headers
+            .insert("Authorization".into(), "Bearer ${A2A_TOKEN}".into());
+        assert!(agent.validate(&[ToolCategory::Code]).is_ok());
+    }
+}

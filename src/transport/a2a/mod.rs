@@ -1,0 +1,282 @@
+//! A2A agents: an agent that speaks the Agent2Agent protocol (A2A v1.0) is
+//! found by its Agent Card, called with JSON-RPC requests (`SendMessage`,
+//! `GetTask`, `CancelTask`) at the interface the card names, and probed
+//! by fetching its card again.
+//!
+//! - `mod.rs`: [`A2aClients`], each agent's chosen interface by
+//!   registration uid, and one call: the request, the `A2A-Version`
+//!   header, the answer or [`Failure`];
+//! - `card`: the Agent Card: fetched (bounded), parsed, its interface
+//!   chosen, its skills as named tools.
+//!
+//! A call's input is `{"method": ..., "params": ...}`; anything else is the
+//! params of a `SendMessage`. A JSON-RPC error answer is the tool's own
+//! error (final, no failover), written as [`rpc_error_message`] so the A2A
+//! server above can give the caller the agent's error code.
+
+pub(crate) mod card;
+
+use super::{error_chain, Failure, MAX_RESPONSE_BYTES};
+use crate::namespace::A2aAgent;
+use crate::routing::agent::Agent;
+use crate::routing::endpoint::Endpoint;
+use card::{AgentCard, Interface, A2A_VERSION};
+use parking_lot::RwLock;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The A2A methods an agent is called with through Switchboard.
+pub const A2A_METHODS: &[&str] = &["SendMessage", "GetTask", "CancelTask"];
+
+/// How a JSON-RPC error of an A2A agent reads as a tool error.
+pub(crate) fn rpc_error_message(code: i64, message: &str) -> String {
+    format!("A2A error {code}: {message}")
+}
+
+/// The code and message of a tool error written by [`rpc_error_message`].
+pub fn parse_rpc_error(text: &str) -> Option<(i64, &str)> {
+    let rest = text.strip_prefix("A2A error ")?;
+    let (code, message) = rest.split_once(": ")?;
+    Some((code.parse().ok()?, message))
+}
+
+/// Reads a response body, refusing one longer than `limit` bytes.
+pub(crate) async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("the answer is longer than {limit} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the answer: {}", error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is longer than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Every A2A agent's chosen interface, by registration uid.
+pub(crate) struct A2aClients {
+    http: reqwest::Client,
+    upstreams: RwLock<HashMap<u64, Arc<A2aUpstream>>>,
+}
+
+impl A2aClients {
+    pub(crate) fn new(http: reqwest::Client) -> Self {
+        A2aClients {
+            http,
+            upstreams: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The client of `agent`, created on first use; `None` if it is not an
+    /// A2A agent.
+    pub(crate) fn upstream(&self, agent: &Agent) -> Option<Arc<A2aUpstream>> {
+        let Endpoint::A2a(spec) = &agent.endpoint else {
+            return None;
+        };
+        if let Some(upstream) = self.upstreams.read().get(&agent.uid) {
+            return Some(upstream.clone());
+        }
+        Some(
+            self.upstreams
+                .write()
+                .entry(agent.uid)
+                .or_insert_with(|| {
+                    Arc::new(A2aUpstream {
+                        spec: spec.clone(),
+                        http: self.http.clone(),
+                        interface: RwLock::new(None),
+                    })
+                })
+                .clone(),
+        )
+    }
+
+    /// Forgets the registrations that are no longer current.
+    pub(crate) fn retain(&self, current: impl Fn(u64) -> bool) {
+        self.upstreams.write().retain(|uid, _| current(*uid));
+    }
+}
+
+/// One A2A agent: its registration and the interface its card chose.
+pub(crate) struct A2aUpstream {
+    spec: A2aAgent,
+    http: reqwest::Client,
+    interface: RwLock<Option<Interface>>,
+}
+
+impl A2aUpstream {
+    /// The headers the registration gives (credentials, resolved on this
+    /// node now), with the A2A version.
+    fn headers(&self) -> Result<HeaderMap, Failure> {
+        let mut headers: HeaderMap = super::mcp::resolve_headers(&self.spec.naming())
+            .map_err(Failure::Agent)?
+            .into_iter()
+            .collect();
+        headers.insert("A2A-Version", HeaderValue::from_static(A2A_VERSION));
+        Ok(headers)
+    }
+
+    /// Fetches the card now, and keeps the interface it names for calls.
+    pub(crate) async fn fetch_card(&self, timeout: Duration) -> Result<AgentCard, Failure> {
+        let card = card::fetch(&self.http, &self.spec.card_url, self.headers()?, timeout).await?;
+        let interface = card.interface().map_err(Failure::Agent)?;
+        *self.interface.write() = Some(interface);
+        Ok(card)
+    }
+
+    /// Whether the card can be fetched and names an interface.
+    pub(crate) async fn ping(&self, timeout: Duration) -> bool {
+        self.fetch_card(timeout).await.is_ok()
+    }
+
+    /// One call, for the agent's skill `skill`: `input` is
+    /// `{"method", "params"}` or a `SendMessage`'s params; a `SendMessage`'s
+    /// `metadata.skill` is set to it, so the agent knows which of its
+    /// skills was asked for.
+    pub(crate) async fn call(
+        &self,
+        skill: &str,
+        input: &serde_json::Value,
+        invocation_id: &str,
+    ) -> Result<serde_json::Value, Failure> {
+        let (method, mut params) = match (input.get("method"), input.get("params")) {
+            (Some(serde_json::Value::String(m)), params) => (
+                m.as_str(),
+                params.cloned().unwrap_or_else(|| serde_json::json!({})),
+            ),
+            _ => ("SendMessage", input.clone()),
+        };
+        if !A2A_METHODS.contains(&method) {
+            return Err(Failure::Tool(format!(
+                "an A2A agent is called with one of {A2A_METHODS:?} through Switchboard, not {method:?}"
+            )));
+        }
+        if method == "SendMessage" {
+            let Some(params) = params.as_object_mut() else {
+                return Err(Failure::Tool(
+                    "SendMessage takes an object: {\"message\": {...}}".into(),
+                ));
+            };
+            let metadata = params
+                .entry("metadata")
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(metadata) = metadata.as_object_mut() {
+                // The agent's own id of the skill, whatever name the caller
+                // routed it by (`{agent}_{skill}` when prefixed).
+                metadata.insert("skill".into(), serde_json::Value::String(skill.to_string()));
+            }
+        }
+        let interface = self.interface.read().clone();
+        let interface = match interface {
+            Some(interface) => interface,
+            None => {
+                // Not fetched since this registration (or the process) began.
+                self.fetch_card(Duration::from_secs(10)).await?;
+                self.interface
+                    .read()
+                    .clone()
+                    .ok_or_else(|| Failure::Agent("the Agent Card names no interface".into()))?
+            }
+        };
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": invocation_id,
+            "method": method,
+            "params": params,
+        });
+        let response = self
+            .http
+            .post(interface.url)
+            .headers(self.headers()?)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .body(serde_json::to_vec(&body).map_err(|e| Failure::Agent(e.to_string()))?)
+            .send()
+            .await
+            .map_err(|e| Failure::Agent(error_chain(&e)))?;
+        let status = response.status();
+        if let Some(pause) = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::http::parse_retry_after)
+            .filter(|_| status.as_u16() == 429 || status.as_u16() == 503)
+        {
+            return Err(Failure::Overloaded {
+                message: format!("the A2A agent answered HTTP {status}"),
+                retry_after: pause,
+            });
+        }
+        let bytes = read_bounded(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(Failure::Agent)?;
+        if status.is_server_error() {
+            return Err(Failure::Agent(format!(
+                "the A2A agent answered HTTP {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Err(Failure::Tool(format!(
+                "the A2A agent answered HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+            )));
+        }
+        answer(&bytes)
+    }
+}
+
+/// A JSON-RPC answer as output (its `result`) or failure (its `error`, the
+/// tool's own).
+fn answer(bytes: &[u8]) -> Result<serde_json::Value, Failure> {
+    let mut reply: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Failure::Agent(format!("the A2A agent's answer is not JSON: {e}")))?;
+    if let Some(error) = reply.get("error") {
+        let code = error.get("code").and_then(|c| c.as_i64()).unwrap_or(-32603);
+        let message = error
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("(no message)");
+        return Err(Failure::Tool(rpc_error_message(code, message)));
+    }
+    match reply.get_mut("result") {
+        Some(result) => Ok(result.take()),
+        None => Err(Failure::Agent(
+            "the A2A agent's answer has neither result nor error".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_answer_is_the_tools_error_and_keeps_its_code() {
+        let failure = answer(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"Task not found"}}"#,
+        )
+        .unwrap_err();
+        let Failure::Tool(message) = failure else {
+            panic!("{failure:?}")
+        };
+        assert_eq!(parse_rpc_error(&message), Some((-32001, "Task not found")));
+        assert_eq!(
+            answer(br#"{"jsonrpc":"2.0","id":1,"result":{"task":{"id":"t"}}}"#).unwrap(),
+            serde_json::json!({"task": {"id": "t"}})
+        );
+        assert!(matches!(answer(b"{}"), Err(Failure::Agent(_))));
+        assert!(matches!(answer(b"<html>"), Err(Failure::Agent(_))));
+        assert_eq!(parse_rpc_error("something else"), None);
+    }
+}

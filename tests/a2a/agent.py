@@ -1,0 +1,100 @@
+"""An A2A agent built on the official SDK (a2a-sdk), for the A2A end-to-end
+test: `agent.py PORT NAME SKILL [SKILL...]` serves an Agent Card at
+/.well-known/agent-card.json and JSON-RPC at /a2a on 127.0.0.1:PORT. A
+SKILL is an id, or `id=description` to publish another description.
+
+Each skill answers in text naming the agent (NAME) and the skill, so the
+test can tell which replica answered. A message whose text starts with
+"ask" makes a task that waits for input (TASK_STATE_INPUT_REQUIRED); the
+follow-up on that task completes it, answering with the turn count the
+agent holds for the task, which only the agent that owns the task knows. A
+message starting with "wait" makes a task that stays working until it is
+cancelled.
+"""
+
+import asyncio
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+
+from a2a.helpers import get_message_text, new_text_message, new_task_from_user_message
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Role
+
+
+class Executor(AgentExecutor):
+    def __init__(self, name):
+        self.name = name
+        self.turns = {}
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        text = get_message_text(context.message)
+        skill = (context.metadata or {}).get("skill") or dict(context.message.metadata).get("skill", "?")
+        task = context.current_task
+        if task is None and not text.startswith(("ask", "wait")):
+            await event_queue.enqueue_event(
+                new_text_message(f"{self.name}/{skill}: {text}", role=Role.ROLE_AGENT,
+                                 context_id=context.context_id)
+            )
+            return
+        if task is None:
+            task = new_task_from_user_message(context.message)
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        turns = self.turns.get(task.id, 0) + 1
+        self.turns[task.id] = turns
+        if text.startswith("ask"):
+            await updater.requires_input(
+                updater.new_agent_message([_text(f"{self.name}: say more")])
+            )
+        elif text.startswith("wait"):
+            await updater.start_work()
+            await asyncio.Event().wait()
+        else:
+            await updater.complete(
+                updater.new_agent_message([_text(f"{self.name}: turn {turns}: {text}")])
+            )
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        await updater.cancel(updater.new_agent_message([_text(f"{self.name}: cancelled")]))
+
+
+def _text(text):
+    from a2a.helpers import new_text_part
+    return new_text_part(text)
+
+
+def main():
+    port, name, skills = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    card = AgentCard(
+        name=name,
+        description=f"test agent {name}",
+        version="1.0.0",
+        supported_interfaces=[
+            AgentInterface(url=f"http://127.0.0.1:{port}/a2a", protocol_binding="JSONRPC",
+                           protocol_version="1.0"),
+        ],
+        capabilities=AgentCapabilities(streaming=False),
+        default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[
+            AgentSkill(id=s, name=s, description=d or f"the {s} skill", tags=[s])
+            for s, _, d in (spec.partition("=") for spec in skills)
+        ],
+    )
+    handler = DefaultRequestHandler(
+        agent_executor=Executor(name), task_store=InMemoryTaskStore(), agent_card=card
+    )
+    app = Starlette(routes=create_agent_card_routes(card) + create_jsonrpc_routes(handler, "/a2a"))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

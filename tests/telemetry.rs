@@ -705,6 +705,10 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
         assert_eq!(upstream.attr(key), Some(value), "{key} of {upstream:#?}");
     }
     assert_eq!(upstream.status_code, STATUS_OK);
+    assert!(
+        upstream.attr("jsonrpc.request.id").is_some(),
+        "the upstream request's id: {upstream:#?}"
+    );
     let expected = format!("00-{CALLER_TRACE}-{}-01", upstream.span_id);
     assert!(
         answer["output"].to_string().contains(&expected),

@@ -257,14 +257,17 @@ impl<'a> Call<'a> {
                 trace: passed_on.as_ref().or(self.options.trace.as_ref()),
             };
             let health = inner.health.read().clone();
-            let (outcome, latency) = attempt(
+            let called = attempt(
                 &inner.callers,
                 &inner.registry,
                 health.as_ref(),
                 &agent,
                 request,
-            )
-            .await;
+            );
+            let (outcome, latency) = match &mcp_span {
+                Some(span) => span.instrument(called).await,
+                None => called.await,
+            };
             drop(lease);
             let (kind, error) = match &outcome {
                 Ok(_) => (AttemptOutcome::Succeeded, None),

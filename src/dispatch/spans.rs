@@ -230,6 +230,9 @@ impl AttemptSpan {
                 .map(i64::from),
             // A streamable-HTTP server is reached over TCP, a command over its pipes.
             network.transport = if url.is_some() { "tcp" } else { "pipe" },
+            // The id the MCP client gives the request, recorded by the
+            // transport from within this span (`instrument`).
+            jsonrpc.request.id = Empty,
             "error.type" = Empty,
         )))
     }
@@ -310,6 +313,15 @@ impl McpRequest {
 pub(super) struct McpClientSpan(tracing::Span);
 
 impl McpClientSpan {
+    /// Runs the attempt's request inside this span, so the transport can
+    /// record on it what only it knows (the JSON-RPC request id).
+    pub(super) fn instrument<F: std::future::Future>(
+        &self,
+        request: F,
+    ) -> tracing::instrument::Instrumented<F> {
+        tracing::Instrument::instrument(request, self.0.clone())
+    }
+
     /// The trace context the agent is called with: this span as its parent.
     pub(super) fn passed_on(&self, received: Option<&TraceContext>) -> Option<TraceContext> {
         telemetry::passed_on(&self.0, received)

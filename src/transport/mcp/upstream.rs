@@ -1011,6 +1011,8 @@ impl Upstream {
         let handle = peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await?;
+        // The dispatch's MCP client span, when spans are made (else a no-op).
+        tracing::Span::current().record("jsonrpc.request.id", tracing::field::display(&handle.id));
         let _asking = asks.add(handle.id.clone(), relay.cloned());
         let route = sink.map(|sink| {
             let token = handle.progress_token.clone();

@@ -176,6 +176,48 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Why a response body was not read whole.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// It is longer than the limit (the bytes given).
+    TooLong(usize),
+    /// The connection broke off while it was read (its error chain).
+    Broken(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLong(limit) => write!(f, "the answer is longer than {limit} bytes"),
+            BodyError::Broken(chain) => write!(f, "reading the answer: {chain}"),
+        }
+    }
+}
+
+/// Reads a response body, refusing one longer than `limit` bytes before
+/// holding more than that: at once when its `Content-Length` says so, else
+/// at the chunk that crosses the limit.
+pub(crate) async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLong(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Broken(error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLong(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// One invocation as the HTTP protocol carries it.
 #[derive(serde::Serialize)]
 pub(crate) struct WireRequest<'a> {

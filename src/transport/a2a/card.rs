@@ -2,8 +2,7 @@
 //! time bound, parsed to the fields routing needs (its skills and its
 //! `supportedInterfaces`), and the interface calls go to chosen from them.
 
-use super::super::{error_chain, Failure};
-use super::read_bounded;
+use super::super::{error_chain, read_bounded, Failure};
 use crate::transport::mcp::ListedTool;
 use reqwest::header::{HeaderMap, ACCEPT};
 use serde::Deserialize;

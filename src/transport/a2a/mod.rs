@@ -16,7 +16,7 @@
 
 pub(crate) mod card;
 
-use super::{error_chain, Failure, MAX_RESPONSE_BYTES};
+use super::{error_chain, read_bounded, Failure, MAX_RESPONSE_BYTES};
 use crate::namespace::A2aAgent;
 use crate::routing::agent::Agent;
 use crate::routing::endpoint::Endpoint;
@@ -40,28 +40,6 @@ pub fn parse_rpc_error(text: &str) -> Option<(i64, &str)> {
     let rest = text.strip_prefix("A2A error ")?;
     let (code, message) = rest.split_once(": ")?;
     Some((code.parse().ok()?, message))
-}
-
-/// Reads a response body, refusing one longer than `limit` bytes.
-pub(crate) async fn read_bounded(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, String> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(format!("the answer is longer than {limit} bytes"));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the answer: {}", error_chain(&e)))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(format!("the answer is longer than {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// Every A2A agent's chosen interface, by registration uid.
@@ -220,7 +198,7 @@ impl A2aUpstream {
         }
         let bytes = read_bounded(response, MAX_RESPONSE_BYTES)
             .await
-            .map_err(Failure::Agent)?;
+            .map_err(|e| Failure::Agent(e.to_string()))?;
         if status.is_server_error() {
             return Err(Failure::Agent(format!(
                 "the A2A agent answered HTTP {status}"

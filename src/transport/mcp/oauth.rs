@@ -10,7 +10,7 @@
 
 use crate::namespace::{EnvValue, UpstreamOAuth};
 use crate::policy::NetworkPolicy;
-use crate::transport::error_chain;
+use crate::transport::{error_chain, read_bounded, BodyError};
 use reqwest::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 use rmcp::model::ClientJsonRpcMessage;
 use rmcp::transport::common::client_side_sse::BoxedSseResponse;
@@ -348,23 +348,18 @@ async fn send(
     NetworkPolicy::current()
         .check_url(url)
         .map_err(|e| format!("{url}: {e}"))?;
-    let mut response = request
+    let response = request
         .timeout(REQUEST_TIMEOUT)
         .send()
         .await
         .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
     let status = response.status().as_u16();
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+    let body = read_bounded(response, MAX_BODY_BYTES)
         .await
-        .map_err(|e| format!("{url}: {}", error_chain(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(format!("{url} answered more than {MAX_BODY_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+        .map_err(|e| match e {
+            BodyError::TooLong(_) => format!("{url} answered more than {MAX_BODY_BYTES} bytes"),
+            BodyError::Broken(chain) => format!("{url}: {chain}"),
+        })?;
     Ok((status, body))
 }
 

@@ -1064,6 +1064,20 @@ async fn a_jwt_signs_in_to_the_admin_ui_as_its_subject_and_roles() {
         "{cookie}"
     );
     let session = cookie.split(';').next().unwrap().to_string();
+    let server = &server;
+    let agents_seen_by = |session: String| async move {
+        let agents: Value = server
+            .client
+            .get(format!("{}/v1/agents", server.base))
+            .header("cookie", session)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        agents
+    };
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["caller"], "jwt:carol", "{body}");
     let mut scopes: Vec<&str> = body["scopes"]
@@ -1078,16 +1092,7 @@ async fn a_jwt_signs_in_to_the_admin_ui_as_its_subject_and_roles() {
     // The cookie alone carries the JWT's caller and roles: HIDE_PAYMENTS
     // hides the payments agent from an intern on the UI's reads as on the
     // API's.
-    let agents: Value = server
-        .client
-        .get(format!("{}/v1/agents", server.base))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let agents = agents_seen_by(session).await;
     assert_eq!(agent_ids(&agents), Vec::<String>::new(), "{agents}");
     let r = sign_in(server.jwt("carol", &["payments"], now_secs() + 600))
         .await
@@ -1099,16 +1104,7 @@ async fn a_jwt_signs_in_to_the_admin_ui_as_its_subject_and_roles() {
         .next()
         .unwrap()
         .to_string();
-    let agents: Value = server
-        .client
-        .get(format!("{}/v1/agents", server.base))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let agents = agents_seen_by(session).await;
     assert_eq!(agent_ids(&agents), ["payments_agent"], "{agents}");
 
     // An expired JWT signs nobody in.

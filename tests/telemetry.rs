@@ -922,6 +922,112 @@ async fn a_call_the_caller_sampled_out_exports_no_span_and_the_agent_is_told_so(
     assert!(seen[1].as_deref().unwrap().ends_with("-01"), "{seen:?}");
 }
 
+/// A trace id whose low 64 bits are small: a ratio sampler of 0.5 keeps it.
+const KEPT_BY_HALF: &str = "5b8efff7980381030000000000000001";
+/// A trace id whose low 64 bits are large: a ratio sampler of 0.5 drops it.
+const DROPPED_BY_HALF: &str = "5b8efff798038103fffffffffffffffe";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ratio_sampler_decides_by_the_trace_id_and_a_dropped_call_still_passes_its_trace_on() {
+    let (kept_trace, dropped_trace) = (KEPT_BY_HALF, DROPPED_BY_HALF);
+    let collector = Collector::start().await;
+    let traced = TracedAgent::start().await;
+    let client = common::http_client();
+    // Not parent-based: the caller's flags do not decide, the trace id does.
+    let serve = ServeProcess::start(
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ],
+        &client,
+    )
+    .await;
+    register(
+        &client,
+        &serve,
+        "traced",
+        json!({"tools": ["code"], "endpoint": traced.endpoint}),
+    )
+    .await;
+    let unsampled_but_kept = format!("00-{kept_trace}-{CALLER_SPAN}-00");
+    let sampled_but_dropped = format!("00-{dropped_trace}-{CALLER_SPAN}-01");
+    for traceparent in [&sampled_but_dropped, &unsampled_but_kept] {
+        let (status, answer) = invoke(
+            &client,
+            &serve,
+            json!({"tool": "run", "category": "code"}),
+            Some(traceparent),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Spans are exported in the order they end: once the second call's
+    // are in, the first call's would be too.
+    let kept = collector.spans(4, |s| s.trace_id == kept_trace).await;
+    assert!(
+        kept.iter().any(|s| s.name == "execute_tool run"),
+        "{kept:#?}"
+    );
+    let dropped = collector.spans(0, |s| s.trace_id == dropped_trace).await;
+    assert!(dropped.is_empty(), "{dropped:#?}");
+    let seen = traced.traceparents();
+    // A dropped call passes the caller's context on as it came.
+    assert_eq!(seen[0].as_deref(), Some(sampled_but_dropped.as_str()));
+    let attempt = kept.iter().find(|s| s.name == "attempt traced").unwrap();
+    assert_eq!(
+        seen[1].as_deref(),
+        Some(format!("00-{kept_trace}-{}-01", attempt.span_id).as_str())
+    );
+
+    // A call that starts a trace here and is dropped still names a trace:
+    // the agent is told it is not sampled, and the record keeps its id.
+    let off = ServeProcess::start(
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+        ],
+        &client,
+    )
+    .await;
+    register(
+        &client,
+        &off,
+        "traced",
+        json!({"tools": ["code"], "endpoint": traced.endpoint}),
+    )
+    .await;
+    let (status, answer) = invoke(
+        &client,
+        &off,
+        json!({"tool": "run", "category": "code"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let passed_on = traced.traceparents()[2].clone().expect("a traceparent");
+    let fields: Vec<&str> = passed_on.split('-').collect();
+    assert_eq!(
+        (fields.len(), fields[0], fields[3]),
+        (4, "00", "00"),
+        "{passed_on}"
+    );
+    let page: Value = client
+        .get(format!("{}/v1/scan?prefix=tools/code/run/", off.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"][0]["value"]["trace_id"], fields[1], "{page}");
+    let exported = collector.spans(0, |s| s.trace_id == fields[1]).await;
+    assert!(exported.is_empty(), "{exported:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_go_on_unaffected_while_the_collector_is_down() {
     let traced = TracedAgent::start().await;

@@ -51,7 +51,7 @@ impl<'a> Call<'a> {
         tool: &str,
         category: ToolCategory,
         input: serde_json::Value,
-        options: RoutingOptions,
+        mut options: RoutingOptions,
     ) -> Self {
         let config = dispatcher.inner.config.read().clone();
         let (stored_input, input_truncated) = config
@@ -59,7 +59,7 @@ impl<'a> Call<'a> {
             .map_or((None, false), |(v, cut)| (Some(v), cut));
         let invocation_id = new_invocation_id();
         let (span, trace_id) =
-            match DispatchSpan::start(tool, category.as_str(), &invocation_id, &options) {
+            match DispatchSpan::start(tool, category.as_str(), &invocation_id, &mut options) {
                 Some((span, trace_id)) => (Some(span), trace_id),
                 None => (None, None),
             };
@@ -166,7 +166,7 @@ impl<'a> Call<'a> {
             let attempt_span = self
                 .span
                 .as_ref()
-                .and_then(|span| span.attempt(&agent, self.tried.len()));
+                .map(|span| span.attempt(&agent, self.tried.len()));
             if !agent.is_healthy() {
                 // Panic routing (see `routing/tiers.rs`): too much of the
                 // tier, or all of the category, is ejected.
@@ -236,15 +236,14 @@ impl<'a> Call<'a> {
                 .as_ref()
                 .zip(mcp.as_ref())
                 .and_then(|(span, request)| span.mcp_client(&agent, request));
-            // With spans, the agent continues the trace from this attempt
-            // (from its MCP client span, for an MCP agent), or from the
-            // call's span when the call was sampled out.
+            // A traced call's agent continues the trace from this attempt
+            // (from its MCP client span, for an MCP agent); an untraced
+            // one's gets the trace context the call came with, if any.
             let received = self.options.trace.as_ref();
-            let passed_on = match (&mcp_span, &attempt_span, &self.span) {
-                (Some(span), _, _) => span.passed_on(received),
-                (None, Some(span), _) => span.passed_on(received),
-                (None, None, Some(span)) => span.passed_on(received),
-                (None, None, None) => None,
+            let passed_on = match (&mcp_span, &attempt_span) {
+                (Some(span), _) => span.passed_on(received),
+                (None, Some(span)) => span.passed_on(received),
+                (None, None) => None,
             };
             let request = WireRequest {
                 invocation_id: &self.record.value.invocation_id,
@@ -375,7 +374,7 @@ impl<'a> Call<'a> {
             .span
             .as_ref()
             .filter(|_| self.record.written && !self.record.finished)
-            .and_then(DispatchSpan::commit_outcome);
+            .map(DispatchSpan::commit_outcome);
         if let Some(commit) = &commit {
             commit.trace_policies(&mut ctx);
         }

@@ -17,71 +17,66 @@ use crate::telemetry::{self, TARGET};
 use crate::transport::TraceContext;
 use tracing::field::Empty;
 
-/// The span of one `invoke`. Clones are the same span; it ends when the
-/// last one is dropped.
+/// The span of one `invoke` the sampler kept (a dropped call has none, and
+/// makes no children). Clones are the same span; it ends when the last one
+/// is dropped.
 #[derive(Clone)]
 pub(super) struct DispatchSpan {
     span: tracing::Span,
-    /// Whether the sampler kept it: a dropped span's children are not made.
-    sampled: bool,
 }
 
 impl DispatchSpan {
     /// The call's span, continuing the caller's trace if it came with one,
     /// and its trace id (for the dispatch record); `None` (at the cost of
-    /// one atomic load) while no exporter runs.
+    /// one atomic load) while no exporter runs, and when the sampler drops
+    /// the call (`options.trace` then carries the unsampled trace on).
     pub(super) fn start(
         tool: &str,
         category: &str,
         invocation_id: &str,
-        options: &RoutingOptions,
+        options: &mut RoutingOptions,
     ) -> Option<(DispatchSpan, Option<String>)> {
         if !telemetry::spans_on() {
             return None;
         }
-        let span = tracing::info_span!(
-            target: TARGET,
-            "execute_tool",
-            otel.name = format!("execute_tool {tool}"),
-            otel.kind = "internal",
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-            gen_ai.operation.name = "execute_tool",
-            gen_ai.tool.name = tool,
-            gen_ai.tool.call.id = invocation_id,
-            "gen_ai.tool.type" = "extension",
-            switchboard.category = category,
-            switchboard.strategy = options.strategy.as_str(),
-            switchboard.session.id = options.session_id.as_deref(),
-            switchboard.caller.id = options.caller.as_ref().map(|c| c.id.as_str()),
-            switchboard.agent.id = Empty,
-            switchboard.attempts = Empty,
-            switchboard.policy.denials = Empty,
-            gen_ai.tool.call.arguments = Empty,
-            gen_ai.tool.call.result = Empty,
-            "error.type" = Empty,
-        );
-        if let Some(trace) = &options.trace {
-            telemetry::continue_trace(&span, trace);
-        }
-        let (trace_id, sampled) = telemetry::trace_id(&span);
-        Some((DispatchSpan { span, sampled }, trace_id))
+        let strategy = options.strategy.as_str();
+        let session_id = options.session_id.as_deref();
+        let caller_id = options.caller.as_ref().map(|c| c.id.as_str());
+        let span = telemetry::start_edge_span(&mut options.trace, || {
+            tracing::info_span!(
+                target: TARGET,
+                "execute_tool",
+                otel.name = format!("execute_tool {tool}"),
+                otel.kind = "internal",
+                otel.status_code = Empty,
+                otel.status_description = Empty,
+                gen_ai.operation.name = "execute_tool",
+                gen_ai.tool.name = tool,
+                gen_ai.tool.call.id = invocation_id,
+                "gen_ai.tool.type" = "extension",
+                switchboard.category = category,
+                switchboard.strategy = strategy,
+                switchboard.session.id = session_id,
+                switchboard.caller.id = caller_id,
+                switchboard.agent.id = Empty,
+                switchboard.attempts = Empty,
+                switchboard.policy.denials = Empty,
+                gen_ai.tool.call.arguments = Empty,
+                gen_ai.tool.call.result = Empty,
+                "error.type" = Empty,
+            )
+        })?;
+        let trace_id = telemetry::trace_id(&span);
+        Some((DispatchSpan { span }, trace_id))
     }
 
-    /// A span for the commit of the record's outcome, if the call's span
-    /// is sampled.
-    pub(super) fn commit_outcome(&self) -> Option<CommitSpan> {
-        self.sampled
-            .then(|| CommitSpan::start(&self.span, CommitSpan::OUTCOME))
+    /// A span for the commit of the record's outcome.
+    pub(super) fn commit_outcome(&self) -> CommitSpan {
+        CommitSpan::start(&self.span, CommitSpan::OUTCOME)
     }
 
-    /// A span for the attempt on `agent`, the `number`th candidate, if
-    /// the call's span is sampled (a dropped call's attempts would be
-    /// dropped too: they are not made).
-    pub(super) fn attempt(&self, agent: &Agent, number: usize) -> Option<AttemptSpan> {
-        if !self.sampled {
-            return None;
-        }
+    /// A span for the attempt on `agent`, the `number`th candidate.
+    pub(super) fn attempt(&self, agent: &Agent, number: usize) -> AttemptSpan {
         let (address, port) = match &agent.endpoint {
             Endpoint::Http(url) => (
                 url.host_str().map(str::to_string),
@@ -122,14 +117,7 @@ impl DispatchSpan {
             switchboard.failover.reason = Empty,
             "error.type" = Empty,
         );
-        Some(AttemptSpan(span))
-    }
-
-    /// The trace context an agent is called with when the call has no
-    /// attempt span (it was sampled out): the call's span as its parent,
-    /// flagged not sampled, so the agent follows the decision.
-    pub(super) fn passed_on(&self, received: Option<&TraceContext>) -> Option<TraceContext> {
-        telemetry::passed_on(&self.span, received)
+        AttemptSpan(span)
     }
 
     /// Records, as the call ends, the agent last called, how many were
@@ -149,9 +137,9 @@ impl DispatchSpan {
     }
 
     /// Whether the call's arguments and result go on its span: the
-    /// operator opted in, and the span is sampled.
+    /// operator opted in.
     pub(super) fn records_content(&self) -> bool {
-        self.sampled && telemetry::content_on()
+        telemetry::content_on()
     }
 
     /// Records the call's arguments (as JSON text), redacted as the audit
@@ -183,7 +171,7 @@ impl DispatchSpan {
     }
 }
 
-/// The span of one attempt (of a sampled call); it ends when dropped.
+/// The span of one attempt; it ends when dropped.
 pub(super) struct AttemptSpan(tracing::Span);
 
 impl AttemptSpan {

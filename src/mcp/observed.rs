@@ -1,7 +1,7 @@
 //! One MCP request as Switchboard serves it, observed by the OpenTelemetry
 //! MCP convention: its server span (`{mcp.method.name} {target}`, kind
 //! server, a child of the caller's `params._meta.traceparent`), made only
-//! while an exporter runs, and its duration in the
+//! while an exporter runs and its sampler keeps the request, and its duration in the
 //! `mcp.server.operation.duration` histogram, always. A request that is
 //! dispatched (`tools/call`, `prompts/get`, `resources/read`) continues the
 //! trace from the server span with its `execute_tool` span.
@@ -21,8 +21,9 @@ pub(super) struct Observed {
     target: String,
     started: Instant,
     span: Option<tracing::Span>,
-    /// The trace context the dispatch continues: the server span's, or the
-    /// caller's as it came when no span is made.
+    /// The trace context the dispatch continues: the server span's, or,
+    /// when no span is made, the caller's as it came (or the unsampled one
+    /// the sampler started).
     trace: Option<TraceContext>,
 }
 
@@ -36,17 +37,17 @@ impl Observed {
         resource: Option<&str>,
         context: &RequestContext<RoleServer>,
     ) -> Observed {
-        let received = trace_of(context);
-        let span = telemetry::spans_on().then(|| server_span(method, target, resource, context));
-        let trace = match &span {
-            Some(span) => {
-                if let Some(received) = &received {
-                    telemetry::continue_trace(span, received);
-                }
-                telemetry::passed_on(span, received.as_ref()).or(received)
-            }
-            None => received,
+        let mut trace = trace_of(context);
+        let span = if telemetry::spans_on() {
+            telemetry::start_edge_span(&mut trace, || {
+                server_span(method, target, resource, context)
+            })
+        } else {
+            None
         };
+        if let Some(span) = &span {
+            trace = telemetry::passed_on(span, trace.as_ref()).or(trace);
+        }
         Observed {
             method,
             target: target.unwrap_or_default().to_string(),

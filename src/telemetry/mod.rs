@@ -9,7 +9,10 @@
 //!
 //! Dispatch makes its spans (`dispatch/spans.rs`) only while an exporter
 //! runs: otherwise a call pays one atomic load, and no span, attribute or
-//! id is built. Spans are `tracing` spans of the target [`TARGET`]; the
+//! id is built. The operator's sampler is applied here, before a trace's
+//! first span in this process is built ([`start_edge_span`]): a call the
+//! sampler drops builds no span at all, and passes on an unsampled trace
+//! context instead. Spans are `tracing` spans of the target [`TARGET`]; the
 //! layer of [`Telemetry::layer`] turns those, and only those, into
 //! OpenTelemetry spans, handed to a bounded batch queue that a background
 //! thread exports: a slow or dead collector costs dropped spans, never a
@@ -23,12 +26,15 @@ pub use config::{TelemetryConfig, DEFAULT_SERVICE_NAME, DEFAULT_TIMEOUT_MS, PROT
 use crate::error::{Error, Result};
 use crate::transport::TraceContext;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider,
+};
 use opentelemetry_sdk::Resource;
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -45,6 +51,22 @@ static CONTENT: AtomicBool = AtomicBool::new(false);
 /// Whether an exporter runs, so dispatch should make spans.
 pub(crate) fn spans_on() -> bool {
     SPANS.load(Ordering::Relaxed)
+}
+
+/// Whether a trace continued from a caller follows the caller's decision
+/// (the `parentbased_*` samplers).
+static PARENT_BASED: AtomicBool = AtomicBool::new(true);
+
+/// A trace is kept when the low 64 bits of its id, shifted right by one,
+/// are below this: `u64::MAX` keeps every trace, 0 none, and a ratio `r`
+/// keeps `r × 2⁶³` of the 2⁶³ values, as OpenTelemetry's
+/// `TraceIdRatioBased` sampler decides.
+static KEEP_BELOW: AtomicU64 = AtomicU64::new(u64::MAX);
+
+thread_local! {
+    /// The trace id the next root span built on this thread takes: the one
+    /// the sampler decided on (see [`EdgeIds`]).
+    static DECIDED_TRACE_ID: Cell<Option<u128>> = const { Cell::new(None) };
 }
 
 /// Whether the operator opted in to tool arguments and results on spans.
@@ -94,15 +116,19 @@ impl Telemetry {
             Error::invalid("Telemetry::start must be called inside a tokio runtime")
         })?;
         let exporter = otlp::Exporter::new(runtime, Duration::from_millis(config.timeout_ms), url);
+        // The sampler is applied before a span is built (`start_edge_span`),
+        // so every span that reaches the SDK is one to keep.
         let provider = SdkTracerProvider::builder()
             .with_span_processor(BatchSpanProcessor::builder(exporter).build())
-            .with_sampler(sampler(config))
+            .with_sampler(Sampler::AlwaysOn)
+            .with_id_generator(EdgeIds::default())
             .with_resource(
                 Resource::builder()
                     .with_service_name(config.service_name.clone())
                     .build(),
             )
             .build();
+        set_sampler(config);
         CONTENT.store(config.capture_tool_content, Ordering::Relaxed);
         SPANS.store(true, Ordering::Relaxed);
         Ok(Some(Telemetry { provider }))
@@ -139,16 +165,98 @@ impl Telemetry {
     }
 }
 
-fn sampler(config: &TelemetryConfig) -> Sampler {
-    let ratio = config.sampler_arg.unwrap_or(1.0);
-    let root = |name: &str| match name {
-        "always_off" => Sampler::AlwaysOff,
-        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
-        _ => Sampler::AlwaysOn,
+/// Sets the sampling that [`start_edge_span`] applies from `config`'s
+/// sampler (one of the `OTEL_TRACES_SAMPLER` names `config` accepts).
+fn set_sampler(config: &TelemetryConfig) {
+    let (parent_based, root) = match config.sampler.strip_prefix("parentbased_") {
+        Some(root) => (true, root),
+        None => (false, config.sampler.as_str()),
     };
-    match config.sampler.strip_prefix("parentbased_") {
-        Some(root_name) => Sampler::ParentBased(Box::new(root(root_name))),
-        None => root(&config.sampler),
+    let keep_below = match root {
+        "always_off" => 0,
+        "traceidratio" => {
+            let ratio = config.sampler_arg.unwrap_or(1.0).clamp(0.0, 1.0);
+            (ratio * (1u64 << 63) as f64) as u64
+        }
+        _ => u64::MAX,
+    };
+    PARENT_BASED.store(parent_based, Ordering::Relaxed);
+    KEEP_BELOW.store(keep_below, Ordering::Relaxed);
+}
+
+/// Whether the sampler keeps the trace `trace_id`.
+fn keeps(trace_id: u128) -> bool {
+    ((trace_id as u64) >> 1) < KEEP_BELOW.load(Ordering::Relaxed)
+}
+
+/// Builds, with `make`, the span where a trace enters this process (a
+/// call's or an MCP request's), if the sampler keeps it; `received` is
+/// the caller's trace context, which the span continues.
+///
+/// The decision is the operator's sampler's: a caller's decision under a
+/// `parentbased_*` sampler, else one by the trace id (the caller's, or a
+/// new one). A dropped trace builds nothing; `received` is then left as it
+/// is, or, for a trace that starts here, set to a new unsampled context,
+/// so what is called follows the decision and the trace id is still known.
+pub(crate) fn start_edge_span(
+    received: &mut Option<TraceContext>,
+    make: impl FnOnce() -> tracing::Span,
+) -> Option<tracing::Span> {
+    let new_trace = match received.as_ref().and_then(TraceContext::decision) {
+        Some((_, sampled)) if PARENT_BASED.load(Ordering::Relaxed) => {
+            if !sampled {
+                return None;
+            }
+            None
+        }
+        Some((trace_id, _)) => {
+            if !keeps(trace_id) {
+                return None;
+            }
+            None
+        }
+        None => {
+            let trace_id = fastrand::u128(1..);
+            if !keeps(trace_id) {
+                let span_id = fastrand::u64(1..);
+                *received = Some(TraceContext {
+                    traceparent: format!("00-{trace_id:032x}-{span_id:016x}-00"),
+                    tracestate: None,
+                    baggage: None,
+                });
+                return None;
+            }
+            Some(trace_id)
+        }
+    };
+    let span = make();
+    if let Some(parent) = received.as_ref() {
+        continue_trace(&span, parent);
+    }
+    // The OpenTelemetry span is started here, on this thread, so a new
+    // trace takes the id the decision was made on.
+    DECIDED_TRACE_ID.set(new_trace);
+    let _started = span.context();
+    DECIDED_TRACE_ID.set(None);
+    Some(span)
+}
+
+/// Trace and span ids at random, except a new trace's id when the sampler
+/// decided on one ([`DECIDED_TRACE_ID`]): a ratio sampler's decision then
+/// holds for the trace's spans in every process, which decide by its id.
+#[derive(Debug, Default)]
+struct EdgeIds(RandomIdGenerator);
+
+impl IdGenerator for EdgeIds {
+    fn new_trace_id(&self) -> TraceId {
+        match DECIDED_TRACE_ID.take() {
+            Some(id) => TraceId::from(id),
+            None => self.0.new_trace_id(),
+        }
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.0.new_span_id()
     }
 }
 
@@ -182,13 +290,12 @@ pub(crate) fn passed_on(
     })
 }
 
-/// The trace id of `span` (32 lowercase hex digits), if it is exported,
-/// and whether the sampler kept it (its children are worth making).
-pub(crate) fn trace_id(span: &tracing::Span) -> (Option<String>, bool) {
+/// The trace id of `span` (32 lowercase hex digits), if it is exported.
+pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
     let context = span.context();
-    let span_context = context.span().span_context().clone();
-    let id = span_context
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
         .is_valid()
-        .then(|| format!("{:032x}", span_context.trace_id()));
-    (id, span_context.is_sampled())
+        .then(|| format!("{:032x}", span_context.trace_id()))
 }

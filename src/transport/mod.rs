@@ -278,6 +278,15 @@ impl TraceContext {
         well_formed.then_some(trace_id)
     }
 
+    /// The trace id of a well-formed `traceparent`, as a number, and
+    /// whether its caller sampled it (flag `01`).
+    pub(crate) fn decision(&self) -> Option<(u128, bool)> {
+        let trace_id = u128::from_str_radix(self.trace_id()?, 16).ok()?;
+        let flags = self.traceparent.get(53..55)?;
+        let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+        Some((trace_id, sampled))
+    }
+
     /// The HTTP headers that carry it (a value that is no valid header
     /// value is left out rather than failing the call).
     pub(crate) fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {

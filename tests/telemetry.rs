@@ -24,7 +24,7 @@ use rmcp::model::{
     ListToolsResult, PaginatedRequestParams, PingRequest, RequestParamsMeta, ServerCapabilities,
     ServerConfig, Tool,
 };
-use rmcp::service::{RequestContext, ServiceExt};
+use rmcp::service::{ClientServiceExt, RequestContext, ServiceExt};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
@@ -600,13 +600,39 @@ async fn a_failover_and_a_denial_are_exported_as_span_trees_continuing_the_calle
 
 /// An MCP server with one tool, `trace`, answering with the `traceparent`
 /// of its call's `_meta`, or with a tool error when its arguments say
-/// `"fail": true`.
+/// `"fail": true`; and one prompt, `greet`.
 #[derive(Clone)]
 struct TraceEcho;
 
 impl ServerHandler for TraceEcho {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .build(),
+        )
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, McpError> {
+        Ok(serde_json::from_value(json!({"prompts": [{"name": "greet"}]})).unwrap())
+    }
+
+    async fn get_prompt(
+        &self,
+        _request: rmcp::model::GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, McpError> {
+        Ok(rmcp::model::GetPromptResponse::Complete(
+            serde_json::from_value(json!({"messages": [
+                {"role": "user", "content": {"type": "text", "text": "hello"}},
+            ]}))
+            .unwrap(),
+        ))
     }
 
     async fn list_tools(
@@ -847,6 +873,57 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
     assert_eq!(refused[0].attr("error.type"), Some("-32602"));
     assert_eq!(refused[0].attr("rpc.response.status_code"), Some("-32602"));
     assert_eq!(refused[0].status_code, STATUS_ERROR);
+
+    // A prompt is dispatched too: its MCP client span names the request
+    // sent upstream by its id.
+    let mut prompt = rmcp::model::GetPromptRequestParams::new("greet");
+    prompt.set_traceparent(&format!("00-{MCP_CALLER_TRACE}-{MCP_CALLER_SPAN}-01"));
+    session.get_prompt(prompt).await.unwrap();
+    let upstream_prompt = collector
+        .spans(1, |s| {
+            s.name == "prompts/get greet" && s.kind == KIND_CLIENT
+        })
+        .await;
+    assert_eq!(upstream_prompt[0].trace_id, MCP_CALLER_TRACE);
+    assert!(
+        upstream_prompt[0]
+            .attr("jsonrpc.request.id")
+            .is_some_and(|id| !id.is_empty()),
+        "{upstream_prompt:#?}"
+    );
+
+    // A `subscriptions/listen` stream (of a 2026-07-28 client) has a
+    // server span as long as it.
+    let modern = ()
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_uri(format!("{}/mcp", serve.base)),
+            rmcp::service::ClientLifecycleMode::Auto {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+                legacy_version: None,
+            },
+        )
+        .await
+        .expect("a 2026-07-28 client of serve");
+    let mut listening = modern
+        .peer()
+        .listen(
+            rmcp::model::SubscriptionFilter::builder()
+                .tools_list_changed()
+                .build(),
+        )
+        .await
+        .unwrap();
+    listening.cancel().await.unwrap();
+    let listened = collector
+        .spans(1, |s| {
+            s.name == "subscriptions/listen" && s.kind == KIND_SERVER
+        })
+        .await;
+    assert_eq!(
+        listened[0].attr("mcp.method.name"),
+        Some("subscriptions/listen")
+    );
+    let _ = modern.cancel().await;
     let _ = session.cancel().await;
 
     // Both sides' durations are histograms in /metrics, by the convention's names.

@@ -1040,7 +1040,14 @@ impl ServerHandler for SwitchboardMcp {
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
         // 2026-07-28: list changes and resource updates go on the client's
-        // `subscriptions/listen` stream, for as long as it is open.
+        // `subscriptions/listen` stream, for as long as it is open; its
+        // span and duration are the stream's.
+        let observed = Observed::start(
+            "subscriptions/listen",
+            None,
+            None,
+            context.request_context(),
+        );
         let accepted = context.accepted().clone();
         let reader = caller(context.request_context()).map(|p| reader_context(&p, "read_resource"));
         // Listening before the agents are asked: an update right after
@@ -1083,6 +1090,7 @@ impl ServerHandler for SwitchboardMcp {
         for uri in held {
             self.release(&uri).await;
         }
+        observed.answered(&self.dispatcher, None, false);
         Ok(())
     }
 }

@@ -5,12 +5,12 @@
 //! client reads through Switchboard is what the server wrote.
 
 use super::answer::classify_error;
-use super::upstream::{every_page, with_cursor, ListBounds, Upstream};
+use super::upstream::{every_page, send_traced, with_cursor, ListBounds, Upstream};
 use crate::transport::Failure;
 use rmcp::model::{
-    CompleteRequestParams, ErrorCode, GetPromptRequestParams, ProtocolVersion,
-    ReadResourceRequestParams, ServerNotification, SubscribeRequestParams, SubscriptionFilter,
-    UnsubscribeRequestParams,
+    ClientRequest, CompleteRequestParams, ErrorCode, GetPromptRequest, GetPromptRequestParams,
+    ProtocolVersion, ReadResourceRequestParams, ServerNotification, ServerResult,
+    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
 use rmcp::{Peer, RoleClient, ServiceError};
 use std::time::Duration;
@@ -133,11 +133,15 @@ impl Upstream {
         let params: GetPromptRequestParams =
             from_json(serde_json::json!({"name": name, "arguments": arguments}))?;
         let (peer, _in_flight) = self.peer_for(session).await?;
-        let result = peer
-            .get_prompt(params)
-            .await
-            .map_err(|e| classify(e, &format!("prompts/get of {name}")))?;
-        to_json(&result)
+        let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
+        match send_traced(&peer, request).await {
+            Ok(ServerResult::GetPromptResult(result)) => to_json(&result),
+            Ok(_) => Err(classify(
+                ServiceError::UnexpectedResponse,
+                &format!("prompts/get of {name}"),
+            )),
+            Err(e) => Err(classify(e, &format!("prompts/get of {name}"))),
+        }
     }
 
     /// `resources/read` of `uri`; the result as the server wrote it.

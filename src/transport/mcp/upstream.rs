@@ -390,6 +390,26 @@ struct CancelOnDrop {
     id: Option<RequestId>,
 }
 
+/// Sends `request` on `peer` and awaits its answer, cancelling it upstream
+/// if the caller goes away first. Its JSON-RPC id goes on the current span
+/// (a dispatch's MCP client span while spans are made; else a no-op).
+pub(super) async fn send_traced(
+    peer: &Peer<RoleClient>,
+    request: ClientRequest,
+) -> Result<ServerResult, ServiceError> {
+    let handle = peer
+        .send_request_with_option(request, PeerRequestOptions::no_options())
+        .await?;
+    tracing::Span::current().record("jsonrpc.request.id", tracing::field::display(&handle.id));
+    let mut abandoned = CancelOnDrop {
+        peer: peer.clone(),
+        id: Some(handle.id.clone()),
+    };
+    let answer = handle.await_response().await;
+    abandoned.id = None;
+    answer
+}
+
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         let (Some(id), Ok(runtime)) = (self.id.take(), tokio::runtime::Handle::try_current())

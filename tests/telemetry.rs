@@ -21,8 +21,8 @@ use axum::{Json, Router};
 use common::{Behaviour, ServeProcess, TestAgent};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ContentBlock,
-    ListToolsResult, PaginatedRequestParams, PingRequest, RequestParamsMeta, ServerCapabilities,
-    ServerConfig, Tool,
+    ListToolsResult, PaginatedRequestParams, PingRequest, ProtocolVersion, RequestParamsMeta,
+    ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::{ClientServiceExt, RequestContext, ServiceExt};
 use rmcp::transport::StreamableHttpClientTransport;
@@ -600,11 +600,16 @@ async fn a_failover_and_a_denial_are_exported_as_span_trees_continuing_the_calle
 
 /// An MCP server with one tool, `trace`, answering with the `traceparent`
 /// of its call's `_meta`, or with a tool error when its arguments say
-/// `"fail": true`; and one prompt, `greet`.
+/// `"fail": true`; and one prompt, `greet`. It speaks the 2025 revisions
+/// only, which keep a session.
 #[derive(Clone)]
 struct TraceEcho;
 
 impl ServerHandler for TraceEcho {
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Owned(vec![ProtocolVersion::V_2025_11_25])
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -734,6 +739,12 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
     assert!(
         upstream.attr("jsonrpc.request.id").is_some(),
         "the upstream request's id: {upstream:#?}"
+    );
+    assert!(
+        upstream
+            .attr("mcp.session.id")
+            .is_some_and(|id| !id.is_empty()),
+        "the upstream session: {upstream:#?}"
     );
     let expected = format!("00-{CALLER_TRACE}-{}-01", upstream.span_id);
     assert!(
@@ -898,7 +909,7 @@ async fn an_mcp_tools_call_is_traced_from_the_client_through_mcp_to_the_mcp_agen
         .serve_with_lifecycle(
             StreamableHttpClientTransport::from_uri(format!("{}/mcp", serve.base)),
             rmcp::service::ClientLifecycleMode::Auto {
-                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
                 legacy_version: None,
             },
         )

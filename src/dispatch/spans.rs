@@ -218,9 +218,11 @@ impl AttemptSpan {
                 .map(i64::from),
             // A streamable-HTTP server is reached over TCP, a command over its pipes.
             network.transport = if url.is_some() { "tcp" } else { "pipe" },
-            // The id the MCP client gives the request, recorded by the
-            // transport from within this span (`instrument`).
+            // The id the MCP client gives the request, and the upstream
+            // session it is sent in, recorded by the transport from within
+            // this span (`instrument`).
             jsonrpc.request.id = Empty,
+            mcp.session.id = Empty,
             "error.type" = Empty,
         )))
     }

@@ -10,11 +10,14 @@
 //! - `offers`: prompts, resources and resource templates, listed and used;
 //! - `oauth`: an agent's OAuth client credentials, its token, and the
 //!   streamable-HTTP client that sends it with each request;
+//! - `session_id`: the upstream session a connection is in, noted by its
+//!   HTTP client for the call's span;
 //! - `answer`: a `tools/call` answer or error as output or [`Failure`](super::Failure).
 
 mod answer;
 mod oauth;
 mod offers;
+mod session_id;
 mod upstream;
 
 pub(crate) use offers::ListedOffers;

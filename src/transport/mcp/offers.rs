@@ -132,9 +132,9 @@ impl Upstream {
         };
         let params: GetPromptRequestParams =
             from_json(serde_json::json!({"name": name, "arguments": arguments}))?;
-        let (peer, _in_flight) = self.peer_for(session).await?;
+        let (link, _in_flight) = self.link_for(session).await?;
         let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
-        match send_traced(&peer, request).await {
+        match send_traced(&link, request).await {
             Ok(ServerResult::GetPromptResult(result)) => to_json(&result),
             Ok(_) => Err(classify(
                 ServiceError::UnexpectedResponse,

@@ -16,6 +16,7 @@
 
 use super::answer::{classify_error, output_of};
 use super::oauth::{OAuthHttp, Tokens};
+use super::session_id::{NotingSession, SessionId};
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
@@ -155,6 +156,38 @@ pub(crate) struct Handler {
     /// This connection's calls in flight, for the requests the server
     /// makes back to the client during one of them.
     asks: Arc<AskRoutes>,
+    /// The upstream session this connection is in (streamable HTTP).
+    session: SessionId,
+}
+
+/// A live connection's peer, with what a call on it needs of the
+/// connection: its calls in flight and its session.
+pub(super) struct Link {
+    pub(super) peer: Peer<RoleClient>,
+    asks: Arc<AskRoutes>,
+    session: SessionId,
+}
+
+impl Link {
+    fn of(running: &Running) -> Link {
+        let handler = running.service();
+        Link {
+            peer: running.peer().clone(),
+            asks: handler.asks.clone(),
+            session: handler.session.clone(),
+        }
+    }
+
+    /// Notes request `id`, sent on this connection, on the current span (a
+    /// dispatch's MCP client span while spans are made; else a no-op),
+    /// with the connection's session.
+    fn trace_request(&self, id: &RequestId) {
+        let span = tracing::Span::current();
+        span.record("jsonrpc.request.id", tracing::field::display(id));
+        if let Some(session) = self.session.get() {
+            span.record("mcp.session.id", &*session);
+        }
+    }
 }
 
 /// How long a request the server makes during a call waits for that call
@@ -390,19 +423,20 @@ struct CancelOnDrop {
     id: Option<RequestId>,
 }
 
-/// Sends `request` on `peer` and awaits its answer, cancelling it upstream
-/// if the caller goes away first. Its JSON-RPC id goes on the current span
-/// (a dispatch's MCP client span while spans are made; else a no-op).
+/// Sends `request` on `link` and awaits its answer, cancelling it upstream
+/// if the caller goes away first; noted on the current span
+/// ([`Link::trace_request`]).
 pub(super) async fn send_traced(
-    peer: &Peer<RoleClient>,
+    link: &Link,
     request: ClientRequest,
 ) -> Result<ServerResult, ServiceError> {
-    let handle = peer
+    let handle = link
+        .peer
         .send_request_with_option(request, PeerRequestOptions::no_options())
         .await?;
-    tracing::Span::current().record("jsonrpc.request.id", tracing::field::display(&handle.id));
+    link.trace_request(&handle.id);
     let mut abandoned = CancelOnDrop {
-        peer: peer.clone(),
+        peer: link.peer.clone(),
         id: Some(handle.id.clone()),
     };
     let answer = handle.await_response().await;
@@ -652,6 +686,7 @@ impl Upstream {
             updates: self.updates.clone(),
             progress: self.progress.clone(),
             asks: Arc::default(),
+            session: SessionId::default(),
         }
     }
 
@@ -827,43 +862,49 @@ impl Upstream {
             .reinit_on_expired_session(true)
             .max_json_response_size(MAX_RESPONSE_BYTES)
             .max_sse_event_size(MAX_RESPONSE_BYTES);
+        let session = handler.session.clone();
         let connected = match &self.tokens {
             Some(tokens) => {
                 // Asked for here first so that a token that cannot be had
                 // fails the connection with its own reason, not the
                 // transport's account of it.
                 tokens.token().await.map_err(Failure::Agent)?;
-                let http = OAuthHttp {
-                    http: self.http.clone(),
-                    tokens: tokens.clone(),
+                let http = NotingSession {
+                    http: OAuthHttp {
+                        http: self.http.clone(),
+                        tokens: tokens.clone(),
+                    },
+                    session,
                 };
                 let transport = StreamableHttpClientTransport::with_client(http, config);
                 handler.serve_with_lifecycle(transport, lifecycle).await
             }
             None => {
-                let transport =
-                    StreamableHttpClientTransport::with_client(self.http.clone(), config);
+                let http = NotingSession {
+                    http: self.http.clone(),
+                    session,
+                };
+                let transport = StreamableHttpClientTransport::with_client(http, config);
                 handler.serve_with_lifecycle(transport, lifecycle).await
             }
         };
         connected.map_err(|e| Failure::Agent(format!("cannot connect to the MCP server: {e}")))
     }
 
-    /// A live peer on `slot`, connecting if it has none (or a closed one),
-    /// and the connection's calls in flight.
-    async fn peer_on(&self, slot: &Slot) -> Result<(Peer<RoleClient>, Arc<AskRoutes>), Failure> {
+    /// A live connection on `slot`, connecting if it has none (or a closed
+    /// one).
+    async fn peer_on(&self, slot: &Slot) -> Result<Link, Failure> {
         let mut guard = slot.lock().await;
         if let Some(connection) = guard.as_ref() {
             let running = &connection.running;
             if !running.is_closed() && !running.peer().is_transport_closed() {
-                return Ok((running.peer().clone(), running.service().asks.clone()));
+                return Ok(Link::of(running));
             }
         }
         // Closed: drop it (a stdio server's process is killed) and start over.
         guard.take();
         let connection = self.connect().await?;
-        let running = &connection.running;
-        let link = (running.peer().clone(), running.service().asks.clone());
+        let link = Link::of(&connection.running);
         *guard = Some(connection);
         Ok(link)
     }
@@ -875,25 +916,25 @@ impl Upstream {
         &self,
         session: Option<&str>,
     ) -> Result<(Peer<RoleClient>, Option<InFlight>), Failure> {
-        let (peer, _, in_flight) = self.link_for(session).await?;
-        Ok((peer, in_flight))
+        let (link, in_flight) = self.link_for(session).await?;
+        Ok((link.peer, in_flight))
     }
 
-    /// [`Self::peer_for`], with the connection's calls in flight.
-    async fn link_for(
+    /// [`Self::peer_for`], the whole connection.
+    pub(super) async fn link_for(
         &self,
         session: Option<&str>,
-    ) -> Result<(Peer<RoleClient>, Arc<AskRoutes>, Option<InFlight>), Failure> {
-        let (shared, asks) = self.peer_on(&self.shared).await?;
+    ) -> Result<(Link, Option<InFlight>), Failure> {
+        let shared = self.peer_on(&self.shared).await?;
         let Some(session) = session else {
-            return Ok((shared, asks, None));
+            return Ok((shared, None));
         };
         if self.kind.load(Ordering::Acquire) != SESSIONS {
-            return Ok((shared, asks, None));
+            return Ok((shared, None));
         }
         let (slot, in_flight) = self.session_slot(session);
-        let (peer, asks) = self.peer_on(&slot).await?;
-        Ok((peer, asks, Some(in_flight)))
+        let link = self.peer_on(&slot).await?;
+        Ok((link, Some(in_flight)))
     }
 
     /// `session`'s slot, counted in flight until the guard drops. Making
@@ -959,7 +1000,7 @@ impl Upstream {
                 ))
             }
         };
-        let (peer, asks, _in_flight) = self.link_for(session).await.map_err(|f| (f, false))?;
+        let (link, _in_flight) = self.link_for(session).await.map_err(|f| (f, false))?;
         let mut params = CallToolRequestParams::new(name.to_string());
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
@@ -977,9 +1018,7 @@ impl Upstream {
         // `input_required`; the call is asked again with the client's
         // answers, on this connection, until it completes.
         for _ in 0..MAX_INPUT_ROUNDS {
-            let answer = self
-                .call_once(&peer, &asks, params.clone(), progress, relay)
-                .await;
+            let answer = self.call_once(&link, params.clone(), progress, relay).await;
             let required = match answer {
                 Ok(CallToolResponse::Complete(result)) => {
                     return output_of(result).map_err(|f| (f, false))
@@ -1021,19 +1060,18 @@ impl Upstream {
     /// sampling, elicitation and roots requests) goes to `relay`.
     async fn call_once(
         &self,
-        peer: &Peer<RoleClient>,
-        asks: &Arc<AskRoutes>,
+        link: &Link,
         params: CallToolRequestParams,
         sink: Option<&ProgressSink>,
         relay: Option<&InputRelay>,
     ) -> Result<CallToolResponse, ServiceError> {
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        let handle = peer
+        let handle = link
+            .peer
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await?;
-        // The dispatch's MCP client span, when spans are made (else a no-op).
-        tracing::Span::current().record("jsonrpc.request.id", tracing::field::display(&handle.id));
-        let _asking = asks.add(handle.id.clone(), relay.cloned());
+        link.trace_request(&handle.id);
+        let _asking = link.asks.add(handle.id.clone(), relay.cloned());
         let route = sink.map(|sink| {
             let token = handle.progress_token.clone();
             self.progress.lock().claim(token.clone(), sink.clone());
@@ -1043,7 +1081,7 @@ impl Upstream {
             }
         });
         let mut abandoned = CancelOnDrop {
-            peer: peer.clone(),
+            peer: link.peer.clone(),
             id: Some(handle.id.clone()),
         };
         let answer = handle.await_response().await;

@@ -51,7 +51,7 @@ impl<'a> Call<'a> {
         tool: &str,
         category: ToolCategory,
         input: serde_json::Value,
-        mut options: RoutingOptions,
+        options: RoutingOptions,
     ) -> Self {
         let config = dispatcher.inner.config.read().clone();
         let (stored_input, input_truncated) = config
@@ -59,7 +59,7 @@ impl<'a> Call<'a> {
             .map_or((None, false), |(v, cut)| (Some(v), cut));
         let invocation_id = new_invocation_id();
         let (span, trace_id) =
-            match DispatchSpan::start(tool, category.as_str(), &invocation_id, &mut options) {
+            match DispatchSpan::start(tool, category.as_str(), &invocation_id, &options) {
                 Some((span, trace_id)) => (Some(span), trace_id),
                 None => (None, None),
             };

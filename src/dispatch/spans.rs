@@ -29,12 +29,12 @@ impl DispatchSpan {
     /// The call's span, continuing the caller's trace if it came with one,
     /// and its trace id (for the dispatch record); `None` (at the cost of
     /// one atomic load) while no exporter runs, and when the sampler drops
-    /// the call (`options.trace` then carries the unsampled trace on).
+    /// the call.
     pub(super) fn start(
         tool: &str,
         category: &str,
         invocation_id: &str,
-        options: &mut RoutingOptions,
+        options: &RoutingOptions,
     ) -> Option<(DispatchSpan, Option<String>)> {
         if !telemetry::spans_on() {
             return None;
@@ -42,7 +42,7 @@ impl DispatchSpan {
         let strategy = options.strategy.as_str();
         let session_id = options.session_id.as_deref();
         let caller_id = options.caller.as_ref().map(|c| c.id.as_str());
-        let span = telemetry::start_edge_span(&mut options.trace, || {
+        let span = telemetry::start_edge_span(options.trace.as_ref(), || {
             tracing::info_span!(
                 target: TARGET,
                 "execute_tool",

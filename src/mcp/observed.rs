@@ -22,8 +22,8 @@ pub(super) struct Observed {
     started: Instant,
     span: Option<tracing::Span>,
     /// The trace context the dispatch continues: the server span's, or,
-    /// when no span is made, the caller's as it came (or the unsampled one
-    /// the sampler started).
+    /// when no span is made, the caller's as it came (or, when the sampler
+    /// dropped a request that came with none, a new one flagged not sampled).
     trace: Option<TraceContext>,
 }
 
@@ -37,17 +37,23 @@ impl Observed {
         resource: Option<&str>,
         context: &RequestContext<RoleServer>,
     ) -> Observed {
-        let mut trace = trace_of(context);
+        let received = trace_of(context);
         let span = if telemetry::spans_on() {
-            telemetry::start_edge_span(&mut trace, || {
+            telemetry::start_edge_span(received.as_ref(), || {
                 server_span(method, target, resource, context)
             })
         } else {
             None
         };
-        if let Some(span) = &span {
-            trace = telemetry::passed_on(span, trace.as_ref()).or(trace);
-        }
+        let trace = match &span {
+            Some(span) => telemetry::passed_on(span, received.as_ref()).or(received),
+            // Dropped by the sampler: what the request dispatches follows
+            // the decision rather than making its own.
+            None if telemetry::spans_on() => {
+                received.or_else(|| Some(telemetry::unsampled_trace()))
+            }
+            None => received,
+        };
         Observed {
             method,
             target: target.unwrap_or_default().to_string(),

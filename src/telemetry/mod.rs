@@ -11,8 +11,7 @@
 //! runs: otherwise a call pays one atomic load, and no span, attribute or
 //! id is built. The operator's sampler is applied here, before a trace's
 //! first span in this process is built ([`start_edge_span`]): a call the
-//! sampler drops builds no span at all, and passes on an unsampled trace
-//! context instead. Spans are `tracing` spans of the target [`TARGET`]; the
+//! sampler drops builds no span and no id at all. Spans are `tracing` spans of the target [`TARGET`]; the
 //! layer of [`Telemetry::layer`] turns those, and only those, into
 //! OpenTelemetry spans, handed to a bounded batch queue that a background
 //! thread exports: a slow or dead collector costs dropped spans, never a
@@ -195,14 +194,13 @@ fn keeps(trace_id: u128) -> bool {
 ///
 /// The decision is the operator's sampler's: a caller's decision under a
 /// `parentbased_*` sampler, else one by the trace id (the caller's, or a
-/// new one). A dropped trace builds nothing; `received` is then left as it
-/// is, or, for a trace that starts here, set to a new unsampled context,
-/// so what is called follows the decision and the trace id is still known.
+/// new one). A dropped trace builds nothing and leaves `received` as it
+/// came.
 pub(crate) fn start_edge_span(
-    received: &mut Option<TraceContext>,
+    received: Option<&TraceContext>,
     make: impl FnOnce() -> tracing::Span,
 ) -> Option<tracing::Span> {
-    let new_trace = match received.as_ref().and_then(TraceContext::decision) {
+    let new_trace = match received.and_then(TraceContext::decision) {
         Some((_, sampled)) if PARENT_BASED.load(Ordering::Relaxed) => {
             if !sampled {
                 return None;
@@ -218,19 +216,13 @@ pub(crate) fn start_edge_span(
         None => {
             let trace_id = fastrand::u128(1..);
             if !keeps(trace_id) {
-                let span_id = fastrand::u64(1..);
-                *received = Some(TraceContext {
-                    traceparent: format!("00-{trace_id:032x}-{span_id:016x}-00"),
-                    tracestate: None,
-                    baggage: None,
-                });
                 return None;
             }
             Some(trace_id)
         }
     };
     let span = make();
-    if let Some(parent) = received.as_ref() {
+    if let Some(parent) = received {
         continue_trace(&span, parent);
     }
     // The OpenTelemetry span is started here, on this thread, so a new
@@ -239,6 +231,18 @@ pub(crate) fn start_edge_span(
     let _started = span.context();
     DECIDED_TRACE_ID.set(None);
     Some(span)
+}
+
+/// A new trace's context, flagged not sampled: what a request the sampler
+/// dropped hands to the work it starts in this process, so that work
+/// follows the decision instead of deciding again.
+pub(crate) fn unsampled_trace() -> TraceContext {
+    let (trace_id, span_id) = (fastrand::u128(1..), fastrand::u64(1..));
+    TraceContext {
+        traceparent: format!("00-{trace_id:032x}-{span_id:016x}-00"),
+        tracestate: None,
+        baggage: None,
+    }
 }
 
 /// Trace and span ids at random, except a new trace's id when the sampler

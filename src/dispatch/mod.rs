@@ -49,7 +49,7 @@ use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, 
 use crate::storage::Database;
 use crate::transport::http::build_client;
 use crate::transport::{local_handler, Callers, ToolError};
-use crate::transport::{InputRelay, ProgressSink, TraceContext};
+use crate::transport::{EventSink, InputRelay, ProgressSink, TraceContext};
 use call::Call;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,10 @@ pub struct RoutingOptions {
     /// The caller's W3C trace context, passed on to the agent.
     #[serde(skip)]
     pub trace: Option<TraceContext>,
+    /// Where the events of a streamed call go (an A2A agent's stream); the
+    /// call's output is then its last event.
+    #[serde(skip)]
+    pub events: Option<EventSink>,
 }
 
 impl Default for RoutingOptions {
@@ -97,6 +101,7 @@ impl Default for RoutingOptions {
             progress: None,
             input_relay: None,
             trace: None,
+            events: None,
         }
     }
 }
@@ -122,6 +127,12 @@ impl RoutingOptions {
     /// Lets `relay` answer what the agent asks the client during the call.
     pub fn with_input_relay(mut self, relay: InputRelay) -> Self {
         self.input_relay = Some(relay);
+        self
+    }
+
+    /// Relays a streamed call's events to `sink` as they arrive.
+    pub fn with_events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
         self
     }
 

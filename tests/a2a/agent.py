@@ -1,7 +1,9 @@
 """An A2A agent built on the official SDK (a2a-sdk), for the A2A end-to-end
-test: `agent.py PORT NAME SKILL [SKILL...]` serves an Agent Card at
-/.well-known/agent-card.json and JSON-RPC at /a2a on 127.0.0.1:PORT. A
-SKILL is an id, or `id=description` to publish another description.
+test: `agent.py PORT NAME [--streaming] SKILL [SKILL...]` serves an Agent
+Card at /.well-known/agent-card.json and JSON-RPC at /a2a on
+127.0.0.1:PORT. A SKILL is an id, or `id=description` to publish another
+description. With --streaming the card says `capabilities.streaming`, and
+the agent answers SendStreamingMessage and SubscribeToTask with SSE.
 
 Each skill answers in text naming the agent (NAME) and the skill, so the
 test can tell which replica answered. A message whose text starts with
@@ -9,7 +11,9 @@ test can tell which replica answered. A message whose text starts with
 follow-up on that task completes it, answering with the turn count the
 agent holds for the task, which only the agent that owns the task knows. A
 message starting with "wait" makes a task that stays working until it is
-cancelled.
+cancelled. "count N" makes a task that reports N working steps ("NAME: step
+i", each its own status update) and then completes ("NAME: counted N");
+"big" makes a task whose artifact is 2 MiB of text.
 """
 
 import asyncio
@@ -24,7 +28,7 @@ from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
-from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Role
+from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Role, TaskState
 
 
 class Executor(AgentExecutor):
@@ -36,7 +40,7 @@ class Executor(AgentExecutor):
         text = get_message_text(context.message)
         skill = (context.metadata or {}).get("skill") or dict(context.message.metadata).get("skill", "?")
         task = context.current_task
-        if task is None and not text.startswith(("ask", "wait")):
+        if task is None and not text.startswith(("ask", "wait", "count", "big")):
             await event_queue.enqueue_event(
                 new_text_message(f"{self.name}/{skill}: {text}", role=Role.ROLE_AGENT,
                                  context_id=context.context_id)
@@ -55,6 +59,18 @@ class Executor(AgentExecutor):
         elif text.startswith("wait"):
             await updater.start_work()
             await asyncio.Event().wait()
+        elif text.startswith("count"):
+            steps = int(text.split()[1])
+            for step in range(1, steps + 1):
+                await updater.update_status(
+                    TaskState.TASK_STATE_WORKING,
+                    updater.new_agent_message([_text(f"{self.name}: step {step}")]),
+                )
+            await updater.complete(updater.new_agent_message([_text(f"{self.name}: counted {steps}")]))
+        elif text.startswith("big"):
+            await updater.start_work()
+            await updater.add_artifact([_text("x" * (2 << 20))], name="big")
+            await updater.complete()
         else:
             await updater.complete(
                 updater.new_agent_message([_text(f"{self.name}: turn {turns}: {text}")])
@@ -73,6 +89,8 @@ def _text(text):
 
 def main():
     port, name, skills = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    streaming = "--streaming" in skills
+    skills = [s for s in skills if s != "--streaming"]
     card = AgentCard(
         name=name,
         description=f"test agent {name}",
@@ -81,7 +99,7 @@ def main():
             AgentInterface(url=f"http://127.0.0.1:{port}/a2a", protocol_binding="JSONRPC",
                            protocol_version="1.0"),
         ],
-        capabilities=AgentCapabilities(streaming=False),
+        capabilities=AgentCapabilities(streaming=streaming),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
         skills=[

@@ -1,7 +1,8 @@
 """A2A end to end, with the official A2A Python SDK (a2a-sdk) on both sides
-of a real `switchboard serve`: three SDK agents upstream (two replicas of
-the skill `echo`, and `shout`), and SDK clients reading Switchboard's own
-Agent Card and calling through it.
+of a real `switchboard serve`: SDK agents upstream (two replicas of the
+skill `echo`, `shout`, and two streaming replicas of `count`), and SDK
+clients reading Switchboard's own Agent Card and calling through it, with
+and without streaming.
 
 Usage: e2e.py PATH_TO_SWITCHBOARD_BINARY
 """
@@ -30,6 +31,7 @@ from a2a.types import (
     Role,
     SendMessageConfiguration,
     SendMessageRequest,
+    SubscribeToTaskRequest,
     TaskState,
 )
 
@@ -161,10 +163,15 @@ class World:
                 print(f"--- {name}")
                 print(open(os.path.join(self.data, name)).read()[-4000:])
 
-    async def client(self, token):
+    async def client(self, token, streaming=False):
         http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=PATIENCE)
-        client = await create_client(self.base, client_config=ClientConfig(httpx_client=http, streaming=False))
+        client = await create_client(self.base, client_config=ClientConfig(httpx_client=http, streaming=streaming))
         return client, http
+
+    def records(self, prefix):
+        status, page = api(self.base, "GET", f"/v1/scan?prefix={prefix}&limit=1000")
+        assert status == 200, page
+        return [i["value"] for i in page["items"]]
 
 
 @check("agents register by card URL; their skills are discovered and categorised by the registration's rules")
@@ -207,7 +214,7 @@ async def card(w):
     interface = card.supported_interfaces[0]
     assert interface.protocol_binding == "JSONRPC" and interface.url == w.base + "/a2a", interface
     assert interface.protocol_version == "1.0", interface
-    assert raw["capabilities"]["streaming"] is False, raw
+    assert raw["capabilities"]["streaming"] is True, raw
     # A body that is not a JSON-RPC request object is refused with 400.
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {w.alice}", "A2A-Version": "1.0"}) as http:
         for body in (b"[]", b"not json"):
@@ -475,19 +482,193 @@ deny contains msg if {
         await http.aclose()
 
 
+def state_of(event):
+    """The task state a stream event reports (None for a message or artifact)."""
+    if event.HasField("task"):
+        return event.task.status.state
+    if event.HasField("status_update"):
+        return event.status_update.status.state
+    return None
+
+
+def status_text(event):
+    if event.HasField("status_update"):
+        return get_message_text(event.status_update.status.message)
+    return answer_text(event)
+
+
+@check("SendStreamingMessage relays every event of a streaming agent, in order, as SSE")
+async def streaming(w):
+    for name in ("sigma", "tau"):
+        status, body = api(w.base, "PUT", f"/v1/agents/{name}", {"tools": ["search"], "a2a": w.card_url(name)})
+        assert status == 200, body
+    client, http = await w.client(w.alice, streaming=True)
+    try:
+        owners = set()
+        for _ in range(2):
+            events = [e async for e in client.send_message(text_request("count 3", skill="count"))]
+            states = [TaskState.Name(state_of(e)) for e in events]
+            assert states == ["TASK_STATE_SUBMITTED"] + ["TASK_STATE_WORKING"] * 3 + ["TASK_STATE_COMPLETED"], states
+            texts = [status_text(e) for e in events[1:]]
+            owner = texts[0].split(":")[0]
+            owners.add(owner)
+            assert texts == [f"{owner}: step {i}" for i in (1, 2, 3)] + [f"{owner}: counted 3"], texts
+            assert len({e.status_update.task_id for e in events[1:]} | {events[0].task.id}) == 1, events
+        # Balanced over both streaming replicas, as any call is.
+        assert owners == {"sigma", "tau"}, owners
+        # An agent that does not stream answers in one piece: one event.
+        [event] = [e async for e in client.send_message(text_request("one piece", skill="echo"))]
+        assert answer_text(event) == "alpha/echo: one piece", event
+    finally:
+        await client.close()
+        await http.aclose()
+    # On the wire: one JSON-RPC answer per `data:` event, the request's id in each.
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {w.alice}", "A2A-Version": "1.0"},
+                                 timeout=PATIENCE) as http:
+        request = {"jsonrpc": "2.0", "id": "s-1", "method": "SendStreamingMessage",
+                   "params": {"message": {"messageId": str(uuid.uuid4()), "role": "ROLE_USER",
+                                          "parts": [{"text": "count 2"}], "metadata": {"skill": "count"}}}}
+        async with http.stream("POST", w.base + "/a2a", json=request) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.headers
+            data = [json.loads(line[5:]) async for line in r.aiter_lines() if line.startswith("data:")]
+        assert [d["id"] for d in data] == ["s-1"] * 4, data
+        assert "statusUpdate" in data[1]["result"], data
+
+
+@check("a refused stream is answered with the JSON-RPC error, not a stream")
+async def streaming_refused(w):
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {w.bob}", "A2A-Version": "1.0"},
+                                 timeout=PATIENCE) as http:
+        for skill, words in (("nothing-here", "no skill"), ("shout", "shout is not for bob")):
+            request = {"jsonrpc": "2.0", "id": 9, "method": "SendStreamingMessage",
+                       "params": {"message": {"messageId": str(uuid.uuid4()), "role": "ROLE_USER",
+                                              "parts": [{"text": "x"}], "metadata": {"skill": skill}}}}
+            r = await http.post(w.base + "/a2a", json=request)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.headers
+            assert r.json()["id"] == 9 and words in r.json()["error"]["message"], r.text
+    bob, bob_http = await w.client(w.bob, streaming=True)
+    try:
+        try:
+            [e async for e in bob.send_message(text_request("let me", skill="shout"))]
+            raise AssertionError("the policy let bob stream to shout")
+        except A2AError as e:
+            assert "shout is not for bob" in str(e), e
+    finally:
+        await bob.close()
+        await bob_http.aclose()
+
+
+@check("a stream is passed on as it arrives: a working task streams, CancelTask ends it; SubscribeToTask follows a task")
+async def streaming_live(w):
+    client, http = await w.client(w.alice, streaming=True)
+    other, other_http = await w.client(w.alice)
+    try:
+        # The agent never finishes this task by itself: its first events can
+        # only have come through while its stream was open.
+        stream = client.send_message(text_request("wait here", skill="count"))
+        first = await anext(stream)
+        task_id = first.task.id
+        working = await anext(stream)
+        assert state_of(working) == TaskState.TASK_STATE_WORKING, working
+        # Its owner is known while it streams: CancelTask reaches it.
+        cancelled = await other.cancel_task(CancelTaskRequest(id=task_id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED, cancelled
+        rest = [e async for e in stream]
+        assert state_of(rest[-1]) == TaskState.TASK_STATE_CANCELED, rest
+        # SubscribeToTask: a task started without streaming, followed by a
+        # stream from its owner.
+        started = await send(other, text_request("wait again", skill="count", immediately=True))
+        subscription = client.subscribe(SubscribeToTaskRequest(id=started.task.id))
+        first = await anext(subscription)
+        assert first.task.id == started.task.id, first
+        await other.cancel_task(CancelTaskRequest(id=started.task.id))
+        rest = [e async for e in subscription]
+        assert state_of(rest[-1]) == TaskState.TASK_STATE_CANCELED, rest
+        # An agent that does not stream cannot be subscribed to.
+        echoed = await send(other, text_request("ask me", skill="echo"))
+        try:
+            [e async for e in client.subscribe(SubscribeToTaskRequest(id=echoed.task.id))]
+            raise AssertionError("subscribed to an agent that does not stream")
+        except A2AError as e:
+            assert "does not stream" in str(e), e
+    finally:
+        for c, h in ((client, http), (other, other_http)):
+            await c.close()
+            await h.aclose()
+
+
+@check("a caller that goes away ends the relayed stream: its call is recorded cancelled")
+async def streaming_abandoned(w):
+    client, http = await w.client(w.alice, streaming=True)
+    stream = client.send_message(text_request("wait forever", skill="count"))
+    first = await anext(stream)
+    assert first.HasField("task"), first
+    await stream.aclose()
+    await client.close()
+    await http.aclose()
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        calls = [r for r in w.records("tools/search/count/") if "wait forever" in json.dumps(r.get("input"))]
+        if calls and calls[0]["status"] == "cancelled":
+            break
+        assert time.monotonic() < deadline, f"the abandoned stream's call was not ended: {calls}"
+        await asyncio.sleep(0.2)
+
+
+@check("an event over the size cap ends the stream with an error")
+async def streaming_cap(w):
+    client, http = await w.client(w.alice, streaming=True)
+    try:
+        seen = []
+        try:
+            async for event in client.send_message(text_request("big", skill="count")):
+                seen.append(event)
+            raise AssertionError("a 2 MiB event was relayed")
+        except A2AError as e:
+            assert "longer than" in str(e), e
+        assert seen and seen[0].HasField("task"), seen
+    finally:
+        await client.close()
+        await http.aclose()
+    # It broke off after it began: no other replica was tried.
+    [call] = [r for r in w.records("tools/search/count/") if '"big"' in json.dumps(r.get("input"))]
+    assert call["status"] == "failed" and len(call["attempts"]) == 1, call
+    assert "the stream broke off after it began" in call["error"], call
+
+
+@check("a stream fails over to another replica only before its first event")
+async def streaming_failover(w):
+    w.stop("tau")
+    client, http = await w.client(w.alice, streaming=True)
+    try:
+        for _ in range(4):
+            events = [e async for e in client.send_message(text_request("count 1", skill="count"))]
+            assert status_text(events[-1]) == "sigma: counted 1", events
+    finally:
+        await client.close()
+        await http.aclose()
+    calls = [r for r in w.records("tools/search/count/") if "count 1" in json.dumps(r.get("input"))]
+    assert all(r["status"] == "succeeded" and r["agent_id"] == "sigma" for r in calls), calls
+    assert any(len(r["attempts"]) == 2 for r in calls), calls
+
+
 async def main(binary):
     w = World(binary)
     try:
         w.start_agent("alpha", "echo")
         w.start_agent("beta", "echo")
         w.start_agent("gamma", "shout")
+        w.start_agent("sigma", "--streaming", "count")
+        w.start_agent("tau", "--streaming", "count")
         w.start_serve()
         for who in ("alice", "bob"):
             status, token = api(w.base, "POST", "/v1/tokens", {"name": who, "scopes": ["invoke"]})
             assert status == 201, token
             setattr(w, who, token["secret"])
             setattr(w, f"{who}_caller", token["token"]["caller"])
-        for step in (register, card, per_skill, multi_turn, cancel, list_tasks, policy, failover, audit, rediscovery):
+        for step in (register, card, per_skill, multi_turn, cancel, list_tasks, policy, failover, audit, rediscovery,
+                     streaming, streaming_refused, streaming_live, streaming_abandoned, streaming_cap,
+                     streaming_failover):
             await step(w)
     except BaseException:
         w.logs()

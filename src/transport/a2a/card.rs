@@ -24,6 +24,17 @@ pub(crate) struct AgentCard {
     pub(crate) supported_interfaces: Vec<AgentInterface>,
     #[serde(default)]
     pub(crate) skills: Vec<AgentSkill>,
+    #[serde(default)]
+    pub(crate) capabilities: AgentCapabilities,
+}
+
+/// What a card says the agent can do beyond single answers.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AgentCapabilities {
+    /// It answers `SendStreamingMessage` and `SubscribeToTask` with an SSE stream.
+    #[serde(default)]
+    pub(crate) streaming: Option<bool>,
 }
 
 /// One entry of `supportedInterfaces`: where the agent answers, over which binding.
@@ -55,6 +66,8 @@ pub(crate) struct AgentSkill {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Interface {
     pub(crate) url: reqwest::Url,
+    /// Whether the card says the agent streams.
+    pub(crate) streaming: bool,
 }
 
 impl AgentCard {
@@ -100,7 +113,10 @@ impl AgentCard {
         let url = crate::routing::endpoint::parse_endpoint(&interface.url)
             .map_err(|e| format!("the card's JSONRPC interface url: {e}"))?
             .0;
-        Ok(Interface { url })
+        Ok(Interface {
+            url,
+            streaming: self.capabilities.streaming == Some(true),
+        })
     }
 
     /// Its skills as the named tools discovery judges: the skill id is the

@@ -1,13 +1,17 @@
 //! A2A agents: an agent that speaks the Agent2Agent protocol (A2A v1.0) is
 //! found by its Agent Card, called with JSON-RPC requests (`SendMessage`,
-//! `GetTask`, `CancelTask`) at the interface the card names, and probed
-//! by fetching its card again.
+//! `GetTask`, `CancelTask`, and the streamed `SendStreamingMessage` and
+//! `SubscribeToTask`) at the interface the card names, and probed by
+//! fetching its card again.
 //!
 //! - `mod.rs`: [`A2aClients`], each agent's chosen interface by
 //!   registration uid, and one call: the request, the `A2A-Version`
 //!   header, the answer or [`Failure`];
 //! - `card`: the Agent Card: fetched (bounded), parsed, its interface
-//!   chosen, its skills as named tools.
+//!   chosen, its skills as named tools;
+//! - `stream`: a streamed answer (`SendStreamingMessage`,
+//!   `SubscribeToTask`): its SSE events read (each bounded) and relayed as
+//!   they arrive.
 //!
 //! A call's input is `{"method": ..., "params": ...}`; anything else is the
 //! params of a `SendMessage`. A JSON-RPC error answer is the tool's own
@@ -15,8 +19,9 @@
 //! server above can give the caller the agent's error code.
 
 pub(crate) mod card;
+mod stream;
 
-use super::{error_chain, read_bounded, Failure, MAX_RESPONSE_BYTES};
+use super::{error_chain, read_bounded, EventSink, Failure, MAX_RESPONSE_BYTES};
 use crate::namespace::A2aAgent;
 use crate::routing::agent::Agent;
 use crate::routing::endpoint::Endpoint;
@@ -28,7 +33,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The A2A methods an agent is called with through Switchboard.
-pub const A2A_METHODS: &[&str] = &["SendMessage", "GetTask", "CancelTask"];
+pub const A2A_METHODS: &[&str] = &[
+    "SendMessage",
+    "GetTask",
+    "CancelTask",
+    "SendStreamingMessage",
+    "SubscribeToTask",
+];
+/// The methods an agent answers with a stream of events (SSE).
+pub const STREAMING_METHODS: &[&str] = &["SendStreamingMessage", "SubscribeToTask"];
 
 /// How a JSON-RPC error of an A2A agent reads as a tool error.
 pub(crate) fn rpc_error_message(code: i64, message: &str) -> String {
@@ -119,14 +132,17 @@ impl A2aUpstream {
     }
 
     /// One call, for the agent's skill `skill`: `input` is
-    /// `{"method", "params"}` or a `SendMessage`'s params; a `SendMessage`'s
+    /// `{"method", "params"}` or a `SendMessage`'s params; a message's
     /// `metadata.skill` is set to it, so the agent knows which of its
-    /// skills was asked for.
+    /// skills was asked for. A streaming method relays each event of the
+    /// agent's stream to `events` (with the agent's id) and answers with
+    /// the last one.
     pub(crate) async fn call(
         &self,
         skill: &str,
         input: &serde_json::Value,
         invocation_id: &str,
+        events: Option<(&EventSink, &str)>,
     ) -> Result<serde_json::Value, Failure> {
         let (method, mut params) = match (input.get("method"), input.get("params")) {
             (Some(serde_json::Value::String(m)), params) => (
@@ -140,11 +156,11 @@ impl A2aUpstream {
                 "an A2A agent is called with one of {A2A_METHODS:?} through Switchboard, not {method:?}"
             )));
         }
-        if method == "SendMessage" {
+        if matches!(method, "SendMessage" | "SendStreamingMessage") {
             let Some(params) = params.as_object_mut() else {
-                return Err(Failure::Tool(
-                    "SendMessage takes an object: {\"message\": {...}}".into(),
-                ));
+                return Err(Failure::Tool(format!(
+                    "{method} takes an object: {{\"message\": {{...}}}}"
+                )));
             };
             let metadata = params
                 .entry("metadata")
@@ -155,18 +171,90 @@ impl A2aUpstream {
                 metadata.insert("skill".into(), serde_json::Value::String(skill.to_string()));
             }
         }
-        let interface = self.interface.read().clone();
-        let interface = match interface {
-            Some(interface) => interface,
-            None => {
-                // Not fetched since this registration (or the process) began.
-                self.fetch_card(Duration::from_secs(10)).await?;
-                self.interface
-                    .read()
-                    .clone()
-                    .ok_or_else(|| Failure::Agent("the Agent Card names no interface".into()))?
-            }
+        let interface = self.interface().await?;
+        if !STREAMING_METHODS.contains(&method) {
+            return self.post(&interface, method, &params, invocation_id).await;
+        }
+        let Some((sink, agent_id)) = events else {
+            return Err(Failure::Tool(format!(
+                "{method} answers with a stream of events: call it through serve's /a2a, \
+                 not as one call"
+            )));
         };
+        if !interface.streaming {
+            if method == "SubscribeToTask" {
+                return Err(Failure::Tool(rpc_error_message(
+                    -32004,
+                    "the agent does not stream (its card does not say capabilities.streaming): \
+                     read the task with GetTask",
+                )));
+            }
+            // An agent that does not stream answers the message in one
+            // piece: that answer is the stream's one event.
+            let answer = self
+                .post(&interface, "SendMessage", &params, invocation_id)
+                .await?;
+            return stream::relay_one(sink, agent_id, answer).await;
+        }
+        let response = self
+            .send(
+                &interface,
+                method,
+                &params,
+                invocation_id,
+                "text/event-stream",
+            )
+            .await?;
+        let is_stream = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        if is_stream && response.status().is_success() {
+            return stream::relay(response, sink, agent_id).await;
+        }
+        // An answer in one piece: usually the error that refused the stream.
+        let answer = read_answer(response).await?;
+        stream::relay_one(sink, agent_id, answer).await
+    }
+
+    /// The interface calls go to, from the card (fetched now if it was not
+    /// since this registration, or the process, began).
+    async fn interface(&self) -> Result<Interface, Failure> {
+        if let Some(interface) = self.interface.read().clone() {
+            return Ok(interface);
+        }
+        self.fetch_card(Duration::from_secs(10)).await?;
+        self.interface
+            .read()
+            .clone()
+            .ok_or_else(|| Failure::Agent("the Agent Card names no interface".into()))
+    }
+
+    /// One JSON-RPC request answered in one piece: its result, or failure.
+    async fn post(
+        &self,
+        interface: &Interface,
+        method: &str,
+        params: &serde_json::Value,
+        invocation_id: &str,
+    ) -> Result<serde_json::Value, Failure> {
+        let response = self
+            .send(interface, method, params, invocation_id, "application/json")
+            .await?;
+        read_answer(response).await
+    }
+
+    /// Sends one JSON-RPC request; an answer asking to be called later
+    /// (429 or 503 with `Retry-After`) is the agent's overload.
+    async fn send(
+        &self,
+        interface: &Interface,
+        method: &str,
+        params: &serde_json::Value,
+        invocation_id: &str,
+        accept: &'static str,
+    ) -> Result<reqwest::Response, Failure> {
         let body = serde_json::json!({
             "jsonrpc": "2.0",
             "id": invocation_id,
@@ -175,10 +263,10 @@ impl A2aUpstream {
         });
         let response = self
             .http
-            .post(interface.url)
+            .post(interface.url.clone())
             .headers(self.headers()?)
             .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json")
+            .header(ACCEPT, accept)
             .body(serde_json::to_vec(&body).map_err(|e| Failure::Agent(e.to_string()))?)
             .send()
             .await
@@ -196,22 +284,28 @@ impl A2aUpstream {
                 retry_after: pause,
             });
         }
-        let bytes = read_bounded(response, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|e| Failure::Agent(e.to_string()))?;
-        if status.is_server_error() {
-            return Err(Failure::Agent(format!(
-                "the A2A agent answered HTTP {status}"
-            )));
-        }
-        if !status.is_success() {
-            return Err(Failure::Tool(format!(
-                "the A2A agent answered HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
-            )));
-        }
-        answer(&bytes)
+        Ok(response)
     }
+}
+
+/// An answer read whole (bounded): its JSON-RPC result, or why not.
+async fn read_answer(response: reqwest::Response) -> Result<serde_json::Value, Failure> {
+    let status = response.status();
+    let bytes = read_bounded(response, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| Failure::Agent(e.to_string()))?;
+    if status.is_server_error() {
+        return Err(Failure::Agent(format!(
+            "the A2A agent answered HTTP {status}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(Failure::Tool(format!(
+            "the A2A agent answered HTTP {status}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+        )));
+    }
+    answer(&bytes)
 }
 
 /// A JSON-RPC answer as output (its `result`) or failure (its `error`, the

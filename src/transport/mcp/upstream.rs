@@ -1318,6 +1318,7 @@ mod tests {
             session_id: session,
             progress: None,
             input_relay: None,
+            events: None,
             trace: None,
         }
     }

@@ -26,6 +26,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// Where `serve` answers A2A JSON-RPC.
 pub const A2A_PATH: &str = "/a2a";
@@ -43,6 +45,8 @@ pub struct A2aServer {
     dispatcher: ToolDispatcher,
     catalog: Catalog,
     https: bool,
+    /// The invoke slots shared with `/v1/invoke` and `/mcp`, if capped.
+    invoke_slots: Option<Arc<Semaphore>>,
 }
 
 impl A2aServer {
@@ -53,7 +57,16 @@ impl A2aServer {
             catalog: Catalog::new(dispatcher.clone()),
             dispatcher,
             https,
+            invoke_slots: None,
         }
+    }
+
+    /// Each dispatch (a message, a stream for as long as it runs, a
+    /// `GetTask`, each task a `ListTasks` reads) takes a permit of `slots`,
+    /// and is refused when none is free.
+    pub fn with_invoke_slots(mut self, slots: Arc<Semaphore>) -> Self {
+        self.invoke_slots = Some(slots);
+        self
     }
 
     /// The two routes, for a router of any state.
@@ -526,7 +539,8 @@ impl A2aServer {
         task_id: &str,
         principal: Option<&Principal>,
     ) -> Result<crate::namespace::A2aTaskRecord, RpcError> {
-        let record = tasks::get(self.dispatcher.database(), task_id)
+        let shared = self.dispatcher.shared_tasks();
+        let record = tasks::get(self.dispatcher.database(), shared.as_deref(), task_id)
             .map_err(|e| RpcError::new(-32603, "INTERNAL", e.to_string()))?
             .ok_or_else(|| RpcError::task_not_found(task_id))?;
         // Another caller's task is not this one's to see or continue.
@@ -577,6 +591,16 @@ impl A2aServer {
         if let Some(events) = events {
             options = options.with_events(events);
         }
+        let _slot = match &self.invoke_slots {
+            Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| {
+                RpcError::new(
+                    -32603,
+                    "RESOURCE_EXHAUSTED",
+                    "too many invokes in flight (limits.max_inflight_invokes); retry shortly",
+                )
+            })?),
+            None => None,
+        };
         let result = self
             .dispatcher
             .invoke(&route.skill, route.category.clone(), input, options)
@@ -586,7 +610,8 @@ impl A2aServer {
     }
 
     /// Records the task state an answer or stream event reports (a `Task`,
-    /// `{"task": Task}` or `{"statusUpdate": ...}`), and who owns the task.
+    /// `{"task": Task}` or `{"statusUpdate": ...}`) in the task's history,
+    /// and who owns the task.
     fn note_event(
         &self,
         event: &Value,
@@ -604,15 +629,17 @@ impl A2aServer {
             let task = event.get("task").unwrap_or(event);
             (task.get("id"), task.get("status"), task.get("contextId"))
         };
-        let (Some(task_id), Some(state)) = (
-            task_id.and_then(|t| t.as_str()),
-            status.and_then(|s| s.get("state")).and_then(|s| s.as_str()),
-        ) else {
+        let (Some(task_id), Some(status)) = (task_id.and_then(|t| t.as_str()), status) else {
+            return;
+        };
+        let Some(state) = status.get("state").and_then(|s| s.as_str()) else {
             return;
         };
         let seen = tasks::Seen {
             task_id,
             state,
+            status_timestamp: status.get("timestamp").and_then(|t| t.as_str()),
+            message: status.get("message").and_then(tasks::message_text),
             agent_id,
             skill: &route.skill,
             category: &route.category,
@@ -621,7 +648,8 @@ impl A2aServer {
                 .unwrap_or(&route.context_id),
             caller: principal.map(|p| p.id.as_str()),
         };
-        if let Err(e) = tasks::record(self.dispatcher.database(), seen) {
+        let shared = self.dispatcher.shared_tasks();
+        if let Err(e) = tasks::record(self.dispatcher.database(), shared.as_deref(), seen) {
             tracing::warn!(agent_id, task_id, error = %e, "could not record an A2A task's owner; its follow-ups may reach another agent");
         }
     }

@@ -196,6 +196,8 @@ struct Inner {
     discovery: discovery::Discovery,
     /// Calls whose outcome was written, for listeners.
     completions: completed::Completions,
+    /// Where A2A task affinity is shared with other nodes (cluster mode).
+    shared_tasks: RwLock<Option<Arc<dyn crate::routing::shared::SharedTasks>>>,
 }
 
 /// Routes tool invocations to agents. Cheap to clone; clones share everything.
@@ -252,6 +254,7 @@ impl ToolDispatcher {
                 config: RwLock::new(Arc::new(DispatcherConfig::default())),
                 discovery: discovery::Discovery::default(),
                 completions: completed::Completions::default(),
+                shared_tasks: RwLock::new(None),
             }),
         };
         let weak = Arc::downgrade(&dispatcher.inner);
@@ -365,6 +368,21 @@ impl ToolDispatcher {
     ) {
         self.inner.registry.set_sink(sink);
         self.inner.affinity.set_shared(bindings);
+    }
+
+    /// Shares A2A task affinity with other nodes through `tasks` (cluster
+    /// mode); `None` keeps it on this node.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn set_shared_tasks(
+        &self,
+        tasks: Option<Arc<dyn crate::routing::shared::SharedTasks>>,
+    ) {
+        *self.inner.shared_tasks.write() = tasks;
+    }
+
+    /// Where A2A task affinity is shared with other nodes, in cluster mode.
+    pub(crate) fn shared_tasks(&self) -> Option<Arc<dyn crate::routing::shared::SharedTasks>> {
+        self.inner.shared_tasks.read().clone()
     }
 
     /// The registry (registrations and their records).

@@ -2,7 +2,8 @@
 //! the payload of `AgentTransport::A2a`: its Agent Card's URL and how its
 //! skills map to categories and names), and the task-affinity record kept
 //! under `a2a_tasks/{task_id}` for each task an A2A agent created through
-//! Switchboard (which agent owns it, so follow-ups go there).
+//! Switchboard (which agent owns it, so follow-ups go there), with the
+//! history of its states under `a2a_task_states/{task_id}/{n}`.
 //!
 //! A2A skills are discovered as MCP tools are and stored beside them under
 //! `mcp_tools/{agent_id}/{skill}` (one discovery, one policy action
@@ -19,6 +20,16 @@ pub(crate) const A2A_TASKS: &str = "a2a_tasks/";
 /// `a2a_tasks/{task_id}`
 pub fn a2a_task_key(task_id: &str) -> String {
     format!("{A2A_TASKS}{task_id}")
+}
+
+/// A task's history: `a2a_task_states/{task_id}/{n}`, one per state an
+/// answer or stream event reported, in order.
+pub(crate) const A2A_TASK_STATES: &str = "a2a_task_states/";
+
+/// `a2a_task_states/{task_id}/{n}`: the `n`th state recorded of a task
+/// (from 1, zero-padded so that keys sort in order).
+pub fn a2a_task_state_key(task_id: &str, n: u64) -> String {
+    format!("{A2A_TASK_STATES}{task_id}/{n:010}")
 }
 
 /// Where a registration says an A2A agent's card is when it gives only a
@@ -144,7 +155,42 @@ pub struct A2aTaskRecord {
     pub created_at_ms: u64,
     /// When its state was last recorded (ms since the Unix epoch).
     pub updated_at_ms: u64,
+    /// How many states its history under `a2a_task_states/{task_id}/` holds.
+    #[serde(default)]
+    pub states: u64,
+    /// The agent's timestamp of the state last recorded, if it gave one: a
+    /// status reported again (the same state at the same time) is not a
+    /// new state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_timestamp: Option<String>,
 }
+
+/// The value under `a2a_task_states/{task_id}/{n}`: one state of a task as
+/// an answer or stream event reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct A2aTaskStateRecord {
+    /// The state (`TASK_STATE_WORKING`, …).
+    pub state: A2aTaskState,
+    /// The agent that reported it.
+    pub agent_id: String,
+    /// The caller whose call it came through (absent: the local application).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The agent's timestamp of it, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_timestamp: Option<String>,
+    /// The text of the status's message, if it has one (at most
+    /// [`MAX_STATE_MESSAGE_CHARS`] characters; the whole message is the
+    /// agent's to give with `GetTask`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When Switchboard recorded it (ms since the Unix epoch).
+    pub recorded_at_ms: u64,
+}
+
+/// The most characters of a status message kept in a state record.
+pub const MAX_STATE_MESSAGE_CHARS: usize = 1024;
 
 #[cfg(test)]
 mod tests {

@@ -132,17 +132,26 @@ class World:
     def card_url(self, name):
         return f"http://127.0.0.1:{self.ports[name]}/.well-known/agent-card.json"
 
-    def start_serve(self):
+    def start_serve(self, name="serve", config=None):
+        """Starts a `serve` process (with `config` as its config file's
+        text, if given); its base URL."""
         port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{port}"
         env = dict(os.environ, SWITCHBOARD_TOKEN=ADMIN, RUST_LOG="warn")
-        self.procs["serve"] = subprocess.Popen(
-            [self.binary, "serve", "--data", os.path.join(self.data, "db"), "--listen", f"127.0.0.1:{port}"],
+        args = [self.binary, "serve", "--data", os.path.join(self.data, f"{name}-db"), "--listen", f"127.0.0.1:{port}"]
+        if config is not None:
+            path = os.path.join(self.data, f"{name}.toml")
+            with open(path, "w") as f:
+                f.write(config)
+            args += ["--config", path]
+        self.procs[name] = subprocess.Popen(
+            args,
             env=env,
-            stdout=open(os.path.join(self.data, "serve.log"), "w"),
+            stdout=open(os.path.join(self.data, f"{name}.log"), "w"),
             stderr=subprocess.STDOUT,
         )
-        wait_for(self.base + "/healthz")
+        wait_for(base + "/healthz")
+        return base
 
     def stop(self, name):
         proc = self.procs.pop(name)
@@ -274,6 +283,10 @@ async def multi_turn(w):
             assert len(fetched.history) >= 5, fetched.history
         status, record = api(w.base, "GET", f"/v1/scan?prefix=a2a_tasks/{task.id}")
         assert status == 200, record
+        # Each turn's state once, though GetTask reported the last again.
+        history = w.records(f"a2a_task_states/{task.id}/")
+        assert [h["state"] for h in history] == ["TASK_STATE_INPUT_REQUIRED"] * 2 + ["TASK_STATE_COMPLETED"], history
+        assert history[-1]["message"] == f"{owner}: turn 3: done", history
         [item] = record["items"]
         assert item["value"]["agent_id"] == owner and item["value"]["state"] == "TASK_STATE_COMPLETED", item
         # Bob cannot reach Alice's task.
@@ -516,6 +529,21 @@ async def streaming(w):
             assert len({e.status_update.task_id for e in events[1:]} | {events[0].task.id}) == 1, events
         # Balanced over both streaming replicas, as any call is.
         assert owners == {"sigma", "tau"}, owners
+        # Every state the stream reported is in the task's history, in
+        # order, with its message; `switchboard scan` shows it.
+        task_id = events[0].task.id
+        scanned = subprocess.run(
+            [w.binary, "scan", f"a2a_task_states/{task_id}/", "--json", "--server", w.base, "--token", ADMIN],
+            capture_output=True, text=True, timeout=PATIENCE,
+        )
+        assert scanned.returncode == 0, scanned.stderr
+        history = [json.loads(line)["value"] for line in scanned.stdout.splitlines()]
+        assert [(h["state"], h.get("message")) for h in history] == [("TASK_STATE_SUBMITTED", None)] + [
+            ("TASK_STATE_WORKING", f"{owner}: step {i}") for i in (1, 2, 3)
+        ] + [("TASK_STATE_COMPLETED", f"{owner}: counted 3")], history
+        assert {(h["agent_id"], h["caller"]) for h in history} == {(owner, w.alice_caller)}, history
+        [record] = w.records(f"a2a_tasks/{task_id}")
+        assert record["states"] == 5 and record["state"] == "TASK_STATE_COMPLETED", record
         # An agent that does not stream answers in one piece: one event.
         [event] = [e async for e in client.send_message(text_request("one piece", skill="echo"))]
         assert answer_text(event) == "alpha/echo: one piece", event
@@ -636,6 +664,126 @@ async def streaming_cap(w):
     assert "the stream broke off after it began" in call["error"], call
 
 
+@check("/a2a calls take invoke slots: with limits.max_inflight_invokes = 1, a running stream holds the one slot")
+async def invoke_slots(w):
+    base = w.start_serve("serve-capped", config="[limits]\nmax_inflight_invokes = 1\n")
+    status, body = api(base, "PUT", "/v1/agents/sigma", {"tools": ["search"], "a2a": w.card_url("sigma")})
+    assert status == 200, body
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN}"}, timeout=PATIENCE)
+    streaming = await create_client(base, client_config=ClientConfig(httpx_client=http, streaming=True))
+    plain = await create_client(base, client_config=ClientConfig(httpx_client=http, streaming=False))
+    try:
+        stream = streaming.send_message(text_request("wait for a slot", skill="count"))
+        assert (await anext(stream)).HasField("task")
+        try:
+            await send(plain, text_request("count 1", skill="count"))
+            raise AssertionError("a second call ran while the stream held the one slot")
+        except A2AError as e:
+            assert "max_inflight_invokes" in str(e), e
+        # The same slots as POST /v1/invoke.
+        status, body = api(base, "POST", "/v1/invoke", {"tool": "count", "category": "search", "input": {
+            "message": {"messageId": "m-slot", "role": "ROLE_USER", "parts": [{"text": "count 1"}]}}})
+        assert status == 503 and "max_inflight_invokes" in body["error"]["message"], body
+        # The caller goes away: its stream's slot is free again.
+        await stream.aclose()
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            try:
+                answered = await send(plain, text_request("count 1", skill="count"))
+                break
+            except A2AError as e:
+                assert "max_inflight_invokes" in str(e), e
+                assert time.monotonic() < deadline, "the abandoned stream kept its slot"
+                await asyncio.sleep(0.2)
+        assert answer_text(answered) == "sigma: counted 1", answered
+    finally:
+        await streaming.close()
+        await plain.close()
+        await http.aclose()
+        w.stop("serve-capped")
+
+
+@check("cluster mode: a task created through node 1 is found by node 2, whose GetTask, follow-up and CancelTask reach its owner")
+async def cluster(w):
+    client_port, peer_port = free_port(), free_port()
+    etcd = f"http://127.0.0.1:{client_port}"
+    w.procs["etcd"] = subprocess.Popen(
+        ["etcd", "--name", "a2a", "--data-dir", os.path.join(w.data, "etcd"),
+         "--listen-client-urls", etcd, "--advertise-client-urls", etcd,
+         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+         "--initial-cluster", f"a2a=http://127.0.0.1:{peer_port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(w.data, "etcd.log"), "w"),
+    )
+    wait_for(etcd + "/health")
+    node1 = w.start_serve("node1", config=f'[cluster]\netcd = ["{etcd}"]\nnode_id = "node1"\n')
+    node2 = w.start_serve("node2", config=f'[cluster]\netcd = ["{etcd}"]\nnode_id = "node2"\n')
+    for name in ("sigma", "tau"):
+        status, body = api(node1, "PUT", f"/v1/agents/{name}", {"tools": ["search"], "a2a": w.card_url(name)})
+        assert status == 200, body
+    tokens = {}
+    for who in ("carol", "dave"):
+        status, token = api(node1, "POST", "/v1/tokens", {"name": who, "scopes": ["invoke"]})
+        assert status == 201, token
+        tokens[who] = token["secret"]
+
+    def node2_routes_count():
+        request = urllib.request.Request(node2 + "/.well-known/agent-card.json",
+                                         headers={"Authorization": f"Bearer {tokens['dave']}"})
+        try:
+            with urllib.request.urlopen(request, timeout=PATIENCE) as r:
+                return [s["id"] for s in json.loads(r.read())["skills"]] == ["count"]
+        except urllib.error.HTTPError:
+            return False
+
+    deadline = time.monotonic() + PATIENCE
+    while not node2_routes_count():
+        assert time.monotonic() < deadline, "node 2 did not learn the tokens and agents registered through node 1"
+        await asyncio.sleep(0.2)
+
+    async def client(base, who, streaming=False):
+        http = httpx.AsyncClient(headers={"Authorization": f"Bearer {tokens[who]}"}, timeout=PATIENCE)
+        return await create_client(base, client_config=ClientConfig(httpx_client=http, streaming=streaming)), http
+
+    (on1, http1), (on2, http2), (dave, http3) = await client(node1, "carol"), await client(node2, "carol"), await client(node2, "dave")
+    (streaming1, http4) = await client(node1, "carol", streaming=True)
+    try:
+        for _ in range(2):
+            task = (await send(on1, text_request("ask 1", skill="count"))).task
+            owner = get_message_text(task.status.message).split(":")[0]
+            # Node 2 never saw this task: it reads the task's route from etcd.
+            fetched = await on2.get_task(GetTaskRequest(id=task.id))
+            assert fetched.status.state == TaskState.TASK_STATE_INPUT_REQUIRED, fetched
+            assert get_message_text(fetched.status.message) == f"{owner}: say more", fetched
+            # Only the owner counts the task's turns.
+            last = await send(on2, text_request("done", task_id=task.id, context_id=task.context_id))
+            assert get_message_text(last.task.status.message) == f"{owner}: turn 2: done", last
+            # Another caller does not see it on node 2 either.
+            try:
+                await dave.get_task(GetTaskRequest(id=task.id))
+                raise AssertionError("another caller read the task on node 2")
+            except A2AError as e:
+                assert "not created" in str(e), e
+        # A stream on node 1 ended by a CancelTask on node 2.
+        stream = streaming1.send_message(text_request("wait on node 1", skill="count"))
+        first = await anext(stream)
+        cancelled = await on2.cancel_task(CancelTaskRequest(id=first.task.id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED, cancelled
+        rest = [e async for e in stream]
+        assert state_of(rest[-1]) == TaskState.TASK_STATE_CANCELED, rest
+        # Each node's audit trail holds the states it saw.
+        status, page = api(node2, "GET", f"/v1/scan?prefix=a2a_task_states/{first.task.id}/")
+        assert [i["value"]["state"] for i in page["items"]] == ["TASK_STATE_CANCELED"], page
+    finally:
+        for c, h in ((on1, http1), (on2, http2), (dave, http3), (streaming1, http4)):
+            await c.close()
+            await h.aclose()
+        w.stop("node2")
+        w.stop("node1")
+        w.stop("etcd")
+
+
 @check("a stream fails over to another replica only before its first event")
 async def streaming_failover(w):
     w.stop("tau")
@@ -660,7 +808,7 @@ async def main(binary):
         w.start_agent("gamma", "shout")
         w.start_agent("sigma", "--streaming", "count")
         w.start_agent("tau", "--streaming", "count")
-        w.start_serve()
+        w.base = w.start_serve()
         for who in ("alice", "bob"):
             status, token = api(w.base, "POST", "/v1/tokens", {"name": who, "scopes": ["invoke"]})
             assert status == 201, token
@@ -668,7 +816,7 @@ async def main(binary):
             setattr(w, f"{who}_caller", token["token"]["caller"])
         for step in (register, card, per_skill, multi_turn, cancel, list_tasks, policy, failover, audit, rediscovery,
                      streaming, streaming_refused, streaming_live, streaming_abandoned, streaming_cap,
-                     streaming_failover):
+                     invoke_slots, cluster, streaming_failover):
             await step(w)
     except BaseException:
         w.logs()

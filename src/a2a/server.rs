@@ -412,53 +412,51 @@ impl A2aServer {
             Ok(route) => route,
             Err(error) => return answer(id, Err(error)),
         };
-        let (sender, events) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        let (finished, outcome) = tokio::sync::oneshot::channel();
+        let (sender, mut events) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let (finished, mut outcome) = tokio::sync::oneshot::channel();
         let call = {
             let (server, route, principal) = (self.clone(), route.clone(), principal.clone());
             let input = json!({"method": method, "params": params});
             let sink = EventSink::new(sender);
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 let result = server
                     .invoke(&route, input, principal.as_ref(), Some(sink))
                     .await;
                 // Nobody waits for it when the caller went away.
                 let _ = finished.send(result);
-            })
+            }))
         };
-        let mut relay = Relay {
+        // The first event decides the answer's form: a call refused before
+        // it is answered with its JSON-RPC error, not a stream.
+        let (first, ended) = tokio::select! {
+            biased;
+            Some(event) = events.recv() => (event, None),
+            result = &mut outcome => {
+                let result = result.unwrap_or_else(|_| {
+                    Err(RpcError::new(-32603, "INTERNAL", "the call ended without an answer"))
+                });
+                // Events sent just before it ended are still in the channel.
+                match events.try_recv() {
+                    Ok(event) => (event, Some(result)),
+                    Err(_) => return match result {
+                        Err(error) => answer(id, Err(error)),
+                        // A call that succeeds has relayed its events.
+                        Ok((_, output)) => answer(id, Ok(output)),
+                    },
+                }
+            }
+        };
+        let relay = Relay {
             server: self.clone(),
             id,
             route,
             principal,
+            outcome: ended.is_none().then_some(outcome),
             events,
-            outcome: Some(outcome),
-            ended: None,
-            first: None,
-            _call: AbortOnDrop(call),
+            ended,
+            first: Some(first),
+            _call: call,
         };
-        // The first event decides the answer's form: a call refused before
-        // it is answered with its JSON-RPC error, not a stream.
-        tokio::select! {
-            biased;
-            Some(event) = relay.events.recv() => relay.first = Some(event),
-            result = relay.outcome.as_mut().expect("the call's outcome is awaited once") => {
-                relay.outcome = None;
-                let result = result.unwrap_or_else(|_| Err(RpcError::new(-32603, "INTERNAL", "the call ended without an answer")));
-                // Events sent just before it ended are still in the channel.
-                match relay.events.try_recv() {
-                    Ok(event) => {
-                        relay.first = Some(event);
-                        relay.ended = Some(result);
-                    }
-                    Err(_) => return match result {
-                        Err(error) => answer(relay.id, Err(error)),
-                        // A call that succeeds has relayed its events.
-                        Ok((_, output)) => answer(relay.id, Ok(output)),
-                    },
-                }
-            }
-        }
         let frames = futures::stream::unfold(relay, |mut relay| async move {
             let frame = relay.next().await?;
             Some((Ok::<_, std::convert::Infallible>(frame), relay))

@@ -34,14 +34,20 @@ pub(crate) fn get(
     if validate_id("task id", task_id).is_err() {
         return Ok(None);
     }
+    match (local(db, task_id)?, shared) {
+        (Some(record), _) => Ok(Some(record)),
+        (None, Some(shared)) => shared.fetch(task_id),
+        (None, None) => Ok(None),
+    }
+}
+
+/// This node's record of `task_id` (a valid id).
+fn local(db: &Database, task_id: &str) -> Result<Option<A2aTaskRecord>> {
     match db.get_unjudged(&a2a_task_key(task_id))? {
         Some(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(Error::storage),
-        None => match shared {
-            Some(shared) => shared.fetch(task_id),
-            None => Ok(None),
-        },
+        None => Ok(None),
     }
 }
 
@@ -93,8 +99,8 @@ static RECORDING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 /// Records that `seen.agent_id` owns `seen.task_id` and the state it
 /// reported, with that state as the next entry of the task's history,
-/// unless it is the state last recorded (the same state, owner and agent
-/// timestamp: an answer reporting it again). A task id Switchboard cannot
+/// unless it is the state this node last recorded (the same state, owner
+/// and agent timestamp: an answer reporting it again). A task id Switchboard cannot
 /// hold as a key is not recorded (its follow-ups cannot be routed: logged).
 /// In cluster mode the record is then shared with the other nodes (a
 /// failure to is logged: the task's follow-ups then reach its owner through
@@ -109,14 +115,21 @@ pub(crate) fn record(
         return Ok(());
     }
     let recording = RECORDING.lock();
-    let before = get(db, shared, seen.task_id)?;
-    if before.as_ref().is_some_and(|b| {
+    // Each node's trail holds the states it saw: a state is new here
+    // unless this node recorded it last.
+    let here = local(db, seen.task_id)?;
+    if here.as_ref().is_some_and(|b| {
         b.state == seen.state
             && b.agent_id == seen.agent_id
             && b.status_timestamp.as_deref() == seen.status_timestamp
     }) {
         return Ok(());
     }
+    let before = match (here, shared) {
+        (Some(record), _) => Some(record),
+        (None, Some(shared)) => shared.fetch(seen.task_id)?,
+        (None, None) => None,
+    };
     let now = now_ms();
     let caller = before
         .as_ref()

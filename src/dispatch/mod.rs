@@ -310,6 +310,22 @@ impl ToolDispatcher {
         self.inner.discovery.discover(self, agent_id).await
     }
 
+    /// Fetches the Agent Card `a2a` names and checks it as discovery will
+    /// (its signatures, when the registration asks for a signed card; an
+    /// interface Switchboard speaks), within `timeout`.
+    pub async fn check_a2a_card(
+        &self,
+        a2a: &crate::namespace::A2aAgent,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        self.inner
+            .callers
+            .a2a()
+            .check_card(a2a, timeout)
+            .await
+            .map_err(Error::invalid)
+    }
+
     /// Every tool MCP agents serve by name, by agent then name.
     pub fn discovered_tools(&self) -> Vec<DiscoveredTool> {
         self.inner.discovery.list()

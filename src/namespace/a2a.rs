@@ -10,7 +10,7 @@
 //! `discover`); [`A2aAgent::naming`] is the view that discovery reads.
 
 use super::{CategoryRule, McpServer, PrefixMode, ToolCategory};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -66,6 +66,40 @@ pub struct A2aAgent {
     /// `file:PATH`, as for MCP agents), never the secret itself.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// When given, the card must be signed by one of these keys: a card
+    /// whose signatures do not verify is refused (at registration, and
+    /// every time it is fetched again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_signature: Option<CardKeys>,
+}
+
+/// The keys an Agent Card must be signed with (one source).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardKeys {
+    /// A JWKS's URL (`http://` or `https://`, under the address policy),
+    /// fetched with each card: its RSA (RS256) and P-256 (ES256) keys,
+    /// matched by `kid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// A PEM public key file on this node (RSA: RS256, P-256: ES256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<String>,
+}
+
+impl CardKeys {
+    fn validate(&self) -> Result<()> {
+        match (&self.jwks_url, &self.public_key_file) {
+            (Some(url), None) => crate::routing::endpoint::parse_endpoint(url)
+                .map(drop)
+                .map_err(|e| Error::invalid(format!("verify_signature.jwks_url: {e}"))),
+            (None, Some(path)) if !path.is_empty() => Ok(()),
+            _ => Err(Error::invalid(
+                "verify_signature names one key source: {\"jwks_url\": \"https://…/jwks.json\"} \
+                 or {\"public_key_file\": \"/path/to/key.pem\"}",
+            )),
+        }
+    }
 }
 
 fn is_conditional(prefix: &PrefixMode) -> bool {
@@ -122,6 +156,9 @@ impl A2aAgent {
     /// rules whose categories the agent serves, a TTL, headers given by
     /// reference.
     pub(crate) fn validate(&self, categories: &[ToolCategory]) -> Result<()> {
+        if let Some(keys) = &self.verify_signature {
+            keys.validate()?;
+        }
         self.naming().validate(categories)
     }
 }
@@ -219,6 +256,17 @@ mod tests {
             .validate(&[ToolCategory::Code, ToolCategory::Search])
             .is_ok());
         assert!(serde_json::from_str::<A2aAgent>(r#"{"card_url": "x", "colour": 1}"#).is_err());
+        let signed = |keys: &str| {
+            serde_json::from_str::<A2aAgent>(&format!(
+                r#"{{"card_url": "http://h/.well-known/agent-card.json", "verify_signature": {keys}}}"#
+            ))
+            .unwrap()
+            .validate(&[ToolCategory::Code])
+        };
+        assert!(signed(r#"{"jwks_url": "http://127.0.0.1:9/jwks.json"}"#).is_ok());
+        assert!(signed(r#"{"public_key_file": "/etc/key.pem"}"#).is_ok());
+        assert!(signed("{}").is_err(), "no key source");
+        assert!(signed(r#"{"jwks_url": "http://h/j", "public_key_file": "/k"}"#).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod tokens;
 
 pub use a2a::{
     a2a_task_key, a2a_task_state_key, A2aAgent, A2aSpec, A2aTaskRecord, A2aTaskState,
-    A2aTaskStateRecord, AGENT_CARD_PATH, MAX_STATE_MESSAGE_CHARS,
+    A2aTaskStateRecord, CardKeys, AGENT_CARD_PATH, MAX_STATE_MESSAGE_CHARS,
 };
 pub(crate) use a2a::{A2A_TASKS, A2A_TASK_STATES};
 pub(crate) use audit::Placement;

@@ -664,6 +664,89 @@ async def streaming_cap(w):
     assert "the stream broke off after it began" in call["error"], call
 
 
+@check("an agent whose card offers HTTP+JSON only is called over HTTP+JSON: messages, tasks, errors and streams")
+async def http_json(w):
+    status, body = api(w.base, "PUT", "/v1/agents/rho", {"tools": ["web"], "a2a": w.card_url("rho")})
+    assert status == 200, body
+    client, http = await w.client(w.alice)
+    streaming, streaming_http = await w.client(w.alice, streaming=True)
+    try:
+        assert answer_text(await send(client, text_request("hi", skill="relay"))) == "rho/relay: hi"
+        task = (await send(client, text_request("ask 1", skill="relay"))).task
+        fetched = await client.get_task(GetTaskRequest(id=task.id, history_length=1))
+        assert fetched.status.state == TaskState.TASK_STATE_INPUT_REQUIRED and len(fetched.history) == 1, fetched
+        last = await send(client, text_request("done", task_id=task.id, context_id=task.context_id))
+        assert get_message_text(last.task.status.message) == "rho: turn 2: done", last
+        # The agent's error (HTTP 400, reason TASK_NOT_CANCELABLE) keeps its A2A code.
+        try:
+            await client.cancel_task(CancelTaskRequest(id=task.id))
+            raise AssertionError("a completed task was cancelled")
+        except A2AError as e:
+            assert type(e).__name__ == "TaskNotCancelableError", repr(e)
+        events = [e async for e in streaming.send_message(text_request("count 2", skill="relay"))]
+        assert [TaskState.Name(state_of(e)) for e in events] == ["TASK_STATE_SUBMITTED"] + [
+            "TASK_STATE_WORKING"] * 2 + ["TASK_STATE_COMPLETED"], events
+        started = await send(client, text_request("wait over rest", skill="relay", immediately=True))
+        subscription = streaming.subscribe(SubscribeToTaskRequest(id=started.task.id))
+        assert (await anext(subscription)).task.id == started.task.id
+        cancelled = await client.cancel_task(CancelTaskRequest(id=started.task.id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED, cancelled
+        rest = [e async for e in subscription]
+        assert state_of(rest[-1]) == TaskState.TASK_STATE_CANCELED, rest
+    finally:
+        for c, h in ((client, http), (streaming, streaming_http)):
+            await c.close()
+            await h.aclose()
+
+
+@check("a registration asking for a signed card verifies it (JWKS URL or PEM file) and refuses one that fails, saying why")
+async def signed_cards(w):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def key_files(name):
+        key = ec.generate_private_key(ec.SECP256R1())
+        private, public = os.path.join(w.data, f"{name}.pem"), os.path.join(w.data, f"{name}.pub.pem")
+        with open(private, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        with open(public, "wb") as f:
+            f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+        return private, public
+
+    signer, signer_public = key_files("signer")
+    _, stranger_public = key_files("stranger")
+    w.start_agent("psi", "--sign", signer, "sign")
+    w.start_agent("omega", "--sign", signer, "--tamper", "sign")
+    jwks = f"http://127.0.0.1:{w.ports['psi']}/jwks.json"
+
+    def register(agent, name, keys):
+        return api(w.base, "PUT", f"/v1/agents/{agent}", {"tools": ["web"], "a2a": {
+            "card_url": w.card_url(name), "verify_signature": keys}})
+
+    status, body = register("psi", "psi", {"jwks_url": jwks})
+    assert status == 200, body
+    status, body = register("psi-pem", "psi", {"public_key_file": signer_public})
+    assert status == 200, body
+    client, http = await w.client(w.alice)
+    try:
+        assert answer_text(await send(client, text_request("signed", skill="sign"))).endswith("/sign: signed")
+    finally:
+        await client.close()
+        await http.aclose()
+    for agent, name, keys, why in (
+        ("psi-stranger", "psi", {"public_key_file": stranger_public}, "no signature of the Agent Card verifies"),
+        ("omega", "omega", {"jwks_url": jwks}, "no signature of the Agent Card verifies"),
+        ("gamma-signed", "gamma", {"jwks_url": jwks}, "carries no signatures"),
+    ):
+        status, body = register(agent, name, keys)
+        assert status == 400 and why in body["error"]["message"], (agent, body)
+        assert "is refused" in body["error"]["message"], body
+        status, _ = api(w.base, "GET", f"/v1/agents/{agent}")
+        assert status == 404, f"{agent} was registered"
+
+
 @check("/a2a calls take invoke slots: with limits.max_inflight_invokes = 1, a running stream holds the one slot")
 async def invoke_slots(w):
     base = w.start_serve("serve-capped", config="[limits]\nmax_inflight_invokes = 1\n")
@@ -808,6 +891,7 @@ async def main(binary):
         w.start_agent("gamma", "shout")
         w.start_agent("sigma", "--streaming", "count")
         w.start_agent("tau", "--streaming", "count")
+        w.start_agent("rho", "--streaming", "--rest", "relay")
         w.base = w.start_serve()
         for who in ("alice", "bob"):
             status, token = api(w.base, "POST", "/v1/tokens", {"name": who, "scopes": ["invoke"]})
@@ -816,7 +900,7 @@ async def main(binary):
             setattr(w, f"{who}_caller", token["token"]["caller"])
         for step in (register, card, per_skill, multi_turn, cancel, list_tasks, policy, failover, audit, rediscovery,
                      streaming, streaming_refused, streaming_live, streaming_abandoned, streaming_cap,
-                     invoke_slots, cluster, streaming_failover):
+                     http_json, signed_cards, invoke_slots, cluster, streaming_failover):
             await step(w)
     except BaseException:
         w.logs()

@@ -1,31 +1,39 @@
 //! A2A agents: an agent that speaks the Agent2Agent protocol (A2A v1.0) is
-//! found by its Agent Card, called with JSON-RPC requests (`SendMessage`,
-//! `GetTask`, `CancelTask`, and the streamed `SendStreamingMessage` and
-//! `SubscribeToTask`) at the interface the card names, and probed by
-//! fetching its card again.
+//! found by its Agent Card, called (`SendMessage`, `GetTask`, `CancelTask`,
+//! and the streamed `SendStreamingMessage` and `SubscribeToTask`) at the
+//! interface the card prefers among those Switchboard speaks (JSON-RPC,
+//! HTTP+JSON), and probed by fetching its card again.
 //!
 //! - `mod.rs`: [`A2aClients`], each agent's chosen interface by
 //!   registration uid, and one call: the request, the `A2A-Version`
 //!   header, the answer or [`Failure`];
 //! - `card`: the Agent Card: fetched (bounded), parsed, its interface
 //!   chosen, its skills as named tools;
+//! - `rest`: the HTTP+JSON binding: each method's route, its answers and
+//!   errors;
+//! - `signature`: signed cards: a card's JWS signatures checked against
+//!   the keys its registration names;
 //! - `stream`: a streamed answer (`SendStreamingMessage`,
 //!   `SubscribeToTask`): its SSE events read (each bounded) and relayed as
 //!   they arrive.
 //!
 //! A call's input is `{"method": ..., "params": ...}`; anything else is the
-//! params of a `SendMessage`. A JSON-RPC error answer is the tool's own
-//! error (final, no failover), written as [`rpc_error_message`] so the A2A
-//! server above can give the caller the agent's error code.
+//! params of a `SendMessage`. An agent's A2A error (a JSON-RPC error
+//! answer, or over HTTP+JSON an error status naming its reason) is the
+//! tool's own error (final, no failover), written as [`rpc_error_message`]
+//! with its JSON-RPC code so the A2A server above can give the caller the
+//! agent's error code.
 
 pub(crate) mod card;
+mod rest;
+mod signature;
 mod stream;
 
 use super::{error_chain, read_bounded, EventSink, Failure, MAX_RESPONSE_BYTES};
 use crate::namespace::A2aAgent;
 use crate::routing::agent::Agent;
 use crate::routing::endpoint::Endpoint;
-use card::{AgentCard, Interface, A2A_VERSION};
+use card::{AgentCard, Binding, Interface, A2A_VERSION};
 use parking_lot::RwLock;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use std::collections::HashMap;
@@ -93,6 +101,26 @@ impl A2aClients {
         )
     }
 
+    /// Fetches the card `spec` names and checks it as a call would (its
+    /// signatures, when asked for, and an interface Switchboard speaks):
+    /// why it is refused, if it is.
+    pub(crate) async fn check_card(
+        &self,
+        spec: &A2aAgent,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let upstream = A2aUpstream {
+            spec: spec.clone(),
+            http: self.http.clone(),
+            interface: RwLock::new(None),
+        };
+        upstream
+            .fetch_card(timeout)
+            .await
+            .map(drop)
+            .map_err(|failure| failure.message(timeout))
+    }
+
     /// Forgets the registrations that are no longer current.
     pub(crate) fn retain(&self, current: impl Fn(u64) -> bool) {
         self.upstreams.write().retain(|uid, _| current(*uid));
@@ -118,9 +146,22 @@ impl A2aUpstream {
         Ok(headers)
     }
 
-    /// Fetches the card now, and keeps the interface it names for calls.
+    /// Fetches the card now (checking its signatures when the
+    /// registration asks for a signed card), and keeps the interface it
+    /// names for calls.
     pub(crate) async fn fetch_card(&self, timeout: Duration) -> Result<AgentCard, Failure> {
-        let card = card::fetch(&self.http, &self.spec.card_url, self.headers()?, timeout).await?;
+        let (card, served) =
+            card::fetch(&self.http, &self.spec.card_url, self.headers()?, timeout).await?;
+        if let Some(keys) = &self.spec.verify_signature {
+            signature::verify(&self.http, &served, keys, timeout)
+                .await
+                .map_err(|e| {
+                    Failure::Agent(format!(
+                        "the Agent Card {} is refused: {e}",
+                        self.spec.card_url
+                    ))
+                })?;
+        }
         let interface = card.interface().map_err(Failure::Agent)?;
         *self.interface.write() = Some(interface);
         Ok(card)
@@ -211,10 +252,10 @@ impl A2aUpstream {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
         if is_stream && response.status().is_success() {
-            return stream::relay(response, sink, agent_id).await;
+            return stream::relay(interface.binding, response, sink, agent_id).await;
         }
         // An answer in one piece: usually the error that refused the stream.
-        let answer = read_answer(response).await?;
+        let answer = read_answer(interface.binding, response).await?;
         stream::relay_one(sink, agent_id, answer).await
     }
 
@@ -231,7 +272,7 @@ impl A2aUpstream {
             .ok_or_else(|| Failure::Agent("the Agent Card names no interface".into()))
     }
 
-    /// One JSON-RPC request answered in one piece: its result, or failure.
+    /// One request answered in one piece: its result, or failure.
     async fn post(
         &self,
         interface: &Interface,
@@ -242,11 +283,12 @@ impl A2aUpstream {
         let response = self
             .send(interface, method, params, invocation_id, "application/json")
             .await?;
-        read_answer(response).await
+        read_answer(interface.binding, response).await
     }
 
-    /// Sends one JSON-RPC request; an answer asking to be called later
-    /// (429 or 503 with `Retry-After`) is the agent's overload.
+    /// Sends one request in the interface's binding; an answer asking to
+    /// be called later (429 or 503 with `Retry-After`) is the agent's
+    /// overload.
     async fn send(
         &self,
         interface: &Interface,
@@ -255,19 +297,34 @@ impl A2aUpstream {
         invocation_id: &str,
         accept: &'static str,
     ) -> Result<reqwest::Response, Failure> {
-        let body = serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": invocation_id,
-            "method": method,
-            "params": params,
-        });
-        let response = self
-            .http
-            .post(interface.url.clone())
+        let request = match interface.binding {
+            Binding::JsonRpc => {
+                let body = serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "id": invocation_id,
+                    "method": method,
+                    "params": params,
+                });
+                self.http
+                    .post(interface.url.clone())
+                    .body(serde_json::to_vec(&body).map_err(|e| Failure::Agent(e.to_string()))?)
+            }
+            Binding::HttpJson => {
+                let (verb, url) = rest::route(&interface.url, method, params)?;
+                let request = self.http.request(verb.clone(), url);
+                if verb == reqwest::Method::GET {
+                    request
+                } else {
+                    request.body(
+                        serde_json::to_vec(params).map_err(|e| Failure::Agent(e.to_string()))?,
+                    )
+                }
+            }
+        };
+        let response = request
             .headers(self.headers()?)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, accept)
-            .body(serde_json::to_vec(&body).map_err(|e| Failure::Agent(e.to_string()))?)
             .send()
             .await
             .map_err(|e| Failure::Agent(error_chain(&e)))?;
@@ -288,8 +345,11 @@ impl A2aUpstream {
     }
 }
 
-/// An answer read whole (bounded): its JSON-RPC result, or why not.
-async fn read_answer(response: reqwest::Response) -> Result<serde_json::Value, Failure> {
+/// An answer read whole (bounded): its result, or why not.
+async fn read_answer(
+    binding: Binding,
+    response: reqwest::Response,
+) -> Result<serde_json::Value, Failure> {
     let status = response.status();
     let bytes = read_bounded(response, MAX_RESPONSE_BYTES)
         .await
@@ -300,12 +360,28 @@ async fn read_answer(response: reqwest::Response) -> Result<serde_json::Value, F
         )));
     }
     if !status.is_success() {
-        return Err(Failure::Tool(format!(
-            "the A2A agent answered HTTP {status}: {}",
-            String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
-        )));
+        // Over HTTP+JSON an A2A error is an HTTP status with the error.
+        let error = (binding == Binding::HttpJson)
+            .then(|| serde_json::from_slice(&bytes).ok())
+            .flatten()
+            .and_then(|value| rest::error_of(&value));
+        return Err(error.unwrap_or_else(|| {
+            Failure::Tool(format!(
+                "the A2A agent answered HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+            ))
+        }));
     }
-    answer(&bytes)
+    decode(binding, &bytes)
+}
+
+/// One answer (or event of a stream) in `binding`'s form: its result, or
+/// the A2A error it carries.
+fn decode(binding: Binding, bytes: &[u8]) -> Result<serde_json::Value, Failure> {
+    match binding {
+        Binding::JsonRpc => answer(bytes),
+        Binding::HttpJson => rest::decode(bytes),
+    }
 }
 
 /// A JSON-RPC answer as output (its `result`) or failure (its `error`, the

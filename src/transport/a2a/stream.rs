@@ -1,13 +1,15 @@
 //! A streamed A2A answer: the agent answers `SendStreamingMessage` or
-//! `SubscribeToTask` with server-sent events, each one JSON-RPC answer
-//! (`data: {"jsonrpc": "2.0", "id": ..., "result": {...}}`, an error as
-//! `event: error` with the JSON-RPC error). Each event is read within
+//! `SubscribeToTask` with server-sent events, each one answer in its
+//! binding's form (over JSON-RPC `data: {"jsonrpc": "2.0", "id": ...,
+//! "result": {...}}`, over HTTP+JSON the result itself; an error as
+//! `event: error` with the error). Each event is read within
 //! [`MAX_EVENT_BYTES`] and passed on as soon as it is whole; the stream
 //! ends when the agent ends it, at the first error, or when nobody reads
 //! the events any more.
 
 use super::super::{error_chain, EventSink, Failure};
-use super::answer;
+use super::card::Binding;
+use super::decode;
 
 /// The largest event of an agent's stream accepted (bytes of its data).
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
@@ -15,6 +17,7 @@ pub const MAX_EVENT_BYTES: usize = 1 << 20;
 /// Relays every event of `response`'s stream to `sink`; the last event is
 /// the call's output.
 pub(super) async fn relay(
+    binding: Binding,
     mut response: reqwest::Response,
     sink: &EventSink,
     agent_id: &str,
@@ -27,7 +30,7 @@ pub(super) async fn relay(
         .map_err(|e| Failure::Agent(format!("reading the agent's stream: {}", error_chain(&e))))?
     {
         for data in reader.push(&chunk)? {
-            let event = answer(&data)?;
+            let event = decode(binding, &data)?;
             last = Some(relay_one(sink, agent_id, event).await?);
         }
     }

@@ -699,7 +699,7 @@ async def http_json(w):
             await h.aclose()
 
 
-@check("a registration asking for a signed card verifies it (JWKS URL or PEM file) and refuses one that fails, saying why")
+@check("a registration asking for a signed card verifies it (JWKS URL or PEM file), refuses one that fails saying why, and a card changed later")
 async def signed_cards(w):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -745,6 +745,31 @@ async def signed_cards(w):
         assert "is refused" in body["error"]["message"], body
         status, _ = api(w.base, "GET", f"/v1/agents/{agent}")
         assert status == 404, f"{agent} was registered"
+    # Fetched again when its TTL expires, a card changed after it was signed
+    # (here with a new skill) is refused: its skills stay as last verified.
+    w.start_agent("chi", "--sign", signer, "sign")
+    status, body = api(w.base, "PUT", "/v1/agents/chi", {"tools": ["web"], "a2a": {
+        "card_url": w.card_url("chi"), "verify_signature": {"jwks_url": jwks}, "discovery_ttl_ms": 1000}})
+    assert status == 200, body
+    port = w.ports["chi"]
+    w.stop("chi")
+    w.ports["chi"] = port
+    w.procs["chi"] = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "agent.py"), str(port), "chi", "--sign", signer, "--tamper", "sign", "extra"],
+        stdout=open(os.path.join(w.data, "chi2.log"), "w"),
+        stderr=subprocess.STDOUT,
+    )
+
+    def refused_in_log():
+        with open(os.path.join(w.data, "serve.log")) as log:
+            return any("agent_id=chi" in line and "is refused: no signature" in line for line in log)
+
+    deadline = time.monotonic() + PATIENCE
+    while not refused_in_log():
+        assert time.monotonic() < deadline, "the tampered card was not fetched again and refused"
+        await asyncio.sleep(0.2)
+    status, tools = api(w.base, "GET", "/v1/tools")
+    assert sorted(t["name"] for t in tools if t["agent_id"] == "chi") == ["sign"], tools
 
 
 @check("/a2a calls take invoke slots: with limits.max_inflight_invokes = 1, a running stream holds the one slot")

@@ -342,8 +342,8 @@ impl Eq for ProgressSink {}
 
 /// One event of a streamed call (an A2A agent's `SendStreamingMessage` or
 /// `SubscribeToTask`), as it arrives: the agent that sent it, and the event
-/// (the `result` of one JSON-RPC answer of its stream: a `task`, `message`,
-/// `statusUpdate` or `artifactUpdate`).
+/// (`{"task": …}`, `{"message": …}`, `{"statusUpdate": …}` or
+/// `{"artifactUpdate": …}`, whatever binding carried it).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamEvent {
     /// The agent that sent it.

@@ -318,6 +318,15 @@ impl ToolDispatcher {
         a2a: &crate::namespace::A2aAgent,
         timeout: std::time::Duration,
     ) -> Result<()> {
+        // Only addresses the network policy allows are fetched.
+        crate::routing::endpoint::parse_endpoint(&a2a.card_url)?;
+        if let Some(url) = a2a
+            .verify_signature
+            .as_ref()
+            .and_then(|keys| keys.jwks_url.as_ref())
+        {
+            crate::routing::endpoint::parse_endpoint(url)?;
+        }
         self.inner
             .callers
             .a2a()

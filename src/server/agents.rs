@@ -186,6 +186,8 @@ pub(crate) async fn register_agent(
         .map(crate::namespace::A2aSpec::into_agent)
         .filter(|a2a| a2a.verify_signature.is_some())
     {
+        // What needs no network is checked before the card is fetched.
+        a2a.validate(&body.tools)?;
         let timeout = body
             .timeout_ms
             .map_or(DISCOVERY_WAIT, Duration::from_millis)

@@ -745,6 +745,8 @@ async def signed_cards(w):
         assert "is refused" in body["error"]["message"], body
         status, _ = api(w.base, "GET", f"/v1/agents/{agent}")
         assert status == 404, f"{agent} was registered"
+    status, body = register("psi-nokey", "psi", {})
+    assert status == 400 and "one key source" in body["error"]["message"], body
     # Fetched again when its TTL expires, a card changed after it was signed
     # (here with a new skill) is refused: its skills stay as last verified.
     w.start_agent("chi", "--sign", signer, "sign")

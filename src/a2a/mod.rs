@@ -5,8 +5,11 @@
 //! its skill with the usual strategies, policies, failover and audit.
 //!
 //! - `skills`: the skills a caller may see, and what one routes to;
-//! - `tasks`: task affinity, `a2a_tasks/{task_id}` → the owning agent;
-//! - `server`: the two routes and the JSON-RPC methods.
+//! - `tasks`: task affinity, `a2a_tasks/{task_id}` → the owning agent
+//!   (shared with the other nodes in cluster mode), and each task's
+//!   states under `a2a_task_states/{task_id}/{n}`;
+//! - `server`: the two routes and the JSON-RPC methods (the streamed ones
+//!   relayed as server-sent events).
 
 pub mod server;
 mod skills;

@@ -1,10 +1,12 @@
 //! The A2A routes of `serve`: `GET /.well-known/agent-card.json`
 //! (Switchboard's own Agent Card, listing the skills the caller may see)
 //! and `POST /a2a` (A2A v1.0 over JSON-RPC: `SendMessage`, `GetTask`,
-//! `CancelTask`, `ListTasks`). Each call is one `ToolDispatcher::invoke` of the skill
-//! in its category, so strategies, policies, rate limits, failover and the
-//! dispatch record apply as to any tool call; the caller's credential is
-//! never passed on (an agent is called with its registration's headers).
+//! `CancelTask`, `ListTasks`, and `SendStreamingMessage` and
+//! `SubscribeToTask` answered with server-sent events). Each call is one
+//! `ToolDispatcher::invoke` of the skill in its category, so strategies,
+//! policies, rate limits, failover and the dispatch record apply as to any
+//! tool call; the caller's credential is never passed on (an agent is
+//! called with its registration's headers).
 
 use super::skills::{self, Skill};
 use super::tasks;
@@ -14,14 +16,18 @@ use crate::mcp::catalog::Catalog;
 use crate::namespace::{new_invocation_id, AGENT_CARD_PATH};
 use crate::policy::{keys, PolicyContext, Principal};
 use crate::transport::a2a::{card::A2A_VERSION, parse_rpc_error};
+use crate::transport::{EventSink, StreamEvent};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// Where `serve` answers A2A JSON-RPC.
 pub const A2A_PATH: &str = "/a2a";
@@ -29,6 +35,9 @@ pub const A2A_PATH: &str = "/a2a";
 const DEFAULT_LIST_PAGE: usize = 50;
 /// The most tasks in a `ListTasks` page (each is one `GetTask` to its owner).
 const MAX_LIST_PAGE: usize = 100;
+/// Events of a stream held for a caller that reads slower than its agent
+/// streams; past them the agent's stream waits for the caller.
+const STREAM_BUFFER: usize = 16;
 
 /// The A2A face of one dispatcher. Cheap to clone.
 #[derive(Clone)]
@@ -36,6 +45,8 @@ pub struct A2aServer {
     dispatcher: ToolDispatcher,
     catalog: Catalog,
     https: bool,
+    /// The invoke slots shared with `/v1/invoke` and `/mcp`, if capped.
+    invoke_slots: Option<Arc<Semaphore>>,
 }
 
 impl A2aServer {
@@ -46,7 +57,16 @@ impl A2aServer {
             catalog: Catalog::new(dispatcher.clone()),
             dispatcher,
             https,
+            invoke_slots: None,
         }
+    }
+
+    /// Each dispatch (a message, a stream for as long as it runs, a
+    /// `GetTask`, each task a `ListTasks` reads) takes a permit of `slots`,
+    /// and is refused when none is free.
+    pub fn with_invoke_slots(mut self, slots: Arc<Semaphore>) -> Self {
+        self.invoke_slots = Some(slots);
+        self
     }
 
     /// The two routes, for a router of any state.
@@ -103,7 +123,7 @@ async fn card(
             "protocolBinding": "JSONRPC",
             "protocolVersion": A2A_VERSION,
         }],
-        "capabilities": {"streaming": false, "pushNotifications": false},
+        "capabilities": {"streaming": true, "pushNotifications": false},
         "defaultInputModes": ["text/plain", "application/json"],
         "defaultOutputModes": ["text/plain", "application/json"],
         "skills": skills,
@@ -235,16 +255,15 @@ async fn rpc(
         "SendMessage" => server.send_message(params, principal.as_ref()).await,
         "GetTask" | "CancelTask" => server.on_task(method, params, principal.as_ref()).await,
         "ListTasks" => server.list_tasks(params, principal.as_ref()).await,
-        "SendStreamingMessage" | "SubscribeToTask" => Err(RpcError::new(
-            -32004,
-            "UNSUPPORTED_OPERATION",
-            format!("{method} is not relayed by this Switchboard yet: use SendMessage and GetTask"),
-        )),
+        "SendStreamingMessage" | "SubscribeToTask" => {
+            return server.stream(method, id, params, principal).await
+        }
         other => Err(RpcError::new(
             -32601,
             "METHOD_NOT_FOUND",
             format!(
-                "no A2A method {other:?}; this server answers SendMessage, GetTask, CancelTask and ListTasks"
+                "no A2A method {other:?}; this server answers SendMessage, SendStreamingMessage, \
+                 SubscribeToTask, GetTask, CancelTask and ListTasks"
             ),
         )),
     };
@@ -265,6 +284,7 @@ fn answer(id: Value, result: Result<Value, RpcError>) -> Response {
 }
 
 /// Where a call goes: a skill in its category, bound by a session.
+#[derive(Clone)]
 struct Route {
     skill: String,
     category: crate::namespace::ToolCategory,
@@ -279,62 +299,62 @@ impl A2aServer {
         mut params: Value,
         principal: Option<&Principal>,
     ) -> Result<Value, RpcError> {
+        let route = self.message_route(&mut params, principal)?;
+        let input = json!({"method": "SendMessage", "params": params});
+        let (agent_id, output) = self.invoke(&route, input, principal, None).await?;
+        self.note_event(&output, &agent_id, &route, principal);
+        Ok(output)
+    }
+
+    /// Where a message goes: a message on a task where the task is, a new
+    /// one to the skill its metadata names (or the only skill there is), in
+    /// its context (a new context when it names none).
+    fn message_route(
+        &self,
+        params: &mut Value,
+        principal: Option<&Principal>,
+    ) -> Result<Route, RpcError> {
+        let request_skill = params
+            .get("metadata")
+            .and_then(|m| m.get("skill"))
+            .and_then(|s| s.as_str())
+            .map(str::to_string);
         let Some(message) = params.get_mut("message").and_then(|m| m.as_object_mut()) else {
             return Err(RpcError::invalid_params(
-                "SendMessage takes {\"message\": {\"messageId\", \"role\", \"parts\", ...}}",
+                "a message is sent as {\"message\": {\"messageId\", \"role\", \"parts\", ...}}",
             ));
         };
-        let task_id = message
-            .get("taskId")
-            .and_then(|t| t.as_str())
-            .map(str::to_string);
-        let route = match &task_id {
-            Some(task_id) => {
-                let record = self.owned_task(task_id, principal)?;
-                message.insert("contextId".into(), Value::String(record.context_id.clone()));
-                Route {
-                    skill: record.skill,
-                    category: record.category,
-                    context_id: record.context_id,
-                }
-            }
-            None => {
-                let named = message
-                    .get("metadata")
-                    .and_then(|m| m.get("skill"))
-                    .and_then(|s| s.as_str())
-                    .map(str::to_string);
-                // A new context unless the client continues one: the
-                // context's session binds its calls to one agent.
-                let context_id = match message.get("contextId").and_then(|c| c.as_str()) {
-                    Some(c) if !c.is_empty() => c.to_string(),
-                    _ => {
-                        let id = new_invocation_id();
-                        message.insert("contextId".into(), Value::String(id.clone()));
-                        id
-                    }
-                };
-                let named = named.or_else(|| {
-                    params
-                        .get("metadata")
-                        .and_then(|m| m.get("skill"))
-                        .and_then(|s| s.as_str())
-                        .map(str::to_string)
-                });
-                let skill = self.skill(named.as_deref(), principal)?;
-                Route {
-                    skill: skill.id,
-                    category: skill.category,
-                    context_id,
-                }
+        if let Some(task_id) = message.get("taskId").and_then(|t| t.as_str()) {
+            let record = self.owned_task(task_id, principal)?;
+            message.insert("contextId".into(), Value::String(record.context_id.clone()));
+            return Ok(Route {
+                skill: record.skill,
+                category: record.category,
+                context_id: record.context_id,
+            });
+        }
+        let named = message
+            .get("metadata")
+            .and_then(|m| m.get("skill"))
+            .and_then(|s| s.as_str())
+            .map(str::to_string)
+            .or(request_skill);
+        // A new context unless the client continues one: the context's
+        // session binds its calls to one agent.
+        let context_id = match message.get("contextId").and_then(|c| c.as_str()) {
+            Some(c) if !c.is_empty() => c.to_string(),
+            _ => {
+                let id = new_invocation_id();
+                message.insert("contextId".into(), Value::String(id.clone()));
+                id
             }
         };
-        let input = json!({"method": "SendMessage", "params": params});
-        let (agent_id, output) = self.invoke(&route, input, principal).await?;
-        if let Some(task) = output.get("task") {
-            self.note_task(task, &agent_id, &route, principal);
-        }
-        Ok(output)
+        let skill = self.skill(named.as_deref(), principal)?;
+        Ok(Route {
+            skill: skill.id,
+            category: skill.category,
+            context_id,
+        })
     }
 
     /// `GetTask` and `CancelTask`: passed to the agent that owns the task.
@@ -344,25 +364,106 @@ impl A2aServer {
         params: Value,
         principal: Option<&Principal>,
     ) -> Result<Value, RpcError> {
-        let Some(task_id) = params
-            .get("id")
-            .and_then(|t| t.as_str())
-            .map(str::to_string)
-        else {
+        let route = self.task_route(method, &params, principal)?;
+        let input = json!({"method": method, "params": params});
+        let (agent_id, output) = self.invoke(&route, input, principal, None).await?;
+        self.note_event(&output, &agent_id, &route, principal);
+        Ok(output)
+    }
+
+    /// The route of the caller's task that `params.id` names.
+    fn task_route(
+        &self,
+        method: &str,
+        params: &Value,
+        principal: Option<&Principal>,
+    ) -> Result<Route, RpcError> {
+        let Some(task_id) = params.get("id").and_then(|t| t.as_str()) else {
             return Err(RpcError::invalid_params(format!(
                 "{method} takes {{\"id\": \"<task id>\"}}"
             )));
         };
-        let record = self.owned_task(&task_id, principal)?;
-        let route = Route {
+        let record = self.owned_task(task_id, principal)?;
+        Ok(Route {
             skill: record.skill,
             category: record.category,
             context_id: record.context_id,
+        })
+    }
+
+    /// `SendStreamingMessage` and `SubscribeToTask`: the agent's stream
+    /// relayed as server-sent events, each passed on (and its task state
+    /// recorded) as it arrives. Refused before any event, the answer is
+    /// the JSON-RPC error; failing after, the stream's last event is the
+    /// error. The call ends with the agent's stream, or when the caller
+    /// goes away (the body is dropped, and the call with it).
+    async fn stream(
+        &self,
+        method: &str,
+        id: Value,
+        mut params: Value,
+        principal: Option<Principal>,
+    ) -> Response {
+        let route = match method {
+            "SendStreamingMessage" => self.message_route(&mut params, principal.as_ref()),
+            _ => self.task_route(method, &params, principal.as_ref()),
         };
-        let input = json!({"method": method, "params": params});
-        let (agent_id, output) = self.invoke(&route, input, principal).await?;
-        self.note_task(&output, &agent_id, &route, principal);
-        Ok(output)
+        let route = match route {
+            Ok(route) => route,
+            Err(error) => return answer(id, Err(error)),
+        };
+        let (sender, mut events) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let (finished, mut outcome) = tokio::sync::oneshot::channel();
+        let call = {
+            let (server, route, principal) = (self.clone(), route.clone(), principal.clone());
+            let input = json!({"method": method, "params": params});
+            let sink = EventSink::new(sender);
+            AbortOnDrop(tokio::spawn(async move {
+                let result = server
+                    .invoke(&route, input, principal.as_ref(), Some(sink))
+                    .await;
+                // Nobody waits for it when the caller went away.
+                let _ = finished.send(result);
+            }))
+        };
+        // The first event decides the answer's form: a call refused before
+        // it is answered with its JSON-RPC error, not a stream.
+        let (first, ended) = tokio::select! {
+            biased;
+            Some(event) = events.recv() => (event, None),
+            result = &mut outcome => {
+                let result = result.unwrap_or_else(|_| {
+                    Err(RpcError::new(-32603, "INTERNAL", "the call ended without an answer"))
+                });
+                // Events sent just before it ended are still in the channel.
+                match events.try_recv() {
+                    Ok(event) => (event, Some(result)),
+                    Err(_) => return match result {
+                        Err(error) => answer(id, Err(error)),
+                        // A call that succeeds has relayed its events.
+                        Ok((_, output)) => answer(id, Ok(output)),
+                    },
+                }
+            }
+        };
+        let relay = Relay {
+            server: self.clone(),
+            id,
+            route,
+            principal,
+            outcome: ended.is_none().then_some(outcome),
+            events,
+            ended,
+            first: Some(first),
+            _call: call,
+        };
+        let frames = futures::stream::unfold(relay, |mut relay| async move {
+            let frame = relay.next().await?;
+            Some((Ok::<_, std::convert::Infallible>(frame), relay))
+        });
+        Sse::new(frames)
+            .keep_alive(KeepAlive::default())
+            .into_response()
     }
 
     /// `ListTasks`: the caller's tasks, newest change first, each read from
@@ -436,7 +537,8 @@ impl A2aServer {
         task_id: &str,
         principal: Option<&Principal>,
     ) -> Result<crate::namespace::A2aTaskRecord, RpcError> {
-        let record = tasks::get(self.dispatcher.database(), task_id)
+        let shared = self.dispatcher.shared_tasks();
+        let record = tasks::get(self.dispatcher.database(), shared.as_deref(), task_id)
             .map_err(|e| RpcError::new(-32603, "INTERNAL", e.to_string()))?
             .ok_or_else(|| RpcError::task_not_found(task_id))?;
         // Another caller's task is not this one's to see or continue.
@@ -470,18 +572,33 @@ impl A2aServer {
     }
 
     /// One dispatch of `input` to the route's skill, bound by its context's
-    /// session; the answering agent and its result.
+    /// session (its events relayed to `events` when it streams); the
+    /// answering agent and its result.
     async fn invoke(
         &self,
         route: &Route,
         input: Value,
         principal: Option<&Principal>,
+        events: Option<EventSink>,
     ) -> Result<(String, Value), RpcError> {
         let mut options =
             RoutingOptions::new().with_session_id(tasks::session_of(&route.context_id));
         if let Some(p) = principal {
             options = options.with_caller(p.clone());
         }
+        if let Some(events) = events {
+            options = options.with_events(events);
+        }
+        let _slot = match &self.invoke_slots {
+            Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| {
+                RpcError::new(
+                    -32603,
+                    "RESOURCE_EXHAUSTED",
+                    "too many invokes in flight (limits.max_inflight_invokes); retry shortly",
+                )
+            })?),
+            None => None,
+        };
         let result = self
             .dispatcher
             .invoke(&route.skill, route.category.clone(), input, options)
@@ -490,34 +607,99 @@ impl A2aServer {
         Ok((result.agent_id, result.output))
     }
 
-    /// Records who owns `task` (an A2A Task object) and its state.
-    fn note_task(
+    /// Records the task state an answer or stream event reports (a `Task`,
+    /// `{"task": Task}` or `{"statusUpdate": ...}`) in the task's history,
+    /// and who owns the task.
+    fn note_event(
         &self,
-        task: &Value,
+        event: &Value,
         agent_id: &str,
         route: &Route,
         principal: Option<&Principal>,
     ) {
-        let (Some(task_id), Some(state)) = (
-            task.get("id").and_then(|t| t.as_str()),
-            task.pointer("/status/state").and_then(|s| s.as_str()),
-        ) else {
+        let (task_id, status, context_id) = if let Some(update) = event.get("statusUpdate") {
+            (
+                update.get("taskId"),
+                update.get("status"),
+                update.get("contextId"),
+            )
+        } else {
+            let task = event.get("task").unwrap_or(event);
+            (task.get("id"), task.get("status"), task.get("contextId"))
+        };
+        let (Some(task_id), Some(status)) = (task_id.and_then(|t| t.as_str()), status) else {
+            return;
+        };
+        let Some(state) = status.get("state").and_then(|s| s.as_str()) else {
             return;
         };
         let seen = tasks::Seen {
             task_id,
             state,
+            status_timestamp: status.get("timestamp").and_then(|t| t.as_str()),
+            message: status.get("message").and_then(tasks::message_text),
             agent_id,
             skill: &route.skill,
             category: &route.category,
-            context_id: task
-                .get("contextId")
+            context_id: context_id
                 .and_then(|c| c.as_str())
                 .unwrap_or(&route.context_id),
             caller: principal.map(|p| p.id.as_str()),
         };
-        if let Err(e) = tasks::record(self.dispatcher.database(), seen) {
+        let shared = self.dispatcher.shared_tasks();
+        if let Err(e) = tasks::record(self.dispatcher.database(), shared.as_deref(), seen) {
             tracing::warn!(agent_id, task_id, error = %e, "could not record an A2A task's owner; its follow-ups may reach another agent");
         }
+    }
+}
+
+/// Aborts the call relaying a stream when the stream's body is dropped:
+/// the caller went away, and the agent's stream is closed with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A stream being relayed to the caller.
+struct Relay {
+    server: A2aServer,
+    id: Value,
+    route: Route,
+    principal: Option<Principal>,
+    events: tokio::sync::mpsc::Receiver<StreamEvent>,
+    /// The call's result, until it is read.
+    outcome: Option<tokio::sync::oneshot::Receiver<Result<(String, Value), RpcError>>>,
+    /// The call's result, read before its last events were relayed.
+    ended: Option<Result<(String, Value), RpcError>>,
+    /// The event that began the stream, not relayed yet.
+    first: Option<StreamEvent>,
+    _call: AbortOnDrop,
+}
+
+impl Relay {
+    /// The next frame: each event as a JSON-RPC answer, then the call's
+    /// error if it failed after the stream began; `None` at the end.
+    async fn next(&mut self) -> Option<Event> {
+        let event = match self.first.take() {
+            Some(event) => Some(event),
+            None => self.events.recv().await,
+        };
+        if let Some(StreamEvent { agent_id, event }) = event {
+            self.server
+                .note_event(&event, &agent_id, &self.route, self.principal.as_ref());
+            let answer = json!({"jsonrpc": "2.0", "id": self.id, "result": event});
+            return Some(Event::default().data(answer.to_string()));
+        }
+        let result = match (self.ended.take(), self.outcome.take()) {
+            (Some(result), _) => result,
+            (None, Some(outcome)) => outcome.await.ok()?,
+            (None, None) => return None,
+        };
+        let error = result.err()?;
+        let answer = json!({"jsonrpc": "2.0", "id": self.id, "error": error.into_value()});
+        Some(Event::default().event("error").data(answer.to_string()))
     }
 }

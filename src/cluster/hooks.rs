@@ -2,7 +2,7 @@
 //! which routing calls synchronously, and `block`, which runs their etcd
 //! work on the cluster's runtime. What each hook does is the file of what it
 //! shares: `registrations` (`RegistrationSink`), `bindings`
-//! (`SessionBindings`).
+//! (`SessionBindings`), `a2a_tasks` (`SharedTasks`).
 
 use super::etcd;
 use super::state::State;

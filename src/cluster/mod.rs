@@ -1,6 +1,7 @@
-//! Cluster mode: several `switchboard serve` nodes share their agents and
-//! session bindings through etcd, each keeping its own RocksDB for the audit
-//! trail (`tools/`, `inflight/`, the decision log).
+//! Cluster mode: several `switchboard serve` nodes share their agents,
+//! session bindings and A2A task affinity through etcd, each keeping its
+//! own RocksDB for the audit trail (`tools/`, `inflight/`, the decision
+//! log).
 //!
 //! - this file: [`Cluster`], what a node runs (joining: the first listing
 //!   of the registrations, the routing hooks, the background tasks below;
@@ -16,6 +17,9 @@
 //! - `bindings`: session bindings through `switchboard/sessions/`: decided
 //!   by create-if-absent (a hook), and the ones other nodes make followed,
 //!   replacing this node's cached copies;
+//! - `a2a_tasks`: A2A task affinity through `switchboard/a2a_tasks/`: the
+//!   record of each task published as a node records it, read by a node
+//!   that holds none (a hook);
 //! - `publisher`: publishes the bindings made while etcd was unreachable;
 //! - `applier`: the thread that applies what etcd brings (registrations,
 //!   removals, bindings) to this node, in order;
@@ -39,6 +43,7 @@
 //! Every keep-alive also counts the live nodes, which share every rate
 //! limit (each node enforces its share, `max / nodes`, never below 1).
 
+mod a2a_tasks;
 mod applier;
 mod bindings;
 mod etcd;
@@ -275,6 +280,7 @@ impl Cluster {
             state: state.clone(),
             runtime: runtime.handle().clone(),
         });
+        dispatcher.set_shared_tasks(Some(hooks.clone()));
         dispatcher.set_shared(Some(hooks.clone()), Some(hooks));
         let (apply, applier) =
             applier::start(dispatcher.clone(), tokio::runtime::Handle::current());

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+pub(super) const A2A_TASKS: &str = "switchboard/a2a_tasks/";
 pub(super) const AGENTS: &str = "switchboard/agents/";
 pub(super) const NODES: &str = "switchboard/nodes/";
 pub(super) const SESSIONS: &str = "switchboard/sessions/";

@@ -254,6 +254,7 @@ impl<'a> Call<'a> {
                 progress: self.options.progress.as_ref(),
                 input_relay: self.options.input_relay.as_ref(),
                 trace: passed_on.as_ref().or(self.options.trace.as_ref()),
+                events: self.options.events.as_ref(),
             };
             let health = inner.health.read().clone();
             let called = attempt(
@@ -268,6 +269,17 @@ impl<'a> Call<'a> {
                 None => called.await,
             };
             drop(lease);
+            let outcome = match (outcome, &self.options.events) {
+                // The caller has seen this agent's stream begin: another
+                // agent's answer cannot follow it.
+                (Err(failure), Some(events)) if failure.is_retryable() && events.relayed() => {
+                    Err(Failure::Tool(format!(
+                        "the stream broke off after it began: {}",
+                        failure.message(agent.timeout)
+                    )))
+                }
+                (outcome, _) => outcome,
+            };
             let (kind, error) = match &outcome {
                 Ok(_) => (AttemptOutcome::Succeeded, None),
                 Err(failure) => (failure.outcome(), Some(failure.message(agent.timeout))),

@@ -49,7 +49,7 @@ use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, 
 use crate::storage::Database;
 use crate::transport::http::build_client;
 use crate::transport::{local_handler, Callers, ToolError};
-use crate::transport::{InputRelay, ProgressSink, TraceContext};
+use crate::transport::{EventSink, InputRelay, ProgressSink, TraceContext};
 use call::Call;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,10 @@ pub struct RoutingOptions {
     /// The caller's W3C trace context, passed on to the agent.
     #[serde(skip)]
     pub trace: Option<TraceContext>,
+    /// Where the events of a streamed call go (an A2A agent's stream); the
+    /// call's output is then its last event.
+    #[serde(skip)]
+    pub events: Option<EventSink>,
 }
 
 impl Default for RoutingOptions {
@@ -97,6 +101,7 @@ impl Default for RoutingOptions {
             progress: None,
             input_relay: None,
             trace: None,
+            events: None,
         }
     }
 }
@@ -122,6 +127,12 @@ impl RoutingOptions {
     /// Lets `relay` answer what the agent asks the client during the call.
     pub fn with_input_relay(mut self, relay: InputRelay) -> Self {
         self.input_relay = Some(relay);
+        self
+    }
+
+    /// Relays a streamed call's events to `sink` as they arrive.
+    pub fn with_events(mut self, sink: EventSink) -> Self {
+        self.events = Some(sink);
         self
     }
 
@@ -185,6 +196,8 @@ struct Inner {
     discovery: discovery::Discovery,
     /// Calls whose outcome was written, for listeners.
     completions: completed::Completions,
+    /// Where A2A task affinity is shared with other nodes (cluster mode).
+    shared_tasks: RwLock<Option<Arc<dyn crate::routing::shared::SharedTasks>>>,
 }
 
 /// Routes tool invocations to agents. Cheap to clone; clones share everything.
@@ -241,6 +254,7 @@ impl ToolDispatcher {
                 config: RwLock::new(Arc::new(DispatcherConfig::default())),
                 discovery: discovery::Discovery::default(),
                 completions: completed::Completions::default(),
+                shared_tasks: RwLock::new(None),
             }),
         };
         let weak = Arc::downgrade(&dispatcher.inner);
@@ -294,6 +308,31 @@ impl ToolDispatcher {
     pub async fn discover_tools(&self, agent_id: &str) -> Result<Vec<DiscoveredTool>> {
         validate_id("agent id", agent_id)?;
         self.inner.discovery.discover(self, agent_id).await
+    }
+
+    /// Fetches the Agent Card `a2a` names and checks it as discovery will
+    /// (its signatures, when the registration asks for a signed card; an
+    /// interface Switchboard speaks), within `timeout`.
+    pub async fn check_a2a_card(
+        &self,
+        a2a: &crate::namespace::A2aAgent,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        // Only addresses the network policy allows are fetched.
+        crate::routing::endpoint::parse_endpoint(&a2a.card_url)?;
+        if let Some(url) = a2a
+            .verify_signature
+            .as_ref()
+            .and_then(|keys| keys.jwks_url.as_ref())
+        {
+            crate::routing::endpoint::parse_endpoint(url)?;
+        }
+        self.inner
+            .callers
+            .a2a()
+            .check_card(a2a, timeout)
+            .await
+            .map_err(Error::invalid)
     }
 
     /// Every tool MCP agents serve by name, by agent then name.
@@ -354,6 +393,21 @@ impl ToolDispatcher {
     ) {
         self.inner.registry.set_sink(sink);
         self.inner.affinity.set_shared(bindings);
+    }
+
+    /// Shares A2A task affinity with other nodes through `tasks` (cluster
+    /// mode); `None` keeps it on this node.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn set_shared_tasks(
+        &self,
+        tasks: Option<Arc<dyn crate::routing::shared::SharedTasks>>,
+    ) {
+        *self.inner.shared_tasks.write() = tasks;
+    }
+
+    /// Where A2A task affinity is shared with other nodes, in cluster mode.
+    pub(crate) fn shared_tasks(&self) -> Option<Arc<dyn crate::routing::shared::SharedTasks>> {
+        self.inner.shared_tasks.read().clone()
     }
 
     /// The registry (registrations and their records).

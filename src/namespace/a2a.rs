@@ -2,14 +2,15 @@
 //! the payload of `AgentTransport::A2a`: its Agent Card's URL and how its
 //! skills map to categories and names), and the task-affinity record kept
 //! under `a2a_tasks/{task_id}` for each task an A2A agent created through
-//! Switchboard (which agent owns it, so follow-ups go there).
+//! Switchboard (which agent owns it, so follow-ups go there), with the
+//! history of its states under `a2a_task_states/{task_id}/{n}`.
 //!
 //! A2A skills are discovered as MCP tools are and stored beside them under
 //! `mcp_tools/{agent_id}/{skill}` (one discovery, one policy action
 //! `discover`); [`A2aAgent::naming`] is the view that discovery reads.
 
 use super::{CategoryRule, McpServer, PrefixMode, ToolCategory};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -19,6 +20,16 @@ pub(crate) const A2A_TASKS: &str = "a2a_tasks/";
 /// `a2a_tasks/{task_id}`
 pub fn a2a_task_key(task_id: &str) -> String {
     format!("{A2A_TASKS}{task_id}")
+}
+
+/// A task's history: `a2a_task_states/{task_id}/{n}`, one per state an
+/// answer or stream event reported, in order.
+pub(crate) const A2A_TASK_STATES: &str = "a2a_task_states/";
+
+/// `a2a_task_states/{task_id}/{n}`: the `n`th state recorded of a task
+/// (from 1, zero-padded so that keys sort in order).
+pub fn a2a_task_state_key(task_id: &str, n: u64) -> String {
+    format!("{A2A_TASK_STATES}{task_id}/{n:010}")
 }
 
 /// Where a registration says an A2A agent's card is when it gives only a
@@ -55,6 +66,39 @@ pub struct A2aAgent {
     /// `file:PATH`, as for MCP agents), never the secret itself.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// When given, the card must be signed by one of these keys: a card
+    /// whose signatures do not verify is refused (at registration, and
+    /// every time it is fetched again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_signature: Option<CardKeys>,
+}
+
+/// The keys an Agent Card must be signed with (one source).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardKeys {
+    /// A JWKS's URL (`http://` or `https://`, under the address policy),
+    /// fetched with each card: its RSA (RS256) and P-256 (ES256) keys,
+    /// matched by `kid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// A PEM public key file on this node (RSA: RS256, P-256: ES256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<String>,
+}
+
+impl CardKeys {
+    fn validate(&self) -> Result<()> {
+        match (&self.jwks_url, &self.public_key_file) {
+            // The URL is checked under the address policy with the card's.
+            (Some(url), None) if !url.is_empty() => Ok(()),
+            (None, Some(path)) if !path.is_empty() => Ok(()),
+            _ => Err(Error::invalid(
+                "verify_signature names one key source: {\"jwks_url\": \"https://…/jwks.json\"} \
+                 or {\"public_key_file\": \"/path/to/key.pem\"}",
+            )),
+        }
+    }
 }
 
 fn is_conditional(prefix: &PrefixMode) -> bool {
@@ -111,6 +155,9 @@ impl A2aAgent {
     /// rules whose categories the agent serves, a TTL, headers given by
     /// reference.
     pub(crate) fn validate(&self, categories: &[ToolCategory]) -> Result<()> {
+        if let Some(keys) = &self.verify_signature {
+            keys.validate()?;
+        }
         self.naming().validate(categories)
     }
 }
@@ -144,7 +191,42 @@ pub struct A2aTaskRecord {
     pub created_at_ms: u64,
     /// When its state was last recorded (ms since the Unix epoch).
     pub updated_at_ms: u64,
+    /// How many states its history under `a2a_task_states/{task_id}/` holds.
+    #[serde(default)]
+    pub states: u64,
+    /// The agent's timestamp of the state last recorded, if it gave one: a
+    /// status reported again (the same state at the same time) is not a
+    /// new state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_timestamp: Option<String>,
 }
+
+/// The value under `a2a_task_states/{task_id}/{n}`: one state of a task as
+/// an answer or stream event reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct A2aTaskStateRecord {
+    /// The state (`TASK_STATE_WORKING`, …).
+    pub state: A2aTaskState,
+    /// The agent that reported it.
+    pub agent_id: String,
+    /// The caller whose call it came through (absent: the local application).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The agent's timestamp of it, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_timestamp: Option<String>,
+    /// The text of the status's message, if it has one (at most
+    /// [`MAX_STATE_MESSAGE_CHARS`] characters; the whole message is the
+    /// agent's to give with `GetTask`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When Switchboard recorded it (ms since the Unix epoch).
+    pub recorded_at_ms: u64,
+}
+
+/// The most characters of a status message kept in a state record.
+pub const MAX_STATE_MESSAGE_CHARS: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -173,6 +255,17 @@ mod tests {
             .validate(&[ToolCategory::Code, ToolCategory::Search])
             .is_ok());
         assert!(serde_json::from_str::<A2aAgent>(r#"{"card_url": "x", "colour": 1}"#).is_err());
+        let signed = |keys: &str| {
+            serde_json::from_str::<A2aAgent>(&format!(
+                r#"{{"card_url": "http://h/.well-known/agent-card.json", "verify_signature": {keys}}}"#
+            ))
+            .unwrap()
+            .validate(&[ToolCategory::Code])
+        };
+        assert!(signed(r#"{"jwks_url": "http://127.0.0.1:9/jwks.json"}"#).is_ok());
+        assert!(signed(r#"{"public_key_file": "/etc/key.pem"}"#).is_ok());
+        assert!(signed("{}").is_err(), "no key source");
+        assert!(signed(r#"{"jwks_url": "http://h/j", "public_key_file": "/k"}"#).is_err());
     }
 
     #[test]

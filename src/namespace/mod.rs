@@ -18,8 +18,11 @@ mod mcp;
 mod records;
 mod tokens;
 
-pub(crate) use a2a::A2A_TASKS;
-pub use a2a::{a2a_task_key, A2aAgent, A2aSpec, A2aTaskRecord, A2aTaskState, AGENT_CARD_PATH};
+pub use a2a::{
+    a2a_task_key, a2a_task_state_key, A2aAgent, A2aSpec, A2aTaskRecord, A2aTaskState,
+    A2aTaskStateRecord, CardKeys, AGENT_CARD_PATH, MAX_STATE_MESSAGE_CHARS,
+};
+pub(crate) use a2a::{A2A_TASKS, A2A_TASK_STATES};
 pub(crate) use audit::Placement;
 pub use audit::{AuditFilter, RecordMatcher};
 pub use category::ToolCategory;

@@ -89,6 +89,14 @@ pub(crate) fn transport(
         agent.card_url = parse_endpoint_under(&agent.card_url, network)?
             .0
             .to_string();
+        if let Some(url) = agent
+            .verify_signature
+            .as_ref()
+            .and_then(|keys| keys.jwks_url.as_ref())
+        {
+            check_endpoint_text("verify_signature.jwks_url", url)?;
+            parse_endpoint_under(url, network)?;
+        }
         return Ok(AgentTransport::A2a(agent));
     }
     if let Some(server) = &config.mcp {
@@ -199,6 +207,14 @@ pub(super) fn check_shared(record: &AgentRecord) -> Result<()> {
             agent.validate(&record.tools)?;
             check_endpoint_text("A2A card_url", &agent.card_url)?;
             parse_endpoint(&agent.card_url)?;
+            if let Some(url) = agent
+                .verify_signature
+                .as_ref()
+                .and_then(|keys| keys.jwks_url.as_ref())
+            {
+                check_endpoint_text("verify_signature.jwks_url", url)?;
+                parse_endpoint(url)?;
+            }
         }
     }
     Ok(())

@@ -1,10 +1,12 @@
 //! Hooks through which a store shared by several nodes (cluster mode) takes
 //! part in routing, without routing knowing what that store is: where
-//! registrations are published after they commit locally, and who decides a
-//! session's binding when this node has none. Both are absent on a single node.
+//! registrations are published after they commit locally, who decides a
+//! session's binding when this node has none, and where the A2A tasks
+//! created through one node are found by the others. All are absent on a
+//! single node.
 
 use crate::error::{Error, Result};
-use crate::namespace::{AgentRecord, SessionRecord};
+use crate::namespace::{A2aTaskRecord, AgentRecord, SessionRecord};
 
 /// Where registrations are published once their local commit (and so the
 /// policy hooks) has passed. An error undoes the local write.
@@ -38,4 +40,14 @@ pub trait SessionBindings: Send + Sync {
     /// bindings' time to live at `now_ms`: the session is then bound anew,
     /// through them, as if it had never been bound.
     fn expired(&self, binding: &SessionRecord, now_ms: u64) -> bool;
+}
+
+/// A2A task affinity shared among nodes: which agent owns a task created
+/// through any node (`a2a_tasks/{task_id}` on the node that recorded it),
+/// so that a `GetTask` or follow-up on another node takes the task's route.
+pub trait SharedTasks: Send + Sync {
+    /// Publishes the task's record as this node just recorded it.
+    fn publish(&self, task_id: &str, record: &A2aTaskRecord) -> Result<()>;
+    /// The task's record as the last node that recorded it published it.
+    fn fetch(&self, task_id: &str) -> Result<Option<A2aTaskRecord>>;
 }

@@ -178,6 +178,27 @@ pub(crate) async fn register_agent(
         )
         .into());
     }
+    // A card that must be signed is checked before anything is registered:
+    // one that fails is refused with why.
+    if let Some(a2a) = body
+        .a2a
+        .clone()
+        .map(crate::namespace::A2aSpec::into_agent)
+        .filter(|a2a| a2a.verify_signature.is_some())
+    {
+        // What needs no network is checked before the card is fetched.
+        a2a.validate(&body.tools)?;
+        let timeout = body
+            .timeout_ms
+            .map_or(DISCOVERY_WAIT, Duration::from_millis)
+            .min(DISCOVERY_WAIT);
+        s.dispatcher
+            .check_a2a_card(&a2a, timeout)
+            .await
+            .map_err(|e| {
+                Error::invalid(format!("the registration of agent {id} is refused: {e}"))
+            })?;
+    }
     let mcp = body.mcp.is_some() || body.a2a.is_some();
     let mut config = body.into_config();
     if let Some(principal) = caller.0 {

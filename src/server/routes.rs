@@ -112,7 +112,11 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
                 .layer(axum::middleware::map_request(any_accept_means_mcp_types)),
         )
         // A2A: Switchboard's Agent Card and JSON-RPC, behind the same token.
-        .merge(crate::a2a::server::A2aServer::new(state.dispatcher.clone(), state.https).routes())
+        .merge(
+            crate::a2a::server::A2aServer::new(state.dispatcher.clone(), state.https)
+                .with_invoke_slots(state.invoke_slots.clone())
+                .routes(),
+        )
         // The admin UI: pages that call the routes above.
         .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such route; see docs/openapi.json") })

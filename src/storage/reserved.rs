@@ -1,8 +1,8 @@
 //! Namespace ownership: which prefixes the generic write API may touch.
 //!
 //! The audit trail is append-only from the outside. `tools/`, `inflight/`,
-//! `sessions/`, `agents/`, `mcp_tools/`, `mcp_prompts/`, `mcp_resources/`, `a2a_tasks/` and
-//! `policies/` are written by the parts of
+//! `sessions/`, `agents/`, `mcp_tools/`, `mcp_prompts/`, `mcp_resources/`, `a2a_tasks/`,
+//! `a2a_task_states/` and `policies/` are written by the parts of
 //! Switchboard that own them (the dispatcher, recovery, the registry, the
 //! policy store) through a crate-internal
 //! way in; `policy_log/` only by the policy chain. A caller who really must
@@ -15,8 +15,8 @@ use super::policy_store::POLICIES;
 use super::{Database, Transaction};
 use crate::error::{Error, Result};
 use crate::namespace::{
-    validate_key, A2A_TASKS, AGENTS, INFLIGHT, MCP_PROMPTS, MCP_RESOURCES, MCP_TOOLS, SESSIONS,
-    TOKENS, TOOLS,
+    validate_key, A2A_TASKS, A2A_TASK_STATES, AGENTS, INFLIGHT, MCP_PROMPTS, MCP_RESOURCES,
+    MCP_TOOLS, SESSIONS, TOKENS, TOOLS,
 };
 use crate::policy::PolicyContext;
 
@@ -30,7 +30,7 @@ pub(crate) enum Access {
 }
 
 /// The reserved prefixes and who owns each.
-const OWNED: [(&str, &str); 10] = [
+const OWNED: [(&str, &str); 11] = [
     (TOOLS, "the dispatcher"),
     (INFLIGHT, "the dispatcher and recovery"),
     (SESSIONS, "the dispatcher"),
@@ -40,6 +40,7 @@ const OWNED: [(&str, &str); 10] = [
     (MCP_PROMPTS, "MCP discovery"),
     (MCP_RESOURCES, "MCP discovery"),
     (A2A_TASKS, "the A2A server (task affinity)"),
+    (A2A_TASK_STATES, "the A2A server (task histories)"),
     (
         POLICIES,
         "the policy store (PUT /v1/policies/{name}, `switchboard policy put`, `Database::put_policy`)",

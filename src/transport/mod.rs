@@ -128,7 +128,6 @@ pub enum Failure {
 
 impl Failure {
     /// Whether another agent should be tried.
-    #[cfg_attr(not(test), allow(dead_code))] // the response-parser properties check it
     pub fn is_retryable(&self) -> bool {
         !matches!(self, Failure::Tool(_))
     }
@@ -236,6 +235,9 @@ pub(crate) struct WireRequest<'a> {
     /// `_meta` to MCP agents.
     #[serde(skip)]
     pub trace: Option<&'a TraceContext>,
+    /// Where a streamed call's events go (A2A agents stream them).
+    #[serde(skip)]
+    pub events: Option<&'a EventSink>,
 }
 
 /// The W3C trace context a call came with (`traceparent`, `tracestate`,
@@ -346,6 +348,67 @@ impl PartialEq for ProgressSink {
 }
 
 impl Eq for ProgressSink {}
+
+/// One event of a streamed call (an A2A agent's `SendStreamingMessage` or
+/// `SubscribeToTask`), as it arrives: the agent that sent it, and the event
+/// (`{"task": …}`, `{"message": …}`, `{"statusUpdate": …}` or
+/// `{"artifactUpdate": …}`, whatever binding carried it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamEvent {
+    /// The agent that sent it.
+    pub agent_id: String,
+    /// The event.
+    pub event: serde_json::Value,
+}
+
+/// Where a streamed call's events go, in order, as they arrive: a bounded
+/// channel, so an agent streaming faster than the caller reads waits for
+/// the caller. Once one event has gone through, the call no longer fails
+/// over (the caller has seen an agent's answer begin). Two sinks are equal
+/// when they feed the same channel.
+#[derive(Clone, Debug)]
+pub struct EventSink {
+    sender: tokio::sync::mpsc::Sender<StreamEvent>,
+    relayed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EventSink {
+    /// A sink feeding `sender`.
+    pub fn new(sender: tokio::sync::mpsc::Sender<StreamEvent>) -> Self {
+        EventSink {
+            sender,
+            relayed: Arc::default(),
+        }
+    }
+
+    /// Passes `event` on; `false` when nobody reads the events any more
+    /// (the caller went away).
+    pub(crate) async fn send(&self, agent_id: &str, event: serde_json::Value) -> bool {
+        let event = StreamEvent {
+            agent_id: agent_id.to_string(),
+            event,
+        };
+        let sent = self.sender.send(event).await.is_ok();
+        if sent {
+            self.relayed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        sent
+    }
+
+    /// Whether an event went through.
+    pub fn relayed(&self) -> bool {
+        self.relayed.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl PartialEq for EventSink {
+    fn eq(&self, other: &Self) -> bool {
+        self.sender.same_channel(&other.sender)
+    }
+}
+
+impl Eq for EventSink {}
 
 /// The future an [`InputRelay`] answers with.
 pub type InputAnswer =
@@ -461,8 +524,9 @@ impl Callers {
                     return Err(Failure::Agent("not an A2A agent".into()));
                 };
                 let (_, skill) = agent.upstream_of(request.tool);
+                let events = request.events.map(|sink| (sink, agent.id.as_str()));
                 upstream
-                    .call(&skill, request.input, request.invocation_id)
+                    .call(&skill, request.input, request.invocation_id, events)
                     .await
             }
             Endpoint::Mcp(_) => {

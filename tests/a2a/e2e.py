@@ -1,7 +1,8 @@
 """A2A end to end, with the official A2A Python SDK (a2a-sdk) on both sides
-of a real `switchboard serve`: three SDK agents upstream (two replicas of
-the skill `echo`, and `shout`), and SDK clients reading Switchboard's own
-Agent Card and calling through it.
+of a real `switchboard serve`: SDK agents upstream (two replicas of the
+skill `echo`, `shout`, and two streaming replicas of `count`), and SDK
+clients reading Switchboard's own Agent Card and calling through it, with
+and without streaming.
 
 Usage: e2e.py PATH_TO_SWITCHBOARD_BINARY
 """
@@ -30,6 +31,7 @@ from a2a.types import (
     Role,
     SendMessageConfiguration,
     SendMessageRequest,
+    SubscribeToTaskRequest,
     TaskState,
 )
 
@@ -130,17 +132,26 @@ class World:
     def card_url(self, name):
         return f"http://127.0.0.1:{self.ports[name]}/.well-known/agent-card.json"
 
-    def start_serve(self):
+    def start_serve(self, name="serve", config=None):
+        """Starts a `serve` process (with `config` as its config file's
+        text, if given); its base URL."""
         port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{port}"
         env = dict(os.environ, SWITCHBOARD_TOKEN=ADMIN, RUST_LOG="warn")
-        self.procs["serve"] = subprocess.Popen(
-            [self.binary, "serve", "--data", os.path.join(self.data, "db"), "--listen", f"127.0.0.1:{port}"],
+        args = [self.binary, "serve", "--data", os.path.join(self.data, f"{name}-db"), "--listen", f"127.0.0.1:{port}"]
+        if config is not None:
+            path = os.path.join(self.data, f"{name}.toml")
+            with open(path, "w") as f:
+                f.write(config)
+            args += ["--config", path]
+        self.procs[name] = subprocess.Popen(
+            args,
             env=env,
-            stdout=open(os.path.join(self.data, "serve.log"), "w"),
+            stdout=open(os.path.join(self.data, f"{name}.log"), "w"),
             stderr=subprocess.STDOUT,
         )
-        wait_for(self.base + "/healthz")
+        wait_for(base + "/healthz")
+        return base
 
     def stop(self, name):
         proc = self.procs.pop(name)
@@ -161,10 +172,15 @@ class World:
                 print(f"--- {name}")
                 print(open(os.path.join(self.data, name)).read()[-4000:])
 
-    async def client(self, token):
+    async def client(self, token, streaming=False):
         http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=PATIENCE)
-        client = await create_client(self.base, client_config=ClientConfig(httpx_client=http, streaming=False))
+        client = await create_client(self.base, client_config=ClientConfig(httpx_client=http, streaming=streaming))
         return client, http
+
+    def records(self, prefix):
+        status, page = api(self.base, "GET", f"/v1/scan?prefix={prefix}&limit=1000")
+        assert status == 200, page
+        return [i["value"] for i in page["items"]]
 
 
 @check("agents register by card URL; their skills are discovered and categorised by the registration's rules")
@@ -207,7 +223,7 @@ async def card(w):
     interface = card.supported_interfaces[0]
     assert interface.protocol_binding == "JSONRPC" and interface.url == w.base + "/a2a", interface
     assert interface.protocol_version == "1.0", interface
-    assert raw["capabilities"]["streaming"] is False, raw
+    assert raw["capabilities"]["streaming"] is True, raw
     # A body that is not a JSON-RPC request object is refused with 400.
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {w.alice}", "A2A-Version": "1.0"}) as http:
         for body in (b"[]", b"not json"):
@@ -267,6 +283,10 @@ async def multi_turn(w):
             assert len(fetched.history) >= 5, fetched.history
         status, record = api(w.base, "GET", f"/v1/scan?prefix=a2a_tasks/{task.id}")
         assert status == 200, record
+        # Each turn's state once, though GetTask reported the last again.
+        history = w.records(f"a2a_task_states/{task.id}/")
+        assert [h["state"] for h in history] == ["TASK_STATE_INPUT_REQUIRED"] * 2 + ["TASK_STATE_COMPLETED"], history
+        assert history[-1]["message"] == f"{owner}: turn 3: done", history
         [item] = record["items"]
         assert item["value"]["agent_id"] == owner and item["value"]["state"] == "TASK_STATE_COMPLETED", item
         # Bob cannot reach Alice's task.
@@ -475,19 +495,439 @@ deny contains msg if {
         await http.aclose()
 
 
+def state_of(event):
+    """The task state a stream event reports (None for a message or artifact)."""
+    if event.HasField("task"):
+        return event.task.status.state
+    if event.HasField("status_update"):
+        return event.status_update.status.state
+    return None
+
+
+def status_text(event):
+    if event.HasField("status_update"):
+        return get_message_text(event.status_update.status.message)
+    return answer_text(event)
+
+
+@check("SendStreamingMessage relays every event of a streaming agent, in order, as SSE")
+async def streaming(w):
+    for name in ("sigma", "tau"):
+        status, body = api(w.base, "PUT", f"/v1/agents/{name}", {"tools": ["search"], "a2a": w.card_url(name)})
+        assert status == 200, body
+    client, http = await w.client(w.alice, streaming=True)
+    try:
+        owners = set()
+        for _ in range(2):
+            events = [e async for e in client.send_message(text_request("count 3", skill="count"))]
+            states = [TaskState.Name(state_of(e)) for e in events]
+            assert states == ["TASK_STATE_SUBMITTED"] + ["TASK_STATE_WORKING"] * 3 + ["TASK_STATE_COMPLETED"], states
+            texts = [status_text(e) for e in events[1:]]
+            owner = texts[0].split(":")[0]
+            owners.add(owner)
+            assert texts == [f"{owner}: step {i}" for i in (1, 2, 3)] + [f"{owner}: counted 3"], texts
+            assert len({e.status_update.task_id for e in events[1:]} | {events[0].task.id}) == 1, events
+        # Balanced over both streaming replicas, as any call is.
+        assert owners == {"sigma", "tau"}, owners
+        # Every state the stream reported is in the task's history, in
+        # order, with its message; `switchboard scan` shows it.
+        task_id = events[0].task.id
+        scanned = subprocess.run(
+            [w.binary, "scan", f"a2a_task_states/{task_id}/", "--json", "--server", w.base, "--token", ADMIN],
+            capture_output=True, text=True, timeout=PATIENCE,
+        )
+        assert scanned.returncode == 0, scanned.stderr
+        history = [json.loads(line)["value"] for line in scanned.stdout.splitlines()]
+        assert [(h["state"], h.get("message")) for h in history] == [("TASK_STATE_SUBMITTED", None)] + [
+            ("TASK_STATE_WORKING", f"{owner}: step {i}") for i in (1, 2, 3)
+        ] + [("TASK_STATE_COMPLETED", f"{owner}: counted 3")], history
+        assert {(h["agent_id"], h["caller"]) for h in history} == {(owner, w.alice_caller)}, history
+        [record] = w.records(f"a2a_tasks/{task_id}")
+        assert record["states"] == 5 and record["state"] == "TASK_STATE_COMPLETED", record
+        # An agent that does not stream answers in one piece: one event.
+        [event] = [e async for e in client.send_message(text_request("one piece", skill="echo"))]
+        assert answer_text(event) == "alpha/echo: one piece", event
+    finally:
+        await client.close()
+        await http.aclose()
+    # On the wire: one JSON-RPC answer per `data:` event, the request's id in each.
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {w.alice}", "A2A-Version": "1.0"},
+                                 timeout=PATIENCE) as http:
+        request = {"jsonrpc": "2.0", "id": "s-1", "method": "SendStreamingMessage",
+                   "params": {"message": {"messageId": str(uuid.uuid4()), "role": "ROLE_USER",
+                                          "parts": [{"text": "count 2"}], "metadata": {"skill": "count"}}}}
+        async with http.stream("POST", w.base + "/a2a", json=request) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.headers
+            data = [json.loads(line[5:]) async for line in r.aiter_lines() if line.startswith("data:")]
+        assert [d["id"] for d in data] == ["s-1"] * 4, data
+        assert "statusUpdate" in data[1]["result"], data
+
+
+@check("a refused stream is answered with the JSON-RPC error, not a stream")
+async def streaming_refused(w):
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {w.bob}", "A2A-Version": "1.0"},
+                                 timeout=PATIENCE) as http:
+        for skill, words in (("nothing-here", "no skill"), ("shout", "shout is not for bob")):
+            request = {"jsonrpc": "2.0", "id": 9, "method": "SendStreamingMessage",
+                       "params": {"message": {"messageId": str(uuid.uuid4()), "role": "ROLE_USER",
+                                              "parts": [{"text": "x"}], "metadata": {"skill": skill}}}}
+            r = await http.post(w.base + "/a2a", json=request)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.headers
+            assert r.json()["id"] == 9 and words in r.json()["error"]["message"], r.text
+    bob, bob_http = await w.client(w.bob, streaming=True)
+    try:
+        try:
+            [e async for e in bob.send_message(text_request("let me", skill="shout"))]
+            raise AssertionError("the policy let bob stream to shout")
+        except A2AError as e:
+            assert "shout is not for bob" in str(e), e
+    finally:
+        await bob.close()
+        await bob_http.aclose()
+
+
+@check("a stream is passed on as it arrives: a working task streams, CancelTask ends it; SubscribeToTask follows a task")
+async def streaming_live(w):
+    client, http = await w.client(w.alice, streaming=True)
+    other, other_http = await w.client(w.alice)
+    try:
+        # The agent never finishes this task by itself: its first events can
+        # only have come through while its stream was open.
+        stream = client.send_message(text_request("wait here", skill="count"))
+        first = await anext(stream)
+        task_id = first.task.id
+        working = await anext(stream)
+        assert state_of(working) == TaskState.TASK_STATE_WORKING, working
+        # Its owner is known while it streams: CancelTask reaches it.
+        cancelled = await other.cancel_task(CancelTaskRequest(id=task_id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED, cancelled
+        rest = [e async for e in stream]
+        assert state_of(rest[-1]) == TaskState.TASK_STATE_CANCELED, rest
+        # SubscribeToTask: a task started without streaming, followed by a
+        # stream from its owner.
+        started = await send(other, text_request("wait again", skill="count", immediately=True))
+        subscription = client.subscribe(SubscribeToTaskRequest(id=started.task.id))
+        first = await anext(subscription)
+        assert first.task.id == started.task.id, first
+        await other.cancel_task(CancelTaskRequest(id=started.task.id))
+        rest = [e async for e in subscription]
+        assert state_of(rest[-1]) == TaskState.TASK_STATE_CANCELED, rest
+        # An agent that does not stream cannot be subscribed to.
+        echoed = await send(other, text_request("ask me", skill="echo"))
+        try:
+            [e async for e in client.subscribe(SubscribeToTaskRequest(id=echoed.task.id))]
+            raise AssertionError("subscribed to an agent that does not stream")
+        except A2AError as e:
+            assert "does not stream" in str(e), e
+    finally:
+        for c, h in ((client, http), (other, other_http)):
+            await c.close()
+            await h.aclose()
+
+
+@check("a caller that goes away ends the relayed stream: its call is recorded cancelled")
+async def streaming_abandoned(w):
+    client, http = await w.client(w.alice, streaming=True)
+    stream = client.send_message(text_request("wait forever", skill="count"))
+    first = await anext(stream)
+    assert first.HasField("task"), first
+    await stream.aclose()
+    await client.close()
+    await http.aclose()
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        calls = [r for r in w.records("tools/search/count/") if "wait forever" in json.dumps(r.get("input"))]
+        if calls and calls[0]["status"] == "cancelled":
+            break
+        assert time.monotonic() < deadline, f"the abandoned stream's call was not ended: {calls}"
+        await asyncio.sleep(0.2)
+
+
+@check("an event over the size cap ends the stream with an error")
+async def streaming_cap(w):
+    client, http = await w.client(w.alice, streaming=True)
+    try:
+        seen = []
+        try:
+            async for event in client.send_message(text_request("big", skill="count")):
+                seen.append(event)
+            raise AssertionError("a 2 MiB event was relayed")
+        except A2AError as e:
+            assert "longer than" in str(e), e
+        assert seen and seen[0].HasField("task"), seen
+    finally:
+        await client.close()
+        await http.aclose()
+    # It broke off after it began: no other replica was tried.
+    [call] = [r for r in w.records("tools/search/count/") if '"big"' in json.dumps(r.get("input"))]
+    assert call["status"] == "failed" and len(call["attempts"]) == 1, call
+    assert "the stream broke off after it began" in call["error"], call
+
+
+@check("an agent whose card offers HTTP+JSON only is called over HTTP+JSON: messages, tasks, errors and streams")
+async def http_json(w):
+    status, body = api(w.base, "PUT", "/v1/agents/rho", {"tools": ["web"], "a2a": w.card_url("rho")})
+    assert status == 200, body
+    client, http = await w.client(w.alice)
+    streaming, streaming_http = await w.client(w.alice, streaming=True)
+    try:
+        assert answer_text(await send(client, text_request("hi", skill="relay"))) == "rho/relay: hi"
+        task = (await send(client, text_request("ask 1", skill="relay"))).task
+        fetched = await client.get_task(GetTaskRequest(id=task.id, history_length=1))
+        assert fetched.status.state == TaskState.TASK_STATE_INPUT_REQUIRED and len(fetched.history) == 1, fetched
+        last = await send(client, text_request("done", task_id=task.id, context_id=task.context_id))
+        assert get_message_text(last.task.status.message) == "rho: turn 2: done", last
+        # The agent's error (HTTP 400, reason TASK_NOT_CANCELABLE) keeps its A2A code.
+        try:
+            await client.cancel_task(CancelTaskRequest(id=task.id))
+            raise AssertionError("a completed task was cancelled")
+        except A2AError as e:
+            assert type(e).__name__ == "TaskNotCancelableError", repr(e)
+        events = [e async for e in streaming.send_message(text_request("count 2", skill="relay"))]
+        assert [TaskState.Name(state_of(e)) for e in events] == ["TASK_STATE_SUBMITTED"] + [
+            "TASK_STATE_WORKING"] * 2 + ["TASK_STATE_COMPLETED"], events
+        started = await send(client, text_request("wait over rest", skill="relay", immediately=True))
+        subscription = streaming.subscribe(SubscribeToTaskRequest(id=started.task.id))
+        assert (await anext(subscription)).task.id == started.task.id
+        cancelled = await client.cancel_task(CancelTaskRequest(id=started.task.id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED, cancelled
+        rest = [e async for e in subscription]
+        assert state_of(rest[-1]) == TaskState.TASK_STATE_CANCELED, rest
+    finally:
+        for c, h in ((client, http), (streaming, streaming_http)):
+            await c.close()
+            await h.aclose()
+
+
+@check("a registration asking for a signed card verifies it (JWKS URL or PEM file), refuses one that fails saying why, and a card changed later")
+async def signed_cards(w):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    def key_files(name):
+        key = ec.generate_private_key(ec.SECP256R1())
+        private, public = os.path.join(w.data, f"{name}.pem"), os.path.join(w.data, f"{name}.pub.pem")
+        with open(private, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        with open(public, "wb") as f:
+            f.write(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+        return private, public
+
+    signer, signer_public = key_files("signer")
+    _, stranger_public = key_files("stranger")
+    w.start_agent("psi", "--sign", signer, "sign")
+    w.start_agent("omega", "--sign", signer, "--tamper", "sign")
+    jwks = f"http://127.0.0.1:{w.ports['psi']}/jwks.json"
+
+    def register(agent, name, keys):
+        return api(w.base, "PUT", f"/v1/agents/{agent}", {"tools": ["web"], "a2a": {
+            "card_url": w.card_url(name), "verify_signature": keys}})
+
+    status, body = register("psi", "psi", {"jwks_url": jwks})
+    assert status == 200, body
+    status, body = register("psi-pem", "psi", {"public_key_file": signer_public})
+    assert status == 200, body
+    client, http = await w.client(w.alice)
+    try:
+        assert answer_text(await send(client, text_request("signed", skill="sign"))).endswith("/sign: signed")
+    finally:
+        await client.close()
+        await http.aclose()
+    for agent, name, keys, why in (
+        ("psi-stranger", "psi", {"public_key_file": stranger_public}, "no signature of the Agent Card verifies"),
+        ("omega", "omega", {"jwks_url": jwks}, "no signature of the Agent Card verifies"),
+        ("gamma-signed", "gamma", {"jwks_url": jwks}, "carries no signatures"),
+    ):
+        status, body = register(agent, name, keys)
+        assert status == 400 and why in body["error"]["message"], (agent, body)
+        assert "is refused" in body["error"]["message"], body
+        status, _ = api(w.base, "GET", f"/v1/agents/{agent}")
+        assert status == 404, f"{agent} was registered"
+    status, body = register("psi-nokey", "psi", {})
+    assert status == 400 and "one key source" in body["error"]["message"], body
+    # Fetched again when its TTL expires, a card changed after it was signed
+    # (here with a new skill) is refused: its skills stay as last verified.
+    w.start_agent("chi", "--sign", signer, "sign")
+    status, body = api(w.base, "PUT", "/v1/agents/chi", {"tools": ["web"], "a2a": {
+        "card_url": w.card_url("chi"), "verify_signature": {"jwks_url": jwks}, "discovery_ttl_ms": 1000}})
+    assert status == 200, body
+    port = w.ports["chi"]
+    w.stop("chi")
+    w.ports["chi"] = port
+    w.procs["chi"] = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "agent.py"), str(port), "chi", "--sign", signer, "--tamper", "sign", "extra"],
+        stdout=open(os.path.join(w.data, "chi2.log"), "w"),
+        stderr=subprocess.STDOUT,
+    )
+
+    def refused_in_log():
+        with open(os.path.join(w.data, "serve.log")) as log:
+            return any("agent_id=chi" in line and "is refused: no signature" in line for line in log)
+
+    deadline = time.monotonic() + PATIENCE
+    while not refused_in_log():
+        assert time.monotonic() < deadline, "the tampered card was not fetched again and refused"
+        await asyncio.sleep(0.2)
+    status, tools = api(w.base, "GET", "/v1/tools")
+    assert sorted(t["name"] for t in tools if t["agent_id"] == "chi") == ["sign"], tools
+
+
+@check("/a2a calls take invoke slots: with limits.max_inflight_invokes = 1, a running stream holds the one slot")
+async def invoke_slots(w):
+    base = w.start_serve("serve-capped", config="[limits]\nmax_inflight_invokes = 1\n")
+    status, body = api(base, "PUT", "/v1/agents/sigma", {"tools": ["search"], "a2a": w.card_url("sigma")})
+    assert status == 200, body
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {ADMIN}"}, timeout=PATIENCE)
+    streaming = await create_client(base, client_config=ClientConfig(httpx_client=http, streaming=True))
+    plain = await create_client(base, client_config=ClientConfig(httpx_client=http, streaming=False))
+    try:
+        stream = streaming.send_message(text_request("wait for a slot", skill="count"))
+        assert (await anext(stream)).HasField("task")
+        try:
+            await send(plain, text_request("count 1", skill="count"))
+            raise AssertionError("a second call ran while the stream held the one slot")
+        except A2AError as e:
+            assert "max_inflight_invokes" in str(e), e
+        # The same slots as POST /v1/invoke.
+        status, body = api(base, "POST", "/v1/invoke", {"tool": "count", "category": "search", "input": {
+            "message": {"messageId": "m-slot", "role": "ROLE_USER", "parts": [{"text": "count 1"}]}}})
+        assert status == 503 and "max_inflight_invokes" in body["error"]["message"], body
+        # The caller goes away: its stream's slot is free again.
+        await stream.aclose()
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            try:
+                answered = await send(plain, text_request("count 1", skill="count"))
+                break
+            except A2AError as e:
+                assert "max_inflight_invokes" in str(e), e
+                assert time.monotonic() < deadline, "the abandoned stream kept its slot"
+                await asyncio.sleep(0.2)
+        assert answer_text(answered) == "sigma: counted 1", answered
+    finally:
+        await streaming.close()
+        await plain.close()
+        await http.aclose()
+        w.stop("serve-capped")
+
+
+@check("cluster mode: a task created through node 1 is found by node 2, whose GetTask, follow-up and CancelTask reach its owner")
+async def cluster(w):
+    client_port, peer_port = free_port(), free_port()
+    etcd = f"http://127.0.0.1:{client_port}"
+    w.procs["etcd"] = subprocess.Popen(
+        ["etcd", "--name", "a2a", "--data-dir", os.path.join(w.data, "etcd"),
+         "--listen-client-urls", etcd, "--advertise-client-urls", etcd,
+         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+         "--initial-cluster", f"a2a=http://127.0.0.1:{peer_port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(w.data, "etcd.log"), "w"),
+    )
+    wait_for(etcd + "/health")
+    node1 = w.start_serve("node1", config=f'[cluster]\netcd = ["{etcd}"]\nnode_id = "node1"\n')
+    node2 = w.start_serve("node2", config=f'[cluster]\netcd = ["{etcd}"]\nnode_id = "node2"\n')
+    for name in ("sigma", "tau"):
+        status, body = api(node1, "PUT", f"/v1/agents/{name}", {"tools": ["search"], "a2a": w.card_url(name)})
+        assert status == 200, body
+    tokens = {}
+    for who in ("carol", "dave"):
+        status, token = api(node1, "POST", "/v1/tokens", {"name": who, "scopes": ["invoke"]})
+        assert status == 201, token
+        tokens[who] = token["secret"]
+
+    def node2_routes_count():
+        request = urllib.request.Request(node2 + "/.well-known/agent-card.json",
+                                         headers={"Authorization": f"Bearer {tokens['dave']}"})
+        try:
+            with urllib.request.urlopen(request, timeout=PATIENCE) as r:
+                return [s["id"] for s in json.loads(r.read())["skills"]] == ["count"]
+        except urllib.error.HTTPError:
+            return False
+
+    deadline = time.monotonic() + PATIENCE
+    while not node2_routes_count():
+        assert time.monotonic() < deadline, "node 2 did not learn the tokens and agents registered through node 1"
+        await asyncio.sleep(0.2)
+
+    async def client(base, who, streaming=False):
+        http = httpx.AsyncClient(headers={"Authorization": f"Bearer {tokens[who]}"}, timeout=PATIENCE)
+        return await create_client(base, client_config=ClientConfig(httpx_client=http, streaming=streaming)), http
+
+    (on1, http1), (on2, http2), (dave, http3) = await client(node1, "carol"), await client(node2, "carol"), await client(node2, "dave")
+    (streaming1, http4) = await client(node1, "carol", streaming=True)
+    try:
+        for _ in range(2):
+            task = (await send(on1, text_request("ask 1", skill="count"))).task
+            owner = get_message_text(task.status.message).split(":")[0]
+            # Node 2 never saw this task: it reads the task's route from etcd.
+            fetched = await on2.get_task(GetTaskRequest(id=task.id))
+            assert fetched.status.state == TaskState.TASK_STATE_INPUT_REQUIRED, fetched
+            assert get_message_text(fetched.status.message) == f"{owner}: say more", fetched
+            # Only the owner counts the task's turns.
+            last = await send(on2, text_request("done", task_id=task.id, context_id=task.context_id))
+            assert get_message_text(last.task.status.message) == f"{owner}: turn 2: done", last
+            # Another caller does not see it on node 2 either.
+            try:
+                await dave.get_task(GetTaskRequest(id=task.id))
+                raise AssertionError("another caller read the task on node 2")
+            except A2AError as e:
+                assert "not created" in str(e), e
+        # A stream on node 1 ended by a CancelTask on node 2.
+        stream = streaming1.send_message(text_request("wait on node 1", skill="count"))
+        first = await anext(stream)
+        cancelled = await on2.cancel_task(CancelTaskRequest(id=first.task.id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED, cancelled
+        rest = [e async for e in stream]
+        assert state_of(rest[-1]) == TaskState.TASK_STATE_CANCELED, rest
+        # Each node's audit trail holds the states it saw.
+        status, page = api(node2, "GET", f"/v1/scan?prefix=a2a_task_states/{first.task.id}/")
+        assert [i["value"]["state"] for i in page["items"]] == ["TASK_STATE_CANCELED"], page
+    finally:
+        for c, h in ((on1, http1), (on2, http2), (dave, http3), (streaming1, http4)):
+            await c.close()
+            await h.aclose()
+        w.stop("node2")
+        w.stop("node1")
+        w.stop("etcd")
+
+
+@check("a stream fails over to another replica only before its first event")
+async def streaming_failover(w):
+    w.stop("tau")
+    client, http = await w.client(w.alice, streaming=True)
+    try:
+        for _ in range(4):
+            events = [e async for e in client.send_message(text_request("count 1", skill="count"))]
+            assert status_text(events[-1]) == "sigma: counted 1", events
+    finally:
+        await client.close()
+        await http.aclose()
+    calls = [r for r in w.records("tools/search/count/") if "count 1" in json.dumps(r.get("input"))]
+    assert all(r["status"] == "succeeded" and r["agent_id"] == "sigma" for r in calls), calls
+    assert any(len(r["attempts"]) == 2 for r in calls), calls
+
+
 async def main(binary):
     w = World(binary)
     try:
         w.start_agent("alpha", "echo")
         w.start_agent("beta", "echo")
         w.start_agent("gamma", "shout")
-        w.start_serve()
+        w.start_agent("sigma", "--streaming", "count")
+        w.start_agent("tau", "--streaming", "count")
+        w.start_agent("rho", "--streaming", "--rest", "relay")
+        w.base = w.start_serve()
         for who in ("alice", "bob"):
             status, token = api(w.base, "POST", "/v1/tokens", {"name": who, "scopes": ["invoke"]})
             assert status == 201, token
             setattr(w, who, token["secret"])
             setattr(w, f"{who}_caller", token["token"]["caller"])
-        for step in (register, card, per_skill, multi_turn, cancel, list_tasks, policy, failover, audit, rediscovery):
+        for step in (register, card, per_skill, multi_turn, cancel, list_tasks, policy, failover, audit, rediscovery,
+                     streaming, streaming_refused, streaming_live, streaming_abandoned, streaming_cap,
+                     http_json, signed_cards, invoke_slots, cluster, streaming_failover):
             await step(w)
     except BaseException:
         w.logs()

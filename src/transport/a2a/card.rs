@@ -24,6 +24,17 @@ pub(crate) struct AgentCard {
     pub(crate) supported_interfaces: Vec<AgentInterface>,
     #[serde(default)]
     pub(crate) skills: Vec<AgentSkill>,
+    #[serde(default)]
+    pub(crate) capabilities: AgentCapabilities,
+}
+
+/// What a card says the agent can do beyond single answers.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AgentCapabilities {
+    /// It answers `SendStreamingMessage` and `SubscribeToTask` with an SSE stream.
+    #[serde(default)]
+    pub(crate) streaming: Option<bool>,
 }
 
 /// One entry of `supportedInterfaces`: where the agent answers, over which binding.
@@ -55,6 +66,31 @@ pub(crate) struct AgentSkill {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Interface {
     pub(crate) url: reqwest::Url,
+    /// How it is spoken to.
+    pub(crate) binding: Binding,
+    /// Whether the card says the agent streams.
+    pub(crate) streaming: bool,
+}
+
+/// The protocol bindings Switchboard calls agents over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Binding {
+    /// `JSONRPC`: every method a JSON-RPC request to one URL.
+    JsonRpc,
+    /// `HTTP+JSON`: every method its own route under the URL.
+    HttpJson,
+}
+
+impl Binding {
+    fn of(name: &str) -> Option<Binding> {
+        if name.eq_ignore_ascii_case("JSONRPC") {
+            Some(Binding::JsonRpc)
+        } else if name.eq_ignore_ascii_case("HTTP+JSON") {
+            Some(Binding::HttpJson)
+        } else {
+            None
+        }
+    }
 }
 
 impl AgentCard {
@@ -64,17 +100,19 @@ impl AgentCard {
             .map_err(|e| format!("the Agent Card is not A2A v1.0 JSON: {e}"))
     }
 
-    /// The interface calls go to: the first `JSONRPC` one of protocol
-    /// version 1.x (or none given), checked under the address policy in
-    /// force. Only the JSON-RPC binding is spoken so far.
+    /// The interface calls go to: the first of the card's interfaces (in
+    /// the card's order of preference) that is `JSONRPC` or `HTTP+JSON` of
+    /// protocol version 1.x (or none given), checked under the address
+    /// policy in force.
     pub(crate) fn interface(&self) -> Result<Interface, String> {
-        let chosen = self.supported_interfaces.iter().find(|i| {
-            i.protocol_binding.eq_ignore_ascii_case("JSONRPC")
-                && i.protocol_version
-                    .as_deref()
-                    .is_none_or(|v| v == "1" || v.starts_with("1."))
+        let chosen = self.supported_interfaces.iter().find_map(|i| {
+            let binding = Binding::of(&i.protocol_binding)?;
+            i.protocol_version
+                .as_deref()
+                .is_none_or(|v| v == "1" || v.starts_with("1."))
+                .then_some((i, binding))
         });
-        let Some(interface) = chosen else {
+        let Some((interface, binding)) = chosen else {
             let offered: Vec<String> = self
                 .supported_interfaces
                 .iter()
@@ -87,8 +125,9 @@ impl AgentCard {
                 })
                 .collect();
             return Err(format!(
-                "the Agent Card of {:?} offers no JSONRPC interface of protocol version 1.x \
-                 (it offers: {}); Switchboard calls A2A agents over JSON-RPC only so far",
+                "the Agent Card of {:?} offers no JSONRPC or HTTP+JSON interface of protocol \
+                 version 1.x (it offers: {}); Switchboard calls A2A agents over those two \
+                 bindings only so far",
                 self.name,
                 if offered.is_empty() {
                     "none".to_string()
@@ -98,9 +137,18 @@ impl AgentCard {
             ));
         };
         let url = crate::routing::endpoint::parse_endpoint(&interface.url)
-            .map_err(|e| format!("the card's JSONRPC interface url: {e}"))?
+            .map_err(|e| {
+                format!(
+                    "the card's {} interface url: {e}",
+                    interface.protocol_binding
+                )
+            })?
             .0;
-        Ok(Interface { url })
+        Ok(Interface {
+            url,
+            binding,
+            streaming: self.capabilities.streaming == Some(true),
+        })
     }
 
     /// Its skills as the named tools discovery judges: the skill id is the
@@ -153,13 +201,14 @@ pub(crate) fn send_message_schema() -> serde_json::Value {
 }
 
 /// Fetches and parses the card at `url`, within `timeout` and
-/// [`MAX_CARD_BYTES`].
+/// [`MAX_CARD_BYTES`]: the card, and its JSON as served (what a signature
+/// covers).
 pub(crate) async fn fetch(
     http: &reqwest::Client,
     url: &str,
     headers: HeaderMap,
     timeout: Duration,
-) -> Result<AgentCard, Failure> {
+) -> Result<(AgentCard, serde_json::Value), Failure> {
     let fetch = async {
         let response = http
             .get(url)
@@ -182,7 +231,10 @@ pub(crate) async fn fetch(
         let body = read_bounded(response, MAX_CARD_BYTES)
             .await
             .map_err(|e| Failure::Agent(format!("the Agent Card {url}: {e}")))?;
-        AgentCard::parse(&body).map_err(Failure::Agent)
+        let card = AgentCard::parse(&body).map_err(Failure::Agent)?;
+        let served = serde_json::from_slice(&body)
+            .map_err(|e| Failure::Agent(format!("the Agent Card {url}: {e}")))?;
+        Ok((card, served))
     };
     tokio::time::timeout(timeout, fetch)
         .await
@@ -209,6 +261,26 @@ mod tests {
             card.interface().unwrap().url.as_str(),
             "http://127.0.0.1:9/a2a"
         );
+    }
+
+    #[test]
+    fn the_cards_first_choice_among_the_bindings_spoken_is_taken() {
+        let card = |interfaces: &str| {
+            AgentCard::parse(
+                format!(r#"{{"name":"h","supportedInterfaces":[{interfaces}]}}"#).as_bytes(),
+            )
+            .unwrap()
+            .interface()
+            .unwrap()
+        };
+        let rest = r#"{"url":"http://127.0.0.1:9/rest","protocolBinding":"HTTP+JSON","protocolVersion":"1.0"}"#;
+        let rpc = r#"{"url":"http://127.0.0.1:9/a2a","protocolBinding":"JSONRPC","protocolVersion":"1.0"}"#;
+        let chosen = card(&format!("{rest},{rpc}"));
+        assert_eq!(
+            (chosen.binding, chosen.url.as_str()),
+            (Binding::HttpJson, "http://127.0.0.1:9/rest")
+        );
+        assert_eq!(card(&format!("{rpc},{rest}")).binding, Binding::JsonRpc);
     }
 
     #[test]

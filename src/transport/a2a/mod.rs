@@ -1,26 +1,39 @@
 //! A2A agents: an agent that speaks the Agent2Agent protocol (A2A v1.0) is
-//! found by its Agent Card, called with JSON-RPC requests (`SendMessage`,
-//! `GetTask`, `CancelTask`) at the interface the card names, and probed
-//! by fetching its card again.
+//! found by its Agent Card, called (`SendMessage`, `GetTask`, `CancelTask`,
+//! and the streamed `SendStreamingMessage` and `SubscribeToTask`) at the
+//! interface the card prefers among those Switchboard speaks (JSON-RPC,
+//! HTTP+JSON), and probed by fetching its card again.
 //!
 //! - `mod.rs`: [`A2aClients`], each agent's chosen interface by
 //!   registration uid, and one call: the request, the `A2A-Version`
 //!   header, the answer or [`Failure`];
 //! - `card`: the Agent Card: fetched (bounded), parsed, its interface
-//!   chosen, its skills as named tools.
+//!   chosen, its skills as named tools;
+//! - `rest`: the HTTP+JSON binding: each method's route, its answers and
+//!   errors;
+//! - `signature`: signed cards: a card's JWS signatures checked against
+//!   the keys its registration names;
+//! - `stream`: a streamed answer (`SendStreamingMessage`,
+//!   `SubscribeToTask`): its SSE events read (each bounded) and relayed as
+//!   they arrive.
 //!
 //! A call's input is `{"method": ..., "params": ...}`; anything else is the
-//! params of a `SendMessage`. A JSON-RPC error answer is the tool's own
-//! error (final, no failover), written as [`rpc_error_message`] so the A2A
-//! server above can give the caller the agent's error code.
+//! params of a `SendMessage`. An agent's A2A error (a JSON-RPC error
+//! answer, or over HTTP+JSON an error status naming its reason) is the
+//! tool's own error (final, no failover), written as [`rpc_error_message`]
+//! with its JSON-RPC code so the A2A server above can give the caller the
+//! agent's error code.
 
 pub(crate) mod card;
+mod rest;
+mod signature;
+mod stream;
 
-use super::{error_chain, read_bounded, Failure, MAX_RESPONSE_BYTES};
+use super::{error_chain, read_bounded, EventSink, Failure, MAX_RESPONSE_BYTES};
 use crate::namespace::A2aAgent;
 use crate::routing::agent::Agent;
 use crate::routing::endpoint::Endpoint;
-use card::{AgentCard, Interface, A2A_VERSION};
+use card::{AgentCard, Binding, Interface, A2A_VERSION};
 use parking_lot::RwLock;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use std::collections::HashMap;
@@ -28,7 +41,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The A2A methods an agent is called with through Switchboard.
-pub const A2A_METHODS: &[&str] = &["SendMessage", "GetTask", "CancelTask"];
+pub const A2A_METHODS: &[&str] = &[
+    "SendMessage",
+    "GetTask",
+    "CancelTask",
+    "SendStreamingMessage",
+    "SubscribeToTask",
+];
+/// The methods an agent answers with a stream of events (SSE).
+pub const STREAMING_METHODS: &[&str] = &["SendStreamingMessage", "SubscribeToTask"];
 
 /// How a JSON-RPC error of an A2A agent reads as a tool error.
 pub(crate) fn rpc_error_message(code: i64, message: &str) -> String {
@@ -80,6 +101,26 @@ impl A2aClients {
         )
     }
 
+    /// Fetches the card `spec` names and checks it as a call would (its
+    /// signatures, when asked for, and an interface Switchboard speaks):
+    /// why it is refused, if it is.
+    pub(crate) async fn check_card(
+        &self,
+        spec: &A2aAgent,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let upstream = A2aUpstream {
+            spec: spec.clone(),
+            http: self.http.clone(),
+            interface: RwLock::new(None),
+        };
+        upstream
+            .fetch_card(timeout)
+            .await
+            .map(drop)
+            .map_err(|failure| failure.message(timeout))
+    }
+
     /// Forgets the registrations that are no longer current.
     pub(crate) fn retain(&self, current: impl Fn(u64) -> bool) {
         self.upstreams.write().retain(|uid, _| current(*uid));
@@ -105,9 +146,22 @@ impl A2aUpstream {
         Ok(headers)
     }
 
-    /// Fetches the card now, and keeps the interface it names for calls.
+    /// Fetches the card now (checking its signatures when the
+    /// registration asks for a signed card), and keeps the interface it
+    /// names for calls.
     pub(crate) async fn fetch_card(&self, timeout: Duration) -> Result<AgentCard, Failure> {
-        let card = card::fetch(&self.http, &self.spec.card_url, self.headers()?, timeout).await?;
+        let (card, served) =
+            card::fetch(&self.http, &self.spec.card_url, self.headers()?, timeout).await?;
+        if let Some(keys) = &self.spec.verify_signature {
+            signature::verify(&self.http, &served, keys, timeout)
+                .await
+                .map_err(|e| {
+                    Failure::Agent(format!(
+                        "the Agent Card {} is refused: {e}",
+                        self.spec.card_url
+                    ))
+                })?;
+        }
         let interface = card.interface().map_err(Failure::Agent)?;
         *self.interface.write() = Some(interface);
         Ok(card)
@@ -119,14 +173,17 @@ impl A2aUpstream {
     }
 
     /// One call, for the agent's skill `skill`: `input` is
-    /// `{"method", "params"}` or a `SendMessage`'s params; a `SendMessage`'s
+    /// `{"method", "params"}` or a `SendMessage`'s params; a message's
     /// `metadata.skill` is set to it, so the agent knows which of its
-    /// skills was asked for.
+    /// skills was asked for. A streaming method relays each event of the
+    /// agent's stream to `events` (with the agent's id) and answers with
+    /// the last one.
     pub(crate) async fn call(
         &self,
         skill: &str,
         input: &serde_json::Value,
         invocation_id: &str,
+        events: Option<(&EventSink, &str)>,
     ) -> Result<serde_json::Value, Failure> {
         let (method, mut params) = match (input.get("method"), input.get("params")) {
             (Some(serde_json::Value::String(m)), params) => (
@@ -140,11 +197,11 @@ impl A2aUpstream {
                 "an A2A agent is called with one of {A2A_METHODS:?} through Switchboard, not {method:?}"
             )));
         }
-        if method == "SendMessage" {
+        if matches!(method, "SendMessage" | "SendStreamingMessage") {
             let Some(params) = params.as_object_mut() else {
-                return Err(Failure::Tool(
-                    "SendMessage takes an object: {\"message\": {...}}".into(),
-                ));
+                return Err(Failure::Tool(format!(
+                    "{method} takes an object: {{\"message\": {{...}}}}"
+                )));
             };
             let metadata = params
                 .entry("metadata")
@@ -155,31 +212,119 @@ impl A2aUpstream {
                 metadata.insert("skill".into(), serde_json::Value::String(skill.to_string()));
             }
         }
-        let interface = self.interface.read().clone();
-        let interface = match interface {
-            Some(interface) => interface,
-            None => {
-                // Not fetched since this registration (or the process) began.
-                self.fetch_card(Duration::from_secs(10)).await?;
-                self.interface
-                    .read()
-                    .clone()
-                    .ok_or_else(|| Failure::Agent("the Agent Card names no interface".into()))?
+        let interface = self.interface().await?;
+        if !STREAMING_METHODS.contains(&method) {
+            return self.post(&interface, method, &params, invocation_id).await;
+        }
+        let Some((sink, agent_id)) = events else {
+            return Err(Failure::Tool(format!(
+                "{method} answers with a stream of events: call it through serve's /a2a, \
+                 not as one call"
+            )));
+        };
+        if !interface.streaming {
+            if method == "SubscribeToTask" {
+                return Err(Failure::Tool(rpc_error_message(
+                    -32004,
+                    "the agent does not stream (its card does not say capabilities.streaming): \
+                     read the task with GetTask",
+                )));
+            }
+            // An agent that does not stream answers the message in one
+            // piece: that answer is the stream's one event.
+            let answer = self
+                .post(&interface, "SendMessage", &params, invocation_id)
+                .await?;
+            return stream::relay_one(sink, agent_id, answer).await;
+        }
+        let response = self
+            .send(
+                &interface,
+                method,
+                &params,
+                invocation_id,
+                "text/event-stream",
+            )
+            .await?;
+        let is_stream = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        if is_stream && response.status().is_success() {
+            return stream::relay(interface.binding, response, sink, agent_id).await;
+        }
+        // An answer in one piece: usually the error that refused the stream.
+        let answer = read_answer(interface.binding, response).await?;
+        stream::relay_one(sink, agent_id, answer).await
+    }
+
+    /// The interface calls go to, from the card (fetched now if it was not
+    /// since this registration, or the process, began).
+    async fn interface(&self) -> Result<Interface, Failure> {
+        if let Some(interface) = self.interface.read().clone() {
+            return Ok(interface);
+        }
+        self.fetch_card(Duration::from_secs(10)).await?;
+        self.interface
+            .read()
+            .clone()
+            .ok_or_else(|| Failure::Agent("the Agent Card names no interface".into()))
+    }
+
+    /// One request answered in one piece: its result, or failure.
+    async fn post(
+        &self,
+        interface: &Interface,
+        method: &str,
+        params: &serde_json::Value,
+        invocation_id: &str,
+    ) -> Result<serde_json::Value, Failure> {
+        let response = self
+            .send(interface, method, params, invocation_id, "application/json")
+            .await?;
+        read_answer(interface.binding, response).await
+    }
+
+    /// Sends one request in the interface's binding; an answer asking to
+    /// be called later (429 or 503 with `Retry-After`) is the agent's
+    /// overload.
+    async fn send(
+        &self,
+        interface: &Interface,
+        method: &str,
+        params: &serde_json::Value,
+        invocation_id: &str,
+        accept: &'static str,
+    ) -> Result<reqwest::Response, Failure> {
+        let request = match interface.binding {
+            Binding::JsonRpc => {
+                let body = serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "id": invocation_id,
+                    "method": method,
+                    "params": params,
+                });
+                self.http
+                    .post(interface.url.clone())
+                    .body(serde_json::to_vec(&body).map_err(|e| Failure::Agent(e.to_string()))?)
+            }
+            Binding::HttpJson => {
+                let (verb, url) = rest::route(&interface.url, method, params)?;
+                let request = self.http.request(verb.clone(), url);
+                if verb == reqwest::Method::GET {
+                    request
+                } else {
+                    request.body(
+                        serde_json::to_vec(params).map_err(|e| Failure::Agent(e.to_string()))?,
+                    )
+                }
             }
         };
-        let body = serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": invocation_id,
-            "method": method,
-            "params": params,
-        });
-        let response = self
-            .http
-            .post(interface.url)
+        let response = request
             .headers(self.headers()?)
             .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json")
-            .body(serde_json::to_vec(&body).map_err(|e| Failure::Agent(e.to_string()))?)
+            .header(ACCEPT, accept)
             .send()
             .await
             .map_err(|e| Failure::Agent(error_chain(&e)))?;
@@ -196,21 +341,46 @@ impl A2aUpstream {
                 retry_after: pause,
             });
         }
-        let bytes = read_bounded(response, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|e| Failure::Agent(e.to_string()))?;
-        if status.is_server_error() {
-            return Err(Failure::Agent(format!(
-                "the A2A agent answered HTTP {status}"
-            )));
-        }
-        if !status.is_success() {
-            return Err(Failure::Tool(format!(
+        Ok(response)
+    }
+}
+
+/// An answer read whole (bounded): its result, or why not.
+async fn read_answer(
+    binding: Binding,
+    response: reqwest::Response,
+) -> Result<serde_json::Value, Failure> {
+    let status = response.status();
+    let bytes = read_bounded(response, MAX_RESPONSE_BYTES)
+        .await
+        .map_err(|e| Failure::Agent(e.to_string()))?;
+    if status.is_server_error() {
+        return Err(Failure::Agent(format!(
+            "the A2A agent answered HTTP {status}"
+        )));
+    }
+    if !status.is_success() {
+        // Over HTTP+JSON an A2A error is an HTTP status with the error.
+        let error = (binding == Binding::HttpJson)
+            .then(|| serde_json::from_slice(&bytes).ok())
+            .flatten()
+            .and_then(|value| rest::error_of(&value));
+        return Err(error.unwrap_or_else(|| {
+            Failure::Tool(format!(
                 "the A2A agent answered HTTP {status}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
-            )));
-        }
-        answer(&bytes)
+            ))
+        }));
+    }
+    decode(binding, &bytes)
+}
+
+/// One answer (or event of a stream) in `binding`'s form: its result, or
+/// the A2A error it carries.
+fn decode(binding: Binding, bytes: &[u8]) -> Result<serde_json::Value, Failure> {
+    match binding {
+        Binding::JsonRpc => answer(bytes),
+        Binding::HttpJson => rest::decode(bytes),
     }
 }
 

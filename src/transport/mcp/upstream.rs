@@ -1376,6 +1376,7 @@ mod tests {
             session_id: session,
             progress: None,
             input_relay: None,
+            events: None,
             trace: None,
         }
     }

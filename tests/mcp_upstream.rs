@@ -2102,6 +2102,11 @@ struct Issuer {
     /// Whether it takes the client's credentials only as HTTP Basic (and
     /// says so in its metadata).
     basic_only: AtomicBool,
+    /// When set, the client authenticates with `private_key_jwt` only: an
+    /// ES256 assertion this public key verifies (and the metadata says so).
+    assertion_key: Mutex<Option<jsonwebtoken::DecodingKey>>,
+    /// The `jti` of every assertion accepted: one seen again is a replay.
+    assertion_ids: Mutex<std::collections::HashSet<String>>,
     /// The `expires_in` of the tokens it issues next (seconds).
     lifetime: std::sync::atomic::AtomicU64,
     issued: Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -2202,7 +2207,14 @@ async fn issue_token(
         )
             .into_response()
     };
-    if field("client_id") != Some("switchboard") || field("client_secret") != Some(issuer.secret) {
+    let assertion_key = issuer.assertion_key.lock().unwrap().clone();
+    if let Some(key) = assertion_key {
+        if let Err(why) = verify_assertion(&issuer, &key, &fields) {
+            return refuse(StatusCode::UNAUTHORIZED, "invalid_client", why);
+        }
+    } else if field("client_id") != Some("switchboard")
+        || field("client_secret") != Some(issuer.secret)
+    {
         // Echoes what it was sent, as a careless server might.
         let sent = field("client_secret").unwrap_or_default();
         return refuse(
@@ -2230,6 +2242,48 @@ async fn issue_token(
         .into_response()
 }
 
+/// RFC 7523 §3: a client assertion for client `switchboard`, signed with
+/// the key `key` verifies, for this issuer, not seen before.
+fn verify_assertion(
+    issuer: &Issuer,
+    key: &jsonwebtoken::DecodingKey,
+    fields: &std::collections::HashMap<String, String>,
+) -> Result<(), String> {
+    if fields.contains_key("client_secret") {
+        return Err("a secret where an assertion was expected".into());
+    }
+    if fields.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return Err(format!(
+            "client_assertion_type {:?}",
+            fields.get("client_assertion_type")
+        ));
+    }
+    let assertion = fields
+        .get("client_assertion")
+        .ok_or("no client_assertion")?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&[&issuer.url]);
+    validation.set_issuer(&["switchboard"]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    let claims = jsonwebtoken::decode::<Value>(assertion, key, &validation)
+        .map_err(|e| format!("assertion {assertion} refused: {e}"))?
+        .claims;
+    if claims["sub"] != "switchboard"
+        || fields.get("client_id").map(String::as_str) != Some("switchboard")
+    {
+        return Err(format!(
+            "the assertion is not client switchboard's: {claims}"
+        ));
+    }
+    let jti = claims["jti"].as_str().ok_or("an assertion without a jti")?;
+    if !issuer.assertion_ids.lock().unwrap().insert(jti.to_string()) {
+        return Err(format!("assertion {jti} replayed"));
+    }
+    Ok(())
+}
+
 async fn authorization_server_metadata(
     axum::extract::State(issuer): axum::extract::State<Arc<Issuer>>,
 ) -> axum::response::Response {
@@ -2237,7 +2291,7 @@ async fn authorization_server_metadata(
     if !issuer.metadata {
         return axum::http::StatusCode::NOT_FOUND.into_response();
     }
-    axum::Json(json!({
+    let mut metadata = json!({
         "issuer": issuer.url,
         "token_endpoint": format!("{}/token", issuer.url),
         "grant_types_supported": ["client_credentials"],
@@ -2246,8 +2300,12 @@ async fn authorization_server_metadata(
         } else {
             json!(["client_secret_post", "client_secret_basic"])
         },
-    }))
-    .into_response()
+    });
+    if issuer.assertion_key.lock().unwrap().is_some() {
+        metadata["token_endpoint_auth_methods_supported"] = json!(["private_key_jwt"]);
+        metadata["token_endpoint_auth_signing_alg_values_supported"] = json!(["ES256"]);
+    }
+    axum::Json(metadata).into_response()
 }
 
 async fn protected_resource_metadata(
@@ -2313,6 +2371,8 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
         secret,
         metadata,
         basic_only: AtomicBool::new(false),
+        assertion_key: Mutex::default(),
+        assertion_ids: Mutex::default(),
         lifetime: 3600.into(),
         issued: Mutex::default(),
         requests: AtomicUsize::new(0),
@@ -2352,13 +2412,24 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
 }
 
 fn oauth_agent(url: &str, client_secret: String, token_url: Option<String>) -> AgentConfig {
+    agent_with_oauth(
+        url,
+        UpstreamOAuth {
+            client_secret: Some(client_secret),
+            token_url,
+            ..UpstreamOAuth::default()
+        },
+    )
+}
+
+/// An agent at `url` that authenticates as client `switchboard` as `oauth`
+/// says, asking for the scopes the test authorization server wants.
+fn agent_with_oauth(url: &str, oauth: UpstreamOAuth) -> AgentConfig {
     let mut mcp = McpServer::http(url);
     mcp.oauth = Some(Box::new(UpstreamOAuth {
         client_id: "switchboard".into(),
-        client_secret,
         scopes: vec!["files:read".into(), "files:write".into()],
-        token_url,
-        ..UpstreamOAuth::default()
+        ..oauth
     }));
     AgentConfig::new()
         .with_tools(vec![ToolCategory::Search])
@@ -3179,5 +3250,124 @@ async fn the_callers_trace_context_is_passed_on_to_the_agent() {
     assert_eq!(
         result.structured_content.unwrap()["traceparent"],
         Value::Null
+    );
+}
+
+/// A P-256 key pair: (private key, PKCS#8 PEM; public key, PEM).
+fn p256_key_pair() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    (key.serialize_pem(), key.public_key_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_clients_authenticate_with_a_signed_assertion_instead_of_a_secret() {
+    let (dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let protected = serve_protected(
+        Upstream::new("keyed").legacy().with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        "unused-secret",
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    let (private, public) = p256_key_pair();
+    *issuer.assertion_key.lock().unwrap() =
+        Some(jsonwebtoken::DecodingKey::from_ec_pem(public.as_bytes()).unwrap());
+    let key_file = dir.path().join("client-key.pem");
+    std::fs::write(&key_file, &private).unwrap();
+    let keyed = |key: String, algorithm: Option<&str>| {
+        agent_with_oauth(
+            &protected.upstream.url,
+            UpstreamOAuth {
+                private_key: Some(key),
+                signing_algorithm: algorithm.map(str::to_string),
+                ..UpstreamOAuth::default()
+            },
+        )
+    };
+
+    // Discovered: the metadata offers private_key_jwt with ES256, and the
+    // assertion's audience is the issuer.
+    register(
+        &d,
+        "keyed",
+        keyed(format!("file:{}", key_file.display()), None),
+    )
+    .await;
+    let first = call_in(&d, "headers", None).await["authorization"].clone();
+    assert!(
+        first.as_str().is_some_and(|a| a.starts_with("Bearer ")),
+        "{first}"
+    );
+    assert_eq!(call_in(&d, "headers", None).await["authorization"], first);
+    assert_eq!(issuer.requests(), 1, "the token is shared like a secret's");
+    let stored = String::from_utf8(db.get("agents/keyed").unwrap().unwrap()).unwrap();
+    assert!(
+        stored.contains("\"private_key\":\"file:") && !stored.contains("PRIVATE KEY"),
+        "{stored}"
+    );
+
+    // Refused: the next token comes with a new assertion (the issuer
+    // refuses a jti it has seen).
+    issuer.revoke_all();
+    let second = call_in(&d, "headers", None).await["authorization"].clone();
+    assert_ne!(second, first);
+    assert_eq!(issuer.requests(), 2);
+    assert_eq!(issuer.assertion_ids.lock().unwrap().len(), 2);
+
+    // A key the authorization server does not know: the error says where
+    // to look and leaves the assertion out.
+    let (other, _) = p256_key_pair();
+    let other_file = dir.path().join("other-key.pem");
+    std::fs::write(&other_file, &other).unwrap();
+    d.register_agent(
+        "unknown-key",
+        keyed(format!("file:{}", other_file.display()), None),
+    )
+    .unwrap();
+    let err = d
+        .discover_tools("unknown-key")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("invalid_client")
+            && err.contains("public key")
+            && err.contains("<credential>"),
+        "{err}"
+    );
+    assert!(!err.contains("eyJ"), "the assertion leaked: {err}");
+
+    // An algorithm the key cannot sign, and one the server does not take:
+    // refused before any request, saying which.
+    d.register_agent(
+        "wrong-algorithm",
+        keyed(format!("file:{}", key_file.display()), Some("RS256")),
+    )
+    .unwrap();
+    let err = d
+        .discover_tools("wrong-algorithm")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("signs ES256") && err.contains("RS256"),
+        "{err}"
+    );
+    let (p384, _) = {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        (key.serialize_pem(), ())
+    };
+    std::env::set_var("SWITCHBOARD_TEST_P384_KEY", p384);
+    d.register_agent("p384", keyed("${SWITCHBOARD_TEST_P384_KEY}".into(), None))
+        .unwrap();
+    let err = d.discover_tools("p384").await.unwrap_err().to_string();
+    assert!(
+        err.contains("[\"ES256\"]") && err.contains("ES384"),
+        "{err}"
     );
 }

@@ -1,7 +1,9 @@
 //! OAuth 2.0 client credentials (RFC 6749 §4.4) toward one MCP agent: where
 //! its token endpoint is (given, or discovered through the MCP server's
 //! Protected Resource Metadata, RFC 9728, and its authorization server's
-//! metadata, RFC 8414 or OpenID Connect discovery), the token requests, and
+//! metadata, RFC 8414 or OpenID Connect discovery), the token requests
+//! (the client authenticated by a secret, or by a JWT it signs with its
+//! private key, `private_key_jwt`, RFC 7523 §2.2), and
 //! the one token a registration holds ([`Tokens`]: shared by its calls,
 //! fetched once when several wait for it, refreshed shortly before it
 //! expires, forgotten when the upstream answers 401); and [`OAuthHttp`],
@@ -11,6 +13,7 @@
 use crate::namespace::{EnvValue, UpstreamOAuth};
 use crate::policy::NetworkPolicy;
 use crate::transport::{error_chain, read_bounded, BodyError};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
 use reqwest::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
 use rmcp::model::ClientJsonRpcMessage;
 use rmcp::transport::common::client_side_sse::BoxedSseResponse;
@@ -36,20 +39,36 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 /// The longest `expires_in` believed, so an absurd one cannot keep a
 /// revoked token in use (or overflow an instant).
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long a client assertion is valid: it is made for one token request.
+const ASSERTION_LIFETIME_SECS: u64 = 60;
+/// RFC 7523 §2.2: the `client_assertion_type` of a JWT client assertion.
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The DER object identifiers of the NIST curves in a PKCS#8 EC key, which
+/// say the ECDSA algorithm it signs with.
+const P256_OID: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+const P384_OID: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
 
-/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1,
+/// RFC 7523 §2.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ClientAuth {
     /// `client_id` and `client_secret` in the form.
     Post,
     /// HTTP Basic, for a server whose metadata offers only that.
     Basic,
+    /// A JWT signed with the client's private key (`private_key_jwt`).
+    PrivateKeyJwt,
 }
 
 /// A token endpoint and how to authenticate to it.
 struct TokenEndpoint {
     url: reqwest::Url,
     auth: ClientAuth,
+    /// The authorization server's issuer, when discovered: the audience of
+    /// a client assertion.
+    issuer: Option<String>,
+    /// The algorithms it takes client assertions in, when its metadata says.
+    signing_algorithms: Option<Vec<String>>,
 }
 
 struct Token {
@@ -142,9 +161,16 @@ impl Tokens {
     async fn endpoint(&self) -> Result<TokenEndpoint, String> {
         if let Some(url) = &self.oauth.token_url {
             let url = reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+            let auth = if self.oauth.private_key.is_some() {
+                ClientAuth::PrivateKeyJwt
+            } else {
+                ClientAuth::Post
+            };
             return Ok(TokenEndpoint {
                 url,
-                auth: ClientAuth::Post,
+                auth,
+                issuer: None,
+                signing_algorithms: None,
             });
         }
         let mcp = reqwest::Url::parse(&self.mcp_url).map_err(|e| e.to_string())?;
@@ -192,6 +218,15 @@ impl Tokens {
             .and_then(Value::as_array)
             .map(|methods| methods.iter().filter_map(Value::as_str).collect::<Vec<_>>());
         let auth = match methods {
+            _ if self.oauth.private_key.is_some() => match methods {
+                Some(methods) if !methods.contains(&"private_key_jwt") => {
+                    return Err(format!(
+                        "{at}: the token endpoint does not take private_key_jwt (it offers \
+                         {methods:?}); give oauth.client_secret instead of oauth.private_key"
+                    ))
+                }
+                _ => ClientAuth::PrivateKeyJwt,
+            },
             None => ClientAuth::Post,
             Some(methods) if methods.contains(&"client_secret_post") => ClientAuth::Post,
             Some(methods) if methods.contains(&"client_secret_basic") => ClientAuth::Basic,
@@ -202,7 +237,22 @@ impl Tokens {
                 ))
             }
         };
-        Ok(TokenEndpoint { url, auth })
+        let signing_algorithms = metadata
+            .get("token_endpoint_auth_signing_alg_values_supported")
+            .and_then(Value::as_array)
+            .map(|algorithms| {
+                algorithms
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            });
+        Ok(TokenEndpoint {
+            url,
+            auth,
+            issuer: Some(issuer.to_string()),
+            signing_algorithms,
+        })
     }
 
     /// The first of `urls` that answers a JSON object, and where it is.
@@ -230,7 +280,6 @@ impl Tokens {
 
     /// One token request (`grant_type=client_credentials`).
     async fn request(&self, endpoint: &TokenEndpoint) -> Result<Token, String> {
-        let secret = self.secret()?;
         let scope = self.oauth.scopes.join(" ");
         let resource = self.oauth.resource.as_deref().unwrap_or(&self.mcp_url);
         let mut form = vec![("grant_type", "client_credentials"), ("resource", resource)];
@@ -242,17 +291,27 @@ impl Tokens {
             .post(endpoint.url.clone())
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        // What authenticates the client: kept out of error texts.
+        let credential = match endpoint.auth {
+            ClientAuth::PrivateKeyJwt => self.assertion(endpoint)?,
+            ClientAuth::Post | ClientAuth::Basic => self.secret()?,
+        };
         match endpoint.auth {
             ClientAuth::Post => {
                 form.push(("client_id", &self.oauth.client_id));
-                form.push(("client_secret", &secret));
+                form.push(("client_secret", &credential));
             }
             // RFC 6749 §2.3.1: both are form-encoded before Basic encoding.
             ClientAuth::Basic => {
                 request = request.basic_auth(
                     form_encode(&self.oauth.client_id),
-                    Some(form_encode(&secret)),
+                    Some(form_encode(&credential)),
                 );
+            }
+            ClientAuth::PrivateKeyJwt => {
+                form.push(("client_id", &self.oauth.client_id));
+                form.push(("client_assertion_type", JWT_BEARER_ASSERTION));
+                form.push(("client_assertion", &credential));
             }
         }
         let body: Vec<String> = form
@@ -274,12 +333,18 @@ impl Tokens {
             } else {
                 format!(" ({said})")
             };
-            // A server could echo what it was sent; the secret stays out.
-            let said = said.replace(&secret, "<secret>");
+            // A server could echo what it was sent; the credential stays out.
+            let said = said.replace(&credential, "<credential>");
+            let check = match (&self.oauth.client_secret, &self.oauth.private_key) {
+                (Some(secret), _) => format!("the secret {secret} points to"),
+                (None, Some(key)) => format!(
+                    "that the authorization server holds the public key of the private key {key} \
+                     points to"
+                ),
+                (None, None) => "the client's credential".to_string(),
+            };
             return Err(format!(
-                "HTTP {status}{said}; check oauth.client_id, the secret {} points to, and \
-                 oauth.scopes",
-                self.oauth.client_secret
+                "HTTP {status}{said}; check oauth.client_id, {check}, and oauth.scopes"
             ));
         }
         let Some(value) = answer.get("access_token").and_then(Value::as_str) else {
@@ -313,30 +378,130 @@ impl Tokens {
     /// The client secret, read where `client_secret` says, at each token
     /// request (a rotated secret is picked up by the next one).
     fn secret(&self) -> Result<String, String> {
-        let reference = &self.oauth.client_secret;
-        let secret = match EnvValue::of(reference) {
-            EnvValue::Variable(var) => std::env::var(var).map_err(|_| {
-                format!(
-                    "oauth.client_secret is {reference}, but {var} is not set (or not UTF-8) in \
-                     this node's environment; set it where Switchboard starts"
-                )
-            }),
-            EnvValue::File(path) => super::read_secret_file(path)
-                .map_err(|e| format!("oauth.client_secret: cannot read {reference:?}: {e}")),
-            // Registration refuses these; a record from elsewhere is not trusted.
-            EnvValue::Literal(_) => {
-                Err("oauth.client_secret is not a reference (\"${VAR}\" or \"file:PATH\")".into())
-            }
-        }?;
-        // An empty secret is a missing one (and would garble the scrubbing
-        // of error texts).
-        if secret.is_empty() {
-            return Err(format!(
-                "oauth.client_secret: {reference} is empty on this node"
-            ));
-        }
-        Ok(secret)
+        read_credential("client_secret", self.oauth.client_secret.as_deref())
     }
+
+    /// A client assertion (RFC 7523 §3) for one request to `endpoint`,
+    /// signed with the key `private_key` points to, read at each token
+    /// request like a secret.
+    fn assertion(&self, endpoint: &TokenEndpoint) -> Result<String, String> {
+        let reference = self.oauth.private_key.as_deref().unwrap_or_default();
+        let pem = read_credential("private_key", self.oauth.private_key.as_deref())?;
+        let (key, algorithm) = signing_key(&pem, self.oauth.signing_algorithm.as_deref())
+            .map_err(|e| format!("oauth.private_key: the key {reference} points to {e}"))?;
+        if let Some(supported) = &endpoint.signing_algorithms {
+            let name = format!("{algorithm:?}");
+            if !supported.contains(&name) {
+                return Err(format!(
+                    "the authorization server takes client assertions signed with {supported:?}, \
+                     not {name}; set oauth.signing_algorithm, or give a key of one of those kinds"
+                ));
+            }
+        }
+        // RFC 7523 §3: the audience identifies the authorization server; the
+        // issuer when known (as MCP's client credentials extension asks),
+        // else the token endpoint, which the RFC allows.
+        let audience = self
+            .oauth
+            .assertion_audience
+            .clone()
+            .or_else(|| endpoint.issuer.clone())
+            .unwrap_or_else(|| endpoint.url.to_string());
+        let mut jti = [0u8; 16];
+        getrandom::fill(&mut jti)
+            .map_err(|e| format!("no randomness for the assertion's jti: {e}"))?;
+        let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = serde_json::json!({
+            "iss": self.oauth.client_id,
+            "sub": self.oauth.client_id,
+            "aud": audience,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_SECS,
+            "jti": jti,
+        });
+        jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).map_err(|e| {
+            format!(
+                "oauth.private_key: the key {reference} points to cannot sign {algorithm:?}: {e}"
+            )
+        })
+    }
+}
+
+/// The credential `field` of `oauth` (`client_secret` or `private_key`),
+/// read where its reference says.
+fn read_credential(field: &str, reference: Option<&str>) -> Result<String, String> {
+    let Some(reference) = reference else {
+        return Err(format!("oauth.{field} is not given"));
+    };
+    let value = match EnvValue::of(reference) {
+        EnvValue::Variable(var) => std::env::var(var).map_err(|_| {
+            format!(
+                "oauth.{field} is {reference}, but {var} is not set (or not UTF-8) in this \
+                 node's environment; set it where Switchboard starts"
+            )
+        }),
+        EnvValue::File(path) => super::read_secret_file(path)
+            .map_err(|e| format!("oauth.{field}: cannot read {reference:?}: {e}")),
+        // Registration refuses these; a record from elsewhere is not trusted.
+        EnvValue::Literal(_) => Err(format!(
+            "oauth.{field} is not a reference (\"${{VAR}}\" or \"file:PATH\")"
+        )),
+    }?;
+    // An empty credential is a missing one (and would garble the scrubbing
+    // of error texts).
+    if value.is_empty() {
+        return Err(format!("oauth.{field}: {reference} is empty on this node"));
+    }
+    Ok(value)
+}
+
+/// The signing key in `pem` and the algorithm it signs with: `configured`,
+/// if it suits the key, else the key's own (ES256 or ES384 by the curve of
+/// an EC key, RS256 for RSA, EdDSA for Ed25519). The error completes "the
+/// key … points to".
+fn signing_key(pem: &str, configured: Option<&str>) -> Result<(EncodingKey, Algorithm), String> {
+    let pem = pem.as_bytes();
+    let (key, own) = if let Ok(key) = EncodingKey::from_ec_pem(pem) {
+        let der = key.as_bytes();
+        let curve = if memchr::memmem::find(der, P256_OID).is_some() {
+            Algorithm::ES256
+        } else if memchr::memmem::find(der, P384_OID).is_some() {
+            Algorithm::ES384
+        } else {
+            return Err("is an EC key on a curve other than P-256 and P-384".into());
+        };
+        (key, curve)
+    } else if let Ok(key) = EncodingKey::from_rsa_pem(pem) {
+        (key, Algorithm::RS256)
+    } else if let Ok(key) = EncodingKey::from_ed_pem(pem) {
+        (key, Algorithm::EdDSA)
+    } else {
+        return Err(
+            "is not a PEM private key (PKCS#8 \"BEGIN PRIVATE KEY\", or PKCS#1 \"BEGIN RSA \
+             PRIVATE KEY\"); convert a SEC1 \"BEGIN EC PRIVATE KEY\" with `openssl pkcs8 -topk8 \
+             -nocrypt`"
+                .into(),
+        );
+    };
+    let Some(name) = configured else {
+        return Ok((key, own));
+    };
+    let algorithm: Algorithm = name
+        .parse()
+        .map_err(|_| format!("cannot sign oauth.signing_algorithm {name:?}"))?;
+    // An EC key signs with its curve's algorithm only.
+    let fits = match key.family() {
+        AlgorithmFamily::Ec => algorithm == own,
+        family => algorithm.family() == family,
+    };
+    if !fits {
+        return Err(format!(
+            "is a {:?} key, which signs {own:?}, not oauth.signing_algorithm {name}",
+            key.family()
+        ));
+    }
+    Ok((key, algorithm))
 }
 
 /// Sends `request` to `url` under the node's address policy, with a time
@@ -633,6 +798,42 @@ mod tests {
                 "https://auth.example/.well-known/openid-configuration",
             ]
         );
+    }
+
+    #[test]
+    fn the_assertion_algorithm_comes_from_the_key_unless_configured() {
+        let pem = |algorithm: &'static rcgen::SignatureAlgorithm| {
+            rcgen::KeyPair::generate_for(algorithm)
+                .unwrap()
+                .serialize_pem()
+        };
+        let p256 = pem(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let p384 = pem(&rcgen::PKCS_ECDSA_P384_SHA384);
+        let ed25519 = pem(&rcgen::PKCS_ED25519);
+        for (key, own) in [
+            (&p256, Algorithm::ES256),
+            (&p384, Algorithm::ES384),
+            (&ed25519, Algorithm::EdDSA),
+        ] {
+            let (signing, algorithm) = signing_key(key, None).unwrap();
+            assert_eq!(algorithm, own);
+            let jwt =
+                jsonwebtoken::encode(&Header::new(algorithm), &serde_json::json!({}), &signing);
+            assert!(jwt.is_ok(), "{own:?}: {jwt:?}");
+        }
+        assert_eq!(
+            signing_key(&p384, Some("ES384")).unwrap().1,
+            Algorithm::ES384
+        );
+        let err = signing_key(&p256, Some("ES384")).err().unwrap();
+        assert!(
+            err.contains("signs ES256") && err.contains("ES384"),
+            "{err}"
+        );
+        let err = signing_key(&p256, Some("RS256")).err().unwrap();
+        assert!(err.contains("Ec key"), "{err}");
+        let err = signing_key("not a key", None).err().unwrap();
+        assert!(err.contains("BEGIN PRIVATE KEY"), "{err}");
     }
 
     #[test]

@@ -2107,6 +2107,11 @@ struct Issuer {
     assertion_key: Mutex<Option<jsonwebtoken::DecodingKey>>,
     /// The `jti` of every assertion accepted: one seen again is a replay.
     assertion_ids: Mutex<std::collections::HashSet<String>>,
+    /// The callers whose tokens it exchanges (RFC 8693): their token, who
+    /// they are.
+    subjects: Mutex<std::collections::HashMap<String, String>>,
+    /// Each token it issued by exchange, and for whom.
+    exchanged: Mutex<std::collections::HashMap<String, String>>,
     /// The `expires_in` of the tokens it issues next (seconds).
     lifetime: std::sync::atomic::AtomicU64,
     issued: Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -2223,8 +2228,31 @@ async fn issue_token(
             format!("no such client with secret {sent}"),
         );
     }
-    if field("grant_type") != Some("client_credentials") {
-        return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type", body);
+    const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+    let mut subject = None;
+    match field("grant_type") {
+        Some("client_credentials") => {}
+        Some(EXCHANGE) => {
+            if field("subject_token_type") != Some(ACCESS_TOKEN)
+                || field("requested_token_type") != Some(ACCESS_TOKEN)
+            {
+                return refuse(StatusCode::BAD_REQUEST, "invalid_request", body);
+            }
+            let known = field("subject_token")
+                .and_then(|token| issuer.subjects.lock().unwrap().get(token).cloned());
+            let Some(who) = known else {
+                // Echoes the token, as a careless server might.
+                let sent = field("subject_token").unwrap_or_default();
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    format!("subject token {sent} is not valid"),
+                );
+            };
+            subject = Some(who);
+        }
+        _ => return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type", body),
     }
     if field("scope") != Some("files:read files:write") {
         return refuse(StatusCode::BAD_REQUEST, "invalid_scope", body);
@@ -2233,6 +2261,9 @@ async fn issue_token(
         return refuse(StatusCode::BAD_REQUEST, "invalid_target", body);
     }
     let token = format!("{:032x}", fastrand::u128(..));
+    if let Some(who) = subject {
+        issuer.exchanged.lock().unwrap().insert(token.clone(), who);
+    }
     let lifetime = issuer.lifetime.load(Ordering::SeqCst);
     issuer.issued.lock().unwrap().insert(
         token.clone(),
@@ -2373,6 +2404,8 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
         basic_only: AtomicBool::new(false),
         assertion_key: Mutex::default(),
         assertion_ids: Mutex::default(),
+        subjects: Mutex::default(),
+        exchanged: Mutex::default(),
         lifetime: 3600.into(),
         issued: Mutex::default(),
         requests: AtomicUsize::new(0),
@@ -3369,5 +3402,117 @@ async fn oauth_clients_authenticate_with_a_signed_assertion_instead_of_a_secret(
     assert!(
         err.contains("[\"ES256\"]") && err.contains("ES384"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_gives_each_caller_an_upstream_token_of_its_own() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let protected = serve_protected(
+        Upstream::new("per-caller").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        env!("CARGO_PKG_NAME"),
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    for (token, who) in [("alice-jwt", "alice"), ("bob-jwt", "bob")] {
+        issuer
+            .subjects
+            .lock()
+            .unwrap()
+            .insert(token.into(), who.into());
+    }
+    register(
+        &d,
+        "per-caller",
+        agent_with_oauth(
+            &protected.upstream.url,
+            UpstreamOAuth {
+                client_secret: Some("${CARGO_PKG_NAME}".into()),
+                token_exchange: Some(switchboard::TokenExchange::default()),
+                ..UpstreamOAuth::default()
+            },
+        ),
+    )
+    .await;
+    // The tools were listed with the agent's own client-credentials token.
+    assert!(issuer.exchanged.lock().unwrap().is_empty());
+    let call_as = |jwt: Option<&'static str>| {
+        let mut options = RoutingOptions::new();
+        if let Some(jwt) = jwt {
+            let name = jwt.trim_end_matches("-jwt");
+            options = options.with_caller(
+                switchboard::policy::Principal::new(format!("jwt:{name}"), vec![])
+                    .with_credential(jwt),
+            );
+        }
+        d.invoke("headers", ToolCategory::Search, json!({"x": 1}), options)
+    };
+    let sent_for = |output: &Value| -> String {
+        let authorization = output["structuredContent"]["authorization"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let token = authorization.trim_start_matches("Bearer ");
+        issuer
+            .exchanged
+            .lock()
+            .unwrap()
+            .get(token)
+            .cloned()
+            .unwrap_or_else(|| format!("not an exchanged token: {authorization}"))
+    };
+
+    // Each caller's call carries a token exchanged for that caller's JWT,
+    // never the JWT itself; two callers at once each get their own.
+    let (alice, bob) = tokio::join!(call_as(Some("alice-jwt")), call_as(Some("bob-jwt")));
+    let (alice, bob) = (alice.unwrap().output, bob.unwrap().output);
+    assert_eq!(sent_for(&alice), "alice");
+    assert_eq!(sent_for(&bob), "bob");
+    for output in [&alice, &bob] {
+        let text = output.to_string();
+        assert!(
+            !text.contains("alice-jwt") && !text.contains("bob-jwt"),
+            "{text}"
+        );
+    }
+    // Cached per caller: alice's next call reuses her token.
+    let exchanges = issuer.exchanged.lock().unwrap().len();
+    let again = call_as(Some("alice-jwt")).await.unwrap().output;
+    assert_eq!(
+        again["structuredContent"]["authorization"],
+        alice["structuredContent"]["authorization"]
+    );
+    assert_eq!(issuer.exchanged.lock().unwrap().len(), exchanges);
+
+    // Revoked: the 401 replaces alice's token with a new one of hers.
+    issuer.revoke_all();
+    let renewed = call_as(Some("alice-jwt")).await.unwrap().output;
+    assert_ne!(
+        renewed["structuredContent"]["authorization"],
+        alice["structuredContent"]["authorization"]
+    );
+    assert_eq!(sent_for(&renewed), "alice");
+
+    // No caller JWT: refused, not run with the agent's own token.
+    let err = call_as(None).await.unwrap_err().to_string();
+    assert!(
+        err.contains("token_exchange") && err.contains("JWT"),
+        "{err}"
+    );
+    // A JWT the authorization server does not take: the error keeps it out.
+    let err = call_as(Some("mallory-jwt")).await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot exchange the caller's token") && err.contains("invalid_grant"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("mallory-jwt"),
+        "the caller's token leaked: {err}"
     );
 }

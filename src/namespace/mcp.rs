@@ -446,7 +446,44 @@ pub struct UpstreamOAuth {
         deserialize_with = "not_null"
     )]
     pub resource: Option<String>,
+    /// Calls made by a caller who authenticated with a JWT run with that
+    /// caller's own upstream token, which the JWT is exchanged for (RFC
+    /// 8693) at the same token endpoint, by this client; absent: every call
+    /// runs with the registration's one client-credentials token.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub token_exchange: Option<TokenExchange>,
 }
+
+/// Token exchange (RFC 8693 §2.1) of a caller's JWT for an upstream token
+/// of the caller's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchange {
+    /// What the caller's JWT is to the authorization server, sent as
+    /// `subject_token_type` `urn:ietf:params:oauth:token-type:{this}`:
+    /// `access_token` (absent), `id_token` or `jwt`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub subject_token_type: Option<String>,
+    /// The `audience` asked for (the upstream's name at the authorization
+    /// server), when it wants one besides `resource`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub audience: Option<String>,
+}
+
+/// The kinds of caller token a [`TokenExchange`] may name.
+pub const SUBJECT_TOKEN_TYPES: &[&str] = &["access_token", "id_token", "jwt"];
 
 /// The JWS algorithms a client assertion may be signed with.
 pub const ASSERTION_ALGORITHMS: &[&str] = &[
@@ -550,6 +587,27 @@ impl UpstreamOAuth {
                 return Err(Error::invalid(format!(
                     "oauth scope {scope:?} is not a scope token (visible ASCII, no space, \" or \\)"
                 )));
+            }
+        }
+        if let Some(exchange) = &self.token_exchange {
+            if let Some(kind) = &exchange.subject_token_type {
+                if !SUBJECT_TOKEN_TYPES.contains(&kind.as_str()) {
+                    return Err(Error::invalid(format!(
+                        "oauth.token_exchange.subject_token_type {kind:?} is not one of {}",
+                        SUBJECT_TOKEN_TYPES.join(", ")
+                    )));
+                }
+            }
+            if let Some(audience) = &exchange.audience {
+                if audience.is_empty()
+                    || audience.len() > 2048
+                    || audience.chars().any(char::is_control)
+                {
+                    return Err(Error::invalid(
+                        "oauth.token_exchange.audience must be 1 to 2048 bytes without control \
+                         characters",
+                    ));
+                }
             }
         }
         if let Some(resource) = &self.resource {
@@ -1079,6 +1137,13 @@ mod tests {
         assert!(err.contains("HS256") && err.contains("ES256"), "{err}");
         let err = refused(&|s| s.oauth.as_mut().unwrap().signing_algorithm = Some("ES256".into()));
         assert!(err.contains("private_key"), "{err}");
+        let err = refused(&|s| {
+            s.oauth.as_mut().unwrap().token_exchange = Some(TokenExchange {
+                subject_token_type: Some("saml2".into()),
+                ..TokenExchange::default()
+            })
+        });
+        assert!(err.contains("saml2") && err.contains("id_token"), "{err}");
         let err = refused(&|s| {
             s.headers
                 .insert("authorization".into(), "Bearer ${T}".into());

@@ -11,6 +11,7 @@
 //! request, so a refreshed token serves an open session.
 
 use crate::namespace::{EnvValue, UpstreamOAuth};
+use crate::policy::CallerCredential;
 use crate::policy::NetworkPolicy;
 use crate::transport::{error_chain, read_bounded, BodyError};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
@@ -41,6 +42,11 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long a client assertion is valid: it is made for one token request.
 const ASSERTION_LIFETIME_SECS: u64 = 60;
+/// RFC 8693 §2.1: the grant that exchanges one token for another.
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693 §3: what is asked for, and the prefix of what is given.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+const TOKEN_TYPE_PREFIX: &str = "urn:ietf:params:oauth:token-type:";
 /// RFC 7523 §2.2: the `client_assertion_type` of a JWT client assertion.
 const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The DER object identifiers of the NIST curves in a PKCS#8 EC key, which
@@ -78,22 +84,23 @@ struct Token {
     refresh_at: Option<Instant>,
 }
 
-#[derive(Default)]
-struct State {
-    /// Discovered once per registration (or given).
-    endpoint: Option<Arc<TokenEndpoint>>,
-    token: Option<Token>,
-}
+/// Discovered once per registration (or given), for its callers too.
+type EndpointCell = Arc<std::sync::OnceLock<Arc<TokenEndpoint>>>;
 
-/// The OAuth token of one MCP agent registration.
+/// The OAuth token of one MCP agent registration, or of one caller of it.
 pub(crate) struct Tokens {
     agent_id: String,
     mcp_url: String,
     oauth: UpstreamOAuth,
     http: reqwest::Client,
-    /// Held across a fetch: callers that need a token meanwhile wait for
+    /// The caller's JWT that each token is exchanged for (RFC 8693), for
+    /// the tokens of one caller; `None`: the client's own
+    /// (`client_credentials`).
+    subject: Option<CallerCredential>,
+    endpoint: EndpointCell,
+    /// Held across a fetch: requests that need a token meanwhile wait for
     /// that one instead of each asking the authorization server.
-    state: tokio::sync::Mutex<State>,
+    token: tokio::sync::Mutex<Option<Token>>,
 }
 
 impl Tokens {
@@ -108,20 +115,41 @@ impl Tokens {
             mcp_url,
             oauth,
             http,
-            state: tokio::sync::Mutex::default(),
+            subject: None,
+            endpoint: EndpointCell::default(),
+            token: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether calls exchange their caller's token (`oauth.token_exchange`).
+    pub(crate) fn exchanges(&self) -> bool {
+        self.oauth.token_exchange.is_some()
+    }
+
+    /// The tokens of the caller who presented `subject`: exchanged for it,
+    /// at the token endpoint these found (or will find).
+    pub(crate) fn for_caller(&self, subject: CallerCredential) -> Tokens {
+        Tokens {
+            agent_id: self.agent_id.clone(),
+            mcp_url: self.mcp_url.clone(),
+            oauth: self.oauth.clone(),
+            http: self.http.clone(),
+            subject: Some(subject),
+            endpoint: self.endpoint.clone(),
+            token: tokio::sync::Mutex::default(),
         }
     }
 
     /// The token to send now: the held one while it is fresh, else a new
     /// one. The error names the agent and the endpoint, never the secret.
     pub(crate) async fn token(&self) -> Result<String, String> {
-        let mut state = self.state.lock().await;
-        if let Some(token) = &state.token {
+        let mut held = self.token.lock().await;
+        if let Some(token) = &*held {
             if token.refresh_at.is_none_or(|at| Instant::now() < at) {
                 return Ok(token.value.clone());
             }
         }
-        let endpoint = match &state.endpoint {
+        let endpoint = match self.endpoint.get() {
             Some(endpoint) => endpoint.clone(),
             None => {
                 let endpoint = Arc::new(self.endpoint().await.map_err(|e| {
@@ -131,19 +159,24 @@ impl Tokens {
                         self.agent_id
                     )
                 })?);
-                state.endpoint = Some(endpoint.clone());
+                // Another holder of the cell may have set it meanwhile: the same.
+                let _ = self.endpoint.set(endpoint.clone());
                 endpoint
             }
         };
         let token = self.request(&endpoint).await.map_err(|e| {
+            let what = match self.subject {
+                Some(_) => "exchange the caller's token for",
+                None => "obtain",
+            };
             format!(
-                "cannot obtain an OAuth token for MCP agent {} from {}: {e}",
+                "cannot {what} an OAuth token for MCP agent {} from {}: {e}",
                 self.agent_id, endpoint.url
             )
         })?;
         tracing::debug!(agent_id = %self.agent_id, token_url = %endpoint.url, "obtained an OAuth token for an MCP agent");
         let value = token.value.clone();
-        state.token = Some(token);
+        *held = Some(token);
         Ok(value)
     }
 
@@ -151,9 +184,9 @@ impl Tokens {
     /// expired early), so the next request fetches a new token. A newer
     /// token fetched meanwhile is kept.
     pub(crate) async fn reject(&self, rejected: &str) {
-        let mut state = self.state.lock().await;
-        if state.token.as_ref().is_some_and(|t| t.value == rejected) {
-            state.token = None;
+        let mut held = self.token.lock().await;
+        if held.as_ref().is_some_and(|t| t.value == rejected) {
+            *held = None;
         }
     }
 
@@ -278,11 +311,33 @@ impl Tokens {
         Err(answers.join("; "))
     }
 
-    /// One token request (`grant_type=client_credentials`).
+    /// One token request: `grant_type=client_credentials`, or for a
+    /// caller the token exchange of the caller's JWT (RFC 8693 §2.1), the
+    /// client authenticating the same way.
     async fn request(&self, endpoint: &TokenEndpoint) -> Result<Token, String> {
         let scope = self.oauth.scopes.join(" ");
         let resource = self.oauth.resource.as_deref().unwrap_or(&self.mcp_url);
-        let mut form = vec![("grant_type", "client_credentials"), ("resource", resource)];
+        let exchange = self.oauth.token_exchange.clone().unwrap_or_default();
+        let subject_type = format!(
+            "{TOKEN_TYPE_PREFIX}{}",
+            exchange
+                .subject_token_type
+                .as_deref()
+                .unwrap_or("access_token")
+        );
+        let mut form = match &self.subject {
+            None => vec![("grant_type", "client_credentials")],
+            Some(subject) => vec![
+                ("grant_type", TOKEN_EXCHANGE_GRANT),
+                ("subject_token", subject.expose()),
+                ("subject_token_type", &subject_type),
+                ("requested_token_type", ACCESS_TOKEN_TYPE),
+            ],
+        };
+        form.push(("resource", resource));
+        if let (Some(_), Some(audience)) = (&self.subject, &exchange.audience) {
+            form.push(("audience", audience));
+        }
         if !scope.is_empty() {
             form.push(("scope", &scope));
         }
@@ -333,8 +388,11 @@ impl Tokens {
             } else {
                 format!(" ({said})")
             };
-            // A server could echo what it was sent; the credential stays out.
-            let said = said.replace(&credential, "<credential>");
+            // A server could echo what it was sent; the credentials stay out.
+            let mut said = said.replace(&credential, "<credential>");
+            if let Some(subject) = &self.subject {
+                said = said.replace(subject.expose(), "<caller's token>");
+            }
             let check = match (&self.oauth.client_secret, &self.oauth.private_key) {
                 (Some(secret), _) => format!("the secret {secret} points to"),
                 (None, Some(key)) => format!(
@@ -343,8 +401,15 @@ impl Tokens {
                 ),
                 (None, None) => "the client's credential".to_string(),
             };
+            let what = if self.subject.is_some() {
+                "; the caller's token may also be one the authorization server does not \
+                 exchange (expired, another issuer, or oauth.token_exchange.subject_token_type \
+                 not what it is)"
+            } else {
+                ""
+            };
             return Err(format!(
-                "HTTP {status}{said}; check oauth.client_id, {check}, and oauth.scopes"
+                "HTTP {status}{said}; check oauth.client_id, {check}, and oauth.scopes{what}"
             ));
         }
         let Some(value) = answer.get("access_token").and_then(Value::as_str) else {

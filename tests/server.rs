@@ -840,6 +840,10 @@ fn the_openapi_constraints_are_the_validators() {
         oauth["scopes"]["maxItems"],
         switchboard::namespace::MAX_OAUTH_SCOPES
     );
+    assert_eq!(
+        oauth["token_exchange"]["properties"]["subject_token_type"]["enum"],
+        json!(switchboard::namespace::SUBJECT_TOKEN_TYPES)
+    );
     let codes: Vec<&str> = schemas["Error"]["properties"]["error"]["properties"]["code"]["enum"]
         .as_array()
         .unwrap()

@@ -2112,6 +2112,18 @@ struct Issuer {
     subjects: Mutex<std::collections::HashMap<String, String>>,
     /// Each token it issued by exchange, and for whom.
     exchanged: Mutex<std::collections::HashMap<String, String>>,
+    /// When set, it grants whatever scopes are asked for (and remembers
+    /// them); the MCP server lists `files:read` as its `scopes_supported`,
+    /// needs it for every request and `files:write` too for `tools/call`,
+    /// answering 403 `insufficient_scope` naming both when it is missing.
+    scoped: AtomicBool,
+    /// With `scoped`: every `tools/call` is answered 403 naming those two
+    /// scopes, whatever the token holds (a scope that never suffices).
+    never_enough: AtomicBool,
+    /// The scopes each token was issued with.
+    scopes_of: Mutex<std::collections::HashMap<String, Vec<String>>>,
+    /// 403s answered.
+    insufficient: AtomicUsize,
     /// The `expires_in` of the tokens it issues next (seconds).
     lifetime: std::sync::atomic::AtomicU64,
     issued: Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -2254,13 +2266,20 @@ async fn issue_token(
         }
         _ => return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type", body),
     }
-    if field("scope") != Some("files:read files:write") {
+    let scoped = issuer.scoped.load(Ordering::SeqCst);
+    if !scoped && field("scope") != Some("files:read files:write") {
         return refuse(StatusCode::BAD_REQUEST, "invalid_scope", body);
     }
     if field("resource") != Some(issuer.resource.as_str()) {
         return refuse(StatusCode::BAD_REQUEST, "invalid_target", body);
     }
     let token = format!("{:032x}", fastrand::u128(..));
+    let granted = field("scope").map(|scope| scope.split(' ').map(str::to_string).collect());
+    issuer
+        .scopes_of
+        .lock()
+        .unwrap()
+        .insert(token.clone(), granted.unwrap_or_default());
     if let Some(who) = subject {
         issuer.exchanged.lock().unwrap().insert(token.clone(), who);
     }
@@ -2346,8 +2365,11 @@ async fn protected_resource_metadata(
     if !issuer.metadata {
         return axum::http::StatusCode::NOT_FOUND.into_response();
     }
-    axum::Json(json!({"resource": issuer.resource, "authorization_servers": [issuer.url]}))
-        .into_response()
+    let mut metadata = json!({"resource": issuer.resource, "authorization_servers": [issuer.url]});
+    if issuer.scoped.load(Ordering::SeqCst) {
+        metadata["scopes_supported"] = json!(["files:read"]);
+    }
+    axum::Json(metadata).into_response()
 }
 
 /// Lets through MCP requests with a token the issuer issued that has not
@@ -2371,6 +2393,39 @@ async fn require_token(
                 .get(token)
                 .is_some_and(|expires| std::time::Instant::now() < *expires)
         });
+    if valid && issuer.scoped.load(Ordering::SeqCst) {
+        let token = request.headers()["authorization"].to_str().unwrap()[7..].to_string();
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut needed = vec!["files:read"];
+        if message["method"] == "tools/call" {
+            needed.push("files:write");
+        }
+        let held = issuer.scopes_of.lock().unwrap().get(&token).cloned();
+        let held = held.unwrap_or_default();
+        let enough = needed.iter().all(|scope| held.iter().any(|h| h == scope))
+            && !(message["method"] == "tools/call" && issuer.never_enough.load(Ordering::SeqCst));
+        if !enough {
+            issuer.insufficient.fetch_add(1, Ordering::SeqCst);
+            let metadata = issuer
+                .resource
+                .replace("/mcp", "/.well-known/oauth-protected-resource/mcp");
+            return (
+                axum::http::StatusCode::FORBIDDEN,
+                [(
+                    "www-authenticate",
+                    format!(
+                        "Bearer error=\"insufficient_scope\", scope=\"files:read files:write\", \
+                         resource_metadata=\"{metadata}\""
+                    ),
+                )],
+            )
+                .into_response();
+        }
+        let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
+        return next.run(request).await;
+    }
     if valid {
         return next.run(request).await;
     }
@@ -2406,6 +2461,10 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
         assertion_ids: Mutex::default(),
         subjects: Mutex::default(),
         exchanged: Mutex::default(),
+        scoped: AtomicBool::new(false),
+        never_enough: AtomicBool::new(false),
+        scopes_of: Mutex::default(),
+        insufficient: AtomicUsize::new(0),
         lifetime: 3600.into(),
         issued: Mutex::default(),
         requests: AtomicUsize::new(0),
@@ -3515,4 +3574,78 @@ async fn token_exchange_gives_each_caller_an_upstream_token_of_its_own() {
         !err.contains("mallory-jwt"),
         "the caller's token leaked: {err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_scopes_come_from_the_metadata_and_a_403_steps_up_once() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let protected = serve_protected(
+        Upstream::new("scoped").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        env!("CARGO_PKG_NAME"),
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    issuer.scoped.store(true, Ordering::SeqCst);
+    // No scopes configured: the listing's token asks for the server's
+    // scopes_supported.
+    let mut mcp = McpServer::http(&protected.upstream.url);
+    mcp.oauth = Some(Box::new(UpstreamOAuth {
+        client_id: "switchboard".into(),
+        client_secret: Some("${CARGO_PKG_NAME}".into()),
+        ..UpstreamOAuth::default()
+    }));
+    let config = AgentConfig::new()
+        .with_tools(vec![ToolCategory::Search])
+        .with_mcp_server(mcp)
+        .with_timeout(Duration::from_secs(10));
+    register(&d, "scoped", config).await;
+    let granted = |output: &Value| -> Vec<String> {
+        let authorization = output["structuredContent"]["authorization"]
+            .as_str()
+            .unwrap_or_default();
+        let token = authorization.trim_start_matches("Bearer ");
+        issuer
+            .scopes_of
+            .lock()
+            .unwrap()
+            .get(token)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(issuer.requests(), 1);
+    assert_eq!(issuer.insufficient.load(Ordering::SeqCst), 0);
+
+    // tools/call needs files:write: the 403 names it, and the call is
+    // retried once with a token asked for both.
+    let output = call_in(&d, "headers", None).await;
+    let output = json!({"structuredContent": output});
+    assert_eq!(granted(&output), ["files:read", "files:write"]);
+    assert_eq!(issuer.requests(), 2);
+    assert_eq!(issuer.insufficient.load(Ordering::SeqCst), 1);
+    // From then on, the stepped-up token serves every call.
+    call_in(&d, "headers", None).await;
+    assert_eq!(issuer.requests(), 2);
+
+    // A server whose 403 names nothing new is not asked again: one 403 per
+    // call, no new token, the call fails with the refusal.
+    issuer.never_enough.store(true, Ordering::SeqCst);
+    let refused = d
+        .invoke(
+            "headers",
+            ToolCategory::Search,
+            json!({"x": 1}),
+            RoutingOptions::new(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.to_lowercase().contains("scope"), "{refused}");
+    assert_eq!(issuer.insufficient.load(Ordering::SeqCst), 2);
+    assert_eq!(issuer.requests(), 2);
 }

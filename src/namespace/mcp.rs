@@ -485,6 +485,16 @@ pub struct TokenExchange {
 /// The kinds of caller token a [`TokenExchange`] may name.
 pub const SUBJECT_TOKEN_TYPES: &[&str] = &["access_token", "id_token", "jwt"];
 
+/// RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), at most
+/// 256 bytes.
+pub(crate) fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope.len() <= 256
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
 /// The JWS algorithms a client assertion may be signed with.
 pub const ASSERTION_ALGORITHMS: &[&str] = &[
     "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
@@ -577,13 +587,7 @@ impl UpstreamOAuth {
             )));
         }
         for scope in &self.scopes {
-            // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-            let valid = !scope.is_empty()
-                && scope.len() <= 256
-                && scope
-                    .bytes()
-                    .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
-            if !valid {
+            if !is_scope_token(scope) {
                 return Err(Error::invalid(format!(
                     "oauth scope {scope:?} is not a scope token (visible ASCII, no space, \" or \\)"
                 )));

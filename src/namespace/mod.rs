@@ -35,7 +35,7 @@ pub use mcp::{
     McpToolPrevious, McpToolRecord, PrefixMode, TokenExchange, UpstreamOAuth, ASSERTION_ALGORITHMS,
     MAX_MCP_HEADERS, MAX_MCP_RULES, MAX_OAUTH_SCOPES, REDACTED_ENV, SUBJECT_TOKEN_TYPES,
 };
-pub(crate) use mcp::{MCP_PROMPTS, MCP_RESOURCES, MCP_TOOLS};
+pub(crate) use mcp::{is_scope_token, MCP_PROMPTS, MCP_RESOURCES, MCP_TOOLS};
 pub use records::*;
 pub(crate) use tokens::TOKENS;
 pub use tokens::{token_key, Scope, TokenRecord};

@@ -10,7 +10,7 @@
 //! the streamable-HTTP client that asks for the current token at each
 //! request, so a refreshed token serves an open session.
 
-use crate::namespace::{EnvValue, UpstreamOAuth};
+use crate::namespace::{is_scope_token, EnvValue, UpstreamOAuth, MAX_OAUTH_SCOPES};
 use crate::policy::CallerCredential;
 use crate::policy::NetworkPolicy;
 use crate::transport::{error_chain, read_bounded, BodyError};
@@ -75,6 +75,9 @@ struct TokenEndpoint {
     issuer: Option<String>,
     /// The algorithms it takes client assertions in, when its metadata says.
     signing_algorithms: Option<Vec<String>>,
+    /// The MCP server's `scopes_supported` (RFC 9728), when discovered:
+    /// what is asked for when neither `scopes` nor a challenge names any.
+    scopes_supported: Vec<String>,
 }
 
 struct Token {
@@ -86,6 +89,23 @@ struct Token {
 
 /// Discovered once per registration (or given), for its callers too.
 type EndpointCell = Arc<std::sync::OnceLock<Arc<TokenEndpoint>>>;
+
+#[derive(Default)]
+struct Held {
+    token: Option<Token>,
+    /// Scopes the upstream's challenges named (the `scope` of a 401's, or
+    /// of a 403 `insufficient_scope`'s, `WWW-Authenticate`), asked for from
+    /// then on besides `scopes`.
+    challenged: Vec<String>,
+}
+
+/// How the upstream refused a token.
+pub(crate) enum Refusal {
+    /// 401: not (or no longer) a valid token.
+    Unauthorized,
+    /// 403 `insufficient_scope`: valid, but without the scope it needs.
+    InsufficientScope,
+}
 
 /// The OAuth token of one MCP agent registration, or of one caller of it.
 pub(crate) struct Tokens {
@@ -100,7 +120,7 @@ pub(crate) struct Tokens {
     endpoint: EndpointCell,
     /// Held across a fetch: requests that need a token meanwhile wait for
     /// that one instead of each asking the authorization server.
-    token: tokio::sync::Mutex<Option<Token>>,
+    held: tokio::sync::Mutex<Held>,
 }
 
 impl Tokens {
@@ -117,7 +137,7 @@ impl Tokens {
             http,
             subject: None,
             endpoint: EndpointCell::default(),
-            token: tokio::sync::Mutex::default(),
+            held: tokio::sync::Mutex::default(),
         }
     }
 
@@ -136,15 +156,15 @@ impl Tokens {
             http: self.http.clone(),
             subject: Some(subject),
             endpoint: self.endpoint.clone(),
-            token: tokio::sync::Mutex::default(),
+            held: tokio::sync::Mutex::default(),
         }
     }
 
     /// The token to send now: the held one while it is fresh, else a new
     /// one. The error names the agent and the endpoint, never the secret.
     pub(crate) async fn token(&self) -> Result<String, String> {
-        let mut held = self.token.lock().await;
-        if let Some(token) = &*held {
+        let mut held = self.held.lock().await;
+        if let Some(token) = &held.token {
             if token.refresh_at.is_none_or(|at| Instant::now() < at) {
                 return Ok(token.value.clone());
             }
@@ -164,7 +184,8 @@ impl Tokens {
                 endpoint
             }
         };
-        let token = self.request(&endpoint).await.map_err(|e| {
+        let scopes = self.scopes_to_ask(&held.challenged, &endpoint);
+        let token = self.request(&endpoint, &scopes).await.map_err(|e| {
             let what = match self.subject {
                 Some(_) => "exchange the caller's token for",
                 None => "obtain",
@@ -176,18 +197,64 @@ impl Tokens {
         })?;
         tracing::debug!(agent_id = %self.agent_id, token_url = %endpoint.url, "obtained an OAuth token for an MCP agent");
         let value = token.value.clone();
-        *held = Some(token);
+        held.token = Some(token);
         Ok(value)
     }
 
-    /// Forgets `rejected`, which the upstream answered 401 to (revoked, or
-    /// expired early), so the next request fetches a new token. A newer
-    /// token fetched meanwhile is kept.
-    pub(crate) async fn reject(&self, rejected: &str) {
-        let mut held = self.token.lock().await;
-        if held.as_ref().is_some_and(|t| t.value == rejected) {
-            *held = None;
+    /// The scopes a token request asks for, as MCP's scope selection
+    /// strategy orders them: `scopes` (with what challenges named since),
+    /// else what a challenge named, else the MCP server's
+    /// `scopes_supported`, else none (the server's default).
+    fn scopes_to_ask(&self, challenged: &[String], endpoint: &TokenEndpoint) -> Vec<String> {
+        let mut scopes = if self.oauth.scopes.is_empty() && challenged.is_empty() {
+            endpoint.scopes_supported.clone()
+        } else {
+            self.oauth.scopes.clone()
+        };
+        for scope in challenged {
+            if !scopes.contains(scope) {
+                scopes.push(scope.clone());
+            }
         }
+        scopes
+    }
+
+    /// Takes in that the upstream refused `rejected` (`challenge`: its
+    /// `WWW-Authenticate`), and says whether one retry with a new token may
+    /// succeed. A 401 drops the token (revoked, or expired early): yes. A
+    /// 403 `insufficient_scope` naming scopes not asked for yet drops it
+    /// and asks for those too from now on (step-up): yes; naming none new,
+    /// a new token would be the same: no, which bounds the retries. A
+    /// newer token fetched meanwhile is kept.
+    pub(crate) async fn refused(
+        &self,
+        rejected: &str,
+        refusal: Refusal,
+        challenge: Option<&str>,
+    ) -> bool {
+        let mut held = self.held.lock().await;
+        let named = challenge.and_then(challenge_scope).unwrap_or_default();
+        let mut added = 0;
+        for scope in named.split(' ').filter(|s| is_scope_token(s)) {
+            let known = self.oauth.scopes.iter().any(|s| s == scope)
+                || held.challenged.iter().any(|s| s == scope);
+            // A server cannot make the request grow without bound.
+            if !known && self.oauth.scopes.len() + held.challenged.len() < MAX_OAUTH_SCOPES {
+                held.challenged.push(scope.to_string());
+                added += 1;
+            }
+        }
+        let current = held.token.as_ref().is_some_and(|t| t.value == rejected);
+        if matches!(refusal, Refusal::InsufficientScope) && added == 0 && current {
+            return false;
+        }
+        if current {
+            held.token = None;
+        }
+        if added > 0 {
+            tracing::info!(agent_id = %self.agent_id, scopes = %held.challenged.join(" "), "an MCP agent asked for more OAuth scopes; asking for them from now on");
+        }
+        true
     }
 
     /// The token endpoint: `token_url`, or discovered from the MCP url.
@@ -204,6 +271,7 @@ impl Tokens {
                 auth,
                 issuer: None,
                 signing_algorithms: None,
+                scopes_supported: Vec::new(),
             });
         }
         let mcp = reqwest::Url::parse(&self.mcp_url).map_err(|e| e.to_string())?;
@@ -280,11 +348,25 @@ impl Tokens {
                     .map(str::to_string)
                     .collect()
             });
+        let scopes_supported = resource
+            .get("scopes_supported")
+            .and_then(Value::as_array)
+            .map(|scopes| {
+                scopes
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter(|scope| is_scope_token(scope))
+                    .take(MAX_OAUTH_SCOPES)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(TokenEndpoint {
             url,
             auth,
             issuer: Some(issuer.to_string()),
             signing_algorithms,
+            scopes_supported,
         })
     }
 
@@ -314,8 +396,8 @@ impl Tokens {
     /// One token request: `grant_type=client_credentials`, or for a
     /// caller the token exchange of the caller's JWT (RFC 8693 §2.1), the
     /// client authenticating the same way.
-    async fn request(&self, endpoint: &TokenEndpoint) -> Result<Token, String> {
-        let scope = self.oauth.scopes.join(" ");
+    async fn request(&self, endpoint: &TokenEndpoint, scopes: &[String]) -> Result<Token, String> {
+        let scope = scopes.join(" ");
         let resource = self.oauth.resource.as_deref().unwrap_or(&self.mcp_url);
         let exchange = self.oauth.token_exchange.clone().unwrap_or_default();
         let subject_type = format!(
@@ -593,6 +675,35 @@ async fn send(
     Ok((status, body))
 }
 
+/// The `scope` parameter of a Bearer challenge (RFC 6750 §3), quoted or
+/// not; only a parameter named exactly `scope`.
+fn challenge_scope(challenge: &str) -> Option<String> {
+    let mut rest = challenge.trim_start();
+    // The scheme, then `name=value` pairs separated by commas.
+    rest = rest
+        .strip_prefix("Bearer")
+        .or_else(|| rest.strip_prefix("bearer"))?;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        let (name, after) = rest.split_once('=')?;
+        let after = after.trim_start();
+        let (value, remainder) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"')?;
+                (&quoted[..end], &quoted[end + 1..])
+            }
+            None => {
+                let end = after.find([',', ' ']).unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        if name.trim().eq_ignore_ascii_case("scope") {
+            return Some(value.to_string());
+        }
+        rest = remainder;
+    }
+}
+
 /// `text` as an `http://` or `https://` URL.
 fn http_url(text: &str) -> Result<reqwest::Url, String> {
     match reqwest::Url::parse(text) {
@@ -670,8 +781,13 @@ impl OAuthHttp {
     {
         let token = self.tokens.token().await.map_err(no_token)?;
         match call(Some(token.clone())).await {
-            Err(error) if is_unauthorized(&error) => {
-                self.tokens.reject(&token).await;
+            Err(error) => {
+                let Some((refusal, challenge)) = refusal_of(&error) else {
+                    return Err(error);
+                };
+                if !self.tokens.refused(&token, refusal, challenge).await {
+                    return Err(error);
+                }
                 let fresh = self.tokens.token().await.map_err(no_token)?;
                 if fresh == token {
                     return Err(error);
@@ -688,15 +804,26 @@ fn no_token(message: String) -> HttpError {
     StreamableHttpError::Io(std::io::Error::other(message))
 }
 
-/// Whether the upstream answered 401, with a challenge or without: the
-/// SDK reports a POST's 401 without `WWW-Authenticate` only as the text
-/// `HTTP 401 Unauthorized: …`, a GET's or DELETE's as reqwest's status error.
-fn is_unauthorized(error: &HttpError) -> bool {
+/// Whether the upstream refused the token, and its challenge if it gave
+/// one: a 401, with a challenge or without (the SDK reports a POST's 401
+/// without `WWW-Authenticate` only as the text `HTTP 401 Unauthorized: …`,
+/// a GET's or DELETE's as reqwest's status error), or a 403 with one (the
+/// SDK reads every challenged 403 as `insufficient_scope`).
+fn refusal_of(error: &HttpError) -> Option<(Refusal, Option<&str>)> {
     match error {
-        StreamableHttpError::AuthRequired(_) => true,
-        StreamableHttpError::Client(e) => e.status() == Some(reqwest::StatusCode::UNAUTHORIZED),
-        StreamableHttpError::UnexpectedServerResponse(text) => text.starts_with("HTTP 401 "),
-        _ => false,
+        StreamableHttpError::AuthRequired(e) => {
+            Some((Refusal::Unauthorized, Some(&e.www_authenticate_header)))
+        }
+        StreamableHttpError::InsufficientScope(e) => {
+            Some((Refusal::InsufficientScope, Some(&e.www_authenticate_header)))
+        }
+        StreamableHttpError::Client(e) if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED) => {
+            Some((Refusal::Unauthorized, None))
+        }
+        StreamableHttpError::UnexpectedServerResponse(text) if text.starts_with("HTTP 401 ") => {
+            Some((Refusal::Unauthorized, None))
+        }
+        _ => None,
     }
 }
 
@@ -899,6 +1026,31 @@ mod tests {
         assert!(err.contains("Ec key"), "{err}");
         let err = signing_key("not a key", None).err().unwrap();
         assert!(err.contains("BEGIN PRIVATE KEY"), "{err}");
+    }
+
+    #[test]
+    fn the_scope_of_a_challenge_is_read_by_its_exact_name() {
+        let scope = |header: &str| challenge_scope(header);
+        assert_eq!(
+            scope(
+                r#"Bearer error="insufficient_scope", scope="files:read files:write", resource_metadata="https://x/.well-known/oauth-protected-resource""#
+            ),
+            Some("files:read files:write".into())
+        );
+        assert_eq!(
+            scope("Bearer scope=files:read, error=x"),
+            Some("files:read".into())
+        );
+        assert_eq!(
+            scope(r#"Bearer error="insufficient_scope", myscope="admin""#),
+            None
+        );
+        assert_eq!(
+            scope(r#"Bearer resource_metadata="https://x/a,scope=admin""#),
+            None
+        );
+        assert_eq!(scope(r#"Basic realm="x", scope="admin""#), None);
+        assert_eq!(scope(r#"Bearer scope="unterminated"#), None);
     }
 
     #[test]

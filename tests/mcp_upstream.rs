@@ -2112,6 +2112,9 @@ struct Issuer {
     subjects: Mutex<std::collections::HashMap<String, String>>,
     /// Each token it issued by exchange, and for whom.
     exchanged: Mutex<std::collections::HashMap<String, String>>,
+    /// Identity assertions its identity provider (`/idp/token`) issued and
+    /// not yet presented, and for whom.
+    assertions: Mutex<std::collections::HashMap<String, String>>,
     /// When set, it grants whatever scopes are asked for (and remembers
     /// them); the MCP server lists `files:read` as its `scopes_supported`,
     /// needs it for every request and `files:write` too for `tools/call`,
@@ -2264,6 +2267,15 @@ async fn issue_token(
             };
             subject = Some(who);
         }
+        Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => {
+            // Each identity assertion is good for one grant.
+            let presented = field("assertion")
+                .and_then(|assertion| issuer.assertions.lock().unwrap().remove(assertion));
+            let Some(who) = presented else {
+                return refuse(StatusCode::BAD_REQUEST, "invalid_grant", body);
+            };
+            subject = Some(who);
+        }
         _ => return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type", body),
     }
     let scoped = issuer.scoped.load(Ordering::SeqCst);
@@ -2290,6 +2302,64 @@ async fn issue_token(
     );
     axum::Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime}))
         .into_response()
+}
+
+/// The identity provider of MCP's enterprise-managed authorization: it
+/// exchanges a known caller's ID token, for client `idp-client` with the
+/// issuer's secret, for an identity assertion meant for the issuer and the
+/// MCP server.
+async fn issue_identity_assertion(
+    axum::extract::State(issuer): axum::extract::State<Arc<Issuer>>,
+    body: String,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let fields = form_fields(&body);
+    let field = |name: &str| fields.get(name).map(String::as_str);
+    let expected = [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        (
+            "requested_token_type",
+            "urn:ietf:params:oauth:token-type:id-jag",
+        ),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:id_token",
+        ),
+        ("audience", issuer.url.as_str()),
+        ("resource", issuer.resource.as_str()),
+        ("client_id", "idp-client"),
+        ("client_secret", issuer.secret),
+    ];
+    if let Some((name, _)) = expected
+        .iter()
+        .find(|(name, value)| field(name) != Some(value))
+    {
+        let error =
+            json!({"error": "invalid_request", "error_description": format!("{name} in {body}")});
+        return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+    }
+    let known = field("subject_token")
+        .and_then(|token| issuer.subjects.lock().unwrap().get(token).cloned());
+    let Some(who) = known else {
+        let error = json!({"error": "invalid_grant", "error_description": body});
+        return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+    };
+    let assertion = format!("jag-{:032x}", fastrand::u128(..));
+    issuer
+        .assertions
+        .lock()
+        .unwrap()
+        .insert(assertion.clone(), who);
+    axum::Json(json!({
+        "access_token": assertion,
+        "issued_token_type": "urn:ietf:params:oauth:token-type:id-jag",
+        "token_type": "N_A",
+    }))
+    .into_response()
 }
 
 /// RFC 7523 §3: a client assertion for client `switchboard`, signed with
@@ -2461,6 +2531,7 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
         assertion_ids: Mutex::default(),
         subjects: Mutex::default(),
         exchanged: Mutex::default(),
+        assertions: Mutex::default(),
         scoped: AtomicBool::new(false),
         never_enough: AtomicBool::new(false),
         scopes_of: Mutex::default(),
@@ -2472,6 +2543,7 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
     });
     let auth_app = axum::Router::new()
         .route("/token", axum::routing::post(issue_token))
+        .route("/idp/token", axum::routing::post(issue_identity_assertion))
         .route(
             "/.well-known/oauth-authorization-server",
             axum::routing::get(authorization_server_metadata),
@@ -3648,4 +3720,84 @@ async fn oauth_scopes_come_from_the_metadata_and_a_403_steps_up_once() {
     assert!(refused.to_lowercase().contains("scope"), "{refused}");
     assert_eq!(issuer.insufficient.load(Ordering::SeqCst), 2);
     assert_eq!(issuer.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_provider_turns_each_callers_token_into_an_assertion_grant() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let protected = serve_protected(
+        Upstream::new("enterprise").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        env!("CARGO_PKG_NAME"),
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    for (token, who) in [("alice-id-token", "alice"), ("bob-id-token", "bob")] {
+        issuer
+            .subjects
+            .lock()
+            .unwrap()
+            .insert(token.into(), who.into());
+    }
+    register(
+        &d,
+        "enterprise",
+        agent_with_oauth(
+            &protected.upstream.url,
+            UpstreamOAuth {
+                client_secret: Some("${CARGO_PKG_NAME}".into()),
+                token_exchange: Some(switchboard::TokenExchange {
+                    subject_token_type: Some("id_token".into()),
+                    identity_provider: Some(switchboard::IdentityProvider {
+                        token_url: format!("{}/idp/token", issuer.url),
+                        client_id: "idp-client".into(),
+                        client_secret: Some("${CARGO_PKG_NAME}".into()),
+                    }),
+                    ..switchboard::TokenExchange::default()
+                }),
+                ..UpstreamOAuth::default()
+            },
+        ),
+    )
+    .await;
+    let call_as = |jwt: &'static str| {
+        let caller =
+            switchboard::policy::Principal::new(format!("jwt:{jwt}"), vec![]).with_credential(jwt);
+        d.invoke(
+            "headers",
+            ToolCategory::Search,
+            json!({"x": 1}),
+            RoutingOptions::new().with_caller(caller),
+        )
+    };
+    let holder = |output: &Value| {
+        let authorization = output["structuredContent"]["authorization"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let token = authorization.trim_start_matches("Bearer ");
+        issuer.exchanged.lock().unwrap().get(token).cloned()
+    };
+    let (alice, bob) = tokio::join!(call_as("alice-id-token"), call_as("bob-id-token"));
+    let (alice, bob) = (alice.unwrap().output, bob.unwrap().output);
+    assert_eq!(holder(&alice).as_deref(), Some("alice"), "{alice}");
+    assert_eq!(holder(&bob).as_deref(), Some("bob"), "{bob}");
+    assert!(
+        issuer.assertions.lock().unwrap().is_empty(),
+        "each identity assertion was presented once"
+    );
+    let err = call_as("mallory-id-token").await.unwrap_err().to_string();
+    assert!(
+        err.contains("identity provider") && err.contains("invalid_grant"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("mallory-id-token"),
+        "the caller's token leaked: {err}"
+    );
 }

@@ -473,13 +473,44 @@ pub struct TokenExchange {
     )]
     pub subject_token_type: Option<String>,
     /// The `audience` asked for (the upstream's name at the authorization
-    /// server), when it wants one besides `resource`.
+    /// server), when it wants one besides `resource`; with
+    /// `identity_provider`, the authorization server the grant is for
+    /// (absent: its issuer, when discovered, else `token_url`).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "not_null"
     )]
     pub audience: Option<String>,
+    /// The identity assertion grant (MCP's enterprise-managed
+    /// authorization): the caller's token is exchanged at this identity
+    /// provider for an identity assertion (ID-JAG), which the MCP server's
+    /// authorization server takes with the `jwt-bearer` grant (RFC 7523
+    /// §2.1); absent: exchanged at the authorization server directly.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub identity_provider: Option<IdentityProvider>,
+}
+
+/// The identity provider a [`TokenExchange`] asks for identity assertions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProvider {
+    /// Its token endpoint (`http://` or `https://`).
+    pub token_url: String,
+    /// The client id it knows Switchboard by.
+    pub client_id: String,
+    /// Where its client secret is (`${VAR}` or `file:PATH`), sent in the
+    /// form; absent: a public client.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub client_secret: Option<String>,
 }
 
 /// The kinds of caller token a [`TokenExchange`] may name.
@@ -600,6 +631,38 @@ impl UpstreamOAuth {
                         "oauth.token_exchange.subject_token_type {kind:?} is not one of {}",
                         SUBJECT_TOKEN_TYPES.join(", ")
                     )));
+                }
+            }
+            if let Some(provider) = &exchange.identity_provider {
+                let url = reqwest::Url::parse(&provider.token_url).ok();
+                if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+                    || provider.token_url.len() > 2048
+                {
+                    return Err(Error::invalid(format!(
+                        "oauth.token_exchange.identity_provider.token_url {:?} must be an \
+                         http:// or https:// URL of at most 2048 bytes",
+                        provider.token_url
+                    )));
+                }
+                if provider.client_id.is_empty()
+                    || provider.client_id.len() > 256
+                    || provider.client_id.chars().any(char::is_control)
+                {
+                    return Err(Error::invalid(
+                        "oauth.token_exchange.identity_provider.client_id must be 1 to 256 bytes \
+                         without control characters",
+                    ));
+                }
+                if provider
+                    .client_secret
+                    .as_deref()
+                    .is_some_and(|r| !is_env_reference(r))
+                {
+                    return Err(Error::invalid(
+                        "oauth.token_exchange.identity_provider.client_secret holds its value; \
+                         say where the node finds it instead, so no credential is stored: \
+                         \"${VAR}\" or \"file:PATH\"",
+                    ));
                 }
             }
             if let Some(audience) = &exchange.audience {
@@ -1148,6 +1211,20 @@ mod tests {
             })
         });
         assert!(err.contains("saml2") && err.contains("id_token"), "{err}");
+        let err = refused(&|s| {
+            s.oauth.as_mut().unwrap().token_exchange = Some(TokenExchange {
+                identity_provider: Some(IdentityProvider {
+                    token_url: "https://idp.example/token".into(),
+                    client_id: "switchboard".into(),
+                    client_secret: Some("idp-s3cret".into()),
+                }),
+                ..TokenExchange::default()
+            })
+        });
+        assert!(
+            err.contains("${VAR}") && !err.contains("idp-s3cret"),
+            "{err}"
+        );
         let err = refused(&|s| {
             s.headers
                 .insert("authorization".into(), "Bearer ${T}".into());

@@ -10,7 +10,9 @@
 //! the streamable-HTTP client that asks for the current token at each
 //! request, so a refreshed token serves an open session.
 
-use crate::namespace::{is_scope_token, EnvValue, UpstreamOAuth, MAX_OAUTH_SCOPES};
+use crate::namespace::{
+    is_scope_token, EnvValue, IdentityProvider, UpstreamOAuth, MAX_OAUTH_SCOPES,
+};
 use crate::policy::CallerCredential;
 use crate::policy::NetworkPolicy;
 use crate::transport::{error_chain, read_bounded, BodyError};
@@ -47,6 +49,10 @@ const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-excha
 /// RFC 8693 §3: what is asked for, and the prefix of what is given.
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const TOKEN_TYPE_PREFIX: &str = "urn:ietf:params:oauth:token-type:";
+/// The identity assertion grant's token (MCP's enterprise-managed
+/// authorization), and the grant that presents it (RFC 7523 §2.1).
+const ID_JAG_TYPE: &str = "urn:ietf:params:oauth:token-type:id-jag";
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// RFC 7523 §2.2: the `client_assertion_type` of a JWT client assertion.
 const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// The DER object identifiers of the NIST curves in a PKCS#8 EC key, which
@@ -407,9 +413,22 @@ impl Tokens {
                 .as_deref()
                 .unwrap_or("access_token")
         );
-        let mut form = match &self.subject {
-            None => vec![("grant_type", "client_credentials")],
-            Some(subject) => vec![
+        // With an identity provider, the caller's token is first exchanged
+        // there for an identity assertion, which this request presents.
+        let identity_assertion = match (&self.subject, &exchange.identity_provider) {
+            (Some(subject), Some(provider)) => Some(
+                self.identity_assertion(endpoint, subject, provider, &subject_type, &scope)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let mut form = match (&self.subject, &identity_assertion) {
+            (None, _) => vec![("grant_type", "client_credentials")],
+            (Some(_), Some(assertion)) => vec![
+                ("grant_type", JWT_BEARER_GRANT),
+                ("assertion", assertion.as_str()),
+            ],
+            (Some(subject), None) => vec![
                 ("grant_type", TOKEN_EXCHANGE_GRANT),
                 ("subject_token", subject.expose()),
                 ("subject_token_type", &subject_type),
@@ -417,7 +436,9 @@ impl Tokens {
             ],
         };
         form.push(("resource", resource));
-        if let (Some(_), Some(audience)) = (&self.subject, &exchange.audience) {
+        if let (Some(_), None, Some(audience)) =
+            (&self.subject, &identity_assertion, &exchange.audience)
+        {
             form.push(("audience", audience));
         }
         if !scope.is_empty() {
@@ -475,6 +496,9 @@ impl Tokens {
             if let Some(subject) = &self.subject {
                 said = said.replace(subject.expose(), "<caller's token>");
             }
+            if let Some(assertion) = &identity_assertion {
+                said = said.replace(assertion, "<identity assertion>");
+            }
             let check = match (&self.oauth.client_secret, &self.oauth.private_key) {
                 (Some(secret), _) => format!("the secret {secret} points to"),
                 (None, Some(key)) => format!(
@@ -520,6 +544,90 @@ impl Tokens {
             value: value.to_string(),
             refresh_at,
         })
+    }
+
+    /// The identity assertion (ID-JAG) the identity provider issues for
+    /// the caller who presented `subject` (RFC 8693 §2.1 with
+    /// `requested_token_type` id-jag), for the authorization server of
+    /// `endpoint` and this MCP server.
+    async fn identity_assertion(
+        &self,
+        endpoint: &TokenEndpoint,
+        subject: &CallerCredential,
+        provider: &IdentityProvider,
+        subject_type: &str,
+        scope: &str,
+    ) -> Result<String, String> {
+        let url = http_url(&provider.token_url)
+            .map_err(|e| format!("oauth.token_exchange.identity_provider.token_url {e}"))?;
+        let exchange = self.oauth.token_exchange.as_ref();
+        let audience = exchange
+            .and_then(|e| e.audience.clone())
+            .or_else(|| endpoint.issuer.clone())
+            .unwrap_or_else(|| endpoint.url.to_string());
+        let resource = self.oauth.resource.as_deref().unwrap_or(&self.mcp_url);
+        let secret = match &provider.client_secret {
+            Some(reference) => Some(read_credential(
+                "token_exchange.identity_provider.client_secret",
+                Some(reference),
+            )?),
+            None => None,
+        };
+        let mut form = vec![
+            ("grant_type", TOKEN_EXCHANGE_GRANT),
+            ("requested_token_type", ID_JAG_TYPE),
+            ("subject_token", subject.expose()),
+            ("subject_token_type", subject_type),
+            ("audience", &audience),
+            ("resource", resource),
+            ("client_id", &provider.client_id),
+        ];
+        if !scope.is_empty() {
+            form.push(("scope", scope));
+        }
+        if let Some(secret) = &secret {
+            form.push(("client_secret", secret));
+        }
+        let body: Vec<String> = form
+            .iter()
+            .map(|(name, value)| format!("{}={}", form_encode(name), form_encode(value)))
+            .collect();
+        let request = self
+            .http
+            .post(url.clone())
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body.join("&"));
+        let failed = |why: String| {
+            let mut why = why.replace(subject.expose(), "<caller's token>");
+            if let Some(secret) = &secret {
+                why = why.replace(secret, "<secret>");
+            }
+            format!("the identity provider {url} gave no identity assertion for the caller: {why}")
+        };
+        let (status, body) = send(request, &url).await.map_err(failed)?;
+        let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            let said = ["error", "error_description"]
+                .iter()
+                .filter_map(|field| answer.get(field).and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(": ");
+            return Err(failed(format!(
+                "HTTP {status} ({said}); check oauth.token_exchange.identity_provider and that \
+                 the caller's token is one it exchanges"
+            )));
+        }
+        let issued = answer.get("issued_token_type").and_then(Value::as_str);
+        match answer.get("access_token").and_then(Value::as_str) {
+            Some(assertion) if issued == Some(ID_JAG_TYPE) && !assertion.is_empty() => {
+                Ok(assertion.to_string())
+            }
+            _ => Err(failed(format!(
+                "HTTP {status} without an access_token of issued_token_type {ID_JAG_TYPE} \
+                 (issued_token_type {issued:?})"
+            ))),
+        }
     }
 
     /// The client secret, read where `client_secret` says, at each token

@@ -3801,3 +3801,105 @@ async fn an_identity_provider_turns_each_callers_token_into_an_assertion_grant()
         "the caller's token leaked: {err}"
     );
 }
+
+/// Over HTTP: the JWT a caller signs in to Switchboard with is what is
+/// exchanged, and each caller's call reaches the upstream with its own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_signed_in_with_a_jwt_reach_the_upstream_with_their_own_tokens() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let protected = serve_protected(
+        Upstream::new("http-callers").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        env!("CARGO_PKG_NAME"),
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    let secret = "an HS256 secret of at least 32 bytes, for this test";
+    std::env::set_var("SWITCHBOARD_TEST_EXCHANGE_JWT_SECRET", secret);
+    let verifier = switchboard::identity::JwtVerifier::new(switchboard::identity::JwtSettings {
+        issuer: "https://idp.test".into(),
+        audience: "switchboard".into(),
+        hs256_secret_env: Some("SWITCHBOARD_TEST_EXCHANGE_JWT_SECRET".into()),
+        ..switchboard::identity::JwtSettings::default()
+    })
+    .unwrap();
+    let jwt_of = |sub: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = json!({"iss": "https://idp.test", "aud": "switchboard", "sub": sub,
+            "exp": now + 600, "scope": "invoke"});
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        issuer
+            .subjects
+            .lock()
+            .unwrap()
+            .insert(jwt.clone(), sub.to_string());
+        jwt
+    };
+    let (alice, bob) = (jwt_of("alice"), jwt_of("bob"));
+    register(
+        &d,
+        "http-callers",
+        agent_with_oauth(
+            &protected.upstream.url,
+            UpstreamOAuth {
+                client_secret: Some("${CARGO_PKG_NAME}".into()),
+                token_exchange: Some(switchboard::TokenExchange::default()),
+                ..UpstreamOAuth::default()
+            },
+        ),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(switchboard::server::run(
+        listener,
+        switchboard::server::AppState::new(d.clone(), None).with_jwt(verifier),
+        1 << 20,
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = common::http_client();
+    let invoke = |jwt: &str| {
+        http.post(format!("{base}/v1/invoke"))
+            .bearer_auth(jwt)
+            .json(&json!({"tool": "headers", "category": "search", "input": {"x": 1}}))
+            .send()
+    };
+    for (jwt, who) in [(&alice, "alice"), (&bob, "bob")] {
+        let answer = invoke(jwt).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        let answer: Value = answer.json().await.unwrap();
+        let authorization = answer["output"]["structuredContent"]["authorization"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!authorization.contains(jwt.as_str()), "{answer}");
+        let token = authorization.trim_start_matches("Bearer ");
+        assert_eq!(
+            issuer
+                .exchanged
+                .lock()
+                .unwrap()
+                .get(token)
+                .map(String::as_str),
+            Some(who),
+            "{answer}"
+        );
+    }
+}

@@ -121,8 +121,9 @@ pub use dispatch::{DispatcherConfig, DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_OUTPUT
 // MCP agents: the tools, prompts and resources discovered on them and how they are named.
 pub use dispatch::{DiscoveredTool, DEFAULT_DISCOVERY_TTL};
 pub use namespace::{
-    mcp_prompt_key, mcp_resource_key, mcp_tool_key, schema_hash, CategoryRule, McpCommand,
-    McpOfferKind, McpOfferRecord, McpServer, McpSpec, McpToolRecord, PrefixMode, UpstreamOAuth,
+    mcp_prompt_key, mcp_resource_key, mcp_tool_key, schema_hash, CategoryRule, IdentityProvider,
+    McpCommand, McpOfferKind, McpOfferRecord, McpServer, McpSpec, McpToolRecord, PrefixMode,
+    TokenExchange, UpstreamOAuth,
 };
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::{

@@ -2102,6 +2102,31 @@ struct Issuer {
     /// Whether it takes the client's credentials only as HTTP Basic (and
     /// says so in its metadata).
     basic_only: AtomicBool,
+    /// When set, the client authenticates with `private_key_jwt` only: an
+    /// ES256 assertion this public key verifies (and the metadata says so).
+    assertion_key: Mutex<Option<jsonwebtoken::DecodingKey>>,
+    /// The `jti` of every assertion accepted: one seen again is a replay.
+    assertion_ids: Mutex<std::collections::HashSet<String>>,
+    /// The callers whose tokens it exchanges (RFC 8693): their token, who
+    /// they are.
+    subjects: Mutex<std::collections::HashMap<String, String>>,
+    /// Each token it issued by exchange, and for whom.
+    exchanged: Mutex<std::collections::HashMap<String, String>>,
+    /// Identity assertions its identity provider (`/idp/token`) issued and
+    /// not yet presented, and for whom.
+    assertions: Mutex<std::collections::HashMap<String, String>>,
+    /// When set, it grants whatever scopes are asked for (and remembers
+    /// them); the MCP server lists `files:read` as its `scopes_supported`,
+    /// needs it for every request and `files:write` too for `tools/call`,
+    /// answering 403 `insufficient_scope` naming both when it is missing.
+    scoped: AtomicBool,
+    /// With `scoped`: every `tools/call` is answered 403 naming those two
+    /// scopes, whatever the token holds (a scope that never suffices).
+    never_enough: AtomicBool,
+    /// The scopes each token was issued with.
+    scopes_of: Mutex<std::collections::HashMap<String, Vec<String>>>,
+    /// 403s answered.
+    insufficient: AtomicUsize,
     /// The `expires_in` of the tokens it issues next (seconds).
     lifetime: std::sync::atomic::AtomicU64,
     issued: Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -2202,7 +2227,14 @@ async fn issue_token(
         )
             .into_response()
     };
-    if field("client_id") != Some("switchboard") || field("client_secret") != Some(issuer.secret) {
+    let assertion_key = issuer.assertion_key.lock().unwrap().clone();
+    if let Some(key) = assertion_key {
+        if let Err(why) = verify_assertion(&issuer, &key, &fields) {
+            return refuse(StatusCode::UNAUTHORIZED, "invalid_client", why);
+        }
+    } else if field("client_id") != Some("switchboard")
+        || field("client_secret") != Some(issuer.secret)
+    {
         // Echoes what it was sent, as a careless server might.
         let sent = field("client_secret").unwrap_or_default();
         return refuse(
@@ -2211,16 +2243,58 @@ async fn issue_token(
             format!("no such client with secret {sent}"),
         );
     }
-    if field("grant_type") != Some("client_credentials") {
-        return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type", body);
+    const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+    let mut subject = None;
+    match field("grant_type") {
+        Some("client_credentials") => {}
+        Some(EXCHANGE) => {
+            if field("subject_token_type") != Some(ACCESS_TOKEN)
+                || field("requested_token_type") != Some(ACCESS_TOKEN)
+            {
+                return refuse(StatusCode::BAD_REQUEST, "invalid_request", body);
+            }
+            let known = field("subject_token")
+                .and_then(|token| issuer.subjects.lock().unwrap().get(token).cloned());
+            let Some(who) = known else {
+                // Echoes the token, as a careless server might.
+                let sent = field("subject_token").unwrap_or_default();
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    format!("subject token {sent} is not valid"),
+                );
+            };
+            subject = Some(who);
+        }
+        Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => {
+            // Each identity assertion is good for one grant.
+            let presented = field("assertion")
+                .and_then(|assertion| issuer.assertions.lock().unwrap().remove(assertion));
+            let Some(who) = presented else {
+                return refuse(StatusCode::BAD_REQUEST, "invalid_grant", body);
+            };
+            subject = Some(who);
+        }
+        _ => return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type", body),
     }
-    if field("scope") != Some("files:read files:write") {
+    let scoped = issuer.scoped.load(Ordering::SeqCst);
+    if !scoped && field("scope") != Some("files:read files:write") {
         return refuse(StatusCode::BAD_REQUEST, "invalid_scope", body);
     }
     if field("resource") != Some(issuer.resource.as_str()) {
         return refuse(StatusCode::BAD_REQUEST, "invalid_target", body);
     }
     let token = format!("{:032x}", fastrand::u128(..));
+    let granted = field("scope").map(|scope| scope.split(' ').map(str::to_string).collect());
+    issuer
+        .scopes_of
+        .lock()
+        .unwrap()
+        .insert(token.clone(), granted.unwrap_or_default());
+    if let Some(who) = subject {
+        issuer.exchanged.lock().unwrap().insert(token.clone(), who);
+    }
     let lifetime = issuer.lifetime.load(Ordering::SeqCst);
     issuer.issued.lock().unwrap().insert(
         token.clone(),
@@ -2230,6 +2304,106 @@ async fn issue_token(
         .into_response()
 }
 
+/// The identity provider of MCP's enterprise-managed authorization: it
+/// exchanges a known caller's ID token, for client `idp-client` with the
+/// issuer's secret, for an identity assertion meant for the issuer and the
+/// MCP server.
+async fn issue_identity_assertion(
+    axum::extract::State(issuer): axum::extract::State<Arc<Issuer>>,
+    body: String,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let fields = form_fields(&body);
+    let field = |name: &str| fields.get(name).map(String::as_str);
+    let expected = [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        (
+            "requested_token_type",
+            "urn:ietf:params:oauth:token-type:id-jag",
+        ),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:id_token",
+        ),
+        ("audience", issuer.url.as_str()),
+        ("resource", issuer.resource.as_str()),
+        ("client_id", "idp-client"),
+        ("client_secret", issuer.secret),
+    ];
+    if let Some((name, _)) = expected
+        .iter()
+        .find(|(name, value)| field(name) != Some(value))
+    {
+        let error =
+            json!({"error": "invalid_request", "error_description": format!("{name} in {body}")});
+        return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+    }
+    let known = field("subject_token")
+        .and_then(|token| issuer.subjects.lock().unwrap().get(token).cloned());
+    let Some(who) = known else {
+        let error = json!({"error": "invalid_grant", "error_description": body});
+        return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+    };
+    let assertion = format!("jag-{:032x}", fastrand::u128(..));
+    issuer
+        .assertions
+        .lock()
+        .unwrap()
+        .insert(assertion.clone(), who);
+    axum::Json(json!({
+        "access_token": assertion,
+        "issued_token_type": "urn:ietf:params:oauth:token-type:id-jag",
+        "token_type": "N_A",
+    }))
+    .into_response()
+}
+
+/// RFC 7523 §3: a client assertion for client `switchboard`, signed with
+/// the key `key` verifies, for this issuer, not seen before.
+fn verify_assertion(
+    issuer: &Issuer,
+    key: &jsonwebtoken::DecodingKey,
+    fields: &std::collections::HashMap<String, String>,
+) -> Result<(), String> {
+    if fields.contains_key("client_secret") {
+        return Err("a secret where an assertion was expected".into());
+    }
+    if fields.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return Err(format!(
+            "client_assertion_type {:?}",
+            fields.get("client_assertion_type")
+        ));
+    }
+    let assertion = fields
+        .get("client_assertion")
+        .ok_or("no client_assertion")?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&[&issuer.url]);
+    validation.set_issuer(&["switchboard"]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    let claims = jsonwebtoken::decode::<Value>(assertion, key, &validation)
+        .map_err(|e| format!("assertion {assertion} refused: {e}"))?
+        .claims;
+    if claims["sub"] != "switchboard"
+        || fields.get("client_id").map(String::as_str) != Some("switchboard")
+    {
+        return Err(format!(
+            "the assertion is not client switchboard's: {claims}"
+        ));
+    }
+    let jti = claims["jti"].as_str().ok_or("an assertion without a jti")?;
+    if !issuer.assertion_ids.lock().unwrap().insert(jti.to_string()) {
+        return Err(format!("assertion {jti} replayed"));
+    }
+    Ok(())
+}
+
 async fn authorization_server_metadata(
     axum::extract::State(issuer): axum::extract::State<Arc<Issuer>>,
 ) -> axum::response::Response {
@@ -2237,7 +2411,7 @@ async fn authorization_server_metadata(
     if !issuer.metadata {
         return axum::http::StatusCode::NOT_FOUND.into_response();
     }
-    axum::Json(json!({
+    let mut metadata = json!({
         "issuer": issuer.url,
         "token_endpoint": format!("{}/token", issuer.url),
         "grant_types_supported": ["client_credentials"],
@@ -2246,8 +2420,12 @@ async fn authorization_server_metadata(
         } else {
             json!(["client_secret_post", "client_secret_basic"])
         },
-    }))
-    .into_response()
+    });
+    if issuer.assertion_key.lock().unwrap().is_some() {
+        metadata["token_endpoint_auth_methods_supported"] = json!(["private_key_jwt"]);
+        metadata["token_endpoint_auth_signing_alg_values_supported"] = json!(["ES256"]);
+    }
+    axum::Json(metadata).into_response()
 }
 
 async fn protected_resource_metadata(
@@ -2257,8 +2435,11 @@ async fn protected_resource_metadata(
     if !issuer.metadata {
         return axum::http::StatusCode::NOT_FOUND.into_response();
     }
-    axum::Json(json!({"resource": issuer.resource, "authorization_servers": [issuer.url]}))
-        .into_response()
+    let mut metadata = json!({"resource": issuer.resource, "authorization_servers": [issuer.url]});
+    if issuer.scoped.load(Ordering::SeqCst) {
+        metadata["scopes_supported"] = json!(["files:read"]);
+    }
+    axum::Json(metadata).into_response()
 }
 
 /// Lets through MCP requests with a token the issuer issued that has not
@@ -2282,6 +2463,39 @@ async fn require_token(
                 .get(token)
                 .is_some_and(|expires| std::time::Instant::now() < *expires)
         });
+    if valid && issuer.scoped.load(Ordering::SeqCst) {
+        let token = request.headers()["authorization"].to_str().unwrap()[7..].to_string();
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut needed = vec!["files:read"];
+        if message["method"] == "tools/call" {
+            needed.push("files:write");
+        }
+        let held = issuer.scopes_of.lock().unwrap().get(&token).cloned();
+        let held = held.unwrap_or_default();
+        let enough = needed.iter().all(|scope| held.iter().any(|h| h == scope))
+            && !(message["method"] == "tools/call" && issuer.never_enough.load(Ordering::SeqCst));
+        if !enough {
+            issuer.insufficient.fetch_add(1, Ordering::SeqCst);
+            let metadata = issuer
+                .resource
+                .replace("/mcp", "/.well-known/oauth-protected-resource/mcp");
+            return (
+                axum::http::StatusCode::FORBIDDEN,
+                [(
+                    "www-authenticate",
+                    format!(
+                        "Bearer error=\"insufficient_scope\", scope=\"files:read files:write\", \
+                         resource_metadata=\"{metadata}\""
+                    ),
+                )],
+            )
+                .into_response();
+        }
+        let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
+        return next.run(request).await;
+    }
     if valid {
         return next.run(request).await;
     }
@@ -2313,6 +2527,15 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
         secret,
         metadata,
         basic_only: AtomicBool::new(false),
+        assertion_key: Mutex::default(),
+        assertion_ids: Mutex::default(),
+        subjects: Mutex::default(),
+        exchanged: Mutex::default(),
+        assertions: Mutex::default(),
+        scoped: AtomicBool::new(false),
+        never_enough: AtomicBool::new(false),
+        scopes_of: Mutex::default(),
+        insufficient: AtomicUsize::new(0),
         lifetime: 3600.into(),
         issued: Mutex::default(),
         requests: AtomicUsize::new(0),
@@ -2320,6 +2543,7 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
     });
     let auth_app = axum::Router::new()
         .route("/token", axum::routing::post(issue_token))
+        .route("/idp/token", axum::routing::post(issue_identity_assertion))
         .route(
             "/.well-known/oauth-authorization-server",
             axum::routing::get(authorization_server_metadata),
@@ -2352,13 +2576,24 @@ async fn serve_protected(upstream: Upstream, secret: &'static str, metadata: boo
 }
 
 fn oauth_agent(url: &str, client_secret: String, token_url: Option<String>) -> AgentConfig {
+    agent_with_oauth(
+        url,
+        UpstreamOAuth {
+            client_secret: Some(client_secret),
+            token_url,
+            ..UpstreamOAuth::default()
+        },
+    )
+}
+
+/// An agent at `url` that authenticates as client `switchboard` as `oauth`
+/// says, asking for the scopes the test authorization server wants.
+fn agent_with_oauth(url: &str, oauth: UpstreamOAuth) -> AgentConfig {
     let mut mcp = McpServer::http(url);
     mcp.oauth = Some(Box::new(UpstreamOAuth {
         client_id: "switchboard".into(),
-        client_secret,
         scopes: vec!["files:read".into(), "files:write".into()],
-        token_url,
-        ..UpstreamOAuth::default()
+        ..oauth
     }));
     AgentConfig::new()
         .with_tools(vec![ToolCategory::Search])
@@ -3180,4 +3415,491 @@ async fn the_callers_trace_context_is_passed_on_to_the_agent() {
         result.structured_content.unwrap()["traceparent"],
         Value::Null
     );
+}
+
+/// A P-256 key pair: (private key, PKCS#8 PEM; public key, PEM).
+fn p256_key_pair() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    (key.serialize_pem(), key.public_key_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_clients_authenticate_with_a_signed_assertion_instead_of_a_secret() {
+    let (dir, db) = temp_db();
+    let d = ToolDispatcher::new(db.clone());
+    let protected = serve_protected(
+        Upstream::new("keyed").legacy().with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        "unused-secret",
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    let (private, public) = p256_key_pair();
+    *issuer.assertion_key.lock().unwrap() =
+        Some(jsonwebtoken::DecodingKey::from_ec_pem(public.as_bytes()).unwrap());
+    let key_file = dir.path().join("client-key.pem");
+    std::fs::write(&key_file, &private).unwrap();
+    let keyed = |key: String, algorithm: Option<&str>| {
+        agent_with_oauth(
+            &protected.upstream.url,
+            UpstreamOAuth {
+                private_key: Some(key),
+                signing_algorithm: algorithm.map(str::to_string),
+                ..UpstreamOAuth::default()
+            },
+        )
+    };
+
+    // Discovered: the metadata offers private_key_jwt with ES256, and the
+    // assertion's audience is the issuer.
+    register(
+        &d,
+        "keyed",
+        keyed(format!("file:{}", key_file.display()), None),
+    )
+    .await;
+    let first = call_in(&d, "headers", None).await["authorization"].clone();
+    assert!(
+        first.as_str().is_some_and(|a| a.starts_with("Bearer ")),
+        "{first}"
+    );
+    assert_eq!(call_in(&d, "headers", None).await["authorization"], first);
+    assert_eq!(issuer.requests(), 1, "the token is shared like a secret's");
+    let stored = String::from_utf8(db.get("agents/keyed").unwrap().unwrap()).unwrap();
+    assert!(
+        stored.contains("\"private_key\":\"file:") && !stored.contains("PRIVATE KEY"),
+        "{stored}"
+    );
+
+    // Refused: the next token comes with a new assertion (the issuer
+    // refuses a jti it has seen).
+    issuer.revoke_all();
+    let second = call_in(&d, "headers", None).await["authorization"].clone();
+    assert_ne!(second, first);
+    assert_eq!(issuer.requests(), 2);
+    assert_eq!(issuer.assertion_ids.lock().unwrap().len(), 2);
+
+    // A key the authorization server does not know: the error says where
+    // to look and leaves the assertion out.
+    let (other, _) = p256_key_pair();
+    let other_file = dir.path().join("other-key.pem");
+    std::fs::write(&other_file, &other).unwrap();
+    d.register_agent(
+        "unknown-key",
+        keyed(format!("file:{}", other_file.display()), None),
+    )
+    .unwrap();
+    let err = d
+        .discover_tools("unknown-key")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("invalid_client")
+            && err.contains("public key")
+            && err.contains("<credential>"),
+        "{err}"
+    );
+    assert!(!err.contains("eyJ"), "the assertion leaked: {err}");
+
+    // An algorithm the key cannot sign, and one the server does not take:
+    // refused before any request, saying which.
+    d.register_agent(
+        "wrong-algorithm",
+        keyed(format!("file:{}", key_file.display()), Some("RS256")),
+    )
+    .unwrap();
+    let err = d
+        .discover_tools("wrong-algorithm")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("signs ES256") && err.contains("RS256"),
+        "{err}"
+    );
+    let (p384, _) = {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        (key.serialize_pem(), ())
+    };
+    std::env::set_var("SWITCHBOARD_TEST_P384_KEY", p384);
+    d.register_agent("p384", keyed("${SWITCHBOARD_TEST_P384_KEY}".into(), None))
+        .unwrap();
+    let err = d.discover_tools("p384").await.unwrap_err().to_string();
+    assert!(
+        err.contains("[\"ES256\"]") && err.contains("ES384"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_gives_each_caller_an_upstream_token_of_its_own() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let protected = serve_protected(
+        Upstream::new("per-caller").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        env!("CARGO_PKG_NAME"),
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    for (token, who) in [("alice-jwt", "alice"), ("bob-jwt", "bob")] {
+        issuer
+            .subjects
+            .lock()
+            .unwrap()
+            .insert(token.into(), who.into());
+    }
+    register(
+        &d,
+        "per-caller",
+        agent_with_oauth(
+            &protected.upstream.url,
+            UpstreamOAuth {
+                client_secret: Some("${CARGO_PKG_NAME}".into()),
+                token_exchange: Some(switchboard::TokenExchange::default()),
+                ..UpstreamOAuth::default()
+            },
+        ),
+    )
+    .await;
+    // The tools were listed with the agent's own client-credentials token.
+    assert!(issuer.exchanged.lock().unwrap().is_empty());
+    let call_as = |jwt: Option<&'static str>| {
+        let mut options = RoutingOptions::new();
+        if let Some(jwt) = jwt {
+            let name = jwt.trim_end_matches("-jwt");
+            options = options.with_caller(
+                switchboard::policy::Principal::new(format!("jwt:{name}"), vec![])
+                    .with_credential(jwt),
+            );
+        }
+        d.invoke("headers", ToolCategory::Search, json!({"x": 1}), options)
+    };
+    let sent_for = |output: &Value| -> String {
+        let authorization = output["structuredContent"]["authorization"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let token = authorization.trim_start_matches("Bearer ");
+        issuer
+            .exchanged
+            .lock()
+            .unwrap()
+            .get(token)
+            .cloned()
+            .unwrap_or_else(|| format!("not an exchanged token: {authorization}"))
+    };
+
+    // Each caller's call carries a token exchanged for that caller's JWT,
+    // never the JWT itself; two callers at once each get their own.
+    let (alice, bob) = tokio::join!(call_as(Some("alice-jwt")), call_as(Some("bob-jwt")));
+    let (alice, bob) = (alice.unwrap().output, bob.unwrap().output);
+    assert_eq!(sent_for(&alice), "alice");
+    assert_eq!(sent_for(&bob), "bob");
+    for output in [&alice, &bob] {
+        let text = output.to_string();
+        assert!(
+            !text.contains("alice-jwt") && !text.contains("bob-jwt"),
+            "{text}"
+        );
+    }
+    // Cached per caller: alice's next call reuses her token.
+    let exchanges = issuer.exchanged.lock().unwrap().len();
+    let again = call_as(Some("alice-jwt")).await.unwrap().output;
+    assert_eq!(
+        again["structuredContent"]["authorization"],
+        alice["structuredContent"]["authorization"]
+    );
+    assert_eq!(issuer.exchanged.lock().unwrap().len(), exchanges);
+
+    // Revoked: the 401 replaces alice's token with a new one of hers.
+    issuer.revoke_all();
+    let renewed = call_as(Some("alice-jwt")).await.unwrap().output;
+    assert_ne!(
+        renewed["structuredContent"]["authorization"],
+        alice["structuredContent"]["authorization"]
+    );
+    assert_eq!(sent_for(&renewed), "alice");
+
+    // No caller JWT: refused, not run with the agent's own token.
+    let err = call_as(None).await.unwrap_err().to_string();
+    assert!(
+        err.contains("token_exchange") && err.contains("JWT"),
+        "{err}"
+    );
+    // A JWT the authorization server does not take: the error keeps it out.
+    let err = call_as(Some("mallory-jwt")).await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot exchange the caller's token") && err.contains("invalid_grant"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("mallory-jwt"),
+        "the caller's token leaked: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_scopes_come_from_the_metadata_and_a_403_steps_up_once() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let protected = serve_protected(
+        Upstream::new("scoped").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        env!("CARGO_PKG_NAME"),
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    issuer.scoped.store(true, Ordering::SeqCst);
+    // No scopes configured: the listing's token asks for the server's
+    // scopes_supported.
+    let mut mcp = McpServer::http(&protected.upstream.url);
+    mcp.oauth = Some(Box::new(UpstreamOAuth {
+        client_id: "switchboard".into(),
+        client_secret: Some("${CARGO_PKG_NAME}".into()),
+        ..UpstreamOAuth::default()
+    }));
+    let config = AgentConfig::new()
+        .with_tools(vec![ToolCategory::Search])
+        .with_mcp_server(mcp)
+        .with_timeout(Duration::from_secs(10));
+    register(&d, "scoped", config).await;
+    let granted = |output: &Value| -> Vec<String> {
+        let authorization = output["structuredContent"]["authorization"]
+            .as_str()
+            .unwrap_or_default();
+        let token = authorization.trim_start_matches("Bearer ");
+        issuer
+            .scopes_of
+            .lock()
+            .unwrap()
+            .get(token)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(issuer.requests(), 1);
+    assert_eq!(issuer.insufficient.load(Ordering::SeqCst), 0);
+
+    // tools/call needs files:write: the 403 names it, and the call is
+    // retried once with a token asked for both.
+    let output = call_in(&d, "headers", None).await;
+    let output = json!({"structuredContent": output});
+    assert_eq!(granted(&output), ["files:read", "files:write"]);
+    assert_eq!(issuer.requests(), 2);
+    assert_eq!(issuer.insufficient.load(Ordering::SeqCst), 1);
+    // From then on, the stepped-up token serves every call.
+    call_in(&d, "headers", None).await;
+    assert_eq!(issuer.requests(), 2);
+
+    // A server whose 403 names nothing new is not asked again: one 403 per
+    // call, no new token, the call fails with the refusal.
+    issuer.never_enough.store(true, Ordering::SeqCst);
+    let refused = d
+        .invoke(
+            "headers",
+            ToolCategory::Search,
+            json!({"x": 1}),
+            RoutingOptions::new(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.to_lowercase().contains("scope"), "{refused}");
+    assert_eq!(issuer.insufficient.load(Ordering::SeqCst), 2);
+    assert_eq!(issuer.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_provider_turns_each_callers_token_into_an_assertion_grant() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let protected = serve_protected(
+        Upstream::new("enterprise").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        env!("CARGO_PKG_NAME"),
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    for (token, who) in [("alice-id-token", "alice"), ("bob-id-token", "bob")] {
+        issuer
+            .subjects
+            .lock()
+            .unwrap()
+            .insert(token.into(), who.into());
+    }
+    register(
+        &d,
+        "enterprise",
+        agent_with_oauth(
+            &protected.upstream.url,
+            UpstreamOAuth {
+                client_secret: Some("${CARGO_PKG_NAME}".into()),
+                token_exchange: Some(switchboard::TokenExchange {
+                    subject_token_type: Some("id_token".into()),
+                    identity_provider: Some(switchboard::IdentityProvider {
+                        token_url: format!("{}/idp/token", issuer.url),
+                        client_id: "idp-client".into(),
+                        client_secret: Some("${CARGO_PKG_NAME}".into()),
+                    }),
+                    ..switchboard::TokenExchange::default()
+                }),
+                ..UpstreamOAuth::default()
+            },
+        ),
+    )
+    .await;
+    let call_as = |jwt: &'static str| {
+        let caller =
+            switchboard::policy::Principal::new(format!("jwt:{jwt}"), vec![]).with_credential(jwt);
+        d.invoke(
+            "headers",
+            ToolCategory::Search,
+            json!({"x": 1}),
+            RoutingOptions::new().with_caller(caller),
+        )
+    };
+    let holder = |output: &Value| {
+        let authorization = output["structuredContent"]["authorization"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let token = authorization.trim_start_matches("Bearer ");
+        issuer.exchanged.lock().unwrap().get(token).cloned()
+    };
+    let (alice, bob) = tokio::join!(call_as("alice-id-token"), call_as("bob-id-token"));
+    let (alice, bob) = (alice.unwrap().output, bob.unwrap().output);
+    assert_eq!(holder(&alice).as_deref(), Some("alice"), "{alice}");
+    assert_eq!(holder(&bob).as_deref(), Some("bob"), "{bob}");
+    assert!(
+        issuer.assertions.lock().unwrap().is_empty(),
+        "each identity assertion was presented once"
+    );
+    let err = call_as("mallory-id-token").await.unwrap_err().to_string();
+    assert!(
+        err.contains("identity provider") && err.contains("invalid_grant"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("mallory-id-token"),
+        "the caller's token leaked: {err}"
+    );
+}
+
+/// Over HTTP: the JWT a caller signs in to Switchboard with is what is
+/// exchanged, and each caller's call reaches the upstream with its own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_signed_in_with_a_jwt_reach_the_upstream_with_their_own_tokens() {
+    let (_dir, db) = temp_db();
+    let d = ToolDispatcher::new(db);
+    let protected = serve_protected(
+        Upstream::new("http-callers").with_tool(
+            "headers",
+            "Says the headers it got",
+            schema("x", "number"),
+        ),
+        env!("CARGO_PKG_NAME"),
+        true,
+    )
+    .await;
+    let issuer = &protected.issuer;
+    let secret = "an HS256 secret of at least 32 bytes, for this test";
+    std::env::set_var("SWITCHBOARD_TEST_EXCHANGE_JWT_SECRET", secret);
+    let verifier = switchboard::identity::JwtVerifier::new(switchboard::identity::JwtSettings {
+        issuer: "https://idp.test".into(),
+        audience: "switchboard".into(),
+        hs256_secret_env: Some("SWITCHBOARD_TEST_EXCHANGE_JWT_SECRET".into()),
+        ..switchboard::identity::JwtSettings::default()
+    })
+    .unwrap();
+    let jwt_of = |sub: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = json!({"iss": "https://idp.test", "aud": "switchboard", "sub": sub,
+            "exp": now + 600, "scope": "invoke"});
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        issuer
+            .subjects
+            .lock()
+            .unwrap()
+            .insert(jwt.clone(), sub.to_string());
+        jwt
+    };
+    let (alice, bob) = (jwt_of("alice"), jwt_of("bob"));
+    register(
+        &d,
+        "http-callers",
+        agent_with_oauth(
+            &protected.upstream.url,
+            UpstreamOAuth {
+                client_secret: Some("${CARGO_PKG_NAME}".into()),
+                token_exchange: Some(switchboard::TokenExchange::default()),
+                ..UpstreamOAuth::default()
+            },
+        ),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(switchboard::server::run(
+        listener,
+        switchboard::server::AppState::new(d.clone(), None).with_jwt(verifier),
+        1 << 20,
+        Duration::from_secs(5),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = common::http_client();
+    let invoke = |jwt: &str| {
+        http.post(format!("{base}/v1/invoke"))
+            .bearer_auth(jwt)
+            .json(&json!({"tool": "headers", "category": "search", "input": {"x": 1}}))
+            .send()
+    };
+    for (jwt, who) in [(&alice, "alice"), (&bob, "bob")] {
+        let answer = invoke(jwt).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        let answer: Value = answer.json().await.unwrap();
+        let authorization = answer["output"]["structuredContent"]["authorization"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!authorization.contains(jwt.as_str()), "{answer}");
+        let token = authorization.trim_start_matches("Bearer ");
+        assert_eq!(
+            issuer
+                .exchanged
+                .lock()
+                .unwrap()
+                .get(token)
+                .map(String::as_str),
+            Some(who),
+            "{answer}"
+        );
+    }
 }

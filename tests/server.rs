@@ -487,6 +487,67 @@ async fn bad_requests_get_json_4xx_and_change_nothing() {
     assert_eq!(before, after, "rejected requests change nothing stored");
 }
 
+/// An MCP registration that is not valid says what is wrong with it, not
+/// only that it matched neither form of `mcp`.
+#[tokio::test]
+async fn mcp_registrations_say_what_is_wrong_with_them() {
+    let api = Api::start(None).await;
+    let url = "http://127.0.0.1:9/mcp";
+    let cases: Vec<(Value, StatusCode, &str, &[&str])> = vec![
+        (
+            json!({"url": url, "oauth": {"client_id": "sb"}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            &["client_secret", "private_key", "${VAR}"],
+        ),
+        (
+            json!({"url": url, "oauth": {"client_secret": "${S}"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            &["missing field `client_id`"],
+        ),
+        (
+            json!({"url": url, "tool_name": ["a"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            &["unknown field `tool_name`"],
+        ),
+        (
+            json!({"url": url, "oauth": null}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            &["null", "leave the field out"],
+        ),
+        (
+            json!({"url": url, "oauth": {"client_id": "sb", "client_secret": "${S}", "token_url": null}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            &["leave the field out"],
+        ),
+    ];
+    for (mcp, expected, code, said) in cases {
+        let body = json!({"tools": ["code"], "mcp": mcp});
+        let (status, answer) = api
+            .send(reqwest::Method::PUT, "/v1/agents/m", Some(body))
+            .await;
+        assert_client_error(status, &answer, expected, code);
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        for part in said {
+            assert!(message.contains(part), "{mcp}: {message}");
+        }
+        assert!(!message.contains("untagged"), "{mcp}: {message}");
+    }
+    // The schema says null is a value of discovery_ttl_ms, and it is.
+    let (status, answer) = api
+        .send(
+            reqwest::Method::PUT,
+            "/v1/agents/m",
+            Some(json!({"tools": ["code"], "mcp": {"url": url, "discovery_ttl_ms": null}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
 #[tokio::test]
 async fn invoke_metrics_and_audit_scan() {
     let api = Api::start(None).await;
@@ -769,6 +830,19 @@ fn the_openapi_constraints_are_the_validators() {
     assert_eq!(
         schemas["Invoke"]["properties"]["max_attempts"]["maximum"],
         u32::MAX
+    );
+    let oauth = &schemas["McpServer"]["properties"]["oauth"]["properties"];
+    assert_eq!(
+        oauth["signing_algorithm"]["enum"],
+        json!(switchboard::namespace::ASSERTION_ALGORITHMS)
+    );
+    assert_eq!(
+        oauth["scopes"]["maxItems"],
+        switchboard::namespace::MAX_OAUTH_SCOPES
+    );
+    assert_eq!(
+        oauth["token_exchange"]["properties"]["subject_token_type"]["enum"],
+        json!(switchboard::namespace::SUBJECT_TOKEN_TYPES)
     );
     let codes: Vec<&str> = schemas["Error"]["properties"]["error"]["properties"]["code"]["enum"]
         .as_array()

@@ -255,6 +255,11 @@ impl<'a> Call<'a> {
                 input_relay: self.options.input_relay.as_ref(),
                 trace: passed_on.as_ref().or(self.options.trace.as_ref()),
                 events: self.options.events.as_ref(),
+                caller_credential: self
+                    .options
+                    .caller
+                    .as_ref()
+                    .and_then(|caller| caller.credential.as_ref()),
             };
             let health = inner.health.read().clone();
             let called = attempt(

@@ -335,7 +335,7 @@ impl JwtVerifier {
             validation.validate_nbf = true;
             validation.leeway = self.leeway;
             match jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation) {
-                Ok(data) => return Ok(self.principal(&data.claims)),
+                Ok(data) => return Ok(self.principal(&data.claims).with_credential(token)),
                 Err(e) => last = Some(e),
             }
         }

@@ -340,10 +340,18 @@ impl PrefixMode {
 #[serde(deny_unknown_fields)]
 pub struct McpServer {
     /// The streamable-HTTP endpoint (`http://` or `https://`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
     pub url: Option<String>,
     /// The command of a stdio server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
     pub command: Option<McpCommand>,
     /// The tool names it serves, when declared; empty: what `tools/list`
     /// discovers.
@@ -368,12 +376,17 @@ pub struct McpServer {
     /// OAuth 2.0 client credentials a `url` server is called with: a token
     /// obtained from its authorization server, sent as `Authorization:
     /// Bearer` with every request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
     pub oauth: Option<Box<UpstreamOAuth>>,
 }
 
 /// OAuth 2.0 client credentials (RFC 6749 §4.4) toward a `url` MCP server.
-/// Like [`McpServer::headers`], the secret is only ever written as where the
+/// Like [`McpServer::headers`], the client's credential (a secret, or a
+/// private key it signs assertions with) is only ever written as where the
 /// node finds it, so a registration can be stored, read and shared in clear.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -381,27 +394,162 @@ pub struct UpstreamOAuth {
     /// The client id the authorization server knows Switchboard by.
     pub client_id: String,
     /// Where the client secret is: `${VAR}` (the node's environment) or
-    /// `file:PATH` (a file on the node); never the secret itself.
-    pub client_secret: String,
+    /// `file:PATH` (a file on the node); never the secret itself. Exactly
+    /// one of this and `private_key`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub client_secret: Option<String>,
+    /// Where the PEM private key is (`${VAR}` or `file:PATH`) that signs
+    /// the client assertion of `private_key_jwt` authentication (RFC 7523
+    /// §2.2) instead of a secret.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub private_key: Option<String>,
+    /// The JWS algorithm of the client assertion (`ES256`, `RS256`, …);
+    /// absent: the key's own (ES256 or ES384 by its curve, RS256, EdDSA).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub signing_algorithm: Option<String>,
+    /// The `aud` of the client assertion; absent: the authorization
+    /// server's issuer when discovered, else `token_url`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub assertion_audience: Option<String>,
     /// The scopes asked for (sent space-separated; none: the server's default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
     /// The token endpoint; absent: discovered from the MCP server's
     /// Protected Resource Metadata (RFC 9728) and its first authorization
     /// server's metadata (RFC 8414, or OpenID Connect discovery).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
     pub token_url: Option<String>,
     /// The `resource` the token is asked for (RFC 8707); absent: the MCP url.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
     pub resource: Option<String>,
+    /// Calls made by a caller who authenticated with a JWT run with that
+    /// caller's own upstream token, which the JWT is exchanged for (RFC
+    /// 8693) at the same token endpoint, by this client; absent: every call
+    /// runs with the registration's one client-credentials token.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub token_exchange: Option<TokenExchange>,
+}
+
+/// Token exchange (RFC 8693 §2.1) of a caller's JWT for an upstream token
+/// of the caller's own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchange {
+    /// What the caller's JWT is to the authorization server, sent as
+    /// `subject_token_type` `urn:ietf:params:oauth:token-type:{this}`:
+    /// `access_token` (absent), `id_token` or `jwt`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub subject_token_type: Option<String>,
+    /// The `audience` asked for (the upstream's name at the authorization
+    /// server), when it wants one besides `resource`; with
+    /// `identity_provider`, the authorization server the grant is for
+    /// (absent: its issuer, when discovered, else `token_url`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub audience: Option<String>,
+    /// The identity assertion grant (MCP's enterprise-managed
+    /// authorization): the caller's token is exchanged at this identity
+    /// provider for an identity assertion (ID-JAG), which the MCP server's
+    /// authorization server takes with the `jwt-bearer` grant (RFC 7523
+    /// §2.1); absent: exchanged at the authorization server directly.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub identity_provider: Option<IdentityProvider>,
+}
+
+/// The identity provider a [`TokenExchange`] asks for identity assertions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProvider {
+    /// Its token endpoint (`http://` or `https://`).
+    pub token_url: String,
+    /// The client id it knows Switchboard by.
+    pub client_id: String,
+    /// Where its client secret is (`${VAR}` or `file:PATH`), sent in the
+    /// form; absent: a public client.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "not_null"
+    )]
+    pub client_secret: Option<String>,
+}
+
+/// The kinds of caller token a [`TokenExchange`] may name.
+pub const SUBJECT_TOKEN_TYPES: &[&str] = &["access_token", "id_token", "jwt"];
+
+/// RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), at most
+/// 256 bytes.
+pub(crate) fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope.len() <= 256
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
+/// The JWS algorithms a client assertion may be signed with.
+pub const ASSERTION_ALGORITHMS: &[&str] = &[
+    "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA",
+];
+
+/// An optional field that is either left out or given a value: `null` is
+/// refused with a reason, as the API schema does not allow it.
+pub(crate) fn not_null<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)?
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("null is not a value here: leave the field out"))
 }
 
 /// The most scopes an [`UpstreamOAuth`] may ask for.
 pub const MAX_OAUTH_SCOPES: usize = 32;
 
 impl UpstreamOAuth {
-    /// Checks what does not depend on the network: a client id, a secret
-    /// given by reference, scopes that are RFC 6749 scope tokens.
+    /// Checks what does not depend on the network: a client id, one
+    /// credential (a secret or a private key) given by reference, scopes
+    /// that are RFC 6749 scope tokens.
     fn validate(&self) -> Result<()> {
         if self.client_id.is_empty() || self.client_id.len() > 256 {
             return Err(Error::invalid("oauth.client_id must be 1 to 256 bytes"));
@@ -411,11 +559,58 @@ impl UpstreamOAuth {
                 "oauth.client_id must not hold control characters",
             ));
         }
-        if !is_env_reference(&self.client_secret) {
+        match (&self.client_secret, &self.private_key) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "oauth takes client_secret or private_key, not both: the client \
+                     authenticates one way",
+                ))
+            }
+            (None, None) => {
+                return Err(Error::invalid(
+                    "oauth needs the client's credential: client_secret (where the node finds \
+                     the secret, \"${VAR}\" or \"file:PATH\") or private_key (where it finds the \
+                     PEM private key that signs a private_key_jwt assertion, the same forms)",
+                ))
+            }
+            _ => {}
+        }
+        for (field, reference) in [
+            ("client_secret", &self.client_secret),
+            ("private_key", &self.private_key),
+        ] {
+            if reference.as_deref().is_some_and(|r| !is_env_reference(r)) {
+                return Err(Error::invalid(format!(
+                    "oauth.{field} holds its value; say where the node finds it instead, so no \
+                     credential is stored: \"${{VAR}}\" or \"file:PATH\""
+                )));
+            }
+        }
+        if self.private_key.is_none()
+            && (self.signing_algorithm.is_some() || self.assertion_audience.is_some())
+        {
             return Err(Error::invalid(
-                "oauth.client_secret holds its value; say where the node finds it instead, so no \
-                 credential is stored: \"${VAR}\" or \"file:PATH\"",
+                "oauth.signing_algorithm and oauth.assertion_audience describe a private_key_jwt \
+                 assertion: give oauth.private_key too, or leave them out",
             ));
+        }
+        if let Some(algorithm) = &self.signing_algorithm {
+            if !ASSERTION_ALGORITHMS.contains(&algorithm.as_str()) {
+                return Err(Error::invalid(format!(
+                    "oauth.signing_algorithm {algorithm:?} is not one of {}",
+                    ASSERTION_ALGORITHMS.join(", ")
+                )));
+            }
+        }
+        if let Some(audience) = &self.assertion_audience {
+            if audience.is_empty()
+                || audience.len() > 2048
+                || audience.chars().any(char::is_control)
+            {
+                return Err(Error::invalid(
+                    "oauth.assertion_audience must be 1 to 2048 bytes without control characters",
+                ));
+            }
         }
         if self.scopes.len() > MAX_OAUTH_SCOPES {
             return Err(Error::invalid(format!(
@@ -423,16 +618,63 @@ impl UpstreamOAuth {
             )));
         }
         for scope in &self.scopes {
-            // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-            let valid = !scope.is_empty()
-                && scope.len() <= 256
-                && scope
-                    .bytes()
-                    .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
-            if !valid {
+            if !is_scope_token(scope) {
                 return Err(Error::invalid(format!(
                     "oauth scope {scope:?} is not a scope token (visible ASCII, no space, \" or \\)"
                 )));
+            }
+        }
+        if let Some(exchange) = &self.token_exchange {
+            if let Some(kind) = &exchange.subject_token_type {
+                if !SUBJECT_TOKEN_TYPES.contains(&kind.as_str()) {
+                    return Err(Error::invalid(format!(
+                        "oauth.token_exchange.subject_token_type {kind:?} is not one of {}",
+                        SUBJECT_TOKEN_TYPES.join(", ")
+                    )));
+                }
+            }
+            if let Some(provider) = &exchange.identity_provider {
+                let url = reqwest::Url::parse(&provider.token_url).ok();
+                if !url.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+                    || provider.token_url.len() > 2048
+                {
+                    return Err(Error::invalid(format!(
+                        "oauth.token_exchange.identity_provider.token_url {:?} must be an \
+                         http:// or https:// URL of at most 2048 bytes",
+                        provider.token_url
+                    )));
+                }
+                if provider.client_id.is_empty()
+                    || provider.client_id.len() > 256
+                    || provider.client_id.chars().any(char::is_control)
+                {
+                    return Err(Error::invalid(
+                        "oauth.token_exchange.identity_provider.client_id must be 1 to 256 bytes \
+                         without control characters",
+                    ));
+                }
+                if provider
+                    .client_secret
+                    .as_deref()
+                    .is_some_and(|r| !is_env_reference(r))
+                {
+                    return Err(Error::invalid(
+                        "oauth.token_exchange.identity_provider.client_secret holds its value; \
+                         say where the node finds it instead, so no credential is stored: \
+                         \"${VAR}\" or \"file:PATH\"",
+                    ));
+                }
+            }
+            if let Some(audience) = &exchange.audience {
+                if audience.is_empty()
+                    || audience.len() > 2048
+                    || audience.chars().any(char::is_control)
+                {
+                    return Err(Error::invalid(
+                        "oauth.token_exchange.audience must be 1 to 2048 bytes without control \
+                         characters",
+                    ));
+                }
             }
         }
         if let Some(resource) = &self.resource {
@@ -544,7 +786,7 @@ impl<'a> HeaderSource<'a> {
 /// An MCP server as a registration gives it (the `mcp` field of
 /// `PUT /v1/agents/{id}` and of a config file's `[[agents]]`): its
 /// streamable-HTTP URL alone, or the full [`McpServer`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum McpSpec {
     /// `"http://127.0.0.1:9000/mcp"`
@@ -552,6 +794,34 @@ pub enum McpSpec {
     /// `{"url": ..., "tool_names": [...], "category_rules": [...], ...}` or
     /// `{"command": {"program": ..., "args": [...]}}`
     Server(McpServer),
+}
+
+/// A string is a URL, an object a full server; an object that is not a
+/// valid server is refused with the reason [`McpServer`] gives (a missing
+/// or misspelt field), not a bare "matched no variant".
+impl<'de> Deserialize<'de> for McpSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct SpecVisitor;
+        impl<'de> serde::de::Visitor<'de> for SpecVisitor {
+            type Value = McpSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an MCP server's URL (a string) or an object with `url` or `command`")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> std::result::Result<McpSpec, E> {
+                Ok(McpSpec::Url(url.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<McpSpec, A::Error> {
+                McpServer::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(McpSpec::Server)
+            }
+        }
+        deserializer.deserialize_any(SpecVisitor)
+    }
 }
 
 impl McpSpec {
@@ -892,7 +1162,7 @@ mod tests {
     fn oauth_needs_a_url_a_secret_by_reference_and_its_own_authorization() {
         let oauth = UpstreamOAuth {
             client_id: "switchboard".into(),
-            client_secret: "${FILES_SECRET}".into(),
+            client_secret: Some("${FILES_SECRET}".into()),
             scopes: vec!["files:read".into()],
             ..UpstreamOAuth::default()
         };
@@ -907,8 +1177,54 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let err = refused(&|s| s.oauth.as_mut().unwrap().client_secret = "hunter2".into());
+        let err = refused(&|s| s.oauth.as_mut().unwrap().client_secret = Some("hunter2".into()));
         assert!(err.contains("${VAR}") && !err.contains("hunter2"), "{err}");
+        let err = refused(&|s| s.oauth.as_mut().unwrap().client_secret = None);
+        assert!(
+            err.contains("client_secret") && err.contains("private_key"),
+            "{err}"
+        );
+        let err = refused(&|s| s.oauth.as_mut().unwrap().private_key = Some("${KEY}".into()));
+        assert!(err.contains("not both"), "{err}");
+        let err = refused(&|s| {
+            let oauth = s.oauth.as_mut().unwrap();
+            oauth.client_secret = None;
+            oauth.private_key = Some("-----BEGIN PRIVATE KEY-----".into());
+        });
+        assert!(
+            err.contains("oauth.private_key") && !err.contains("BEGIN"),
+            "{err}"
+        );
+        let err = refused(&|s| {
+            let oauth = s.oauth.as_mut().unwrap();
+            oauth.client_secret = None;
+            oauth.private_key = Some("file:/etc/switchboard/client.pem".into());
+            oauth.signing_algorithm = Some("HS256".into());
+        });
+        assert!(err.contains("HS256") && err.contains("ES256"), "{err}");
+        let err = refused(&|s| s.oauth.as_mut().unwrap().signing_algorithm = Some("ES256".into()));
+        assert!(err.contains("private_key"), "{err}");
+        let err = refused(&|s| {
+            s.oauth.as_mut().unwrap().token_exchange = Some(TokenExchange {
+                subject_token_type: Some("saml2".into()),
+                ..TokenExchange::default()
+            })
+        });
+        assert!(err.contains("saml2") && err.contains("id_token"), "{err}");
+        let err = refused(&|s| {
+            s.oauth.as_mut().unwrap().token_exchange = Some(TokenExchange {
+                identity_provider: Some(IdentityProvider {
+                    token_url: "https://idp.example/token".into(),
+                    client_id: "switchboard".into(),
+                    client_secret: Some("idp-s3cret".into()),
+                }),
+                ..TokenExchange::default()
+            })
+        });
+        assert!(
+            err.contains("${VAR}") && !err.contains("idp-s3cret"),
+            "{err}"
+        );
         let err = refused(&|s| {
             s.headers
                 .insert("authorization".into(), "Bearer ${T}".into());
@@ -934,6 +1250,43 @@ mod tests {
             serde_json::json!({"client_id": "switchboard", "client_secret": "${FILES_SECRET}",
                 "scopes": ["files:read"]})
         );
+    }
+
+    #[test]
+    fn a_server_that_does_not_parse_says_why() {
+        let spec = |json: &str| serde_json::from_str::<McpSpec>(json).map_err(|e| e.to_string());
+        assert_eq!(
+            spec(r#""http://127.0.0.1:1/mcp""#),
+            Ok(McpSpec::Url("http://127.0.0.1:1/mcp".into()))
+        );
+        let oauth = spec(r#"{"url": "http://127.0.0.1:1/mcp", "oauth": {"client_id": "sb"}}"#);
+        assert!(
+            oauth.is_ok(),
+            "validation, not parsing, asks for the credential: {oauth:?}"
+        );
+        let err = spec(r#"{"url": "http://127.0.0.1:1/mcp", "oauth": {"client_secret": "${S}"}}"#)
+            .unwrap_err();
+        assert!(err.contains("missing field `client_id`"), "{err}");
+        let err = spec(r#"{"url": "http://127.0.0.1:1/mcp", "tool_name": ["a"]}"#).unwrap_err();
+        assert!(err.contains("unknown field `tool_name`"), "{err}");
+        for null in [
+            r#"{"url": null}"#,
+            r#"{"url": "http://127.0.0.1:1/mcp", "oauth": null}"#,
+            r#"{"url": "http://127.0.0.1:1/mcp", "command": null}"#,
+        ] {
+            let err = spec(null).unwrap_err();
+            assert!(
+                err.contains("null") && err.contains("leave the field out"),
+                "{null}: {err}"
+            );
+        }
+        let err = spec(
+            r#"{"url": "http://127.0.0.1:1/mcp", "oauth": {"client_id": "sb", "token_url": null}}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("leave the field out"), "{err}");
+        assert!(spec(r#"{"url": "http://127.0.0.1:1/mcp", "discovery_ttl_ms": null}"#).is_ok());
+        assert!(spec("3").unwrap_err().contains("a string) or an object"));
     }
 
     #[test]

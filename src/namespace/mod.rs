@@ -34,11 +34,12 @@ pub use ids::{
 pub use mcp::{
     is_env_reference, mcp_prompt_key, mcp_resource_key, mcp_tool_key, name_glob_matches,
     redact_agent_json, schema_hash, uri_id, uri_template_matches, CategoryRule, EnvValue,
-    HeaderPart, HeaderSource, McpCommand, McpOfferKind, McpOfferRecord, McpServer, McpSpec,
-    McpToolPrevious, McpToolRecord, PrefixMode, UpstreamOAuth, MAX_MCP_HEADERS, MAX_MCP_RULES,
-    MAX_OAUTH_SCOPES, REDACTED_ENV,
+    HeaderPart, HeaderSource, IdentityProvider, McpCommand, McpOfferKind, McpOfferRecord,
+    McpServer, McpSpec, McpToolPrevious, McpToolRecord, PrefixMode, TokenExchange, UpstreamOAuth,
+    ASSERTION_ALGORITHMS, MAX_MCP_HEADERS, MAX_MCP_RULES, MAX_OAUTH_SCOPES, REDACTED_ENV,
+    SUBJECT_TOKEN_TYPES,
 };
-pub(crate) use mcp::{MCP_PROMPTS, MCP_RESOURCES, MCP_TOOLS};
+pub(crate) use mcp::{is_scope_token, MCP_PROMPTS, MCP_RESOURCES, MCP_TOOLS};
 pub use records::*;
 pub(crate) use tokens::TOKENS;
 pub use tokens::{token_key, Scope, TokenRecord};

@@ -37,7 +37,7 @@ pub use engine::{ChainOwner, PolicyEngine};
 pub(crate) use limits::Reservation;
 pub use limits::{Clock, ManualClock, RateLimitOp, RateLimitScope, SystemClock};
 pub use network::NetworkPolicy;
-pub use principal::{Principal, Scope};
+pub use principal::{CallerCredential, Principal, Scope};
 pub use rego::RegoEvaluator;
 
 // Kept for callers that still import it from the policy layer; it lives in `error`.

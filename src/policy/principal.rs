@@ -20,6 +20,29 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// Selected claims of its credential (e.g. a JWT's `email`), by name.
     pub claims: BTreeMap<String, String>,
+    /// The JWT it presented, when it authenticated with one: what an MCP
+    /// agent with token exchange exchanges for this caller's own upstream
+    /// token. Never stored, logged or sent to an agent as it is.
+    #[serde(skip)]
+    pub credential: Option<CallerCredential>,
+}
+
+/// A caller's bearer JWT, held only in memory for the call; its `Debug`
+/// shows no part of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallerCredential(std::sync::Arc<str>);
+
+impl CallerCredential {
+    /// The credential itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CallerCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallerCredential(<redacted>)")
+    }
 }
 
 impl Principal {
@@ -40,6 +63,12 @@ impl Principal {
     /// Sets its roles.
     pub fn with_roles(mut self, roles: Vec<String>) -> Self {
         self.roles = roles;
+        self
+    }
+
+    /// Keeps the JWT it authenticated with (see [`Principal::credential`]).
+    pub fn with_credential(mut self, jwt: &str) -> Self {
+        self.credential = Some(CallerCredential(jwt.into()));
         self
     }
 

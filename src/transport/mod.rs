@@ -238,6 +238,10 @@ pub(crate) struct WireRequest<'a> {
     /// Where a streamed call's events go (A2A agents stream them).
     #[serde(skip)]
     pub events: Option<&'a EventSink>,
+    /// The caller's JWT, for an MCP agent that exchanges it for the
+    /// caller's own upstream token (RFC 8693); never sent to an agent.
+    #[serde(skip)]
+    pub caller_credential: Option<&'a crate::policy::CallerCredential>,
 }
 
 /// The W3C trace context a call came with (`traceparent`, `tracestate`,

@@ -5,7 +5,8 @@ with the scenario's server URL as the last argument (and, for the auth
 scenarios, `MCP_CONFORMANCE_CONTEXT` holding the client's credentials). It
 starts `switchboard serve` (the test build's binary BIN) on a fresh database,
 registers that URL as an MCP agent (with OAuth client credentials when the
-context has them; the secret by reference, `${VAR}`), and calls the tools
+context has them: a secret, or a private key for `private_key_jwt`, by
+reference, `${VAR}`), and calls the tools
 the agent lists through `POST /v1/invoke`, so the scenario sees
 Switchboard's upstream client: discovery, initialisation, token requests and
 calls. Exits non-zero if registration or a call fails.
@@ -51,9 +52,16 @@ def main() -> int:
     env = dict(os.environ, SWITCHBOARD_TOKEN="", RUST_LOG="warn")
     mcp = {"url": url}
     if context.get("client_id"):
-        env["CONFORMANCE_CLIENT_SECRET"] = context.get("client_secret", "")
         oauth = {"client_id": context["client_id"]}
-        if context.get("client_secret"):
+        if context.get("private_key_pem"):
+            # private_key_jwt: the key by reference too, its algorithm as
+            # the scenario names it.
+            env["CONFORMANCE_PRIVATE_KEY"] = context["private_key_pem"]
+            oauth["private_key"] = "${CONFORMANCE_PRIVATE_KEY}"
+            if context.get("signing_algorithm"):
+                oauth["signing_algorithm"] = context["signing_algorithm"]
+        else:
+            env["CONFORMANCE_CLIENT_SECRET"] = context.get("client_secret", "")
             oauth["client_secret"] = "${CONFORMANCE_CLIENT_SECRET}"
         mcp["oauth"] = oauth
     registration = {"tools": ["code"], "mcp": mcp, "timeout_ms": 10000}

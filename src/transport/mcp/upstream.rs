@@ -19,7 +19,7 @@ use super::oauth::{OAuthHttp, Tokens};
 use super::session_id::{NotingSession, SessionId};
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
-use crate::policy::{CommandPolicy, NetworkPolicy};
+use crate::policy::{CallerCredential, CommandPolicy, NetworkPolicy};
 use crate::transport::{
     Failure, InputRelay, Progress, ProgressSink, WireRequest, MAX_RESPONSE_BYTES,
 };
@@ -38,6 +38,7 @@ use rmcp::service::{
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, ServiceError};
+use sha2::Digest;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -581,11 +582,13 @@ const UNKNOWN: u8 = 0;
 const STATELESS: u8 = 1;
 const SESSIONS: u8 = 2;
 
-/// One Switchboard session's upstream session.
+/// One Switchboard session's upstream session, or one caller's connection.
 struct Session {
     slot: Slot,
     /// Calls using it now (counted from the moment it is handed out).
     in_flight: Arc<AtomicUsize>,
+    /// A caller's connection's own tokens (exchanged for the caller's).
+    tokens: Option<Arc<Tokens>>,
 }
 
 /// Counts one call on a session for as long as it lives.
@@ -615,6 +618,10 @@ pub(crate) struct Upstream {
     progress: ProgressRoutes,
     shared: Slot,
     sessions: parking_lot::Mutex<Sessions>,
+    /// With `oauth.token_exchange`, each caller's connections (one, or one
+    /// per Switchboard session on a session-based server), by the hash of
+    /// the caller's JWT: a call only ever uses its own caller's token.
+    callers: parking_lot::Mutex<Sessions>,
     /// Upstream sessions kept idle ([`MAX_UPSTREAM_SESSIONS`]; smaller in tests).
     max_sessions: usize,
     /// Whether the server keeps sessions (learnt from the first connection).
@@ -663,6 +670,7 @@ impl Upstream {
             progress: Arc::default(),
             shared: Arc::default(),
             sessions: parking_lot::Mutex::default(),
+            callers: parking_lot::Mutex::default(),
             max_sessions: MAX_UPSTREAM_SESSIONS,
             kind: AtomicU8::new(UNKNOWN),
             restarts: parking_lot::Mutex::default(),
@@ -690,7 +698,8 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<Connection, Failure> {
+    /// Connects, with `tokens` for a url server with OAuth.
+    async fn connect(&self, tokens: Option<&Arc<Tokens>>) -> Result<Connection, Failure> {
         if self.server.command.is_some() {
             return self.start_stdio().await;
         }
@@ -698,11 +707,14 @@ impl Upstream {
             preferred_versions: vec![ProtocolVersion::V_2026_07_28],
             legacy_version: Some(ProtocolVersion::V_2025_11_25),
         };
-        let running = match self.connect_with(auto).await {
+        let running = match self.connect_with(auto, tokens).await {
             Ok(running) => running,
             // A server that answers `server/discover` with only the 2025
             // revisions is a session-based server: `initialize` it.
-            Err(first) => match self.connect_with(ClientLifecycleMode::Initialize).await {
+            Err(first) => match self
+                .connect_with(ClientLifecycleMode::Initialize, tokens)
+                .await
+            {
                 Ok(running) => running,
                 Err(_) => return Err(first),
             },
@@ -844,7 +856,11 @@ impl Upstream {
         })
     }
 
-    async fn connect_with(&self, lifecycle: ClientLifecycleMode) -> Result<Running, Failure> {
+    async fn connect_with(
+        &self,
+        lifecycle: ClientLifecycleMode,
+        tokens: Option<&Arc<Tokens>>,
+    ) -> Result<Running, Failure> {
         let handler = self.handler();
         let Some(url) = &self.server.url else {
             return Err(Failure::Agent(
@@ -863,7 +879,7 @@ impl Upstream {
             .max_json_response_size(MAX_RESPONSE_BYTES)
             .max_sse_event_size(MAX_RESPONSE_BYTES);
         let session = handler.session.clone();
-        let connected = match &self.tokens {
+        let connected = match tokens {
             Some(tokens) => {
                 // Asked for here first so that a token that cannot be had
                 // fails the connection with its own reason, not the
@@ -891,9 +907,9 @@ impl Upstream {
         connected.map_err(|e| Failure::Agent(format!("cannot connect to the MCP server: {e}")))
     }
 
-    /// A live connection on `slot`, connecting if it has none (or a closed
-    /// one).
-    async fn peer_on(&self, slot: &Slot) -> Result<Link, Failure> {
+    /// A live connection on `slot`, connecting with `tokens` if it has
+    /// none (or a closed one).
+    async fn peer_on(&self, slot: &Slot, tokens: Option<&Arc<Tokens>>) -> Result<Link, Failure> {
         let mut guard = slot.lock().await;
         if let Some(connection) = guard.as_ref() {
             let running = &connection.running;
@@ -903,7 +919,7 @@ impl Upstream {
         }
         // Closed: drop it (a stdio server's process is killed) and start over.
         guard.take();
-        let connection = self.connect().await?;
+        let connection = self.connect(tokens).await?;
         let link = Link::of(&connection.running);
         *guard = Some(connection);
         Ok(link)
@@ -925,30 +941,77 @@ impl Upstream {
         &self,
         session: Option<&str>,
     ) -> Result<(Link, Option<InFlight>), Failure> {
-        let shared = self.peer_on(&self.shared).await?;
+        let shared = self.peer_on(&self.shared, self.tokens.as_ref()).await?;
         let Some(session) = session else {
             return Ok((shared, None));
         };
         if self.kind.load(Ordering::Acquire) != SESSIONS {
             return Ok((shared, None));
         }
-        let (slot, in_flight) = self.session_slot(session);
-        let link = self.peer_on(&slot).await?;
+        let (slot, in_flight, _) = self.slot_in(&self.sessions, session, || None);
+        let link = self.peer_on(&slot, self.tokens.as_ref()).await?;
         Ok((link, Some(in_flight)))
     }
 
-    /// `session`'s slot, counted in flight until the guard drops. Making
-    /// room ends the least recently used sessions that have no call in
-    /// flight: ending one with a call running would fail that call (another
-    /// caller's, and no fault of the agent's) to make room for a new
-    /// session id, which any caller can make up.
-    fn session_slot(&self, session: &str) -> (Slot, InFlight) {
-        let mut sessions = self.sessions.lock();
+    /// The link for a tool call: with `oauth.token_exchange`, a connection
+    /// of the caller's own, whose tokens are exchanged for the caller's
+    /// JWT (a call without one is refused, not run as the agent's client);
+    /// otherwise [`Self::link_for`].
+    async fn call_link_for(
+        &self,
+        session: Option<&str>,
+        caller: Option<&CallerCredential>,
+    ) -> Result<(Link, Option<InFlight>), Failure> {
+        let Some(tokens) = self.tokens.as_ref().filter(|tokens| tokens.exchanges()) else {
+            return self.link_for(session).await;
+        };
+        let Some(caller) = caller else {
+            return Err(Failure::Tool(format!(
+                "MCP agent {} is called with each caller's own token, exchanged for the JWT the \
+                 caller authenticated with (oauth.token_exchange); this call has no such JWT \
+                 (an API token, the server's static token, or no credential): call it with a \
+                 JWT Switchboard accepts",
+                self.agent_id
+            )));
+        };
+        // Connected first: the shared connection tells whether the server
+        // keeps sessions (and lists the tools as the agent's client).
+        self.peer_on(&self.shared, Some(tokens)).await?;
+        let digest = sha2::Sha256::digest(caller.expose().as_bytes());
+        let mut key: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(session) = session.filter(|_| self.kind.load(Ordering::Acquire) == SESSIONS) {
+            key.push('/');
+            key.push_str(session);
+        }
+        let (slot, in_flight, own) = self.slot_in(&self.callers, &key, || {
+            Some(Arc::new(tokens.for_caller(caller.clone())))
+        });
+        let link = self.peer_on(&slot, own.as_ref()).await?;
+        Ok((link, Some(in_flight)))
+    }
+
+    /// The slot under `key` in `slots` (with its own tokens, made by
+    /// `tokens` when the slot is new), counted in flight until the guard
+    /// drops. Making room ends the least recently used slots that have no
+    /// call in flight: ending one with a call running would fail that call
+    /// (another caller's, and no fault of the agent's) to make room for a
+    /// new session id, which any caller can make up.
+    fn slot_in(
+        &self,
+        slots: &parking_lot::Mutex<Sessions>,
+        key: &str,
+        tokens: impl FnOnce() -> Option<Arc<Tokens>>,
+    ) -> (Slot, InFlight, Option<Arc<Tokens>>) {
+        let mut sessions = slots.lock();
         let sessions = &mut *sessions;
-        if let Some(entry) = sessions.slots.get(session) {
+        if let Some(entry) = sessions.slots.get(key) {
             entry.in_flight.fetch_add(1, Ordering::AcqRel);
-            let taken = (entry.slot.clone(), InFlight(entry.in_flight.clone()));
-            if let Some(at) = sessions.order.iter().position(|s| s == session) {
+            let taken = (
+                entry.slot.clone(),
+                InFlight(entry.in_flight.clone()),
+                entry.tokens.clone(),
+            );
+            if let Some(at) = sessions.order.iter().position(|s| s == key) {
                 let s = sessions.order.remove(at).expect("position is in range");
                 sessions.order.push_back(s);
             }
@@ -960,7 +1023,7 @@ impl Upstream {
                 .iter()
                 .position(|s| sessions.slots[s].in_flight.load(Ordering::Acquire) == 0);
             let Some(at) = idle else {
-                // Every session has a call in flight: this one goes past the
+                // Every slot has a call in flight: this one goes past the
                 // cap until some of them finish.
                 break;
             };
@@ -971,10 +1034,15 @@ impl Upstream {
         let entry = Session {
             slot: Slot::default(),
             in_flight: Arc::new(AtomicUsize::new(1)),
+            tokens: tokens(),
         };
-        let taken = (entry.slot.clone(), InFlight(entry.in_flight.clone()));
-        sessions.slots.insert(session.to_string(), entry);
-        sessions.order.push_back(session.to_string());
+        let taken = (
+            entry.slot.clone(),
+            InFlight(entry.in_flight.clone()),
+            entry.tokens.clone(),
+        );
+        sessions.slots.insert(key.to_string(), entry);
+        sessions.order.push_back(key.to_string());
         taken
     }
 
@@ -1000,7 +1068,10 @@ impl Upstream {
                 ))
             }
         };
-        let (link, _in_flight) = self.link_for(session).await.map_err(|f| (f, false))?;
+        let (link, _in_flight) = self
+            .call_link_for(session, request.caller_credential)
+            .await
+            .map_err(|f| (f, false))?;
         let mut params = CallToolRequestParams::new(name.to_string());
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
@@ -1378,6 +1449,7 @@ mod tests {
             input_relay: None,
             events: None,
             trace: None,
+            caller_credential: None,
         }
     }
 

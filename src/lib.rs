@@ -126,7 +126,8 @@ pub use namespace::{
 };
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::{
-    InputAnswer, InputRelay, Progress, ProgressSink, TlsTrust, ToolError, TraceContext,
+    InputAnswer, InputRelay, LogLevel, LogMessage, LogSink, Progress, ProgressSink, TlsTrust,
+    ToolError, TraceContext,
 };
 
 // Records a user reads back from scans, and the keys they live under.

@@ -436,6 +436,10 @@ impl ServerHandler for Upstream {
                 "traceparent": context.meta.0.get_traceparent(),
                 "tracestate": context.meta.0.get_tracestate(),
             })),
+            "log" => {
+                log_at_asked_levels(&context, &args).await;
+                CallToolResult::structured(json!({"server": self.name}))
+            }
             "progress" => {
                 // Three reports under the token the call asked with.
                 if let Some(token) = context.meta.get_progress_token() {
@@ -485,6 +489,34 @@ impl ServerHandler for Upstream {
             _ => CallToolResult::structured(json!({"server": self.name, "args": args})),
         }
         .into())
+    }
+}
+
+/// Sends a log message at each of three levels, from the level the request
+/// asks for up (a 2026-07-28 server sends none to a request that asks for
+/// none), each saying who called.
+#[allow(deprecated)] // logging, as 2026-07-28 still carries it
+async fn log_at_asked_levels(context: &RequestContext<RoleServer>, args: &Value) {
+    let Some(asked) = context.meta.log_level() else {
+        return;
+    };
+    let rank = |level: &rmcp::model::LoggingLevel| {
+        let name = serde_json::to_value(level).unwrap();
+        ["debug", "info", "warning", "error"]
+            .iter()
+            .position(|l| name == *l)
+            .unwrap_or(0)
+    };
+    for level in ["debug", "info", "warning"] {
+        let level: rmcp::model::LoggingLevel = serde_json::from_value(json!(level)).unwrap();
+        if rank(&level) < rank(&asked) {
+            continue;
+        }
+        let message = rmcp::model::LoggingMessageNotificationParam::new(
+            level,
+            json!({"who": args["who"], "level": level}),
+        );
+        let _ = context.peer.notify_logging_message(message).await;
     }
 }
 
@@ -1282,6 +1314,8 @@ struct Listener {
     updates: Arc<AtomicUsize>,
     /// Each progress report: its token and value.
     progress: Arc<Mutex<Vec<(rmcp::model::ProgressToken, f64)>>>,
+    /// The data of each log message.
+    logs: Arc<Mutex<Vec<Value>>>,
 }
 
 impl rmcp::ClientHandler for Listener {
@@ -1344,6 +1378,15 @@ impl rmcp::ClientHandler for Listener {
         _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
     ) {
         self.updates.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[allow(deprecated)] // logging, which /mcp offers its clients
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.logs.lock().unwrap().push(params.data);
     }
 
     async fn on_progress(
@@ -2918,6 +2961,121 @@ async fn an_upstreams_progress_reaches_the_caller_that_asked_and_only_it() {
         }
         got.sort_by(f64::total_cmp);
         assert_eq!(got, [0.0, 50.0, 100.0]);
+    }
+}
+
+/// A `log` call from `who`, with `_meta` asking for messages from `level` up.
+fn log_call(who: &str, level: Option<&str>) -> CallToolRequestParams {
+    let mut call = CallToolRequestParams::new("log")
+        .with_arguments(json!({"who": who}).as_object().unwrap().clone());
+    if let Some(level) = level {
+        let mut meta = rmcp::model::RequestMetaObject::new();
+        meta.insert("io.modelcontextprotocol/logLevel".into(), json!(level));
+        call.meta = Some(meta);
+    }
+    call
+}
+
+/// Who sent each of `logs`, and at what level.
+fn senders(logs: &Arc<Mutex<Vec<Value>>>) -> Vec<(String, String)> {
+    let mut seen: Vec<(String, String)> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| (l["who"].to_string(), l["level"].to_string()))
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_log_messages_reach_the_caller_whose_call_sent_them_and_only_it() {
+    let up = Upstream::new("a").with_tool("log", "Logs who called", schema("who", "string"));
+    let behind = behind_switchboard(up).await;
+    let (url, d) = (&behind.url, &behind.d);
+    let (ada_sees, bob_sees) = (Listener::default(), Listener::default());
+    let ada = connect(url, ada_sees.clone(), true).await;
+    let bob = connect(url, bob_sees.clone(), true).await;
+    // Ada asks for info and above; Bob has not asked, and gets every level.
+    #[allow(deprecated)]
+    ada.set_level(rmcp::model::SetLevelRequestParams::new(
+        rmcp::model::LoggingLevel::Info,
+    ))
+    .await
+    .unwrap();
+    // Both call at once, three times, on the one shared connection to the
+    // agent (no session_id): each message goes to the caller of its call.
+    let calls = (0..3).map(|_| async {
+        tokio::join!(
+            ada.call_tool(log_call("ada", None)),
+            bob.call_tool(log_call("bob", None)),
+        )
+    });
+    for (for_ada, for_bob) in futures::future::join_all(calls).await {
+        for_ada.unwrap();
+        for_bob.unwrap();
+    }
+    let levels = |who: &str, levels: &[&str]| -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = (0..3)
+            .flat_map(|_| {
+                levels
+                    .iter()
+                    .map(|l| (json!(who).to_string(), json!(l).to_string()))
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    eventually(|| ada_sees.logs.lock().unwrap().len() >= 6).await;
+    eventually(|| bob_sees.logs.lock().unwrap().len() >= 9).await;
+    assert_eq!(senders(&ada_sees.logs), levels("ada", &["info", "warning"]));
+    assert_eq!(
+        senders(&bob_sees.logs),
+        levels("bob", &["debug", "info", "warning"])
+    );
+
+    // A 2026-07-28 client gets them from the level its request asks for,
+    // and none when it asks for none.
+    let max_sees = Listener::default();
+    let max = connect(url, max_sees.clone(), false).await;
+    max.call_tool(log_call("max", None)).await.unwrap();
+    max.call_tool(log_call("max", Some("warning")))
+        .await
+        .unwrap();
+    eventually(|| !max_sees.logs.lock().unwrap().is_empty()).await;
+    let mut only_warning = levels("max", &["warning"]);
+    only_warning.truncate(1);
+    assert_eq!(senders(&max_sees.logs), only_warning);
+
+    // Through the Rust API, a sink gets them, from its level up.
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let sink = switchboard::LogSink::new(switchboard::LogLevel::Warning, move |message| {
+        let _ = sender.send(message);
+    });
+    d.invoke(
+        "log",
+        ToolCategory::Search,
+        json!({"who": "rust"}),
+        RoutingOptions::new().with_log(sink),
+    )
+    .await
+    .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), received.recv())
+        .await
+        .expect("a log message within 5 s")
+        .unwrap();
+    assert_eq!(message.level, switchboard::LogLevel::Warning);
+    assert_eq!(message.data["who"], "rust");
+    assert_eq!(
+        (
+            ada_sees.logs.lock().unwrap().len(),
+            bob_sees.logs.lock().unwrap().len()
+        ),
+        (6, 9),
+        "no other caller's messages reached the sessions"
+    );
+    for client in [ada, bob, max] {
+        client.cancel().await.unwrap();
     }
 }
 

@@ -49,7 +49,7 @@ use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, 
 use crate::storage::Database;
 use crate::transport::http::build_client;
 use crate::transport::{local_handler, Callers, ToolError};
-use crate::transport::{InputRelay, ProgressSink, TraceContext};
+use crate::transport::{InputRelay, LogSink, ProgressSink, TraceContext};
 use call::Call;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,10 @@ pub struct RoutingOptions {
     /// (sampling, elicitation, roots); without one such a call fails.
     #[serde(skip)]
     pub input_relay: Option<InputRelay>,
+    /// Where the log messages the agent sends about the call go (MCP agents
+    /// send them on the call's response stream).
+    #[serde(skip)]
+    pub log: Option<LogSink>,
     /// The caller's W3C trace context, passed on to the agent.
     #[serde(skip)]
     pub trace: Option<TraceContext>,
@@ -96,6 +100,7 @@ impl Default for RoutingOptions {
             caller: None,
             progress: None,
             input_relay: None,
+            log: None,
             trace: None,
         }
     }
@@ -122,6 +127,12 @@ impl RoutingOptions {
     /// Lets `relay` answer what the agent asks the client during the call.
     pub fn with_input_relay(mut self, relay: InputRelay) -> Self {
         self.input_relay = Some(relay);
+        self
+    }
+
+    /// Sends the log messages the agent sends about the call to `sink`.
+    pub fn with_log(mut self, sink: LogSink) -> Self {
+        self.log = Some(sink);
         self
     }
 

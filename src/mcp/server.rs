@@ -28,7 +28,9 @@ use crate::dispatch::{DiscoveredOffer, InvocationResult, RoutingOptions, ToolDis
 use crate::error::Error;
 use crate::namespace::{McpOfferKind, ToolCategory};
 use crate::policy::{keys, PolicyContext, Principal};
-use crate::transport::{InputRelay, Progress, ProgressSink, TraceContext};
+use crate::transport::{
+    InputRelay, LogLevel, LogMessage, LogSink, Progress, ProgressSink, TraceContext,
+};
 use parking_lot::Mutex;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
@@ -82,6 +84,9 @@ pub struct SwitchboardMcp {
     /// How many sessions subscribe to each URI, across all sessions: the
     /// agents are told to stop only when the last one unsubscribes.
     subscribers: Arc<Mutex<HashMap<String, usize>>>,
+    /// The least severe log level this session asked for
+    /// (`logging/setLevel`); `None`: it has not asked.
+    log_level: Arc<Mutex<Option<LogLevel>>>,
 }
 
 /// Counts one running announcer for as long as it lives.
@@ -111,6 +116,7 @@ impl SwitchboardMcp {
             announcers: Arc::default(),
             subscribed: Arc::default(),
             subscribers: Arc::default(),
+            log_level: Arc::default(),
         }
     }
 
@@ -120,6 +126,7 @@ impl SwitchboardMcp {
         SwitchboardMcp {
             session: Arc::new(tokio::sync::watch::channel(()).0),
             subscribed: Arc::default(),
+            log_level: Arc::default(),
             ..self.clone()
         }
     }
@@ -151,8 +158,8 @@ impl SwitchboardMcp {
     /// Runs one dispatch for `principal` on its own task, holding an invoke
     /// slot while it runs (`Ok(None)`: every slot is taken, nothing ran),
     /// cancelled if the client cancels. The agent's progress (if the client
-    /// asked for it) reaches the client before this returns. `options`
-    /// carry the trace context the dispatch continues.
+    /// asked for it) and log messages (see `log_to`) reach the client before
+    /// this returns. `options` carry the trace context the dispatch continues.
     async fn dispatch(
         &self,
         tool: String,
@@ -169,6 +176,10 @@ impl SwitchboardMcp {
         if let Some(sink) = sink {
             options = options.with_progress(sink);
         }
+        let (log, logging) = log_to(context, &self.log_level).unzip();
+        if let Some(log) = log {
+            options = options.with_log(log);
+        }
         let Ok(slot) = self.invoke_slot() else {
             return Ok(None);
         };
@@ -179,7 +190,8 @@ impl SwitchboardMcp {
             result
         });
         let outcome = cancellable(task, context).await?;
-        progress_sent(forwarding).await;
+        all_sent(forwarding).await;
+        all_sent(logging).await;
         Ok(Some(outcome))
     }
 
@@ -528,44 +540,141 @@ impl SwitchboardMcp {
 /// order (queued, the newest dropped when the client reads too slowly), so
 /// a call whose agent reports nothing costs no task: clients ask for
 /// progress on every call.
-fn progress_to(context: &RequestContext<RoleServer>) -> Option<(ProgressSink, Arc<Forwarding>)> {
+fn progress_to(
+    context: &RequestContext<RoleServer>,
+) -> Option<(ProgressSink, Arc<Forwarding<Progress>>)> {
     let token = context.meta.get_progress_token()?;
     let peer = context.peer.clone();
     let forwarding = Arc::new(Forwarding::default());
     let shared = forwarding.clone();
     let sink = ProgressSink::new(move |report| {
-        let mut state = shared.state.lock();
-        if state.closed {
-            return;
-        }
-        if state.sender.is_none() {
-            let (sender, reports) = tokio::sync::mpsc::channel(PROGRESS_BACKLOG);
-            state.task = Some(tokio::spawn(forward_progress(
-                reports,
-                peer.clone(),
-                token.clone(),
-            )));
-            state.sender = Some(sender);
-        }
-        if let Some(sender) = &state.sender {
-            let _ = sender.try_send(report);
+        shared.send(report, |reports| {
+            forward_progress(reports, peer.clone(), token.clone())
+        })
+    });
+    Some((sink, forwarding))
+}
+
+/// Where the log messages an agent sends about a call go: to the client
+/// that made the call, as `notifications/message` (on its session's
+/// stream), from the level it asked for up. A client of the 2025 revisions
+/// asks with `logging/setLevel`, for the rest of its session (until then it
+/// gets every message the agent sends); a 2026-07-28 client asks per
+/// request (`_meta` `io.modelcontextprotocol/logLevel`) and gets none
+/// without. Like progress, the first message starts the task that sends
+/// them in order.
+fn log_to(
+    context: &RequestContext<RoleServer>,
+    session_level: &Arc<Mutex<Option<LogLevel>>>,
+) -> Option<(LogSink, Arc<Forwarding<LogMessage>>)> {
+    let stateless = context
+        .peer
+        .peer_info()
+        .is_none_or(|client| client.protocol_version == ProtocolVersion::V_2026_07_28);
+    let level = if stateless {
+        requested_log_level(context)?
+    } else {
+        session_level.lock().unwrap_or(LogLevel::Debug)
+    };
+    let peer = context.peer.clone();
+    let session_level = (!stateless).then(|| session_level.clone());
+    let forwarding = Arc::new(Forwarding::default());
+    let shared = forwarding.clone();
+    let sink = LogSink::new(level, move |message| {
+        // A session may change its level while the call runs.
+        let wanted = session_level
+            .as_ref()
+            .and_then(|level| *level.lock())
+            .unwrap_or(level);
+        if message.level >= wanted {
+            shared.send(message, |messages| forward_logs(messages, peer.clone()));
         }
     });
     Some((sink, forwarding))
 }
 
-/// The progress of one call on its way to the client.
-#[derive(Default)]
-struct Forwarding {
-    state: Mutex<ForwardState>,
+/// The log level a 2026-07-28 request asks for in its `_meta`.
+fn requested_log_level(context: &RequestContext<RoleServer>) -> Option<LogLevel> {
+    serde_json::from_value(context.meta.get(LOG_LEVEL_META)?.clone()).ok()
 }
 
-#[derive(Default)]
-struct ForwardState {
-    sender: Option<tokio::sync::mpsc::Sender<Progress>>,
+/// The `_meta` key of a 2026-07-28 request asking for log messages from
+/// this level up.
+const LOG_LEVEL_META: &str = "io.modelcontextprotocol/logLevel";
+
+/// Sends `messages` to `peer` until they end.
+#[allow(deprecated)] // logging: deprecated in 2026-07-28, served to the clients that use it
+async fn forward_logs(
+    mut messages: tokio::sync::mpsc::Receiver<LogMessage>,
+    peer: rmcp::Peer<RoleServer>,
+) {
+    use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
+    while let Some(message) = messages.recv().await {
+        let level = match message.level {
+            LogLevel::Debug => LoggingLevel::Debug,
+            LogLevel::Info => LoggingLevel::Info,
+            LogLevel::Notice => LoggingLevel::Notice,
+            LogLevel::Warning => LoggingLevel::Warning,
+            LogLevel::Error => LoggingLevel::Error,
+            LogLevel::Critical => LoggingLevel::Critical,
+            LogLevel::Alert => LoggingLevel::Alert,
+            LogLevel::Emergency => LoggingLevel::Emergency,
+        };
+        let mut param = LoggingMessageNotificationParam::new(level, message.data);
+        param.logger = message.logger;
+        if peer.notify_logging_message(param).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What an agent sends about one call (its progress, its log messages) on
+/// its way to the client: the first item starts the task that sends them
+/// in order.
+struct Forwarding<T> {
+    state: Mutex<ForwardState<T>>,
+}
+
+impl<T> Default for Forwarding<T> {
+    fn default() -> Self {
+        Forwarding {
+            state: Mutex::new(ForwardState {
+                sender: None,
+                task: None,
+                closed: false,
+            }),
+        }
+    }
+}
+
+struct ForwardState<T> {
+    sender: Option<tokio::sync::mpsc::Sender<T>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    /// The call has answered: later reports are dropped.
+    /// The call has answered: later items are dropped.
     closed: bool,
+}
+
+impl<T: Send + 'static> Forwarding<T> {
+    /// Queues `item` (dropped when the client reads too slowly), starting
+    /// `forward` on the queue with the first.
+    fn send<F: std::future::Future<Output = ()> + Send + 'static>(
+        &self,
+        item: T,
+        forward: impl FnOnce(tokio::sync::mpsc::Receiver<T>) -> F,
+    ) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return;
+        }
+        if state.sender.is_none() {
+            let (sender, items) = tokio::sync::mpsc::channel(FORWARD_BACKLOG);
+            state.task = Some(tokio::spawn(forward(items)));
+            state.sender = Some(sender);
+        }
+        if let Some(sender) = &state.sender {
+            let _ = sender.try_send(item);
+        }
+    }
 }
 
 /// Sends `reports` to `peer` under `token` until they end.
@@ -609,10 +718,10 @@ async fn forward_progress(
     }
 }
 
-/// Waits (briefly) until the progress of a call that has ended is sent:
-/// it must reach the client before the call's answer, which ends the
-/// stream it travels on.
-async fn progress_sent(forwarding: Option<Arc<Forwarding>>) {
+/// Waits (briefly) until what an agent sent about a call that has ended is
+/// sent on: it must reach the client before the call's answer, which ends
+/// the stream progress travels on.
+async fn all_sent<T>(forwarding: Option<Arc<Forwarding<T>>>) {
     let Some(forwarding) = forwarding else {
         return;
     };
@@ -668,8 +777,9 @@ fn input_relay_to(context: &RequestContext<RoleServer>) -> Option<InputRelay> {
 /// `progress_to`).
 const PROGRESS_REORDER_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Progress reports of one call waiting to be sent to a slow client.
-const PROGRESS_BACKLOG: usize = 64;
+/// Progress reports (or log messages) of one call waiting to be sent to a
+/// slow client.
+const FORWARD_BACKLOG: usize = 64;
 
 /// The authenticated caller of an MCP request over HTTP (the API's auth
 /// layer puts it in the request's extensions); `None` over stdio or on a
@@ -821,6 +931,7 @@ impl SwitchboardMcp {
 }
 
 impl ServerHandler for SwitchboardMcp {
+    #[allow(deprecated)] // logging: deprecated in 2026-07-28, offered to the clients that use it
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -830,6 +941,7 @@ impl ServerHandler for SwitchboardMcp {
                 .enable_tools()
                 .enable_tool_list_changed()
                 .enable_resources_subscribe()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new(
@@ -989,6 +1101,31 @@ impl ServerHandler for SwitchboardMcp {
         );
         observed.answered(&self.dispatcher, None, false);
         Ok(answer)
+    }
+
+    #[allow(deprecated)] // logging/setLevel of the 2025 revisions, which their clients send
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let observed = Observed::start("logging/setLevel", None, None, &context);
+        use rmcp::model::LoggingLevel;
+        let level = match request.level {
+            LoggingLevel::Debug => LogLevel::Debug,
+            LoggingLevel::Info => LogLevel::Info,
+            LoggingLevel::Notice => LogLevel::Notice,
+            LoggingLevel::Warning => LogLevel::Warning,
+            LoggingLevel::Error => LogLevel::Error,
+            LoggingLevel::Critical => LogLevel::Critical,
+            LoggingLevel::Alert => LogLevel::Alert,
+            LoggingLevel::Emergency => LogLevel::Emergency,
+        };
+        // This session's calls are told from this level up; the agents are
+        // not told (their connections are shared with other callers).
+        *self.log_level.lock() = Some(level);
+        observed.answered(&self.dispatcher, None, false);
+        Ok(())
     }
 
     async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), McpError> {

@@ -10,9 +10,11 @@
 //! - `offers`: prompts, resources and resource templates, listed and used;
 //! - `oauth`: an agent's OAuth client credentials, its token, and the
 //!   streamable-HTTP client that sends it with each request;
+//! - `logs`: the log messages a server sends about a call, to that call's caller;
 //! - `answer`: a `tools/call` answer or error as output or [`Failure`](super::Failure).
 
 mod answer;
+mod logs;
 mod oauth;
 mod offers;
 mod upstream;

@@ -15,12 +15,13 @@
 //! checked before every start.
 
 use super::answer::{classify_error, output_of};
+use super::logs::LogTap;
 use super::oauth::{OAuthHttp, Tokens};
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CommandPolicy, NetworkPolicy};
 use crate::transport::{
-    Failure, InputRelay, Progress, ProgressSink, WireRequest, MAX_RESPONSE_BYTES,
+    Failure, InputRelay, LogSink, Progress, ProgressSink, WireRequest, MAX_RESPONSE_BYTES,
 };
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{
@@ -28,7 +29,8 @@ use rmcp::model::{
     CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientRequest,
     ElicitRequestParams, ElicitResult, ErrorCode, Implementation, InputRequests, InputResponses,
     PaginatedRequestParams, PingRequest, ProgressNotificationParam, ProgressToken, ProtocolVersion,
-    RequestId, RequestParamsMeta, ResourceUpdatedNotificationParam, ServerResult,
+    RequestId, RequestMetaObject, RequestParamsMeta, ResourceUpdatedNotificationParam,
+    ServerResult,
 };
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin, NotificationContext,
@@ -157,31 +159,71 @@ pub(crate) struct Handler {
     asks: Arc<AskRoutes>,
 }
 
-/// How long a request the server makes during a call waits for that call
-/// to be routed: the request id is the SDK's, known only once the call is
-/// on its way, so a quick server can ask before the call is registered.
+/// How long a request (or log message) the server sends during a call waits
+/// for that call to be routed: the request id is the SDK's, known only once
+/// the call is on its way, so a quick server can send before the call is
+/// registered.
 const ASK_ROUTE_WAIT: Duration = Duration::from_secs(1);
 
 /// One connection's `tools/call` requests in flight, by their JSON-RPC id
 /// (ids are per connection, so each connection has its own), with who
-/// answers what the server asks during each: a 2025 server sends
-/// `sampling/createMessage`, `elicitation/create` or `roots/list` on the
-/// response stream of the call it belongs to, and the transport marks the
-/// request with that call's id. `None`: the call's caller cannot be asked.
+/// answers what the server asks during each and where its log messages go:
+/// a 2025 server sends `sampling/createMessage`, `elicitation/create` or
+/// `roots/list` on the response stream of the call it belongs to, and the
+/// transport marks the request with that call's id; log messages on that
+/// stream are the call's too (see `logs`).
 #[derive(Default)]
 pub(super) struct AskRoutes {
-    calls: parking_lot::Mutex<HashMap<RequestId, Option<InputRelay>>>,
+    calls: parking_lot::Mutex<HashMap<RequestId, CallRoute>>,
     added: tokio::sync::Notify,
 }
 
+/// Where what a server sends about one call goes.
+struct CallRoute {
+    /// Who answers its requests; `None`: the call's caller cannot be asked.
+    relay: Option<InputRelay>,
+    /// Where its log messages go; `None`: nobody wants them.
+    log: Option<LogSink>,
+}
+
 impl AskRoutes {
-    fn add(self: &Arc<Self>, id: RequestId, relay: Option<InputRelay>) -> AskRoute {
-        self.calls.lock().insert(id.clone(), relay);
+    fn add(
+        self: &Arc<Self>,
+        id: RequestId,
+        relay: Option<InputRelay>,
+        log: Option<LogSink>,
+    ) -> AskRoute {
+        self.calls
+            .lock()
+            .insert(id.clone(), CallRoute { relay, log });
         self.added.notify_waiters();
         AskRoute {
             routes: self.clone(),
             id,
         }
+    }
+
+    /// The route of call `id`, waiting (briefly) for it to be added: the
+    /// request id is the SDK's, known only once the call is on its way, so
+    /// a quick server can send something before the call is registered.
+    async fn route<T>(&self, id: &RequestId, pick: impl Fn(&CallRoute) -> T) -> Option<T> {
+        let wait = async {
+            loop {
+                let added = self.added.notified();
+                tokio::pin!(added);
+                added.as_mut().enable();
+                if let Some(route) = self.calls.lock().get(id) {
+                    return pick(route);
+                }
+                added.await;
+            }
+        };
+        tokio::time::timeout(ASK_ROUTE_WAIT, wait).await.ok()
+    }
+
+    /// Where the log messages of call `id` go, if anywhere.
+    pub(super) async fn log_for(&self, id: &RequestId) -> Option<LogSink> {
+        self.route(id, |route| route.log.clone()).await.flatten()
     }
 
     /// Who answers a request the server made on `origin`'s stream. A
@@ -196,27 +238,16 @@ impl AskRoutes {
     ) -> Result<Option<InputRelay>, Unroutable> {
         let Some(InboundStreamOrigin::OutboundRequest(id)) = origin else {
             let calls = self.calls.lock();
-            let mut relays = calls.values();
-            return match (relays.next(), relays.next()) {
-                (Some(relay), None) => Ok(relay.clone()),
+            let mut routes = calls.values();
+            return match (routes.next(), routes.next()) {
+                (Some(route), None) => Ok(route.relay.clone()),
                 (None, _) => Err(Unroutable::NoCall),
                 (Some(_), Some(_)) => Err(Unroutable::Several(calls.len())),
             };
         };
-        let wait = async {
-            loop {
-                let added = self.added.notified();
-                tokio::pin!(added);
-                added.as_mut().enable();
-                if let Some(relay) = self.calls.lock().get(id) {
-                    return relay.clone();
-                }
-                added.await;
-            }
-        };
-        tokio::time::timeout(ASK_ROUTE_WAIT, wait)
+        self.route(id, |route| route.relay.clone())
             .await
-            .map_err(|_| Unroutable::NoCall)
+            .ok_or(Unroutable::NoCall)
     }
 }
 
@@ -807,6 +838,7 @@ impl Upstream {
             .reinit_on_expired_session(true)
             .max_json_response_size(MAX_RESPONSE_BYTES)
             .max_sse_event_size(MAX_RESPONSE_BYTES);
+        let calls = handler.asks.clone();
         let connected = match &self.tokens {
             Some(tokens) => {
                 // Asked for here first so that a token that cannot be had
@@ -817,12 +849,16 @@ impl Upstream {
                     http: self.http.clone(),
                     tokens: tokens.clone(),
                 };
+                let http = LogTap { inner: http, calls };
                 let transport = StreamableHttpClientTransport::with_client(http, config);
                 handler.serve_with_lifecycle(transport, lifecycle).await
             }
             None => {
-                let transport =
-                    StreamableHttpClientTransport::with_client(self.http.clone(), config);
+                let http = LogTap {
+                    inner: self.http.clone(),
+                    calls,
+                };
+                let transport = StreamableHttpClientTransport::with_client(http, config);
                 handler.serve_with_lifecycle(transport, lifecycle).await
             }
         };
@@ -924,8 +960,12 @@ impl Upstream {
         name: &str,
         request: &WireRequest<'_>,
     ) -> Result<serde_json::Value, (Failure, bool)> {
-        let (session, progress, relay) =
-            (request.session_id, request.progress, request.input_relay);
+        let (session, progress, relay, log) = (
+            request.session_id,
+            request.progress,
+            request.input_relay,
+            request.log,
+        );
         let arguments = match request.input {
             serde_json::Value::Object(map) => Some(map.clone()),
             serde_json::Value::Null => None,
@@ -944,6 +984,21 @@ impl Upstream {
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
         }
+        // A 2026-07-28 server sends log messages only at the level a
+        // request asks for in its `_meta`; the servers of the 2025
+        // revisions have one level per connection, shared by every caller,
+        // so theirs are filtered here (by the sink).
+        if let Some(log) = log {
+            let modern = peer
+                .peer_info()
+                .is_some_and(|info| info.protocol_version == ProtocolVersion::V_2026_07_28);
+            if modern {
+                params
+                    .meta
+                    .get_or_insert_with(RequestMetaObject::default)
+                    .insert(LOG_LEVEL_META.to_string(), serde_json::json!(log.level()));
+            }
+        }
         if let Some(trace) = request.trace {
             params.set_traceparent(&trace.traceparent);
             if let Some(state) = &trace.tracestate {
@@ -958,7 +1013,7 @@ impl Upstream {
         // answers, on this connection, until it completes.
         for _ in 0..MAX_INPUT_ROUNDS {
             let answer = self
-                .call_once(&peer, &asks, params.clone(), progress, relay)
+                .call_once(&peer, &asks, params.clone(), progress, relay, log)
                 .await;
             let required = match answer {
                 Ok(CallToolResponse::Complete(result)) => {
@@ -997,8 +1052,9 @@ impl Upstream {
     }
 
     /// One `tools/call`: its progress reports go to `sink` while it runs,
-    /// and what the server asks the client meanwhile (a 2025 server's
-    /// sampling, elicitation and roots requests) goes to `relay`.
+    /// what the server asks the client meanwhile (a 2025 server's sampling,
+    /// elicitation and roots requests) goes to `relay`, and its log
+    /// messages to `log`.
     async fn call_once(
         &self,
         peer: &Peer<RoleClient>,
@@ -1006,6 +1062,7 @@ impl Upstream {
         params: CallToolRequestParams,
         sink: Option<&ProgressSink>,
         relay: Option<&InputRelay>,
+        log: Option<&LogSink>,
     ) -> Result<CallToolResponse, ServiceError> {
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         let handle = peer
@@ -1013,7 +1070,7 @@ impl Upstream {
             .await?;
         // The dispatch's MCP client span, when spans are made (else a no-op).
         tracing::Span::current().record("jsonrpc.request.id", tracing::field::display(&handle.id));
-        let _asking = asks.add(handle.id.clone(), relay.cloned());
+        let _asking = asks.add(handle.id.clone(), relay.cloned(), log.cloned());
         let route = sink.map(|sink| {
             let token = handle.progress_token.clone();
             self.progress.lock().claim(token.clone(), sink.clone());
@@ -1165,6 +1222,10 @@ where
 pub(super) fn with_cursor(cursor: Option<String>) -> Option<PaginatedRequestParams> {
     Some(PaginatedRequestParams::default().with_cursor(cursor))
 }
+
+/// The `_meta` key of a 2026-07-28 request asking for its log messages
+/// from this level up.
+const LOG_LEVEL_META: &str = "io.modelcontextprotocol/logLevel";
 
 /// The most `input_required` rounds one call goes through.
 const MAX_INPUT_ROUNDS: usize = 10;
@@ -1318,6 +1379,7 @@ mod tests {
             session_id: session,
             progress: None,
             input_relay: None,
+            log: None,
             trace: None,
         }
     }

@@ -3082,7 +3082,7 @@ async fn an_upstreams_log_messages_reach_the_caller_whose_call_sent_them_and_onl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
     let up = Upstream::new("a").with_tool("ask", "Asks for a name", schema("x", "number"));
-    let behind = behind_switchboard(up).await;
+    let behind = behind_switchboard(up.clone()).await;
     let (url, d) = (&behind.url, &behind.d);
 
     // A 2025 client that declares elicitation is asked, and the agent gets
@@ -3100,6 +3100,95 @@ async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
     assert_eq!(told["told"]["action"], "accept");
     assert_eq!(told["told"]["content"]["name"], "ada");
     assert_eq!(told["state"], "round-2");
+
+    // A 2026-07-28 client is answered input_required with the agent's
+    // request; its retry (which rmcp's client makes, answering from its
+    // handler) carries the answer back to the agent, on the same call.
+    let calls_before = up.calls.load(Ordering::SeqCst);
+    let modern = connect(
+        url,
+        Listener {
+            name: Some("max"),
+            ..Listener::default()
+        },
+        false,
+    )
+    .await;
+    let result = modern
+        .call_tool(CallToolRequestParams::new("ask"))
+        .await
+        .unwrap();
+    let told = result.structured_content.unwrap();
+    assert_eq!(told["told"]["action"], "accept", "{told}");
+    assert_eq!(told["told"]["content"]["name"], "max", "{told}");
+    assert_eq!(told["state"], "round-2", "{told}");
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst) - calls_before,
+        2,
+        "the agent's two rounds, one call of the client's each"
+    );
+    let first = modern
+        .peer()
+        .call_tool_once(CallToolRequestParams::new("ask"))
+        .await
+        .unwrap();
+    let rmcp::model::CallToolResponse::InputRequired(asked) = first else {
+        panic!("expected input_required, got {first:?}");
+    };
+    let asked_for = serde_json::to_value(&asked).unwrap();
+    let (key, request) = asked_for["inputRequests"]
+        .as_object()
+        .and_then(|r| r.iter().next())
+        .expect("one input request");
+    assert_eq!(request["method"], "elicitation/create", "{asked_for}");
+    // A made-up state, or a real one for another tool, resumes nothing.
+    let mut forged = CallToolRequestParams::new("ask");
+    forged.request_state = Some("0123456789abcdef0123456789abcdef".into());
+    let err = modern.peer().call_tool_once(forged).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("call the tool again without requestState"),
+        "{err}"
+    );
+    let mut elsewhere = CallToolRequestParams::new("echo");
+    elsewhere.request_state = asked.request_state.clone();
+    let err = modern.peer().call_tool_once(elsewhere).await.unwrap_err();
+    assert!(err.to_string().contains("requestState"), "{err}");
+    // The real one, with the answer, completes the call.
+    let mut retry = CallToolRequestParams::new("ask");
+    retry.request_state = asked.request_state.clone();
+    retry.input_responses = Some(
+        [(
+            key.clone(),
+            json!({"action": "accept", "content": {"name": "kim"}}),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let done = modern.peer().call_tool_once(retry.clone()).await.unwrap();
+    let rmcp::model::CallToolResponse::Complete(done) = done else {
+        panic!("expected the result, got {done:?}");
+    };
+    assert_eq!(
+        done.structured_content.unwrap()["told"]["content"]["name"],
+        "kim"
+    );
+    // A state is good for one retry.
+    let err = modern.peer().call_tool_once(retry).await.unwrap_err();
+    assert!(err.to_string().contains("requestState"), "{err}");
+    // A 2026-07-28 client that does not declare elicitation gets the
+    // tool's error saying why.
+    let undeclared = connect(url, Listener::default(), false).await;
+    let refused = undeclared
+        .call_tool(CallToolRequestParams::new("ask"))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let text = serde_json::to_string(&refused.content).unwrap();
+    assert!(
+        text.contains("does not declare the capability elicitation/create needs"),
+        "{text}"
+    );
 
     // One that does not declare it gets the tool's error saying why.
     let silent = connect(url, Listener::default(), true).await;
@@ -3192,18 +3281,19 @@ async fn a_2025_upstreams_requests_during_a_call_are_relayed_to_the_calling_clie
         "{text}"
     );
 
-    // A 2026-07-28 client has no session to be asked on.
+    // A 2026-07-28 client has no session to be asked on: it is answered
+    // input_required for each request, and its retries carry the answers
+    // to the agent, which waits on its one call meanwhile.
     let modern = connect(url, client("max"), false).await;
-    let refused = modern
+    let result = modern
         .call_tool(CallToolRequestParams::new("ask"))
         .await
         .unwrap();
-    assert_eq!(refused.is_error, Some(true), "{refused:?}");
-    let text = serde_json::to_string(&refused.content).unwrap();
-    assert!(
-        text.contains("cannot relay elicitation/create") && text.contains("2026-07-28"),
-        "{text}"
-    );
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let out = result.structured_content.unwrap();
+    assert_eq!(out["told"]["content"]["name"], "max", "{out}");
+    assert_eq!(out["sampled"]["content"]["text"], "I am max", "{out}");
+    assert_eq!(out["roots"]["roots"][0]["uri"], "file:///home/max", "{out}");
 
     // Nor has a call through the Rust API: the agent's tool error says so.
     let err = d

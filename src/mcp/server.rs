@@ -23,6 +23,7 @@
 //! expiry of `rmcp`'s session manager), not at the next change.
 
 use super::observed::Observed;
+use super::rounds::{self, Rounds, Running, Step};
 use super::{catalog, offers};
 use crate::dispatch::{DiscoveredOffer, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
@@ -84,6 +85,9 @@ pub struct SwitchboardMcp {
     /// How many sessions subscribe to each URI, across all sessions: the
     /// agents are told to stop only when the last one unsubscribes.
     subscribers: Arc<Mutex<HashMap<String, usize>>>,
+    /// The calls of 2026-07-28 clients waiting for their input, across
+    /// all requests.
+    rounds: Rounds,
     /// The least severe log level this session asked for
     /// (`logging/setLevel`); `None`: it has not asked.
     log_level: Arc<Mutex<Option<LogLevel>>>,
@@ -116,6 +120,7 @@ impl SwitchboardMcp {
             announcers: Arc::default(),
             subscribed: Arc::default(),
             subscribers: Arc::default(),
+            rounds: Rounds::default(),
             log_level: Arc::default(),
         }
     }
@@ -165,34 +170,105 @@ impl SwitchboardMcp {
         tool: String,
         category: ToolCategory,
         input: serde_json::Value,
-        mut options: RoutingOptions,
+        options: RoutingOptions,
         principal: Option<Principal>,
         context: &RequestContext<RoleServer>,
     ) -> Result<Option<crate::Result<InvocationResult>>, McpError> {
+        let Some((task, relayed)) = self.start(tool, category, input, options, principal, context)
+        else {
+            return Ok(None);
+        };
+        let outcome = cancellable(task, context).await?;
+        relayed.sent().await;
+        Ok(Some(outcome))
+    }
+
+    /// Starts one dispatch for `principal` on its own task, holding an
+    /// invoke slot while it runs (`None`: every slot is taken), with the
+    /// agent's progress and log messages on their way to the client.
+    fn start(
+        &self,
+        tool: String,
+        category: ToolCategory,
+        input: serde_json::Value,
+        mut options: RoutingOptions,
+        principal: Option<Principal>,
+        context: &RequestContext<RoleServer>,
+    ) -> Option<(rounds::Task, Relayed)> {
         if let Some(principal) = principal {
             options = options.with_caller(principal);
         }
-        let (sink, forwarding) = progress_to(context).unzip();
+        let (sink, progress) = progress_to(context).unzip();
         if let Some(sink) = sink {
             options = options.with_progress(sink);
         }
-        let (log, logging) = log_to(context, &self.log_level).unzip();
+        let (log, logs) = log_to(context, &self.log_level).unzip();
         if let Some(log) = log {
             options = options.with_log(log);
         }
-        let Ok(slot) = self.invoke_slot() else {
-            return Ok(None);
-        };
+        let slot = self.invoke_slot().ok()?;
         let dispatcher = self.dispatcher.clone();
         let task = tokio::spawn(async move {
             let result = dispatcher.invoke(&tool, category, input, options).await;
             drop(slot);
             result
         });
-        let outcome = cancellable(task, context).await?;
-        all_sent(forwarding).await;
-        all_sent(logging).await;
-        Ok(Some(outcome))
+        Some((task, Relayed { progress, logs }))
+    }
+
+    /// A named tool's call from a 2026-07-28 client whose agent may ask it
+    /// for input (`capabilities` say what it answers): started, or resumed
+    /// with the client's answers when it carries the `requestState` of a
+    /// parked call, until it ends or asks again (see `rounds`). `Ok(None)`:
+    /// every invoke slot is taken.
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch_in_rounds(
+        &self,
+        tool: catalog::CatalogTool,
+        request: &mut CallToolRequestParams,
+        options: RoutingOptions,
+        capabilities: rmcp::model::ClientCapabilities,
+        principal: Option<Principal>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Option<Result<crate::Result<InvocationResult>, CallToolResponse>>, McpError> {
+        let caller = principal.as_ref().map(|p| p.id.clone());
+        let (running, relayed) = match request.request_state.take() {
+            Some(state) => {
+                let answers = request.input_responses.take().unwrap_or_default();
+                let running = self
+                    .rounds
+                    .resume(&state, &tool.name, caller.as_deref(), answers)?;
+                (running, None)
+            }
+            None => {
+                let (relay, asks) = rounds::relay(capabilities);
+                let arguments =
+                    serde_json::Value::Object(request.arguments.take().unwrap_or_default());
+                let options = options.with_input_relay(relay);
+                let Some((task, relayed)) = self.start(
+                    tool.name.clone(),
+                    tool.category,
+                    arguments,
+                    options,
+                    principal,
+                    context,
+                ) else {
+                    return Ok(None);
+                };
+                (Running { task, asks }, Some(relayed))
+            }
+        };
+        let step = self
+            .rounds
+            .next(running, &tool.name, caller, context)
+            .await?;
+        if let Some(relayed) = relayed {
+            relayed.sent().await;
+        }
+        Ok(Some(match step {
+            Step::Done(outcome) => Ok(outcome),
+            Step::Asking(answer) => Err(answer),
+        }))
     }
 
     /// Answers one `tools/call` (its duration and span are the caller's):
@@ -218,16 +294,33 @@ impl SwitchboardMcp {
                 ))
             }
         };
-        let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
         if tool.is_named() {
             // A tool an MCP agent serves: the arguments are its input, and
             // its result goes back as the agent gave it.
             let mut options = with_trace(RoutingOptions::new(), trace);
-            if let Some(relay) = input_relay_to(&context) {
-                options = options.with_input_relay(relay);
-            }
-            let outcome = self
-                .dispatch(
+            let outcome = if let Some(capabilities) = stateless_capabilities(&context) {
+                let mut request = request;
+                match self
+                    .dispatch_in_rounds(
+                        tool,
+                        &mut request,
+                        options,
+                        capabilities,
+                        principal,
+                        &context,
+                    )
+                    .await?
+                {
+                    Some(Err(input_required)) => return Ok(input_required),
+                    Some(Ok(outcome)) => Some(outcome),
+                    None => None,
+                }
+            } else {
+                if let Some(relay) = input_relay_to(&context) {
+                    options = options.with_input_relay(relay);
+                }
+                let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
+                self.dispatch(
                     tool.name,
                     tool.category,
                     arguments,
@@ -235,7 +328,8 @@ impl SwitchboardMcp {
                     principal,
                     &context,
                 )
-                .await?;
+                .await?
+            };
             return match outcome {
                 None => Ok(slots_full()),
                 Some(Err(e)) => error_result(e),
@@ -244,6 +338,7 @@ impl SwitchboardMcp {
                     .into()),
             };
         }
+        let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
         let call: CategoryCall = match serde_json::from_value(arguments) {
             Ok(call) => call,
             Err(e) => {
@@ -718,6 +813,20 @@ async fn forward_progress(
     }
 }
 
+/// What an agent sends about one call on its way to the client.
+struct Relayed {
+    progress: Option<Arc<Forwarding<Progress>>>,
+    logs: Option<Arc<Forwarding<LogMessage>>>,
+}
+
+impl Relayed {
+    /// Waits (briefly) until all of it is sent (see `all_sent`).
+    async fn sent(self) {
+        all_sent(self.progress).await;
+        all_sent(self.logs).await;
+    }
+}
+
 /// Waits (briefly) until what an agent sent about a call that has ended is
 /// sent on: it must reach the client before the call's answer, which ends
 /// the stream progress travels on.
@@ -736,10 +845,20 @@ async fn all_sent<T>(forwarding: Option<Arc<Forwarding<T>>>) {
     }
 }
 
+/// The capabilities of a 2026-07-28 client, which declares them in each
+/// request's `_meta`; `None` for a client of a session of the 2025 revisions.
+fn stateless_capabilities(
+    context: &RequestContext<RoleServer>,
+) -> Option<rmcp::model::ClientCapabilities> {
+    let client = context.peer.peer_info()?;
+    (client.protocol_version == ProtocolVersion::V_2026_07_28)
+        .then(|| context.meta.client_capabilities().unwrap_or_default())
+}
+
 /// Who answers what an agent asks the calling client during its call
 /// (sampling, elicitation, roots): the client itself, through requests on
 /// its session, for each capability it declared. A 2026-07-28 client has no
-/// session to ask on: `None`, and such a call fails saying what was asked.
+/// session to ask on: `None` (its calls are asked in rounds, see `rounds`).
 fn input_relay_to(context: &RequestContext<RoleServer>) -> Option<InputRelay> {
     let peer = context.peer.clone();
     let client = peer.peer_info()?;

@@ -290,8 +290,8 @@ impl Handler {
             Ok(None) => {
                 return Err(refused(format!(
                     "Switchboard cannot relay {method}: the call it belongs to was not made \
-                     through /mcp by a client of the 2025 revisions that can be asked (a call \
-                     through POST /v1/invoke or the library, or a 2026-07-28 client)"
+                     through /mcp by a client that can be asked (a call through POST /v1/invoke \
+                     or the library, or a category tool's call)"
                 )))
             }
             Err(Unroutable::NoCall) => {

@@ -50,6 +50,11 @@ struct Upstream {
     subscribed: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Each call of `touch`, for the `subscriptions/listen` streams open here.
     touches: Arc<tokio::sync::broadcast::Sender<()>>,
+    /// Prompts added at run time (by `add_prompt`), after `summarize`.
+    added_prompts: Arc<Mutex<Vec<String>>>,
+    /// Each change of the prompts, for the `subscriptions/listen` streams
+    /// that asked for them.
+    prompt_changes: Arc<tokio::sync::broadcast::Sender<()>>,
 }
 
 fn schema(property: &str, kind: &str) -> Value {
@@ -84,6 +89,8 @@ impl Upstream {
             prompt_argument: "text",
             subscribed: Arc::default(),
             touches: Arc::new(tokio::sync::broadcast::channel(16).0),
+            added_prompts: Arc::default(),
+            prompt_changes: Arc::new(tokio::sync::broadcast::channel(16).0),
         }
     }
 
@@ -111,6 +118,7 @@ impl ServerHandler for Upstream {
                 .enable_resources()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_prompts_list_changed()
                 .enable_resources_subscribe()
                 .build(),
         )
@@ -121,12 +129,15 @@ impl ServerHandler for Upstream {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListPromptsResult, McpError> {
-        Ok(serde_json::from_value(json!({"prompts": [{
+        let mut prompts = vec![json!({
             "name": "summarize",
             "description": "Summarises a text",
             "arguments": [{"name": self.prompt_argument, "required": true}],
-        }]}))
-        .unwrap())
+        })];
+        for name in self.added_prompts.lock().unwrap().iter() {
+            prompts.push(json!({"name": name, "description": "Added at run time"}));
+        }
+        Ok(serde_json::from_value(json!({ "prompts": prompts })).unwrap())
     }
 
     async fn get_prompt(
@@ -219,13 +230,20 @@ impl ServerHandler for Upstream {
             .resource_subscriptions
             .clone()
             .unwrap_or_default();
+        let prompts = context.accepted().prompts_list_changed == Some(true);
         // Listening before the subscription shows: a touch right after it
         // must be seen.
         let mut touches = self.touches.subscribe();
+        let mut prompt_changes = self.prompt_changes.subscribe();
         self.subscribed.lock().unwrap().extend(uris.iter().cloned());
         loop {
             tokio::select! {
                 _ = context.cancelled() => break,
+                changed = prompt_changes.recv(), if prompts => {
+                    if changed.is_err() || context.sink().notify_prompt_list_changed().await.is_err() {
+                        break;
+                    }
+                }
                 touched = touches.recv() => {
                     if touched.is_err() {
                         break;
@@ -464,6 +482,17 @@ impl ServerHandler for Upstream {
                         .await;
                 } else {
                     let _ = self.touches.send(());
+                }
+                CallToolResult::structured(json!({"server": self.name}))
+            }
+            "add_prompt" => {
+                // 2026-07-28 announces list changes on `subscriptions/listen`
+                // streams only; the older revisions to the session.
+                self.added_prompts.lock().unwrap().push("added_prompt".into());
+                if self.legacy {
+                    let _ = context.peer.notify_prompt_list_changed().await;
+                } else {
+                    let _ = self.prompt_changes.send(());
                 }
                 CallToolResult::structured(json!({"server": self.name}))
             }
@@ -1316,6 +1345,8 @@ struct Listener {
     progress: Arc<Mutex<Vec<(rmcp::model::ProgressToken, f64)>>>,
     /// The data of each log message.
     logs: Arc<Mutex<Vec<Value>>>,
+    /// `notifications/prompts/list_changed` received.
+    prompt_changes: Arc<AtomicUsize>,
 }
 
 impl rmcp::ClientHandler for Listener {
@@ -1378,6 +1409,13 @@ impl rmcp::ClientHandler for Listener {
         _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
     ) {
         self.updates.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn on_prompt_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.prompt_changes.fetch_add(1, Ordering::SeqCst);
     }
 
     #[allow(deprecated)] // logging, which /mcp offers its clients
@@ -2892,6 +2930,62 @@ async fn resource_updates_reach_the_sessions_that_subscribed_and_only_them() {
         );
         subscription.cancel().await.unwrap();
         eventually(|| up.subscribed.lock().unwrap().is_empty()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_prompt_list_change_is_announced_to_clients_in_both_eras() {
+    for legacy_upstream in [true, false] {
+        let mut up =
+            Upstream::new("a").with_tool("add_prompt", "Adds a prompt", schema("x", "number"));
+        if legacy_upstream {
+            up = up.legacy();
+        }
+        let behind = behind_switchboard(up.clone()).await;
+        let url = &behind.url;
+        let session_sees = Listener::default();
+        let session = connect(url, session_sees.clone(), true).await;
+        // A 2026-07-28 client listens for prompt and resource list changes.
+        let modern = connect(url, Listener::default(), false).await;
+        let mut subscription = modern
+            .peer()
+            .listen(
+                rmcp::model::SubscriptionFilter::builder()
+                    .prompts_list_changed()
+                    .resources_list_changed()
+                    .build(),
+            )
+            .await
+            .unwrap();
+        let before = session.list_prompts(None).await.unwrap();
+        assert_eq!(before.prompts.len(), 1, "{before:?}");
+        // A 2026-07-28 upstream announces the change on the listen stream
+        // Switchboard opened to it; a 2025 one on its session.
+        session
+            .call_tool(CallToolRequestParams::new("add_prompt"))
+            .await
+            .unwrap();
+        eventually(|| session_sees.prompt_changes.load(Ordering::SeqCst) >= 1).await;
+        let after = session.list_prompts(None).await.unwrap();
+        assert!(
+            after.prompts.iter().any(|p| p.name == "added_prompt"),
+            "listed again after the change: {after:?}"
+        );
+        let told = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("a list change within 10 s")
+            .unwrap();
+        assert!(
+            matches!(
+                &told,
+                Some(rmcp::model::ServerNotification::PromptListChangedNotification(_))
+            ),
+            "only the prompts changed: {told:?}"
+        );
+        subscription.cancel().await.unwrap();
+        for client in [session, modern] {
+            client.cancel().await.unwrap();
+        }
     }
 }
 

@@ -264,7 +264,7 @@ impl Discovery {
             })?),
             None => None,
         };
-        let changed = {
+        let (changed, offers_changed) = {
             let mut agents = self.agents.lock();
             // Removed or replaced while it was listed: its tools are not
             // routed, and what this listing stored goes (`forget` may have
@@ -294,15 +294,22 @@ impl Discovery {
                 },
             );
             let now = &agents[agent_id];
-            previous.is_none_or(|p| {
+            let offers_changed = previous.as_ref().is_none_or(|p| p.offers != now.offers);
+            let changed = previous.is_none_or(|p| {
                 p.uid != agent.uid
                     || p.tools != now.tools
                     || p.offers != now.offers
                     || p.prefix != server.prefix
-            })
+            });
+            (changed, offers_changed)
         };
         if changed {
             self.route(inner);
+        }
+        // A prompt or resource whose description changed routes as before,
+        // but clients that list them are told too.
+        if offers_changed {
+            self.bump();
         }
         self.schedule_refresh(dispatcher, &agent, &server, server_ttl);
         Ok(self

@@ -319,7 +319,8 @@ impl ToolDispatcher {
     }
 
     /// Changes whenever the routed tools may have changed: a registration,
-    /// a removal, or a change of the tools MCP agents serve.
+    /// a removal, or a change of the tools, prompts or resources MCP agents
+    /// serve.
     pub fn tools_changed(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.discovery.subscribe()
     }

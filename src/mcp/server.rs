@@ -904,11 +904,50 @@ const FORWARD_BACKLOG: usize = 64;
 /// layer puts it in the request's extensions); `None` over stdio or on a
 /// server that requires no credential.
 fn caller(context: &RequestContext<RoleServer>) -> Option<Principal> {
-    context
-        .extensions
+    caller_in(&context.extensions)
+}
+
+/// The authenticated caller of the HTTP request a message came with.
+fn caller_in(extensions: &rmcp::model::Extensions) -> Option<Principal> {
+    extensions
         .get::<axum::http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<Principal>())
         .cloned()
+}
+
+/// What one caller may see of the prompts, and of the resources and
+/// resource templates, each as a fingerprint: a change is announced when
+/// its fingerprint changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct OffersSeen {
+    prompts: u64,
+    resources: u64,
+}
+
+impl SwitchboardMcp {
+    /// What `caller` may see of the prompts and resources now.
+    fn offers_seen(&self, caller: Option<&Principal>) -> OffersSeen {
+        use std::hash::{Hash, Hasher};
+        let print = |action: &str, kinds: &[McpOfferKind]| {
+            let reader = caller.map(|p| reader_context(p, action));
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for kind in kinds {
+                for offer in
+                    offers::visible(&self.catalog, &self.dispatcher, reader.as_ref(), *kind)
+                {
+                    format!("{offer:?}").hash(&mut hasher);
+                }
+            }
+            hasher.finish()
+        };
+        OffersSeen {
+            prompts: print("list_prompts", &[McpOfferKind::Prompt]),
+            resources: print(
+                "list_resources",
+                &[McpOfferKind::Resource, McpOfferKind::ResourceTemplate],
+            ),
+        }
+    }
 }
 
 /// The policy context of a caller's reads through `/mcp`.
@@ -1059,6 +1098,8 @@ impl ServerHandler for SwitchboardMcp {
                 .enable_resources()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_prompts_list_changed()
+                .enable_resources_list_changed()
                 .enable_resources_subscribe()
                 .enable_logging()
                 .build(),
@@ -1254,16 +1295,20 @@ impl ServerHandler for SwitchboardMcp {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // A session of the 2025 revisions: tell it when the tools change,
-        // until it ends. Waiting for the next change alone would keep this
-        // task and its peer alive after the session, for as long as the
-        // tools stay the same.
+        // and when the prompts or resources it may see change, until it
+        // ends. Waiting for the next change alone would keep this task and
+        // its peer alive after the session, for as long as the tools stay
+        // the same.
         let mut changes = self.dispatcher.tools_changed();
         changes.borrow_and_update();
         let mut ended = self.session.subscribe();
         let live = Announcing::start(&self.announcers);
         let peer = context.peer;
+        let caller = caller_in(&context.extensions);
+        let this = self.clone();
         tokio::spawn(async move {
             let _live = live;
+            let mut seen = this.offers_seen(caller.as_ref());
             loop {
                 tokio::select! {
                     _ = ended.changed() => return,
@@ -1274,6 +1319,18 @@ impl ServerHandler for SwitchboardMcp {
                         {
                             return;
                         }
+                        let now = this.offers_seen(caller.as_ref());
+                        if now.prompts != seen.prompts
+                            && peer.notify_prompt_list_changed().await.is_err()
+                        {
+                            return;
+                        }
+                        if now.resources != seen.resources
+                            && peer.notify_resource_list_changed().await.is_err()
+                        {
+                            return;
+                        }
+                        seen = now;
                     }
                 }
             }
@@ -1287,6 +1344,12 @@ impl ServerHandler for SwitchboardMcp {
         let mut accepted = SubscriptionFilter::builder();
         if requested.tools_list_changed == Some(true) {
             accepted = accepted.tools_list_changed();
+        }
+        if requested.prompts_list_changed == Some(true) {
+            accepted = accepted.prompts_list_changed();
+        }
+        if requested.resources_list_changed == Some(true) {
+            accepted = accepted.resources_list_changed();
         }
         for uri in requested.resource_subscriptions.iter().flatten() {
             accepted = accepted.resource_subscription(uri.clone());
@@ -1312,15 +1375,37 @@ impl ServerHandler for SwitchboardMcp {
             }
         }
         let tools = accepted.tools_list_changed == Some(true);
+        let prompts = accepted.prompts_list_changed == Some(true);
+        let resources = accepted.resources_list_changed == Some(true);
+        let caller = caller(context.request_context());
         let mut changes = self.dispatcher.tools_changed();
         changes.borrow_and_update();
+        let mut seen = self.offers_seen(caller.as_ref());
         loop {
             tokio::select! {
                 _ = context.cancelled() => break,
-                more = next_change(&mut changes), if tools => {
-                    if !more || context.sink().notify_tool_list_changed().await.is_err() {
+                more = next_change(&mut changes), if tools || prompts || resources => {
+                    if !more {
                         break;
                     }
+                    let sink = context.sink();
+                    if tools && sink.notify_tool_list_changed().await.is_err() {
+                        break;
+                    }
+                    let now = self.offers_seen(caller.as_ref());
+                    if prompts
+                        && now.prompts != seen.prompts
+                        && sink.notify_prompt_list_changed().await.is_err()
+                    {
+                        break;
+                    }
+                    if resources
+                        && now.resources != seen.resources
+                        && sink.notify_resource_list_changed().await.is_err()
+                    {
+                        break;
+                    }
+                    seen = now;
                 }
                 update = updates.recv(), if !held.is_empty() => match update {
                     Ok(uri) if held.contains(&uri) => {

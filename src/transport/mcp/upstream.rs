@@ -30,7 +30,7 @@ use rmcp::model::{
     ElicitRequestParams, ElicitResult, ErrorCode, Implementation, InputRequests, InputResponses,
     PaginatedRequestParams, PingRequest, ProgressNotificationParam, ProgressToken, ProtocolVersion,
     RequestId, RequestMetaObject, RequestParamsMeta, ResourceUpdatedNotificationParam,
-    ServerResult,
+    ServerNotification, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
     ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin, NotificationContext,
@@ -129,10 +129,22 @@ async fn log_stderr(agent_id: String, stderr: tokio::process::ChildStderr, tail:
     tail.close();
 }
 
-/// One connection: the SDK's service, and the child process of a stdio server.
+/// One connection: the SDK's service, the child process of a stdio server,
+/// and the `subscriptions/listen` stream that carries a 2026-07-28
+/// server's list changes.
 struct Connection {
     running: Running,
     _child: Option<tokio::process::Child>,
+    _list_changes: Option<Listening>,
+}
+
+/// A `subscriptions/listen` stream's task, ended when this is dropped.
+struct Listening(tokio::task::JoinHandle<()>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
@@ -691,6 +703,7 @@ impl Upstream {
             .store(if modern { STATELESS } else { SESSIONS }, Ordering::Release);
         tracing::debug!(agent_id = %self.agent_id, modern, "connected to an MCP agent");
         Ok(Connection {
+            _list_changes: self.listen_for_list_changes(&running),
             running,
             _child: None,
         })
@@ -815,9 +828,68 @@ impl Upstream {
             }
         };
         Ok(Connection {
+            _list_changes: self.listen_for_list_changes(&running),
             running,
             _child: Some(child),
         })
+    }
+
+    /// On a 2026-07-28 server, which sends list changes only on
+    /// `subscriptions/listen` streams, a stream of its own for the lists the
+    /// server says change (tools, prompts, resources), for as long as the
+    /// connection lives: each change has the agent listed again.
+    fn listen_for_list_changes(&self, running: &Running) -> Option<Listening> {
+        let peer = running.peer().clone();
+        let server = peer.peer_info()?;
+        if server.protocol_version != ProtocolVersion::V_2026_07_28 {
+            return None;
+        }
+        let capabilities = &server.capabilities;
+        let changes = |declared: Option<Option<bool>>| declared.flatten() == Some(true);
+        let (tools, prompts, resources) = (
+            changes(capabilities.tools.as_ref().map(|c| c.list_changed)),
+            changes(capabilities.prompts.as_ref().map(|c| c.list_changed)),
+            changes(capabilities.resources.as_ref().map(|c| c.list_changed)),
+        );
+        if !(tools || prompts || resources) {
+            return None;
+        }
+        let mut filter = SubscriptionFilter::builder();
+        if tools {
+            filter = filter.tools_list_changed();
+        }
+        if prompts {
+            filter = filter.prompts_list_changed();
+        }
+        if resources {
+            filter = filter.resources_list_changed();
+        }
+        let filter = filter.build();
+        let (agent_id, list_changed) = (self.agent_id.clone(), self.list_changed.clone());
+        Some(Listening(tokio::spawn(async move {
+            let mut subscription = match peer.listen(filter).await {
+                Ok(subscription) => subscription,
+                Err(e) => {
+                    tracing::debug!(%agent_id, error = %e, "the MCP agent refused subscriptions/listen for its list changes; its lists are read again by TTL");
+                    return;
+                }
+            };
+            loop {
+                match subscription.next().await {
+                    Ok(Some(
+                        ServerNotification::ToolListChangedNotification(_)
+                        | ServerNotification::PromptListChangedNotification(_)
+                        | ServerNotification::ResourceListChangedNotification(_),
+                    )) => list_changed(),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%agent_id, error = %e, "an MCP agent's list-change subscription ended");
+                        break;
+                    }
+                }
+            }
+        })))
     }
 
     async fn connect_with(&self, lifecycle: ClientLifecycleMode) -> Result<Running, Failure> {

@@ -137,7 +137,8 @@ impl ServerHandler for Upstream {
         for name in self.added_prompts.lock().unwrap().iter() {
             prompts.push(json!({"name": name, "description": "Added at run time"}));
         }
-        Ok(serde_json::from_value(json!({ "prompts": prompts })).unwrap())
+        // Its prompts are good for a minute (its tools say nothing).
+        Ok(serde_json::from_value(json!({ "prompts": prompts, "ttlMs": 60_000 })).unwrap())
     }
 
     async fn get_prompt(
@@ -165,11 +166,13 @@ impl ServerHandler for Upstream {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListResourcesResult, McpError> {
-        Ok(serde_json::from_value(json!({"resources": [
-            {"uri": "test://doc", "name": "doc", "mimeType": "text/plain"},
-            {"uri": "test://secret", "name": "secret", "mimeType": "text/plain"},
-        ]}))
-        .unwrap())
+        Ok(
+            serde_json::from_value(json!({"ttlMs": 90_000, "resources": [
+                {"uri": "test://doc", "name": "doc", "mimeType": "text/plain"},
+                {"uri": "test://secret", "name": "secret", "mimeType": "text/plain"},
+            ]}))
+            .unwrap(),
+        )
     }
 
     async fn list_resource_templates(
@@ -177,10 +180,12 @@ impl ServerHandler for Upstream {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListResourceTemplatesResult, McpError> {
-        Ok(serde_json::from_value(json!({"resourceTemplates": [
-            {"uriTemplate": "test://item/{id}", "name": "item"},
-        ]}))
-        .unwrap())
+        Ok(
+            serde_json::from_value(json!({"ttlMs": 90_000, "resourceTemplates": [
+                {"uriTemplate": "test://item/{id}", "name": "item"},
+            ]}))
+            .unwrap(),
+        )
     }
 
     async fn read_resource(
@@ -315,7 +320,8 @@ impl ServerHandler for Upstream {
                 Tool::new(name.clone(), description.clone(), Arc::new(schema))
             })
             .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        // Each list says how long it is good for (the prompts' is the shortest).
+        Ok(ListToolsResult::with_all_items(tools).with_ttl_ms(120_000))
     }
 
     async fn call_tool(
@@ -2986,6 +2992,35 @@ async fn an_upstreams_prompt_list_change_is_announced_to_clients_in_both_eras() 
         for client in [session, modern] {
             client.cancel().await.unwrap();
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_tell_2026_clients_how_long_to_keep_them_and_that_they_are_per_caller() {
+    let behind = behind_switchboard(Upstream::new("a")).await;
+    let url = &behind.url;
+    let modern = connect(url, Listener::default(), false).await;
+    // The agent's prompts list said 60 s, its other lists longer:
+    // Switchboard reads them all again after 60 s, and says so of every
+    // list it serves, each of what this caller may see.
+    let tools = modern.list_tools(None).await.unwrap();
+    assert_eq!(tools.ttl_ms, Some(60_000), "{tools:?}");
+    assert_eq!(tools.cache_scope, Some(rmcp::model::CacheScope::Private));
+    let prompts = modern.list_prompts(None).await.unwrap();
+    assert_eq!(prompts.ttl_ms, Some(60_000), "{prompts:?}");
+    assert_eq!(prompts.cache_scope, Some(rmcp::model::CacheScope::Private));
+    let resources = modern.list_resources(None).await.unwrap();
+    assert_eq!(resources.ttl_ms, Some(60_000), "{resources:?}");
+    assert_eq!(
+        resources.cache_scope,
+        Some(rmcp::model::CacheScope::Private)
+    );
+    // The 2025 revisions have no such fields.
+    let session = connect(url, Listener::default(), true).await;
+    let tools = session.list_tools(None).await.unwrap();
+    assert_eq!((tools.ttl_ms, tools.cache_scope), (None, None), "{tools:?}");
+    for client in [modern, session] {
+        client.cancel().await.unwrap();
     }
 }
 

@@ -312,6 +312,13 @@ impl ToolDispatcher {
         self.inner.discovery.list()
     }
 
+    /// The shortest time Switchboard keeps an MCP agent's lists before it
+    /// reads them again (the agent's `ttlMs`, `discovery_ttl_ms`, else
+    /// [`DEFAULT_DISCOVERY_TTL`]); `None` while no MCP agent was listed.
+    pub(crate) fn mcp_list_ttl(&self) -> Option<std::time::Duration> {
+        self.inner.discovery.shortest_ttl()
+    }
+
     /// Every prompt, resource and resource template MCP agents offer, by
     /// agent, then kind and name.
     pub fn discovered_offers(&self) -> Vec<DiscoveredOffer> {

@@ -472,6 +472,10 @@ impl SwitchboardMcp {
             .collect();
         let mut result = ListToolsResult::with_all_items(tools);
         result.next_cursor = next;
+        if let Some((ttl_ms, _)) = self.cache_hints(context) {
+            result.ttl_ms = Some(ttl_ms);
+            result.cache_scope = Some(rmcp::model::CacheScope::Private);
+        }
         Ok(result)
     }
 }
@@ -510,7 +514,33 @@ impl SwitchboardMcp {
             McpOfferKind::Resource => ("resources", "resources/list"),
             McpOfferKind::ResourceTemplate => ("resourceTemplates", "resources/templates/list"),
         };
-        offers::answer(serde_json::json!({field: page, "nextCursor": next}), method)
+        let mut answer = serde_json::json!({field: page, "nextCursor": next});
+        if let Some((ttl_ms, scope)) = self.cache_hints(context) {
+            answer["ttlMs"] = ttl_ms.into();
+            answer["cacheScope"] = scope.into();
+        }
+        offers::answer(answer, method)
+    }
+
+    /// What a 2026-07-28 client is told about caching a list (`ttlMs`,
+    /// `cacheScope`); `None` for the older revisions, which do not have
+    /// them. A list is of what its caller may see, so it is `private`; it
+    /// stays fresh as long as Switchboard keeps the MCP agents' lists
+    /// before reading them again (their changes, and registrations, are
+    /// announced with `list_changed` meanwhile).
+    fn cache_hints(&self, context: &RequestContext<RoleServer>) -> Option<(u64, &'static str)> {
+        let client = context.peer.peer_info()?;
+        if client.protocol_version != ProtocolVersion::V_2026_07_28 {
+            return None;
+        }
+        let ttl = self
+            .dispatcher
+            .mcp_list_ttl()
+            .unwrap_or(crate::dispatch::DEFAULT_DISCOVERY_TTL);
+        Some((
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            "private",
+        ))
     }
 
     /// Reads `offer` (a prompt or resource) for `principal`: one dispatch of

@@ -33,8 +33,8 @@ use rmcp::model::{
     ServerNotification, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
-    ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin, NotificationContext,
-    PeerRequestOptions, RequestContext, RunningService,
+    ClientCacheConfig, ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin,
+    NotificationContext, PeerRequestOptions, RequestContext, RunningService,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -951,6 +951,13 @@ impl Upstream {
         guard.take();
         let connection = self.connect().await?;
         let running = &connection.running;
+        // Discovery keeps the lists (by the server's ttlMs) and reads them
+        // again when they expire or the server says they changed: a read
+        // must reach the server, not the SDK's own cache of its answers.
+        running
+            .peer()
+            .set_response_cache_config(ClientCacheConfig::disabled())
+            .await;
         let link = (running.peer().clone(), running.service().asks.clone());
         *guard = Some(connection);
         Ok(link)

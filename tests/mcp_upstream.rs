@@ -3305,8 +3305,8 @@ async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
     // A state is good for one retry.
     let err = modern.peer().call_tool_once(retry).await.unwrap_err();
     assert!(err.to_string().contains("requestState"), "{err}");
-    // A 2026-07-28 client that does not declare elicitation gets the
-    // tool's error saying why.
+    // A 2026-07-28 client that declares none of what an agent may ask
+    // gets the tool's error saying what was asked.
     let undeclared = connect(url, Listener::default(), false).await;
     let refused = undeclared
         .call_tool(CallToolRequestParams::new("ask"))
@@ -3315,7 +3315,7 @@ async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
     assert_eq!(refused.is_error, Some(true), "{refused:?}");
     let text = serde_json::to_string(&refused.content).unwrap();
     assert!(
-        text.contains("does not declare the capability elicitation/create needs"),
+        text.contains("asks the client for elicitation/create") && text.contains("supports it"),
         "{text}"
     );
 

@@ -298,7 +298,7 @@ impl SwitchboardMcp {
             // A tool an MCP agent serves: the arguments are its input, and
             // its result goes back as the agent gave it.
             let mut options = with_trace(RoutingOptions::new(), trace);
-            let outcome = if let Some(capabilities) = stateless_capabilities(&context) {
+            let outcome = if let Some(capabilities) = askable_capabilities(&context) {
                 let mut request = request;
                 match self
                     .dispatch_in_rounds(
@@ -875,14 +875,22 @@ async fn all_sent<T>(forwarding: Option<Arc<Forwarding<T>>>) {
     }
 }
 
-/// The capabilities of a 2026-07-28 client, which declares them in each
-/// request's `_meta`; `None` for a client of a session of the 2025 revisions.
-fn stateless_capabilities(
+/// The capabilities of a 2026-07-28 client that can be asked for input
+/// (it declares sampling, elicitation or roots in the request's `_meta`);
+/// `None` for any other client: a client of a session of the 2025
+/// revisions is asked on its session, and one that declares none of them
+/// has its call dispatched without rounds.
+fn askable_capabilities(
     context: &RequestContext<RoleServer>,
 ) -> Option<rmcp::model::ClientCapabilities> {
     let client = context.peer.peer_info()?;
-    (client.protocol_version == ProtocolVersion::V_2026_07_28)
-        .then(|| context.meta.client_capabilities().unwrap_or_default())
+    if client.protocol_version != ProtocolVersion::V_2026_07_28 {
+        return None;
+    }
+    context
+        .meta
+        .client_capabilities()
+        .filter(|c| c.sampling.is_some() || c.elicitation.is_some() || c.roots.is_some())
 }
 
 /// Who answers what an agent asks the calling client during its call

@@ -67,29 +67,37 @@ fn log_message(data: &str) -> Option<LogMessage> {
     })
 }
 
+/// The id of `message` if it is a `tools/call`, whose response stream
+/// carries that call's log messages.
+fn call_id(message: &ClientJsonRpcMessage) -> Option<RequestId> {
+    match message {
+        ClientJsonRpcMessage::Request(request)
+            if matches!(request.request, ClientRequest::CallToolRequest(_)) =>
+        {
+            Some(request.id.clone())
+        }
+        _ => None,
+    }
+}
+
 impl<C> LogTap<C> {
-    /// `answer` to `message`, its response stream read for the log
-    /// messages of the call it answers when `message` is a `tools/call`.
+    /// `answer`, its response stream read for the log messages of call
+    /// `id` (`None`: the message was no `tools/call`).
     fn tap<E>(
         &self,
-        message: &ClientJsonRpcMessage,
+        id: Option<RequestId>,
         answer: Result<StreamableHttpPostResponse, E>,
     ) -> Result<StreamableHttpPostResponse, E> {
-        let Ok(StreamableHttpPostResponse::Sse(stream, session)) = answer else {
-            return answer;
-        };
-        let id = match message {
-            ClientJsonRpcMessage::Request(request)
-                if matches!(request.request, ClientRequest::CallToolRequest(_)) =>
-            {
-                request.id.clone()
+        let (id, stream, session) = match (id, answer) {
+            (Some(id), Ok(StreamableHttpPostResponse::Sse(stream, session))) => {
+                (id, stream, session)
             }
-            _ => return Ok(StreamableHttpPostResponse::Sse(stream, session)),
+            (_, answer) => return answer,
         };
         let calls = self.calls.clone();
         let stream = stream.filter_map(move |event| {
             let calls = calls.clone();
-            let id: RequestId = id.clone();
+            let id = id.clone();
             async move {
                 let message = match &event {
                     Ok(sse) => sse.data.as_deref().and_then(log_message),
@@ -119,17 +127,12 @@ impl<C: StreamableHttpClient + Sync> StreamableHttpClient for LogTap<C> {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<C::Error>> {
+        let id = call_id(&message);
         let answer = self
             .inner
-            .post_message(
-                uri,
-                message.clone(),
-                session_id,
-                auth_header,
-                custom_headers,
-            )
+            .post_message(uri, message, session_id, auth_header, custom_headers)
             .await;
-        self.tap(&message, answer)
+        self.tap(id, answer)
     }
 
     async fn post_message_with_max_sse_event_size(
@@ -141,18 +144,19 @@ impl<C: StreamableHttpClient + Sync> StreamableHttpClient for LogTap<C> {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         max_sse_event_size: usize,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<C::Error>> {
+        let id = call_id(&message);
         let answer = self
             .inner
             .post_message_with_max_sse_event_size(
                 uri,
-                message.clone(),
+                message,
                 session_id,
                 auth_header,
                 custom_headers,
                 max_sse_event_size,
             )
             .await;
-        self.tap(&message, answer)
+        self.tap(id, answer)
     }
 
     async fn post_message_with_response_limits(
@@ -164,18 +168,19 @@ impl<C: StreamableHttpClient + Sync> StreamableHttpClient for LogTap<C> {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         limits: StreamableHttpResponseLimits,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<C::Error>> {
+        let id = call_id(&message);
         let answer = self
             .inner
             .post_message_with_response_limits(
                 uri,
-                message.clone(),
+                message,
                 session_id,
                 auth_header,
                 custom_headers,
                 limits,
             )
             .await;
-        self.tap(&message, answer)
+        self.tap(id, answer)
     }
 
     async fn delete_session(

@@ -17,10 +17,17 @@
 //!
 //! When the routed tools change (registrations, or tools MCP agents
 //! discover), connected clients are told with
-//! `notifications/tools/list_changed` (debounced): on their session's stream
-//! in the 2025 revisions, on `subscriptions/listen` in 2026-07-28. A 2025
-//! session's announcing task ends with the session (DELETE, or the idle
-//! expiry of `rmcp`'s session manager), not at the next change.
+//! `notifications/tools/list_changed` (debounced), and with the prompts' and
+//! resources' `list_changed` when what they may see of those changed: on
+//! their session's stream in the 2025 revisions, on `subscriptions/listen`
+//! in 2026-07-28. A 2025 session's announcing task ends with the session
+//! (DELETE, or the idle expiry of `rmcp`'s session manager), not at the
+//! next change.
+//!
+//! An agent's log messages about a call reach the client that made it,
+//! from the level it asked for (`logging/setLevel` per 2025 session, `_meta`
+//! per 2026-07-28 request). What an agent asks a 2026-07-28 client during a
+//! call goes to it in `input_required` rounds (`rounds`).
 
 use super::observed::Observed;
 use super::rounds::{self, Rounds, Running, Step};

@@ -969,29 +969,29 @@ struct OffersSeen {
     resources: u64,
 }
 
-impl SwitchboardMcp {
-    /// What `caller` may see of the prompts and resources now.
-    fn offers_seen(&self, caller: Option<&Principal>) -> OffersSeen {
-        use std::hash::{Hash, Hasher};
-        let print = |action: &str, kinds: &[McpOfferKind]| {
-            let reader = caller.map(|p| reader_context(p, action));
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            for kind in kinds {
-                for offer in
-                    offers::visible(&self.catalog, &self.dispatcher, reader.as_ref(), *kind)
-                {
-                    format!("{offer:?}").hash(&mut hasher);
-                }
+/// What `caller` may see of the prompts and resources now.
+fn offers_seen(
+    catalog: &catalog::Catalog,
+    dispatcher: &ToolDispatcher,
+    caller: Option<&Principal>,
+) -> OffersSeen {
+    use std::hash::{Hash, Hasher};
+    let print = |action: &str, kinds: &[McpOfferKind]| {
+        let reader = caller.map(|p| reader_context(p, action));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for kind in kinds {
+            for offer in offers::visible(catalog, dispatcher, reader.as_ref(), *kind) {
+                format!("{offer:?}").hash(&mut hasher);
             }
-            hasher.finish()
-        };
-        OffersSeen {
-            prompts: print("list_prompts", &[McpOfferKind::Prompt]),
-            resources: print(
-                "list_resources",
-                &[McpOfferKind::Resource, McpOfferKind::ResourceTemplate],
-            ),
         }
+        hasher.finish()
+    };
+    OffersSeen {
+        prompts: print("list_prompts", &[McpOfferKind::Prompt]),
+        resources: print(
+            "list_resources",
+            &[McpOfferKind::Resource, McpOfferKind::ResourceTemplate],
+        ),
     }
 }
 
@@ -1350,10 +1350,12 @@ impl ServerHandler for SwitchboardMcp {
         let live = Announcing::start(&self.announcers);
         let peer = context.peer;
         let caller = caller_in(&context.extensions);
-        let this = self.clone();
+        // Not the handler itself: it holds the session's end, which must
+        // drop with the session.
+        let (catalog, dispatcher) = (self.catalog.clone(), self.dispatcher.clone());
         tokio::spawn(async move {
             let _live = live;
-            let mut seen = this.offers_seen(caller.as_ref());
+            let mut seen = offers_seen(&catalog, &dispatcher, caller.as_ref());
             loop {
                 tokio::select! {
                     _ = ended.changed() => return,
@@ -1364,7 +1366,7 @@ impl ServerHandler for SwitchboardMcp {
                         {
                             return;
                         }
-                        let now = this.offers_seen(caller.as_ref());
+                        let now = offers_seen(&catalog, &dispatcher, caller.as_ref());
                         if now.prompts != seen.prompts
                             && peer.notify_prompt_list_changed().await.is_err()
                         {
@@ -1425,7 +1427,7 @@ impl ServerHandler for SwitchboardMcp {
         let caller = caller(context.request_context());
         let mut changes = self.dispatcher.tools_changed();
         changes.borrow_and_update();
-        let mut seen = self.offers_seen(caller.as_ref());
+        let mut seen = offers_seen(&self.catalog, &self.dispatcher, caller.as_ref());
         loop {
             tokio::select! {
                 _ = context.cancelled() => break,
@@ -1437,7 +1439,7 @@ impl ServerHandler for SwitchboardMcp {
                     if tools && sink.notify_tool_list_changed().await.is_err() {
                         break;
                     }
-                    let now = self.offers_seen(caller.as_ref());
+                    let now = offers_seen(&self.catalog, &self.dispatcher, caller.as_ref());
                     if prompts
                         && now.prompts != seen.prompts
                         && sink.notify_prompt_list_changed().await.is_err()

@@ -127,8 +127,8 @@ pub use namespace::{
 };
 pub use routing::{AgentConfig, AgentMetrics, AgentRegistry, HealthCheckConfig, RoutingStrategy};
 pub use transport::{
-    EventSink, InputAnswer, InputRelay, Progress, ProgressSink, StreamEvent, TlsTrust, ToolError,
-    TraceContext,
+    EventSink, InputAnswer, InputRelay, LogLevel, LogMessage, LogSink, Progress, ProgressSink,
+    StreamEvent, TlsTrust, ToolError, TraceContext,
 };
 
 // Records a user reads back from scans, and the keys they live under.

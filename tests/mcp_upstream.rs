@@ -50,6 +50,11 @@ struct Upstream {
     subscribed: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Each call of `touch`, for the `subscriptions/listen` streams open here.
     touches: Arc<tokio::sync::broadcast::Sender<()>>,
+    /// Prompts added at run time (by `add_prompt`), after `summarize`.
+    added_prompts: Arc<Mutex<Vec<String>>>,
+    /// Each change of the prompts, for the `subscriptions/listen` streams
+    /// that asked for them.
+    prompt_changes: Arc<tokio::sync::broadcast::Sender<()>>,
 }
 
 fn schema(property: &str, kind: &str) -> Value {
@@ -84,6 +89,8 @@ impl Upstream {
             prompt_argument: "text",
             subscribed: Arc::default(),
             touches: Arc::new(tokio::sync::broadcast::channel(16).0),
+            added_prompts: Arc::default(),
+            prompt_changes: Arc::new(tokio::sync::broadcast::channel(16).0),
         }
     }
 
@@ -111,6 +118,7 @@ impl ServerHandler for Upstream {
                 .enable_resources()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_prompts_list_changed()
                 .enable_resources_subscribe()
                 .build(),
         )
@@ -121,12 +129,16 @@ impl ServerHandler for Upstream {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListPromptsResult, McpError> {
-        Ok(serde_json::from_value(json!({"prompts": [{
+        let mut prompts = vec![json!({
             "name": "summarize",
             "description": "Summarises a text",
             "arguments": [{"name": self.prompt_argument, "required": true}],
-        }]}))
-        .unwrap())
+        })];
+        for name in self.added_prompts.lock().unwrap().iter() {
+            prompts.push(json!({"name": name, "description": "Added at run time"}));
+        }
+        // Its prompts are good for a minute (its tools say nothing).
+        Ok(serde_json::from_value(json!({ "prompts": prompts, "ttlMs": 60_000 })).unwrap())
     }
 
     async fn get_prompt(
@@ -154,11 +166,13 @@ impl ServerHandler for Upstream {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListResourcesResult, McpError> {
-        Ok(serde_json::from_value(json!({"resources": [
-            {"uri": "test://doc", "name": "doc", "mimeType": "text/plain"},
-            {"uri": "test://secret", "name": "secret", "mimeType": "text/plain"},
-        ]}))
-        .unwrap())
+        Ok(
+            serde_json::from_value(json!({"ttlMs": 90_000, "resources": [
+                {"uri": "test://doc", "name": "doc", "mimeType": "text/plain"},
+                {"uri": "test://secret", "name": "secret", "mimeType": "text/plain"},
+            ]}))
+            .unwrap(),
+        )
     }
 
     async fn list_resource_templates(
@@ -166,10 +180,12 @@ impl ServerHandler for Upstream {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListResourceTemplatesResult, McpError> {
-        Ok(serde_json::from_value(json!({"resourceTemplates": [
-            {"uriTemplate": "test://item/{id}", "name": "item"},
-        ]}))
-        .unwrap())
+        Ok(
+            serde_json::from_value(json!({"ttlMs": 90_000, "resourceTemplates": [
+                {"uriTemplate": "test://item/{id}", "name": "item"},
+            ]}))
+            .unwrap(),
+        )
     }
 
     async fn read_resource(
@@ -219,13 +235,20 @@ impl ServerHandler for Upstream {
             .resource_subscriptions
             .clone()
             .unwrap_or_default();
+        let prompts = context.accepted().prompts_list_changed == Some(true);
         // Listening before the subscription shows: a touch right after it
         // must be seen.
         let mut touches = self.touches.subscribe();
+        let mut prompt_changes = self.prompt_changes.subscribe();
         self.subscribed.lock().unwrap().extend(uris.iter().cloned());
         loop {
             tokio::select! {
                 _ = context.cancelled() => break,
+                changed = prompt_changes.recv(), if prompts => {
+                    if changed.is_err() || context.sink().notify_prompt_list_changed().await.is_err() {
+                        break;
+                    }
+                }
                 touched = touches.recv() => {
                     if touched.is_err() {
                         break;
@@ -297,7 +320,8 @@ impl ServerHandler for Upstream {
                 Tool::new(name.clone(), description.clone(), Arc::new(schema))
             })
             .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        // Each list says how long it is good for (the prompts' is the shortest).
+        Ok(ListToolsResult::with_all_items(tools).with_ttl_ms(120_000))
     }
 
     async fn call_tool(
@@ -436,6 +460,10 @@ impl ServerHandler for Upstream {
                 "traceparent": context.meta.0.get_traceparent(),
                 "tracestate": context.meta.0.get_tracestate(),
             })),
+            "log" => {
+                log_at_asked_levels(&context, &args).await;
+                CallToolResult::structured(json!({"server": self.name}))
+            }
             "progress" => {
                 // Three reports under the token the call asked with.
                 if let Some(token) = context.meta.get_progress_token() {
@@ -463,6 +491,17 @@ impl ServerHandler for Upstream {
                 }
                 CallToolResult::structured(json!({"server": self.name}))
             }
+            "add_prompt" => {
+                // 2026-07-28 announces list changes on `subscriptions/listen`
+                // streams only; the older revisions to the session.
+                self.added_prompts.lock().unwrap().push("added_prompt".into());
+                if self.legacy {
+                    let _ = context.peer.notify_prompt_list_changed().await;
+                } else {
+                    let _ = self.prompt_changes.send(());
+                }
+                CallToolResult::structured(json!({"server": self.name}))
+            }
             "add_tool" => {
                 self.tools.lock().unwrap().push((
                     "added".into(),
@@ -485,6 +524,34 @@ impl ServerHandler for Upstream {
             _ => CallToolResult::structured(json!({"server": self.name, "args": args})),
         }
         .into())
+    }
+}
+
+/// Sends a log message at each of three levels, from the level the request
+/// asks for up (a 2026-07-28 server sends none to a request that asks for
+/// none), each saying who called.
+#[allow(deprecated)] // logging, as 2026-07-28 still carries it
+async fn log_at_asked_levels(context: &RequestContext<RoleServer>, args: &Value) {
+    let Some(asked) = context.meta.log_level() else {
+        return;
+    };
+    let rank = |level: &rmcp::model::LoggingLevel| {
+        let name = serde_json::to_value(level).unwrap();
+        ["debug", "info", "warning", "error"]
+            .iter()
+            .position(|l| name == *l)
+            .unwrap_or(0)
+    };
+    for level in ["debug", "info", "warning"] {
+        let level: rmcp::model::LoggingLevel = serde_json::from_value(json!(level)).unwrap();
+        if rank(&level) < rank(&asked) {
+            continue;
+        }
+        let message = rmcp::model::LoggingMessageNotificationParam::new(
+            level,
+            json!({"who": args["who"], "level": level}),
+        );
+        let _ = context.peer.notify_logging_message(message).await;
     }
 }
 
@@ -1282,6 +1349,10 @@ struct Listener {
     updates: Arc<AtomicUsize>,
     /// Each progress report: its token and value.
     progress: Arc<Mutex<Vec<(rmcp::model::ProgressToken, f64)>>>,
+    /// The data of each log message.
+    logs: Arc<Mutex<Vec<Value>>>,
+    /// `notifications/prompts/list_changed` received.
+    prompt_changes: Arc<AtomicUsize>,
 }
 
 impl rmcp::ClientHandler for Listener {
@@ -1344,6 +1415,22 @@ impl rmcp::ClientHandler for Listener {
         _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
     ) {
         self.updates.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn on_prompt_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.prompt_changes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[allow(deprecated)] // logging, which /mcp offers its clients
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.logs.lock().unwrap().push(params.data);
     }
 
     async fn on_progress(
@@ -3088,6 +3175,91 @@ async fn resource_updates_reach_the_sessions_that_subscribed_and_only_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_prompt_list_change_is_announced_to_clients_in_both_eras() {
+    for legacy_upstream in [true, false] {
+        let mut up =
+            Upstream::new("a").with_tool("add_prompt", "Adds a prompt", schema("x", "number"));
+        if legacy_upstream {
+            up = up.legacy();
+        }
+        let behind = behind_switchboard(up.clone()).await;
+        let url = &behind.url;
+        let session_sees = Listener::default();
+        let session = connect(url, session_sees.clone(), true).await;
+        // A 2026-07-28 client listens for prompt and resource list changes.
+        let modern = connect(url, Listener::default(), false).await;
+        let mut subscription = modern
+            .peer()
+            .listen(
+                rmcp::model::SubscriptionFilter::builder()
+                    .prompts_list_changed()
+                    .resources_list_changed()
+                    .build(),
+            )
+            .await
+            .unwrap();
+        let before = session.list_prompts(None).await.unwrap();
+        assert_eq!(before.prompts.len(), 1, "{before:?}");
+        // A 2026-07-28 upstream announces the change on the listen stream
+        // Switchboard opened to it; a 2025 one on its session.
+        session
+            .call_tool(CallToolRequestParams::new("add_prompt"))
+            .await
+            .unwrap();
+        eventually(|| session_sees.prompt_changes.load(Ordering::SeqCst) >= 1).await;
+        let after = session.list_prompts(None).await.unwrap();
+        assert!(
+            after.prompts.iter().any(|p| p.name == "added_prompt"),
+            "listed again after the change: {after:?}"
+        );
+        let told = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("a list change within 10 s")
+            .unwrap();
+        assert!(
+            matches!(
+                &told,
+                Some(rmcp::model::ServerNotification::PromptListChangedNotification(_))
+            ),
+            "only the prompts changed: {told:?}"
+        );
+        subscription.cancel().await.unwrap();
+        for client in [session, modern] {
+            client.cancel().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_tell_2026_clients_how_long_to_keep_them_and_that_they_are_per_caller() {
+    let behind = behind_switchboard(Upstream::new("a")).await;
+    let url = &behind.url;
+    let modern = connect(url, Listener::default(), false).await;
+    // The agent's prompts list said 60 s, its other lists longer:
+    // Switchboard reads them all again after 60 s, and says so of every
+    // list it serves, each of what this caller may see.
+    let tools = modern.list_tools(None).await.unwrap();
+    assert_eq!(tools.ttl_ms, Some(60_000), "{tools:?}");
+    assert_eq!(tools.cache_scope, Some(rmcp::model::CacheScope::Private));
+    let prompts = modern.list_prompts(None).await.unwrap();
+    assert_eq!(prompts.ttl_ms, Some(60_000), "{prompts:?}");
+    assert_eq!(prompts.cache_scope, Some(rmcp::model::CacheScope::Private));
+    let resources = modern.list_resources(None).await.unwrap();
+    assert_eq!(resources.ttl_ms, Some(60_000), "{resources:?}");
+    assert_eq!(
+        resources.cache_scope,
+        Some(rmcp::model::CacheScope::Private)
+    );
+    // The 2025 revisions have no such fields.
+    let session = connect(url, Listener::default(), true).await;
+    let tools = session.list_tools(None).await.unwrap();
+    assert_eq!((tools.ttl_ms, tools.cache_scope), (None, None), "{tools:?}");
+    for client in [modern, session] {
+        client.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstreams_progress_reaches_the_caller_that_asked_and_only_it() {
     for legacy in [true, false] {
         let mut up =
@@ -3156,10 +3328,125 @@ async fn an_upstreams_progress_reaches_the_caller_that_asked_and_only_it() {
     }
 }
 
+/// A `log` call from `who`, with `_meta` asking for messages from `level` up.
+fn log_call(who: &str, level: Option<&str>) -> CallToolRequestParams {
+    let mut call = CallToolRequestParams::new("log")
+        .with_arguments(json!({"who": who}).as_object().unwrap().clone());
+    if let Some(level) = level {
+        let mut meta = rmcp::model::RequestMetaObject::new();
+        meta.insert("io.modelcontextprotocol/logLevel".into(), json!(level));
+        call.meta = Some(meta);
+    }
+    call
+}
+
+/// Who sent each of `logs`, and at what level.
+fn senders(logs: &Arc<Mutex<Vec<Value>>>) -> Vec<(String, String)> {
+    let mut seen: Vec<(String, String)> = logs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| (l["who"].to_string(), l["level"].to_string()))
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_log_messages_reach_the_caller_whose_call_sent_them_and_only_it() {
+    let up = Upstream::new("a").with_tool("log", "Logs who called", schema("who", "string"));
+    let behind = behind_switchboard(up).await;
+    let (url, d) = (&behind.url, &behind.d);
+    let (ada_sees, bob_sees) = (Listener::default(), Listener::default());
+    let ada = connect(url, ada_sees.clone(), true).await;
+    let bob = connect(url, bob_sees.clone(), true).await;
+    // Ada asks for info and above; Bob has not asked, and gets every level.
+    #[allow(deprecated)]
+    ada.set_level(rmcp::model::SetLevelRequestParams::new(
+        rmcp::model::LoggingLevel::Info,
+    ))
+    .await
+    .unwrap();
+    // Both call at once, three times, on the one shared connection to the
+    // agent (no session_id): each message goes to the caller of its call.
+    let calls = (0..3).map(|_| async {
+        tokio::join!(
+            ada.call_tool(log_call("ada", None)),
+            bob.call_tool(log_call("bob", None)),
+        )
+    });
+    for (for_ada, for_bob) in futures::future::join_all(calls).await {
+        for_ada.unwrap();
+        for_bob.unwrap();
+    }
+    let levels = |who: &str, levels: &[&str]| -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = (0..3)
+            .flat_map(|_| {
+                levels
+                    .iter()
+                    .map(|l| (json!(who).to_string(), json!(l).to_string()))
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    eventually(|| ada_sees.logs.lock().unwrap().len() >= 6).await;
+    eventually(|| bob_sees.logs.lock().unwrap().len() >= 9).await;
+    assert_eq!(senders(&ada_sees.logs), levels("ada", &["info", "warning"]));
+    assert_eq!(
+        senders(&bob_sees.logs),
+        levels("bob", &["debug", "info", "warning"])
+    );
+
+    // A 2026-07-28 client gets them from the level its request asks for,
+    // and none when it asks for none.
+    let max_sees = Listener::default();
+    let max = connect(url, max_sees.clone(), false).await;
+    max.call_tool(log_call("max", None)).await.unwrap();
+    max.call_tool(log_call("max", Some("warning")))
+        .await
+        .unwrap();
+    eventually(|| !max_sees.logs.lock().unwrap().is_empty()).await;
+    let mut only_warning = levels("max", &["warning"]);
+    only_warning.truncate(1);
+    assert_eq!(senders(&max_sees.logs), only_warning);
+
+    // Through the Rust API, a sink gets them, from its level up.
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let sink = switchboard::LogSink::new(switchboard::LogLevel::Warning, move |message| {
+        let _ = sender.send(message);
+    });
+    d.invoke(
+        "log",
+        ToolCategory::Search,
+        json!({"who": "rust"}),
+        RoutingOptions::new().with_log(sink),
+    )
+    .await
+    .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(5), received.recv())
+        .await
+        .expect("a log message within 5 s")
+        .unwrap();
+    assert_eq!(message.level, switchboard::LogLevel::Warning);
+    assert_eq!(message.data["who"], "rust");
+    assert_eq!(
+        (
+            ada_sees.logs.lock().unwrap().len(),
+            bob_sees.logs.lock().unwrap().len()
+        ),
+        (6, 9),
+        "no other caller's messages reached the sessions"
+    );
+    for client in [ada, bob, max] {
+        client.cancel().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
     let up = Upstream::new("a").with_tool("ask", "Asks for a name", schema("x", "number"));
-    let behind = behind_switchboard(up).await;
+    let behind = behind_switchboard(up.clone()).await;
     let (url, d) = (&behind.url, &behind.d);
 
     // A 2025 client that declares elicitation is asked, and the agent gets
@@ -3177,6 +3464,95 @@ async fn what_an_upstream_asks_during_a_call_is_asked_of_the_calling_client() {
     assert_eq!(told["told"]["action"], "accept");
     assert_eq!(told["told"]["content"]["name"], "ada");
     assert_eq!(told["state"], "round-2");
+
+    // A 2026-07-28 client is answered input_required with the agent's
+    // request; its retry (which rmcp's client makes, answering from its
+    // handler) carries the answer back to the agent, on the same call.
+    let calls_before = up.calls.load(Ordering::SeqCst);
+    let modern = connect(
+        url,
+        Listener {
+            name: Some("max"),
+            ..Listener::default()
+        },
+        false,
+    )
+    .await;
+    let result = modern
+        .call_tool(CallToolRequestParams::new("ask"))
+        .await
+        .unwrap();
+    let told = result.structured_content.unwrap();
+    assert_eq!(told["told"]["action"], "accept", "{told}");
+    assert_eq!(told["told"]["content"]["name"], "max", "{told}");
+    assert_eq!(told["state"], "round-2", "{told}");
+    assert_eq!(
+        up.calls.load(Ordering::SeqCst) - calls_before,
+        2,
+        "the agent's two rounds, one call of the client's each"
+    );
+    let first = modern
+        .peer()
+        .call_tool_once(CallToolRequestParams::new("ask"))
+        .await
+        .unwrap();
+    let rmcp::model::CallToolResponse::InputRequired(asked) = first else {
+        panic!("expected input_required, got {first:?}");
+    };
+    let asked_for = serde_json::to_value(&asked).unwrap();
+    let (key, request) = asked_for["inputRequests"]
+        .as_object()
+        .and_then(|r| r.iter().next())
+        .expect("one input request");
+    assert_eq!(request["method"], "elicitation/create", "{asked_for}");
+    // A made-up state, or a real one for another tool, resumes nothing.
+    let mut forged = CallToolRequestParams::new("ask");
+    forged.request_state = Some("0123456789abcdef0123456789abcdef".into());
+    let err = modern.peer().call_tool_once(forged).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("call the tool again without requestState"),
+        "{err}"
+    );
+    let mut elsewhere = CallToolRequestParams::new("echo");
+    elsewhere.request_state = asked.request_state.clone();
+    let err = modern.peer().call_tool_once(elsewhere).await.unwrap_err();
+    assert!(err.to_string().contains("requestState"), "{err}");
+    // The real one, with the answer, completes the call.
+    let mut retry = CallToolRequestParams::new("ask");
+    retry.request_state = asked.request_state.clone();
+    retry.input_responses = Some(
+        [(
+            key.clone(),
+            json!({"action": "accept", "content": {"name": "kim"}}),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    let done = modern.peer().call_tool_once(retry.clone()).await.unwrap();
+    let rmcp::model::CallToolResponse::Complete(done) = done else {
+        panic!("expected the result, got {done:?}");
+    };
+    assert_eq!(
+        done.structured_content.unwrap()["told"]["content"]["name"],
+        "kim"
+    );
+    // A state is good for one retry.
+    let err = modern.peer().call_tool_once(retry).await.unwrap_err();
+    assert!(err.to_string().contains("requestState"), "{err}");
+    // A 2026-07-28 client that declares none of what an agent may ask
+    // gets the tool's error saying what was asked.
+    let undeclared = connect(url, Listener::default(), false).await;
+    let refused = undeclared
+        .call_tool(CallToolRequestParams::new("ask"))
+        .await
+        .unwrap();
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    let text = serde_json::to_string(&refused.content).unwrap();
+    assert!(
+        text.contains("asks the client for elicitation/create") && text.contains("supports it"),
+        "{text}"
+    );
 
     // One that does not declare it gets the tool's error saying why.
     let silent = connect(url, Listener::default(), true).await;
@@ -3269,18 +3645,19 @@ async fn a_2025_upstreams_requests_during_a_call_are_relayed_to_the_calling_clie
         "{text}"
     );
 
-    // A 2026-07-28 client has no session to be asked on.
+    // A 2026-07-28 client has no session to be asked on: it is answered
+    // input_required for each request, and its retries carry the answers
+    // to the agent, which waits on its one call meanwhile.
     let modern = connect(url, client("max"), false).await;
-    let refused = modern
+    let result = modern
         .call_tool(CallToolRequestParams::new("ask"))
         .await
         .unwrap();
-    assert_eq!(refused.is_error, Some(true), "{refused:?}");
-    let text = serde_json::to_string(&refused.content).unwrap();
-    assert!(
-        text.contains("cannot relay elicitation/create") && text.contains("2026-07-28"),
-        "{text}"
-    );
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let out = result.structured_content.unwrap();
+    assert_eq!(out["told"]["content"]["name"], "max", "{out}");
+    assert_eq!(out["sampled"]["content"]["text"], "I am max", "{out}");
+    assert_eq!(out["roots"]["roots"][0]["uri"], "file:///home/max", "{out}");
 
     // Nor has a call through the Rust API: the agent's tool error says so.
     let err = d

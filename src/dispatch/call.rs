@@ -253,6 +253,7 @@ impl<'a> Call<'a> {
                 session_id: self.options.session_id.as_deref(),
                 progress: self.options.progress.as_ref(),
                 input_relay: self.options.input_relay.as_ref(),
+                log: self.options.log.as_ref(),
                 trace: passed_on.as_ref().or(self.options.trace.as_ref()),
                 events: self.options.events.as_ref(),
                 caller_credential: self

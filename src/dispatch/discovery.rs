@@ -95,6 +95,8 @@ pub(crate) struct Discovery {
     version: tokio::sync::watch::Sender<u64>,
     /// Per agent: a counter that stale refresh timers compare against.
     generations: Mutex<HashMap<String, u64>>,
+    /// How long each agent's lists are kept before they are read again.
+    ttls: Mutex<HashMap<String, Duration>>,
     /// Agents (by uid) with a listing pending after a notification.
     pending: Mutex<HashSet<u64>>,
 }
@@ -106,6 +108,7 @@ impl Default for Discovery {
             locks: Mutex::default(),
             version: tokio::sync::watch::channel(0).0,
             generations: Mutex::default(),
+            ttls: Mutex::default(),
             pending: Mutex::default(),
         }
     }
@@ -238,8 +241,16 @@ impl Discovery {
         let inner = &dispatcher.inner;
         let agent_id = agent.id.as_str();
         let (agent, server) = (agent.clone(), server.clone());
+        // The lists are read together, so again when the first expires.
+        let offers_ttl = listed_offers.as_ref().and_then(|o| o.ttl);
         let (listed, server_ttl) = match listed {
-            Ok(listed) => listed,
+            Ok((tools, tools_ttl)) => (
+                tools,
+                match (tools_ttl, offers_ttl) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            ),
             Err(failure) => {
                 // Sooner than a TTL: the agent routes nothing until listed.
                 self.schedule_refresh(dispatcher, &agent, &server, Some(RETRY_AFTER_FAILURE));
@@ -264,7 +275,7 @@ impl Discovery {
             })?),
             None => None,
         };
-        let changed = {
+        let (changed, offers_changed) = {
             let mut agents = self.agents.lock();
             // Removed or replaced while it was listed: its tools are not
             // routed, and what this listing stored goes (`forget` may have
@@ -294,15 +305,22 @@ impl Discovery {
                 },
             );
             let now = &agents[agent_id];
-            previous.is_none_or(|p| {
+            let offers_changed = previous.as_ref().is_none_or(|p| p.offers != now.offers);
+            let changed = previous.is_none_or(|p| {
                 p.uid != agent.uid
                     || p.tools != now.tools
                     || p.offers != now.offers
                     || p.prefix != server.prefix
-            })
+            });
+            (changed, offers_changed)
         };
         if changed {
             self.route(inner);
+        }
+        // A prompt or resource whose description changed routes as before,
+        // but clients that list them are told too.
+        if offers_changed {
+            self.bump();
         }
         self.schedule_refresh(dispatcher, &agent, &server, server_ttl);
         Ok(self
@@ -458,6 +476,12 @@ impl Discovery {
         }
     }
 
+    /// The shortest time an MCP agent's lists are kept before they are read
+    /// again; `None` without MCP agents.
+    pub(crate) fn shortest_ttl(&self) -> Option<Duration> {
+        self.ttls.lock().values().min().copied()
+    }
+
     /// Announces a change of the routed tools (registrations call it too).
     pub(crate) fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
@@ -574,6 +598,7 @@ impl Discovery {
     pub(crate) fn forget(&self, inner: &Inner, agent_id: &str) {
         let had = self.agents.lock().remove(agent_id).is_some();
         self.generations.lock().remove(agent_id);
+        self.ttls.lock().remove(agent_id);
         self.delete_stored(inner, agent_id);
         if had {
             self.route(inner);
@@ -614,6 +639,7 @@ impl Discovery {
             .or(server.discovery_ttl_ms.map(Duration::from_millis))
             .unwrap_or(DEFAULT_DISCOVERY_TTL)
             .max(MIN_DISCOVERY_TTL);
+        self.ttls.lock().insert(agent.id.clone(), ttl);
         let generation = {
             let mut generations = self.generations.lock();
             let g = generations.entry(agent.id.clone()).or_default();

@@ -49,7 +49,7 @@ use crate::routing::{AgentConfig, AgentMetrics, AgentRegistry, RoutingStrategy, 
 use crate::storage::Database;
 use crate::transport::http::build_client;
 use crate::transport::{local_handler, Callers, ToolError};
-use crate::transport::{EventSink, InputRelay, ProgressSink, TraceContext};
+use crate::transport::{EventSink, InputRelay, LogSink, ProgressSink, TraceContext};
 use call::Call;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,10 @@ pub struct RoutingOptions {
     /// (sampling, elicitation, roots); without one such a call fails.
     #[serde(skip)]
     pub input_relay: Option<InputRelay>,
+    /// Where the log messages the agent sends about the call go (MCP agents
+    /// send them on the call's response stream).
+    #[serde(skip)]
+    pub log: Option<LogSink>,
     /// The caller's W3C trace context, passed on to the agent.
     #[serde(skip)]
     pub trace: Option<TraceContext>,
@@ -100,6 +104,7 @@ impl Default for RoutingOptions {
             caller: None,
             progress: None,
             input_relay: None,
+            log: None,
             trace: None,
             events: None,
         }
@@ -133,6 +138,12 @@ impl RoutingOptions {
     /// Relays a streamed call's events to `sink` as they arrive.
     pub fn with_events(mut self, sink: EventSink) -> Self {
         self.events = Some(sink);
+        self
+    }
+
+    /// Sends the log messages the agent sends about the call to `sink`.
+    pub fn with_log(mut self, sink: LogSink) -> Self {
+        self.log = Some(sink);
         self
     }
 
@@ -340,6 +351,13 @@ impl ToolDispatcher {
         self.inner.discovery.list()
     }
 
+    /// The shortest time Switchboard keeps an MCP agent's lists before it
+    /// reads them again (the agent's `ttlMs`, `discovery_ttl_ms`, else
+    /// [`DEFAULT_DISCOVERY_TTL`]); `None` while no MCP agent was listed.
+    pub(crate) fn mcp_list_ttl(&self) -> Option<std::time::Duration> {
+        self.inner.discovery.shortest_ttl()
+    }
+
     /// Every prompt, resource and resource template MCP agents offer, by
     /// agent, then kind and name.
     pub fn discovered_offers(&self) -> Vec<DiscoveredOffer> {
@@ -347,7 +365,8 @@ impl ToolDispatcher {
     }
 
     /// Changes whenever the routed tools may have changed: a registration,
-    /// a removal, or a change of the tools MCP agents serve.
+    /// a removal, or a change of the tools, prompts or resources MCP agents
+    /// serve.
     pub fn tools_changed(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.discovery.subscribe()
     }

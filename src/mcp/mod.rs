@@ -11,6 +11,8 @@
 //! - [`server`]: the `/mcp` endpoint (streamable HTTP, the session-based
 //!   2025-06-18/2025-11-25 revisions and the stateless 2026-07-28 one on the
 //!   same path). Every `tools/call` goes through [`crate::ToolDispatcher::invoke`].
+//! - `rounds`: a 2026-07-28 client's call parked while an agent waits for
+//!   its input (`input_required`), resumed by the client's retry.
 //! - [`stdio`]: the same server on stdin/stdout (`switchboard mcp --data`).
 //! - `observed`: each request served (`tools/call`, the listings,
 //!   `prompts/get`, `resources/read`), as an OpenTelemetry MCP server span
@@ -21,5 +23,6 @@
 pub mod catalog;
 mod observed;
 mod offers;
+mod rounds;
 pub mod server;
 pub mod stdio;

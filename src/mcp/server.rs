@@ -17,18 +17,28 @@
 //!
 //! When the routed tools change (registrations, or tools MCP agents
 //! discover), connected clients are told with
-//! `notifications/tools/list_changed` (debounced): on their session's stream
-//! in the 2025 revisions, on `subscriptions/listen` in 2026-07-28. A 2025
-//! session's announcing task ends with the session (DELETE, or the idle
-//! expiry of `rmcp`'s session manager), not at the next change.
+//! `notifications/tools/list_changed` (debounced), and with the prompts' and
+//! resources' `list_changed` when what they may see of those changed: on
+//! their session's stream in the 2025 revisions, on `subscriptions/listen`
+//! in 2026-07-28. A 2025 session's announcing task ends with the session
+//! (DELETE, or the idle expiry of `rmcp`'s session manager), not at the
+//! next change.
+//!
+//! An agent's log messages about a call reach the client that made it,
+//! from the level it asked for (`logging/setLevel` per 2025 session, `_meta`
+//! per 2026-07-28 request). What an agent asks a 2026-07-28 client during a
+//! call goes to it in `input_required` rounds (`rounds`).
 
 use super::observed::Observed;
+use super::rounds::{self, Rounds, Running, Step};
 use super::{catalog, offers};
 use crate::dispatch::{DiscoveredOffer, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::Error;
 use crate::namespace::{McpOfferKind, ToolCategory};
 use crate::policy::{keys, PolicyContext, Principal};
-use crate::transport::{InputRelay, Progress, ProgressSink, TraceContext};
+use crate::transport::{
+    InputRelay, LogLevel, LogMessage, LogSink, Progress, ProgressSink, TraceContext,
+};
 use parking_lot::Mutex;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
@@ -82,6 +92,12 @@ pub struct SwitchboardMcp {
     /// How many sessions subscribe to each URI, across all sessions: the
     /// agents are told to stop only when the last one unsubscribes.
     subscribers: Arc<Mutex<HashMap<String, usize>>>,
+    /// The calls of 2026-07-28 clients waiting for their input, across
+    /// all requests.
+    rounds: Rounds,
+    /// The least severe log level this session asked for
+    /// (`logging/setLevel`); `None`: it has not asked.
+    log_level: Arc<Mutex<Option<LogLevel>>>,
 }
 
 /// Counts one running announcer for as long as it lives.
@@ -111,6 +127,8 @@ impl SwitchboardMcp {
             announcers: Arc::default(),
             subscribed: Arc::default(),
             subscribers: Arc::default(),
+            rounds: Rounds::default(),
+            log_level: Arc::default(),
         }
     }
 
@@ -120,6 +138,7 @@ impl SwitchboardMcp {
         SwitchboardMcp {
             session: Arc::new(tokio::sync::watch::channel(()).0),
             subscribed: Arc::default(),
+            log_level: Arc::default(),
             ..self.clone()
         }
     }
@@ -151,9 +170,30 @@ impl SwitchboardMcp {
     /// Runs one dispatch for `principal` on its own task, holding an invoke
     /// slot while it runs (`Ok(None)`: every slot is taken, nothing ran),
     /// cancelled if the client cancels. The agent's progress (if the client
-    /// asked for it) reaches the client before this returns. `options`
-    /// carry the trace context the dispatch continues.
+    /// asked for it) and log messages (see `log_to`) reach the client before
+    /// this returns. `options` carry the trace context the dispatch continues.
     async fn dispatch(
+        &self,
+        tool: String,
+        category: ToolCategory,
+        input: serde_json::Value,
+        options: RoutingOptions,
+        principal: Option<Principal>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Option<crate::Result<InvocationResult>>, McpError> {
+        let Some((task, relayed)) = self.start(tool, category, input, options, principal, context)
+        else {
+            return Ok(None);
+        };
+        let outcome = cancellable(task, context).await?;
+        relayed.sent().await;
+        Ok(Some(outcome))
+    }
+
+    /// Starts one dispatch for `principal` on its own task, holding an
+    /// invoke slot while it runs (`None`: every slot is taken), with the
+    /// agent's progress and log messages on their way to the client.
+    fn start(
         &self,
         tool: String,
         category: ToolCategory,
@@ -161,26 +201,81 @@ impl SwitchboardMcp {
         mut options: RoutingOptions,
         principal: Option<Principal>,
         context: &RequestContext<RoleServer>,
-    ) -> Result<Option<crate::Result<InvocationResult>>, McpError> {
+    ) -> Option<(rounds::Task, Relayed)> {
         if let Some(principal) = principal {
             options = options.with_caller(principal);
         }
-        let (sink, forwarding) = progress_to(context).unzip();
+        let (sink, progress) = progress_to(context).unzip();
         if let Some(sink) = sink {
             options = options.with_progress(sink);
         }
-        let Ok(slot) = self.invoke_slot() else {
-            return Ok(None);
-        };
+        let (log, logs) = log_to(context, &self.log_level).unzip();
+        if let Some(log) = log {
+            options = options.with_log(log);
+        }
+        let slot = self.invoke_slot().ok()?;
         let dispatcher = self.dispatcher.clone();
         let task = tokio::spawn(async move {
             let result = dispatcher.invoke(&tool, category, input, options).await;
             drop(slot);
             result
         });
-        let outcome = cancellable(task, context).await?;
-        progress_sent(forwarding).await;
-        Ok(Some(outcome))
+        Some((task, Relayed { progress, logs }))
+    }
+
+    /// A named tool's call from a 2026-07-28 client whose agent may ask it
+    /// for input (`capabilities` say what it answers): started, or resumed
+    /// with the client's answers when it carries the `requestState` of a
+    /// parked call, until it ends or asks again (see `rounds`). `Ok(None)`:
+    /// every invoke slot is taken.
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch_in_rounds(
+        &self,
+        tool: catalog::CatalogTool,
+        request: &mut CallToolRequestParams,
+        options: RoutingOptions,
+        capabilities: rmcp::model::ClientCapabilities,
+        principal: Option<Principal>,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Option<Result<crate::Result<InvocationResult>, CallToolResponse>>, McpError> {
+        let caller = principal.as_ref().map(|p| p.id.clone());
+        let (running, relayed) = match request.request_state.take() {
+            Some(state) => {
+                let answers = request.input_responses.take().unwrap_or_default();
+                let running = self
+                    .rounds
+                    .resume(&state, &tool.name, caller.as_deref(), answers)?;
+                (running, None)
+            }
+            None => {
+                let (relay, asks) = rounds::relay(capabilities);
+                let arguments =
+                    serde_json::Value::Object(request.arguments.take().unwrap_or_default());
+                let options = options.with_input_relay(relay);
+                let Some((task, relayed)) = self.start(
+                    tool.name.clone(),
+                    tool.category,
+                    arguments,
+                    options,
+                    principal,
+                    context,
+                ) else {
+                    return Ok(None);
+                };
+                (Running { task, asks }, Some(relayed))
+            }
+        };
+        let step = self
+            .rounds
+            .next(running, &tool.name, caller, context)
+            .await?;
+        if let Some(relayed) = relayed {
+            relayed.sent().await;
+        }
+        Ok(Some(match step {
+            Step::Done(outcome) => Ok(outcome),
+            Step::Asking(answer) => Err(answer),
+        }))
     }
 
     /// Answers one `tools/call` (its duration and span are the caller's):
@@ -206,16 +301,33 @@ impl SwitchboardMcp {
                 ))
             }
         };
-        let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
         if tool.is_named() {
             // A tool an MCP agent serves: the arguments are its input, and
             // its result goes back as the agent gave it.
             let mut options = with_trace(RoutingOptions::new(), trace);
-            if let Some(relay) = input_relay_to(&context) {
-                options = options.with_input_relay(relay);
-            }
-            let outcome = self
-                .dispatch(
+            let outcome = if let Some(capabilities) = askable_capabilities(&context) {
+                let mut request = request;
+                match self
+                    .dispatch_in_rounds(
+                        tool,
+                        &mut request,
+                        options,
+                        capabilities,
+                        principal,
+                        &context,
+                    )
+                    .await?
+                {
+                    Some(Err(input_required)) => return Ok(input_required),
+                    Some(Ok(outcome)) => Some(outcome),
+                    None => None,
+                }
+            } else {
+                if let Some(relay) = input_relay_to(&context) {
+                    options = options.with_input_relay(relay);
+                }
+                let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
+                self.dispatch(
                     tool.name,
                     tool.category,
                     arguments,
@@ -223,7 +335,8 @@ impl SwitchboardMcp {
                     principal,
                     &context,
                 )
-                .await?;
+                .await?
+            };
             return match outcome {
                 None => Ok(slots_full()),
                 Some(Err(e)) => error_result(e),
@@ -232,6 +345,7 @@ impl SwitchboardMcp {
                     .into()),
             };
         }
+        let arguments = serde_json::Value::Object(request.arguments.unwrap_or_default());
         let call: CategoryCall = match serde_json::from_value(arguments) {
             Ok(call) => call,
             Err(e) => {
@@ -365,6 +479,10 @@ impl SwitchboardMcp {
             .collect();
         let mut result = ListToolsResult::with_all_items(tools);
         result.next_cursor = next;
+        if let Some((ttl_ms, _)) = self.cache_hints(context) {
+            result.ttl_ms = Some(ttl_ms);
+            result.cache_scope = Some(rmcp::model::CacheScope::Private);
+        }
         Ok(result)
     }
 }
@@ -403,7 +521,33 @@ impl SwitchboardMcp {
             McpOfferKind::Resource => ("resources", "resources/list"),
             McpOfferKind::ResourceTemplate => ("resourceTemplates", "resources/templates/list"),
         };
-        offers::answer(serde_json::json!({field: page, "nextCursor": next}), method)
+        let mut answer = serde_json::json!({field: page, "nextCursor": next});
+        if let Some((ttl_ms, scope)) = self.cache_hints(context) {
+            answer["ttlMs"] = ttl_ms.into();
+            answer["cacheScope"] = scope.into();
+        }
+        offers::answer(answer, method)
+    }
+
+    /// What a 2026-07-28 client is told about caching a list (`ttlMs`,
+    /// `cacheScope`); `None` for the older revisions, which do not have
+    /// them. A list is of what its caller may see, so it is `private`; it
+    /// stays fresh as long as Switchboard keeps the MCP agents' lists
+    /// before reading them again (their changes, and registrations, are
+    /// announced with `list_changed` meanwhile).
+    fn cache_hints(&self, context: &RequestContext<RoleServer>) -> Option<(u64, &'static str)> {
+        let client = context.peer.peer_info()?;
+        if client.protocol_version != ProtocolVersion::V_2026_07_28 {
+            return None;
+        }
+        let ttl = self
+            .dispatcher
+            .mcp_list_ttl()
+            .unwrap_or(crate::dispatch::DEFAULT_DISCOVERY_TTL);
+        Some((
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            "private",
+        ))
     }
 
     /// Reads `offer` (a prompt or resource) for `principal`: one dispatch of
@@ -528,44 +672,141 @@ impl SwitchboardMcp {
 /// order (queued, the newest dropped when the client reads too slowly), so
 /// a call whose agent reports nothing costs no task: clients ask for
 /// progress on every call.
-fn progress_to(context: &RequestContext<RoleServer>) -> Option<(ProgressSink, Arc<Forwarding>)> {
+fn progress_to(
+    context: &RequestContext<RoleServer>,
+) -> Option<(ProgressSink, Arc<Forwarding<Progress>>)> {
     let token = context.meta.get_progress_token()?;
     let peer = context.peer.clone();
     let forwarding = Arc::new(Forwarding::default());
     let shared = forwarding.clone();
     let sink = ProgressSink::new(move |report| {
-        let mut state = shared.state.lock();
-        if state.closed {
-            return;
-        }
-        if state.sender.is_none() {
-            let (sender, reports) = tokio::sync::mpsc::channel(PROGRESS_BACKLOG);
-            state.task = Some(tokio::spawn(forward_progress(
-                reports,
-                peer.clone(),
-                token.clone(),
-            )));
-            state.sender = Some(sender);
-        }
-        if let Some(sender) = &state.sender {
-            let _ = sender.try_send(report);
+        shared.send(report, |reports| {
+            forward_progress(reports, peer.clone(), token.clone())
+        })
+    });
+    Some((sink, forwarding))
+}
+
+/// Where the log messages an agent sends about a call go: to the client
+/// that made the call, as `notifications/message` (on its session's
+/// stream), from the level it asked for up. A client of the 2025 revisions
+/// asks with `logging/setLevel`, for the rest of its session (until then it
+/// gets every message the agent sends); a 2026-07-28 client asks per
+/// request (`_meta` `io.modelcontextprotocol/logLevel`) and gets none
+/// without. Like progress, the first message starts the task that sends
+/// them in order.
+fn log_to(
+    context: &RequestContext<RoleServer>,
+    session_level: &Arc<Mutex<Option<LogLevel>>>,
+) -> Option<(LogSink, Arc<Forwarding<LogMessage>>)> {
+    let stateless = context
+        .peer
+        .peer_info()
+        .is_none_or(|client| client.protocol_version == ProtocolVersion::V_2026_07_28);
+    let level = if stateless {
+        requested_log_level(context)?
+    } else {
+        session_level.lock().unwrap_or(LogLevel::Debug)
+    };
+    let peer = context.peer.clone();
+    let session_level = (!stateless).then(|| session_level.clone());
+    let forwarding = Arc::new(Forwarding::default());
+    let shared = forwarding.clone();
+    let sink = LogSink::new(level, move |message| {
+        // A session may change its level while the call runs.
+        let wanted = session_level
+            .as_ref()
+            .and_then(|level| *level.lock())
+            .unwrap_or(level);
+        if message.level >= wanted {
+            shared.send(message, |messages| forward_logs(messages, peer.clone()));
         }
     });
     Some((sink, forwarding))
 }
 
-/// The progress of one call on its way to the client.
-#[derive(Default)]
-struct Forwarding {
-    state: Mutex<ForwardState>,
+/// The log level a 2026-07-28 request asks for in its `_meta`.
+fn requested_log_level(context: &RequestContext<RoleServer>) -> Option<LogLevel> {
+    serde_json::from_value(context.meta.get(LOG_LEVEL_META)?.clone()).ok()
 }
 
-#[derive(Default)]
-struct ForwardState {
-    sender: Option<tokio::sync::mpsc::Sender<Progress>>,
+/// The `_meta` key of a 2026-07-28 request asking for log messages from
+/// this level up.
+const LOG_LEVEL_META: &str = "io.modelcontextprotocol/logLevel";
+
+/// Sends `messages` to `peer` until they end.
+#[allow(deprecated)] // logging: deprecated in 2026-07-28, served to the clients that use it
+async fn forward_logs(
+    mut messages: tokio::sync::mpsc::Receiver<LogMessage>,
+    peer: rmcp::Peer<RoleServer>,
+) {
+    use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
+    while let Some(message) = messages.recv().await {
+        let level = match message.level {
+            LogLevel::Debug => LoggingLevel::Debug,
+            LogLevel::Info => LoggingLevel::Info,
+            LogLevel::Notice => LoggingLevel::Notice,
+            LogLevel::Warning => LoggingLevel::Warning,
+            LogLevel::Error => LoggingLevel::Error,
+            LogLevel::Critical => LoggingLevel::Critical,
+            LogLevel::Alert => LoggingLevel::Alert,
+            LogLevel::Emergency => LoggingLevel::Emergency,
+        };
+        let mut param = LoggingMessageNotificationParam::new(level, message.data);
+        param.logger = message.logger;
+        if peer.notify_logging_message(param).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What an agent sends about one call (its progress, its log messages) on
+/// its way to the client: the first item starts the task that sends them
+/// in order.
+struct Forwarding<T> {
+    state: Mutex<ForwardState<T>>,
+}
+
+impl<T> Default for Forwarding<T> {
+    fn default() -> Self {
+        Forwarding {
+            state: Mutex::new(ForwardState {
+                sender: None,
+                task: None,
+                closed: false,
+            }),
+        }
+    }
+}
+
+struct ForwardState<T> {
+    sender: Option<tokio::sync::mpsc::Sender<T>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    /// The call has answered: later reports are dropped.
+    /// The call has answered: later items are dropped.
     closed: bool,
+}
+
+impl<T: Send + 'static> Forwarding<T> {
+    /// Queues `item` (dropped when the client reads too slowly), starting
+    /// `forward` on the queue with the first.
+    fn send<F: std::future::Future<Output = ()> + Send + 'static>(
+        &self,
+        item: T,
+        forward: impl FnOnce(tokio::sync::mpsc::Receiver<T>) -> F,
+    ) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return;
+        }
+        if state.sender.is_none() {
+            let (sender, items) = tokio::sync::mpsc::channel(FORWARD_BACKLOG);
+            state.task = Some(tokio::spawn(forward(items)));
+            state.sender = Some(sender);
+        }
+        if let Some(sender) = &state.sender {
+            let _ = sender.try_send(item);
+        }
+    }
 }
 
 /// Sends `reports` to `peer` under `token` until they end.
@@ -609,10 +850,24 @@ async fn forward_progress(
     }
 }
 
-/// Waits (briefly) until the progress of a call that has ended is sent:
-/// it must reach the client before the call's answer, which ends the
-/// stream it travels on.
-async fn progress_sent(forwarding: Option<Arc<Forwarding>>) {
+/// What an agent sends about one call on its way to the client.
+struct Relayed {
+    progress: Option<Arc<Forwarding<Progress>>>,
+    logs: Option<Arc<Forwarding<LogMessage>>>,
+}
+
+impl Relayed {
+    /// Waits (briefly) until all of it is sent (see `all_sent`).
+    async fn sent(self) {
+        all_sent(self.progress).await;
+        all_sent(self.logs).await;
+    }
+}
+
+/// Waits (briefly) until what an agent sent about a call that has ended is
+/// sent on: it must reach the client before the call's answer, which ends
+/// the stream progress travels on.
+async fn all_sent<T>(forwarding: Option<Arc<Forwarding<T>>>) {
     let Some(forwarding) = forwarding else {
         return;
     };
@@ -627,10 +882,28 @@ async fn progress_sent(forwarding: Option<Arc<Forwarding>>) {
     }
 }
 
+/// The capabilities of a 2026-07-28 client that can be asked for input
+/// (it declares sampling, elicitation or roots in the request's `_meta`);
+/// `None` for any other client: a client of a session of the 2025
+/// revisions is asked on its session, and one that declares none of them
+/// has its call dispatched without rounds.
+fn askable_capabilities(
+    context: &RequestContext<RoleServer>,
+) -> Option<rmcp::model::ClientCapabilities> {
+    let client = context.peer.peer_info()?;
+    if client.protocol_version != ProtocolVersion::V_2026_07_28 {
+        return None;
+    }
+    context
+        .meta
+        .client_capabilities()
+        .filter(|c| c.sampling.is_some() || c.elicitation.is_some() || c.roots.is_some())
+}
+
 /// Who answers what an agent asks the calling client during its call
 /// (sampling, elicitation, roots): the client itself, through requests on
 /// its session, for each capability it declared. A 2026-07-28 client has no
-/// session to ask on: `None`, and such a call fails saying what was asked.
+/// session to ask on: `None` (its calls are asked in rounds, see `rounds`).
 fn input_relay_to(context: &RequestContext<RoleServer>) -> Option<InputRelay> {
     let peer = context.peer.clone();
     let client = peer.peer_info()?;
@@ -668,18 +941,58 @@ fn input_relay_to(context: &RequestContext<RoleServer>) -> Option<InputRelay> {
 /// `progress_to`).
 const PROGRESS_REORDER_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Progress reports of one call waiting to be sent to a slow client.
-const PROGRESS_BACKLOG: usize = 64;
+/// Progress reports (or log messages) of one call waiting to be sent to a
+/// slow client.
+const FORWARD_BACKLOG: usize = 64;
 
 /// The authenticated caller of an MCP request over HTTP (the API's auth
 /// layer puts it in the request's extensions); `None` over stdio or on a
 /// server that requires no credential.
 fn caller(context: &RequestContext<RoleServer>) -> Option<Principal> {
-    context
-        .extensions
+    caller_in(&context.extensions)
+}
+
+/// The authenticated caller of the HTTP request a message came with.
+fn caller_in(extensions: &rmcp::model::Extensions) -> Option<Principal> {
+    extensions
         .get::<axum::http::request::Parts>()
         .and_then(|parts| parts.extensions.get::<Principal>())
         .cloned()
+}
+
+/// What one caller may see of the prompts, and of the resources and
+/// resource templates, each as a fingerprint: a change is announced when
+/// its fingerprint changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct OffersSeen {
+    prompts: u64,
+    resources: u64,
+}
+
+/// What `caller` may see of the prompts and resources now.
+fn offers_seen(
+    catalog: &catalog::Catalog,
+    dispatcher: &ToolDispatcher,
+    caller: Option<&Principal>,
+) -> OffersSeen {
+    use std::hash::{Hash, Hasher};
+    let print = |action: &str, kinds: &[McpOfferKind]| {
+        let reader = caller.map(|p| reader_context(p, action));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for kind in kinds {
+            for offer in offers::visible(catalog, dispatcher, reader.as_ref(), *kind) {
+                format!("{offer:?}").hash(&mut hasher);
+            }
+        }
+        hasher.finish()
+    };
+    OffersSeen {
+        prompts: print("list_prompts", &[McpOfferKind::Prompt]),
+        resources: print(
+            "list_resources",
+            &[McpOfferKind::Resource, McpOfferKind::ResourceTemplate],
+        ),
+    }
 }
 
 /// The policy context of a caller's reads through `/mcp`.
@@ -821,6 +1134,7 @@ impl SwitchboardMcp {
 }
 
 impl ServerHandler for SwitchboardMcp {
+    #[allow(deprecated)] // logging: deprecated in 2026-07-28, offered to the clients that use it
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
@@ -829,7 +1143,10 @@ impl ServerHandler for SwitchboardMcp {
                 .enable_resources()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_prompts_list_changed()
+                .enable_resources_list_changed()
                 .enable_resources_subscribe()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new(
@@ -991,6 +1308,31 @@ impl ServerHandler for SwitchboardMcp {
         Ok(answer)
     }
 
+    #[allow(deprecated)] // logging/setLevel of the 2025 revisions, which their clients send
+    async fn set_level(
+        &self,
+        request: rmcp::model::SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let observed = Observed::start("logging/setLevel", None, None, &context);
+        use rmcp::model::LoggingLevel;
+        let level = match request.level {
+            LoggingLevel::Debug => LogLevel::Debug,
+            LoggingLevel::Info => LogLevel::Info,
+            LoggingLevel::Notice => LogLevel::Notice,
+            LoggingLevel::Warning => LogLevel::Warning,
+            LoggingLevel::Error => LogLevel::Error,
+            LoggingLevel::Critical => LogLevel::Critical,
+            LoggingLevel::Alert => LogLevel::Alert,
+            LoggingLevel::Emergency => LogLevel::Emergency,
+        };
+        // This session's calls are told from this level up; the agents are
+        // not told (their connections are shared with other callers).
+        *self.log_level.lock() = Some(level);
+        observed.answered(&self.dispatcher, None, false);
+        Ok(())
+    }
+
     async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), McpError> {
         Observed::start("ping", None, None, &context).answered(&self.dispatcher, None, false);
         Ok(())
@@ -998,16 +1340,22 @@ impl ServerHandler for SwitchboardMcp {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // A session of the 2025 revisions: tell it when the tools change,
-        // until it ends. Waiting for the next change alone would keep this
-        // task and its peer alive after the session, for as long as the
-        // tools stay the same.
+        // and when the prompts or resources it may see change, until it
+        // ends. Waiting for the next change alone would keep this task and
+        // its peer alive after the session, for as long as the tools stay
+        // the same.
         let mut changes = self.dispatcher.tools_changed();
         changes.borrow_and_update();
         let mut ended = self.session.subscribe();
         let live = Announcing::start(&self.announcers);
         let peer = context.peer;
+        let caller = caller_in(&context.extensions);
+        // Not the handler itself: it holds the session's end, which must
+        // drop with the session.
+        let (catalog, dispatcher) = (self.catalog.clone(), self.dispatcher.clone());
         tokio::spawn(async move {
             let _live = live;
+            let mut seen = offers_seen(&catalog, &dispatcher, caller.as_ref());
             loop {
                 tokio::select! {
                     _ = ended.changed() => return,
@@ -1018,6 +1366,18 @@ impl ServerHandler for SwitchboardMcp {
                         {
                             return;
                         }
+                        let now = offers_seen(&catalog, &dispatcher, caller.as_ref());
+                        if now.prompts != seen.prompts
+                            && peer.notify_prompt_list_changed().await.is_err()
+                        {
+                            return;
+                        }
+                        if now.resources != seen.resources
+                            && peer.notify_resource_list_changed().await.is_err()
+                        {
+                            return;
+                        }
+                        seen = now;
                     }
                 }
             }
@@ -1031,6 +1391,12 @@ impl ServerHandler for SwitchboardMcp {
         let mut accepted = SubscriptionFilter::builder();
         if requested.tools_list_changed == Some(true) {
             accepted = accepted.tools_list_changed();
+        }
+        if requested.prompts_list_changed == Some(true) {
+            accepted = accepted.prompts_list_changed();
+        }
+        if requested.resources_list_changed == Some(true) {
+            accepted = accepted.resources_list_changed();
         }
         for uri in requested.resource_subscriptions.iter().flatten() {
             accepted = accepted.resource_subscription(uri.clone());
@@ -1063,15 +1429,37 @@ impl ServerHandler for SwitchboardMcp {
             }
         }
         let tools = accepted.tools_list_changed == Some(true);
+        let prompts = accepted.prompts_list_changed == Some(true);
+        let resources = accepted.resources_list_changed == Some(true);
+        let caller = caller(context.request_context());
         let mut changes = self.dispatcher.tools_changed();
         changes.borrow_and_update();
+        let mut seen = offers_seen(&self.catalog, &self.dispatcher, caller.as_ref());
         loop {
             tokio::select! {
                 _ = context.cancelled() => break,
-                more = next_change(&mut changes), if tools => {
-                    if !more || context.sink().notify_tool_list_changed().await.is_err() {
+                more = next_change(&mut changes), if tools || prompts || resources => {
+                    if !more {
                         break;
                     }
+                    let sink = context.sink();
+                    if tools && sink.notify_tool_list_changed().await.is_err() {
+                        break;
+                    }
+                    let now = offers_seen(&self.catalog, &self.dispatcher, caller.as_ref());
+                    if prompts
+                        && now.prompts != seen.prompts
+                        && sink.notify_prompt_list_changed().await.is_err()
+                    {
+                        break;
+                    }
+                    if resources
+                        && now.resources != seen.resources
+                        && sink.notify_resource_list_changed().await.is_err()
+                    {
+                        break;
+                    }
+                    seen = now;
                 }
                 update = updates.recv(), if !held.is_empty() => match update {
                     Ok(uri) if held.contains(&uri) => {

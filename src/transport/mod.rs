@@ -231,6 +231,10 @@ pub(crate) struct WireRequest<'a> {
     /// Who answers what the agent asks the client (MCP agents ask).
     #[serde(skip)]
     pub input_relay: Option<&'a InputRelay>,
+    /// Where the log messages the agent sends about the call go (MCP agents
+    /// send them).
+    #[serde(skip)]
+    pub log: Option<&'a LogSink>,
     /// The trace context the agent continues: in headers to HTTP agents, in
     /// `_meta` to MCP agents.
     #[serde(skip)]
@@ -413,6 +417,90 @@ impl PartialEq for EventSink {
 }
 
 impl Eq for EventSink {}
+
+/// The severity of a log message, least severe first (the syslog levels MCP
+/// uses).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Detail for debugging.
+    Debug,
+    /// What it is doing.
+    Info,
+    /// Normal but significant.
+    Notice,
+    /// Something may be wrong.
+    Warning,
+    /// Something failed.
+    Error,
+    /// A part does not work.
+    Critical,
+    /// Someone must act now.
+    Alert,
+    /// Nothing works.
+    Emergency,
+}
+
+/// A log message an agent sends during a call (an MCP agent's
+/// `notifications/message` on the call's response stream).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogMessage {
+    /// How severe it is.
+    pub level: LogLevel,
+    /// The logger that wrote it, if the agent names one.
+    pub logger: Option<String>,
+    /// What it says: any JSON.
+    pub data: serde_json::Value,
+}
+
+/// Where the log messages an agent sends about one call go, and the least
+/// severe level the caller wants (asked of agents that take a level per
+/// request). Called once per message, in order, on the task that receives
+/// it, so it must not block. Two sinks are equal when they are the same sink.
+#[derive(Clone)]
+pub struct LogSink {
+    level: LogLevel,
+    deliver: Arc<dyn Fn(LogMessage) + Send + Sync>,
+}
+
+impl LogSink {
+    /// A sink wanting messages of `level` and above, calling `deliver`
+    /// with each message.
+    pub fn new(level: LogLevel, deliver: impl Fn(LogMessage) + Send + Sync + 'static) -> Self {
+        LogSink {
+            level,
+            deliver: Arc::new(deliver),
+        }
+    }
+
+    /// The least severe level the caller wants.
+    pub fn level(&self) -> LogLevel {
+        self.level
+    }
+
+    /// Hands `message` on, if it is of the level wanted or above.
+    pub(crate) fn log(&self, message: LogMessage) {
+        if message.level >= self.level {
+            (self.deliver)(message)
+        }
+    }
+}
+
+impl fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LogSink({:?})", self.level)
+    }
+}
+
+impl PartialEq for LogSink {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.deliver, &other.deliver)
+    }
+}
+
+impl Eq for LogSink {}
 
 /// The future an [`InputRelay`] answers with.
 pub type InputAnswer =

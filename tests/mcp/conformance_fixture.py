@@ -112,6 +112,16 @@ async def test_tool_with_progress(ctx: Context) -> str:
     return "Progress test completed"
 
 
+@server.tool()
+async def test_tool_with_logging(ctx: Context) -> str:
+    """Logs three info messages, 50 ms apart, on the call's own stream (a
+    2026-07-28 call gets them only if its `_meta` asks for a log level)."""
+    for message in ("Tool execution started", "Tool processing data", "Tool execution completed"):
+        await ctx.info(message)
+        await asyncio.sleep(0.05)
+    return "Logging test completed"
+
+
 def answered(ctx: Context, key: str):
     """The client's answer to input request `key`, as JSON, or None on the
     first round (when the tool asks for it)."""

@@ -116,6 +116,10 @@ def upstream_over_http(base: str) -> None:
         assert len(listed["forecast"]["schema_hash"]) == 64, listed
         asyncio.run(through_switchboard(base + "/mcp", "legacy"))
         asyncio.run(through_switchboard(base + "/mcp", "2026-07-28"))
+        # Switchboard holds a subscriptions/listen stream open to this
+        # 2026-07-28 server for its list changes, and uvicorn's graceful
+        # shutdown waits for open requests: unregistering the agent closes it.
+        api(base, "DELETE", "/v1/agents/weather")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -12,9 +12,11 @@
 //!   streamable-HTTP client that sends it with each request;
 //! - `session_id`: the upstream session a connection is in, noted by its
 //!   HTTP client for the call's span;
+//! - `logs`: the log messages a server sends about a call, to that call's caller;
 //! - `answer`: a `tools/call` answer or error as output or [`Failure`](super::Failure).
 
 mod answer;
+mod logs;
 mod oauth;
 mod offers;
 mod session_id;

@@ -13,6 +13,7 @@ use rmcp::model::{
     SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
 use rmcp::{Peer, RoleClient, ServiceError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The JSON-RPC code MCP servers answer an unknown resource with.
@@ -24,6 +25,8 @@ pub(crate) struct ListedOffers {
     pub(crate) prompts: Vec<serde_json::Value>,
     pub(crate) resources: Vec<serde_json::Value>,
     pub(crate) templates: Vec<serde_json::Value>,
+    /// The shortest `ttlMs` of the pages read, if the server gave one.
+    pub(crate) ttl: Option<Duration>,
 }
 
 fn values<T: serde::Serialize>(items: Vec<T>) -> Vec<serde_json::Value> {
@@ -81,11 +84,19 @@ impl Upstream {
             timeout,
         };
         let mut offers = ListedOffers::default();
+        // The shortest TTL of the pages read (u64::MAX: none given).
+        let ttl = AtomicU64::new(u64::MAX);
+        let keep_ttl = |page_ttl: Option<u64>| {
+            if let Some(page_ttl) = page_ttl {
+                ttl.fetch_min(page_ttl, Ordering::Relaxed);
+            }
+        };
         if capabilities.prompts.is_some() {
             offers.prompts = every_page("prompts/list", id, bounds, |cursor| {
                 let peer = peer.clone();
                 async move {
                     let page = peer.list_prompts(with_cursor(cursor)).await?;
+                    keep_ttl(page.ttl_ms);
                     Ok((values(page.prompts), page.next_cursor))
                 }
             })
@@ -96,6 +107,7 @@ impl Upstream {
                 let peer = peer.clone();
                 async move {
                     let page = peer.list_resources(with_cursor(cursor)).await?;
+                    keep_ttl(page.ttl_ms);
                     Ok((values(page.resources), page.next_cursor))
                 }
             })
@@ -104,11 +116,14 @@ impl Upstream {
                 let peer = peer.clone();
                 async move {
                     let page = peer.list_resource_templates(with_cursor(cursor)).await?;
+                    keep_ttl(page.ttl_ms);
                     Ok((values(page.resource_templates), page.next_cursor))
                 }
             })
             .await?;
         }
+        let ttl = ttl.into_inner();
+        offers.ttl = (ttl != u64::MAX).then(|| Duration::from_millis(ttl));
         Ok(offers)
     }
 

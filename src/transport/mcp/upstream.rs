@@ -15,13 +15,14 @@
 //! checked before every start.
 
 use super::answer::{classify_error, output_of};
+use super::logs::LogTap;
 use super::oauth::{OAuthHttp, Tokens};
 use super::session_id::{NotingSession, SessionId};
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CallerCredential, CommandPolicy, NetworkPolicy};
 use crate::transport::{
-    Failure, InputRelay, Progress, ProgressSink, WireRequest, MAX_RESPONSE_BYTES,
+    Failure, InputRelay, LogSink, Progress, ProgressSink, WireRequest, MAX_RESPONSE_BYTES,
 };
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{
@@ -29,11 +30,12 @@ use rmcp::model::{
     CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientRequest,
     ElicitRequestParams, ElicitResult, ErrorCode, Implementation, InputRequests, InputResponses,
     PaginatedRequestParams, PingRequest, ProgressNotificationParam, ProgressToken, ProtocolVersion,
-    RequestId, RequestParamsMeta, ResourceUpdatedNotificationParam, ServerResult,
+    RequestId, RequestMetaObject, RequestParamsMeta, ResourceUpdatedNotificationParam,
+    ServerNotification, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
-    ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin, NotificationContext,
-    PeerRequestOptions, RequestContext, RunningService,
+    ClientCacheConfig, ClientLifecycleMode, ClientServiceExt, InboundStreamOrigin,
+    NotificationContext, PeerRequestOptions, RequestContext, RunningService,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -129,10 +131,22 @@ async fn log_stderr(agent_id: String, stderr: tokio::process::ChildStderr, tail:
     tail.close();
 }
 
-/// One connection: the SDK's service, and the child process of a stdio server.
+/// One connection: the SDK's service, the child process of a stdio server,
+/// and the `subscriptions/listen` stream that carries a 2026-07-28
+/// server's list changes.
 struct Connection {
     running: Running,
     _child: Option<tokio::process::Child>,
+    _list_changes: Option<Listening>,
+}
+
+/// A `subscriptions/listen` stream's task, ended when this is dropped.
+struct Listening(tokio::task::JoinHandle<()>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
@@ -191,31 +205,71 @@ impl Link {
     }
 }
 
-/// How long a request the server makes during a call waits for that call
-/// to be routed: the request id is the SDK's, known only once the call is
-/// on its way, so a quick server can ask before the call is registered.
+/// How long a request (or log message) the server sends during a call waits
+/// for that call to be routed: the request id is the SDK's, known only once
+/// the call is on its way, so a quick server can send before the call is
+/// registered.
 const ASK_ROUTE_WAIT: Duration = Duration::from_secs(1);
 
 /// One connection's `tools/call` requests in flight, by their JSON-RPC id
 /// (ids are per connection, so each connection has its own), with who
-/// answers what the server asks during each: a 2025 server sends
-/// `sampling/createMessage`, `elicitation/create` or `roots/list` on the
-/// response stream of the call it belongs to, and the transport marks the
-/// request with that call's id. `None`: the call's caller cannot be asked.
+/// answers what the server asks during each and where its log messages go:
+/// a 2025 server sends `sampling/createMessage`, `elicitation/create` or
+/// `roots/list` on the response stream of the call it belongs to, and the
+/// transport marks the request with that call's id; log messages on that
+/// stream are the call's too (see `logs`).
 #[derive(Default)]
 pub(super) struct AskRoutes {
-    calls: parking_lot::Mutex<HashMap<RequestId, Option<InputRelay>>>,
+    calls: parking_lot::Mutex<HashMap<RequestId, CallRoute>>,
     added: tokio::sync::Notify,
 }
 
+/// Where what a server sends about one call goes.
+struct CallRoute {
+    /// Who answers its requests; `None`: the call's caller cannot be asked.
+    relay: Option<InputRelay>,
+    /// Where its log messages go; `None`: nobody wants them.
+    log: Option<LogSink>,
+}
+
 impl AskRoutes {
-    fn add(self: &Arc<Self>, id: RequestId, relay: Option<InputRelay>) -> AskRoute {
-        self.calls.lock().insert(id.clone(), relay);
+    fn add(
+        self: &Arc<Self>,
+        id: RequestId,
+        relay: Option<InputRelay>,
+        log: Option<LogSink>,
+    ) -> AskRoute {
+        self.calls
+            .lock()
+            .insert(id.clone(), CallRoute { relay, log });
         self.added.notify_waiters();
         AskRoute {
             routes: self.clone(),
             id,
         }
+    }
+
+    /// The route of call `id`, waiting (briefly) for it to be added: the
+    /// request id is the SDK's, known only once the call is on its way, so
+    /// a quick server can send something before the call is registered.
+    async fn route<T>(&self, id: &RequestId, pick: impl Fn(&CallRoute) -> T) -> Option<T> {
+        let wait = async {
+            loop {
+                let added = self.added.notified();
+                tokio::pin!(added);
+                added.as_mut().enable();
+                if let Some(route) = self.calls.lock().get(id) {
+                    return pick(route);
+                }
+                added.await;
+            }
+        };
+        tokio::time::timeout(ASK_ROUTE_WAIT, wait).await.ok()
+    }
+
+    /// Where the log messages of call `id` go, if anywhere.
+    pub(super) async fn log_for(&self, id: &RequestId) -> Option<LogSink> {
+        self.route(id, |route| route.log.clone()).await.flatten()
     }
 
     /// Who answers a request the server made on `origin`'s stream. A
@@ -230,27 +284,16 @@ impl AskRoutes {
     ) -> Result<Option<InputRelay>, Unroutable> {
         let Some(InboundStreamOrigin::OutboundRequest(id)) = origin else {
             let calls = self.calls.lock();
-            let mut relays = calls.values();
-            return match (relays.next(), relays.next()) {
-                (Some(relay), None) => Ok(relay.clone()),
+            let mut routes = calls.values();
+            return match (routes.next(), routes.next()) {
+                (Some(route), None) => Ok(route.relay.clone()),
                 (None, _) => Err(Unroutable::NoCall),
                 (Some(_), Some(_)) => Err(Unroutable::Several(calls.len())),
             };
         };
-        let wait = async {
-            loop {
-                let added = self.added.notified();
-                tokio::pin!(added);
-                added.as_mut().enable();
-                if let Some(relay) = self.calls.lock().get(id) {
-                    return relay.clone();
-                }
-                added.await;
-            }
-        };
-        tokio::time::timeout(ASK_ROUTE_WAIT, wait)
+        self.route(id, |route| route.relay.clone())
             .await
-            .map_err(|_| Unroutable::NoCall)
+            .ok_or(Unroutable::NoCall)
     }
 }
 
@@ -293,8 +336,8 @@ impl Handler {
             Ok(None) => {
                 return Err(refused(format!(
                     "Switchboard cannot relay {method}: the call it belongs to was not made \
-                     through /mcp by a client of the 2025 revisions that can be asked (a call \
-                     through POST /v1/invoke or the library, or a 2026-07-28 client)"
+                     through /mcp by a client that can be asked (a call through POST /v1/invoke \
+                     or the library, or a category tool's call)"
                 )))
             }
             Err(Unroutable::NoCall) => {
@@ -727,6 +770,7 @@ impl Upstream {
             .store(if modern { STATELESS } else { SESSIONS }, Ordering::Release);
         tracing::debug!(agent_id = %self.agent_id, modern, "connected to an MCP agent");
         Ok(Connection {
+            _list_changes: self.listen_for_list_changes(&running),
             running,
             _child: None,
         })
@@ -851,9 +895,68 @@ impl Upstream {
             }
         };
         Ok(Connection {
+            _list_changes: self.listen_for_list_changes(&running),
             running,
             _child: Some(child),
         })
+    }
+
+    /// On a 2026-07-28 server, which sends list changes only on
+    /// `subscriptions/listen` streams, a stream of its own for the lists the
+    /// server says change (tools, prompts, resources), for as long as the
+    /// connection lives: each change has the agent listed again.
+    fn listen_for_list_changes(&self, running: &Running) -> Option<Listening> {
+        let peer = running.peer().clone();
+        let server = peer.peer_info()?;
+        if server.protocol_version != ProtocolVersion::V_2026_07_28 {
+            return None;
+        }
+        let capabilities = &server.capabilities;
+        let changes = |declared: Option<Option<bool>>| declared.flatten() == Some(true);
+        let (tools, prompts, resources) = (
+            changes(capabilities.tools.as_ref().map(|c| c.list_changed)),
+            changes(capabilities.prompts.as_ref().map(|c| c.list_changed)),
+            changes(capabilities.resources.as_ref().map(|c| c.list_changed)),
+        );
+        if !(tools || prompts || resources) {
+            return None;
+        }
+        let mut filter = SubscriptionFilter::builder();
+        if tools {
+            filter = filter.tools_list_changed();
+        }
+        if prompts {
+            filter = filter.prompts_list_changed();
+        }
+        if resources {
+            filter = filter.resources_list_changed();
+        }
+        let filter = filter.build();
+        let (agent_id, list_changed) = (self.agent_id.clone(), self.list_changed.clone());
+        Some(Listening(tokio::spawn(async move {
+            let mut subscription = match peer.listen(filter).await {
+                Ok(subscription) => subscription,
+                Err(e) => {
+                    tracing::debug!(%agent_id, error = %e, "the MCP agent refused subscriptions/listen for its list changes; its lists are read again by TTL");
+                    return;
+                }
+            };
+            loop {
+                match subscription.next().await {
+                    Ok(Some(
+                        ServerNotification::ToolListChangedNotification(_)
+                        | ServerNotification::PromptListChangedNotification(_)
+                        | ServerNotification::ResourceListChangedNotification(_),
+                    )) => list_changed(),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%agent_id, error = %e, "an MCP agent's list-change subscription ended");
+                        break;
+                    }
+                }
+            }
+        })))
     }
 
     async fn connect_with(
@@ -879,6 +982,7 @@ impl Upstream {
             .max_json_response_size(MAX_RESPONSE_BYTES)
             .max_sse_event_size(MAX_RESPONSE_BYTES);
         let session = handler.session.clone();
+        let calls = handler.asks.clone();
         let connected = match tokens {
             Some(tokens) => {
                 // Asked for here first so that a token that cannot be had
@@ -892,13 +996,17 @@ impl Upstream {
                     },
                     session,
                 };
+                let http = LogTap { inner: http, calls };
                 let transport = StreamableHttpClientTransport::with_client(http, config);
                 handler.serve_with_lifecycle(transport, lifecycle).await
             }
             None => {
-                let http = NotingSession {
-                    http: self.http.clone(),
-                    session,
+                let http = LogTap {
+                    inner: NotingSession {
+                        http: self.http.clone(),
+                        session,
+                    },
+                    calls,
                 };
                 let transport = StreamableHttpClientTransport::with_client(http, config);
                 handler.serve_with_lifecycle(transport, lifecycle).await
@@ -920,7 +1028,15 @@ impl Upstream {
         // Closed: drop it (a stdio server's process is killed) and start over.
         guard.take();
         let connection = self.connect(tokens).await?;
-        let link = Link::of(&connection.running);
+        let running = &connection.running;
+        // Discovery keeps the lists (by the server's ttlMs) and reads them
+        // again when they expire or the server says they changed: a read
+        // must reach the server, not the SDK's own cache of its answers.
+        running
+            .peer()
+            .set_response_cache_config(ClientCacheConfig::disabled())
+            .await;
+        let link = Link::of(running);
         *guard = Some(connection);
         Ok(link)
     }
@@ -1053,8 +1169,12 @@ impl Upstream {
         name: &str,
         request: &WireRequest<'_>,
     ) -> Result<serde_json::Value, (Failure, bool)> {
-        let (session, progress, relay) =
-            (request.session_id, request.progress, request.input_relay);
+        let (session, progress, relay, log) = (
+            request.session_id,
+            request.progress,
+            request.input_relay,
+            request.log,
+        );
         let arguments = match request.input {
             serde_json::Value::Object(map) => Some(map.clone()),
             serde_json::Value::Null => None,
@@ -1076,6 +1196,22 @@ impl Upstream {
         if let Some(arguments) = arguments {
             params = params.with_arguments(arguments);
         }
+        // A 2026-07-28 server sends log messages only at the level a
+        // request asks for in its `_meta`; the servers of the 2025
+        // revisions have one level per connection, shared by every caller,
+        // so theirs are filtered here (by the sink).
+        if let Some(log) = log {
+            let modern = link
+                .peer
+                .peer_info()
+                .is_some_and(|info| info.protocol_version == ProtocolVersion::V_2026_07_28);
+            if modern {
+                params
+                    .meta
+                    .get_or_insert_with(RequestMetaObject::default)
+                    .insert(LOG_LEVEL_META.to_string(), serde_json::json!(log.level()));
+            }
+        }
         if let Some(trace) = request.trace {
             params.set_traceparent(&trace.traceparent);
             if let Some(state) = &trace.tracestate {
@@ -1089,7 +1225,9 @@ impl Upstream {
         // `input_required`; the call is asked again with the client's
         // answers, on this connection, until it completes.
         for _ in 0..MAX_INPUT_ROUNDS {
-            let answer = self.call_once(&link, params.clone(), progress, relay).await;
+            let answer = self
+                .call_once(&link, params.clone(), progress, relay, log)
+                .await;
             let required = match answer {
                 Ok(CallToolResponse::Complete(result)) => {
                     return output_of(result).map_err(|f| (f, false))
@@ -1127,14 +1265,16 @@ impl Upstream {
     }
 
     /// One `tools/call`: its progress reports go to `sink` while it runs,
-    /// and what the server asks the client meanwhile (a 2025 server's
-    /// sampling, elicitation and roots requests) goes to `relay`.
+    /// what the server asks the client meanwhile (a 2025 server's sampling,
+    /// elicitation and roots requests) goes to `relay`, and its log
+    /// messages to `log`.
     async fn call_once(
         &self,
         link: &Link,
         params: CallToolRequestParams,
         sink: Option<&ProgressSink>,
         relay: Option<&InputRelay>,
+        log: Option<&LogSink>,
     ) -> Result<CallToolResponse, ServiceError> {
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
         let handle = link
@@ -1142,7 +1282,9 @@ impl Upstream {
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await?;
         link.trace_request(&handle.id);
-        let _asking = link.asks.add(handle.id.clone(), relay.cloned());
+        let _asking = link
+            .asks
+            .add(handle.id.clone(), relay.cloned(), log.cloned());
         let route = sink.map(|sink| {
             let token = handle.progress_token.clone();
             self.progress.lock().claim(token.clone(), sink.clone());
@@ -1294,6 +1436,10 @@ where
 pub(super) fn with_cursor(cursor: Option<String>) -> Option<PaginatedRequestParams> {
     Some(PaginatedRequestParams::default().with_cursor(cursor))
 }
+
+/// The `_meta` key of a 2026-07-28 request asking for its log messages
+/// from this level up.
+const LOG_LEVEL_META: &str = "io.modelcontextprotocol/logLevel";
 
 /// The most `input_required` rounds one call goes through.
 const MAX_INPUT_ROUNDS: usize = 10;
@@ -1448,6 +1594,7 @@ mod tests {
             progress: None,
             input_relay: None,
             events: None,
+            log: None,
             trace: None,
             caller_credential: None,
         }

@@ -496,9 +496,13 @@ impl A2aServer {
             })?,
         };
         let (context, status) = (text("contextId"), text("status"));
-        let records =
-            tasks::of_caller(self.dispatcher.database(), principal.map(|p| p.id.as_str()))
-                .map_err(|e| RpcError::new(-32603, "INTERNAL", e.to_string()))?;
+        let shared = self.dispatcher.shared_tasks();
+        let records = tasks::of_caller(
+            self.dispatcher.database(),
+            shared.as_deref(),
+            principal.map(|p| p.id.as_str()),
+        )
+        .map_err(|e| RpcError::new(-32603, "INTERNAL", e.to_string()))?;
         let matching: Vec<_> = records
             .into_iter()
             .filter(|(_, r)| context.is_none_or(|c| r.context_id == c))

@@ -16,6 +16,7 @@ use crate::namespace::{
 use crate::policy::{keys, OperationKind, PolicyContext};
 use crate::routing::shared::SharedTasks;
 use crate::storage::Database;
+use std::collections::HashMap;
 
 /// The session id the calls of an A2A context are bound by: a digest of
 /// the context id, which a client chooses freely (any text).
@@ -55,21 +56,37 @@ fn local(db: &Database, task_id: &str) -> Result<Option<A2aTaskRecord>> {
 /// change first, each with its id.
 pub(crate) fn of_caller(
     db: &Database,
+    shared: Option<&dyn SharedTasks>,
     caller: Option<&str>,
 ) -> Result<Vec<(String, A2aTaskRecord)>> {
-    let mut found = Vec::new();
+    let mut found: HashMap<String, A2aTaskRecord> = HashMap::new();
+    let mut keep = |task_id: String, record: A2aTaskRecord| {
+        if record.caller.as_deref() != caller {
+            return;
+        }
+        // A task seen by several nodes: the record of its latest state.
+        match found.get(&task_id) {
+            Some(held) if held.updated_at_ms >= record.updated_at_ms => {}
+            _ => {
+                found.insert(task_id, record);
+            }
+        }
+    };
     for item in db.scan_unjudged(A2A_TASKS, None) {
         let (key, value) = item?;
         match serde_json::from_slice::<A2aTaskRecord>(&value) {
-            Ok(record) if record.caller.as_deref() == caller => {
-                found.push((key[A2A_TASKS.len()..].to_string(), record));
-            }
-            Ok(_) => {}
+            Ok(record) => keep(key[A2A_TASKS.len()..].to_string(), record),
             Err(e) => {
                 tracing::warn!(%key, error = %e, "skipping an A2A task record that does not decode")
             }
         }
     }
+    if let Some(shared) = shared {
+        for (task_id, record) in shared.all()? {
+            keep(task_id, record);
+        }
+    }
+    let mut found: Vec<_> = found.into_iter().collect();
     found.sort_by(|a, b| {
         b.1.updated_at_ms
             .cmp(&a.1.updated_at_ms)
@@ -255,15 +272,15 @@ mod tests {
         );
         assert!(history.iter().all(|s| s.caller.as_deref() == Some("alice")));
         assert_eq!(get(&db, None, "not a key/").unwrap(), None);
-        let mine: Vec<String> = of_caller(&db, Some("alice"))
+        let mine: Vec<String> = of_caller(&db, None, Some("alice"))
             .unwrap()
             .into_iter()
             .map(|(id, _)| id)
             .collect();
         assert_eq!(mine, ["t-1"]);
-        assert!(of_caller(&db, Some("bob")).unwrap().is_empty());
+        assert!(of_caller(&db, None, Some("bob")).unwrap().is_empty());
         assert!(
-            of_caller(&db, None).unwrap().is_empty(),
+            of_caller(&db, None, None).unwrap().is_empty(),
             "the operator's are not alice's"
         );
     }

@@ -69,7 +69,11 @@ pub struct A2aAgent {
     /// When given, the card must be signed by one of these keys: a card
     /// whose signatures do not verify is refused (at registration, and
     /// every time it is fetched again).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::mcp::not_null"
+    )]
     pub verify_signature: Option<CardKeys>,
 }
 

@@ -50,4 +50,6 @@ pub trait SharedTasks: Send + Sync {
     fn publish(&self, task_id: &str, record: &A2aTaskRecord) -> Result<()>;
     /// The task's record as the last node that recorded it published it.
     fn fetch(&self, task_id: &str) -> Result<Option<A2aTaskRecord>>;
+    /// Every task's record as last published, by task id.
+    fn all(&self) -> Result<Vec<(String, A2aTaskRecord)>>;
 }

@@ -813,7 +813,7 @@ async def invoke_slots(w):
         w.stop("serve-capped")
 
 
-@check("cluster mode: a task created through node 1 is found by node 2, whose GetTask, follow-up and CancelTask reach its owner")
+@check("cluster mode: a task created through node 1 is found by node 2, whose GetTask, follow-up, ListTasks and CancelTask reach its owner")
 async def cluster(w):
     client_port, peer_port = free_port(), free_port()
     etcd = f"http://127.0.0.1:{client_port}"
@@ -875,6 +875,12 @@ async def cluster(w):
                 raise AssertionError("another caller read the task on node 2")
             except A2AError as e:
                 assert "not created" in str(e), e
+        # ListTasks on node 2 lists a task only node 1 has seen, and only to
+        # the caller that created it.
+        unseen = (await send(on1, text_request("ask 1", skill="count"))).task
+        listed = await on2.list_tasks(ListTasksRequest())
+        assert unseen.id in [t.id for t in listed.tasks], listed
+        assert unseen.id not in [t.id for t in (await dave.list_tasks(ListTasksRequest())).tasks]
         # A stream on node 1 ended by a CancelTask on node 2.
         stream = streaming1.send_message(text_request("wait on node 1", skill="count"))
         first = await anext(stream)

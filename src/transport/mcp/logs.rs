@@ -12,7 +12,7 @@
 //! stream (the session's standalone stream, a stdio server's pipe) reaches
 //! the SDK's handler, which drops it: it could be any caller's.
 
-use super::upstream::AskRoutes;
+use super::calls::AskRoutes;
 use crate::transport::{LogLevel, LogMessage};
 use futures::StreamExt;
 use reqwest::header::{HeaderName, HeaderValue};

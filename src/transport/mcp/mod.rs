@@ -12,10 +12,13 @@
 //!   streamable-HTTP client that sends it with each request;
 //! - `session_id`: the upstream session a connection is in, noted by its
 //!   HTTP client for the call's span;
+//! - `calls`: one connection's calls in flight, by request id, for what a
+//!   server sends about each (requests for input, log messages);
 //! - `logs`: the log messages a server sends about a call, to that call's caller;
 //! - `answer`: a `tools/call` answer or error as output or [`Failure`](super::Failure).
 
 mod answer;
+mod calls;
 mod logs;
 mod oauth;
 mod offers;

@@ -15,6 +15,7 @@
 //! checked before every start.
 
 use super::answer::{classify_error, output_of};
+use super::calls::{AskRoutes, Unroutable};
 use super::logs::LogTap;
 use super::oauth::{OAuthHttp, Tokens};
 use super::session_id::{NotingSession, SessionId};
@@ -202,118 +203,6 @@ impl Link {
         if let Some(session) = self.session.get() {
             span.record("mcp.session.id", &*session);
         }
-    }
-}
-
-/// How long a request (or log message) the server sends during a call waits
-/// for that call to be routed: the request id is the SDK's, known only once
-/// the call is on its way, so a quick server can send before the call is
-/// registered.
-const ASK_ROUTE_WAIT: Duration = Duration::from_secs(1);
-
-/// One connection's `tools/call` requests in flight, by their JSON-RPC id
-/// (ids are per connection, so each connection has its own), with who
-/// answers what the server asks during each and where its log messages go:
-/// a 2025 server sends `sampling/createMessage`, `elicitation/create` or
-/// `roots/list` on the response stream of the call it belongs to, and the
-/// transport marks the request with that call's id; log messages on that
-/// stream are the call's too (see `logs`).
-#[derive(Default)]
-pub(super) struct AskRoutes {
-    calls: parking_lot::Mutex<HashMap<RequestId, CallRoute>>,
-    added: tokio::sync::Notify,
-}
-
-/// Where what a server sends about one call goes.
-struct CallRoute {
-    /// Who answers its requests; `None`: the call's caller cannot be asked.
-    relay: Option<InputRelay>,
-    /// Where its log messages go; `None`: nobody wants them.
-    log: Option<LogSink>,
-}
-
-impl AskRoutes {
-    fn add(
-        self: &Arc<Self>,
-        id: RequestId,
-        relay: Option<InputRelay>,
-        log: Option<LogSink>,
-    ) -> AskRoute {
-        self.calls
-            .lock()
-            .insert(id.clone(), CallRoute { relay, log });
-        self.added.notify_waiters();
-        AskRoute {
-            routes: self.clone(),
-            id,
-        }
-    }
-
-    /// The route of call `id`, waiting (briefly) for it to be added: the
-    /// request id is the SDK's, known only once the call is on its way, so
-    /// a quick server can send something before the call is registered.
-    async fn route<T>(&self, id: &RequestId, pick: impl Fn(&CallRoute) -> T) -> Option<T> {
-        let wait = async {
-            loop {
-                let added = self.added.notified();
-                tokio::pin!(added);
-                added.as_mut().enable();
-                if let Some(route) = self.calls.lock().get(id) {
-                    return pick(route);
-                }
-                added.await;
-            }
-        };
-        tokio::time::timeout(ASK_ROUTE_WAIT, wait).await.ok()
-    }
-
-    /// Where the log messages of call `id` go, if anywhere.
-    pub(super) async fn log_for(&self, id: &RequestId) -> Option<LogSink> {
-        self.route(id, |route| route.log.clone()).await.flatten()
-    }
-
-    /// Who answers a request the server made on `origin`'s stream. A
-    /// request on a call's response stream belongs to that call. One that
-    /// names no call (some SDKs send them on the session's standalone
-    /// stream; on a stdio server's pipe no request names a call) belongs to
-    /// the one call this connection has in flight, if there is exactly one:
-    /// with several it could be any caller's, and is refused.
-    async fn relay_for(
-        &self,
-        origin: Option<&InboundStreamOrigin>,
-    ) -> Result<Option<InputRelay>, Unroutable> {
-        let Some(InboundStreamOrigin::OutboundRequest(id)) = origin else {
-            let calls = self.calls.lock();
-            let mut routes = calls.values();
-            return match (routes.next(), routes.next()) {
-                (Some(route), None) => Ok(route.relay.clone()),
-                (None, _) => Err(Unroutable::NoCall),
-                (Some(_), Some(_)) => Err(Unroutable::Several(calls.len())),
-            };
-        };
-        self.route(id, |route| route.relay.clone())
-            .await
-            .ok_or(Unroutable::NoCall)
-    }
-}
-
-/// Why a request a server made cannot be tied to a call.
-enum Unroutable {
-    /// No call of this connection is in flight (or the one it names is over).
-    NoCall,
-    /// It names no call, and this many are in flight.
-    Several(usize),
-}
-
-/// Keeps a call routed for the server's requests while it runs.
-struct AskRoute {
-    routes: Arc<AskRoutes>,
-    id: RequestId,
-}
-
-impl Drop for AskRoute {
-    fn drop(&mut self) {
-        self.routes.calls.lock().remove(&self.id);
     }
 }
 

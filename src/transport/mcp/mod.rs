@@ -10,8 +10,9 @@
 //! - `offers`: prompts, resources and resource templates, listed and used;
 //! - `oauth`: an agent's OAuth client credentials, its token, and the
 //!   streamable-HTTP client that sends it with each request;
-//! - `session_id`: the upstream session a connection is in, noted by its
-//!   HTTP client for the call's span;
+//! - `session_id`: the upstream session a connection is in, for the call's span;
+//! - `tap`: a connection's HTTP client, noting its session and routing the
+//!   log messages of each call's response stream (`logs`);
 //! - `calls`: one connection's calls in flight, by request id, for what a
 //!   server sends about each (requests for input, log messages);
 //! - `logs`: the log messages a server sends about a call, to that call's caller;
@@ -23,6 +24,7 @@ mod logs;
 mod oauth;
 mod offers;
 mod session_id;
+mod tap;
 mod upstream;
 
 pub(crate) use offers::ListedOffers;

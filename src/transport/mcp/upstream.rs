@@ -16,9 +16,9 @@
 
 use super::answer::{classify_error, output_of};
 use super::calls::{AskRoutes, Unroutable};
-use super::logs::LogTap;
 use super::oauth::{OAuthHttp, Tokens};
-use super::session_id::{NotingSession, SessionId};
+use super::session_id::SessionId;
+use super::tap::Tap;
 use super::MAX_UPSTREAM_SESSIONS;
 use crate::namespace::{EnvValue, HeaderPart, HeaderSource, McpCommand, McpServer, REDACTED_ENV};
 use crate::policy::{CallerCredential, CommandPolicy, NetworkPolicy};
@@ -870,32 +870,31 @@ impl Upstream {
             .reinit_on_expired_session(true)
             .max_json_response_size(MAX_RESPONSE_BYTES)
             .max_sse_event_size(MAX_RESPONSE_BYTES);
-        let session = handler.session.clone();
-        let calls = handler.asks.clone();
+        let (session, calls) = (handler.session.clone(), handler.asks.clone());
         let connected = match tokens {
             Some(tokens) => {
                 // Asked for here first so that a token that cannot be had
                 // fails the connection with its own reason, not the
                 // transport's account of it.
                 tokens.token().await.map_err(Failure::Agent)?;
-                let http = NotingSession {
-                    http: OAuthHttp {
-                        http: self.http.clone(),
-                        tokens: tokens.clone(),
-                    },
+                let inner = OAuthHttp {
+                    http: self.http.clone(),
+                    tokens: tokens.clone(),
+                };
+                let http = Tap {
+                    inner,
+                    calls,
                     session,
                 };
-                let http = LogTap { inner: http, calls };
                 let transport = StreamableHttpClientTransport::with_client(http, config);
                 handler.serve_with_lifecycle(transport, lifecycle).await
             }
             None => {
-                let http = LogTap {
-                    inner: NotingSession {
-                        http: self.http.clone(),
-                        session,
-                    },
+                let inner = self.http.clone();
+                let http = Tap {
+                    inner,
                     calls,
+                    session,
                 };
                 let transport = StreamableHttpClientTransport::with_client(http, config);
                 handler.serve_with_lifecycle(transport, lifecycle).await

@@ -340,6 +340,12 @@ impl TracedAgent {
     fn traceparents(&self) -> Vec<Option<String>> {
         self.traceparents.lock().unwrap().clone()
     }
+
+    /// Registers this agent with `serve` as `traced`, serving `code`.
+    async fn register_with(&self, client: &reqwest::Client, serve: &ServeProcess) {
+        let body = json!({"tools": ["code"], "endpoint": self.endpoint});
+        register(client, serve, "traced", body).await;
+    }
 }
 
 impl Drop for TracedAgent {
@@ -976,13 +982,7 @@ async fn a_call_the_caller_sampled_out_exports_no_span_and_the_agent_is_told_so(
         &client,
     )
     .await;
-    register(
-        &client,
-        &serve,
-        "traced",
-        json!({"tools": ["code"], "endpoint": traced.endpoint}),
-    )
-    .await;
+    traced.register_with(&client, &serve).await;
     // The default sampler follows the caller: flags 00 is sampled out.
     let unsampled = format!("00-{MCP_CALLER_TRACE}-{MCP_CALLER_SPAN}-00");
     let sampled = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
@@ -1033,13 +1033,7 @@ async fn a_ratio_sampler_decides_by_the_trace_id_and_a_dropped_call_makes_no_tra
         &client,
     )
     .await;
-    register(
-        &client,
-        &serve,
-        "traced",
-        json!({"tools": ["code"], "endpoint": traced.endpoint}),
-    )
-    .await;
+    traced.register_with(&client, &serve).await;
     let unsampled_but_kept = format!("00-{kept_trace}-{CALLER_SPAN}-00");
     let sampled_but_dropped = format!("00-{dropped_trace}-{CALLER_SPAN}-01");
     for traceparent in [&sampled_but_dropped, &unsampled_but_kept] {
@@ -1081,13 +1075,7 @@ async fn a_ratio_sampler_decides_by_the_trace_id_and_a_dropped_call_makes_no_tra
         &client,
     )
     .await;
-    register(
-        &client,
-        &off,
-        "traced",
-        json!({"tools": ["code"], "endpoint": traced.endpoint}),
-    )
-    .await;
+    traced.register_with(&client, &off).await;
     let (status, answer) = invoke(
         &client,
         &off,
@@ -1122,13 +1110,7 @@ async fn calls_go_on_unaffected_while_the_collector_is_down() {
         &client,
     )
     .await;
-    register(
-        &client,
-        &serve,
-        "traced",
-        json!({"tools": ["code"], "endpoint": traced.endpoint}),
-    )
-    .await;
+    traced.register_with(&client, &serve).await;
     for _ in 0..20 {
         let (status, answer) = invoke(
             &client,
@@ -1162,13 +1144,7 @@ async fn without_an_exporter_the_callers_trace_context_reaches_the_agent_as_it_c
     let traced = TracedAgent::start().await;
     let client = common::http_client();
     let serve = ServeProcess::start("", &[], &client).await;
-    register(
-        &client,
-        &serve,
-        "traced",
-        json!({"tools": ["code"], "endpoint": traced.endpoint}),
-    )
-    .await;
+    traced.register_with(&client, &serve).await;
     let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     for traceparent in [Some(caller.as_str()), None] {
         let (status, answer) = invoke(

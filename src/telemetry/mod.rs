@@ -200,27 +200,17 @@ pub(crate) fn start_edge_span(
     received: Option<&TraceContext>,
     make: impl FnOnce() -> tracing::Span,
 ) -> Option<tracing::Span> {
-    let new_trace = match received.and_then(TraceContext::decision) {
-        Some((_, sampled)) if PARENT_BASED.load(Ordering::Relaxed) => {
-            if !sampled {
-                return None;
-            }
-            None
-        }
-        Some((trace_id, _)) => {
-            if !keeps(trace_id) {
-                return None;
-            }
-            None
-        }
+    let (keep, new_trace) = match received.and_then(TraceContext::decision) {
+        Some((_, sampled)) if PARENT_BASED.load(Ordering::Relaxed) => (sampled, None),
+        Some((trace_id, _)) => (keeps(trace_id), None),
         None => {
             let trace_id = fastrand::u128(1..);
-            if !keeps(trace_id) {
-                return None;
-            }
-            Some(trace_id)
+            (keeps(trace_id), Some(trace_id))
         }
     };
+    if !keep {
+        return None;
+    }
     let span = make();
     if let Some(parent) = received {
         continue_trace(&span, parent);

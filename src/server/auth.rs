@@ -79,15 +79,25 @@ fn ui_is_public(method: &Method, path: &str) -> bool {
         && (path == "/" || path == "/ui" || path.starts_with("/ui/"))
 }
 
-/// Establishes the caller (refusing a missing or bad credential with 401)
-/// and checks the route's scope (403 `insufficient_scope`). A refusal on
-/// `/mcp` carries the OAuth challenge that tells an MCP client where to get
-/// a token (see `oauth`).
-pub(crate) async fn require_token(
+/// The one middleware of every request: refuses a `Host` naming another
+/// server (421, when the server checks hosts: see `hosts`), establishes the
+/// caller (refusing a missing or bad credential with 401) and checks the
+/// route's scope (403 `insufficient_scope`). A refusal on `/mcp` carries
+/// the OAuth challenge that tells an MCP client where to get a token (see
+/// `oauth`). One middleware rather than one per check: each costs a clone
+/// of the routes below it and a boxed future per request.
+pub(crate) async fn admit(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    if let Some(refusal) = state
+        .host_check
+        .as_ref()
+        .and_then(|hosts| hosts.check(&request).err())
+    {
+        return refusal.into_response();
+    }
     let path = request.uri().path();
     if path == "/healthz"
         || super::oauth::is_metadata_path(path)

@@ -6,10 +6,8 @@
 //! or on every interface, and the configured `allowed_hosts`.
 
 use super::errors::ApiError;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -42,6 +40,28 @@ impl AllowedHosts {
         let host = host_part(host);
         host.parse::<IpAddr>().is_ok() || self.names.contains(&host)
     }
+
+    /// Refuses a request whose `Host` (or absolute-form authority) names
+    /// another server. A request without either (HTTP/1.0) passes.
+    pub(crate) fn check(&self, request: &Request) -> Result<(), ApiError> {
+        let host = request.uri().authority().map(|a| a.as_str()).or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        });
+        match host {
+            Some(host) if !self.permits(host) => Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "host_not_allowed",
+                format!(
+                    "this server does not answer to the name {host:?}; address it by IP, or add \
+                     the name to allowed_hosts in the server's config"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Whether `authority` is an IP address, with or without a port.
@@ -61,32 +81,6 @@ fn host_part(authority: &str) -> String {
     }
     .trim_end_matches('.')
     .to_string()
-}
-
-/// Refuses a request whose `Host` (or absolute-form authority) names
-/// another server. A request without either (HTTP/1.0) passes.
-pub(crate) async fn require_known_host(
-    State(allowed): State<AllowedHosts>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let host = request.uri().authority().map(|a| a.as_str()).or_else(|| {
-        request
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-    });
-    match host {
-        Some(host) if !allowed.permits(host) => Err(ApiError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            "host_not_allowed",
-            format!(
-                "this server does not answer to the name {host:?}; address it by IP, or add the \
-                 name to allowed_hosts in the server's config"
-            ),
-        )),
-        _ => Ok(next.run(request).await),
-    }
 }
 
 #[cfg(test)]

@@ -254,7 +254,7 @@ async fn accept_and_serve(
         .local_addr()
         .map_err(|e| Error::internal("cannot read the listen address", e))?;
     let (stopping, stop_streams) = tokio::sync::watch::channel(false);
-    state.stopping = stop_streams;
+    state.fields().stopping = stop_streams;
     let app = router_for(state, &limits, listen);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();

@@ -69,9 +69,15 @@ use crate::policy::PolicyEngine;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-/// What every handler shares.
+/// What every handler shares: one `Arc`, so the clone each layer and
+/// extractor takes of it per request is a reference count, not a copy of
+/// every field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+/// The fields of [`AppState`], read through it.
+#[derive(Clone)]
+pub struct SharedState {
     /// The dispatcher requests are served by.
     pub dispatcher: ToolDispatcher,
     /// The policy engine of the dispatcher's database.
@@ -80,6 +86,9 @@ pub struct AppState {
     pub token: Option<Arc<str>>,
     /// Host names accepted besides the listen address's own (see `hosts`).
     pub(crate) allowed_hosts: Arc<[String]>,
+    /// The names requests must be addressed to, once a listener is known
+    /// (`routes::router_for`); without one, any `Host` passes.
+    pub(crate) host_check: Option<hosts::AllowedHosts>,
     /// One permit per invoke in flight (sized from [`ServerLimits`]).
     pub(crate) invoke_slots: Arc<Semaphore>,
     /// Whether `/mcp` lists category tools (see [`Self::with_mcp_category_tools`]).
@@ -100,17 +109,26 @@ pub struct AppState {
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
 impl AppState {
     /// State serving `dispatcher`, requiring `token` if given.
     pub fn new(dispatcher: ToolDispatcher, token: Option<String>) -> Self {
         let policy = PolicyEngine::new(dispatcher.database());
         let auth = Authenticator::new(dispatcher.database(), token.clone(), None);
-        AppState {
+        AppState(Arc::new(SharedState {
             dispatcher,
             policy,
             auth,
             token: token.map(Arc::from),
             allowed_hosts: Arc::from(Vec::new()),
+            host_check: None,
             invoke_slots: ServerLimits::default().invoke_slots(),
             protected_resource: ProtectedResource::default(),
             https: false,
@@ -120,34 +138,40 @@ impl AppState {
             csrf: session::CsrfKey::generate(),
             // Until a server loop takes it over: a sender nobody holds.
             stopping: tokio::sync::watch::channel(false).1,
-        }
+        }))
+    }
+
+    /// The fields, to change while the state is being built (before a
+    /// server shares it, this is the only copy).
+    fn fields(&mut self) -> &mut SharedState {
+        Arc::make_mut(&mut self.0)
     }
 
     /// Reports `cluster`'s health and nodes (`/healthz`, `/v1/cluster`).
     #[cfg(feature = "cluster")]
     pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Self {
-        self.cluster = Some(cluster);
+        self.fields().cluster = Some(cluster);
         self
     }
 
     /// Also accept JWTs verified by `jwt`.
     pub fn with_jwt(mut self, jwt: JwtVerifier) -> Self {
         let token = self.token.as_deref().map(str::to_string);
-        self.auth = Authenticator::new(self.dispatcher.database(), token, Some(jwt));
+        self.fields().auth = Authenticator::new(self.dispatcher.database(), token, Some(jwt));
         self
     }
 
     /// Describe `/mcp` as `resource` in its OAuth metadata, served over
     /// HTTPS if `https`.
     pub fn with_protected_resource(mut self, resource: ProtectedResource, https: bool) -> Self {
-        self.protected_resource = resource;
-        self.https = https;
+        self.fields().protected_resource = resource;
+        self.fields().https = https;
         self
     }
 
     /// Also answer to these host names (with or without a port).
     pub fn with_allowed_hosts(mut self, hosts: Vec<String>) -> Self {
-        self.allowed_hosts = Arc::from(hosts);
+        self.fields().allowed_hosts = Arc::from(hosts);
         self
     }
 
@@ -155,7 +179,7 @@ impl AppState {
     /// agents serve (the default); `false` lists only the tools MCP agents
     /// serve by name (`[mcp] category_tools`).
     pub fn with_mcp_category_tools(mut self, on: bool) -> Self {
-        self.mcp_category_tools = on;
+        self.fields().mcp_category_tools = on;
         self
     }
 }

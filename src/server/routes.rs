@@ -1,10 +1,11 @@
 //! The route table and the layers every request passes through, outermost
-//! first: a tracing span, the Host check, the request timeout, the bearer
-//! token, the body limit. The admin UI's routes (`ui`) pass through the
+//! first: a tracing span (at debug level only), a body for bare errors, the
+//! request timeout, the body limit, and admission (the Host check, the
+//! bearer token and the route's scope). The admin UI's routes (`ui`) pass through the
 //! same layers.
 
 use super::errors::{self, ApiError};
-use super::hosts::{self, AllowedHosts};
+use super::hosts::AllowedHosts;
 use super::limits::ServerLimits;
 use super::{
     agents, auth, calls, cluster, invoke, metrics, oauth, policies, scan_route, tokens, tools, ui,
@@ -31,12 +32,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
 
 /// [`router`] with every limit of `limits`, answering only to the names of a
 /// server listening on `listen` (and `state`'s allowed hosts).
-pub(crate) fn router_for(state: AppState, limits: &ServerLimits, listen: SocketAddr) -> Router {
-    let allowed = AllowedHosts::new(listen, &state.allowed_hosts);
-    let app = routes(state, limits).layer(axum::middleware::from_fn_with_state(
-        allowed,
-        hosts::require_known_host,
-    ));
+pub(crate) fn router_for(mut state: AppState, limits: &ServerLimits, listen: SocketAddr) -> Router {
+    state.fields().host_check = Some(AllowedHosts::new(listen, &state.allowed_hosts));
+    let app = routes(state, limits);
     // The access log's span and events are all at debug: with debug off
     // (the log filter is fixed at start-up) the layer would only cost.
     if !tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
@@ -57,7 +55,7 @@ pub(crate) fn metrics_only(state: AppState) -> Router {
 }
 
 fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
-    state.invoke_slots = limits.invoke_slots();
+    state.fields().invoke_slots = limits.invoke_slots();
     Router::new()
         .route("/healthz", get(cluster::healthz))
         .route("/v1/cluster", get(cluster::status))
@@ -120,17 +118,15 @@ fn routes(mut state: AppState, limits: &ServerLimits) -> Router {
         // The admin UI: pages that call the routes above.
         .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such route; see docs/openapi.json") })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            limits.request_timeout,
-        ))
-        .layer(axum::middleware::map_response(
-            errors::give_bare_errors_a_body,
+        // The layers as one stack (a tuple's first layer is outermost), so
+        // the routes are boxed once below it: each `Router::layer` call
+        // boxes them again, and a middleware clones everything below it,
+        // box by box, on every request.
+        .layer((
+            axum::middleware::map_response(errors::give_bare_errors_a_body),
+            TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, limits.request_timeout),
+            DefaultBodyLimit::max(limits.max_body_bytes),
+            axum::middleware::from_fn_with_state(state.clone(), auth::admit),
         ))
         .with_state(state)
 }

@@ -9,6 +9,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
+/// mimalloc's per-thread heaps: with glibc's malloc, allocation and free
+/// were about a tenth of `serve`'s CPU at saturation, with arena-lock
+/// wake-ups on top (docs/benchmarks.md, round three). Only this binary
+/// uses it: a program that links the library keeps its own allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Before any HTTP client is built (the CLI's, and the dispatcher's).
     switchboard::TlsTrust::install_crypto_provider();

@@ -112,7 +112,12 @@ impl ConnRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("switchboard-conn")
-            .on_thread_start(move || crate::transport::mark_runtime_thread(id))
+            .on_thread_start(move || {
+                crate::transport::mark_runtime_thread(id);
+                // Many requests are ready at once here under load: their
+                // dispatch commits share writes.
+                crate::storage::gather_commits_on_this_thread();
+            })
             .enable_all()
             .build()
             .map_err(|e| Error::internal("cannot start a connection runtime", e))?;

@@ -30,6 +30,7 @@ mod reserved;
 mod scan;
 mod transaction;
 mod write_queue;
+pub(crate) use write_queue::gather_commits_on_this_thread;
 
 pub(crate) use blocking::off_worker;
 pub use decision_log::DECISION_LOG;

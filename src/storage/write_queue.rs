@@ -16,6 +16,12 @@
 //! later write of the same keys can queue behind it
 //! ([`Database::commit_behind_queue`]) and land after it.
 //!
+//! On a thread that gathers commits ([`gather_commits_on_this_thread`]: a
+//! server's connection workers) the writer waits one turn of its scheduler
+//! first: the tasks ready on the same worker run before it writes, and the
+//! commits they make join its group. Under load that is one write for
+//! several requests; a lone request's task is polled again at once.
+//!
 //! Commits made from blocking code (registrations, admin writes) do not
 //! queue: they write directly, and RocksDB orders them with the group
 //! writes under the same key locks.
@@ -25,7 +31,45 @@ use super::transaction::{Checks, Prepared, PreparedWrite, Staged};
 use super::{Database, Durability};
 use crate::error::{Error, Result};
 use parking_lot::Mutex;
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::sync::oneshot;
+
+thread_local! {
+    static GATHERS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes the first commit of a group made from async code on the calling
+/// thread wait for the tasks ready on the same worker before it writes, so
+/// that their commits share its write (see the module's docs). For the
+/// threads of a runtime that serves many requests at once; a thread that
+/// polls one call at a time gains nothing from it.
+pub(crate) fn gather_commits_on_this_thread() {
+    GATHERS.with(|g| g.set(true));
+}
+
+/// Returns `Pending` once, having woken its task: the scheduler polls it
+/// again after the tasks already waiting to run (a task that wakes itself
+/// goes to the back of its worker's queue; it does not wait for I/O).
+#[derive(Default)]
+struct YieldOnce {
+    yielded: bool,
+}
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded {
+            return Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
 
 /// The queue of commits waiting for the write in progress.
 #[derive(Default)]
@@ -108,10 +152,7 @@ impl Database {
             Waiter::Task(reply)
         };
         let written = match self.join(write, queued_as) {
-            Some(write) => self.lead(vec![Queued {
-                write,
-                waiter: Waiter::Detached,
-            }]),
+            Some(write) => self.lead_gathering(write).await,
             None => match waiting.expect("queued with a reply").await {
                 Ok(Reply::Written(written)) => written,
                 Ok(Reply::Lead(mut handed)) => self.lead(std::mem::take(&mut handed.group)),
@@ -122,6 +163,28 @@ impl Database {
         };
         self.landed_maybe_blocking(may_block, reservation, written)?;
         Ok(rewrites)
+    }
+
+    /// Writes `write`, which found no write in progress, and on a thread
+    /// that gathers commits, with those queued behind it while the worker's
+    /// other ready tasks ran. If the caller is dropped while it waits, its
+    /// write (and what queued behind it) is still written, in order.
+    async fn lead_gathering(&self, write: PreparedWrite) -> Result<PreparedWrite> {
+        let own = Queued {
+            write,
+            waiter: Waiter::Detached,
+        };
+        if !GATHERS.with(Cell::get) {
+            return self.lead(vec![own]);
+        }
+        let mut waiting = Leadership {
+            db: self.clone(),
+            group: vec![own],
+        };
+        YieldOnce::default().await;
+        let mut group = std::mem::take(&mut waiting.group);
+        group.append(&mut self.inner.write_queue.state.lock().queued);
+        self.lead(group)
     }
 
     /// Queues `write` behind the group write in progress (with the waiter

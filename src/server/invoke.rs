@@ -12,9 +12,12 @@ use crate::namespace::ToolCategory;
 use crate::routing::RoutingStrategy;
 use crate::transport::TraceContext;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::header;
 use axum::http::request::Parts;
 use axum::{Extension, Json};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::future::Future;
 use std::pin::Pin;
@@ -95,13 +98,42 @@ impl<S: Send + Sync> FromRequestParts<S> for Trace {
     }
 }
 
+/// A JSON body, read as [`Json`] reads it and refused with the same
+/// rejections, but parsed straight into `T` first: `Json` tracks the path
+/// of every field it parses (for its error messages), which costs on every
+/// call. Only a body that fails goes through `Json` again, for its message.
+pub(crate) struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = JsonRejection;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, JsonRejection> {
+        let plain_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("application/json"));
+        if !plain_json {
+            // Parameters, another JSON type (`application/x+json`), or no
+            // type at all: `Json` judges it.
+            let Json(value) = Json::from_request(request, state).await?;
+            return Ok(JsonBody(value));
+        }
+        let bytes = Bytes::from_request(request, state).await?;
+        match serde_json::from_slice(&bytes) {
+            Ok(value) => Ok(JsonBody(value)),
+            Err(_) => Json::from_bytes(&bytes).map(|Json(value)| JsonBody(value)),
+        }
+    }
+}
+
 pub(crate) async fn invoke(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     Trace(trace): Trace,
-    body: Result<Json<InvokeBody>, JsonRejection>,
+    body: Result<JsonBody<InvokeBody>, JsonRejection>,
 ) -> ApiResult<Json<InvocationResult>> {
-    let Json(body) = body?;
+    let JsonBody(body) = body?;
     let mut options = body.options()?;
     if let Some(principal) = caller.0 {
         options = options.with_caller(principal);

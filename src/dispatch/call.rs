@@ -43,6 +43,9 @@ pub(super) struct Call<'a> {
     started: Instant,
     /// The call's span, while an exporter runs.
     span: Option<DispatchSpan>,
+    /// What every write's policy context says of this call (see
+    /// [`context`](Self::context)).
+    base: PolicyContext,
 }
 
 impl<'a> Call<'a> {
@@ -91,7 +94,7 @@ impl<'a> Call<'a> {
             output_truncated: false,
             trace_id,
         };
-        Call {
+        let mut call = Call {
             dispatcher,
             recorded_input: record.input.clone().map(Arc::new),
             record: Record::new(record),
@@ -106,7 +109,10 @@ impl<'a> Call<'a> {
             called: None,
             started: Instant::now(),
             span,
-        }
+            base: PolicyContext::new(),
+        };
+        call.base = call.base_context();
+        call
     }
 
     /// The call's span, if it has one.
@@ -118,26 +124,34 @@ impl<'a> Call<'a> {
         &self.dispatcher.inner
     }
 
-    /// The policy context of this call's writes; `action` is `dispatch` for
-    /// the record written before an agent is called, `outcome` after.
-    fn context(&self, agent_id: Option<&str>, action: OperationKind) -> PolicyContext {
+    /// The entries every write of this call shares: the tool, its
+    /// category, the session, the invocation, the strategy, the caller and
+    /// the arguments. Built once per call.
+    fn base_context(&self) -> PolicyContext {
         let record = &self.record.value;
-        let mut ctx = PolicyContext::with_capacity(7);
-        if let Some(agent_id) = agent_id {
-            ctx.insert_static(keys::AGENT_ID, agent_id);
-        }
-        ctx.set_operation(action);
+        let mut ctx = PolicyContext::with_capacity(8);
         ctx.insert_static(keys::TOOL, record.tool.as_str());
         ctx.insert_static(keys::CATEGORY, self.category.as_str());
         if let Some(session) = &self.options.session_id {
             ctx.insert_static(keys::SESSION_ID, session.as_str());
         }
         ctx.insert_static(keys::INVOCATION_ID, record.invocation_id.as_str());
-        ctx.insert_static(keys::STRATEGY, self.options.strategy.as_str());
+        ctx.insert_literal(keys::STRATEGY, self.options.strategy.as_str());
         if let Some(caller) = &self.options.caller {
             caller.apply_to(&mut ctx);
         }
         ctx.set_input(self.input.clone(), self.recorded_input.clone());
+        ctx
+    }
+
+    /// The policy context of this call's writes; `action` is `dispatch` for
+    /// the record written before an agent is called, `outcome` after.
+    fn context(&self, agent_id: Option<&str>, action: OperationKind) -> PolicyContext {
+        let mut ctx = self.base.with_room(2);
+        if let Some(agent_id) = agent_id {
+            ctx.insert_static(keys::AGENT_ID, agent_id);
+        }
+        ctx.set_operation(action);
         ctx
     }
 
@@ -194,6 +208,8 @@ impl<'a> Call<'a> {
                 Ok(rewritten) => {
                     if rewritten {
                         self.recorded_input = self.record.value.input.clone().map(Arc::new);
+                        self.base
+                            .set_input(self.input.clone(), self.recorded_input.clone());
                     }
                     None
                 }

@@ -89,8 +89,10 @@ impl OperationKind {
 pub struct PolicyContext {
     // A handful of entries: a vector beats a map on both lookup and build cost.
     // Shared, because every staged write of a transaction keeps its context
-    // and a clone should not copy every string; keys are usually literals.
-    entries: Arc<Vec<(Cow<'static, str>, String)>>,
+    // and a clone should not copy every string; keys are usually literals,
+    // and values literals or shared text, so that a context derived from
+    // another (a call's writes from its base) copies no string either.
+    entries: Arc<Vec<(Cow<'static, str>, Text)>>,
     /// Set only by Switchboard's own writes.
     operation: Option<OperationKind>,
     /// The call's arguments, on a dispatch's writes (set only by the dispatcher).
@@ -132,6 +134,22 @@ impl std::fmt::Debug for TraceParent {
     }
 }
 
+/// An entry's value: a literal, or text shared by the contexts that hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Text {
+    Literal(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Text {
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Literal(s) => s,
+            Text::Shared(s) => s,
+        }
+    }
+}
+
 impl PolicyContext {
     /// An empty context.
     pub fn new() -> Self {
@@ -146,7 +164,7 @@ impl PolicyContext {
 
     /// Adds or replaces `key`.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.set(Cow::Owned(key.into()), value.into());
+        self.set(Cow::Owned(key.into()), Text::Shared(value.into().into()));
     }
 
     /// An empty context with room for `n` entries.
@@ -160,16 +178,33 @@ impl PolicyContext {
         }
     }
 
+    /// A copy of this context with room for `extra` more entries, to add
+    /// them without growing it again (the strings are shared, not copied).
+    pub(crate) fn with_room(&self, extra: usize) -> Self {
+        let mut entries = Vec::with_capacity(self.entries.len() + extra);
+        entries.extend(self.entries.iter().cloned());
+        PolicyContext {
+            entries: Arc::new(entries),
+            ..self.clone()
+        }
+    }
+
     /// [`insert`](Self::insert) for a literal key, which is not copied.
-    pub(crate) fn insert_static(&mut self, key: &'static str, value: impl Into<String>) {
-        self.set(Cow::Borrowed(key), value.into());
+    pub(crate) fn insert_static(&mut self, key: &'static str, value: &str) {
+        self.set(Cow::Borrowed(key), Text::Shared(value.into()));
+    }
+
+    /// [`insert_static`](Self::insert_static) of a literal value, which is
+    /// not copied either.
+    pub(crate) fn insert_literal(&mut self, key: &'static str, value: &'static str) {
+        self.set(Cow::Borrowed(key), Text::Literal(value));
     }
 
     /// Marks this as the context of one of Switchboard's own writes, and sets
     /// the `action` entry policies read.
     pub(crate) fn set_operation(&mut self, kind: OperationKind) {
         self.operation = Some(kind);
-        self.insert_static(keys::ACTION, kind.as_str());
+        self.insert_literal(keys::ACTION, kind.as_str());
     }
 
     /// Builder-style [`set_operation`](Self::set_operation).
@@ -218,7 +253,7 @@ impl PolicyContext {
         self.trace.0.as_ref()
     }
 
-    fn set(&mut self, key: Cow<'static, str>, value: String) {
+    fn set(&mut self, key: Cow<'static, str>, value: Text) {
         let entries = Arc::make_mut(&mut self.entries);
         match entries.iter_mut().find(|(k, _)| *k == key) {
             Some(entry) => entry.1 = value,
@@ -243,7 +278,7 @@ impl PolicyContext {
         serde_json::Value::Object(
             self.entries
                 .iter()
-                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.as_str().into())))
                 .collect(),
         )
     }

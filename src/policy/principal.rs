@@ -93,9 +93,9 @@ impl Principal {
     /// `claim.NAME` entry per claim (`input.context.claims.NAME` in Rego).
     pub fn apply_to(&self, ctx: &mut PolicyContext) {
         ctx.insert_static(keys::CALLER, self.id.as_str());
-        ctx.insert_static(keys::ROLES, self.roles.join(","));
+        ctx.insert_static(keys::ROLES, &self.roles.join(","));
         let scopes: Vec<&str> = self.scopes.iter().map(|s| s.as_str()).collect();
-        ctx.insert_static(keys::SCOPES, scopes.join(","));
+        ctx.insert_static(keys::SCOPES, &scopes.join(","));
         for (name, value) in &self.claims {
             ctx.insert(format!("{}{name}", keys::CLAIM_PREFIX), value.as_str());
         }

@@ -229,7 +229,7 @@ fn change_context(ctx: &PolicyContext, name: &str, revision: Option<u64>) -> Pol
     ctx.set_operation(OperationKind::Policy);
     ctx.insert_static(keys::POLICY, name);
     if let Some(revision) = revision {
-        ctx.insert_static(keys::REVISION, revision.to_string());
+        ctx.insert_static(keys::REVISION, &revision.to_string());
     }
     ctx
 }

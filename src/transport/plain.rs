@@ -66,26 +66,22 @@ enum Exchange {
     Failed(Failure),
 }
 
-/// Idle connections by reactor and `host:port`.
+/// Idle connections by runtime, then by authority (`host:port`), so that a
+/// call finds its connections without building a key.
 #[derive(Default)]
 pub(crate) struct PlainPool {
-    idle: Mutex<HashMap<PoolKey, Vec<(Conn, Instant)>>>,
-}
-
-/// Where an idle connection may be reused. A connection is registered with
-/// the I/O driver of the runtime that opened it, and only that driver
-/// reports it ready: a call on another runtime would be woken through it, a
-/// cross-thread wake per read. `serve` runs connections on runtimes of one
-/// worker each (`server/conn_runtimes.rs`), which mark their threads with
-/// [`mark_runtime_thread`]; calls there reuse only their runtime's
-/// connections. Elsewhere (one multi-threaded runtime) the mark is absent.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct PoolKey {
-    runtime: Option<u64>,
-    authority: String,
+    idle: Mutex<HashMap<Option<u64>, HashMap<String, Vec<(Conn, Instant)>>>>,
 }
 
 thread_local! {
+    /// The runtime whose idle connections a call on this thread may reuse.
+    /// A connection is registered with the I/O driver of the runtime that
+    /// opened it, and only that driver reports it ready: a call on another
+    /// runtime would be woken through it, a cross-thread wake per read.
+    /// `serve` runs connections on runtimes of one worker each
+    /// (`server/conn_runtimes.rs`), which mark their threads with
+    /// [`mark_runtime_thread`]; calls there reuse only their runtime's
+    /// connections. Elsewhere (one multi-threaded runtime) the mark is absent.
     static RUNTIME: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
@@ -96,13 +92,9 @@ pub(crate) fn mark_runtime_thread(id: u64) {
     RUNTIME.with(|r| r.set(Some(id)));
 }
 
-impl PoolKey {
-    fn here(host: &str, port: u16) -> PoolKey {
-        PoolKey {
-            runtime: RUNTIME.with(|r| r.get()),
-            authority: format!("{host}:{port}"),
-        }
-    }
+/// The runtime the calling thread belongs to, if it is marked.
+fn this_runtime() -> Option<u64> {
+    RUNTIME.with(|r| r.get())
 }
 
 impl PlainPool {
@@ -118,20 +110,28 @@ impl PlainPool {
             .host_str()
             .ok_or_else(|| Failure::Agent(format!("{endpoint} has no host")))?;
         let port = endpoint.port_or_known_default().unwrap_or(80);
-        let authority = match endpoint.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_string(),
+        // `authority()` is `host:port` unless the URL carries credentials,
+        // which do not belong in `Host`.
+        let with_credentials;
+        let authority = if endpoint.username().is_empty() && endpoint.password().is_none() {
+            endpoint.authority()
+        } else {
+            with_credentials = match endpoint.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_string(),
+            };
+            &with_credentials
         };
-        let key = PoolKey::here(host, port);
-        let mut request = build_request(endpoint, &authority, Bytes::from(body), trace)?;
+        let runtime = this_runtime();
+        let mut request = build_request(endpoint, authority, Bytes::from(body), trace)?;
         loop {
-            let (mut conn, pooled) = match self.take(&key) {
+            let (mut conn, pooled) = match self.take(runtime, authority) {
                 Some(conn) => (conn, true),
                 None => (connect(host, port).await?, false),
             };
             match exchange(&mut conn, request).await {
                 Exchange::Answered(answer) => {
-                    self.keep(&key, conn);
+                    self.keep(runtime, authority, conn);
                     return Ok(answer);
                 }
                 // An idle connection the agent had closed: the request was
@@ -146,10 +146,11 @@ impl PlainPool {
         }
     }
 
-    /// The most recently used idle connection to `key` still fit for use.
-    fn take(&self, key: &PoolKey) -> Option<Conn> {
+    /// The most recently used idle connection to `authority` on `runtime`
+    /// still fit for use.
+    fn take(&self, runtime: Option<u64>, authority: &str) -> Option<Conn> {
         let mut idle = self.idle.lock();
-        let connections = idle.get_mut(key)?;
+        let connections = idle.get_mut(&runtime)?.get_mut(authority)?;
         while let Some((conn, since)) = connections.pop() {
             if !conn.done && since.elapsed() < IDLE_TIMEOUT {
                 return Some(conn);
@@ -158,12 +159,18 @@ impl PlainPool {
         None
     }
 
-    fn keep(&self, key: &PoolKey, conn: Conn) {
+    fn keep(&self, runtime: Option<u64>, authority: &str, conn: Conn) {
         if conn.done || conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock();
-        let connections = idle.entry(key.clone()).or_default();
+        let by_authority = idle.entry(runtime).or_default();
+        if !by_authority.contains_key(authority) {
+            by_authority.insert(authority.to_string(), Vec::new());
+        }
+        let connections = by_authority
+            .get_mut(authority)
+            .expect("inserted above if missing");
         connections.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
         if connections.len() < MAX_IDLE_PER_HOST {
             connections.push((conn, Instant::now()));

@@ -310,9 +310,9 @@ impl Database {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
     use crate::error::Error;
     use crate::storage::Database;
+    use std::future::Future;
     use std::time::{Duration, Instant};
 
     /// Marks a group write in progress, so the commits that follow queue.

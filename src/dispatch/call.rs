@@ -4,7 +4,7 @@
 
 use super::decide::{after_attempt, Step};
 use super::record::{Outcome, Record};
-use super::spans::{DispatchSpan, McpRequest};
+use super::spans::{DispatchSpan, McpClientSpan, McpRequest};
 use super::{route, Inner, InvocationResult, RoutingOptions, ToolDispatcher};
 use crate::error::{Error, Result};
 use crate::namespace::{
@@ -286,10 +286,7 @@ impl<'a> Call<'a> {
                 &agent,
                 request,
             );
-            let (outcome, latency) = match &mcp_span {
-                Some(span) => span.instrument(called).await,
-                None => called.await,
-            };
+            let (outcome, latency) = McpClientSpan::around(mcp_span.as_ref(), called).await;
             drop(lease);
             let outcome = match (outcome, &self.options.events) {
                 // The caller has seen this agent's stream begin: another

@@ -303,13 +303,16 @@ impl McpRequest {
 pub(super) struct McpClientSpan(tracing::Span);
 
 impl McpClientSpan {
-    /// Runs the attempt's request inside this span, so the transport can
-    /// record on it what only it knows (the JSON-RPC request id).
-    pub(super) fn instrument<F: std::future::Future>(
-        &self,
+    /// Runs the attempt's request inside `span`, if there is one, so the
+    /// transport can record on it what only it knows (the JSON-RPC request
+    /// id); inside a disabled span otherwise. One future type either way:
+    /// the call's future then holds one request future, not two.
+    pub(super) fn around<F: std::future::Future>(
+        span: Option<&McpClientSpan>,
         request: F,
     ) -> tracing::instrument::Instrumented<F> {
-        tracing::Instrument::instrument(request, self.0.clone())
+        let span = span.map_or_else(tracing::Span::none, |s| s.0.clone());
+        tracing::Instrument::instrument(request, span)
     }
 
     /// The trace context the agent is called with: this span as its parent.

@@ -50,7 +50,8 @@ pub(crate) async fn call(
     let answer = if endpoint.scheme() == "http" {
         plain.post(endpoint, body, request.trace).await?
     } else {
-        post(client, endpoint.clone(), body, request.trace).await?
+        // Boxed: `reqwest`'s future would size every call's, plain HTTP too.
+        Box::pin(post(client, endpoint.clone(), body, request.trace)).await?
     };
     let retry_after = answer.retry_after.as_deref().and_then(parse_retry_after);
     match (parse_response(answer.status, &answer.body), retry_after) {

@@ -598,6 +598,9 @@ impl Callers {
         agent: &Agent,
         request: WireRequest<'_>,
     ) -> Result<serde_json::Value, Failure> {
+        // The A2A and MCP clients' futures are boxed: inline, the largest of
+        // them would size this future (and every call's, which is moved
+        // into the heap once per call) for all transports, plain HTTP too.
         match &agent.endpoint {
             Endpoint::Local => {
                 let handler = self.local.read().get(&agent.uid).cloned();
@@ -617,41 +620,48 @@ impl Callers {
                 };
                 let (_, skill) = agent.upstream_of(request.tool);
                 let events = request.events.map(|sink| (sink, agent.id.as_str()));
-                upstream
-                    .call(&skill, request.input, request.invocation_id, events)
-                    .await
+                Box::pin(upstream.call(&skill, request.input, request.invocation_id, events)).await
             }
             Endpoint::Mcp(_) => {
                 let Some(upstream) = self.mcp.upstream(agent) else {
                     return Err(Failure::Agent("not an MCP agent".into()));
                 };
-                let (kind, name) = agent.upstream_of(request.tool);
-                match kind {
-                    ServedKind::Tool => upstream
-                        .call(&name, &request)
-                        .await
-                        .map_err(|(failure, _)| failure),
-                    ServedKind::Prompt => {
-                        upstream
-                            .get_prompt(&name, request.input, request.session_id)
-                            .await
-                    }
-                    ServedKind::Resource => upstream.read_resource(&name, request.session_id).await,
-                    ServedKind::Template => {
-                        // A template is read at the URI the call names, which
-                        // it must match: the template is all the agent offers.
-                        let uri = request.input.get("uri").and_then(|u| u.as_str());
-                        match uri {
-                            Some(uri) if uri_template_matches(&name, uri) => {
-                                upstream.read_resource(uri, request.session_id).await
-                            }
-                            _ => Err(Failure::Tool(format!(
-                                "a resource template is read with {{\"uri\": ...}}, a URI that \
-                                 matches {name:?}"
-                            ))),
-                        }
-                    }
+                Box::pin(call_mcp(&upstream, agent, &request)).await
+            }
+        }
+    }
+}
+
+/// One call to an MCP agent: its tool, prompt, resource or template.
+async fn call_mcp(
+    upstream: &mcp::Upstream,
+    agent: &Agent,
+    request: &WireRequest<'_>,
+) -> Result<serde_json::Value, Failure> {
+    let (kind, name) = agent.upstream_of(request.tool);
+    match kind {
+        ServedKind::Tool => upstream
+            .call(&name, request)
+            .await
+            .map_err(|(failure, _)| failure),
+        ServedKind::Prompt => {
+            upstream
+                .get_prompt(&name, request.input, request.session_id)
+                .await
+        }
+        ServedKind::Resource => upstream.read_resource(&name, request.session_id).await,
+        ServedKind::Template => {
+            // A template is read at the URI the call names, which it must
+            // match: the template is all the agent offers.
+            let uri = request.input.get("uri").and_then(|u| u.as_str());
+            match uri {
+                Some(uri) if uri_template_matches(&name, uri) => {
+                    upstream.read_resource(uri, request.session_id).await
                 }
+                _ => Err(Failure::Tool(format!(
+                    "a resource template is read with {{\"uri\": ...}}, a URI that matches \
+                     {name:?}"
+                ))),
             }
         }
     }

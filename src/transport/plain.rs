@@ -70,8 +70,11 @@ enum Exchange {
 /// call finds its connections without building a key.
 #[derive(Default)]
 pub(crate) struct PlainPool {
-    idle: Mutex<HashMap<Option<u64>, HashMap<String, Vec<(Conn, Instant)>>>>,
+    idle: Mutex<HashMap<Option<u64>, HashMap<String, Idle>>>,
 }
+
+/// One authority's idle connections, each with when it was put back.
+type Idle = Vec<(Conn, Instant)>;
 
 thread_local! {
     /// The runtime whose idle connections a call on this thread may reuse.

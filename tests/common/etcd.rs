@@ -130,7 +130,10 @@ impl Etcd {
                 "etcd exited before it answered:\n{log}"
             );
         }
-        panic!("etcd found no free ports in 3 tries:\n{}", read_log(dir, "etcd"));
+        panic!(
+            "etcd found no free ports in 3 tries:\n{}",
+            read_log(dir, "etcd")
+        );
     }
 
     fn on_free_ports(dir: &Path, scheme: &str, extra: &[String], http: reqwest::Client) -> Etcd {

@@ -363,73 +363,73 @@ mod tests {
         assert!(!db.inner.write_queue.state.lock().writing);
     }
 
-    #[test]
-    fn commits_of_tasks_ready_on_a_gathering_worker_share_one_write() {
-        // A thread of its own: the setting is the thread's.
+    /// Runs `test` on a fresh database, on a one-thread runtime whose
+    /// thread gathers commits: a thread of its own, since the setting is
+    /// the thread's.
+    fn on_a_gathering_thread<F, Fut>(test: F)
+    where
+        F: FnOnce(Database) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
         std::thread::spawn(|| {
             super::gather_commits_on_this_thread();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            runtime.block_on(async {
-                let dir = tempfile::tempdir().unwrap();
-                let db = Database::open(dir.path()).unwrap();
-                let tasks: Vec<_> = (0..8)
-                    .map(|i| {
-                        let db = db.clone();
-                        tokio::spawn(async move {
-                            let mut tx = db.transaction();
-                            tx.put(&format!("notes/{i}"), b"x").unwrap();
-                            tx.commit_bookkeeping_queued().await
-                        })
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await.unwrap().unwrap();
-                }
-                for i in 0..8 {
-                    assert!(db.get(&format!("notes/{i}")).unwrap().is_some());
-                }
-                let state = db.inner.write_queue.state.lock();
-                assert_eq!(state.groups, 1, "8 ready tasks' commits in one write");
-                assert!(!state.writing);
-            });
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::open(dir.path()).unwrap();
+            runtime.block_on(test(db));
         })
         .join()
         .unwrap();
     }
 
     #[test]
-    fn a_commit_dropped_while_it_gathers_still_lands_with_those_behind_it() {
-        std::thread::spawn(|| {
-            super::gather_commits_on_this_thread();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let dir = tempfile::tempdir().unwrap();
-                let db = Database::open(dir.path()).unwrap();
-                let mut first = Box::pin({
+    fn commits_of_tasks_ready_on_a_gathering_worker_share_one_write() {
+        on_a_gathering_thread(|db| async move {
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
                     let db = db.clone();
-                    async move {
+                    tokio::spawn(async move {
                         let mut tx = db.transaction();
-                        tx.put("notes/a", b"1").unwrap();
+                        tx.put(&format!("notes/{i}"), b"x").unwrap();
                         tx.commit_bookkeeping_queued().await
-                    }
-                });
-                // Polled once: it leads the queue and waits its turn.
-                let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
-                assert!(first.as_mut().poll(noop).is_pending());
-                let mut tx = db.owner_transaction();
-                tx.put("notes/a", b"2").unwrap();
-                tx.commit_bookkeeping_behind_queue().unwrap();
-                drop(first);
-                assert_eq!(db.get("notes/a").unwrap().as_deref(), Some(&b"2"[..]));
-                assert!(!db.inner.write_queue.state.lock().writing);
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+            for i in 0..8 {
+                assert!(db.get(&format!("notes/{i}")).unwrap().is_some());
+            }
+            let state = db.inner.write_queue.state.lock();
+            assert_eq!(state.groups, 1, "8 ready tasks' commits in one write");
+            assert!(!state.writing);
+        });
+    }
+
+    #[test]
+    fn a_commit_dropped_while_it_gathers_still_lands_with_those_behind_it() {
+        on_a_gathering_thread(|db| async move {
+            let mut first = Box::pin({
+                let db = db.clone();
+                async move {
+                    let mut tx = db.transaction();
+                    tx.put("notes/a", b"1").unwrap();
+                    tx.commit_bookkeeping_queued().await
+                }
             });
-        })
-        .join()
-        .unwrap();
+            // Polled once: it leads the queue and waits its turn.
+            let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(first.as_mut().poll(noop).is_pending());
+            let mut tx = db.owner_transaction();
+            tx.put("notes/a", b"2").unwrap();
+            tx.commit_bookkeeping_behind_queue().unwrap();
+            drop(first);
+            assert_eq!(db.get("notes/a").unwrap().as_deref(), Some(&b"2"[..]));
+            assert!(!db.inner.write_queue.state.lock().writing);
+        });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,9 +25,6 @@ pub(super) struct Call<'a> {
     category: ToolCategory,
     /// The call's arguments, shared with every write's policy context.
     input: Arc<serde_json::Value>,
-    /// The arguments as the record stores them (redacted, capped), shared
-    /// with every write's policy context for the decision log.
-    recorded_input: Option<Arc<serde_json::Value>>,
     options: RoutingOptions,
     record: Record,
     /// Agents (by registration uid) already chosen in this call.
@@ -44,7 +41,8 @@ pub(super) struct Call<'a> {
     /// The call's span, while an exporter runs.
     span: Option<DispatchSpan>,
     /// What every write's policy context says of this call (see
-    /// [`context`](Self::context)).
+    /// [`context`](Self::context)), with the arguments as the record
+    /// stores them (redacted, capped) for the decision log.
     base: PolicyContext,
 }
 
@@ -96,7 +94,6 @@ impl<'a> Call<'a> {
         };
         let mut call = Call {
             dispatcher,
-            recorded_input: record.input.clone().map(Arc::new),
             record: Record::new(record),
             category,
             input: Arc::new(input),
@@ -140,8 +137,13 @@ impl<'a> Call<'a> {
         if let Some(caller) = &self.options.caller {
             caller.apply_to(&mut ctx);
         }
-        ctx.set_input(self.input.clone(), self.recorded_input.clone());
+        ctx.set_input(self.input.clone(), self.stored_input());
         ctx
+    }
+
+    /// The arguments as the record stores them now.
+    fn stored_input(&self) -> Option<Arc<serde_json::Value>> {
+        self.record.value.input.clone().map(Arc::new)
     }
 
     /// The policy context of this call's writes; `action` is `dispatch` for
@@ -207,9 +209,7 @@ impl<'a> Call<'a> {
             let refused = match intent {
                 Ok(rewritten) => {
                     if rewritten {
-                        self.recorded_input = self.record.value.input.clone().map(Arc::new);
-                        self.base
-                            .set_input(self.input.clone(), self.recorded_input.clone());
+                        self.base.set_input(self.input.clone(), self.stored_input());
                     }
                     None
                 }
@@ -486,7 +486,7 @@ impl Drop for Call<'_> {
             if span.records_content() {
                 // As the record keeps them (a before-hook may have masked
                 // more), else as it would.
-                match &self.recorded_input {
+                match self.base.recorded_input() {
                     Some(stored) => span.arguments(stored),
                     None => {
                         let config = self.dispatcher.inner.config.read().clone();

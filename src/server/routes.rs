@@ -1,8 +1,8 @@
 //! The route table and the layers every request passes through, outermost
 //! first: a tracing span (at debug level only), a body for bare errors, the
 //! request timeout, the body limit, and admission (the Host check, the
-//! bearer token and the route's scope). The admin UI's routes (`ui`) pass through the
-//! same layers.
+//! bearer token and the route's scope). The admin UI's routes (`ui`) pass
+//! through the same layers.
 
 use super::errors::{self, ApiError};
 use super::hosts::AllowedHosts;

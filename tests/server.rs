@@ -462,6 +462,17 @@ async fn bad_requests_get_json_4xx_and_change_nothing() {
         assert_eq!(status, expected, "{answer}");
         assert_eq!(answer["error"]["code"], code, "{answer}");
     }
+    // A body that does not parse is described with the path of the field
+    // at fault, as every JSON route's is.
+    let (_, answer) = api
+        .send(
+            reqwest::Method::POST,
+            "/v1/invoke",
+            Some(json!({"tool": "t", "category": "code", "strategy": "fanciest"})),
+        )
+        .await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("strategy"), "{answer}");
     for path in [
         "/v1/scan",
         "/v1/scan?prefix=a%20b",

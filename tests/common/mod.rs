@@ -140,13 +140,31 @@ impl Drop for TestAgent {
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 for a process the test starts: free a moment ago,
+/// never handed out twice in one test binary, and below Linux's ephemeral
+/// range (32768 up), so no outgoing connection (etcd's peers, a node's
+/// calls) can be given it before the process binds it. That race once
+/// kept an etcd member from starting while the test binary's other tests
+/// ran.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU32;
+    const FIRST: u32 = 20_000;
+    const PORTS: u32 = 32_768 - FIRST;
+    // Each test binary starts at its own place, in case two run at once.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % PORTS,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..PORTS {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % PORTS) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between {FIRST} and 32767");
 }
 
 /// An endpoint on 127.0.0.1 where nothing listens.

@@ -13,7 +13,7 @@ PREFIX ?= $(HOME)/.local
 # first one compiles RocksDB and is long.
 define build
 @echo "Building switchboard (cargo build --all-targets). The first build compiles RocksDB:"
-@echo "15-20 minutes on 2 cores. After that, a change rebuilds in a minute or two."
+@echo "about 15 minutes on 2 cores. After that, a change rebuilds in a minute or two."
 cargo build --all-targets
 endef
 

@@ -1,10 +1,10 @@
 //! One connection's calls in flight ([`AskRoutes`]), by the JSON-RPC id
 //! of their `tools/call`: what a server sends on a call's response stream
-//! (a request for input, a log message) is routed by it to that call's
-//! caller, and only to it.
+//! (a request for input, a log message, a progress report) is routed by it
+//! to that call's caller, and only to it.
 
-use crate::transport::{InputRelay, LogSink};
-use rmcp::model::RequestId;
+use crate::transport::{InputRelay, LogSink, ProgressSink};
+use rmcp::model::{ProgressToken, RequestId};
 use rmcp::service::InboundStreamOrigin;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,8 +21,8 @@ const ASK_ROUTE_WAIT: Duration = Duration::from_secs(1);
 /// answers what the server asks during each and where its log messages go:
 /// a 2025 server sends `sampling/createMessage`, `elicitation/create` or
 /// `roots/list` on the response stream of the call it belongs to, and the
-/// transport marks the request with that call's id; log messages on that
-/// stream are the call's too (see `logs`).
+/// transport marks the request with that call's id; log messages and
+/// progress reports on that stream are the call's too (see `call_stream`).
 #[derive(Default)]
 pub(crate) struct AskRoutes {
     calls: parking_lot::Mutex<HashMap<RequestId, CallRoute>>,
@@ -30,23 +30,20 @@ pub(crate) struct AskRoutes {
 }
 
 /// Where what a server sends about one call goes.
-struct CallRoute {
+pub(super) struct CallRoute {
     /// Who answers its requests; `None`: the call's caller cannot be asked.
-    relay: Option<InputRelay>,
+    pub(super) relay: Option<InputRelay>,
     /// Where its log messages go; `None`: nobody wants them.
-    log: Option<LogSink>,
+    pub(super) log: Option<LogSink>,
+    /// The token its request asked for progress under.
+    pub(super) progress_token: ProgressToken,
+    /// Where its progress reports go; `None`: nobody wants them.
+    pub(super) progress: Option<ProgressSink>,
 }
 
 impl AskRoutes {
-    pub(super) fn add(
-        self: &Arc<Self>,
-        id: RequestId,
-        relay: Option<InputRelay>,
-        log: Option<LogSink>,
-    ) -> AskRoute {
-        self.calls
-            .lock()
-            .insert(id.clone(), CallRoute { relay, log });
+    pub(super) fn add(self: &Arc<Self>, id: RequestId, route: CallRoute) -> AskRoute {
+        self.calls.lock().insert(id.clone(), route);
         self.added.notify_waiters();
         AskRoute {
             routes: self.clone(),
@@ -75,6 +72,21 @@ impl AskRoutes {
     /// Where the log messages of call `id` go, if anywhere.
     pub(super) async fn log_for(&self, id: &RequestId) -> Option<LogSink> {
         self.route(id, |route| route.log.clone()).await.flatten()
+    }
+
+    /// Where the progress reports of call `id` under `token` go: `None`
+    /// if `id` is no call of this connection or asked under another token,
+    /// else its sink, if anyone wants them.
+    pub(super) async fn progress_for(
+        &self,
+        id: &RequestId,
+        token: &ProgressToken,
+    ) -> Option<Option<ProgressSink>> {
+        self.route(id, |route| {
+            (route.progress_token == *token).then(|| route.progress.clone())
+        })
+        .await
+        .flatten()
     }
 
     /// Who answers a request the server made on `origin`'s stream. A

@@ -12,15 +12,16 @@
 //!   streamable-HTTP client that sends it with each request;
 //! - `session_id`: the upstream session a connection is in, for the call's span;
 //! - `tap`: a connection's HTTP client, noting its session and routing the
-//!   log messages of each call's response stream (`logs`);
+//!   log messages and progress of each call's response stream (`call_stream`);
 //! - `calls`: one connection's calls in flight, by request id, for what a
-//!   server sends about each (requests for input, log messages);
-//! - `logs`: the log messages a server sends about a call, to that call's caller;
+//!   server sends about each (requests for input, log messages, progress);
+//! - `call_stream`: the log messages and progress a server sends on a
+//!   call's response stream, to that call's caller, before its answer;
 //! - `answer`: a `tools/call` answer or error as output or [`Failure`](super::Failure).
 
 mod answer;
+mod call_stream;
 mod calls;
-mod logs;
 mod oauth;
 mod offers;
 mod session_id;

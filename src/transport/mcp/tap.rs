@@ -1,11 +1,11 @@
 //! The HTTP client of one streamable-HTTP connection to an MCP server,
 //! wrapped to see what the SDK keeps inside its transport: the session id
 //! each request is sent in ([`SessionId`], for a call's span), and each
-//! `tools/call` response stream, whose log messages go to that call's
-//! caller ([`route_logs`](super::logs::route_logs)).
+//! `tools/call` response stream, whose log messages and progress go to that
+//! call's caller ([`route_call_stream`](super::call_stream::route_call_stream)).
 
+use super::call_stream::{call_id, route_call_stream};
 use super::calls::AskRoutes;
-use super::logs::{call_id, route_logs};
 use super::session_id::SessionId;
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::ClientJsonRpcMessage;
@@ -21,7 +21,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub(super) struct Tap<C> {
     pub(super) inner: C,
-    /// The connection's calls in flight, with where each one's logs go.
+    /// The connection's calls in flight, with where each one's logs and
+    /// progress go.
     pub(super) calls: Arc<AskRoutes>,
     /// The connection's upstream session, as its requests are sent in.
     pub(super) session: SessionId,
@@ -44,7 +45,7 @@ impl<C: StreamableHttpClient + Sync> StreamableHttpClient for Tap<C> {
             .inner
             .post_message(uri, message, session_id, auth_header, custom_headers)
             .await;
-        route_logs(&self.calls, id, answer)
+        route_call_stream(&self.calls, id, answer)
     }
 
     async fn post_message_with_max_sse_event_size(
@@ -69,7 +70,7 @@ impl<C: StreamableHttpClient + Sync> StreamableHttpClient for Tap<C> {
                 max_sse_event_size,
             )
             .await;
-        route_logs(&self.calls, id, answer)
+        route_call_stream(&self.calls, id, answer)
     }
 
     async fn post_message_with_response_limits(
@@ -94,7 +95,7 @@ impl<C: StreamableHttpClient + Sync> StreamableHttpClient for Tap<C> {
                 limits,
             )
             .await;
-        route_logs(&self.calls, id, answer)
+        route_call_stream(&self.calls, id, answer)
     }
 
     async fn delete_session(

@@ -15,7 +15,7 @@
 //! checked before every start.
 
 use super::answer::{classify_error, output_of};
-use super::calls::{AskRoutes, Unroutable};
+use super::calls::{AskRoutes, CallRoute, Unroutable};
 use super::oauth::{OAuthHttp, Tokens};
 use super::session_id::SessionId;
 use super::tap::Tap;
@@ -265,6 +265,9 @@ impl Handler {
 /// The calls in flight that asked for progress, by the progress token
 /// their request carries (the SDK gives each request its own, unique per
 /// connection), so a report reaches the call that asked and no other.
+/// These routes serve the reports the SDK's handler gets: those of a stdio
+/// server, or sent on a stream other than the call's own. Those on a call's
+/// response stream are routed in order before the answer (`call_stream`).
 pub(super) type ProgressRoutes = Arc<parking_lot::Mutex<Routes>>;
 
 /// Reports kept for a token no call has claimed yet.
@@ -331,9 +334,10 @@ impl Routes {
     }
 }
 
-/// How long a call that reported progress keeps its route after its
-/// answer: the SDK hands each notification to a task of its own, so the
-/// last reports, sent before the answer, can be handled just after it.
+/// How long a call that reported progress through the SDK's handler keeps
+/// its route after its answer: the SDK hands each notification to a task of
+/// its own, so the last reports, sent before the answer, can be handled
+/// just after it.
 const PROGRESS_STRAGGLERS: Duration = Duration::from_millis(20);
 
 /// How long an ended call's reports still reach its sink (without holding
@@ -1170,9 +1174,15 @@ impl Upstream {
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await?;
         link.trace_request(&handle.id);
-        let _asking = link
-            .asks
-            .add(handle.id.clone(), relay.cloned(), log.cloned());
+        let _asking = link.asks.add(
+            handle.id.clone(),
+            CallRoute {
+                relay: relay.cloned(),
+                log: log.cloned(),
+                progress_token: handle.progress_token.clone(),
+                progress: sink.cloned(),
+            },
+        );
         let route = sink.map(|sink| {
             let token = handle.progress_token.clone();
             self.progress.lock().claim(token.clone(), sink.clone());

@@ -54,6 +54,15 @@ fn notification(data: &str) -> Option<Notification> {
     serde_json::from_str(data).ok()
 }
 
+/// The report a `notifications/progress` carries.
+pub(super) fn progress_of(params: ProgressNotificationParam) -> Progress {
+    Progress {
+        progress: params.progress,
+        total: params.total,
+        message: params.message,
+    }
+}
+
 /// The id of `message` if it is a `tools/call`, whose response stream
 /// carries that call's log messages and progress.
 pub(super) fn call_id(message: &ClientJsonRpcMessage) -> Option<RequestId> {
@@ -106,11 +115,7 @@ pub(super) fn route_call_stream<E>(
                         None => Some(event),
                         Some(sink) => {
                             if let Some(sink) = sink {
-                                sink.report(Progress {
-                                    progress: params.progress,
-                                    total: params.total,
-                                    message: params.message,
-                                });
+                                sink.report(progress_of(params));
                             }
                             None
                         }

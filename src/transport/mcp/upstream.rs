@@ -15,6 +15,7 @@
 //! checked before every start.
 
 use super::answer::{classify_error, output_of};
+use super::call_stream::progress_of;
 use super::calls::{AskRoutes, CallRoute, Unroutable};
 use super::oauth::{OAuthHttp, Tokens};
 use super::session_id::SessionId;
@@ -433,14 +434,8 @@ impl ClientHandler for Handler {
         params: ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        self.progress.lock().report(
-            params.progress_token,
-            Progress {
-                progress: params.progress,
-                total: params.total,
-                message: params.message,
-            },
-        );
+        let token = params.progress_token.clone();
+        self.progress.lock().report(token, progress_of(params));
     }
 
     async fn on_resource_updated(

@@ -115,28 +115,6 @@ impl Etcd {
                 .is_ok_and(|s| s.success()),
             "the `etcd` binary is not installed; run scripts/install-deps"
         );
-        // A port found free can be taken before etcd binds it: then it
-        // exits at once, and it is started again on other ports.
-        for _ in 0..3 {
-            // A member bootstrapped on other ports cannot start on these.
-            let _ = std::fs::remove_dir_all(dir.join("etcd"));
-            let mut etcd = Etcd::on_free_ports(dir, scheme, extra, http.clone());
-            if etcd.try_resume().await.is_ok() {
-                return etcd;
-            }
-            let log = read_log(dir, "etcd");
-            assert!(
-                log.contains("address already in use"),
-                "etcd exited before it answered:\n{log}"
-            );
-        }
-        panic!(
-            "etcd found no free ports in 3 tries:\n{}",
-            read_log(dir, "etcd")
-        );
-    }
-
-    fn on_free_ports(dir: &Path, scheme: &str, extra: &[String], http: reqwest::Client) -> Etcd {
         let url = format!("{scheme}://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
         let mut command: Vec<String> = [
@@ -159,14 +137,16 @@ impl Etcd {
         .collect();
         command.push(dir.join("etcd").display().to_string());
         command.extend(extra.iter().cloned());
-        Etcd {
+        let mut etcd = Etcd {
             url,
             http,
             root: None,
             command,
             dir: dir.to_path_buf(),
             process: None,
-        }
+        };
+        etcd.resume().await;
+        etcd
     }
 
     /// Kills the member (SIGKILL): nothing answers at its URL until
@@ -178,16 +158,6 @@ impl Etcd {
     /// Starts the member (again) on its data directory and waits until it
     /// answers.
     pub async fn resume(&mut self) {
-        if self.try_resume().await.is_err() {
-            panic!(
-                "etcd exited before it answered:\n{}",
-                read_log(&self.dir, "etcd")
-            );
-        }
-    }
-
-    /// [`Etcd::resume`], or `Err` if etcd exits before it answers.
-    async fn try_resume(&mut self) -> Result<(), ()> {
         self.process = Some(Proc(
             Command::new("etcd")
                 .args(&self.command)
@@ -199,15 +169,17 @@ impl Etcd {
         let start = Instant::now();
         loop {
             if self.call("/v3/maintenance/status", json!({})).await.is_ok() {
-                return Ok(());
+                return;
             }
             let exited = self
                 .process
                 .as_mut()
                 .is_some_and(|p| p.0.try_wait().ok().flatten().is_some());
-            if exited {
-                return Err(());
-            }
+            assert!(
+                !exited,
+                "etcd exited before it answered:\n{}",
+                read_log(&self.dir, "etcd")
+            );
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "not within 30s: etcd answers; its log:\n{}",

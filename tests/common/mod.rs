@@ -148,16 +148,12 @@ impl Drop for TestAgent {
 /// ran.
 pub fn free_port() -> u16 {
     use std::sync::atomic::AtomicU32;
+    use std::sync::LazyLock;
     const FIRST: u32 = 20_000;
     const PORTS: u32 = 32_768 - FIRST;
     // Each test binary starts at its own place, in case two run at once.
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7_919) % PORTS,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    static NEXT: LazyLock<AtomicU32> =
+        LazyLock::new(|| AtomicU32::new(std::process::id().wrapping_mul(7_919) % PORTS));
     for _ in 0..PORTS {
         let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % PORTS) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
